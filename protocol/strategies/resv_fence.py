@@ -1,0 +1,83 @@
+"""resv-fence: the design Linux shipped as dynamic dma-buf (around 5.7). Lock, notify, fence.
+
+    "The exporter calls move_notify with the reservation lock held [...] existing mappings stay
+     valid until the fences of the importer's outstanding work signal, and new mappings point to
+     the new location."  (include/linux/dma-buf.h, dma_buf_attach_ops.move_notify; the primer)
+
+Rules:
+- Every buffer has a reservation lock and fences. A move takes the lock and holds it across
+  move_notify, the wait for fences, the copy and the free; a map arriving meanwhile waits for
+  the lock (DEFER_MAP) and is then served the new placement.
+- move_notify goes to every attachment that is not pinned; the exporter waits for every callback
+  to return (bounded by --ack-timeout: an importer that does not answer is revoked and its fences
+  completed with an error), then for every fence on the buffer, usage BOOKKEEP (bounded by
+  --fence-timeout, same remedy), and only then copies.
+- Importers publish a fence in shared memory before each DMA job (usage WRITE or READ) and signal
+  it when the job ends. Their move_notify callback does not block: it invalidates the mapping and
+  lets running work finish under its fence; work that has not started must map again.
+- The move publishes its own KERNEL fence when the copy starts and signals it when the copy ends;
+  a map reply names it and the importer waits for it before touching the new placement.
+- A pinned buffer is never moved and its pinning attachments receive no move_notify.
+Hazard: none for the data, by construction; the price is the lock (maps wait for moves: see the
+map latency) and the wait for the slowest fence (see move latency).
+"""
+
+from protocol.exporter import BASE_TABLE as EXPORTER_BASE, ExporterSpec, Guard, MoveEvent, MoveState, Step
+from protocol.importer import BASE_TABLE as IMPORTER_BASE, AttEvent, AttState, IGuard, ImporterSpec, IStep
+from protocol.machine import ANY, SAME, Rule
+
+NAME = "resv-fence"
+SUMMARY = "the fenced design Linux shipped: reservation lock over notify, fence wait, copy and free"
+
+EXPORTER = ExporterSpec(
+    strategy=NAME,
+    notify_done_on="return",
+    kernel_fences=True,
+    table={
+        **EXPORTER_BASE,
+        (MoveState.IDLE, MoveEvent.MOVE_WANTED): (
+            Rule(Guard.PINNED, MoveState.IDLE, (Step.REFUSE,)),
+            Rule(Guard.ALWAYS, MoveState.NOTIFYING,
+                 (Step.LOCK, Step.BEGIN, Step.NOTIFY, Step.START_NOTIFY_TIMER)),
+        ),
+        (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE): (
+            Rule(Guard.ALWAYS, MoveState.FENCE_WAIT, (Step.CANCEL_NOTIFY_TIMER, Step.WAIT_FENCES)),),
+        (MoveState.NOTIFYING, MoveEvent.NOTIFY_TIMEOUT): (
+            Rule(Guard.ALWAYS, MoveState.FENCE_WAIT,
+                 (Step.NOTIFY_TIMED_OUT, Step.REVOKE_SILENT, Step.WAIT_FENCES)),),
+        (MoveState.FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
+            Rule(Guard.ALWAYS, MoveState.COPYING,
+                 (Step.END_FENCE_WAIT, Step.PUBLISH_KERNEL_FENCE, Step.COPY)),),
+        (MoveState.FENCE_WAIT, MoveEvent.FENCE_TIMEOUT): (
+            Rule(Guard.ALWAYS, MoveState.COPYING,
+                 (Step.FORCE_COMPLETE, Step.PUBLISH_KERNEL_FENCE, Step.COPY)),),
+        (MoveState.COPYING, MoveEvent.COPY_DONE): (
+            Rule(Guard.ALWAYS, MoveState.IDLE,
+                 (Step.SIGNAL_KERNEL_FENCE, Step.SWITCH, Step.FREE, Step.END, Step.UNLOCK,
+                  Step.SERVE_DEFERRED_MAPS)),),
+        # The reservation lock: no mapping is created while a move holds it.
+        (MoveState.NOTIFYING, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),),
+        (MoveState.FENCE_WAIT, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),),
+    },
+)
+
+IMPORTER = ImporterSpec(
+    strategy=NAME,
+    table={
+        **IMPORTER_BASE,
+        (AttState.MAPPING, AttEvent.MAP_OK): (
+            Rule(IGuard.FENCED, AttState.FENCE_WAIT, (IStep.PROGRAM_IOMMU, IStep.WAIT_KERNEL_FENCE)),
+            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.START_FENCED_DMA)),
+        ),
+        (AttState.FENCE_WAIT, AttEvent.FENCE_SIGNALED): (
+            # Invalidated before the first access: the job must not start on the old placement.
+            Rule(IGuard.INVALIDATED, AttState.UNMAPPING, (IStep.FAIL_JOB, IStep.SEND_UNMAP)),
+            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.START_FENCED_DMA,)),
+        ),
+        (AttState.ACTIVE, AttEvent.MOVE_NOTIFY): (
+            Rule(IGuard.ALWAYS, SAME, (IStep.RETURN, IStep.INVALIDATE)),),
+        (AttState.FENCE_WAIT, AttEvent.MOVE_NOTIFY): (
+            Rule(IGuard.ALWAYS, SAME, (IStep.RETURN, IStep.INVALIDATE)),),
+        (ANY, AttEvent.MOVE_NOTIFY): (Rule(IGuard.ALWAYS, SAME, (IStep.RETURN,)),),
+    },
+)
