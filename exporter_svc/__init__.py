@@ -1,0 +1,1 @@
+"""The exporter service: owns the heaps, serves attach/map/unmap/pin, moves buffers."""

@@ -1,0 +1,51 @@
+"""python -m exporter_svc: run the exporter by hand (dmabuf-emu up does this for you)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.units import parse_size
+from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
+from protocol.strategies import STRATEGIES
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m exporter_svc",
+        description="The dma-buf exporter: creates the vram and sys heaps as shared-memory segments "
+                    "(dmabuf-<run id>-*), serves attach/map/unmap/pin on a ZeroMQ ROUTER socket, and "
+                    "moves buffers between heaps under memory pressure according to --strategy.",
+        epilog="Example: python -m exporter_svc --run-id demo --out /tmp/demo "
+               "--endpoint ipc:///tmp/demo/e.rpc --control ipc:///tmp/demo/e.ctl --strategy pin")
+    p.add_argument("--run-id", required=True, help="names the segments: dmabuf-<run id>-vram, -sys, -fences")
+    p.add_argument("--out", required=True, type=Path, help="run directory: events/exporter.jsonl, run/exporter.json")
+    p.add_argument("--endpoint", required=True, help="ZeroMQ endpoint importers connect to (ipc://PATH or tcp://127.0.0.1:PORT, port * for any)")
+    p.add_argument("--control", required=True, help="ZeroMQ endpoint for dmabuf-emu's control requests")
+    p.add_argument("--strategy", default="pin", choices=sorted(STRATEGIES))
+    p.add_argument("--buffers", type=int, default=8)
+    p.add_argument("--buffer-size", type=parse_size, default=256 * 1024, help="bytes, e.g. 256KiB")
+    p.add_argument("--vram-size", type=parse_size, default=None, help="bytes (default: half the buffers)")
+    p.add_argument("--max-importers", type=int, default=16, help="fence slots to reserve")
+    p.add_argument("--move-rate", type=float, default=20.0, help="moves per second the memory manager tries, once started")
+    p.add_argument("--ack-timeout-ms", type=float, default=250.0)
+    p.add_argument("--fence-timeout-ms", type=float, default=1000.0)
+    p.add_argument("--hint-policy", choices=("optimistic", "conservative"), default="optimistic")
+    a = p.parse_args(argv)
+    vram, sys_size = heap_sizes(a.buffers, a.buffer_size, a.vram_size)
+    args = ExporterArgs(run_id=a.run_id, out=a.out, endpoint=a.endpoint, control=a.control,
+                        strategy=a.strategy, buffers=a.buffers, buffer_size=a.buffer_size,
+                        vram_size=vram, sys_size=sys_size, max_importers=a.max_importers,
+                        move_rate=a.move_rate, ack_timeout_s=a.ack_timeout_ms / 1000,
+                        fence_timeout_s=a.fence_timeout_ms / 1000, hint_policy=a.hint_policy)
+    try:
+        service = ExporterService(args)
+    except (OSError, ValueError) as exc:
+        print(f"exporter: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return service.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

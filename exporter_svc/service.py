@@ -1,0 +1,298 @@
+"""The exporter's shell: the heaps and the fence table in shared memory, the ROUTER socket the
+importers talk to, the copy engine, fence polling, timers and memory pressure. Every protocol
+decision is the strategy's exporter half (protocol/exporter.py); this file only performs actions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from protocol import wire
+from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
+                              Send, SignalKernelFence, StampBuffer, StartTimer, WaitFences)
+from protocol.exporter import Exporter, ExporterConfig, HeapConfig
+from protocol.heap import LINE
+from protocol.strategies import get as get_strategy
+from runtime import memory, shm, transport
+from runtime.fences import FenceTable, table_bytes
+from runtime.service import ServiceShell, now_ns
+
+COPY_CHUNK = 256 * 1024      # bytes copied per loop turn: messages are served between chunks
+FENCE_POLL_S = 0.0005
+
+
+@dataclass
+class ExporterArgs:
+    run_id: str
+    out: Path
+    endpoint: str
+    control: str
+    strategy: str
+    buffers: int
+    buffer_size: int
+    vram_size: int
+    sys_size: int
+    max_importers: int
+    move_rate: float
+    ack_timeout_s: float
+    fence_timeout_s: float
+    hint_policy: str
+
+
+@dataclass
+class _Copy:
+    action: CopyBuffer
+    done: int = 0
+
+
+class ExporterService(ServiceShell):
+    def __init__(self, args: ExporterArgs) -> None:
+        super().__init__("exporter", args.out, args.control)
+        self.args = args
+        self.segments: dict[str, Any] = {}
+        self.views: dict[str, memory.HeapView] = {}
+        slots = args.max_importers + 1
+        try:
+            for heap, size in (("vram", args.vram_size), ("sys", args.sys_size)):
+                name = shm.segment_name(args.run_id, heap)
+                self.segments[heap] = seg = shm.create(name, size)
+                self.views[heap] = memory.HeapView(heap, seg.buf, size)
+            fname = shm.segment_name(args.run_id, "fences")
+            self.segments["fences"] = fseg = shm.create(fname, table_bytes(slots, args.buffers))
+            self.fences = FenceTable(fseg.buf, slots, args.buffers)
+        except BaseException:
+            self.cleanup()
+            raise
+        strategy = get_strategy(args.strategy)
+        self.engine = Exporter(strategy.EXPORTER, ExporterConfig(
+            buffers=args.buffers, buffer_size=args.buffer_size,
+            heaps=(HeapConfig("vram", self.segments["vram"].name, args.vram_size),
+                   HeapConfig("sys", self.segments["sys"].name, args.sys_size)),
+            fences_shm=self.segments["fences"].name, fence_slots=slots,
+            ack_timeout_s=args.ack_timeout_s, fence_timeout_s=args.fence_timeout_s,
+            hint_policy=args.hint_policy))
+        self.rpc, self.rpc_endpoint = transport.router(self.ctx, args.endpoint)
+        self.loop.add_reader(self.rpc, self._on_rpc)
+        self.handlers.update({
+            Send: self._do_send, StampBuffer: self._do_stamp, CopyBuffer: self._do_copy,
+            WaitFences: self._do_wait_fences, ForceCompleteFences: self._do_force,
+            PublishKernelFence: self._do_publish_kernel, SignalKernelFence: self._do_signal_kernel,
+            StartTimer: self._do_start_timer, CancelTimer: self._do_cancel_timer,
+        })
+        self._timers: dict[Any, int] = {}
+        self._pressure: int | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        self.log.emit("service_start", run_id=self.args.run_id, strategy=self.args.strategy,
+                      heaps={h: {"shm": self.segments[h].name, "size": self.views[h].size} for h in self.views},
+                      fences_shm=self.segments["fences"].name, buffers=self.args.buffers,
+                      buffer_size=self.args.buffer_size, move_rate=self.args.move_rate,
+                      endpoint=self.rpc_endpoint)
+        self.perform(self.engine.boot(now_ns()))
+        self.state = "ready"
+        self.publish_endpoints(rpc=self.rpc_endpoint,
+                               shm=[seg.name for seg in self.segments.values()])
+        return self.serve()
+
+    def cleanup(self) -> None:
+        for view in self.views.values():
+            view.release()
+        if getattr(self, "fences", None) is not None:
+            self.fences.release()
+        for seg in self.segments.values():
+            try:
+                seg.close()
+            except BufferError:
+                pass  # a view still exported: unlink anyway, the mapping dies with the process
+            try:
+                seg.unlink()
+            except FileNotFoundError:
+                pass
+        self.segments.clear()
+
+    def on_start(self, peer: bytes, msg: wire.Message) -> None:
+        """Start memory pressure: one pressure_tick every 1/move_rate seconds."""
+        if self._pressure is None and self.args.move_rate > 0:
+            self._schedule_pressure()
+        self.state = "running"
+        self._control_reply(peer, wire.ok_reply(msg))
+
+    def on_stop(self, peer: bytes, msg: wire.Message) -> None:
+        """Stop pressure; answer once no move is in flight."""
+        self._stopping = True
+        if self._pressure is not None:
+            self.loop.cancel(self._pressure)
+            self._pressure = None
+        self.state = "stopping"
+        self.defer_control("stop", peer, msg)
+        self.perform(self.engine.cancel_queued_moves(now_ns()))
+
+    def on_shutdown(self, peer: bytes, msg: wire.Message) -> None:
+        self._control_reply(peer, wire.ok_reply(msg))
+        self.finish("shutdown")
+
+    def after_actions(self) -> None:
+        if self._stopping and self.engine.moves_in_flight == 0 and self.has_deferred("stop"):
+            self.state = "stopped"
+            self.answer_deferred("stop")
+
+    def _schedule_pressure(self) -> None:
+        def tick() -> None:
+            self._pressure = None
+            if self._stopping:
+                return
+            self._schedule_pressure()
+            self._guarded("pressure", lambda: self.engine.pressure_tick(now_ns()))
+        self._pressure = self.loop.call_later(1.0 / self.args.move_rate, tick)
+
+    def _guarded(self, where: str, call: Any) -> None:
+        try:
+            actions = call()
+        except Exception as exc:
+            self.internal_error(where, exc)
+            return
+        self.perform(actions)
+
+    # ------------------------------------------------------------------ the importers' socket
+
+    def _on_rpc(self) -> None:
+        for _ in range(256):  # bounded, so timers and copies get their turn under a flood
+            try:
+                frames = self.rpc.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_frames(frames)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        peer = frames[0]
+        if len(frames) != 2:
+            self._refuse(peer, wire.ProtocolError(wire.ErrorCode.BAD_MESSAGE,
+                                                  f"expected one frame per message, got {len(frames) - 1}"))
+            return
+        try:
+            msg = wire.decode(frames[1])
+        except wire.ProtocolError as err:
+            self._refuse(peer, err)
+            return
+        now = now_ns()
+        if msg.REPLY:
+            self._guarded("reply", lambda: self.engine.handle_reply(peer, msg, now))
+            return
+        self.log.emit("op_received", op=msg.OP, id=msg.id, peer=self._peer_label(peer))
+        try:
+            actions = self.engine.handle_request(peer, msg, now)
+        except Exception as exc:
+            self.internal_error(f"request {msg.OP}", exc)
+            actions = [Send(peer, wire.ErrorReply(id=msg.id, op=msg.OP, code=wire.ErrorCode.INTERNAL,
+                                                  message=f"{type(exc).__name__}: {exc}"), self._peer_label(peer))]
+        self.perform(actions)
+
+    def _refuse(self, peer: bytes, err: wire.ProtocolError) -> None:
+        label = self._peer_label(peer)
+        self.log.emit("bad_request", peer=label, op=err.op, id=err.id, code=err.code, message=err.message)
+        self._do_send(Send(peer, wire.error_reply(err), label))
+
+    def _peer_label(self, peer: bytes) -> str:
+        slot = self.engine.importer_slot(peer)
+        if slot is not None:
+            return peer.decode(errors="replace")
+        return "?" + peer.hex()
+
+    # ------------------------------------------------------------------ actions
+
+    def _do_send(self, action: Send) -> None:
+        msg = action.message
+        try:
+            self.rpc.send_multipart([action.peer, wire.encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.log.emit("send_failed", peer=action.peer_name, op=getattr(msg, "op", msg.OP), error=str(exc))
+            return
+        if msg.REPLY:
+            fields: dict[str, Any] = dict(op=getattr(msg, "op", msg.OP), id=msg.id, peer=action.peer_name,
+                                          ok=not isinstance(msg, wire.ErrorReply))
+            if isinstance(msg, wire.ErrorReply):
+                fields.update(code=msg.code, message=msg.message)
+            self.log.emit("op_answered", **fields)
+
+    def _do_stamp(self, action: StampBuffer) -> None:
+        p = action.placement
+        memory.stamp(self.views[p.heap].rows(p.offset, p.size), action.buffer, 0, 0, 0)
+
+    def _do_copy(self, action: CopyBuffer) -> None:
+        job = _Copy(action)
+        self.log.emit("copy_begin", buffer=action.buffer, move=action.move,
+                      from_gen=action.src.gen, to_gen=action.dst.gen)
+        self.loop.call_soon(lambda: self._copy_step(job))
+
+    def _copy_step(self, job: _Copy) -> None:
+        a = job.action
+        n = min(COPY_CHUNK, a.src.size - job.done)
+        src = self.views[a.src.heap].rows(a.src.offset + job.done, n)
+        dst = self.views[a.dst.heap].rows(a.dst.offset + job.done, n)
+        memory.copy(dst, src)
+        job.done += n
+        if job.done < a.src.size:
+            self.loop.call_soon(lambda: self._copy_step(job))
+            return
+        self.log.emit("copy_end", buffer=a.buffer, move=a.move, from_gen=a.src.gen,
+                      to_gen=a.dst.gen, bytes=job.done)
+        self._guarded("copy_done", lambda: self.engine.copy_done(a.move, now_ns()))
+
+    def _do_wait_fences(self, action: WaitFences) -> None:
+        snapshot = self.fences.snapshot(action.buffer)
+        deadline = now_ns() + int(action.timeout_s * 1e9)
+
+        def poll() -> None:
+            pending = {s: q for s, q in snapshot.items() if not self.fences.is_signaled(s, action.buffer, q)}
+            if not pending:
+                self._guarded("fences", lambda: self.engine.fences_signaled(action.move, now_ns()))
+            elif now_ns() >= deadline:
+                self._guarded("fences", lambda: self.engine.fences_timed_out(action.move, tuple(sorted(pending)), now_ns()))
+            else:
+                snapshot.clear()
+                snapshot.update(pending)
+                self.loop.call_later(FENCE_POLL_S, poll)
+
+        self.loop.call_soon(poll)
+
+    def _do_force(self, action: ForceCompleteFences) -> None:
+        if 0 < action.slot < self.fences.slots:
+            self.fences.force(action.slot, action.buffer, action.error)
+
+    def _do_publish_kernel(self, action: PublishKernelFence) -> None:
+        self.fences.publish_kernel(action.buffer, action.seq)
+
+    def _do_signal_kernel(self, action: SignalKernelFence) -> None:
+        self.fences.signal_kernel(action.buffer, action.seq)
+
+    def _do_start_timer(self, action: StartTimer) -> None:
+        key = action.key
+
+        def fire() -> None:
+            if self._timers.pop(key, None) is not None:
+                self._guarded("timer", lambda: self.engine.timer_fired(key, now_ns()))
+
+        self._timers[key] = self.loop.call_later(action.seconds, fire)
+
+    def _do_cancel_timer(self, action: CancelTimer) -> None:
+        handle = self._timers.pop(action.key, None)
+        if handle is not None:
+            self.loop.cancel(handle)
+
+
+def heap_sizes(buffers: int, buffer_size: int, vram_size: int | None) -> tuple[int, int]:
+    """Default vram: half the buffers (at least one); sys: every buffer plus vram's worth, so
+    eviction always finds room."""
+    if vram_size is None:
+        vram_size = max(1, buffers // 2) * buffer_size
+    sys_size = buffers * buffer_size + vram_size
+    round_up = lambda n: int(math.ceil(n / LINE) * LINE)  # noqa: E731
+    return round_up(vram_size), round_up(sys_size)

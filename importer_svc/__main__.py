@@ -1,0 +1,47 @@
+"""python -m importer_svc: run one importer (a device) by hand (dmabuf-emu up does this for you)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from importer_svc.service import ImporterArgs, ImporterService
+from importer_svc.workload import WorkloadConfig
+from protocol.strategies import STRATEGIES
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m importer_svc",
+        description="A dma-buf importer: an emulated device that says hello to the exporter, attaches "
+                    "every buffer, and once started runs DMA jobs (map, chunked reads or writes through "
+                    "its IOMMU table, unmap) against the exporter's shared-memory heaps.",
+        epilog="Example: python -m importer_svc --name importer-1 --index 1 --out /tmp/demo "
+               "--exporter ipc:///tmp/demo/e.rpc --control ipc:///tmp/demo/i1.ctl --strategy pin")
+    p.add_argument("--name", required=True, help="importer-N: its routing id and its event file name")
+    p.add_argument("--index", required=True, type=int, help="N: stamped as the writer of every line it writes")
+    p.add_argument("--out", required=True, type=Path, help="run directory: events/<name>.jsonl, run/<name>.json")
+    p.add_argument("--exporter", required=True, help="the exporter's ZeroMQ endpoint")
+    p.add_argument("--control", required=True, help="ZeroMQ endpoint for dmabuf-emu's control requests")
+    p.add_argument("--strategy", default="pin", choices=sorted(STRATEGIES))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--queue-depth", type=int, default=2, help="DMA jobs in flight at once")
+    p.add_argument("--dma-ms", type=float, default=6.0, help="mean duration of a DMA job")
+    p.add_argument("--think-ms", type=float, default=1.0, help="mean pause between jobs")
+    p.add_argument("--write-ratio", type=float, default=0.5, help="share of jobs that write")
+    p.add_argument("--chunk-ms", type=float, default=1.0, help="time between a job's chunks")
+    a = p.parse_args(argv)
+    args = ImporterArgs(name=a.name, index=a.index, out=a.out, exporter=a.exporter, control=a.control,
+                        strategy=a.strategy, seed=a.seed, chunk_ms=a.chunk_ms,
+                        workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio))
+    try:
+        service = ImporterService(args)
+    except (OSError, ValueError) as exc:
+        print(f"{a.name}: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return service.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

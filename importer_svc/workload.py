@@ -1,0 +1,48 @@
+"""What the device is asked to do: which buffer, read or write, how long, how often.
+
+All randomness of an importer lives here, drawn from one generator seeded by the run's seed and
+the importer's index, so the same seed asks for the same jobs (their timing still depends on the
+machine).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    queue_depth: int = 2        # jobs in flight at once (each on a different buffer)
+    dma_ms: float = 6.0         # mean job duration
+    think_ms: float = 1.0       # mean pause before a freed slot takes the next job
+    write_ratio: float = 0.5
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job: int
+    buffer: int
+    access: str
+    duration_s: float
+
+
+class Workload:
+    def __init__(self, config: WorkloadConfig, seed: int, index: int) -> None:
+        self.config = config
+        self.rng = random.Random(f"{seed}:{index}")
+        self._next_job = 1
+        self.running = False
+
+    def next_job(self, idle_buffers: list[int]) -> JobSpec | None:
+        if not idle_buffers:
+            return None
+        buffer = self.rng.choice(sorted(idle_buffers))
+        access = "write" if self.rng.random() < self.config.write_ratio else "read"
+        duration = self.config.dma_ms * self.rng.uniform(0.5, 1.5) / 1000
+        job = JobSpec(self._next_job, buffer, access, duration)
+        self._next_job += 1
+        return job
+
+    def think_s(self) -> float:
+        return self.rng.uniform(0, 2 * self.config.think_ms) / 1000
