@@ -1,0 +1,1 @@
+"""dmabuf-emu: scenarios, launching and stopping services, runs, checks and reports."""

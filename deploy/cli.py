@@ -1,0 +1,200 @@
+"""The dmabuf-emu command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from deploy import options
+from deploy.launcher import DeployError, down, status, up
+from deploy.options import OptionError
+
+EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_DEPLOY = 0, 1, 2, 3
+
+DESCRIPTION = """\
+dmabuf-emu: run the answers to "what may an exporter do when it wants to move a buffer that
+importers have mapped?" (linux-media, February 2012) for real. An exporter process and N importer
+processes share POSIX shared memory and talk over ZeroMQ; a memory manager moves buffers under
+pressure; every DMA access goes through an emulated IOMMU; a race checker judges the history."""
+
+EPILOG = """\
+examples:
+  dmabuf-emu strategies
+  dmabuf-emu run --strategy pin --importers 2 --duration 3 --out runs/pin
+  dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race
+  dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf
+  dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live
+  dmabuf-emu check runs/mn
+
+a run directory holds deploy.json, events/*.jsonl, history.jsonl, report.json, report.md and
+trace.json (open it in https://ui.perfetto.dev).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmabuf-emu", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="up, drive the workload for --duration seconds, down, judge, report",
+                       description="Start the services, run the workload under memory pressure for "
+                                   "--duration seconds, stop everything, merge the history, judge it "
+                                   "and write report.json, report.md and trace.json.",
+                       epilog="example: dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn")
+    r.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
+    r.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
+    r.add_argument("--quiet", action="store_true", help="print only the summary")
+    r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
+    options.add_arguments(r)
+
+    u = sub.add_parser("up", help="start the exporter and importers in the background",
+                       description="Start the exporter and the importers as background processes, wait "
+                                   "until each answers ping, and write DIR/deploy.json. They attach "
+                                   "their buffers and idle until 'run' drives them or 'down' stops them.")
+    u.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
+    u.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    options.add_arguments(u)
+
+    s = sub.add_parser("status", help="which services of a run are alive",
+                       description="Show each service of DIR's deployment: pid, alive or not, and its state.")
+    s.add_argument("dir", type=Path, metavar="DIR")
+
+    d = sub.add_parser("down", help="stop a run's services and remove its segments and sockets",
+                       description="Ask every service to shut down (importers first), SIGTERM then "
+                                   "SIGKILL those that do not, then unlink the run's shared-memory "
+                                   "segments and remove its socket files. Safe after a crash, and twice.")
+    d.add_argument("dir", type=Path, metavar="DIR")
+    d.add_argument("--timeout", type=float, default=5.0, help="seconds before escalating to signals (default 5)")
+
+    c = sub.add_parser("check", help="re-judge a finished run directory and rewrite its reports",
+                       description="Merge DIR/events into DIR/history.jsonl, run the race checker and "
+                                   "rewrite report.json, report.md and trace.json.")
+    c.add_argument("dir", type=Path, metavar="DIR")
+    c.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race was found (for CI)")
+
+    cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
+                        description="Run every strategy (unmap-hint under both hint policies) with the same "
+                                    "parameters, one after the other, each in OUT/<strategy>, and print a "
+                                    "markdown table: races, corrupted jobs, moves completed and refused, "
+                                    "map and move latency.",
+                        epilog="example: dmabuf-emu compare --importers 4 --duration 3 --out runs/compare")
+    cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
+    cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
+    cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
+    options.add_arguments(cm)
+
+    sub.add_parser("strategies", help="list the buffer-move strategies",
+                   description="List the strategies with one line each; the rules, the sentence of the "
+                               "2012 thread each one models and its hazard are in protocol/strategies/*.py.")
+    return p
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"dmabuf-emu: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except OptionError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    except DeployError as exc:
+        return _fail(EXIT_DEPLOY, str(exc))
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted")
+
+
+def _cmd_strategies(args: argparse.Namespace) -> int:
+    from protocol.strategies import STRATEGIES
+    width = max(map(len, STRATEGIES))
+    for name, module in STRATEGIES.items():
+        print(f"{name.ljust(width)}  {module.SUMMARY}")
+    return EXIT_OK
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    params = options.resolve(args.scenario, vars(args))
+    dep = up(params, args.out)
+    print(f"up: run {dep.run_id}, strategy {params.strategy}: exporter pid {dep.exporter.pid}, "
+          + ", ".join(f"{i.name} pid {i.pid}" for i in dep.importers))
+    print(f"    {dep.out / 'deploy.json'}; stop with: dmabuf-emu down {args.out}")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    dep, services = status(args.dir)
+    print(f"run {dep.run_id}, strategy {dep.params.strategy}")
+    for s in services:
+        print(f"  {s.name:<12} pid {s.pid:<8} {'alive' if s.alive else 'dead ':<6} {s.state}")
+    return EXIT_OK if all(s.alive for s in services) else EXIT_RACE
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    report = down(args.dir, timeout_s=args.timeout)
+    parts = []
+    for label, names in (("stopped", report.graceful), ("terminated", report.terminated),
+                         ("killed", report.killed), ("already gone", report.already_gone)):
+        if names:
+            parts.append(f"{label}: {', '.join(names)}")
+    parts.append(f"segments removed: {len(report.segments_removed)}")
+    print("down: " + "; ".join(parts))
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from deploy.run import run
+    from deploy.summary import summary_lines
+    params = options.resolve(args.scenario, vars(args))
+    report = run(params, args.out, quiet=args.quiet or args.json)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print("\n".join(summary_lines(report, str(args.out))))
+    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from checker import check_run
+    from deploy.summary import summary_lines
+    if not (args.dir / "events").is_dir() and not (args.dir / "history.jsonl").exists():
+        raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
+    report = check_run(args.dir, merge=(args.dir / "events").is_dir())
+    print("\n".join(summary_lines(report, str(args.dir))))
+    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from deploy.compare import compare, table, variants
+    from deploy.run import run
+    if args.table_only:
+        print(table(args.out))
+        return EXIT_OK
+    params = options.resolve(args.scenario, vars(args))
+
+    def one(p: options.RunParams, out: Path) -> dict:
+        return run(p, out, quiet=True)
+
+    def done(label: str, report: dict) -> None:
+        print(f"  {label}: races {report['races']['total']}, moves completed {report['moves']['completed']}, "
+              f"refused {report['moves']['refused']}", file=sys.stderr, flush=True)
+
+    print(f"compare: {len(variants())} runs of "
+          f"{params.duration:g} s each -> {args.out}", file=sys.stderr)
+    print(compare(params, args.out, one, done))
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _cmd_run, "compare": _cmd_compare, "up": _cmd_up, "status": _cmd_status, "down": _cmd_down,
+             "check": _cmd_check, "strategies": _cmd_strategies}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""dmabuf-emu compare: the same workload under every strategy, one after the other, and one table.
+
+Each strategy gets its own run directory OUT/<label>; the table is derived from their
+report.json files only, so `dmabuf-emu compare --table-only OUT` rebuilds it from finished runs.
+unmap-hint appears twice, once per hint policy: they are the two halves of option 1's argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from deploy.options import RunParams
+from protocol.strategies import STRATEGIES
+
+RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+
+
+def variants() -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name in STRATEGIES:
+        if name == "unmap-hint":
+            out += [("unmap-hint (optimistic)", {"strategy": name, "hint_policy": "optimistic"}),
+                    ("unmap-hint (conservative)", {"strategy": name, "hint_policy": "conservative"})]
+        else:
+            out.append((name, {"strategy": name}))
+    return out
+
+
+def _dirname(label: str) -> str:
+    return label.replace(" (", "-").replace(")", "")
+
+
+def compare(base: RunParams, out: Path, run: Callable[[RunParams, Path], dict[str, Any]],
+            on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None) -> str:
+    for label, overrides in variants():
+        params = dataclasses.replace(base, **overrides)
+        report = run(params, out / _dirname(label))
+        on_done(label, report)
+    return table(out)
+
+
+def table(out: Path) -> str:
+    """A markdown table, one line per strategy, from OUT/*/report.json."""
+    head = ("| strategy | races | lost_write / stale_read / use_after_unmap / unfenced | corrupted jobs "
+            "| moves completed | moves refused | map p50 / p99 (us) | move p50 (us) |")
+    lines = [head, "|" + "---|" * 8]
+    for label, _ in variants():
+        path = out / _dirname(label) / "report.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        races = r.get("races", {})
+        lat = r.get("latency_us", {})
+        fmt = lambda d, k: "-" if not d or d.get(k) is None else f"{d[k]:.0f}"  # noqa: E731
+        lines.append(
+            f"| {label} | {races.get('total', 0)} | "
+            + " / ".join(str(races.get(k, 0)) for k in RACE_KINDS)
+            + f" | {r.get('corruption', {}).get('jobs', 0)} | {r.get('moves', {}).get('completed', 0)} "
+            f"| {r.get('moves', {}).get('refused', 0)} | {fmt(lat.get('map'), 'p50')} / {fmt(lat.get('map'), 'p99')} "
+            f"| {fmt(lat.get('move'), 'p50')} |")
+    return "\n".join(lines)

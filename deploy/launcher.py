@@ -1,0 +1,340 @@
+"""up, status and down: start a run's services in the background, see them, stop them and leave
+nothing behind.
+
+Layout of a run directory (`--out DIR`):
+    DIR/deploy.json        who was started: run id, pids, endpoints, segment names
+    DIR/events/*.jsonl     each service's history
+    DIR/logs/*.log         each service's stdout and stderr
+    DIR/run/*.json         where each service listens (written by the service once bound)
+    DIR/sock/              ipc socket files (mode 0700), removed by down
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from deploy import procs
+from deploy.control import ControlClient, ControlError
+from deploy.options import RunParams
+from exporter_svc.service import heap_sizes
+from runtime import shm, transport
+from runtime.service import write_json_atomic
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXPORTER_MARKER = "exporter_svc"
+IMPORTER_MARKER = "importer_svc"
+
+
+class DeployError(Exception):
+    """Something the user must hear about in one line (which service, what happened)."""
+
+
+@dataclass
+class ServiceInfo:
+    name: str
+    pid: int
+    control: str
+    marker: str
+    endpoint: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "pid": self.pid, "control": self.control}
+        if self.endpoint:
+            d["endpoint"] = self.endpoint
+        return d
+
+
+@dataclass
+class Deployment:
+    out: Path
+    run_id: str
+    params: RunParams
+    exporter: ServiceInfo
+    importers: list[ServiceInfo] = field(default_factory=list)
+    shm: list[str] = field(default_factory=list)
+
+    @property
+    def services(self) -> list[ServiceInfo]:
+        return [self.exporter, *self.importers]
+
+    def write(self) -> None:
+        write_json_atomic(self.out / "deploy.json", {
+            "run_id": self.run_id,
+            "strategy": self.params.strategy,
+            "exporter": {"pid": self.exporter.pid, "endpoint": self.exporter.endpoint,
+                         "control": self.exporter.control},
+            "importers": [i.as_dict() for i in self.importers],
+            "shm": self.shm,
+            "transport": self.params.transport,
+            "params": self.params.as_dict(),
+        })
+
+    @classmethod
+    def read(cls, out: Path) -> "Deployment":
+        path = out / "deploy.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DeployError(f"{out}: no deploy.json here: nothing was started with --out {out}") from None
+        except json.JSONDecodeError as exc:
+            raise DeployError(f"{path}: not valid JSON ({exc})") from None
+        params = RunParams(**data.get("params", {"strategy": data.get("strategy", "pin")}))
+        e = data["exporter"]
+        return cls(out=out, run_id=data["run_id"], params=params,
+                   exporter=ServiceInfo("exporter", e["pid"], e.get("control", ""), EXPORTER_MARKER, e.get("endpoint", "")),
+                   importers=[ServiceInfo(i["name"], i["pid"], i.get("control", ""), IMPORTER_MARKER)
+                              for i in data.get("importers", [])],
+                   shm=list(data.get("shm", [])))
+
+
+def _service_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _spawn(out: Path, name: str, argv: list[str]) -> subprocess.Popen:
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        # A session of its own: ^C on dmabuf-emu must not kill the services before down cleans up.
+        return subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=_service_env(), start_new_session=True,
+                                cwd=str(out))
+
+
+def _log_tail(out: Path, name: str, lines: int = 5) -> str:
+    try:
+        text = (out / "logs" / f"{name}.log").read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def _wait_listening(ctx: zmq.Context, out: Path, name: str, proc: subprocess.Popen,
+                    timeout_s: float) -> dict[str, Any]:
+    """Wait for the service's endpoints file, then for an answer to ping. Bounded; the error
+    names the service and says what it last printed."""
+    deadline = time.monotonic() + timeout_s
+    path = out / "run" / f"{name}.json"
+    while not path.exists():
+        if proc.poll() is not None:
+            tail = _log_tail(out, name)
+            raise DeployError(f"{name} exited with status {proc.returncode} before listening"
+                              + (f": {tail}" if tail else f" (see {out / 'logs' / (name + '.log')})"))
+        if time.monotonic() >= deadline:
+            raise DeployError(f"{name} did not come up within {timeout_s:g} s (no {path}); see {out / 'logs' / (name + '.log')}")
+        time.sleep(0.01)
+    info = json.loads(path.read_text())
+    client = ControlClient(ctx, info["control"], name)
+    try:
+        client.ping(max(0.1, deadline - time.monotonic()))
+    except ControlError as exc:
+        raise DeployError(f"{name} did not answer ping: {exc}") from None
+    finally:
+        client.close()
+    return info
+
+
+def _endpoints(params: RunParams, out: Path) -> tuple[str, Any]:
+    if params.transport == "tcp":
+        return "tcp://127.0.0.1:*", lambda name: "tcp://127.0.0.1:*"
+    sock = out / "sock"
+    sock.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(sock, 0o700)
+    short = {"exporter": "e"}
+    try:
+        # the longest name we will bind, checked before anything starts
+        transport.ipc_endpoint(str(sock / "i64.ctl"))
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
+    return (transport.ipc_endpoint(str(sock / "e.rpc")),
+            lambda name: transport.ipc_endpoint(str(sock / f"{short.get(name, name.replace('importer-', 'i'))}.ctl")))
+
+
+def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deployment:
+    """Start the exporter, then the importers, each in the background; wait until each answers
+    ping; write DIR/deploy.json. On failure stop whatever was started and raise DeployError."""
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "deploy.json").exists():
+        old = Deployment.read(out)
+        if any(procs.alive(s.pid, s.marker) for s in old.services):
+            raise DeployError(f"{out} already has a running deployment (run id {old.run_id}): "
+                              f"run 'dmabuf-emu down {out}' first")
+    for stale in ("deploy.json", "history.jsonl", "report.json", "report.md", "trace.json"):
+        (out / stale).unlink(missing_ok=True)
+    for d in ("events", "run", "logs"):
+        shutil.rmtree(out / d, ignore_errors=True)
+    run_id = secrets.token_hex(4)
+    rpc, control_for = _endpoints(params, out)
+    vram, sys_size = heap_sizes(params.buffers, params.buffer_size, params.vram_size)
+    ctx = zmq.Context()
+    started: list[tuple[subprocess.Popen, str]] = []
+    deployment: Deployment | None = None
+    try:
+        argv = ["-m", "exporter_svc", "--run-id", run_id, "--out", str(out), "--endpoint", rpc,
+                "--control", control_for("exporter"), "--strategy", params.strategy,
+                "--buffers", str(params.buffers), "--buffer-size", str(params.buffer_size),
+                "--vram-size", str(vram), "--max-importers", str(params.importers),
+                "--move-rate", str(params.move_rate), "--ack-timeout-ms", str(params.ack_timeout_ms),
+                "--fence-timeout-ms", str(params.fence_timeout_ms), "--hint-policy", params.hint_policy]
+        proc = _spawn(out, "exporter", argv)
+        started.append((proc, EXPORTER_MARKER))
+        info = _wait_listening(ctx, out, "exporter", proc, start_timeout_s)
+        deployment = Deployment(out, run_id, params,
+                                ServiceInfo("exporter", proc.pid, info["control"], EXPORTER_MARKER, info["rpc"]),
+                                shm=list(info.get("shm", [])))
+        deployment.write()  # already now, so that down can clean up a half-started run
+        procs_by_name = {}
+        for n in range(1, params.importers + 1):
+            name = f"importer-{n}"
+            argv = ["-m", "importer_svc", "--name", name, "--index", str(n), "--out", str(out),
+                    "--exporter", info["rpc"], "--control", control_for(name),
+                    "--strategy", params.strategy, "--seed", str(params.seed),
+                    "--queue-depth", str(params.queue_depth), "--dma-ms", str(params.dma_ms),
+                    "--think-ms", str(params.think_ms), "--write-ratio", str(params.write_ratio)]
+            proc = _spawn(out, name, argv)
+            started.append((proc, IMPORTER_MARKER))
+            procs_by_name[name] = proc
+            deployment.importers.append(ServiceInfo(name, proc.pid, "", IMPORTER_MARKER))
+            deployment.write()
+        for imp in deployment.importers:
+            imp.control = _wait_listening(ctx, out, imp.name, procs_by_name[imp.name], start_timeout_s)["control"]
+        deployment.write()
+        return deployment
+    except BaseException:
+        if deployment is not None:
+            down(out, timeout_s=2.0)
+        else:
+            for proc, _ in started:
+                proc.kill()
+                proc.wait()
+            for name in shm.existing(run_id):
+                shm.unlink(name)
+        raise
+    finally:
+        ctx.destroy(linger=0)
+
+
+def wait_ready(deployment: Deployment, timeout_s: float = 20.0) -> None:
+    """Wait until every importer has attached its buffers (status 'ready')."""
+    ctx = zmq.Context()
+    try:
+        deadline = time.monotonic() + timeout_s
+        for imp in deployment.importers:
+            client = ControlClient(ctx, imp.control, imp.name)
+            state = "unknown"
+            try:
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise DeployError(f"{imp.name} did not attach its buffers within {timeout_s:g} s "
+                                          f"(last state: {state}); see {deployment.out / 'logs' / (imp.name + '.log')}")
+                    state = client.status(left).state
+                    if state in ("ready", "running"):
+                        break
+                    if not procs.alive(imp.pid, imp.marker):
+                        raise DeployError(f"{imp.name} exited before it was ready: {_log_tail(deployment.out, imp.name)}")
+                    time.sleep(0.01)
+            except ControlError as exc:
+                raise DeployError(str(exc)) from None
+            finally:
+                client.close()
+    finally:
+        ctx.destroy(linger=0)
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int
+    alive: bool
+    state: str
+
+
+def status(out: Path, timeout_s: float = 1.0) -> tuple[Deployment, list[ServiceStatus]]:
+    deployment = Deployment.read(out.resolve())
+    ctx = zmq.Context()
+    result = []
+    try:
+        for svc in deployment.services:
+            is_alive = procs.alive(svc.pid, svc.marker)
+            state = "dead"
+            if is_alive and svc.control:
+                client = ControlClient(ctx, svc.control, svc.name)
+                try:
+                    state = client.status(timeout_s).state
+                except ControlError:
+                    state = "not answering"
+                finally:
+                    client.close()
+            elif is_alive:
+                state = "starting"
+            result.append(ServiceStatus(svc.name, svc.pid, is_alive, state))
+    finally:
+        ctx.destroy(linger=0)
+    return deployment, result
+
+
+@dataclass
+class DownReport:
+    graceful: list[str] = field(default_factory=list)
+    terminated: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    already_gone: list[str] = field(default_factory=list)
+    segments_removed: list[str] = field(default_factory=list)
+
+
+def down(out: Path, *, timeout_s: float = 5.0) -> DownReport:
+    """Stop every service of the run: shutdown over the control socket (importers first, so they
+    can detach), SIGTERM, then SIGKILL after `timeout_s`; then unlink the run's segments and
+    remove its socket files. Works on a run whose services were all SIGKILLed, and twice."""
+    out = out.resolve()
+    deployment = Deployment.read(out)
+    report = DownReport()
+    ctx = zmq.Context()
+    try:
+        live = [s for s in deployment.services if procs.alive(s.pid, s.marker)]
+        report.already_gone = [s.name for s in deployment.services if s not in live]
+        for group in ([s for s in live if s.name != "exporter"], [s for s in live if s.name == "exporter"]):
+            for svc in group:
+                if not svc.control:
+                    continue
+                client = ControlClient(ctx, svc.control, svc.name)
+                try:
+                    client.shutdown(min(2.0, timeout_s))
+                except ControlError:
+                    pass
+                finally:
+                    client.close()
+            left = procs.wait_gone({s.pid: s.marker for s in group}, timeout_s / 2)
+            report.graceful += [s.name for s in group if s.pid not in left]
+            if left:
+                procs.signal_all(left, signal.SIGTERM)
+                still = procs.wait_gone(left, timeout_s / 2)
+                report.terminated += [s.name for s in group if s.pid in left and s.pid not in still]
+                if still:
+                    procs.signal_all(still, signal.SIGKILL)
+                    procs.wait_gone(still, 5.0)
+                    report.killed += [s.name for s in group if s.pid in still]
+    finally:
+        ctx.destroy(linger=0)
+    for name in sorted(set(deployment.shm) | set(shm.existing(deployment.run_id))):
+        if shm.unlink(name):
+            report.segments_removed.append(name)
+    shutil.rmtree(out / "sock", ignore_errors=True)
+    return report

@@ -1,0 +1,187 @@
+"""Run parameters: defaults, a TOML scenario file, command-line flags (flags win), validation.
+
+One table (`OPTIONS`) defines every parameter: its scenario key, its flag, its type, its check and
+its help. The scenario file uses the same names as the flags, with underscores:
+
+    # scenarios/pin-demo.toml
+    strategy = "pin"
+    importers = 2
+    buffer_size = "256KiB"
+    duration = 3
+
+A bad value gets one line naming the key (or flag) and what was expected; nothing starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from protocol.strategies import STRATEGIES
+from runtime.units import format_size, parse_size
+
+
+class OptionError(ValueError):
+    """A parameter with a bad value: the message names the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class RunParams:
+    strategy: str = "pin"
+    importers: int = 2
+    buffers: int = 8
+    buffer_size: int = 256 * 1024
+    vram_size: int | None = None
+    duration: float = 3.0
+    seed: int = 1
+    move_rate: float = 20.0
+    transport: str = "ipc"
+    hint_policy: str = "optimistic"
+    ack_timeout_ms: float = 250.0
+    fence_timeout_ms: float = 1000.0
+    queue_depth: int = 2
+    dma_ms: float = 6.0
+    think_ms: float = 1.0
+    write_ratio: float = 0.5
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            try:
+                v = int(str(v), 10)
+            except ValueError:
+                raise OptionError(f"must be an integer from {lo} to {hi}, got {v!r}") from None
+        if not lo <= v <= hi:
+            raise OptionError(f"must be an integer from {lo} to {hi}, got {v}")
+        return v
+    return check
+
+
+def _float_range(lo: float, hi: float, *, open_lo: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool):
+            raise OptionError(f"must be a number, got {v!r}")
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise OptionError(f"must be a number, got {v!r}") from None
+        if f != f or (f <= lo if open_lo else f < lo) or f > hi:
+            raise OptionError(f"must be a number {'>' if open_lo else '>='} {lo:g} and <= {hi:g}, got {v!r}")
+        return f
+    return check
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise OptionError(f"must be one of {', '.join(choices)}; got {v!r}")
+        return v
+    return check
+
+
+def _size(lo: int, hi: int, multiple: int = 64) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        try:
+            n = parse_size(v)
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+        if not lo <= n <= hi or n % multiple:
+            raise OptionError(f"must be a multiple of {multiple} bytes from {format_size(lo)} to "
+                              f"{format_size(hi)}, got {v!r}")
+        return n
+    return check
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    check: Callable[[Any], Any]
+    help: str
+    metavar: str = ""
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("strategy", _choice(*STRATEGIES), "buffer-move strategy: " + ", ".join(STRATEGIES), "NAME"),
+    Option("importers", _int_range(1, 64), "importer processes (devices) to start", "N"),
+    Option("buffers", _int_range(1, 4096), "buffers the exporter shares", "N"),
+    Option("buffer_size", _size(64, 1 << 30), "bytes per buffer, e.g. 256KiB", "SIZE"),
+    Option("vram_size", _size(64, 1 << 32), "bytes of the scarce vram heap (default: half the buffers)", "SIZE"),
+    Option("duration", _float_range(0, 86400, open_lo=True), "seconds of workload", "S"),
+    Option("seed", _int_range(0, 2**63 - 1), "seed of every random choice (workloads, and later faults)", "N"),
+    Option("move_rate", _float_range(0, 10000), "moves per second the memory manager tries (0: none)", "R"),
+    Option("transport", _choice("ipc", "tcp"), "ipc: unix sockets inside the run directory; tcp: 127.0.0.1", "KIND"),
+    Option("hint_policy", _choice("optimistic", "conservative"), "unmap-hint only: what the unmap reply promises", "POLICY"),
+    Option("ack_timeout_ms", _float_range(1, 600000), "how long a move waits for acks / move_notify returns", "MS"),
+    Option("fence_timeout_ms", _float_range(1, 600000), "resv-fence: how long a move waits for fences before forcing them", "MS"),
+    Option("queue_depth", _int_range(1, 64), "DMA jobs each importer keeps in flight", "N"),
+    Option("dma_ms", _float_range(0, 60000, open_lo=True), "mean duration of one DMA job", "MS"),
+    Option("think_ms", _float_range(0, 60000), "mean pause between an importer's jobs", "MS"),
+    Option("write_ratio", _float_range(0, 1), "share of DMA jobs that write", "P"),
+)
+_BY_KEY = {o.key: o for o in OPTIONS}
+SCENARIO_EXTRA_KEYS = {"name", "description"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per option, default None so that only flags actually given override."""
+    defaults = RunParams()
+    group = parser.add_argument_group("run parameters (override the scenario file)")
+    for o in OPTIONS:
+        default = getattr(defaults, o.key)
+        shown = format_size(default) if o.key.endswith("_size") and default else default
+        group.add_argument("--" + o.key.replace("_", "-"), dest=o.key, default=None, metavar=o.metavar,
+                           help=f"{o.help} (default: {shown if shown is not None else 'auto'})")
+
+
+def load_scenario(path: Path) -> dict[str, Any]:
+    """Read a TOML scenario; unknown keys and TOML errors are OptionErrors naming the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise OptionError(f"{path}: no such scenario file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"{path}: not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if key not in _BY_KEY and key not in SCENARIO_EXTRA_KEYS:
+            raise OptionError(f"{path}: unknown key '{key}' (known: {', '.join(sorted(_BY_KEY))})")
+        if isinstance(value, dict):
+            raise OptionError(f"{path}: key '{key}' must be a value, not a table")
+    return data
+
+
+def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
+    """Defaults, then the scenario's values, then the flags given; each value checked."""
+    values: dict[str, Any] = {}
+    if scenario is not None:
+        for key, raw in load_scenario(scenario).items():
+            if key in _BY_KEY:
+                try:
+                    values[key] = _BY_KEY[key].check(raw)
+                except OptionError as exc:
+                    raise OptionError(f"{scenario}: key '{key}' {exc}") from None
+    for key, raw in flags.items():
+        if key in _BY_KEY and raw is not None:
+            try:
+                values[key] = _BY_KEY[key].check(raw)
+            except OptionError as exc:
+                raise OptionError(f"--{key.replace('_', '-')} {exc}") from None
+    params = RunParams(**values)
+    _check_together(params)
+    return params
+
+
+def _check_together(p: RunParams) -> None:
+    if p.vram_size is not None and p.vram_size < p.buffer_size:
+        raise OptionError(f"vram_size ({format_size(p.vram_size)}) must hold at least one buffer "
+                          f"({format_size(p.buffer_size)})")
+    if p.queue_depth > p.buffers:
+        raise OptionError(f"queue_depth ({p.queue_depth}) cannot exceed buffers ({p.buffers}): "
+                          f"each job in flight needs its own buffer")

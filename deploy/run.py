@@ -1,0 +1,119 @@
+"""dmabuf-emu run: up, drive the workload for --duration seconds, stop, down, judge, report.
+
+The run's own events (run_start with every parameter, workload_start/stop, services that died,
+run_stop) go to DIR/events/deploy.jsonl beside the services' histories; the checker reads the
+parameters from there, so a run directory explains itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import zmq
+
+from deploy import procs
+from deploy.control import ControlClient, call_all
+from deploy.launcher import DeployError, Deployment, down, up, wait_ready
+from deploy.options import RunParams
+from protocol import wire
+from runtime.eventlog import EventLog
+
+STOP_TIMEOUT_S = 10.0
+
+
+class Progress:
+    """One line, rewritten in place on a terminal; a line at start and end otherwise."""
+
+    def __init__(self, stream: TextIO, quiet: bool) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.tty = stream.isatty()
+        self._last = ""
+
+    def update(self, text: str) -> None:
+        if self.quiet or not self.tty:
+            return
+        self.stream.write("\r" + text.ljust(len(self._last)))
+        self.stream.flush()
+        self._last = text
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._last and self.tty:
+            self.stream.write("\r" + " " * len(self._last) + "\r")
+            self._last = ""
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Progress) -> list[str]:
+    """Start pressure and workload, wait `duration` watching the services, stop and drain.
+    Returns the names of services that died during the run."""
+    ctx = zmq.Context()
+    exporter = ControlClient(ctx, deployment.exporter.control, "exporter")
+    importers = [ControlClient(ctx, i.control, i.name) for i in deployment.importers]
+    died: list[str] = []
+    try:
+        exporter.start(5.0)
+        errors = call_all(importers, wire.Start, 5.0)
+        if errors:
+            raise DeployError("; ".join(errors))
+        log.emit("workload_start")
+        began = time.monotonic()
+        end = began + params.duration
+        while True:
+            now = time.monotonic()
+            for svc in deployment.services:
+                if svc.name not in died and not procs.alive(svc.pid, svc.marker):
+                    died.append(svc.name)
+                    log.emit("service_died", name=svc.name, pid=svc.pid, how="exited during the run")
+                    progress.line(f"{svc.name} (pid {svc.pid}) died during the run")
+            alive = len(deployment.services) - len(died)
+            progress.update(f"[{params.strategy}] {min(now - began, params.duration):5.1f}/{params.duration:g} s  "
+                            f"services alive {alive}/{len(deployment.services)}")
+            if now >= end:
+                break
+            # Waiting for the run's end, polling liveness four times a second meanwhile.
+            time.sleep(min(0.25, end - now))
+        live_importers = [c for c, i in zip(importers, deployment.importers, strict=True) if i.name not in died]
+        errors = call_all(live_importers, wire.Stop, STOP_TIMEOUT_S)
+        if "exporter" not in died:
+            errors += call_all([exporter], wire.Stop, STOP_TIMEOUT_S)
+        log.emit("workload_stop", errors=errors)
+        for e in errors:
+            progress.line(f"warning: {e}")
+    finally:
+        exporter.close()
+        for c in importers:
+            c.close()
+        ctx.destroy(linger=0)
+    return died
+
+
+def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = sys.stderr) -> dict[str, Any]:
+    """A whole run. Returns the report (also written to DIR/report.json)."""
+    from checker import check_run  # the judge; imported here so that up/down work without it
+
+    progress = Progress(stream, quiet)
+    out = out.resolve()
+    progress.line(f"dmabuf-emu run: strategy {params.strategy}, {params.importers} importers, "
+                  f"{params.buffers} buffers, {params.duration:g} s -> {out}")
+    deployment = up(params, out)
+    log = EventLog(out / "events" / "deploy.jsonl", "deploy")
+    try:
+        wait_ready(deployment)
+        log.emit("run_start", run_id=deployment.run_id, strategy=params.strategy, params=params.as_dict())
+        drive(deployment, params, log, progress)
+    finally:
+        report = down(out)
+        for name in report.killed:
+            log.emit("service_died", name=name, pid=None, how="killed by down (did not stop in time)")
+        log.emit("run_stop", graceful=report.graceful, terminated=report.terminated, killed=report.killed,
+                 segments_removed=report.segments_removed)
+        log.close()
+    progress.line("judging the history ...")
+    return check_run(out)

@@ -1,0 +1,48 @@
+"""The human summary of a run, derived from report.json (itself derived from the history)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+
+
+def _pct(lat: dict[str, Any] | None, key: str) -> str:
+    if not lat or lat.get(key) is None:
+        return "-"
+    return f"{lat[key]:.0f}"
+
+
+def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
+    ops = report.get("ops", {})
+    moves = report.get("moves", {})
+    races = report.get("races", {})
+    corr = report.get("corruption", {})
+    lat = report.get("latency_us", {})
+    maps = report.get("maps", {})
+    verdict = "RACES FOUND" if races.get("total") else "no races"
+    lines = [
+        f"{report.get('strategy')}: {verdict}",
+        f"  ops        attach {ops.get('attach', 0)}  map {ops.get('map', 0)}  unmap {ops.get('unmap', 0)}  "
+        f"dma read {ops.get('dma_read', 0)}  dma write {ops.get('dma_write', 0)}",
+        f"  maps       reused cached IOMMU entries {maps.get('reused', 0)}  remapped {maps.get('remapped', 0)}",
+        f"  moves      attempted {moves.get('attempted', 0)}  completed {moves.get('completed', 0)}  "
+        f"refused {moves.get('refused', 0)}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(moves.get('refused_by_reason', {}).items()))})"
+           if moves.get("refused") else ""),
+        f"  races      total {races.get('total', 0)}  "
+        + "  ".join(f"{k} {races.get(k, 0)}" for k in RACE_KINDS),
+        f"  bytes      corrupted jobs {corr.get('jobs', 0)}  lines {corr.get('lines', 0)}  "
+        f"iommu faults {report.get('iommu_faults', 0)}",
+        f"  latency us map p50 {_pct(lat.get('map'), 'p50')} p99 {_pct(lat.get('map'), 'p99')}  "
+        f"unmap p50 {_pct(lat.get('unmap'), 'p50')} p99 {_pct(lat.get('unmap'), 'p99')}  "
+        f"move p50 {_pct(lat.get('move'), 'p50')} p99 {_pct(lat.get('move'), 'p99')}",
+    ]
+    for kind in RACE_KINDS:
+        for w in report.get("witnesses", {}).get(kind, [])[:1]:
+            lines.append(f"  witness    {kind}: {w.get('sentence', '')}")
+    died = [name for name, s in report.get("services", {}).items() if s.get("died")]
+    if died:
+        lines.append(f"  died       {', '.join(died)}")
+    lines.append(f"  report     {run_dir}/report.md  (trace: {run_dir}/trace.json, open in ui.perfetto.dev)")
+    return lines
