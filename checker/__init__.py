@@ -1,0 +1,21 @@
+"""checker: the race oracle of dmabuf-emu.
+
+It reads a finished run's history (JSON lines ordered by t_ns, docs/events.md) and judges it:
+names every race with a witness and derives every counter of the run's report.
+
+Rules of the package:
+- It imports nothing from protocol/, the services or the strategies: a judge that shares code
+  with the judged shares its bugs. Standard library, numpy and (optionally) orjson only.
+- Every verdict and counter comes from the events, never from a service's own tally.
+- One streaming pass; memory bounded by live buffers, jobs and attachments, not history length.
+
+Public API:
+    merge_history(events_dir, out_path) -> int
+    judge_history(history_path) -> dict
+    check_run(run_dir, *, merge=True) -> dict
+"""
+
+from checker.history import HistoryError, merge_history
+from checker.run import check_run, judge_history
+
+__all__ = ["merge_history", "judge_history", "check_run", "HistoryError"]

@@ -1,0 +1,667 @@
+"""The race oracle: one streaming pass over a history ordered by t_ns.
+
+Rules (docs/events.md is the event contract; the verdicts are the spec's, restated here):
+- A DMA job is an importer's dma_begin..dma_end with one job id; it used generation g of buffer B.
+  It is judged once, as the first kind that fits, in this order:
+  1. lost_write: a write whose end is strictly after the copy of g began (the exporter's
+     copy_begin with buffer B, from_gen g). If no copy_begin of g was seen but g was freed, the
+     free stands in for it (a write into a released range is lost all the more).
+  2. stale_read: a read whose end is strictly after g's range was freed (free, buffer B, from_gen g).
+  3. use_after_unmap: a job begun while its importer's attachment was unmapped, invalidated on
+     move_notify, or never mapped (no `map` of that svc+attachment since).
+  4. unfenced_access: a job on generation h > 1 begun before the copy creating h ended (copy_end
+     with to_gen h strictly after dma_begin, or no copy_end at all). Generation 1 is created by
+     buffer_created, not by a copy.
+  Equal times are never a race. A job with no dma_end is considered running until the history's
+  last event.
+- Streaming: a job is judged at the first event whose t_ns is past its end (or at the end of the
+  history), so every exporter event with the same t_ns, in whichever order the merge put the tie,
+  has been seen. Then "copy_begin not seen yet" means it comes at or after the job's end: no race.
+- Memory: per buffer the last KEEP_GENERATIONS generation records; a job on a generation older
+  than those was on a range copied away and freed several moves earlier (moves of one buffer are
+  serial), so a write on it is a lost_write and a read a stale_read. Live jobs, attachments
+  and buffers are kept; of judged jobs only the last RECENT_RACES racy ones (for corruption
+  linking). Latencies go to bounded histograms.
+- Corruption linking: the found stamp's writer job (importer-<writer>, seq) when the stamp belongs
+  to another buffer, else (or if that job did not race) the reading job itself; a link counts when
+  the first of those candidates that raced is found.
+- A line that is not a JSON object with int t_ns, str svc and str event is skipped and counted in
+  `history_errors`; an event missing a field its handler needs is counted in `anomalies`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import islice
+from typing import Any, Callable, Iterable
+
+from checker.jsonio import dumps, loads
+from checker.latency import LogHistogram
+from checker.model import (
+    LOST_WRITE,
+    RACE_KINDS,
+    STALE_READ,
+    UNFENCED_ACCESS,
+    USE_AFTER_UNMAP,
+    AttState,
+    BufferGens,
+    CorruptionLink,
+    GenRecord,
+    Job,
+    Placement,
+    Race,
+    UauCause,
+)
+from checker.witness import corruption_sentence, sentence, witness
+
+KEEP_GENERATIONS = 8
+RECENT_RACES = 65536
+MAX_WITNESSES = 5
+PARSE_BATCH = 512
+MAX_CORRUPTION_EXAMPLES = 5
+PARAM_KEYS_LIFTED = ("strategy", "seed", "importers", "buffers", "duration_s")
+
+RaceHook = Callable[[Race], None]
+EventHook = Callable[[dict[str, Any], int, str, str], None]
+
+
+class Oracle:
+    """Feed events in t_ns order (`run` over a file, or `feed` one by one), then `report()`."""
+
+    def __init__(self, *, on_race: RaceHook | None = None, on_event: EventHook | None = None) -> None:
+        self.on_race = on_race
+        self.on_event = on_event
+        self.events = 0
+        self.history_errors = 0
+        self.unordered = 0
+        self.anomalies: Counter[str] = Counter()
+        self.t0: int | None = None
+        self.t1: int | None = None
+        # run parameters
+        self.run_params: dict[str, Any] | None = None
+        self.run_id: Any = None
+        self.exporter_strategy: Any = None
+        # services: name -> [started, stopped, died]
+        self.svc_flags: dict[str, list[bool]] = {}
+        self.svc_last: dict[str, int] = {}
+        # counters
+        self.ops = {"attach": 0, "detach": 0, "map": 0, "unmap": 0}
+        self.n_dma_read = 0
+        self.n_dma_write = 0
+        self.maps = {"reused": 0, "remapped": 0}
+        self.moves = {"attempted": 0, "begun": 0, "completed": 0, "refused": 0, "queued": 0,
+                      "cancelled": 0}
+        self.refused_by_reason: Counter[str] = Counter()
+        self.races = {k: 0 for k in RACE_KINDS}
+        self.notify = {"sent": 0, "acked": 0, "ack_timeouts": 0, "received": 0, "invalidated": 0}
+        self.iommu_faults = 0
+        self.faults = 0
+        self.fences_forced = 0
+        self.jobs_failed = 0
+        self.jobs_unfinished = 0
+        self.jobs_judged = 0
+        self.attachments_revoked = 0
+        self.held_at_detach = 0
+        self.services_died = 0
+        self.corruption = {"jobs": 0, "lines": 0, "linked": 0}
+        self.corruption_examples: list[tuple[dict[str, Any], CorruptionLink]] = []
+        self.latency = {k: LogHistogram() for k in ("map", "unmap", "move", "notify_ack", "fence_wait")}
+        self.witness_races: dict[str, list[Race]] = {k: [] for k in RACE_KINDS}
+        # state
+        self.buffers: dict[Any, BufferGens] = {}
+        self.jobs: dict[tuple[str, Any], Job] = {}
+        self.atts: dict[tuple[str, Any], AttState] = {}
+        self.recent_races: dict[tuple[str, Any], Race] = {}
+        self._ending: list[Job] = []      # ended jobs waiting for time to move past their end
+        self._orphans: list[Job] = []     # unfinished jobs whose id a restarted service reused
+        self._ending_t = 0
+        self._finished = False
+        self._handlers: dict[str, Callable[[dict[str, Any], int, str], None]] = {
+            "dma_begin": self._dma_begin,
+            "dma_end": self._dma_end,
+            "map": self._map,
+            "unmap": self._unmap,
+            "invalidate": self._invalidate,
+            "attach": self._attach,
+            "detach": self._detach,
+            "buffer_created": self._buffer_created,
+            "move_begin": self._move_begin,
+            "move_refused": self._move_refused,
+            "move_queued": self._move_queued,
+            "move_cancelled": self._move_cancelled,
+            "copy_begin": self._copy_begin,
+            "copy_end": self._copy_end,
+            "free": self._free,
+            "move_end": self._move_end,
+            "move_notify_sent": self._move_notify_sent,
+            "move_notify_received": self._move_notify_received,
+            "ack": self._ack,
+            "ack_timeout": self._ack_timeout,
+            "fence_wait_end": self._fence_wait_end,
+            "fence_signal": self._fence_signal,
+            "iommu_fault": self._iommu_fault,
+            "fault": self._fault,
+            "corruption": self._corruption,
+            "job_failed": self._job_failed,
+            "attachment_revoked": self._attachment_revoked,
+            "service_start": self._service_start,
+            "service_stop": self._service_stop,
+            "service_died": self._service_died,
+            "run_start": self._run_start,
+            "run_stop": self._run_stop,
+        }
+
+    # ------------------------------------------------------------------ the pass
+
+    def run(self, lines: Iterable[bytes]) -> None:
+        """Judge every line (bytes, as read from a history opened in binary mode).
+
+        Lines are parsed PARSE_BATCH at a time as one JSON array (one orjson call instead of
+        many); a batch that does not parse as exactly one element per line is parsed again line by
+        line, so a bad line costs only its own event.
+        """
+        it = iter(lines)
+        while True:
+            chunk = list(islice(it, PARSE_BATCH))
+            if not chunk:
+                return
+            try:
+                parsed = loads(b"[" + b",".join(chunk) + b"]")
+                if len(parsed) != len(chunk):
+                    raise ValueError("a line held more or less than one JSON value")
+            except (ValueError, TypeError):
+                parsed = [self._parse_one(line) for line in chunk]
+            self._consume(parsed)
+
+    def _parse_one(self, line: bytes | str) -> Any:
+        try:
+            return loads(line)
+        except ValueError:
+            if line.strip():
+                self.history_errors += 1
+            return None
+
+    def _consume(self, parsed: list[Any]) -> None:
+        """The hot loop: keep it lean (locals, no per-event allocation)."""
+        handlers = self._handlers
+        svc_last = self.svc_last
+        on_event = self.on_event
+        ending = self._ending
+        events = self.events
+        t1 = self.t1 if self.t1 is not None else -(1 << 63)
+        for ev in parsed:
+            if ev is None:
+                continue
+            try:
+                t = ev["t_ns"]
+                svc = ev["svc"]
+                name = ev["event"]
+                if type(t) is not int or type(svc) is not str or type(name) is not str:
+                    raise TypeError
+            except (KeyError, TypeError, IndexError):
+                self.history_errors += 1
+                continue
+            events += 1
+            if t >= t1:
+                t1 = t
+            else:
+                self.unordered += 1
+            if ending and t != self._ending_t:
+                self._flush_ending()
+            if self.t0 is None:
+                self.t0 = t
+            svc_last[svc] = t
+            h = handlers.get(name)
+            if h is not None:
+                try:
+                    h(ev, t, svc)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    self.anomalies[f"malformed {name}"] += 1
+            if on_event is not None:
+                on_event(ev, t, svc, name)
+        self.events = events
+        if events:
+            self.t1 = t1
+
+    def feed(self, ev: dict[str, Any]) -> None:
+        """One event (already parsed); for tests and tools. Same rules as `run`."""
+        self.run([dumps(ev)])
+
+    def finish(self) -> None:
+        """End of history: judge the jobs that never ended as running until the last event."""
+        if self._finished:
+            return
+        self._finished = True
+        self._flush_ending()
+        live = sorted([*self.jobs.values(), *self._orphans], key=lambda j: (j.begin_t, j.svc, str(j.job)))
+        self._orphans.clear()
+        for job in live:
+            self.jobs_unfinished += 1
+            self._judge(job)
+
+    # ------------------------------------------------------------------ verdicts
+
+    def _flush_ending(self) -> None:
+        ending = self._ending
+        for job in ending:
+            self._judge(job)
+        ending.clear()
+
+    def _lookup(self, buffer: Any, gen: Any) -> tuple[GenRecord | None, bool]:
+        bg = self.buffers.get(buffer)
+        if bg is None:
+            return None, False
+        rec = bg.gens.get(gen)
+        if rec is None and isinstance(gen, int) and gen <= bg.dropped_upto:
+            return None, True
+        return rec, False
+
+    def classify(self, job: Job, end: int) -> str | None:
+        rec, dropped = job.rec, job.dropped
+        if rec is None and not dropped:
+            rec, dropped = self._lookup(job.buffer, job.gen)
+            job.rec, job.dropped = rec, dropped
+        if job.write:
+            if dropped:
+                return LOST_WRITE
+            if rec is not None:
+                edge = rec.copy_begin_t if rec.copy_begin_t is not None else rec.free_t
+                if edge is not None and end > edge:
+                    return LOST_WRITE
+        else:
+            if dropped:
+                return STALE_READ
+            if rec is not None and rec.free_t is not None and end > rec.free_t:
+                return STALE_READ
+        if job.uau is not None:
+            return USE_AFTER_UNMAP
+        if rec is not None:
+            if not rec.initial and (rec.copy_end_t is None or rec.copy_end_t > job.begin_t):
+                return UNFENCED_ACCESS
+        elif job.gen != 1:
+            return UNFENCED_ACCESS
+        return None
+
+    def _judge(self, job: Job) -> None:
+        key = (job.svc, job.ev["job"])
+        jobs = self.jobs
+        if jobs.get(key) is job:
+            del jobs[key]
+        end = job.end_t
+        unfinished = end is None
+        if end is None:
+            end = self.t1
+            assert end is not None
+        self.jobs_judged += 1
+        kind = self.classify(job, end)
+        race: Race | None = None
+        if kind is not None:
+            race = Race(kind, job, end, unfinished)
+            self.races[kind] += 1
+            recent = self.recent_races
+            recent[key] = race
+            if len(recent) > RECENT_RACES:
+                del recent[next(iter(recent))]
+            if len(self.witness_races[kind]) < MAX_WITNESSES:
+                self.witness_races[kind].append(race)  # rendered at the end: later frees belong in it
+            if self.on_race is not None:
+                self.on_race(race)
+        if job.links:
+            for link, i in job.links:
+                link.outcomes[i] = race if race is not None else False
+                self._resolve_link(link)
+
+    def _resolve_link(self, link: CorruptionLink) -> None:
+        if link.done:
+            return
+        for i, outcome in enumerate(link.outcomes):
+            if outcome is None:
+                return  # an earlier candidate is still running: its verdict comes first
+            if outcome is not False:
+                link.done = True
+                link.race = outcome
+                link.via = "writer" if (i == 0 and len(link.candidates) == 2) else "reader"
+                self.corruption["linked"] += 1
+                return
+        link.done = True
+
+    # ------------------------------------------------------------------ importer events
+
+    def _dma_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        write = ev["access"] == "write"
+        if write:
+            self.n_dma_write += 1
+        else:
+            self.n_dma_read += 1
+        gen = ev["gen"]
+        bg = self.buffers.get(ev["buffer"])
+        rec = None
+        dropped = False
+        if bg is not None:
+            rec = bg.gens.get(gen)
+            dropped = rec is None and type(gen) is int and gen <= bg.dropped_upto
+        st = self.atts.get((svc, ev.get("attachment")))
+        uau = None if (st is not None and st.usable) else self._uau_cause(st)
+        key = (svc, ev["job"])
+        jobs = self.jobs
+        old = jobs.get(key)
+        if old is not None and old.end_t is None:
+            # A restarted service reusing job ids: the old job never ended; it is judged at the
+            # end of the history like any other unfinished job.
+            self.anomalies["dma_begin of a job already running"] += 1
+            self._orphans.append(old)
+        jobs[key] = Job(ev, svc, write, t, rec, dropped, uau)
+
+    @staticmethod
+    def _uau_cause(st: AttState | None) -> UauCause:
+        if st is None or st.last not in ("unmap", "invalidate"):
+            return UauCause("never", None, None)
+        return UauCause(st.last, st.last_t, st.last_gen)
+
+    def _dma_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        job = self.jobs.get((svc, ev["job"]))
+        if job is None or job.end_t is not None:
+            self.anomalies["dma_end without dma_begin"] += 1
+            return
+        job.end_t = t
+        job.status = ev.get("status")
+        self._ending.append(job)
+        self._ending_t = t
+
+    def _att(self, svc: str, att: Any) -> AttState:
+        st = self.atts.get((svc, att))
+        if st is None:
+            st = self.atts[(svc, att)] = AttState()
+        return st
+
+    def _map(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc == "exporter":
+            return
+        self.ops["map"] += 1
+        self.maps["reused" if ev.get("reused") else "remapped"] += 1
+        lat = ev.get("latency_ns")
+        if lat is not None:
+            self.latency["map"].add(lat)
+        st = self._att(svc, ev.get("attachment"))
+        st.mapped = st.usable = True
+        st.last, st.last_t, st.last_gen = "map", t, ev.get("gen")
+
+    def _unmap(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc == "exporter":
+            return
+        self.ops["unmap"] += 1
+        lat = ev.get("latency_ns")
+        if lat is not None:
+            self.latency["unmap"].add(lat)
+        st = self._att(svc, ev.get("attachment"))
+        st.mapped = st.usable = False
+        st.last, st.last_t, st.last_gen = "unmap", t, ev.get("gen")
+
+    def _invalidate(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.notify["invalidated"] += 1
+        st = self._att(svc, ev.get("attachment"))
+        st.usable = False
+        st.last, st.last_t, st.last_gen = "invalidate", t, ev.get("gen")
+
+    def _attach(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc == "exporter":
+            return
+        self.ops["attach"] += 1
+        self._att(svc, ev.get("attachment"))
+
+    def _detach(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc == "exporter":
+            return
+        self.ops["detach"] += 1
+        # Forget the attachment (bounded memory); a mapping never unmapped still counts as held.
+        st = self.atts.pop((svc, ev.get("attachment")), None)
+        if st is not None and st.mapped:
+            self.held_at_detach += 1
+
+    def _iommu_fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.iommu_faults += 1
+
+    def _fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.faults += 1
+
+    def _job_failed(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.jobs_failed += 1
+
+    def _move_notify_received(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.notify["received"] += 1
+
+    def _corruption(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        c = self.corruption
+        c["jobs"] += 1
+        lines = ev.get("lines")
+        c["lines"] += lines if isinstance(lines, int) else 0
+        raw_found = ev.get("found")
+        found: dict[str, Any] = raw_found if isinstance(raw_found, dict) else {}
+        candidates: list[tuple[str, Any]] = []
+        writer = found.get("writer")
+        if (found.get("buffer") is not None and found.get("buffer") != ev.get("buffer")
+                and isinstance(writer, int) and writer > 0):
+            candidates.append((f"importer-{writer}", found.get("seq")))
+        candidates.append((svc, ev.get("job")))
+        example: dict[str, Any] | None = None
+        if len(self.corruption_examples) < MAX_CORRUPTION_EXAMPLES:
+            example = {k: ev.get(k) for k in ("t_ns", "svc", "job", "buffer", "gen", "heap", "lines",
+                                              "line", "expected", "found")}
+            example["sentence"] = corruption_sentence(example, self.t0 if self.t0 is not None else t)
+        link = CorruptionLink(candidates, [None] * len(candidates), example)
+        if example is not None:
+            self.corruption_examples.append((example, link))
+        for i, key in enumerate(candidates):
+            job = self.jobs.get(key)
+            if job is not None:
+                if job.links is None:
+                    job.links = []
+                job.links.append((link, i))
+            else:
+                link.outcomes[i] = self.recent_races.get(key, False)
+        self._resolve_link(link)
+
+    # ------------------------------------------------------------------ exporter events
+
+    def _gens(self, buffer: Any) -> BufferGens:
+        bg = self.buffers.get(buffer)
+        if bg is None:
+            bg = self.buffers[buffer] = BufferGens()
+        return bg
+
+    def _put(self, rec: GenRecord) -> None:
+        bg = self._gens(rec.buffer)
+        bg.gens[rec.gen] = rec
+        while len(bg.gens) > KEEP_GENERATIONS:
+            oldest = min(bg.gens)
+            del bg.gens[oldest]
+            if isinstance(oldest, int):
+                bg.dropped_upto = max(bg.dropped_upto, oldest)
+
+    def _rec(self, buffer: Any, gen: Any) -> GenRecord:
+        """The record of (buffer, gen), made up (unknown placement) if its creation was not seen."""
+        rec = self._gens(buffer).gens.get(gen)
+        if rec is None:
+            self.anomalies["generation used before it was created"] += 1
+            rec = GenRecord(buffer, gen, None, initial=(gen == 1))
+            self._put(rec)
+        return rec
+
+    def _buffer_created(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        gen = ev.get("gen", 1)
+        self._put(GenRecord(ev["buffer"], gen, Placement(ev.get("heap"), ev.get("offset"), ev.get("size")),
+                            initial=True, created_t=t))
+
+    def _move_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.moves["attempted"] += 1
+        self.moves["begun"] += 1
+        buffer = ev["buffer"]
+        from_gen, to_gen = ev["from_gen"], ev["to_gen"]
+        src = self._rec(buffer, from_gen)
+        src.out_move, src.out_begin_t = ev.get("move"), t
+        src.out_to = Placement.of(ev.get("to"))
+        if src.place is None:
+            src.place = Placement.of(ev.get("from"))
+        self._put(GenRecord(buffer, to_gen, Placement.of(ev.get("to")), initial=False, created_t=t,
+                            create_move=ev.get("move"), create_from=Placement.of(ev.get("from"))))
+
+    def _move_refused(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.moves["attempted"] += 1
+        self.moves["refused"] += 1
+        self.refused_by_reason[str(ev.get("reason"))] += 1
+
+    def _move_queued(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.moves["queued"] += 1
+
+    def _move_cancelled(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.moves["cancelled"] += 1
+
+    def _copy_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        buffer = ev["buffer"]
+        src = self._rec(buffer, ev["from_gen"])
+        if src.copy_begin_t is None:
+            src.copy_begin_t = t
+        if src.out_move is None:
+            src.out_move = ev.get("move")
+        dst = self._gens(buffer).gens.get(ev.get("to_gen"))
+        if dst is not None and dst.create_copy_begin_t is None:
+            dst.create_copy_begin_t = t
+
+    def _copy_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        dst = self._rec(ev["buffer"], ev["to_gen"])
+        if dst.copy_end_t is None:
+            dst.copy_end_t = t
+
+    def _free(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        src = self._rec(ev["buffer"], ev["from_gen"])
+        if src.free_t is None:
+            src.free_t = t
+
+    def _move_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.moves["completed"] += 1
+        lat = ev.get("latency_ns")
+        if lat is not None:
+            self.latency["move"].add(lat)
+
+    def _move_notify_sent(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.notify["sent"] += 1
+
+    def _ack(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc != "exporter":
+            return
+        self.notify["acked"] += 1
+        lat = ev.get("latency_ns")
+        if lat is not None:
+            self.latency["notify_ack"].add(lat)
+
+    def _ack_timeout(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.notify["ack_timeouts"] += 1
+
+    def _fence_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        waited = ev.get("waited_ns")
+        if waited is not None:
+            self.latency["fence_wait"].add(waited)
+
+    def _fence_signal(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc == "exporter" and ev.get("forced") is True:
+            self.fences_forced += 1
+
+    def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.attachments_revoked += 1
+
+    # ------------------------------------------------------------------ services and deploy
+
+    def _flags(self, name: str) -> list[bool]:
+        f = self.svc_flags.get(name)
+        if f is None:
+            f = self.svc_flags[name] = [False, False, False]
+        return f
+
+    def _service_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self._flags(svc)[0] = True
+        if svc == "exporter":
+            self.exporter_strategy = ev.get("strategy")
+            if self.run_id is None:
+                self.run_id = ev.get("run_id")
+
+    def _service_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self._flags(svc)[1] = True
+
+    def _service_died(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.services_died += 1
+        self._flags(str(ev["name"]))[2] = True
+
+    def _run_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self._flags(svc)[0] = True
+        params = ev.get("params")
+        self.run_params = dict(params) if isinstance(params, dict) else {}
+        if "strategy" not in self.run_params and ev.get("strategy") is not None:
+            self.run_params["strategy"] = ev.get("strategy")
+        self.run_id = ev.get("run_id", self.run_id)
+
+    def _run_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self._flags(svc)[1] = True
+
+    # ------------------------------------------------------------------ the report
+
+    def _corruption_examples(self, t0: int) -> list[dict[str, Any]]:
+        out = []
+        for example, link in self.corruption_examples:
+            race = link.race
+            out.append({**example, "race": None if race is None else {
+                "kind": race.kind, "svc": race.job.svc, "job": race.job.job, "via": link.via,
+                "sentence": sentence(race, t0)}})
+        return out
+
+    def report(self) -> dict[str, Any]:
+        self.finish()
+        params = dict(self.run_params) if self.run_params is not None else {}
+        top: dict[str, Any] = {k: params.get(k) for k in PARAM_KEYS_LIFTED}
+        if top["duration_s"] is None:
+            top["duration_s"] = params.get("duration")  # deploy's run_start says `duration` (seconds)
+        if self.run_params is None:
+            top["strategy"] = self.exporter_strategy
+        elif top["strategy"] is None:
+            top["strategy"] = self.exporter_strategy
+        services = {}
+        for name in sorted(set(self.svc_flags) | set(self.svc_last)):
+            f = self.svc_flags.get(name, [False, False, False])
+            services[name] = {"started": f[0], "stopped": f[1], "died": f[2],
+                              "last_t_ns": self.svc_last.get(name)}
+        held_now = sum(1 for st in self.atts.values() if st.mapped)
+        races = dict(self.races)
+        races["total"] = sum(self.races.values())
+        t0 = self.t0
+        moves: dict[str, Any] = dict(self.moves)
+        moves["refused_by_reason"] = dict(sorted(self.refused_by_reason.items()))
+        return {
+            **top,
+            "run_id": self.run_id,
+            "params": params,
+            "events": self.events,
+            "history_errors": self.history_errors,
+            "history_unordered": self.unordered,
+            "anomalies": dict(sorted(self.anomalies.items())),
+            "t0_ns": t0,
+            "t1_ns": self.t1,
+            "duration_observed_s": ((self.t1 - t0) / 1e9) if (t0 is not None and self.t1 is not None) else 0.0,
+            "ops": {**self.ops, "dma_read": self.n_dma_read, "dma_write": self.n_dma_write},
+            "maps": dict(self.maps),
+            "moves": moves,
+            "races": races,
+            "witnesses": {k: [witness(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
+            "corruption": {**self.corruption, "examples": self._corruption_examples(t0 or 0)},
+            "iommu_faults": self.iommu_faults,
+            "faults": self.faults,
+            "fences_forced": self.fences_forced,
+            "mappings_held_at_shutdown": held_now + self.held_at_detach,
+            "mappings_held_detached": self.held_at_detach,
+            "jobs": {"judged": self.jobs_judged, "unfinished": self.jobs_unfinished,
+                     "failed": self.jobs_failed},
+            "jobs_unfinished": self.jobs_unfinished,
+            "attachments_revoked": self.attachments_revoked,
+            "notify": dict(self.notify),
+            "latency_us": {k: h.summary_us() for k, h in self.latency.items()},
+            "services": services,
+            "services_died": self.services_died,
+        }
