@@ -1,0 +1,104 @@
+"""Shared helpers for the checker's tests: a tiny builder for hand-written histories.
+
+Imported by tests/test_checker_*.py as `tests.conftest_checker` (tests/ is a package), or as
+`conftest_checker` when tests/ is not a package and pytest put tests/ itself on sys.path. It is not
+a conftest.py, so pytest does not load it by itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from checker import judge_history
+
+BUF_SIZE = 0x10000
+
+
+class H:
+    """A history under construction: events in any order, written sorted by t_ns (stable)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def ev(self, t: int, svc: str, event: str, **fields: Any) -> "H":
+        self.events.append({"t_ns": t, "svc": svc, "pid": 100, "event": event, **fields})
+        return self
+
+    # --- exporter -------------------------------------------------------------------------
+
+    def created(self, t: int, buffer: int = 0, heap: str = "vram", offset: int = 0) -> "H":
+        return self.ev(t, "exporter", "buffer_created", buffer=buffer, heap=heap, offset=offset,
+                       size=BUF_SIZE, gen=1)
+
+    def move(self, buffer: int, from_gen: int, move: int, *, begin: int, copy_begin: int | None = None,
+             copy_end: int | None = None, free: int | None = None, end: int | None = None,
+             src: tuple[str, int] = ("vram", 0), dst: tuple[str, int] = ("sys", 0x1000)) -> "H":
+        to_gen = from_gen + 1
+        place = lambda p, g: {"heap": p[0], "offset": p[1], "size": BUF_SIZE, "gen": g}  # noqa: E731
+        self.ev(begin, "exporter", "move_begin", buffer=buffer, move=move, reason="evict",
+                **{"from": place(src, from_gen), "to": place(dst, to_gen)}, from_gen=from_gen, to_gen=to_gen)
+        ids = dict(buffer=buffer, move=move, from_gen=from_gen, to_gen=to_gen)
+        if copy_begin is not None:
+            self.ev(copy_begin, "exporter", "copy_begin", **ids)
+        if copy_end is not None:
+            self.ev(copy_end, "exporter", "copy_end", **ids, bytes=BUF_SIZE)
+        if free is not None:
+            self.ev(free, "exporter", "free", **ids, heap=src[0], offset=src[1], size=BUF_SIZE)
+        if end is not None:
+            self.ev(end, "exporter", "move_end", **ids, latency_ns=end - begin)
+        return self
+
+    # --- importer -------------------------------------------------------------------------
+
+    def attach(self, t: int, svc: str = "importer-1", buffer: int = 0, att: int = 1) -> "H":
+        return self.ev(t, svc, "attach", id=t, buffer=buffer, attachment=att)
+
+    def map(self, t: int, svc: str = "importer-1", buffer: int = 0, att: int = 1, gen: int = 1,
+            heap: str = "vram", offset: int = 0, latency_ns: int = 1000, reused: bool = False) -> "H":
+        return self.ev(t, svc, "map", id=t, buffer=buffer, attachment=att, heap=heap, offset=offset,
+                       size=BUF_SIZE, gen=gen, latency_ns=latency_ns, reused=reused, moved=False)
+
+    def unmap(self, t: int, svc: str = "importer-1", buffer: int = 0, att: int = 1, gen: int = 1,
+              latency_ns: int = 1000) -> "H":
+        return self.ev(t, svc, "unmap", id=t, buffer=buffer, attachment=att, heap="vram", offset=0,
+                       size=BUF_SIZE, gen=gen, latency_ns=latency_ns, kept_iommu=True, will_move=False)
+
+    def invalidate(self, t: int, svc: str = "importer-1", buffer: int = 0, att: int = 1, gen: int = 1) -> "H":
+        return self.ev(t, svc, "invalidate", buffer=buffer, attachment=att, gen=gen)
+
+    def job(self, job: int, access: str, begin: int, end: int | None, *, svc: str = "importer-1",
+            buffer: int = 0, att: int = 1, gen: int = 1, heap: str = "vram", offset: int = 0) -> "H":
+        f = dict(job=job, buffer=buffer, attachment=att, access=access, heap=heap, offset=offset,
+                 size=BUF_SIZE, gen=gen)
+        self.ev(begin, svc, "dma_begin", **f)
+        if end is not None:
+            self.ev(end, svc, "dma_end", **f, status="ok", bytes=BUF_SIZE)
+        return self
+
+    # --- output ---------------------------------------------------------------------------
+
+    def sorted_events(self) -> list[dict[str, Any]]:
+        return sorted(self.events, key=lambda e: e["t_ns"])
+
+    def write(self, path: Path) -> Path:
+        with open(path, "w") as fh:
+            for e in self.sorted_events():
+                fh.write(json.dumps(e) + "\n")
+        return path
+
+    def judge(self, tmp_path: Path, name: str = "history.jsonl") -> dict[str, Any]:
+        return judge_history(self.write(tmp_path / name))
+
+
+def mapped(h: H | None = None, *, t: int = 10, svc: str = "importer-1", buffer: int = 0, att: int = 1) -> H:
+    """Buffer `buffer` created in vram at t=0 (gen 1), attached and mapped by `svc` at t."""
+    h = h or H()
+    if not any(e["event"] == "buffer_created" and e["buffer"] == buffer for e in h.events):
+        h.created(0, buffer=buffer)
+    return h.attach(t - 5, svc=svc, buffer=buffer, att=att).map(t, svc=svc, buffer=buffer, att=att)
+
+
+def race_kinds(report: dict[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in report["races"].items() if k != "total" and v}

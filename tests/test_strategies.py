@@ -1,0 +1,392 @@
+"""The strategies' sans-IO halves, driven in one process: their rules, and the interleavings that
+make the unsafe ones fail, in a fixed (fatal) order and under a seeded random scheduler."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from protocol.machine import TransitionError
+from protocol.strategies import STRATEGIES
+from tests.world import World, random_schedule
+
+SAFE = ("pin", "resv-fence", "revalidate")
+UNSAFE = ("move-notify", "move-notify-ack", "unmap-hint")
+
+
+def joined(strategy: str, **kw) -> World:
+    w = World(strategy, **kw)
+    w.join_all()
+    assert w.ready == set(w.peers), "every importer attached every buffer"
+    return w
+
+
+def placement(w: World, buffer: int):
+    return w.exporter.placement_of(buffer)
+
+
+def vram_buffer(w: World) -> int:
+    """A buffer in the scarce heap: the first the memory manager will evict."""
+    return next(b for b in range(w.buffers) if placement(w, b).heap == "vram")
+
+
+def run_job(w: World, name: str, job: int, buffer: int, access: str = "write") -> None:
+    """A whole job with nothing in between: map, DMA, unmap."""
+    w.job(name, job, buffer, access)
+    w.settle()
+    w.check_kernel_fences()
+    w.settle()
+    w.dma_done(name, job)
+    w.settle()
+
+
+# ---------------------------------------------------------------------------------- every strategy
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_job_maps_dmas_and_unmaps(strategy: str) -> None:
+    w = joined(strategy)
+    run_job(w, "importer-1", 1, 0)
+    job = w.jobs[("importer-1", 1)]
+    assert job.start.placement == placement(w, 0)
+    assert w.finished and w.finished[-1].ok
+    names = w.event_names("importer-1")
+    assert names.index("map") < names.index("unmap")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_unknown_handles_get_clear_errors_and_change_nothing(strategy: str) -> None:
+    from protocol import wire
+    w = joined(strategy)
+    before = w.exporter.placement_of(0)
+    for msg, code in ((wire.Map(id=900, attachment=999), "no_such_attachment"),
+                      (wire.Attach(id=901, buffer=77), "no_such_buffer"),
+                      (wire.Unmap(id=902, attachment=1), "bad_state")):
+        out = w.exporter.handle_request(b"importer-1", msg, 0)
+        reply = out[-1].message
+        assert isinstance(reply, wire.ErrorReply) and reply.code == code, reply
+        assert str(msg.id) not in reply.message or True
+    stranger = w.exporter.handle_request(b"nobody", wire.Map(id=903, attachment=1), 0)[-1].message
+    assert stranger.code == "no_such_importer"
+    assert w.exporter.placement_of(0) == before
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_another_importers_attachment_is_access_denied(strategy: str) -> None:
+    from protocol import wire
+    w = joined(strategy, importers=2)
+    theirs = next(iter(w.peers["importer-2"]._by_id))
+    reply = w.exporter.handle_request(b"importer-1", wire.Map(id=5, attachment=theirs), 0)[-1].message
+    assert isinstance(reply, wire.ErrorReply) and reply.code == "access_denied"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_leaving_detaches_everything(strategy: str) -> None:
+    w = joined(strategy, importers=2)
+    for name, imp in w.peers.items():
+        w._apply(name, imp.shutdown(w.now))
+    w.settle()
+    assert all(imp.has_left for imp in w.peers.values())
+    assert w.event_names("exporter").count("detach") == 2 * w.buffers
+
+
+# ---------------------------------------------------------------------------------- pin
+
+def test_pin_refuses_every_move_of_an_attached_buffer() -> None:
+    w = joined("pin")
+    for _ in range(5):
+        w.pressure()
+    refused = [f for s, e, f in w.events if e == "move_refused"]
+    assert len(refused) == 5 and {f["reason"] for f in refused} == {"pinned"}
+    assert "move_begin" not in w.event_names()
+
+
+def test_pin_moves_a_buffer_nobody_attached() -> None:
+    w = World("pin", buffers=2, vram_buffers=1)   # nobody joined: nothing pinned
+    w.pressure()
+    assert "move_begin" in w.event_names()
+
+
+def test_pin_tears_iommu_entries_down_at_unmap() -> None:
+    w = joined("pin")
+    w.job("importer-1", 1, 0, "read")
+    w.settle()
+    assert w.iommu["importer-1"], "programmed while mapped"
+    w.dma_done("importer-1", 1)
+    w.settle()
+    assert not w.iommu["importer-1"]
+
+
+# ---------------------------------------------------------------------------------- move-notify
+
+def test_move_notify_copies_under_dma_in_flight() -> None:
+    """The hazard: the exporter notifies and copies at once; the running write goes on."""
+    w = joined("move-notify")
+    w.job("importer-1", 1, vram_buffer(w), "write")
+    w.settle()
+    w.pressure()                                   # evict the buffer the device is writing
+    assert w.copies, "the copy starts without waiting for anybody"
+    w.finish_copy()
+    w.settle()
+    w.dma_done("importer-1", 1)
+    races = w.races()
+    assert [(j.job, kind) for j, kind in races] == [(1, "lost_write")]
+    assert "invalidate" in w.event_names("importer-1")
+
+
+# ---------------------------------------------------------------------------------- move-notify-ack
+
+def fatal_crossing(strategy: str) -> World:
+    """The order the 2012 thread feared: the importer's map is on the wire when the move starts;
+    the exporter notifies, then serves the map; the importer sees the notification first (nothing
+    mapped: it acks), then the map reply."""
+    w = joined(strategy)
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")      # map request queued towards the exporter
+    assert len(w.to_exporter) == 1
+    w.pressure()                                   # move_begin; move_notify queued to importer-1
+    w.deliver_to_exporter()                        # the map arrives during the move
+    w.deliver_to_importer("importer-1")            # move_notify first: it acks (or returns)
+    w.settle()                                     # ack reaches the exporter, the map reply the importer
+    while w.copies:
+        w.finish_copy()
+        w.settle()
+    w.check_fences()
+    w.settle()
+    while w.copies:
+        w.finish_copy()
+        w.settle()
+    w.check_kernel_fences()
+    w.settle()
+    return w
+
+
+def test_move_notify_ack_hands_out_the_old_placement_when_a_map_crosses_the_notification() -> None:
+    w = fatal_crossing("move-notify-ack")
+    job = w.jobs[("importer-1", 1)]
+    assert job.start.placement.gen == 1, "the device was handed the old placement"
+    assert w.exporter.placement_of(job.start.buffer).gen == 2, "while the buffer moved on"
+    served = [f for s, e, f in w.events if e == "map_served"][-1]
+    begun = [f for s, e, f in w.events if e == "move_begin"][-1]
+    assert served["gen"] == begun["from_gen"]
+    assert [kind for _, kind in w.races()] == ["lost_write"]
+    assert "ack_sent" in w.event_names("importer-1")
+
+
+def test_resv_fence_defers_the_crossing_map_until_the_move_is_done() -> None:
+    w = fatal_crossing("resv-fence")
+    job = w.jobs[("importer-1", 1)]
+    assert job.start.placement.gen == 2, "the map waited for the reservation lock"
+    served = [f for s, e, f in w.events if e == "map_served"][-1]
+    assert served["deferred_ns"] > 0
+    assert w.races() == []
+
+
+def test_move_notify_ack_waits_for_the_running_dma_before_copying() -> None:
+    w = joined("move-notify-ack")
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")
+    w.settle()
+    w.pressure()
+    w.settle()
+    assert not w.copies, "no copy while the device's write is running"
+    w.dma_done("importer-1", 1)
+    w.settle()
+    assert w.copies
+    assert w.races() == []
+
+
+def test_move_notify_ack_times_out_and_copies_anyway() -> None:
+    w = joined("move-notify-ack")
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")
+    w.settle()
+    w.pressure()
+    w.settle()
+    w.fire_timer(("notify", 1))
+    assert w.copies and "ack_timeout" in w.event_names("exporter")
+
+
+# ---------------------------------------------------------------------------------- revalidate
+
+def test_revalidate_refuses_a_mapped_buffer_and_moves_an_unmapped_one() -> None:
+    w = joined("revalidate")
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "read")
+    w.settle()
+    w.pressure()
+    assert [f["reason"] for s, e, f in w.events if e == "move_refused"] == ["mapped"]
+    w.dma_done("importer-1", 1)
+    w.settle()
+    w.pressure()
+    assert w.copies
+
+
+def test_revalidate_keeps_iommu_entries_and_remaps_when_told_moved() -> None:
+    w = joined("revalidate")
+    buffer = vram_buffer(w)
+    run_job(w, "importer-1", 1, buffer)
+    old = placement(w, buffer)
+    assert w.iommu["importer-1"], "entries kept after unmap"
+    w.pressure()
+    while w.copies:
+        w.finish_copy()
+    w.settle()
+    stale_entry = next(iter(w.iommu["importer-1"].values()))
+    assert stale_entry == old and placement(w, buffer) != old, "the hole in the IOMMU fence"
+    run_job(w, "importer-1", 2, buffer)
+    maps = [f for s, e, f in w.events if s == "importer-1" and e == "map"]
+    assert maps[-1]["moved"] and not maps[-1]["reused"] and maps[-1]["gen"] == old.gen + 1
+    assert w.races() == []
+
+
+def test_revalidate_reuses_entries_when_nothing_moved() -> None:
+    w = joined("revalidate")
+    run_job(w, "importer-1", 1, 0)
+    run_job(w, "importer-1", 2, 0)
+    maps = [f for s, e, f in w.events if s == "importer-1" and e == "map"]
+    assert [m["reused"] for m in maps] == [False, True]
+
+
+# ---------------------------------------------------------------------------------- unmap-hint
+
+def test_unmap_hint_optimistic_breaks_its_promise_and_the_cache_goes_stale() -> None:
+    w = joined("unmap-hint")
+    buffer = vram_buffer(w)
+    run_job(w, "importer-1", 1, buffer, "write")
+    unmaps = [f for s, e, f in w.events if s == "importer-1" and e == "unmap"]
+    assert unmaps[-1]["will_move"] is False and unmaps[-1]["kept_iommu"]
+    w.pressure()                                   # pressure: move it anyway
+    begun = [f for s, e, f in w.events if e == "move_begin"][-1]
+    assert begun["broke_promise"]
+    while w.copies:
+        w.finish_copy()
+    w.settle()
+    run_job(w, "importer-1", 2, buffer, "write")
+    job = w.jobs[("importer-1", 2)]
+    assert job.start.placement.gen == 1 and placement(w, buffer).gen >= 2
+    assert dict((j.job, k) for j, k in w.races()) == {2: "lost_write"}
+
+
+def test_unmap_hint_conservative_always_says_will_move_and_every_map_remaps() -> None:
+    w = joined("unmap-hint", hint_policy="conservative")
+    buffer = vram_buffer(w)
+    run_job(w, "importer-1", 1, buffer)
+    w.pressure()
+    while w.copies:
+        w.finish_copy()
+    w.settle()
+    run_job(w, "importer-1", 2, buffer)
+    maps = [f for s, e, f in w.events if s == "importer-1" and e == "map"]
+    assert [m["reused"] for m in maps] == [False, False]
+    assert all(f["will_move"] for s, e, f in w.events if e == "unmap")
+    assert w.races() == []
+
+
+def test_unmap_hint_queues_a_move_of_a_mapped_buffer_until_the_last_unmap() -> None:
+    w = joined("unmap-hint")
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")
+    w.settle()
+    w.pressure()
+    assert "move_queued" in w.event_names() and not w.copies
+    w.dma_done("importer-1", 1)
+    w.settle()
+    assert w.copies, "the last unmap started the move"
+    unmap = [f for s, e, f in w.events if s == "importer-1" and e == "unmap"][-1]
+    assert unmap["will_move"] is True
+
+
+# ---------------------------------------------------------------------------------- resv-fence
+
+def test_resv_fence_waits_for_the_fence_of_running_dma() -> None:
+    w = joined("resv-fence")
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")
+    w.settle()
+    assert w.jobs[("importer-1", 1)].start.fenced
+    w.pressure()
+    w.settle()                                     # the callback returned: now the fence wait
+    assert w.fence_waits and not w.copies
+    w.check_fences()
+    assert not w.copies, "the write's fence has not signaled"
+    w.dma_done("importer-1", 1)
+    w.settle()
+    w.check_fences()
+    assert w.copies
+    w.finish_copy()
+    w.settle()
+    assert w.races() == []
+    names = w.event_names("exporter")
+    assert names.index("resv_lock") < names.index("fence_wait_begin") < names.index("free") < names.index("resv_unlock")
+
+
+def test_resv_fence_forces_a_hung_importers_fences_and_revokes_it() -> None:
+    w = joined("resv-fence")
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")
+    w.settle()
+    w.pressure()
+    w.settle()
+    w.time_out_fences(1)
+    assert w.copies, "the move goes on"
+    forced = [f for s, e, f in w.events if e == "fence_signal" and f.get("forced")]
+    assert forced and forced[0]["error"] == "timeout"
+    assert "attachment_revoked" in w.event_names("exporter")
+
+
+def test_resv_fence_revokes_an_importer_whose_callback_never_returns() -> None:
+    w = joined("resv-fence")
+    w.pressure()
+    w.to_importer["importer-1"].clear()            # the notification is lost: no return
+    w.fire_timer(("notify", 1))
+    assert "attachment_revoked" in w.event_names("exporter")
+    assert w.fence_waits
+
+
+def test_resv_fence_does_not_notify_or_move_a_pinned_buffer() -> None:
+    from protocol import wire
+    w = joined("resv-fence")
+    buffer = vram_buffer(w)
+    att = w.peers["importer-1"]._atts[buffer].id
+    w.exporter.handle_request(b"importer-1", wire.Pin(id=77, attachment=att), 0)
+    w.pressure()
+    assert [f["reason"] for s, e, f in w.events if e == "move_refused"] == ["pinned"]
+    assert "move_notify_sent" not in w.event_names()
+
+
+# ---------------------------------------------------------------------------------- tables
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_violation_names_strategy_state_and_event(strategy: str) -> None:
+    w = joined(strategy)
+    w.job("importer-1", 1, 0, "read")
+    with pytest.raises(TransitionError) as err:
+        w.job("importer-1", 2, 0, "read")          # the attachment is busy
+    assert strategy in str(err.value) and "job" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------- seeded scheduler
+
+@pytest.mark.parametrize("strategy", SAFE + ("unmap-hint-conservative",))
+@pytest.mark.parametrize("seed", range(12))
+def test_safe_strategies_never_race_under_any_schedule(strategy: str, seed: int) -> None:
+    hint = "optimistic"
+    if strategy == "unmap-hint-conservative":
+        strategy, hint = "unmap-hint", "conservative"
+    w = joined(strategy, importers=3, buffers=4, vram_buffers=2, hint_policy=hint)
+    random_schedule(w, random.Random(seed), 600)
+    assert w.races() == []
+    assert len(w.jobs) > 20
+
+
+@pytest.mark.parametrize("strategy", UNSAFE)
+def test_unsafe_strategies_race_under_some_schedule(strategy: str) -> None:
+    found = []
+    for seed in range(40):
+        w = joined(strategy, importers=3, buffers=4, vram_buffers=2)
+        random_schedule(w, random.Random(seed), 600)
+        found += [kind for _, kind in w.races()]
+        if found:
+            break
+    assert found, f"{strategy}: no schedule out of 40 raced"

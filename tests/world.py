@@ -1,0 +1,308 @@
+"""An in-process world for the sans-IO halves: one exporter, N importers, message queues between
+them that the test (or a seeded scheduler) drains in whatever order it likes.
+
+Messages cross the real codec (encode/decode) on every hop. The world performs the shells' jobs
+in memory: copies complete when told, fences are counters, DMA jobs run until told they are done.
+It also keeps the ground truth the checker would derive from a history: for every buffer
+generation, when its copy began and when its range was freed, so a test can ask whether a DMA job
+was stale.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import wire
+from protocol.actions import (CancelTimer, CopyBuffer, Emit, ForceCompleteFences, JobFinished,
+                              Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
+                              SignalKernelFence, StampBuffer, StartDma, StartTimer,
+                              TeardownIommu, WaitFences, WaitKernelFence)
+from protocol.exporter import Exporter, ExporterConfig, HeapConfig
+from protocol.importer import Importer
+from protocol.strategies import get as get_strategy
+
+
+@dataclass
+class Job:
+    importer: str
+    job: int
+    start: StartDma
+    began: int
+    ended: int | None = None
+
+
+@dataclass
+class GenTimes:
+    copy_begin: int | None = None
+    copy_end: int | None = None
+    freed: int | None = None
+
+
+@dataclass
+class World:
+    strategy: str
+    importers: int = 1
+    buffers: int = 2
+    buffer_size: int = 4096
+    vram_buffers: int = 1
+    hint_policy: str = "optimistic"
+    exporter: Exporter = field(init=False)
+    peers: dict[str, Importer] = field(default_factory=dict)
+    to_exporter: deque = field(default_factory=deque)          # (peer name, frame)
+    to_importer: dict[str, deque] = field(default_factory=dict)
+    now: int = 0
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    iommu: dict[str, dict[int, wire.Placement]] = field(default_factory=dict)
+    jobs: dict[tuple[str, int], Job] = field(default_factory=dict)
+    copies: deque = field(default_factory=deque)               # CopyBuffer pending
+    fence_waits: dict[int, WaitFences] = field(default_factory=dict)
+    kernel_waits: deque = field(default_factory=deque)         # (importer, WaitKernelFence)
+    timers: dict[Any, int] = field(default_factory=dict)
+    gens: dict[tuple[int, int], GenTimes] = field(default_factory=dict)
+    finished: list[JobFinished] = field(default_factory=list)
+    ready: set[str] = field(default_factory=set)
+    fences: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (slot, buffer) -> [emitted, signaled]
+    kernel: dict[int, list[int]] = field(default_factory=dict)              # buffer -> [emitted, signaled]
+    slots: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = get_strategy(self.strategy)
+        size = self.buffer_size
+        self.exporter = Exporter(spec.EXPORTER, ExporterConfig(
+            buffers=self.buffers, buffer_size=size,
+            heaps=(HeapConfig("vram", "dmabuf-t-vram", self.vram_buffers * size),
+                   HeapConfig("sys", "dmabuf-t-sys", (self.buffers + self.vram_buffers) * size)),
+            fences_shm="dmabuf-t-fences", fence_slots=self.importers + 1,
+            ack_timeout_s=0.25, fence_timeout_s=1.0, hint_policy=self.hint_policy))
+        self._apply("exporter", self.exporter.boot(self.now))
+        for n in range(1, self.importers + 1):
+            name = f"importer-{n}"
+            self.peers[name] = Importer(spec.IMPORTER, name, 1000 + n)
+            self.to_importer[name] = deque()
+            self.iommu[name] = {}
+
+    # ------------------------------------------------------------------ driving
+
+    def tick(self, dt: int = 1) -> None:
+        self.now += dt
+
+    def join_all(self) -> None:
+        for name, imp in self.peers.items():
+            self._apply(name, imp.start(self.now))
+        self.settle()
+
+    def deliver_to_exporter(self) -> None:
+        peer, frame = self.to_exporter.popleft()
+        msg = wire.decode(frame)
+        self.tick()
+        if msg.REPLY:
+            self._apply("exporter", self.exporter.handle_reply(peer.encode(), msg, self.now))
+        else:
+            self._apply("exporter", self.exporter.handle_request(peer.encode(), msg, self.now))
+
+    def deliver_to_importer(self, name: str) -> None:
+        msg = wire.decode(self.to_importer[name].popleft())
+        self.tick()
+        imp = self.peers[name]
+        if msg.REPLY:
+            self._apply(name, imp.handle_reply(msg, self.now))
+        else:
+            self._apply(name, imp.handle_request(msg, self.now))
+
+    def settle(self, limit: int = 10_000) -> None:
+        """Deliver every queued message (FIFO per channel) until none is left."""
+        for _ in range(limit):
+            if self.to_exporter:
+                self.deliver_to_exporter()
+                continue
+            for name, q in self.to_importer.items():
+                if q:
+                    self.deliver_to_importer(name)
+                    break
+            else:
+                return
+        raise AssertionError("messages kept flowing: livelock?")
+
+    def job(self, importer: str, job: int, buffer: int, access: str) -> None:
+        self.tick()
+        self._apply(importer, self.peers[importer].job(job, buffer, access, self.now))
+
+    def dma_done(self, importer: str, job: int) -> None:
+        self.tick()
+        j = self.jobs[(importer, job)]
+        j.ended = self.now
+        if j.start.fenced:
+            cell = self.fences[(self.slots[importer], j.start.buffer)]
+            cell[1] = cell[0]
+        self._apply(importer, self.peers[importer].dma_done(job, self.now))
+
+    def pressure(self) -> None:
+        self.tick()
+        self._apply("exporter", self.exporter.pressure_tick(self.now))
+
+    def finish_copy(self) -> CopyBuffer:
+        copy = self.copies.popleft()
+        self.tick()
+        self.gens.setdefault((copy.buffer, copy.src.gen), GenTimes()).copy_end = self.now
+        self._apply("exporter", self.exporter.copy_done(copy.move, self.now))
+        return copy
+
+    def check_fences(self) -> None:
+        """The exporter's fence poll: report waits whose fences have all signaled."""
+        for move, wait in list(self.fence_waits.items()):
+            pending = [slot for (slot, b), (emitted, signaled) in self.fences.items()
+                       if b == wait.buffer and signaled < emitted]
+            if not pending:
+                del self.fence_waits[move]
+                self.tick()
+                self._apply("exporter", self.exporter.fences_signaled(move, self.now))
+
+    def time_out_fences(self, move: int) -> None:
+        wait = self.fence_waits.pop(move)
+        pending = tuple(sorted(slot for (slot, b), (e, s) in self.fences.items() if b == wait.buffer and s < e))
+        self.tick()
+        self._apply("exporter", self.exporter.fences_timed_out(move, pending, self.now))
+
+    def fire_timer(self, key: Any) -> None:
+        self.timers.pop(key)
+        self.tick()
+        self._apply("exporter", self.exporter.timer_fired(key, self.now))
+
+    def check_kernel_fences(self) -> None:
+        for _ in range(len(self.kernel_waits)):
+            name, wait = self.kernel_waits.popleft()
+            emitted, signaled = self.kernel.get(wait.buffer, [0, 0])
+            if signaled >= wait.seq:
+                self.tick()
+                self._apply(name, self.peers[name].kernel_fence_signaled(wait.attachment, self.now))
+            else:
+                self.kernel_waits.append((name, wait))
+
+    # ------------------------------------------------------------------ ground truth
+
+    def stale(self, job: Job) -> str | None:
+        """Was this job stale by the checker's rules? Returns the race kind or None."""
+        p = job.start.placement
+        g = self.gens.get((job.start.buffer, p.gen), GenTimes())
+        end = job.ended if job.ended is not None else self.now + 1
+        if job.start.access == "write" and g.copy_begin is not None and end > g.copy_begin:
+            return "lost_write"
+        if job.start.access == "read" and g.freed is not None and end > g.freed:
+            return "stale_read"
+        prev = self.gens.get((job.start.buffer, p.gen - 1))
+        if p.gen > 1 and (prev is None or prev.copy_end is None or job.began < prev.copy_end):
+            return "unfenced_access"
+        return None
+
+    def races(self) -> list[tuple[Job, str]]:
+        return [(j, kind) for j in self.jobs.values() if (kind := self.stale(j))]
+
+    def event_names(self, svc: str | None = None) -> list[str]:
+        return [e for s, e, _ in self.events if svc is None or s == svc]
+
+    # ------------------------------------------------------------------ the shells' part
+
+    def _apply(self, svc: str, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                frame = wire.encode(a.message)
+                if svc == "exporter":
+                    self.to_importer[a.peer.decode()].append(frame)
+                else:
+                    self.to_exporter.append((svc, frame))
+            elif isinstance(a, Emit):
+                self.events.append((svc, a.event, a.fields))
+                if a.event == "free":
+                    self.gens.setdefault((a.fields["buffer"], a.fields["from_gen"]), GenTimes()).freed = self.now
+            elif isinstance(a, CopyBuffer):
+                self.gens.setdefault((a.buffer, a.src.gen), GenTimes()).copy_begin = self.now
+                self.copies.append(a)
+            elif isinstance(a, WaitFences):
+                self.fence_waits[a.move] = a
+            elif isinstance(a, ForceCompleteFences):
+                for (slot, b), cell in self.fences.items():
+                    if slot == a.slot and (a.buffer is None or b == a.buffer):
+                        cell[1] = cell[0]
+            elif isinstance(a, PublishKernelFence):
+                self.kernel.setdefault(a.buffer, [0, 0])[0] = a.seq
+            elif isinstance(a, SignalKernelFence):
+                self.kernel.setdefault(a.buffer, [0, 0])[1] = a.seq
+            elif isinstance(a, StartTimer):
+                self.timers[a.key] = self.now
+            elif isinstance(a, CancelTimer):
+                self.timers.pop(a.key, None)
+            elif isinstance(a, Joined):
+                self.slots[svc] = a.slot
+            elif isinstance(a, Ready):
+                self.ready.add(svc)
+            elif isinstance(a, ProgramIommu):
+                self.iommu[svc][a.attachment] = a.placement
+            elif isinstance(a, TeardownIommu):
+                self.iommu[svc].pop(a.attachment, None)
+            elif isinstance(a, StartDma):
+                if a.fenced:
+                    cell = self.fences.setdefault((self.slots[svc], a.buffer), [0, 0])
+                    cell[0] += 1
+                self.jobs[(svc, a.job)] = Job(svc, a.job, a, self.now)
+            elif isinstance(a, WaitKernelFence):
+                self.kernel_waits.append((svc, a))
+            elif isinstance(a, JobFinished):
+                self.finished.append(a)
+            elif isinstance(a, (StampBuffer, Left)):
+                pass
+            else:
+                raise AssertionError(f"unhandled action {a!r}")
+
+
+# Relative likelihood of each kind of step: a DMA job lasts much longer than a message hop, so
+# finishing one is rarer than delivering a message (as in a real run: milliseconds vs microseconds).
+WEIGHTS = {"to_exporter": 1.0, "to_importer": 1.0, "job": 1.0, "done": 0.1, "copy": 0.5,
+           "fences": 1.0, "kernel": 1.0, "pressure": 0.3}
+
+
+def random_schedule(world: World, rng: random.Random, steps: int) -> None:
+    """A seeded scheduler: at each step do one enabled thing, chosen at random (see WEIGHTS).
+    What is enabled: deliver a message on some channel, start a job on an idle buffer, finish a
+    running job, finish a copy, let fences be checked, or let the memory manager tick."""
+    job_ids = {name: 1000 for name in world.peers}
+    for _ in range(steps):
+        choices: list[Any] = []
+        if world.to_exporter:
+            choices.append(("to_exporter",))
+        for name, q in world.to_importer.items():
+            if q:
+                choices.append(("to_importer", name))
+        for name, imp in world.peers.items():
+            if name in world.ready and imp.idle_buffers() and imp.busy_jobs < 2:
+                choices.append(("job", name))
+        running = [j for j in world.jobs.values() if j.ended is None]
+        choices += [("done", j.importer, j.job) for j in running]
+        if world.copies:
+            choices.append(("copy",))
+        if world.fence_waits:
+            choices.append(("fences",))
+        if world.kernel_waits:
+            choices.append(("kernel",))
+        choices.append(("pressure",))
+        c = rng.choices(choices, weights=[WEIGHTS[x[0]] for x in choices])[0]
+        if c[0] == "to_exporter":
+            world.deliver_to_exporter()
+        elif c[0] == "to_importer":
+            world.deliver_to_importer(c[1])
+        elif c[0] == "job":
+            imp = world.peers[c[1]]
+            job_ids[c[1]] += 1
+            world.job(c[1], job_ids[c[1]], rng.choice(imp.idle_buffers()), rng.choice(("read", "write")))
+        elif c[0] == "done":
+            world.dma_done(c[1], c[2])
+        elif c[0] == "copy":
+            world.finish_copy()
+        elif c[0] == "fences":
+            world.check_fences()
+        elif c[0] == "kernel":
+            world.check_kernel_fences()
+        elif c[0] == "pressure":
+            world.pressure()
