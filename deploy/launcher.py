@@ -90,7 +90,9 @@ class Deployment:
             raise DeployError(f"{out}: no deploy.json here: nothing was started with --out {out}") from None
         except json.JSONDecodeError as exc:
             raise DeployError(f"{path}: not valid JSON ({exc})") from None
-        params = RunParams(**data.get("params", {"strategy": data.get("strategy", "pin")}))
+        raw = dict(data.get("params", {"strategy": data.get("strategy", "pin")}))
+        raw["faults"] = tuple(raw.get("faults", ()))
+        params = RunParams(**raw)
         e = data["exporter"]
         return cls(out=out, run_id=data["run_id"], params=params,
                    exporter=ServiceInfo("exporter", e["pid"], e.get("control", ""), EXPORTER_MARKER, e.get("endpoint", "")),

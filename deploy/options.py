@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from protocol.strategies import STRATEGIES
+from runtime import faults
 from runtime.units import format_size, parse_size
 
 
@@ -47,9 +48,14 @@ class RunParams:
     dma_ms: float = 6.0
     think_ms: float = 1.0
     write_ratio: float = 0.5
+    lease_ms: float = 500.0
+    retry_ms: float = 100.0
+    faults: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["faults"] = [dict(f) for f in self.faults]
+        return d
 
 
 def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
@@ -125,9 +131,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("dma_ms", _float_range(0, 60000, open_lo=True), "mean duration of one DMA job", "MS"),
     Option("think_ms", _float_range(0, 60000), "mean pause between an importer's jobs", "MS"),
     Option("write_ratio", _float_range(0, 1), "share of DMA jobs that write", "P"),
+    Option("lease_ms", _float_range(10, 600000), "heartbeat lease: a silent importer is declared dead after this long", "MS"),
+    Option("retry_ms", _float_range(1, 600000), "a request without a reply is sent again after this long", "MS"),
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
-SCENARIO_EXTRA_KEYS = {"name", "description"}
+SCENARIO_EXTRA_KEYS = {"name", "description", "faults"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +147,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         shown = format_size(default) if o.key.endswith("_size") and default else default
         group.add_argument("--" + o.key.replace("_", "-"), dest=o.key, default=None, metavar=o.metavar,
                            help=f"{o.help} (default: {shown if shown is not None else 'auto'})")
+    group.add_argument("--fault", dest="faults", action="append", default=None, metavar="KIND[:k=v,...]",
+                       help="inject a fault; repeatable; replaces the scenario's [[faults]]. Kinds: "
+                            "delay drop dup reorder (messages), kill pause restart (processes), rogue "
+                            "slow-dma early-ack ignore-notify (devices); keys target, at, for, p, op and "
+                            "the kind's own. Example: --fault delay:target=exporter,op=move_notify,ms=5")
 
 
 def load_scenario(path: Path) -> dict[str, Any]:
@@ -151,8 +164,11 @@ def load_scenario(path: Path) -> dict[str, Any]:
         raise OptionError(f"{path}: not valid TOML: {exc}") from None
     for key, value in data.items():
         if key not in _BY_KEY and key not in SCENARIO_EXTRA_KEYS:
-            raise OptionError(f"{path}: unknown key '{key}' (known: {', '.join(sorted(_BY_KEY))})")
-        if isinstance(value, dict):
+            raise OptionError(f"{path}: unknown key '{key}' (known: {', '.join(sorted(_BY_KEY | {'faults': None}))})")
+        if key == "faults":
+            if not isinstance(value, list) or not all(isinstance(f, dict) for f in value):
+                raise OptionError(f"{path}: 'faults' must be an array of tables: [[faults]]")
+        elif isinstance(value, dict):
             raise OptionError(f"{path}: key '{key}' must be a value, not a table")
     return data
 
@@ -161,12 +177,23 @@ def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
     """Defaults, then the scenario's values, then the flags given; each value checked."""
     values: dict[str, Any] = {}
     if scenario is not None:
-        for key, raw in load_scenario(scenario).items():
+        data = load_scenario(scenario)
+        try:
+            values["faults"] = tuple(faults.canonical(f, where=f"{scenario}: [[faults]] #{i + 1}")
+                                     for i, f in enumerate(data.get("faults", [])))
+        except faults.FaultError as exc:
+            raise OptionError(str(exc)) from None
+        for key, raw in data.items():
             if key in _BY_KEY:
                 try:
                     values[key] = _BY_KEY[key].check(raw)
                 except OptionError as exc:
                     raise OptionError(f"{scenario}: key '{key}' {exc}") from None
+    if flags.get("faults"):
+        try:
+            values["faults"] = tuple(faults.parse_cli(text) for text in flags["faults"])
+        except faults.FaultError as exc:
+            raise OptionError(str(exc)) from None
     for key, raw in flags.items():
         if key in _BY_KEY and raw is not None:
             try:
@@ -182,6 +209,12 @@ def _check_together(p: RunParams) -> None:
     if p.vram_size is not None and p.vram_size < p.buffer_size:
         raise OptionError(f"vram_size ({format_size(p.vram_size)}) must hold at least one buffer "
                           f"({format_size(p.buffer_size)})")
+    for f in p.faults:
+        t = f["target"]
+        if t.startswith("importer-") and int(t[9:]) > p.importers:
+            raise OptionError(f"fault {f['kind']}: target {t} does not exist (importers: {p.importers})")
+        if f["kind"] in ("kill", "pause", "restart") and f["at"] >= p.duration:
+            raise OptionError(f"fault {f['kind']}: at={f['at']:g} s is not within the run's {p.duration:g} s")
     if p.queue_depth > p.buffers:
         raise OptionError(f"queue_depth ({p.queue_depth}) cannot exceed buffers ({p.buffers}): "
                           f"each job in flight needs its own buffer")
