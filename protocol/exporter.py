@@ -12,6 +12,15 @@ Rules of this file:
   freed range to the next allocation at once (protocol/heap.py), so a late access hits reused memory.
 - Handles (attachments) are checked on every request: unknown -> no_such_attachment, another
   importer's -> access_denied. A request that cannot be served changes nothing.
+- Leases: every message from an importer renews its lease; one silent for `lease_s` is lost: its
+  attachments are revoked, its pins dropped, its fences completed with an error. A hello under a
+  known name replaces the previous incarnation the same way (a restart, or a rejoin after the
+  importer's own lease ran out).
+- A notify or fence timeout revokes only importers that are responsive (heard from within half a
+  lease) yet did not answer: they are alive and ignoring us. A silent one may merely be paused,
+  with DMA that resumes where it stopped; it is left to its lease, which it honours by stopping
+  its DMA before the exporter's lease on it runs out (importer_svc). So every wait is bounded by
+  max(timeout, lease), and no fence is forced under a device that may still be running.
 - Follow-up events (a notification completed, the last mapping went away) are queued and run
   after the transition that caused them has finished, never inside it.
 - Every entry point takes `now` (monotonic ns, from the shell) and returns the actions to perform,
@@ -73,11 +82,12 @@ class Step(enum.Enum):
     NOTIFY = "notify"                    # move_notify to every attachment of the buffer
     START_NOTIFY_TIMER = "start_notify_timer"
     CANCEL_NOTIFY_TIMER = "cancel_notify_timer"
-    NOTIFY_TIMED_OUT = "notify_timed_out"      # log who did not answer; stop waiting for them
-    REVOKE_SILENT = "revoke_silent"            # revoke those, completing their fences
+    NOTIFY_TIMED_OUT = "notify_timed_out"      # log who did not answer
+    GIVE_UP_NOTIFY = "give_up_notify"          # stop waiting for them
+    REVOKE_SILENT = "revoke_silent"            # revoke the responsive ones that did not answer
     WAIT_FENCES = "wait_fences"          # wait for all fences of the buffer (usage BOOKKEEP)
     END_FENCE_WAIT = "end_fence_wait"    # every fence signaled
-    FORCE_COMPLETE = "force_complete"    # complete the fences that timed out, revoke their owners
+    FORCE_COMPLETE = "force_complete"    # complete timed-out fences of responsive owners, revoke them
     PUBLISH_KERNEL_FENCE = "publish_kernel_fence"
     COPY = "copy"
     SIGNAL_KERNEL_FENCE = "signal_kernel_fence"
@@ -135,6 +145,7 @@ class ExporterConfig:
     fence_timeout_s: float = 1.0
     hint_policy: str = "optimistic"
     max_moves_in_flight: int = 2
+    lease_s: float = 0.5
 
 
 @dataclass
@@ -145,6 +156,7 @@ class _Importer:
     pid: int
     alive: bool = True
     attachments: set[int] = field(default_factory=set)
+    last_seen: int = 0
 
 
 @dataclass
@@ -170,7 +182,7 @@ class _Move:
     kernel_seq: int = 0
     then_promote: int | None = None                         # buffer to move into the freed range
     fence_wait_from: int = 0
-    silent: tuple[int, ...] = ()                            # attachments that never answered
+    forced: list[str] = field(default_factory=list)         # importers whose fences were forced
 
 
 @dataclass
@@ -248,6 +260,7 @@ class Exporter:
     def handle_request(self, peer: bytes, msg: Message, now: int) -> list[Action]:
         """A decoded request from `peer`. Errors become error replies; state is unchanged then."""
         handler = self._handlers.get(type(msg))
+        self._touch(peer, now)
         try:
             if handler is None:
                 raise ProtocolError(ErrorCode.BAD_STATE, f"the exporter does not serve '{msg.OP}' on this socket")
@@ -261,6 +274,7 @@ class Exporter:
 
     def handle_reply(self, peer: bytes, reply: Message, now: int) -> list[Action]:
         """An importer's reply to a request of ours (move_notify): the callback returned."""
+        self._touch(peer, now)
         target = self._notify_ids.pop(reply.id, None)
         if target is None:
             self._emit("stray_reply", peer=self._peer_name(peer), id=reply.id, op=getattr(reply, "op", "?"))
@@ -315,14 +329,24 @@ class Exporter:
     def importer_lost(self, slot: int, reason: str, now: int) -> list[Action]:
         """The importer is gone (bye with attachments left, or dead): revoke everything it held,
         complete its fences with an error, and let moves waiting for it go on."""
+        self._lose(slot, reason, now)
+        return self._take()
+
+    def _lose(self, slot: int, reason: str, now: int) -> None:
         imp = self._importers.get(slot)
         if imp is None or not imp.alive:
-            return self._take()
+            return
         imp.alive = False
         for att_id in sorted(imp.attachments):
             self._revoke(self._attachments[att_id], reason, now)
         self._out.append(ForceCompleteFences(slot, None, reason))
         self._emit("importer_lost", importer=imp.name, slot=slot, reason=reason)
+
+    def check_leases(self, now: int) -> list[Action]:
+        """Declare lost every importer silent for longer than its lease."""
+        for imp in list(self._importers.values()):
+            if imp.alive and now - imp.last_seen > self.config.lease_s * 1e9:
+                self._lose(imp.slot, "lease expired", now)
         return self._take()
 
     def cancel_queued_moves(self, now: int) -> list[Action]:
@@ -361,11 +385,14 @@ class Exporter:
         """Join: requires the strategy to match; a name that left or died may come back."""
         if msg.strategy != self.spec.strategy:
             raise ProtocolError(ErrorCode.BAD_STATE, f"hello: this exporter runs strategy '{self.spec.strategy}', not '{msg.strategy}'")
-        if peer in self._by_peer and self._by_peer[peer].alive:
-            raise ProtocolError(ErrorCode.BAD_STATE, f"hello: {self._by_peer[peer].name} has already joined")
+        same_peer = self._by_peer.get(peer)
+        if same_peer is not None and same_peer.alive and same_peer.name != msg.name:
+            raise ProtocolError(ErrorCode.BAD_STATE, f"hello: this connection has already joined as {same_peer.name}")
         old = self._by_name.get(msg.name)
         if old is not None and old.alive:
-            raise ProtocolError(ErrorCode.BAD_STATE, f"hello: an importer named '{msg.name}' is already joined")
+            # A restart (new pid) or a rejoin after the importer's own lease ran out: the previous
+            # incarnation has stopped its DMA; give back everything it held.
+            self._lose(old.slot, "restarted" if old.pid != msg.pid else "rejoined", now)
         if old is not None:
             slot = old.slot
             self._by_peer.pop(old.peer, None)
@@ -373,7 +400,7 @@ class Exporter:
             slot = len(self._importers) + 1
             if slot >= self.config.fence_slots:
                 raise ProtocolError(ErrorCode.BUSY, f"hello: all {self.config.fence_slots - 1} importer slots are taken")
-        imp = _Importer(slot, msg.name, peer, msg.pid)
+        imp = _Importer(slot, msg.name, peer, msg.pid, last_seen=now)
         self._importers[slot] = imp
         self._by_peer[peer] = imp
         self._by_name[msg.name] = imp
@@ -388,7 +415,7 @@ class Exporter:
         imp = self._importer(peer)
         self._send(peer, ok_reply(msg))
         if imp.attachments:
-            self.importer_lost(imp.slot, "bye with attachments", now)
+            self._lose(imp.slot, "bye with attachments", now)
         imp.alive = False
         self._emit("bye", importer=imp.name, slot=imp.slot)
 
@@ -588,20 +615,24 @@ class Exporter:
 
     def _step_notify_timed_out(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
         move = self._current_move(buf)
-        move.silent = tuple(sorted(move.waiting))
-        names = sorted({self._importers[self._attachments[a].slot].name
-                        for a in move.silent if a in self._attachments})
-        self._emit("ack_timeout", buffer=buf.id, move=move.id, importers=names,
-                   attachments=list(move.silent))
+        silent = [self._attachments[a] for a in sorted(move.waiting) if a in self._attachments]
+        self._emit("ack_timeout", buffer=buf.id, move=move.id,
+                   importers=sorted({self._importers[a.slot].name for a in silent}),
+                   attachments=[a.id for a in silent],
+                   responsive=sorted({self._importers[a.slot].name for a in silent
+                                      if self._responsive(self._importers[a.slot], now)}))
+
+    def _step_give_up_notify(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
+        move = self._current_move(buf)
         for req_id in move.waiting.values():
             self._notify_ids.pop(req_id, None)
         move.waiting.clear()
 
     def _step_revoke_silent(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
         move = self._current_move(buf)
-        for att_id in move.silent:
+        for att_id in sorted(move.waiting):
             att = self._attachments.get(att_id)
-            if att is not None:
+            if att is not None and self._responsive(self._importers[att.slot], now):
                 self._out.append(ForceCompleteFences(att.slot, buf.id, "notify_timeout"))
                 self._revoke(att, "notify_timeout", now)
 
@@ -614,23 +645,22 @@ class Exporter:
     def _step_end_fence_wait(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
         move = self._current_move(buf)
         self._emit("fence_wait_end", buffer=buf.id, move=move.id, usage=Usage.BOOKKEEP.name,
-                   waited_ns=now - move.fence_wait_from, forced=[])
+                   waited_ns=now - move.fence_wait_from, forced=list(move.forced))
 
     def _step_force_complete(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
         move = self._current_move(buf)
-        forced = []
         for slot in ctx.get("slots", ()):
             imp = self._importers.get(slot)
+            if imp is not None and imp.alive and not self._responsive(imp, now):
+                continue  # silent: maybe paused mid-DMA; its lease decides (see the rules)
             name = imp.name if imp else f"slot-{slot}"
-            forced.append(name)
+            move.forced.append(name)
             self._out.append(ForceCompleteFences(slot, buf.id, "fence_timeout"))
             self._emit("fence_signal", buffer=buf.id, usage=Usage.BOOKKEEP.name, seq=None,
                        move=move.id, importer=name, error="timeout", forced=True)
             if imp is not None:
                 for att_id in sorted(imp.attachments & buf.attachments):
                     self._revoke(self._attachments[att_id], "fence_timeout", now)
-        self._emit("fence_wait_end", buffer=buf.id, move=move.id, usage=Usage.BOOKKEEP.name,
-                   waited_ns=now - move.fence_wait_from, forced=forced)
 
     def _step_publish_kernel_fence(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
         move = self._current_move(buf)
@@ -786,6 +816,14 @@ class Exporter:
         if att.slot != imp.slot:
             raise ProtocolError(ErrorCode.ACCESS_DENIED, f"{op}: attachment {att_id} belongs to another importer")
         return att
+
+    def _touch(self, peer: bytes, now: int) -> None:
+        imp = self._by_peer.get(peer)
+        if imp is not None and imp.alive:
+            imp.last_seen = max(imp.last_seen, now)
+
+    def _responsive(self, imp: _Importer, now: int) -> bool:
+        return imp.alive and now - imp.last_seen <= self.config.lease_s * 1e9 / 2
 
     def _peer_name(self, peer: bytes) -> str:
         imp = self._by_peer.get(peer)

@@ -78,7 +78,6 @@ def test_forged_handles_and_unknown_buffers_after_hello(live_exporter) -> None:
             (wire.Map(id=4, attachment=12345), "no_such_attachment"),
             (wire.Map(id=5, attachment=att.attachment), "access_denied"),
             (wire.Unmap(id=6, attachment=att.attachment), "access_denied"),
-            (wire.Hello(id=7, name="tester-1", pid=1, strategy="pin"), "bad_state"),
             (wire.Hello(id=8, name="tester-3", pid=1, strategy="resv-fence"), "bad_state"),
         ]
         for msg, code in cases:
@@ -97,6 +96,10 @@ def test_forged_handles_and_unknown_buffers_after_hello(live_exporter) -> None:
         assert isinstance(me.call(wire.Detach(id=12, attachment=mine.attachment)), wire.ErrorReply), "detach while mapped"
         assert isinstance(me.call(wire.Unmap(id=13, attachment=mine.attachment)), wire.UnmapReply)
         assert isinstance(me.call(wire.Ping(id=14)), wire.OkReply)
+        # A second hello under the same name is a rejoin: the old incarnation's handles are gone.
+        assert isinstance(me.call(wire.Hello(id=15, name="tester-1", pid=1, strategy="pin")), wire.HelloReply)
+        gone = me.call(wire.Map(id=16, attachment=mine.attachment))
+        assert isinstance(gone, wire.ErrorReply) and gone.code == "no_such_attachment", gone
     finally:
         me.close()
         other.close()

@@ -328,20 +328,73 @@ def test_resv_fence_forces_a_hung_importers_fences_and_revokes_it() -> None:
     w.settle()
     w.pressure()
     w.settle()
-    w.time_out_fences(1)
-    assert w.copies, "the move goes on"
+    w.time_out_fences(1)                           # importer-1 is alive (heard from just now)
     forced = [f for s, e, f in w.events if e == "fence_signal" and f.get("forced")]
     assert forced and forced[0]["error"] == "timeout"
     assert "attachment_revoked" in w.event_names("exporter")
+    w.check_fences()
+    assert w.copies, "the move goes on"
+
+
+LEASE_NS = int(0.5e9)
+
+
+def test_resv_fence_leaves_a_silent_importer_to_its_lease() -> None:
+    """A paused device may resume mid-DMA: its fences are not forced at the fence timeout, only
+    when its lease expires (by which time it has stopped its DMA itself)."""
+    w = joined("resv-fence")
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")
+    w.settle()
+    w.pressure()
+    w.settle()
+    w.tick(LEASE_NS // 2 + 1)                      # silent for more than half a lease
+    w.time_out_fences(1)
+    assert not [f for s, e, f in w.events if e == "fence_signal" and f.get("forced")]
+    w.check_fences()
+    assert not w.copies, "no copy under a device that may still be running"
+    w.check_leases()
+    assert not w.copies and "importer_lost" not in w.event_names()
+    w.tick(LEASE_NS)
+    w.check_leases()
+    lost = [f for s, e, f in w.events if e == "importer_lost"]
+    assert lost and lost[0]["reason"] == "lease expired"
+    w.check_fences()
+    assert w.copies, "the lease bounded the wait"
 
 
 def test_resv_fence_revokes_an_importer_whose_callback_never_returns() -> None:
     w = joined("resv-fence")
     w.pressure()
     w.to_importer["importer-1"].clear()            # the notification is lost: no return
-    w.fire_timer(("notify", 1))
+    w.fire_timer(("notify", 1))                    # importer-1 is alive: it is ignoring us
     assert "attachment_revoked" in w.event_names("exporter")
     assert w.fence_waits
+
+
+def test_resv_fence_waits_for_the_lease_of_an_importer_that_went_silent() -> None:
+    w = joined("resv-fence")
+    w.pressure()
+    w.to_importer["importer-1"].clear()
+    w.tick(LEASE_NS // 2 + 1)
+    w.fire_timer(("notify", 1))
+    assert "attachment_revoked" not in w.event_names("exporter") and not w.fence_waits
+    w.tick(LEASE_NS)
+    w.check_leases()
+    assert "attachment_revoked" in w.event_names("exporter") and w.fence_waits
+
+
+def test_a_hello_under_a_known_name_replaces_the_previous_incarnation() -> None:
+    from protocol import wire
+    w = joined("resv-fence")
+    w.job("importer-1", 1, vram_buffer(w), "write")
+    w.settle()
+    reply = w.exporter.handle_request(b"importer-1", wire.Hello(id=99, name="importer-1", pid=4242, strategy="resv-fence"), w.now)
+    assert isinstance(reply[-1].message, wire.HelloReply)
+    emitted = [(a.event, a.fields) for a in reply if hasattr(a, "event")]
+    lost = [f for e, f in emitted if e == "importer_lost"]
+    assert lost and lost[0]["reason"] == "restarted"
+    assert [e for e, f in emitted].count("attachment_revoked") == w.buffers
 
 
 def test_resv_fence_does_not_notify_or_move_a_pinned_buffer() -> None:

@@ -166,6 +166,9 @@ class World:
         self.tick()
         self._apply("exporter", self.exporter.fences_timed_out(move, pending, self.now))
 
+    def check_leases(self) -> None:
+        self._apply("exporter", self.exporter.check_leases(self.now))
+
     def fire_timer(self, key: Any) -> None:
         self.timers.pop(key)
         self.tick()

@@ -34,7 +34,7 @@ EXPORTER = ExporterSpec(
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE): (
             Rule(Guard.ALWAYS, MoveState.COPYING, (Step.CANCEL_NOTIFY_TIMER, Step.COPY)),),
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_TIMEOUT): (
-            Rule(Guard.ALWAYS, MoveState.COPYING, (Step.NOTIFY_TIMED_OUT, Step.COPY)),),
+            Rule(Guard.ALWAYS, MoveState.COPYING, (Step.NOTIFY_TIMED_OUT, Step.GIVE_UP_NOTIFY, Step.COPY)),),
     },
 )
 

@@ -9,9 +9,10 @@ Rules:
   move_notify, the wait for fences, the copy and the free; a map arriving meanwhile waits for
   the lock (DEFER_MAP) and is then served the new placement.
 - move_notify goes to every attachment that is not pinned; the exporter waits for every callback
-  to return (bounded by --ack-timeout: an importer that does not answer is revoked and its fences
-  completed with an error), then for every fence on the buffer, usage BOOKKEEP (bounded by
-  --fence-timeout, same remedy), and only then copies.
+  to return, then for every fence on the buffer, usage BOOKKEEP, and only then copies. A wait is
+  bounded: past --ack-timeout / --fence-timeout an importer that is alive but does not answer is
+  revoked and its fences completed with an error; one that is silent (paused, dead) is revoked
+  when its lease expires, after it has stopped its DMA.
 - Importers publish a fence in shared memory before each DMA job (usage WRITE or READ) and signal
   it when the job ends. Their move_notify callback does not block: it invalidates the mapping and
   lets running work finish under its fence; work that has not started must map again.
@@ -43,14 +44,16 @@ EXPORTER = ExporterSpec(
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE): (
             Rule(Guard.ALWAYS, MoveState.FENCE_WAIT, (Step.CANCEL_NOTIFY_TIMER, Step.WAIT_FENCES)),),
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_TIMEOUT): (
-            Rule(Guard.ALWAYS, MoveState.FENCE_WAIT,
-                 (Step.NOTIFY_TIMED_OUT, Step.REVOKE_SILENT, Step.WAIT_FENCES)),),
+            # Still NOTIFYING: the silent ones are left to their lease, which completes the
+            # notification when it revokes them.
+            Rule(Guard.ALWAYS, SAME, (Step.NOTIFY_TIMED_OUT, Step.REVOKE_SILENT)),),
         (MoveState.FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
             Rule(Guard.ALWAYS, MoveState.COPYING,
                  (Step.END_FENCE_WAIT, Step.PUBLISH_KERNEL_FENCE, Step.COPY)),),
         (MoveState.FENCE_WAIT, MoveEvent.FENCE_TIMEOUT): (
-            Rule(Guard.ALWAYS, MoveState.COPYING,
-                 (Step.FORCE_COMPLETE, Step.PUBLISH_KERNEL_FENCE, Step.COPY)),),
+            # Force the fences of responsive importers that hold them too long, then wait again:
+            # a silent importer's fences are completed when its lease expires.
+            Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.WAIT_FENCES)),),
         (MoveState.COPYING, MoveEvent.COPY_DONE): (
             Rule(Guard.ALWAYS, MoveState.IDLE,
                  (Step.SIGNAL_KERNEL_FENCE, Step.SWITCH, Step.FREE, Step.END, Step.UNLOCK,
