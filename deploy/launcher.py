@@ -29,7 +29,7 @@ from deploy import procs
 from deploy.control import ControlClient, ControlError
 from deploy.options import RunParams
 from exporter_svc.service import heap_sizes
-from runtime import shm, transport
+from runtime import faults, shm, transport
 from runtime.service import write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +167,51 @@ def _endpoints(params: RunParams, out: Path) -> tuple[str, Any]:
             lambda name: transport.ipc_endpoint(str(sock / f"{short.get(name, name.replace('importer-', 'i'))}.ctl")))
 
 
+def _exporter_argv(params: RunParams, out: Path, run_id: str, rpc: str, control: str, vram: int) -> list[str]:
+    return ["-m", "exporter_svc", "--run-id", run_id, "--out", str(out), "--endpoint", rpc,
+            "--control", control, "--strategy", params.strategy,
+            "--buffers", str(params.buffers), "--buffer-size", str(params.buffer_size),
+            "--vram-size", str(vram), "--max-importers", str(params.importers),
+            "--move-rate", str(params.move_rate), "--ack-timeout-ms", str(params.ack_timeout_ms),
+            "--fence-timeout-ms", str(params.fence_timeout_ms), "--hint-policy", params.hint_policy,
+            "--lease-ms", str(params.lease_ms), "--retry-ms", str(params.retry_ms),
+            "--seed", str(params.seed), "--faults", faults.encode(list(params.faults))]
+
+
+def _importer_argv(params: RunParams, out: Path, n: int, rpc: str, control: str, incarnation: int) -> list[str]:
+    return ["-m", "importer_svc", "--name", f"importer-{n}", "--index", str(n), "--out", str(out),
+            "--exporter", rpc, "--control", control,
+            "--strategy", params.strategy, "--seed", str(params.seed),
+            "--queue-depth", str(params.queue_depth), "--dma-ms", str(params.dma_ms),
+            "--think-ms", str(params.think_ms), "--write-ratio", str(params.write_ratio),
+            "--lease-ms", str(params.lease_ms), "--retry-ms", str(params.retry_ms),
+            "--faults", faults.encode(list(params.faults)), "--incarnation", str(incarnation)]
+
+
+def restart_importer(deployment: Deployment, name: str, incarnation: int, timeout_s: float = 20.0) -> ServiceInfo:
+    """Start importer `name` again (its previous process is dead): same name, index and control
+    endpoint, a new pid and incarnation. Returns when it answers ping; deploy.json is updated
+    first, so that down finds the new process whatever happens next."""
+    out = deployment.out
+    n = int(name.split("-", 1)[1])
+    old = next(i for i in deployment.importers if i.name == name)
+    (out / "run" / f"{name}.json").unlink(missing_ok=True)
+    control = old.control
+    if deployment.params.transport == "tcp":
+        control = "tcp://127.0.0.1:*"
+    proc = _spawn(out, name, _importer_argv(deployment.params, out, n, deployment.exporter.endpoint,
+                                             control, incarnation))
+    old.pid = proc.pid
+    deployment.write()
+    ctx = zmq.Context()
+    try:
+        old.control = _wait_listening(ctx, out, name, proc, timeout_s)["control"]
+    finally:
+        ctx.destroy(linger=0)
+    deployment.write()
+    return old
+
+
 def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deployment:
     """Start the exporter, then the importers, each in the background; wait until each answers
     ping; write DIR/deploy.json. On failure stop whatever was started and raise DeployError."""
@@ -188,12 +233,7 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
     started: list[tuple[subprocess.Popen, str]] = []
     deployment: Deployment | None = None
     try:
-        argv = ["-m", "exporter_svc", "--run-id", run_id, "--out", str(out), "--endpoint", rpc,
-                "--control", control_for("exporter"), "--strategy", params.strategy,
-                "--buffers", str(params.buffers), "--buffer-size", str(params.buffer_size),
-                "--vram-size", str(vram), "--max-importers", str(params.importers),
-                "--move-rate", str(params.move_rate), "--ack-timeout-ms", str(params.ack_timeout_ms),
-                "--fence-timeout-ms", str(params.fence_timeout_ms), "--hint-policy", params.hint_policy]
+        argv = _exporter_argv(params, out, run_id, rpc, control_for("exporter"), vram)
         proc = _spawn(out, "exporter", argv)
         started.append((proc, EXPORTER_MARKER))
         info = _wait_listening(ctx, out, "exporter", proc, start_timeout_s)
@@ -204,11 +244,7 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
         procs_by_name = {}
         for n in range(1, params.importers + 1):
             name = f"importer-{n}"
-            argv = ["-m", "importer_svc", "--name", name, "--index", str(n), "--out", str(out),
-                    "--exporter", info["rpc"], "--control", control_for(name),
-                    "--strategy", params.strategy, "--seed", str(params.seed),
-                    "--queue-depth", str(params.queue_depth), "--dma-ms", str(params.dma_ms),
-                    "--think-ms", str(params.think_ms), "--write-ratio", str(params.write_ratio)]
+            argv = _importer_argv(params, out, n, info["rpc"], control_for(name), 0)
             proc = _spawn(out, name, argv)
             started.append((proc, IMPORTER_MARKER))
             procs_by_name[name] = proc

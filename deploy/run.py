@@ -15,8 +15,9 @@ from typing import Any, TextIO
 import zmq
 
 from deploy import procs
-from deploy.control import ControlClient, call_all
-from deploy.launcher import DeployError, Deployment, down, up, wait_ready
+from deploy.control import ControlClient, ControlError, call_all
+from deploy.launcher import DeployError, Deployment, down, restart_importer, up, wait_ready
+from deploy.process_faults import ProcessFaults, schedule, sleep_until
 from deploy.options import RunParams
 from protocol import wire
 from runtime.eventlog import EventLog
@@ -55,11 +56,29 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
     Returns the names of services that died during the run."""
     ctx = zmq.Context()
     exporter = ControlClient(ctx, deployment.exporter.control, "exporter")
-    importers = [ControlClient(ctx, i.control, i.name) for i in deployment.importers]
+    importers = {i.name: ControlClient(ctx, i.control, i.name) for i in deployment.importers}
     died: list[str] = []
+    by_name = {s.name: s for s in deployment.services}
+
+    def restart(name: str, incarnation: int) -> int:
+        info = restart_importer(deployment, name, incarnation)
+        importers[name].close()
+        importers[name] = client = ControlClient(ctx, info.control, name)
+        deadline = time.monotonic() + 10.0
+        while client.status(max(0.1, deadline - time.monotonic())).state != "ready":
+            if time.monotonic() >= deadline:
+                raise DeployError(f"{name} restarted but did not attach its buffers within 10 s")
+            time.sleep(0.02)  # polling its status; it answers at once
+        client.start(5.0)
+        if name in died:
+            died.remove(name)
+        return info.pid
+
+    faults = ProcessFaults(schedule(list(params.faults), params.seed, params.importers), log.emit,
+                           lambda name: by_name[name].pid if name in by_name else None, restart, progress.line)
     try:
         exporter.start(5.0)
-        errors = call_all(importers, wire.Start, 5.0)
+        errors = call_all(list(importers.values()), wire.Start, 5.0)
         if errors:
             raise DeployError("; ".join(errors))
         log.emit("workload_start")
@@ -67,28 +86,32 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
         end = began + params.duration
         while True:
             now = time.monotonic()
+            faults.due(now - began)
             for svc in deployment.services:
                 if svc.name not in died and not procs.alive(svc.pid, svc.marker):
                     died.append(svc.name)
-                    log.emit("service_died", name=svc.name, pid=svc.pid, how="exited during the run")
-                    progress.line(f"{svc.name} (pid {svc.pid}) died during the run")
+                    if svc.name not in faults.killed:
+                        log.emit("service_died", name=svc.name, pid=svc.pid, how="exited during the run")
+                        progress.line(f"{svc.name} (pid {svc.pid}) died during the run")
             alive = len(deployment.services) - len(died)
             progress.update(f"[{params.strategy}] {min(now - began, params.duration):5.1f}/{params.duration:g} s  "
                             f"services alive {alive}/{len(deployment.services)}")
             if now >= end:
                 break
-            # Waiting for the run's end, polling liveness four times a second meanwhile.
-            time.sleep(min(0.25, end - now))
-        live_importers = [c for c, i in zip(importers, deployment.importers, strict=True) if i.name not in died]
-        errors = call_all(live_importers, wire.Stop, STOP_TIMEOUT_S)
+            next_fault = faults.next_at()
+            sleep_until(min(end, began + next_fault) if next_fault is not None else end)
+        faults.resume_all()
+        live = [importers[i.name] for i in deployment.importers if i.name not in died]
+        errors = call_all(live, wire.Stop, STOP_TIMEOUT_S)
         if "exporter" not in died:
             errors += call_all([exporter], wire.Stop, STOP_TIMEOUT_S)
-        log.emit("workload_stop", errors=errors)
+        log.emit("workload_stop", errors=errors, died=died)
         for e in errors:
             progress.line(f"warning: {e}")
     finally:
+        faults.resume_all()
         exporter.close()
-        for c in importers:
+        for c in importers.values():
             c.close()
         ctx.destroy(linger=0)
     return died

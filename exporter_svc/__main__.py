@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from runtime.units import parse_size
+from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
 from protocol.strategies import STRATEGIES
 
@@ -32,13 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ack-timeout-ms", type=float, default=250.0)
     p.add_argument("--fence-timeout-ms", type=float, default=1000.0)
     p.add_argument("--hint-policy", choices=("optimistic", "conservative"), default="optimistic")
+    p.add_argument("--lease-ms", type=float, default=500.0,
+                   help="an importer silent this long is lost: its attachments revoked, its fences completed")
+    p.add_argument("--retry-ms", type=float, default=100.0, help="resend an unanswered move_notify after this long")
+    p.add_argument("--faults", default="", help="faults as a JSON list of canonical fault dicts (see runtime/faults.py)")
+    p.add_argument("--seed", type=int, default=1, help="seeds the message faults' draws")
     a = p.parse_args(argv)
     vram, sys_size = heap_sizes(a.buffers, a.buffer_size, a.vram_size)
+    try:
+        faults = tuple(decode_faults(a.faults))
+    except (ValueError, FaultError) as exc:
+        p.error(f"--faults: {exc}")
     args = ExporterArgs(run_id=a.run_id, out=a.out, endpoint=a.endpoint, control=a.control,
                         strategy=a.strategy, buffers=a.buffers, buffer_size=a.buffer_size,
                         vram_size=vram, sys_size=sys_size, max_importers=a.max_importers,
                         move_rate=a.move_rate, ack_timeout_s=a.ack_timeout_ms / 1000,
-                        fence_timeout_s=a.fence_timeout_ms / 1000, hint_policy=a.hint_policy)
+                        fence_timeout_s=a.fence_timeout_ms / 1000, hint_policy=a.hint_policy,
+                        lease_s=a.lease_ms / 1000, retry_s=a.retry_ms / 1000, faults=faults, seed=a.seed)
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:

@@ -1,6 +1,11 @@
 """The exporter's shell: the heaps and the fence table in shared memory, the ROUTER socket the
 importers talk to, the copy engine, fence polling, timers and memory pressure. Every protocol
 decision is the strategy's exporter half (protocol/exporter.py); this file only performs actions.
+
+Below the protocol: requests are served once per (peer, id) and answered again from a cache
+(runtime/reliable.py), move_notify is resent until answered, the importers' leases are checked
+every lease/4 (after reading whatever they sent meanwhile), message faults act on what we send,
+and at stop every buffer's final bytes are summarised (`final_content`) for the checker.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from protocol.heap import LINE
 from protocol.strategies import get as get_strategy
 from runtime import memory, shm, transport
 from runtime.fences import FenceTable, table_bytes
+from runtime.msgfaults import MessageFaults
+from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
 from runtime.service import ServiceShell, now_ns
 
 COPY_CHUNK = 256 * 1024      # bytes copied per loop turn: messages are served between chunks
@@ -42,6 +49,10 @@ class ExporterArgs:
     ack_timeout_s: float
     fence_timeout_s: float
     hint_policy: str
+    lease_s: float = 0.5
+    retry_s: float = 0.1
+    faults: tuple[dict[str, Any], ...] = ()
+    seed: int = 1
 
 
 @dataclass
@@ -75,8 +86,13 @@ class ExporterService(ServiceShell):
                    HeapConfig("sys", self.segments["sys"].name, args.sys_size)),
             fences_shm=self.segments["fences"].name, fence_slots=slots,
             ack_timeout_s=args.ack_timeout_s, fence_timeout_s=args.fence_timeout_s,
-            hint_policy=args.hint_policy))
-        self.rpc, self.rpc_endpoint = transport.router(self.ctx, args.endpoint)
+            hint_policy=args.hint_policy, lease_s=args.lease_s))
+        self.rpc, self.rpc_endpoint = transport.router(self.ctx, args.endpoint, handover=True)
+        self.replies = ReplyCache()
+        self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_s,
+                                       max_backoff_s=args.lease_s / 2, give_up_s=2 * args.lease_s)
+        self.msgfaults = MessageFaults(self.loop, self.log, "exporter", list(args.faults), args.seed,
+                                       self._raw_send)
         self.loop.add_reader(self.rpc, self._on_rpc)
         self.handlers.update({
             Send: self._do_send, StampBuffer: self._do_stamp, CopyBuffer: self._do_copy,
@@ -98,6 +114,7 @@ class ExporterService(ServiceShell):
                       endpoint=self.rpc_endpoint)
         self.perform(self.engine.boot(now_ns()))
         self.state = "ready"
+        self.loop.call_later(self.args.lease_s / 4, self._check_leases)
         self.publish_endpoints(rpc=self.rpc_endpoint,
                                shm=[seg.name for seg in self.segments.values()])
         return self.serve()
@@ -122,6 +139,7 @@ class ExporterService(ServiceShell):
         """Start memory pressure: one pressure_tick every 1/move_rate seconds."""
         if self._pressure is None and self.args.move_rate > 0:
             self._schedule_pressure()
+        self.msgfaults.start_clock()
         self.state = "running"
         self._control_reply(peer, wire.ok_reply(msg))
 
@@ -142,7 +160,23 @@ class ExporterService(ServiceShell):
     def after_actions(self) -> None:
         if self._stopping and self.engine.moves_in_flight == 0 and self.has_deferred("stop"):
             self.state = "stopped"
+            self._final_content()
             self.answer_deferred("stop")
+
+    def _final_content(self) -> None:
+        """What every buffer's bytes hold once the work is over: the checker's lost-write check."""
+        for buffer in range(self.args.buffers):
+            p = self.engine.placement_of(buffer)
+            stamps, misplaced = memory.census(self.views[p.heap].rows(p.offset, p.size))
+            self.log.emit("final_content", buffer=buffer, heap=p.heap, offset=p.offset, size=p.size,
+                          gen=p.gen, stamps=stamps, misplaced=misplaced)
+
+    def _check_leases(self) -> None:
+        """Every lease/4. Read first: what the importers sent while we were busy (or paused)
+        renews their leases before we judge them."""
+        self._on_rpc(drain=True)
+        self._guarded("leases", lambda: self.engine.check_leases(now_ns()))
+        self.loop.call_later(self.args.lease_s / 4, self._check_leases)
 
     def _schedule_pressure(self) -> None:
         def tick() -> None:
@@ -163,8 +197,8 @@ class ExporterService(ServiceShell):
 
     # ------------------------------------------------------------------ the importers' socket
 
-    def _on_rpc(self) -> None:
-        for _ in range(256):  # bounded, so timers and copies get their turn under a flood
+    def _on_rpc(self, drain: bool = False) -> None:
+        for _ in range(1 << 20 if drain else 256):  # bounded, so timers and copies get their turn
             try:
                 frames = self.rpc.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -184,7 +218,16 @@ class ExporterService(ServiceShell):
             return
         now = now_ns()
         if msg.REPLY:
+            if self.outstanding.answered(peer, msg.id) is None:
+                self.log.emit("dedup", op=getattr(msg, "op", msg.OP), id=msg.id, peer=self._peer_label(peer), what="reply")
+                return
             self._guarded("reply", lambda: self.engine.handle_reply(peer, msg, now))
+            return
+        cached = self.replies.check(peer, msg.id)
+        if cached is not None:
+            self.log.emit("dedup", op=msg.OP, id=msg.id, peer=self._peer_label(peer), what="request")
+            if cached != IN_PROGRESS:
+                self.msgfaults.submit(peer, cached, msg.OP, msg.id)
             return
         self.log.emit("op_received", op=msg.OP, id=msg.id, peer=self._peer_label(peer))
         try:
@@ -198,7 +241,8 @@ class ExporterService(ServiceShell):
     def _refuse(self, peer: bytes, err: wire.ProtocolError) -> None:
         label = self._peer_label(peer)
         self.log.emit("bad_request", peer=label, op=err.op, id=err.id, code=err.code, message=err.message)
-        self._do_send(Send(peer, wire.error_reply(err), label))
+        self._raw_send(peer, wire.encode(wire.error_reply(err)))  # never cached: its id is not trusted
+        self.log.emit("op_answered", op=err.op, id=err.id, peer=label, ok=False, code=err.code, message=err.message)
 
     def _peer_label(self, peer: bytes) -> str:
         slot = self.engine.importer_slot(peer)
@@ -208,13 +252,30 @@ class ExporterService(ServiceShell):
 
     # ------------------------------------------------------------------ actions
 
+    def _raw_send(self, peer: bytes, frame: bytes) -> None:
+        try:
+            self.rpc.send_multipart([peer, frame], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.log.emit("send_failed", peer=self._peer_label(peer), error=str(exc))
+
+    def _resend(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
+        self.msgfaults.submit(peer, frame, op, msg_id)
+
+    def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:
+        if attempt:
+            self.log.emit("retry", op=op, id=msg_id, attempt=attempt, peer=self._peer_label(peer))
+        else:
+            self.log.emit("retry_gave_up", op=op, id=msg_id, peer=self._peer_label(peer))
+
     def _do_send(self, action: Send) -> None:
         msg = action.message
-        try:
-            self.rpc.send_multipart([action.peer, wire.encode(msg)], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self.log.emit("send_failed", peer=action.peer_name, op=getattr(msg, "op", msg.OP), error=str(exc))
-            return
+        frame = wire.encode(msg)
+        op = getattr(msg, "op", msg.OP) if msg.REPLY else msg.OP
+        if msg.REPLY:
+            self.replies.answered(action.peer, msg.id, frame)
+        else:
+            self.outstanding.sent(action.peer, msg.id, op, frame)
+        self.msgfaults.submit(action.peer, frame, op, msg.id)
         if msg.REPLY:
             fields: dict[str, Any] = dict(op=getattr(msg, "op", msg.OP), id=msg.id, peer=action.peer_name,
                                           ok=not isinstance(msg, wire.ErrorReply))

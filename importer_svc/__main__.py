@@ -9,6 +9,7 @@ from pathlib import Path
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
 from protocol.strategies import STRATEGIES
+from runtime.faults import FaultError, decode as decode_faults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--think-ms", type=float, default=1.0, help="mean pause between jobs")
     p.add_argument("--write-ratio", type=float, default=0.5, help="share of jobs that write")
     p.add_argument("--chunk-ms", type=float, default=1.0, help="time between a job's chunks")
+    p.add_argument("--lease-ms", type=float, default=500.0,
+                   help="heartbeat lease: the device stops all DMA 0.8 lease after its last answered request")
+    p.add_argument("--retry-ms", type=float, default=100.0, help="resend an unanswered request after this long")
+    p.add_argument("--faults", default="", help="faults as a JSON list of canonical fault dicts (see runtime/faults.py)")
+    p.add_argument("--incarnation", type=int, default=0,
+                   help="0 for the first start, n for the n-th restart: keeps request and job ids unique")
     a = p.parse_args(argv)
+    try:
+        faults = tuple(decode_faults(a.faults))
+    except (ValueError, FaultError) as exc:
+        p.error(f"--faults: {exc}")
     args = ImporterArgs(name=a.name, index=a.index, out=a.out, exporter=a.exporter, control=a.control,
                         strategy=a.strategy, seed=a.seed, chunk_ms=a.chunk_ms,
+                        lease_ms=a.lease_ms, retry_ms=a.retry_ms, faults=faults, incarnation=a.incarnation,
                         workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio))
     try:
         service = ImporterService(args)

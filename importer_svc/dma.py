@@ -6,6 +6,15 @@ start + i * D / n, so a job really overlaps with what the exporter and other dev
 meantime. An access the IOMMU does not cover is blocked and recorded (`iommu_fault`); a read
 that finds another buffer's stamps, or wrong line indices, records `corruption`. A fenced job
 publishes its fence in shared memory before its first access and signals it after its last.
+
+Before every chunk the engine asks its gate (the shell's lease check) whether the device may still
+touch memory; when it may not, the shell aborts every job (abort_all). A fenced job whose fence the
+exporter completed first (a fence timeout: the emulated device reset) is aborted before its next
+access. An aborted job ends with dma_end status "aborted"; every dma_end says when the job last
+touched memory (`last_access_ns`), which is what the race checker judges.
+
+Rogue jobs (a device fault) are DMA the driver never asked for: same path through the IOMMU, same
+stamps, `rogue: true` in their events, and nobody is told when they end.
 """
 
 from __future__ import annotations
@@ -40,17 +49,22 @@ class _Job:
     samples: list[dict] = field(default_factory=list)
     fence_seq: int = 0
     bytes: int = 0
+    rogue: bool = False
+    last_access_ns: int | None = None
+    iova: int | None = None
 
 
 class DmaEngine:
     def __init__(self, loop: Loop, log: EventLog, iommu: IommuTable, writer: int,
-                 on_done: Callable[[int], None], chunk_ms: float = 1.0) -> None:
+                 on_done: Callable[[int], None], chunk_ms: float = 1.0,
+                 gate: Callable[[], bool] = lambda: True) -> None:
         self.loop = loop
         self.log = log
         self.iommu = iommu
         self.writer = writer
         self.on_done = on_done
         self.chunk_ms = chunk_ms
+        self.gate = gate
         self.heaps: dict[str, memory.HeapView] = {}
         self.fences: FenceTable | None = None
         self.slot = 0
@@ -63,35 +77,71 @@ class DmaEngine:
     def running(self) -> int:
         return len(self._jobs)
 
-    def start(self, start: StartDma, duration_s: float) -> None:
-        """Begin a job. Requires memory attached; its placement as the driver decided it."""
+    def jobs_on(self, buffer: int) -> list[StartDma]:
+        return [j.start for j in self._jobs.values() if j.start.buffer == buffer and not j.rogue]
+
+    def iova_of_job(self, job: int) -> int | None:
+        j = self._jobs.get(job)
+        return None if j is None else j.iova
+
+    def start(self, start: StartDma, duration_s: float, *, rogue: bool = False, iova: int | None = None) -> None:
+        """Begin a job. Requires memory attached; its placement as the driver decided it. A
+        driver's job uses its attachment's current IOVA; a rogue job the one it had (`iova`)."""
         p = start.placement
         lines = p.size // LINE
         chunks = max(1, min(lines, round(duration_s * 1000 / self.chunk_ms)))
-        job = _Job(start, int(duration_s * 1e9), chunks, math.ceil(lines / chunks))
+        job = _Job(start, int(duration_s * 1e9), chunks, math.ceil(lines / chunks), rogue=rogue,
+                   iova=iova if rogue else self.iommu.iova_of(start.attachment))
         self._jobs[start.job] = job
         if start.fenced:
             job.fence_seq = self.fences.emit(self.slot, start.buffer)  # type: ignore[union-attr]
         job.t0 = now_ns()
         self.log.emit("dma_begin", job=start.job, buffer=start.buffer, attachment=start.attachment,
                       access=start.access, heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,
-                      fence=job.fence_seq or None)
+                      fence=job.fence_seq or None, **({"rogue": True} if rogue else {}))
         self._chunk(job)
 
+    def signal_early(self, buffer: int) -> list[int]:
+        """The early-ack device fault: signal the fences of running jobs on `buffer` now."""
+        out = []
+        for job in self._jobs.values():
+            if job.start.buffer == buffer and job.fence_seq and not job.rogue:
+                self.fences.signal(self.slot, buffer, job.fence_seq)  # type: ignore[union-attr]
+                out.append(job.start.job)
+        return out
+
+    def abort_all(self, reason: str) -> list[int]:
+        """Stop every job now (the lease ran out, or the exporter is gone). Returns the driver's
+        jobs (not rogue ones) that were running."""
+        jobs = [j for j in self._jobs.values()]
+        for job in jobs:
+            self._finish(job, aborted=reason)
+        return [j.start.job for j in jobs if not j.rogue]
+
     def _chunk(self, job: _Job) -> None:
+        if self._jobs.get(job.start.job) is not job:
+            return  # aborted meanwhile
+        if not self.gate():
+            return  # the shell aborted every job
         s = job.start
+        if job.fence_seq and self.fences.forced_before_signaled(self.slot, s.buffer, job.fence_seq):  # type: ignore[union-attr]
+            self._finish(job, aborted="fence forced by the exporter (device reset)")
+            if not job.rogue:
+                self.on_done(s.job)
+            return
         p = s.placement
         first = job.index * job.lines_per_chunk
         count = min(job.lines_per_chunk, p.size // LINE - first)
         offset = p.offset + first * LINE
         nbytes = count * LINE
-        if not self.iommu.covers(p.heap, offset, nbytes):
+        if not self.iommu.covers(job.iova, p.heap, offset, nbytes):
             job.faults += 1
             if job.faults == 1:
                 self.log.emit("iommu_fault", job=s.job, buffer=s.buffer, attachment=s.attachment,
                               access=s.access, heap=p.heap, offset=offset, size=nbytes, gen=p.gen)
         else:
             rows = self.heaps[p.heap].rows(offset, nbytes)
+            job.last_access_ns = now_ns()
             if s.access == "write":
                 memory.stamp(rows, s.buffer, first, self.writer, s.job)
             else:
@@ -108,14 +158,19 @@ class DmaEngine:
             self.loop.call_at(job.t0 + job.index * job.duration_ns // job.chunks, lambda: self._chunk(job))
         else:
             self._finish(job)
+            if not job.rogue:
+                self.on_done(s.job)
 
-    def _finish(self, job: _Job) -> None:
+    def _finish(self, job: _Job, aborted: str = "") -> None:
         s = job.start
         p = s.placement
-        status = "fault" if job.faults else ("corrupt" if job.bad_lines else "ok")
+        status = "aborted" if aborted else "fault" if job.faults else ("corrupt" if job.bad_lines else "ok")
+        extra: dict = {"rogue": True} if job.rogue else {}
+        if aborted:
+            extra["reason"] = aborted
         self.log.emit("dma_end", job=s.job, buffer=s.buffer, attachment=s.attachment, access=s.access,
                       heap=p.heap, offset=p.offset, size=p.size, gen=p.gen, status=status,
-                      bytes=job.bytes, faults=job.faults)
+                      bytes=job.bytes, faults=job.faults, last_access_ns=job.last_access_ns, **extra)
         if job.first_bad is not None:
             c = job.first_bad
             self.log.emit("corruption", job=s.job, buffer=s.buffer, gen=p.gen, heap=p.heap,
@@ -124,8 +179,8 @@ class DmaEngine:
                           found={"buffer": c.found[0], "line": c.found[1], "writer": c.found[2], "seq": c.found[3]},
                           samples=(c.samples + job.samples)[:memory.MAX_SAMPLES])
         if s.fenced:
+            # An aborted job's device has stopped touching the buffer: its fence signals too.
             self.fences.signal(self.slot, s.buffer, job.fence_seq)  # type: ignore[union-attr]
             self.log.emit("fence_signal", buffer=s.buffer, usage=usage_for_access(s.access).name,
                           seq=job.fence_seq, job=s.job)
         del self._jobs[s.job]
-        self.on_done(s.job)

@@ -1,6 +1,15 @@
 """The importer's shell: a DEALER connected to the exporter, the exporter's segments attached
 without tracking, the IOMMU table, the DMA engine and the workload. Every protocol decision is the
 strategy's importer half (protocol/importer.py); this file only performs actions.
+
+Below the protocol, the shell makes the connection reliable and keeps the device honest:
+- every request is retried until answered (runtime/reliable.py), every move_notify received is
+  served once per id; heartbeats every lease/4 keep the exporter's lease on us alive;
+- the device stops all DMA when its lease runs out (protocol/lease.py decides when; the DMA engine
+  asks before every chunk), then starts over with a fresh hello (Importer.reset);
+- an exporter that has not answered for two leases is lost: DMA stops, the service exits 4;
+- message faults act on what we send (runtime/msgfaults.py), device faults on what the device
+  does (importer_svc/device_faults.py), each application a `fault` event.
 """
 
 from __future__ import annotations
@@ -17,17 +26,27 @@ from protocol import wire
 from protocol.actions import (JobFinished, Joined, Left, ProgramIommu, Ready, Send, StartDma,
                               TeardownIommu, WaitKernelFence)
 from protocol.importer import Importer, ImporterFatal
+from protocol.lease import ImporterLease
 from protocol.strategies import get as get_strategy
 from protocol.machine import TransitionError
 from runtime import memory, shm, transport
 from runtime.fences import KERNEL_SLOT, FenceTable
+from runtime.msgfaults import MessageFaults
+from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
 from runtime.service import ServiceShell, now_ns
 
+from importer_svc.device_faults import DeviceFaults
 from importer_svc.dma import DmaEngine
 from importer_svc.iommu import IommuTable
 from importer_svc.workload import Workload, WorkloadConfig
 
 KERNEL_FENCE_POLL_S = 0.0005
+EXIT_EXPORTER_LOST = 4
+# Id spaces of one incarnation: the protocol half's requests from 1, heartbeats from HEARTBEAT_IDS;
+# job ids from incarnation << 24, rogue jobs from there + ROGUE_JOBS.
+INCARNATION_ID_SHIFT = 40
+HEARTBEAT_IDS = 1 << 32
+ROGUE_JOBS = 1 << 23
 
 
 @dataclass
@@ -41,18 +60,40 @@ class ImporterArgs:
     seed: int
     workload: WorkloadConfig
     chunk_ms: float = 1.0
+    lease_ms: float = 500.0
+    retry_ms: float = 100.0
+    faults: tuple[dict[str, Any], ...] = ()
+    incarnation: int = 0
 
 
 class ImporterService(ServiceShell):
     def __init__(self, args: ImporterArgs) -> None:
         super().__init__(args.name, args.out, args.control)
         self.args = args
-        self.engine = Importer(get_strategy(args.strategy).IMPORTER, args.name, os.getpid())
+        self.id_base = args.incarnation << INCARNATION_ID_SHIFT
+        self.engine = Importer(get_strategy(args.strategy).IMPORTER, args.name, os.getpid(),
+                               first_id=self.id_base + 1)
         self.dealer = transport.dealer(self.ctx, args.exporter, identity=args.name.encode())
         self.loop.add_reader(self.dealer, self._on_dealer)
         self.iommu = IommuTable()
-        self.dma = DmaEngine(self.loop, self.log, self.iommu, args.index, self._dma_done, args.chunk_ms)
-        self.workload = Workload(args.workload, args.seed, args.index)
+        self.dma = DmaEngine(self.loop, self.log, self.iommu, args.index, self._dma_done, args.chunk_ms,
+                             gate=self._may_access)
+        job_base = args.incarnation << 24
+        self.workload = Workload(args.workload, args.seed, args.index, job_base)
+        self.lease_s = args.lease_ms / 1000
+        self.lease = ImporterLease(int(self.lease_s * 1e9))
+        self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_ms / 1000,
+                                       max_backoff_s=self.lease_s / 2)
+        self.replies = ReplyCache()
+        self.msgfaults = MessageFaults(self.loop, self.log, args.name, list(args.faults), args.seed,
+                                       self._raw_send)
+        self.device_faults = DeviceFaults(args.name, list(args.faults), args.seed)
+        self._heartbeat_id = self.id_base + HEARTBEAT_IDS
+        self._last_tick = 0
+        self._next_rogue = job_base + ROGUE_JOBS
+        self._starts: dict[int, StartDma] = {}         # running driver jobs
+        self._last_start: dict[int, StartDma] = {}     # by buffer: the last job's mapping
+        self._iovas: dict[int, int | None] = {}        # job -> the IOVA it used (for its rogue twin)
         self.segments: dict[str, Any] = {}
         self.views: dict[str, memory.HeapView] = {}
         self.fences: FenceTable | None = None
@@ -73,6 +114,8 @@ class ImporterService(ServiceShell):
                       endpoint=self.args.exporter)
         self.publish_endpoints()
         self._call(lambda: self.engine.start(now_ns()))
+        self._last_tick = now_ns()
+        self.loop.call_later(self.lease_s / 4, self._heartbeat)
         return self.serve()
 
     def cleanup(self) -> None:
@@ -96,6 +139,8 @@ class ImporterService(ServiceShell):
             return
         self.workload.running = True
         self.state = "running"
+        self.msgfaults.start_clock()
+        self.device_faults.start_clock(now_ns())
         self._control_reply(peer, wire.ok_reply(msg))
         self._refill()
 
@@ -153,36 +198,184 @@ class ImporterService(ServiceShell):
             except wire.ProtocolError as err:
                 self.log.emit("bad_message_from_exporter", code=err.code, reason=err.message)
                 continue
-            handle = self.engine.handle_reply if msg.REPLY else self.engine.handle_request
-            self._call(functools.partial(handle, msg, now_ns()))
+            now = now_ns()
+            if msg.REPLY:
+                self._on_reply(msg, now)
+            else:
+                self._on_request(msg, frames[0], now)
+
+    def _on_reply(self, msg: wire.Message, now: int) -> None:
+        if self.id_base + HEARTBEAT_IDS <= msg.id < self.id_base + 2 * HEARTBEAT_IDS:
+            # A heartbeat (or forged ack) answer: only a member's ok renews the lease.
+            self.lease.answered(msg.id, now, grant=not isinstance(msg, wire.ErrorReply))
+            return
+        if self.outstanding.answered(b"", msg.id) is None:
+            self.log.emit("dedup", op=getattr(msg, "op", msg.OP), id=msg.id, what="reply")
+            return
+        forgotten = isinstance(msg, wire.ErrorReply) and msg.code == wire.ErrorCode.NO_SUCH_IMPORTER
+        self.lease.answered(msg.id, now, grant=not forgotten)
+        self._call(functools.partial(self.engine.handle_reply, msg, now))
+
+    def _on_request(self, msg: wire.Message, frame: bytes, now: int) -> None:
+        """move_notify (the only request an exporter sends): served once per id."""
+        cached = self.replies.check(b"", msg.id)
+        if cached is not None:
+            self.log.emit("dedup", op=msg.OP, id=msg.id, what="request")
+            if cached != IN_PROGRESS:
+                self.msgfaults.submit(b"", cached, "reply", msg.id)
+            return
+        if isinstance(msg, wire.MoveNotify) and self.device_faults:
+            if (f := self.device_faults.fires("ignore-notify", now)) is not None:
+                self.replies.forget(b"", msg.id)  # a retry is dropped (or not) on its own draw
+                self.log.emit("fault", kind="ignore-notify", target=self.svc, buffer=msg.buffer, move=msg.move, id=msg.id)
+                return
+            if (f := self.device_faults.fires("early-ack", now)) is not None:
+                self._early_ack(msg)
+        self._call(functools.partial(self.engine.handle_request, msg, now))
+
+    def _early_ack(self, msg: wire.MoveNotify) -> None:
+        """The device says it is done with the buffer while its DMA still runs: fenced jobs signal
+        their fences now; an acking strategy gets an ack now (the driver's own comes later)."""
+        signaled = self.dma.signal_early(msg.buffer)
+        running = [s.job for s in self.dma.jobs_on(msg.buffer)]
+        forged = None
+        if get_strategy(self.args.strategy).EXPORTER.notify_done_on == "ack" and running:
+            forged = self._next_heartbeat_id()
+            self.msgfaults.submit(b"", wire.encode(wire.Ack(id=forged, attachment=msg.attachment, move=msg.move)),
+                                  "ack", forged)
+        self.log.emit("fault", kind="early-ack", target=self.svc, buffer=msg.buffer, move=msg.move,
+                      jobs=running, fences_signaled=signaled, ack_id=forged)
 
     # ------------------------------------------------------------------ actions
 
     def _do_send(self, action: Send) -> None:
+        msg = action.message
+        frame = wire.encode(msg)
+        op = getattr(msg, "op", msg.OP) if msg.REPLY else msg.OP
+        if msg.REPLY:
+            self.replies.answered(b"", msg.id, frame)
+        else:
+            self.outstanding.sent(b"", msg.id, op, frame)
+            self.lease.sent(msg.id, now_ns())
+            if isinstance(msg, wire.Ack):
+                self._maybe_rogue(self._last_start.get(self._buffer_of(msg.attachment)), "ack")
+        self.msgfaults.submit(b"", frame, op, msg.id)
+
+    def _raw_send(self, peer: bytes, frame: bytes) -> None:
         try:
-            self.dealer.send(wire.encode(action.message), zmq.NOBLOCK)
+            self.dealer.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            self.log.emit("send_failed", op=getattr(action.message, "op", action.message.OP), error=str(exc))
+            self.log.emit("send_failed", error=str(exc))
+
+    def _resend(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
+        self.msgfaults.submit(peer, frame, op, msg_id)
+
+    def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:
+        if attempt:
+            self.log.emit("retry", op=op, id=msg_id, attempt=attempt)
+        else:
+            self.log.emit("retry_gave_up", op=op, id=msg_id)
+
+    def _buffer_of(self, attachment: int) -> int | None:
+        for start in self._last_start.values():
+            if start.attachment == attachment:
+                return start.buffer
+        return None
+
+    def _next_heartbeat_id(self) -> int:
+        self._heartbeat_id += 1
+        return self._heartbeat_id
+
+    # ------------------------------------------------------------------ the lease
+
+    def _heartbeat(self) -> None:
+        """Every lease/4: notice our own pauses, stop the device if the lease ran out, give up on a
+        silent exporter, and renew."""
+        now = now_ns()
+        if now - self._last_tick > self.lease_s / 2 * 1e9:
+            self.lease.woke(now)
+            self.log.emit("woke", late_ns=now - self._last_tick)
+        self._last_tick = now
+        self._on_dealer()  # answers that came in while we were away count before we judge
+        if self.lease.exporter_lost(now):
+            self._exporter_lost(now)
+            return
+        if self.lease.expired(now):
+            self._lease_expired(now)
+        hb = self._next_heartbeat_id()
+        self.lease.sent(hb, now)
+        self.msgfaults.submit(b"", wire.encode(wire.Heartbeat(id=hb)), "heartbeat", hb)
+        self.loop.call_later(self.lease_s / 4, self._heartbeat)
+
+    def _may_access(self) -> bool:
+        """The DMA engine asks before every chunk."""
+        now = now_ns()
+        if self.lease.expired(now):
+            self._lease_expired(now)
+            return False
+        return True
+
+    def _lease_expired(self, now: int) -> None:
+        granted = self.lease.granted_send
+        aborted = self.dma.abort_all("lease expired")
+        self.log.emit("lease_expired", since_ns=None if granted is None else now - granted, jobs_aborted=aborted)
+        self.lease.revoke()
+        self.outstanding.cancel()
+        self._starts.clear()
+        self._call(lambda: self.engine.reset(now, "lease expired"))
+
+    def _exporter_lost(self, now: int) -> None:
+        silent = self.lease.exporter_silent_ns(now)
+        aborted = self.dma.abort_all("exporter lost")
+        self.log.emit("exporter_lost", silent_ns=silent, jobs_aborted=aborted)
+        print(f"{self.svc}: the exporter has not answered for {silent / 1e6:.0f} ms (lease "
+              f"{self.lease_s * 1000:.0f} ms): all DMA stopped, exiting", flush=True)
+        self.outstanding.cancel()
+        self.finish("exporter lost", exit_code=EXIT_EXPORTER_LOST)
+
+    # ------------------------------------------------------------------ device faults
+
+    def _maybe_rogue(self, start: StartDma | None, after: str) -> None:
+        """The rogue device fault: keep doing DMA on the mapping for `ms` after unmap or ack."""
+        if start is None or not self.device_faults:
+            return
+        f = self.device_faults.fires("rogue", now_ns())
+        if f is None:
+            return
+        self._next_rogue += 1
+        rogue = StartDma(self._next_rogue, start.buffer, start.attachment, f["access"], start.placement, False)
+        iova = self._iovas.get(start.job)
+
+        def go() -> None:  # after the unmap or ack is on record: the device goes on regardless
+            self.log.emit("fault", kind="rogue", target=self.svc, job=rogue.job, of_job=start.job,
+                          buffer=start.buffer, after=after, ms=f["ms"], access=f["access"], iova=iova)
+            self.dma.start(rogue, f["ms"] / 1000, rogue=True, iova=iova)
+
+        self.loop.call_soon(go)
 
     def _do_joined(self, action: Joined) -> None:
-        for heap, name, size in action.heaps:
-            self.segments[heap] = seg = shm.attach(name)
-            self.views[heap] = memory.HeapView(heap, seg.buf, size)
-        self.segments["fences"] = fseg = shm.attach(action.fences_shm)
-        self.fences = FenceTable(fseg.buf, action.fence_slots, len(action.buffers))
-        self.dma.attach_memory(self.views, self.fences, action.slot)
+        if not self.segments:  # a rejoin keeps the segments it has
+            for heap, name, size in action.heaps:
+                self.segments[heap] = seg = shm.attach(name)
+                self.views[heap] = memory.HeapView(heap, seg.buf, size)
+            self.segments["fences"] = fseg = shm.attach(action.fences_shm)
+            self.fences = FenceTable(fseg.buf, action.fence_slots, len(action.buffers))
+        self.dma.attach_memory(self.views, self.fences, action.slot)  # type: ignore[arg-type]
         self.log.emit("joined", slot=action.slot, heaps=[h for h, _, _ in action.heaps],
                       buffers=len(action.buffers))
 
     def _do_ready(self, action: Ready) -> None:
-        self.state = "ready"
         self.log.emit("ready", attachments=len(self.engine.idle_buffers()))
+        if self.workload.running:  # back after a rejoin
+            self._refill()
+        elif self.state == "starting":
+            self.state = "ready"
 
     def _do_program(self, action: ProgramIommu) -> None:
         p = action.placement
-        self.iommu.program(action.attachment, p)
+        iova = self.iommu.program(action.attachment, p)
         self.log.emit("iommu_program", buffer=action.buffer, attachment=action.attachment,
-                      heap=p.heap, offset=p.offset, size=p.size, gen=p.gen)
+                      heap=p.heap, offset=p.offset, size=p.size, gen=p.gen, iova=iova)
 
     def _do_teardown(self, action: TeardownIommu) -> None:
         p = action.placement
@@ -191,7 +384,13 @@ class ImporterService(ServiceShell):
                       heap=p.heap, offset=p.offset, size=p.size, gen=p.gen)
 
     def _do_start_dma(self, action: StartDma) -> None:
-        self.dma.start(action, self._durations.pop(action.job, self.args.workload.dma_ms / 1000))
+        duration = self._durations.pop(action.job, self.args.workload.dma_ms / 1000)
+        if self.device_faults and (f := self.device_faults.fires("slow-dma", now_ns())) is not None:
+            duration *= f["factor"]
+            self.log.emit("fault", kind="slow-dma", target=self.svc, job=action.job, factor=f["factor"])
+        self._starts[action.job] = self._last_start[action.buffer] = action
+        self.dma.start(action, duration)
+        self._iovas[action.job] = self.dma.iova_of_job(action.job)
 
     def _dma_done(self, job: int) -> None:
         self._call(lambda: self.engine.dma_done(job, now_ns()))
@@ -209,6 +408,10 @@ class ImporterService(ServiceShell):
         self.loop.call_soon(poll)
 
     def _do_job_finished(self, action: JobFinished) -> None:
+        start = self._starts.pop(action.job, None)
+        if action.ok:
+            self._maybe_rogue(start, "unmap")
+        self._iovas.pop(action.job, None)
         self.jobs_done += 1
         if self.workload.running and not self._refill_pending:
             self._refill_pending = True

@@ -28,10 +28,11 @@ class JobSpec:
 
 
 class Workload:
-    def __init__(self, config: WorkloadConfig, seed: int, index: int) -> None:
+    def __init__(self, config: WorkloadConfig, seed: int, index: int, job_base: int = 0) -> None:
         self.config = config
-        self.rng = random.Random(f"{seed}:{index}")
-        self._next_job = 1
+        # A restarted importer (job_base > 0) draws a new sequence: it is a new device run.
+        self.rng = random.Random(f"{seed}:{index}" + (f":{job_base}" if job_base else ""))
+        self._next_job = job_base + 1
         self.running = False
 
     def next_job(self, idle_buffers: list[int]) -> JobSpec | None:

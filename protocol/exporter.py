@@ -17,7 +17,9 @@ Rules of this file:
   known name replaces the previous incarnation the same way (a restart, or a rejoin after the
   importer's own lease ran out).
 - A notify or fence timeout revokes only importers that are responsive (heard from within half a
-  lease) yet did not answer: they are alive and ignoring us. A silent one may merely be paused,
+  lease) yet did not answer: they are alive and ignoring us. A notify timeout leaves their fences
+  alone; a fence timeout completes them with an error, which the device takes as a reset: it
+  aborts the job before its next access (importer_svc/dma.py). A silent one may merely be paused,
   with DMA that resumes where it stopped; it is left to its lease, which it honours by stopping
   its DMA before the exporter's lease on it runs out (importer_svc). So every wait is bounded by
   max(timeout, lease), and no fence is forced under a device that may still be running.
@@ -633,7 +635,8 @@ class Exporter:
         for att_id in sorted(move.waiting):
             att = self._attachments.get(att_id)
             if att is not None and self._responsive(self._importers[att.slot], now):
-                self._out.append(ForceCompleteFences(att.slot, buf.id, "notify_timeout"))
+                # Its fences stay as they are: they are the device's own word on its DMA, and the
+                # fence wait that follows honours them (forcing them only at the fence timeout).
                 self._revoke(att, "notify_timeout", now)
 
     def _step_wait_fences(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
@@ -763,6 +766,11 @@ class Exporter:
         buf.pins -= att.pins
         att.pins = 0
         buf.attachments.discard(att.id)
+        # A map waiting for the lock on a handle that is going away is answered now, with the
+        # reason: left unanswered it would be retried for ever (and deduplicated for ever).
+        for peer, request, _ in [d for d in buf.deferred if d[1].attachment == att.id]:
+            self._send(peer, ErrorReply(id=request.id, op=Map.OP, code=ErrorCode.NO_SUCH_ATTACHMENT,
+                                        message=f"map: attachment {att.id} was revoked or detached while the map waited"))
         buf.deferred = [d for d in buf.deferred if d[1].attachment != att.id]
         self._importers[att.slot].attachments.discard(att.id)
         del self._attachments[att.id]

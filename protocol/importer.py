@@ -12,6 +12,11 @@ Rules of this file:
   strategy sends one, is a separate message.
 - Entry points take `now` (monotonic ns, from the shell) and return actions. No I/O, no clock, no
   randomness: which buffer a job uses and when is the shell's workload's business.
+- Request ids start at `first_id`: a restarted importer (same name, same routing id) must not
+  reuse its previous incarnation's ids, which the exporter's duplicate filter still remembers.
+- reset() forgets everything and says hello again: the shell calls it when the importer's lease
+  ran out (the exporter has revoked or will revoke all it held) and when the exporter answers
+  no_such_importer (it already has). The shell stops the device's DMA before calling it.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class IGuard(enum.Enum):
     FENCED = "fenced"            # the map reply names a KERNEL fence
     WILL_MOVE = "will_move"      # the unmap reply says the buffer will move
     INVALIDATED = "invalidated"  # a move_notify invalidated the mapping
+    STALE_REPLY = "stale_reply"  # the map reply names a generation announced moving while it was out
 
 
 class IStep(enum.Enum):
@@ -126,12 +132,13 @@ class _Att:
     unmap_reply: UnmapReply | None = None
     fence_seq: int = 0
     reused: bool = False
+    notified_gen: int = 0    # highest generation announced moving while this job's map was out
 
 
 class Importer:
     """One importer's protocol state. Not thread-safe: the shell calls it from its one loop."""
 
-    def __init__(self, spec: ImporterSpec, name: str, pid: int) -> None:
+    def __init__(self, spec: ImporterSpec, name: str, pid: int, first_id: int = 1) -> None:
         self.spec = spec
         self.name = name
         self.pid = pid
@@ -140,7 +147,7 @@ class Importer:
         self._by_id: dict[int, _Att] = {}           # by attachment id
         self._pending: dict[int, tuple[str, int | None, int]] = {}  # request id -> (op, buffer, sent)
         self._jobs: dict[int, int] = {}             # job -> buffer
-        self._next_id = 1
+        self._next_id = first_id
         self._leaving = False
         self._left = False
         self._out: list[Action] = []
@@ -152,6 +159,27 @@ class Importer:
         self._request(Hello(id=self._new_id(), name=self.name, pid=self.pid, strategy=self.spec.strategy), None, now)
         return self._take()
 
+    def reset(self, now: int, reason: str) -> list[Action]:
+        """Start over: every job ends failed, every IOMMU entry goes, hello again.
+        Requires the device's DMA stopped (the shell aborts it first). Not while leaving: a
+        leaving importer that lost its lease has nothing left to give back, so it has left."""
+        self._emit("rejoin", reason=reason, jobs=len(self._jobs),
+                   attachments=sum(1 for a in self._atts.values() if a.id))
+        for att in self._atts.values():
+            if att.iommu is not None:
+                self._teardown(att)
+            if att.job is not None:
+                self._end_job(att, ok=False, reason=reason)
+        self._atts.clear()
+        self._by_id.clear()
+        self._pending.clear()
+        self._jobs.clear()
+        if self._leaving:
+            self._left = True
+            self._out.append(Left())
+            return self._take()
+        return self.start(now)
+
     def job(self, job: int, buffer: int, access: str, now: int) -> list[Action]:
         """Start DMA job `job` on `buffer`. Requires the attachment idle (see idle_buffers())."""
         att = self._atts.get(buffer)
@@ -159,6 +187,7 @@ class Importer:
             raise TransitionError(self.spec.strategy, f"{self.name} buffer {buffer}",
                                   att.state if att else "unattached", AttEvent.JOB)
         att.job, att.access, att.invalidated, att.reused = job, access, False, False
+        att.notified_gen = 0
         self._jobs[job] = buffer
         self._dispatch(att, AttEvent.JOB, now)
         return self._take()
@@ -188,6 +217,8 @@ class Importer:
             return self._take()
         self._emit("move_notify_received", id=msg.id, buffer=att.buffer, attachment=att.id,
                    move=msg.move, gen=msg.gen, state=att.state.value)
+        if att.state is AttState.MAPPING:  # our map and its move crossed: its reply may be stale
+            att.notified_gen = max(att.notified_gen, msg.gen)
         try:
             self._dispatch(att, AttEvent.MOVE_NOTIFY, now, notify=msg)
         except TransitionError as err:
@@ -202,6 +233,10 @@ class Importer:
             return self._take()
         op, buffer, sent = pending
         latency = now - sent
+        if isinstance(reply, ErrorReply) and reply.code == ErrorCode.NO_SUCH_IMPORTER and op != "hello":
+            # The exporter declared us lost (our lease ran out while we could not tell): whatever
+            # we held is gone. Start over rather than act on handles that no longer exist.
+            return self.reset(now, f"exporter answered {op} with no_such_importer")
         if op == "hello":
             self._on_hello_reply(reply, now)
         elif op == "attach":
@@ -304,7 +339,7 @@ class Importer:
         if rule.then is not SAME and att.state is before:
             att.state = rule.then
         if event is AttEvent.MAP_OK:
-            p = att.mapping
+            p = att.mapping or att.map_reply.placement  # type: ignore[union-attr]  (no mapping: refused as stale)
             self._emit("map", id=ctx["request_id"], buffer=att.buffer, attachment=att.id,
                        heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,  # type: ignore[union-attr]
                        latency_ns=ctx["latency"], reused=att.reused,
@@ -335,6 +370,8 @@ class Importer:
             return bool(att.unmap_reply and att.unmap_reply.will_move)
         if guard is IGuard.INVALIDATED:
             return att.invalidated
+        if guard is IGuard.STALE_REPLY:
+            return bool(att.map_reply and att.map_reply.placement.gen <= att.notified_gen)
         raise AssertionError(guard)
 
     def _step_send_map(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:

@@ -45,6 +45,11 @@ class FenceTable:
         cell = self.cells[slot, buffer]  # type: ignore[index]
         return max(int(cell[SIGNALED]), int(cell[FORCED])) >= seq
 
+    def forced_before_signaled(self, slot: int, buffer: int, seq: int) -> bool:
+        """The exporter completed fence `seq` before the device did: the device is being reset."""
+        cell = self.cells[slot, buffer]  # type: ignore[index]
+        return int(cell[FORCED]) >= seq > int(cell[SIGNALED])
+
     def error(self, slot: int, buffer: int) -> int:
         return int(self.cells[slot, buffer, ERROR])  # type: ignore[index]
 

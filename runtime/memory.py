@@ -80,3 +80,12 @@ def verify(rows: np.ndarray, buffer: int, first_line: int) -> Corruption | None:
 
 def copy(dst: np.ndarray, src: np.ndarray) -> None:
     np.copyto(dst, src)
+
+
+def census(rows: np.ndarray, first_line: int = 0) -> tuple[list[list[int]], int]:
+    """What a range holds: the distinct (buffer, writer, seq) stamps with their line counts, and
+    how many lines carry a line index other than their position (misplaced)."""
+    head = np.array(rows[:, :4], copy=True)
+    misplaced = int(np.count_nonzero(head[:, 1] != _line_indices(head.shape[0]) + np.uint32(first_line)))
+    keys, counts = np.unique(head[:, [0, 2, 3]], axis=0, return_counts=True)
+    return [[int(k[0]), int(k[1]), int(k[2]), int(c)] for k, c in zip(keys, counts)], misplaced

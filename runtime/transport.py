@@ -25,10 +25,14 @@ def _common(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
 
 
-def router(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, str]:
-    """Bind a ROUTER; returns the socket and the endpoint actually bound (tcp port 0 -> real port)."""
+def router(ctx: zmq.Context, endpoint: str, *, handover: bool = False) -> tuple[zmq.Socket, str]:
+    """Bind a ROUTER; returns the socket and the endpoint actually bound (tcp port 0 -> real port).
+    handover: a new connection with a routing id already in use takes it over (a restarted
+    importer comes back under its name while the dead one's connection lingers)."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
+    if handover:
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     # Replies to a peer that has gone are dropped silently rather than raising in the loop.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
     sock.bind(endpoint)

@@ -69,6 +69,9 @@ IMPORTER = ImporterSpec(
     table={
         **IMPORTER_BASE,
         (AttState.MAPPING, AttEvent.MAP_OK): (
+            # A reply lost and resent (or overtaken) after its move was announced: under the
+            # kernel's lock this cannot happen; over a lossy link the importer must check.
+            Rule(IGuard.STALE_REPLY, AttState.UNMAPPING, (IStep.FAIL_JOB, IStep.SEND_UNMAP)),
             Rule(IGuard.FENCED, AttState.FENCE_WAIT, (IStep.PROGRAM_IOMMU, IStep.WAIT_KERNEL_FENCE)),
             Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.START_FENCED_DMA)),
         ),

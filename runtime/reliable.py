@@ -1,0 +1,139 @@
+"""At-least-once requests with exactly-once effects, under the protocol.
+
+Rules:
+- A request we send stays outstanding until a reply with its id arrives; it is sent again, same id,
+  same bytes, after `retry_s`, doubling up to `max_backoff_s`, until answered or cancelled. So a
+  dropped request (or a dropped reply) costs time, not correctness.
+- A request we receive is executed once per (peer, id). A duplicate (a retry, or a `dup` fault)
+  that arrives after we answered gets the cached reply again; one that arrives while the original
+  is still being served (a map waiting for the reservation lock) is dropped: the reply will come.
+- A reply for a request that is no longer outstanding (answered already) is dropped.
+- Both tables are bounded: the reply cache keeps the last REPLY_CACHE answers per peer.
+The protocol halves never see a duplicate, and never know a retry happened: the history does
+(`retry` and `dedup` events).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime.loop import Loop
+from runtime.service import now_ns
+
+REPLY_CACHE = 4096
+IN_PROGRESS = b""
+
+
+@dataclass
+class _Pending:
+    peer: bytes
+    frame: bytes
+    op: str
+    first_sent_ns: int
+    attempts: int = 1
+    timer: int | None = None
+
+
+class Outstanding:
+    """Requests we sent that have no reply yet."""
+
+    def __init__(self, loop: Loop, resend: Callable[[bytes, bytes, str, int], None],
+                 on_retry: Callable[[bytes, int, str, int], None], retry_s: float,
+                 max_backoff_s: float = 1.0, give_up_s: float | None = None) -> None:
+        self.loop = loop
+        self.resend = resend
+        self.on_retry = on_retry
+        self.retry_s = retry_s
+        self.max_backoff_s = max_backoff_s
+        self.give_up_s = give_up_s
+        self._pending: dict[tuple[bytes, int], _Pending] = {}
+
+    def sent(self, peer: bytes, msg_id: int, op: str, frame: bytes) -> None:
+        if (peer, msg_id) in self._pending:
+            return
+        p = _Pending(peer, frame, op, now_ns())
+        self._pending[(peer, msg_id)] = p
+        self._arm(peer, msg_id, p)
+
+    def _arm(self, peer: bytes, msg_id: int, p: _Pending) -> None:
+        delay = min(self.max_backoff_s, self.retry_s * (2 ** (p.attempts - 1)))
+
+        def fire() -> None:
+            if self._pending.get((peer, msg_id)) is not p:
+                return
+            if self.give_up_s is not None and now_ns() - p.first_sent_ns > self.give_up_s * 1e9:
+                # Past this the peer's lease has run out: the protocol has moved on without it.
+                del self._pending[(peer, msg_id)]
+                self.on_retry(peer, msg_id, p.op, 0)
+                return
+            p.attempts += 1
+            self.on_retry(peer, msg_id, p.op, p.attempts)
+            self.resend(peer, p.frame, p.op, msg_id)
+            self._arm(peer, msg_id, p)
+
+        p.timer = self.loop.call_later(delay, fire)
+
+    def answered(self, peer: bytes, msg_id: int) -> int | None:
+        """Forget the request; returns when it was first sent, or None if it was not outstanding."""
+        p = self._pending.pop((peer, msg_id), None)
+        if p is None:
+            return None
+        if p.timer is not None:
+            self.loop.cancel(p.timer)
+        return p.first_sent_ns
+
+    def cancel(self, peer: bytes | None = None) -> None:
+        for key in [k for k in self._pending if peer is None or k[0] == peer]:
+            p = self._pending.pop(key)
+            if p.timer is not None:
+                self.loop.cancel(p.timer)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+MAX_PEERS = 256
+
+
+class ReplyCache:
+    """Requests we received: executed once, answered again from here. Bounded in peers too: a
+    flood of throw-away connections evicts the oldest peers' caches, not our memory."""
+
+    def __init__(self, per_peer: int = REPLY_CACHE, max_peers: int = MAX_PEERS) -> None:
+        self.per_peer = per_peer
+        self.max_peers = max_peers
+        self._peers: OrderedDict[bytes, OrderedDict[int, bytes]] = OrderedDict()
+
+    def _cache(self, peer: bytes) -> OrderedDict[int, bytes]:
+        cache = self._peers.get(peer)
+        if cache is None:
+            cache = self._peers[peer] = OrderedDict()
+            if len(self._peers) > self.max_peers:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(peer)
+        return cache
+
+    def check(self, peer: bytes, msg_id: int) -> bytes | None:
+        """None: new, execute it (now marked in progress). IN_PROGRESS: being served, drop it.
+        Otherwise the cached reply frame to send again."""
+        cache = self._cache(peer)
+        if msg_id in cache:
+            cache.move_to_end(msg_id)
+            return cache[msg_id]
+        cache[msg_id] = IN_PROGRESS
+        if len(cache) > self.per_peer:
+            cache.popitem(last=False)
+        return None
+
+    def answered(self, peer: bytes, msg_id: int, frame: bytes) -> None:
+        cache = self._cache(peer)
+        cache[msg_id] = frame
+        if len(cache) > self.per_peer:
+            cache.popitem(last=False)
+
+    def forget(self, peer: bytes, msg_id: int) -> None:
+        """An answer that must not be replayed (the peer will ask again and deserves a fresh one)."""
+        self._peers.get(peer, OrderedDict()).pop(msg_id, None)
