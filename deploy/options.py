@@ -121,7 +121,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("buffer_size", _size(64, 1 << 30), "bytes per buffer, e.g. 256KiB", "SIZE"),
     Option("vram_size", _size(64, 1 << 32), "bytes of the scarce vram heap (default: half the buffers)", "SIZE"),
     Option("duration", _float_range(0, 86400, open_lo=True), "seconds of workload", "S"),
-    Option("seed", _int_range(0, 2**63 - 1), "seed of every random choice (workloads, and later faults)", "N"),
+    Option("seed", _int_range(0, 2**63 - 1), "seed of every random choice: the workloads and the fault schedule", "N"),
     Option("move_rate", _float_range(0, 10000), "moves per second the memory manager tries (0: none)", "R"),
     Option("transport", _choice("ipc", "tcp"), "ipc: unix sockets inside the run directory; tcp: 127.0.0.1", "KIND"),
     Option("hint_policy", _choice("optimistic", "conservative"), "unmap-hint only: what the unmap reply promises", "POLICY"),

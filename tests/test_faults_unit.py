@@ -1,0 +1,125 @@
+"""The pieces of fault tolerance that need no processes: the lease arithmetic, retries and the
+duplicate filter, the seeded schedules."""
+
+from __future__ import annotations
+
+from deploy.process_faults import schedule
+from protocol.lease import EXPORTER_LOST_LEASES, STOP_FRACTION, ImporterLease
+from runtime import faults
+from runtime.msgfaults import MessageFaults
+from runtime.reliable import IN_PROGRESS, ReplyCache
+
+MS = 1_000_000
+LEASE = 500 * MS
+
+
+def test_nothing_is_granted_before_the_first_answer() -> None:
+    lease = ImporterLease(LEASE)
+    lease.sent(1, 0)
+    assert lease.deadline() is None and not lease.expired(10 * LEASE)
+
+
+def test_the_device_stops_before_the_exporters_lease_on_it_can_run_out() -> None:
+    lease = ImporterLease(LEASE)
+    lease.sent(1, 100 * MS)
+    lease.answered(1, 300 * MS)          # a slow answer: the grant counts from the send
+    assert lease.deadline() == 100 * MS + int(STOP_FRACTION * LEASE)
+    # The exporter heard the request no earlier than it was sent, so its lease runs at least
+    # until send + lease: the device's deadline is always before that.
+    assert lease.deadline() < 100 * MS + LEASE
+    assert not lease.expired(lease.deadline() - 1) and lease.expired(lease.deadline())
+
+
+def test_a_retried_request_counts_from_its_first_send() -> None:
+    lease = ImporterLease(LEASE)
+    lease.sent(7, 0)
+    lease.sent(7, 200 * MS)              # the retry
+    lease.answered(7, 250 * MS)
+    assert lease.granted_send == 0
+
+
+def test_an_error_saying_we_are_not_a_member_renews_nothing() -> None:
+    lease = ImporterLease(LEASE)
+    lease.sent(1, 0)
+    lease.answered(1, 1 * MS, grant=False)
+    assert lease.deadline() is None
+
+
+def test_the_exporter_is_lost_only_after_two_leases_awake_without_an_answer() -> None:
+    lease = ImporterLease(LEASE)
+    lease.sent(1, 0)
+    lease.answered(1, 1 * MS)
+    lease.sent(2, 10 * MS)
+    limit = EXPORTER_LOST_LEASES * LEASE
+    assert not lease.exporter_lost(10 * MS + limit)
+    assert lease.exporter_lost(10 * MS + limit + 1)
+    lease.woke(10 * MS + limit)          # we were paused: the exporter gets another two leases
+    assert not lease.exporter_lost(10 * MS + limit + 1)
+
+
+def test_the_reply_cache_serves_a_request_once_and_replays_its_answer() -> None:
+    cache = ReplyCache(per_peer=2, max_peers=2)
+    assert cache.check(b"a", 1) is None
+    assert cache.check(b"a", 1) == IN_PROGRESS        # a duplicate while it is served: dropped
+    cache.answered(b"a", 1, b"reply-1")
+    assert cache.check(b"a", 1) == b"reply-1"
+    assert cache.check(b"b", 1) is None                # ids are per peer
+    cache.check(b"c", 1)                               # a third peer evicts the oldest (a)
+    assert cache.check(b"a", 1) is None
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.later: list = []
+
+    def call_later(self, s, cb):
+        self.later.append((s, cb))
+        return len(self.later)
+
+    def cancel(self, h) -> None:
+        pass
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def emit(self, event, **f) -> None:
+        self.events.append((event, f))
+
+
+def _decisions(seed: int) -> list:
+    sent: list = []
+    log = _Log()
+    spec = [faults.parse_cli("drop:p=0.3,target=exporter"), faults.parse_cli("dup:p=0.3,target=exporter")]
+    mf = MessageFaults(_Loop(), log, "exporter", spec, seed, lambda peer, frame: sent.append(frame))  # type: ignore[arg-type]
+    mf.start_clock()
+    for i in range(200):
+        mf.submit(b"p", bytes([i % 256]), "map", i)
+    return [(e, f["kind"], f["id"]) for e, f in log.events]
+
+
+def test_the_same_seed_gives_the_same_message_fault_decisions() -> None:
+    a, b, c = _decisions(7), _decisions(7), _decisions(8)
+    assert a == b and a != c
+    kinds = {k for _, k, _ in a}
+    assert kinds == {"drop", "dup"}
+
+
+def test_message_faults_wait_for_the_workload() -> None:
+    sent: list = []
+    mf = MessageFaults(_Loop(), _Log(), "exporter", [faults.parse_cli("drop:target=exporter")], 1,  # type: ignore[arg-type]
+                       lambda peer, frame: sent.append(frame))
+    mf.submit(b"p", b"hello", "hello", 1)              # before start: joining always works
+    assert sent == [b"hello"]
+
+
+def test_the_process_fault_schedule_is_seeded_and_expands_targets() -> None:
+    spec = [faults.parse_cli("pause:target=importers,at=1,for=0.5"), faults.parse_cli("kill:target=importer-2,at=2,p=0.5")]
+    steps = [(s.t, s.action, s.target) for s in schedule(spec, 3, 2)]
+    assert steps[:4] == [(1.0, "stop", "importer-1"), (1.0, "stop", "importer-2"),
+                         (1.5, "cont", "importer-1"), (1.5, "cont", "importer-2")]
+    assert steps == [(s.t, s.action, s.target) for s in schedule(spec, 3, 2)]
+    fired = {seed: any(a == "kill" for _, a, _ in [(s.t, s.action, s.target) for s in schedule(spec, seed, 2)])
+             for seed in range(20)}
+    assert set(fired.values()) == {True, False}, "p=0.5 fires for some seeds and not others"
