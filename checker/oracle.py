@@ -23,7 +23,7 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
   are real accesses and judged like any job; they are also counted in `rogue_jobs`.
 - Bytes check (from the exporter's final_content per buffer): lines stamped with another buffer's
   id are foreign lines; the buffer's last write (latest dma_end among its write jobs with status
-  ok) must be in the final bytes with all its lines, unless another write on the buffer overlapped
+  ok, rogue writes excluded) must be in the final bytes with all its lines, unless another write on the buffer overlapped
   it in time (equal times do not overlap), a later write that did not complete touched the buffer,
   or a write was still running: then it is not checked, and the reason is counted.
 - Streaming: a job is judged at the first event whose t_ns is past its end (or at the end of the
@@ -502,7 +502,8 @@ class Oracle:
                 if ev.get("bytes") == 0:
                     job.no_access = True
         if job.write and not job.no_access:
-            self._write_ended(job, t, status == "ok")
+            # a rogue write is never "the buffer's last write": it had no right to the range
+            self._write_ended(job, t, status == "ok" and not job.rogue)
         self._ending.append(job)
         self._ending_t = t
 

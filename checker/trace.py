@@ -240,14 +240,18 @@ class TraceWriter:
 
     def _dma_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
         job = ev["job"]
-        self._begin("dma", (svc, job), f"dma-{svc}-job-{job}", f"buffer {ev['buffer']}", svc, t,
-                    {"job": job, "access": ev.get("access"), "gen": ev.get("gen"),
-                     "attachment": ev.get("attachment"), "rogue": ev.get("rogue") is True,
-                     "placement": place_str(ev.get("heap"), ev.get("offset"))})
+        args = {"job": job, "access": ev.get("access"), "gen": ev.get("gen"),
+                "attachment": ev.get("attachment"), "placement": place_str(ev.get("heap"), ev.get("offset"))}
+        if ev.get("rogue") is True:
+            args["rogue"] = True
+        self._begin("dma", (svc, job), f"dma-{svc}-job-{job}", f"buffer {ev['buffer']}", svc, t, args)
 
     def _dma_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        self._end("dma", (svc, ev["job"]), t, {"status": ev.get("status"),
-                                               "last_access_ns": ev.get("last_access_ns")})
+        args = {"status": ev.get("status")}
+        last = ev.get("last_access_ns")
+        if last != t:  # the last access came earlier (an aborted job), or is unknown
+            args["last_access_ns"] = last
+        self._end("dma", (svc, ev["job"]), t, args)
 
     def _close_service(self, svc: str, t: int, how: str) -> None:
         for cat in ("dma", "map"):
