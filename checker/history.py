@@ -7,6 +7,9 @@ Rules:
   line number, so the merged order is deterministic and each service's own order is kept.
 - Lines are copied byte for byte (only a missing final newline is added); nothing is re-serialised.
 - A SIGKILLed service may leave a truncated last line: it is skipped and counted (`truncated`).
+  A restarted service appends to the same file, so its first line may be glued to that cut-short
+  one: a line that does not parse but holds a valid event starting at a later `{"` keeps that
+  event, and the part before it is counted as `truncated`.
   Any other line that is not a JSON object with an integer `t_ns` is skipped and counted
   (`garbled`). A line whose `t_ns` is smaller than the previous one of the same file breaks the
   file's contract; it is kept (merged where its `t_ns` puts it) and counted (`unordered`).
@@ -29,6 +32,31 @@ class HistoryError(FileNotFoundError):
     """The history (or the events it is built from) cannot be read at all."""
 
 
+MAX_RESYNC_TRIES = 64
+
+
+def _parse_event(line: bytes) -> int:
+    """The line's t_ns; raises ValueError / KeyError / TypeError when it is not an event."""
+    t = loads(line)["t_ns"]
+    if not isinstance(t, int) or isinstance(t, bool):
+        raise TypeError("t_ns is not an int")
+    return t
+
+
+def _resync(line: bytes) -> tuple[int, bytes] | None:
+    """An event glued after a cut-short line: (t_ns, its bytes), or None."""
+    pos = 0
+    for _ in range(MAX_RESYNC_TRIES):
+        pos = line.find(b'{"', pos + 1)
+        if pos < 0:
+            return None
+        try:
+            return _parse_event(line[pos:]), line[pos:]
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+    return None
+
+
 def _file_items(fh: IO[bytes], file_index: int, stats: dict[str, int]) -> Iterator[MergeItem]:
     prev_t: int | None = None
     for lineno, line in enumerate(fh):
@@ -36,14 +64,16 @@ def _file_items(fh: IO[bytes], file_index: int, stats: dict[str, int]) -> Iterat
         if not line.strip():
             continue
         try:
-            obj = loads(line)
-            t = obj["t_ns"]
-            if not isinstance(t, int) or isinstance(t, bool):
-                raise TypeError("t_ns is not an int")
-        except (ValueError, KeyError, TypeError):
-            # Only a final line lacking its newline can be a write cut short by a kill.
-            stats["truncated" if not complete else "garbled"] += 1
-            continue
+            t = _parse_event(line)
+        except (ValueError, KeyError, TypeError, IndexError):
+            glued = _resync(line) if complete else None
+            if glued is not None:
+                stats["truncated"] += 1          # the cut-short line the event was glued to
+                t, line = glued
+            else:
+                # Only a final line lacking its newline can be a write cut short by a kill.
+                stats["truncated" if not complete else "garbled"] += 1
+                continue
         if prev_t is not None and t < prev_t:
             stats["unordered"] += 1
         prev_t = t

@@ -10,6 +10,9 @@ Rules:
   long as a job needs it; memory is bounded by live jobs and buffers, not by history length.
 - An `AttState` is one importer's view of one attachment: mapped (a `map` with no later `unmap`)
   and usable (mapped, and not invalidated on move_notify since).
+- A job's accesses end at `access_end` when its dma_end says when its last real access was
+  (`last_access_ns`: an aborted job stops touching memory before its dma_end), else at its end.
+  A job of a service that died has no dma_end: it ends at the death (`cut` says how it ended).
 - Records carry only what a verdict or a witness sentence needs.
 """
 
@@ -91,10 +94,11 @@ class Job:
     """One DMA job. Built on every dma_begin, so it is lean: the begin event itself is kept and
     the fields a witness needs are read from it."""
 
-    __slots__ = ("ev", "svc", "write", "begin_t", "rec", "dropped", "uau", "end_t", "status", "links")
+    __slots__ = ("ev", "svc", "write", "begin_t", "rec", "dropped", "uau", "end_t", "status", "links",
+                 "rogue", "access_end", "no_access", "cut", "faulted")
 
     def __init__(self, ev: dict[str, Any], svc: str, write: bool, begin_t: int, rec: GenRecord | None,
-                 dropped: bool, uau: UauCause | None) -> None:
+                 dropped: bool, uau: UauCause | None, rogue: bool = False) -> None:
         self.ev = ev
         self.svc = svc
         self.write = write
@@ -105,6 +109,11 @@ class Job:
         self.end_t: int | None = None
         self.status: str | None = None
         self.links: list[tuple[CorruptionLink, int]] | None = None
+        self.rogue = rogue
+        self.access_end: int | None = None   # last real access, when the dma_end says (else end_t)
+        self.no_access = False               # blocked by the IOMMU throughout, or aborted before any
+        self.cut: str | None = None          # "died" / "restarted": ended by its service's end
+        self.faulted = False                 # an iommu_fault was seen for it
 
     job = property(lambda self: self.ev.get("job"))
     buffer = property(lambda self: self.ev.get("buffer"))

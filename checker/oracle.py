@@ -12,8 +12,20 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
   4. unfenced_access: a job on generation h > 1 begun before the copy creating h ended (copy_end
      with to_gen h strictly after dma_begin, or no copy_end at all). Generation 1 is created by
      buffer_created, not by a copy.
-  Equal times are never a race. A job with no dma_end is considered running until the history's
-  last event.
+  Equal times are never a race.
+- A job's accesses end at its dma_end, or earlier at the dma_end's `last_access_ns` (an aborted
+  job stopped touching memory then). A job with no dma_end ends when its service died
+  (deploy's service_died for that name) or restarted (its next service_start); with neither, it
+  is considered running until the history's last event. A job that made no real access at all
+  (dma_end status "fault" with bytes 0: every chunk blocked by the IOMMU; or last_access_ns null
+  or before its dma_begin) is no race: IOMMU faults are not races.
+- Rogue jobs (dma_begin `rogue: true`: a device's DMA after unmap or after acking move_notify)
+  are real accesses and judged like any job; they are also counted in `rogue_jobs`.
+- Bytes check (from the exporter's final_content per buffer): lines stamped with another buffer's
+  id are foreign lines; the buffer's last write (latest dma_end among its write jobs with status
+  ok, rogue writes excluded) must be in the final bytes with all its lines, unless another write on the buffer overlapped
+  it in time (equal times do not overlap), a later write that did not complete touched the buffer,
+  or a write was still running: then it is not checked, and the reason is counted.
 - Streaming: a job is judged at the first event whose t_ns is past its end (or at the end of the
   history), so every exporter event with the same t_ns, in whichever order the merge put the tie,
   has been seen. Then "copy_begin not seen yet" means it comes at or after the job's end: no race.
@@ -60,17 +72,66 @@ MAX_WITNESSES = 5
 PARSE_BATCH = 512
 MAX_CORRUPTION_EXAMPLES = 5
 PARAM_KEYS_LIFTED = ("strategy", "seed", "importers", "buffers", "duration_s")
+MAX_LISTED = 256           # entries per list of the report (deaths, restarts, lost writes, ...)
+LINE_BYTES = 64
+FAULT_COMMON_KEYS = ("kind", "target", "at", "for", "p", "op")
 
 RaceHook = Callable[[Race], None]
 EventHook = Callable[[dict[str, Any], int, str, str], None]
+FindingHook = Callable[[str, str, int, dict[str, Any]], None]
+
+
+class _LastWrite:
+    """Per buffer: the latest-ending ok write job so far, and whether it can be checked."""
+
+    __slots__ = ("svc", "job", "begin", "end", "rogue", "overlapped", "superseded", "max_end")
+
+    def __init__(self) -> None:
+        self.svc: str | None = None
+        self.job: Any = None
+        self.begin = 0
+        self.end = 0
+        self.rogue = False
+        self.overlapped = False        # another write's accesses overlapped it in time
+        self.superseded = False        # a later write that did not complete touched the buffer
+        self.max_end: int | None = None  # latest access end of every write that ended so far
+
+
+def describe_fault(f: Any) -> str:
+    """One line for people: `delay ms=5 op=move_notify -> exporter at 0 s for 2 s`."""
+    if not isinstance(f, dict):
+        return str(f)
+
+    def num(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    parts = [str(f.get("kind"))]
+    parts += [f"{k}={num(v)}" for k, v in f.items() if k not in FAULT_COMMON_KEYS and v is not None]
+    if f.get("op"):
+        parts.append(f"op={f['op']}")
+    p = f.get("p")
+    if isinstance(p, (int, float)) and not isinstance(p, bool) and p < 1:
+        parts.append(f"p={p:g}")
+    at, dur = f.get("at"), f.get("for")
+    when = f"at {num(at if at is not None else 0)} s" + (f" for {num(dur)} s" if dur is not None else "")
+    return f"{' '.join(parts)} -> {f.get('target', 'importers')} {when}"
+
+
+def _listed(items: list[dict[str, Any]], item: dict[str, Any], over: Counter[str], name: str) -> None:
+    if len(items) < MAX_LISTED:
+        items.append(item)
+    else:
+        over[name] += 1
 
 
 class Oracle:
     """Feed events in t_ns order (`run` over a file, or `feed` one by one), then `report()`."""
 
-    def __init__(self, *, on_race: RaceHook | None = None, on_event: EventHook | None = None) -> None:
+    def __init__(self, *, on_race: RaceHook | None = None, on_event: EventHook | None = None,
+                 on_finding: FindingHook | None = None) -> None:
         self.on_race = on_race
         self.on_event = on_event
+        self.on_finding = on_finding
         self.events = 0
         self.history_errors = 0
         self.unordered = 0
@@ -103,6 +164,28 @@ class Oracle:
         self.attachments_revoked = 0
         self.held_at_detach = 0
         self.services_died = 0
+        # faults and recovery
+        self.run_start_t: int | None = None
+        self.workload_t: int | None = None
+        self.fault_kinds: Counter[str] = Counter()
+        self.deaths: list[dict[str, Any]] = []
+        self.restarts: list[dict[str, Any]] = []
+        self.importer_stops: list[dict[str, Any]] = []
+        self.not_listed: Counter[str] = Counter()
+        self.starts: Counter[str] = Counter()
+        self.restart_counts: Counter[str] = Counter()
+        self.recovery = {"retries": 0, "dedups": 0, "lease_expired": 0, "rejoin": 0, "exporter_lost": 0}
+        self.importer_lost_by_reason: Counter[str] = Counter()
+        self.revoked_by_reason: Counter[str] = Counter()
+        self.jobs_aborted = 0
+        self.jobs_blocked = 0
+        self.jobs_cut = 0
+        self.held_at_death = 0
+        self.rogue = {"total": 0, "raced": 0, "iommu_faults": 0}
+        self.races_by_importer: Counter[str] = Counter()
+        self.first_race_t: int | None = None
+        self.last_writes: dict[Any, _LastWrite] = {}
+        self.final_content: dict[Any, dict[str, Any]] = {}
         self.corruption = {"jobs": 0, "lines": 0, "linked": 0}
         self.corruption_examples: list[tuple[dict[str, Any], CorruptionLink]] = []
         self.latency = {k: LogHistogram() for k in ("map", "unmap", "move", "notify_ack", "fence_wait")}
@@ -144,6 +227,15 @@ class Oracle:
             "corruption": self._corruption,
             "job_failed": self._job_failed,
             "attachment_revoked": self._attachment_revoked,
+            "importer_lost": self._importer_lost,
+            "final_content": self._final_content,
+            "retry": self._retry,
+            "dedup": self._dedup,
+            "lease_expired": self._importer_stop,
+            "exporter_lost": self._importer_stop,
+            "rejoin": self._rejoin,
+            "service_restarted": self._service_restarted,
+            "workload_start": self._workload_start,
             "service_start": self._service_start,
             "service_stop": self._service_stop,
             "service_died": self._service_died,
@@ -257,6 +349,9 @@ class Oracle:
         return rec, False
 
     def classify(self, job: Job, end: int) -> str | None:
+        """The race kind of `job`, whose accesses ended at `end`, or None."""
+        if job.no_access:
+            return None
         rec, dropped = job.rec, job.dropped
         if rec is None and not dropped:
             rec, dropped = self._lookup(job.buffer, job.gen)
@@ -293,11 +388,21 @@ class Oracle:
             end = self.t1
             assert end is not None
         self.jobs_judged += 1
-        kind = self.classify(job, end)
+        kind = self.classify(job, job.access_end if job.access_end is not None else end)
         race: Race | None = None
+        if job.no_access:
+            self.jobs_blocked += 1
+        if job.rogue and (job.faulted or job.status == "fault"):
+            self.rogue["iommu_faults"] += 1
         if kind is not None:
             race = Race(kind, job, end, unfinished)
             self.races[kind] += 1
+            self.races_by_importer[job.svc] += 1
+            if job.rogue:
+                self.rogue["raced"] += 1
+            start = self._race_start(kind, job)
+            if self.first_race_t is None or start < self.first_race_t:
+                self.first_race_t = start
             recent = self.recent_races
             recent[key] = race
             if len(recent) > RECENT_RACES:
@@ -310,6 +415,18 @@ class Oracle:
             for link, i in job.links:
                 link.outcomes[i] = race if race is not None else False
                 self._resolve_link(link)
+
+    @staticmethod
+    def _race_start(kind: str, job: Job) -> int:
+        """When the race began: the job's begin, or the copy / free it overlapped if later."""
+        rec = job.rec
+        edge = None
+        if rec is not None and not job.dropped:
+            if kind == LOST_WRITE:
+                edge = rec.copy_begin_t if rec.copy_begin_t is not None else rec.free_t
+            elif kind == STALE_READ:
+                edge = rec.free_t
+        return job.begin_t if edge is None else max(job.begin_t, edge)
 
     def _resolve_link(self, link: CorruptionLink) -> None:
         if link.done:
@@ -346,11 +463,15 @@ class Oracle:
         jobs = self.jobs
         old = jobs.get(key)
         if old is not None and old.end_t is None:
-            # A restarted service reusing job ids: the old job never ended; it is judged at the
-            # end of the history like any other unfinished job.
+            # A job id reused while its job runs (a restarted service that did not announce
+            # itself): the old job never ended; it is judged at the end of the history like any
+            # other unfinished job.
             self.anomalies["dma_begin of a job already running"] += 1
             self._orphans.append(old)
-        jobs[key] = Job(ev, svc, write, t, rec, dropped, uau)
+        rogue = ev.get("rogue") is True
+        if rogue:
+            self.rogue["total"] += 1
+        jobs[key] = Job(ev, svc, write, t, rec, dropped, uau, rogue)
 
     @staticmethod
     def _uau_cause(st: AttState | None) -> UauCause:
@@ -364,9 +485,46 @@ class Oracle:
             self.anomalies["dma_end without dma_begin"] += 1
             return
         job.end_t = t
-        job.status = ev.get("status")
+        status = job.status = ev.get("status")
+        last = ev.get("last_access_ns")
+        if type(last) is int:
+            if last < job.begin_t:
+                job.no_access = True
+            elif last < t:
+                job.access_end = last
+        elif last is None and "last_access_ns" in ev:
+            job.no_access = True           # explicitly null: it never touched memory
+        if status != "ok":
+            if status == "aborted":
+                self.jobs_aborted += 1
+            elif status == "fault":
+                job.faulted = True
+                if ev.get("bytes") == 0:
+                    job.no_access = True
+        if job.write and not job.no_access:
+            # a rogue write is never "the buffer's last write": it had no right to the range
+            self._write_ended(job, t, status == "ok" and not job.rogue)
         self._ending.append(job)
         self._ending_t = t
+
+    def _write_ended(self, job: Job, t: int, ok: bool) -> None:
+        """Bookkeeping for the bytes check: which write was the buffer's last, and can it be checked."""
+        lw = self.last_writes.get(job.buffer)
+        if lw is None:
+            lw = self.last_writes[job.buffer] = _LastWrite()
+        b = job.begin_t
+        e = job.access_end if job.access_end is not None else t
+        if ok:
+            lw.overlapped = lw.max_end is not None and lw.max_end > b
+            lw.superseded = False
+            lw.svc, lw.job, lw.begin, lw.end, lw.rogue = job.svc, job.job, b, e, job.rogue
+        elif lw.svc is not None:
+            if b < lw.end:
+                lw.overlapped = True
+            else:
+                lw.superseded = True
+        if lw.max_end is None or e > lw.max_end:
+            lw.max_end = e
 
     def _att(self, svc: str, att: Any) -> AttState:
         st = self.atts.get((svc, att))
@@ -420,9 +578,28 @@ class Oracle:
 
     def _iommu_fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.iommu_faults += 1
+        job = self.jobs.get((svc, ev.get("job")))
+        if job is not None:
+            job.faulted = True
 
     def _fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.faults += 1
+        self.fault_kinds[str(ev.get("kind"))] += 1
+
+    def _importer_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        name = ev["event"]
+        self.recovery[name] += 1
+        _listed(self.importer_stops, {"name": svc, "event": name, "t_ns": t}, self.not_listed,
+                "importer_stops")
+
+    def _rejoin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.recovery["rejoin"] += 1
+
+    def _retry(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.recovery["retries"] += 1
+
+    def _dedup(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.recovery["dedups"] += 1
 
     def _job_failed(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.jobs_failed += 1
@@ -568,6 +745,60 @@ class Oracle:
 
     def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.attachments_revoked += 1
+        self.revoked_by_reason[str(ev.get("reason"))] += 1
+
+    def _importer_lost(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.importer_lost_by_reason[str(ev.get("reason"))] += 1
+
+    def _final_content(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        """The bytes check of one buffer (see the module docstring)."""
+        buf = ev["buffer"]
+        size = ev["size"]
+        expected = size // LINE_BYTES
+        foreign = 0
+        from_buffers: list[Any] = []
+        own: dict[tuple[Any, Any], int] = {}
+        for stamp in ev["stamps"]:
+            sb, writer, seq, lines = stamp[0], stamp[1], stamp[2], stamp[3]
+            if sb != buf:
+                foreign += lines
+                if sb not in from_buffers and len(from_buffers) < 8:
+                    from_buffers.append(sb)
+            else:
+                own[(writer, seq)] = own.get((writer, seq), 0) + lines
+        res: dict[str, Any] = {"buffer": buf, "gen": ev.get("gen"), "lines": expected,
+                               "foreign_lines": foreign, "foreign_from": from_buffers,
+                               "t_ns": t, "last_write": None}
+        lw = self.last_writes.get(buf)
+        check: str
+        if lw is None or lw.svc is None:
+            check = "no_write"
+        elif lw.overlapped:
+            check = "overlapped"
+        elif lw.superseded:
+            check = "superseded"
+        elif any(j.write and j.end_t is None and j.buffer == buf and not j.no_access
+                 for j in self.jobs.values()):
+            check = "still_running"
+        else:
+            num = lw.svc[9:] if lw.svc.startswith("importer-") else ""
+            if not num.isdigit():
+                check = "unknown_writer"
+            else:
+                found = own.get((int(num), lw.job), 0)
+                check = "present" if found == expected else "lost"
+                res["last_write"] = {"svc": lw.svc, "job": lw.job, "lines_found": found,
+                                     "lines_expected": expected, "rogue": lw.rogue,
+                                     "begin_t_ns": lw.begin, "end_t_ns": lw.end}
+        res["check"] = check
+        self.final_content[buf] = res
+        if self.on_finding is not None:
+            if check == "lost":
+                self.on_finding("lost write in the final bytes", "exporter", t,
+                                {"buffer": buf, **res["last_write"]})
+            if foreign:
+                self.on_finding("foreign lines in the final bytes", "exporter", t,
+                                {"buffer": buf, "lines": foreign, "from_buffers": from_buffers})
 
     # ------------------------------------------------------------------ services and deploy
 
@@ -577,8 +808,26 @@ class Oracle:
             f = self.svc_flags[name] = [False, False, False]
         return f
 
+    def _end_incarnation(self, svc: str, t: int, how: str) -> None:
+        """A service died or restarted: its jobs still running end now; its attachments are gone."""
+        for job in list(self.jobs.values()):
+            if job.svc == svc and job.end_t is None:
+                job.end_t = t
+                job.cut = how
+                self.jobs_cut += 1
+                if job.write:
+                    self._write_ended(job, t, False)
+                self._ending.append(job)
+                self._ending_t = t
+        for key in [k for k in self.atts if k[0] == svc]:
+            if self.atts.pop(key).mapped:
+                self.held_at_death += 1
+
     def _service_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[0] = True
+        self.starts[svc] += 1
+        # A service starts once per incarnation: whatever it was still doing belonged to the last one.
+        self._end_incarnation(svc, t, "restarted")
         if svc == "exporter":
             self.exporter_strategy = ev.get("strategy")
             if self.run_id is None:
@@ -588,11 +837,27 @@ class Oracle:
         self._flags(svc)[1] = True
 
     def _service_died(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        name = str(ev["name"])
         self.services_died += 1
-        self._flags(str(ev["name"]))[2] = True
+        self._flags(name)[2] = True
+        _listed(self.deaths, {"name": name, "t_ns": t, "how": ev.get("how"), "pid": ev.get("pid")},
+                self.not_listed, "died")
+        self._end_incarnation(name, t, "died")
+
+    def _service_restarted(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        name = str(ev["name"])
+        self.restart_counts[name] += 1
+        _listed(self.restarts, {"name": name, "t_ns": t, "pid": ev.get("pid"),
+                                "incarnation": ev.get("incarnation")}, self.not_listed, "restarted")
+
+    def _workload_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if self.workload_t is None:
+            self.workload_t = t
 
     def _run_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[0] = True
+        if self.run_start_t is None:
+            self.run_start_t = t
         params = ev.get("params")
         self.run_params = dict(params) if isinstance(params, dict) else {}
         if "strategy" not in self.run_params and ev.get("strategy") is not None:
@@ -623,15 +888,18 @@ class Oracle:
             top["strategy"] = self.exporter_strategy
         elif top["strategy"] is None:
             top["strategy"] = self.exporter_strategy
-        services = {}
+        by_name = {}
         for name in sorted(set(self.svc_flags) | set(self.svc_last)):
             f = self.svc_flags.get(name, [False, False, False])
-            services[name] = {"started": f[0], "stopped": f[1], "died": f[2],
-                              "last_t_ns": self.svc_last.get(name)}
+            by_name[name] = {"started": f[0], "stopped": f[1], "died": f[2],
+                             "last_t_ns": self.svc_last.get(name)}
         held_now = sum(1 for st in self.atts.values() if st.mapped)
-        races = dict(self.races)
-        races["total"] = sum(self.races.values())
         t0 = self.t0
+        races: dict[str, Any] = dict(self.races)
+        races["total"] = sum(self.races.values())
+        work0 = next((x for x in (self.workload_t, self.run_start_t, t0) if x is not None), None)
+        races["first_s"] = (None if self.first_race_t is None or work0 is None
+                            else (self.first_race_t - work0) / 1e9)
         moves: dict[str, Any] = dict(self.moves)
         moves["refused_by_reason"] = dict(sorted(self.refused_by_reason.items()))
         return {
@@ -652,16 +920,85 @@ class Oracle:
             "witnesses": {k: [witness(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
             "corruption": {**self.corruption, "examples": self._corruption_examples(t0 or 0)},
             "iommu_faults": self.iommu_faults,
-            "faults": self.faults,
             "fences_forced": self.fences_forced,
             "mappings_held_at_shutdown": held_now + self.held_at_detach,
+            "mappings_held_at_death": self.held_at_death,
             "mappings_held_detached": self.held_at_detach,
             "jobs": {"judged": self.jobs_judged, "unfinished": self.jobs_unfinished,
-                     "failed": self.jobs_failed},
+                     "failed": self.jobs_failed, "aborted": self.jobs_aborted,
+                     "no_access": self.jobs_blocked, "ended_by_death": self.jobs_cut},
             "jobs_unfinished": self.jobs_unfinished,
             "attachments_revoked": self.attachments_revoked,
             "notify": dict(self.notify),
             "latency_us": {k: h.summary_us() for k, h in self.latency.items()},
-            "services": services,
+            "services": self._services_report(by_name),
             "services_died": self.services_died,
+            "faults": self._faults_report(params),
+            "races_by_importer": dict(sorted(self.races_by_importer.items())),
+            "rogue_jobs": dict(self.rogue),
+            "recovery": {
+                "importer_lost": dict(sorted(self.importer_lost_by_reason.items())),
+                "attachment_revoked": dict(sorted(self.revoked_by_reason.items())),
+                **self.recovery,
+            },
+            "bytes_check": self._bytes_check(),
+        }
+
+    def _secs(self, t: int) -> float:
+        base = self.run_start_t if self.run_start_t is not None else self.t0
+        return (t - base) / 1e9 if base is not None else 0.0
+
+    def _services_report(self, by_name: dict[str, Any]) -> dict[str, Any]:
+        def timed(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            out = []
+            for it in items:
+                d = {k: v for k, v in it.items() if k != "t_ns"}
+                d["t_s"] = self._secs(it["t_ns"])
+                out.append(d)
+            return out
+
+        names = set(self.starts) | set(self.restart_counts)
+        return {
+            "died": timed(self.deaths),
+            "restarted": timed(self.restarts),
+            "incarnations": {n: max(self.starts[n], self.restart_counts[n] + 1) for n in sorted(names)},
+            "importer_stops": timed(self.importer_stops),
+            "not_listed": dict(sorted(self.not_listed.items())),
+            "by_name": by_name,
+        }
+
+    def _faults_report(self, params: dict[str, Any]) -> dict[str, Any]:
+        sched = params.get("faults")
+        return {
+            "schedule": [describe_fault(f) for f in sched] if isinstance(sched, list) else [],
+            "applied": dict(sorted(self.fault_kinds.items())),
+            "applied_total": self.faults,
+        }
+
+    def _bytes_check(self) -> dict[str, Any]:
+        final = [self.final_content[b] for b in sorted(self.final_content, key=str)]
+        foreign = [{"buffer": r["buffer"], "lines": r["foreign_lines"], "from_buffers": r["foreign_from"]}
+                   for r in final if r["foreign_lines"]]
+        lost = [{"buffer": r["buffer"], **{k: r["last_write"][k] for k in
+                                           ("svc", "job", "lines_found", "lines_expected", "rogue")}}
+                for r in final if r["check"] == "lost"]
+        checks = Counter(r["check"] for r in final)
+        if not final:
+            verdict = "not checked (no final_content)"
+        elif lost and foreign:
+            verdict = "lost writes and foreign lines"
+        elif lost:
+            verdict = "lost writes"
+        elif foreign:
+            verdict = "foreign lines"
+        else:
+            verdict = "ok"
+        return {
+            "verdict": verdict,
+            "buffers": len(final),
+            "foreign_lines": sum(r["foreign_lines"] for r in final),
+            "foreign": foreign[:MAX_LISTED],
+            "lost_writes": lost[:MAX_LISTED],
+            "last_writes_present": checks.get("present", 0),
+            "not_checked": {k: v for k, v in sorted(checks.items()) if k not in ("present", "lost")},
         }

@@ -3,8 +3,10 @@
 Rules:
 - Rendered only from the report dict (never from the history), so it cannot disagree with
   report.json.
-- Sections: parameters, counters, latency percentiles, race witnesses (sentence plus a small
-  event table), corruption examples. Tables stay narrow enough for a terminal.
+- Sections: parameters, faults (schedule and applied), counters, latency percentiles, race
+  witnesses (sentence plus a small event table), corruption examples, final bytes (the bytes
+  check's verdict, said in words), services (deaths, restarts, importer stops) and recovery.
+  Tables stay narrow enough for a terminal.
 - Table cells escape `|` so a field cannot break a table.
 """
 
@@ -55,14 +57,30 @@ def render_report_md(r: dict[str, Any]) -> str:
     t0 = r.get("t0_ns")
     races = r.get("races", {})
     verdict = ("**No race found.**" if not races.get("total")
-               else f"**{races.get('total')} race(s) found.**")
+               else f"**{races.get('total')} race(s) found"
+               + (f", the first {races['first_s']:.3f} s into the workload" if isinstance(races.get("first_s"), float)
+                  else "") + ".**")
+    bc = r.get("bytes_check") or {}
+    svcs = r.get("services") or {}
     lines: list[str] = [f"# dmabuf-emu run report: {_cell(r.get('strategy'))}", "", verdict, ""]
+    if bc:
+        lines += [f"Final bytes: **{bc.get('verdict')}**.", ""]
+    died = svcs.get("died") or []
+    if died:
+        lines += ["Died: " + "; ".join(f"{d.get('name')} at {_secs(d.get('t_s'))} ({d.get('how')})"
+                                       for d in died) + ".", ""]
 
     lines += ["## Parameters", ""]
     params = dict(r.get("params") or {})
     for k in ("strategy", "seed", "importers", "buffers", "duration_s"):
         params.setdefault(k, r.get(k))
     lines += _table(["parameter", "value"], sorted(params.items()))
+    faults = r.get("faults") or {}
+    if faults.get("schedule") or faults.get("applied"):
+        lines += ["", "## Faults", "", "Scheduled:", ""]
+        lines += [f"- {_cell(f)}" for f in faults.get("schedule") or []] or ["- none"]
+        lines += ["", "Applied (fault events in the history):", ""]
+        lines += _table(["kind", "count"], sorted((faults.get("applied") or {}).items()))
     lines += ["", f"History: {r.get('events', 0)} events over {r.get('duration_observed_s', 0):.3f} s "
               f"observed; {r.get('history_errors', 0)} unreadable line(s).", ""]
 
@@ -85,7 +103,15 @@ def render_report_md(r: dict[str, Any]) -> str:
         ("IOMMU faults", r.get("iommu_faults")), ("fences force-completed", r.get("fences_forced")),
         ("mappings held at shutdown", r.get("mappings_held_at_shutdown")),
         ("jobs unfinished", r.get("jobs_unfinished")),
+        ("jobs aborted", (r.get("jobs") or {}).get("aborted")),
+        ("jobs ended by their service's death", (r.get("jobs") or {}).get("ended_by_death")),
+        ("jobs with no real access (IOMMU blocked)", (r.get("jobs") or {}).get("no_access")),
+        ("rogue jobs", (r.get("rogue_jobs") or {}).get("total")),
+        ("rogue jobs that raced", (r.get("rogue_jobs") or {}).get("raced")),
+        ("rogue jobs blocked by the IOMMU", (r.get("rogue_jobs") or {}).get("iommu_faults")),
     ]
+    for svc, n in (r.get("races_by_importer") or {}).items():
+        rows.append((f"races by {svc}", n))
     for reason, n in sorted((moves.get("refused_by_reason") or {}).items()):
         rows.append((f"moves refused: {reason}", n))
     lines += _table(["counter", "value"], rows)
@@ -128,11 +154,83 @@ def render_report_md(r: dict[str, Any]) -> str:
             lines.append("  Not linked to a race.")
     lines.append("")
 
-    services = r.get("services") or {}
-    if services:
-        lines += ["## Services", ""]
-        lines += _table(["service", "started", "stopped", "died", "last event"],
-                        [(n, s.get("started"), s.get("stopped"), s.get("died"), _rel(s.get("last_t_ns"), t0))
-                         for n, s in services.items()])
+    lines += _final_bytes(bc)
+    lines += _services(svcs, t0)
+    rec = r.get("recovery") or {}
+    if rec:
+        lines += ["## Recovery", ""]
+        rrows: list[tuple[str, Any]] = []
+        for key, label in (("importer_lost", "importers lost"), ("attachment_revoked", "attachments revoked")):
+            for reason, n in (rec.get(key) or {}).items():
+                rrows.append((f"{label}: {reason}", n))
+        for key in ("retries", "dedups", "lease_expired", "rejoin", "exporter_lost"):
+            rrows.append((key, rec.get(key)))
+        lines += _table(["what", "count"], rrows)
         lines.append("")
     return "\n".join(lines)
+
+
+def _secs(t: Any) -> str:
+    return f"{t:.3f} s" if isinstance(t, (int, float)) else "-"
+
+
+def _final_bytes(bc: dict[str, Any]) -> list[str]:
+    if not bc:
+        return []
+    out = ["## Final bytes", ""]
+    verdict = bc.get("verdict")
+    if verdict == "not checked (no final_content)":
+        out += ["Not checked: the history has no final_content event (the exporter did not report "
+                "its buffers' bytes at stop).", ""]
+        return out
+    out.append(f"Verdict: **{verdict}**. {bc.get('buffers')} buffer(s) checked; "
+               f"{bc.get('last_writes_present')} last write(s) found whole; "
+               f"{bc.get('foreign_lines')} line(s) stamped with another buffer's id.")
+    nc = bc.get("not_checked") or {}
+    if nc:
+        out.append("Last write not checked: " + ", ".join(f"{k} {v}" for k, v in nc.items()) + ".")
+    out.append("")
+    lost = bc.get("lost_writes") or []
+    if lost:
+        out += ["Lost writes (the buffer's last completed write is missing from its final bytes):", ""]
+        out += _table(["buffer", "service", "job", "lines found", "lines expected", "rogue"],
+                      [(x.get("buffer"), x.get("svc"), x.get("job"), x.get("lines_found"),
+                        x.get("lines_expected"), x.get("rogue")) for x in lost])
+        out.append("")
+    foreign = bc.get("foreign") or []
+    if foreign:
+        out += ["Foreign lines (another buffer's bytes in this buffer):", ""]
+        out += _table(["buffer", "lines", "from buffers"],
+                      [(x.get("buffer"), x.get("lines"), ", ".join(str(b) for b in x.get("from_buffers") or []))
+                       for x in foreign])
+        out.append("")
+    return out
+
+
+def _services(svcs: dict[str, Any], t0: Any) -> list[str]:
+    if not svcs:
+        return []
+    out = ["## Services", ""]
+    died, restarted, stops = svcs.get("died") or [], svcs.get("restarted") or [], svcs.get("importer_stops") or []
+    if died:
+        out += _table(["died", "at", "how", "pid"],
+                      [(d.get("name"), _secs(d.get("t_s")), d.get("how"), d.get("pid")) for d in died])
+        out.append("")
+    else:
+        out += ["No service died.", ""]
+    if restarted:
+        out += _table(["restarted", "at", "incarnation", "pid"],
+                      [(d.get("name"), _secs(d.get("t_s")), d.get("incarnation"), d.get("pid")) for d in restarted])
+        out.append("")
+    if stops:
+        out += _table(["importer stopped", "at", "because"],
+                      [(d.get("name"), _secs(d.get("t_s")), d.get("event")) for d in stops])
+        out.append("")
+    inc = svcs.get("incarnations") or {}
+    by_name = svcs.get("by_name") or {}
+    if by_name:
+        out += _table(["service", "incarnations", "started", "stopped", "died", "last event"],
+                      [(n, inc.get(n), s.get("started"), s.get("stopped"), s.get("died"),
+                        _rel(s.get("last_t_ns"), t0)) for n, s in by_name.items()])
+        out.append("")
+    return out

@@ -6,7 +6,8 @@ Rules:
   judges it in one pass that also writes `trace.json`, then writes `report.json` (indent 2,
   sorted keys) and `report.md`. It returns the report dict.
 - A missing history or events directory is a `HistoryError` (a FileNotFoundError) naming the
-  path; garbled lines are counted in the report, never fatal.
+  path; garbled lines are counted in the report, never fatal: `history_errors` counts the lines
+  the merge skipped (truncated or garbled, also in `merge`) plus those the judge could not read.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def judge_and_trace(history_path: Path, trace_path: Path) -> dict[str, Any]:
     """The report of one history, writing its trace.json in the same pass."""
     with open_history(Path(history_path)) as fh:
         tracer = TraceWriter(Path(trace_path))
-        oracle = Oracle(on_race=tracer.on_race, on_event=tracer.on_event)
+        oracle = Oracle(on_race=tracer.on_race, on_event=tracer.on_event, on_finding=tracer.on_finding)
         try:
             oracle.run(fh)
             # report() judges the unfinished jobs first, so their race instants reach the trace
@@ -58,6 +59,8 @@ def check_run(run_dir: Path, *, merge: bool = True) -> dict[str, Any]:
     report = judge_and_trace(history, run_dir / "trace.json")
     if merge_stats is not None:
         report["merge"] = merge_stats
+        # lines the merge could not read (a SIGKILLed service's cut-short last line) are history errors too
+        report["history_errors"] += merge_stats.get("truncated", 0) + merge_stats.get("garbled", 0)
     report["run_dir"] = str(run_dir)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     (run_dir / "report.md").write_text(render_report_md(report))

@@ -17,6 +17,27 @@ processes. Rules it keeps (each a reason the oracle must find no race in its out
   on t_ns (the oracle must judge ties as "not a race"). Each service's own events are in order.
 Events carry the fields of docs/events.md (plus the request-id flows), so the trace writer has
 messages to draw.
+
+Faults (all off by default, so a default history is unchanged; each draws randomness only when on):
+- `msg_fault_prob`: a request is dropped (the importer retries it), duplicated (the exporter
+  dedups it) or delayed: `fault`, `retry`, `dedup` events; nothing else changes.
+- `kill` (importer, step): at that step the importer (given a write job in flight if it can) is
+  SIGKILLed: deploy's `fault` and `service_died`; its job never ends (half its lines written). The
+  exporter's fence wait blocks on it until the lease (`lease_ns`) runs out: `importer_lost`,
+  `attachment_revoked`, forced `fence_signal`; then it moves the job's buffer. With
+  `restart_after` (steps), deploy restarts it: `service_restarted`, a new `service_start`, job ids
+  from incarnation << 24, new attachments.
+- `pause` (importer, step): SIGSTOP; its jobs stop (last access then). The lease runs out as above
+  and the exporter moves a paused job's buffer; the importer resumes after that copy began: its
+  `lease_expired`, the job's dma_end `aborted` with `last_access_ns` (before the copy: no race),
+  `rejoin`.
+- `rogue` (importer, step): the importer unmaps a buffer B and its device keeps writing B's old
+  range (a rogue job: a real race); the exporter moves B away and then moves another buffer C
+  into that range; the rogue write ends after C arrived, so C's final bytes hold B's lines.
+- `final_content` (on by default): the exporter reports each buffer's stamps at stop, from a
+  per-line model of the heaps (writes stamp, copies copy, partial writes stamp part).
+  `tamper` ((buffer, "lose" | "foreign"), ...) damages a buffer's reported bytes (half its last
+  write replaced by the initial stamp / three lines of another buffer), for the bytes check's tests.
 """
 
 from __future__ import annotations
@@ -49,6 +70,14 @@ class SynthConfig:
     tie_prob: float = 0.1
     max_moves: int = 2
     strategy: str = "resv-fence"
+    final_content: bool = True
+    msg_fault_prob: float = 0.0
+    kill: tuple[int, int] | None = None
+    restart_after: int | None = None
+    pause: tuple[int, int] | None = None
+    rogue: tuple[int, int] | None = None
+    tamper: tuple[tuple[int, str], ...] = ()
+    lease_ns: int = 3_000_000
 
 
 @dataclass
@@ -66,6 +95,7 @@ class _Att:
     state: str = "none"            # none / mapped / invalid
     gen: int | None = None
     job: int | None = None         # the job in flight on it, if any
+    access: str = "read"           # that job's access
 
 
 @dataclass
@@ -74,6 +104,10 @@ class _Imp:
     atts: dict[int, _Att] = field(default_factory=dict)
     next_req: int = 1
     next_job: int = 1
+    alive: bool = True
+    lost: bool = False             # the exporter gave up on this incarnation (lease, restart)
+    incarnation: int = 0
+    stalled: list[tuple[_Att, dict[str, Any], int]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -100,6 +134,25 @@ class SerialSchedule:
         self.next_exp_req = 1
         self.moves: list[Generator[None, None, None]] = []
         self.emitted = 0
+        self.step_no = 0
+        self.lines = cfg.buffer_size // 64
+        self.mem: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+        self.last_writer: dict[int, tuple[int, int]] = {}  # buffer -> (writer, job) of its last ok write
+        self.faults_sched: list[dict[str, Any]] = []
+        if cfg.kill is not None:
+            self.faults_sched.append({"kind": "restart" if cfg.restart_after is not None else "kill",
+                                      "target": f"importer-{cfg.kill[0]}", "at": 0.0, "for": None, "p": 1.0,
+                                      "op": None})
+        if cfg.pause is not None:
+            self.faults_sched.append({"kind": "pause", "target": f"importer-{cfg.pause[0]}", "at": 0.0,
+                                      "for": 1.0, "p": 1.0, "op": None})
+        if cfg.rogue is not None:
+            self.faults_sched.append({"kind": "rogue", "target": f"importer-{cfg.rogue[0]}", "at": 0.0,
+                                      "for": None, "p": 1.0, "op": None, "ms": 20.0, "access": "write"})
+        if cfg.msg_fault_prob:
+            for kind in ("drop", "dup", "delay"):
+                self.faults_sched.append({"kind": kind, "target": "importers", "at": 0.0, "for": None,
+                                          "p": cfg.msg_fault_prob, "op": None})
 
     # ------------------------------------------------------------------ plumbing
 
@@ -140,7 +193,8 @@ class SerialSchedule:
                    params={"strategy": cfg.strategy, "seed": cfg.seed, "importers": cfg.importers,
                            "buffers": cfg.buffers, "buffer_size": cfg.buffer_size,
                            "vram_size": cfg.vram_slots * cfg.buffer_size, "duration_s": None,
-                           "move_rate": cfg.move_prob, "transport": "synthetic", "hint_policy": None})
+                           "move_rate": cfg.move_prob, "transport": "synthetic", "hint_policy": None,
+                           "faults": self.faults_sched, "lease_ms": cfg.lease_ns / 1e6, "retry_ms": 1.0})
         self._tick()
         self._emit("exporter", "service_start", run_id="synth", strategy=cfg.strategy,
                    heaps={"vram": {"shm": "vram", "size": cfg.vram_slots * cfg.buffer_size},
@@ -155,6 +209,7 @@ class SerialSchedule:
             self._tick(100, 1_000)
             self._emit("exporter", "buffer_created", buffer=i, heap=heap, offset=off,
                        size=cfg.buffer_size, gen=1)
+            self.mem[(heap, off)] = [(i, 0, 0)] * self.lines
         for imp in self.imps:
             self._tick()
             self._emit(imp.name, "service_start", index=imp.index, strategy=cfg.strategy,
@@ -184,10 +239,28 @@ class SerialSchedule:
                 next(mv)
             except StopIteration:
                 self.moves.remove(mv)
+        self.step_no += 1
+        cfg = self.cfg
+        if cfg.kill is not None and self.step_no == cfg.kill[1]:
+            self._kill(self.imps[cfg.kill[0] - 1])
+            return
+        if (cfg.kill is not None and cfg.restart_after is not None
+                and self.step_no == cfg.kill[1] + cfg.restart_after):
+            self._restart(self.imps[cfg.kill[0] - 1])
+            return
+        if cfg.pause is not None and self.step_no == cfg.pause[1]:
+            self._pause(self.imps[cfg.pause[0] - 1])
+            return
+        if cfg.rogue is not None and self.step_no == cfg.rogue[1]:
+            self._rogue(self.imps[cfg.rogue[0] - 1])
+            return
         if self.rng.random() < self.cfg.move_prob and len(self.moves) < self.cfg.max_moves:
             self._start_move()
         else:
-            imp = self.rng.choice(self.imps)
+            alive = [i for i in self.imps if i.alive]
+            if not alive:
+                return
+            imp = self.rng.choice(alive) if len(alive) < len(self.imps) else self.rng.choice(self.imps)
             # Devices mostly keep working on what they have mapped: bias towards it.
             mapped = [b for b, a in imp.atts.items() if a.state == "mapped" and a.job is None]
             if mapped and self.rng.random() < 0.7:
@@ -205,7 +278,11 @@ class SerialSchedule:
                 except StopIteration:
                     self.moves.remove(mv)
             yield from self._drain()
+        if self.cfg.final_content:
+            self._final_content()
         for imp in self.imps:
+            if not imp.alive:
+                continue
             for b, att in sorted(imp.atts.items()):
                 self._advance()
                 if att.state != "none":
@@ -226,10 +303,20 @@ class SerialSchedule:
         rid = imp.next_req
         imp.next_req += 1
         sent = self.t
+        fault = None
+        if self.cfg.msg_fault_prob and self.rng.random() < self.cfg.msg_fault_prob:
+            fault = self.rng.choice(("drop", "dup", "delay"))
+            extra = {"ms": 1.0} if fault == "delay" else {}
+            self._emit(imp.name, "fault", kind=fault, target=imp.name, op=op, id=rid, **extra)
+            if fault == "drop":
+                self._tick(50_000, 100_000)
+                self._emit(imp.name, "retry", op=op, id=rid, attempt=2)
         self._tick()
         self._emit("exporter", "op_received", op=op, id=rid, peer=imp.name)
         served()
         self._emit("exporter", "op_answered", op=op, id=rid, peer=imp.name, ok=True)
+        if fault == "dup":
+            self._emit("exporter", "dedup", op=op, id=rid, peer=imp.name)
         self._tick()
         return rid, self.t - sent
 
@@ -294,27 +381,218 @@ class SerialSchedule:
         fields = {"job": jid, "buffer": buf.id, "attachment": att.id, "access": access,
                   "heap": buf.heap, "offset": buf.offset, "size": self.cfg.buffer_size, "gen": att.gen}
         self._emit(imp.name, "dma_begin", **fields)
-        att.job = jid
+        att.job, att.access = jid, access
+        rng = (buf.heap, buf.offset)
 
         def end() -> None:
-            self._emit(imp.name, "dma_end", **fields, status="ok", bytes=self.cfg.buffer_size)
+            if att.job != jid or not imp.alive:
+                return  # killed or paused: the job ends elsewhere, or never
+            self._emit(imp.name, "dma_end", **fields, status="ok", bytes=self.cfg.buffer_size,
+                       last_access_ns=self.t)
             self._emit(imp.name, "fence_signal", buffer=buf.id, usage=access.upper(), seq=jid, job=jid)
             att.job = None
+            if access == "write":
+                self.mem[rng] = [(buf.id, imp.index, jid)] * self.lines
+                self.last_writer[buf.id] = (imp.index, jid)
 
         self._end_seq += 1
         heapq.heappush(self._ends, (self.t + self.rng.randint(20_000, 1_500_000), self._end_seq, end))
+
+    # ------------------------------------------------------------------ faults
+
+    def _later(self, dt: int, fn: Callable[[], None]) -> None:
+        self._end_seq += 1
+        heapq.heappush(self._ends, (self.t + dt, self._end_seq, fn))
+
+    def _write_in_flight(self, imp: _Imp) -> None:
+        """Give the importer a write job in flight, if it has a mapping free for one."""
+        if any(a.job is not None for a in imp.atts.values()):
+            return
+        for b, att in sorted(imp.atts.items()):
+            if att.state == "mapped" and self.bufs[b].moving is None:
+                saved = self.cfg.write_prob
+                self.cfg.write_prob = 1.0
+                try:
+                    self._dma(imp, self.bufs[b], att)
+                finally:
+                    self.cfg.write_prob = saved
+                return
+
+    def _partial_write(self, imp: _Imp, att: _Att, b: int) -> dict[str, Any]:
+        """The job in flight on `att` stops half way: a write has stamped half its lines."""
+        buf = self.bufs[b]
+        rng = (buf.heap, buf.offset)
+        half = self.lines // 2
+        if att.access == "write":
+            self.mem[rng][:half] = [(b, imp.index, att.job or 0)] * half  # type: ignore[index]
+        return {"job": att.job, "buffer": b, "attachment": att.id, "access": att.access, "heap": buf.heap,
+                "offset": buf.offset, "size": self.cfg.buffer_size, "gen": att.gen}
+
+    def _kill(self, imp: _Imp) -> None:
+        self._write_in_flight(imp)
+        self._tick()
+        kind = "restart" if self.cfg.restart_after is not None else "kill"
+        self._emit("deploy", "fault", kind=kind, target=imp.name, at=0.0)
+        for b, att in imp.atts.items():
+            if att.job is not None:
+                self._partial_write(imp, att, b)
+        imp.alive = False
+        self._tick(100, 1_000)
+        self._emit("deploy", "service_died", name=imp.name, pid=1000 + imp.index + 100 * imp.incarnation,
+                   how="killed by fault")
+        inc = imp.incarnation
+        self._later(self.cfg.lease_ns, lambda: self._lease_expired(imp, "lease expired", inc))
+
+    def _lease_expired(self, imp: _Imp, reason: str, inc: int) -> None:
+        """The exporter's side: revoke everything the silent importer held, force its fences, and
+        move the buffers its jobs were on (nothing holds them any more)."""
+        if imp.lost or imp.incarnation != inc:
+            return
+        imp.lost = True
+        self._emit("exporter", "importer_lost", importer=imp.name, slot=imp.index, reason=reason)
+        busy = []
+        for b, att in sorted(imp.atts.items()):
+            self._emit("exporter", "attachment_revoked", importer=imp.name, buffer=b, attachment=att.id,
+                       reason=reason, was_mapped=att.state != "none")
+            if att.job is not None:
+                self._emit("exporter", "fence_signal", buffer=b, usage=att.access.upper(), seq=att.job, move=None,
+                           importer=imp.name, error="lease expired", forced=True)
+                busy.append(b)
+                att.job = None
+        imp.atts = {}
+        for b in busy:
+            buf = self.bufs[b]
+            if buf.moving is None:
+                self._start_move(buf)
+
+    def _restart(self, imp: _Imp) -> None:
+        self._lease_expired(imp, "restarted", imp.incarnation)  # if its lease had not run out yet
+        imp.lost = False
+        imp.incarnation += 1
+        imp.alive = True
+        imp.next_job = (imp.incarnation << 24) + 1
+        imp.atts = {}
+        self._tick()
+        pid = 1000 + imp.index + 100 * imp.incarnation
+        self._emit("deploy", "service_restarted", name=imp.name, pid=pid, incarnation=imp.incarnation)
+        self._tick()
+        self._emit(imp.name, "service_start", index=imp.index, strategy=self.cfg.strategy,
+                   endpoint="ipc://synth", incarnation=imp.incarnation)
+        self._tick()
+        self._emit("exporter", "hello", importer=imp.name, slot=imp.index, peer_pid=pid)
+
+    def _pause(self, imp: _Imp) -> None:
+        self._write_in_flight(imp)
+        self._tick()
+        self._emit("deploy", "fault", kind="pause", target=imp.name, at=0.0, **{"for": 1.0})
+        paused_at = self.t
+        for b, att in imp.atts.items():
+            if att.job is not None:
+                imp.stalled.append((att, self._partial_write(imp, att, b), paused_at))
+        imp.alive = False
+
+        def expired() -> None:
+            moved = [self.bufs[f["buffer"]] for _, f, _ in imp.stalled]
+            self._lease_expired(imp, "lease expired", imp.incarnation)
+            self._later(self.cfg.lease_ns // 2, lambda: self._resume(imp, paused_at, moved))
+
+        self._later(self.cfg.lease_ns, expired)
+
+    def _resume(self, imp: _Imp, paused_at: int, moved: list[_Buf]) -> None:
+        if any(b.moving is not None for b in moved):  # resume once the exporter has moved them
+            self._later(50_000, lambda: self._resume(imp, paused_at, moved))
+            return
+        self._emit("deploy", "fault", kind="resume", target=imp.name, at=1.0)
+        imp.alive = True
+        imp.lost = False
+        self._tick()
+        self._emit(imp.name, "lease_expired", since_ns=self.t - paused_at)
+        for _att, f, last in imp.stalled:
+            self._emit(imp.name, "dma_end", **f, status="aborted", bytes=self.cfg.buffer_size // 2,
+                       last_access_ns=last)
+            self._emit(imp.name, "fence_signal", buffer=f["buffer"], usage=f["access"].upper(), seq=f["job"],
+                       job=f["job"])
+        imp.stalled = []
+        self._tick()
+        self._emit(imp.name, "rejoin", reason="lease expired")
+        self._tick()
+        self._emit("exporter", "hello", importer=imp.name, slot=imp.index, peer_pid=1000 + imp.index)
+
+    def _rogue(self, imp: _Imp) -> None:
+        """Unmap a buffer, keep writing its old range (rogue), and have another buffer moved there."""
+        cands = [b for b, a in sorted(imp.atts.items())
+                 if a.state == "mapped" and a.job is None and self.bufs[b].moving is None]
+        if not cands:
+            return
+        b = cands[0]
+        att, buf = imp.atts[b], self.bufs[b]
+        gen = att.gen
+        self._unmap(imp, b, att)
+        jid = imp.next_job
+        imp.next_job += 1
+        fields = {"job": jid, "buffer": b, "attachment": att.id, "access": "write", "heap": buf.heap,
+                  "offset": buf.offset, "size": self.cfg.buffer_size, "gen": gen}
+        self._tick()
+        self._emit(imp.name, "fault", kind="rogue", target=imp.name, buffer=b, job=jid, ms=20.0)
+        self._emit(imp.name, "dma_begin", **fields, rogue=True)
+        self.moves.append(self._rogue_chain(imp, buf, fields))
+
+    def _rogue_chain(self, imp: _Imp, buf: _Buf, fields: dict[str, Any]) -> Generator[None, None, None]:
+        home = (buf.heap, buf.offset)
+        other = "sys" if buf.heap == "vram" else "vram"
+        dst = self._alloc(other)
+        if dst is not None:
+            mv = self._move(buf, other, dst, "evict")
+            next(mv)
+            self.moves.append(mv)
+            while buf.moving is not None:
+                yield
+            tenant = next((c for c in self.bufs.values() if c.heap == other and c.moving is None
+                           and c.id != buf.id), None)
+            if tenant is not None and home[1] // self.cfg.buffer_size in self.free_slots[home[0]]:
+                self.free_slots[home[0]].remove(home[1] // self.cfg.buffer_size)
+                mv = self._move(tenant, home[0], home[1], "promote")
+                next(mv)
+                self.moves.append(mv)
+                while tenant.moving is not None:
+                    yield
+        self._tick()
+        self._emit(imp.name, "dma_end", **fields, rogue=True, status="ok", bytes=self.cfg.buffer_size,
+                   last_access_ns=self.t)
+        self.mem[home] = [(buf.id, imp.index, fields["job"])] * self.lines
+
+    def _final_content(self) -> None:
+        tamper = dict(self.cfg.tamper)
+        for b, buf in sorted(self.bufs.items()):
+            lines = list(self.mem.get((buf.heap, buf.offset), []))
+            how = tamper.get(b)
+            if how == "lose":
+                lw = self.last_writer.get(b)
+                for i, st in enumerate(lines[: self.lines // 2]):
+                    if lw is not None and st == (b, lw[0], lw[1]):
+                        lines[i] = (b, 0, 0)
+            elif how == "foreign":
+                other = (b + 1) % max(2, len(self.bufs))
+                lines[:3] = [(other, 0, 0)] * 3
+            counts: dict[tuple[int, int, int], int] = {}
+            for st in lines:
+                counts[st] = counts.get(st, 0) + 1
+            self._tick(100, 1_000)
+            self._emit("exporter", "final_content", buffer=b, heap=buf.heap, offset=buf.offset,
+                       size=self.cfg.buffer_size, gen=buf.gen,
+                       stamps=[[sb, w, sq, n] for (sb, w, sq), n in sorted(counts.items())])
 
     # ------------------------------------------------------------------ exporter side
 
     def _users(self, b: int) -> list[tuple[_Imp, _Att]]:
         return [(imp, imp.atts[b]) for imp in self.imps if b in imp.atts]
 
-    def _start_move(self) -> None:
+    def _start_move(self, forced: _Buf | None = None) -> None:
         idle = [b for b in self.bufs.values() if b.moving is None]
         if not idle:
             return
-        buf = self.rng.choice(idle)
-        if self.cfg.style == "idle":
+        buf = forced if forced is not None else self.rng.choice(idle)
+        if self.cfg.style == "idle" and forced is None:
             unused = [b for b in idle
                       if all(a.state == "none" and a.job is None for _, a in self._users(b.id))]
             if not unused:
@@ -345,7 +623,7 @@ class SerialSchedule:
         yield
         notified: list[tuple[_Imp, _Att, int, int]] = []
         for imp, att in self._users(buf.id):
-            if att.state != "mapped":
+            if att.state != "mapped" or not imp.alive:
                 continue
             rid = self.next_exp_req
             self.next_exp_req += 1
@@ -354,6 +632,10 @@ class SerialSchedule:
             notified.append((imp, att, rid, self.t))
             yield
         for imp, att, rid, sent in notified:
+            if not imp.alive:
+                self._emit("exporter", "ack_timeout", buffer=buf.id, move=m, importers=[imp.name],
+                           attachments=[att.id])
+                continue
             self._emit(imp.name, "move_notify_received", id=rid, buffer=buf.id, attachment=att.id,
                        move=m, gen=src["gen"], state=att.state)
             if att.state == "mapped":
@@ -379,6 +661,7 @@ class SerialSchedule:
             yield
         self._emit("exporter", "copy_end", buffer=buf.id, move=m, from_gen=src["gen"], to_gen=to["gen"],
                    bytes=cfg.buffer_size)
+        self.mem[(to_heap, dst)] = list(self.mem.get((src["heap"], src["offset"]), []))
         self._emit("exporter", "fence_signal", buffer=buf.id, usage="KERNEL", seq=m, move=m)
         buf.heap, buf.offset, buf.gen = to_heap, dst, src["gen"] + 1
         yield

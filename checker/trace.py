@@ -10,7 +10,9 @@ Rules:
   have to nest; the name is "buffer B" so the spans of one buffer group together):
   DMA jobs (cat dma, dma_begin..dma_end), mappings (cat map, per importer+attachment, map..unmap;
   a second map without an unmap closes the first), moves (cat move, move_begin..move_end).
-  Spans still open at the end close at the history's last event, marked `unfinished`.
+  Spans still open at the end close at the history's last event, marked `unfinished`; a
+  service's spans still open when it dies (service_died) or starts again (a second
+  service_start) close then, marked `died` / `restarted`.
   At most SPAN_CAP spans per cat are drawn (the rest are counted in otherData): every `b`
   written has its `e`.
 - Messages are flow arrows (`s` at the sender, `f` with bp "e" at the receiver, same id, written
@@ -21,8 +23,11 @@ Rules:
   op_received (same peer+id); exporter op_answered -> importer event; move_notify_sent ->
   move_notify_received (same importer+id); ack_sent -> exporter ack. Unpaired halves wait in
   bounded tables (PENDING_CAP each, oldest dropped first). At most FLOW_CAP flows are drawn.
-- Instants (`i`, scope "p"): races (at the job's end, args: kind, sentence), fault, iommu_fault,
-  corruption, move_refused, ack_timeout, service_died, job_failed, attachment_revoked.
+- Instants (`i`, scope "p"): races (at the job's end, args: kind, sentence), fault (every field
+  of the event; a process fault sits on its target's row), iommu_fault, corruption, move_refused,
+  ack_timeout, service_died, service_restarted, job_failed, attachment_revoked, importer_lost,
+  lease_expired, exporter_lost, rejoin, and the bytes check's findings (lost write / foreign lines
+  in the final bytes, at the exporter's final_content).
 - Counter `vram` (bytes in use): +size at buffer_created in vram and at move_begin whose
   destination is vram (allocated then), -size at a free in vram.
 - Written streaming: each trace event goes to the file as it is made.
@@ -78,6 +83,7 @@ class TraceWriter:
         self._acks: dict[tuple[str, Any], int] = {}
         self._vram = 0
         self._closed = False
+        self._started: set[str] = set()
 
     # ------------------------------------------------------------------ output
 
@@ -195,11 +201,15 @@ class TraceWriter:
             except (KeyError, TypeError, ValueError, AttributeError):
                 pass  # the oracle counts malformed events; the trace just skips them
 
+    def on_finding(self, name: str, svc: str, t: int, args: dict[str, Any]) -> None:
+        self._instant(name, "bytes", svc, t, args)
+
     def on_race(self, race: Race) -> None:
         job = race.job
         self._instant(f"race: {race.kind}", "race", job.svc, race.end_t,
                       {"kind": race.kind, "sentence": sentence(race, self.t0 or 0, as_of=race.end_t), "job": job.job,
-                       "buffer": job.buffer, "gen": job.gen, "unfinished": race.unfinished})
+                       "buffer": job.buffer, "gen": job.gen, "unfinished": race.unfinished,
+                       "rogue": job.rogue})
 
     def close(self, t_end: int | None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
         if self._closed:
@@ -230,13 +240,41 @@ class TraceWriter:
 
     def _dma_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
         job = ev["job"]
-        self._begin("dma", (svc, job), f"dma-{svc}-job-{job}", f"buffer {ev['buffer']}", svc, t,
-                    {"job": job, "access": ev.get("access"), "gen": ev.get("gen"),
-                     "attachment": ev.get("attachment"),
-                     "placement": place_str(ev.get("heap"), ev.get("offset"))})
+        args = {"job": job, "access": ev.get("access"), "gen": ev.get("gen"),
+                "attachment": ev.get("attachment"), "placement": place_str(ev.get("heap"), ev.get("offset"))}
+        if ev.get("rogue") is True:
+            args["rogue"] = True
+        self._begin("dma", (svc, job), f"dma-{svc}-job-{job}", f"buffer {ev['buffer']}", svc, t, args)
 
     def _dma_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        self._end("dma", (svc, ev["job"]), t, {"status": ev.get("status")})
+        args = {"status": ev.get("status")}
+        last = ev.get("last_access_ns")
+        if last != t:  # the last access came earlier (an aborted job), or is unknown
+            args["last_access_ns"] = last
+        self._end("dma", (svc, ev["job"]), t, args)
+
+    def _close_service(self, svc: str, t: int, how: str) -> None:
+        for cat in ("dma", "map"):
+            for key in [k for k in self._open[cat] if k[0] == svc]:
+                self._end(cat, key, t, {how: True})
+
+    def _service_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc in self._started:
+            self._close_service(svc, t, "restarted")
+        self._started.add(svc)
+
+    def _service_died(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        name = str(ev["name"])
+        self._instant("service_died", "service", svc, t, {k: ev.get(k) for k in ("name", "pid", "how")})
+        self._close_service(name, t, "died")
+
+    def _fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        args = {k: v for k, v in ev.items() if k not in ("t_ns", "svc", "pid", "event")}
+        target = ev.get("target")
+        row = svc
+        if svc == "deploy" and isinstance(target, str) and (target == "exporter" or _IMPORTER_RE.match(target)):
+            row = target
+        self._instant(f"fault: {ev.get('kind')}", "fault", row, t, args)
 
     def _importer_reply(self, ev: dict[str, Any], t: int, svc: str, op: str) -> None:
         rid = ev.get("id")
@@ -348,12 +386,18 @@ _HANDLERS: dict[str, Any] = {
     "move_begin": TraceWriter._move_begin,
     "move_end": TraceWriter._move_end,
     "free": TraceWriter._free,
-    "fault": _make_instant("fault", ("job", "buffer", "kind", "reason", "what")),
+    "fault": TraceWriter._fault,
+    "service_start": TraceWriter._service_start,
     "iommu_fault": _make_instant("fault", ("job", "buffer", "attachment", "access", "heap", "offset", "size")),
     "corruption": _make_instant("corruption", ("job", "buffer", "gen", "lines", "line", "expected", "found")),
     "move_refused": _make_instant("move", ("buffer", "from_gen", "to_gen", "reason")),
     "ack_timeout": _make_instant("move", ("buffer", "move", "importers")),
-    "service_died": _make_instant("service", ("name", "pid", "how")),
+    "service_died": TraceWriter._service_died,
+    "service_restarted": _make_instant("service", ("name", "pid", "incarnation")),
     "job_failed": _make_instant("dma", ("job", "buffer", "reason")),
-    "attachment_revoked": _make_instant("map", ("importer", "buffer", "attachment", "reason")),
+    "attachment_revoked": _make_instant("map", ("importer", "buffer", "attachment", "reason", "was_mapped")),
+    "importer_lost": _make_instant("service", ("importer", "slot", "reason")),
+    "lease_expired": _make_instant("service", ("since_ns",)),
+    "exporter_lost": _make_instant("service", ("silent_ns",)),
+    "rejoin": _make_instant("service", ("reason",)),
 }

@@ -4,8 +4,9 @@ Rules:
 - Times are relative to the history's first event, in milliseconds with three decimals
   ("t+1.204 ms"); offsets are hex ("vram+0x40000").
 - A witness's events are rebuilt from what the oracle kept (the job and its generation's
-  record), sorted by time: the job's dma_begin and dma_end (or the end of the history for a job
-  that never ended), and the exporter's move_begin / copy_begin / copy_end / free that make it a
+  record), sorted by time: the job's dma_begin and dma_end (with its last real access when that
+  came earlier; or its service's death, or the end of the history, for a job that never ended),
+  and the exporter's move_begin / copy_begin / copy_end / free that make it a
   race. Fields: t_ns, svc, event, and whichever of buffer, gen, job, access, attachment,
   placement, move apply.
 - One sentence template per race kind; each names the importer, the buffer, the placement and
@@ -63,6 +64,9 @@ def job_dict(job: Job, race: Race | None = None) -> dict[str, Any]:
         "begin_t_ns": job.begin_t,
         "end_t_ns": job.end_t,
         "status": job.status,
+        "last_access_t_ns": job.access_end if job.access_end is not None else job.end_t,
+        "rogue": job.rogue,
+        "ended_by": job.cut,
     }
     if race is not None:
         d["unfinished"] = race.unfinished
@@ -107,11 +111,19 @@ def witness_events(race: Race) -> list[dict[str, Any]]:
               "access": "write" if job.write else "read", "attachment": job.attachment,
               "placement": _job_pl(job)}
     events: list[dict[str, Any]] = [{"t_ns": job.begin_t, "event": "dma_begin", **common}]
+    if job.rogue:
+        events[0]["rogue"] = True
     if race.unfinished:
         events.append({"t_ns": race.end_t, "svc": job.svc, "event": "end_of_history", "job": job.job,
                        "note": "the job never ended; considered running until the last event"})
+    elif job.cut is not None:
+        events.append({"t_ns": race.end_t, "svc": job.svc, "event": f"service {job.cut}", "job": job.job,
+                       "note": f"the job never ended: its service {job.cut}"})
     else:
         events.append({"t_ns": race.end_t, "event": "dma_end", **common, "status": job.status})
+        if job.access_end is not None:
+            events.append({"t_ns": job.access_end, "svc": job.svc, "event": "last_access", "job": job.job,
+                           "buffer": job.buffer, "gen": job.gen})
     if race.kind == USE_AFTER_UNMAP and job.uau is not None and job.uau.t_ns is not None:
         events.append({"t_ns": job.uau.t_ns, "svc": job.svc, "event": job.uau.how, "buffer": job.buffer,
                        "attachment": job.attachment, "gen": job.uau.gen})
@@ -121,9 +133,17 @@ def witness_events(race: Race) -> list[dict[str, Any]]:
 
 
 def _span(job: Job, race: Race, t0: int, verb: str) -> str:
-    until = (f"until the end of the history at {rel_ms(race.end_t, t0)} (the job never ended)"
-             if race.unfinished else f"until {rel_ms(race.end_t, t0)}")
-    return (f"{job.svc} {verb} buffer {job.buffer} at {_job_pl(job)} (gen {job.gen}) "
+    if race.unfinished:
+        until = f"until the end of the history at {rel_ms(race.end_t, t0)} (the job never ended)"
+    elif job.cut is not None:
+        until = f"until its service {job.cut} at {rel_ms(race.end_t, t0)} (the job never ended)"
+    elif job.access_end is not None:
+        until = (f"until its last access at {rel_ms(job.access_end, t0)} "
+                 f"(dma_end {job.status or '?'} at {rel_ms(race.end_t, t0)})")
+    else:
+        until = f"until {rel_ms(race.end_t, t0)}"
+    who = f"{job.svc} (a rogue device)" if job.rogue else job.svc
+    return (f"{who} {verb} buffer {job.buffer} at {_job_pl(job)} (gen {job.gen}) "
             f"from {rel_ms(job.begin_t, t0)} {until}")
 
 
@@ -164,7 +184,8 @@ def sentence(race: Race, t0: int, as_of: int | None = None) -> str:
                 f"{rel_ms(rec.free_t, t0)}, so the read may have seen another buffer's bytes.")
     if kind == USE_AFTER_UNMAP:
         cause = job.uau
-        start = (f"{job.svc} began {verb_ing} buffer {job.buffer} at {_job_pl(job)} (gen {job.gen}) "
+        who = f"{job.svc} (a rogue device)" if job.rogue else job.svc
+        start = (f"{who} began {verb_ing} buffer {job.buffer} at {_job_pl(job)} (gen {job.gen}) "
                  f"at {rel_ms(job.begin_t, t0)} on attachment {job.attachment}")
         if cause is None or cause.how == "never":
             return f"{start}, which it had never mapped."

@@ -100,5 +100,8 @@ def mapped(h: H | None = None, *, t: int = 10, svc: str = "importer-1", buffer: 
     return h.attach(t - 5, svc=svc, buffer=buffer, att=att).map(t, svc=svc, buffer=buffer, att=att)
 
 
+RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+
+
 def race_kinds(report: dict[str, Any]) -> dict[str, int]:
-    return {k: v for k, v in report["races"].items() if k != "total" and v}
+    return {k: v for k, v in report["races"].items() if k in RACE_KINDS and v}

@@ -130,7 +130,7 @@ def test_services(tmp_path: Path) -> None:
                                                        how="SIGKILL")
     h.ev(60, "importer-1", "service_stop", reason="done", jobs=0).ev(70, "exporter", "service_stop", reason="done")
     h.ev(80, "deploy", "run_stop")
-    s = h.judge(tmp_path)["services"]
+    s = h.judge(tmp_path)["services"]["by_name"]
     assert s["importer-2"] == {"started": True, "stopped": False, "died": True, "last_t_ns": 3}
     assert s["importer-1"] == {"started": True, "stopped": True, "died": False, "last_t_ns": 60}
     assert s["exporter"]["stopped"] and s["deploy"]["started"] and s["deploy"]["stopped"]

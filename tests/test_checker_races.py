@@ -185,7 +185,9 @@ def test_one_race_per_job_and_per_racy_job(tmp_path: Path) -> None:
         h.job(10 + j, "write", 150 + j, 250 + j)
     h.job(99, "write", 120, 130)  # ended before the copy: fine
     r = h.judge(tmp_path)
-    assert r["races"] == {"lost_write": 7, "stale_read": 0, "use_after_unmap": 0, "unfenced_access": 0, "total": 7}
+    assert r["races"] == {"lost_write": 7, "stale_read": 0, "use_after_unmap": 0, "unfenced_access": 0, "total": 7,
+                          "first_s": 200e-9}  # the first write overlapped the copy from its copy_begin
+    assert r["races_by_importer"] == {"importer-1": 7}
     assert len(r["witnesses"]["lost_write"]) == 5
 
 
@@ -213,15 +215,41 @@ def test_unfinished_write_when_the_copy_begins_at_the_last_event_is_no_race(tmp_
 
 
 def test_restarted_importer_reusing_a_job_id_does_not_hide_the_unfinished_job(tmp_path: Path) -> None:
-    h = moved_buffer().job(1, "write", 150, None)                    # killed mid-write
-    h.ev(160, "deploy", "service_died", name="importer-1", pid=7, how="SIGKILL")
-    h.ev(600, "importer-1", "service_start", index=1).map(610, gen=2, heap="sys", offset=0x1000)
+    # The restart is not announced by a service_start, so the old job is still running when its
+    # id comes back: it stays unfinished until the end of the history.
+    h = moved_buffer().job(1, "write", 150, None)                    # killed mid-write, silently
+    h.map(610, gen=2, heap="sys", offset=0x1000)
     h.job(1, "write", 620, 630, gen=2, heap="sys", offset=0x1000)    # same job id, new process
     r = h.judge(tmp_path)
     assert race_kinds(r) == {"lost_write": 1}
     assert r["jobs_unfinished"] == 1
     assert r["witnesses"]["lost_write"][0]["job"]["begin_t_ns"] == 150
-    assert r["services"]["importer-1"]["died"] is True
+
+
+@pytest.mark.parametrize("died, racy", [(160, False), (200, False), (201, True)])
+def test_a_killed_importers_job_ends_at_its_death(tmp_path: Path, died: int, racy: bool) -> None:
+    h = moved_buffer().job(1, "write", 150, None)                    # killed mid-write; copy_begin at 200
+    h.ev(died, "deploy", "service_died", name="importer-1", pid=7, how="killed by fault")
+    h.ev(600, "importer-1", "service_start", index=1).map(610, gen=2, heap="sys", offset=0x1000)
+    h.job(1 << 24, "write", 620, 630, gen=2, heap="sys", offset=0x1000)
+    r = h.judge(tmp_path)
+    assert race_kinds(r) == ({"lost_write": 1} if racy else {})
+    assert r["jobs_unfinished"] == 0 and r["jobs"]["ended_by_death"] == 1
+    assert r["services"]["by_name"]["importer-1"]["died"] is True
+    if racy:
+        w = r["witnesses"]["lost_write"][0]
+        assert "until its service died" in w["sentence"] and w["job"]["ended_by"] == "died"
+        assert any(e["event"] == "service died" and e["t_ns"] == died for e in w["events"])
+
+
+def test_a_restart_without_service_died_ends_the_old_incarnations_jobs(tmp_path: Path) -> None:
+    h = moved_buffer().ev(1, "importer-1", "service_start", index=1).job(1, "write", 150, None)
+    h.ev(250, "importer-1", "service_start", index=1)                # the next incarnation, after copy_begin
+    r = h.judge(tmp_path)
+    assert race_kinds(r) == {"lost_write": 1}
+    assert r["jobs_unfinished"] == 0
+    assert "until its service restarted at t+0.000 ms" in r["witnesses"]["lost_write"][0]["sentence"]
+    assert r["services"]["incarnations"] == {"importer-1": 2}
 
 
 # ---------------------------------------------------------------------------- long histories
