@@ -41,8 +41,29 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
     for kind in RACE_KINDS:
         for w in report.get("witnesses", {}).get(kind, [])[:1]:
             lines.append(f"  witness    {kind}: {w.get('sentence', '')}")
-    died = [name for name, s in report.get("services", {}).items() if s.get("died")]
+    faults = report.get("faults", {})
+    if faults.get("applied"):
+        lines.append("  faults     " + "  ".join(f"{k} {n}" for k, n in sorted(faults["applied"].items())))
+    rec = report.get("recovery", {})
+    if rec:
+        lost = sum(rec.get("importer_lost", {}).values())
+        revoked = sum(rec.get("attachment_revoked", {}).values())
+        if lost or revoked or rec.get("retries") or rec.get("lease_expired") or rec.get("exporter_lost"):
+            lines.append(f"  recovery   retries {rec.get('retries', 0)}  dedups {rec.get('dedups', 0)}  "
+                         f"importers lost {lost}  attachments revoked {revoked}  "
+                         f"leases expired {rec.get('lease_expired', 0)}  rejoins {rec.get('rejoin', 0)}  "
+                         f"exporter lost {rec.get('exporter_lost', 0)}")
+    check = report.get("bytes_check")
+    if check:
+        lines.append(f"  final bytes {check.get('verdict')}  (foreign lines {check.get('foreign_lines', 0)}, "
+                     f"lost writes {len(check.get('lost_writes', []))})")
+    died = report.get("services", {}).get("died", [])
     if died:
-        lines.append(f"  died       {', '.join(died)}")
+        lines.append("  died       " + ", ".join(
+            f"{d['name']} at {d['t_s']:.2f} s ({d.get('how', '?')})" if d.get("t_s") is not None
+            else f"{d['name']} ({d.get('how', '?')})" for d in died))
+    for stop in report.get("services", {}).get("importer_stops", []):
+        if stop.get("event") == "exporter_lost":
+            lines.append(f"  stopped    {stop['name']} stopped its DMA and exited at {stop['t_s']:.2f} s: exporter lost")
     lines.append(f"  report     {run_dir}/report.md  (trace: {run_dir}/trace.json, open in ui.perfetto.dev)")
     return lines

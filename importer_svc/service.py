@@ -119,6 +119,8 @@ class ImporterService(ServiceShell):
         return self.serve()
 
     def cleanup(self) -> None:
+        if self.dma.running:  # rogue DMA still going (or a job cut short): on record, then stopped
+            self.dma.abort_all(f"service stopping: {self._stop_reason or 'loop ended'}")
         for view in self.views.values():
             view.release()
         if self.fences is not None:
