@@ -249,15 +249,27 @@ class Progress:
         self.stream = stream
         self.tty = stream.isatty() and not quiet
         self._bar = None
+        self._began = time.monotonic()
+        self._skipped = skipped
+        self._end: float | None = None     # the estimated end: now + time per run so far x runs left
         if self.tty:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, ProgressColumn,
+                                       TextColumn, TimeElapsedColumn)
+            from rich.text import Text
+            outer = self
+
+            class TimeLeft(ProgressColumn):
+                def render(self, task: Any) -> Text:
+                    if outer._end is None:
+                        return Text("left -:--", style="progress.remaining")
+                    left = max(0, int(outer._end - time.monotonic()))
+                    return Text(f"left {left // 60}:{left % 60:02d}", style="progress.remaining")
+
             self._bar = Bar(TextColumn("campaign"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("races {task.fields[races]} in {task.fields[racing]} runs"
                                        "{task.fields[failed]}"),
-                            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                            console=Console(file=stream), speed_estimate_period=300.0, transient=False)
+                            TimeElapsedColumn(), TimeLeft(), console=Console(file=stream), transient=False)
             self._task = self._bar.add_task("campaign", total=total, completed=skipped,
                                             races=races, racing=racing, failed="")
             self._bar.start()
@@ -282,6 +294,9 @@ class Progress:
             if self._bar is None:
                 self.say(f"  [{self.done}/{self.total}] {spec.label}: races {n} ({seconds:.1f} s); "
                          f"so far {self.races} races in {self.racing} runs")
+        ran = self.done - self._skipped
+        now = time.monotonic()
+        self._end = now + (now - self._began) / ran * (self.total - self.done)
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, races=self.races, racing=self.racing,
                              failed=f", {self.failed} failed" if self.failed else "")

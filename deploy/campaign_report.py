@@ -15,7 +15,8 @@ their report.json (the checker's verdict) and, where present, their events files
 - remaps per map: maps that programmed the IOMMU afresh (`maps.remapped`) over all maps.
 
 Rows are sorted so that "which strategy survives what" reads at a glance: strategies that raced in
-the fewest runs first (then fewest races per second), plans in campaign order within a strategy.
+the fewest runs first, then fewest races per second, then (among the clean ones) the smallest share
+of moves refused; plans in campaign order within a strategy.
 """
 
 from __future__ import annotations
@@ -238,7 +239,10 @@ def summarize(runs: list[tuple[dict[str, Any], list[float] | None]], strategy_or
         k = sum(r["runs_with_race"] for r in mine)
         secs = sum(r["workload_s"] for r in mine)
         races = sum(r["races"] for r in mine)
-        return (k / n if n else 0.0, races / secs if secs else 0.0, seen_order.index(s))
+        moved = sum(r["moves_completed"] for r in mine)
+        refused = sum(r["moves_refused"] for r in mine)
+        return (k / n if n else 0.0, races / secs if secs else 0.0,
+                refused / (moved + refused) if moved + refused else 0.0, seen_order.index(s))
 
     strategies = sorted(seen_order, key=robustness)
     ordered_rows = [rows[(s, p)] for s in strategies for p in plans if (s, p) in rows]
@@ -319,8 +323,8 @@ def render_md(summary: dict[str, Any], plots: list[str]) -> str:
         f"{len(summary['plans'])} fault plans, seeds {', '.join(map(str, seeds)) or '-'}, "
         f"{', '.join(f'{d:g}' for d in durations) or '-'} s of workload each.", "",
         "## Which strategy survives what", "",
-        "Runs in which the checker found at least one race, out of the runs; strategies that raced "
-        "least come first.", "",
+        "Runs in which the checker found at least one race, out of the runs. Strategies that raced "
+        "least come first; among those that never raced, the ones that refused the fewest moves.", "",
         render_matrix(summary), "",
         "## Per strategy and plan", "",
         render_table(summary), "",

@@ -2,7 +2,7 @@
 
 - race_rate.png: heatmap of the share of runs with a race, strategy x plan, each cell "k/n";
 - first_race_cdf.png: per plan, for each strategy the share of its runs that had raced by time t
-  (the curve ends at the race rate: runs that never raced keep it below 1);
+  (log time axis; the curve ends at the race rate: runs that never raced keep it below 1);
 - map_latency.png: map latency per strategy, one box per plan (all maps of the runs pooled).
 """
 
@@ -59,8 +59,10 @@ def first_race_cdf(summary: dict[str, Any], path: Path) -> Path:
     strategies, plans = summary["strategies"], summary["plans"]
     cells = _cells(summary)
     colors = _colors(strategies)
-    tmax = max([t for r in summary["rows"] for t in r["first_race_s"]]
-               + [d["duration_s"] or 0 for d in summary["runs"]] + [0.1])
+    firsts = [t for r in summary["rows"] for t in r["first_race_s"]]
+    tmax = max(firsts + [d["duration_s"] or 0 for d in summary["runs"]] + [0.1])
+    # races tend to come early: a log time axis from a little before the first one to the run's end
+    tmin = max(1e-3, min(min(firsts, default=tmax / 100), tmax / 100) / 2)
     fig, axes = plt.subplots(1, len(plans), figsize=(4.2 * len(plans), 3.8), sharey=True, squeeze=False)
     for ax, p in zip(axes[0], plans):
         never = []
@@ -72,22 +74,24 @@ def first_race_cdf(summary: dict[str, Any], path: Path) -> Path:
             if not times:
                 never.append(s)
                 continue
-            xs = [0.0] + times + [tmax]
+            xs = [tmin] + [max(t, tmin) for t in times] + [tmax]
             ys = [0.0] + [(i + 1) / r["runs"] for i in range(len(times))] + [len(times) / r["runs"]]
             ax.step(xs, ys, where="post", color=colors[s], label=s, linewidth=1.8)
         ax.set_title(f"plan: {p}")
-        ax.set_xlabel("seconds into the workload")
-        ax.set_xlim(0, tmax)
+        ax.set_xlabel("seconds into the workload (log scale)")
+        ax.set_xscale("log")
+        ax.set_xlim(tmin, tmax)
         ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
         if never:
             ax.text(0.98, 0.02, "never raced:\n" + "\n".join(never), transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=8, color="dimgray")
     axes[0][0].set_ylabel("share of runs raced by then")
-    handles = [Line2D([], [], color=colors[s], linewidth=1.8) for s in strategies]
-    ncol = min(len(strategies), 7)
-    rows = -(-len(strategies) // ncol)
-    fig.legend(handles, strategies, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    raced = [s for s in strategies if any(r["first_race_s"] for r in summary["rows"] if r["strategy"] == s)] or strategies
+    handles = [Line2D([], [], color=colors[s], linewidth=1.8) for s in raced]
+    ncol = min(len(raced), 7)
+    rows = -(-len(raced) // ncol)
+    fig.legend(handles, raced, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle("Time to the first race: share of runs that had raced by then")
     fig.tight_layout(rect=(0, 0.03 + 0.05 * rows, 1, 1))
     fig.savefig(path, dpi=DPI)
