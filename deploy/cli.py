@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
     options.add_arguments(cm)
 
+    from deploy.campaign import add_parser as add_campaign_parser
+    add_campaign_parser(sub)
+
     sub.add_parser("strategies", help="list the buffer-move strategies",
                    description="List the strategies with one line each; the rules, the sentence of the "
                                "2012 thread each one models and its hazard are in protocol/strategies/*.py.")
@@ -193,7 +196,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _cmd_run, "compare": _cmd_compare, "up": _cmd_up, "status": _cmd_status, "down": _cmd_down,
+def _cmd_campaign(args: argparse.Namespace) -> int:
+    from deploy.campaign import main as campaign_main
+    return campaign_main(args)
+
+
+_COMMANDS = {"campaign": _cmd_campaign, "run": _cmd_run, "compare": _cmd_compare, "up": _cmd_up, "status": _cmd_status, "down": _cmd_down,
              "check": _cmd_check, "strategies": _cmd_strategies}
 
 if __name__ == "__main__":
