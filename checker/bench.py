@@ -26,6 +26,15 @@ from checker.synth import SerialSchedule, SynthConfig, write_events_dir
 
 
 def _peak_rss_mb() -> float:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child started by a
+    # big parent (dmabuf-emu bench) would report the parent's peak instead of its own.
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
@@ -35,6 +44,7 @@ def _phase(phase: str, run_dir: Path) -> dict[str, Any]:
 
     rss_before = _peak_rss_mb()
     t = time.perf_counter()
+    cpu = time.process_time()
     if phase == "merge":
         n = merge_history(run_dir / "events", run_dir / "history.jsonl")
     elif phase == "judge":
@@ -44,7 +54,9 @@ def _phase(phase: str, run_dir: Path) -> dict[str, Any]:
     else:
         raise ValueError(phase)
     dt = time.perf_counter() - t
+    cpu = time.process_time() - cpu
     return {"phase": phase, "events": n, "seconds": dt, "events_per_s": n / dt if dt else None,
+            "cpu_seconds": cpu, "events_per_cpu_s": n / cpu if cpu else None,
             "peak_rss_mb": _peak_rss_mb(), "rss_at_start_mb": rss_before}
 
 
@@ -53,6 +65,23 @@ def _measure(phase: str, run_dir: Path) -> dict[str, Any]:
                          check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def synth_config(events: int, *, seed: int = 1, importers: int = 4, buffers: int = 32) -> SynthConfig:
+    """The benchmark's history: race-free, fenced moves, `importers` devices, about `events` events."""
+    return SynthConfig(importers=importers, buffers=buffers, vram_slots=max(2, buffers * 2 // 3),
+                       sys_slots=buffers * 2, steps=10**12, max_events=events, seed=seed,
+                       move_prob=0.02, max_moves=3)
+
+
+def generate(run_dir: Path, cfg: SynthConfig) -> int:
+    """Write the history as run_dir/events/*.jsonl; returns the number of events."""
+    return write_events_dir(SerialSchedule(cfg).events(), run_dir / "events")
+
+
+def measure(phase: str, run_dir: Path) -> dict[str, Any]:
+    """One phase (merge, judge, check) in a fresh interpreter, so its peak RSS is its own."""
+    return _measure(phase, run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,14 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_phase(args.phase, args.run_dir)))
         return 0
 
-    cfg = SynthConfig(importers=args.importers, buffers=args.buffers, vram_slots=max(2, args.buffers * 2 // 3),
-                      sys_slots=args.buffers * 2, steps=10**12, max_events=args.events, seed=args.seed,
-                      move_prob=0.02, max_moves=3)
+    cfg = synth_config(args.events, seed=args.seed, importers=args.importers, buffers=args.buffers)
     with tempfile.TemporaryDirectory(prefix="checker-bench-") as tmp:
         run_dir = args.keep or Path(tmp)
         run_dir.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        n = write_events_dir(SerialSchedule(cfg).events(), run_dir / "events")
+        n = generate(run_dir, cfg)
         gen_s = time.perf_counter() - t
         size = sum(p.stat().st_size for p in (run_dir / "events").glob("*.jsonl"))
         print(f"generated {n} events ({size / 1e6:.1f} MB, {cfg.importers} importers, {cfg.buffers} buffers) "

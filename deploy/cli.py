@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
 
     from deploy.campaign import add_parser as add_campaign_parser
     add_campaign_parser(sub)
+    b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
+                       description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
+                                   "time to first race, each as the median of repetitions with min and max, "
+                                   "ratios against baselines measured in the same run. Writes OUT/bench.json "
+                                   "and OUT/bench.md and prints the table.",
+                       epilog="example: dmabuf-emu bench --quick --out runs/bench")
+    b.add_argument("--out", required=True, type=Path, help="directory for bench.json and bench.md (created)")
+    b.add_argument("--quick", action="store_true", help="fewer and shorter repetitions (under 3 minutes)")
 
     sub.add_parser("strategies", help="list the buffer-move strategies",
                    description="List the strategies with one line each; the rules, the sentence of the "
@@ -201,8 +209,18 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     return campaign_main(args)
 
 
-_COMMANDS = {"campaign": _cmd_campaign, "run": _cmd_run, "compare": _cmd_compare, "up": _cmd_up, "status": _cmd_status, "down": _cmd_down,
-             "check": _cmd_check, "strategies": _cmd_strategies}
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from deploy.bench import FULL, QUICK, run_bench, stderr_progress
+    from deploy.bench.report import render_md
+    command = "dmabuf-emu bench" + (" --quick" if args.quick else "") + f" --out {args.out}"
+    result = run_bench(QUICK if args.quick else FULL, args.out, command=command, progress=stderr_progress)
+    print(render_md(result))
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _cmd_run, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+             "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
+             "strategies": _cmd_strategies}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -52,13 +52,45 @@ def _line_indices(n: int) -> np.ndarray:
     return idx
 
 
+# The fast paths view each line as 8 little-endian uint64 words: word 0 is (buffer | line << 32),
+# word 1 is (writer | seq << 32), words 2..7 are (seq | seq << 32). A stamp builds BLOCK lines in
+# a scratch block that stays in the L2 cache, then writes them with one contiguous copy; writing
+# the columns of the heap one by one instead touches every line of the heap four times, which
+# ran at about 0.35x memcpy (deploy/bench). Services are single-threaded, so one scratch block
+# per process is enough.
+BLOCK = 2048                                   # lines: 128 KiB
+_scratch = np.empty((BLOCK, WORDS // 2), dtype="<u8")
+_shifted = np.arange(BLOCK, dtype="<u8") << np.uint64(32)   # line index i in word 0's high half
+_U32 = 0xFFFFFFFF
+
+
+def _shifted_indices(n: int) -> np.ndarray:
+    global _shifted
+    if _shifted.shape[0] < n:
+        _shifted = np.arange(n, dtype="<u8") << np.uint64(32)
+    return _shifted[:n]
+
+
 def stamp(rows: np.ndarray, buffer: int, first_line: int, writer: int, seq: int) -> None:
     """Stamp rows as lines first_line.. of `buffer`, written by `writer` in job `seq`."""
     n = rows.shape[0]
-    rows[:, 0] = buffer
-    np.add(_line_indices(n), first_line, out=rows[:, 1], casting="unsafe")
-    rows[:, 2] = writer
-    rows[:, 3:] = seq
+    if not rows.flags.c_contiguous:
+        rows[:, 0] = buffer
+        np.add(_line_indices(n), first_line, out=rows[:, 1], casting="unsafe")
+        rows[:, 2] = writer
+        rows[:, 3:] = seq
+        return
+    out = rows.view("<u8")
+    seq &= _U32
+    pair = seq | (seq << 32)
+    m0 = min(BLOCK, n)
+    _scratch[:m0, 1] = (writer & _U32) | (seq << 32)
+    _scratch[:m0, 2:] = pair
+    head = (buffer & _U32) | (first_line << 32)
+    for s in range(0, n, BLOCK):
+        m = min(BLOCK, n - s)
+        np.add(_shifted[:m], np.uint64(head + (s << 32)), out=_scratch[:m, 0])
+        out[s:s + m] = _scratch[:m]
 
 
 def verify(rows: np.ndarray, buffer: int, first_line: int) -> Corruption | None:
@@ -66,11 +98,19 @@ def verify(rows: np.ndarray, buffer: int, first_line: int) -> Corruption | None:
     n = rows.shape[0]
     # Read each line's stamp once: another process may write it while we look, and the verdict
     # and what we report as found must be the same bytes.
-    head = np.array(rows[:, :4], copy=True)
-    expected = _line_indices(n) + np.uint32(first_line)
-    bad = np.flatnonzero((head[:, 0] != buffer) | (head[:, 1] != expected))
-    if bad.size == 0:
-        return None
+    if rows.flags.c_contiguous:
+        snap = np.array(rows.view("<u8")[:, :2], copy=True)   # words 0..3 of every line
+        expected = _shifted_indices(n) + np.uint64((buffer & _U32) | (first_line << 32))
+        bad = np.flatnonzero(snap[:, 0] != expected)
+        if bad.size == 0:
+            return None
+        head = snap.view("<u4")
+    else:
+        head = np.array(rows[:, :4], copy=True)
+        expected32 = _line_indices(n) + np.uint32(first_line)
+        bad = np.flatnonzero((head[:, 0] != buffer) | (head[:, 1] != expected32))
+        if bad.size == 0:
+            return None
     first = int(bad[0])
     found = tuple(int(x) for x in head[first])
     samples = [{"line": first_line + int(i), "found": [int(x) for x in head[int(i)]]}

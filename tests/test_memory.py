@@ -122,3 +122,25 @@ def test_stamp_and_verify_agree_and_pinpoint_the_bad_line() -> None:
     rows[37, 1] = 5
     bad = memory.verify(rows, 4, 0)
     assert bad is not None and bad.lines == 1 and bad.line == 37 and bad.found == (4, 5, 1, 9)
+
+
+@pytest.mark.parametrize("n", [1, memory.BLOCK - 1, memory.BLOCK, memory.BLOCK + 1, 3 * memory.BLOCK + 5])
+def test_block_stamp_writes_what_the_column_stamp_wrote(n: int) -> None:
+    """The fast stamp (scratch block, 64-bit words) and verify agree with the plain column
+    definition on every line, across block boundaries, and on non-contiguous rows too."""
+    fast = np.zeros((n + 2, memory.WORDS), dtype="<u4")
+    memory.stamp(fast[1:n + 1], 0xDEADBEEF, 70_000, 3, 2**32 - 2)
+    ref = np.zeros_like(fast)
+    ref[1:n + 1, 0] = 0xDEADBEEF
+    ref[1:n + 1, 1] = np.arange(n, dtype="<u4") + 70_000
+    ref[1:n + 1, 2] = 3
+    ref[1:n + 1, 3:] = 2**32 - 2
+    assert (fast == ref).all()
+    assert memory.verify(fast[1:n + 1], 0xDEADBEEF, 70_000) is None
+    fast[n, 1] += 1
+    bad = memory.verify(fast[1:n + 1], 0xDEADBEEF, 70_000)
+    assert bad is not None and bad.lines == 1 and bad.line == 70_000 + n - 1
+    assert bad.found == (0xDEADBEEF, 70_000 + n, 3, 2**32 - 2)
+    strided = np.zeros((n, 2 * memory.WORDS), dtype="<u4")[:, ::2]
+    memory.stamp(strided, 5, 0, 1, 1)
+    assert memory.verify(strided, 5, 0) is None and memory.verify(strided, 6, 0) is not None
