@@ -199,6 +199,9 @@ class ExporterService(ServiceShell):
 
     def _on_rpc(self, drain: bool = False) -> None:
         for _ in range(1 << 20 if drain else 256):  # bounded, so timers and copies get their turn
+            # Ask before reading: an empty socket's zmq.Again costs more than the question.
+            if not self.rpc.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 frames = self.rpc.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -188,6 +188,9 @@ class ImporterService(ServiceShell):
 
     def _on_dealer(self) -> None:
         for _ in range(256):
+            # Ask before reading: an empty socket's zmq.Again costs more than the question.
+            if not self.dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 frames = self.dealer.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

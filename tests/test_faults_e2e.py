@@ -82,11 +82,11 @@ def test_resv_fence_survives_a_paused_a_killed_and_a_restarted_importer(short_di
 
 # ---------------------------------------------------------------------- a rogue device
 
-ROGUE = ["rogue:ms=100,p=0.5,target=importer-1"]
+ROGUE = ["rogue:ms=150,p=0.5,target=importers"]
 
 
 def test_rogue_device_under_revalidate_corrupts_other_buffers(short_dir: Path) -> None:
-    r, events = fault_run(short_dir, "revalidate", ROGUE, duration=2.5, move_rate=50.0)
+    r, events = fault_run(short_dir, "revalidate", ROGUE, duration=2.5, move_rate=100.0, write_ratio=0.3)
     assert applied(events)["rogue"] > 0
     assert r["races"]["use_after_unmap"] > 0
     assert r["rogue_jobs"]["raced"] > 0
@@ -98,7 +98,7 @@ def test_rogue_device_under_revalidate_corrupts_other_buffers(short_dir: Path) -
 def test_rogue_device_under_pin_and_resv_fence_is_stopped_by_the_iommu(short_dir: Path) -> None:
     for strategy in ("pin", "resv-fence"):
         out = short_dir / strategy
-        r, events = fault_run(out, strategy, ROGUE, duration=2.0, move_rate=50.0)
+        r, events = fault_run(out, strategy, ROGUE, duration=2.0, move_rate=100.0, write_ratio=0.3)
         assert applied(events)["rogue"] > 0, strategy
         assert r["iommu_faults"] > 0, strategy
         assert r["races"]["total"] == 0 and r["corruption"]["jobs"] == 0, (strategy, r["races"])
