@@ -90,8 +90,10 @@ class Deployment:
         path = out / "deploy.json"
         try:
             data = json.loads(path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise DeployError(f"{out}: no deploy.json here: nothing was started with --out {out}") from None
+        except OSError as exc:
+            raise DeployError(f"{path}: cannot read it ({exc.strerror})") from None
         except json.JSONDecodeError as exc:
             raise DeployError(f"{path}: not valid JSON ({exc})") from None
         raw = dict(data.get("params", {"strategy": data.get("strategy", "pin")}))
@@ -254,7 +256,12 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
     """Start the exporter, then the importers, each in the background; wait until each answers
     ping; write DIR/deploy.json. On failure stop whatever was started and raise DeployError."""
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployError(f"--out {out}: cannot make the run directory there ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DeployError(f"--out {out}: the run directory is not writable")
     if (out / "deploy.json").exists():
         old = Deployment.read(out)
         if any(procs.alive(s.pid, s.marker) for s in old.services):

@@ -188,7 +188,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
 SCENARIO_EXTRA_KEYS = {"name", "description", "faults", "grants"}
-_IMPORTER_NAME = re.compile(r"importer-[1-9][0-9]*")
+_IMPORTER_NAME = re.compile(r"importer-[1-9][0-9]*", re.ASCII)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,6 +215,8 @@ def load_scenario(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise OptionError(f"{path}: no such scenario file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"{path}: cannot read the scenario file ({exc.__class__.__name__}: {exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"{path}: not valid TOML: {exc}") from None
     for key, value in data.items():

@@ -30,12 +30,13 @@ RCVHWM = 1000
 Secure = Callable[[zmq.Socket], None]
 
 
-def _common(sock: zmq.Socket, secure: Secure | None) -> None:
+def _common(sock: zmq.Socket, endpoint: str, secure: Secure | None) -> None:
     sock.setsockopt(zmq.LINGER, 0)           # never block exit on unsent messages
     sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAXMSGSIZE)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
-    sock.setsockopt(zmq.IPV6, 1)             # --bind may name an IPv6 address
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)         # --bind named an IPv6 address
     if secure is not None:
         secure(sock)                         # CURVE options: before bind / connect
 
@@ -47,7 +48,7 @@ def router(ctx: zmq.Context, endpoint: str, *, handover: bool = False,
     importer comes back under its name while the dead one's connection lingers).
     secure: applied before bind (runtime/security.py: CURVE server)."""
     sock = ctx.socket(zmq.ROUTER)
-    _common(sock, secure)
+    _common(sock, endpoint, secure)
     if handover:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     # Replies to a peer that has gone are dropped silently rather than raising in the loop.
@@ -59,7 +60,7 @@ def router(ctx: zmq.Context, endpoint: str, *, handover: bool = False,
 def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
            secure: Secure | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
-    _common(sock, secure)
+    _common(sock, endpoint, secure)
     if identity:
         sock.setsockopt(zmq.ROUTING_ID, identity)
     sock.connect(endpoint)
