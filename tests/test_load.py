@@ -4,6 +4,13 @@ second. Zero races, zero errors, the exporter's memory flat (RSS at the end with
 checker reading a history of a million events): not in the default run.
 
     python -m pytest -m slow tests/test_load.py -s
+
+Last measured (2-core machine shared with other runs): zero races, 1200 moves, 55,941 maps, but
+it FAILS on two counts that belong to the lease and dedup layers, not to this test: importers
+lost their leases under the load (3584 attachments revoked, 11,776 attaches for 8192), and the
+exporter's RSS grew from 142.7 MB at 10 s to 164.1 MB at 59 s (RssAnon 56.6 -> 78.0 MB), which
+is about what runtime/reliable.py's ReplyCache fills to (4096 cached replies per peer, 33 peers)
+before it stops growing. See the issue for the follow-up.
 """
 
 from __future__ import annotations
@@ -19,7 +26,12 @@ from deploy.options import RunParams
 from deploy.run import run
 from tests.test_e2e import assert_nothing_left
 
-PARAMS = RunParams(strategy="resv-fence", importers=32, buffers=256, duration=60.0, move_rate=200.0, seed=3)
+# lease_ms 3000: with the default 500 ms lease, 32 importers attaching 256 buffers each at once
+# (8192 attaches) keep a loaded 2-core exporter from answering heartbeats within two leases, and
+# the importers give it up as lost before the workload starts (main does the same). The lease is
+# not what this test measures.
+PARAMS = RunParams(strategy="resv-fence", importers=32, buffers=256, duration=60.0, move_rate=200.0, seed=3,
+                   lease_ms=3000.0)
 EARLY_S = 10.0
 
 
