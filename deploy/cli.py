@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_USAGE, str(exc))
     except DeployError as exc:
         return _fail(EXIT_DEPLOY, str(exc))
+    except OSError as exc:  # a path that cannot be used: one line, not a traceback
+        return _fail(EXIT_DEPLOY, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
     except KeyboardInterrupt:
         return _fail(130, "interrupted")
 

@@ -7,6 +7,9 @@ Layout of a run directory (`--out DIR`):
     DIR/logs/*.log         each service's stdout and stderr
     DIR/run/*.json         where each service listens (written by the service once bound)
     DIR/sock/              ipc socket files (mode 0700), removed by down
+    DIR/secrets/           the run's credentials (mode 0700, files 0600), removed by down:
+                           exporter.json (the secret keying every token, CURVE server keys),
+                           importer-N.json (its join and export tokens, CURVE client keys)
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from deploy import procs
 from deploy.control import ControlClient, ControlError
 from deploy.options import RunParams
 from exporter_svc.service import heap_sizes
-from runtime import faults, shm, transport
+from protocol import capability
+from runtime import faults, security, shm, transport
 from runtime.service import write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +90,10 @@ class Deployment:
         path = out / "deploy.json"
         try:
             data = json.loads(path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise DeployError(f"{out}: no deploy.json here: nothing was started with --out {out}") from None
+        except OSError as exc:
+            raise DeployError(f"{path}: cannot read it ({exc.strerror})") from None
         except json.JSONDecodeError as exc:
             raise DeployError(f"{path}: not valid JSON ({exc})") from None
         raw = dict(data.get("params", {"strategy": data.get("strategy", "pin")}))
@@ -152,8 +158,12 @@ def _wait_listening(ctx: zmq.Context, out: Path, name: str, proc: subprocess.Pop
 
 
 def _endpoints(params: RunParams, out: Path) -> tuple[str, Any]:
+    """The exporter's rpc endpoint and each service's control endpoint. tcp binds the rpc socket to
+    --bind (127.0.0.1 by default); control sockets stay on loopback whatever --bind says."""
     if params.transport == "tcp":
-        return "tcp://127.0.0.1:*", lambda name: "tcp://127.0.0.1:*"
+        host = params.bind_address
+        host = f"[{host}]" if ":" in host else host
+        return f"tcp://{host}:*", lambda name: "tcp://127.0.0.1:*"
     sock = out / "sock"
     sock.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(sock, 0o700)
@@ -167,8 +177,37 @@ def _endpoints(params: RunParams, out: Path) -> tuple[str, Any]:
             lambda name: transport.ipc_endpoint(str(sock / f"{short.get(name, name.replace('importer-', 'i'))}.ctl")))
 
 
+def write_credentials(params: RunParams, out: Path) -> None:
+    """Make the run's secret (and CURVE keys when the run uses CURVE) and write each service's
+    credentials file, 0600 in DIR/secrets (0700). Each importer gets its join token and the
+    export tokens of the buffers the scenario grants it, nothing else."""
+    if params.uses_curve and not security.curve_available():
+        raise DeployError(f"refusing to bind {params.bind_address} without CURVE: this libzmq has no "
+                          f"CURVE support (zmq.has('curve') is false)")
+    d = security.secrets_dir(out)
+    secret = secrets.token_bytes(32)
+    names = [f"importer-{n}" for n in range(1, params.importers + 1)]
+    exporter: dict[str, Any] = {"secret": secret.hex()}
+    clients: dict[str, tuple[str, str]] = {}
+    if params.uses_curve:
+        public, secret_key = security.keypair()
+        clients = {name: security.keypair() for name in names}
+        exporter["curve"] = {"public": public, "secret": secret_key,
+                             "clients": [pub for pub, _ in clients.values()]}
+    security.write_private(d / "exporter.json", exporter)
+    for name in names:
+        creds: dict[str, Any] = {
+            "join": capability.join_token(secret, name),
+            "exports": {str(b): capability.export_token(secret, b) for b in params.granted(name)}}
+        if name in clients:
+            creds["curve"] = {"server": exporter["curve"]["public"], "public": clients[name][0],
+                              "secret": clients[name][1]}
+        security.write_private(d / f"{name}.json", creds)
+
+
 def _exporter_argv(params: RunParams, out: Path, run_id: str, rpc: str, control: str, vram: int) -> list[str]:
     return ["-m", "exporter_svc", "--run-id", run_id, "--out", str(out), "--endpoint", rpc,
+            "--credentials", str(out / "secrets" / "exporter.json"),
             "--control", control, "--strategy", params.strategy,
             "--buffers", str(params.buffers), "--buffer-size", str(params.buffer_size),
             "--vram-size", str(vram), "--max-importers", str(params.importers),
@@ -180,7 +219,8 @@ def _exporter_argv(params: RunParams, out: Path, run_id: str, rpc: str, control:
 
 def _importer_argv(params: RunParams, out: Path, n: int, rpc: str, control: str, incarnation: int) -> list[str]:
     return ["-m", "importer_svc", "--name", f"importer-{n}", "--index", str(n), "--out", str(out),
-            "--exporter", rpc, "--control", control,
+            "--exporter", security.connect_endpoint(rpc), "--control", control,
+            "--credentials", str(out / "secrets" / f"importer-{n}.json"),
             "--strategy", params.strategy, "--seed", str(params.seed),
             "--queue-depth", str(params.queue_depth), "--dma-ms", str(params.dma_ms),
             "--think-ms", str(params.think_ms), "--write-ratio", str(params.write_ratio),
@@ -216,7 +256,12 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
     """Start the exporter, then the importers, each in the background; wait until each answers
     ping; write DIR/deploy.json. On failure stop whatever was started and raise DeployError."""
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployError(f"--out {out}: cannot make the run directory there ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DeployError(f"--out {out}: the run directory is not writable")
     if (out / "deploy.json").exists():
         old = Deployment.read(out)
         if any(procs.alive(s.pid, s.marker) for s in old.services):
@@ -228,6 +273,8 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
         shutil.rmtree(out / d, ignore_errors=True)
     run_id = secrets.token_hex(4)
     rpc, control_for = _endpoints(params, out)
+    shutil.rmtree(out / "secrets", ignore_errors=True)
+    write_credentials(params, out)
     vram, sys_size = heap_sizes(params.buffers, params.buffer_size, params.vram_size)
     ctx = zmq.Context()
     started: list[tuple[subprocess.Popen, str]] = []
@@ -263,6 +310,7 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
                 proc.wait()
             for name in shm.existing(run_id):
                 shm.unlink(name)
+            shutil.rmtree(out / "secrets", ignore_errors=True)
         raise
     finally:
         ctx.destroy(linger=0)
@@ -375,4 +423,5 @@ def down(out: Path, *, timeout_s: float = 5.0) -> DownReport:
         if shm.unlink(name):
             report.segments_removed.append(name)
     shutil.rmtree(out / "sock", ignore_errors=True)
+    shutil.rmtree(out / "secrets", ignore_errors=True)
     return report

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
+import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +53,35 @@ class RunParams:
     write_ratio: float = 0.5
     lease_ms: float = 500.0
     retry_ms: float = 100.0
+    bind: str | None = None          # tcp: the address the exporter binds (None: 127.0.0.1)
+    curve: bool | None = None        # tcp: CURVE on the importers' socket (None: when bound beyond loopback)
     faults: tuple[dict[str, Any], ...] = ()
+    grants: dict[str, list[int]] | None = None   # importer -> buffers it may attach (None: all to all)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["faults"] = [dict(f) for f in self.faults]
         return d
+
+    @property
+    def bind_address(self) -> str:
+        return self.bind or "127.0.0.1"
+
+    @property
+    def uses_curve(self) -> bool:
+        """tcp beyond loopback always; on loopback when asked."""
+        if self.transport != "tcp":
+            return False
+        return bool(self.curve) or not _is_loopback(self.bind_address)
+
+    def granted(self, importer: str) -> list[int]:
+        if self.grants is None:
+            return list(range(self.buffers))
+        return list(self.grants.get(importer, []))
+
+
+def _is_loopback(address: str) -> bool:
+    return address == "localhost" or ipaddress.ip_address(address).is_loopback
 
 
 def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
@@ -93,6 +119,28 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def _address(v: Any) -> str:
+    if not isinstance(v, str):
+        raise OptionError(f"must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0, got {v!r}")
+    if v == "localhost":
+        return v
+    try:
+        return str(ipaddress.ip_address(v.strip("[]")))
+    except ValueError:
+        raise OptionError(f"must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0, got {v!r}") from None
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise OptionError(f"must be true or false (on/off, yes/no), got {v!r}")
+
+
 def _size(lo: int, hi: int, multiple: int = 64) -> Callable[[Any], int]:
     def check(v: Any) -> int:
         try:
@@ -123,7 +171,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("duration", _float_range(0, 86400, open_lo=True), "seconds of workload", "S"),
     Option("seed", _int_range(0, 2**63 - 1), "seed of every random choice: the workloads and the fault schedule", "N"),
     Option("move_rate", _float_range(0, 10000), "moves per second the memory manager tries (0: none)", "R"),
-    Option("transport", _choice("ipc", "tcp"), "ipc: unix sockets inside the run directory; tcp: 127.0.0.1", "KIND"),
+    Option("transport", _choice("ipc", "tcp"), "ipc: unix sockets inside the run directory (mode 0700); tcp: see --bind", "KIND"),
+    Option("bind", _address, "tcp only: the address the exporter's socket binds; beyond loopback the run "
+                             "uses CURVE with keys made for the run (default: 127.0.0.1)", "ADDR"),
+    Option("curve", _bool, "tcp only: CURVE encryption and authentication of the importers' connections "
+                           "with keys made for the run (default: on when --bind is beyond loopback)", "on|off"),
     Option("hint_policy", _choice("optimistic", "conservative"), "unmap-hint only: what the unmap reply promises", "POLICY"),
     Option("ack_timeout_ms", _float_range(1, 600000), "how long a move waits for acks / move_notify returns", "MS"),
     Option("fence_timeout_ms", _float_range(1, 600000), "resv-fence: how long a move waits for fences before forcing them", "MS"),
@@ -135,7 +187,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("retry_ms", _float_range(1, 600000), "a request without a reply is sent again after this long", "MS"),
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
-SCENARIO_EXTRA_KEYS = {"name", "description", "faults"}
+SCENARIO_EXTRA_KEYS = {"name", "description", "faults", "grants"}
+_IMPORTER_NAME = re.compile(r"importer-[1-9][0-9]*", re.ASCII)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for o in OPTIONS:
         default = getattr(defaults, o.key)
         shown = format_size(default) if o.key.endswith("_size") and default else default
+        if o.key == "bind":
+            shown = "127.0.0.1"
         group.add_argument("--" + o.key.replace("_", "-"), dest=o.key, default=None, metavar=o.metavar,
                            help=f"{o.help} (default: {shown if shown is not None else 'auto'})")
     group.add_argument("--fault", dest="faults", action="append", default=None, metavar="KIND[:k=v,...]",
@@ -160,6 +215,8 @@ def load_scenario(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise OptionError(f"{path}: no such scenario file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"{path}: cannot read the scenario file ({exc.__class__.__name__}: {exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"{path}: not valid TOML: {exc}") from None
     for key, value in data.items():
@@ -168,6 +225,12 @@ def load_scenario(path: Path) -> dict[str, Any]:
         if key == "faults":
             if not isinstance(value, list) or not all(isinstance(f, dict) for f in value):
                 raise OptionError(f"{path}: 'faults' must be an array of tables: [[faults]]")
+        elif key == "grants":
+            if not isinstance(value, dict):
+                raise OptionError(f"{path}: 'grants' must be a table: [grants] importer-1 = [0, 1]")
+        elif key in ("name", "description"):
+            if not isinstance(value, str):
+                raise OptionError(f"{path}: key '{key}' must be a string, got {value!r}")
         elif isinstance(value, dict):
             raise OptionError(f"{path}: key '{key}' must be a value, not a table")
     return data
@@ -183,6 +246,8 @@ def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
                                      for i, f in enumerate(data.get("faults", [])))
         except faults.FaultError as exc:
             raise OptionError(str(exc)) from None
+        if "grants" in data:
+            values["grants"] = _grants(data["grants"], f"{scenario}: [grants]")
         for key, raw in data.items():
             if key in _BY_KEY:
                 try:
@@ -202,7 +267,26 @@ def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
                 raise OptionError(f"--{key.replace('_', '-')} {exc}") from None
     params = RunParams(**values)
     _check_together(params)
+    if params.grants is not None:
+        params = dataclasses.replace(params, grants={
+            name: list(range(params.buffers)) if buffers == "all" else list(buffers)
+            for name, buffers in params.grants.items()})
     return params
+
+
+def _grants(table: dict[str, Any], where: str) -> dict[str, list[int]]:
+    """importer-N = [buffer, ...] or "all"; checked against the run's size in _check_together."""
+    out: dict[str, list[int] | str] = {}
+    for name, value in table.items():
+        if not _IMPORTER_NAME.fullmatch(name):
+            raise OptionError(f"{where}: key '{name}' must be an importer name, importer-N")
+        if value == "all":
+            out[name] = "all"
+            continue
+        if not isinstance(value, list) or not all(type(b) is int for b in value):
+            raise OptionError(f"{where}: '{name}' must be a list of buffer numbers or \"all\", got {value!r}")
+        out[name] = sorted(set(value))
+    return out  # type: ignore[return-value]
 
 
 def _check_together(p: RunParams) -> None:
@@ -218,3 +302,33 @@ def _check_together(p: RunParams) -> None:
     if p.queue_depth > p.buffers:
         raise OptionError(f"queue_depth ({p.queue_depth}) cannot exceed buffers ({p.buffers}): "
                           f"each job in flight needs its own buffer")
+    if p.transport != "tcp" and p.bind is not None:
+        raise OptionError(f"bind ({p.bind}) applies to transport tcp only; transport is {p.transport}")
+    if p.transport != "tcp" and p.curve:
+        raise OptionError(f"curve applies to transport tcp only; transport is {p.transport}")
+    if p.transport == "tcp" and p.curve is False and not _is_loopback(p.bind_address):
+        raise OptionError(f"bind ({p.bind}) is beyond loopback: refusing to run without CURVE; "
+                          f"drop curve = off (dmabuf-emu makes the keys)")
+    if p.grants is not None:
+        for name, buffers in p.grants.items():
+            if int(name[9:]) > p.importers:
+                raise OptionError(f"grants: {name} does not exist (importers: {p.importers})")
+            bad = [b for b in buffers if buffers != "all" and not 0 <= b < p.buffers]
+            if bad:
+                raise OptionError(f"grants: {name} names buffer {bad[0]}; buffers are 0..{p.buffers - 1}")
+    _check_memory(p)
+
+
+def _check_memory(p: RunParams) -> None:
+    """The heaps are shared memory: more than /dev/shm can hold would fail mid-run (SIGBUS on the
+    first write to a page that cannot be backed), so refuse it now."""
+    vram = p.vram_size if p.vram_size is not None else max(1, p.buffers // 2) * p.buffer_size
+    total = vram + p.buffers * p.buffer_size + vram
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if total > free:
+        raise OptionError(f"buffers x buffer_size needs {format_size(total)} of shared memory (vram and sys "
+                          f"heaps) but /dev/shm has {format_size(free)} free: use fewer or smaller buffers")

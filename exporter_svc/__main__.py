@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retry-ms", type=float, default=100.0, help="resend an unanswered move_notify after this long")
     p.add_argument("--faults", default="", help="faults as a JSON list of canonical fault dicts (see runtime/faults.py)")
     p.add_argument("--seed", type=int, default=1, help="seeds the message faults' draws")
+    p.add_argument("--credentials", type=Path, default=None,
+                   help="JSON file of mode 0600 with the run's secret (and CURVE keys); default: make a "
+                        "secret and write it to OUT/secrets/exporter.json")
+    p.add_argument("--max-attachments", type=int, default=None, help="per importer (default: twice --buffers)")
+    p.add_argument("--max-mappings", type=int, default=256, help="per importer: mapped or waiting to be")
+    p.add_argument("--max-in-flight", type=int, default=128, help="per importer: maps waiting for the reservation lock")
     a = p.parse_args(argv)
     vram, sys_size = heap_sizes(a.buffers, a.buffer_size, a.vram_size)
     try:
@@ -49,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                         vram_size=vram, sys_size=sys_size, max_importers=a.max_importers,
                         move_rate=a.move_rate, ack_timeout_s=a.ack_timeout_ms / 1000,
                         fence_timeout_s=a.fence_timeout_ms / 1000, hint_policy=a.hint_policy,
-                        lease_s=a.lease_ms / 1000, retry_s=a.retry_ms / 1000, faults=faults, seed=a.seed)
+                        lease_s=a.lease_ms / 1000, retry_s=a.retry_ms / 1000, faults=faults, seed=a.seed,
+                        credentials=a.credentials, max_attachments=a.max_attachments,
+                        max_mappings=a.max_mappings, max_in_flight=a.max_in_flight)
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:

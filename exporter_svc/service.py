@@ -6,11 +6,18 @@ Below the protocol: requests are served once per (peer, id) and answered again f
 (runtime/reliable.py), move_notify is resent until answered, the importers' leases are checked
 every lease/4 (after reading whatever they sent meanwhile), message faults act on what we send,
 and at stop every buffer's final bytes are summarised (`final_content`) for the checker.
+
+Security (runtime/security.py): the run's secret, which keys every token, comes from the
+credentials file (mode 0600) that dmabuf-emu wrote; run by hand without one, the exporter makes a
+secret and writes DIR/secrets/exporter.json itself. A tcp endpoint beyond loopback is refused
+unless the credentials carry CURVE keys; with them the rpc socket is a CURVE server whose ZAP
+handler, served from this loop, admits only the importers' keys.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,7 @@ from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, Publ
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig
 from protocol.heap import LINE
 from protocol.strategies import get as get_strategy
-from runtime import memory, shm, transport
+from runtime import memory, security, shm, transport
 from runtime.fences import FenceTable, table_bytes
 from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
@@ -53,6 +60,31 @@ class ExporterArgs:
     retry_s: float = 0.1
     faults: tuple[dict[str, Any], ...] = ()
     seed: int = 1
+    credentials: Path | None = None     # DIR/secrets/exporter.json (see runtime/security.py)
+    max_attachments: int | None = None  # per importer; default: twice the buffers
+    max_mappings: int = 256             # per importer
+    max_in_flight: int = 128            # per importer
+
+
+def load_credentials(args: ExporterArgs) -> tuple[bytes, dict[str, Any] | None]:
+    """The run's secret and CURVE keys; refuses a tcp endpoint beyond loopback without CURVE.
+    Raises ValueError (one line) before anything is created."""
+    if args.credentials is not None:
+        data = security.read_private(args.credentials)
+        try:
+            secret = bytes.fromhex(data["secret"])
+        except (KeyError, TypeError, ValueError):
+            raise security.CredentialsError(f"{args.credentials}: 'secret' must be hex") from None
+        curve = data.get("curve")
+    else:
+        secret, curve = secrets.token_bytes(32), None
+        security.write_private(security.secrets_dir(args.out) / "exporter.json", {"secret": secret.hex()})
+    if not security.is_local_endpoint(args.endpoint) and curve is None:
+        raise ValueError(f"refusing to serve {args.endpoint} beyond loopback without CURVE keys "
+                         f"(credentials with a 'curve' section: dmabuf-emu makes them for --bind)")
+    if curve is not None and not security.curve_available():
+        raise ValueError("CURVE keys given but this libzmq has no CURVE support")
+    return secret, curve
 
 
 @dataclass
@@ -63,6 +95,7 @@ class _Copy:
 
 class ExporterService(ServiceShell):
     def __init__(self, args: ExporterArgs) -> None:
+        secret, curve = load_credentials(args)
         super().__init__("exporter", args.out, args.control)
         self.args = args
         self.segments: dict[str, Any] = {}
@@ -86,8 +119,18 @@ class ExporterService(ServiceShell):
                    HeapConfig("sys", self.segments["sys"].name, args.sys_size)),
             fences_shm=self.segments["fences"].name, fence_slots=slots,
             ack_timeout_s=args.ack_timeout_s, fence_timeout_s=args.fence_timeout_s,
-            hint_policy=args.hint_policy, lease_s=args.lease_s))
-        self.rpc, self.rpc_endpoint = transport.router(self.ctx, args.endpoint, handover=True)
+            hint_policy=args.hint_policy, lease_s=args.lease_s, secret=secret,
+            max_attachments=args.max_attachments or max(64, 2 * args.buffers),
+            max_mappings=args.max_mappings, max_in_flight=args.max_in_flight))
+        self.curve = curve is not None
+        if curve is not None:
+            # The ZAP handler first: libzmq asks it about every CURVE handshake on the rpc socket.
+            self.zap = security.ZapHandler(self.ctx, list(curve.get("clients", [])),
+                                           lambda **f: self.log.emit("curve_auth", **f))
+            self.loop.add_reader(self.zap.sock, self.zap.handle)
+        self.rpc, self.rpc_endpoint = transport.router(
+            self.ctx, args.endpoint, handover=True,
+            secure=security.curve_server(curve) if curve is not None else None)
         self.replies = ReplyCache()
         self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_s,
                                        max_backoff_s=args.lease_s / 2, give_up_s=2 * args.lease_s)
@@ -111,7 +154,10 @@ class ExporterService(ServiceShell):
                       heaps={h: {"shm": self.segments[h].name, "size": self.views[h].size} for h in self.views},
                       fences_shm=self.segments["fences"].name, buffers=self.args.buffers,
                       buffer_size=self.args.buffer_size, move_rate=self.args.move_rate,
-                      endpoint=self.rpc_endpoint)
+                      endpoint=self.rpc_endpoint, curve=self.curve,
+                      limits={"attachments": self.engine.config.max_attachments,
+                              "mappings": self.engine.config.max_mappings,
+                              "in_flight": self.engine.config.max_in_flight})
         self.perform(self.engine.boot(now_ns()))
         self.state = "ready"
         self.loop.call_later(self.args.lease_s / 4, self._check_leases)

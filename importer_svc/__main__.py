@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="heartbeat lease: the device stops all DMA 0.8 lease after its last answered request")
     p.add_argument("--retry-ms", type=float, default=100.0, help="resend an unanswered request after this long")
     p.add_argument("--faults", default="", help="faults as a JSON list of canonical fault dicts (see runtime/faults.py)")
+    p.add_argument("--credentials", type=Path, default=None,
+                   help="JSON file of mode 0600 with this importer's join token, export tokens and CURVE "
+                        "keys (dmabuf-emu writes OUT/secrets/NAME.json); without it hello is refused")
     p.add_argument("--incarnation", type=int, default=0,
                    help="0 for the first start, n for the n-th restart: keeps request and job ids unique")
     a = p.parse_args(argv)
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ImporterArgs(name=a.name, index=a.index, out=a.out, exporter=a.exporter, control=a.control,
                         strategy=a.strategy, seed=a.seed, chunk_ms=a.chunk_ms,
                         lease_ms=a.lease_ms, retry_ms=a.retry_ms, faults=faults, incarnation=a.incarnation,
+                        credentials=a.credentials,
                         workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio))
     try:
         service = ImporterService(args)

@@ -10,6 +10,11 @@ Below the protocol, the shell makes the connection reliable and keeps the device
 - an exporter that has not answered for two leases is lost: DMA stops, the service exits 4;
 - message faults act on what we send (runtime/msgfaults.py), device faults on what the device
   does (importer_svc/device_faults.py), each application a `fault` event.
+
+Capabilities come from the credentials file dmabuf-emu wrote for this importer (mode 0600,
+runtime/security.py): its join token, the export tokens of the buffers it was granted, and, on a
+CURVE run, its client keys. Without one it can join nothing. It refuses to send its tokens to a
+tcp endpoint beyond loopback without CURVE.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from protocol.importer import Importer, ImporterFatal
 from protocol.lease import ImporterLease
 from protocol.strategies import get as get_strategy
 from protocol.machine import TransitionError
-from runtime import memory, shm, transport
+from runtime import memory, security, shm, transport
 from runtime.fences import KERNEL_SLOT, FenceTable
 from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
@@ -64,16 +69,35 @@ class ImporterArgs:
     retry_ms: float = 100.0
     faults: tuple[dict[str, Any], ...] = ()
     incarnation: int = 0
+    credentials: Path | None = None
+
+
+def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str, Any] | None]:
+    """(join token, buffer -> export token, CURVE keys or None). Raises ValueError (one line)."""
+    data = security.read_private(args.credentials) if args.credentials is not None else {}
+    try:
+        join = data.get("join", "")
+        exports = {int(b): t for b, t in data.get("exports", {}).items()}
+        if not isinstance(join, str) or not all(isinstance(t, str) for t in exports.values()):
+            raise TypeError("tokens must be strings")
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise security.CredentialsError(f"{args.credentials}: bad tokens ({exc})") from None
+    curve = data.get("curve")
+    if not security.is_local_endpoint(args.exporter) and curve is None:
+        raise ValueError(f"refusing to send tokens to {args.exporter} beyond loopback without CURVE keys")
+    return join, exports, curve
 
 
 class ImporterService(ServiceShell):
     def __init__(self, args: ImporterArgs) -> None:
+        join, exports, curve = load_credentials(args)
         super().__init__(args.name, args.out, args.control)
         self.args = args
         self.id_base = args.incarnation << INCARNATION_ID_SHIFT
         self.engine = Importer(get_strategy(args.strategy).IMPORTER, args.name, os.getpid(),
-                               first_id=self.id_base + 1)
-        self.dealer = transport.dealer(self.ctx, args.exporter, identity=args.name.encode())
+                               first_id=self.id_base + 1, join_token=join, export_tokens=exports)
+        self.dealer = transport.dealer(self.ctx, args.exporter, identity=args.name.encode(),
+                                       secure=security.curve_client(curve) if curve is not None else None)
         self.loop.add_reader(self.dealer, self._on_dealer)
         self.iommu = IommuTable()
         self.dma = DmaEngine(self.loop, self.log, self.iommu, args.index, self._dma_done, args.chunk_ms,
@@ -111,7 +135,7 @@ class ImporterService(ServiceShell):
 
     def run(self) -> int:
         self.log.emit("service_start", index=self.args.index, strategy=self.args.strategy,
-                      endpoint=self.args.exporter)
+                      endpoint=self.args.exporter, granted=sorted(self.engine.export_tokens))
         self.publish_endpoints()
         self._call(lambda: self.engine.start(now_ns()))
         self._last_tick = now_ns()

@@ -12,6 +12,15 @@ Rules of this file:
   freed range to the next allocation at once (protocol/heap.py), so a late access hits reused memory.
 - Handles (attachments) are checked on every request: unknown -> no_such_attachment, another
   importer's -> access_denied. A request that cannot be served changes nothing.
+- Capabilities (protocol/capability.py): hello presents the join token of its name, attach the
+  buffer's export token, map/unmap/pin/unpin/detach the attachment token the attach reply handed
+  out, which is bound to the connection (peer) and the attachment. A wrong, forged or replayed
+  token is access_denied with an `access_denied` event, and changes nothing. The secret that
+  keys them comes in with the config: nothing here draws a random number.
+- Limits, per importer: attachments held (`max_attachments`), mappings held or waiting
+  (`max_mappings`), maps waiting for the reservation lock (`max_in_flight`, the only requests
+  that stay unanswered). Past a limit a request is answered `busy` (a `busy` event) and changes
+  nothing: backpressure instead of unbounded tables.
 - Leases: every message from an importer renews its lease; one silent for `lease_s` is lost: its
   attachments are revoked, its pins dropped, its fences completed with an error. A hello under a
   known name replaces the previous incarnation the same way (a restart, or a rejoin after the
@@ -38,6 +47,7 @@ from typing import Any, Callable, Hashable, Mapping
 from protocol.actions import (Action, CancelTimer, CopyBuffer, Emit, ForceCompleteFences,
                               PublishKernelFence, Send, SignalKernelFence, StampBuffer,
                               StartTimer, WaitFences)
+from protocol import capability
 from protocol.fence import Usage
 from protocol.heap import HeapFull, RangeAllocator
 from protocol.machine import ANY, SAME, Rule, TransitionError, choose
@@ -148,6 +158,10 @@ class ExporterConfig:
     hint_policy: str = "optimistic"
     max_moves_in_flight: int = 2
     lease_s: float = 0.5
+    secret: bytes = b""              # keys the tokens (protocol/capability.py); at least 16 bytes
+    max_attachments: int = 8192      # per importer
+    max_mappings: int = 256          # per importer: mapped, or waiting to be
+    max_in_flight: int = 128         # per importer: requests not answered yet (maps waiting for the lock)
 
 
 @dataclass
@@ -159,6 +173,8 @@ class _Importer:
     alive: bool = True
     attachments: set[int] = field(default_factory=set)
     last_seen: int = 0
+    mapped: set[int] = field(default_factory=set)     # its attachments that are mapped
+    waiting: set[int] = field(default_factory=set)    # its attachments with a deferred map
 
 
 @dataclass
@@ -214,6 +230,9 @@ class Exporter:
     """One exporter's protocol state. Not thread-safe: the shell calls it from its one loop."""
 
     def __init__(self, spec: ExporterSpec, config: ExporterConfig) -> None:
+        if len(config.secret) < capability.MIN_SECRET:
+            raise ValueError(f"the exporter's secret must be at least {capability.MIN_SECRET} bytes, "
+                             f"got {len(config.secret)}")
         self.spec = spec
         self.config = config
         self._heaps = {h.name: RangeAllocator(h.name, h.size) for h in config.heaps}
@@ -384,7 +403,10 @@ class Exporter:
         self._send(peer, ok_reply(msg))
 
     def _on_hello(self, peer: bytes, msg: Hello, now: int) -> None:
-        """Join: requires the strategy to match; a name that left or died may come back."""
+        """Join: requires the name's join token and the strategy to match; a name that left or
+        died may come back."""
+        if not capability.matches(msg.token, capability.join_token(self.config.secret, msg.name)):
+            self._deny(peer, "hello", "bad join token", name=msg.name[:64])
         if msg.strategy != self.spec.strategy:
             raise ProtocolError(ErrorCode.BAD_STATE, f"hello: this exporter runs strategy '{self.spec.strategy}', not '{msg.strategy}'")
         same_peer = self._by_peer.get(peer)
@@ -425,6 +447,10 @@ class Exporter:
         """dma_buf_attach. A static importer's attach pins the buffer (pin_on_attach)."""
         imp = self._importer(peer)
         buf = self._buffer(msg.buffer, "attach")
+        if not capability.matches(msg.token, capability.export_token(self.config.secret, buf.id)):
+            self._deny(peer, "attach", "bad export token", buffer=buf.id)
+        if len(imp.attachments) >= self.config.max_attachments:
+            self._busy(imp, "attach", "attachments", len(imp.attachments), self.config.max_attachments)
         att = _Attachment(self._next_attachment, buf.id, imp.slot)
         self._next_attachment += 1
         self._attachments[att.id] = att
@@ -435,12 +461,13 @@ class Exporter:
             att.pins += 1
             buf.pins += 1
             self._emit("pin", importer=imp.name, buffer=buf.id, attachment=att.id, pins=buf.pins)
-        self._send(peer, AttachReply(id=msg.id, attachment=att.id, buffer=buf.id, size=buf.size))
+        self._send(peer, AttachReply(id=msg.id, attachment=att.id, buffer=buf.id, size=buf.size,
+                                     token=capability.attachment_token(self.config.secret, att.id, peer)))
 
     def _on_detach(self, peer: bytes, msg: Detach, now: int) -> None:
         """dma_buf_detach. Requires the attachment unmapped; drops the pins attach took."""
         imp = self._importer(peer)
-        att = self._attachment(peer, msg.attachment, "detach")
+        att = self._attachment(peer, msg.attachment, "detach", msg.token)
         if att.mapped:
             raise ProtocolError(ErrorCode.BAD_STATE, f"detach: attachment {att.id} is still mapped; unmap it first")
         self._send(peer, ok_reply(msg))
@@ -450,19 +477,25 @@ class Exporter:
     def _on_map(self, peer: bytes, msg: Map, now: int) -> None:
         """dma_buf_map_attachment. What it may do while the buffer moves is the table's
         (state, MAP) row: serve the current placement, or wait (DEFER_MAP)."""
-        att = self._attachment(peer, msg.attachment, "map")
-        if att.mapped or any(p == peer and m.attachment == att.id for p, m, _ in self._buffers[att.buffer].deferred):
+        att = self._attachment(peer, msg.attachment, "map", msg.token)
+        imp = self._importers[att.slot]
+        if att.mapped or att.id in imp.waiting:
             raise ProtocolError(ErrorCode.BAD_STATE, f"map: attachment {att.id} is already mapped")
+        if len(imp.mapped) + len(imp.waiting) >= self.config.max_mappings:
+            self._busy(imp, "map", "mappings", len(imp.mapped) + len(imp.waiting), self.config.max_mappings)
+        if len(imp.waiting) >= self.config.max_in_flight:
+            self._busy(imp, "map", "in_flight", len(imp.waiting), self.config.max_in_flight)
         self._dispatch(self._buffers[att.buffer], MoveEvent.MAP, now, peer=peer, request=msg, since=now)
 
     def _on_unmap(self, peer: bytes, msg: Unmap, now: int) -> None:
         """dma_buf_unmap_attachment. The reply may carry the strategy's hint (`will_move`)."""
-        att = self._attachment(peer, msg.attachment, "unmap")
+        att = self._attachment(peer, msg.attachment, "unmap", msg.token)
         if not att.mapped:
             raise ProtocolError(ErrorCode.BAD_STATE, f"unmap: attachment {att.id} is not mapped")
         buf = self._buffers[att.buffer]
         att.mapped = False
         buf.mapped.discard(att.id)
+        self._importers[att.slot].mapped.discard(att.id)
         hint: dict[str, bool] = {"will_move": False}
         self._dispatch(buf, MoveEvent.UNMAP, now, hint=hint)
         self._send(peer, UnmapReply(id=msg.id, will_move=hint["will_move"]))
@@ -473,7 +506,7 @@ class Exporter:
 
     def _on_pin(self, peer: bytes, msg: Pin, now: int) -> None:
         """dma_buf_pin: a pinned buffer is never moved (the tables refuse on Guard.PINNED)."""
-        att = self._attachment(peer, msg.attachment, "pin")
+        att = self._attachment(peer, msg.attachment, "pin", msg.token)
         buf = self._buffers[att.buffer]
         att.pins += 1
         buf.pins += 1
@@ -481,7 +514,7 @@ class Exporter:
         self._send(peer, PinReply(id=msg.id, pins=buf.pins))
 
     def _on_unpin(self, peer: bytes, msg: Unpin, now: int) -> None:
-        att = self._attachment(peer, msg.attachment, "unpin")
+        att = self._attachment(peer, msg.attachment, "unpin", msg.token)
         if att.pins == 0:
             raise ProtocolError(ErrorCode.BAD_STATE, f"unpin: attachment {att.id} holds no pin")
         buf = self._buffers[att.buffer]
@@ -493,7 +526,7 @@ class Exporter:
     def _on_ack(self, peer: bytes, msg: Ack, now: int) -> None:
         """The importer no longer uses the old placement. A late or repeated ack is answered
         ok and changes nothing (acks are idempotent)."""
-        att = self._attachment(peer, msg.attachment, "ack")
+        att = self._attachment(peer, msg.attachment, "ack", None)
         self._send(peer, ok_reply(msg))
         move = self._moves.get(msg.move)
         current = move is not None and move.buffer == att.buffer and att.id in move.waiting
@@ -710,6 +743,8 @@ class Exporter:
 
     def _step_defer_map(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
         buf.deferred.append((ctx["peer"], ctx["request"], ctx["since"]))
+        att = self._attachments[ctx["request"].attachment]
+        self._importers[att.slot].waiting.add(att.id)
 
     def _step_serve_deferred_maps(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
         waiting, buf.deferred = buf.deferred, []
@@ -717,6 +752,7 @@ class Exporter:
             att = self._attachments.get(request.attachment)
             if att is None or self._importers[att.slot].peer != peer:
                 continue  # detached or revoked while waiting: nothing to answer
+            self._importers[att.slot].waiting.discard(att.id)
             self._serve_map(buf, peer, request, since, now)
 
     def _step_hint_will_move(self, rule: Rule, buf: _Buffer, now: int, ctx: dict[str, Any]) -> None:
@@ -732,6 +768,7 @@ class Exporter:
         att = self._attachments[request.attachment]
         att.mapped = True
         buf.mapped.add(att.id)
+        self._importers[att.slot].mapped.add(att.id)
         self._clock += 1
         buf.lru = self._clock
         moved = att.last_gen is not None and att.last_gen != buf.placement.gen
@@ -757,6 +794,7 @@ class Exporter:
         if att.mapped:
             att.mapped = False
             buf.mapped.discard(att.id)
+            imp.mapped.discard(att.id)
         self._drop_attachment(att, now)
         if not buf.mapped:
             self._post(buf, MoveEvent.LAST_UNMAP, now)
@@ -773,6 +811,8 @@ class Exporter:
                                         message=f"map: attachment {att.id} was revoked or detached while the map waited"))
         buf.deferred = [d for d in buf.deferred if d[1].attachment != att.id]
         self._importers[att.slot].attachments.discard(att.id)
+        self._importers[att.slot].waiting.discard(att.id)
+        self._importers[att.slot].mapped.discard(att.id)
         del self._attachments[att.id]
         if buf.move is not None and att.id in buf.move.waiting:
             self._notification_done(buf.move, att.id, now)
@@ -816,14 +856,31 @@ class Exporter:
             raise ProtocolError(ErrorCode.NO_SUCH_BUFFER, f"{op}: no buffer {buffer} (this exporter has buffers 0..{len(self._buffers) - 1})")
         return buf
 
-    def _attachment(self, peer: bytes, att_id: int, op: str) -> _Attachment:
+    def _attachment(self, peer: bytes, att_id: int, op: str, token: str | None) -> _Attachment:
+        """The attachment `att_id` of the importer on `peer`, if `token` is its attachment token
+        (None: an op that needs no token, ack)."""
         imp = self._importer(peer)
         att = self._attachments.get(att_id)
         if att is None:
             raise ProtocolError(ErrorCode.NO_SUCH_ATTACHMENT, f"{op}: no attachment {att_id}")
         if att.slot != imp.slot:
-            raise ProtocolError(ErrorCode.ACCESS_DENIED, f"{op}: attachment {att_id} belongs to another importer")
+            self._deny(peer, op, "another importer's attachment", attachment=att_id)
+        if token is not None and not capability.matches(
+                token, capability.attachment_token(self.config.secret, att_id, peer)):
+            self._deny(peer, op, "bad attachment token", attachment=att_id)
         return att
+
+    def _deny(self, peer: bytes, op: str, reason: str, **fields: Any) -> None:
+        """Refuse a request for a capability it does not hold: an event, then access_denied."""
+        self._emit("access_denied", op=op, peer=self._peer_label(peer), reason=reason, **fields)
+        what = " ".join(f"{k} {v}" for k, v in fields.items())
+        raise ProtocolError(ErrorCode.ACCESS_DENIED, f"{op}: {reason}" + (f" ({what})" if what else ""))
+
+    def _busy(self, imp: _Importer, op: str, what: str, count: int, limit: int) -> None:
+        """Refuse a request past a per-importer limit: an event, then busy (backpressure)."""
+        self._emit("busy", op=op, importer=imp.name, limit=what, count=count, max=limit)
+        raise ProtocolError(ErrorCode.BUSY, f"{op}: {imp.name} holds {count} {what.replace('_', ' ')} "
+                                            f"(limit {limit}); try again later")
 
     def _touch(self, peer: bytes, now: int) -> None:
         imp = self._by_peer.get(peer)
@@ -836,6 +893,11 @@ class Exporter:
     def _peer_name(self, peer: bytes) -> str:
         imp = self._by_peer.get(peer)
         return imp.name if imp else "?"
+
+    def _peer_label(self, peer: bytes) -> str:
+        """The importer's name, or `?` and the routing id in hex for a peer that has not joined."""
+        imp = self._by_peer.get(peer)
+        return imp.name if imp is not None and imp.alive else "?" + peer.hex()[:64]
 
     def _new_request_id(self) -> int:
         rid = self._next_request

@@ -14,6 +14,10 @@ Rules of this file:
   randomness: which buffer a job uses and when is the shell's workload's business.
 - Request ids start at `first_id`: a restarted importer (same name, same routing id) must not
   reuse its previous incarnation's ids, which the exporter's duplicate filter still remembers.
+- Capabilities (protocol/capability.py): hello carries the join token, attach the buffer's export
+  token, and every later request on an attachment the attachment token its attach reply handed
+  out. The importer attaches exactly the buffers it holds export tokens for (its grants), and
+  says nothing about the others.
 - reset() forgets everything and says hello again: the shell calls it when the importer's lease
   ran out (the exporter has revoked or will revoke all it held) and when the exporter answers
   no_such_importer (it already has). The shell stops the device's DMA before calling it.
@@ -133,15 +137,21 @@ class _Att:
     fence_seq: int = 0
     reused: bool = False
     notified_gen: int = 0    # highest generation announced moving while this job's map was out
+    token: str = ""          # the attachment token from the attach reply
 
 
 class Importer:
     """One importer's protocol state. Not thread-safe: the shell calls it from its one loop."""
 
-    def __init__(self, spec: ImporterSpec, name: str, pid: int, first_id: int = 1) -> None:
+    def __init__(self, spec: ImporterSpec, name: str, pid: int, first_id: int = 1, *,
+                 join_token: str = "", export_tokens: Mapping[int, str] | None = None) -> None:
+        """join_token: this name's join token; export_tokens: buffer -> export token, the buffers
+        this importer was granted (it attaches those, and only those)."""
         self.spec = spec
         self.name = name
         self.pid = pid
+        self.join_token = join_token
+        self.export_tokens = dict(export_tokens or {})
         self.slot = 0
         self._atts: dict[int, _Att] = {}            # by buffer
         self._by_id: dict[int, _Att] = {}           # by attachment id
@@ -156,7 +166,8 @@ class Importer:
 
     def start(self, now: int) -> list[Action]:
         """Say hello. Requires: called once, first."""
-        self._request(Hello(id=self._new_id(), name=self.name, pid=self.pid, strategy=self.spec.strategy), None, now)
+        self._request(Hello(id=self._new_id(), name=self.name, pid=self.pid, strategy=self.spec.strategy,
+                            token=self.join_token), None, now)
         return self._take()
 
     def reset(self, now: int, reason: str) -> list[Action]:
@@ -283,17 +294,19 @@ class Importer:
         self._out.append(Joined(reply.slot, tuple((h.name, h.shm, h.size) for h in reply.heaps),
                                 reply.fences_shm, reply.fence_slots,
                                 tuple((b.buffer, b.size) for b in reply.buffers)))
-        for info in reply.buffers:
+        granted = [info for info in reply.buffers if info.buffer in self.export_tokens]
+        for info in granted:
             self._atts[info.buffer] = _Att(info.buffer, info.size)
-            self._request(Attach(id=self._new_id(), buffer=info.buffer), info.buffer, now)
-        if not reply.buffers:
+            self._request(Attach(id=self._new_id(), buffer=info.buffer, token=self.export_tokens[info.buffer]),
+                          info.buffer, now)
+        if not granted:
             self._out.append(Ready())
 
     def _on_attach_reply(self, reply: Message, buffer: int | None, latency: int, now: int) -> None:
         att = self._atts[buffer]  # type: ignore[index]
         if not isinstance(reply, AttachReply):
             raise _Fatal(f"the exporter refused to attach buffer {buffer}: {_describe(reply)}")
-        att.id, att.state = reply.attachment, AttState.IDLE
+        att.id, att.state, att.token = reply.attachment, AttState.IDLE, reply.token
         self._by_id[att.id] = att
         self._emit("attach", id=reply.id, buffer=buffer, attachment=att.id, latency_ns=latency)
         if all(a.state is not AttState.ATTACHING for a in self._atts.values()):
@@ -375,7 +388,7 @@ class Importer:
         raise AssertionError(guard)
 
     def _step_send_map(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._request(Map(id=self._new_id(), attachment=att.id), att.buffer, now)
+        self._request(Map(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
 
     def _step_program_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         placement = att.map_reply.placement  # type: ignore[union-attr]
@@ -405,7 +418,7 @@ class Importer:
         self._start_dma(att, ctx, fenced=True)
 
     def _step_send_unmap(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._request(Unmap(id=self._new_id(), attachment=att.id), att.buffer, now)
+        self._request(Unmap(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
 
     def _step_finish_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._end_job(att, ok=True, reason="")
@@ -478,7 +491,7 @@ class Importer:
                 if att.iommu is not None:
                     self._teardown(att)
                 att.state = AttState.DETACHING
-                self._request(Detach(id=self._new_id(), attachment=att.id), att.buffer, now)
+                self._request(Detach(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
         if all(a.state in (AttState.DETACHED, AttState.REVOKED) for a in self._atts.values()) \
                 and not any(op == "bye" for op, _, _ in self._pending.values()):
             self._request(Bye(id=self._new_id()), None, now)

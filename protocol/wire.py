@@ -41,8 +41,8 @@ class ErrorCode:
     NO_SUCH_ATTACHMENT = "no_such_attachment"
     NO_SUCH_IMPORTER = "no_such_importer"  # a buffer op before hello
     BAD_STATE = "bad_state"            # the op is not allowed in the object's current state
-    ACCESS_DENIED = "access_denied"    # the handle belongs to another importer
-    BUSY = "busy"                      # backpressure
+    ACCESS_DENIED = "access_denied"    # a wrong, forged or replayed token, or another importer's handle
+    BUSY = "busy"                      # backpressure: a per-importer limit is reached; try again later
     INTERNAL = "internal"              # a bug on our side; the service keeps serving
 
 
@@ -103,10 +103,13 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
+    """`token`: the join token for `name` (protocol/capability.py), handed out by dmabuf-emu."""
+
     OP = "hello"
     name: str
     pid: int
     strategy: str
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +119,18 @@ class Bye(Message):
 
 @dataclass(frozen=True, slots=True)
 class Attach(Message):
+    """`token`: the buffer's export token: the capability a dma-buf fd is."""
+
     OP = "attach"
     buffer: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
 class Detach(Message):
     OP = "detach"
     attachment: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,24 +139,28 @@ class Map(Message):
 
     OP = "map"
     attachment: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
 class Unmap(Message):
     OP = "unmap"
     attachment: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
 class Pin(Message):
     OP = "pin"
     attachment: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
 class Unpin(Message):
     OP = "unpin"
     attachment: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,11 +260,15 @@ class HelloReply(Message):
 
 @dataclass(frozen=True, slots=True)
 class AttachReply(Message):
+    """`token`: the attachment token, bound to this connection; map, unmap, pin, unpin and detach
+    of the attachment must present it."""
+
     OP = "attach"
     REPLY = True
     attachment: int
     buffer: int
     size: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ the fault's position in the list and the service's name: the same seed gives the
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MESSAGE_KINDS = ("delay", "drop", "dup", "reorder")
@@ -83,6 +84,9 @@ def _number(where: str, key: str, value: Any, lo: float = 0.0, hi: float = 1e9) 
     return f
 
 
+_IMPORTER = re.compile(r"importer-[1-9][0-9]*", re.ASCII)
+
+
 def canonical(raw: dict[str, Any], *, where: str = "fault") -> dict[str, Any]:
     """Check a fault and fill in its defaults. Raises FaultError naming the key."""
     kind = raw.get("kind")
@@ -96,8 +100,7 @@ def canonical(raw: dict[str, Any], *, where: str = "fault") -> dict[str, Any]:
             raise FaultError(f"{where}: unknown key '{key}' (known: {', '.join(known)})")
     out: dict[str, Any] = {"kind": kind}
     target = str(raw.get("target", "importers"))
-    if target not in ("importers", "exporter") and not (
-            target.startswith("importer-") and target[9:].isdigit() and int(target[9:]) >= 1):
+    if target not in ("importers", "exporter") and not _IMPORTER.fullmatch(target):
         raise FaultError(f"{where}: 'target' must be importer-N, importers or exporter, got {target!r}")
     if target == "exporter" and kind in DEVICE_KINDS + ("restart",):
         raise FaultError(f"{where}: a {kind} fault needs an importer target, not the exporter")
@@ -111,7 +114,7 @@ def canonical(raw: dict[str, Any], *, where: str = "fault") -> dict[str, Any]:
         raise FaultError(f"{where}: 'op' only applies to message faults")
     if op is not None:
         from protocol.wire import ALL_OPS
-        if op not in ALL_OPS:
+        if not isinstance(op, str) or op not in ALL_OPS:
             raise FaultError(f"{where}: 'op' must be one of {', '.join(sorted(ALL_OPS))}, got {op!r}")
     out["op"] = op
     for key, default in own.items():

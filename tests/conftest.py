@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import shm
+from runtime import security, shm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,15 +40,20 @@ def short_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def live_exporter(short_dir: Path):
-    """A real exporter process (strategy pin, room for 2 importers) and its endpoints."""
+    """A real exporter process (strategy pin, room for 2 importers) and its endpoints; `secret`
+    keys its tokens (protocol/capability.py)."""
     run_id = uuid.uuid4().hex[:8]
+    secret = uuid.uuid4().bytes + uuid.uuid4().bytes
+    creds = security.secrets_dir(short_dir) / "exporter.json"
+    security.write_private(creds, {"secret": secret.hex()})
     cmd = [sys.executable, "-m", "exporter_svc", "--run-id", run_id, "--out", str(short_dir),
            "--endpoint", f"ipc://{short_dir}/e.rpc", "--control", f"ipc://{short_dir}/e.ctl",
-           "--strategy", "pin", "--buffers", "4", "--buffer-size", "64KiB", "--max-importers", "2"]
+           "--strategy", "pin", "--buffers", "4", "--buffer-size", "64KiB", "--max-importers", "2",
+           "--credentials", str(creds)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         info = wait_for_file(short_dir / "run" / "exporter.json", proc)
-        yield {"proc": proc, "run_id": run_id, "dir": short_dir, **info}
+        yield {"proc": proc, "run_id": run_id, "dir": short_dir, "secret": secret, **info}
     finally:
         proc.terminate()
         try:

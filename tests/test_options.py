@@ -31,6 +31,16 @@ def test_flags_override_the_scenario_which_overrides_defaults(tmp_path: Path) ->
     ("[workload]\nx = 1\n", "unknown key 'workload'"),
     ("duration = -1\n", "key 'duration' must be a number > 0"),
     ("write_ratio = 1.5\n", "key 'write_ratio'"),
+    ('bind = "nowhere"\n', "key 'bind' must be an IP address"),
+    ("bind = 1\n", "key 'bind' must be an IP address"),
+    ('curve = "maybe"\n', "key 'curve' must be true or false"),
+    ("grants = 1\n", "'grants' must be a table"),
+    ('[grants]\nmallory = [0]\n', "key 'mallory' must be an importer name"),
+    ('[grants]\nimporter-1 = "some"\n', "'importer-1' must be a list of buffer numbers"),
+    ('[grants]\nimporter-1 = [0, "1"]\n', "'importer-1' must be a list of buffer numbers"),
+    ("name = 3\n", "key 'name' must be a string"),
+    ("[[faults]]\nkind = \"delay\"\nop = [\"map\"]\n", "'op' must be one of"),
+    ("[[faults]]\nkind = \"kill\"\ntarget = \"importer-\u00b2\"\n", "'target' must be importer-N"),
 ])
 def test_bad_scenario_gets_one_line_naming_the_key(tmp_path: Path, text: str, words: str) -> None:
     sc = tmp_path / "bad.toml"
@@ -74,3 +84,49 @@ def test_faults_from_a_scenario_and_from_flags(tmp_path: Path) -> None:
         resolve(None, {"faults": ["kill:target=importer-9,at=1"]})
     with pytest.raises(OptionError, match="not within the run"):
         resolve(None, {"faults": ["kill:at=5"], "duration": "3"})
+
+
+def test_transport_security_options() -> None:
+    assert resolve(None, {}).uses_curve is False
+    assert resolve(None, {"transport": "tcp"}).bind_address == "127.0.0.1"
+    assert resolve(None, {"transport": "tcp", "bind": "0.0.0.0"}).uses_curve, "beyond loopback: CURVE"
+    assert resolve(None, {"transport": "tcp", "bind": "::1"}).uses_curve is False
+    assert resolve(None, {"transport": "tcp", "curve": "on"}).uses_curve
+    with pytest.raises(OptionError, match=r"beyond loopback: refusing to run without CURVE"):
+        resolve(None, {"transport": "tcp", "bind": "10.1.2.3", "curve": "off"})
+    with pytest.raises(OptionError, match="bind .* applies to transport tcp only"):
+        resolve(None, {"bind": "127.0.0.1"})
+    with pytest.raises(OptionError, match="curve applies to transport tcp only"):
+        resolve(None, {"curve": "yes"})
+
+
+def test_grants(tmp_path: Path) -> None:
+    sc = tmp_path / "g.toml"
+    sc.write_text('importers = 3\nbuffers = 4\n[grants]\nimporter-1 = [2, 0, 2]\nimporter-2 = "all"\n')
+    p = resolve(sc, {})
+    assert [p.granted(f"importer-{n}") for n in (1, 2, 3)] == [[0, 2], [0, 1, 2, 3], []]
+    assert RunParams(buffers=3).granted("importer-9") == [0, 1, 2], "no [grants]: every buffer to everyone"
+    sc.write_text('importers = 2\nbuffers = 4\n[grants]\nimporter-1 = [4]\n')
+    with pytest.raises(OptionError, match="importer-1 names buffer 4; buffers are 0..3"):
+        resolve(sc, {})
+    sc.write_text('importers = 2\n[grants]\nimporter-3 = [0]\n')
+    with pytest.raises(OptionError, match="importer-3 does not exist"):
+        resolve(sc, {})
+
+
+def test_heaps_larger_than_shared_memory_are_refused_up_front() -> None:
+    with pytest.raises(OptionError, match="of shared memory .* /dev/shm has"):
+        resolve(None, {"buffers": "4096", "buffer_size": "1GiB"})
+
+
+def test_cli_paths_that_cannot_be_used_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    from deploy.cli import main
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv, words in ((["up", "--out", str(afile)], "cannot make the run directory"),
+                        (["up", "--out", str(afile / "sub")], "cannot make the run directory"),
+                        (["status", str(afile)], "no deploy.json"),
+                        (["up", str(tmp_path), "--out", str(tmp_path / "x")], "cannot read the scenario file")):
+        assert main(argv) in (2, 3)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (argv, err)

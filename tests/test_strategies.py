@@ -59,14 +59,15 @@ def test_unknown_handles_get_clear_errors_and_change_nothing(strategy: str) -> N
     from protocol import wire
     w = joined(strategy)
     before = w.exporter.placement_of(0)
-    for msg, code in ((wire.Map(id=900, attachment=999), "no_such_attachment"),
-                      (wire.Attach(id=901, buffer=77), "no_such_buffer"),
-                      (wire.Unmap(id=902, attachment=1), "bad_state")):
+    mine = w.peers["importer-1"]._atts[0]
+    for msg, code in ((wire.Map(id=900, attachment=999, token="0" * 32), "no_such_attachment"),
+                      (wire.Attach(id=901, buffer=77, token="0" * 32), "no_such_buffer"),
+                      (wire.Unmap(id=902, attachment=mine.id, token=mine.token), "bad_state")):
         out = w.exporter.handle_request(b"importer-1", msg, 0)
         reply = out[-1].message
         assert isinstance(reply, wire.ErrorReply) and reply.code == code, reply
         assert str(msg.id) not in reply.message or True
-    stranger = w.exporter.handle_request(b"nobody", wire.Map(id=903, attachment=1), 0)[-1].message
+    stranger = w.exporter.handle_request(b"nobody", wire.Map(id=903, attachment=1, token=mine.token), 0)[-1].message
     assert stranger.code == "no_such_importer"
     assert w.exporter.placement_of(0) == before
 
@@ -75,9 +76,13 @@ def test_unknown_handles_get_clear_errors_and_change_nothing(strategy: str) -> N
 def test_another_importers_attachment_is_access_denied(strategy: str) -> None:
     from protocol import wire
     w = joined(strategy, importers=2)
-    theirs = next(iter(w.peers["importer-2"]._by_id))
-    reply = w.exporter.handle_request(b"importer-1", wire.Map(id=5, attachment=theirs), 0)[-1].message
+    theirs = next(iter(w.peers["importer-2"]._by_id.values()))
+    out = w.exporter.handle_request(b"importer-1", wire.Map(id=5, attachment=theirs.id, token=theirs.token), 0)
+    reply = out[-1].message
     assert isinstance(reply, wire.ErrorReply) and reply.code == "access_denied"
+    denied = [a.fields for a in out if getattr(a, "event", "") == "access_denied"]
+    assert denied == [{"op": "map", "peer": "importer-1", "reason": "another importer's attachment",
+                       "attachment": theirs.id}]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -389,7 +394,8 @@ def test_a_hello_under_a_known_name_replaces_the_previous_incarnation() -> None:
     w = joined("resv-fence")
     w.job("importer-1", 1, vram_buffer(w), "write")
     w.settle()
-    reply = w.exporter.handle_request(b"importer-1", wire.Hello(id=99, name="importer-1", pid=4242, strategy="resv-fence"), w.now)
+    reply = w.exporter.handle_request(b"importer-1", wire.Hello(id=99, name="importer-1", pid=4242, strategy="resv-fence",
+                                                                         token=w.peers["importer-1"].join_token), w.now)
     assert isinstance(reply[-1].message, wire.HelloReply)
     emitted = [(a.event, a.fields) for a in reply if hasattr(a, "event")]
     lost = [f for e, f in emitted if e == "importer_lost"]
@@ -401,8 +407,9 @@ def test_resv_fence_does_not_notify_or_move_a_pinned_buffer() -> None:
     from protocol import wire
     w = joined("resv-fence")
     buffer = vram_buffer(w)
-    att = w.peers["importer-1"]._atts[buffer].id
-    w.exporter.handle_request(b"importer-1", wire.Pin(id=77, attachment=att), 0)
+    att = w.peers["importer-1"]._atts[buffer]
+    pinned = w.exporter.handle_request(b"importer-1", wire.Pin(id=77, attachment=att.id, token=att.token), 0)
+    assert isinstance(pinned[-1].message, wire.PinReply)
     w.pressure()
     assert [f["reason"] for s, e, f in w.events if e == "move_refused"] == ["pinned"]
     assert "move_notify_sent" not in w.event_names()

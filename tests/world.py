@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import wire
+from protocol import capability, wire
 from protocol.actions import (CancelTimer, CopyBuffer, Emit, ForceCompleteFences, JobFinished,
                               Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
                               SignalKernelFence, StampBuffer, StartDma, StartTimer,
@@ -49,6 +49,9 @@ class World:
     buffer_size: int = 4096
     vram_buffers: int = 1
     hint_policy: str = "optimistic"
+    secret: bytes = b"world-secret-0123456789abcdef"
+    grants: dict[str, list[int]] | None = None                 # importer -> buffers (default: all)
+    limits: dict[str, int] = field(default_factory=dict)       # ExporterConfig max_* overrides
     exporter: Exporter = field(init=False)
     peers: dict[str, Importer] = field(default_factory=dict)
     to_exporter: deque = field(default_factory=deque)          # (peer name, frame)
@@ -76,11 +79,15 @@ class World:
             heaps=(HeapConfig("vram", "dmabuf-t-vram", self.vram_buffers * size),
                    HeapConfig("sys", "dmabuf-t-sys", (self.buffers + self.vram_buffers) * size)),
             fences_shm="dmabuf-t-fences", fence_slots=self.importers + 1,
-            ack_timeout_s=0.25, fence_timeout_s=1.0, hint_policy=self.hint_policy))
+            ack_timeout_s=0.25, fence_timeout_s=1.0, hint_policy=self.hint_policy,
+            secret=self.secret, **self.limits))
         self._apply("exporter", self.exporter.boot(self.now))
         for n in range(1, self.importers + 1):
             name = f"importer-{n}"
-            self.peers[name] = Importer(spec.IMPORTER, name, 1000 + n)
+            granted = range(self.buffers) if self.grants is None else self.grants.get(name, [])
+            self.peers[name] = Importer(spec.IMPORTER, name, 1000 + n,
+                                        join_token=capability.join_token(self.secret, name),
+                                        export_tokens={b: capability.export_token(self.secret, b) for b in granted})
             self.to_importer[name] = deque()
             self.iommu[name] = {}
 
