@@ -20,7 +20,7 @@ import zmq
 
 from deploy.bench import services
 from deploy.bench.stats import summary
-from protocol import wire
+from protocol import capability, wire
 from runtime import transport
 
 
@@ -43,14 +43,14 @@ def _map_batch(client: services.WireClient, attachment: int, n: int) -> tuple[li
     clock = time.perf_counter_ns
     sock, ids = client.sock, client.ids
     for _ in range(n):
-        m = wire.Map(id=next(ids), attachment=attachment)
+        m = wire.Map(id=next(ids), attachment=attachment, token=client.tokens[attachment])
         t0 = clock()
         sock.send(wire.encode(m))
         r = wire.decode(sock.recv())
         t1 = clock()
         if type(r) is not wire.MapReply or r.id != m.id:
             raise RuntimeError(f"map got {r}")
-        u = wire.Unmap(id=next(ids), attachment=attachment)
+        u = wire.Unmap(id=next(ids), attachment=attachment, token=client.tokens[attachment])
         t2 = clock()
         sock.send(wire.encode(u))
         r = wire.decode(sock.recv())
@@ -69,7 +69,7 @@ def measure(reps: int, n: int, warmup: int = 200) -> dict[str, Any]:
         with services.echo_server() as echo_ep, services.exporter(buffers=2, max_importers=2) as exp:
             echo = transport.dealer(ctx, echo_ep, identity=b"bench-rtt")
             echo.setsockopt(zmq.RCVTIMEO, services.RECV_TIMEOUT_MS)
-            client = services.WireClient(ctx, exp.rpc, "importer-1")
+            client = services.WireClient(ctx, exp.rpc, "importer-1", exp.secret)
             try:
                 att = client.join(0)
                 _zmq_batch(echo, warmup, 0)
@@ -117,21 +117,24 @@ def breakdown(number: int = 5000, repeat: int = 5) -> dict[str, Any]:
     def cost(fn: Any) -> float:
         return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
+    secret = bytes(range(32))
     engine = Exporter(get("pin").EXPORTER, ExporterConfig(
         buffers=1, buffer_size=65536, heaps=(HeapConfig("vram", "-", 65536), HeapConfig("sys", "-", 131072)),
-        fences_shm="-", fence_slots=2))
+        fences_shm="-", fence_slots=2, secret=secret))
     engine.boot(0)
     peer = b"importer-1"
-    engine.handle_request(peer, wire.Hello(id=1, name="importer-1", pid=1, strategy="pin"), 1)
-    att = next(a.message.attachment for a in engine.handle_request(peer, wire.Attach(id=2, buffer=0), 2)
-               if hasattr(a, "message"))
+    engine.handle_request(peer, wire.Hello(id=1, name="importer-1", pid=1, strategy="pin",
+                                           token=capability.join_token(secret, "importer-1")), 1)
+    reply = next(a.message for a in engine.handle_request(
+        peer, wire.Attach(id=2, buffer=0, token=capability.export_token(secret, 0)), 2) if hasattr(a, "message"))
+    att, tok = reply.attachment, reply.token
     ids = iter(range(10, 1 << 62))
 
     def engine_map_unmap() -> None:
-        engine.handle_request(peer, wire.Map(id=next(ids), attachment=att), time.monotonic_ns())
-        engine.handle_request(peer, wire.Unmap(id=next(ids), attachment=att), time.monotonic_ns())
+        engine.handle_request(peer, wire.Map(id=next(ids), attachment=att, token=tok), time.monotonic_ns())
+        engine.handle_request(peer, wire.Unmap(id=next(ids), attachment=att, token=tok), time.monotonic_ns())
 
-    req = wire.Map(id=7, attachment=att)
+    req = wire.Map(id=7, attachment=att, token=tok)
     reply = wire.MapReply(id=7, placement=wire.Placement("vram", 0, 65536, 1), moved=False, fence=0)
     req_b, reply_b = wire.encode(req), wire.encode(reply)
     raw_req = {"v": 1, "op": "map", "id": 7, "attachment": 1}

@@ -23,12 +23,12 @@ COUNTS = (1, 2, 4, 8, 16)
 LEAD_S = 0.3     # time given to the importers to rejoin before the window opens
 
 
-def _worker(index: int, endpoint: str, commands: Any, results: Any) -> None:
+def _worker(index: int, endpoint: str, secret: bytes, commands: Any, results: Any) -> None:
     import zmq
 
     from protocol import wire
     ctx = zmq.Context()
-    client = services.WireClient(ctx, endpoint, f"importer-{index + 1}")
+    client = services.WireClient(ctx, endpoint, f"importer-{index + 1}", secret)
     try:
         results.put(("ready", index, 0))
         while True:
@@ -43,11 +43,11 @@ def _worker(index: int, endpoint: str, commands: Any, results: Any) -> None:
                 while time.monotonic() < t_open:
                     time.sleep(0.001)
                 while True:
-                    m = wire.Map(id=next(ids), attachment=att)
+                    m = wire.Map(id=next(ids), attachment=att, token=client.tokens[att])
                     sock.send(wire.encode(m))
                     if type(wire.decode(sock.recv())) is not wire.MapReply:
                         raise RuntimeError("map refused")
-                    u = wire.Unmap(id=next(ids), attachment=att)
+                    u = wire.Unmap(id=next(ids), attachment=att, token=client.tokens[att])
                     sock.send(wire.encode(u))
                     if type(wire.decode(sock.recv())) is not wire.UnmapReply:
                         raise RuntimeError("unmap refused")
@@ -72,7 +72,7 @@ def measure(reps: int, window_s: float, counts: tuple[int, ...] = COUNTS,
     with services.exporter(buffers=most, max_importers=most) as exp:
         results = spawn.Queue()
         queues = [spawn.Queue() for _ in range(most)]
-        procs = [spawn.Process(target=_worker, args=(i, exp.rpc, queues[i], results), daemon=True)
+        procs = [spawn.Process(target=_worker, args=(i, exp.rpc, exp.secret, queues[i], results), daemon=True)
                  for i in range(most)]
         for p in procs:
             p.start()

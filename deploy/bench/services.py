@@ -20,8 +20,8 @@ from typing import Iterator
 import zmq
 
 from deploy.control import ControlClient, ControlError
-from protocol import wire
-from runtime import shm, transport
+from protocol import capability, wire
+from runtime import security, shm, transport
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 RECV_TIMEOUT_MS = 10_000
@@ -60,6 +60,7 @@ class Exporter:
     control: str
     proc: subprocess.Popen
     dir: Path
+    secret: bytes = b""
 
 
 @contextmanager
@@ -68,10 +69,13 @@ def exporter(*, buffers: int, max_importers: int, buffer_size: str = "64KiB",
     """A real exporter process (python -m exporter_svc), no memory pressure (move rate 0)."""
     with short_tmpdir() as d:
         run_id = "bench" + secrets.token_hex(3)
+        secret = secrets.token_bytes(32)
+        creds = security.secrets_dir(d) / "exporter.json"
+        security.write_private(creds, {"secret": secret.hex()})
         cmd = [sys.executable, "-m", "exporter_svc", "--run-id", run_id, "--out", str(d),
                "--endpoint", f"ipc://{d}/e.rpc", "--control", f"ipc://{d}/e.ctl",
                "--strategy", strategy, "--buffers", str(buffers), "--buffer-size", buffer_size,
-               "--max-importers", str(max_importers), "--move-rate", "0"]
+               "--max-importers", str(max_importers), "--move-rate", "0", "--credentials", str(creds)]
         with open(d / "exporter.log", "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=service_env(), cwd=str(PROJECT_ROOT))
@@ -87,7 +91,7 @@ def exporter(*, buffers: int, max_importers: int, buffer_size: str = "64KiB",
                 time.sleep(0.01)
             import json
             info = json.loads(info_path.read_text())
-            yield Exporter(run_id, info["rpc"], info["control"], proc, d)
+            yield Exporter(run_id, info["rpc"], info["control"], proc, d, secret)
         finally:
             ctx = zmq.Context()
             try:
@@ -129,8 +133,10 @@ def echo_server() -> Iterator[str]:
 class WireClient:
     """One importer's side of the wire: a DEALER with a routing id, blocking request/reply."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, name: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, name: str, secret: bytes) -> None:
         self.name = name
+        self.secret = secret
+        self.tokens: dict[int, str] = {}   # attachment -> its token
         self.sock = transport.dealer(ctx, endpoint, identity=name.encode())
         self.sock.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
         self.ids = itertools.count(1)
@@ -144,10 +150,13 @@ class WireClient:
 
     def join(self, buffer: int) -> int:
         """hello (or rejoin under the same name) and attach `buffer`; returns the attachment."""
-        hello = self.call(wire.Hello(id=next(self.ids), name=self.name, pid=os.getpid(), strategy="pin"))
+        hello = self.call(wire.Hello(id=next(self.ids), name=self.name, pid=os.getpid(), strategy="pin",
+                                     token=capability.join_token(self.secret, self.name)))
         assert isinstance(hello, wire.HelloReply), hello
-        att = self.call(wire.Attach(id=next(self.ids), buffer=buffer))
+        att = self.call(wire.Attach(id=next(self.ids), buffer=buffer,
+                                    token=capability.export_token(self.secret, buffer)))
         assert isinstance(att, wire.AttachReply), att
+        self.tokens[att.attachment] = att.token
         return att.attachment
 
     def close(self) -> None:
