@@ -320,10 +320,10 @@ class ExporterService(ServiceShell):
         msg = action.message
         frame = wire.encode(msg)
         op = getattr(msg, "op", msg.OP) if msg.REPLY else msg.OP
-        if msg.REPLY:
-            self.replies.answered(action.peer, msg.id, frame)
-        else:
-            self.outstanding.sent(action.peer, msg.id, op, frame)
+        if not msg.REPLY:
+            self.outstanding.send(action.peer, msg.id, op, frame)  # sent through _resend
+            return
+        self.replies.answered(action.peer, msg.id, frame)
         self.msgfaults.submit(action.peer, frame, op, msg.id)
         if msg.REPLY:
             fields: dict[str, Any] = dict(op=getattr(msg, "op", msg.OP), id=msg.id, peer=action.peer_name,

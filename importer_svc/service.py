@@ -47,6 +47,7 @@ from importer_svc.workload import Workload, WorkloadConfig
 
 KERNEL_FENCE_POLL_S = 0.0005
 EXIT_EXPORTER_LOST = 4
+REQUEST_WINDOW = 16          # requests out at once; more wait in the shell (runtime/reliable.py)
 # Id spaces of one incarnation: the protocol half's requests from 1, heartbeats from HEARTBEAT_IDS;
 # job ids from incarnation << 24, rogue jobs from there + ROGUE_JOBS.
 INCARNATION_ID_SHIFT = 40
@@ -107,7 +108,7 @@ class ImporterService(ServiceShell):
         self.lease_s = args.lease_ms / 1000
         self.lease = ImporterLease(int(self.lease_s * 1e9))
         self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_ms / 1000,
-                                       max_backoff_s=self.lease_s / 2)
+                                       max_backoff_s=self.lease_s / 2, window=REQUEST_WINDOW)
         self.replies = ReplyCache()
         self.msgfaults = MessageFaults(self.loop, self.log, args.name, list(args.faults), args.seed,
                                        self._raw_send)
@@ -283,12 +284,11 @@ class ImporterService(ServiceShell):
         op = getattr(msg, "op", msg.OP) if msg.REPLY else msg.OP
         if msg.REPLY:
             self.replies.answered(b"", msg.id, frame)
-        else:
-            self.outstanding.sent(b"", msg.id, op, frame)
-            self.lease.sent(msg.id, now_ns())
-            if isinstance(msg, wire.Ack):
-                self._maybe_rogue(self._last_start.get(self._buffer_of(msg.attachment)), "ack")
-        self.msgfaults.submit(b"", frame, op, msg.id)
+            self.msgfaults.submit(b"", frame, op, msg.id)
+            return
+        if isinstance(msg, wire.Ack):
+            self._maybe_rogue(self._last_start.get(self._buffer_of(msg.attachment)), "ack")
+        self.outstanding.send(b"", msg.id, op, frame)  # now, or when the window has room
 
     def _raw_send(self, peer: bytes, frame: bytes) -> None:
         try:
@@ -297,6 +297,8 @@ class ImporterService(ServiceShell):
             self.log.emit("send_failed", error=str(exc))
 
     def _resend(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
+        """Every transmission of a request, first or retry (the lease counts from the first)."""
+        self.lease.sent(msg_id, now_ns())
         self.msgfaults.submit(peer, frame, op, msg_id)
 
     def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:

@@ -123,3 +123,29 @@ def test_the_process_fault_schedule_is_seeded_and_expands_targets() -> None:
     fired = {seed: any(a == "kill" for _, a, _ in [(s.t, s.action, s.target) for s in schedule(spec, seed, 2)])
              for seed in range(20)}
     assert set(fired.values()) == {True, False}, "p=0.5 fires for some seeds and not others"
+
+
+def test_requests_beyond_the_window_wait_in_order_and_go_out_as_answers_return() -> None:
+    from runtime.reliable import Outstanding
+    sent: list = []
+    out = Outstanding(_Loop(), lambda peer, frame, op, i: sent.append(i), lambda *a: None,  # type: ignore[arg-type]
+                      retry_s=0.1, window=2)
+    for i in range(1, 6):
+        out.send(b"", i, "attach", b"x")
+    assert sent == [1, 2] and len(out) == 5
+    out.answered(b"", 2)
+    assert sent == [1, 2, 3]
+    out.answered(b"", 1)
+    assert sent == [1, 2, 3, 4]
+    out.cancel()
+    out.answered(b"", 3)
+    assert sent == [1, 2, 3, 4] and len(out) == 0, "cancel forgets the waiting ones too"
+
+
+def test_the_retransmission_timeout_follows_a_slow_peer() -> None:
+    from runtime.reliable import Outstanding
+    out = Outstanding(_Loop(), lambda *a: None, lambda *a: None, retry_s=0.1, max_backoff_s=5.0)  # type: ignore[arg-type]
+    assert out.rto_s == 0.1
+    for _ in range(20):
+        out._sample(0.8)                 # answers take 0.8 s: resending after 0.1 s would only flood it
+    assert 0.8 <= out.rto_s <= 5.0
