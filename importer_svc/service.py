@@ -333,9 +333,10 @@ class ImporterService(ServiceShell):
             return
         if self.lease.expired(now):
             self._lease_expired(now)
-        hb = self._next_heartbeat_id()
-        self.lease.sent(hb, now)
-        self.msgfaults.submit(b"", wire.encode(wire.Heartbeat(id=hb)), "heartbeat", hb)
+        if self.engine.slot and not self.engine.has_left:  # a lease is only held by a member
+            hb = self._next_heartbeat_id()
+            self.lease.sent(hb, now)
+            self.msgfaults.submit(b"", wire.encode(wire.Heartbeat(id=hb)), "heartbeat", hb)
         self.loop.call_later(self.lease_s / 4, self._heartbeat)
 
     def _may_access(self) -> bool:

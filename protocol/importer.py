@@ -185,6 +185,7 @@ class Importer:
         self._by_id.clear()
         self._pending.clear()
         self._jobs.clear()
+        self.slot = 0  # not a member until the new hello is answered
         if self._leaving:
             self._left = True
             self._out.append(Left())
