@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import zmq
 
 from deploy import procs
-from deploy.control import ControlClient, ControlError, call_all
+from deploy.control import ControlClient, call_all
 from deploy.launcher import DeployError, Deployment, down, restart_importer, up, wait_ready
 from deploy.process_faults import ProcessFaults, schedule, sleep_until
 from deploy.options import RunParams

@@ -232,7 +232,7 @@ class ImporterService(ServiceShell):
             if msg.REPLY:
                 self._on_reply(msg, now)
             else:
-                self._on_request(msg, frames[0], now)
+                self._on_request(msg, now)
 
     def _on_reply(self, msg: wire.Message, now: int) -> None:
         if self.id_base + HEARTBEAT_IDS <= msg.id < self.id_base + 2 * HEARTBEAT_IDS:
@@ -246,7 +246,7 @@ class ImporterService(ServiceShell):
         self.lease.answered(msg.id, now, grant=not forgotten)
         self._call(functools.partial(self.engine.handle_reply, msg, now))
 
-    def _on_request(self, msg: wire.Message, frame: bytes, now: int) -> None:
+    def _on_request(self, msg: wire.Message, now: int) -> None:
         """move_notify (the only request an exporter sends): served once per id."""
         cached = self.replies.check(b"", msg.id)
         if cached is not None:
@@ -255,11 +255,11 @@ class ImporterService(ServiceShell):
                 self.msgfaults.submit(b"", cached, "reply", msg.id)
             return
         if isinstance(msg, wire.MoveNotify) and self.device_faults:
-            if (f := self.device_faults.fires("ignore-notify", now)) is not None:
+            if self.device_faults.fires("ignore-notify", now) is not None:
                 self.replies.forget(b"", msg.id)  # a retry is dropped (or not) on its own draw
                 self.log.emit("fault", kind="ignore-notify", target=self.svc, buffer=msg.buffer, move=msg.move, id=msg.id)
                 return
-            if (f := self.device_faults.fires("early-ack", now)) is not None:
+            if self.device_faults.fires("early-ack", now) is not None:
                 self._early_ack(msg)
         self._call(functools.partial(self.engine.handle_request, msg, now))
 
