@@ -20,7 +20,8 @@ Rules:
   ("messages") so the flow has a slice to bind to. 1 ns rather than 1 us: slices on one thread
   must nest, and two messages within a microsecond on one service would otherwise overlap.
   Pairs: importer request sent (t_ns - latency_ns of its map/unmap/attach/detach) -> exporter
-  op_received (same peer+id); exporter op_answered -> importer event; move_notify_sent ->
+  op_received (same peer+id; for a map or unmap served at once, map_served / unmap_served minus
+  deferred_ns); exporter op_answered (or map_served / unmap_served) -> importer event; move_notify_sent ->
   move_notify_received (same importer+id); ack_sent -> exporter ack. Unpaired halves wait in
   bounded tables (PENDING_CAP each, oldest dropped first). At most FLOW_CAP flows are drawn.
 - Instants (`i`, scope "p"): races (at the job's end, args: kind, sentence), fault (every field
@@ -319,6 +320,15 @@ class TraceWriter:
         if ev.get("op") in REQUEST_OPS:
             _bounded_put(self._op_ans, (str(ev.get("peer")), ev.get("id")), t)
 
+    def _served(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        # A map or unmap served at once has no op_received/op_answered of its own: it arrived
+        # deferred_ns before it was served, and its answer left when it was served.
+        key = (str(ev.get("importer")), ev.get("id"))
+        deferred = ev.get("deferred_ns")
+        if key not in self._op_recv:
+            _bounded_put(self._op_recv, key, t - (deferred if isinstance(deferred, int) else 0))
+        _bounded_put(self._op_ans, key, t)
+
     def _move_notify_sent(self, ev: dict[str, Any], t: int, svc: str) -> None:
         imp = importer_name(ev.get("importer"))
         _bounded_put(self._notify, (imp, ev.get("id")), t)
@@ -377,6 +387,8 @@ _HANDLERS: dict[str, Any] = {
     "attach": TraceWriter._attach,
     "detach": TraceWriter._detach,
     "op_received": TraceWriter._op_received,
+    "map_served": TraceWriter._served,
+    "unmap_served": TraceWriter._served,
     "op_answered": TraceWriter._op_answered,
     "move_notify_sent": TraceWriter._move_notify_sent,
     "move_notify_received": TraceWriter._move_notify_received,

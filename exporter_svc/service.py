@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from protocol import wire
-from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
+from protocol.actions import (CancelTimer, Emit, CopyBuffer, ForceCompleteFences, PublishKernelFence,
                               Send, SignalKernelFence, StampBuffer, StartTimer, WaitFences)
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig
 from protocol.heap import LINE
@@ -36,7 +36,13 @@ from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
 from runtime.service import ServiceShell, now_ns
 
-COPY_CHUNK = 256 * 1024      # bytes copied per loop turn: messages are served between chunks
+COPY_CHUNK = 256 * 1024
+# A map or unmap the engine serves has its own event (map_served with deferred_ns, unmap_served),
+# from which the request's arrival and answer follow: op_received / op_answered would only repeat
+# them, at about 5 us a line on the hottest path (see `dmabuf-emu bench`). Every other request,
+# and a map or unmap that is refused or waits for the lock, keeps both.
+_SERVED_EVENT = {wire.Map: "map_served", wire.Unmap: "unmap_served"}
+_SERVED_REPLIES = (wire.MapReply, wire.UnmapReply)      # bytes copied per loop turn: messages are served between chunks
 FENCE_POLL_S = 0.0005
 
 
@@ -278,13 +284,14 @@ class ExporterService(ServiceShell):
             if cached != IN_PROGRESS:
                 self.msgfaults.submit(peer, cached, msg.OP, msg.id)
             return
-        self.log.emit("op_received", op=msg.OP, id=msg.id, peer=self._peer_label(peer))
         try:
             actions = self.engine.handle_request(peer, msg, now)
         except Exception as exc:
             self.internal_error(f"request {msg.OP}", exc)
             actions = [Send(peer, wire.ErrorReply(id=msg.id, op=msg.OP, code=wire.ErrorCode.INTERNAL,
                                                   message=f"{type(exc).__name__}: {exc}"), self._peer_label(peer))]
+        if not (type(msg) in _SERVED_EVENT and _served_at_once(actions, _SERVED_EVENT[type(msg)], msg.id)):
+            self.log.emit("op_received", op=msg.OP, id=msg.id, peer=self._peer_label(peer))
         self.perform(actions)
 
     def _refuse(self, peer: bytes, err: wire.ProtocolError) -> None:
@@ -325,7 +332,7 @@ class ExporterService(ServiceShell):
             return
         self.replies.answered(action.peer, msg.id, frame)
         self.msgfaults.submit(action.peer, frame, op, msg.id)
-        if msg.REPLY:
+        if type(msg) not in _SERVED_REPLIES:  # map_served / unmap_served record those
             fields: dict[str, Any] = dict(op=getattr(msg, "op", msg.OP), id=msg.id, peer=action.peer_name,
                                           ok=not isinstance(msg, wire.ErrorReply))
             if isinstance(msg, wire.ErrorReply):
@@ -396,6 +403,10 @@ class ExporterService(ServiceShell):
         handle = self._timers.pop(action.key, None)
         if handle is not None:
             self.loop.cancel(handle)
+
+
+def _served_at_once(actions: list[Any], event: str, msg_id: int) -> bool:
+    return any(type(a) is Emit and a.event == event and a.fields.get("id") == msg_id for a in actions)
 
 
 def heap_sizes(buffers: int, buffer_size: int, vram_size: int | None) -> tuple[int, int]:

@@ -499,7 +499,7 @@ class Exporter:
         hint: dict[str, bool] = {"will_move": False}
         self._dispatch(buf, MoveEvent.UNMAP, now, hint=hint)
         self._send(peer, UnmapReply(id=msg.id, will_move=hint["will_move"]))
-        self._emit("unmap_served", importer=self._peer_name(peer), buffer=buf.id,
+        self._emit("unmap_served", id=msg.id, importer=self._peer_name(peer), buffer=buf.id,
                    attachment=att.id, will_move=hint["will_move"])
         if not buf.mapped:
             self._post(buf, MoveEvent.LAST_UNMAP, now)

@@ -158,8 +158,13 @@ def breakdown(number: int = 5000, repeat: int = 5) -> dict[str, Any]:
                 "server_wire_decode_map": cost(lambda: wire.decode(req_b)),
                 "server_engine_map": cost(engine_map_unmap) / 2,
                 "server_wire_encode_map_reply": cost(lambda: wire.encode(reply)),
-                "server_event_log_3_lines": 3 * cost(lambda: log.emit("op_answered", op="map", id=7, peer="importer-1", ok=True)),
-                "server_drain_recv_again": cost(drain_again),
+                # one event line per map served at once (map_served; see exporter_svc/service.py)
+                "server_event_log_1_line": cost(lambda: log.emit("map_served", id=7, importer="importer-1", buffer=0,
+                                                                 attachment=1, heap="vram", offset=0, size=65536,
+                                                                 gen=1, moved=False, deferred_ns=0)),
+                # the read loop asks EVENTS before each recv; zmq.Again (what it used to catch) for comparison
+                "server_read_loop_events_check": cost(lambda: sock.getsockopt(zmq.EVENTS)),
+                "recv_again_instead": cost(drain_again),
                 "client_wire_encode_map": cost(lambda: wire.encode(req)),
                 "client_wire_decode_map_reply": cost(lambda: wire.decode(reply_b)),
                 "getsockopt_events": cost(lambda: sock.getsockopt(zmq.EVENTS)),
