@@ -214,10 +214,10 @@ class ImporterService(ServiceShell):
     def _on_dealer(self) -> None:
         for _ in range(256):
             # Ask before reading: an empty socket's zmq.Again costs more than the question.
-            if not self.dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not self.dealer.getsockopt(transport.EVENTS) & transport.POLLIN:
                 return
             try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
+                frames = self.dealer.recv_multipart(transport.NOBLOCK)
             except zmq.Again:
                 return
             if len(frames) != 1:
@@ -292,7 +292,7 @@ class ImporterService(ServiceShell):
 
     def _raw_send(self, peer: bytes, frame: bytes) -> None:
         try:
-            self.dealer.send(frame, zmq.NOBLOCK)
+            self.dealer.send(frame, transport.NOBLOCK)
         except zmq.ZMQError as exc:
             self.log.emit("send_failed", error=str(exc))
 

@@ -58,6 +58,7 @@ from protocol.wire import (Ack, Attach, AttachReply, Bye, BufferInfo, Detach, Er
 
 
 class MoveState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     IDLE = "idle"              # resident, no move in progress
     QUEUED = "queued"          # a move waits for the last unmap (unmap-hint)
     NOTIFYING = "notifying"    # move_notify sent; waiting for acks or callback returns
@@ -66,6 +67,7 @@ class MoveState(enum.Enum):
 
 
 class MoveEvent(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     MOVE_WANTED = "move_wanted"          # the memory manager wants this buffer elsewhere
     MAP = "map"                          # an importer asks for the placement
     UNMAP = "unmap"                      # an importer gives its mapping back
@@ -78,6 +80,7 @@ class MoveEvent(enum.Enum):
 
 
 class Guard(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     ALWAYS = "always"
     PINNED = "pinned"                    # some attachment holds a pin
     MAPPED = "mapped"                    # some attachment has it mapped
@@ -86,6 +89,7 @@ class Guard(enum.Enum):
 
 
 class Step(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     REFUSE = "refuse"                    # move_refused; the reason is the rule's guard
     QUEUE = "queue"                      # remember the move; LAST_UNMAP will start it
     BEGIN = "begin"                      # allocate the destination; move_begin
@@ -185,6 +189,8 @@ class _Attachment:
     mapped: bool = False
     pins: int = 0
     last_gen: int | None = None      # the generation this attachment was last handed
+    token: str = ""                  # its attachment token, for the connection it was made on
+    peer: bytes = b""
 
 
 @dataclass
@@ -451,7 +457,9 @@ class Exporter:
             self._deny(peer, "attach", "bad export token", buffer=buf.id)
         if len(imp.attachments) >= self.config.max_attachments:
             self._busy(imp, "attach", "attachments", len(imp.attachments), self.config.max_attachments)
-        att = _Attachment(self._next_attachment, buf.id, imp.slot)
+        att = _Attachment(self._next_attachment, buf.id, imp.slot, peer=peer)
+        # Derived once: checking it is then a constant-time compare, not an HMAC per map.
+        att.token = capability.attachment_token(self.config.secret, att.id, peer)
         self._next_attachment += 1
         self._attachments[att.id] = att
         buf.attachments.add(att.id)
@@ -462,7 +470,7 @@ class Exporter:
             buf.pins += 1
             self._emit("pin", importer=imp.name, buffer=buf.id, attachment=att.id, pins=buf.pins)
         self._send(peer, AttachReply(id=msg.id, attachment=att.id, buffer=buf.id, size=buf.size,
-                                     token=capability.attachment_token(self.config.secret, att.id, peer)))
+                                     token=att.token))
 
     def _on_detach(self, peer: bytes, msg: Detach, now: int) -> None:
         """dma_buf_detach. Requires the attachment unmapped; drops the pins attach took."""
@@ -865,8 +873,7 @@ class Exporter:
             raise ProtocolError(ErrorCode.NO_SUCH_ATTACHMENT, f"{op}: no attachment {att_id}")
         if att.slot != imp.slot:
             self._deny(peer, op, "another importer's attachment", attachment=att_id)
-        if token is not None and not capability.matches(
-                token, capability.attachment_token(self.config.secret, att_id, peer)):
+        if token is not None and (peer != att.peer or not capability.matches(token, att.token)):
             self._deny(peer, op, "bad attachment token", attachment=att_id)
         return att
 

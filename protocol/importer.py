@@ -38,6 +38,7 @@ from protocol.wire import (Ack, Attach, AttachReply, Bye, Detach, ErrorCode, Err
 
 
 class AttState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     ATTACHING = "attaching"
     IDLE = "idle"              # attached; nothing mapped, no IOMMU entries
     CACHED = "cached"          # unmapped, but the IOMMU entries were kept
@@ -51,6 +52,7 @@ class AttState(enum.Enum):
 
 
 class AttEvent(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     JOB = "job"                        # the workload wants a DMA job on this buffer
     MAP_OK = "map_ok"
     MAP_FAILED = "map_failed"
@@ -61,6 +63,7 @@ class AttEvent(enum.Enum):
 
 
 class IGuard(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     ALWAYS = "always"
     MOVED = "moved"              # the map reply says the buffer moved since this attachment's last map
     CACHED = "cached"            # IOMMU entries from an earlier mapping are still programmed
@@ -71,6 +74,7 @@ class IGuard(enum.Enum):
 
 
 class IStep(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
     SEND_MAP = "send_map"
     PROGRAM_IOMMU = "program_iommu"      # tear down any old entries, program the reply's placement
     REUSE_IOMMU = "reuse_iommu"          # keep the cached entries; the job uses what they point at

@@ -323,52 +323,60 @@ ALL_OPS = frozenset(REQUESTS)
 # ---------------------------------------------------------------------------------------------
 # Schema: compiled once per class from its annotations.
 
-_Checker = typing.Callable[[Any, str], Any]
+# A checker takes the value, where it is (the message) and, for a field, the field's name; the
+# label "<where>: field '<name>'" is only written when there is an error to report (formatting it
+# for every valid field was a fifth of decoding a map reply).
+_Checker = typing.Callable[..., Any]
 
 
 def _type_name(value: Any) -> str:
     return type(value).__name__ if value is not None else "nil"
 
 
-def _check_int(value: Any, where: str) -> int:
+def _at(where: str, name: str | None) -> str:
+    return where if name is None else f"{where}: field '{name}'"
+
+
+def _check_int(value: Any, where: str, name: str | None = None) -> int:
     # bool is an int in Python but not on the wire.
     if type(value) is not int:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where} must be an integer, got {_type_name(value)}")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{_at(where, name)} must be an integer, got {_type_name(value)}")
     if not 0 <= value <= MAX_ID:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where} must be in [0, 2^63), got {value}")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{_at(where, name)} must be in [0, 2^63), got {value}")
     return value
 
 
-def _check_str(value: Any, where: str) -> str:
+def _check_str(value: Any, where: str, name: str | None = None) -> str:
     if type(value) is not str:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where} must be a string, got {_type_name(value)}")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{_at(where, name)} must be a string, got {_type_name(value)}")
     if len(value) > MAX_STR:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where} is longer than {MAX_STR} characters")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{_at(where, name)} is longer than {MAX_STR} characters")
     return value
 
 
-def _check_bool(value: Any, where: str) -> bool:
+def _check_bool(value: Any, where: str, name: str | None = None) -> bool:
     if type(value) is not bool:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where} must be a boolean, got {_type_name(value)}")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{_at(where, name)} must be a boolean, got {_type_name(value)}")
     return value
 
 
 def _record_checker(cls: type) -> _Checker:
     fields = _compile(cls)
 
-    def check(value: Any, where: str) -> Any:
+    def check(value: Any, where: str, name: str | None = None) -> Any:
         if type(value) is not dict:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where} must be a map, got {_type_name(value)}")
-        return cls(**_check_fields(value, fields, where, set()))
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{_at(where, name)} must be a map, got {_type_name(value)}")
+        return cls(**_check_fields(value, fields, _at(where, name), _NO_ENVELOPE))
 
     return check
 
 
 def _list_checker(item: _Checker) -> _Checker:
-    def check(value: Any, where: str) -> list:
+    def check(value: Any, where: str, name: str | None = None) -> list:
+        here = _at(where, name)
         if type(value) is not list:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where} must be an array, got {_type_name(value)}")
-        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{here} must be an array, got {_type_name(value)}")
+        return [item(v, f"{here}[{i}]") for i, v in enumerate(value)]
 
     return check
 
@@ -401,12 +409,12 @@ def _compile(cls: type) -> tuple[tuple[str, _Checker], ...]:
 
 
 def _check_fields(raw: dict, fields: tuple[tuple[str, _Checker], ...], where: str,
-                  envelope: set[str]) -> dict[str, Any]:
+                  envelope: typing.AbstractSet[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, check in fields:
         if name not in raw:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where}: missing field '{name}'")
-        out[name] = check(raw[name], f"{where}: field '{name}'")
+        out[name] = check(raw[name], where, name)
     if len(raw) != len(fields) + len(envelope):
         known = {name for name, _ in fields} | envelope
         extra = sorted(str(k) for k in raw if k not in known)
@@ -419,12 +427,21 @@ def _check_fields(raw: dict, fields: tuple[tuple[str, _Checker], ...], where: st
 # Encode / decode
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _to_wire(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list):
+    kind = type(value)
+    if kind in (int, str, bool, bytes, float) or value is None:  # most fields: nothing to do
+        return value
+    if kind is list:
         return [_to_wire(v) for v in value]
-    return value
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        if not dataclasses.is_dataclass(value):
+            return value
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    return {name: _to_wire(getattr(value, name)) for name in names}
 
 
 def encode(msg: Message) -> bytes:
@@ -444,6 +461,7 @@ def encode(msg: Message) -> bytes:
 
 
 _ENVELOPE = {"v", "op", "id"}
+_NO_ENVELOPE: frozenset[str] = frozenset()
 _REPLY_ENVELOPE = {"v", "op", "id", "ok"}
 
 
@@ -479,8 +497,8 @@ def _decode_map(raw: dict, op_name: str) -> Message:
     op = _check_str(raw["op"], "field 'op'")
     if "id" not in raw:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{op}: missing field 'id'")
-    msg_id = _check_int(raw["id"], f"{op}: field 'id'")
-    ok = _check_bool(raw["ok"], f"{op} reply: field 'ok'") if "ok" in raw else None
+    msg_id = _check_int(raw["id"], op, "id")
+    ok = _check_bool(raw["ok"], f"{op} reply", "ok") if "ok" in raw else None
     if op not in ALL_OPS and ok is not False:
         # A failed reply may echo an op we do not know: it is the answer to such a request.
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op '{op_name}'")
@@ -493,7 +511,7 @@ def _decode_map(raw: dict, op_name: str) -> Message:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{op} reply: failed reply needs an 'error' map")
         fields = (("code", _check_str), ("message", _check_str))
         body = _check_fields(err, fields, f"{op} reply: field 'error'", set())
-        _check_fields(raw, (("error", lambda v, w: v),), f"{op} reply", _REPLY_ENVELOPE)
+        _check_fields(raw, (("error", lambda v, w, n=None: v),), f"{op} reply", _REPLY_ENVELOPE)
         return ErrorReply(id=msg_id, op=op, **body)
     cls = REPLIES.get(op)
     if cls is None:

@@ -24,6 +24,11 @@ from protocol.wire import MAX_FRAME
 #   behaved importer has at most queue depth + a few requests out at once, far below these; a
 #   message lost to a full queue is resent by runtime/reliable.py.
 SOCKET_MAXMSGSIZE = 2 * MAX_FRAME
+# Plain ints: zmq's IntFlag constants cost an enum construction per `&` on the hot read path.
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_SNDMORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 SNDHWM = 1000
 RCVHWM = 1000
 
