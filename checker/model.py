@@ -95,7 +95,7 @@ class Job:
     the fields a witness needs are read from it."""
 
     __slots__ = ("ev", "svc", "write", "begin_t", "rec", "dropped", "uau", "end_t", "status", "links",
-                 "rogue", "access_end", "no_access", "cut", "faulted")
+                 "rogue", "access_end", "no_access", "cut", "faulted", "device_faults")
 
     def __init__(self, ev: dict[str, Any], svc: str, write: bool, begin_t: int, rec: GenRecord | None,
                  dropped: bool, uau: UauCause | None, rogue: bool = False) -> None:
@@ -114,6 +114,7 @@ class Job:
         self.no_access = False               # blocked by the IOMMU throughout, or aborted before any
         self.cut: str | None = None          # "died" / "restarted": ended by its service's end
         self.faulted = False                 # an iommu_fault was seen for it
+        self.device_faults: list[tuple[int, str]] | None = None  # (t_ns, kind) injected while it ran
 
     job = property(lambda self: self.ev.get("job"))
     buffer = property(lambda self: self.ev.get("buffer"))

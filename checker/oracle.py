@@ -67,6 +67,7 @@ from checker.model import (
 from checker.witness import corruption_sentence, sentence, witness
 
 KEEP_GENERATIONS = 8
+NOTIFY_FAULTS = ("early-ack", "ignore-notify")
 RECENT_RACES = 65536
 MAX_WITNESSES = 5
 PARSE_BATCH = 512
@@ -584,7 +585,18 @@ class Oracle:
 
     def _fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.faults += 1
-        self.fault_kinds[str(ev.get("kind"))] += 1
+        kind = str(ev.get("kind"))
+        self.fault_kinds[kind] += 1
+        if kind in NOTIFY_FAULTS and svc != "exporter" and svc != "deploy":
+            # A device that lied about a notification while jobs ran on the buffer: their
+            # witnesses say so (the verdict itself never depends on it).
+            buffer = ev.get("buffer")
+            for job in self.jobs.values():
+                if job.svc == svc and job.buffer == buffer and job.end_t is None:
+                    if job.device_faults is None:
+                        job.device_faults = []
+                    if len(job.device_faults) < 4:
+                        job.device_faults.append((t, kind))
 
     def _importer_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
         name = ev["event"]

@@ -128,6 +128,9 @@ def witness_events(race: Race) -> list[dict[str, Any]]:
         events.append({"t_ns": job.uau.t_ns, "svc": job.svc, "event": job.uau.how, "buffer": job.buffer,
                        "attachment": job.attachment, "gen": job.uau.gen})
     events.extend(_exporter_events(job.rec, race.kind))
+    for t, kind in job.device_faults or ():
+        events.append({"t_ns": t, "svc": job.svc, "event": f"fault: {kind}", "buffer": job.buffer,
+                       "job": job.job})
     events.sort(key=lambda e: e["t_ns"])
     return events
 
@@ -159,7 +162,19 @@ def _freed_clause(rec: GenRecord, t0: int, as_of: int | None) -> str:
 
 def sentence(race: Race, t0: int, as_of: int | None = None) -> str:
     """The race in one sentence. `as_of`: write it as known at that time (the trace writes each
-    race as it is judged); None: as known at the end of the history (the report)."""
+    race as it is judged); None: as known at the end of the history (the report). A device fault
+    injected while the job ran is named after it: it is what went wrong."""
+    text = _sentence(race, t0, as_of)
+    faults = race.job.device_faults
+    if faults:
+        t, kind = faults[0]
+        what = {"early-ack": "said it was done with the buffer (early-ack) while this job still ran",
+                "ignore-notify": "ignored the move_notify (ignore-notify)"}.get(kind, kind)
+        text += f" The device {what}, at {rel_ms(t, t0)}."
+    return text
+
+
+def _sentence(race: Race, t0: int, as_of: int | None = None) -> str:
     job, rec, kind = race.job, race.job.rec, race.kind
     verb_ing = "writing" if job.write else "reading"
     if kind in (LOST_WRITE, STALE_READ) and (rec is None or job.dropped):

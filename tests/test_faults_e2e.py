@@ -137,6 +137,8 @@ def test_resv_fence_with_early_ack_is_named_by_the_checker(short_dir: Path) -> N
     # The fence said "done" while the DMA went on: the copy overtook it, and the checker says so.
     assert r["races"]["lost_write"] + r["races"]["stale_read"] > 0
     assert set(r["races_by_importer"]) == {"importer-1"}
+    witnesses = [w for kind in ("lost_write", "stale_read") for w in r["witnesses"][kind]]
+    assert witnesses and all("early-ack" in w["sentence"] for w in witnesses), "the witness names the lie"
 
 
 def test_resv_fence_with_ignore_notify_is_protected_by_the_fence_wait(short_dir: Path) -> None:
