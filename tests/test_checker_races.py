@@ -337,3 +337,15 @@ def test_unfenced_witness_sentence(tmp_path: Path) -> None:
     assert "importer-1 began reading buffer 7 at sys+0x1000 (gen 2) at t+1.250 ms" in s
     assert "began at t+1.180 ms and ended at t+1.300 ms" in s
     assert [e["event"] for e in w["events"]] == ["move_begin", "copy_begin", "dma_begin", "dma_end", "copy_end"]
+
+
+@pytest.mark.parametrize("lied", [True, False])
+def test_a_witness_names_the_device_fault_injected_while_its_job_ran(tmp_path: Path, lied: bool) -> None:
+    h = moved_buffer().job(1, "write", 150, 260)
+    if lied:
+        h.ev(180, "importer-1", "fault", kind="early-ack", target="importer-1", buffer=0, move=1)
+    r = h.judge(tmp_path)
+    assert race_kinds(r) == {"lost_write": 1}, "the verdict never depends on the fault"
+    w = r["witnesses"]["lost_write"][0]
+    assert ("early-ack" in w["sentence"]) is lied
+    assert any(e["event"] == "fault: early-ack" for e in w["events"]) is lied
