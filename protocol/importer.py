@@ -142,6 +142,7 @@ class _Att:
     reused: bool = False
     notified_gen: int = 0    # highest generation announced moving while this job's map was out
     token: str = ""          # the attachment token from the attach reply
+    reattaching: bool = False  # attached again after the exporter revoked it
 
 
 class Importer:
@@ -310,11 +311,19 @@ class Importer:
     def _on_attach_reply(self, reply: Message, buffer: int | None, latency: int, now: int) -> None:
         att = self._atts[buffer]  # type: ignore[index]
         if not isinstance(reply, AttachReply):
+            if att.reattaching:  # the buffer stays lost to this device; the rest goes on
+                att.state = AttState.REVOKED
+                self._emit("reattach_refused", buffer=buffer, reason=_describe(reply))
+                self._continue_leaving(now)
+                return
             raise _Fatal(f"the exporter refused to attach buffer {buffer}: {_describe(reply)}")
         att.id, att.state, att.token = reply.attachment, AttState.IDLE, reply.token
         self._by_id[att.id] = att
-        self._emit("attach", id=reply.id, buffer=buffer, attachment=att.id, latency_ns=latency)
-        if all(a.state is not AttState.ATTACHING for a in self._atts.values()):
+        self._emit("attach", id=reply.id, buffer=buffer, attachment=att.id, latency_ns=latency,
+                   **({"again": True} if att.reattaching else {}))
+        if att.reattaching:
+            self._continue_leaving(now)  # leaving meanwhile: detach it like the others
+        elif all(a.state is not AttState.ATTACHING for a in self._atts.values()):
             self._out.append(Ready())
 
     def _on_detach_reply(self, reply: Message, buffer: int | None, latency: int, now: int) -> None:
@@ -334,7 +343,7 @@ class Importer:
         message = reply.message if isinstance(reply, ErrorReply) else _describe(reply)
         self._dispatch(att, AttEvent.MAP_FAILED, now, reason=f"map refused: {code}: {message}")
         if code in (ErrorCode.NO_SUCH_ATTACHMENT, ErrorCode.ACCESS_DENIED):
-            self._revoked(att, code)
+            self._revoked(att, code, now)
 
     def _on_unmap_reply(self, reply: Message, att: _Att, latency: int, now: int) -> None:
         if isinstance(reply, UnmapReply):
@@ -344,7 +353,7 @@ class Importer:
             att.unmap_reply = UnmapReply(id=reply.id, will_move=True)
         self._dispatch(att, AttEvent.UNMAP_OK, now, latency=latency, request_id=reply.id)
         if isinstance(reply, ErrorReply) and reply.code in (ErrorCode.NO_SUCH_ATTACHMENT, ErrorCode.ACCESS_DENIED):
-            self._revoked(att, reply.code)
+            self._revoked(att, reply.code, now)
 
     # ------------------------------------------------------------------ the table interpreter
 
@@ -481,12 +490,19 @@ class Importer:
             self._jobs.pop(job, None)
             self._out.append(JobFinished(job, att.buffer, ok, reason))
 
-    def _revoked(self, att: _Att, code: str) -> None:
+    def _revoked(self, att: _Att, code: str, now: int) -> None:
+        """The exporter no longer knows the attachment (it revoked it: a notify or fence timeout).
+        The driver attaches the buffer again, as it would import a dma-buf anew; a device that
+        keeps misbehaving keeps losing it."""
         if att.iommu is not None:
             self._teardown(att)
         self._by_id.pop(att.id, None)
         att.state = AttState.REVOKED
         self._emit("revoked", buffer=att.buffer, attachment=att.id, code=code)
+        if code == ErrorCode.NO_SUCH_ATTACHMENT and not self._leaving and att.buffer in self.export_tokens:
+            att.state, att.reattaching = AttState.ATTACHING, True
+            self._request(Attach(id=self._new_id(), buffer=att.buffer, token=self.export_tokens[att.buffer]),
+                          att.buffer, now)
 
     def _continue_leaving(self, now: int) -> None:
         if not self._leaving or self._left:

@@ -145,6 +145,10 @@ def test_resv_fence_with_ignore_notify_is_protected_by_the_fence_wait(short_dir:
     r, events = fault_run(short_dir, "resv-fence", ["ignore-notify:target=importer-1"], duration=2.0)
     assert applied(events)["ignore-notify"] > 0
     assert any(e["event"] == "attachment_revoked" and e["reason"] == "notify_timeout" for e in events)
+    # The deaf device's driver attaches a revoked buffer again, and the device keeps working.
+    again = [e for e in events if e["event"] == "attach" and e["svc"] == "importer-1" and e.get("again")]
+    assert again
+    assert any(e["event"] == "dma_end" and e["svc"] == "importer-1" and e["t_ns"] > again[0]["t_ns"] for e in events)
     assert r["races"]["total"] == 0 and r["corruption"]["jobs"] == 0
     no_lost_writes(r)
     assert r["moves"]["completed"] > 0
