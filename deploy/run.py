@@ -7,6 +7,7 @@ parameters from there, so a run directory explains itself.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,21 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
     return died
 
 
+# Past this many busy services per core, a service can go without the CPU for longer than a
+# short lease, and the exporter would rightly declare a starved importer lost (tests/test_load.py).
+SERVICES_PER_CORE_FOR_DEFAULT_LEASE = 8
+
+
+def lease_warning(params: RunParams, cores: int) -> str | None:
+    """A lease too short for this many processes on this machine, said before the run."""
+    per_core = (params.importers + 1) / cores
+    if per_core <= SERVICES_PER_CORE_FOR_DEFAULT_LEASE or params.lease_ms >= 2000:
+        return None
+    return (f"{params.importers + 1} services on {cores} core(s): a lease of {params.lease_ms:g} ms may run out "
+            f"for an importer that merely waits for the CPU (it is then revoked and joins again); "
+            f"consider --lease-ms 3000")
+
+
 def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = sys.stderr) -> dict[str, Any]:
     """A whole run. Returns the report (also written to DIR/report.json)."""
     from checker import check_run  # the judge; imported here so that up/down work without it
@@ -125,6 +141,8 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
     out = out.resolve()
     progress.line(f"dmabuf-emu run: strategy {params.strategy}, {params.importers} importers, "
                   f"{params.buffers} buffers, {params.duration:g} s -> {out}")
+    if (warning := lease_warning(params, os.cpu_count() or 1)) is not None:
+        progress.line(f"warning: {warning}")
     deployment = up(params, out)
     log = EventLog(out / "events" / "deploy.jsonl", "deploy")
     try:

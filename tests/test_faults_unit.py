@@ -149,3 +149,11 @@ def test_the_retransmission_timeout_follows_a_slow_peer() -> None:
     for _ in range(20):
         out._sample(0.8)                 # answers take 0.8 s: resending after 0.1 s would only flood it
     assert 0.8 <= out.rto_s <= 5.0
+
+
+def test_a_lease_too_short_for_the_machine_is_said_before_the_run() -> None:
+    from deploy.options import RunParams
+    from deploy.run import lease_warning
+    assert "--lease-ms" in (lease_warning(RunParams(importers=32), 2) or "")
+    assert lease_warning(RunParams(importers=4), 2) is None
+    assert lease_warning(RunParams(importers=32, lease_ms=3000.0), 2) is None
