@@ -10,9 +10,12 @@ Rules:
   the lock (DEFER_MAP) and is then served the new placement.
 - move_notify goes to every attachment that is not pinned; the exporter waits for every callback
   to return, then for every fence on the buffer, usage BOOKKEEP, and only then copies. A wait is
-  bounded: past --ack-timeout / --fence-timeout an importer that is alive but does not answer is
-  revoked and its fences completed with an error; one that is silent (paused, dead) is revoked
-  when its lease expires, after it has stopped its DMA.
+  bounded: past --ack-timeout an importer that is alive but does not return is revoked, its fences
+  left to speak for its DMA; past --fence-timeout the fences of a live importer are completed with
+  an error, which its device takes as a reset (it aborts the job before its next access); one that
+  is silent (paused, dead) is revoked when its lease expires, after it has stopped its DMA.
+- A map reply that names a generation announced as moving while the map was out (a reply lost
+  and resent) is stale: the importer refuses it before the first access (STALE_REPLY).
 - Importers publish a fence in shared memory before each DMA job (usage WRITE or READ) and signal
   it when the job ends. Their move_notify callback does not block: it invalidates the mapping and
   lets running work finish under its fence; work that has not started must map again.
