@@ -31,7 +31,7 @@ Rules of this file:
   aborts the job before its next access (importer_svc/dma.py). A silent one may merely be paused,
   with DMA that resumes where it stopped; it is left to its lease, which it honours by stopping
   its DMA before the exporter's lease on it runs out (importer_svc). So every wait is bounded by
-  max(timeout, lease), and no fence is forced under a device that may still be running.
+  max(timeout, lease), and no fence is forced under a silent device, which could not see the reset.
 - Follow-up events (a notification completed, the last mapping went away) are queued and run
   after the transition that caused them has finished, never inside it.
 - Every entry point takes `now` (monotonic ns, from the shell) and returns the actions to perform,
