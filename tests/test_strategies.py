@@ -22,6 +22,18 @@ def joined(strategy: str, **kw) -> World:
     return w
 
 
+def moving_under_a_write(strategy: str) -> tuple[World, int]:
+    """importer-1 writing a vram buffer when the memory manager decides to move it; every message
+    delivered. Returns the world and the buffer."""
+    w = joined(strategy)
+    buffer = vram_buffer(w)
+    w.job("importer-1", 1, buffer, "write")
+    w.settle()
+    w.pressure()
+    w.settle()
+    return w, buffer
+
+
 def placement(w: World, buffer: int):
     return w.exporter.placement_of(buffer)
 
@@ -188,12 +200,7 @@ def test_resv_fence_defers_the_crossing_map_until_the_move_is_done() -> None:
 
 
 def test_move_notify_ack_waits_for_the_running_dma_before_copying() -> None:
-    w = joined("move-notify-ack")
-    buffer = vram_buffer(w)
-    w.job("importer-1", 1, buffer, "write")
-    w.settle()
-    w.pressure()
-    w.settle()
+    w, buffer = moving_under_a_write("move-notify-ack")
     assert not w.copies, "no copy while the device's write is running"
     w.dma_done("importer-1", 1)
     w.settle()
@@ -202,12 +209,7 @@ def test_move_notify_ack_waits_for_the_running_dma_before_copying() -> None:
 
 
 def test_move_notify_ack_times_out_and_copies_anyway() -> None:
-    w = joined("move-notify-ack")
-    buffer = vram_buffer(w)
-    w.job("importer-1", 1, buffer, "write")
-    w.settle()
-    w.pressure()
-    w.settle()
+    w, buffer = moving_under_a_write("move-notify-ack")
     w.fire_timer(("notify", 1))
     assert w.copies and "ack_timeout" in w.event_names("exporter")
 
@@ -327,12 +329,7 @@ def test_resv_fence_waits_for_the_fence_of_running_dma() -> None:
 
 
 def test_resv_fence_forces_a_hung_importers_fences_and_revokes_it() -> None:
-    w = joined("resv-fence")
-    buffer = vram_buffer(w)
-    w.job("importer-1", 1, buffer, "write")
-    w.settle()
-    w.pressure()
-    w.settle()
+    w, buffer = moving_under_a_write("resv-fence")
     w.time_out_fences(1)                           # importer-1 is alive (heard from just now)
     forced = [f for s, e, f in w.events if e == "fence_signal" and f.get("forced")]
     assert forced and forced[0]["error"] == "timeout"
@@ -347,12 +344,7 @@ LEASE_NS = int(0.5e9)
 def test_resv_fence_leaves_a_silent_importer_to_its_lease() -> None:
     """A paused device may resume mid-DMA: its fences are not forced at the fence timeout, only
     when its lease expires (by which time it has stopped its DMA itself)."""
-    w = joined("resv-fence")
-    buffer = vram_buffer(w)
-    w.job("importer-1", 1, buffer, "write")
-    w.settle()
-    w.pressure()
-    w.settle()
+    w, buffer = moving_under_a_write("resv-fence")
     w.tick(LEASE_NS // 2 + 1)                      # silent for more than half a lease
     w.time_out_fences(1)
     assert not [f for s, e, f in w.events if e == "fence_signal" and f.get("forced")]

@@ -38,27 +38,24 @@ def _zmq_batch(sock: zmq.Socket, n: int, start_id: int) -> list[float]:
     return samples
 
 
+def _timed(sock: Any, msg: wire.Message, reply_type: type) -> float:
+    """One request's round trip in us; the reply must be `reply_type` with the request's id."""
+    clock = time.perf_counter_ns
+    t0 = clock()
+    sock.send(wire.encode(msg))
+    r = wire.decode(sock.recv())
+    t1 = clock()
+    if type(r) is not reply_type or r.id != msg.id:
+        raise RuntimeError(f"{msg.OP} got {r}")
+    return (t1 - t0) / 1000
+
+
 def _map_batch(client: services.WireClient, attachment: int, n: int) -> tuple[list[float], list[float]]:
     maps, unmaps = [], []
-    clock = time.perf_counter_ns
-    sock, ids = client.sock, client.ids
+    sock, ids, token = client.sock, client.ids, client.tokens[attachment]
     for _ in range(n):
-        m = wire.Map(id=next(ids), attachment=attachment, token=client.tokens[attachment])
-        t0 = clock()
-        sock.send(wire.encode(m))
-        r = wire.decode(sock.recv())
-        t1 = clock()
-        if type(r) is not wire.MapReply or r.id != m.id:
-            raise RuntimeError(f"map got {r}")
-        u = wire.Unmap(id=next(ids), attachment=attachment, token=client.tokens[attachment])
-        t2 = clock()
-        sock.send(wire.encode(u))
-        r = wire.decode(sock.recv())
-        t3 = clock()
-        if type(r) is not wire.UnmapReply or r.id != u.id:
-            raise RuntimeError(f"unmap got {r}")
-        maps.append((t1 - t0) / 1000)
-        unmaps.append((t3 - t2) / 1000)
+        maps.append(_timed(sock, wire.Map(id=next(ids), attachment=attachment, token=token), wire.MapReply))
+        unmaps.append(_timed(sock, wire.Unmap(id=next(ids), attachment=attachment, token=token), wire.UnmapReply))
     return maps, unmaps
 
 
