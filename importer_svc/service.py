@@ -15,12 +15,15 @@ Capabilities come from the credentials file dmabuf-emu wrote for this importer (
 runtime/security.py): its join token, the export tokens of the buffers it was granted, and, on a
 CURVE run, its client keys. Without one it can join nothing. It refuses to send its tokens to a
 tcp endpoint beyond loopback without CURVE.
+
+Seams (runtime/env.py): the loop, the socket, the segments, the event sink, the pid and the random
+numbers come from the ServiceEnv, and the tokens may be handed in (`credentials`), so that the
+simulator runs this very class. The DMA engine runs on the loop's `dma` lane.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +37,12 @@ from protocol.importer import Importer, ImporterFatal
 from protocol.lease import ImporterLease
 from protocol.strategies import get as get_strategy
 from protocol.machine import TransitionError
-from runtime import memory, security, shm, transport
+from runtime import memory, security
+from runtime.env import ServiceEnv
 from runtime.fences import KERNEL_SLOT, FenceTable
 from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
-from runtime.service import ServiceShell, now_ns
+from runtime.service import ServiceShell
 
 from importer_svc.device_faults import DeviceFaults
 from importer_svc.dma import DmaEngine
@@ -90,29 +94,32 @@ def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str,
 
 
 class ImporterService(ServiceShell):
-    def __init__(self, args: ImporterArgs) -> None:
-        join, exports, curve = load_credentials(args)
-        super().__init__(args.name, args.out, args.control)
+    def __init__(self, args: ImporterArgs, env: ServiceEnv | None = None,
+                 credentials: tuple[str, dict[int, str], dict[str, Any] | None] | None = None) -> None:
+        """`credentials`: (join token, buffer -> export token, CURVE keys or None) when the caller
+        has them; otherwise they are read from args.credentials (load_credentials)."""
+        join, exports, curve = credentials if credentials is not None else load_credentials(args)
+        super().__init__(args.name, args.out, args.control, env)
         self.args = args
         self.id_base = args.incarnation << INCARNATION_ID_SHIFT
-        self.engine = Importer(get_strategy(args.strategy).IMPORTER, args.name, os.getpid(),
+        self.engine = Importer(get_strategy(args.strategy).IMPORTER, args.name, self.env.pid,
                                first_id=self.id_base + 1, join_token=join, export_tokens=exports)
-        self.dealer = transport.dealer(self.ctx, args.exporter, identity=args.name.encode(),
+        self.dealer = self.transport.dealer(args.exporter, identity=args.name.encode(),
                                        secure=security.curve_client(curve) if curve is not None else None)
         self.loop.add_reader(self.dealer, self._on_dealer)
         self.iommu = IommuTable()
-        self.dma = DmaEngine(self.loop, self.log, self.iommu, args.index, self._dma_done, args.chunk_ms,
+        self.dma = DmaEngine(self.loop.lane("dma"), self.log, self.iommu, args.index, self._dma_done, args.chunk_ms,
                              gate=self._may_access)
         job_base = args.incarnation << 24
-        self.workload = Workload(args.workload, args.seed, args.index, job_base)
+        self.workload = Workload(args.workload, args.seed, args.index, job_base, self.env.make_rng)
         self.lease_s = args.lease_ms / 1000
         self.lease = ImporterLease(int(self.lease_s * 1e9))
         self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_ms / 1000,
                                        max_backoff_s=self.lease_s / 2, window=REQUEST_WINDOW)
         self.replies = ReplyCache()
         self.msgfaults = MessageFaults(self.loop, self.log, args.name, list(args.faults), args.seed,
-                                       self._raw_send)
-        self.device_faults = DeviceFaults(args.name, list(args.faults), args.seed)
+                                       self._raw_send, self.env.make_rng)
+        self.device_faults = DeviceFaults(args.name, list(args.faults), args.seed, self.env.make_rng)
         self._heartbeat_id = self.id_base + HEARTBEAT_IDS
         self._last_tick = 0
         self._next_rogue = job_base + ROGUE_JOBS
@@ -135,13 +142,17 @@ class ImporterService(ServiceShell):
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        self.begin()
+        return self.serve()
+
+    def begin(self) -> None:
+        """Say hello to the exporter and start the heartbeat."""
         self.log.emit("service_start", index=self.args.index, strategy=self.args.strategy,
                       endpoint=self.args.exporter, granted=sorted(self.engine.export_tokens))
         self.publish_endpoints()
-        self._call(lambda: self.engine.start(now_ns()))
-        self._last_tick = now_ns()
+        self._call(lambda: self.engine.start(self.loop.now_ns()))
+        self._last_tick = self.loop.now_ns()
         self.loop.call_later(self.lease_s / 4, self._heartbeat)
-        return self.serve()
 
     def cleanup(self) -> None:
         if self.dma.running:  # rogue DMA still going (or a job cut short): on record, then stopped
@@ -167,7 +178,7 @@ class ImporterService(ServiceShell):
         self.workload.running = True
         self.state = "running"
         self.msgfaults.start_clock()
-        self.device_faults.start_clock(now_ns())
+        self.device_faults.start_clock(self.loop.now_ns())
         self._control_reply(peer, wire.ok_reply(msg))
         self._refill()
 
@@ -188,7 +199,7 @@ class ImporterService(ServiceShell):
             self.answer_deferred("shutdown")
             self.finish("shutdown before joining")
             return
-        self._call(lambda: self.engine.shutdown(now_ns()))
+        self._call(lambda: self.engine.shutdown(self.loop.now_ns()))
 
     def after_actions(self) -> None:
         if self.has_deferred("stop") and self.engine.busy_jobs == 0:
@@ -201,7 +212,7 @@ class ImporterService(ServiceShell):
             actions = call()
         except ImporterFatal as exc:
             self.log.emit("fatal", error=str(exc))
-            print(f"{self.svc}: {exc}", flush=True)
+            self.env.say(f"{self.svc}: {exc}")
             self.finish(str(exc), exit_code=3)
             return
         except Exception as exc:
@@ -213,12 +224,8 @@ class ImporterService(ServiceShell):
 
     def _on_dealer(self) -> None:
         for _ in range(256):
-            # Ask before reading: an empty socket's zmq.Again costs more than the question.
-            if not self.dealer.getsockopt(transport.EVENTS) & transport.POLLIN:
-                return
-            try:
-                frames = self.dealer.recv_multipart(transport.NOBLOCK)
-            except zmq.Again:
+            frames = self.dealer.recv()
+            if frames is None:
                 return
             if len(frames) != 1:
                 self.log.emit("bad_message_from_exporter", reason=f"{len(frames)} frames")
@@ -228,7 +235,7 @@ class ImporterService(ServiceShell):
             except wire.ProtocolError as err:
                 self.log.emit("bad_message_from_exporter", code=err.code, reason=err.message)
                 continue
-            now = now_ns()
+            now = self.loop.now_ns()
             if msg.REPLY:
                 self._on_reply(msg, now)
             else:
@@ -292,13 +299,13 @@ class ImporterService(ServiceShell):
 
     def _raw_send(self, peer: bytes, frame: bytes) -> None:
         try:
-            self.dealer.send(frame, transport.NOBLOCK)
+            self.dealer.send(b"", frame)
         except zmq.ZMQError as exc:
             self.log.emit("send_failed", error=str(exc))
 
     def _resend(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
         """Every transmission of a request, first or retry (the lease counts from the first)."""
-        self.lease.sent(msg_id, now_ns())
+        self.lease.sent(msg_id, self.loop.now_ns())
         self.msgfaults.submit(peer, frame, op, msg_id)
 
     def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:
@@ -322,7 +329,7 @@ class ImporterService(ServiceShell):
     def _heartbeat(self) -> None:
         """Every lease/4: notice our own pauses, stop the device if the lease ran out, give up on a
         silent exporter, and renew."""
-        now = now_ns()
+        now = self.loop.now_ns()
         if now - self._last_tick > self.lease_s / 2 * 1e9:
             self.lease.woke(now)
             self.log.emit("woke", late_ns=now - self._last_tick)
@@ -341,7 +348,7 @@ class ImporterService(ServiceShell):
 
     def _may_access(self) -> bool:
         """The DMA engine asks before every chunk."""
-        now = now_ns()
+        now = self.loop.now_ns()
         if self.lease.expired(now):
             self._lease_expired(now)
             return False
@@ -360,8 +367,8 @@ class ImporterService(ServiceShell):
         silent = self.lease.exporter_silent_ns(now)
         aborted = self.dma.abort_all("exporter lost")
         self.log.emit("exporter_lost", silent_ns=silent, jobs_aborted=aborted)
-        print(f"{self.svc}: the exporter has not answered for {silent / 1e6:.0f} ms (lease "
-              f"{self.lease_s * 1000:.0f} ms): all DMA stopped, exiting", flush=True)
+        self.env.say(f"{self.svc}: the exporter has not answered for {silent / 1e6:.0f} ms (lease "
+                     f"{self.lease_s * 1000:.0f} ms): all DMA stopped, exiting")
         self.outstanding.cancel()
         self.finish("exporter lost", exit_code=EXIT_EXPORTER_LOST)
 
@@ -371,7 +378,7 @@ class ImporterService(ServiceShell):
         """The rogue device fault: keep doing DMA on the mapping for `ms` after unmap or ack."""
         if start is None or not self.device_faults:
             return
-        f = self.device_faults.fires("rogue", now_ns())
+        f = self.device_faults.fires("rogue", self.loop.now_ns())
         if f is None:
             return
         self._next_rogue += 1
@@ -388,9 +395,9 @@ class ImporterService(ServiceShell):
     def _do_joined(self, action: Joined) -> None:
         if not self.segments:  # a rejoin keeps the segments it has
             for heap, name, size in action.heaps:
-                self.segments[heap] = seg = shm.attach(name)
+                self.segments[heap] = seg = self.env.memory.attach(name)
                 self.views[heap] = memory.HeapView(heap, seg.buf, size)
-            self.segments["fences"] = fseg = shm.attach(action.fences_shm)
+            self.segments["fences"] = fseg = self.env.memory.attach(action.fences_shm)
             self.fences = FenceTable(fseg.buf, action.fence_slots, len(action.buffers))
         self.dma.attach_memory(self.views, self.fences, action.slot)  # type: ignore[arg-type]
         self.log.emit("joined", slot=action.slot, heaps=[h for h, _, _ in action.heaps],
@@ -417,7 +424,7 @@ class ImporterService(ServiceShell):
 
     def _do_start_dma(self, action: StartDma) -> None:
         duration = self._durations.pop(action.job, self.args.workload.dma_ms / 1000)
-        if self.device_faults and (f := self.device_faults.fires("slow-dma", now_ns())) is not None:
+        if self.device_faults and (f := self.device_faults.fires("slow-dma", self.loop.now_ns())) is not None:
             duration *= f["factor"]
             self.log.emit("fault", kind="slow-dma", target=self.svc, job=action.job, factor=f["factor"])
         self._starts[action.job] = self._last_start[action.buffer] = action
@@ -425,15 +432,15 @@ class ImporterService(ServiceShell):
         self._iovas[action.job] = self.dma.iova_of_job(action.job)
 
     def _dma_done(self, job: int) -> None:
-        self._call(lambda: self.engine.dma_done(job, now_ns()))
+        self._call(lambda: self.engine.dma_done(job, self.loop.now_ns()))
 
     def _do_wait_kernel_fence(self, action: WaitKernelFence) -> None:
-        began = now_ns()
+        began = self.loop.now_ns()
 
         def poll() -> None:
             if self.fences.is_signaled(KERNEL_SLOT, action.buffer, action.seq):  # type: ignore[union-attr]
-                self.log.emit("kernel_fence_wait", buffer=action.buffer, seq=action.seq, waited_ns=now_ns() - began)
-                self._call(lambda: self.engine.kernel_fence_signaled(action.attachment, now_ns()))
+                self.log.emit("kernel_fence_wait", buffer=action.buffer, seq=action.seq, waited_ns=self.loop.now_ns() - began)
+                self._call(lambda: self.engine.kernel_fence_signaled(action.attachment, self.loop.now_ns()))
             else:
                 self.loop.call_later(KERNEL_FENCE_POLL_S, poll)
 
@@ -462,7 +469,7 @@ class ImporterService(ServiceShell):
                 return
             self._durations[spec.job] = spec.duration_s
             try:
-                actions = self.engine.job(spec.job, spec.buffer, spec.access, now_ns())
+                actions = self.engine.job(spec.job, spec.buffer, spec.access, self.loop.now_ns())
             except TransitionError as exc:
                 self.internal_error("job", exc)
                 return
