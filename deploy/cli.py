@@ -27,6 +27,7 @@ examples:
   dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf
   dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live
   dmabuf-emu check runs/mn
+  dmabuf-emu sim --strategy move-notify --importers 4 --seed 7 --out runs/sim-mn && dmabuf-emu replay runs/sim-mn --out runs/sim-mn2
 
 a run directory holds deploy.json, events/*.jsonl, history.jsonl, report.json, report.md and
 trace.json (open it in https://ui.perfetto.dev).
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from deploy.campaign import add_parser as add_campaign_parser
     add_campaign_parser(sub)
+    from deploy.sim_cmd import add_parsers as add_sim_parsers
+    add_sim_parsers(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
                        description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
                                    "time to first race, each as the median of repetitions with min and max, "
@@ -180,7 +183,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from deploy.summary import summary_lines
     if not (args.dir / "events").is_dir() and not (args.dir / "history.jsonl").exists():
         raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
-    report = check_run(args.dir, merge=(args.dir / "events").is_dir())
+    from deploy.reporting import read_report, rejudged
+    previous = read_report(args.dir)
+    report = rejudged(args.dir, check_run(args.dir, merge=(args.dir / "events").is_dir()), previous)
     print("\n".join(summary_lines(report, str(args.dir))))
     return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
 
@@ -220,7 +225,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _cmd_run, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from deploy.sim_cmd import cmd_sim
+    return cmd_sim(args)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from deploy.sim_cmd import cmd_replay
+    return cmd_replay(args)
+
+
+_COMMANDS = {"run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
              "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
              "strategies": _cmd_strategies}
 

@@ -157,4 +157,5 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
                  segments_removed=report.segments_removed)
         log.close()
     progress.line("judging the history ...")
-    return check_run(out)
+    from deploy.reporting import finish_report
+    return finish_report(out, check_run(out), "real")
