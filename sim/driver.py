@@ -24,6 +24,7 @@ Rules (each the real driver's, on virtual time):
 from __future__ import annotations
 
 import hashlib
+import math
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +208,10 @@ class SimDeployment:
                     on_done(stop.value)
                 return
             if isinstance(cmd, Sleep):
-                self.loop.call_later(max(0.0, cmd.seconds), lambda: self._resume(state, None))
+                # Rounded up to a whole nanosecond, at least one: a wait of what is left until a
+                # deadline computed in float seconds must get there, not stop a hair short.
+                wake = self.loop.now_ns() + max(1, math.ceil(cmd.seconds * 1e9))
+                self.loop.call_at(wake, lambda: self._resume(state, None))
                 return
             if not isinstance(cmd, Await):
                 raise TypeError(f"driver task yielded {cmd!r}")

@@ -147,13 +147,16 @@ class Scheduler:
     # ------------------------------------------------------------------ generators
 
     def rng(self, stream: str, seed: str) -> SimRandom:
-        """runtime/rng.MakeRng: the generator for one purpose. Asking twice for one stream is a
-        bug (two shells would share a sequence) and is refused."""
-        if stream in self._sids:
-            raise ValueError(f"stream {stream!r} asked for twice")
-        self._sids[stream] = len(self.streams)
-        self.streams.append(stream)
-        return SimRandom(self, self._sids[stream], random.Random(seed))
+        """runtime/rng.MakeRng: the generator for one purpose, a random.Random(seed) behind it.
+        Asked for again (a restarted importer makes its message faults anew, as a real one does),
+        it is a fresh generator with the same seed, logged as stream `<stream>#2`, `#3`, ..."""
+        name, n = stream, 1
+        while name in self._sids:
+            n += 1
+            name = f"{stream}#{n}"
+        self._sids[name] = sid = len(self.streams)
+        self.streams.append(name)
+        return SimRandom(self, sid, random.Random(seed))
 
     # ------------------------------------------------------------------ decisions
 
