@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
     cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
+    cm.add_argument("--sim", action="store_true", help="simulate each run (dmabuf-emu sim) instead of running it")
+    cm.add_argument("--versus", type=Path, default=None, metavar="DIR",
+                    help="with --table-only: one table of OUT's runs beside DIR's (real against simulated)")
     options.add_arguments(cm)
 
     from deploy.campaign import add_parser as add_campaign_parser
@@ -191,14 +194,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from deploy.compare import compare, table, variants
+    from deploy.compare import compare, table, variants, versus
     from deploy.run import run
     if args.table_only:
-        print(table(args.out))
+        print(table(args.out) if args.versus is None else versus(args.out, args.versus))
         return EXIT_OK
     params = options.resolve(args.scenario, vars(args))
 
     def one(p: options.RunParams, out: Path) -> dict:
+        if args.sim:
+            from sim.run import simulate
+            return simulate(p, out).report
         return run(p, out, quiet=True)
 
     def done(label: str, report: dict) -> None:

@@ -26,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import math
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator
 
+from deploy.launcher import DownReport
 from deploy.options import RunParams
 from deploy.process_faults import ProcessFaults, schedule
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
@@ -72,15 +73,6 @@ class Sleep:
 class Await:
     msg_id: int
     timeout_s: float
-
-
-@dataclass
-class DownReport:
-    graceful: list[str] = field(default_factory=list)
-    terminated: list[str] = field(default_factory=list)
-    killed: list[str] = field(default_factory=list)
-    already_gone: list[str] = field(default_factory=list)
-    segments_removed: list[str] = field(default_factory=list)
 
 
 Task = Generator[Any, Any, Any]

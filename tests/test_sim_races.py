@@ -17,6 +17,7 @@ from protocol.importer import AttEvent, AttState, IGuard
 from protocol.strategies import resv_fence
 from runtime import faults as F
 from sim.run import simulate_in_memory
+from tests.conftest_checker import crossing_jobs
 
 STANDARD = dict(importers=4, buffers=8, duration=3.0)          # default rates, bytes stamped and verified
 SEEDS = range(1, 21)
@@ -113,30 +114,13 @@ def test_revalidate_races_only_with_rogue_devices_for_every_seed(seed: int) -> N
 
 # ---------------------------------------------------------------------------------- crossings
 
-def _crossing_maps(history: list[bytes]) -> tuple[int, set[tuple[str, int]]]:
-    """Jobs handed a placement after its move had begun (the map reply crossed move_notify)."""
-    events = [json.loads(line) for line in history]
-    begun = {(e["buffer"], e["from_gen"]): e["t_ns"] for e in events if e["event"] == "move_begin"}
-    served = {(e["importer"], e["id"]): e["t_ns"] for e in events if e["event"] == "map_served"}
-    mapped: dict = {}
-    crossing: set[tuple[str, int]] = set()
-    for e in events:
-        if e["event"] == "map":
-            mapped[(e["svc"], e["attachment"])] = e
-        elif e["event"] == "dma_begin" and not e.get("rogue") and (e["buffer"], e["gen"]) in begun:
-            m = mapped[(e["svc"], e["attachment"])]
-            if served[(e["svc"], m["id"])] > begun[(e["buffer"], e["gen"])]:
-                crossing.add((e["svc"], e["job"]))
-    return len(crossing), crossing
-
-
 def test_move_notify_ack_races_are_maps_crossing_a_late_notification() -> None:
     """The 2012 thread's fear, on the real code: a map served after move_notify went out hands
     out the old placement; every race is such a job, and the fenced design has none."""
     faults = ("delay:ms=5,op=move_notify,target=exporter",)
     r = sim("move-notify-ack", 1, faults, duration=1.0)
     assert_races_with_witnesses(r.report)
-    n, crossing = _crossing_maps(r.history)
+    crossing = crossing_jobs([json.loads(line) for line in r.history])
     racing = {(w["job"]["svc"], w["job"]["job"]) for k in ("lost_write", "stale_read") for w in r.report["witnesses"][k]}
     assert racing and racing <= crossing, (racing, crossing)
     assert_no_race(sim("resv-fence", 1, faults, duration=1.0), "resv-fence with late notifications")
