@@ -9,7 +9,7 @@ from pathlib import Path
 from runtime.units import parse_size
 from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
-from protocol.strategies import STRATEGIES
+from protocol.strategies import describe_choices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="run directory: events/exporter.jsonl, run/exporter.json")
     p.add_argument("--endpoint", required=True, help="ZeroMQ endpoint importers connect to (ipc://PATH or tcp://127.0.0.1:PORT, port * for any)")
     p.add_argument("--control", required=True, help="ZeroMQ endpoint for dmabuf-emu's control requests")
-    p.add_argument("--strategy", default="pin", choices=sorted(STRATEGIES))
+    p.add_argument("--strategy", default="pin", metavar="NAME|PATH",
+                   help=f"the strategy: {describe_choices()} (default: pin)")
     p.add_argument("--buffers", type=int, default=8)
     p.add_argument("--buffer-size", type=parse_size, default=256 * 1024, help="bytes, e.g. 256KiB")
     p.add_argument("--vram-size", type=parse_size, default=None, help="bytes (default: half the buffers)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
-from protocol.strategies import STRATEGIES
+from protocol.strategies import describe_choices
 from runtime.faults import FaultError, decode as decode_faults
 
 
@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="run directory: events/<name>.jsonl, run/<name>.json")
     p.add_argument("--exporter", required=True, help="the exporter's ZeroMQ endpoint")
     p.add_argument("--control", required=True, help="ZeroMQ endpoint for dmabuf-emu's control requests")
-    p.add_argument("--strategy", default="pin", choices=sorted(STRATEGIES))
+    p.add_argument("--strategy", default="pin", metavar="NAME|PATH",
+                   help=f"the strategy: {describe_choices()} (default: pin)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--queue-depth", type=int, default=2, help="DMA jobs in flight at once")
     p.add_argument("--dma-ms", type=float, default=6.0, help="mean duration of a DMA job")
