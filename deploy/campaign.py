@@ -17,8 +17,10 @@ With `--scheduler tcp://HOST:PORT` the runs are tasks on a Dask distributed clus
 the services locally (the same subprocess), then returns the run directory as a tar blob that is
 unpacked into OUT/runs/... here. Workers need dmabuf-emu installed; see README "Campaigns".
 
-This module imports only the standard library and deploy.options at import time: the command line
-parser of every `dmabuf-emu run` child imports it.
+This module imports only the standard library, deploy.options and deploy.campaign_report (which
+imports nothing of ours) at import time: the command line parser of every `dmabuf-emu run` child
+imports it. campaign_report never imports this module: the comparison is derived from the run
+directories alone.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from deploy import options
+from deploy import campaign_report, options
+from deploy.campaign_report import read_report
 from deploy.options import OptionError, RunParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -153,15 +156,6 @@ def plan_runs(base: RunParams, strategies: str, plans: str, seeds: int) -> tuple
 
 
 # ---------------------------------------------------------------------------------- finished runs
-
-def read_report(run_dir: Path) -> dict[str, Any] | None:
-    """The run's report if it finished (report.json parses and has the race counts), else None."""
-    try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
-        return None
-    return report if isinstance(report, dict) and isinstance(report.get("races"), dict) else None
-
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
@@ -449,7 +443,6 @@ def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path
              plots: bool = True,
              backend: Callable[[list[RunSpec], Path, Progress], None] | None = None) -> dict[str, Any]:
     """Run what is missing of the campaign, then write the summary and plots; returns the summary."""
-    from deploy import campaign_report
     if jobs < 1:
         raise CampaignError(f"--jobs must be at least 1, got {jobs}")
     out = out.resolve()
@@ -538,7 +531,6 @@ def add_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from deploy import campaign_report
     if args.report_only:
         summary = campaign_report.write_summary(args.out.resolve(), plots=not args.no_plots)
         print(campaign_report.render_matrix(summary))

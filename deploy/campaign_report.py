@@ -151,9 +151,17 @@ def digest(run_dir: Path, report: dict[str, Any], strategy: str, plan: str, seed
     }
 
 
+def read_report(run_dir: Path) -> dict[str, Any] | None:
+    """The run's report if it finished (report.json parses and has the race counts), else None."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("races"), dict) else None
+
+
 def collect(out: Path) -> list[tuple[dict[str, Any], list[float] | None]]:
     """(digest, map latencies) of every finished run under OUT/runs."""
-    from deploy.campaign import read_report
     runs = []
     for report_path in sorted((out / "runs").glob("*/*/seed-*/report.json")):
         run_dir = report_path.parent
