@@ -60,10 +60,12 @@ class CampaignError(OptionError):
 def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     """`all` or `pin,move-notify,...` -> [(label, overrides)]. `all` has unmap-hint twice, as
     `unmap-hint-optimistic` and `unmap-hint-conservative` (like `dmabuf-emu compare`); those labels
-    may also be named; a plain `unmap-hint` uses the campaign's --hint-policy."""
-    from protocol.strategies import STRATEGIES
+    may also be named; a plain `unmap-hint` uses the campaign's --hint-policy. A strategy of the
+    user's own (a .py path, or an installed one) is labelled by its NAME; `all,./mine.py` runs
+    every built-in and it."""
+    from protocol import strategies
     variants: dict[str, dict[str, Any]] = {}
-    for name in STRATEGIES:
+    for name in strategies.STRATEGIES:
         if name == "unmap-hint":
             for policy in ("optimistic", "conservative"):
                 variants[f"unmap-hint-{policy}"] = {"strategy": name, "hint_policy": policy}
@@ -72,17 +74,24 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     names = [s for s in (x.strip() for x in spec.split(",")) if s]
     if not names:
         raise CampaignError("--strategies: give 'all' or a comma-separated list")
-    if names == ["all"]:
-        return list(variants.items())
     out: list[tuple[str, dict[str, Any]]] = []
     for n in names:
-        if n in variants:
+        if n == "all":
+            out += list(variants.items())
+        elif n in variants:
             out.append((n, variants[n]))
-        elif n in STRATEGIES:
+        elif n in strategies.STRATEGIES:
             out.append((n, {"strategy": n}))
+        elif strategies.looks_like_path(n) or n in strategies.installed():
+            try:
+                module = strategies.resolve(n)
+            except strategies.StrategyError as exc:
+                raise CampaignError(f"--strategies: {exc}") from None
+            out.append((module.NAME, {"strategy": module.SOURCE}))
         else:
             raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, "
-                                f"{', '.join(sorted(set(variants) | set(STRATEGIES)))})")
+                                f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES)))}, "
+                                f"an installed strategy or the path of a .py file)")
     return list(dict(out).items())
 
 
@@ -510,7 +519,8 @@ def add_parser(sub: Any) -> None:
     c.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file with the base run parameters")
     c.add_argument("--out", required=True, type=Path, help="campaign directory (created; reused to resume)")
     c.add_argument("--strategies", default="all", metavar="LIST|all",
-                   help="comma-separated strategies, or all (default; unmap-hint under both hint policies)")
+                   help="comma-separated strategies, or all (default; unmap-hint under both hint policies); "
+                        "a .py path runs a strategy of your own (docs/writing-a-strategy.md)")
     c.add_argument("--faults", dest="plans", default="none", metavar="PLAN[,PLAN...]",
                    help="fault plans: shipped names (none net crash rogue pressure, or all) or .toml paths (default: none)")
     c.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 1..N for every combination (default 1)")

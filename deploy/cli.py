@@ -10,6 +10,7 @@ from pathlib import Path
 from deploy import options
 from deploy.launcher import DeployError, down, status, up
 from deploy.options import OptionError
+from protocol.strategies import StrategyError
 
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_DEPLOY = 0, 1, 2, 3
 
@@ -22,7 +23,9 @@ pressure; every DMA access goes through an emulated IOMMU; a race checker judges
 EPILOG = """\
 examples:
   dmabuf-emu strategies
+  dmabuf-emu strategies --diagram resv-fence
   dmabuf-emu run --strategy pin --importers 2 --duration 3 --out runs/pin
+  dmabuf-emu run --strategy docs/examples/move_notify_ack_defer.py --importers 4 --out runs/mine
   dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race
   dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf
   dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live
@@ -79,8 +82,12 @@ def _parser() -> argparse.ArgumentParser:
                         description="Run every strategy (unmap-hint under both hint policies) with the same "
                                     "parameters, one after the other, each in OUT/<strategy>, and print a "
                                     "markdown table: races, corrupted jobs, moves completed and refused, "
-                                    "map and move latency.",
-                        epilog="example: dmabuf-emu compare --importers 4 --duration 3 --out runs/compare")
+                                    "map and move latency. --strategy naming a strategy of your own (a .py "
+                                    "file or an installed one) adds it as a last row.",
+                        epilog="examples: dmabuf-emu compare --importers 4 --duration 3 --out runs/compare\n"
+                               "  dmabuf-emu compare --strategy docs/examples/move_notify_ack_defer.py "
+                               "--importers 4 --duration 3 --out runs/compare",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
     cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
@@ -97,9 +104,24 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, type=Path, help="directory for bench.json and bench.md (created)")
     b.add_argument("--quick", action="store_true", help="fewer and shorter repetitions (under 3 minutes)")
 
-    sub.add_parser("strategies", help="list the buffer-move strategies",
-                   description="List the strategies with one line each; the rules, the sentence of the "
-                               "2012 thread each one models and its hazard are in protocol/strategies/*.py.")
+    st = sub.add_parser("strategies", help="list the buffer-move strategies, check one, or draw its state diagrams",
+                        description="List the strategies with one line each (built-in, then installed ones: entry "
+                                    "point group dmabuf_emu.strategies); the rules, the sentence of the 2012 thread "
+                                    "each built-in one models and its hazard are in protocol/strategies/*.py. "
+                                    "--diagram draws both halves' state diagrams from the strategy's tables; "
+                                    "--check loads a strategy of your own and checks its tables, as every "
+                                    "command does before it starts anything.",
+                        epilog="examples:\n  dmabuf-emu strategies --diagram resv-fence\n"
+                               "  dmabuf-emu strategies --diagram move-notify-ack --format dot --steps | dot -Tsvg > mna.svg\n"
+                               "  dmabuf-emu strategies --check docs/examples/move_notify_ack_defer.py\n"
+                               "  dmabuf-emu strategies --doc > docs/strategies.md",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = st.add_mutually_exclusive_group()
+    what.add_argument("--diagram", metavar="NAME|PATH", help="print the exporter's and the importer's state diagrams")
+    what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way")
+    what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
+    st.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="diagram format (default mermaid)")
+    st.add_argument("--steps", action="store_true", help="put each rule's steps on its edge")
     return p
 
 
@@ -116,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return _COMMANDS[args.command](args)
-    except OptionError as exc:
+    except (OptionError, StrategyError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except DeployError as exc:
         return _fail(EXIT_DEPLOY, str(exc))
@@ -127,10 +149,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
-    from protocol.strategies import STRATEGIES
-    width = max(map(len, STRATEGIES))
-    for name, module in STRATEGIES.items():
-        print(f"{name.ljust(width)}  {module.SUMMARY}")
+    from deploy import diagram
+    from protocol import strategies
+    if args.doc:
+        print(diagram.document(strategies.STRATEGIES), end="")
+        return EXIT_OK
+    if args.diagram or args.check:
+        module = strategies.resolve(args.diagram or args.check)
+        if args.check:
+            print(f"{module.SOURCE}: strategy {module.NAME}: tables checked, ok")
+        else:
+            print(diagram.diagrams(module, args.format, args.steps), end="")
+        return EXIT_OK
+    listed = dict(strategies.STRATEGIES)
+    for name in strategies.installed():
+        try:
+            listed[name] = strategies.resolve(name)
+        except strategies.StrategyError as exc:
+            print(f"dmabuf-emu: {exc}", file=sys.stderr)
+    width = max(map(len, listed))
+    for name, module in listed.items():
+        where = "" if name in strategies.STRATEGIES else "  (installed)"
+        print(f"{name.ljust(width)}  {module.SUMMARY}{where}")
     return EXIT_OK
 
 
@@ -200,7 +240,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"  {label}: races {report['races']['total']}, moves completed {report['moves']['completed']}, "
               f"refused {report['moves']['refused']}", file=sys.stderr, flush=True)
 
-    print(f"compare: {len(variants())} runs of "
+    print(f"compare: {len(variants(params.strategy))} runs of "
           f"{params.duration:g} s each -> {args.out}", file=sys.stderr)
     print(compare(params, args.out, one, done))
     return EXIT_OK

@@ -3,6 +3,8 @@
 Each strategy gets its own run directory OUT/<label>; the table is derived from their
 report.json files only, so `dmabuf-emu compare --table-only OUT` rebuilds it from finished runs.
 unmap-hint appears twice, once per hint policy: they are the two halves of option 1's argument.
+A strategy of the user's own (`--strategy ./mine.py`, or an installed one) runs after the
+built-in ones, in OUT/<its NAME>, and has its row at the bottom of the table.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deploy.options import RunParams
-from protocol.strategies import STRATEGIES
+from protocol.strategies import STRATEGIES, resolve
 
 RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
 
 
-def variants() -> list[tuple[str, dict[str, Any]]]:
+def variants(extra: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Every built-in strategy, then `extra` (a strategy of the user's own) if it is not one."""
     out: list[tuple[str, dict[str, Any]]] = []
     for name in STRATEGIES:
         if name == "unmap-hint":
@@ -26,6 +29,8 @@ def variants() -> list[tuple[str, dict[str, Any]]]:
                     ("unmap-hint (conservative)", {"strategy": name, "hint_policy": "conservative"})]
         else:
             out.append((name, {"strategy": name}))
+    if extra is not None and extra not in STRATEGIES:
+        out.append((resolve(extra).NAME, {"strategy": extra}))
     return out
 
 
@@ -35,7 +40,7 @@ def _dirname(label: str) -> str:
 
 def compare(base: RunParams, out: Path, run: Callable[[RunParams, Path], dict[str, Any]],
             on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None) -> str:
-    for label, overrides in variants():
+    for label, overrides in variants(base.strategy):
         params = dataclasses.replace(base, **overrides)
         report = run(params, out / _dirname(label))
         on_done(label, report)
@@ -47,7 +52,10 @@ def table(out: Path) -> str:
     head = ("| strategy | races | lost_write / stale_read / use_after_unmap / unfenced | corrupted jobs "
             "| moves completed | moves refused | map p50 / p99 (us) | move p50 (us) |")
     lines = [head, "|" + "---|" * 8]
-    for label, _ in variants():
+    builtin = [label for label, _ in variants()]
+    own = sorted(d.name for d in out.iterdir() if d.is_dir() and d.name not in map(_dirname, builtin)
+                 and (d / "report.json").exists()) if out.is_dir() else []
+    for label in builtin + own:
         path = out / _dirname(label) / "report.json"
         if not path.exists():
             continue

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from protocol.strategies import STRATEGIES
+from protocol import strategies
 from runtime import faults
 from runtime.units import format_size, parse_size
 
@@ -119,6 +119,17 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def _strategy(v: Any) -> str:
+    """A built-in or installed strategy's name, or a .py file (loaded and checked now, so that a
+    broken one is refused before anything starts); a file becomes its absolute path."""
+    if not isinstance(v, str):
+        raise OptionError(f"must be one of {strategies.describe_choices()}; got {v!r}")
+    try:
+        return strategies.resolve(v).SOURCE
+    except strategies.StrategyError as exc:
+        raise OptionError(str(exc)) from None
+
+
 def _address(v: Any) -> str:
     if not isinstance(v, str):
         raise OptionError(f"must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0, got {v!r}")
@@ -163,7 +174,8 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("strategy", _choice(*STRATEGIES), "buffer-move strategy: " + ", ".join(STRATEGIES), "NAME"),
+    Option("strategy", _strategy, "buffer-move strategy: " + strategies.describe_choices() +
+           " (docs/writing-a-strategy.md)", "NAME|PATH"),
     Option("importers", _int_range(1, 64), "importer processes (devices) to start", "N"),
     Option("buffers", _int_range(1, 4096), "buffers the exporter shares", "N"),
     Option("buffer_size", _size(64, 1 << 30), "bytes per buffer, e.g. 256KiB", "SIZE"),

@@ -104,7 +104,7 @@ def check(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, Any],
     for state, path in reach.items():
         for event in vocab.events:
             if (state, event) not in rows and (ANY, event) not in rows:
-                how = f" ({path})" if path else ""
+                how = f" ({path})" if path else " (the initial state)"
                 raise TableError(strategy, vocab.half, _key(state, event),
                                  f"missing: state {state.value} is reachable{how} but nothing says what "
                                  f"{event.value} does there (add a row, or VIOLATION if it cannot happen)")

@@ -78,7 +78,7 @@ def resolve(spec: str) -> ModuleType:
         return STRATEGIES[spec]
     if spec in _loaded:
         return _loaded[spec]
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         module = _load_file(Path(spec))
     else:
         module = _load_entry_point(spec)
@@ -100,7 +100,8 @@ def describe_choices() -> str:
     return f"{', '.join(STRATEGIES)}, an installed strategy, or the path of a .py file"
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """A strategy named by a file rather than by name."""
     return spec.endswith(".py") or "/" in spec or spec.startswith(".")
 
 
@@ -108,7 +109,7 @@ def _load_entry_point(name: str) -> ModuleType:
     eps = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not eps:
         near = difflib.get_close_matches(name, list(STRATEGIES) + installed(), n=1)
-        raise StrategyError(f"unknown strategy {name!r}: must be one of {describe_choices()}"
+        raise StrategyError(f"must be one of {describe_choices()}; got {name!r}"
                             + (f" (did you mean {near[0]}?)" if near else ""))
     ep = eps[0]
     where = f"strategy {name} (entry point {ep.value} in {ENTRY_POINT_GROUP})"
