@@ -14,10 +14,10 @@ drains, not when a fence says so.
 
 Rules: those of move-notify-ack (protocol/strategies/move_notify_ack.py), except that a map
 arriving while a move waits for acks is deferred until the move is over.
-Hazard: what is left of move-notify-ack's. A map reply that was lost and resent after the move
-was announced (a message fault) still carries the old placement, and this importer does not check
-for it (resv-fence's STALE_REPLY guard does); an ack timeout still copies under a device that did
-not answer.
+Hazard: what is left of move-notify-ack's. A map reply sent before the move began that reaches
+the importer after the move_notify (delayed, reordered, or lost and resent) still carries the old
+placement, and this importer does not check for it (resv-fence's STALE_REPLY guard does): under
+the `net` fault plan it races. An ack timeout still copies under a device that did not answer.
 
 Run it: dmabuf-emu run --strategy docs/examples/move_notify_ack_defer.py --importers 4 --out runs/defer
 (docs/writing-a-strategy.md walks through it).
