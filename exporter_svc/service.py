@@ -30,6 +30,7 @@ from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, Publ
                               Send, SignalKernelFence, StampBuffer, StartTimer, WaitFences)
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig
 from protocol.heap import LINE
+from protocol.params import default_s
 from protocol.strategies import resolve as resolve_strategy
 from runtime import memory, security, shm, transport
 from runtime.fences import FenceTable, table_bytes
@@ -58,8 +59,8 @@ class ExporterArgs:
     ack_timeout_s: float
     fence_timeout_s: float
     hint_policy: str
-    lease_s: float = 0.5
-    retry_s: float = 0.1
+    lease_s: float = default_s("lease_ms")
+    retry_s: float = default_s("retry_ms")
     faults: tuple[dict[str, Any], ...] = ()
     seed: int = 1
     credentials: Path | None = None     # DIR/secrets/exporter.json (see runtime/security.py)

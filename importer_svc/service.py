@@ -33,6 +33,7 @@ from protocol.actions import (AckOwed, Acked, Action, CancelTimer, ExporterLost,
                               LeaseExpired, Left, ProgramIommu, Ready, Send, StartDma, StartTimer,
                               TeardownIommu, WaitKernelFence)
 from protocol.importer import Importer, ImporterFatal
+from protocol.params import default
 from protocol.strategies import resolve as resolve_strategy
 from protocol.machine import TransitionError
 from runtime import memory, security, shm, transport
@@ -70,8 +71,8 @@ class ImporterArgs:
     seed: int
     workload: WorkloadConfig
     chunk_ms: float = 1.0
-    lease_ms: float = 500.0
-    retry_ms: float = 100.0
+    lease_ms: float = default("lease_ms")
+    retry_ms: float = default("retry_ms")
     faults: tuple[dict[str, Any], ...] = ()
     incarnation: int = 0
     credentials: Path | None = None

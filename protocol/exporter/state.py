@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.actions import Action, Emit, Send
 from protocol.exporter.table import MoveEvent, MoveState
+from protocol.params import default, default_s
 from protocol.wire import Map, Message, Placement
 
 
@@ -33,11 +34,12 @@ class ExporterConfig:
     heaps: tuple[HeapConfig, ...]    # the first is the scarce one (vram), the last the spill (sys)
     fences_shm: str
     fence_slots: int                 # importers + 1 (slot 0: the exporter's KERNEL fences)
-    ack_timeout_s: float = 0.25
-    fence_timeout_s: float = 1.0
-    hint_policy: str = "optimistic"
+    # The run parameters' defaults are protocol/params.py's.
+    ack_timeout_s: float = default_s("ack_timeout_ms")
+    fence_timeout_s: float = default_s("fence_timeout_ms")
+    hint_policy: str = default("hint_policy")
     max_moves_in_flight: int = 2
-    lease_s: float = 0.5
+    lease_s: float = default_s("lease_ms")
     secret: bytes = b""              # keys the tokens (protocol/capability.py); at least 16 bytes
     max_attachments: int = 8192      # per importer
     max_mappings: int = 256          # per importer: mapped, or waiting to be
