@@ -315,3 +315,29 @@ def test_a_copy_of_a_built_in_runs_the_same_schedule_to_the_same_history(tmp_pat
         worlds.append([(svc, e, f) for svc, e, f in w.events])
     assert worlds[0] == worlds[1]
 
+
+
+# ---------------------------------------------------------------------------------- defects found on reading
+
+def test_the_fence_table_records_the_reason_a_fence_was_forced_and_refuses_an_unknown_one() -> None:
+    from protocol.fence import FORCE_REASONS
+    from runtime.fences import FenceTable, table_bytes
+    fences = FenceTable(memoryview(bytearray(table_bytes(3, 2))), 3, 2)
+    seq = fences.emit(1, 0)
+    assert fences.error(1, 0) == ""
+    for reason in FORCE_REASONS:
+        fences.force(1, 0, reason)
+        assert fences.error(1, 0) == reason and fences.forced_before_signaled(1, 0, seq)
+    with pytest.raises(ValueError, match="cannot record 'importer_lost' as a fence error"):
+        fences.force(1, None, "importer_lost")
+
+
+def test_one_peer_label_for_every_event_about_a_connection() -> None:
+    w = World("pin")
+    w.join_all()
+    assert w.exporter.peer_label(b"importer-1") == "importer-1"
+    assert w.exporter.peer_label(b"\x00\x01nobody") == "?" + b"\x00\x01nobody".hex()
+    out = w.exporter.handle_request(b"\x00\x01nobody", wire.Hello(id=1, name="importer-9", pid=1, strategy="pin",
+                                                                 token="0" * 32), 0)
+    denied = [a.fields for a in out if getattr(a, "event", "") == "access_denied"]
+    assert denied and denied[0]["peer"] == "?" + b"\x00\x01nobody".hex()
