@@ -366,7 +366,7 @@ class ExporterService(ServiceShell):
         self._guarded("copy_done", lambda: self.engine.copy_done(a.move, now_ns()))
 
     def _do_wait_fences(self, action: WaitFences) -> None:
-        snapshot = self.fences.snapshot(action.buffer)
+        snapshot = self.fences.snapshot(action.buffer, action.usage)
         deadline = now_ns() + int(action.timeout_s * 1e9)
 
         def poll() -> None:

@@ -94,7 +94,7 @@ class DmaEngine:
                    iova=iova if rogue else self.iommu.iova_of(start.attachment))
         self._jobs[start.job] = job
         if start.fenced:
-            job.fence_seq = self.fences.emit(self.slot, start.buffer)  # type: ignore[union-attr]
+            job.fence_seq = self.fences.emit(self.slot, start.buffer, usage_for_access(start.access))  # type: ignore[union-attr]
         job.t0 = now_ns()
         self.log.emit("dma_begin", job=start.job, buffer=start.buffer, attachment=start.attachment,
                       access=start.access, heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,
