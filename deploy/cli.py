@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from deploy import options
+from deploy import options, rundir
+from deploy.helpformat import Formatter, examples, with_default
 from deploy.launcher import DeployError, down, status, up
 from deploy.options import OptionError
 
@@ -19,85 +20,119 @@ importers have mapped?" (linux-media, February 2012) for real. An exporter proce
 processes share POSIX shared memory and talk over ZeroMQ; a memory manager moves buffers under
 pressure; every DMA access goes through an emulated IOMMU; a race checker judges the history."""
 
-EPILOG = """\
-examples:
-  dmabuf-emu strategies
-  dmabuf-emu run --strategy pin --importers 2 --duration 3 --out runs/pin
-  dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race
-  dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf
-  dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live
-  dmabuf-emu check runs/mn
+EPILOG = examples(
+    "dmabuf-emu demo",
+    "dmabuf-emu strategies",
+    "dmabuf-emu run --strategy pin --importers 2 --duration 3 --out runs/pin",
+    "dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race",
+    "dmabuf-emu check runs/mn",
+    "dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf",
+    "dmabuf-emu run scenarios/revalidate-rogue.toml --out runs/rogue",
+    "dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live",
+    note="scenarios/*.toml: one scenario per strategy and a few with faults, each saying what it shows "
+         "(README \"Scenarios\"). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
+         "report.json, report.md and trace.json (open it in https://ui.perfetto.dev). A command refuses "
+         "an --out that already holds a run unless given --force.")
+FORCE_HELP = "replace the run already in --out (without it, such an --out is refused)"
 
-a run directory holds deploy.json, events/*.jsonl, history.jsonl, report.json, report.md and
-trace.json (open it in https://ui.perfetto.dev).
-"""
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("dmabuf-emu")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: pip install -e .)"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmabuf-emu", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=Formatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    from deploy.demo import add_parser as add_demo_parser
+    add_demo_parser(sub, Formatter, examples(
+        "dmabuf-emu demo", note="Run it again with --force (it replaces the runs it left in --out), or "
+                                "with another --out; --duration and the other run parameters apply to both runs."))
+
     r = sub.add_parser("run", help="up, drive the workload for --duration seconds, down, judge, report",
+                       formatter_class=Formatter,
                        description="Start the services, run the workload under memory pressure for "
                                    "--duration seconds, stop everything, merge the history, judge it "
                                    "and write report.json, report.md and trace.json.",
-                       epilog="example: dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn")
+                       epilog=examples("dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn",
+                                       "dmabuf-emu run scenarios/move-notify-ack.toml --out runs/mna",
+                                       "dmabuf-emu run --strategy resv-fence --fault restart:target=importer-2,at=1.5 --out runs/restart"))
     r.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     r.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
     r.add_argument("--quiet", action="store_true", help="print only the summary")
     r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     options.add_arguments(r)
 
     u = sub.add_parser("up", help="start the exporter and importers in the background",
+                       formatter_class=Formatter,
                        description="Start the exporter and the importers as background processes, wait "
                                    "until each answers ping, and write DIR/deploy.json. They attach "
-                                   "their buffers and idle until 'run' drives them or 'down' stops them.")
+                                   "their buffers and then idle (no workload, no moves) until 'down' "
+                                   "stops them.",
+                       epilog=examples("dmabuf-emu up --strategy resv-fence --out runs/live && "
+                                       "dmabuf-emu status runs/live && dmabuf-emu down runs/live"))
     u.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     u.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    u.add_argument("--force", action="store_true", help=FORCE_HELP)
     options.add_arguments(u)
 
-    s = sub.add_parser("status", help="which services of a run are alive",
+    s = sub.add_parser("status", help="which services of a run are alive", formatter_class=Formatter,
                        description="Show each service of DIR's deployment: pid, alive or not, and its state.")
     s.add_argument("dir", type=Path, metavar="DIR")
 
     d = sub.add_parser("down", help="stop a run's services and remove its segments and sockets",
+                       formatter_class=Formatter,
                        description="Ask every service to shut down (importers first), SIGTERM then "
                                    "SIGKILL those that do not, then unlink the run's shared-memory "
                                    "segments and remove its socket files. Safe after a crash, and twice.")
     d.add_argument("dir", type=Path, metavar="DIR")
-    d.add_argument("--timeout", type=float, default=5.0, help="seconds before escalating to signals (default 5)")
+    d.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help=with_default("seconds before escalating to signals", 5))
 
     c = sub.add_parser("check", help="re-judge a finished run directory and rewrite its reports",
+                       formatter_class=Formatter, epilog=examples("dmabuf-emu check runs/mn --fail-on-race"),
                        description="Merge DIR/events into DIR/history.jsonl, run the race checker and "
                                    "rewrite report.json, report.md and trace.json.")
     c.add_argument("dir", type=Path, metavar="DIR")
     c.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race was found (for CI)")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
+                        formatter_class=Formatter,
                         description="Run every strategy (unmap-hint under both hint policies) with the same "
                                     "parameters, one after the other, each in OUT/<strategy>, and print a "
                                     "markdown table: races, corrupted jobs, moves completed and refused, "
                                     "map and move latency.",
-                        epilog="example: dmabuf-emu compare --importers 4 --duration 3 --out runs/compare")
+                        epilog=examples("dmabuf-emu compare --importers 4 --duration 3 --out runs/compare",
+                                        "dmabuf-emu compare --table-only --out runs/compare"))
     cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
+    cm.add_argument("--force", action="store_true", help="replace the runs already in --out")
     cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
     options.add_arguments(cm)
 
     from deploy.campaign import add_parser as add_campaign_parser
-    add_campaign_parser(sub)
+    add_campaign_parser(sub, Formatter)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
+                       formatter_class=Formatter,
                        description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
                                    "time to first race, each as the median of repetitions with min and max, "
                                    "ratios against baselines measured in the same run. Writes OUT/bench.json "
                                    "and OUT/bench.md and prints the table.",
-                       epilog="example: dmabuf-emu bench --quick --out runs/bench")
+                       epilog=examples("dmabuf-emu bench --quick --out runs/bench"))
     b.add_argument("--out", required=True, type=Path, help="directory for bench.json and bench.md (created)")
     b.add_argument("--quick", action="store_true", help="fewer and shorter repetitions (under 3 minutes)")
+    b.add_argument("--force", action="store_true", help="replace the bench.json and bench.md already in --out")
+    b.add_argument("--dry-run", action="store_true", help="say what would be measured, measure nothing")
 
-    sub.add_parser("strategies", help="list the buffer-move strategies",
+    sub.add_parser("strategies", help="list the buffer-move strategies", formatter_class=Formatter,
                    description="List the strategies with one line each; the rules, the sentence of the "
                                "2012 thread each one models and its hazard are in protocol/strategies/*.py.")
     return p
@@ -134,8 +169,13 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     params = options.resolve(args.scenario, vars(args))
+    rundir.claim([args.out], force=args.force, say=_say)
     dep = up(params, args.out)
     print(f"up: run {dep.run_id}, strategy {params.strategy}: exporter pid {dep.exporter.pid}, "
           + ", ".join(f"{i.name} pid {i.pid}" for i in dep.importers))
@@ -167,6 +207,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from deploy.run import run
     from deploy.summary import summary_lines
     params = options.resolve(args.scenario, vars(args))
+    rundir.claim([args.out], force=args.force, say=_say)
     report = run(params, args.out, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -186,12 +227,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from deploy.compare import compare, table, variants
+    from deploy.compare import compare, run_dirs, table, variants
     from deploy.run import run
     if args.table_only:
         print(table(args.out))
         return EXIT_OK
     params = options.resolve(args.scenario, vars(args))
+    rundir.claim(run_dirs(args.out), force=args.force, say=_say)
 
     def one(p: options.RunParams, out: Path) -> dict:
         return run(p, out, quiet=True)
@@ -211,16 +253,27 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     return campaign_main(args)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from deploy.demo import main as demo_main
+    return demo_main(args)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from deploy.bench import FULL, QUICK, run_bench, stderr_progress
     from deploy.bench.report import render_md
+    cfg = QUICK if args.quick else FULL
+    rundir.claim_result(args.out, ("bench.json", "bench.md"), force=args.force, what="a bench result")
+    if args.dry_run:
+        print(f"bench ({'quick' if args.quick else 'full'}): would measure {', '.join(cfg.parts)} "
+              f"and write {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+        return EXIT_OK
     command = "dmabuf-emu bench" + (" --quick" if args.quick else "") + f" --out {args.out}"
-    result = run_bench(QUICK if args.quick else FULL, args.out, command=command, progress=stderr_progress)
+    result = run_bench(cfg, args.out, command=command, progress=stderr_progress)
     print(render_md(result))
     return EXIT_OK
 
 
-_COMMANDS = {"run": _cmd_run, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
              "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
              "strategies": _cmd_strategies}
 

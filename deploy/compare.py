@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from deploy.options import RunParams
 from protocol.strategies import STRATEGIES
@@ -18,7 +18,8 @@ from protocol.strategies import STRATEGIES
 RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
 
 
-def variants() -> list[tuple[str, dict[str, Any]]]:
+def variants(only: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(label, overrides) of every strategy, or of the labels in `only` (in this order)."""
     out: list[tuple[str, dict[str, Any]]] = []
     for name in STRATEGIES:
         if name == "unmap-hint":
@@ -26,28 +27,40 @@ def variants() -> list[tuple[str, dict[str, Any]]]:
                     ("unmap-hint (conservative)", {"strategy": name, "hint_policy": "conservative"})]
         else:
             out.append((name, {"strategy": name}))
-    return out
+    if only is None:
+        return out
+    known = dict(out)
+    unknown = [label for label in only if label not in known]
+    if unknown:
+        raise ValueError(f"no such strategy variant: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [(label, known[label]) for label in only]
 
 
 def _dirname(label: str) -> str:
     return label.replace(" (", "-").replace(")", "")
 
 
+def run_dirs(out: Path, only: Sequence[str] | None = None) -> list[Path]:
+    """The run directory of each variant: OUT/<label>."""
+    return [out / _dirname(label) for label, _ in variants(only)]
+
+
 def compare(base: RunParams, out: Path, run: Callable[[RunParams, Path], dict[str, Any]],
-            on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None) -> str:
-    for label, overrides in variants():
+            on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None,
+            only: Sequence[str] | None = None) -> str:
+    for label, overrides in variants(only):
         params = dataclasses.replace(base, **overrides)
         report = run(params, out / _dirname(label))
         on_done(label, report)
-    return table(out)
+    return table(out, only)
 
 
-def table(out: Path) -> str:
-    """A markdown table, one line per strategy, from OUT/*/report.json."""
+def table(out: Path, only: Sequence[str] | None = None) -> str:
+    """A markdown table, one line per strategy (those in `only`), from OUT/*/report.json."""
     head = ("| strategy | races | lost_write / stale_read / use_after_unmap / unfenced | corrupted jobs "
             "| moves completed | moves refused | map p50 / p99 (us) | move p50 (us) |")
     lines = [head, "|" + "---|" * 8]
-    for label, _ in variants():
+    for label, _ in variants(only):
         path = out / _dirname(label) / "report.json"
         if not path.exists():
             continue

@@ -3,7 +3,7 @@
 One table (`OPTIONS`) defines every parameter: its scenario key, its flag, its type, its check and
 its help. The scenario file uses the same names as the flags, with underscores:
 
-    # scenarios/pin-demo.toml
+    # scenarios/pin.toml
     strategy = "pin"
     importers = 2
     buffer_size = "256KiB"
@@ -191,17 +191,21 @@ SCENARIO_EXTRA_KEYS = {"name", "description", "faults", "grants"}
 _IMPORTER_NAME = re.compile(r"importer-[1-9][0-9]*", re.ASCII)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per option, default None so that only flags actually given override."""
-    defaults = RunParams()
-    group = parser.add_argument_group("run parameters (override the scenario file)")
+def add_arguments(parser: argparse.ArgumentParser, *, title: str = "run parameters (override the scenario file)",
+                  defaults: RunParams = RunParams(), skip: tuple[str, ...] = ()) -> None:
+    """One flag per option (but those in `skip`), default None so that only flags actually given
+    override; the help shows `defaults` (a command's own, where it has them), each once."""
+    from deploy.helpformat import with_default
+    group = parser.add_argument_group(title)
     for o in OPTIONS:
+        if o.key in skip:
+            continue
         default = getattr(defaults, o.key)
         shown = format_size(default) if o.key.endswith("_size") and default else default
-        if o.key == "bind":
-            shown = "127.0.0.1"
         group.add_argument("--" + o.key.replace("_", "-"), dest=o.key, default=None, metavar=o.metavar,
-                           help=f"{o.help} (default: {shown if shown is not None else 'auto'})")
+                           help=with_default(o.help, shown))
+    if "faults" in skip:
+        return
     group.add_argument("--fault", dest="faults", action="append", default=None, metavar="KIND[:k=v,...]",
                        help="inject a fault; repeatable; replaces the scenario's [[faults]]. Kinds: "
                             "delay drop dup reorder (messages), kill pause restart (processes), rogue "
