@@ -60,6 +60,16 @@ with down DIR) and other users' segments are left alone.
 """
 
 
+class _KeepLines(argparse.HelpFormatter):
+    """Text written in lines (an epilog of examples) is shown as written; a one-line description
+    is wrapped to the terminal."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmabuf-emu", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Start the services, run the workload under memory pressure for "
                                    "--duration seconds, stop everything, merge the history, judge it "
                                    "and write report.json, report.md and trace.json.",
-                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=RUN_EPILOG, formatter_class=_KeepLines)
     r.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     r.add_argument("--out", required=True, type=Path, help="run directory (created)")
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
@@ -80,21 +90,25 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="start the exporter and importers in the background",
                        description="Start the exporter and the importers as background processes, wait "
                                    "until each answers ping, and write DIR/deploy.json. They attach "
-                                   "their buffers and idle until 'run' drives them or 'down' stops them.")
+                                   "their buffers and idle until 'run' drives them or 'down' stops them. "
+                                   "They outlive this command by design (no launcher watch): only 'down' stops them.",
+                       epilog="example: dmabuf-emu up --strategy pin --out runs/live && dmabuf-emu status runs/live "
+                              "&& dmabuf-emu down runs/live")
     u.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     u.add_argument("--out", required=True, type=Path, help="run directory (created)")
     options.add_arguments(u)
 
     s = sub.add_parser("status", help="which services of a run are alive",
                        description="Show each service of DIR's deployment: pid, alive or not, its state and "
-                                   "how long it has run, and what stops it (down, for services started by up).")
+                                   "how long it has run, and what stops it (down, for services started by up).",
+                       epilog="example: dmabuf-emu up --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live")
     s.add_argument("dir", type=Path, metavar="DIR")
 
     d = sub.add_parser("down", help="stop a run's services and remove its segments and sockets (--all: every run's leftovers)",
                        description="Ask every service to shut down (importers first), SIGTERM then "
                                    "SIGKILL those that do not, then unlink the run's shared-memory "
                                    "segments and remove its socket files. Safe after a crash, and twice.",
-                       epilog=DOWN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=DOWN_EPILOG, formatter_class=_KeepLines)
     d.add_argument("dir", type=Path, metavar="DIR", nargs="?", help="the run directory (not with --all)")
     d.add_argument("--all", action="store_true", help="every run on this machine: remove what nobody owns any more")
     d.add_argument("--dry-run", action="store_true", help="with --all: list only, change nothing")
