@@ -95,7 +95,7 @@ def stop_signals() -> Iterator[None]:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        _state.active = False
+        _state.active, _state.first = False, None  # nothing carries over to code run after
 
 
 @contextmanager
@@ -109,5 +109,6 @@ def shielded() -> Iterator[None]:
 
 
 def pending() -> Interrupted | None:
-    """The first signal if it came and was not raised (it came while shielded)."""
-    return _state.first if _state.first is not None and not _state.raised else None
+    """The first signal if it came and was not raised (it came while shielded); None outside
+    stop_signals()."""
+    return _state.first if _state.active and _state.first is not None and not _state.raised else None

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime import watchdog
+watchdog.die_with_launcher(sys.argv[1:])  # first, before the slow imports below (runtime/watchdog.py)
 from runtime.units import parse_size
 from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes

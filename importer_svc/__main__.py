@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime import watchdog
+watchdog.die_with_launcher(sys.argv[1:])  # first, before the slow imports below (runtime/watchdog.py)
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
 from protocol.strategies import STRATEGIES

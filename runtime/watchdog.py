@@ -17,6 +17,11 @@ Rules:
       also catches a launcher that died before the prctl and one that is not our parent.
   The first check runs as soon as the loop does: a launcher that died during our startup is seen
   at once.
+- Before all that, a service's first lines call `die_with_launcher(argv)`: from then until the
+  watch installs its handler, the parent-death signal keeps its default action (terminate), so
+  a service still importing its modules when the launcher dies goes at once, and one whose
+  launcher is already gone exits there. Safe from the thread rule above: the launcher's spawning
+  thread waits in `up` until every service answers ping, which comes after the handler.
 - The signal handler only queues the check (`loop.call_soon`): it may interrupt the loop between
   any two bytecodes, for instance in the middle of writing an event.
 - Time goes only through the loop (its timers); no thread, no clock of our own.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,6 +92,21 @@ def _set_parent_death_signal(sig: int) -> bool:
         return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):  # not Linux, or no prctl: the poll alone watches
         return False
+
+
+def die_with_launcher(argv: list[str]) -> None:
+    """A service's first call, before its heavy imports (see the rules at the top). A missing or
+    unreadable --launcher does nothing here: the argument parser says what is wrong with it."""
+    spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--launcher"), "")
+    try:
+        pid, start = parse(spec)
+    except ValueError:
+        return
+    if os.getppid() == pid:
+        _set_parent_death_signal(LAUNCHER_SIGNAL)
+    if start_ticks(pid) != start:
+        print(f"the launcher {spec} is gone before this service started: exiting", file=sys.stderr)
+        sys.exit(EXIT_LAUNCHER_GONE)
 
 
 class LauncherWatch:

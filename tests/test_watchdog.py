@@ -177,3 +177,4 @@ def test_a_signal_during_shielded_cleanup_waits_and_a_second_one_does_not_cut_it
         os.kill(os.getpid(), signal.SIGTERM)     # after the first, TERM and HUP only count
         for _ in range(1000):
             pass
+    assert interrupt.pending() is None, "a signal of a finished command does not reach the next code"
