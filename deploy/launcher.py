@@ -326,7 +326,7 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher:
                 proc.wait()
             for name in shm.existing(run_id):
                 shm.unlink(name)
-            shutil.rmtree(out / "secrets", ignore_errors=True)
+            remove_run_files(out)
         if isinstance(exc, Interrupted):
             exc.detail = f"up interrupted by {exc.signal} while starting: what it had started is stopped"
         raise
