@@ -9,7 +9,7 @@ is derived from the finished runs' directories only (deploy/campaign_report.py, 
 so `--report-only` rebuilds it without running anything.
 
 Runs execute in a short scratch directory under /tmp (ipc socket paths must stay under 108 bytes
-whatever OUT is) and are moved into OUT when they end. Ctrl-C (or SIGTERM) stops cleanly: every
+whatever OUT is) and are moved into OUT when they end. Ctrl-C (or SIGTERM, SIGHUP) stops cleanly: every
 running run gets SIGINT and takes its services down itself; whatever does not stop in time is
 killed and `down` is run on its directory, so nothing stays in /dev/shm or the process table.
 
@@ -155,12 +155,15 @@ def plan_runs(base: RunParams, strategies: str, plans: str, seeds: int) -> tuple
 # ---------------------------------------------------------------------------------- finished runs
 
 def read_report(run_dir: Path) -> dict[str, Any] | None:
-    """The run's report if it finished (report.json parses and has the race counts), else None."""
+    """The run's report if it finished (report.json parses, has the race counts and does not say
+    the run was interrupted), else None."""
     try:
         report = json.loads((run_dir / "report.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
         return None
-    return report if isinstance(report, dict) and isinstance(report.get("races"), dict) else None
+    if not isinstance(report, dict) or not isinstance(report.get("races"), dict):
+        return None
+    return None if report.get("interrupted") else report  # the report of a run cut short: run it again
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -577,17 +580,11 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     flags = {k: v for k, v in vars(args).items() if any(o.key == k for o in options.OPTIONS)}
     base = options.resolve(args.scenario, flags)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        summary = campaign(base, args.strategies, args.plans, args.seeds, args.out, jobs=args.jobs,
-                           scheduler=args.scheduler, quiet=args.quiet, plots=not args.no_plots,
-                           dry_run=args.dry_run)
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    # SIGTERM and SIGHUP raise KeyboardInterrupt (deploy.interrupt.Interrupted) as Ctrl-C does:
+    # the dmabuf-emu command installs that for every command.
+    summary = campaign(base, args.strategies, args.plans, args.seeds, args.out, jobs=args.jobs,
+                       scheduler=args.scheduler, quiet=args.quiet, plots=not args.no_plots,
+                       dry_run=args.dry_run)
     if args.dry_run:
         return EXIT_OK
     if not args.quiet:

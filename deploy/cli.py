@@ -9,6 +9,7 @@ from pathlib import Path
 
 from deploy import options, rundir
 from deploy.helpformat import Formatter, examples, with_default
+from deploy.interrupt import Interrupted, stop_signals
 from deploy.launcher import DeployError, down, status, up
 from deploy.options import OptionError
 
@@ -32,7 +33,9 @@ EPILOG = examples(
     note="scenarios/*.toml: one scenario per strategy and a few with faults, each saying what it shows "
          "(README \"Scenarios\"). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
          "report.json, report.md and trace.json (open it in https://ui.perfetto.dev). A command refuses "
-         "an --out that already holds a run unless given --force.")
+         "an --out that already holds a run unless given --force.\n\n"
+         "Ctrl-C, SIGTERM and SIGHUP stop a command the same way: services down, segments removed, the "
+         "report written and marked interrupted; the exit status is 128 + the signal (130, 143, 129).")
 FORCE_HELP = "replace the run already in --out (without it, such an --out is refused)"
 
 
@@ -42,6 +45,27 @@ def _version() -> str:
         return version("dmabuf-emu")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed: pip install -e .)"
+
+
+RUN_EPILOG = examples(
+    "dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn",
+    "dmabuf-emu run scenarios/move-notify-ack.toml --out runs/mna",
+    "dmabuf-emu run --strategy resv-fence --fault restart:target=importer-2,at=1.5 --out runs/restart",
+    note="Stopped by Ctrl-C, SIGTERM or SIGHUP (timeout, a CI runner, a closing terminal), run stops the "
+         "workload, takes the services down, removes the segments, writes report.json and report.md with "
+         "`interrupted` ({signal, at, during}), says so in one line and exits 128 + the signal: 130 for "
+         "SIGINT, 143 for SIGTERM, 129 for SIGHUP. Its services watch it: SIGKILLed, they stop by "
+         "themselves within a lease and the exporter unlinks the segments.\n\n"
+         "  timeout --preserve-status -s TERM 5 dmabuf-emu run --strategy pin --duration 30 --out runs/cut; echo \"exit $?\"")
+
+DOWN_EPILOG = examples(
+    "dmabuf-emu down runs/live",
+    "dmabuf-emu down --all --dry-run      # list every run's leftovers on this machine, change nothing",
+    "dmabuf-emu down --all                # stop orphaned services, unlink segments nobody holds",
+    note="--all looks at this user's /dev/shm/dmabuf-* segments and exporter_svc / importer_svc processes. "
+         "It stops services whose launcher (--launcher PID:START) is gone, then unlinks segments no process "
+         "has open or mapped. Live runs, services started by up (they have no launcher, by design: stop them "
+         "with down DIR) and other users' segments are left alone.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,9 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Start the services, run the workload under memory pressure for "
                                    "--duration seconds, stop everything, merge the history, judge it "
                                    "and write report.json, report.md and trace.json.",
-                       epilog=examples("dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn",
-                                       "dmabuf-emu run scenarios/move-notify-ack.toml --out runs/mna",
-                                       "dmabuf-emu run --strategy resv-fence --fault restart:target=importer-2,at=1.5 --out runs/restart"))
+                       epilog=RUN_EPILOG)
     r.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     r.add_argument("--out", required=True, type=Path, help="run directory (created)")
     r.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -75,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=Formatter,
                        description="Start the exporter and the importers as background processes, wait "
                                    "until each answers ping, and write DIR/deploy.json. They attach "
-                                   "their buffers and then idle (no workload, no moves) until 'down' "
-                                   "stops them.",
+                                   "their buffers and idle (no workload, no moves) until 'down' stops them. "
+                                   "They outlive this command by design (no launcher watch): only 'down' stops them.",
                        epilog=examples("dmabuf-emu up --strategy resv-fence --out runs/live && "
                                        "dmabuf-emu status runs/live && dmabuf-emu down runs/live"))
     u.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
@@ -85,15 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     options.add_arguments(u)
 
     s = sub.add_parser("status", help="which services of a run are alive", formatter_class=Formatter,
-                       description="Show each service of DIR's deployment: pid, alive or not, and its state.")
+                       description="Show each service of DIR's deployment: pid, alive or not, its state and "
+                                   "how long it has run, and what stops it (down, for services started by up).",
+                       epilog=examples("dmabuf-emu up --strategy pin --out runs/live && "
+                                       "dmabuf-emu status runs/live && dmabuf-emu down runs/live"))
     s.add_argument("dir", type=Path, metavar="DIR")
 
-    d = sub.add_parser("down", help="stop a run's services and remove its segments and sockets",
+    d = sub.add_parser("down", help="stop a run's services and remove its segments and sockets (--all: every run's leftovers)",
                        formatter_class=Formatter,
                        description="Ask every service to shut down (importers first), SIGTERM then "
                                    "SIGKILL those that do not, then unlink the run's shared-memory "
-                                   "segments and remove its socket files. Safe after a crash, and twice.")
-    d.add_argument("dir", type=Path, metavar="DIR")
+                                   "segments and remove its socket files. Safe after a crash, and twice.",
+                       epilog=DOWN_EPILOG)
+    d.add_argument("dir", type=Path, metavar="DIR", nargs="?", help="the run directory (not with --all)")
+    d.add_argument("--all", action="store_true", help="every run on this machine: remove what nobody owns any more")
+    d.add_argument("--dry-run", action="store_true", help="with --all: list only, change nothing")
     d.add_argument("--timeout", type=float, default=5.0, metavar="S",
                    help=with_default("seconds before escalating to signals", 5))
 
@@ -139,7 +167,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"dmabuf-emu: {message}", file=sys.stderr)
+    try:
+        print(f"dmabuf-emu: {message}", file=sys.stderr)
+    except (OSError, ValueError):  # no terminal any more (SIGHUP): the exit status says it
+        pass
     return code
 
 
@@ -150,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return _COMMANDS[args.command](args)
+        with stop_signals():  # SIGTERM and SIGHUP stop a command as Ctrl-C does (deploy/interrupt.py)
+            return _COMMANDS[args.command](args)
+    except Interrupted as exc:
+        return _fail(exc.exit_code, str(exc))
     except OptionError as exc:
         return _fail(EXIT_USAGE, str(exc))
     except DeployError as exc:
@@ -185,13 +219,25 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     dep, services = status(args.dir)
-    print(f"run {dep.run_id}, strategy {dep.params.strategy}")
+    stops = (f"they stop with their launcher, pid {dep.launcher.split(':')[0]}" if dep.launcher
+             else f"started by up: they run until dmabuf-emu down {args.dir}")
+    print(f"run {dep.run_id}, strategy {dep.params.strategy}; {stops}")
     for s in services:
-        print(f"  {s.name:<12} pid {s.pid:<8} {'alive' if s.alive else 'dead ':<6} {s.state}")
+        up_for = f"up {s.uptime_s:.0f} s" if s.uptime_s is not None else ""
+        print(f"  {s.name:<12} pid {s.pid:<8} {'alive' if s.alive else 'dead ':<6} {up_for:<10} {s.state}")
     return EXIT_OK if all(s.alive for s in services) else EXIT_RACE
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
+    if args.all == (args.dir is not None):
+        raise OptionError("down: give a run directory DIR, or --all for every run on this machine")
+    if args.dry_run and not args.all:
+        raise OptionError("down: --dry-run goes with --all")
+    if args.all:
+        from deploy.leftovers import render, sweep
+        result = sweep(dry_run=args.dry_run, timeout_s=args.timeout)
+        print("\n".join(render(result)))
+        return EXIT_OK if not result.not_stopped else EXIT_DEPLOY
     report = down(args.dir, timeout_s=args.timeout)
     parts = []
     for label, names in (("stopped", report.graceful), ("terminated", report.terminated),

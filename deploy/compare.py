@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from deploy.interrupt import Interrupted
 from deploy.options import RunParams
 from protocol.strategies import STRATEGIES
 
@@ -48,9 +49,19 @@ def run_dirs(out: Path, only: Sequence[str] | None = None) -> list[Path]:
 def compare(base: RunParams, out: Path, run: Callable[[RunParams, Path], dict[str, Any]],
             on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None,
             only: Sequence[str] | None = None) -> str:
+    """Every variant (those in `only`) in turn. Interrupted (deploy/interrupt.py) during one, the
+    runs after it are not started, and the one line says which runs finished."""
+    done: list[str] = []
     for label, overrides in variants(only):
         params = dataclasses.replace(base, **overrides)
-        report = run(params, out / _dirname(label))
+        try:
+            report = run(params, out / _dirname(label))
+        except Interrupted as stop:
+            stop.detail = (f"compare stopped at {label}: {stop}; " + (
+                f"finished: {', '.join(done)} (the table: dmabuf-emu compare --table-only --out {out})"
+                if done else "no run had finished"))
+            raise
+        done.append(label)
         on_done(label, report)
     return table(out, only)
 
@@ -68,8 +79,9 @@ def table(out: Path, only: Sequence[str] | None = None) -> str:
         races = r.get("races", {})
         lat = r.get("latency_us", {})
         fmt = lambda d, k: "-" if not d or d.get(k) is None else f"{d[k]:.0f}"  # noqa: E731
+        cut = " (interrupted)" if r.get("interrupted") else ""
         lines.append(
-            f"| {label} | {races.get('total', 0)} | "
+            f"| {label}{cut} | {races.get('total', 0)} | "
             + " / ".join(str(races.get(k, 0)) for k in RACE_KINDS)
             + f" | {r.get('corruption', {}).get('jobs', 0)} | {r.get('moves', {}).get('completed', 0)} "
             f"| {r.get('moves', {}).get('refused', 0)} | {fmt(lat.get('map'), 'p50')} / {fmt(lat.get('map'), 'p99')} "

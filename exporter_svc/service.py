@@ -70,6 +70,7 @@ class ExporterArgs:
     max_attachments: int | None = None  # per importer; default: twice the buffers
     max_mappings: int = 256             # per importer
     max_in_flight: int = 128            # per importer
+    launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
 
 
 def load_credentials(args: ExporterArgs) -> tuple[bytes, dict[str, Any] | None]:
@@ -102,7 +103,7 @@ class _Copy:
 class ExporterService(ServiceShell):
     def __init__(self, args: ExporterArgs) -> None:
         secret, curve = load_credentials(args)
-        super().__init__("exporter", args.out, args.control)
+        super().__init__("exporter", args.out, args.control, launcher=args.launcher, watch_every_s=args.lease_s)
         self.args = args
         self.segments: dict[str, Any] = {}
         self.views: dict[str, memory.HeapView] = {}

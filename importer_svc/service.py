@@ -71,6 +71,7 @@ class ImporterArgs:
     faults: tuple[dict[str, Any], ...] = ()
     incarnation: int = 0
     credentials: Path | None = None
+    launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
 
 
 def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str, Any] | None]:
@@ -92,7 +93,8 @@ def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str,
 class ImporterService(ServiceShell):
     def __init__(self, args: ImporterArgs) -> None:
         join, exports, curve = load_credentials(args)
-        super().__init__(args.name, args.out, args.control)
+        super().__init__(args.name, args.out, args.control, launcher=args.launcher,
+                         watch_every_s=args.lease_ms / 1000)
         self.args = args
         self.id_base = args.incarnation << INCARNATION_ID_SHIFT
         self.engine = Importer(get_strategy(args.strategy).IMPORTER, args.name, os.getpid(),

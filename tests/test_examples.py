@@ -11,7 +11,8 @@ must exist. Every other command is an example, and is run:
 - `check`, `status`, `down`, `compare --table-only` after the example that made their directory
   (in the same test, so that one run serves all its readers);
 - `campaign` and `bench`, which take minutes, with their --dry-run: every run's parameters, the
-  fault plans and the scheduler address are checked as a real campaign checks them.
+  fault plans and the scheduler address are checked as a real campaign checks them;
+- `down --all` with --dry-run: it acts on every run of the machine, other tests' included.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def _writes(cmd: tuple[str, ...]) -> set[str]:
 
 
 def _reads(cmd: tuple[str, ...]) -> set[str]:
+    if cmd and cmd[0] == "down" and "--all" in cmd:
+        return set()                      # every run on the machine, not one directory
     if cmd and cmd[0] in ("check", "status", "down"):
         return {next(w for w in cmd[1:] if not w.startswith("-"))}
     if cmd and ("--table-only" in cmd or "--report-only" in cmd):
@@ -194,6 +197,10 @@ def adapt(cmd: tuple[str, ...]) -> list[str]:
     if out[0] in WORKLOADS and out[0] != "up" and not {"--table-only", "--help", "-h"} & set(out):
         out += ["--duration", f"{max(SHORT_S, _process_fault_end(out) + 0.5):g}"]
     if out[0] in DRY_RUN and "--report-only" not in out:
+        out.append("--dry-run")
+    if out[0] == "down" and "--all" in out and "--dry-run" not in out:
+        # `down --all` acts on the whole machine: here it would reap what tests running beside
+        # this one left for their own `down --all` (tests/test_launcher_death.py runs it for real)
         out.append("--dry-run")
     return out
 
