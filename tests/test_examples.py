@@ -124,7 +124,10 @@ def _reads(cmd: tuple[str, ...]) -> set[str]:
     if cmd and cmd[0] == "down" and "--all" in cmd:
         return set()                      # every run on the machine, not one directory
     if cmd and cmd[0] in ("check", "status", "down"):
-        return {next(w for w in cmd[1:] if not w.startswith("-"))}
+        words = [w for w in cmd[1:] if not w.startswith("-")]
+        if not words:
+            raise AssertionError(f"`dmabuf-emu {' '.join(cmd)}`: no run directory named")
+        return {words[0]}
     if cmd and ("--table-only" in cmd or "--report-only" in cmd):
         return {_value(cmd, "--out")}
     return set()
