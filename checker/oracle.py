@@ -168,6 +168,7 @@ class Oracle:
         # faults and recovery
         self.run_start_t: int | None = None
         self.workload_t: int | None = None
+        self.interrupted: dict[str, Any] | None = None   # deploy's run_interrupted: the run was cut short
         self.fault_kinds: Counter[str] = Counter()
         self.deaths: list[dict[str, Any]] = []
         self.restarts: list[dict[str, Any]] = []
@@ -242,6 +243,7 @@ class Oracle:
             "service_died": self._service_died,
             "run_start": self._run_start,
             "run_stop": self._run_stop,
+            "run_interrupted": self._run_interrupted,
         }
 
     # ------------------------------------------------------------------ the pass
@@ -879,6 +881,11 @@ class Oracle:
     def _run_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[1] = True
 
+    def _run_interrupted(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if self.interrupted is None:  # the first signal is the one that stopped the run
+            self.interrupted = {"signal": ev.get("signal"), "at": ev.get("at"), "during": ev.get("during"),
+                                "t_ns": t}
+
     # ------------------------------------------------------------------ the report
 
     def _corruption_examples(self, t0: int) -> list[dict[str, Any]]:
@@ -954,6 +961,9 @@ class Oracle:
                 **self.recovery,
             },
             "bytes_check": self._bytes_check(),
+            "interrupted": None if self.interrupted is None else {
+                **{k: v for k, v in self.interrupted.items() if k != "t_ns"},
+                "t_s": self._secs(self.interrupted["t_ns"])},
         }
 
     def _secs(self, t: int) -> float:

@@ -62,7 +62,13 @@ def render_report_md(r: dict[str, Any]) -> str:
                   else "") + ".**")
     bc = r.get("bytes_check") or {}
     svcs = r.get("services") or {}
-    lines: list[str] = [f"# dmabuf-emu run report: {_cell(r.get('strategy'))}", "", verdict, ""]
+    lines: list[str] = [f"# dmabuf-emu run report: {_cell(r.get('strategy'))}", ""]
+    stop = r.get("interrupted")
+    if isinstance(stop, dict):
+        lines += [f"**Interrupted** by {_cell(stop.get('signal'))} during the {_cell(stop.get('during'))}, "
+                  f"{_secs(stop.get('t_s'))} in ({_cell(stop.get('at'))}): the counts below cover only "
+                  f"what ran before it.", ""]
+    lines += [verdict, ""]
     if bc:
         lines += [f"Final bytes: **{bc.get('verdict')}**.", ""]
     died = svcs.get("died") or []

@@ -5,7 +5,7 @@ the services that take it); RunParams, the flags and the scenario keys are deriv
 with runtime/params.py's checks. The scenario file uses the same names as the flags, with
 underscores:
 
-    # scenarios/pin-demo.toml
+    # scenarios/pin.toml
     strategy = "pin"
     importers = 2
     buffer_size = "256KiB"
@@ -102,11 +102,19 @@ SCENARIO_EXTRA_KEYS = {"name", "description", "faults", "grants"}
 _IMPORTER_NAME = re.compile(r"importer-[1-9][0-9]*", re.ASCII)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per parameter, default None so that only flags actually given override."""
-    group = parser.add_argument_group("run parameters (override the scenario file)")
+def add_arguments(parser: argparse.ArgumentParser, *, title: str = "run parameters (override the scenario file)",
+                  defaults: RunParams = RunParams(), skip: tuple[str, ...] = ()) -> None:
+    """One flag per parameter (but those in `skip`), default None so that only flags actually
+    given override; the help shows `defaults` (a command's own, where it has them), each once."""
+    from deploy.helpformat import with_default
+    group = parser.add_argument_group(title)
     for p in PARAMS:
-        group.add_argument(p.flag, dest=p.name, default=None, metavar=p.metavar, help=params.help_text(p))
+        if p.name in skip:
+            continue
+        group.add_argument(p.flag, dest=p.name, default=None, metavar=p.metavar,
+                           help=with_default(params.describe(p), params.shown(p, getattr(defaults, p.name))))
+    if "faults" in skip:
+        return
     group.add_argument("--fault", dest="faults", action="append", default=None, metavar="KIND[:k=v,...]",
                        help="inject a fault; repeatable; replaces the scenario's [[faults]]. Kinds: "
                             "delay drop dup reorder (messages), kill pause restart (processes), rogue "

@@ -21,8 +21,10 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
     lat = report.get("latency_us", {})
     maps = report.get("maps", {})
     verdict = "RACES FOUND" if races.get("total") else "no races"
+    stop = report.get("interrupted")
     lines = [
-        f"{report.get('strategy')}: {verdict}",
+        f"{report.get('strategy')}: {verdict}"
+        + (f" (INTERRUPTED by {stop.get('signal')} during the {stop.get('during')}: partial)" if stop else ""),
         f"  ops        attach {ops.get('attach', 0)}  map {ops.get('map', 0)}  unmap {ops.get('unmap', 0)}  "
         f"dma read {ops.get('dma_read', 0)}  dma write {ops.get('dma_write', 0)}",
         f"  maps       reused cached IOMMU entries {maps.get('reused', 0)}  remapped {maps.get('remapped', 0)}",

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime import watchdog
+watchdog.die_with_launcher(sys.argv[1:])  # first, before the slow imports below (runtime/watchdog.py)
 from runtime.units import parse_size
 from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-attachments", type=int, default=None, help="per importer (default: twice --buffers)")
     p.add_argument("--max-mappings", type=int, default=256, help="per importer: mapped or waiting to be")
     p.add_argument("--max-in-flight", type=int, default=128, help="per importer: maps waiting for the reservation lock")
+    p.add_argument("--launcher", default="", metavar="PID:START",
+                   help="stop when this process is gone (its pid and start time, field 22 of /proc/PID/stat); "
+                        "dmabuf-emu run passes its own, up passes none")
     a = p.parse_args(argv)
     vram, sys_size = heap_sizes(a.buffers, a.buffer_size, a.vram_size)
     try:
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         fence_timeout_s=a.fence_timeout_ms / 1000, hint_policy=a.hint_policy,
                         lease_s=a.lease_ms / 1000, retry_s=a.retry_ms / 1000, faults=faults, seed=a.seed,
                         credentials=a.credentials, max_attachments=a.max_attachments,
-                        max_mappings=a.max_mappings, max_in_flight=a.max_in_flight)
+                        max_mappings=a.max_mappings, max_in_flight=a.max_in_flight, launcher=a.launcher)
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:

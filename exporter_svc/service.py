@@ -67,6 +67,7 @@ class ExporterArgs:
     max_attachments: int | None = None  # per importer; default: twice the buffers
     max_mappings: int = 256             # per importer
     max_in_flight: int = 128            # per importer
+    launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
 
 
 def load_credentials(args: ExporterArgs) -> tuple[bytes, dict[str, Any] | None]:
@@ -100,7 +101,7 @@ class ExporterService(ServiceShell):
     def __init__(self, args: ExporterArgs) -> None:
         strategy = resolve_strategy(args.strategy)  # a broken strategy stops us before anything exists
         secret, curve = load_credentials(args)
-        super().__init__("exporter", args.out, args.control)
+        super().__init__("exporter", args.out, args.control, launcher=args.launcher, watch_every_s=args.lease_s)
         self.args = args
         self.segments: dict[str, Any] = {}
         self.views: dict[str, memory.HeapView] = {}
@@ -366,7 +367,7 @@ class ExporterService(ServiceShell):
         """Poll the fences published on the buffer so far; report the unsignaled slots at first
         and at each change, until none is left or another WaitFences for the move replaces this
         one. How long to wait is the half's (its fence timer)."""
-        snapshot = self.fences.snapshot(action.buffer)
+        snapshot = self.fences.snapshot(action.buffer, action.usage)
         watch = self._fence_watch[action.move] = object()
         reported: list[tuple[int, ...] | None] = [None]
 

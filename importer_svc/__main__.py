@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime import watchdog
+watchdog.die_with_launcher(sys.argv[1:])  # first, before the slow imports below (runtime/watchdog.py)
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
 from runtime.params import add_service_flags
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
                         "keys (dmabuf-emu writes OUT/secrets/NAME.json); without it hello is refused")
     p.add_argument("--incarnation", type=int, default=0,
                    help="0 for the first start, n for the n-th restart: keeps request and job ids unique")
+    p.add_argument("--run-id", default="", help="the run this importer belongs to (lets down --all find it)")
+    p.add_argument("--launcher", default="", metavar="PID:START",
+                   help="stop when this process is gone (its pid and start time, field 22 of /proc/PID/stat); "
+                        "dmabuf-emu run passes its own, up passes none")
     a = p.parse_args(argv)
     try:
         faults = tuple(decode_faults(a.faults))
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ImporterArgs(name=a.name, index=a.index, out=a.out, exporter=a.exporter, control=a.control,
                         strategy=a.strategy, seed=a.seed, chunk_ms=a.chunk_ms,
                         lease_ms=a.lease_ms, retry_ms=a.retry_ms, faults=faults, incarnation=a.incarnation,
-                        credentials=a.credentials,
+                        credentials=a.credentials, launcher=a.launcher,
                         workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio))
     try:
         service = ImporterService(args)

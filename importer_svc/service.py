@@ -76,6 +76,7 @@ class ImporterArgs:
     faults: tuple[dict[str, Any], ...] = ()
     incarnation: int = 0
     credentials: Path | None = None
+    launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
 
 
 def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str, Any] | None]:
@@ -98,7 +99,8 @@ class ImporterService(ServiceShell):
     def __init__(self, args: ImporterArgs) -> None:
         strategy = resolve_strategy(args.strategy)  # a broken strategy stops us before anything exists
         join, exports, curve = load_credentials(args)
-        super().__init__(args.name, args.out, args.control)
+        super().__init__(args.name, args.out, args.control, launcher=args.launcher,
+                         watch_every_s=args.lease_ms / 1000)
         self.args = args
         self.id_base = args.incarnation << INCARNATION_ID_SHIFT
         self.lease_s = args.lease_ms / 1000

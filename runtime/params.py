@@ -85,18 +85,26 @@ def check(p: Param, v: Any) -> Any:
     raise AssertionError(f"parameter {p.name}: unknown kind {p.kind}")
 
 
+def describe(p: Param) -> str:
+    """The parameter's help, without its default."""
+    if p.kind == "strategy":
+        return f"{p.help}: {strategies.describe_choices()} (docs/writing-a-strategy.md)"
+    return p.help
+
+
+def shown(p: Param, value: Any) -> Any:
+    """`value` as --help says it (None: "auto")."""
+    if value == p.default and p.shown is not None:
+        return p.shown
+    if p.kind == "size" and value:
+        return format_size(value)
+    return value
+
+
 def help_text(p: Param) -> str:
     """The parameter's help with its default, as --help says it."""
-    text = p.help
-    if p.kind == "strategy":
-        text += f": {strategies.describe_choices()} (docs/writing-a-strategy.md)"
-    if p.shown is not None:
-        shown = p.shown
-    elif p.kind == "size" and p.default:
-        shown = format_size(p.default)
-    else:
-        shown = "auto" if p.default is None else str(p.default)
-    return f"{text} (default: {shown})"
+    value = shown(p, p.default)
+    return f"{describe(p)} (default: {'auto' if value is None else value})"
 
 
 def add_service_flags(parser: argparse.ArgumentParser, service: str) -> None:

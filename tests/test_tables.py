@@ -190,7 +190,7 @@ def test_the_fence_timeout_is_a_timer_of_the_exporter_and_the_shell_reports_only
     w, buffer = moving_under_a_write("resv-fence")
     move = next(iter(w.exporter.state.moves))
     assert ("fence", move) in w.timers, "the fence wait started the half's timer"
-    wait = w.fence_waits[move]
+    wait, _ = w.fence_waits[move]
     assert wait == WaitFences(move, buffer, wait.usage)
     w._apply("exporter", w.exporter.fences_pending(move, (1,), w.now))
     assert not w.copies
@@ -320,10 +320,10 @@ def test_a_copy_of_a_built_in_runs_the_same_schedule_to_the_same_history(tmp_pat
 # ---------------------------------------------------------------------------------- defects found on reading
 
 def test_the_fence_table_records_the_reason_a_fence_was_forced_and_refuses_an_unknown_one() -> None:
-    from protocol.fence import FORCE_REASONS
+    from protocol.fence import FORCE_REASONS, Usage
     from runtime.fences import FenceTable, table_bytes
     fences = FenceTable(memoryview(bytearray(table_bytes(3, 2))), 3, 2)
-    seq = fences.emit(1, 0)
+    seq = fences.emit(1, 0, Usage.WRITE)
     assert fences.error(1, 0) == ""
     for reason in FORCE_REASONS:
         fences.force(1, 0, reason)
