@@ -17,8 +17,10 @@ With `--scheduler tcp://HOST:PORT` the runs are tasks on a Dask distributed clus
 the services locally (the same subprocess), then returns the run directory as a tar blob that is
 unpacked into OUT/runs/... here. Workers need dmabuf-emu installed; see README "Campaigns".
 
-This module imports only the standard library and deploy.options at import time: the command line
-parser of every `dmabuf-emu run` child imports it.
+This module imports only the standard library, deploy.options and deploy.campaign_report (which
+imports nothing of ours) at import time: the command line parser of every `dmabuf-emu run` child
+imports it. campaign_report never imports this module: the comparison is derived from the run
+directories alone.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from deploy import options
+from deploy import campaign_report, options
+from deploy.campaign_report import read_report
 from deploy.options import OptionError, RunParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,10 +60,12 @@ class CampaignError(OptionError):
 def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     """`all` or `pin,move-notify,...` -> [(label, overrides)]. `all` has unmap-hint twice, as
     `unmap-hint-optimistic` and `unmap-hint-conservative` (like `dmabuf-emu compare`); those labels
-    may also be named; a plain `unmap-hint` uses the campaign's --hint-policy."""
-    from protocol.strategies import STRATEGIES
+    may also be named; a plain `unmap-hint` uses the campaign's --hint-policy. A strategy of the
+    user's own (a .py path, or an installed one) is labelled by its NAME; `all,./mine.py` runs
+    every built-in and it."""
+    from protocol import strategies
     variants: dict[str, dict[str, Any]] = {}
-    for name in STRATEGIES:
+    for name in strategies.STRATEGIES:
         if name == "unmap-hint":
             for policy in ("optimistic", "conservative"):
                 variants[f"unmap-hint-{policy}"] = {"strategy": name, "hint_policy": policy}
@@ -69,17 +74,24 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     names = [s for s in (x.strip() for x in spec.split(",")) if s]
     if not names:
         raise CampaignError("--strategies: give 'all' or a comma-separated list")
-    if names == ["all"]:
-        return list(variants.items())
     out: list[tuple[str, dict[str, Any]]] = []
     for n in names:
-        if n in variants:
+        if n == "all":
+            out += list(variants.items())
+        elif n in variants:
             out.append((n, variants[n]))
-        elif n in STRATEGIES:
+        elif n in strategies.STRATEGIES:
             out.append((n, {"strategy": n}))
+        elif strategies.looks_like_path(n) or n in strategies.installed():
+            try:
+                module = strategies.resolve(n)
+            except strategies.StrategyError as exc:
+                raise CampaignError(f"--strategies: {exc}") from None
+            out.append((module.NAME, {"strategy": module.SOURCE}))
         else:
             raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, "
-                                f"{', '.join(sorted(set(variants) | set(STRATEGIES)))})")
+                                f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES)))}, "
+                                f"an installed strategy or the path of a .py file)")
     return list(dict(out).items())
 
 
@@ -153,18 +165,6 @@ def plan_runs(base: RunParams, strategies: str, plans: str, seeds: int) -> tuple
 
 
 # ---------------------------------------------------------------------------------- finished runs
-
-def read_report(run_dir: Path) -> dict[str, Any] | None:
-    """The run's report if it finished (report.json parses, has the race counts and does not say
-    the run was interrupted), else None."""
-    try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
-        return None
-    if not isinstance(report, dict) or not isinstance(report.get("races"), dict):
-        return None
-    return None if report.get("interrupted") else report  # the report of a run cut short: run it again
-
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
@@ -472,7 +472,7 @@ def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path
     """Run what is missing of the campaign, then write the summary and plots; returns the summary.
     With `dry_run`, only check everything a run would check and say what would run. Progress and
     the last line go to `stream` (sys.stderr)."""
-    from deploy import campaign_report, rundir
+    from deploy import rundir
     stream = stream or sys.stderr
     if jobs < 1:
         raise CampaignError(f"--jobs must be at least 1, got {jobs}")
@@ -555,7 +555,8 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
     c.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file with the base run parameters")
     c.add_argument("--out", required=True, type=Path, help="campaign directory (created; reused to resume)")
     c.add_argument("--strategies", default="all", metavar="LIST|all",
-                   help=with_default("comma-separated strategies, or all (unmap-hint under both hint policies)", "all"))
+                   help=with_default("comma-separated strategies, or all (unmap-hint under both hint policies); "
+                                     "a .py path runs a strategy of your own (docs/writing-a-strategy.md)", "all"))
     c.add_argument("--faults", dest="plans", default="none", metavar="PLAN[,PLAN...]",
                    help=with_default("fault plans: shipped names (none net crash rogue pressure, or all) or .toml paths", "none"))
     c.add_argument("--seeds", type=int, default=1, metavar="N", help=with_default("seeds 1..N for every combination", 1))
@@ -573,7 +574,6 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
 
 
 def main(args: argparse.Namespace) -> int:
-    from deploy import campaign_report
     if args.report_only:
         summary = campaign_report.write_summary(args.out.resolve(), plots=not args.no_plots)
         print(campaign_report.render_matrix(summary))

@@ -12,6 +12,7 @@ from deploy.helpformat import Formatter, examples, with_default
 from deploy.interrupt import Interrupted, stop_signals
 from deploy.launcher import DeployError, down, status, up
 from deploy.options import OptionError
+from protocol.strategies import StrategyError
 
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_DEPLOY = 0, 1, 2, 3
 
@@ -24,14 +25,17 @@ pressure; every DMA access goes through an emulated IOMMU; a race checker judges
 EPILOG = examples(
     "dmabuf-emu demo",
     "dmabuf-emu strategies",
+    "dmabuf-emu strategies --diagram resv-fence",
     "dmabuf-emu run --strategy pin --importers 2 --duration 3 --out runs/pin",
     "dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race",
+    "dmabuf-emu run --strategy docs/examples/move_notify_ack_defer.py --importers 4 --out runs/mine",
     "dmabuf-emu check runs/mn",
     "dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf",
     "dmabuf-emu run scenarios/revalidate-rogue.toml --out runs/rogue",
     "dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live",
     note="scenarios/*.toml: one scenario per strategy and a few with faults, each saying what it shows "
-         "(README \"Scenarios\"). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
+         "(README \"Scenarios\"). A strategy of your own is a .py file given to --strategy "
+         "(docs/writing-a-strategy.md). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
          "report.json, report.md and trace.json (open it in https://ui.perfetto.dev). A command refuses "
          "an --out that already holds a run unless given --force.\n\n"
          "Ctrl-C, SIGTERM and SIGHUP stop a command the same way: services down, segments removed, the "
@@ -137,8 +141,11 @@ def _parser() -> argparse.ArgumentParser:
                         description="Run every strategy (unmap-hint under both hint policies) with the same "
                                     "parameters, one after the other, each in OUT/<strategy>, and print a "
                                     "markdown table: races, corrupted jobs, moves completed and refused, "
-                                    "map and move latency.",
+                                    "map and move latency. --strategy naming a strategy of your own (a .py "
+                                    "file or an installed one) adds it as a last row.",
                         epilog=examples("dmabuf-emu compare --importers 4 --duration 3 --out runs/compare",
+                                        "dmabuf-emu compare --strategy docs/examples/move_notify_ack_defer.py "
+                                        "--importers 4 --duration 3 --out runs/compare",
                                         "dmabuf-emu compare --table-only --out runs/compare"))
     cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
@@ -160,9 +167,24 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace the bench.json and bench.md already in --out")
     b.add_argument("--dry-run", action="store_true", help="say what would be measured, measure nothing")
 
-    sub.add_parser("strategies", help="list the buffer-move strategies", formatter_class=Formatter,
-                   description="List the strategies with one line each; the rules, the sentence of the "
-                               "2012 thread each one models and its hazard are in protocol/strategies/*.py.")
+    st = sub.add_parser("strategies", help="list the buffer-move strategies, check one, or draw its state diagrams",
+                        formatter_class=Formatter,
+                        description="List the strategies with one line each (built-in, then installed ones: entry "
+                                    "point group dmabuf_emu.strategies); the rules, the sentence of the 2012 thread "
+                                    "each built-in one models and its hazard are in protocol/strategies/*.py. "
+                                    "--diagram draws both halves' state diagrams from the strategy's tables; "
+                                    "--check loads a strategy of your own and checks its tables, as every "
+                                    "command does before it starts anything.",
+                        epilog=examples("dmabuf-emu strategies --diagram resv-fence",
+                                        "dmabuf-emu strategies --diagram move-notify-ack --format dot --steps",
+                                        "dmabuf-emu strategies --check docs/examples/move_notify_ack_defer.py",
+                                        "dmabuf-emu strategies --doc"))
+    what = st.add_mutually_exclusive_group()
+    what.add_argument("--diagram", metavar="NAME|PATH", help="print the exporter's and the importer's state diagrams")
+    what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way")
+    what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
+    st.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="diagram format")
+    st.add_argument("--steps", action="store_true", help="put each rule's steps on its edge")
     return p
 
 
@@ -185,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return _COMMANDS[args.command](args)
     except Interrupted as exc:
         return _fail(exc.exit_code, str(exc))
-    except OptionError as exc:
+    except (OptionError, StrategyError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except DeployError as exc:
         return _fail(EXIT_DEPLOY, str(exc))
@@ -196,10 +218,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
-    from protocol.strategies import STRATEGIES
-    width = max(map(len, STRATEGIES))
-    for name, module in STRATEGIES.items():
-        print(f"{name.ljust(width)}  {module.SUMMARY}")
+    from deploy import diagram
+    from protocol import strategies
+    if args.doc:
+        print(diagram.document(strategies.STRATEGIES), end="")
+        return EXIT_OK
+    if args.diagram or args.check:
+        module = strategies.resolve(args.diagram or args.check)
+        if args.check:
+            print(f"{module.SOURCE}: strategy {module.NAME}: tables checked, ok")
+        else:
+            print(diagram.diagrams(module, args.format, args.steps), end="")
+        return EXIT_OK
+    listed = dict(strategies.STRATEGIES)
+    for name in strategies.installed():
+        try:
+            listed[name] = strategies.resolve(name)
+        except strategies.StrategyError as exc:
+            print(f"dmabuf-emu: {exc}", file=sys.stderr)
+    width = max(map(len, listed))
+    for name, module in listed.items():
+        where = "" if name in strategies.STRATEGIES else "  (installed)"
+        print(f"{name.ljust(width)}  {module.SUMMARY}{where}")
     return EXIT_OK
 
 
@@ -279,7 +319,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(table(args.out))
         return EXIT_OK
     params = options.resolve(args.scenario, vars(args))
-    rundir.claim(run_dirs(args.out), force=args.force, say=_say)
+    rundir.claim(run_dirs(args.out, extra=params.strategy), force=args.force, say=_say)
 
     def one(p: options.RunParams, out: Path) -> dict:
         return run(p, out, quiet=True)
@@ -288,7 +328,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"  {label}: races {report['races']['total']}, moves completed {report['moves']['completed']}, "
               f"refused {report['moves']['refused']}", file=sys.stderr, flush=True)
 
-    print(f"compare: {len(variants())} runs of "
+    print(f"compare: {len(variants(extra=params.strategy))} runs of "
           f"{params.duration:g} s each -> {args.out}", file=sys.stderr)
     print(compare(params, args.out, one, done))
     return EXIT_OK

@@ -3,6 +3,8 @@
 Each strategy gets its own run directory OUT/<label>; the table is derived from their
 report.json files only, so `dmabuf-emu compare --table-only OUT` rebuilds it from finished runs.
 unmap-hint appears twice, once per hint policy: they are the two halves of option 1's argument.
+A strategy of the user's own (`--strategy ./mine.py`, or an installed one) runs after the
+built-in ones, in OUT/<its NAME>, and has its row at the bottom of the table.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Any, Callable, Sequence
 
 from deploy.interrupt import Interrupted
 from deploy.options import RunParams
-from protocol.strategies import STRATEGIES
+from protocol.strategies import STRATEGIES, resolve
 
 RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
 
 
-def variants(only: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(label, overrides) of every strategy, or of the labels in `only` (in this order)."""
+def variants(only: Sequence[str] | None = None, extra: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(label, overrides) of every built-in strategy, or of the labels in `only` (in this order),
+    then `extra` (a strategy of the user's own) if it is not a built-in one."""
     out: list[tuple[str, dict[str, Any]]] = []
     for name in STRATEGIES:
         if name == "unmap-hint":
@@ -28,31 +31,33 @@ def variants(only: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any
                     ("unmap-hint (conservative)", {"strategy": name, "hint_policy": "conservative"})]
         else:
             out.append((name, {"strategy": name}))
+    own = [(resolve(extra).NAME, {"strategy": extra})] if extra is not None and extra not in STRATEGIES else []
     if only is None:
-        return out
+        return out + own
     known = dict(out)
     unknown = [label for label in only if label not in known]
     if unknown:
         raise ValueError(f"no such strategy variant: {', '.join(unknown)} (known: {', '.join(known)})")
-    return [(label, known[label]) for label in only]
+    return [(label, known[label]) for label in only] + own
 
 
 def _dirname(label: str) -> str:
     return label.replace(" (", "-").replace(")", "")
 
 
-def run_dirs(out: Path, only: Sequence[str] | None = None) -> list[Path]:
-    """The run directory of each variant: OUT/<label>."""
-    return [out / _dirname(label) for label, _ in variants(only)]
+def run_dirs(out: Path, only: Sequence[str] | None = None, extra: str | None = None) -> list[Path]:
+    """The run directories compare writes (those of `only`, then `extra`'s)."""
+    return [out / _dirname(label) for label, _ in variants(only, extra)]
 
 
 def compare(base: RunParams, out: Path, run: Callable[[RunParams, Path], dict[str, Any]],
             on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None,
             only: Sequence[str] | None = None) -> str:
-    """Every variant (those in `only`) in turn. Interrupted (deploy/interrupt.py) during one, the
-    runs after it are not started, and the one line says which runs finished."""
+    """Every variant (those in `only`, then a strategy of the user's own named by `base`) in turn.
+    Interrupted (deploy/interrupt.py) during one, the runs after it are not started, and the one
+    line says which runs finished."""
     done: list[str] = []
-    for label, overrides in variants(only):
+    for label, overrides in variants(only, base.strategy):
         params = dataclasses.replace(base, **overrides)
         try:
             report = run(params, out / _dirname(label))
@@ -71,7 +76,10 @@ def table(out: Path, only: Sequence[str] | None = None) -> str:
     head = ("| strategy | races | lost_write / stale_read / use_after_unmap / unfenced | corrupted jobs "
             "| moves completed | moves refused | map p50 / p99 (us) | move p50 (us) |")
     lines = [head, "|" + "---|" * 8]
-    for label, _ in variants(only):
+    builtin = [label for label, _ in variants(only)]
+    own = sorted(d.name for d in out.iterdir() if d.is_dir() and d.name not in map(_dirname, builtin)
+                 and (d / "report.json").exists()) if out.is_dir() and only is None else []
+    for label in builtin + own:
         path = out / _dirname(label) / "report.json"
         if not path.exists():
             continue

@@ -36,9 +36,9 @@ from deploy import procs
 from deploy.control import ControlClient, ControlError
 from deploy.interrupt import Interrupted
 from deploy.options import RunParams
-from exporter_svc.service import heap_sizes
 from protocol import capability
 from runtime import faults, security, shm, transport
+from runtime.params import service_argv
 from runtime.service import write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -216,17 +216,11 @@ def _watch_argv(launcher: str) -> list[str]:
     return ["--launcher", launcher] if launcher else []
 
 
-def _exporter_argv(params: RunParams, out: Path, run_id: str, rpc: str, control: str, vram: int,
+def _exporter_argv(params: RunParams, out: Path, run_id: str, rpc: str, control: str,
                    launcher: str = "") -> list[str]:
     return ["-m", "exporter_svc", "--run-id", run_id, *_watch_argv(launcher), "--out", str(out), "--endpoint", rpc,
-            "--credentials", str(out / "secrets" / "exporter.json"),
-            "--control", control, "--strategy", params.strategy,
-            "--buffers", str(params.buffers), "--buffer-size", str(params.buffer_size),
-            "--vram-size", str(vram), "--max-importers", str(params.importers),
-            "--move-rate", str(params.move_rate), "--ack-timeout-ms", str(params.ack_timeout_ms),
-            "--fence-timeout-ms", str(params.fence_timeout_ms), "--hint-policy", params.hint_policy,
-            "--lease-ms", str(params.lease_ms), "--retry-ms", str(params.retry_ms),
-            "--seed", str(params.seed), "--faults", faults.encode(list(params.faults))]
+            "--credentials", str(out / "secrets" / "exporter.json"), "--control", control,
+            *service_argv(params.as_dict(), "exporter"), "--faults", faults.encode(list(params.faults))]
 
 
 def _importer_argv(params: RunParams, out: Path, n: int, rpc: str, control: str, incarnation: int,
@@ -235,10 +229,7 @@ def _importer_argv(params: RunParams, out: Path, n: int, rpc: str, control: str,
             *(["--run-id", run_id] if run_id else []), *_watch_argv(launcher), "--out", str(out),
             "--exporter", security.connect_endpoint(rpc), "--control", control,
             "--credentials", str(out / "secrets" / f"importer-{n}.json"),
-            "--strategy", params.strategy, "--seed", str(params.seed),
-            "--queue-depth", str(params.queue_depth), "--dma-ms", str(params.dma_ms),
-            "--think-ms", str(params.think_ms), "--write-ratio", str(params.write_ratio),
-            "--lease-ms", str(params.lease_ms), "--retry-ms", str(params.retry_ms),
+            *service_argv(params.as_dict(), "importer"),
             "--faults", faults.encode(list(params.faults)), "--incarnation", str(incarnation)]
 
 
@@ -291,12 +282,11 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher:
     rpc, control_for = _endpoints(params, out)
     shutil.rmtree(out / "secrets", ignore_errors=True)
     write_credentials(params, out)
-    vram, sys_size = heap_sizes(params.buffers, params.buffer_size, params.vram_size)
     ctx = zmq.Context()
     started: list[tuple[subprocess.Popen, str]] = []
     deployment: Deployment | None = None
     try:
-        argv = _exporter_argv(params, out, run_id, rpc, control_for("exporter"), vram, launcher)
+        argv = _exporter_argv(params, out, run_id, rpc, control_for("exporter"), launcher)
         proc = _spawn(out, "exporter", argv)
         started.append((proc, EXPORTER_MARKER))
         info = _wait_listening(ctx, out, "exporter", proc, start_timeout_s)

@@ -10,7 +10,7 @@ from runtime import watchdog
 watchdog.die_with_launcher(sys.argv[1:])  # first, before the slow imports below (runtime/watchdog.py)
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
-from protocol.strategies import STRATEGIES
+from runtime.params import add_service_flags
 from runtime.faults import FaultError, decode as decode_faults
 
 
@@ -27,16 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="run directory: events/<name>.jsonl, run/<name>.json")
     p.add_argument("--exporter", required=True, help="the exporter's ZeroMQ endpoint")
     p.add_argument("--control", required=True, help="ZeroMQ endpoint for dmabuf-emu's control requests")
-    p.add_argument("--strategy", default="pin", choices=sorted(STRATEGIES))
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--queue-depth", type=int, default=2, help="DMA jobs in flight at once")
-    p.add_argument("--dma-ms", type=float, default=6.0, help="mean duration of a DMA job")
-    p.add_argument("--think-ms", type=float, default=1.0, help="mean pause between jobs")
-    p.add_argument("--write-ratio", type=float, default=0.5, help="share of jobs that write")
+    add_service_flags(p, "importer")
     p.add_argument("--chunk-ms", type=float, default=1.0, help="time between a job's chunks")
-    p.add_argument("--lease-ms", type=float, default=500.0,
-                   help="heartbeat lease: the device stops all DMA 0.8 lease after its last answered request")
-    p.add_argument("--retry-ms", type=float, default=100.0, help="resend an unanswered request after this long")
     p.add_argument("--faults", default="", help="faults as a JSON list of canonical fault dicts (see runtime/faults.py)")
     p.add_argument("--credentials", type=Path, default=None,
                    help="JSON file of mode 0600 with this importer's join token, export tokens and CURVE "

@@ -26,6 +26,10 @@ Usage (include/linux/dma-resv.h: the kernel-doc of enum dma_resv_usage, lines 58
   the new usage to the fence's seqno and lowers none: every wait that took the fence before
   still takes it.
 
+`error` records why the exporter forced the fences (protocol.fence.FORCE_REASONS: a reason it
+does not list is refused, not recorded as something else), so that the device names it when it
+aborts the job.
+
 Writers: each cell has one. An importer writes the usage cells and `signaled` of its own slot
 (emit, add_again, signal), the exporter writes `forced` and `error` of every slot and all of
 slot 0. No lock: aligned 8-byte stores are atomic on the machines we run on, every seqno cell
@@ -38,15 +42,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.fence import Usage
+from protocol.fence import FORCE_REASONS, Usage, force_reason
 
 USAGES = len(Usage)
 EMITTED = slice(0, USAGES)  # the usage cells, indexed by Usage
 SIGNALED, FORCED, ERROR = USAGES, USAGES + 1, USAGES + 2
 FIELDS = USAGES + 3
 KERNEL_SLOT = 0
-
-ERROR_CODES = {"": 0, "fence_timeout": 1, "notify_timeout": 2, "importer_lost": 3}
 
 
 def table_bytes(slots: int, buffers: int) -> int:
@@ -108,8 +110,9 @@ class FenceTable:
         cell = self.cells[slot, buffer]  # type: ignore[index]
         return int(cell[FORCED]) >= seq > int(cell[SIGNALED])
 
-    def error(self, slot: int, buffer: int) -> int:
-        return int(self.cells[slot, buffer, ERROR])  # type: ignore[index]
+    def error(self, slot: int, buffer: int) -> str:
+        """Why the exporter last forced this cell's fences ("" if it never did)."""
+        return force_reason(int(self.cells[slot, buffer, ERROR]))  # type: ignore[index]
 
     # exporter side
     def snapshot(self, buffer: int, usage: Usage) -> dict[int, int]:
@@ -122,8 +125,13 @@ class FenceTable:
         return {int(i) + 1: int(last[i]) for i in pending}
 
     def force(self, slot: int, buffer: int | None, error: str) -> None:
+        """Complete every fence of `slot` on `buffer` (all buffers if None), recording `error`."""
+        try:
+            code = FORCE_REASONS[error]
+        except KeyError:
+            raise ValueError(f"cannot record {error!r} as a fence error (reasons: {', '.join(FORCE_REASONS)})") from None
         rows = self.cells[slot] if buffer is None else self.cells[slot, buffer:buffer + 1]  # type: ignore[index]
-        rows[:, ERROR] = ERROR_CODES.get(error, 99)
+        rows[:, ERROR] = code
         rows[:, FORCED] = rows[:, EMITTED].max(axis=1)
 
     def publish_kernel(self, buffer: int, seq: int) -> None:

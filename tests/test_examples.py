@@ -188,11 +188,11 @@ def _process_fault_end(cmd: list[str]) -> float:
 
 
 def adapt(cmd: tuple[str, ...]) -> list[str]:
-    """The example as the test runs it: scenario paths from the checkout, absolute paths made
+    """The example as the test runs it: scenario and strategy paths from the checkout, absolute paths made
     relative (to the test's directory), a short --duration, --dry-run for the long commands."""
     out: list[str] = []
     for w in cmd:
-        if w.endswith(".toml") and (ROOT / w).exists():
+        if w.endswith((".toml", ".py")) and (ROOT / w).exists():  # scenarios, strategies of one's own
             w = str(ROOT / w)
         elif w.startswith("/"):
             w = w.lstrip("/")

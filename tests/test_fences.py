@@ -205,7 +205,7 @@ def test_forcing_covers_every_usage_and_only_what_was_published(segment: Segment
         segment.importer.emit(1, b, u)
         segment.importer.emit(1, b, Usage.BOOKKEEP)
     segment.importer.emit(2, 0, Usage.WRITE)
-    segment.exporter.force(1, None, "importer_lost")
+    segment.exporter.force(1, None, "lease expired")
     assert all(segment.exporter.snapshot(b, Usage.BOOKKEEP) == {} for b in range(1, len(Usage)))
     assert segment.exporter.snapshot(0, Usage.BOOKKEEP) == {2: 1}, "another slot is not forced"
     seq = segment.importer.emit(1, 0, Usage.READ)

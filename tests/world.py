@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import capability, wire
-from protocol.actions import (CancelTimer, CopyBuffer, Emit, ForceCompleteFences, JobFinished,
+from protocol.actions import (AckOwed, Acked, CancelTimer, CopyBuffer, Emit, ForceCompleteFences, JobFinished,
                               Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
                               SignalKernelFence, StampBuffer, StartDma, StartTimer,
                               TeardownIommu, WaitFences, WaitKernelFence)
@@ -264,7 +264,7 @@ class World:
                 self.kernel_waits.append((svc, a))
             elif isinstance(a, JobFinished):
                 self.finished.append(a)
-            elif isinstance(a, (StampBuffer, Left)):
+            elif isinstance(a, (StampBuffer, Left, AckOwed, Acked)):
                 pass
             else:
                 raise AssertionError(f"unhandled action {a!r}")
