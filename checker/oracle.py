@@ -63,7 +63,10 @@ from checker.model import (
     Placement,
     Race,
     UauCause,
+    importer_name,
 )
+from checker.findings import Findings
+from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
 
 KEEP_GENERATIONS = 8
@@ -191,6 +194,9 @@ class Oracle:
         self.corruption_examples: list[tuple[dict[str, Any], CorruptionLink]] = []
         self.latency = {k: LogHistogram() for k in ("map", "unmap", "move", "notify_ack", "fence_wait")}
         self.witness_races: dict[str, list[Race]] = {k: [] for k in RACE_KINDS}
+        self.waitfor = WaitFor(on_cycle=self._on_cycle if on_finding is not None else None,
+                               on_broken=self._on_cycle_broken if on_finding is not None else None)
+        self.findings = Findings(self.waitfor)
         # state
         self.buffers: dict[Any, BufferGens] = {}
         self.jobs: dict[tuple[str, Any], Job] = {}
@@ -221,7 +227,10 @@ class Oracle:
             "move_notify_received": self._move_notify_received,
             "ack": self._ack,
             "ack_timeout": self._ack_timeout,
+            "fence_wait_begin": self._fence_wait_begin,
             "fence_wait_end": self._fence_wait_end,
+            "map_served": self._map_served,
+            "op_answered": self._op_answered,
             "fence_signal": self._fence_signal,
             "iommu_fault": self._iommu_fault,
             "fault": self._fault,
@@ -243,6 +252,8 @@ class Oracle:
             "run_start": self._run_start,
             "run_stop": self._run_stop,
         }
+        for name in WAITFOR_EVENTS:
+            self._handlers.setdefault(name, getattr(self.waitfor, name))
 
     # ------------------------------------------------------------------ the pass
 
@@ -544,6 +555,8 @@ class Oracle:
         st = self._att(svc, ev.get("attachment"))
         st.mapped = st.usable = True
         st.last, st.last_t, st.last_gen = "map", t, ev.get("gen")
+        if self.waitfor.blocked_on_map:
+            self.waitfor.map_answered(svc, ev.get("id"), t)
 
     def _unmap(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
@@ -570,6 +583,10 @@ class Oracle:
 
     def _detach(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
+            if self.waitfor.deferred:
+                imp = importer_name(ev.get("importer"))
+                self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
+                    "event": "detach", "svc": imp, "importer": imp, "attachment": ev.get("attachment")})
             return
         self.ops["detach"] += 1
         # Forget the attachment (bounded memory); a mapping never unmapped still counts as held.
@@ -745,22 +762,80 @@ class Oracle:
 
     def _ack_timeout(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["ack_timeouts"] += 1
+        imps = ev.get("importers")
+        self._timeout("notify", t, buffer=ev.get("buffer"), move=ev.get("move"), revoke=ev.get("revoke"),
+                      importers=[importer_name(i) for i in imps] if isinstance(imps, list) else [])
+
+    def _fence_wait_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.findings.wait_round(ev)
+        self.waitfor.fence_wait_begin(ev, t, svc)
 
     def _fence_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
         waited = ev.get("waited_ns")
         if waited is not None:
             self.latency["fence_wait"].add(waited)
+        self.findings.wait_round(ev)
+        self.waitfor.fence_wait_end(ev, t, svc)
 
     def _fence_signal(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        if svc == "exporter" and ev.get("forced") is True:
-            self.fences_forced += 1
+        wf = self.waitfor
+        if svc == "exporter":
+            if ev.get("forced") is True:
+                self.fences_forced += 1
+                self.findings.forced(ev, t)
+                imp = importer_name(ev.get("importer"))
+                if self.on_finding is not None:
+                    self.on_finding("fence forced", "exporter", t, {"finding": "fence_forced", "importer": imp,
+                                                                    "buffer": ev.get("buffer"), "error": ev.get("error")})
+                wf.forced(imp, ev["buffer"], t, {"event": "fence_signal", "svc": svc, "forced": True,
+                                                 "importer": imp, "buffer": ev["buffer"], "error": ev.get("error")})
+        elif wf.fence_waiters or wf.blocked:
+            wf.signaled(svc, ev["buffer"], ev.get("seq"), t,
+                        {"event": "fence_signal", "svc": svc, "buffer": ev["buffer"], "seq": ev.get("seq")})
+
+    def _map_served(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if self.waitfor.deferred:
+            imp = importer_name(ev["importer"])
+            self.waitfor.map_done(imp, ev.get("id"), t, {"event": "map_served", "svc": svc, "importer": imp,
+                                                         "id": ev.get("id"), "buffer": ev.get("buffer")})
+
+    def _op_answered(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if ev.get("op") != "map" or ev.get("ok") is not False or svc != "exporter":
+            return
+        if self.waitfor.deferred:
+            imp = str(ev.get("peer"))
+            self.waitfor.map_done(imp, ev.get("id"), t, {"event": "op_answered", "svc": svc, "importer": imp,
+                                                         "id": ev.get("id"), "code": ev.get("code")})
+
+    def _on_cycle(self, c: Cycle) -> None:
+        assert self.on_finding is not None
+        self.on_finding("deadlock", "exporter", c.formed_t,
+                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "formed_by": c.formed_by})
+
+    def _on_cycle_broken(self, c: Cycle) -> None:
+        assert self.on_finding is not None and c.broken_t is not None
+        self.on_finding("deadlock broken", str((c.broken_by or {}).get("svc") or "exporter"), c.broken_t,
+                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "broken_by": c.broken_by})
+
+    def _timeout(self, kind: str, t: int, **fields: Any) -> None:
+        self.findings.timeout(kind, t, **fields)
+        if self.on_finding is not None:
+            self.on_finding(f"timeout: {kind}", "exporter", t, {"finding": "timeout", "kind": kind, **fields})
 
     def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.attachments_revoked += 1
         self.revoked_by_reason[str(ev.get("reason"))] += 1
+        if self.waitfor.deferred:
+            imp = importer_name(ev.get("importer"))
+            self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
+                "event": "attachment_revoked", "svc": svc, "importer": imp, "attachment": ev.get("attachment"),
+                "reason": ev.get("reason")})
 
     def _importer_lost(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        self.importer_lost_by_reason[str(ev.get("reason"))] += 1
+        reason = str(ev.get("reason"))
+        self.importer_lost_by_reason[reason] += 1
+        if reason == "lease expired":
+            self._timeout("lease", t, importers=[importer_name(ev.get("importer"))])
 
     def _final_content(self, ev: dict[str, Any], t: int, svc: str) -> None:
         """The bytes check of one buffer (see the module docstring)."""
@@ -834,6 +909,7 @@ class Oracle:
         for key in [k for k in self.atts if k[0] == svc]:
             if self.atts.pop(key).mapped:
                 self.held_at_death += 1
+        self.waitfor.service_ended(svc, t, how)
 
     def _service_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[0] = True
@@ -929,6 +1005,7 @@ class Oracle:
             "maps": dict(self.maps),
             "moves": moves,
             "races": races,
+            "findings": self.findings.report(t0 or 0, self.t1, self._secs),
             "witnesses": {k: [witness(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
             "corruption": {**self.corruption, "examples": self._corruption_examples(t0 or 0)},
             "iommu_faults": self.iommu_faults,

@@ -4,7 +4,8 @@ Rules:
 - Rendered only from the report dict (never from the history), so it cannot disagree with
   report.json.
 - Sections: parameters, faults (schedule and applied), counters, latency percentiles, race
-  witnesses (sentence plus a small event table), corruption examples, final bytes (the bytes
+  witnesses (sentence plus a small event table), findings (deadlocks with their cycle's
+  events, fences forced, timeouts; the first MD_ITEMS of each), corruption examples, final bytes (the bytes
   check's verdict, said in words), services (deaths, restarts, importer stops) and recovery.
   Tables stay narrow enough for a terminal.
 - Table cells escape `|` so a field cannot break a table.
@@ -141,6 +142,8 @@ def render_report_md(r: dict[str, Any]) -> str:
                  for e in w.get("events", [])])]
             lines.append("")
 
+    lines += _findings(r.get("findings") or {})
+
     lines += ["## Corruption", ""]
     examples = corr.get("examples") or []
     if not examples:
@@ -168,6 +171,46 @@ def render_report_md(r: dict[str, Any]) -> str:
         lines += _table(["what", "count"], rrows)
         lines.append("")
     return "\n".join(lines)
+
+
+MD_ITEMS = 10  # findings listed per kind in report.md (report.json holds up to 256)
+
+
+def _findings(f: dict[str, Any]) -> list[str]:
+    if not f:
+        return []
+    out = ["## Findings", ""]
+    if not f.get("total"):
+        return out + ["None: no deadlock, no fence forced, no timeout.", ""]
+    dl, ff, to = f.get("deadlock") or {}, f.get("fence_forced") or {}, f.get("timeout") or {}
+    by_kind = ", ".join(f"{k} {n}" for k, n in (to.get("by_kind") or {}).items() if n)
+    out += _table(["finding", "count"], [("deadlock", dl.get("count", 0)),
+                                         ("deadlocks still present at the end", dl.get("present_at_end", 0)),
+                                         ("fences forced", ff.get("count", 0)),
+                                         ("timeouts" + (f" ({by_kind})" if by_kind else ""), to.get("count", 0))])
+    out.append("")
+    for title, part in (("Deadlocks", dl), ("Fences forced", ff), ("Timeouts", to)):
+        items = part.get("items") or []
+        if not items:
+            continue
+        shown = items[:MD_ITEMS]
+        out += [f"### {title} ({part.get('count', len(items))} in all; {len(shown)} shown)", ""]
+        for i, it in enumerate(shown, 1):
+            out += [f"{i}. {it.get('sentence')}", ""]
+            if title == "Deadlocks" and it.get("events"):
+                out += ["   " + ln for ln in _table(
+                    ["time", "service", "event", "the wait it began"],
+                    [(_secs_ms(e.get("t_ns"), it), e.get("svc"), e.get("event"), e.get("note"))
+                     for e in it["events"]])]
+                out.append("")
+    return out
+
+
+def _secs_ms(t: Any, item: dict[str, Any]) -> str:
+    # a deadlock item carries t_ns and t_s of its forming: place the events on the same scale
+    if isinstance(t, int) and isinstance(item.get("t_ns"), int) and isinstance(item.get("t_s"), (int, float)):
+        return f"{item['t_s'] + (t - item['t_ns']) / 1e9:.6f} s"
+    return "-"
 
 
 def _secs(t: Any) -> str:

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     r.add_argument("--out", required=True, type=Path, help="run directory (created)")
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
+    r.add_argument("--fail-on-finding", action="store_true",
+                   help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout)")
     r.add_argument("--quiet", action="store_true", help="print only the summary")
     r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     options.add_arguments(r)
@@ -74,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "rewrite report.json, report.md and trace.json.")
     c.add_argument("dir", type=Path, metavar="DIR")
     c.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race was found (for CI)")
+    c.add_argument("--fail-on-finding", action="store_true",
+                   help="exit 1 if any finding was reported (deadlock, fence forced, timeout)")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
                         description="Run every strategy (unmap-hint under both hint policies) with the same "
@@ -172,7 +176,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print("\n".join(summary_lines(report, str(args.out))))
-    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+    return _exit_status(args, report)
+
+
+def _exit_status(args: argparse.Namespace, report: dict) -> int:
+    failed = (args.fail_on_race and report.get("races", {}).get("total")) or \
+        (args.fail_on_finding and report.get("findings", {}).get("total"))
+    return EXIT_RACE if failed else EXIT_OK
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -182,7 +192,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
     report = check_run(args.dir, merge=(args.dir / "events").is_dir())
     print("\n".join(summary_lines(report, str(args.dir))))
-    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+    return _exit_status(args, report)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
