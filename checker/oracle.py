@@ -60,6 +60,9 @@ from checker.model import (
     CorruptionLink,
     GenRecord,
     Job,
+    MapInfo,
+    MoveNotes,
+    NotifyNote,
     Placement,
     Race,
     UauCause,
@@ -68,6 +71,7 @@ from checker.model import (
 from checker.findings import Findings
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
+from checker.because import because, context_events
 
 KEEP_GENERATIONS = 8
 NOTIFY_FAULTS = ("early-ack", "ignore-notify")
@@ -119,6 +123,12 @@ def describe_fault(f: Any) -> str:
     at, dur = f.get("at"), f.get("for")
     when = f"at {num(at if at is not None else 0)} s" + (f" for {num(dur)} s" if dur is not None else "")
     return f"{' '.join(parts)} -> {f.get('target', 'importers')} {when}"
+
+
+def explained(race: Race, t0: int) -> dict[str, Any]:
+    """A race's witness (report.json `witnesses`): its sentence and proof, why it happened (the
+    "because" chain) and the messages and waits that chain cites."""
+    return {**witness(race, t0), "because": because(race, t0), "context": context_events(race)}
 
 
 def _listed(items: list[dict[str, Any]], item: dict[str, Any], over: Counter[str], name: str) -> None:
@@ -202,6 +212,8 @@ class Oracle:
         self.jobs: dict[tuple[str, Any], Job] = {}
         self.atts: dict[tuple[str, Any], AttState] = {}
         self.recent_races: dict[tuple[str, Any], Race] = {}
+        # (importer, att) -> its last map_served: (id, t, deferred_ns, {gen, heap, offset})
+        self.served: dict[tuple[str, Any], tuple[Any, int, Any, Any]] = {}
         self._ending: list[Job] = []      # ended jobs waiting for time to move past their end
         self._orphans: list[Job] = []     # unfinished jobs whose id a restarted service reused
         self._ending_t = 0
@@ -225,6 +237,8 @@ class Oracle:
             "move_end": self._move_end,
             "move_notify_sent": self._move_notify_sent,
             "move_notify_received": self._move_notify_received,
+            "move_notify_returned": self._move_notify_returned,
+            "ack_sent": self._ack_sent,
             "ack": self._ack,
             "ack_timeout": self._ack_timeout,
             "fence_wait_begin": self._fence_wait_begin,
@@ -483,7 +497,9 @@ class Oracle:
         rogue = ev.get("rogue") is True
         if rogue:
             self.rogue["total"] += 1
-        jobs[key] = Job(ev, svc, write, t, rec, dropped, uau, rogue)
+        job = jobs[key] = Job(ev, svc, write, t, rec, dropped, uau, rogue)
+        if st is not None:
+            job.map = st.map_info
 
     @staticmethod
     def _uau_cause(st: AttState | None) -> UauCause:
@@ -552,9 +568,11 @@ class Oracle:
         lat = ev.get("latency_ns")
         if lat is not None:
             self.latency["map"].add(lat)
-        st = self._att(svc, ev.get("attachment"))
+        att = ev.get("attachment")
+        st = self._att(svc, att)
         st.mapped = st.usable = True
         st.last, st.last_t, st.last_gen = "map", t, ev.get("gen")
+        st.map_info = MapInfo(ev, t, self.served.pop((svc, att), None))
         if self.waitfor.blocked_on_map:
             self.waitfor.map_answered(svc, ev.get("id"), t)
 
@@ -583,6 +601,7 @@ class Oracle:
 
     def _detach(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
+            self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
             if self.waitfor.deferred:
                 imp = importer_name(ev.get("importer"))
                 self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
@@ -635,6 +654,9 @@ class Oracle:
 
     def _move_notify_received(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["received"] += 1
+        n = self._note(ev, svc)
+        if n is not None and n.recv_t is None:
+            n.recv_t, n.state = t, ev.get("state")
 
     def _corruption(self, ev: dict[str, Any], t: int, svc: str) -> None:
         c = self.corruption
@@ -705,6 +727,9 @@ class Oracle:
         from_gen, to_gen = ev["from_gen"], ev["to_gen"]
         src = self._rec(buffer, from_gen)
         src.out_move, src.out_begin_t = ev.get("move"), t
+        src.notes = MoveNotes()
+        src.out_broke_promise = ev.get("broke_promise") is True
+        self.buffers[buffer].cur = src
         src.out_to = Placement.of(ev.get("to"))
         if src.place is None:
             src.place = Placement.of(ev.get("from"))
@@ -749,8 +774,45 @@ class Oracle:
         if lat is not None:
             self.latency["move"].add(lat)
 
+    def _out_notes(self, buffer: Any, move: Any, gen: Any = None) -> MoveNotes | None:
+        """The notes of the move `move` off a generation of `buffer` (by gen when the event says it)."""
+        bg = self.buffers.get(buffer)
+        if bg is None:
+            return None
+        rec = bg.gens.get(gen) if gen is not None else None
+        if rec is None or rec.out_move != move:
+            rec = bg.cur
+            if rec is None or rec.out_move != move:
+                rec = next((r for r in bg.gens.values() if r.out_move == move and r.notes is not None), None)
+        return rec.notes if rec is not None else None
+
+    def _note(self, ev: dict[str, Any], svc: str, importer: str | None = None) -> NotifyNote | None:
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"), ev.get("gen"))
+        if notes is None:
+            return None
+        return notes.att(importer or svc, ev.get("attachment"))
+
     def _move_notify_sent(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["sent"] += 1
+        n = self._note(ev, svc, importer_name(ev.get("importer")))
+        if n is not None and n.sent_t is None:
+            n.sent_t, n.sent_id = t, ev.get("id")
+
+    def _move_notify_returned(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc != "exporter":
+            return
+        imp = importer_name(ev.get("importer"))
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None:
+            n = notes.att(imp, ev.get("attachment"))
+            if n.returned_t is None:
+                n.returned_t = t
+            notes.last_return = (t, imp)
+
+    def _ack_sent(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        n = self._note(ev, svc)
+        if n is not None and n.ack_sent_t is None:
+            n.ack_sent_t = t
 
     def _ack(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc != "exporter":
@@ -759,14 +821,27 @@ class Oracle:
         lat = ev.get("latency_ns")
         if lat is not None:
             self.latency["notify_ack"].add(lat)
+        imp = importer_name(ev.get("importer"))
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None:
+            n = notes.att(imp, ev.get("attachment"))
+            if n.ack_t is None:
+                n.ack_t = t
+            notes.last_ack = (t, imp)
 
     def _ack_timeout(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["ack_timeouts"] += 1
         imps = ev.get("importers")
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None and notes.ack_timeout is None:
+            notes.ack_timeout = (t, [importer_name(i) for i in imps] if isinstance(imps, list) else [])
         self._timeout("notify", t, buffer=ev.get("buffer"), move=ev.get("move"), revoke=ev.get("revoke"),
                       importers=[importer_name(i) for i in imps] if isinstance(imps, list) else [])
 
     def _fence_wait_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None and notes.fence_wait_begin_t is None:
+            notes.fence_wait_begin_t = t
         self.findings.wait_round(ev)
         self.waitfor.fence_wait_begin(ev, t, svc)
 
@@ -774,6 +849,12 @@ class Oracle:
         waited = ev.get("waited_ns")
         if waited is not None:
             self.latency["fence_wait"].add(waited)
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None:
+            notes.fence_wait_end_t = t
+            forced = ev.get("forced")
+            if isinstance(forced, list):
+                notes.forced = [importer_name(f) for f in forced]
         self.findings.wait_round(ev)
         self.waitfor.fence_wait_end(ev, t, svc)
 
@@ -794,8 +875,10 @@ class Oracle:
                         {"event": "fence_signal", "svc": svc, "buffer": ev["buffer"], "seq": ev.get("seq")})
 
     def _map_served(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        imp = importer_name(ev["importer"])
+        self.served[(imp, ev.get("attachment"))] = (ev.get("id"), t, ev.get("deferred_ns"), {
+            "gen": ev.get("gen"), "heap": ev.get("heap"), "offset": ev.get("offset"), "moved": ev.get("moved")})
         if self.waitfor.deferred:
-            imp = importer_name(ev["importer"])
             self.waitfor.map_done(imp, ev.get("id"), t, {"event": "map_served", "svc": svc, "importer": imp,
                                                          "id": ev.get("id"), "buffer": ev.get("buffer")})
 
@@ -825,6 +908,7 @@ class Oracle:
     def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.attachments_revoked += 1
         self.revoked_by_reason[str(ev.get("reason"))] += 1
+        self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
         if self.waitfor.deferred:
             imp = importer_name(ev.get("importer"))
             self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
@@ -1006,7 +1090,7 @@ class Oracle:
             "moves": moves,
             "races": races,
             "findings": self.findings.report(t0 or 0, self.t1, self._secs),
-            "witnesses": {k: [witness(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
+            "witnesses": {k: [explained(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
             "corruption": {**self.corruption, "examples": self._corruption_examples(t0 or 0)},
             "iommu_faults": self.iommu_faults,
             "fences_forced": self.fences_forced,

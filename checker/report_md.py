@@ -4,7 +4,8 @@ Rules:
 - Rendered only from the report dict (never from the history), so it cannot disagree with
   report.json.
 - Sections: parameters, faults (schedule and applied), counters, latency percentiles, race
-  witnesses (sentence plus a small event table), findings (deadlocks with their cycle's
+  witnesses (sentence, its "because" chain, a small event table; `dmabuf-emu check DIR --witness N`
+  writes the N-th of them, counted down this section, as witness.md with a sequence diagram), findings (deadlocks with their cycle's
   events, fences forced, timeouts; the first MD_ITEMS of each), corruption examples, final bytes (the bytes
   check's verdict, said in words), services (deaths, restarts, importer stops) and recovery.
   Tables stay narrow enough for a terminal.
@@ -136,6 +137,9 @@ def render_report_md(r: dict[str, Any]) -> str:
         lines += [f"### {kind} ({races.get(kind, 0)} in all; {len(items)} shown)", ""]
         for i, w in enumerate(items, 1):
             lines += [f"{i}. {w.get('sentence')}", ""]
+            because = w.get("because") or []
+            if because:
+                lines += [f"   - {b[0].upper() + b[1:]}." for b in because] + [""]
             lines += ["   " + ln for ln in _table(
                 ["time", "service", "event", *_WITNESS_FIELDS],
                 [(_rel(e.get("t_ns"), t0), e.get("svc"), e.get("event"), *(_field(e, f) for f in _WITNESS_FIELDS))

@@ -27,6 +27,7 @@ examples:
   dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf
   dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live
   dmabuf-emu check runs/mn
+  dmabuf-emu check runs/mn --witness 1
 
 a run directory holds deploy.json, events/*.jsonl, history.jsonl, report.json, report.md and
 trace.json (open it in https://ui.perfetto.dev).
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race was found (for CI)")
     c.add_argument("--fail-on-finding", action="store_true",
                    help="exit 1 if any finding was reported (deadlock, fence forced, timeout)")
+    c.add_argument("--witness", type=int, metavar="N",
+                   help="also write DIR/witness.md: the N-th race witness (1-based, in report.md's order) "
+                        "with its because-chain and a Mermaid sequence diagram")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
                         description="Run every strategy (unmap-hint under both hint policies) with the same "
@@ -192,6 +196,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
     report = check_run(args.dir, merge=(args.dir / "events").is_dir())
     print("\n".join(summary_lines(report, str(args.dir))))
+    if args.witness is not None:
+        from checker.explain import write_witness_md
+        try:
+            w = write_witness_md(args.dir / "history.jsonl", args.witness, args.dir / "witness.md", report=report)
+        except IndexError as exc:
+            return _fail(EXIT_USAGE, f"check --witness: {exc}")
+        print(f"  witness    {args.dir / 'witness.md'}: {w['kind']} {w['index']}")
     return _exit_status(args, report)
 
 
