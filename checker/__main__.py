@@ -29,8 +29,8 @@ def summary(report: dict[str, Any]) -> str:
         f"dma read {ops['dma_read']}  write {ops['dma_write']}",
         f"moves: attempted {moves['attempted']}  completed {moves['completed']}  refused {moves['refused']}  "
         f"queued {moves['queued']}",
-        f"races: {races['total']} (lost_write {races['lost_write']}, stale_read {races['stale_read']}, "
-        f"use_after_unmap {races['use_after_unmap']}, unfenced_access {races['unfenced_access']})",
+        f"races: {races['total']} (" + ", ".join(f"{k} {v}" for k, v in races.items()
+                                                 if k not in ("total", "first_s")) + ")",
         f"corruption: {corr['jobs']} jobs, {corr['lines']} lines, {corr['linked']} linked to a race; "
         f"iommu faults {report['iommu_faults']}",
     ]

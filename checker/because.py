@@ -159,6 +159,19 @@ def because(race: Race, t0: int) -> list[str]:
     end = job.access_end if job.access_end is not None else race.end_t
     verb = "write" if job.write else "read"
     out: list[str] = []
+    w = job.win
+    if (kind == WRITE_AFTER_INVALIDATE or race.by_window) and w is not None:
+        op = f"{w.key[0]} {w.key[1]}"
+        out.append(f"{job.svc}'s invalidate_mappings callback for attachment {job.attachment} ({op}) returned at "
+                   f"{at(w.returned_t)}")
+        out.append(f"its fences retired at {at(w.start)} ({w.retired_by}): from then until its unmap an importer "
+                   f"may only read and discard")
+        until = f"it unmapped only at {at(w.end)}" if w.end is not None else "it had not unmapped by the end"
+        used = ("wrote" if job.write else "read (and used the data, its dma_end counting the bytes)")
+        if job.rogue:
+            used += " as a rogue device, with no map of its own"
+        out.append(f"the job {used} from {at(job.begin_t)} until {at(end)}, and {until}")
+        return out
     if kind in (LOST_WRITE, STALE_READ) and rec is None:
         return [f"the job used gen {job.gen}, which the exporter had moved off and freed several moves before "
                 f"its end at {at(end)}"]
@@ -211,15 +224,6 @@ def because(race: Race, t0: int) -> list[str]:
                        f"placement held a partial copy")
         else:
             out.append(f"no copy creating gen {job.gen} had ended by the end of the history")
-    elif kind == WRITE_AFTER_INVALIDATE:
-        w = job.win
-        if w is not None:
-            out.append(f"{job.svc}'s invalidate_mappings for attachment {job.attachment} returned at "
-                       f"{at(w.returned_t)}")
-            out.append(f"its fences retired at {at(w.start)} ({w.retired_by}): from then until its unmap an "
-                       f"importer may only read and discard")
-            until = f"it unmapped at {at(w.end)}" if w.end is not None else "it had not unmapped by the end"
-            out.append(f"the write accessed the buffer from {at(job.begin_t)} until {at(end)}, and {until}")
     return out
 
 

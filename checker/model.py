@@ -79,6 +79,8 @@ class BufferGens:
     gens: dict[Any, GenRecord] = field(default_factory=dict)
     dropped_upto: int = 0              # every generation <= this was evicted from `gens`
     cur: GenRecord | None = None       # the generation the latest move began to take the buffer off
+    retired: tuple[Any, int] | None = None   # Linux 7.1: the last fence_wait_end: ((kind, id), t)
+    pending: list["Window"] = field(default_factory=list)  # 7.1 windows waiting for their fences to retire
 
 
 class NotifyNote:
@@ -152,6 +154,7 @@ class AttState:
     last_t: int | None = None
     last_gen: int | None = None
     map_info: "MapInfo | None" = None  # the map that gave it its current placement
+    win: "Window | None" = None        # Linux 7.1: its invalidation window (returned, retired, unmapped)
 
 
 class Window:
@@ -193,7 +196,7 @@ class Job:
     the fields a witness needs are read from it."""
 
     __slots__ = ("ev", "svc", "write", "begin_t", "rec", "dropped", "uau", "end_t", "status", "links",
-                 "rogue", "access_end", "no_access", "cut", "faulted", "device_faults", "map", "win")
+                 "rogue", "access_end", "no_access", "cut", "faulted", "device_faults", "map", "win", "used")
 
     def __init__(self, ev: dict[str, Any], svc: str, write: bool, begin_t: int, rec: GenRecord | None,
                  dropped: bool, uau: UauCause | None, rogue: bool = False) -> None:
@@ -215,6 +218,7 @@ class Job:
         self.device_faults: list[tuple[int, str]] | None = None  # (t_ns, kind) injected while it ran
         self.map: MapInfo | None = None      # the map its attachment's placement came from
         self.win: Window | None = None       # Linux 7.1: the invalidation window of its attachment
+        self.used = False                    # a read that ended ok, counted its bytes and did not discard them
 
     job = property(lambda self: self.ev.get("job"))
     buffer = property(lambda self: self.ev.get("buffer"))
@@ -235,6 +239,7 @@ class Race:
     job: Job
     end_t: int                         # the job's end, or the history's last event if it never ended
     unfinished: bool
+    by_window: bool = False            # Linux 7.1: judged by its attachment's invalidation window
 
 
 @dataclass(slots=True)

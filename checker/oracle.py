@@ -66,14 +66,19 @@ from checker.model import (
     Placement,
     Race,
     UauCause,
+    Window,
+    WRITE_AFTER_INVALIDATE,
     importer_name,
 )
 from checker.findings import Findings
+from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
 from checker.because import because, context_events
 
 KEEP_GENERATIONS = 8
+SPECULATIVE = "speculative read"          # classify's verdict for a read-and-discard: counted, no race
+STALE_BY_WINDOW = "stale_read by window"  # a stale_read judged by the 7.1 window, not by a free
 NOTIFY_FAULTS = ("early-ack", "ignore-notify")
 RECENT_RACES = 65536
 MAX_WITNESSES = 5
@@ -123,6 +128,11 @@ def describe_fault(f: Any) -> str:
     at, dur = f.get("at"), f.get("for")
     when = f"at {num(at if at is not None else 0)} s" + (f" for {num(dur)} s" if dur is not None else "")
     return f"{' '.join(parts)} -> {f.get('target', 'importers')} {when}"
+
+
+def _op_key(ev: dict[str, Any]) -> tuple[str, Any]:
+    """The move or revocation an event belongs to."""
+    return ("move", ev.get("move")) if ev.get("move") is not None else ("revoke", ev.get("revoke"))
 
 
 def explained(race: Race, t0: int) -> dict[str, Any]:
@@ -207,6 +217,8 @@ class Oracle:
         self.waitfor = WaitFor(on_cycle=self._on_cycle if on_finding is not None else None,
                                on_broken=self._on_cycle_broken if on_finding is not None else None)
         self.findings = Findings(self.waitfor)
+        self.revoke = RevokeTally()
+        self.speculative_reads = 0
         # state
         self.buffers: dict[Any, BufferGens] = {}
         self.jobs: dict[tuple[str, Any], Job] = {}
@@ -238,6 +250,15 @@ class Oracle:
             "move_notify_sent": self._move_notify_sent,
             "move_notify_received": self._move_notify_received,
             "move_notify_returned": self._move_notify_returned,
+            # Linux 7.1 names the same notification invalidate_mappings
+            "invalidate_mappings_sent": self._move_notify_sent,
+            "invalidate_mappings_received": self._move_notify_received,
+            "invalidate_mappings_returned": self._invalidate_returned,
+            "revoke": self.revoke.revoke,
+            "unrevoke": self.revoke.unrevoke,
+            "unmap_wait_end": self.revoke.unmap_wait_end,
+            "unmap_wait_warning": self._unmap_wait_warning,
+            "revoked": self._revoked,
             "ack_sent": self._ack_sent,
             "ack": self._ack,
             "ack_timeout": self._ack_timeout,
@@ -375,13 +396,18 @@ class Oracle:
         return rec, False
 
     def classify(self, job: Job, end: int) -> str | None:
-        """The race kind of `job`, whose accesses ended at `end`, or None."""
+        """The race kind of `job`, whose accesses ended at `end`, or None (or SPECULATIVE, or
+        STALE_BY_WINDOW: see `_judge`)."""
         if job.no_access:
             return None
         rec, dropped = job.rec, job.dropped
         if rec is None and not dropped:
             rec, dropped = self._lookup(job.buffer, job.gen)
             job.rec, job.dropped = rec, dropped
+        w = job.win
+        if w is not None and not job.write and not job.used and end > w.returned_t \
+                and (w.end is None or job.begin_t < w.end):
+            return SPECULATIVE
         if job.write:
             if dropped:
                 return LOST_WRITE
@@ -394,6 +420,8 @@ class Oracle:
                 return STALE_READ
             if rec is not None and rec.free_t is not None and end > rec.free_t:
                 return STALE_READ
+        if w is not None and w.overlaps(job.begin_t, end):
+            return WRITE_AFTER_INVALIDATE if job.write else STALE_BY_WINDOW
         if job.uau is not None:
             return USE_AFTER_UNMAP
         if rec is not None:
@@ -415,13 +443,19 @@ class Oracle:
             assert end is not None
         self.jobs_judged += 1
         kind = self.classify(job, job.access_end if job.access_end is not None else end)
+        by_window = False
+        if kind == SPECULATIVE:
+            self.speculative_reads += 1
+            kind = None
+        elif kind == STALE_BY_WINDOW:
+            kind, by_window = STALE_READ, True
         race: Race | None = None
         if job.no_access:
             self.jobs_blocked += 1
         if job.rogue and (job.faulted or job.status == "fault"):
             self.rogue["iommu_faults"] += 1
         if kind is not None:
-            race = Race(kind, job, end, unfinished)
+            race = Race(kind, job, end, unfinished, by_window)
             self.races[kind] += 1
             self.races_by_importer[job.svc] += 1
             if job.rogue:
@@ -500,6 +534,9 @@ class Oracle:
         job = jobs[key] = Job(ev, svc, write, t, rec, dropped, uau, rogue)
         if st is not None:
             job.map = st.map_info
+            w = st.win
+            if w is not None and w.end is None and not st.usable:
+                job.win = w
 
     @staticmethod
     def _uau_cause(st: AttState | None) -> UauCause:
@@ -529,6 +566,9 @@ class Oracle:
                 job.faulted = True
                 if ev.get("bytes") == 0:
                     job.no_access = True
+        if job.win is not None and not job.write:
+            n = ev.get("bytes")
+            job.used = status == "ok" and type(n) is int and n > 0 and ev.get("discarded") is not True
         if job.write and not job.no_access:
             # a rogue write is never "the buffer's last write": it had no right to the range
             self._write_ended(job, t, status == "ok" and not job.rogue)
@@ -586,6 +626,8 @@ class Oracle:
         st = self._att(svc, ev.get("attachment"))
         st.mapped = st.usable = False
         st.last, st.last_t, st.last_gen = "unmap", t, ev.get("gen")
+        if st.win is not None:
+            self._end_window(st, t, "unmap")
 
     def _invalidate(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["invalidated"] += 1
@@ -612,6 +654,8 @@ class Oracle:
         st = self.atts.pop((svc, ev.get("attachment")), None)
         if st is not None and st.mapped:
             self.held_at_detach += 1
+        if st is not None and st.win is not None:
+            self._end_window(st, t, "detach")
 
     def _iommu_fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.iommu_faults += 1
@@ -797,6 +841,7 @@ class Oracle:
         n = self._note(ev, svc, importer_name(ev.get("importer")))
         if n is not None and n.sent_t is None:
             n.sent_t, n.sent_id = t, ev.get("id")
+            n.op = ev["event"][:-5]  # move_notify / invalidate_mappings
 
     def _move_notify_returned(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc != "exporter":
@@ -846,6 +891,15 @@ class Oracle:
         self.waitfor.fence_wait_begin(ev, t, svc)
 
     def _fence_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        bg = self.buffers.get(ev.get("buffer"))
+        if bg is not None:
+            key = _op_key(ev)
+            bg.retired = (key, t)
+            if bg.pending:
+                for w in bg.pending:
+                    if w.key == key and w.start is None:
+                        w.start, w.retired_by = t, f"fence_wait_end of {key[0]} {key[1]}"
+                bg.pending = [w for w in bg.pending if w.start is None]
         waited = ev.get("waited_ns")
         if waited is not None:
             self.latency["fence_wait"].add(waited)
@@ -885,10 +939,59 @@ class Oracle:
     def _op_answered(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if ev.get("op") != "map" or ev.get("ok") is not False or svc != "exporter":
             return
+        self.revoke.map_refused(ev)
         if self.waitfor.deferred:
             imp = str(ev.get("peer"))
             self.waitfor.map_done(imp, ev.get("id"), t, {"event": "op_answered", "svc": svc, "importer": imp,
                                                          "id": ev.get("id"), "code": ev.get("code")})
+
+    # ------------------------------------------------------------------ Linux 7.1
+
+    def _invalidate_returned(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        """invalidate_mappings_returned: the exporter's (the reply arrived) or the importer's (its
+        callback returned: the attachment's window opens once its fences retire)."""
+        if svc == "exporter":
+            self._move_notify_returned(ev, t, svc)
+            return
+        buffer, att = ev["buffer"], ev.get("attachment")
+        st = self._att(svc, att)
+        if st.win is not None and st.win.end is None and st.win.start is not None:
+            return  # already past its fences: the earlier window is the stricter one
+        key = _op_key(ev)
+        w = Window(key, buffer, svc, att, t)
+        bg = self._gens(buffer)
+        if st.win is not None and st.win.end is None and st.win in bg.pending:
+            bg.pending.remove(st.win)   # never retired: this invalidation supersedes it
+        if ev.get("stopped") is True:
+            w.start, w.retired_by = t, "its DMA had stopped when the callback returned (a synchronous revoke)"
+        elif bg.retired is not None and bg.retired[0] == key:
+            w.start, w.retired_by = t, f"fence_wait_end of {key[0]} {key[1]}, before the callback returned"
+        else:
+            bg.pending.append(w)
+        st.win = w
+        for job in self.jobs.values():
+            if job.svc == svc and job.end_t is None and job.win is None and job.attachment == att:
+                job.win = w
+
+    def _end_window(self, st: AttState, t: int, how: str) -> None:
+        w = st.win
+        if w is None or w.end is not None:
+            return
+        w.end, w.ended_by = t, how
+        bg = self.buffers.get(w.buffer)
+        if bg is not None and w in bg.pending:
+            bg.pending.remove(w)
+
+    def _revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        """The importer learned its attachment is gone: its window (if any) is over."""
+        st = self.atts.get((svc, ev.get("attachment")))
+        if st is not None and st.win is not None:
+            self._end_window(st, t, "revoked")
+
+    def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        name = self.revoke.warned(ev)
+        self._timeout("unmap", t, buffer=ev.get("buffer"), revoke=ev.get("revoke"), importers=[name],
+                      message=ev.get("message"))
 
     def _on_cycle(self, c: Cycle) -> None:
         assert self.on_finding is not None
@@ -991,8 +1094,11 @@ class Oracle:
                 self._ending.append(job)
                 self._ending_t = t
         for key in [k for k in self.atts if k[0] == svc]:
-            if self.atts.pop(key).mapped:
+            st = self.atts.pop(key)
+            if st.mapped:
                 self.held_at_death += 1
+            if st.win is not None:
+                self._end_window(st, t, f"service {how}")
         self.waitfor.service_ended(svc, t, how)
 
     def _service_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
@@ -1090,6 +1196,8 @@ class Oracle:
             "moves": moves,
             "races": races,
             "findings": self.findings.report(t0 or 0, self.t1, self._secs),
+            "speculative_reads": self.speculative_reads,
+            "revoke": self.revoke.report(),
             "witnesses": {k: [explained(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
             "corruption": {**self.corruption, "examples": self._corruption_examples(t0 or 0)},
             "iommu_faults": self.iommu_faults,

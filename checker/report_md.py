@@ -99,7 +99,9 @@ def render_report_md(r: dict[str, Any]) -> str:
         ("ack timeouts", notify.get("ack_timeouts")),
         ("races: lost_write", races.get("lost_write")), ("races: stale_read", races.get("stale_read")),
         ("races: use_after_unmap", races.get("use_after_unmap")),
-        ("races: unfenced_access", races.get("unfenced_access")), ("races: total", races.get("total")),
+        ("races: unfenced_access", races.get("unfenced_access")),
+        ("races: write_after_invalidate", races.get("write_after_invalidate")), ("races: total", races.get("total")),
+        ("speculative reads (read and discarded after invalidate_mappings)", r.get("speculative_reads")),
         ("corrupt reads (jobs)", corr.get("jobs")), ("corrupt lines", corr.get("lines")),
         ("corruptions linked to a race", corr.get("linked")),
         ("IOMMU faults", r.get("iommu_faults")), ("fences force-completed", r.get("fences_forced")),
@@ -147,6 +149,7 @@ def render_report_md(r: dict[str, Any]) -> str:
             lines.append("")
 
     lines += _findings(r.get("findings") or {})
+    lines += _revoke(r.get("revoke") or {})
 
     lines += ["## Corruption", ""]
     examples = corr.get("examples") or []
@@ -208,6 +211,19 @@ def _findings(f: dict[str, Any]) -> list[str]:
                      for e in it["events"]])]
                 out.append("")
     return out
+
+
+def _revoke(rv: dict[str, Any]) -> list[str]:
+    if not rv or not (rv.get("revocations") or rv.get("maps_refused") or rv.get("broken_importers")):
+        return []
+    wait = rv.get("unmap_wait_ms") or {}
+    out = ["## Revocation (Linux 7.1)", ""]
+    out += _table(["what", "value"], [
+        ("revocations", rv.get("revocations")), ("unrevocations", rv.get("unrevocations")),
+        ("maps refused (no_device)", rv.get("maps_refused")),
+        ("unmap waits", wait.get("n")), ("unmap wait p50 (ms)", wait.get("p50")), ("unmap wait max (ms)", wait.get("max")),
+        ("broken importers (did not unmap within the bound)", ", ".join(rv.get("broken_importers") or []) or "none")])
+    return out + [""]
 
 
 def _secs_ms(t: Any, item: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", "write_after_invalidate")
 
 
 def _pct(lat: dict[str, Any] | None, key: str) -> str:
