@@ -29,6 +29,7 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     GenRecord,
     Job,
+    MapInfo,
     MoveNotes,
     NotifyNote,
     Race,
@@ -85,7 +86,7 @@ def why_running(job: Job, notes: MoveNotes | None, n: NotifyNote | None, at: Any
     verb = "write" if job.write else "read"
     head = (f"the {verb} was still running when {edge_what} at {at(edge_t)}" if job.begin_t < edge_t
             else f"the {verb} began at {at(job.begin_t)}, after {edge_what} at {at(edge_t)}")
-    m = job.map
+    m = MapInfo.of(job.map)
     if job.rogue:
         return f"{head}, because it was a rogue device's job: it began at {at(job.begin_t)} with no map of its own"
     if m is not None and m.reused and m.served is not None and m.served.get("gen") != m.gen:
@@ -208,7 +209,7 @@ def because(race: Race, t0: int) -> list[str]:
             out.append(f"the job began at {at(job.begin_t)} all the same, on the placement of its last mapping "
                        f"({place_str(job.heap, job.offset)}, gen {job.gen})")
     elif kind == UNFENCED_ACCESS:
-        m = job.map
+        m = MapInfo.of(job.map)
         if m is not None and m.gen == job.gen:
             served = f" at {at(m.served_t)}" if m.served_t is not None else ""
             after = (f", after the move creating it began at {at(rec.created_t)}"
@@ -232,7 +233,7 @@ def context_events(race: Race) -> list[dict[str, Any]]:
     job = race.job
     out: list[dict[str, Any]] = []
     b = job.buffer
-    m = job.map
+    m = MapInfo.of(job.map)
     if m is not None:
         if m.sent_t is not None:
             out.append({"t_ns": m.sent_t, "svc": job.svc, "event": "map_request", "buffer": b, "id": m.id,

@@ -117,6 +117,18 @@ class MoveNotes:
         self.fence_wait_end_t: int | None = None
         self.forced: list[str] = []
 
+    def answered(self, importer: str, attachment: Any, t: int, ack: bool) -> None:
+        """An ack (ack=True) or a callback's return arrived from this attachment at t."""
+        n = self.att(importer, attachment)
+        if ack:
+            if n.ack_t is None:
+                n.ack_t = t
+            self.last_ack = (t, importer)
+        else:
+            if n.returned_t is None:
+                n.returned_t = t
+            self.last_return = (t, importer)
+
     def att(self, importer: str, attachment: Any) -> NotifyNote:
         key = (importer, attachment)
         n = self.atts.get(key)
@@ -125,21 +137,34 @@ class MoveNotes:
         return n
 
 
+MapRaw = tuple  # (the importer's map event, its t_ns, the exporter's map_served as (id, t_ns, event) or None)
+
+
 class MapInfo:
-    """The map that handed an attachment its placement: request sent, served, reply received."""
+    """The map that handed an attachment its placement: request sent, served, reply received.
+
+    The oracle keeps only the raw events (MapRaw: a tuple per map on the hot path); a witness
+    builds this from them (`MapInfo.of`)."""
 
     __slots__ = ("id", "recv_t", "sent_t", "served_t", "deferred_ns", "gen", "heap", "offset", "reused",
                  "served")
 
-    def __init__(self, ev: dict[str, Any], t: int, served: tuple[Any, int, Any, Any] | None) -> None:
+    @classmethod
+    def of(cls, raw: "MapRaw | None") -> "MapInfo | None":
+        return None if raw is None else cls(*raw)
+
+    def __init__(self, ev: dict[str, Any], t: int, served: tuple[Any, int, dict[str, Any]] | None) -> None:
         self.id = ev.get("id")
         self.recv_t = t
         lat = ev.get("latency_ns")
         self.sent_t = t - lat if type(lat) is int else None
         ok = served is not None and served[0] == self.id
+        sev: dict[str, Any] = served[2] if ok else {}  # type: ignore[index]
         self.served_t = served[1] if ok else None      # type: ignore[index]
-        self.deferred_ns = served[2] if ok else None   # type: ignore[index]
-        self.served: dict[str, Any] | None = served[3] if ok else None  # type: ignore[index]  # what the exporter handed out
+        self.deferred_ns = sev.get("deferred_ns")
+        # what the exporter handed out (the importer may have used something else: reused entries)
+        self.served: dict[str, Any] | None = ({k: sev.get(k) for k in ("gen", "heap", "offset", "moved")}
+                                              if ok else None)
         self.gen = ev.get("gen")
         self.heap = ev.get("heap")
         self.offset = ev.get("offset")
@@ -153,7 +178,7 @@ class AttState:
     last: str = "attach"               # attach / map / unmap / invalidate
     last_t: int | None = None
     last_gen: int | None = None
-    map_info: "MapInfo | None" = None  # the map that gave it its current placement
+    map_info: "MapRaw | None" = None   # the map that gave it its current placement (MapInfo.of)
     win: "Window | None" = None        # Linux 7.1: its invalidation window (returned, retired, unmapped)
 
 
@@ -216,7 +241,7 @@ class Job:
         self.cut: str | None = None          # "died" / "restarted": ended by its service's end
         self.faulted = False                 # an iommu_fault was seen for it
         self.device_faults: list[tuple[int, str]] | None = None  # (t_ns, kind) injected while it ran
-        self.map: MapInfo | None = None      # the map its attachment's placement came from
+        self.map: MapRaw | None = None       # the map its attachment's placement came from (MapInfo.of)
         self.win: Window | None = None       # Linux 7.1: the invalidation window of its attachment
         self.used = False                    # a read that ended ok, counted its bytes and did not discard them
 

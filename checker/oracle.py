@@ -7,6 +7,11 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
      copy_begin with buffer B, from_gen g). If no copy_begin of g was seen but g was freed, the
      free stands in for it (a write into a released range is lost all the more).
   2. stale_read: a read whose end is strictly after g's range was freed (free, buffer B, from_gen g).
+  2a. Linux 7.1 (docs/events.md): on an attachment whose invalidate_mappings returned, a write
+     reaching into its window (fences retired .. unmap) is write_after_invalidate; a read whose
+     data was used (dma_end ok, bytes > 0, not discarded) reaching into it is a stale_read. A read
+     not used, after the return and before the unmap, is checked first of all: counted in
+     speculative_reads, never a race.
   3. use_after_unmap: a job begun while its importer's attachment was unmapped, invalidated on
      move_notify, or never mapped (no `map` of that svc+attachment since).
   4. unfenced_access: a job on generation h > 1 begun before the copy creating h ended (copy_end
@@ -39,6 +44,9 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
   the first of those candidates that raced is found.
 - A line that is not a JSON object with int t_ns, str svc and str event is skipped and counted in
   `history_errors`; an event missing a field its handler needs is counted in `anomalies`.
+- Findings beside races (checker/findings.py): deadlocks from the wait-for graph
+  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts. The revoke summary
+  is checker/revoke.py's. Witnesses get their "because" chain from checker/because.py.
 """
 
 from __future__ import annotations
@@ -60,7 +68,6 @@ from checker.model import (
     CorruptionLink,
     GenRecord,
     Job,
-    MapInfo,
     MoveNotes,
     NotifyNote,
     Placement,
@@ -217,6 +224,12 @@ class Oracle:
         self.waitfor = WaitFor(on_cycle=self._on_cycle if on_finding is not None else None,
                                on_broken=self._on_cycle_broken if on_finding is not None else None)
         self.findings = Findings(self.waitfor)
+        # the graph's tables, held here too: a hot handler asks "any waits at all?" in one lookup
+        # (the WaitFor mutates them in place, never rebinds them)
+        self._wf_deferred = self.waitfor.deferred
+        self._wf_on_map = self.waitfor.blocked_on_map
+        self._wf_waiters = self.waitfor.fence_waiters
+        self._wf_blocked = self.waitfor.blocked
         self.revoke = RevokeTally()
         self.speculative_reads = 0
         # state
@@ -224,8 +237,8 @@ class Oracle:
         self.jobs: dict[tuple[str, Any], Job] = {}
         self.atts: dict[tuple[str, Any], AttState] = {}
         self.recent_races: dict[tuple[str, Any], Race] = {}
-        # (importer, att) -> its last map_served: (id, t, deferred_ns, {gen, heap, offset})
-        self.served: dict[tuple[str, Any], tuple[Any, int, Any, Any]] = {}
+        # (importer, att) -> its last map_served: (id, t, the event)
+        self.served: dict[tuple[str, Any], tuple[Any, int, dict[str, Any]]] = {}
         self._ending: list[Job] = []      # ended jobs waiting for time to move past their end
         self._orphans: list[Job] = []     # unfinished jobs whose id a restarted service reused
         self._ending_t = 0
@@ -612,8 +625,8 @@ class Oracle:
         st = self._att(svc, att)
         st.mapped = st.usable = True
         st.last, st.last_t, st.last_gen = "map", t, ev.get("gen")
-        st.map_info = MapInfo(ev, t, self.served.pop((svc, att), None))
-        if self.waitfor.blocked_on_map:
+        st.map_info = (ev, t, self.served.pop((svc, att), None))
+        if self._wf_on_map:
             self.waitfor.map_answered(svc, ev.get("id"), t)
 
     def _unmap(self, ev: dict[str, Any], t: int, svc: str) -> None:
@@ -644,7 +657,7 @@ class Oracle:
     def _detach(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
             self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
-            if self.waitfor.deferred:
+            if self._wf_deferred:
                 imp = importer_name(ev.get("importer"))
                 self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
                     "event": "detach", "svc": imp, "importer": imp, "attachment": ev.get("attachment")})
@@ -846,13 +859,12 @@ class Oracle:
     def _move_notify_returned(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc != "exporter":
             return
-        imp = importer_name(ev.get("importer"))
+        self._answered(ev, t, ack=False)
+
+    def _answered(self, ev: dict[str, Any], t: int, ack: bool) -> None:
         notes = self._out_notes(ev.get("buffer"), ev.get("move"))
         if notes is not None:
-            n = notes.att(imp, ev.get("attachment"))
-            if n.returned_t is None:
-                n.returned_t = t
-            notes.last_return = (t, imp)
+            notes.answered(importer_name(ev.get("importer")), ev.get("attachment"), t, ack)
 
     def _ack_sent(self, ev: dict[str, Any], t: int, svc: str) -> None:
         n = self._note(ev, svc)
@@ -866,13 +878,7 @@ class Oracle:
         lat = ev.get("latency_ns")
         if lat is not None:
             self.latency["notify_ack"].add(lat)
-        imp = importer_name(ev.get("importer"))
-        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
-        if notes is not None:
-            n = notes.att(imp, ev.get("attachment"))
-            if n.ack_t is None:
-                n.ack_t = t
-            notes.last_ack = (t, imp)
+        self._answered(ev, t, ack=True)
 
     def _ack_timeout(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["ack_timeouts"] += 1
@@ -913,8 +919,8 @@ class Oracle:
         self.waitfor.fence_wait_end(ev, t, svc)
 
     def _fence_signal(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        wf = self.waitfor
         if svc == "exporter":
+            wf = self.waitfor
             if ev.get("forced") is True:
                 self.fences_forced += 1
                 self.findings.forced(ev, t)
@@ -924,23 +930,24 @@ class Oracle:
                                                                     "buffer": ev.get("buffer"), "error": ev.get("error")})
                 wf.forced(imp, ev["buffer"], t, {"event": "fence_signal", "svc": svc, "forced": True,
                                                  "importer": imp, "buffer": ev["buffer"], "error": ev.get("error")})
-        elif wf.fence_waiters or wf.blocked:
-            wf.signaled(svc, ev["buffer"], ev.get("seq"), t,
+        elif self._wf_waiters or self._wf_blocked:
+            self.waitfor.signaled(svc, ev["buffer"], ev.get("seq"), t,
                         {"event": "fence_signal", "svc": svc, "buffer": ev["buffer"], "seq": ev.get("seq")})
 
     def _map_served(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        imp = importer_name(ev["importer"])
-        self.served[(imp, ev.get("attachment"))] = (ev.get("id"), t, ev.get("deferred_ns"), {
-            "gen": ev.get("gen"), "heap": ev.get("heap"), "offset": ev.get("offset"), "moved": ev.get("moved")})
-        if self.waitfor.deferred:
+        imp = ev["importer"]
+        if type(imp) is not str:
+            imp = importer_name(imp)
+        self.served[(imp, ev.get("attachment"))] = (ev.get("id"), t, ev)
+        if self._wf_deferred:
             self.waitfor.map_done(imp, ev.get("id"), t, {"event": "map_served", "svc": svc, "importer": imp,
                                                          "id": ev.get("id"), "buffer": ev.get("buffer")})
 
     def _op_answered(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        if ev.get("op") != "map" or ev.get("ok") is not False or svc != "exporter":
+        if ev.get("ok") is not False or ev.get("op") != "map" or svc != "exporter":
             return
         self.revoke.map_refused(ev)
-        if self.waitfor.deferred:
+        if self._wf_deferred:
             imp = str(ev.get("peer"))
             self.waitfor.map_done(imp, ev.get("id"), t, {"event": "op_answered", "svc": svc, "importer": imp,
                                                          "id": ev.get("id"), "code": ev.get("code")})
@@ -1012,7 +1019,7 @@ class Oracle:
         self.attachments_revoked += 1
         self.revoked_by_reason[str(ev.get("reason"))] += 1
         self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
-        if self.waitfor.deferred:
+        if self._wf_deferred:
             imp = importer_name(ev.get("importer"))
             self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
                 "event": "attachment_revoked", "svc": svc, "importer": imp, "attachment": ev.get("attachment"),
