@@ -30,6 +30,7 @@ EPILOG = examples(
     "dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race",
     "dmabuf-emu run --strategy docs/examples/move_notify_ack_defer.py --importers 4 --out runs/mine",
     "dmabuf-emu check runs/mn",
+    "dmabuf-emu check runs/mn --witness 1",
     "dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf",
     "dmabuf-emu run scenarios/revalidate-rogue.toml --out runs/rogue",
     "dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live",
@@ -93,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, type=Path, help="run directory (created)")
     r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
+    r.add_argument("--fail-on-finding", action="store_true",
+                   help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout)")
     r.add_argument("--quiet", action="store_true", help="print only the summary")
     r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     options.add_arguments(r)
@@ -135,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "rewrite report.json, report.md and trace.json.")
     c.add_argument("dir", type=Path, metavar="DIR")
     c.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race was found (for CI)")
+    c.add_argument("--fail-on-finding", action="store_true",
+                   help="exit 1 if any finding was reported (deadlock, fence forced, timeout)")
+    c.add_argument("--witness", type=int, metavar="N",
+                   help="also write DIR/witness.md: the N-th race witness (1-based, in report.md's order) "
+                        "with its because-chain and a Mermaid sequence diagram")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
                         formatter_class=Formatter,
@@ -299,7 +307,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print("\n".join(summary_lines(report, str(args.out))))
-    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+    return _exit_status(args, report)
+
+
+def _exit_status(args: argparse.Namespace, report: dict) -> int:
+    failed = (args.fail_on_race and report.get("races", {}).get("total")) or \
+        (args.fail_on_finding and report.get("findings", {}).get("total"))
+    return EXIT_RACE if failed else EXIT_OK
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -309,7 +323,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
     report = check_run(args.dir, merge=(args.dir / "events").is_dir())
     print("\n".join(summary_lines(report, str(args.dir))))
-    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+    if args.witness is not None:
+        from checker.explain import write_witness_md
+        try:
+            w = write_witness_md(args.dir / "history.jsonl", args.witness, args.dir / "witness.md", report=report)
+        except IndexError as exc:
+            return _fail(EXIT_USAGE, f"check --witness: {exc}")
+        print(f"  witness    {args.dir / 'witness.md'}: {w['kind']} {w['index']}")
+    return _exit_status(args, report)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", "write_after_invalidate")
 
 
 def _pct(lat: dict[str, Any] | None, key: str) -> str:
@@ -43,6 +43,12 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
     for kind in RACE_KINDS:
         for w in report.get("witnesses", {}).get(kind, [])[:1]:
             lines.append(f"  witness    {kind}: {w.get('sentence', '')}")
+    findings = report.get("findings") or {}
+    if findings.get("total"):
+        lines.append(f"  findings   deadlock {findings['deadlock']['count']}  "
+                     f"fences forced {findings['fence_forced']['count']}  timeouts {findings['timeout']['count']}")
+        for d in findings["deadlock"]["items"][:1]:
+            lines.append(f"  deadlock   {d.get('sentence', '')}")
     faults = report.get("faults", {})
     if faults.get("applied"):
         lines.append("  faults     " + "  ".join(f"{k} {n}" for k, n in sorted(faults["applied"].items())))
