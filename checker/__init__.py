@@ -13,6 +13,7 @@ Public API:
     merge_history(events_dir, out_path) -> int
     judge_history(history_path) -> dict
     check_run(run_dir, *, merge=True) -> dict
+    checker.explain.write_witness_md(history, index, out_path) -> dict   (witness.md of one race)
 """
 
 from checker.history import HistoryError, merge_history

@@ -1,7 +1,9 @@
-"""`python -m checker RUN_DIR [--fail-on-race] [--no-merge]`: judge a run and print a summary.
+"""`python -m checker RUN_DIR [--fail-on-race] [--fail-on-finding] [--no-merge]`: judge a run and
+print a summary.
 
-Exit status: 0 judged (or no race with --fail-on-race), 1 race found with --fail-on-race,
-2 the run could not be read.
+Exit status: 0 judged (or nothing found that a --fail-on flag names), 1 a race found with
+--fail-on-race or a finding (deadlock, fence forced, timeout) with --fail-on-finding, 2 the run
+could not be read.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ def summary(report: dict[str, Any]) -> str:
         f"dma read {ops['dma_read']}  write {ops['dma_write']}",
         f"moves: attempted {moves['attempted']}  completed {moves['completed']}  refused {moves['refused']}  "
         f"queued {moves['queued']}",
-        f"races: {races['total']} (lost_write {races['lost_write']}, stale_read {races['stale_read']}, "
-        f"use_after_unmap {races['use_after_unmap']}, unfenced_access {races['unfenced_access']})",
+        f"races: {races['total']} (" + ", ".join(f"{k} {v}" for k, v in races.items()
+                                                 if k not in ("total", "first_s")) + ")",
         f"corruption: {corr['jobs']} jobs, {corr['lines']} lines, {corr['linked']} linked to a race; "
         f"iommu faults {report['iommu_faults']}",
     ]
+    f = report["findings"]
+    if f["total"]:
+        lines.append(f"findings: {f['total']} (deadlock {f['deadlock']['count']}, fences forced "
+                     f"{f['fence_forced']['count']}, timeouts {f['timeout']['count']})")
     for kind, items in report["witnesses"].items():
         if items:
             lines.append(f"  e.g. {kind}: {items[0]['sentence']}")
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m checker", description="Judge a dmabuf-emu run.")
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race is found")
+    ap.add_argument("--fail-on-finding", action="store_true",
+                    help="exit 1 if any finding (deadlock, fence forced, timeout) is reported")
     ap.add_argument("--no-merge", action="store_true", help="judge the existing history.jsonl as is")
     args = ap.parse_args(argv)
     try:
@@ -53,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary(report))
     print(f"wrote {args.run_dir / 'report.json'}, report.md, trace.json")
-    return 1 if (args.fail_on_race and report["races"]["total"]) else 0
+    failed = (args.fail_on_race and report["races"]["total"]) or \
+        (args.fail_on_finding and report["findings"]["total"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

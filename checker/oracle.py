@@ -7,6 +7,11 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
      copy_begin with buffer B, from_gen g). If no copy_begin of g was seen but g was freed, the
      free stands in for it (a write into a released range is lost all the more).
   2. stale_read: a read whose end is strictly after g's range was freed (free, buffer B, from_gen g).
+  2a. Linux 7.1 (docs/events.md): on an attachment whose invalidate_mappings returned, a write
+     reaching into its window (fences retired .. unmap) is write_after_invalidate; a read whose
+     data was used (dma_end ok, bytes > 0, not discarded) reaching into it is a stale_read. A read
+     not used, after the return and before the unmap, is checked first of all: counted in
+     speculative_reads, never a race.
   3. use_after_unmap: a job begun while its importer's attachment was unmapped, invalidated on
      move_notify, or never mapped (no `map` of that svc+attachment since).
   4. unfenced_access: a job on generation h > 1 begun before the copy creating h ended (copy_end
@@ -39,6 +44,9 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
   the first of those candidates that raced is found.
 - A line that is not a JSON object with int t_ns, str svc and str event is skipped and counted in
   `history_errors`; an event missing a field its handler needs is counted in `anomalies`.
+- Findings beside races (checker/findings.py): deadlocks from the wait-for graph
+  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts. The revoke summary
+  is checker/revoke.py's. Witnesses get their "because" chain from checker/because.py.
 """
 
 from __future__ import annotations
@@ -60,13 +68,24 @@ from checker.model import (
     CorruptionLink,
     GenRecord,
     Job,
+    MoveNotes,
+    NotifyNote,
     Placement,
     Race,
     UauCause,
+    Window,
+    WRITE_AFTER_INVALIDATE,
+    importer_name,
 )
+from checker.findings import Findings
+from checker.revoke import RevokeTally
+from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
+from checker.because import because, context_events
 
 KEEP_GENERATIONS = 8
+SPECULATIVE = "speculative read"          # classify's verdict for a read-and-discard: counted, no race
+STALE_BY_WINDOW = "stale_read by window"  # a stale_read judged by the 7.1 window, not by a free
 NOTIFY_FAULTS = ("early-ack", "ignore-notify")
 RECENT_RACES = 65536
 MAX_WITNESSES = 5
@@ -116,6 +135,17 @@ def describe_fault(f: Any) -> str:
     at, dur = f.get("at"), f.get("for")
     when = f"at {num(at if at is not None else 0)} s" + (f" for {num(dur)} s" if dur is not None else "")
     return f"{' '.join(parts)} -> {f.get('target', 'importers')} {when}"
+
+
+def _op_key(ev: dict[str, Any]) -> tuple[str, Any]:
+    """The move or revocation an event belongs to."""
+    return ("move", ev.get("move")) if ev.get("move") is not None else ("revoke", ev.get("revoke"))
+
+
+def explained(race: Race, t0: int) -> dict[str, Any]:
+    """A race's witness (report.json `witnesses`): its sentence and proof, why it happened (the
+    "because" chain) and the messages and waits that chain cites."""
+    return {**witness(race, t0), "because": because(race, t0), "context": context_events(race)}
 
 
 def _listed(items: list[dict[str, Any]], item: dict[str, Any], over: Counter[str], name: str) -> None:
@@ -168,6 +198,7 @@ class Oracle:
         # faults and recovery
         self.run_start_t: int | None = None
         self.workload_t: int | None = None
+        self.interrupted: dict[str, Any] | None = None   # deploy's run_interrupted: the run was cut short
         self.fault_kinds: Counter[str] = Counter()
         self.deaths: list[dict[str, Any]] = []
         self.restarts: list[dict[str, Any]] = []
@@ -191,11 +222,24 @@ class Oracle:
         self.corruption_examples: list[tuple[dict[str, Any], CorruptionLink]] = []
         self.latency = {k: LogHistogram() for k in ("map", "unmap", "move", "notify_ack", "fence_wait")}
         self.witness_races: dict[str, list[Race]] = {k: [] for k in RACE_KINDS}
+        self.waitfor = WaitFor(on_cycle=self._on_cycle if on_finding is not None else None,
+                               on_broken=self._on_cycle_broken if on_finding is not None else None)
+        self.findings = Findings(self.waitfor)
+        # the graph's tables, held here too: a hot handler asks "any waits at all?" in one lookup
+        # (the WaitFor mutates them in place, never rebinds them)
+        self._wf_deferred = self.waitfor.deferred
+        self._wf_on_map = self.waitfor.blocked_on_map
+        self._wf_waiters = self.waitfor.fence_waiters
+        self._wf_blocked = self.waitfor.blocked
+        self.revoke = RevokeTally()
+        self.speculative_reads = 0
         # state
         self.buffers: dict[Any, BufferGens] = {}
         self.jobs: dict[tuple[str, Any], Job] = {}
         self.atts: dict[tuple[str, Any], AttState] = {}
         self.recent_races: dict[tuple[str, Any], Race] = {}
+        # (importer, att) -> its last map_served: (id, t, the event)
+        self.served: dict[tuple[str, Any], tuple[Any, int, dict[str, Any]]] = {}
         self._ending: list[Job] = []      # ended jobs waiting for time to move past their end
         self._orphans: list[Job] = []     # unfinished jobs whose id a restarted service reused
         self._ending_t = 0
@@ -219,9 +263,23 @@ class Oracle:
             "move_end": self._move_end,
             "move_notify_sent": self._move_notify_sent,
             "move_notify_received": self._move_notify_received,
+            "move_notify_returned": self._move_notify_returned,
+            # Linux 7.1 names the same notification invalidate_mappings
+            "invalidate_mappings_sent": self._move_notify_sent,
+            "invalidate_mappings_received": self._move_notify_received,
+            "invalidate_mappings_returned": self._invalidate_returned,
+            "revoke": self.revoke.revoke,
+            "unrevoke": self.revoke.unrevoke,
+            "unmap_wait_end": self.revoke.unmap_wait_end,
+            "unmap_wait_warning": self._unmap_wait_warning,
+            "revoked": self._revoked,
+            "ack_sent": self._ack_sent,
             "ack": self._ack,
             "ack_timeout": self._ack_timeout,
+            "fence_wait_begin": self._fence_wait_begin,
             "fence_wait_end": self._fence_wait_end,
+            "map_served": self._map_served,
+            "op_answered": self._op_answered,
             "fence_signal": self._fence_signal,
             "iommu_fault": self._iommu_fault,
             "fault": self._fault,
@@ -242,7 +300,10 @@ class Oracle:
             "service_died": self._service_died,
             "run_start": self._run_start,
             "run_stop": self._run_stop,
+            "run_interrupted": self._run_interrupted,
         }
+        for name in WAITFOR_EVENTS:
+            self._handlers.setdefault(name, getattr(self.waitfor, name))
 
     # ------------------------------------------------------------------ the pass
 
@@ -350,13 +411,18 @@ class Oracle:
         return rec, False
 
     def classify(self, job: Job, end: int) -> str | None:
-        """The race kind of `job`, whose accesses ended at `end`, or None."""
+        """The race kind of `job`, whose accesses ended at `end`, or None (or SPECULATIVE, or
+        STALE_BY_WINDOW: see `_judge`)."""
         if job.no_access:
             return None
         rec, dropped = job.rec, job.dropped
         if rec is None and not dropped:
             rec, dropped = self._lookup(job.buffer, job.gen)
             job.rec, job.dropped = rec, dropped
+        w = job.win
+        if w is not None and not job.write and not job.used and end > w.returned_t \
+                and (w.end is None or job.begin_t < w.end):
+            return SPECULATIVE
         if job.write:
             if dropped:
                 return LOST_WRITE
@@ -369,6 +435,8 @@ class Oracle:
                 return STALE_READ
             if rec is not None and rec.free_t is not None and end > rec.free_t:
                 return STALE_READ
+        if w is not None and w.overlaps(job.begin_t, end):
+            return WRITE_AFTER_INVALIDATE if job.write else STALE_BY_WINDOW
         if job.uau is not None:
             return USE_AFTER_UNMAP
         if rec is not None:
@@ -390,13 +458,19 @@ class Oracle:
             assert end is not None
         self.jobs_judged += 1
         kind = self.classify(job, job.access_end if job.access_end is not None else end)
+        by_window = False
+        if kind == SPECULATIVE:
+            self.speculative_reads += 1
+            kind = None
+        elif kind == STALE_BY_WINDOW:
+            kind, by_window = STALE_READ, True
         race: Race | None = None
         if job.no_access:
             self.jobs_blocked += 1
         if job.rogue and (job.faulted or job.status == "fault"):
             self.rogue["iommu_faults"] += 1
         if kind is not None:
-            race = Race(kind, job, end, unfinished)
+            race = Race(kind, job, end, unfinished, by_window)
             self.races[kind] += 1
             self.races_by_importer[job.svc] += 1
             if job.rogue:
@@ -472,7 +546,12 @@ class Oracle:
         rogue = ev.get("rogue") is True
         if rogue:
             self.rogue["total"] += 1
-        jobs[key] = Job(ev, svc, write, t, rec, dropped, uau, rogue)
+        job = jobs[key] = Job(ev, svc, write, t, rec, dropped, uau, rogue)
+        if st is not None:
+            job.map = st.map_info
+            w = st.win
+            if w is not None and w.end is None and not st.usable:
+                job.win = w
 
     @staticmethod
     def _uau_cause(st: AttState | None) -> UauCause:
@@ -502,6 +581,9 @@ class Oracle:
                 job.faulted = True
                 if ev.get("bytes") == 0:
                     job.no_access = True
+        if job.win is not None and not job.write:
+            n = ev.get("bytes")
+            job.used = status == "ok" and type(n) is int and n > 0 and ev.get("discarded") is not True
         if job.write and not job.no_access:
             # a rogue write is never "the buffer's last write": it had no right to the range
             self._write_ended(job, t, status == "ok" and not job.rogue)
@@ -541,9 +623,13 @@ class Oracle:
         lat = ev.get("latency_ns")
         if lat is not None:
             self.latency["map"].add(lat)
-        st = self._att(svc, ev.get("attachment"))
+        att = ev.get("attachment")
+        st = self._att(svc, att)
         st.mapped = st.usable = True
         st.last, st.last_t, st.last_gen = "map", t, ev.get("gen")
+        st.map_info = (ev, t, self.served.pop((svc, att), None))
+        if self._wf_on_map:
+            self.waitfor.map_answered(svc, ev.get("id"), t)
 
     def _unmap(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
@@ -555,6 +641,8 @@ class Oracle:
         st = self._att(svc, ev.get("attachment"))
         st.mapped = st.usable = False
         st.last, st.last_t, st.last_gen = "unmap", t, ev.get("gen")
+        if st.win is not None:
+            self._end_window(st, t, "unmap")
 
     def _invalidate(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["invalidated"] += 1
@@ -570,12 +658,19 @@ class Oracle:
 
     def _detach(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
+            self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
+            if self._wf_deferred:
+                imp = importer_name(ev.get("importer"))
+                self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
+                    "event": "detach", "svc": imp, "importer": imp, "attachment": ev.get("attachment")})
             return
         self.ops["detach"] += 1
         # Forget the attachment (bounded memory); a mapping never unmapped still counts as held.
         st = self.atts.pop((svc, ev.get("attachment")), None)
         if st is not None and st.mapped:
             self.held_at_detach += 1
+        if st is not None and st.win is not None:
+            self._end_window(st, t, "detach")
 
     def _iommu_fault(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.iommu_faults += 1
@@ -618,6 +713,9 @@ class Oracle:
 
     def _move_notify_received(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["received"] += 1
+        n = self._note(ev, svc)
+        if n is not None and n.recv_t is None:
+            n.recv_t, n.state = t, ev.get("state")
 
     def _corruption(self, ev: dict[str, Any], t: int, svc: str) -> None:
         c = self.corruption
@@ -688,6 +786,9 @@ class Oracle:
         from_gen, to_gen = ev["from_gen"], ev["to_gen"]
         src = self._rec(buffer, from_gen)
         src.out_move, src.out_begin_t = ev.get("move"), t
+        src.notes = MoveNotes()
+        src.out_broke_promise = ev.get("broke_promise") is True
+        self.buffers[buffer].cur = src
         src.out_to = Placement.of(ev.get("to"))
         if src.place is None:
             src.place = Placement.of(ev.get("from"))
@@ -732,8 +833,45 @@ class Oracle:
         if lat is not None:
             self.latency["move"].add(lat)
 
+    def _out_notes(self, buffer: Any, move: Any, gen: Any = None) -> MoveNotes | None:
+        """The notes of the move `move` off a generation of `buffer` (by gen when the event says it)."""
+        bg = self.buffers.get(buffer)
+        if bg is None:
+            return None
+        rec = bg.gens.get(gen) if gen is not None else None
+        if rec is None or rec.out_move != move:
+            rec = bg.cur
+            if rec is None or rec.out_move != move:
+                rec = next((r for r in bg.gens.values() if r.out_move == move and r.notes is not None), None)
+        return rec.notes if rec is not None else None
+
+    def _note(self, ev: dict[str, Any], svc: str, importer: str | None = None) -> NotifyNote | None:
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"), ev.get("gen"))
+        if notes is None:
+            return None
+        return notes.att(importer or svc, ev.get("attachment"))
+
     def _move_notify_sent(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["sent"] += 1
+        n = self._note(ev, svc, importer_name(ev.get("importer")))
+        if n is not None and n.sent_t is None:
+            n.sent_t, n.sent_id = t, ev.get("id")
+            n.op = ev["event"][:-5]  # move_notify / invalidate_mappings
+
+    def _move_notify_returned(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc != "exporter":
+            return
+        self._answered(ev, t, ack=False)
+
+    def _answered(self, ev: dict[str, Any], t: int, ack: bool) -> None:
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None:
+            notes.answered(importer_name(ev.get("importer")), ev.get("attachment"), t, ack)
+
+    def _ack_sent(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        n = self._note(ev, svc)
+        if n is not None and n.ack_sent_t is None:
+            n.ack_sent_t = t
 
     def _ack(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc != "exporter":
@@ -742,25 +880,158 @@ class Oracle:
         lat = ev.get("latency_ns")
         if lat is not None:
             self.latency["notify_ack"].add(lat)
+        self._answered(ev, t, ack=True)
 
     def _ack_timeout(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.notify["ack_timeouts"] += 1
+        imps = ev.get("importers")
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None and notes.ack_timeout is None:
+            notes.ack_timeout = (t, [importer_name(i) for i in imps] if isinstance(imps, list) else [])
+        self._timeout("notify", t, buffer=ev.get("buffer"), move=ev.get("move"), revoke=ev.get("revoke"),
+                      importers=[importer_name(i) for i in imps] if isinstance(imps, list) else [])
+
+    def _fence_wait_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None and notes.fence_wait_begin_t is None:
+            notes.fence_wait_begin_t = t
+        self.findings.wait_round(ev)
+        self.waitfor.fence_wait_begin(ev, t, svc)
 
     def _fence_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        bg = self.buffers.get(ev.get("buffer"))
+        if bg is not None:
+            key = _op_key(ev)
+            bg.retired = (key, t)
+            if bg.pending:
+                for w in bg.pending:
+                    if w.key == key and w.start is None:
+                        w.start, w.retired_by = t, f"fence_wait_end of {key[0]} {key[1]}"
+                bg.pending = [w for w in bg.pending if w.start is None]
         waited = ev.get("waited_ns")
         if waited is not None:
             self.latency["fence_wait"].add(waited)
+        notes = self._out_notes(ev.get("buffer"), ev.get("move"))
+        if notes is not None:
+            notes.fence_wait_end_t = t
+            forced = ev.get("forced")
+            if isinstance(forced, list):
+                notes.forced = [importer_name(f) for f in forced]
+        self.findings.wait_round(ev)
+        self.waitfor.fence_wait_end(ev, t, svc)
 
     def _fence_signal(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        if svc == "exporter" and ev.get("forced") is True:
-            self.fences_forced += 1
+        if svc == "exporter":
+            wf = self.waitfor
+            if ev.get("forced") is True:
+                self.fences_forced += 1
+                self.findings.forced(ev, t)
+                imp = importer_name(ev.get("importer"))
+                if self.on_finding is not None:
+                    self.on_finding("fence forced", "exporter", t, {"finding": "fence_forced", "importer": imp,
+                                                                    "buffer": ev.get("buffer"), "error": ev.get("error")})
+                wf.forced(imp, ev["buffer"], t, {"event": "fence_signal", "svc": svc, "forced": True,
+                                                 "importer": imp, "buffer": ev["buffer"], "error": ev.get("error")})
+        elif self._wf_waiters or self._wf_blocked:
+            self.waitfor.signaled(svc, ev["buffer"], ev.get("seq"), t,
+                        {"event": "fence_signal", "svc": svc, "buffer": ev["buffer"], "seq": ev.get("seq")})
+
+    def _map_served(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        imp = ev["importer"]
+        if type(imp) is not str:
+            imp = importer_name(imp)
+        self.served[(imp, ev.get("attachment"))] = (ev.get("id"), t, ev)
+        if self._wf_deferred:
+            self.waitfor.map_done(imp, ev.get("id"), t, {"event": "map_served", "svc": svc, "importer": imp,
+                                                         "id": ev.get("id"), "buffer": ev.get("buffer")})
+
+    def _op_answered(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if ev.get("ok") is not False or ev.get("op") != "map" or svc != "exporter":
+            return
+        self.revoke.map_refused(ev)
+        if self._wf_deferred:
+            imp = str(ev.get("peer"))
+            self.waitfor.map_done(imp, ev.get("id"), t, {"event": "op_answered", "svc": svc, "importer": imp,
+                                                         "id": ev.get("id"), "code": ev.get("code")})
+
+    # ------------------------------------------------------------------ Linux 7.1
+
+    def _invalidate_returned(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        """invalidate_mappings_returned: the exporter's (the reply arrived) or the importer's (its
+        callback returned: the attachment's window opens once its fences retire)."""
+        if svc == "exporter":
+            self._move_notify_returned(ev, t, svc)
+            return
+        buffer, att = ev["buffer"], ev.get("attachment")
+        st = self._att(svc, att)
+        if st.win is not None and st.win.end is None and st.win.start is not None:
+            return  # already past its fences: the earlier window is the stricter one
+        key = _op_key(ev)
+        w = Window(key, buffer, svc, att, t)
+        bg = self._gens(buffer)
+        if st.win is not None and st.win.end is None and st.win in bg.pending:
+            bg.pending.remove(st.win)   # never retired: this invalidation supersedes it
+        if ev.get("stopped") is True:
+            w.start, w.retired_by = t, "its DMA had stopped when the callback returned (a synchronous revoke)"
+        elif bg.retired is not None and bg.retired[0] == key:
+            w.start, w.retired_by = t, f"fence_wait_end of {key[0]} {key[1]}, before the callback returned"
+        else:
+            bg.pending.append(w)
+        st.win = w
+        for job in self.jobs.values():
+            if job.svc == svc and job.end_t is None and job.win is None and job.attachment == att:
+                job.win = w
+
+    def _end_window(self, st: AttState, t: int, how: str) -> None:
+        w = st.win
+        if w is None or w.end is not None:
+            return
+        w.end, w.ended_by = t, how
+        bg = self.buffers.get(w.buffer)
+        if bg is not None and w in bg.pending:
+            bg.pending.remove(w)
+
+    def _revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        """The importer learned its attachment is gone: its window (if any) is over."""
+        st = self.atts.get((svc, ev.get("attachment")))
+        if st is not None and st.win is not None:
+            self._end_window(st, t, "revoked")
+
+    def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        name = self.revoke.warned(ev)
+        self._timeout("unmap", t, buffer=ev.get("buffer"), revoke=ev.get("revoke"), importers=[name],
+                      message=ev.get("message"))
+
+    def _on_cycle(self, c: Cycle) -> None:
+        assert self.on_finding is not None
+        self.on_finding("deadlock", "exporter", c.formed_t,
+                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "formed_by": c.formed_by})
+
+    def _on_cycle_broken(self, c: Cycle) -> None:
+        assert self.on_finding is not None and c.broken_t is not None
+        self.on_finding("deadlock broken", str((c.broken_by or {}).get("svc") or "exporter"), c.broken_t,
+                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "broken_by": c.broken_by})
+
+    def _timeout(self, kind: str, t: int, **fields: Any) -> None:
+        self.findings.timeout(kind, t, **fields)
+        if self.on_finding is not None:
+            self.on_finding(f"timeout: {kind}", "exporter", t, {"finding": "timeout", "kind": kind, **fields})
 
     def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.attachments_revoked += 1
         self.revoked_by_reason[str(ev.get("reason"))] += 1
+        self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
+        if self._wf_deferred:
+            imp = importer_name(ev.get("importer"))
+            self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
+                "event": "attachment_revoked", "svc": svc, "importer": imp, "attachment": ev.get("attachment"),
+                "reason": ev.get("reason")})
 
     def _importer_lost(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        self.importer_lost_by_reason[str(ev.get("reason"))] += 1
+        reason = str(ev.get("reason"))
+        self.importer_lost_by_reason[reason] += 1
+        if reason == "lease expired":
+            self._timeout("lease", t, importers=[importer_name(ev.get("importer"))])
 
     def _final_content(self, ev: dict[str, Any], t: int, svc: str) -> None:
         """The bytes check of one buffer (see the module docstring)."""
@@ -832,8 +1103,12 @@ class Oracle:
                 self._ending.append(job)
                 self._ending_t = t
         for key in [k for k in self.atts if k[0] == svc]:
-            if self.atts.pop(key).mapped:
+            st = self.atts.pop(key)
+            if st.mapped:
                 self.held_at_death += 1
+            if st.win is not None:
+                self._end_window(st, t, f"service {how}")
+        self.waitfor.service_ended(svc, t, how)
 
     def _service_start(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[0] = True
@@ -878,6 +1153,11 @@ class Oracle:
 
     def _run_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[1] = True
+
+    def _run_interrupted(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if self.interrupted is None:  # the first signal is the one that stopped the run
+            self.interrupted = {"signal": ev.get("signal"), "at": ev.get("at"), "during": ev.get("during"),
+                                "t_ns": t}
 
     # ------------------------------------------------------------------ the report
 
@@ -929,7 +1209,10 @@ class Oracle:
             "maps": dict(self.maps),
             "moves": moves,
             "races": races,
-            "witnesses": {k: [witness(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
+            "findings": self.findings.report(t0 or 0, self.t1, self._secs),
+            "speculative_reads": self.speculative_reads,
+            "revoke": self.revoke.report(),
+            "witnesses": {k: [explained(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
             "corruption": {**self.corruption, "examples": self._corruption_examples(t0 or 0)},
             "iommu_faults": self.iommu_faults,
             "fences_forced": self.fences_forced,
@@ -954,6 +1237,9 @@ class Oracle:
                 **self.recovery,
             },
             "bytes_check": self._bytes_check(),
+            "interrupted": None if self.interrupted is None else {
+                **{k: v for k, v in self.interrupted.items() if k != "t_ns"},
+                "t_s": self._secs(self.interrupted["t_ns"])},
         }
 
     def _secs(self, t: int) -> float:

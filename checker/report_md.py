@@ -4,7 +4,9 @@ Rules:
 - Rendered only from the report dict (never from the history), so it cannot disagree with
   report.json.
 - Sections: parameters, faults (schedule and applied), counters, latency percentiles, race
-  witnesses (sentence plus a small event table), corruption examples, final bytes (the bytes
+  witnesses (sentence, its "because" chain, a small event table; `dmabuf-emu check DIR --witness N`
+  writes the N-th of them, counted down this section, as witness.md with a sequence diagram), findings (deadlocks with their cycle's
+  events, fences forced, timeouts; the first MD_ITEMS of each), corruption examples, final bytes (the bytes
   check's verdict, said in words), services (deaths, restarts, importer stops) and recovery.
   Tables stay narrow enough for a terminal.
 - Table cells escape `|` so a field cannot break a table.
@@ -62,7 +64,13 @@ def render_report_md(r: dict[str, Any]) -> str:
                   else "") + ".**")
     bc = r.get("bytes_check") or {}
     svcs = r.get("services") or {}
-    lines: list[str] = [f"# dmabuf-emu run report: {_cell(r.get('strategy'))}", "", verdict, ""]
+    lines: list[str] = [f"# dmabuf-emu run report: {_cell(r.get('strategy'))}", ""]
+    stop = r.get("interrupted")
+    if isinstance(stop, dict):
+        lines += [f"**Interrupted** by {_cell(stop.get('signal'))} during the {_cell(stop.get('during'))}, "
+                  f"{_secs(stop.get('t_s'))} in ({_cell(stop.get('at'))}): the counts below cover only "
+                  f"what ran before it.", ""]
+    lines += [verdict, ""]
     if bc:
         lines += [f"Final bytes: **{bc.get('verdict')}**.", ""]
     died = svcs.get("died") or []
@@ -97,7 +105,9 @@ def render_report_md(r: dict[str, Any]) -> str:
         ("ack timeouts", notify.get("ack_timeouts")),
         ("races: lost_write", races.get("lost_write")), ("races: stale_read", races.get("stale_read")),
         ("races: use_after_unmap", races.get("use_after_unmap")),
-        ("races: unfenced_access", races.get("unfenced_access")), ("races: total", races.get("total")),
+        ("races: unfenced_access", races.get("unfenced_access")),
+        ("races: write_after_invalidate", races.get("write_after_invalidate")), ("races: total", races.get("total")),
+        ("speculative reads (read and discarded after invalidate_mappings)", r.get("speculative_reads")),
         ("corrupt reads (jobs)", corr.get("jobs")), ("corrupt lines", corr.get("lines")),
         ("corruptions linked to a race", corr.get("linked")),
         ("IOMMU faults", r.get("iommu_faults")), ("fences force-completed", r.get("fences_forced")),
@@ -135,11 +145,17 @@ def render_report_md(r: dict[str, Any]) -> str:
         lines += [f"### {kind} ({races.get(kind, 0)} in all; {len(items)} shown)", ""]
         for i, w in enumerate(items, 1):
             lines += [f"{i}. {w.get('sentence')}", ""]
+            because = w.get("because") or []
+            if because:
+                lines += [f"   - {b[0].upper() + b[1:]}." for b in because] + [""]
             lines += ["   " + ln for ln in _table(
                 ["time", "service", "event", *_WITNESS_FIELDS],
                 [(_rel(e.get("t_ns"), t0), e.get("svc"), e.get("event"), *(_field(e, f) for f in _WITNESS_FIELDS))
                  for e in w.get("events", [])])]
             lines.append("")
+
+    lines += _findings(r.get("findings") or {})
+    lines += _revoke(r.get("revoke") or {})
 
     lines += ["## Corruption", ""]
     examples = corr.get("examples") or []
@@ -168,6 +184,59 @@ def render_report_md(r: dict[str, Any]) -> str:
         lines += _table(["what", "count"], rrows)
         lines.append("")
     return "\n".join(lines)
+
+
+MD_ITEMS = 10  # findings listed per kind in report.md (report.json holds up to 256)
+
+
+def _findings(f: dict[str, Any]) -> list[str]:
+    if not f:
+        return []
+    out = ["## Findings", ""]
+    if not f.get("total"):
+        return out + ["None: no deadlock, no fence forced, no timeout.", ""]
+    dl, ff, to = f.get("deadlock") or {}, f.get("fence_forced") or {}, f.get("timeout") or {}
+    by_kind = ", ".join(f"{k} {n}" for k, n in (to.get("by_kind") or {}).items() if n)
+    out += _table(["finding", "count"], [("deadlock", dl.get("count", 0)),
+                                         ("deadlocks still present at the end", dl.get("present_at_end", 0)),
+                                         ("fences forced", ff.get("count", 0)),
+                                         ("timeouts" + (f" ({by_kind})" if by_kind else ""), to.get("count", 0))])
+    out.append("")
+    for title, part in (("Deadlocks", dl), ("Fences forced", ff), ("Timeouts", to)):
+        items = part.get("items") or []
+        if not items:
+            continue
+        shown = items[:MD_ITEMS]
+        out += [f"### {title} ({part.get('count', len(items))} in all; {len(shown)} shown)", ""]
+        for i, it in enumerate(shown, 1):
+            out += [f"{i}. {it.get('sentence')}", ""]
+            if title == "Deadlocks" and it.get("events"):
+                out += ["   " + ln for ln in _table(
+                    ["time", "service", "event", "the wait it began"],
+                    [(_secs_ms(e.get("t_ns"), it), e.get("svc"), e.get("event"), e.get("note"))
+                     for e in it["events"]])]
+                out.append("")
+    return out
+
+
+def _revoke(rv: dict[str, Any]) -> list[str]:
+    if not rv or not (rv.get("revocations") or rv.get("maps_refused") or rv.get("broken_importers")):
+        return []
+    wait = rv.get("unmap_wait_ms") or {}
+    out = ["## Revocation (Linux 7.1)", ""]
+    out += _table(["what", "value"], [
+        ("revocations", rv.get("revocations")), ("unrevocations", rv.get("unrevocations")),
+        ("maps refused (no_device)", rv.get("maps_refused")),
+        ("unmap waits", wait.get("n")), ("unmap wait p50 (ms)", wait.get("p50")), ("unmap wait max (ms)", wait.get("max")),
+        ("broken importers (did not unmap within the bound)", ", ".join(rv.get("broken_importers") or []) or "none")])
+    return out + [""]
+
+
+def _secs_ms(t: Any, item: dict[str, Any]) -> str:
+    # a deadlock item carries t_ns and t_s of its forming: place the events on the same scale
+    if isinstance(t, int) and isinstance(item.get("t_ns"), int) and isinstance(item.get("t_s"), (int, float)):
+        return f"{item['t_s'] + (t - item['t_ns']) / 1e9:.6f} s"
+    return "-"
 
 
 def _secs(t: Any) -> str:

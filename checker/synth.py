@@ -7,11 +7,11 @@ processes. Rules it keeps (each a reason the oracle must find no race in its out
   importer and buffer at a time, on the generation it was handed at map time.
 - A map waits while its buffer is moving (the reservation lock), so a mapping always names a
   generation whose copy has ended.
-- A move (`fenced` style): move_begin, a move_notify to every importer mapping the buffer, which
-  invalidates its mapping (no new job on it) and acks; then the exporter waits until every job on
-  the buffer has ended (fence wait), copies (copy_begin..copy_end, kernel fence), switches, frees
-  the old range and ends the move. In `idle` style it only moves buffers nobody has mapped and
-  refuses the others (`mapped`).
+- A move (`fenced` style): resv_lock, move_begin, a move_notify to every importer mapping the
+  buffer, which invalidates its mapping (no new job on it) and acks; then the exporter waits until
+  every job on the buffer has ended (fence wait, listing the fences it awaits), copies
+  (copy_begin..copy_end, kernel fence), switches, frees the old range, ends the move and releases
+  the lock. In `idle` style it only moves buffers nobody has mapped and refuses the others (`mapped`).
 - Freed ranges are reused, a destination heap without room refuses the move (`no_space`).
 - Time advances by a random step per action and sometimes not at all, so different services tie
   on t_ns (the oracle must judge ties as "not a race"). Each service's own events are in order.
@@ -618,6 +618,7 @@ class SerialSchedule:
         src: dict[str, Any] = self._place(buf)
         to: dict[str, Any] = {"heap": to_heap, "offset": dst, "size": cfg.buffer_size, "gen": buf.gen + 1}
         buf.moving = m
+        self._emit("exporter", "resv_lock", buffer=buf.id, move=m)
         self._emit("exporter", "move_begin", buffer=buf.id, move=m, reason=reason,
                    **{"from": src, "to": to}, from_gen=src["gen"], to_gen=to["gen"])
         yield
@@ -650,7 +651,9 @@ class SerialSchedule:
             yield
             self._emit("exporter", "ack", id=aid, buffer=buf.id, move=m, importer=imp.name,
                        attachment=att.id, latency_ns=self.t - sent)
-        self._emit("exporter", "fence_wait_begin", buffer=buf.id, move=m, usage="BOOKKEEP")
+        fences = [{"importer": imp.name, "slot": imp.index, "seq": a.job, "usage": a.access.upper()}
+                  for imp, a in self._users(buf.id) if a.job is not None]
+        self._emit("exporter", "fence_wait_begin", buffer=buf.id, move=m, usage="BOOKKEEP", fences=fences)
         waited_from = self.t
         while any(a.job is not None for _, a in self._users(buf.id)):
             yield
@@ -671,6 +674,7 @@ class SerialSchedule:
         self._tick(100, 2_000)
         self._emit("exporter", "move_end", buffer=buf.id, move=m, from_gen=src["gen"], to_gen=to["gen"],
                    latency_ns=self.t - began)
+        self._emit("exporter", "resv_unlock", buffer=buf.id, move=m)
         buf.moving = None
 
 

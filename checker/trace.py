@@ -28,7 +28,9 @@ Rules:
   of the event; a process fault sits on its target's row), iommu_fault, corruption, move_refused,
   ack_timeout, service_died, service_restarted, job_failed, attachment_revoked, importer_lost,
   lease_expired, exporter_lost, rejoin, and the bytes check's findings (lost write / foreign lines
-  in the final bytes, at the exporter's final_content).
+  in the final bytes, at the exporter's final_content, cat "bytes"). Findings (cat "finding",
+  checker/findings.py): "deadlock" when a cycle of waits formed and "deadlock broken" when it
+  ended (args: the cycle's nodes), "fence forced", "timeout: KIND".
 - Counter `vram` (bytes in use): +size at buffer_created in vram and at move_begin whose
   destination is vram (allocated then), -size at a free in vram.
 - Written streaming: each trace event goes to the file as it is made.
@@ -203,7 +205,7 @@ class TraceWriter:
                 pass  # the oracle counts malformed events; the trace just skips them
 
     def on_finding(self, name: str, svc: str, t: int, args: dict[str, Any]) -> None:
-        self._instant(name, "bytes", svc, t, args)
+        self._instant(name, "finding" if "finding" in args else "bytes", svc, t, args)
 
     def on_race(self, race: Race) -> None:
         job = race.job

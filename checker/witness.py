@@ -10,7 +10,9 @@ Rules:
   race. Fields: t_ns, svc, event, and whichever of buffer, gen, job, access, attachment,
   placement, move apply.
 - One sentence template per race kind; each names the importer, the buffer, the placement and
-  generation, and the times that decide the verdict.
+  generation, and the times that decide the verdict. A race judged by a Linux 7.1 invalidation
+  window (write_after_invalidate, or a stale_read of data used there) names the window: the
+  invalidate_mappings return, the fences' retirement and the unmap.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from checker.model import (
     STALE_READ,
     UNFENCED_ACCESS,
     USE_AFTER_UNMAP,
+    WRITE_AFTER_INVALIDATE,
     GenRecord,
     Job,
     Placement,
@@ -128,6 +131,16 @@ def witness_events(race: Race) -> list[dict[str, Any]]:
         events.append({"t_ns": job.uau.t_ns, "svc": job.svc, "event": job.uau.how, "buffer": job.buffer,
                        "attachment": job.attachment, "gen": job.uau.gen})
     events.extend(_exporter_events(job.rec, race.kind))
+    w = job.win
+    if w is not None and (race.by_window or race.kind == WRITE_AFTER_INVALIDATE):
+        events.append({"t_ns": w.returned_t, "svc": job.svc, "event": "invalidate_mappings_returned",
+                       "buffer": job.buffer, "attachment": job.attachment, w.key[0]: w.key[1]})
+        if w.start is not None:
+            events.append({"t_ns": w.start, "svc": EXPORTER if w.start != w.returned_t else job.svc,
+                           "event": "fences retired", "buffer": job.buffer, "note": w.retired_by})
+        if w.end is not None:
+            events.append({"t_ns": w.end, "svc": job.svc, "event": w.ended_by or "unmap", "buffer": job.buffer,
+                           "attachment": job.attachment})
     for t, kind in job.device_faults or ():
         events.append({"t_ns": t, "svc": job.svc, "event": f"fault: {kind}", "buffer": job.buffer,
                        "job": job.job})
@@ -174,8 +187,24 @@ def sentence(race: Race, t0: int, as_of: int | None = None) -> str:
     return text
 
 
+def _window_sentence(race: Race, t0: int, as_of: int | None) -> str:
+    job = race.job
+    w = job.win
+    assert w is not None and w.start is not None
+    what = ("wrote" if job.write else "read, and used the data,")
+    until = (f"before it unmapped at {rel_ms(w.end, t0)}" if w.end is not None and (as_of is None or w.end <= as_of)
+             else f"and had not unmapped {_by(t0, as_of)}")
+    rule = ("an importer may only read and discard there, never write" if job.write
+            else "an importer may only read and discard there: the data may be stale")
+    return (f"{_span(job, race, t0, 'accessed')}: it {what} after its invalidate_mappings of attachment "
+            f"{job.attachment} returned at {rel_ms(w.returned_t, t0)} and its fences retired at "
+            f"{rel_ms(w.start, t0)} ({w.retired_by}), {until}; {rule}.")
+
+
 def _sentence(race: Race, t0: int, as_of: int | None = None) -> str:
     job, rec, kind = race.job, race.job.rec, race.kind
+    if kind == WRITE_AFTER_INVALIDATE or race.by_window:
+        return _window_sentence(race, t0, as_of)
     verb_ing = "writing" if job.write else "reading"
     if kind in (LOST_WRITE, STALE_READ) and (rec is None or job.dropped):
         what = ("its bytes may be missing from the new placement" if kind == LOST_WRITE

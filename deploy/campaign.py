@@ -9,7 +9,7 @@ is derived from the finished runs' directories only (deploy/campaign_report.py, 
 so `--report-only` rebuilds it without running anything.
 
 Runs execute in a short scratch directory under /tmp (ipc socket paths must stay under 108 bytes
-whatever OUT is) and are moved into OUT when they end. Ctrl-C (or SIGTERM) stops cleanly: every
+whatever OUT is) and are moved into OUT when they end. Ctrl-C (or SIGTERM, SIGHUP) stops cleanly: every
 running run gets SIGINT and takes its services down itself; whatever does not stop in time is
 killed and `down` is run on its directory, so nothing stays in /dev/shm or the process table.
 
@@ -17,8 +17,10 @@ With `--scheduler tcp://HOST:PORT` the runs are tasks on a Dask distributed clus
 the services locally (the same subprocess), then returns the run directory as a tar blob that is
 unpacked into OUT/runs/... here. Workers need dmabuf-emu installed; see README "Campaigns".
 
-This module imports only the standard library and deploy.options at import time: the command line
-parser of every `dmabuf-emu run` child imports it.
+This module imports only the standard library, deploy.options and deploy.campaign_report (which
+imports nothing of ours) at import time: the command line parser of every `dmabuf-emu run` child
+imports it. campaign_report never imports this module: the comparison is derived from the run
+directories alone.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from deploy import options
+from deploy import campaign_report, options
+from deploy.campaign_report import read_report
 from deploy.options import OptionError, RunParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,10 +60,12 @@ class CampaignError(OptionError):
 def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     """`all` or `pin,move-notify,...` -> [(label, overrides)]. `all` has unmap-hint twice, as
     `unmap-hint-optimistic` and `unmap-hint-conservative` (like `dmabuf-emu compare`); those labels
-    may also be named; a plain `unmap-hint` uses the campaign's --hint-policy."""
-    from protocol.strategies import STRATEGIES
+    may also be named; a plain `unmap-hint` uses the campaign's --hint-policy. A strategy of the
+    user's own (a .py path, or an installed one) is labelled by its NAME; `all,./mine.py` runs
+    every built-in and it."""
+    from protocol import strategies
     variants: dict[str, dict[str, Any]] = {}
-    for name in STRATEGIES:
+    for name in strategies.STRATEGIES:
         if name == "unmap-hint":
             for policy in ("optimistic", "conservative"):
                 variants[f"unmap-hint-{policy}"] = {"strategy": name, "hint_policy": policy}
@@ -69,17 +74,24 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     names = [s for s in (x.strip() for x in spec.split(",")) if s]
     if not names:
         raise CampaignError("--strategies: give 'all' or a comma-separated list")
-    if names == ["all"]:
-        return list(variants.items())
     out: list[tuple[str, dict[str, Any]]] = []
     for n in names:
-        if n in variants:
+        if n == "all":
+            out += list(variants.items())
+        elif n in variants:
             out.append((n, variants[n]))
-        elif n in STRATEGIES:
+        elif n in strategies.STRATEGIES:
             out.append((n, {"strategy": n}))
+        elif strategies.looks_like_path(n) or n in strategies.installed():
+            try:
+                module = strategies.resolve(n)
+            except strategies.StrategyError as exc:
+                raise CampaignError(f"--strategies: {exc}") from None
+            out.append((module.NAME, {"strategy": module.SOURCE}))
         else:
             raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, "
-                                f"{', '.join(sorted(set(variants) | set(STRATEGIES)))})")
+                                f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES)))}, "
+                                f"an installed strategy or the path of a .py file)")
     return list(dict(out).items())
 
 
@@ -153,15 +165,6 @@ def plan_runs(base: RunParams, strategies: str, plans: str, seeds: int) -> tuple
 
 
 # ---------------------------------------------------------------------------------- finished runs
-
-def read_report(run_dir: Path) -> dict[str, Any] | None:
-    """The run's report if it finished (report.json parses and has the race counts), else None."""
-    try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
-        return None
-    return report if isinstance(report, dict) and isinstance(report.get("races"), dict) else None
-
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
@@ -412,6 +415,24 @@ def _unpack(blob: bytes, final: Path) -> dict[str, Any] | None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def check_scheduler(address: str) -> None:
+    """A Dask scheduler address (tcp://HOST:PORT, or another scheme distributed knows), checked
+    before anything runs; distributed parses it, so what passes here is what Client accepts."""
+    from distributed.comm import parse_address
+    from distributed.comm.registry import backends
+    why = f"--scheduler must be a Dask scheduler address such as tcp://HOST:PORT, got {address!r}"
+    try:
+        scheme, where = parse_address(address, strict=True)
+    except ValueError:
+        raise CampaignError(why) from None
+    if scheme not in backends:
+        raise CampaignError(f"{why} (schemes: {', '.join(sorted(backends))})")
+    if scheme in ("tcp", "tls", "ws", "wss"):
+        host, _, port = where.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise CampaignError(why)
+
+
 def run_dask(todo: list[RunSpec], out: Path, scheduler: str, progress: Progress) -> None:
     from distributed import Client, as_completed
     client = Client(scheduler, timeout="20s")
@@ -445,13 +466,19 @@ def run_dask(todo: list[RunSpec], out: Path, scheduler: str, progress: Progress)
 # ---------------------------------------------------------------------------------- the campaign
 
 def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path, *, jobs: int = 1,
-             scheduler: str | None = None, quiet: bool = False, stream: TextIO = sys.stderr,
-             plots: bool = True,
+             scheduler: str | None = None, quiet: bool = False, stream: TextIO | None = None,
+             plots: bool = True, dry_run: bool = False,
              backend: Callable[[list[RunSpec], Path, Progress], None] | None = None) -> dict[str, Any]:
-    """Run what is missing of the campaign, then write the summary and plots; returns the summary."""
-    from deploy import campaign_report
+    """Run what is missing of the campaign, then write the summary and plots; returns the summary.
+    With `dry_run`, only check everything a run would check and say what would run. Progress and
+    the last line go to `stream` (sys.stderr)."""
+    from deploy import rundir
+    stream = stream or sys.stderr
     if jobs < 1:
         raise CampaignError(f"--jobs must be at least 1, got {jobs}")
+    if scheduler is not None:
+        check_scheduler(scheduler)
+    rundir.refuse_run_dir(out, "campaign")
     out = out.resolve()
     specs, loaded = plan_runs(base, strategies, plans, seeds)
     todo: list[RunSpec] = []
@@ -468,6 +495,12 @@ def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path
         n = int(report.get("races", {}).get("total", 0) or 0)
         races += n
         racing += bool(n)
+    if dry_run:
+        where = f"on {scheduler}" if scheduler else f"{jobs} at a time"
+        print(f"campaign (dry run): {len(specs)} runs ({len(strategy_variants(strategies))} strategies x "
+              f"{len(loaded)} plans x {seeds} seeds, {base.duration:g} s each) -> {out}; "
+              f"{len(specs) - len(todo)} finished, {len(todo)} would run {where}", file=stream)
+        return {"dry_run": True, "runs": len(specs), "todo": [spec.label for spec in todo]}
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "campaign.json", {
         "strategies": [s for s, _ in strategy_variants(strategies)],
@@ -503,58 +536,57 @@ def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path
 
 # ---------------------------------------------------------------------------------- command line
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> None:
+    from deploy.helpformat import examples, with_default
     c = sub.add_parser(
         "campaign", help="every strategy x fault plan x seed, in parallel, then one comparison with plots",
+        formatter_class=formatter,
         description="Run every combination of --strategies, --faults plans and --seeds, J at a time "
                     "(or on a Dask cluster), each in OUT/runs/<strategy>/<plan>/seed-<n>/, then write "
                     "OUT/summary.json, OUT/summary.md and OUT/plots/*.png. Finished runs (those with a "
                     "report.json) are skipped, so the same command resumes an interrupted campaign. "
                     "Fault plans: none, net, crash, rogue, pressure (deploy/plans/*.toml) or the path "
                     "of a TOML plan file ([[faults]] tables and run parameters).",
-        epilog="example: dmabuf-emu campaign --strategies all --faults none,net,rogue --seeds 3 "
-               "--duration 2 --jobs 2 --out runs/campaign")
+        epilog=examples("dmabuf-emu campaign --strategies all --faults none,net,rogue --seeds 3 "
+                        "--duration 2 --jobs 2 --out runs/campaign",
+                        "dmabuf-emu campaign --strategies resv-fence,revalidate --faults rogue --seeds 5 "
+                        "--scheduler tcp://127.0.0.1:8786 --out runs/dask",
+                        "dmabuf-emu campaign --strategies all --faults all --seeds 2 --dry-run --out runs/all"))
     c.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file with the base run parameters")
     c.add_argument("--out", required=True, type=Path, help="campaign directory (created; reused to resume)")
     c.add_argument("--strategies", default="all", metavar="LIST|all",
-                   help="comma-separated strategies, or all (default; unmap-hint under both hint policies)")
+                   help=with_default("comma-separated strategies, or all (unmap-hint under both hint policies); "
+                                     "a .py path runs a strategy of your own (docs/writing-a-strategy.md)", "all"))
     c.add_argument("--faults", dest="plans", default="none", metavar="PLAN[,PLAN...]",
-                   help="fault plans: shipped names (none net crash rogue pressure, or all) or .toml paths (default: none)")
-    c.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 1..N for every combination (default 1)")
-    c.add_argument("--jobs", type=int, default=1, metavar="J", help="runs at a time on this machine (default 1)")
+                   help=with_default("fault plans: shipped names (none net crash rogue pressure, or all) or .toml paths", "none"))
+    c.add_argument("--seeds", type=int, default=1, metavar="N", help=with_default("seeds 1..N for every combination", 1))
+    c.add_argument("--jobs", type=int, default=1, metavar="J", help=with_default("runs at a time on this machine", 1))
     c.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="run on this Dask distributed scheduler's workers instead (--jobs is then ignored)")
     c.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild summary.json, summary.md and the plots from OUT/runs")
     c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     c.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines")
-    group = c.add_argument_group("run parameters of every run (override the scenario file; a plan overrides both)")
-    defaults = RunParams()
-    for o in options.OPTIONS:
-        if o.key in ("strategy", "seed"):
-            continue
-        group.add_argument("--" + o.key.replace("_", "-"), dest=o.key, default=None, metavar=o.metavar,
-                           help=f"{o.help} (default: {getattr(defaults, o.key)})")
+    c.add_argument("--dry-run", action="store_true",
+                   help="check every run's parameters (and the --scheduler address), say what would run, run nothing")
+    options.add_arguments(c, title="run parameters of every run (override the scenario file; a plan overrides both)",
+                          skip=("strategy", "seed", "faults"))
 
 
 def main(args: argparse.Namespace) -> int:
-    from deploy import campaign_report
     if args.report_only:
         summary = campaign_report.write_summary(args.out.resolve(), plots=not args.no_plots)
         print(campaign_report.render_matrix(summary))
         return EXIT_OK
     flags = {k: v for k, v in vars(args).items() if any(o.key == k for o in options.OPTIONS)}
     base = options.resolve(args.scenario, flags)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        summary = campaign(base, args.strategies, args.plans, args.seeds, args.out, jobs=args.jobs,
-                           scheduler=args.scheduler, quiet=args.quiet, plots=not args.no_plots)
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    # SIGTERM and SIGHUP raise KeyboardInterrupt (deploy.interrupt.Interrupted) as Ctrl-C does:
+    # the dmabuf-emu command installs that for every command.
+    summary = campaign(base, args.strategies, args.plans, args.seeds, args.out, jobs=args.jobs,
+                       scheduler=args.scheduler, quiet=args.quiet, plots=not args.no_plots,
+                       dry_run=args.dry_run)
+    if args.dry_run:
+        return EXIT_OK
     if not args.quiet:
         print(campaign_report.render_matrix(summary))
     return EXIT_FAILED_RUNS if summary.get("failed_runs") else EXIT_OK

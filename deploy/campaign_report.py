@@ -151,9 +151,20 @@ def digest(run_dir: Path, report: dict[str, Any], strategy: str, plan: str, seed
     }
 
 
+def read_report(run_dir: Path) -> dict[str, Any] | None:
+    """The run's report if it finished (report.json parses, has the race counts and does not say
+    the run was interrupted), else None."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("races"), dict):
+        return None
+    return None if report.get("interrupted") else report  # the report of a run cut short: run it again
+
+
 def collect(out: Path) -> list[tuple[dict[str, Any], list[float] | None]]:
     """(digest, map latencies) of every finished run under OUT/runs."""
-    from deploy.campaign import read_report
     runs = []
     for report_path in sorted((out / "runs").glob("*/*/seed-*/report.json")):
         run_dir = report_path.parent

@@ -7,9 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from deploy import options
+from deploy import options, rundir
+from deploy.helpformat import Formatter, examples, with_default
+from deploy.interrupt import Interrupted, stop_signals
 from deploy.launcher import DeployError, down, status, up
 from deploy.options import OptionError
+from protocol.strategies import StrategyError
 
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_DEPLOY = 0, 1, 2, 3
 
@@ -19,71 +22,143 @@ importers have mapped?" (linux-media, February 2012) for real. An exporter proce
 processes share POSIX shared memory and talk over ZeroMQ; a memory manager moves buffers under
 pressure; every DMA access goes through an emulated IOMMU; a race checker judges the history."""
 
-EPILOG = """\
-examples:
-  dmabuf-emu strategies
-  dmabuf-emu run --strategy pin --importers 2 --duration 3 --out runs/pin
-  dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race
-  dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf
-  dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live
-  dmabuf-emu check runs/mn
-  dmabuf-emu sim --strategy move-notify --importers 4 --seed 7 --out runs/sim-mn && dmabuf-emu replay runs/sim-mn --out runs/sim-mn2
+EPILOG = examples(
+    "dmabuf-emu demo",
+    "dmabuf-emu strategies",
+    "dmabuf-emu strategies --diagram resv-fence",
+    "dmabuf-emu run --strategy pin --importers 2 --duration 3 --out runs/pin",
+    "dmabuf-emu run --strategy move-notify --importers 4 --out runs/mn --fail-on-race",
+    "dmabuf-emu run --strategy docs/examples/move_notify_ack_defer.py --importers 4 --out runs/mine",
+    "dmabuf-emu check runs/mn",
+    "dmabuf-emu check runs/mn --witness 1",
+    "dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf",
+    "dmabuf-emu run scenarios/revalidate-rogue.toml --out runs/rogue",
+    "dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live",
+    "dmabuf-emu sim --strategy move-notify --importers 4 --seed 7 --out runs/sim-mn && dmabuf-emu replay runs/sim-mn --out runs/sim-mn2",
+    note="scenarios/*.toml: one scenario per strategy and a few with faults, each saying what it shows "
+         "(README \"Scenarios\"). A strategy of your own is a .py file given to --strategy "
+         "(docs/writing-a-strategy.md). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
+         "report.json, report.md and trace.json (open it in https://ui.perfetto.dev). A command refuses "
+         "an --out that already holds a run unless given --force.\n\n"
+         "Ctrl-C, SIGTERM and SIGHUP stop a command the same way: services down, segments removed, the "
+         "report written and marked interrupted; the exit status is 128 + the signal (130, 143, 129).")
+FORCE_HELP = "replace the run already in --out (without it, such an --out is refused)"
 
-a run directory holds deploy.json, events/*.jsonl, history.jsonl, report.json, report.md and
-trace.json (open it in https://ui.perfetto.dev).
-"""
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("dmabuf-emu")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: pip install -e .)"
+
+
+RUN_EPILOG = examples(
+    "dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn",
+    "dmabuf-emu run scenarios/move-notify-ack.toml --out runs/mna",
+    "dmabuf-emu run --strategy resv-fence --fault restart:target=importer-2,at=1.5 --out runs/restart",
+    note="Stopped by Ctrl-C, SIGTERM or SIGHUP (timeout, a CI runner, a closing terminal), run stops the "
+         "workload, takes the services down, removes the segments, writes report.json and report.md with "
+         "`interrupted` ({signal, at, during}), says so in one line and exits 128 + the signal: 130 for "
+         "SIGINT, 143 for SIGTERM, 129 for SIGHUP. Its services watch it: SIGKILLed, they stop by "
+         "themselves within a lease and the exporter unlinks the segments.\n\n"
+         "  timeout --preserve-status -s TERM 5 dmabuf-emu run --strategy pin --duration 30 --out runs/cut; echo \"exit $?\"")
+
+DOWN_EPILOG = examples(
+    "dmabuf-emu down runs/live",
+    "dmabuf-emu down --all --dry-run      # list every run's leftovers on this machine, change nothing",
+    "dmabuf-emu down --all                # stop orphaned services, unlink segments nobody holds",
+    note="--all looks at this user's /dev/shm/dmabuf-* segments and exporter_svc / importer_svc processes. "
+         "It stops services whose launcher (--launcher PID:START) is gone, then unlinks segments no process "
+         "has open or mapped. Live runs, services started by up (they have no launcher, by design: stop them "
+         "with down DIR) and other users' segments are left alone.")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmabuf-emu", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=Formatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    from deploy.demo import add_parser as add_demo_parser
+    add_demo_parser(sub, Formatter, examples(
+        "dmabuf-emu demo", note="Run it again with --force (it replaces the runs it left in --out), or "
+                                "with another --out; --duration and the other run parameters apply to both runs."))
+
     r = sub.add_parser("run", help="up, drive the workload for --duration seconds, down, judge, report",
+                       formatter_class=Formatter,
                        description="Start the services, run the workload under memory pressure for "
                                    "--duration seconds, stop everything, merge the history, judge it "
                                    "and write report.json, report.md and trace.json.",
-                       epilog="example: dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn")
+                       epilog=RUN_EPILOG)
     r.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     r.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
+    r.add_argument("--fail-on-finding", action="store_true",
+                   help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout)")
     r.add_argument("--quiet", action="store_true", help="print only the summary")
     r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     options.add_arguments(r)
 
     u = sub.add_parser("up", help="start the exporter and importers in the background",
+                       formatter_class=Formatter,
                        description="Start the exporter and the importers as background processes, wait "
                                    "until each answers ping, and write DIR/deploy.json. They attach "
-                                   "their buffers and idle until 'run' drives them or 'down' stops them.")
+                                   "their buffers and idle (no workload, no moves) until 'down' stops them. "
+                                   "They outlive this command by design (no launcher watch): only 'down' stops them.",
+                       epilog=examples("dmabuf-emu up --strategy resv-fence --out runs/live && "
+                                       "dmabuf-emu status runs/live && dmabuf-emu down runs/live"))
     u.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     u.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    u.add_argument("--force", action="store_true", help=FORCE_HELP)
     options.add_arguments(u)
 
-    s = sub.add_parser("status", help="which services of a run are alive",
-                       description="Show each service of DIR's deployment: pid, alive or not, and its state.")
+    s = sub.add_parser("status", help="which services of a run are alive", formatter_class=Formatter,
+                       description="Show each service of DIR's deployment: pid, alive or not, its state and "
+                                   "how long it has run, and what stops it (down, for services started by up).",
+                       epilog=examples("dmabuf-emu up --strategy pin --out runs/live && "
+                                       "dmabuf-emu status runs/live && dmabuf-emu down runs/live"))
     s.add_argument("dir", type=Path, metavar="DIR")
 
-    d = sub.add_parser("down", help="stop a run's services and remove its segments and sockets",
+    d = sub.add_parser("down", help="stop a run's services and remove its segments and sockets (--all: every run's leftovers)",
+                       formatter_class=Formatter,
                        description="Ask every service to shut down (importers first), SIGTERM then "
                                    "SIGKILL those that do not, then unlink the run's shared-memory "
-                                   "segments and remove its socket files. Safe after a crash, and twice.")
-    d.add_argument("dir", type=Path, metavar="DIR")
-    d.add_argument("--timeout", type=float, default=5.0, help="seconds before escalating to signals (default 5)")
+                                   "segments and remove its socket files. Safe after a crash, and twice.",
+                       epilog=DOWN_EPILOG)
+    d.add_argument("dir", type=Path, metavar="DIR", nargs="?", help="the run directory (not with --all)")
+    d.add_argument("--all", action="store_true", help="every run on this machine: remove what nobody owns any more")
+    d.add_argument("--dry-run", action="store_true", help="with --all: list only, change nothing")
+    d.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help=with_default("seconds before escalating to signals", 5))
 
     c = sub.add_parser("check", help="re-judge a finished run directory and rewrite its reports",
+                       formatter_class=Formatter, epilog=examples("dmabuf-emu check runs/mn --fail-on-race"),
                        description="Merge DIR/events into DIR/history.jsonl, run the race checker and "
                                    "rewrite report.json, report.md and trace.json.")
     c.add_argument("dir", type=Path, metavar="DIR")
     c.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race was found (for CI)")
+    c.add_argument("--fail-on-finding", action="store_true",
+                   help="exit 1 if any finding was reported (deadlock, fence forced, timeout)")
+    c.add_argument("--witness", type=int, metavar="N",
+                   help="also write DIR/witness.md: the N-th race witness (1-based, in report.md's order) "
+                        "with its because-chain and a Mermaid sequence diagram")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
+                        formatter_class=Formatter,
                         description="Run every strategy (unmap-hint under both hint policies) with the same "
                                     "parameters, one after the other, each in OUT/<strategy>, and print a "
                                     "markdown table: races, corrupted jobs, moves completed and refused, "
-                                    "map and move latency.",
-                        epilog="example: dmabuf-emu compare --importers 4 --duration 3 --out runs/compare")
+                                    "map and move latency. --strategy naming a strategy of your own (a .py "
+                                    "file or an installed one) adds it as a last row.",
+                        epilog=examples("dmabuf-emu compare --importers 4 --duration 3 --out runs/compare",
+                                        "dmabuf-emu compare --strategy docs/examples/move_notify_ack_defer.py "
+                                        "--importers 4 --duration 3 --out runs/compare",
+                                        "dmabuf-emu compare --table-only --out runs/compare"))
     cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
+    cm.add_argument("--force", action="store_true", help="replace the runs already in --out")
     cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
     cm.add_argument("--sim", action="store_true", help="simulate each run (dmabuf-emu sim) instead of running it")
     cm.add_argument("--versus", type=Path, default=None, metavar="DIR",
@@ -91,26 +166,47 @@ def _parser() -> argparse.ArgumentParser:
     options.add_arguments(cm)
 
     from deploy.campaign import add_parser as add_campaign_parser
-    add_campaign_parser(sub)
+    add_campaign_parser(sub, Formatter)
     from deploy.sim_cmd import add_parsers as add_sim_parsers
     add_sim_parsers(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
+                       formatter_class=Formatter,
                        description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
                                    "time to first race, each as the median of repetitions with min and max, "
                                    "ratios against baselines measured in the same run. Writes OUT/bench.json "
                                    "and OUT/bench.md and prints the table.",
-                       epilog="example: dmabuf-emu bench --quick --out runs/bench")
+                       epilog=examples("dmabuf-emu bench --quick --out runs/bench"))
     b.add_argument("--out", required=True, type=Path, help="directory for bench.json and bench.md (created)")
     b.add_argument("--quick", action="store_true", help="fewer and shorter repetitions (under 3 minutes)")
+    b.add_argument("--force", action="store_true", help="replace the bench.json and bench.md already in --out")
+    b.add_argument("--dry-run", action="store_true", help="say what would be measured, measure nothing")
 
-    sub.add_parser("strategies", help="list the buffer-move strategies",
-                   description="List the strategies with one line each; the rules, the sentence of the "
-                               "2012 thread each one models and its hazard are in protocol/strategies/*.py.")
+    st = sub.add_parser("strategies", help="list the buffer-move strategies, check one, or draw its state diagrams",
+                        formatter_class=Formatter,
+                        description="List the strategies with one line each (built-in, then installed ones: entry "
+                                    "point group dmabuf_emu.strategies); the rules, the sentence of the 2012 thread "
+                                    "each built-in one models and its hazard are in protocol/strategies/*.py. "
+                                    "--diagram draws both halves' state diagrams from the strategy's tables; "
+                                    "--check loads a strategy of your own and checks its tables, as every "
+                                    "command does before it starts anything.",
+                        epilog=examples("dmabuf-emu strategies --diagram resv-fence",
+                                        "dmabuf-emu strategies --diagram move-notify-ack --format dot --steps",
+                                        "dmabuf-emu strategies --check docs/examples/move_notify_ack_defer.py",
+                                        "dmabuf-emu strategies --doc"))
+    what = st.add_mutually_exclusive_group()
+    what.add_argument("--diagram", metavar="NAME|PATH", help="print the exporter's and the importer's state diagrams")
+    what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way")
+    what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
+    st.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="diagram format")
+    st.add_argument("--steps", action="store_true", help="put each rule's steps on its edge")
     return p
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"dmabuf-emu: {message}", file=sys.stderr)
+    try:
+        print(f"dmabuf-emu: {message}", file=sys.stderr)
+    except (OSError, ValueError):  # no terminal any more (SIGHUP): the exit status says it
+        pass
     return code
 
 
@@ -121,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return _COMMANDS[args.command](args)
-    except OptionError as exc:
+        with stop_signals():  # SIGTERM and SIGHUP stop a command as Ctrl-C does (deploy/interrupt.py)
+            return _COMMANDS[args.command](args)
+    except Interrupted as exc:
+        return _fail(exc.exit_code, str(exc))
+    except (OptionError, StrategyError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except DeployError as exc:
         return _fail(EXIT_DEPLOY, str(exc))
@@ -133,15 +232,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
-    from protocol.strategies import STRATEGIES
-    width = max(map(len, STRATEGIES))
-    for name, module in STRATEGIES.items():
-        print(f"{name.ljust(width)}  {module.SUMMARY}")
+    from deploy import diagram
+    from protocol import strategies
+    if args.doc:
+        print(diagram.document(strategies.STRATEGIES), end="")
+        return EXIT_OK
+    if args.diagram or args.check:
+        module = strategies.resolve(args.diagram or args.check)
+        if args.check:
+            print(f"{module.SOURCE}: strategy {module.NAME}: tables checked, ok")
+        else:
+            print(diagram.diagrams(module, args.format, args.steps), end="")
+        return EXIT_OK
+    listed = dict(strategies.STRATEGIES)
+    for name in strategies.installed():
+        try:
+            listed[name] = strategies.resolve(name)
+        except strategies.StrategyError as exc:
+            print(f"dmabuf-emu: {exc}", file=sys.stderr)
+    width = max(map(len, listed))
+    for name, module in listed.items():
+        where = "" if name in strategies.STRATEGIES else "  (installed)"
+        print(f"{name.ljust(width)}  {module.SUMMARY}{where}")
     return EXIT_OK
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     params = options.resolve(args.scenario, vars(args))
+    rundir.claim([args.out], force=args.force, say=_say)
     dep = up(params, args.out)
     print(f"up: run {dep.run_id}, strategy {params.strategy}: exporter pid {dep.exporter.pid}, "
           + ", ".join(f"{i.name} pid {i.pid}" for i in dep.importers))
@@ -151,13 +273,25 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     dep, services = status(args.dir)
-    print(f"run {dep.run_id}, strategy {dep.params.strategy}")
+    stops = (f"they stop with their launcher, pid {dep.launcher.split(':')[0]}" if dep.launcher
+             else f"started by up: they run until dmabuf-emu down {args.dir}")
+    print(f"run {dep.run_id}, strategy {dep.params.strategy}; {stops}")
     for s in services:
-        print(f"  {s.name:<12} pid {s.pid:<8} {'alive' if s.alive else 'dead ':<6} {s.state}")
+        up_for = f"up {s.uptime_s:.0f} s" if s.uptime_s is not None else ""
+        print(f"  {s.name:<12} pid {s.pid:<8} {'alive' if s.alive else 'dead ':<6} {up_for:<10} {s.state}")
     return EXIT_OK if all(s.alive for s in services) else EXIT_RACE
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
+    if args.all == (args.dir is not None):
+        raise OptionError("down: give a run directory DIR, or --all for every run on this machine")
+    if args.dry_run and not args.all:
+        raise OptionError("down: --dry-run goes with --all")
+    if args.all:
+        from deploy.leftovers import render, sweep
+        result = sweep(dry_run=args.dry_run, timeout_s=args.timeout)
+        print("\n".join(render(result)))
+        return EXIT_OK if not result.not_stopped else EXIT_DEPLOY
     report = down(args.dir, timeout_s=args.timeout)
     parts = []
     for label, names in (("stopped", report.graceful), ("terminated", report.terminated),
@@ -173,12 +307,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from deploy.run import run
     from deploy.summary import summary_lines
     params = options.resolve(args.scenario, vars(args))
+    rundir.claim([args.out], force=args.force, say=_say)
     report = run(params, args.out, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print("\n".join(summary_lines(report, str(args.out))))
-    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+    return _exit_status(args, report)
+
+
+def _exit_status(args: argparse.Namespace, report: dict) -> int:
+    failed = (args.fail_on_race and report.get("races", {}).get("total")) or \
+        (args.fail_on_finding and report.get("findings", {}).get("total"))
+    return EXIT_RACE if failed else EXIT_OK
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -190,16 +331,24 @@ def _cmd_check(args: argparse.Namespace) -> int:
     previous = read_report(args.dir)
     report = rejudged(args.dir, check_run(args.dir, merge=(args.dir / "events").is_dir()), previous)
     print("\n".join(summary_lines(report, str(args.dir))))
-    return EXIT_RACE if args.fail_on_race and report.get("races", {}).get("total") else EXIT_OK
+    if args.witness is not None:
+        from checker.explain import write_witness_md
+        try:
+            w = write_witness_md(args.dir / "history.jsonl", args.witness, args.dir / "witness.md", report=report)
+        except IndexError as exc:
+            return _fail(EXIT_USAGE, f"check --witness: {exc}")
+        print(f"  witness    {args.dir / 'witness.md'}: {w['kind']} {w['index']}")
+    return _exit_status(args, report)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from deploy.compare import compare, table, variants, versus
+    from deploy.compare import compare, run_dirs, table, variants, versus
     from deploy.run import run
     if args.table_only:
         print(table(args.out) if args.versus is None else versus(args.out, args.versus))
         return EXIT_OK
     params = options.resolve(args.scenario, vars(args))
+    rundir.claim(run_dirs(args.out, extra=params.strategy), force=args.force, say=_say)
 
     def one(p: options.RunParams, out: Path) -> dict:
         if args.sim:
@@ -211,7 +360,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"  {label}: races {report['races']['total']}, moves completed {report['moves']['completed']}, "
               f"refused {report['moves']['refused']}", file=sys.stderr, flush=True)
 
-    print(f"compare: {len(variants())} runs of "
+    print(f"compare: {len(variants(extra=params.strategy))} runs of "
           f"{params.duration:g} s each -> {args.out}", file=sys.stderr)
     print(compare(params, args.out, one, done))
     return EXIT_OK
@@ -222,11 +371,22 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     return campaign_main(args)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from deploy.demo import main as demo_main
+    return demo_main(args)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from deploy.bench import FULL, QUICK, run_bench, stderr_progress
     from deploy.bench.report import render_md
+    cfg = QUICK if args.quick else FULL
+    rundir.claim_result(args.out, ("bench.json", "bench.md"), force=args.force, what="a bench result")
+    if args.dry_run:
+        print(f"bench ({'quick' if args.quick else 'full'}): would measure {', '.join(cfg.parts)} "
+              f"and write {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+        return EXIT_OK
     command = "dmabuf-emu bench" + (" --quick" if args.quick else "") + f" --out {args.out}"
-    result = run_bench(QUICK if args.quick else FULL, args.out, command=command, progress=stderr_progress)
+    result = run_bench(cfg, args.out, command=command, progress=stderr_progress)
     print(render_md(result))
     return EXIT_OK
 
@@ -241,7 +401,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return cmd_replay(args)
 
 
-_COMMANDS = {"run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
              "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
              "strategies": _cmd_strategies}
 

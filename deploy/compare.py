@@ -3,6 +3,8 @@
 Each strategy gets its own run directory OUT/<label>; the table is derived from their
 report.json files only, so `dmabuf-emu compare --table-only OUT` rebuilds it from finished runs.
 unmap-hint appears twice, once per hint policy: they are the two halves of option 1's argument.
+A strategy of the user's own (`--strategy ./mine.py`, or an installed one) runs after the
+built-in ones, in OUT/<its NAME>, and has its row at the bottom of the table.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from deploy.interrupt import Interrupted
 from deploy.options import RunParams
-from protocol.strategies import STRATEGIES
+from protocol.strategies import STRATEGIES, resolve
 
 RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
 
 
-def variants() -> list[tuple[str, dict[str, Any]]]:
+def variants(only: Sequence[str] | None = None, extra: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(label, overrides) of every built-in strategy, or of the labels in `only` (in this order),
+    then `extra` (a strategy of the user's own) if it is not a built-in one."""
     out: list[tuple[str, dict[str, Any]]] = []
     for name in STRATEGIES:
         if name == "unmap-hint":
@@ -26,28 +31,55 @@ def variants() -> list[tuple[str, dict[str, Any]]]:
                     ("unmap-hint (conservative)", {"strategy": name, "hint_policy": "conservative"})]
         else:
             out.append((name, {"strategy": name}))
-    return out
+    own = [(resolve(extra).NAME, {"strategy": extra})] if extra is not None and extra not in STRATEGIES else []
+    if only is None:
+        return out + own
+    known = dict(out)
+    unknown = [label for label in only if label not in known]
+    if unknown:
+        raise ValueError(f"no such strategy variant: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [(label, known[label]) for label in only] + own
 
 
 def _dirname(label: str) -> str:
     return label.replace(" (", "-").replace(")", "")
 
 
+def run_dirs(out: Path, only: Sequence[str] | None = None, extra: str | None = None) -> list[Path]:
+    """The run directories compare writes (those of `only`, then `extra`'s)."""
+    return [out / _dirname(label) for label, _ in variants(only, extra)]
+
+
 def compare(base: RunParams, out: Path, run: Callable[[RunParams, Path], dict[str, Any]],
-            on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None) -> str:
-    for label, overrides in variants():
+            on_done: Callable[[str, dict[str, Any]], None] = lambda label, report: None,
+            only: Sequence[str] | None = None) -> str:
+    """Every variant (those in `only`, then a strategy of the user's own named by `base`) in turn.
+    Interrupted (deploy/interrupt.py) during one, the runs after it are not started, and the one
+    line says which runs finished."""
+    done: list[str] = []
+    for label, overrides in variants(only, base.strategy):
         params = dataclasses.replace(base, **overrides)
-        report = run(params, out / _dirname(label))
+        try:
+            report = run(params, out / _dirname(label))
+        except Interrupted as stop:
+            stop.detail = (f"compare stopped at {label}: {stop}; " + (
+                f"finished: {', '.join(done)} (the table: dmabuf-emu compare --table-only --out {out})"
+                if done else "no run had finished"))
+            raise
+        done.append(label)
         on_done(label, report)
-    return table(out)
+    return table(out, only)
 
 
-def table(out: Path) -> str:
-    """A markdown table, one line per strategy, from OUT/*/report.json."""
+def table(out: Path, only: Sequence[str] | None = None) -> str:
+    """A markdown table, one line per strategy (those in `only`), from OUT/*/report.json."""
     head = ("| strategy | races | lost_write / stale_read / use_after_unmap / unfenced | corrupted jobs "
             "| moves completed | moves refused | map p50 / p99 (us) | move p50 (us) |")
     lines = [head, "|" + "---|" * 8]
-    for label, _ in variants():
+    builtin = [label for label, _ in variants(only)]
+    own = sorted(d.name for d in out.iterdir() if d.is_dir() and d.name not in map(_dirname, builtin)
+                 and (d / "report.json").exists()) if out.is_dir() and only is None else []
+    for label in builtin + own:
         path = out / _dirname(label) / "report.json"
         if not path.exists():
             continue
@@ -55,8 +87,9 @@ def table(out: Path) -> str:
         races = r.get("races", {})
         lat = r.get("latency_us", {})
         fmt = lambda d, k: "-" if not d or d.get(k) is None else f"{d[k]:.0f}"  # noqa: E731
+        cut = " (interrupted)" if r.get("interrupted") else ""
         lines.append(
-            f"| {label} | {races.get('total', 0)} | "
+            f"| {label}{cut} | {races.get('total', 0)} | "
             + " / ".join(str(races.get(k, 0)) for k in RACE_KINDS)
             + f" | {r.get('corruption', {}).get('jobs', 0)} | {r.get('moves', {}).get('completed', 0)} "
             f"| {r.get('moves', {}).get('refused', 0)} | {fmt(lat.get('map'), 'p50')} / {fmt(lat.get('map'), 'p99')} "

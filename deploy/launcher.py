@@ -10,6 +10,10 @@ Layout of a run directory (`--out DIR`):
     DIR/secrets/           the run's credentials (mode 0700, files 0600), removed by down:
                            exporter.json (the secret keying every token, CURVE server keys),
                            importer-N.json (its join and export tokens, CURVE client keys)
+
+Who stops the services: started by `up`, they outlive it and stop at `down`. Started with
+`launcher` (what `run` does: its own `PID:START`), each gets `--launcher` and stops by itself
+when that process is gone, SIGKILLed included (runtime/watchdog.py); deploy.json records it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ import zmq
 
 from deploy import procs
 from deploy.control import ControlClient, ControlError
+from deploy.interrupt import Interrupted
 from deploy.options import RunParams
-from exporter_svc.service import heap_sizes
 from protocol import capability
 from runtime import faults, security, shm, transport
+from runtime.params import service_argv
 from runtime.service import write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +73,7 @@ class Deployment:
     exporter: ServiceInfo
     importers: list[ServiceInfo] = field(default_factory=list)
     shm: list[str] = field(default_factory=list)
+    launcher: str = ""      # PID:START the services watch (runtime/watchdog.py); "" for up
 
     @property
     def services(self) -> list[ServiceInfo]:
@@ -81,6 +87,7 @@ class Deployment:
                          "control": self.exporter.control},
             "importers": [i.as_dict() for i in self.importers],
             "shm": self.shm,
+            "launcher": self.launcher or None,
             "transport": self.params.transport,
             "params": self.params.as_dict(),
         })
@@ -104,7 +111,7 @@ class Deployment:
                    exporter=ServiceInfo("exporter", e["pid"], e.get("control", ""), EXPORTER_MARKER, e.get("endpoint", "")),
                    importers=[ServiceInfo(i["name"], i["pid"], i.get("control", ""), IMPORTER_MARKER)
                               for i in data.get("importers", [])],
-                   shm=list(data.get("shm", [])))
+                   shm=list(data.get("shm", [])), launcher=data.get("launcher") or "")
 
 
 def _service_env() -> dict[str, str]:
@@ -205,26 +212,24 @@ def write_credentials(params: RunParams, out: Path) -> None:
         security.write_private(d / f"{name}.json", creds)
 
 
-def _exporter_argv(params: RunParams, out: Path, run_id: str, rpc: str, control: str, vram: int) -> list[str]:
-    return ["-m", "exporter_svc", "--run-id", run_id, "--out", str(out), "--endpoint", rpc,
-            "--credentials", str(out / "secrets" / "exporter.json"),
-            "--control", control, "--strategy", params.strategy,
-            "--buffers", str(params.buffers), "--buffer-size", str(params.buffer_size),
-            "--vram-size", str(vram), "--max-importers", str(params.importers),
-            "--move-rate", str(params.move_rate), "--ack-timeout-ms", str(params.ack_timeout_ms),
-            "--fence-timeout-ms", str(params.fence_timeout_ms), "--hint-policy", params.hint_policy,
-            "--lease-ms", str(params.lease_ms), "--retry-ms", str(params.retry_ms),
-            "--seed", str(params.seed), "--faults", faults.encode(list(params.faults))]
+def _watch_argv(launcher: str) -> list[str]:
+    return ["--launcher", launcher] if launcher else []
 
 
-def _importer_argv(params: RunParams, out: Path, n: int, rpc: str, control: str, incarnation: int) -> list[str]:
-    return ["-m", "importer_svc", "--name", f"importer-{n}", "--index", str(n), "--out", str(out),
+def _exporter_argv(params: RunParams, out: Path, run_id: str, rpc: str, control: str,
+                   launcher: str = "") -> list[str]:
+    return ["-m", "exporter_svc", "--run-id", run_id, *_watch_argv(launcher), "--out", str(out), "--endpoint", rpc,
+            "--credentials", str(out / "secrets" / "exporter.json"), "--control", control,
+            *service_argv(params.as_dict(), "exporter"), "--faults", faults.encode(list(params.faults))]
+
+
+def _importer_argv(params: RunParams, out: Path, n: int, rpc: str, control: str, incarnation: int,
+                   run_id: str = "", launcher: str = "") -> list[str]:
+    return ["-m", "importer_svc", "--name", f"importer-{n}", "--index", str(n),
+            *(["--run-id", run_id] if run_id else []), *_watch_argv(launcher), "--out", str(out),
             "--exporter", security.connect_endpoint(rpc), "--control", control,
             "--credentials", str(out / "secrets" / f"importer-{n}.json"),
-            "--strategy", params.strategy, "--seed", str(params.seed),
-            "--queue-depth", str(params.queue_depth), "--dma-ms", str(params.dma_ms),
-            "--think-ms", str(params.think_ms), "--write-ratio", str(params.write_ratio),
-            "--lease-ms", str(params.lease_ms), "--retry-ms", str(params.retry_ms),
+            *service_argv(params.as_dict(), "importer"),
             "--faults", faults.encode(list(params.faults)), "--incarnation", str(incarnation)]
 
 
@@ -240,7 +245,7 @@ def restart_importer(deployment: Deployment, name: str, incarnation: int, timeou
     if deployment.params.transport == "tcp":
         control = "tcp://127.0.0.1:*"
     proc = _spawn(out, name, _importer_argv(deployment.params, out, n, deployment.exporter.endpoint,
-                                             control, incarnation))
+                                             control, incarnation, deployment.run_id, deployment.launcher))
     old.pid = proc.pid
     deployment.write()
     ctx = zmq.Context()
@@ -252,9 +257,11 @@ def restart_importer(deployment: Deployment, name: str, incarnation: int, timeou
     return old
 
 
-def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deployment:
+def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher: str = "") -> Deployment:
     """Start the exporter, then the importers, each in the background; wait until each answers
-    ping; write DIR/deploy.json. On failure stop whatever was started and raise DeployError."""
+    ping; write DIR/deploy.json. On failure stop whatever was started and raise DeployError.
+    With `launcher` (a runtime.watchdog identity, normally the caller's own) every service stops
+    by itself once that process is gone; without, they run until `down`."""
     out = out.resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -275,23 +282,22 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
     rpc, control_for = _endpoints(params, out)
     shutil.rmtree(out / "secrets", ignore_errors=True)
     write_credentials(params, out)
-    vram, sys_size = heap_sizes(params.buffers, params.buffer_size, params.vram_size)
     ctx = zmq.Context()
     started: list[tuple[subprocess.Popen, str]] = []
     deployment: Deployment | None = None
     try:
-        argv = _exporter_argv(params, out, run_id, rpc, control_for("exporter"), vram)
+        argv = _exporter_argv(params, out, run_id, rpc, control_for("exporter"), launcher)
         proc = _spawn(out, "exporter", argv)
         started.append((proc, EXPORTER_MARKER))
         info = _wait_listening(ctx, out, "exporter", proc, start_timeout_s)
         deployment = Deployment(out, run_id, params,
                                 ServiceInfo("exporter", proc.pid, info["control"], EXPORTER_MARKER, info["rpc"]),
-                                shm=list(info.get("shm", [])))
+                                shm=list(info.get("shm", [])), launcher=launcher)
         deployment.write()  # already now, so that down can clean up a half-started run
         procs_by_name = {}
         for n in range(1, params.importers + 1):
             name = f"importer-{n}"
-            argv = _importer_argv(params, out, n, info["rpc"], control_for(name), 0)
+            argv = _importer_argv(params, out, n, info["rpc"], control_for(name), 0, run_id, launcher)
             proc = _spawn(out, name, argv)
             started.append((proc, IMPORTER_MARKER))
             procs_by_name[name] = proc
@@ -301,7 +307,7 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
             imp.control = _wait_listening(ctx, out, imp.name, procs_by_name[imp.name], start_timeout_s)["control"]
         deployment.write()
         return deployment
-    except BaseException:
+    except BaseException as exc:
         if deployment is not None:
             down(out, timeout_s=2.0)
         else:
@@ -310,7 +316,9 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0) -> Deploy
                 proc.wait()
             for name in shm.existing(run_id):
                 shm.unlink(name)
-            shutil.rmtree(out / "secrets", ignore_errors=True)
+            remove_run_files(out)
+        if isinstance(exc, Interrupted):
+            exc.detail = f"up interrupted by {exc.signal} while starting: what it had started is stopped"
         raise
     finally:
         ctx.destroy(linger=0)
@@ -350,6 +358,7 @@ class ServiceStatus:
     pid: int
     alive: bool
     state: str
+    uptime_s: float | None = None   # how long the process has run (None once it is gone)
 
 
 def status(out: Path, timeout_s: float = 1.0) -> tuple[Deployment, list[ServiceStatus]]:
@@ -370,7 +379,8 @@ def status(out: Path, timeout_s: float = 1.0) -> tuple[Deployment, list[ServiceS
                     client.close()
             elif is_alive:
                 state = "starting"
-            result.append(ServiceStatus(svc.name, svc.pid, is_alive, state))
+            result.append(ServiceStatus(svc.name, svc.pid, is_alive, state,
+                                        procs.uptime_s(svc.pid) if is_alive else None))
     finally:
         ctx.destroy(linger=0)
     return deployment, result
@@ -422,6 +432,11 @@ def down(out: Path, *, timeout_s: float = 5.0) -> DownReport:
     for name in sorted(set(deployment.shm) | set(shm.existing(deployment.run_id))):
         if shm.unlink(name):
             report.segments_removed.append(name)
+    remove_run_files(out)
+    return report
+
+
+def remove_run_files(out: Path) -> None:
+    """What a stopped run no longer needs and must not leave: its socket files and credentials."""
     shutil.rmtree(out / "sock", ignore_errors=True)
     shutil.rmtree(out / "secrets", ignore_errors=True)
-    return report

@@ -1,9 +1,11 @@
 """Run parameters: defaults, a TOML scenario file, command-line flags (flags win), validation.
 
-One table (`OPTIONS`) defines every parameter: its scenario key, its flag, its type, its check and
-its help. The scenario file uses the same names as the flags, with underscores:
+Every parameter is declared once, in protocol/params.py (its name, kind, range, default, help and
+the services that take it); RunParams, the flags and the scenario keys are derived from there,
+with runtime/params.py's checks. The scenario file uses the same names as the flags, with
+underscores:
 
-    # scenarios/pin-demo.toml
+    # scenarios/pin.toml
     strategy = "pin"
     importers = 2
     buffer_size = "256KiB"
@@ -24,134 +26,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from protocol.strategies import STRATEGIES
-from runtime import faults
-from runtime.units import format_size, parse_size
+from protocol.params import PARAMS, Param
+from runtime import faults, params
+from runtime.units import format_size
 
 
 class OptionError(ValueError):
     """A parameter with a bad value: the message names the key and what was expected."""
 
 
-@dataclass(frozen=True)
-class RunParams:
-    strategy: str = "pin"
-    importers: int = 2
-    buffers: int = 8
-    buffer_size: int = 256 * 1024
-    vram_size: int | None = None
-    duration: float = 3.0
-    seed: int = 1
-    move_rate: float = 20.0
-    transport: str = "ipc"
-    hint_policy: str = "optimistic"
-    ack_timeout_ms: float = 250.0
-    fence_timeout_ms: float = 1000.0
-    queue_depth: int = 2
-    dma_ms: float = 6.0
-    think_ms: float = 1.0
-    write_ratio: float = 0.5
-    lease_ms: float = 500.0
-    retry_ms: float = 100.0
-    bind: str | None = None          # tcp: the address the exporter binds (None: 127.0.0.1)
-    curve: bool | None = None        # tcp: CURVE on the importers' socket (None: when bound beyond loopback)
-    faults: tuple[dict[str, Any], ...] = ()
-    grants: dict[str, list[int]] | None = None   # importer -> buffers it may attach (None: all to all)
+class _RunParamsMethods:
+    """What RunParams knows besides its values (its fields are protocol/params.py's PARAMS, plus
+    the scenario's faults and grants)."""
 
     def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["faults"] = [dict(f) for f in self.faults]
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        d["faults"] = [dict(f) for f in self.faults]  # type: ignore[attr-defined]
         return d
 
     @property
     def bind_address(self) -> str:
-        return self.bind or "127.0.0.1"
+        return self.bind or "127.0.0.1"  # type: ignore[attr-defined]
 
     @property
     def uses_curve(self) -> bool:
         """tcp beyond loopback always; on loopback when asked."""
-        if self.transport != "tcp":
+        if self.transport != "tcp":  # type: ignore[attr-defined]
             return False
-        return bool(self.curve) or not _is_loopback(self.bind_address)
+        return bool(self.curve) or not _is_loopback(self.bind_address)  # type: ignore[attr-defined]
 
     def granted(self, importer: str) -> list[int]:
-        if self.grants is None:
-            return list(range(self.buffers))
-        return list(self.grants.get(importer, []))
+        if self.grants is None:  # type: ignore[attr-defined]
+            return list(range(self.buffers))  # type: ignore[attr-defined]
+        return list(self.grants.get(importer, []))  # type: ignore[attr-defined]
+
+
+_TYPES = {"int": int, "float": float, "size": int, "choice": str, "bool": bool, "address": str, "strategy": str}
+
+# One field per declared parameter (its default the declaration's), then what only a scenario says.
+RunParams = dataclasses.make_dataclass(
+    "RunParams",
+    [(p.name, _TYPES[p.kind] if p.default is not None else _TYPES[p.kind] | None,  # type: ignore[operator]
+      dataclasses.field(default=p.default)) for p in PARAMS]
+    + [("faults", tuple[dict[str, Any], ...], dataclasses.field(default=())),
+       ("grants", dict[str, list[int]] | None,       # importer -> buffers it may attach (None: all to all)
+        dataclasses.field(default=None))],
+    bases=(_RunParamsMethods,), frozen=True)
+RunParams.__module__ = __name__
 
 
 def _is_loopback(address: str) -> bool:
     return address == "localhost" or ipaddress.ip_address(address).is_loopback
-
-
-def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            try:
-                v = int(str(v), 10)
-            except ValueError:
-                raise OptionError(f"must be an integer from {lo} to {hi}, got {v!r}") from None
-        if not lo <= v <= hi:
-            raise OptionError(f"must be an integer from {lo} to {hi}, got {v}")
-        return v
-    return check
-
-
-def _float_range(lo: float, hi: float, *, open_lo: bool = False) -> Callable[[Any], float]:
-    def check(v: Any) -> float:
-        if isinstance(v, bool):
-            raise OptionError(f"must be a number, got {v!r}")
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise OptionError(f"must be a number, got {v!r}") from None
-        if f != f or (f <= lo if open_lo else f < lo) or f > hi:
-            raise OptionError(f"must be a number {'>' if open_lo else '>='} {lo:g} and <= {hi:g}, got {v!r}")
-        return f
-    return check
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if v not in choices:
-            raise OptionError(f"must be one of {', '.join(choices)}; got {v!r}")
-        return v
-    return check
-
-
-def _address(v: Any) -> str:
-    if not isinstance(v, str):
-        raise OptionError(f"must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0, got {v!r}")
-    if v == "localhost":
-        return v
-    try:
-        return str(ipaddress.ip_address(v.strip("[]")))
-    except ValueError:
-        raise OptionError(f"must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0, got {v!r}") from None
-
-
-def _bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    text = str(v).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise OptionError(f"must be true or false (on/off, yes/no), got {v!r}")
-
-
-def _size(lo: int, hi: int, multiple: int = 64) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        try:
-            n = parse_size(v)
-        except ValueError as exc:
-            raise OptionError(str(exc)) from None
-        if not lo <= n <= hi or n % multiple:
-            raise OptionError(f"must be a multiple of {multiple} bytes from {format_size(lo)} to "
-                              f"{format_size(hi)}, got {v!r}")
-        return n
-    return check
 
 
 @dataclass(frozen=True)
@@ -162,46 +87,34 @@ class Option:
     metavar: str = ""
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("strategy", _choice(*STRATEGIES), "buffer-move strategy: " + ", ".join(STRATEGIES), "NAME"),
-    Option("importers", _int_range(1, 64), "importer processes (devices) to start", "N"),
-    Option("buffers", _int_range(1, 4096), "buffers the exporter shares", "N"),
-    Option("buffer_size", _size(64, 1 << 30), "bytes per buffer, e.g. 256KiB", "SIZE"),
-    Option("vram_size", _size(64, 1 << 32), "bytes of the scarce vram heap (default: half the buffers)", "SIZE"),
-    Option("duration", _float_range(0, 86400, open_lo=True), "seconds of workload", "S"),
-    Option("seed", _int_range(0, 2**63 - 1), "seed of every random choice: the workloads and the fault schedule", "N"),
-    Option("move_rate", _float_range(0, 10000), "moves per second the memory manager tries (0: none)", "R"),
-    Option("transport", _choice("ipc", "tcp"), "ipc: unix sockets inside the run directory (mode 0700); tcp: see --bind", "KIND"),
-    Option("bind", _address, "tcp only: the address the exporter's socket binds; beyond loopback the run "
-                             "uses CURVE with keys made for the run (default: 127.0.0.1)", "ADDR"),
-    Option("curve", _bool, "tcp only: CURVE encryption and authentication of the importers' connections "
-                           "with keys made for the run (default: on when --bind is beyond loopback)", "on|off"),
-    Option("hint_policy", _choice("optimistic", "conservative"), "unmap-hint only: what the unmap reply promises", "POLICY"),
-    Option("ack_timeout_ms", _float_range(1, 600000), "how long a move waits for acks / move_notify returns", "MS"),
-    Option("fence_timeout_ms", _float_range(1, 600000), "resv-fence: how long a move waits for fences before forcing them", "MS"),
-    Option("queue_depth", _int_range(1, 64), "DMA jobs each importer keeps in flight", "N"),
-    Option("dma_ms", _float_range(0, 60000, open_lo=True), "mean duration of one DMA job", "MS"),
-    Option("think_ms", _float_range(0, 60000), "mean pause between an importer's jobs", "MS"),
-    Option("write_ratio", _float_range(0, 1), "share of DMA jobs that write", "P"),
-    Option("lease_ms", _float_range(10, 600000), "heartbeat lease: a silent importer is declared dead after this long", "MS"),
-    Option("retry_ms", _float_range(1, 600000), "a request without a reply is sent again after this long", "MS"),
-)
+def _checker(p: Param) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        try:
+            return params.check(p, v)
+        except params.ParamError as exc:
+            raise OptionError(str(exc)) from None
+    return check
+
+
+OPTIONS: tuple[Option, ...] = tuple(Option(p.name, _checker(p), p.help, p.metavar) for p in PARAMS)
 _BY_KEY = {o.key: o for o in OPTIONS}
 SCENARIO_EXTRA_KEYS = {"name", "description", "faults", "grants"}
 _IMPORTER_NAME = re.compile(r"importer-[1-9][0-9]*", re.ASCII)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per option, default None so that only flags actually given override."""
-    defaults = RunParams()
-    group = parser.add_argument_group("run parameters (override the scenario file)")
-    for o in OPTIONS:
-        default = getattr(defaults, o.key)
-        shown = format_size(default) if o.key.endswith("_size") and default else default
-        if o.key == "bind":
-            shown = "127.0.0.1"
-        group.add_argument("--" + o.key.replace("_", "-"), dest=o.key, default=None, metavar=o.metavar,
-                           help=f"{o.help} (default: {shown if shown is not None else 'auto'})")
+def add_arguments(parser: argparse.ArgumentParser, *, title: str = "run parameters (override the scenario file)",
+                  defaults: RunParams = RunParams(), skip: tuple[str, ...] = ()) -> None:
+    """One flag per parameter (but those in `skip`), default None so that only flags actually
+    given override; the help shows `defaults` (a command's own, where it has them), each once."""
+    from deploy.helpformat import with_default
+    group = parser.add_argument_group(title)
+    for p in PARAMS:
+        if p.name in skip:
+            continue
+        group.add_argument(p.flag, dest=p.name, default=None, metavar=p.metavar,
+                           help=with_default(params.describe(p), params.shown(p, getattr(defaults, p.name))))
+    if "faults" in skip:
+        return
     group.add_argument("--fault", dest="faults", action="append", default=None, metavar="KIND[:k=v,...]",
                        help="inject a fault; repeatable; replaces the scenario's [[faults]]. Kinds: "
                             "delay drop dup reorder (messages), kill pause restart (processes), rogue "

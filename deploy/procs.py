@@ -2,7 +2,7 @@
 
 A pid alone is not proof: it may have been reused, or be a zombie (dead, not yet reaped by its
 parent). A service counts as alive only if /proc says it is running and its command line names
-our service module.
+our service module. /proc/PID/stat is read by runtime/watchdog.py, for the services' own watch.
 """
 
 from __future__ import annotations
@@ -12,16 +12,34 @@ import signal
 import time
 from pathlib import Path
 
+from runtime import watchdog
+
 
 def _state_and_cmdline(pid: int) -> tuple[str, str] | None:
+    fields = watchdog.stat_fields(pid)
+    argv = cmdline(pid)
+    if fields is None or argv is None:
+        return None
+    return fields[0], " ".join(argv)
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """The process's argv, or None if it is gone (or not ours to read)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    # the state is the field after the parenthesised command name
-    state = stat[stat.rfind(")") + 2:].split(" ", 1)[0]
-    return state, cmdline
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def uptime_s(pid: int) -> float | None:
+    """How long the process has run, from /proc (None if it is gone)."""
+    start = watchdog.start_ticks(pid)
+    try:
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if start is None else max(0.0, since_boot - start / os.sysconf("SC_CLK_TCK"))
 
 
 def reap(pid: int) -> None:

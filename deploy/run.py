@@ -16,18 +16,23 @@ from typing import Any, TextIO
 import zmq
 
 from deploy import procs
+from deploy.interrupt import Interrupted, interrupted, pending, shielded
 from deploy.control import ControlClient, call_all
 from deploy.launcher import DeployError, Deployment, down, restart_importer, up, wait_ready
 from deploy.process_faults import ProcessFaults, schedule, sleep_until
 from deploy.options import RunParams
 from protocol import wire
+from runtime import watchdog
 from runtime.eventlog import EventLog
 
 STOP_TIMEOUT_S = 10.0
+INTERRUPTED_STOP_TIMEOUT_S = 3.0   # the user asked to stop: drain, but not for long
 
 
 class Progress:
-    """One line, rewritten in place on a terminal; a line at start and end otherwise."""
+    """One line, rewritten in place on a terminal; a line at start and end otherwise. A stream
+    that cannot be written any more (the terminal closed: EIO, a reader gone: EPIPE) is dropped:
+    the run goes on and cleans up without it."""
 
     def __init__(self, stream: TextIO, quiet: bool) -> None:
         self.stream = stream
@@ -35,21 +40,26 @@ class Progress:
         self.tty = stream.isatty()
         self._last = ""
 
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.quiet = True
+
     def update(self, text: str) -> None:
         if self.quiet or not self.tty:
             return
-        self.stream.write("\r" + text.ljust(len(self._last)))
-        self.stream.flush()
+        self._write("\r" + text.ljust(len(self._last)))
         self._last = text
 
     def line(self, text: str) -> None:
         if self.quiet:
             return
         if self._last and self.tty:
-            self.stream.write("\r" + " " * len(self._last) + "\r")
+            self._write("\r" + " " * len(self._last) + "\r")
             self._last = ""
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text + "\n")
 
 
 def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Progress) -> list[str]:
@@ -85,30 +95,40 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
         log.emit("workload_start")
         began = time.monotonic()
         end = began + params.duration
-        while True:
-            now = time.monotonic()
-            faults.due(now - began)
-            for svc in deployment.services:
-                if svc.name not in died and not procs.alive(svc.pid, svc.marker):
-                    died.append(svc.name)
-                    if svc.name not in faults.killed:
-                        log.emit("service_died", name=svc.name, pid=svc.pid, how="exited during the run")
-                        progress.line(f"{svc.name} (pid {svc.pid}) died during the run")
-            alive = len(deployment.services) - len(died)
-            progress.update(f"[{params.strategy}] {min(now - began, params.duration):5.1f}/{params.duration:g} s  "
-                            f"services alive {alive}/{len(deployment.services)}")
-            if now >= end:
-                break
-            next_fault = faults.next_at()
-            sleep_until(min(end, began + next_fault) if next_fault is not None else end)
-        faults.resume_all()
-        live = [importers[i.name] for i in deployment.importers if i.name not in died]
-        errors = call_all(live, wire.Stop, STOP_TIMEOUT_S)
-        if "exporter" not in died:
-            errors += call_all([exporter], wire.Stop, STOP_TIMEOUT_S)
-        log.emit("workload_stop", errors=errors, died=died)
-        for e in errors:
-            progress.line(f"warning: {e}")
+        stop: Interrupted | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                faults.due(now - began)
+                for svc in deployment.services:
+                    if svc.name not in died and not procs.alive(svc.pid, svc.marker):
+                        died.append(svc.name)
+                        if svc.name not in faults.killed:
+                            log.emit("service_died", name=svc.name, pid=svc.pid, how="exited during the run")
+                            progress.line(f"{svc.name} (pid {svc.pid}) died during the run")
+                alive = len(deployment.services) - len(died)
+                progress.update(f"[{params.strategy}] {min(now - began, params.duration):5.1f}/{params.duration:g} s  "
+                                f"services alive {alive}/{len(deployment.services)}")
+                if now >= end:
+                    break
+                next_fault = faults.next_at()
+                sleep_until(min(end, began + next_fault) if next_fault is not None else end)
+        except KeyboardInterrupt as exc:  # stop the workload as at its end (drained: final bytes on record)
+            stop = interrupted(exc)
+            log.emit("run_interrupted", **stop.as_dict(), during="workload")
+            stop.logged = True
+        with shielded():
+            timeout_s = STOP_TIMEOUT_S if stop is None else INTERRUPTED_STOP_TIMEOUT_S
+            faults.resume_all()
+            live = [importers[i.name] for i in deployment.importers if i.name not in died]
+            errors = call_all(live, wire.Stop, timeout_s)
+            if "exporter" not in died:
+                errors += call_all([exporter], wire.Stop, timeout_s)
+            log.emit("workload_stop", errors=errors, died=died)
+            for e in errors:
+                progress.line(f"warning: {e}")
+        if stop is not None:
+            raise stop
     finally:
         faults.resume_all()
         exporter.close()
@@ -134,8 +154,15 @@ def lease_warning(params: RunParams, cores: int) -> str | None:
 
 
 def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = sys.stderr) -> dict[str, Any]:
-    """A whole run. Returns the report (also written to DIR/report.json)."""
+    """A whole run. Returns the report (also written to DIR/report.json).
+
+    Interrupted (Ctrl-C, or SIGTERM/SIGHUP under deploy.interrupt.stop_signals) at any point:
+    the workload stops, the services go down, the segments are unlinked, `run_interrupted` goes
+    into the history and the checker writes what the history holds (its report says
+    `interrupted`); then Interrupted is raised again, its `detail` saying all that in one line.
+    The services watch this process (runtime/watchdog.py), so they go even if it is SIGKILLed."""
     from checker import check_run  # the judge; imported here so that up/down work without it
+    from deploy.reporting import finish_report
 
     progress = Progress(stream, quiet)
     out = out.resolve()
@@ -143,19 +170,74 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
                   f"{params.buffers} buffers, {params.duration:g} s -> {out}")
     if (warning := lease_warning(params, os.cpu_count() or 1)) is not None:
         progress.line(f"warning: {warning}")
-    deployment = up(params, out)
-    log = EventLog(out / "events" / "deploy.jsonl", "deploy")
+    began = time.monotonic()
+    deployment: Deployment | None = None
+    log: EventLog | None = None
+    stop: Interrupted | None = None
+    during = "startup"
     try:
+        deployment = up(params, out, launcher=watchdog.identity())
+        log = EventLog(out / "events" / "deploy.jsonl", "deploy")
         wait_ready(deployment)
         log.emit("run_start", run_id=deployment.run_id, strategy=params.strategy, params=params.as_dict())
+        during = "workload"
         drive(deployment, params, log, progress)
+        during = "stopping"
+    except KeyboardInterrupt as exc:
+        stop = interrupted(exc)
+        if log is not None and not stop.logged:
+            log.emit("run_interrupted", **stop.as_dict(), during=during)
+            stop.logged = True
     finally:
-        report = down(out)
-        for name in report.killed:
-            log.emit("service_died", name=name, pid=None, how="killed by down (did not stop in time)")
-        log.emit("run_stop", graceful=report.graceful, terminated=report.terminated, killed=report.killed,
-                 segments_removed=report.segments_removed)
-        log.close()
-    progress.line("judging the history ...")
+        with shielded():  # a first signal now waits: this is what it asks for
+            if deployment is not None:  # (a failed up took down what it had started)
+                report = down(out)
+                assert log is not None
+                for name in report.killed:
+                    log.emit("service_died", name=name, pid=None, how="killed by down (did not stop in time)")
+                if stop is None and (stop := pending()) is not None:
+                    log.emit("run_interrupted", **stop.as_dict(), during=during)
+                    stop.logged = True
+                log.emit("run_stop", graceful=report.graceful, terminated=report.terminated, killed=report.killed,
+                         segments_removed=report.segments_removed)
+                log.close()
+    if stop is None:
+        progress.line("judging the history ...")
+        with shielded():
+            result = finish_report(out, check_run(out), "real")
+        if (late := pending()) is not None:
+            late.detail = (f"run: {late.signal} while judging; the run was complete and its report is "
+                           f"written: {out / 'report.md'}")
+            raise late
+        return result
+    raise _interrupted_run(stop, out, deployment, time.monotonic() - began, progress)
+
+
+def _interrupted_run(stop: Interrupted, out: Path, deployment: Deployment | None, seconds: float,
+                     progress: Progress) -> Interrupted:
+    """Judge what an interrupted run left (when it left anything) and say it in one line."""
+    from checker import check_run
     from deploy.reporting import finish_report
-    return finish_report(out, check_run(out), "real")
+    from runtime import shm
+
+    if not stop.logged and (out / "events").is_dir():  # up was interrupted, after some service started
+        log = EventLog(out / "events" / "deploy.jsonl", "deploy")
+        log.emit("run_interrupted", **stop.as_dict(), during="startup")
+        log.close()
+    if deployment is None and (out / "deploy.json").exists():  # up was interrupted after the exporter started
+        deployment = Deployment.read(out)
+    if not (out / "events").is_dir():
+        stop.detail = (f"run interrupted by {stop.signal} after {seconds:.1f} s, during startup: what had "
+                       f"started is stopped; no history yet, so no report")
+        return stop
+    left: list[str] = []
+    if deployment is not None:
+        left += [s.name for s in deployment.services if procs.alive(s.pid, s.marker)]
+        left += shm.existing(deployment.run_id)
+    cleanup = "services stopped, segments removed" if not left else f"STILL PRESENT: {', '.join(left)}"
+    progress.line("judging the history ...")
+    with shielded():
+        finish_report(out, check_run(out), "real")
+    stop.detail = (f"run interrupted by {stop.signal} after {seconds:.1f} s: {cleanup}; "
+                   f"report (marked interrupted): {out / 'report.md'}")
+    return stop

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", "write_after_invalidate")
 
 
 def _pct(lat: dict[str, Any] | None, key: str) -> str:
@@ -21,8 +21,10 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
     lat = report.get("latency_us", {})
     maps = report.get("maps", {})
     verdict = "RACES FOUND" if races.get("total") else "no races"
+    stop = report.get("interrupted")
     lines = [
-        f"{report.get('strategy')}: {verdict}",
+        f"{report.get('strategy')}: {verdict}"
+        + (f" (INTERRUPTED by {stop.get('signal')} during the {stop.get('during')}: partial)" if stop else ""),
         f"  ops        attach {ops.get('attach', 0)}  map {ops.get('map', 0)}  unmap {ops.get('unmap', 0)}  "
         f"dma read {ops.get('dma_read', 0)}  dma write {ops.get('dma_write', 0)}",
         f"  maps       reused cached IOMMU entries {maps.get('reused', 0)}  remapped {maps.get('remapped', 0)}",
@@ -41,6 +43,12 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
     for kind in RACE_KINDS:
         for w in report.get("witnesses", {}).get(kind, [])[:1]:
             lines.append(f"  witness    {kind}: {w.get('sentence', '')}")
+    findings = report.get("findings") or {}
+    if findings.get("total"):
+        lines.append(f"  findings   deadlock {findings['deadlock']['count']}  "
+                     f"fences forced {findings['fence_forced']['count']}  timeouts {findings['timeout']['count']}")
+        for d in findings["deadlock"]["items"][:1]:
+            lines.append(f"  deadlock   {d.get('sentence', '')}")
     faults = report.get("faults", {})
     if faults.get("applied"):
         lines.append("  faults     " + "  ".join(f"{k} {n}" for k, n in sorted(faults["applied"].items())))

@@ -6,10 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime import watchdog
+watchdog.die_with_launcher(sys.argv[1:])  # first, before the slow imports below (runtime/watchdog.py)
 from runtime.units import parse_size
 from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
-from protocol.strategies import STRATEGIES
+from runtime.params import add_service_flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,26 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="run directory: events/exporter.jsonl, run/exporter.json")
     p.add_argument("--endpoint", required=True, help="ZeroMQ endpoint importers connect to (ipc://PATH or tcp://127.0.0.1:PORT, port * for any)")
     p.add_argument("--control", required=True, help="ZeroMQ endpoint for dmabuf-emu's control requests")
-    p.add_argument("--strategy", default="pin", choices=sorted(STRATEGIES))
-    p.add_argument("--buffers", type=int, default=8)
-    p.add_argument("--buffer-size", type=parse_size, default=256 * 1024, help="bytes, e.g. 256KiB")
-    p.add_argument("--vram-size", type=parse_size, default=None, help="bytes (default: half the buffers)")
-    p.add_argument("--max-importers", type=int, default=16, help="fence slots to reserve")
-    p.add_argument("--move-rate", type=float, default=20.0, help="moves per second the memory manager tries, once started")
-    p.add_argument("--ack-timeout-ms", type=float, default=250.0)
-    p.add_argument("--fence-timeout-ms", type=float, default=1000.0)
-    p.add_argument("--hint-policy", choices=("optimistic", "conservative"), default="optimistic")
-    p.add_argument("--lease-ms", type=float, default=500.0,
-                   help="an importer silent this long is lost: its attachments revoked, its fences completed")
-    p.add_argument("--retry-ms", type=float, default=100.0, help="resend an unanswered move_notify after this long")
+    add_service_flags(p, "exporter")
     p.add_argument("--faults", default="", help="faults as a JSON list of canonical fault dicts (see runtime/faults.py)")
-    p.add_argument("--seed", type=int, default=1, help="seeds the message faults' draws")
     p.add_argument("--credentials", type=Path, default=None,
                    help="JSON file of mode 0600 with the run's secret (and CURVE keys); default: make a "
                         "secret and write it to OUT/secrets/exporter.json")
     p.add_argument("--max-attachments", type=int, default=None, help="per importer (default: twice --buffers)")
     p.add_argument("--max-mappings", type=int, default=256, help="per importer: mapped or waiting to be")
     p.add_argument("--max-in-flight", type=int, default=128, help="per importer: maps waiting for the reservation lock")
+    p.add_argument("--launcher", default="", metavar="PID:START",
+                   help="stop when this process is gone (its pid and start time, field 22 of /proc/PID/stat); "
+                        "dmabuf-emu run passes its own, up passes none")
     a = p.parse_args(argv)
     vram, sys_size = heap_sizes(a.buffers, a.buffer_size, a.vram_size)
     try:
@@ -52,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--faults: {exc}")
     args = ExporterArgs(run_id=a.run_id, out=a.out, endpoint=a.endpoint, control=a.control,
                         strategy=a.strategy, buffers=a.buffers, buffer_size=a.buffer_size,
-                        vram_size=vram, sys_size=sys_size, max_importers=a.max_importers,
+                        vram_size=vram, sys_size=sys_size, max_importers=a.importers,
                         move_rate=a.move_rate, ack_timeout_s=a.ack_timeout_ms / 1000,
                         fence_timeout_s=a.fence_timeout_ms / 1000, hint_policy=a.hint_policy,
                         lease_s=a.lease_ms / 1000, retry_s=a.retry_ms / 1000, faults=faults, seed=a.seed,
                         credentials=a.credentials, max_attachments=a.max_attachments,
-                        max_mappings=a.max_mappings, max_in_flight=a.max_in_flight)
+                        max_mappings=a.max_mappings, max_in_flight=a.max_in_flight, launcher=a.launcher)
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:

@@ -3,9 +3,10 @@ importers talk to, the copy engine, fence polling, timers and memory pressure. E
 decision is the strategy's exporter half (protocol/exporter.py); this file only performs actions.
 
 Below the protocol: requests are served once per (peer, id) and answered again from a cache
-(runtime/reliable.py), move_notify is resent until answered, the importers' leases are checked
-every lease/4 (after reading whatever they sent meanwhile), message faults act on what we send,
-and at stop every buffer's final bytes are summarised (`final_content`) for the checker.
+(runtime/reliable.py), move_notify is resent until answered, the half's timers (notify and fence
+timeouts, the lease check) fire after reading whatever the importers sent meanwhile, fences are
+polled in shared memory and reported as they signal, message faults act on what we send, and at
+stop every buffer's final bytes are summarised (`final_content`) for the checker.
 
 Security (runtime/security.py): the run's secret, which keys every token, comes from the
 credentials file (mode 0600) that dmabuf-emu wrote; run by hand without one, the exporter makes a
@@ -29,25 +30,21 @@ from typing import Any
 import zmq
 
 from protocol import wire
-from protocol.actions import (CancelTimer, Emit, CopyBuffer, ForceCompleteFences, PublishKernelFence,
+from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
                               Send, SignalKernelFence, StampBuffer, StartTimer, WaitFences)
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig
 from protocol.heap import LINE
-from protocol.strategies import get as get_strategy
+from protocol.params import default_s
+from protocol.strategies import resolve as resolve_strategy
 from runtime import memory, security, shm
 from runtime.env import ServiceEnv
 from runtime.fences import FenceTable, table_bytes
 from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
 from runtime.service import ServiceShell
+from runtime.timers import HalfTimers
 
-COPY_CHUNK = 256 * 1024
-# A map or unmap the engine serves has its own event (map_served with deferred_ns, unmap_served),
-# from which the request's arrival and answer follow: op_received / op_answered would only repeat
-# them, at about 5 us a line on the hottest path (see `dmabuf-emu bench`). Every other request,
-# and a map or unmap that is refused or waits for the lock, keeps both.
-_SERVED_EVENT = {wire.Map: "map_served", wire.Unmap: "unmap_served"}
-_SERVED_REPLIES = (wire.MapReply, wire.UnmapReply)      # bytes copied per loop turn: messages are served between chunks
+COPY_CHUNK = 256 * 1024      # bytes copied per loop turn: messages are served between chunks
 FENCE_POLL_S = 0.0005
 
 
@@ -67,14 +64,15 @@ class ExporterArgs:
     ack_timeout_s: float
     fence_timeout_s: float
     hint_policy: str
-    lease_s: float = 0.5
-    retry_s: float = 0.1
+    lease_s: float = default_s("lease_ms")
+    retry_s: float = default_s("retry_ms")
     faults: tuple[dict[str, Any], ...] = ()
     seed: int = 1
     credentials: Path | None = None     # DIR/secrets/exporter.json (see runtime/security.py)
     max_attachments: int | None = None  # per importer; default: twice the buffers
     max_mappings: int = 256             # per importer
     max_in_flight: int = 128            # per importer
+    launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
 
 
 def load_credentials(args: ExporterArgs) -> tuple[bytes, dict[str, Any] | None]:
@@ -109,8 +107,10 @@ class ExporterService(ServiceShell):
                  credentials: tuple[bytes, dict[str, Any] | None] | None = None) -> None:
         """`credentials`: (secret, CURVE keys or None) when the caller has them; otherwise they are
         read from args.credentials (load_credentials)."""
+        strategy = resolve_strategy(args.strategy)  # a broken strategy stops us before anything exists
         secret, curve = credentials if credentials is not None else load_credentials(args)
-        super().__init__("exporter", args.out, args.control, env)
+        super().__init__("exporter", args.out, args.control, env, launcher=args.launcher,
+                         watch_every_s=args.lease_s)
         self.args = args
         self.segments: dict[str, Any] = {}
         self.views: dict[str, memory.HeapView] = {}
@@ -126,7 +126,6 @@ class ExporterService(ServiceShell):
         except BaseException:
             self.cleanup()
             raise
-        strategy = get_strategy(args.strategy)
         self.engine = Exporter(strategy.EXPORTER, ExporterConfig(
             buffers=args.buffers, buffer_size=args.buffer_size,
             heaps=(HeapConfig("vram", self.segments["vram"].name, args.vram_size),
@@ -156,9 +155,10 @@ class ExporterService(ServiceShell):
             Send: self._do_send, StampBuffer: self._do_stamp, CopyBuffer: self._do_copy,
             WaitFences: self._do_wait_fences, ForceCompleteFences: self._do_force,
             PublishKernelFence: self._do_publish_kernel, SignalKernelFence: self._do_signal_kernel,
-            StartTimer: self._do_start_timer, CancelTimer: self._do_cancel_timer,
         })
-        self._timers: dict[Any, int] = {}
+        self.timers = HalfTimers(self.loop, self._timer_fired)
+        self.handlers.update({StartTimer: self.timers.start, CancelTimer: self.timers.cancel})
+        self._fence_watch: dict[int, object] = {}   # move -> the WaitFences being polled for it
         self._pressure: int | None = None
         self._stopping = False
 
@@ -169,8 +169,9 @@ class ExporterService(ServiceShell):
         return self.serve()
 
     def begin(self) -> None:
-        """Boot: stamp the buffers, start checking leases, say where we listen."""
-        self.log.emit("service_start", run_id=self.args.run_id, strategy=self.args.strategy,
+        """Boot: stamp the buffers, start the half's timers, say where we listen."""
+        self.log.emit("service_start", run_id=self.args.run_id, strategy=self.engine.spec.strategy,
+                      **({"strategy_source": self.args.strategy} if self.args.strategy != self.engine.spec.strategy else {}),
                       heaps={h: {"shm": self.segments[h].name, "size": self.views[h].size} for h in self.views},
                       fences_shm=self.segments["fences"].name, buffers=self.args.buffers,
                       buffer_size=self.args.buffer_size, move_rate=self.args.move_rate,
@@ -180,7 +181,6 @@ class ExporterService(ServiceShell):
                               "in_flight": self.engine.config.max_in_flight})
         self.perform(self.engine.boot(self.loop.now_ns()))
         self.state = "ready"
-        self.loop.call_later(self.args.lease_s / 4, self._check_leases)
         self.publish_endpoints(rpc=self.rpc_endpoint,
                                shm=[seg.name for seg in self.segments.values()])
 
@@ -236,12 +236,11 @@ class ExporterService(ServiceShell):
             self.log.emit("final_content", buffer=buffer, heap=p.heap, offset=p.offset, size=p.size,
                           gen=p.gen, stamps=stamps, misplaced=misplaced)
 
-    def _check_leases(self) -> None:
-        """Every lease/4. Read first: what the importers sent while we were busy (or paused)
-        renews their leases before we judge them."""
+    def _timer_fired(self, key: Any) -> None:
+        """A timer of the half. Read first: what the importers sent while we were busy (or
+        paused) counts (renews their leases, answers the notification) before the half judges."""
         self._on_rpc(drain=True)
-        self._guarded("leases", lambda: self.engine.check_leases(self.loop.now_ns()))
-        self.loop.call_later(self.args.lease_s / 4, self._check_leases)
+        self._guarded("timer", lambda: self.engine.timer_fired(key, self.loop.now_ns()))
 
     def _schedule_pressure(self) -> None:
         def tick() -> None:
@@ -299,7 +298,10 @@ class ExporterService(ServiceShell):
             self.internal_error(f"request {msg.OP}", exc)
             actions = [Send(peer, wire.ErrorReply(id=msg.id, op=msg.OP, code=wire.ErrorCode.INTERNAL,
                                                   message=f"{type(exc).__name__}: {exc}"), self._peer_label(peer))]
-        if not (type(msg) in _SERVED_EVENT and _served_at_once(actions, _SERVED_EVENT[type(msg)], msg.id)):
+        # A reply the half's own event records (map_served, unmap_served) says when the request
+        # came and when it was answered: op_received / op_answered would only repeat it, at about
+        # 5 us a line on the hottest path (see `dmabuf-emu bench`).
+        if not any(type(a) is Send and a.recorded for a in actions):
             self.log.emit("op_received", op=msg.OP, id=msg.id, peer=self._peer_label(peer))
         self.perform(actions)
 
@@ -310,10 +312,7 @@ class ExporterService(ServiceShell):
         self.log.emit("op_answered", op=err.op, id=err.id, peer=label, ok=False, code=err.code, message=err.message)
 
     def _peer_label(self, peer: bytes) -> str:
-        slot = self.engine.importer_slot(peer)
-        if slot is not None:
-            return peer.decode(errors="replace")
-        return "?" + peer.hex()
+        return self.engine.peer_label(peer)
 
     # ------------------------------------------------------------------ actions
 
@@ -341,7 +340,7 @@ class ExporterService(ServiceShell):
             return
         self.replies.answered(action.peer, msg.id, frame)
         self.msgfaults.submit(action.peer, frame, op, msg.id)
-        if type(msg) not in _SERVED_REPLIES:  # map_served / unmap_served record those
+        if not action.recorded:  # map_served / unmap_served record those
             fields: dict[str, Any] = dict(op=getattr(msg, "op", msg.OP), id=msg.id, peer=action.peer_name,
                                           ok=not isinstance(msg, wire.ErrorReply))
             if isinstance(msg, wire.ErrorReply):
@@ -373,16 +372,24 @@ class ExporterService(ServiceShell):
         self._guarded("copy_done", lambda: self.engine.copy_done(a.move, self.loop.now_ns()))
 
     def _do_wait_fences(self, action: WaitFences) -> None:
-        snapshot = self.fences.snapshot(action.buffer)
-        deadline = self.loop.now_ns() + int(action.timeout_s * 1e9)
+        """Poll the fences published on the buffer so far; report the unsignaled slots at first
+        and at each change, until none is left or another WaitFences for the move replaces this
+        one. How long to wait is the half's (its fence timer)."""
+        snapshot = self.fences.snapshot(action.buffer, action.usage)
+        watch = self._fence_watch[action.move] = object()
+        reported: list[tuple[int, ...] | None] = [None]
 
         def poll() -> None:
+            if self._fence_watch.get(action.move) is not watch:
+                return
             pending = {s: q for s, q in snapshot.items() if not self.fences.is_signaled(s, action.buffer, q)}
-            if not pending:
-                self._guarded("fences", lambda: self.engine.fences_signaled(action.move, self.loop.now_ns()))
-            elif self.loop.now_ns() >= deadline:
-                self._guarded("fences", lambda: self.engine.fences_timed_out(action.move, tuple(sorted(pending)), self.loop.now_ns()))
-            else:
+            slots = tuple(sorted(pending))
+            if not slots:
+                del self._fence_watch[action.move]
+            if slots != reported[0]:
+                reported[0] = slots
+                self._guarded("fences", lambda: self.engine.fences_pending(action.move, slots, self.loop.now_ns()))
+            if slots and self._fence_watch.get(action.move) is watch:
                 snapshot.clear()
                 snapshot.update(pending)
                 self.loop.call_later(FENCE_POLL_S, poll)
@@ -398,24 +405,6 @@ class ExporterService(ServiceShell):
 
     def _do_signal_kernel(self, action: SignalKernelFence) -> None:
         self.fences.signal_kernel(action.buffer, action.seq)
-
-    def _do_start_timer(self, action: StartTimer) -> None:
-        key = action.key
-
-        def fire() -> None:
-            if self._timers.pop(key, None) is not None:
-                self._guarded("timer", lambda: self.engine.timer_fired(key, self.loop.now_ns()))
-
-        self._timers[key] = self.loop.call_later(action.seconds, fire)
-
-    def _do_cancel_timer(self, action: CancelTimer) -> None:
-        handle = self._timers.pop(action.key, None)
-        if handle is not None:
-            self.loop.cancel(handle)
-
-
-def _served_at_once(actions: list[Any], event: str, msg_id: int) -> bool:
-    return any(type(a) is Emit and a.event == event and a.fields.get("id") == msg_id for a in actions)
 
 
 def heap_sizes(buffers: int, buffer_size: int, vram_size: int | None) -> tuple[int, int]:

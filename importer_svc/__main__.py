@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime import watchdog
+watchdog.die_with_launcher(sys.argv[1:])  # first, before the slow imports below (runtime/watchdog.py)
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
-from protocol.strategies import STRATEGIES
+from runtime.params import add_service_flags
 from runtime.faults import FaultError, decode as decode_faults
 
 
@@ -25,22 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="run directory: events/<name>.jsonl, run/<name>.json")
     p.add_argument("--exporter", required=True, help="the exporter's ZeroMQ endpoint")
     p.add_argument("--control", required=True, help="ZeroMQ endpoint for dmabuf-emu's control requests")
-    p.add_argument("--strategy", default="pin", choices=sorted(STRATEGIES))
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--queue-depth", type=int, default=2, help="DMA jobs in flight at once")
-    p.add_argument("--dma-ms", type=float, default=6.0, help="mean duration of a DMA job")
-    p.add_argument("--think-ms", type=float, default=1.0, help="mean pause between jobs")
-    p.add_argument("--write-ratio", type=float, default=0.5, help="share of jobs that write")
+    add_service_flags(p, "importer")
     p.add_argument("--chunk-ms", type=float, default=1.0, help="time between a job's chunks")
-    p.add_argument("--lease-ms", type=float, default=500.0,
-                   help="heartbeat lease: the device stops all DMA 0.8 lease after its last answered request")
-    p.add_argument("--retry-ms", type=float, default=100.0, help="resend an unanswered request after this long")
     p.add_argument("--faults", default="", help="faults as a JSON list of canonical fault dicts (see runtime/faults.py)")
     p.add_argument("--credentials", type=Path, default=None,
                    help="JSON file of mode 0600 with this importer's join token, export tokens and CURVE "
                         "keys (dmabuf-emu writes OUT/secrets/NAME.json); without it hello is refused")
     p.add_argument("--incarnation", type=int, default=0,
                    help="0 for the first start, n for the n-th restart: keeps request and job ids unique")
+    p.add_argument("--run-id", default="", help="the run this importer belongs to (lets down --all find it)")
+    p.add_argument("--launcher", default="", metavar="PID:START",
+                   help="stop when this process is gone (its pid and start time, field 22 of /proc/PID/stat); "
+                        "dmabuf-emu run passes its own, up passes none")
     a = p.parse_args(argv)
     try:
         faults = tuple(decode_faults(a.faults))
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ImporterArgs(name=a.name, index=a.index, out=a.out, exporter=a.exporter, control=a.control,
                         strategy=a.strategy, seed=a.seed, chunk_ms=a.chunk_ms,
                         lease_ms=a.lease_ms, retry_ms=a.retry_ms, faults=faults, incarnation=a.incarnation,
-                        credentials=a.credentials,
+                        credentials=a.credentials, launcher=a.launcher,
                         workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio))
     try:
         service = ImporterService(args)

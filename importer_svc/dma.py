@@ -10,9 +10,10 @@ publishes its fence in shared memory before its first access and signals it afte
 
 Before every chunk the engine asks its gate (the shell's lease check) whether the device may still
 touch memory; when it may not, the shell aborts every job (abort_all). A fenced job whose fence the
-exporter completed first (a fence timeout: the emulated device reset) is aborted before its next
-access. An aborted job ends with dma_end status "aborted"; every dma_end says when the job last
-touched memory (`last_access_ns`), which is what the race checker judges.
+exporter completed first (a fence timeout, a lost lease: the emulated device reset) is aborted
+before its next access; its dma_end names the reason the exporter recorded in the fence table.
+An aborted job ends with dma_end status "aborted"; every dma_end says when the job last touched
+memory (`last_access_ns`), which is what the race checker judges.
 
 Rogue jobs (a device fault) are DMA the driver never asked for: same path through the IOMMU, same
 stamps, `rogue: true` in their events, and nobody is told when they end.
@@ -94,7 +95,7 @@ class DmaEngine:
                    iova=iova if rogue else self.iommu.iova_of(start.attachment))
         self._jobs[start.job] = job
         if start.fenced:
-            job.fence_seq = self.fences.emit(self.slot, start.buffer)  # type: ignore[union-attr]
+            job.fence_seq = self.fences.emit(self.slot, start.buffer, usage_for_access(start.access))  # type: ignore[union-attr]
         job.t0 = self.loop.now_ns()
         self.log.emit("dma_begin", job=start.job, buffer=start.buffer, attachment=start.attachment,
                       access=start.access, heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,
@@ -125,7 +126,8 @@ class DmaEngine:
             return  # the shell aborted every job
         s = job.start
         if job.fence_seq and self.fences.forced_before_signaled(self.slot, s.buffer, job.fence_seq):  # type: ignore[union-attr]
-            self._finish(job, aborted="fence forced by the exporter (device reset)")
+            why = self.fences.error(self.slot, s.buffer)  # type: ignore[union-attr]
+            self._finish(job, aborted=f"fence forced by the exporter ({why}): device reset")
             if not job.rogue:
                 self.on_done(s.job)
             return

@@ -4,10 +4,11 @@ strategy's importer half (protocol/importer.py); this file only performs actions
 
 Below the protocol, the shell makes the connection reliable and keeps the device honest:
 - every request is retried until answered (runtime/reliable.py), every move_notify received is
-  served once per id; heartbeats every lease/4 keep the exporter's lease on us alive;
-- the device stops all DMA when its lease runs out (protocol/lease.py decides when; the DMA engine
-  asks before every chunk), then starts over with a fresh hello (Importer.reset);
-- an exporter that has not answered for two leases is lost: DMA stops, the service exits 4;
+  served once per id; the half's heartbeats (its timer, every lease/4) go out once, unretried;
+- the device stops all DMA when the half says its lease ran out (LeaseExpired; the DMA engine
+  asks the half before every chunk), and the half starts over with a fresh hello;
+- an exporter that has not answered for two leases is lost (ExporterLost): DMA stops, the
+  service exits 4;
 - message faults act on what we send (runtime/msgfaults.py), device faults on what the device
   does (importer_svc/device_faults.py), each application a `fault` event.
 
@@ -31,11 +32,12 @@ from typing import Any
 import zmq
 
 from protocol import wire
-from protocol.actions import (JobFinished, Joined, Left, ProgramIommu, Ready, Send, StartDma,
+from protocol.actions import (AckOwed, Acked, Action, CancelTimer, ExporterLost, JobFinished, Joined,
+                              LeaseExpired, Left, ProgramIommu, Ready, Send, StartDma, StartTimer,
                               TeardownIommu, WaitKernelFence)
 from protocol.importer import Importer, ImporterFatal
-from protocol.lease import ImporterLease
-from protocol.strategies import get as get_strategy
+from protocol.params import default
+from protocol.strategies import resolve as resolve_strategy
 from protocol.machine import TransitionError
 from runtime import memory, security
 from runtime.env import ServiceEnv
@@ -43,6 +45,7 @@ from runtime.fences import KERNEL_SLOT, FenceTable
 from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
 from runtime.service import ServiceShell
+from runtime.timers import HalfTimers
 
 from importer_svc.device_faults import DeviceFaults
 from importer_svc.dma import DmaEngine
@@ -52,10 +55,12 @@ from importer_svc.workload import Workload, WorkloadConfig
 KERNEL_FENCE_POLL_S = 0.0005
 EXIT_EXPORTER_LOST = 4
 REQUEST_WINDOW = 16          # requests out at once; more wait in the shell (runtime/reliable.py)
-# Id spaces of one incarnation: the protocol half's requests from 1, heartbeats from HEARTBEAT_IDS;
-# job ids from incarnation << 24, rogue jobs from there + ROGUE_JOBS.
+# Id spaces of one incarnation: the protocol half's requests from 1, its heartbeats from
+# HEARTBEAT_IDS, the early-ack device fault's forged acks from FORGED_IDS; job ids from
+# incarnation << 24, rogue jobs from there + ROGUE_JOBS.
 INCARNATION_ID_SHIFT = 40
 HEARTBEAT_IDS = 1 << 32
+FORGED_IDS = 2 << 32
 ROGUE_JOBS = 1 << 23
 
 
@@ -70,11 +75,12 @@ class ImporterArgs:
     seed: int
     workload: WorkloadConfig
     chunk_ms: float = 1.0
-    lease_ms: float = 500.0
-    retry_ms: float = 100.0
+    lease_ms: float = default("lease_ms")
+    retry_ms: float = default("retry_ms")
     faults: tuple[dict[str, Any], ...] = ()
     incarnation: int = 0
     credentials: Path | None = None
+    launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
 
 
 def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str, Any] | None]:
@@ -98,12 +104,16 @@ class ImporterService(ServiceShell):
                  credentials: tuple[str, dict[int, str], dict[str, Any] | None] | None = None) -> None:
         """`credentials`: (join token, buffer -> export token, CURVE keys or None) when the caller
         has them; otherwise they are read from args.credentials (load_credentials)."""
+        strategy = resolve_strategy(args.strategy)  # a broken strategy stops us before anything exists
         join, exports, curve = credentials if credentials is not None else load_credentials(args)
-        super().__init__(args.name, args.out, args.control, env)
+        super().__init__(args.name, args.out, args.control, env, launcher=args.launcher,
+                         watch_every_s=args.lease_ms / 1000)
         self.args = args
         self.id_base = args.incarnation << INCARNATION_ID_SHIFT
-        self.engine = Importer(get_strategy(args.strategy).IMPORTER, args.name, self.env.pid,
-                               first_id=self.id_base + 1, join_token=join, export_tokens=exports)
+        self.lease_s = args.lease_ms / 1000
+        self.engine = Importer(strategy.IMPORTER, args.name, self.env.pid,
+                               first_id=self.id_base + 1, join_token=join, export_tokens=exports,
+                               lease_s=self.lease_s, heartbeat_first_id=self.id_base + HEARTBEAT_IDS + 1)
         self.dealer = self.transport.dealer(args.exporter, identity=args.name.encode(),
                                        secure=security.curve_client(curve) if curve is not None else None)
         self.loop.add_reader(self.dealer, self._on_dealer)
@@ -112,16 +122,13 @@ class ImporterService(ServiceShell):
                              gate=self._may_access)
         job_base = args.incarnation << 24
         self.workload = Workload(args.workload, args.seed, args.index, job_base, self.env.make_rng)
-        self.lease_s = args.lease_ms / 1000
-        self.lease = ImporterLease(int(self.lease_s * 1e9))
         self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_ms / 1000,
                                        max_backoff_s=self.lease_s / 2, window=REQUEST_WINDOW)
         self.replies = ReplyCache()
         self.msgfaults = MessageFaults(self.loop, self.log, args.name, list(args.faults), args.seed,
                                        self._raw_send, self.env.make_rng)
         self.device_faults = DeviceFaults(args.name, list(args.faults), args.seed, self.env.make_rng)
-        self._heartbeat_id = self.id_base + HEARTBEAT_IDS
-        self._last_tick = 0
+        self._forged_id = self.id_base + FORGED_IDS
         self._next_rogue = job_base + ROGUE_JOBS
         self._starts: dict[int, StartDma] = {}         # running driver jobs
         self._last_start: dict[int, StartDma] = {}     # by buffer: the last job's mapping
@@ -137,7 +144,11 @@ class ImporterService(ServiceShell):
             ProgramIommu: self._do_program, TeardownIommu: self._do_teardown,
             StartDma: self._do_start_dma, WaitKernelFence: self._do_wait_kernel_fence,
             JobFinished: self._do_job_finished, Left: self._do_left,
+            Acked: self._do_acked, AckOwed: lambda action: None,  # the early-ack fault reads AckOwed
+            LeaseExpired: self._do_lease_expired, ExporterLost: self._do_exporter_lost,
         })
+        self.timers = HalfTimers(self.loop, self._timer_fired)
+        self.handlers.update({StartTimer: self.timers.start, CancelTimer: self.timers.cancel})
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,13 +157,11 @@ class ImporterService(ServiceShell):
         return self.serve()
 
     def begin(self) -> None:
-        """Say hello to the exporter and start the heartbeat."""
-        self.log.emit("service_start", index=self.args.index, strategy=self.args.strategy,
+        """Say hello to the exporter (the half starts its heartbeat timer)."""
+        self.log.emit("service_start", index=self.args.index, strategy=self.engine.spec.strategy,
                       endpoint=self.args.exporter, granted=sorted(self.engine.export_tokens))
         self.publish_endpoints()
         self._call(lambda: self.engine.start(self.loop.now_ns()))
-        self._last_tick = self.loop.now_ns()
-        self.loop.call_later(self.lease_s / 4, self._heartbeat)
 
     def cleanup(self) -> None:
         if self.dma.running:  # rogue DMA still going (or a job cut short): on record, then stopped
@@ -242,15 +251,13 @@ class ImporterService(ServiceShell):
                 self._on_request(msg, now)
 
     def _on_reply(self, msg: wire.Message, now: int) -> None:
-        if self.id_base + HEARTBEAT_IDS <= msg.id < self.id_base + 2 * HEARTBEAT_IDS:
-            # A heartbeat (or forged ack) answer: only a member's ok renews the lease.
-            self.lease.answered(msg.id, now, grant=not isinstance(msg, wire.ErrorReply))
-            return
-        if self.outstanding.answered(b"", msg.id) is None:
-            self.log.emit("dedup", op=getattr(msg, "op", msg.OP), id=msg.id, what="reply")
-            return
-        forgotten = isinstance(msg, wire.ErrorReply) and msg.code == wire.ErrorCode.NO_SUCH_IMPORTER
-        self.lease.answered(msg.id, now, grant=not forgotten)
+        base = self.id_base
+        if base + FORGED_IDS <= msg.id < base + FORGED_IDS + HEARTBEAT_IDS:
+            return  # the answer to an ack the device forged (early-ack): nobody asked the half
+        if not base + HEARTBEAT_IDS <= msg.id < base + FORGED_IDS:  # heartbeats are not retried
+            if self.outstanding.answered(b"", msg.id) is None:
+                self.log.emit("dedup", op=getattr(msg, "op", msg.OP), id=msg.id, what="reply")
+                return
         self._call(functools.partial(self.engine.handle_reply, msg, now))
 
     def _on_request(self, msg: wire.Message, now: int) -> None:
@@ -261,24 +268,35 @@ class ImporterService(ServiceShell):
             if cached != IN_PROGRESS:
                 self.msgfaults.submit(b"", cached, "reply", msg.id)
             return
+        early = False
         if isinstance(msg, wire.MoveNotify) and self.device_faults:
             if self.device_faults.fires("ignore-notify", now) is not None:
                 self.replies.forget(b"", msg.id)  # a retry is dropped (or not) on its own draw
                 self.log.emit("fault", kind="ignore-notify", target=self.svc, buffer=msg.buffer, move=msg.move, id=msg.id)
                 return
-            if self.device_faults.fires("early-ack", now) is not None:
-                self._early_ack(msg)
-        self._call(functools.partial(self.engine.handle_request, msg, now))
+            early = self.device_faults.fires("early-ack", now) is not None
+        if not early:
+            self._call(functools.partial(self.engine.handle_request, msg, now))
+            return
+        try:
+            actions = self.engine.handle_request(msg, now)
+        except Exception as exc:
+            self.internal_error("engine", exc)
+            return
+        self._early_ack(msg, actions)
+        self.perform(actions)
 
-    def _early_ack(self, msg: wire.MoveNotify) -> None:
-        """The device says it is done with the buffer while its DMA still runs: fenced jobs signal
-        their fences now; an acking strategy gets an ack now (the driver's own comes later)."""
+    def _early_ack(self, msg: wire.MoveNotify, actions: list[Action]) -> None:
+        """The device says it is done with the buffer while its DMA still runs, before the
+        driver's callback returns: fenced jobs signal their fences now; an ack the driver owes
+        for after the drain (AckOwed) is sent now (the driver's own comes later)."""
         signaled = self.dma.signal_early(msg.buffer)
         running = [s.job for s in self.dma.jobs_on(msg.buffer)]
         forged = None
-        if get_strategy(self.args.strategy).EXPORTER.notify_done_on == "ack" and running:
-            forged = self._next_heartbeat_id()
-            self.msgfaults.submit(b"", wire.encode(wire.Ack(id=forged, attachment=msg.attachment, move=msg.move)),
+        for owed in (a for a in actions if type(a) is AckOwed):
+            self._forged_id += 1
+            forged = self._forged_id
+            self.msgfaults.submit(b"", wire.encode(wire.Ack(id=forged, attachment=owed.attachment, move=owed.move)),
                                   "ack", forged)
         self.log.emit("fault", kind="early-ack", target=self.svc, buffer=msg.buffer, move=msg.move,
                       jobs=running, fences_signaled=signaled, ack_id=forged)
@@ -293,8 +311,9 @@ class ImporterService(ServiceShell):
             self.replies.answered(b"", msg.id, frame)
             self.msgfaults.submit(b"", frame, op, msg.id)
             return
-        if isinstance(msg, wire.Ack):
-            self._maybe_rogue(self._last_start.get(self._buffer_of(msg.attachment)), "ack")
+        if not action.reliable:  # a heartbeat: once, now, outside the window
+            self.msgfaults.submit(b"", frame, op, msg.id)
+            return
         self.outstanding.send(b"", msg.id, op, frame)  # now, or when the window has room
 
     def _raw_send(self, peer: bytes, frame: bytes) -> None:
@@ -305,7 +324,7 @@ class ImporterService(ServiceShell):
 
     def _resend(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
         """Every transmission of a request, first or retry (the lease counts from the first)."""
-        self.lease.sent(msg_id, self.loop.now_ns())
+        self.engine.sent(msg_id, self.loop.now_ns())
         self.msgfaults.submit(peer, frame, op, msg_id)
 
     def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:
@@ -314,61 +333,33 @@ class ImporterService(ServiceShell):
         else:
             self.log.emit("retry_gave_up", op=op, id=msg_id)
 
-    def _buffer_of(self, attachment: int) -> int | None:
-        for start in self._last_start.values():
-            if start.attachment == attachment:
-                return start.buffer
-        return None
-
-    def _next_heartbeat_id(self) -> int:
-        self._heartbeat_id += 1
-        return self._heartbeat_id
-
     # ------------------------------------------------------------------ the lease
 
-    def _heartbeat(self) -> None:
-        """Every lease/4: notice our own pauses, stop the device if the lease ran out, give up on a
-        silent exporter, and renew."""
-        now = self.loop.now_ns()
-        if now - self._last_tick > self.lease_s / 2 * 1e9:
-            self.lease.woke(now)
-            self.log.emit("woke", late_ns=now - self._last_tick)
-        self._last_tick = now
-        self._on_dealer()  # answers that came in while we were away count before we judge
-        if self.lease.exporter_lost(now):
-            self._exporter_lost(now)
-            return
-        if self.lease.expired(now):
-            self._lease_expired(now)
-        if self.engine.slot and not self.engine.has_left:  # a lease is only held by a member
-            hb = self._next_heartbeat_id()
-            self.lease.sent(hb, now)
-            self.msgfaults.submit(b"", wire.encode(wire.Heartbeat(id=hb)), "heartbeat", hb)
-        self.loop.call_later(self.lease_s / 4, self._heartbeat)
+    def _timer_fired(self, key: Any) -> None:
+        """A timer of the half (the heartbeat). Read first: answers that came in while we were
+        away count before the half judges the lease."""
+        self._on_dealer()
+        self._call(lambda: self.engine.timer_fired(key, self.loop.now_ns()))
 
     def _may_access(self) -> bool:
-        """The DMA engine asks before every chunk."""
+        """The DMA engine asks before every chunk; the half knows whether the lease still holds."""
         now = self.loop.now_ns()
-        if self.lease.expired(now):
-            self._lease_expired(now)
-            return False
-        return True
+        if self.engine.may_access(now):
+            return True
+        self._call(lambda: self.engine.lease_expired(now))
+        return False
 
-    def _lease_expired(self, now: int) -> None:
-        granted = self.lease.granted_send
+    def _do_lease_expired(self, action: LeaseExpired) -> None:
         aborted = self.dma.abort_all("lease expired")
-        self.log.emit("lease_expired", since_ns=None if granted is None else now - granted, jobs_aborted=aborted)
-        self.lease.revoke()
+        self.log.emit("lease_expired", since_ns=action.since_ns, jobs_aborted=aborted)
         self.outstanding.cancel()
         self._starts.clear()
-        self._call(lambda: self.engine.reset(now, "lease expired"))
 
-    def _exporter_lost(self, now: int) -> None:
-        silent = self.lease.exporter_silent_ns(now)
+    def _do_exporter_lost(self, action: ExporterLost) -> None:
         aborted = self.dma.abort_all("exporter lost")
-        self.log.emit("exporter_lost", silent_ns=silent, jobs_aborted=aborted)
-        self.env.say(f"{self.svc}: the exporter has not answered for {silent / 1e6:.0f} ms (lease "
-                     f"{self.lease_s * 1000:.0f} ms): all DMA stopped, exiting")
+        self.log.emit("exporter_lost", silent_ns=action.silent_ns, jobs_aborted=aborted)
+        self.env.say(f"{self.svc}: the exporter has not answered for {action.silent_ns / 1e6:.0f} ms (lease "
+                     f"{action.lease_s * 1000:.0f} ms): all DMA stopped, exiting")
         self.outstanding.cancel()
         self.finish("exporter lost", exit_code=EXIT_EXPORTER_LOST)
 
@@ -391,6 +382,9 @@ class ImporterService(ServiceShell):
             self.dma.start(rogue, f["ms"] / 1000, rogue=True, iova=iova)
 
         self.loop.call_soon(go)
+
+    def _do_acked(self, action: Acked) -> None:
+        self._maybe_rogue(self._last_start.get(action.buffer), "ack")
 
     def _do_joined(self, action: Joined) -> None:
         if not self.segments:  # a rejoin keeps the segments it has

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.params import default
 from runtime.rng import MakeRng, real_rng
 
 
 @dataclass(frozen=True)
 class WorkloadConfig:
-    queue_depth: int = 2        # jobs in flight at once (each on a different buffer)
-    dma_ms: float = 6.0         # mean job duration
-    think_ms: float = 1.0       # mean pause before a freed slot takes the next job
-    write_ratio: float = 0.5
+    queue_depth: int = default("queue_depth")    # jobs in flight at once (each on a different buffer)
+    dma_ms: float = default("dma_ms")              # mean job duration
+    think_ms: float = default("think_ms")          # mean pause before a freed slot takes the next job
+    write_ratio: float = default("write_ratio")
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,17 @@ from protocol.wire import Message, Placement
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send `message` to `peer` (the exporter's routing id for an importer; b"" from an importer)."""
+    """Send `message` to `peer` (the exporter's routing id for an importer; b"" from an importer).
+    `recorded`: a reply whose request and answer the half's own event already records
+    (map_served, unmap_served): the shell logs neither op_received nor op_answered for it.
+    `reliable=False`: a request sent once, never retried and outside the request window (a
+    heartbeat); its reply goes straight back to the half."""
 
     peer: bytes
     message: Message
     peer_name: str = "exporter"
+    recorded: bool = False
+    reliable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,8 @@ class Emit:
 
 @dataclass(frozen=True, slots=True)
 class StartTimer:
+    """Call the half's timer_fired(key) after `seconds`; a timer of the same key is replaced."""
+
     key: Hashable
     seconds: float
 
@@ -65,20 +73,21 @@ class CopyBuffer:
 
 @dataclass(frozen=True, slots=True)
 class WaitFences:
-    """Wait until every importer fence on `buffer` published so far (of `usage` and below) has
-    signaled; report with Exporter.fences_signaled(move), or, after `timeout_s`,
-    Exporter.fences_timed_out(move, slots) naming the slots still unsignaled."""
+    """Watch every importer fence on `buffer` published so far (of `usage` and below) until all
+    have signaled: report with Exporter.fences_pending(move, slots) the slots still unsignaled,
+    at first and at each change (none left: the wait is over). How long to wait is the half's
+    business (its fence timer): a WaitFences for a move already watched replaces the watch."""
 
     move: int
     buffer: int
     usage: Usage
-    timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class ForceCompleteFences:
-    """Complete every fence importer `slot` published on `buffer` (all buffers if None), with an
-    error, so that nobody waits for a dead or hung device forever."""
+    """Complete every fence importer `slot` published on `buffer` (all buffers if None), with the
+    error `error` (one of protocol.fence.FORCE_REASONS, recorded where the device reads it), so
+    that nobody waits for a dead or hung device forever."""
 
     slot: int
     buffer: int | None
@@ -173,6 +182,44 @@ class Left:
     """Every attachment is detached and the exporter has answered bye."""
 
 
+@dataclass(frozen=True, slots=True)
+class AckOwed:
+    """The driver owes the exporter an ack of `move` on `attachment`, which it sends when the job
+    running on `buffer` drains. A device that claims to be done at once (the early-ack fault)
+    sends one of its own now."""
+
+    attachment: int
+    buffer: int
+    move: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The driver acked `move` on `attachment` of `buffer`: it told the exporter the device no
+    longer uses the old placement (a rogue device goes on regardless)."""
+
+    attachment: int
+    buffer: int
+    move: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExpired:
+    """The importer's lease ran out: stop every DMA job now, forget the requests in flight, and
+    record lease_expired (since_ns: how long since the last grant; None: none yet)."""
+
+    since_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterLost:
+    """The exporter has answered nothing for `silent_ns` while we were awake: stop all DMA, exit."""
+
+    silent_ns: int
+    lease_s: float
+
+
 Action = (Send | Emit | StartTimer | CancelTimer | StampBuffer | CopyBuffer | WaitFences
           | ForceCompleteFences | PublishKernelFence | SignalKernelFence | Joined | Ready
-          | ProgramIommu | TeardownIommu | StartDma | WaitKernelFence | JobFinished | Left)
+          | ProgramIommu | TeardownIommu | StartDma | WaitKernelFence | JobFinished | Left
+          | AckOwed | Acked | LeaseExpired | ExporterLost)

@@ -8,7 +8,9 @@ token, each HMAC-SHA256 of a fixed label, truncated to 128 bits, as lowercase he
     export token      HMAC(secret, "export:<buffer>")             attach: may attach this buffer
     attachment token  HMAC(secret, "att:<attachment>:<peer hex>")  map, unmap, pin, unpin, detach
 
-The exporter derives them on demand and compares with hmac.compare_digest; it stores none.
+The exporter derives join and export tokens on demand; an attachment's token it derives once, at
+attach, and keeps beside the attachment (a compare per map instead of an HMAC). Every check is
+hmac.compare_digest.
 `dmabuf-emu` hands each importer its join token and the export tokens of the buffers the scenario
 grants it. An attachment token is bound to the connection identity (the ZeroMQ routing id) the
 attach came on, so it is worth nothing on another connection, and to the attachment id, which is

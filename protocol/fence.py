@@ -25,3 +25,26 @@ class Usage(enum.IntEnum):
 def usage_for_access(access: str) -> Usage:
     """The usage a DMA job's fence is published with."""
     return Usage.WRITE if access == "write" else Usage.READ
+
+
+# Why the exporter completed an importer's fences before its device did, as recorded in the fence
+# table's `error` cell (runtime/fences.py) and named by the device when it aborts the job. Code 0
+# is "not forced". A reason not listed here cannot be recorded: the exporter refuses it.
+FORCE_REASONS: dict[str, int] = {
+    "fence_timeout": 1,          # the move's fence wait timed out on a responsive importer
+    "lease expired": 2,          # the importer was silent past its lease
+    "restarted": 3,              # a new incarnation said hello under its name
+    "rejoined": 4,               # the same incarnation said hello again (after its own lease ran out)
+    "bye with attachments": 5,   # it left without detaching
+}
+_BY_CODE = {code: reason for reason, code in FORCE_REASONS.items()}
+
+
+def force_reason(code: int) -> str:
+    """The reason recorded as `code` ("" if not forced)."""
+    if code == 0:
+        return ""
+    try:
+        return _BY_CODE[code]
+    except KeyError:
+        raise ValueError(f"fence error code {code} names no reason (known: {FORCE_REASONS})") from None

@@ -1,69 +1,93 @@
-"""The importer half, sans-IO: one device's attachments, the life of each DMA job on them, and the
-interpreter of a strategy's importer table.
+"""The importer half, sans-IO: one device's attachments, the life of each of them (attach, jobs,
+detach, revocation) and of each DMA job on them, its lease, and the interpreter of a strategy's
+importer table.
 
 Rules of this file:
-- Each attachment has one state (AttState). A job takes an idle attachment through map, DMA and
-  unmap; what each reply or notification does in each state is the strategy's table (see
-  protocol/machine.py). This file implements the guards and steps, and the bookkeeping that is
-  the same for every strategy: hello, attaching every buffer, request ids, detaching, bye.
+- Each attachment has one state (AttState). Everything it does on an event, in every state, is a
+  row of its strategy's table (protocol/machine.py): the attach life cycle (ATTACHING, DETACHING,
+  DETACHED, REVOKED) as much as a job's map, DMA and unmap. This file implements the guards and
+  steps (explicit maps IGUARDS, ISTEPS), turns what comes in into events, and keeps the session's
+  books: hello, request ids, bye.
+- A reply is one event, or two: a map or unmap refused because the attachment is gone
+  (no_such_attachment, access_denied) is MAP_FAILED or UNMAP_FAILED, then REVOKED.
+- While the importer leaves, every attachment is offered LEAVE after each of its transitions (and
+  at shutdown): the table says in which states it detaches. Once every attachment is DETACHED or
+  REVOKED, bye.
 - `iommu` is what the device's IOMMU entries for an attachment point at; `mapping` is the
   placement the current job uses. They differ only where a strategy reuses stale entries.
 - move_notify is answered at once (the kernel callback returns without blocking); an `ack`, where a
   strategy sends one, is a separate message.
 - Entry points take `now` (monotonic ns, from the shell) and return actions. No I/O, no clock, no
-  randomness: which buffer a job uses and when is the shell's workload's business.
+  randomness: which buffer a job uses and when is the shell's workload's business. Time enters as
+  `now` and as the heartbeat timer this half starts (StartTimer) and the shell fires.
+- The lease (protocol/lease.py), with `lease_s`: every lease/4 the heartbeat timer notices our own
+  pauses (woke), gives up on an exporter silent for two leases (ExporterLost), stops the device
+  when the lease ran out (LeaseExpired, then reset), and sends a heartbeat (a member only). The
+  shell reports every transmission of a request (`sent`) and asks before each DMA chunk
+  (`may_access`); the replies it hands in renew the lease.
 - Request ids start at `first_id`: a restarted importer (same name, same routing id) must not
   reuse its previous incarnation's ids, which the exporter's duplicate filter still remembers.
+  Heartbeats take their ids from `heartbeat_first_id` on.
 - Capabilities (protocol/capability.py): hello carries the join token, attach the buffer's export
   token, and every later request on an attachment the attachment token its attach reply handed
   out. The importer attaches exactly the buffers it holds export tokens for (its grants), and
   says nothing about the others.
-- reset() forgets everything and says hello again: the shell calls it when the importer's lease
-  ran out (the exporter has revoked or will revoke all it held) and when the exporter answers
-  no_such_importer (it already has). The shell stops the device's DMA before calling it.
+- reset() forgets everything and says hello again: when the importer's lease ran out (the
+  exporter has revoked or will revoke all it held) and when the exporter answers no_such_importer
+  (it already has). The device's DMA is stopped first (LeaseExpired, or by the shell).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
-from protocol.actions import (Action, Emit, JobFinished, Joined, Left, ProgramIommu, Ready,
-                              Send, StartDma, TeardownIommu, WaitKernelFence)
-from protocol.machine import ANY, SAME, Rule, TransitionError, choose
-from protocol.wire import (Ack, Attach, AttachReply, Bye, Detach, ErrorCode, ErrorReply, Hello,
-                           HelloReply, Map, MapReply, Message, MoveNotify, OkReply, Placement,
-                           Unmap, UnmapReply)
+from protocol import machine
+from protocol.actions import (AckOwed, Acked, Action, Emit, ExporterLost, JobFinished, Joined, LeaseExpired,
+                              Left, ProgramIommu, Ready, Send, StartDma, StartTimer, TeardownIommu,
+                              WaitKernelFence)
+from protocol.lease import ImporterLease
+from protocol.machine import ANY, SAME, VIOLATION, Rule, TableError, TransitionError, choose
+from protocol.wire import (Ack, Attach, AttachReply, Bye, Detach, ErrorCode, ErrorReply, Heartbeat, Hello,
+                           HelloReply, Map, MapReply, Message, MoveNotify, OkReply, Placement, Unmap,
+                           UnmapReply)
 
 
 class AttState(enum.Enum):
     __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
-    ATTACHING = "attaching"
+    ATTACHING = "attaching"    # attach request out
     IDLE = "idle"              # attached; nothing mapped, no IOMMU entries
     CACHED = "cached"          # unmapped, but the IOMMU entries were kept
     MAPPING = "mapping"        # map request out
     FENCE_WAIT = "fence_wait"  # mapped; waiting for the move's KERNEL fence before touching it
     ACTIVE = "active"          # mapped; DMA running
     UNMAPPING = "unmapping"    # unmap request out
-    DETACHING = "detaching"
+    DETACHING = "detaching"    # detach request out
     DETACHED = "detached"
-    REVOKED = "revoked"        # the exporter took the attachment away
+    REVOKED = "revoked"        # the exporter took the attachment away (and it is not attached again)
 
 
 class AttEvent(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
-    JOB = "job"                        # the workload wants a DMA job on this buffer
-    MAP_OK = "map_ok"
-    MAP_FAILED = "map_failed"
+    __hash__ = object.__hash__
+    ATTACH_OK = "attach_ok"            # the attach reply (ctx: reply, latency)
+    ATTACH_FAILED = "attach_failed"    # the exporter refused the attach (ctx: reply)
+    JOB = "job"                        # the workload wants a DMA job on this buffer (ctx: job, access)
+    MAP_OK = "map_ok"                  # ctx: reply, latency, request_id
+    MAP_FAILED = "map_failed"          # ctx: reason
     FENCE_SIGNALED = "fence_signaled"  # the KERNEL fence named by the map reply signaled
     DMA_DONE = "dma_done"
-    UNMAP_OK = "unmap_ok"
-    MOVE_NOTIFY = "move_notify"
+    UNMAP_OK = "unmap_ok"              # ctx: reply, latency, request_id
+    UNMAP_FAILED = "unmap_failed"      # the exporter no longer knows the mapping (ctx: latency, request_id)
+    MOVE_NOTIFY = "move_notify"        # ctx: notify
+    REVOKED = "revoked"                # a reply says the attachment is gone (ctx: code)
+    LEAVE = "leave"                    # the importer is leaving: detach if you can
+    DETACH_DONE = "detach_done"        # the detach reply, ok or not (ctx: reply, latency)
+    RESET = "reset"                    # the importer starts over (ctx: reason)
 
 
 class IGuard(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
+    __hash__ = object.__hash__
     ALWAYS = "always"
     MOVED = "moved"              # the map reply says the buffer moved since this attachment's last map
     CACHED = "cached"            # IOMMU entries from an earlier mapping are still programmed
@@ -71,46 +95,102 @@ class IGuard(enum.Enum):
     WILL_MOVE = "will_move"      # the unmap reply says the buffer will move
     INVALIDATED = "invalidated"  # a move_notify invalidated the mapping
     STALE_REPLY = "stale_reply"  # the map reply names a generation announced moving while it was out
+    LEAVING = "leaving"          # the importer is leaving
+    REATTACHING = "reattaching"  # this attach is an attachment attached again after a revocation
+    MAY_REATTACH = "may_reattach"  # revoked as no_such_attachment, granted, and not leaving: attach again
 
 
 class IStep(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
+    __hash__ = object.__hash__
+    # the attach life cycle
+    ADOPT = "adopt"                      # the attach reply's id and token are the attachment's (attach event)
+    READY_IF_ALL = "ready_if_all"        # nothing attaching any more: the device is ready (Ready)
+    REATTACH_REFUSED = "reattach_refused"  # the buffer stays lost to this device
+    FATAL = "fatal"                      # the exporter refused what the importer cannot run without
+    SEND_DETACH = "send_detach"
+    LOG_DETACH = "log_detach"            # the detach event
+    FORGET = "forget"                    # revoked: the id means nothing any more (revoked event)
+    SEND_ATTACH = "send_attach"          # attach the buffer again, as a driver imports a dma-buf anew
+    # a job
+    TAKE_JOB = "take_job"                # the attachment takes the job (its id, access, fresh flags)
     SEND_MAP = "send_map"
     PROGRAM_IOMMU = "program_iommu"      # tear down any old entries, program the reply's placement
     REUSE_IOMMU = "reuse_iommu"          # keep the cached entries; the job uses what they point at
-    TEARDOWN_IOMMU = "teardown_iommu"
+    TEARDOWN_IOMMU = "teardown_iommu"    # (if any)
+    LOG_MAP = "log_map"                  # the map event (the history's record of the reply)
     WAIT_KERNEL_FENCE = "wait_kernel_fence"
     START_DMA = "start_dma"
     START_FENCED_DMA = "start_fenced_dma"  # publish a fence in shared memory, signal it at the end
     SEND_UNMAP = "send_unmap"
+    LOG_UNMAP = "log_unmap"              # the unmap event; the job's mapping is gone
     FINISH_JOB = "finish_job"
-    FAIL_JOB = "fail_job"
+    FAIL_JOB = "fail_job"                # job_failed, and the job is over
+    ABORT_JOB = "abort_job"              # the job is over, not ok (a reset)
+    # move_notify
     RETURN = "return"                    # the move_notify callback returns (reply ok)
     REFUSE_NOTIFY = "refuse_notify"      # this strategy has no move_notify: reply bad_state
     INVALIDATE = "invalidate"            # mark the mapping invalid: nothing new may start on it
+    NOTE_CROSSING = "note_crossing"      # our map is out: remember the generation announced moving
     ACK = "ack"                          # send ack now
     ACK_AFTER_DRAIN = "ack_after_drain"  # send ack when the running job ends
     SEND_OWED_ACKS = "send_owed_acks"
 
 
-ImporterTable = Mapping[tuple[Any, AttEvent], tuple[Rule, ...]]
+ImporterTable = Mapping[tuple[Any, AttEvent], Any]
 
-# The job cycle every strategy shares: map, DMA, unmap, IOMMU entries torn down at unmap.
-BASE_TABLE: dict[tuple[Any, AttEvent], tuple[Rule, ...]] = {
-    (AttState.IDLE, AttEvent.JOB): (Rule(IGuard.ALWAYS, AttState.MAPPING, (IStep.SEND_MAP,)),),
+IGNORE = (Rule(IGuard.ALWAYS, SAME, ()),)
+
+# What every strategy shares: the attach life cycle, and the job cycle map, DMA, unmap, with IOMMU
+# entries torn down at unmap. A strategy replaces rows to keep entries, wait for fences or answer
+# move_notify.
+BASE_TABLE: dict[tuple[Any, AttEvent], Any] = {
+    # attach
+    (AttState.ATTACHING, AttEvent.ATTACH_OK): (
+        Rule(IGuard.REATTACHING, AttState.IDLE, (IStep.ADOPT,)),
+        Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.ADOPT, IStep.READY_IF_ALL))),
+    (AttState.ATTACHING, AttEvent.ATTACH_FAILED): (
+        Rule(IGuard.REATTACHING, AttState.REVOKED, (IStep.REATTACH_REFUSED,)),
+        Rule(IGuard.ALWAYS, SAME, (IStep.FATAL,))),
+    (ANY, AttEvent.ATTACH_OK): VIOLATION,
+    (ANY, AttEvent.ATTACH_FAILED): VIOLATION,
+    # a job
+    (AttState.IDLE, AttEvent.JOB): (
+        Rule(IGuard.LEAVING, VIOLATION), Rule(IGuard.ALWAYS, AttState.MAPPING, (IStep.TAKE_JOB, IStep.SEND_MAP))),
+    (ANY, AttEvent.JOB): VIOLATION,
     (AttState.MAPPING, AttEvent.MAP_OK): (
-        Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.START_DMA)),),
+        Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.START_DMA)),),
+    (ANY, AttEvent.MAP_OK): VIOLATION,
     (AttState.MAPPING, AttEvent.MAP_FAILED): (Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.FAIL_JOB,)),),
+    (ANY, AttEvent.MAP_FAILED): VIOLATION,
+    (ANY, AttEvent.FENCE_SIGNALED): IGNORE,   # the job it was for is over (revoked, reset)
     (AttState.ACTIVE, AttEvent.DMA_DONE): (Rule(IGuard.ALWAYS, AttState.UNMAPPING, (IStep.SEND_UNMAP,)),),
+    (ANY, AttEvent.DMA_DONE): VIOLATION,
     (AttState.UNMAPPING, AttEvent.UNMAP_OK): (
-        Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.TEARDOWN_IOMMU, IStep.FINISH_JOB)),),
+        Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.TEARDOWN_IOMMU, IStep.FINISH_JOB, IStep.LOG_UNMAP)),),
+    (AttState.UNMAPPING, AttEvent.UNMAP_FAILED): (
+        Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.TEARDOWN_IOMMU, IStep.FINISH_JOB, IStep.LOG_UNMAP)),),
+    (ANY, AttEvent.UNMAP_OK): VIOLATION,
+    (ANY, AttEvent.UNMAP_FAILED): VIOLATION,
     (ANY, AttEvent.MOVE_NOTIFY): (Rule(IGuard.ALWAYS, SAME, (IStep.REFUSE_NOTIFY,)),),
+    # revocation, leaving, starting over
+    (ANY, AttEvent.REVOKED): (
+        Rule(IGuard.MAY_REATTACH, AttState.ATTACHING, (IStep.TEARDOWN_IOMMU, IStep.FORGET, IStep.SEND_ATTACH)),
+        Rule(IGuard.ALWAYS, AttState.REVOKED, (IStep.TEARDOWN_IOMMU, IStep.FORGET))),
+    (AttState.IDLE, AttEvent.LEAVE): (
+        Rule(IGuard.ALWAYS, AttState.DETACHING, (IStep.TEARDOWN_IOMMU, IStep.SEND_DETACH)),),
+    (AttState.CACHED, AttEvent.LEAVE): (
+        Rule(IGuard.ALWAYS, AttState.DETACHING, (IStep.TEARDOWN_IOMMU, IStep.SEND_DETACH)),),
+    (ANY, AttEvent.LEAVE): IGNORE,            # busy (it detaches when its job is over), or done
+    (AttState.DETACHING, AttEvent.DETACH_DONE): (Rule(IGuard.ALWAYS, AttState.DETACHED, (IStep.LOG_DETACH,)),),
+    (ANY, AttEvent.DETACH_DONE): VIOLATION,
+    (ANY, AttEvent.RESET): (Rule(IGuard.ALWAYS, AttState.DETACHED, (IStep.TEARDOWN_IOMMU, IStep.ABORT_JOB)),),
 }
 
 # Rows of the importers that keep IOMMU entries across unmap (revalidate, unmap-hint): a job may
 # start from CACHED, and a refused map leaves the kept entries where they were.
-KEEP_ENTRIES_ROWS: dict[tuple[Any, AttEvent], tuple[Rule, ...]] = {
-    (AttState.CACHED, AttEvent.JOB): (Rule(IGuard.ALWAYS, AttState.MAPPING, (IStep.SEND_MAP,)),),
+KEEP_ENTRIES_ROWS: dict[tuple[Any, AttEvent], Any] = {
+    (AttState.CACHED, AttEvent.JOB): (
+        Rule(IGuard.LEAVING, VIOLATION), Rule(IGuard.ALWAYS, AttState.MAPPING, (IStep.TAKE_JOB, IStep.SEND_MAP))),
     (AttState.MAPPING, AttEvent.MAP_FAILED): (
         Rule(IGuard.CACHED, AttState.CACHED, (IStep.FAIL_JOB,)),
         Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.FAIL_JOB,)),
@@ -136,8 +216,6 @@ class _Att:
     access: str = ""
     invalidated: bool = False
     owed_acks: list[int] = field(default_factory=list)  # moves to ack when the job drains
-    map_reply: MapReply | None = None
-    unmap_reply: UnmapReply | None = None
     fence_seq: int = 0
     reused: bool = False
     notified_gen: int = 0    # highest generation announced moving while this job's map was out
@@ -145,14 +223,21 @@ class _Att:
     reattaching: bool = False  # attached again after the exporter revoked it
 
 
+HEARTBEAT_TIMER = ("heartbeat",)
+HEARTBEATS_PER_LEASE = 4
+
+
 class Importer:
     """One importer's protocol state. Not thread-safe: the shell calls it from its one loop."""
 
     def __init__(self, spec: ImporterSpec, name: str, pid: int, first_id: int = 1, *,
-                 join_token: str = "", export_tokens: Mapping[int, str] | None = None) -> None:
+                 join_token: str = "", export_tokens: Mapping[int, str] | None = None,
+                 lease_s: float | None = None, heartbeat_first_id: int | None = None) -> None:
         """join_token: this name's join token; export_tokens: buffer -> export token, the buffers
-        this importer was granted (it attaches those, and only those)."""
+        this importer was granted (it attaches those, and only those). lease_s: keep the lease
+        and send heartbeats (None: no lease, as in tests that drive the half by hand)."""
         self.spec = spec
+        self.table = compile_spec(spec)
         self.name = name
         self.pid = pid
         self.join_token = join_token
@@ -166,117 +251,164 @@ class Importer:
         self._leaving = False
         self._left = False
         self._out: list[Action] = []
+        self._posted: list[_Att] = []               # attachments offered LEAVE after their transition
+        self.lease_s = lease_s
+        self.lease = ImporterLease(int(lease_s * 1e9)) if lease_s is not None else None
+        self._hb_first = heartbeat_first_id if heartbeat_first_id is not None else first_id + (1 << 32)
+        self._next_hb = self._hb_first
+        self._last_tick: int | None = None
 
     # ------------------------------------------------------------------ entry points
 
     def start(self, now: int) -> list[Action]:
-        """Say hello. Requires: called once, first."""
-        self._request(Hello(id=self._new_id(), name=self.name, pid=self.pid, strategy=self.spec.strategy,
-                            token=self.join_token), None, now)
-        return self._take()
+        """Say hello (and start the heartbeat timer). Requires: called once, first."""
+        self._hello(now)
+        if self.lease is not None:
+            self._last_tick = now
+            self._out.append(StartTimer(HEARTBEAT_TIMER, self.lease_s / HEARTBEATS_PER_LEASE))  # type: ignore[operator]
+        return self._take(now)
 
     def reset(self, now: int, reason: str) -> list[Action]:
         """Start over: every job ends failed, every IOMMU entry goes, hello again.
-        Requires the device's DMA stopped (the shell aborts it first). Not while leaving: a
-        leaving importer that lost its lease has nothing left to give back, so it has left."""
-        self._emit("rejoin", reason=reason, jobs=len(self._jobs),
-                   attachments=sum(1 for a in self._atts.values() if a.id))
-        for att in self._atts.values():
-            if att.iommu is not None:
-                self._teardown(att)
-            if att.job is not None:
-                self._end_job(att, ok=False, reason=reason)
-        self._atts.clear()
-        self._by_id.clear()
-        self._pending.clear()
-        self._jobs.clear()
-        self.slot = 0  # not a member until the new hello is answered
-        if self._leaving:
-            self._left = True
-            self._out.append(Left())
-            return self._take()
-        return self.start(now)
+        Requires the device's DMA stopped. Not while leaving: a leaving importer that lost its
+        lease has nothing left to give back, so it has left."""
+        self._reset(now, reason)
+        return self._take(now)
 
     def job(self, job: int, buffer: int, access: str, now: int) -> list[Action]:
         """Start DMA job `job` on `buffer`. Requires the attachment idle (see idle_buffers())."""
         att = self._atts.get(buffer)
-        if att is None or att.job is not None or self._leaving:
-            raise TransitionError(self.spec.strategy, f"{self.name} buffer {buffer}",
-                                  att.state if att else "unattached", AttEvent.JOB)
-        att.job, att.access, att.invalidated, att.reused = job, access, False, False
-        att.notified_gen = 0
-        self._jobs[job] = buffer
-        self._dispatch(att, AttEvent.JOB, now)
-        return self._take()
+        if att is None:
+            raise TransitionError(self.spec.strategy, f"{self.name} buffer {buffer}", "unattached", AttEvent.JOB)
+        self._dispatch(att, AttEvent.JOB, now, job=job, access=access)
+        return self._take(now)
 
     def dma_done(self, job: int, now: int) -> list[Action]:
         buffer = self._jobs.get(job)
         if buffer is not None:
             self._dispatch(self._atts[buffer], AttEvent.DMA_DONE, now)
-        return self._take()
+        return self._take(now)
 
     def kernel_fence_signaled(self, attachment: int, now: int) -> list[Action]:
         att = self._by_id.get(attachment)
-        if att is not None and att.state is AttState.FENCE_WAIT:
+        if att is not None:
             self._dispatch(att, AttEvent.FENCE_SIGNALED, now)
-        return self._take()
+        return self._take(now)
 
     def handle_request(self, msg: Message, now: int) -> list[Action]:
         """A request from the exporter (move_notify). Errors become error replies."""
         if not isinstance(msg, MoveNotify):
             self._reply(ErrorReply(id=msg.id, op=msg.OP, code=ErrorCode.BAD_STATE,
                                    message=f"importer {self.name} does not serve '{msg.OP}'"))
-            return self._take()
+            return self._take(now)
         att = self._by_id.get(msg.attachment)
         if att is None or att.buffer != msg.buffer:
             self._reply(ErrorReply(id=msg.id, op=msg.OP, code=ErrorCode.NO_SUCH_ATTACHMENT,
                                    message=f"move_notify: {self.name} has no attachment {msg.attachment} of buffer {msg.buffer}"))
-            return self._take()
+            return self._take(now)
         self._emit("move_notify_received", id=msg.id, buffer=att.buffer, attachment=att.id,
                    move=msg.move, gen=msg.gen, state=att.state.value)
-        if att.state is AttState.MAPPING:  # our map and its move crossed: its reply may be stale
-            att.notified_gen = max(att.notified_gen, msg.gen)
         try:
             self._dispatch(att, AttEvent.MOVE_NOTIFY, now, notify=msg)
         except TransitionError as err:
             self._reply(ErrorReply(id=msg.id, op=msg.OP, code=ErrorCode.BAD_STATE, message=str(err)))
-        return self._take()
+        return self._take(now)
 
     def handle_reply(self, reply: Message, now: int) -> list[Action]:
-        """The exporter's answer to one of our requests, matched by id."""
+        """The exporter's answer to one of our requests (or heartbeats), matched by id."""
+        if self._hb_first <= reply.id < self._next_hb:
+            if self.lease is not None:  # a heartbeat's answer: only a member's ok renews the lease
+                self.lease.answered(reply.id, now, grant=not isinstance(reply, ErrorReply))
+            return self._take(now)
+        forgotten = isinstance(reply, ErrorReply) and reply.code == ErrorCode.NO_SUCH_IMPORTER
+        if self.lease is not None:
+            self.lease.answered(reply.id, now, grant=not forgotten)
         pending = self._pending.pop(reply.id, None)
         if pending is None:
             self._emit("stray_reply", id=reply.id, op=getattr(reply, "op", reply.OP))
-            return self._take()
+            return self._take(now)
         op, buffer, sent = pending
         latency = now - sent
-        if isinstance(reply, ErrorReply) and reply.code == ErrorCode.NO_SUCH_IMPORTER and op != "hello":
+        if forgotten and op != "hello":
             # The exporter declared us lost (our lease ran out while we could not tell): whatever
             # we held is gone. Start over rather than act on handles that no longer exist.
             return self.reset(now, f"exporter answered {op} with no_such_importer")
+        ctx: dict[str, Any] = {"reply": reply, "latency": latency, "request_id": reply.id}
         if op == "hello":
             self._on_hello_reply(reply, now)
-        elif op == "attach":
-            self._on_attach_reply(reply, buffer, latency, now)
-        elif op == "detach":
-            self._on_detach_reply(reply, buffer, latency, now)
         elif op == "bye":
             self._left = True
             self._out.append(Left())
-        elif op == "map":
-            self._on_map_reply(reply, self._atts[buffer], latency, now)  # type: ignore[index]
-        elif op == "unmap":
-            self._on_unmap_reply(reply, self._atts[buffer], latency, now)  # type: ignore[index]
-        elif op == "ack" and isinstance(reply, ErrorReply):
-            self._emit("ack_refused", buffer=buffer, code=reply.code, message=reply.message)
-        return self._take()
+        elif op == "ack":
+            if isinstance(reply, ErrorReply):
+                self._emit("ack_refused", buffer=buffer, code=reply.code, message=reply.message)
+        else:
+            att = self._atts[buffer]  # type: ignore[index]
+            ok = not isinstance(reply, ErrorReply)
+            if op == "attach":
+                self._dispatch(att, AttEvent.ATTACH_OK if isinstance(reply, AttachReply) else AttEvent.ATTACH_FAILED,
+                               now, **ctx)
+            elif op == "detach":
+                self._dispatch(att, AttEvent.DETACH_DONE, now, **ctx)
+            elif op == "map":
+                if isinstance(reply, MapReply):
+                    self._dispatch(att, AttEvent.MAP_OK, now, **ctx)
+                else:
+                    code = reply.code if isinstance(reply, ErrorReply) else "bad_reply"
+                    message = reply.message if isinstance(reply, ErrorReply) else _describe(reply)
+                    self._dispatch(att, AttEvent.MAP_FAILED, now, reason=f"map refused: {code}: {message}")
+                    self._if_revoked(att, reply, now)
+            elif op == "unmap":
+                self._dispatch(att, AttEvent.UNMAP_OK if isinstance(reply, UnmapReply) and ok
+                               else AttEvent.UNMAP_FAILED, now, **ctx)
+                self._if_revoked(att, reply, now)
+        return self._take(now)
 
     def shutdown(self, now: int) -> list[Action]:
         """Leave: detach every attachment as soon as its job is over, then say bye.
         Requires the workload to have stopped giving jobs."""
         self._leaving = True
-        self._continue_leaving(now)
-        return self._take()
+        for att in list(self._atts.values()):
+            self._dispatch(att, AttEvent.LEAVE, now)
+        return self._take(now)
+
+    def sent(self, msg_id: int, now: int) -> None:
+        """The shell transmitted request `msg_id` (first time or a retry): the lease counts from
+        its first transmission."""
+        if self.lease is not None:
+            self.lease.sent(msg_id, now)
+
+    def may_access(self, now: int) -> bool:
+        """May the device touch memory now? Not once the lease has run out (then call
+        lease_expired)."""
+        return self.lease is None or not self.lease.expired(now)
+
+    def lease_expired(self, now: int) -> list[Action]:
+        """The lease ran out: stop the device (LeaseExpired), then start over (reset)."""
+        self._lease_expired(now)
+        return self._take(now)
+
+    def timer_fired(self, key: Hashable, now: int) -> list[Action]:
+        """A timer this half started has fired: the heartbeat (see the rules at the top)."""
+        if key != HEARTBEAT_TIMER or self.lease is None:
+            raise ValueError(f"timer {key!r} was not started by the importer half")
+        lease, half = self.lease, self.lease.lease_ns // 2
+        if self._last_tick is not None and now - self._last_tick > half:
+            lease.woke(now)
+            self._emit("woke", late_ns=now - self._last_tick)
+        self._last_tick = now
+        if lease.exporter_lost(now):
+            self._out.append(ExporterLost(lease.exporter_silent_ns(now), self.lease_s))  # type: ignore[arg-type]
+            return self._take(now)
+        if lease.expired(now):
+            self._lease_expired(now)
+        if self.slot and not self._left:  # a lease is only held by a member
+            hb = Heartbeat(id=self._next_hb)
+            self._next_hb += 1
+            lease.sent(hb.id, now)
+            self._out.append(Send(b"", hb, reliable=False))
+        self._out.append(StartTimer(HEARTBEAT_TIMER, self.lease_s / HEARTBEATS_PER_LEASE))  # type: ignore[operator]
+        return self._take(now)
 
     def idle_buffers(self) -> list[int]:
         return [b for b, a in self._atts.items() if a.job is None and a.state in (AttState.IDLE, AttState.CACHED)]
@@ -289,7 +421,11 @@ class Importer:
     def has_left(self) -> bool:
         return self._left
 
-    # ------------------------------------------------------------------ replies
+    # ------------------------------------------------------------------ the session
+
+    def _hello(self, now: int) -> None:
+        self._request(Hello(id=self._new_id(), name=self.name, pid=self.pid, strategy=self.spec.strategy,
+                            token=self.join_token), None, now)
 
     def _on_hello_reply(self, reply: Message, now: int) -> None:
         if not isinstance(reply, HelloReply):
@@ -308,171 +444,205 @@ class Importer:
         if not granted:
             self._out.append(Ready())
 
-    def _on_attach_reply(self, reply: Message, buffer: int | None, latency: int, now: int) -> None:
-        att = self._atts[buffer]  # type: ignore[index]
-        if not isinstance(reply, AttachReply):
-            if att.reattaching:  # the buffer stays lost to this device; the rest goes on
-                att.state = AttState.REVOKED
-                self._emit("reattach_refused", buffer=buffer, reason=_describe(reply))
-                self._continue_leaving(now)
-                return
-            raise _Fatal(f"the exporter refused to attach buffer {buffer}: {_describe(reply)}")
-        att.id, att.state, att.token = reply.attachment, AttState.IDLE, reply.token
-        self._by_id[att.id] = att
-        self._emit("attach", id=reply.id, buffer=buffer, attachment=att.id, latency_ns=latency,
-                   **({"again": True} if att.reattaching else {}))
-        if att.reattaching:
-            self._continue_leaving(now)  # leaving meanwhile: detach it like the others
-        elif all(a.state is not AttState.ATTACHING for a in self._atts.values()):
-            self._out.append(Ready())
-
-    def _on_detach_reply(self, reply: Message, buffer: int | None, latency: int, now: int) -> None:
-        att = self._atts[buffer]  # type: ignore[index]
-        ok = not isinstance(reply, ErrorReply)
-        self._emit("detach", id=reply.id, buffer=buffer, attachment=att.id, latency_ns=latency,
-                   ok=ok, **({} if ok else {"code": reply.code}))  # type: ignore[union-attr]
-        att.state = AttState.DETACHED
-        self._continue_leaving(now)
-
-    def _on_map_reply(self, reply: Message, att: _Att, latency: int, now: int) -> None:
-        if isinstance(reply, MapReply):
-            att.map_reply = reply
-            self._dispatch(att, AttEvent.MAP_OK, now, latency=latency, request_id=reply.id)
-            return
-        code = reply.code if isinstance(reply, ErrorReply) else "bad_reply"
-        message = reply.message if isinstance(reply, ErrorReply) else _describe(reply)
-        self._dispatch(att, AttEvent.MAP_FAILED, now, reason=f"map refused: {code}: {message}")
-        if code in (ErrorCode.NO_SUCH_ATTACHMENT, ErrorCode.ACCESS_DENIED):
-            self._revoked(att, code, now)
-
-    def _on_unmap_reply(self, reply: Message, att: _Att, latency: int, now: int) -> None:
-        if isinstance(reply, UnmapReply):
-            att.unmap_reply = reply
+    def _reset(self, now: int, reason: str) -> None:
+        self._emit("rejoin", reason=reason, jobs=len(self._jobs),
+                   attachments=sum(1 for a in self._atts.values() if a.id))
+        for att in list(self._atts.values()):
+            self._dispatch(att, AttEvent.RESET, now, reason=reason)
+        self._posted.clear()
+        self._atts.clear()
+        self._by_id.clear()
+        self._pending.clear()
+        self._jobs.clear()
+        self.slot = 0  # not a member until the new hello is answered
+        if self._leaving:
+            self._left = True
+            self._out.append(Left())
         else:
-            # The exporter no longer knows the mapping (revoked): nothing is mapped any more.
-            att.unmap_reply = UnmapReply(id=reply.id, will_move=True)
-        self._dispatch(att, AttEvent.UNMAP_OK, now, latency=latency, request_id=reply.id)
+            self._hello(now)
+
+    def _lease_expired(self, now: int) -> None:
+        if self.lease is not None:
+            granted = self.lease.granted_send
+            self._out.append(LeaseExpired(None if granted is None else now - granted))
+            self.lease.revoke()
+        self._reset(now, "lease expired")
+
+    def _if_revoked(self, att: _Att, reply: Message, now: int) -> None:
         if isinstance(reply, ErrorReply) and reply.code in (ErrorCode.NO_SUCH_ATTACHMENT, ErrorCode.ACCESS_DENIED):
-            self._revoked(att, reply.code, now)
+            self._dispatch(att, AttEvent.REVOKED, now, code=reply.code)
+
+    def _may_bye(self, now: int) -> None:
+        if self._leaving and not self._left \
+                and all(a.state in (AttState.DETACHED, AttState.REVOKED) for a in self._atts.values()) \
+                and not any(op == "bye" for op, _, _ in self._pending.values()):
+            self._request(Bye(id=self._new_id()), None, now)
 
     # ------------------------------------------------------------------ the table interpreter
 
     def _dispatch(self, att: _Att, event: AttEvent, now: int, **ctx: Any) -> None:
-        rule = choose(self.spec.table, att.state, event, lambda g: self._guard(g, att),
+        rule = choose(self.table, att.state, event, lambda g: IGUARDS[g](self, att, ctx),
                       self.spec.strategy, f"{self.name} attachment {att.id} (buffer {att.buffer})")
-        before = att.state
         for step in rule.do:
-            getattr(self, "_step_" + step.value)(att, now, ctx)
-        if rule.then is not SAME and att.state is before:
+            ISTEPS[step](self, att, now, ctx)
+        if rule.then is not SAME:
             att.state = rule.then
-        if event is AttEvent.MAP_OK:
-            p = att.mapping or att.map_reply.placement  # type: ignore[union-attr]  (no mapping: refused as stale)
-            self._emit("map", id=ctx["request_id"], buffer=att.buffer, attachment=att.id,
-                       heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,  # type: ignore[union-attr]
-                       latency_ns=ctx["latency"], reused=att.reused,
-                       moved=att.map_reply.moved if att.map_reply else False)
-            if att.state is AttState.ACTIVE and ctx.get("start"):
-                self._out.append(ctx["start"])
-        elif event is AttEvent.UNMAP_OK:
-            p = att.mapping or att.iommu
-            self._emit("unmap", id=ctx["request_id"], buffer=att.buffer, attachment=att.id,
-                       heap=p.heap if p else None, offset=p.offset if p else None,
-                       size=p.size if p else None, gen=p.gen if p else None,
-                       latency_ns=ctx["latency"], kept_iommu=att.iommu is not None,
-                       will_move=att.unmap_reply.will_move if att.unmap_reply else None)
-            att.mapping = None
-            if self._leaving:
-                self._continue_leaving(now)
+        if self._leaving and event is not AttEvent.LEAVE and event is not AttEvent.RESET:
+            self._posted.append(att)
 
-    def _guard(self, guard: IGuard, att: _Att) -> bool:
-        if guard is IGuard.ALWAYS:
-            return True
-        if guard is IGuard.MOVED:
-            return bool(att.map_reply and att.map_reply.moved)
-        if guard is IGuard.CACHED:
-            return att.iommu is not None
-        if guard is IGuard.FENCED:
-            return bool(att.map_reply and att.map_reply.fence)
-        if guard is IGuard.WILL_MOVE:
-            return bool(att.unmap_reply and att.unmap_reply.will_move)
-        if guard is IGuard.INVALIDATED:
-            return att.invalidated
-        if guard is IGuard.STALE_REPLY:
-            return bool(att.map_reply and att.map_reply.placement.gen <= att.notified_gen)
-        raise AssertionError(guard)
+    def _run_posted(self, now: int) -> None:
+        while self._posted:
+            att = self._posted.pop(0)
+            if self._atts.get(att.buffer) is att:
+                self._dispatch(att, AttEvent.LEAVE, now)
 
-    def _step_send_map(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    # ------------------------------------------------------------------ guards
+
+    def _g_may_reattach(self, att: _Att, ctx: dict[str, Any]) -> bool:
+        return ctx.get("code") == ErrorCode.NO_SUCH_ATTACHMENT and not self._leaving and att.buffer in self.export_tokens
+
+    def _g_stale_reply(self, att: _Att, ctx: dict[str, Any]) -> bool:
+        reply = ctx.get("reply")
+        return isinstance(reply, MapReply) and reply.placement.gen <= att.notified_gen
+
+    # ------------------------------------------------------------------ steps: the attach life cycle
+
+    def _adopt(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        reply = ctx["reply"]
+        att.id, att.token = reply.attachment, reply.token
+        self._by_id[att.id] = att
+        self._emit("attach", id=reply.id, buffer=att.buffer, attachment=att.id, latency_ns=ctx["latency"],
+                   **({"again": True} if att.reattaching else {}))
+
+    def _ready_if_all(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        if all(a is att or a.state is not AttState.ATTACHING for a in self._atts.values()):
+            self._out.append(Ready())
+
+    def _reattach_refused(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        self._emit("reattach_refused", buffer=att.buffer, reason=_describe(ctx["reply"]))
+
+    def _fatal(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        raise _Fatal(f"the exporter refused to attach buffer {att.buffer}: {_describe(ctx['reply'])}")
+
+    def _send_detach(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        self._request(Detach(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
+
+    def _log_detach(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        reply = ctx["reply"]
+        ok = not isinstance(reply, ErrorReply)
+        self._emit("detach", id=reply.id, buffer=att.buffer, attachment=att.id, latency_ns=ctx["latency"],
+                   ok=ok, **({} if ok else {"code": reply.code}))
+
+    def _forget(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        self._by_id.pop(att.id, None)
+        self._emit("revoked", buffer=att.buffer, attachment=att.id, code=ctx["code"])
+
+    def _send_attach(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        att.reattaching = True
+        self._request(Attach(id=self._new_id(), buffer=att.buffer, token=self.export_tokens[att.buffer]),
+                      att.buffer, now)
+
+    # ------------------------------------------------------------------ steps: a job
+
+    def _take_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        att.job, att.access = ctx["job"], ctx["access"]
+        att.invalidated = att.reused = False
+        att.notified_gen = 0
+        self._jobs[att.job] = att.buffer  # type: ignore[index]
+
+    def _send_map(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._request(Map(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
 
-    def _step_program_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        placement = att.map_reply.placement  # type: ignore[union-attr]
+    def _program_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        placement = ctx["reply"].placement
         if att.iommu is not None:
             self._teardown(att)
         att.iommu = att.mapping = placement
         att.reused = False
         self._out.append(ProgramIommu(att.id, att.buffer, placement))
 
-    def _step_reuse_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _reuse_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         # Trust the entries programmed before: the device keeps using what they point at.
         att.mapping = att.iommu
         att.reused = True
 
-    def _step_teardown_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _teardown_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         if att.iommu is not None:
             self._teardown(att)
 
-    def _step_wait_kernel_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        att.fence_seq = att.map_reply.fence  # type: ignore[union-attr]
+    def _log_map(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        reply = ctx["reply"]
+        p = att.mapping or reply.placement  # no mapping: refused as stale
+        self._emit("map", id=ctx["request_id"], buffer=att.buffer, attachment=att.id,
+                   heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,
+                   latency_ns=ctx["latency"], reused=att.reused, moved=reply.moved)
+
+    def _wait_kernel_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        att.fence_seq = ctx["reply"].fence
         self._out.append(WaitKernelFence(att.id, att.buffer, att.fence_seq))
 
-    def _step_start_dma(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._start_dma(att, ctx, fenced=False)
+    def _start_dma(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        self._out.append(StartDma(att.job, att.buffer, att.id, att.access, att.mapping, False))  # type: ignore[arg-type]
 
-    def _step_start_fenced_dma(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._start_dma(att, ctx, fenced=True)
+    def _start_fenced_dma(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        self._out.append(StartDma(att.job, att.buffer, att.id, att.access, att.mapping, True))  # type: ignore[arg-type]
 
-    def _step_send_unmap(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _send_unmap(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._request(Unmap(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
 
-    def _step_finish_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _log_unmap(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        reply = ctx.get("reply")
+        p = att.mapping or att.iommu
+        self._emit("unmap", id=ctx["request_id"], buffer=att.buffer, attachment=att.id,
+                   heap=p.heap if p else None, offset=p.offset if p else None,
+                   size=p.size if p else None, gen=p.gen if p else None,
+                   latency_ns=ctx["latency"], kept_iommu=att.iommu is not None,
+                   # an unmap the exporter refused (revoked) counts as one that said: it will move
+                   will_move=reply.will_move if isinstance(reply, UnmapReply) else True)
+        att.mapping = None
+
+    def _finish_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._end_job(att, ok=True, reason="")
 
-    def _step_fail_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _fail_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         reason = ctx.get("reason", "invalidated before the first access")
         self._emit("job_failed", job=att.job, buffer=att.buffer, reason=reason)
         self._end_job(att, ok=False, reason=reason)
 
-    def _step_return(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _abort_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        if att.job is not None:
+            self._end_job(att, ok=False, reason=ctx["reason"])
+
+    # ------------------------------------------------------------------ steps: move_notify
+
+    def _return(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._reply(OkReply(id=ctx["notify"].id, op=MoveNotify.OP))
 
-    def _step_refuse_notify(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _refuse_notify(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._reply(ErrorReply(id=ctx["notify"].id, op=MoveNotify.OP, code=ErrorCode.BAD_STATE,
                                message=f"strategy {self.spec.strategy} has no move_notify"))
 
-    def _step_invalidate(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _invalidate(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         if att.mapping is not None and not att.invalidated:
             att.invalidated = True
             self._emit("invalidate", buffer=att.buffer, attachment=att.id, gen=att.mapping.gen)
 
-    def _step_ack(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _note_crossing(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        att.notified_gen = max(att.notified_gen, ctx["notify"].gen)
+
+    def _ack(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._send_ack(att, ctx["notify"].move, now)
 
-    def _step_ack_after_drain(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _ack_after_drain(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         att.owed_acks.append(ctx["notify"].move)
+        self._out.append(AckOwed(att.id, att.buffer, ctx["notify"].move))
 
-    def _step_send_owed_acks(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _send_owed_acks(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         owed, att.owed_acks = att.owed_acks, []
         for move in owed:
             self._send_ack(att, move, now)
 
     # ------------------------------------------------------------------ helpers
-
-    def _start_dma(self, att: _Att, ctx: dict[str, Any], *, fenced: bool) -> None:
-        start = StartDma(att.job, att.buffer, att.id, att.access, att.mapping, fenced)  # type: ignore[arg-type]
-        if "latency" in ctx and "request_id" in ctx and att.state is AttState.MAPPING:
-            ctx["start"] = start  # after the `map` event, so the history reads map -> dma_begin
-        else:
-            self._out.append(start)
 
     def _teardown(self, att: _Att) -> None:
         self._out.append(TeardownIommu(att.id, att.buffer, att.iommu))  # type: ignore[arg-type]
@@ -481,41 +651,15 @@ class Importer:
     def _send_ack(self, att: _Att, move: int, now: int) -> None:
         req = Ack(id=self._new_id(), attachment=att.id, move=move)
         self._request(req, att.buffer, now)
+        self._out.append(Acked(att.id, att.buffer, move))
         self._emit("ack_sent", id=req.id, buffer=att.buffer, attachment=att.id, move=move)
 
     def _end_job(self, att: _Att, *, ok: bool, reason: str) -> None:
         job = att.job
-        att.job, att.invalidated, att.map_reply = None, False, None
+        att.job, att.invalidated = None, False
         if job is not None:
             self._jobs.pop(job, None)
             self._out.append(JobFinished(job, att.buffer, ok, reason))
-
-    def _revoked(self, att: _Att, code: str, now: int) -> None:
-        """The exporter no longer knows the attachment (it revoked it: a notify or fence timeout).
-        The driver attaches the buffer again, as it would import a dma-buf anew; a device that
-        keeps misbehaving keeps losing it."""
-        if att.iommu is not None:
-            self._teardown(att)
-        self._by_id.pop(att.id, None)
-        att.state = AttState.REVOKED
-        self._emit("revoked", buffer=att.buffer, attachment=att.id, code=code)
-        if code == ErrorCode.NO_SUCH_ATTACHMENT and not self._leaving and att.buffer in self.export_tokens:
-            att.state, att.reattaching = AttState.ATTACHING, True
-            self._request(Attach(id=self._new_id(), buffer=att.buffer, token=self.export_tokens[att.buffer]),
-                          att.buffer, now)
-
-    def _continue_leaving(self, now: int) -> None:
-        if not self._leaving or self._left:
-            return
-        for att in self._atts.values():
-            if att.job is None and att.state in (AttState.IDLE, AttState.CACHED):
-                if att.iommu is not None:
-                    self._teardown(att)
-                att.state = AttState.DETACHING
-                self._request(Detach(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
-        if all(a.state in (AttState.DETACHED, AttState.REVOKED) for a in self._atts.values()) \
-                and not any(op == "bye" for op, _, _ in self._pending.values()):
-            self._request(Bye(id=self._new_id()), None, now)
 
     def _request(self, msg: Message, buffer: int | None, now: int) -> None:
         self._pending[msg.id] = (msg.OP, buffer, now)
@@ -532,7 +676,10 @@ class Importer:
     def _emit(self, event: str, **fields: Any) -> None:
         self._out.append(Emit(event, fields))
 
-    def _take(self) -> list[Action]:
+    def _take(self, now: int) -> list[Action]:
+        if self._leaving and not self._left:
+            self._run_posted(now)
+            self._may_bye(now)
         out, self._out = self._out, []
         return out
 
@@ -548,3 +695,77 @@ def _describe(reply: Message) -> str:
     if isinstance(reply, ErrorReply):
         return f"{reply.code}: {reply.message}"
     return type(reply).__name__
+
+
+IGuardFn = Callable[[Importer, _Att, dict[str, Any]], bool]
+IStepFn = Callable[[Importer, _Att, int, dict[str, Any]], None]
+
+IGUARDS: dict[IGuard, IGuardFn] = {
+    IGuard.ALWAYS: lambda imp, att, ctx: True,
+    IGuard.MOVED: lambda imp, att, ctx: bool(isinstance(ctx.get("reply"), MapReply) and ctx["reply"].moved),
+    IGuard.CACHED: lambda imp, att, ctx: att.iommu is not None,
+    IGuard.FENCED: lambda imp, att, ctx: bool(isinstance(ctx.get("reply"), MapReply) and ctx["reply"].fence),
+    IGuard.WILL_MOVE: lambda imp, att, ctx: bool(isinstance(ctx.get("reply"), UnmapReply) and ctx["reply"].will_move),
+    IGuard.INVALIDATED: lambda imp, att, ctx: att.invalidated,
+    IGuard.STALE_REPLY: Importer._g_stale_reply,
+    IGuard.LEAVING: lambda imp, att, ctx: imp._leaving,
+    IGuard.REATTACHING: lambda imp, att, ctx: att.reattaching,
+    IGuard.MAY_REATTACH: Importer._g_may_reattach,
+}
+
+ISTEPS: dict[IStep, IStepFn] = {
+    IStep.ADOPT: Importer._adopt,
+    IStep.READY_IF_ALL: Importer._ready_if_all,
+    IStep.REATTACH_REFUSED: Importer._reattach_refused,
+    IStep.FATAL: Importer._fatal,
+    IStep.SEND_DETACH: Importer._send_detach,
+    IStep.LOG_DETACH: Importer._log_detach,
+    IStep.FORGET: Importer._forget,
+    IStep.SEND_ATTACH: Importer._send_attach,
+    IStep.TAKE_JOB: Importer._take_job,
+    IStep.SEND_MAP: Importer._send_map,
+    IStep.PROGRAM_IOMMU: Importer._program_iommu,
+    IStep.REUSE_IOMMU: Importer._reuse_iommu,
+    IStep.TEARDOWN_IOMMU: Importer._teardown_iommu,
+    IStep.LOG_MAP: Importer._log_map,
+    IStep.WAIT_KERNEL_FENCE: Importer._wait_kernel_fence,
+    IStep.START_DMA: Importer._start_dma,
+    IStep.START_FENCED_DMA: Importer._start_fenced_dma,
+    IStep.SEND_UNMAP: Importer._send_unmap,
+    IStep.LOG_UNMAP: Importer._log_unmap,
+    IStep.FINISH_JOB: Importer._finish_job,
+    IStep.FAIL_JOB: Importer._fail_job,
+    IStep.ABORT_JOB: Importer._abort_job,
+    IStep.RETURN: Importer._return,
+    IStep.REFUSE_NOTIFY: Importer._refuse_notify,
+    IStep.INVALIDATE: Importer._invalidate,
+    IStep.NOTE_CROSSING: Importer._note_crossing,
+    IStep.ACK: Importer._ack,
+    IStep.ACK_AFTER_DRAIN: Importer._ack_after_drain,
+    IStep.SEND_OWED_ACKS: Importer._send_owed_acks,
+}
+
+VOCABULARY = machine.Vocabulary(
+    half="importer", states=AttState, events=AttEvent, guards=IGuard, steps=IStep,
+    initial=AttState.ATTACHING, always=IGuard.ALWAYS, guard_impl=IGUARDS, step_impl=ISTEPS)
+
+_RECORDS = {AttEvent.MAP_OK: IStep.LOG_MAP, AttEvent.UNMAP_OK: IStep.LOG_UNMAP, AttEvent.UNMAP_FAILED: IStep.LOG_UNMAP}
+
+
+def compile_spec(spec: ImporterSpec) -> dict[tuple[Any, AttEvent], Any]:
+    """Check a strategy's importer table (protocol/machine.py's checks, and: every rule of a
+    map or unmap reply records it, LOG_MAP / LOG_UNMAP, for the history); the table the
+    interpreter reads. TableError naming the strategy, the row and what is wrong."""
+    if not isinstance(spec, ImporterSpec):
+        raise TableError(getattr(spec, "strategy", "?"), "importer", None,
+                         f"IMPORTER must be an ImporterSpec, got {type(spec).__name__}")
+    rows = machine.check(spec.strategy, VOCABULARY, spec.table)
+    for (state, event), rules in rows.items():
+        need = _RECORDS.get(event)
+        if need is None or rules is VIOLATION:
+            continue
+        for i, rule in enumerate(rules, 1):
+            if rule.then is not VIOLATION and need not in rule.do:
+                raise TableError(spec.strategy, "importer", f"({getattr(state, 'value', state)}, {event.value})",
+                                 f"rule {i} does not record the reply: add IStep.{need.name} (the history needs it)")
+    return machine.expand(VOCABULARY, rows)

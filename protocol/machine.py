@@ -1,30 +1,44 @@
-"""Table-driven state machines, the way h11/_state.py does it.
+"""Table-driven state machines, the way h11/_state.py does it, checked when they are loaded.
 
-A strategy states its protocol as a table: `(state, event) -> rules`. Each rule is
+A strategy states each half of its protocol as a table: `(state, event) -> rules`. Each rule is
 `Rule(when, then, do)`: the first rule whose guard `when` holds wins, the machine enters state
-`then` (SAME: stay) and performs the steps `do` in order. A `(ANY, event)` row applies where no
-row names the state. An event with no row in the current state is a protocol violation:
-`TransitionError` names the strategy, the object, the state and the event, and nothing changes.
-
-Guards and steps are enum members; the half that interprets the table (exporter.py,
-importer.py) implements each one. The tables therefore read as the protocol, and the code that
-does the bookkeeping is written once.
+`then` (SAME: stay) and performs the steps `do` in order. Rules of this file:
+- A row keyed `(ANY, event)` applies in every state without its own row for that event.
+- `VIOLATION`, as a row's value or a rule's target, says the event cannot legally happen there:
+  if it does, `TransitionError` names the strategy, the object, the state and the event, and
+  nothing changes. An event with no row at all is not allowed: the table is refused at load.
+- Guards and steps are enum members; each half (protocol/exporter/, protocol/importer.py)
+  declares its vocabulary (`Vocabulary`): its states, events, guards and steps, and an explicit
+  map from every guard and every step to the function that implements it. A member without an
+  implementation fails when the half is imported, not when a table first names it.
+- `check` is run on every table before it is used (built-in strategies at import, a user's
+  strategy when it is loaded). It refuses, with one line naming the strategy, the half, the row
+  and what is wrong: a key that is not (state, event) of this half; a guard, step or target
+  state that is not this half's; a row whose last rule is guarded (an event no guard accepts
+  would stop the run: end with ALWAYS, or VIOLATION); and a state reachable from the initial
+  state that has no row for some event (every state must say what each event does there, or
+  that it cannot happen).
+- `expand` returns the checked table with the ANY rows spread over every state, so that the
+  interpreter finds a row with one dict lookup.
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Hashable, Mapping, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, TypeVar
 
 
 class _Wildcard(enum.Enum):
-    ANY = "any"    # as a state in a table key: every state without its own row
-    SAME = "same"  # as a rule's target: stay in the current state
+    ANY = "any"              # as a state in a table key: every state without its own row
+    SAME = "same"            # as a rule's target: stay in the current state
+    VIOLATION = "violation"  # as a row or a target: the event cannot legally happen here
 
 
 ANY = _Wildcard.ANY
 SAME = _Wildcard.SAME
+VIOLATION = _Wildcard.VIOLATION
 
 S = TypeVar("S", bound=Hashable)
 G = TypeVar("G", bound=Hashable)
@@ -38,28 +52,184 @@ class Rule(Generic[S, G, P]):
     do: tuple[P, ...] = ()
 
 
+Table = Mapping[tuple[Any, Any], "tuple[Rule, ...] | _Wildcard"]
+
+
 class TransitionError(Exception):
     """An event that the strategy's table does not allow in the current state."""
 
     def __init__(self, strategy: str, what: str, state: object, event: object) -> None:
         self.strategy, self.what, self.state, self.event = strategy, what, state, event
         super().__init__(
-            f"{strategy}: {what} in state {getattr(state, 'value', state)} "
-            f"cannot handle event {getattr(event, 'value', event)}")
+            f"{strategy}: {what} in state {_name(state)} cannot handle event {_name(event)}")
 
 
-def rules_for(table: Mapping, state: object, event: object) -> tuple[Rule, ...] | None:
+class TableError(ValueError):
+    """A table that cannot run. One line: the strategy, the half, the row, what is wrong."""
+
+    def __init__(self, strategy: str, half: str, row: object, problem: str) -> None:
+        self.strategy, self.half, self.row, self.problem = strategy, half, row, problem
+        where = f"{half} row {row}" if row is not None else f"{half} table"
+        super().__init__(f"{strategy}: {where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What one half's tables may name, and the implementation of every guard and step."""
+
+    half: str                                   # "exporter" or "importer"
+    states: type[enum.Enum]
+    events: type[enum.Enum]
+    guards: type[enum.Enum]
+    steps: type[enum.Enum]
+    initial: enum.Enum
+    always: enum.Enum                           # the guard that always holds
+    guard_impl: Mapping[Any, Callable[..., bool]]
+    step_impl: Mapping[Any, Callable[..., None]]
+
+    def __post_init__(self) -> None:
+        for kind, members, impl in (("guard", self.guards, self.guard_impl), ("step", self.steps, self.step_impl)):
+            missing = [m.name for m in members if m not in impl]
+            if missing:
+                raise TypeError(f"{self.half}: {kind}s without an implementation: {', '.join(missing)}")
+            stray = [k for k in impl if not isinstance(k, members)]
+            if stray:
+                raise TypeError(f"{self.half}: implementations of unknown {kind}s: {stray}")
+
+
+def check(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, Any], Any]:
+    """The table as a plain dict, if it can run; TableError naming the first thing wrong."""
+    rows = check_rows(strategy, vocab, table)
+    reach = reachable(vocab, rows)
+    for state, path in reach.items():
+        for event in vocab.events:
+            if (state, event) not in rows and (ANY, event) not in rows:
+                how = f" ({path})" if path else " (the initial state)"
+                raise TableError(strategy, vocab.half, _key(state, event),
+                                 f"missing: state {state.value} is reachable{how} but nothing says what "
+                                 f"{event.value} does there (add a row, or VIOLATION if it cannot happen)")
+    return rows
+
+
+def expand(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any]) -> dict[tuple[Any, Any], Any]:
+    """The checked rows with ANY spread over every state: one lookup per event."""
+    out: dict[tuple[Any, Any], Any] = {}
+    for state in vocab.states:
+        for event in vocab.events:
+            rules = rows.get((state, event), rows.get((ANY, event)))
+            if rules is not None:
+                out[(state, event)] = rules
+    return out
+
+
+def rules_for(rows: Mapping, state: object, event: object) -> Any:
     """The rules of `(state, event)`, else `(ANY, event)`, else None."""
-    rules = table.get((state, event))
-    if rules is None:
-        rules = table.get((ANY, event))
-    return rules
+    rules = rows.get((state, event))
+    return rules if rules is not None else rows.get((ANY, event))
+
+
+def reachable(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any]) -> dict[enum.Enum, str]:
+    """Every state the table can reach from the initial one, with a path that reaches it."""
+    paths: dict[enum.Enum, str] = {vocab.initial: ""}
+    todo = [vocab.initial]
+    while todo:
+        state = todo.pop(0)
+        for event in vocab.events:
+            for rule in _rules(rules_for(rows, state, event)):
+                target = state if rule.then is SAME else rule.then
+                if target is VIOLATION or target in paths:
+                    continue
+                step = f"{state.value} --{event.value}--> {target.value}"
+                paths[target] = f"{paths[state]}, {step}" if paths[state] else step
+                todo.append(target)
+    return paths
 
 
 def choose(table: Mapping, state: object, event: object, holds: Callable[[Any], bool],
            strategy: str, what: str) -> Rule:
-    """The first rule of `(state, event)` whose guard holds; TransitionError if there is none."""
-    for rule in rules_for(table, state, event) or ():
-        if holds(rule.when):
-            return rule
+    """The first rule of `(state, event)` whose guard holds; TransitionError if the row is a
+    VIOLATION, if no guard holds, or if the rule chosen leads to VIOLATION."""
+    rules = table.get((state, event))
+    if rules is None:
+        rules = table.get((ANY, event))
+    if rules is not None and rules is not VIOLATION:
+        for rule in rules:
+            if holds(rule.when):
+                if rule.then is VIOLATION:
+                    break
+                return rule
     raise TransitionError(strategy, what, state, event)
+
+
+def steps_of(rows: Mapping[tuple[Any, Any], Any]) -> Iterable[tuple[tuple[Any, Any], Rule]]:
+    """Every (key, rule) of the table, in table order."""
+    for key, rules in rows.items():
+        for rule in _rules(rules):
+            yield key, rule
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def check_rows(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, Any], Any]:
+    """The rows as a plain dict if each is well formed (keys, guards, steps, targets, the last
+    rule unconditional); TableError naming the first that is not. No completeness check."""
+    half = vocab.half
+    if not isinstance(table, Mapping):
+        raise TableError(strategy, half, None, f"must be a dict of (state, event) -> rules, got {type(table).__name__}")
+    rows: dict[tuple[Any, Any], Any] = {}
+    for key, rules in table.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise TableError(strategy, half, repr(key), "a key must be a (state, event) pair")
+        state, event = key
+        row = _key(state, event)
+        if state is not ANY and not isinstance(state, vocab.states):
+            raise TableError(strategy, half, row, _unknown("state", state, vocab.states))
+        if not isinstance(event, vocab.events):
+            raise TableError(strategy, half, row, _unknown("event", event, vocab.events))
+        if rules is VIOLATION:
+            rows[key] = VIOLATION
+            continue
+        if not isinstance(rules, tuple) or not rules:
+            raise TableError(strategy, half, row, "rules must be a non-empty tuple of Rule(...) or VIOLATION, "
+                                                   f"got {rules!r}"[:200])
+        for i, rule in enumerate(rules, 1):
+            at = f"rule {i}: "
+            if not isinstance(rule, Rule):
+                raise TableError(strategy, half, row, at + f"not a Rule: {rule!r}"[:200])
+            if not isinstance(rule.when, vocab.guards):
+                raise TableError(strategy, half, row, at + _unknown("guard", rule.when, vocab.guards))
+            if rule.then not in (SAME, VIOLATION) and not isinstance(rule.then, vocab.states):
+                raise TableError(strategy, half, row, at + _unknown("state", rule.then, vocab.states, "target "))
+            if not isinstance(rule.do, tuple):
+                raise TableError(strategy, half, row, at + f"do must be a tuple of steps, got {rule.do!r}"[:200])
+            for step in rule.do:
+                if not isinstance(step, vocab.steps):
+                    raise TableError(strategy, half, row, at + _unknown("step", step, vocab.steps))
+        if rules[-1].when is not vocab.always:
+            raise TableError(strategy, half, row, f"the last rule is guarded by {_name(rules[-1].when)}: when no "
+                                                   f"guard holds the event would stop the run (end with "
+                                                   f"{vocab.guards.__name__}.{vocab.always.name}, or VIOLATION)")
+        rows[key] = tuple(rules)
+    return rows
+
+
+def _rules(rules: Any) -> tuple[Rule, ...]:
+    return () if rules is None or rules is VIOLATION else rules
+
+
+def _key(state: object, event: object) -> str:
+    return f"({_name(state)}, {_name(event)})"
+
+
+def _name(x: object) -> str:
+    return str(getattr(x, "value", x))
+
+
+def _unknown(kind: str, value: object, members: type[enum.Enum], prefix: str = "") -> str:
+    names = [m.value for m in members]
+    given = getattr(value, "value", value)
+    foreign = f" (a {type(value).__name__}, not a {members.__name__})" if isinstance(value, enum.Enum) else ""
+    near = difflib.get_close_matches(str(given).lower(), names, n=1)
+    hint = f"; did you mean {near[0]}?" if near and not foreign else ""
+    return f"{prefix}{kind} {given!r}{foreign} is not one of this half's {kind}s ({', '.join(names)}){hint}"

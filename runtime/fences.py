@@ -1,21 +1,54 @@
-"""Fences in shared memory: int64 cells [slot][buffer][emitted, signaled, forced, error].
+"""Fences in shared memory: int64 cells [slot][buffer][KERNEL, WRITE, READ, BOOKKEEP, signaled,
+forced, error].
 
 Slot 0 holds the exporter's KERNEL fences (one per move); slot N importer-N's job fences (WRITE
-or READ usage, one per DMA job). Each cell has one writer: an importer writes `emitted` and
-`signaled` of its own slot, the exporter writes `forced` and `error` of every slot and all of
-slot 0. A fence `s` is signaled once max(signaled, forced) >= s. Aligned 8-byte stores are
-atomic on the machines we run on, and a reader that sees a stale value only waits a little longer.
+or READ usage, one per DMA job). Each (slot, buffer) is one fence context, a timeline as a
+dma_fence context is: its seqnos grow by one per fence and its fences signal in order, so a
+fence `s` is signaled once max(signaled, forced) >= s, and with it every earlier one.
+
+Usage (include/linux/dma-resv.h: the kernel-doc of enum dma_resv_usage, lines 58-69 in 6.x):
+- The cell of usage `u` holds the latest seqno of the context added with usage `u` (0: none).
+  Usages are ordered KERNEL < WRITE < READ < BOOKKEEP, and asking for the fences of one usage
+  returns those of every lower usage too ("when the dma_resv object is asked for fences for one
+  use case the fences for the lower use case are returned as well"). The iterators filter the
+  same way: dma_resv_iter_next() skips an entry while `fence_usage > usage` (dma-resv.c). So a
+  wait for `u` takes, per context, the fence max(cell[v] for v <= u): on an ordered timeline
+  that one fence stands for exactly the fences added with a usage <= u, no more, no fewer.
+- Adding a fence again with another usage is dma_resv_add_fence() (dma-resv.c; its replace test
+  reads `old->context == fence->context && old_usage >= usage &&
+  dma_fence_is_later_or_same(fence, old)`, or the old fence is signaled: lines 303-305 as
+  95ba893c9f4f "dma-buf: fix check in dma_resv_add_fence" left them, v6.7): an entry of the same context is replaced only by a fence of the same or a
+  lower usage; a fence added again with a higher usage gets an entry of its own and the old entry
+  stays. So a fence is *promoted* when added again with a lower usage (the header: a BOOKKEEP
+  fence "could become DMA_RESV_USAGE_READ by adding it again with this usage") and never
+  *degraded* ("fences can never be degraded in the sense that a fence with
+  DMA_RESV_USAGE_WRITE could become DMA_RESV_USAGE_READ"). Here add_again() raises the cell of
+  the new usage to the fence's seqno and lowers none: every wait that took the fence before
+  still takes it.
+
+`error` records why the exporter forced the fences (protocol.fence.FORCE_REASONS: a reason it
+does not list is refused, not recorded as something else), so that the device names it when it
+aborts the job.
+
+Writers: each cell has one. An importer writes the usage cells and `signaled` of its own slot
+(emit, add_again, signal), the exporter writes `forced` and `error` of every slot and all of
+slot 0. No lock: aligned 8-byte stores are atomic on the machines we run on, every seqno cell
+only grows, and a reader that sees a stale value only waits a little longer or misses a fence
+published after it looked (a fence is published before its job's first access, so a wait that
+began after that access sees it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-EMITTED, SIGNALED, FORCED, ERROR = range(4)
-FIELDS = 4
-KERNEL_SLOT = 0
+from protocol.fence import FORCE_REASONS, Usage, force_reason
 
-ERROR_CODES = {"": 0, "fence_timeout": 1, "notify_timeout": 2, "importer_lost": 3}
+USAGES = len(Usage)
+EMITTED = slice(0, USAGES)  # the usage cells, indexed by Usage
+SIGNALED, FORCED, ERROR = USAGES, USAGES + 1, USAGES + 2
+FIELDS = USAGES + 3
+KERNEL_SLOT = 0
 
 
 def table_bytes(slots: int, buffers: int) -> int:
@@ -31,12 +64,39 @@ class FenceTable:
     def release(self) -> None:
         self.cells = None
 
-    # importer side
-    def emit(self, slot: int, buffer: int) -> int:
+    def last(self, slot: int, buffer: int, usage: Usage = Usage.BOOKKEEP) -> int:
+        """The latest seqno of context (slot, buffer) of `usage` or lower (0: none): the one
+        fence a wait for `usage` takes from this context."""
+        return int(self.cells[slot, buffer, :Usage(usage) + 1].max())  # type: ignore[index]
+
+    def usage_of(self, slot: int, buffer: int, seq: int) -> Usage | None:
+        """The lowest usage whose wait takes fence `seq` (None: never published)."""
         cell = self.cells[slot, buffer]  # type: ignore[index]
-        seq = int(cell[EMITTED]) + 1
-        cell[EMITTED] = seq
+        return next((u for u in Usage if int(cell[u]) >= seq), None)
+
+    # importer side (and the exporter for slot 0): the writer of the slot's usage cells
+    def emit(self, slot: int, buffer: int, usage: Usage) -> int:
+        """Publish the next fence of context (slot, buffer) with `usage`; returns its seqno.
+        Requires: the caller owns the slot. Publish before the job's first access."""
+        usage = Usage(usage)
+        seq = self.last(slot, buffer) + 1
+        self.cells[slot, buffer, usage] = seq  # type: ignore[index]
         return seq
+
+    def add_again(self, slot: int, buffer: int, seq: int, usage: Usage) -> Usage:
+        """Add published fence `seq` again with `usage`, as dma_resv_add_fence() with a fence the
+        object holds: a lower usage promotes it (waits for that usage now take it), a higher one
+        changes nothing (it is never degraded). Returns the usage it has now. Requires: the caller
+        owns the slot; `seq` was published (ValueError otherwise)."""
+        usage = Usage(usage)
+        cell = self.cells[slot, buffer]  # type: ignore[index]
+        head = self.last(slot, buffer)
+        if not 0 < seq <= head:
+            raise ValueError(f"fence {seq} of slot {slot} buffer {buffer} was never published "
+                             f"(last published: {head})")
+        if int(cell[usage]) < seq:
+            cell[usage] = seq
+        return self.usage_of(slot, buffer, seq)  # type: ignore[return-value]
 
     def signal(self, slot: int, buffer: int, seq: int) -> None:
         self.cells[slot, buffer, SIGNALED] = seq  # type: ignore[index]
@@ -50,24 +110,32 @@ class FenceTable:
         cell = self.cells[slot, buffer]  # type: ignore[index]
         return int(cell[FORCED]) >= seq > int(cell[SIGNALED])
 
-    def error(self, slot: int, buffer: int) -> int:
-        return int(self.cells[slot, buffer, ERROR])  # type: ignore[index]
+    def error(self, slot: int, buffer: int) -> str:
+        """Why the exporter last forced this cell's fences ("" if it never did)."""
+        return force_reason(int(self.cells[slot, buffer, ERROR]))  # type: ignore[index]
 
     # exporter side
-    def snapshot(self, buffer: int) -> dict[int, int]:
-        """Importer slots with unsignaled fences on `buffer`: slot -> last seq emitted."""
+    def snapshot(self, buffer: int, usage: Usage) -> dict[int, int]:
+        """Importer slots with an unsignaled fence of `usage` or lower on `buffer`: slot -> the
+        seqno to wait for (the latest such fence; see the rules at the top). Slot 0 is not
+        asked: the exporter signals its own KERNEL fence before it drops the reservation lock."""
         col = self.cells[1:, buffer]  # type: ignore[index]
-        done = np.maximum(col[:, SIGNALED], col[:, FORCED])
-        pending = np.flatnonzero(col[:, EMITTED] > done)
-        return {int(i) + 1: int(col[i, EMITTED]) for i in pending}
+        last = col[:, :Usage(usage) + 1].max(axis=1)
+        pending = np.flatnonzero(last > np.maximum(col[:, SIGNALED], col[:, FORCED]))
+        return {int(i) + 1: int(last[i]) for i in pending}
 
     def force(self, slot: int, buffer: int | None, error: str) -> None:
+        """Complete every fence of `slot` on `buffer` (all buffers if None), recording `error`."""
+        try:
+            code = FORCE_REASONS[error]
+        except KeyError:
+            raise ValueError(f"cannot record {error!r} as a fence error (reasons: {', '.join(FORCE_REASONS)})") from None
         rows = self.cells[slot] if buffer is None else self.cells[slot, buffer:buffer + 1]  # type: ignore[index]
-        rows[:, ERROR] = ERROR_CODES.get(error, 99)
-        rows[:, FORCED] = rows[:, EMITTED]
+        rows[:, ERROR] = code
+        rows[:, FORCED] = rows[:, EMITTED].max(axis=1)
 
     def publish_kernel(self, buffer: int, seq: int) -> None:
-        self.cells[KERNEL_SLOT, buffer, EMITTED] = seq  # type: ignore[index]
+        self.cells[KERNEL_SLOT, buffer, Usage.KERNEL] = seq  # type: ignore[index]
 
     def signal_kernel(self, buffer: int, seq: int) -> None:
         self.cells[KERNEL_SLOT, buffer, SIGNALED] = seq  # type: ignore[index]

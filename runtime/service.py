@@ -25,6 +25,7 @@ import zmq
 
 from protocol import wire
 from protocol.actions import Emit
+from runtime import watchdog
 from runtime.env import ServiceEnv
 from runtime.eventlog import EventLog
 
@@ -39,7 +40,8 @@ class ServiceShell:
     """Base of ExporterService and ImporterService. Subclasses fill `handlers` (action type ->
     method) and implement on_start / on_stop / on_shutdown."""
 
-    def __init__(self, svc: str, out: Path, control_endpoint: str, env: ServiceEnv | None = None) -> None:
+    def __init__(self, svc: str, out: Path, control_endpoint: str, env: ServiceEnv | None = None, *,
+                 launcher: str = "", watch_every_s: float = 0.5) -> None:
         self.svc = svc
         self.out = out
         self.state = "starting"
@@ -54,6 +56,9 @@ class ServiceShell:
         self._pending_control: dict[str, list[tuple[bytes, wire.Message]]] = {}
         self._stop_reason = ""
         self.exit_code = 0
+        # --launcher PID:START: stop when the command that started us is gone (runtime/watchdog.py)
+        self.watch = (watchdog.LauncherWatch(self.loop, launcher, watch_every_s, self._launcher_gone)
+                      if launcher else None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -78,6 +83,12 @@ class ServiceShell:
             self._stop_reason = reason
             self.exit_code = exit_code
         self.loop.stop()
+
+    def _launcher_gone(self, how: str) -> None:
+        launcher = self.watch.spec if self.watch is not None else ""
+        self.log.emit("launcher_gone", launcher=launcher, how=how)
+        print(f"{self.svc}: the launcher {launcher} is gone ({how}): stopping", flush=True)
+        self.finish("launcher gone", exit_code=watchdog.EXIT_LAUNCHER_GONE)
 
     def serve(self) -> int:
         self.install_signals()

@@ -100,7 +100,7 @@ def mapped(h: H | None = None, *, t: int = 10, svc: str = "importer-1", buffer: 
     return h.attach(t - 5, svc=svc, buffer=buffer, att=att).map(t, svc=svc, buffer=buffer, att=att)
 
 
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", "write_after_invalidate")
 
 
 def race_kinds(report: dict[str, Any]) -> dict[str, int]:

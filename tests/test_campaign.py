@@ -304,3 +304,13 @@ def test_dask_local_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert shm.existing(_run_ids([run_dir])[0]) == []
     assert list(scratch.iterdir()) == [], "the worker removes its scratch directories"
     assert not list(out.glob("runs/*/*/.seed-*")), "no partial unpack left"
+
+
+@pytest.mark.parametrize("address", ["foo", "http://host:8786", "tcp://host", "tcp://host:99999"])
+def test_a_bad_scheduler_address_is_one_line_before_anything_runs(tmp_path: Path, capsys, address: str) -> None:
+    from deploy.cli import main
+    assert main(["campaign", "--strategies", "pin", "--scheduler", address, "--dry-run",
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--scheduler must be a Dask scheduler address" in err and "\n" not in err
+    assert not (tmp_path / "c").exists()

@@ -26,7 +26,7 @@ def state(w: World) -> tuple:
     e = w.exporter
     return (copy.deepcopy(e._attachments), copy.deepcopy(e._buffers),
             {s: (i.name, i.alive, set(i.attachments), set(i.mapped), set(i.waiting)) for s, i in e._importers.items()},
-            e._next_attachment)
+            e.session.next_attachment)
 
 
 def ask(w: World, peer: str, msg: wire.Message) -> tuple[wire.Message, list[dict]]:

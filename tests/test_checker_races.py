@@ -185,8 +185,8 @@ def test_one_race_per_job_and_per_racy_job(tmp_path: Path) -> None:
         h.job(10 + j, "write", 150 + j, 250 + j)
     h.job(99, "write", 120, 130)  # ended before the copy: fine
     r = h.judge(tmp_path)
-    assert r["races"] == {"lost_write": 7, "stale_read": 0, "use_after_unmap": 0, "unfenced_access": 0, "total": 7,
-                          "first_s": 200e-9}  # the first write overlapped the copy from its copy_begin
+    assert r["races"] == {"lost_write": 7, "stale_read": 0, "use_after_unmap": 0, "unfenced_access": 0,
+                          "write_after_invalidate": 0, "total": 7, "first_s": 200e-9}  # the first write overlapped the copy from its copy_begin
     assert r["races_by_importer"] == {"importer-1": 7}
     assert len(r["witnesses"]["lost_write"]) == 5
 

@@ -2,10 +2,11 @@
 queues between them that the test drains in the order it wants to examine.
 
 Messages cross the real codec (encode/decode) on every hop. The harness performs the shells'
-jobs in memory: copies complete when told, fences are counters, DMA jobs run until told they are
-done. It judges nothing: whether an order races is the checker's question, asked of the real
-services in the simulator (sim/, tests/test_sim_races.py), which runs the shells this harness
-only stands in for.
+jobs in memory: copies complete when told, fences live in a FenceTable over private memory (the
+same table the services share, with its usages), DMA jobs run until told they are done. It
+judges nothing: whether an order races is the checker's question, asked of the real services in
+the simulator (sim/, tests/test_sim_races.py), which runs the shells this harness only stands in
+for.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import capability, wire
-from protocol.actions import (CancelTimer, CopyBuffer, Emit, ForceCompleteFences, JobFinished,
+from protocol.actions import (AckOwed, Acked, CancelTimer, CopyBuffer, Emit, ForceCompleteFences, JobFinished,
                               Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
                               SignalKernelFence, StampBuffer, StartDma, StartTimer,
                               TeardownIommu, WaitFences, WaitKernelFence)
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig
+from protocol.fence import usage_for_access
 from protocol.importer import Importer
 from protocol.strategies import get as get_strategy
+from runtime.fences import KERNEL_SLOT, FenceTable, table_bytes
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Job:
     start: StartDma
     began: int
     ended: int | None = None
+    fence: int = 0
 
 
 @dataclass
@@ -53,18 +57,19 @@ class World:
     iommu: dict[str, dict[int, wire.Placement]] = field(default_factory=dict)
     jobs: dict[tuple[str, int], Job] = field(default_factory=dict)
     copies: deque = field(default_factory=deque)               # CopyBuffer pending
-    fence_waits: dict[int, WaitFences] = field(default_factory=dict)
+    fence_waits: dict[int, tuple[WaitFences, dict[int, int]]] = field(default_factory=dict)  # move -> (wait, snapshot)
     kernel_waits: deque = field(default_factory=deque)         # (importer, WaitKernelFence)
     timers: dict[Any, int] = field(default_factory=dict)
     finished: list[JobFinished] = field(default_factory=list)
     ready: set[str] = field(default_factory=set)
-    fences: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (slot, buffer) -> [emitted, signaled]
-    kernel: dict[int, list[int]] = field(default_factory=dict)              # buffer -> [emitted, signaled]
+    fences: FenceTable = field(init=False)
     slots: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         spec = get_strategy(self.strategy)
         size = self.buffer_size
+        slots = self.importers + 1
+        self.fences = FenceTable(memoryview(bytearray(table_bytes(slots, self.buffers))), slots, self.buffers)
         self.exporter = Exporter(spec.EXPORTER, ExporterConfig(
             buffers=self.buffers, buffer_size=size,
             heaps=(HeapConfig("vram", "dmabuf-t-vram", self.vram_buffers * size),
@@ -133,8 +138,7 @@ class World:
         j = self.jobs[(importer, job)]
         j.ended = self.now
         if j.start.fenced:
-            cell = self.fences[(self.slots[importer], j.start.buffer)]
-            cell[1] = cell[0]
+            self.fences.signal(self.slots[importer], j.start.buffer, j.fence)
         self._apply(importer, self.peers[importer].dma_done(job, self.now))
 
     def pressure(self) -> None:
@@ -147,19 +151,20 @@ class World:
         self._apply("exporter", self.exporter.copy_done(copy.move, self.now))
         return copy
 
+    def _pending(self, wait: WaitFences, snapshot: dict[int, int]) -> tuple[int, ...]:
+        return tuple(sorted(s for s, q in snapshot.items() if not self.fences.is_signaled(s, wait.buffer, q)))
+
     def check_fences(self) -> None:
         """The exporter's fence poll: report waits whose fences have all signaled."""
-        for move, wait in list(self.fence_waits.items()):
-            pending = [slot for (slot, b), (emitted, signaled) in self.fences.items()
-                       if b == wait.buffer and signaled < emitted]
-            if not pending:
+        for move, (wait, snapshot) in list(self.fence_waits.items()):
+            if not self._pending(wait, snapshot):
                 del self.fence_waits[move]
                 self.tick()
                 self._apply("exporter", self.exporter.fences_signaled(move, self.now))
 
     def time_out_fences(self, move: int) -> None:
-        wait = self.fence_waits.pop(move)
-        pending = tuple(sorted(slot for (slot, b), (e, s) in self.fences.items() if b == wait.buffer and s < e))
+        wait, snapshot = self.fence_waits.pop(move)
+        pending = self._pending(wait, snapshot)
         self.tick()
         self._apply("exporter", self.exporter.fences_timed_out(move, pending, self.now))
 
@@ -174,8 +179,7 @@ class World:
     def check_kernel_fences(self) -> None:
         for _ in range(len(self.kernel_waits)):
             name, wait = self.kernel_waits.popleft()
-            emitted, signaled = self.kernel.get(wait.buffer, [0, 0])
-            if signaled >= wait.seq:
+            if self.fences.is_signaled(KERNEL_SLOT, wait.buffer, wait.seq):
                 self.tick()
                 self._apply(name, self.peers[name].kernel_fence_signaled(wait.attachment, self.now))
             else:
@@ -201,15 +205,15 @@ class World:
             elif isinstance(a, CopyBuffer):
                 self.copies.append(a)
             elif isinstance(a, WaitFences):
-                self.fence_waits[a.move] = a
+                # As the exporter shell: the fences published so far, of the wait's usage or lower.
+                self.fence_waits[a.move] = (a, self.fences.snapshot(a.buffer, a.usage))
             elif isinstance(a, ForceCompleteFences):
-                for (slot, b), cell in self.fences.items():
-                    if slot == a.slot and (a.buffer is None or b == a.buffer):
-                        cell[1] = cell[0]
+                if 0 < a.slot < self.fences.slots:
+                    self.fences.force(a.slot, a.buffer, a.error)
             elif isinstance(a, PublishKernelFence):
-                self.kernel.setdefault(a.buffer, [0, 0])[0] = a.seq
+                self.fences.publish_kernel(a.buffer, a.seq)
             elif isinstance(a, SignalKernelFence):
-                self.kernel.setdefault(a.buffer, [0, 0])[1] = a.seq
+                self.fences.signal_kernel(a.buffer, a.seq)
             elif isinstance(a, StartTimer):
                 self.timers[a.key] = self.now
             elif isinstance(a, CancelTimer):
@@ -223,15 +227,14 @@ class World:
             elif isinstance(a, TeardownIommu):
                 self.iommu[svc].pop(a.attachment, None)
             elif isinstance(a, StartDma):
+                job = self.jobs[(svc, a.job)] = Job(svc, a.job, a, self.now)
                 if a.fenced:
-                    cell = self.fences.setdefault((self.slots[svc], a.buffer), [0, 0])
-                    cell[0] += 1
-                self.jobs[(svc, a.job)] = Job(svc, a.job, a, self.now)
+                    job.fence = self.fences.emit(self.slots[svc], a.buffer, usage_for_access(a.access))
             elif isinstance(a, WaitKernelFence):
                 self.kernel_waits.append((svc, a))
             elif isinstance(a, JobFinished):
                 self.finished.append(a)
-            elif isinstance(a, (StampBuffer, Left)):
+            elif isinstance(a, (StampBuffer, Left, AckOwed, Acked)):
                 pass
             else:
                 raise AssertionError(f"unhandled action {a!r}")

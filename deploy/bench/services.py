@@ -21,7 +21,7 @@ import zmq
 
 from deploy.control import ControlClient, ControlError
 from protocol import capability, wire
-from runtime import security, shm, transport
+from runtime import security, shm, transport, watchdog
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 RECV_TIMEOUT_MS = 10_000
@@ -72,7 +72,8 @@ def exporter(*, buffers: int, max_importers: int, buffer_size: str = "64KiB",
         secret = secrets.token_bytes(32)
         creds = security.secrets_dir(d) / "exporter.json"
         security.write_private(creds, {"secret": secret.hex()})
-        cmd = [sys.executable, "-m", "exporter_svc", "--run-id", run_id, "--out", str(d),
+        # --launcher: the bench's exporter stops with the bench, SIGKILLed included (runtime/watchdog.py)
+        cmd = [sys.executable, "-m", "exporter_svc", "--run-id", run_id, "--launcher", watchdog.identity(), "--out", str(d),
                "--endpoint", f"ipc://{d}/e.rpc", "--control", f"ipc://{d}/e.ctl",
                "--strategy", strategy, "--buffers", str(buffers), "--buffer-size", buffer_size,
                "--max-importers", str(max_importers), "--move-rate", "0", "--credentials", str(creds)]

@@ -5,10 +5,11 @@
 
 Rules:
 - To move a buffer the exporter sends move_notify to every attachment and waits (bounded by
-  --ack-timeout) for each one's `ack` before it copies; then it frees the old range.
+  --ack-timeout) for each one's `ack` before it copies; then it frees the old range. A callback
+  return is logged and does not count.
 - An importer acks at once if it has no DMA running on the buffer, else when that DMA drains.
 - Nothing orders a concurrent `map` against the move: while the exporter waits for acks it keeps
-  serving maps with the current (old) placement.
+  serving maps with the current (old) placement (the (NOTIFYING, MAP) row).
 Hazard: a map reply that crosses the notification. The importer asked for a mapping just before
 the move began; it receives move_notify first (nothing mapped yet: it acks at once), then the map
 reply with the old placement, and starts DMA there. The exporter, holding every ack, copies and
@@ -24,13 +25,18 @@ SUMMARY = "option 2 with acks: wait for every importer's ack before copying; map
 
 EXPORTER = ExporterSpec(
     strategy=NAME,
-    notify_done_on="ack",
     table={
         **EXPORTER_BASE,
         (MoveState.IDLE, MoveEvent.MOVE_WANTED): (
             Rule(Guard.PINNED, MoveState.IDLE, (Step.REFUSE,)),
-            Rule(Guard.ALWAYS, MoveState.NOTIFYING, (Step.BEGIN, Step.NOTIFY, Step.START_NOTIFY_TIMER)),
+            Rule(Guard.ALWAYS, MoveState.NOTIFYING,
+                 (Step.BEGIN, Step.NOTIFY, Step.AWAIT_ANSWERS, Step.START_NOTIFY_TIMER)),
         ),
+        # The hazard, as a row: while the acks are awaited, a map is served the old placement.
+        (MoveState.NOTIFYING, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.SERVE_MAP,)),),
+        # An ack completes the notification (a callback return does not).
+        (MoveState.NOTIFYING, MoveEvent.ACK): (
+            Rule(Guard.AWAITED, SAME, (Step.ANSWERED,)), Rule(Guard.ALWAYS, SAME, ())),
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE): (
             Rule(Guard.ALWAYS, MoveState.COPYING, (Step.CANCEL_NOTIFY_TIMER, Step.COPY)),),
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_TIMEOUT): (

@@ -4,8 +4,8 @@
      feel guilty about it."  (Daniel Vetter, linux-media, 2 Feb 2012)
 
 Rules:
-- attach pins the buffer (a static importer; kernel: dma_buf_pin at attach). Every move of a
-  pinned buffer is refused, with reason "pinned"; a buffer nobody has attached may still move.
+- attach pins the buffer (a static importer; kernel: dma_buf_pin at attach: the ATTACH row). Every
+  move of a pinned buffer is refused, with reason "pinned"; a buffer nobody has attached may still move.
 - The exporter never hands out a placement while it is copying one (BASE_TABLE).
 - Importers map, DMA and unmap; IOMMU entries are torn down at unmap.
 Hazard: none for the data. The cost is memory: pressure can no longer be relieved by moving
@@ -14,16 +14,16 @@ pinned buffers, so every move the memory manager wants is refused.
 
 from protocol.exporter import BASE_TABLE as EXPORTER_BASE, ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.importer import BASE_TABLE as IMPORTER_BASE, ImporterSpec
-from protocol.machine import Rule
+from protocol.machine import ANY, SAME, Rule
 
 NAME = "pin"
 SUMMARY = "option 4: attach pins the buffer; the exporter never moves an attached buffer"
 
 EXPORTER = ExporterSpec(
     strategy=NAME,
-    pin_on_attach=True,
     table={
         **EXPORTER_BASE,
+        (ANY, MoveEvent.ATTACH): (Rule(Guard.ALWAYS, SAME, (Step.PIN,)),),
         (MoveState.IDLE, MoveEvent.MOVE_WANTED): (
             Rule(Guard.PINNED, MoveState.IDLE, (Step.REFUSE,)),
             Rule(Guard.ALWAYS, MoveState.COPYING, (Step.BEGIN, Step.COPY)),

@@ -7,7 +7,8 @@
 Rules:
 - Every buffer has a reservation lock and fences. A move takes the lock and holds it across
   move_notify, the wait for fences, the copy and the free; a map arriving meanwhile waits for
-  the lock (DEFER_MAP) and is then served the new placement.
+  the lock (DEFER_MAP: the table needs no row for it, the lock implies it) and is then served the
+  new placement.
 - move_notify goes to every attachment that is not pinned; the exporter waits for every callback
   to return, then for every fence on the buffer, usage BOOKKEEP, and only then copies. A wait is
   bounded: past --ack-timeout an importer that is alive but does not return is revoked, its fences
@@ -35,15 +36,16 @@ SUMMARY = "the fenced design Linux shipped: reservation lock over notify, fence 
 
 EXPORTER = ExporterSpec(
     strategy=NAME,
-    notify_done_on="return",
-    kernel_fences=True,
     table={
         **EXPORTER_BASE,
         (MoveState.IDLE, MoveEvent.MOVE_WANTED): (
             Rule(Guard.PINNED, MoveState.IDLE, (Step.REFUSE,)),
             Rule(Guard.ALWAYS, MoveState.NOTIFYING,
-                 (Step.LOCK, Step.BEGIN, Step.NOTIFY, Step.START_NOTIFY_TIMER)),
+                 (Step.LOCK, Step.BEGIN, Step.NOTIFY, Step.AWAIT_ANSWERS, Step.START_NOTIFY_TIMER)),
         ),
+        # The callback's return completes the notification (an ack does not).
+        (MoveState.NOTIFYING, MoveEvent.NOTIFY_RETURNED): (
+            Rule(Guard.AWAITED, SAME, (Step.ANSWERED,)), Rule(Guard.ALWAYS, SAME, ())),
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE): (
             Rule(Guard.ALWAYS, MoveState.FENCE_WAIT, (Step.CANCEL_NOTIFY_TIMER, Step.WAIT_FENCES)),),
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_TIMEOUT): (
@@ -61,9 +63,8 @@ EXPORTER = ExporterSpec(
             Rule(Guard.ALWAYS, MoveState.IDLE,
                  (Step.SIGNAL_KERNEL_FENCE, Step.SWITCH, Step.FREE, Step.END, Step.UNLOCK,
                   Step.SERVE_DEFERRED_MAPS)),),
-        # The reservation lock: no mapping is created while a move holds it.
-        (MoveState.NOTIFYING, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),),
-        (MoveState.FENCE_WAIT, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),),
+        # No MAP rows: in NOTIFYING, FENCE_WAIT and COPYING a move holds the reservation lock, so
+        # a map waits for it (DEFER_MAP), by the lock rule of protocol/exporter/moves.py.
     },
 )
 
@@ -74,15 +75,18 @@ IMPORTER = ImporterSpec(
         (AttState.MAPPING, AttEvent.MAP_OK): (
             # A reply lost and resent (or overtaken) after its move was announced: under the
             # kernel's lock this cannot happen; over a lossy link the importer must check.
-            Rule(IGuard.STALE_REPLY, AttState.UNMAPPING, (IStep.FAIL_JOB, IStep.SEND_UNMAP)),
-            Rule(IGuard.FENCED, AttState.FENCE_WAIT, (IStep.PROGRAM_IOMMU, IStep.WAIT_KERNEL_FENCE)),
-            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.START_FENCED_DMA)),
+            Rule(IGuard.STALE_REPLY, AttState.UNMAPPING, (IStep.LOG_MAP, IStep.FAIL_JOB, IStep.SEND_UNMAP)),
+            Rule(IGuard.FENCED, AttState.FENCE_WAIT, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.WAIT_KERNEL_FENCE)),
+            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.START_FENCED_DMA)),
         ),
         (AttState.FENCE_WAIT, AttEvent.FENCE_SIGNALED): (
             # Invalidated before the first access: the job must not start on the old placement.
             Rule(IGuard.INVALIDATED, AttState.UNMAPPING, (IStep.FAIL_JOB, IStep.SEND_UNMAP)),
             Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.START_FENCED_DMA,)),
         ),
+        (AttState.MAPPING, AttEvent.MOVE_NOTIFY): (
+            # Our map and the move crossed: remember the generation, for STALE_REPLY.
+            Rule(IGuard.ALWAYS, SAME, (IStep.NOTE_CROSSING, IStep.RETURN)),),
         (AttState.ACTIVE, AttEvent.MOVE_NOTIFY): (
             Rule(IGuard.ALWAYS, SAME, (IStep.RETURN, IStep.INVALIDATE)),),
         (AttState.FENCE_WAIT, AttEvent.MOVE_NOTIFY): (

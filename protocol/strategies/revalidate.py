@@ -43,11 +43,11 @@ IMPORTER = ImporterSpec(
         **IMPORTER_BASE,
         **KEEP_ENTRIES_ROWS,
         (AttState.MAPPING, AttEvent.MAP_OK): (
-            Rule(IGuard.MOVED, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.START_DMA)),
-            Rule(IGuard.CACHED, AttState.ACTIVE, (IStep.REUSE_IOMMU, IStep.START_DMA)),
-            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.START_DMA)),
+            Rule(IGuard.MOVED, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.START_DMA)),
+            Rule(IGuard.CACHED, AttState.ACTIVE, (IStep.REUSE_IOMMU, IStep.LOG_MAP, IStep.START_DMA)),
+            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.START_DMA)),
         ),
         (AttState.UNMAPPING, AttEvent.UNMAP_OK): (
-            Rule(IGuard.ALWAYS, AttState.CACHED, (IStep.FINISH_JOB,)),),
+            Rule(IGuard.ALWAYS, AttState.CACHED, (IStep.FINISH_JOB, IStep.LOG_UNMAP)),),
     },
 )

@@ -37,8 +37,14 @@ EXPORTER = ExporterSpec(
             Rule(Guard.MAPPED, MoveState.QUEUED, (Step.QUEUE,)),
             Rule(Guard.ALWAYS, MoveState.COPYING, (Step.BEGIN, Step.COPY)),
         ),
+        # A queued move holds no map off: it waits for the mappings to go.
+        (MoveState.QUEUED, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.SERVE_MAP,)),),
         (MoveState.QUEUED, MoveEvent.LAST_UNMAP): (
-            Rule(Guard.ALWAYS, MoveState.COPYING, (Step.BEGIN, Step.COPY)),),
+            Rule(Guard.MAPPED, SAME, ()),                       # mapped again meanwhile
+            Rule(Guard.NO_ROOM, MoveState.IDLE, (Step.REFUSE,)),  # the destination filled up meanwhile
+            Rule(Guard.ALWAYS, MoveState.COPYING, (Step.BEGIN, Step.COPY)),
+        ),
+        (MoveState.QUEUED, MoveEvent.CANCEL): (Rule(Guard.ALWAYS, MoveState.IDLE, (Step.CANCEL_QUEUED,)),),
         (ANY, MoveEvent.UNMAP): (
             Rule(Guard.CONSERVATIVE_HINTS, SAME, (Step.HINT_WILL_MOVE,)),
             Rule(Guard.MOVE_QUEUED, SAME, (Step.HINT_WILL_MOVE,)),
@@ -53,12 +59,12 @@ IMPORTER = ImporterSpec(
         **IMPORTER_BASE,
         **KEEP_ENTRIES_ROWS,
         (AttState.MAPPING, AttEvent.MAP_OK): (
-            Rule(IGuard.CACHED, AttState.ACTIVE, (IStep.REUSE_IOMMU, IStep.START_DMA)),
-            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.START_DMA)),
+            Rule(IGuard.CACHED, AttState.ACTIVE, (IStep.REUSE_IOMMU, IStep.LOG_MAP, IStep.START_DMA)),
+            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.START_DMA)),
         ),
         (AttState.UNMAPPING, AttEvent.UNMAP_OK): (
-            Rule(IGuard.WILL_MOVE, AttState.IDLE, (IStep.TEARDOWN_IOMMU, IStep.FINISH_JOB)),
-            Rule(IGuard.ALWAYS, AttState.CACHED, (IStep.FINISH_JOB,)),
+            Rule(IGuard.WILL_MOVE, AttState.IDLE, (IStep.TEARDOWN_IOMMU, IStep.FINISH_JOB, IStep.LOG_UNMAP)),
+            Rule(IGuard.ALWAYS, AttState.CACHED, (IStep.FINISH_JOB, IStep.LOG_UNMAP)),
         ),
     },
 )

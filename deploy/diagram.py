@@ -1,0 +1,161 @@
+"""State diagrams drawn from a strategy's tables: `dmabuf-emu strategies --diagram NAME`.
+
+What is drawn is what the interpreter runs: the exporter table as compile_spec completed it
+(maps deferred in the states that hold the reservation lock), the importer table as checked.
+- A node per state reachable from the initial one, and `any other state` for the table's ANY
+  rows (they apply wherever a state has no row of its own for the event).
+- An edge per rule that changes the state: `event [guard]`, `[else]` for the unconditional rule
+  after guarded ones; with steps, `/ step, step` after it. A rule that stays in its state and does
+  something is drawn inside the state, as UML draws internal transitions. Rules that do nothing
+  and VIOLATION rows are not drawn (the table says they cannot happen or change nothing).
+- States in which a move holds the reservation lock say so.
+Formats: mermaid (stateDiagram-v2, rendered by GitHub) and dot (Graphviz).
+docs/strategies.md is `dmabuf-emu strategies --doc` (tests/test_diagrams.py fails when it is stale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from protocol import machine
+from protocol.exporter import compile_spec as compile_exporter
+from protocol.exporter.moves import VOCABULARY as EXPORTER_VOCABULARY
+from protocol.importer import VOCABULARY as IMPORTER_VOCABULARY
+from protocol.machine import ANY, SAME, VIOLATION
+
+FORMATS = ("mermaid", "dot")
+ANY_NODE = "any"
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Graph:
+    title: str
+    initial: str
+    states: list[str]
+    locked: set[str]
+    edges: list[Edge]
+    internal: dict[str, list[str]]    # state -> labels of the rules that stay in it
+    has_any: bool
+
+
+def graph(strategy: ModuleType, half: str, steps: bool = False) -> Graph:
+    if half == "exporter":
+        compiled = compile_exporter(strategy.EXPORTER)
+        vocab, rows, locked = EXPORTER_VOCABULARY, compiled.rows, {s.value for s in compiled.locked_states}
+    else:
+        vocab, rows, locked = IMPORTER_VOCABULARY, machine.check(strategy.NAME, IMPORTER_VOCABULARY,
+                                                                 strategy.IMPORTER.table), set()
+    reach = machine.reachable(vocab, rows)
+    order = [s for s in vocab.states if s in reach]
+    edges: list[Edge] = []
+    internal: dict[str, list[str]] = {}
+    has_any = False
+    for state in [*order, ANY]:
+        for event in vocab.events:
+            rules = rows.get((state, event))
+            if rules is None or rules is VIOLATION:
+                continue
+            guarded = False   # an earlier rule drawn had a guard
+            for rule in rules:
+                if rule.then is VIOLATION:
+                    continue
+                if rule.when is vocab.always:
+                    guard = "else" if guarded else ""
+                else:
+                    guard, guarded = rule.when.value, True
+                label = event.value + (f" [{guard}]" if guard else "")
+                if steps and rule.do:
+                    label += " / " + ", ".join(s.value for s in rule.do)
+                src = ANY_NODE if state is ANY else state.value
+                if rule.then is SAME:
+                    if rule.do:
+                        internal.setdefault(src, []).append(label)
+                        has_any = has_any or state is ANY
+                    continue
+                edges.append(Edge(src, rule.then.value, label))
+                has_any = has_any or state is ANY
+    return Graph(f"{strategy.NAME}: {half}", vocab.initial.value, [s.value for s in order], locked,
+                 edges, internal, has_any)
+
+
+def render(g: Graph, fmt: str) -> str:
+    if fmt == "mermaid":
+        return _mermaid(g)
+    if fmt == "dot":
+        return _dot(g)
+    raise ValueError(f"unknown diagram format {fmt!r} (formats: {', '.join(FORMATS)})")
+
+
+def diagrams(strategy: ModuleType, fmt: str = "mermaid", steps: bool = False) -> str:
+    """Both halves' diagrams, exporter first."""
+    return "\n".join(render(graph(strategy, half, steps), fmt) for half in ("exporter", "importer"))
+
+
+def document(strategies: dict[str, ModuleType]) -> str:
+    """docs/strategies.md: every strategy's two diagrams, with steps, in mermaid."""
+    out = ["# The strategies as state diagrams", "",
+           "Generated from the tables by `dmabuf-emu strategies --doc > docs/strategies.md`; do not edit",
+           "(tests/test_diagrams.py fails when this file is stale). Each strategy's rules, the sentence",
+           "of the 2012 thread it models and its hazard are in `protocol/strategies/<name>.py`; how to",
+           "read the diagrams is in `deploy/diagram.py`: an edge per rule that changes the state",
+           "(`event [guard] / steps`), a rule that stays in its state inside the state's box, the table's",
+           "ANY rows on `any other state`, and rules that do nothing or cannot happen left out.", ""]
+    for name, module in strategies.items():
+        out += [f"## {name}", "", module.SUMMARY + ".", ""]
+        for half in ("exporter", "importer"):
+            out += [f"### {half}", "", "```mermaid", render(graph(module, half, steps=True), "mermaid").rstrip(),
+                    "```", ""]
+    return "\n".join(out)
+
+
+def _node_label(g: Graph, state: str) -> str:
+    return f"{state} (reservation lock held)" if state in g.locked else state
+
+
+def _mermaid(g: Graph) -> str:
+    lines = ["---", f"title: \"{g.title}\"", "---", "stateDiagram-v2"]
+    for state in g.states:
+        lines.append(f'    state "{_node_label(g, state)}" as {state}')
+    if g.has_any:
+        lines.append(f'    state "any other state" as {ANY_NODE}')
+    lines.append(f"    [*] --> {g.initial}")
+    for e in g.edges:
+        lines.append(f"    {e.source} --> {e.target} : {_mermaid_text(e.label)}")
+    for state, labels in g.internal.items():
+        for label in labels:
+            lines.append(f"    {state} : {_mermaid_text(label)}")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text: str) -> str:
+    # ":" ends a mermaid label's text; ";" ends a statement
+    return text.replace(":", " ").replace(";", ",")
+
+
+def _dot(g: Graph) -> str:
+    lines = [f'digraph "{g.title}" {{', '    rankdir=LR;', '    node [shape=box, style=rounded, fontname="sans"];',
+             '    edge [fontname="sans", fontsize=10];', '    __start [shape=point, label=""];']
+    for state in g.states + ([ANY_NODE] if g.has_any else []):
+        title = "any other state" if state == ANY_NODE else _node_label(g, state)
+        inner = g.internal.get(state, [])
+        label = "\\n".join([title, *inner]) if inner else title
+        style = ', style="rounded,dashed"' if state == ANY_NODE else ""
+        lines.append(f'    "{state}" [label="{_dot_text(label)}"{style}];')
+    lines.append(f'    __start -> "{g.initial}";')
+    for e in g.edges:
+        lines.append(f'    "{e.source}" -> "{e.target}" [label="{_dot_text(e.label)}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_text(text: str) -> str:
+    return text.replace('"', '\\"')
+

@@ -1,0 +1,191 @@
+"""The exporter half, sans-IO: one `Exporter` per exporter service, made of three parts, each a
+module with its rules at the top:
+
+    session.py   membership, leases, capability tokens, limits: the requests, checked
+    memory.py    the heaps, where each buffer lives, and which move the memory manager wants
+    moves.py     the interpreter of the strategy's exporter table: every buffer's move machine
+    table.py     what those tables may name (MoveState, MoveEvent, Guard, Step) and BASE_TABLE
+
+Rules of this file (the entry points):
+- Every entry point takes `now` (monotonic ns, from the shell) and returns the actions to
+  perform, in order. Nothing here reads a clock, draws a random number or does I/O. Time enters
+  as `now` and as timers this half starts (StartTimer) and the shell fires (timer_fired): the
+  notify timeout, the fence timeout and the lease check.
+- Follow-up events queued by a transition run before the actions are returned.
+- A request that cannot be served becomes an error reply, and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from protocol import capability
+from protocol.actions import Action
+from protocol.exporter.memory import MemoryManager
+from protocol.exporter.moves import CompiledSpec, MoveMachine, ReservationLockError, compile_spec
+from protocol.exporter.session import LEASE_TIMER, Session
+from protocol.exporter.state import ExporterConfig, ExporterState, HeapConfig
+from protocol.exporter.table import (BASE_TABLE, IGNORE, ExporterSpec, ExporterTable, Guard, MoveEvent,
+                                     MoveState, Step)
+from protocol.machine import TransitionError
+from protocol.wire import ErrorCode, ErrorReply, Message, Placement, ProtocolError, error_reply
+
+__all__ = ["BASE_TABLE", "IGNORE", "CompiledSpec", "Exporter", "ExporterConfig", "ExporterSpec", "ExporterTable",
+           "Guard", "HeapConfig", "MoveEvent", "MoveState", "ReservationLockError", "Step", "compile_spec"]
+
+
+class Exporter:
+    """One exporter's protocol state. Not thread-safe: the shell calls it from its one loop."""
+
+    def __init__(self, spec: ExporterSpec, config: ExporterConfig) -> None:
+        if len(config.secret) < capability.MIN_SECRET:
+            raise ValueError(f"the exporter's secret must be at least {capability.MIN_SECRET} bytes, "
+                             f"got {len(config.secret)}")
+        self.spec = spec
+        self.config = config
+        self.state = ExporterState(config)
+        self.memory = MemoryManager(self.state)
+        self.moves = MoveMachine(spec, self.state, self.memory)
+        self.session = Session(self.state, self.moves, spec.strategy)
+        self.moves.session = self.session
+        # The books, under the names tests and tools have long read them by.
+        self._buffers = self.state.buffers
+        self._attachments = self.state.attachments
+        self._importers = self.state.members
+        self._moves = self.state.moves
+        self._timers = {LEASE_TIMER[0]: self._lease_timer, "notify": self._notify_timer, "fence": self._fence_timer}
+
+    # ------------------------------------------------------------------ entry points
+
+    def boot(self, now: int) -> list[Action]:
+        """Allocate every buffer (scarce heap first, then the spill heap) and stamp it; start the
+        lease check. Requires: called once, before any other entry point."""
+        self.memory.boot()
+        self.session.start_lease_timer()
+        return self._take()
+
+    def handle_request(self, peer: bytes, msg: Message, now: int) -> list[Action]:
+        """A decoded request from `peer`. Errors become error replies; state is unchanged then."""
+        handler = self.session.handlers.get(type(msg))
+        self.session.touch(peer, now)
+        try:
+            if handler is None:
+                raise ProtocolError(ErrorCode.BAD_STATE, f"the exporter does not serve '{msg.OP}' on this socket")
+            handler(peer, msg, now)
+        except ProtocolError as err:
+            err.op, err.id = msg.OP, msg.id
+            self.state.send(peer, error_reply(err))
+        except TransitionError as err:
+            self.state.send(peer, ErrorReply(id=msg.id, op=msg.OP, code=ErrorCode.BAD_STATE, message=str(err)))
+        return self._take()
+
+    def handle_reply(self, peer: bytes, reply: Message, now: int) -> list[Action]:
+        """An importer's reply to a request of ours (move_notify): the callback returned."""
+        self.session.touch(peer, now)
+        self.session.on_reply(peer, reply, now)
+        return self._take()
+
+    def pressure_tick(self, now: int) -> list[Action]:
+        """The memory manager's turn: at most one move wanted (see memory.py)."""
+        if not self.memory.at_move_limit():
+            choice = self.memory.choose_move()
+            if choice is not None:
+                buf, to_heap, reason, then = choice
+                self.moves.dispatch(buf, MoveEvent.MOVE_WANTED, now, to=to_heap, reason=reason, then_promote=then)
+        return self._take()
+
+    def copy_done(self, move_id: int, now: int) -> list[Action]:
+        move = self.state.moves[move_id]
+        self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.COPY_DONE, now)
+        return self._take()
+
+    def fences_pending(self, move_id: int, slots: tuple[int, ...], now: int) -> list[Action]:
+        """The shell's fence poll (WaitFences): the importer slots whose fences, among those the
+        wait waits for, are still unsignaled; reported at each change. None left: FENCES_SIGNALED."""
+        move = self.state.moves.get(move_id)
+        if move is not None:
+            move.unsignaled = tuple(sorted(slots))
+            if not slots:
+                self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCES_SIGNALED, now)
+        return self._take()
+
+    def fences_signaled(self, move_id: int, now: int) -> list[Action]:
+        """Every fence the move's wait waits for has signaled (fences_pending with none left)."""
+        return self.fences_pending(move_id, (), now)
+
+    def fences_timed_out(self, move_id: int, slots: tuple[int, ...], now: int) -> list[Action]:
+        """The fence timeout with these slots still unsignaled (what the fence timer does with the
+        slots last reported by fences_pending)."""
+        move = self.state.moves.get(move_id)
+        if move is not None:
+            move.unsignaled = tuple(sorted(slots))
+            self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now, slots=move.unsignaled)
+        return self._take()
+
+    def timer_fired(self, key: Hashable, now: int) -> list[Action]:
+        """A timer this half started (StartTimer) has fired: ("notify", move), ("fence", move) or
+        ("leases",)."""
+        kind = key[0] if isinstance(key, tuple) and key else None  # type: ignore[index]
+        handler = self._timers.get(kind)  # type: ignore[arg-type]
+        if handler is None:
+            raise ValueError(f"timer {key!r} was not started by the exporter half")
+        handler(key, now)
+        return self._take()
+
+    def importer_lost(self, slot: int, reason: str, now: int) -> list[Action]:
+        """The importer is gone (bye with attachments left, or dead): revoke everything it held,
+        complete its fences with an error, and let moves waiting for it go on."""
+        self.session.lose(slot, reason, now)
+        return self._take()
+
+    def check_leases(self, now: int) -> list[Action]:
+        """Declare lost every importer silent for longer than its lease (the lease timer does this
+        every lease/4)."""
+        self.session.check_leases(now)
+        return self._take()
+
+    def cancel_queued_moves(self, now: int) -> list[Action]:
+        """Stop: moves still waiting for their last unmap will not happen (the table's CANCEL)."""
+        for buf in self.state.buffers.values():
+            self.moves.dispatch(buf, MoveEvent.CANCEL, now)
+        return self._take()
+
+    @property
+    def moves_in_flight(self) -> int:
+        return len(self.state.moves)
+
+    def importer_slot(self, peer: bytes) -> int | None:
+        imp = self.state.by_peer.get(peer)
+        return imp.slot if imp else None
+
+    def peer_label(self, peer: bytes) -> str:
+        """What the `peer` field of an event about this connection says (state.py)."""
+        return self.state.peer_label(peer)
+
+    def placement_of(self, buffer: int) -> Placement:
+        return self.state.buffers[buffer].placement
+
+    def heap_usage(self) -> dict[str, int]:
+        return self.memory.usage()
+
+    # ------------------------------------------------------------------ timers
+
+    def _lease_timer(self, key: Any, now: int) -> None:
+        self.session.check_leases(now)
+        self.session.start_lease_timer()
+
+    def _notify_timer(self, key: Any, now: int) -> None:
+        move = self.state.moves.get(key[1])
+        if move is not None:
+            self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.NOTIFY_TIMEOUT, now)
+
+    def _fence_timer(self, key: Any, now: int) -> None:
+        move = self.state.moves.get(key[1])
+        if move is not None:
+            self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now,
+                                slots=move.unsignaled)
+
+    def _take(self) -> list[Action]:
+        self.moves.run_posted()
+        return self.state.take()
+

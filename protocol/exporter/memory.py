@@ -1,0 +1,93 @@
+"""The exporter's memory manager: the heaps, where each buffer lives, and which move it wants.
+
+Rules of this file:
+- Heaps are sub-allocated first fit (protocol/heap.py): a range freed by a move is the first one
+  handed to the next allocation, so a late access to it lands in another buffer's bytes.
+- The memory manager wants at most one move per pressure tick, and only a move that can be made
+  now: fewer than `max_moves_in_flight` moves are running and the destination has room. What
+  happens to a move it wants is the strategy's table (moves.py): it may be refused or queued.
+- Its choice: promote the spill buffer the importers mapped most recently into the scarce heap; if
+  it does not fit, first evict the scarce buffer this exporter placed longest ago, and promote
+  into its range once freed (a follow-up want, re-checked when it runs: by then another move may
+  have taken the room or the slot). The eviction order is the exporter's own use of its memory
+  (an exporting GPU driver's LRU follows its own work, not the importers' DMA), so it may well
+  pick a buffer a device is using right now: that is the 2012 problem.
+- Nothing here reads a clock; `lru` and `resident_since` are logical clocks (one tick per map,
+  one per placement).
+"""
+
+from __future__ import annotations
+
+from protocol.actions import StampBuffer
+from protocol.exporter.state import Buffer, ExporterState
+from protocol.exporter.table import MoveState
+from protocol.heap import HeapFull, RangeAllocator
+from protocol.wire import Placement
+
+
+class MemoryManager:
+    def __init__(self, state: ExporterState) -> None:
+        self.state = state
+        config = state.config
+        self.heaps = {h.name: RangeAllocator(h.name, h.size) for h in config.heaps}
+        self.scarce = config.heaps[0].name
+        self.spill = config.heaps[-1].name
+        self.map_clock = 0           # one tick per map served: the importers' demand
+        self.placements = 0          # one tick per placement: the exporter's own use
+
+    def boot(self) -> None:
+        """Allocate every buffer (scarce heap first, then the spill heap) and stamp it."""
+        st, config = self.state, self.state.config
+        for b in range(config.buffers):
+            heap = self.scarce if self.heaps[self.scarce].can_fit(config.buffer_size) else self.spill
+            try:
+                offset = self.heaps[heap].alloc(config.buffer_size)
+            except HeapFull as exc:
+                raise ValueError(f"{exc}: the heaps cannot hold {config.buffers} buffers "
+                                 f"of {config.buffer_size} bytes") from None
+            placement = Placement(heap, offset, config.buffer_size, 1)
+            st.buffers[b] = Buffer(b, config.buffer_size, placement)
+            st.out.append(StampBuffer(b, placement))
+            st.emit("buffer_created", buffer=b, heap=heap, offset=offset, size=config.buffer_size, gen=1)
+
+    def at_move_limit(self) -> bool:
+        return len(self.state.moves) >= self.state.config.max_moves_in_flight
+
+    def admits(self, buf: Buffer, to_heap: str) -> bool:
+        """A move of `buf` to `to_heap` can begin now: a free move slot, room at the destination."""
+        return not self.at_move_limit() and self.heaps[to_heap].can_fit(buf.size)
+
+    def choose_move(self) -> tuple[Buffer, str, str, int | None] | None:
+        """(buffer, to heap, reason, buffer to promote into the freed range) or None."""
+        idle = [b for b in self.state.buffers.values() if b.state is MoveState.IDLE]
+        spill = [b for b in idle if b.placement.heap == self.spill]
+        scarce = [b for b in idle if b.placement.heap == self.scarce]
+        hot = max(spill, key=lambda b: (b.lru, -b.id)) if spill else None
+        if hot is not None and self.heaps[self.scarce].can_fit(hot.size):
+            return hot, self.scarce, "promote", None
+        if scarce:
+            cold = min(scarce, key=lambda b: (b.resident_since, b.id))
+            return cold, self.spill, "evict", hot.id if hot is not None else None
+        return None
+
+    def touched(self, buf: Buffer) -> None:
+        """A map was served: the importers want this buffer."""
+        self.map_clock += 1
+        buf.lru = self.map_clock
+
+    def alloc(self, to_heap: str, size: int) -> int:
+        return self.heaps[to_heap].alloc(size)
+
+    def placed(self, buf: Buffer, placement: Placement) -> None:
+        buf.placement = placement
+        self.placements += 1
+        buf.resident_since = self.placements
+
+    def free(self, p: Placement) -> None:
+        self.heaps[p.heap].free(p.offset, p.size)
+
+    def can_fit(self, to_heap: str, size: int) -> bool:
+        return self.heaps[to_heap].can_fit(size)
+
+    def usage(self) -> dict[str, int]:
+        return {name: heap.used_bytes for name, heap in self.heaps.items()}

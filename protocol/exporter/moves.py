@@ -1,0 +1,474 @@
+"""The interpreter of a strategy's exporter table: the move machine of every buffer.
+
+Rules of this file:
+- A buffer's state changes only here, and only to the target of the rule its table chose
+  (`dispatch`); steps do the bookkeeping and append actions, in the order of the rule.
+- Every guard and every step has one implementation, found through the explicit maps GUARDS and
+  STEPS (protocol/machine.py checks at import that none is missing).
+- `compile_spec` checks a strategy's table before it runs (protocol/machine.py's checks, plus the
+  exporter's own): a strategy that LOCKs holds the buffer's reservation lock in every state it
+  reaches until UNLOCK; a map arriving in such a state is deferred unless the table has a row of
+  its own for it, and a row that would serve a map (or the deferred maps) under the lock, unlock a
+  lock it does not hold or take it twice is refused. A rule that BEGINs a move on an event other
+  than MOVE_WANTED (which the memory manager admits only with room at the destination) must
+  follow a NO_ROOM rule in its row.
+- SERVE_MAP and SERVE_DEFERRED_MAPS assert that no move holds the buffer's reservation lock, as
+  dma_resv_assert_held does in the kernel: a table that got past the load check and still serves
+  under the lock stops with ReservationLockError instead of handing out a placement.
+- Follow-up events (posted by steps and by the session) run after the transition that caused
+  them, in order (`run_posted`); a follow-up MOVE_WANTED (a promote into a freed range) runs only
+  if the memory manager still admits it then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from protocol import machine
+from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
+                              Send, SignalKernelFence, StartTimer, WaitFences)
+from protocol.exporter.memory import MemoryManager
+from protocol.exporter.state import Buffer, ExporterState, Move
+from protocol.exporter.table import ExporterSpec, Guard, MoveEvent, MoveState, Step
+from protocol.fence import Usage
+from protocol.heap import HeapFull
+from protocol.machine import SAME, VIOLATION, Rule, TableError, choose, rules_for
+from protocol.wire import Map, MapReply, MoveNotify, Placement
+
+if TYPE_CHECKING:
+    from protocol.exporter.session import Session
+
+Ctx = dict[str, Any]
+
+
+class ReservationLockError(AssertionError):
+    """A placement was about to be handed out while a move holds the buffer's reservation lock."""
+
+
+class MoveMachine:
+    """Runs the move machine of every buffer. Not thread-safe: called from the shell's one loop."""
+
+    def __init__(self, spec: ExporterSpec, state: ExporterState, memory: MemoryManager) -> None:
+        self.strategy = spec.strategy
+        self.table = compile_spec(spec).table
+        self.state = state
+        self.memory = memory
+        self.session: Session = None  # type: ignore[assignment]  (wired by the Exporter)
+        self.next_move = 0
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self, buf: Buffer, event: MoveEvent, now: int, **ctx: Any) -> None:
+        """Run `event` on `buf` by its table. TransitionError (nothing changed) if not allowed."""
+        rule = choose(self.table, buf.state, event, lambda g: GUARDS[g](self, buf, ctx),
+                      self.strategy, f"buffer {buf.id}")
+        for step in rule.do:
+            STEPS[step](self, rule, buf, now, ctx)
+        if rule.then is not SAME:
+            buf.state = rule.then
+
+    def run_posted(self) -> None:
+        """Run the follow-up events, in order, each against the state it finds."""
+        posted = self.state.posted
+        while posted:
+            buf_id, event, now, ctx, want = posted.pop(0)
+            buf = self.state.buffers[buf_id]
+            if want and not self.memory.admits(buf, ctx["to"]):
+                continue  # the memory manager no longer wants it: another move took the room or the slot
+            self.dispatch(buf, event, now, **ctx)
+
+    # ------------------------------------------------------------------ guards
+
+    def _awaited(self, buf: Buffer, ctx: Ctx) -> bool:
+        move = buf.move
+        return (move is not None and ctx.get("move", move.id) == move.id
+                and ctx["attachment"] in move.waiting)
+
+    def _no_room(self, buf: Buffer, ctx: Ctx) -> bool:
+        to_heap = ctx["to"] if "to" in ctx else buf.queued[0] if buf.queued else None
+        return to_heap is None or not self.memory.can_fit(to_heap, buf.size)
+
+    # ------------------------------------------------------------------ steps: the move's life
+
+    def _refuse(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        to_heap = ctx.get("to", buf.queued[0] if buf.queued else None)
+        self.state.emit("move_refused", buffer=buf.id, from_gen=buf.placement.gen,
+                        to_gen=buf.placement.gen + 1, reason=rule.when.value, to_heap=to_heap)
+        buf.queued = None
+
+    def _queue(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        buf.queued = (ctx["to"], ctx["reason"])
+        self.state.emit("move_queued", buffer=buf.id, from_gen=buf.placement.gen, reason="mapped",
+                        to_heap=ctx["to"])
+
+    def _begin(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        to_heap, reason = (ctx["to"], ctx["reason"]) if "to" in ctx else buf.queued  # type: ignore[misc]
+        buf.queued = None
+        try:
+            offset = self.memory.alloc(to_heap, buf.size)
+        except HeapFull:
+            raise AssertionError(f"{self.strategy}: buffer {buf.id}: BEGIN without room in {to_heap} "
+                                 f"(compile_spec requires a NO_ROOM rule before it)") from None
+        src = buf.placement
+        dst = Placement(to_heap, offset, buf.size, src.gen + 1)
+        st = self.state
+        self.next_move += 1
+        move = Move(self.next_move, buf.id, src, dst, reason, now, then_promote=ctx.get("then_promote"))
+        st.moves[move.id] = move
+        buf.move = move
+        st.emit("move_begin", buffer=buf.id, move=move.id, reason=reason, from_gen=src.gen, to_gen=dst.gen,
+                **{"from": _placement_fields(src), "to": _placement_fields(dst)}, broke_promise=buf.promised)
+        buf.promised = False
+
+    def _cancel_queued(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        self.state.emit("move_cancelled", buffer=buf.id, from_gen=buf.placement.gen)
+        buf.queued = None
+
+    def _lock(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        if buf.locked:
+            raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: LOCK while already held")
+        buf.locked = True
+        self.state.emit("resv_lock", buffer=buf.id, move=buf.move.id if buf.move else None)
+
+    def _unlock(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        if not buf.locked:
+            raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: UNLOCK of a lock not held")
+        buf.locked = False
+        self.state.emit("resv_unlock", buffer=buf.id, move=buf.move.id if buf.move else None)
+
+    # ------------------------------------------------------------------ steps: move_notify and its answers
+
+    def _notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, move = self.state, self._move(buf)
+        for att_id in sorted(buf.attachments):
+            att = st.attachments[att_id]
+            imp = st.members[att.slot]
+            if not imp.alive or att.pins:
+                continue  # a pinned attachment receives no move notifications
+            req = MoveNotify(id=st.new_request_id(), buffer=buf.id, attachment=att.id, move=move.id, gen=move.src.gen)
+            st.notify_ids[req.id] = (move.id, att.id)
+            move.notified[att.id] = req.id
+            move.sent_ns[att.id] = now
+            st.out.append(Send(imp.peer, req, imp.name))
+            st.emit("move_notify_sent", id=req.id, buffer=buf.id, move=move.id, importer=imp.name,
+                    attachment=att.id, gen=move.src.gen)
+
+    def _await_answers(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        move = self._move(buf)
+        move.waiting = dict(move.notified)
+        if not move.waiting:  # nobody to wait for: done as soon as sent
+            self.state.post(buf, MoveEvent.NOTIFY_DONE, now)
+
+    def _answered(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        move = self._move(buf)
+        if move.waiting.pop(ctx["attachment"], None) is not None and not move.waiting:
+            self.state.post(buf, MoveEvent.NOTIFY_DONE, now)
+
+    def _start_notify_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        self.state.out.append(StartTimer(("notify", self._move(buf).id), self.state.config.ack_timeout_s))
+
+    def _cancel_notify_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        self.state.out.append(CancelTimer(("notify", self._move(buf).id)))
+
+    def _notify_timed_out(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, move = self.state, self._move(buf)
+        silent = [st.attachments[a] for a in sorted(move.waiting) if a in st.attachments]
+        st.emit("ack_timeout", buffer=buf.id, move=move.id,
+                importers=sorted({st.members[a.slot].name for a in silent}),
+                attachments=[a.id for a in silent],
+                responsive=sorted({st.members[a.slot].name for a in silent
+                                   if self.session.responsive(st.members[a.slot], now)}))
+
+    def _give_up_notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        move = self._move(buf)
+        for req_id in move.waiting.values():
+            self.state.notify_ids.pop(req_id, None)
+        move.waiting.clear()
+
+    def _revoke_silent(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, move = self.state, self._move(buf)
+        for att_id in sorted(move.waiting):
+            att = st.attachments.get(att_id)
+            if att is not None and self.session.responsive(st.members[att.slot], now):
+                # Its fences stay as they are: they are the device's own word on its DMA, and the
+                # fence wait that follows honours them (forcing them only at the fence timeout).
+                self.session.revoke(att, "notify_timeout", now)
+
+    # ------------------------------------------------------------------ steps: fences
+
+    def _wait_fences(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, move = self.state, self._move(buf)
+        st.emit("fence_wait_begin", buffer=buf.id, move=move.id, usage=Usage.BOOKKEEP.name)
+        move.fence_wait_from = now
+        move.unsignaled = ()
+        st.out.append(WaitFences(move.id, buf.id, Usage.BOOKKEEP))
+        st.out.append(StartTimer(("fence", move.id), st.config.fence_timeout_s))
+
+    def _end_fence_wait(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        move = self._move(buf)
+        self.state.out.append(CancelTimer(("fence", move.id)))
+        self.state.emit("fence_wait_end", buffer=buf.id, move=move.id, usage=Usage.BOOKKEEP.name,
+                        waited_ns=now - move.fence_wait_from, forced=list(move.forced))
+
+    def _force_complete(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, move = self.state, self._move(buf)
+        for slot in ctx.get("slots", move.unsignaled):
+            imp = st.members.get(slot)
+            if imp is not None and imp.alive and not self.session.responsive(imp, now):
+                continue  # silent: maybe paused mid-DMA; its lease decides (see session.py)
+            name = imp.name if imp else f"slot-{slot}"
+            move.forced.append(name)
+            st.out.append(ForceCompleteFences(slot, buf.id, "fence_timeout"))
+            st.emit("fence_signal", buffer=buf.id, usage=Usage.BOOKKEEP.name, seq=None,
+                    move=move.id, importer=name, error="timeout", forced=True)
+            if imp is not None:
+                for att_id in sorted(imp.attachments & buf.attachments):
+                    self.session.revoke(st.attachments[att_id], "fence_timeout", now)
+
+    def _publish_kernel_fence(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        move = self._move(buf)
+        buf.kernel_seq += 1
+        move.kernel_seq = buf.kernel_seq
+        self.state.out.append(PublishKernelFence(buf.id, move.kernel_seq))
+
+    def _signal_kernel_fence(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        move = self._move(buf)
+        self.state.out.append(SignalKernelFence(buf.id, move.kernel_seq))
+        self.state.emit("fence_signal", buffer=buf.id, usage=Usage.KERNEL.name, seq=move.kernel_seq, move=move.id)
+
+    # ------------------------------------------------------------------ steps: bytes
+
+    def _copy(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        move = self._move(buf)
+        self.state.out.append(CopyBuffer(move.id, buf.id, move.src, move.dst))
+
+    def _switch(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        self.memory.placed(buf, self._move(buf).dst)
+
+    def _free(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, move = self.state, self._move(buf)
+        self.memory.free(move.src)
+        st.emit("free", buffer=buf.id, move=move.id, from_gen=move.src.gen, to_gen=move.dst.gen,
+                heap=move.src.heap, offset=move.src.offset, size=move.src.size)
+        if move.then_promote is not None:
+            # The eviction was made for this allocation: it takes the room at once, as a memory
+            # manager short of vram does. A late access to the freed range meets its bytes.
+            st.post_want(st.buffers[move.then_promote], move.src.heap, "promote", now)
+
+    def _end(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, move = self.state, self._move(buf)
+        st.emit("move_end", buffer=buf.id, move=move.id, from_gen=move.src.gen, to_gen=move.dst.gen,
+                latency_ns=now - move.began_ns)
+        for req_id in move.waiting.values():
+            st.notify_ids.pop(req_id, None)
+        del st.moves[move.id]
+        buf.move = None
+
+    # ------------------------------------------------------------------ steps: mappings
+
+    def _serve_map_step(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        self.serve_map(buf, ctx["peer"], ctx["request"], ctx["since"], now)
+
+    def _defer_map(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        buf.deferred.append((ctx["peer"], ctx["request"], ctx["since"]))
+        att = self.state.attachments[ctx["request"].attachment]
+        self.state.members[att.slot].waiting.add(att.id)
+
+    def _serve_deferred_maps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st = self.state
+        waiting, buf.deferred = buf.deferred, []
+        for peer, request, since in waiting:
+            att = st.attachments.get(request.attachment)
+            if att is None or st.members[att.slot].peer != peer:
+                continue  # detached or revoked while waiting: answered then (session.drop_attachment)
+            st.members[att.slot].waiting.discard(att.id)
+            self.serve_map(buf, peer, request, since, now)
+
+    def _hint_will_move(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        ctx["hint"]["will_move"] = True
+
+    def _hint_stay(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        ctx["hint"]["will_move"] = False
+        buf.promised = True
+
+    def _pin(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        att = ctx["attachment"]
+        att.pins += 1
+        buf.pins += 1
+        self.state.emit("pin", importer=self.state.members[att.slot].name, buffer=buf.id,
+                        attachment=att.id, pins=buf.pins)
+
+    # ------------------------------------------------------------------ helpers
+
+    def serve_map(self, buf: Buffer, peer: bytes, request: Map, since: int, now: int) -> None:
+        """dma_buf_map_attachment's answer: the current placement. Requires the reservation lock
+        not held (dma_resv_assert_held's counterpart: no move may be under way under the lock)."""
+        if buf.locked:
+            raise ReservationLockError(
+                f"{self.strategy}: buffer {buf.id} in state {buf.state.value}: a map would be served "
+                f"while move {buf.move.id if buf.move else '?'} holds the reservation lock")
+        st = self.state
+        att = st.attachments[request.attachment]
+        att.mapped = True
+        buf.mapped.add(att.id)
+        st.members[att.slot].mapped.add(att.id)
+        self.memory.touched(buf)
+        moved = att.last_gen is not None and att.last_gen != buf.placement.gen
+        att.last_gen = buf.placement.gen
+        p = buf.placement
+        st.send(peer, MapReply(id=request.id, placement=p, moved=moved, fence=buf.kernel_seq), recorded=True)
+        st.emit("map_served", id=request.id, importer=st.peer_name(peer), buffer=buf.id, attachment=att.id,
+                heap=p.heap, offset=p.offset, size=p.size, gen=p.gen, moved=moved, deferred_ns=now - since)
+
+    def _move(self, buf: Buffer) -> Move:
+        if buf.move is None:
+            raise AssertionError(f"{self.strategy}: buffer {buf.id} has no move in state {buf.state.value}")
+        return buf.move
+
+
+def _placement_fields(p: Placement) -> dict[str, Any]:
+    return {"heap": p.heap, "offset": p.offset, "size": p.size, "gen": p.gen}
+
+
+GuardFn = Callable[[MoveMachine, Buffer, Ctx], bool]
+StepFn = Callable[[MoveMachine, Rule, Buffer, int, Ctx], None]
+
+GUARDS: dict[Guard, GuardFn] = {
+    Guard.ALWAYS: lambda m, buf, ctx: True,
+    Guard.PINNED: lambda m, buf, ctx: buf.pins > 0,
+    Guard.MAPPED: lambda m, buf, ctx: bool(buf.mapped),
+    Guard.CONSERVATIVE_HINTS: lambda m, buf, ctx: m.state.config.hint_policy == "conservative",
+    Guard.MOVE_QUEUED: lambda m, buf, ctx: buf.state is MoveState.QUEUED,
+    Guard.NO_ROOM: MoveMachine._no_room,
+    Guard.AWAITED: MoveMachine._awaited,
+}
+
+STEPS: dict[Step, StepFn] = {
+    Step.REFUSE: MoveMachine._refuse,
+    Step.QUEUE: MoveMachine._queue,
+    Step.BEGIN: MoveMachine._begin,
+    Step.CANCEL_QUEUED: MoveMachine._cancel_queued,
+    Step.LOCK: MoveMachine._lock,
+    Step.UNLOCK: MoveMachine._unlock,
+    Step.NOTIFY: MoveMachine._notify,
+    Step.AWAIT_ANSWERS: MoveMachine._await_answers,
+    Step.ANSWERED: MoveMachine._answered,
+    Step.START_NOTIFY_TIMER: MoveMachine._start_notify_timer,
+    Step.CANCEL_NOTIFY_TIMER: MoveMachine._cancel_notify_timer,
+    Step.NOTIFY_TIMED_OUT: MoveMachine._notify_timed_out,
+    Step.GIVE_UP_NOTIFY: MoveMachine._give_up_notify,
+    Step.REVOKE_SILENT: MoveMachine._revoke_silent,
+    Step.WAIT_FENCES: MoveMachine._wait_fences,
+    Step.END_FENCE_WAIT: MoveMachine._end_fence_wait,
+    Step.FORCE_COMPLETE: MoveMachine._force_complete,
+    Step.PUBLISH_KERNEL_FENCE: MoveMachine._publish_kernel_fence,
+    Step.SIGNAL_KERNEL_FENCE: MoveMachine._signal_kernel_fence,
+    Step.COPY: MoveMachine._copy,
+    Step.SWITCH: MoveMachine._switch,
+    Step.FREE: MoveMachine._free,
+    Step.END: MoveMachine._end,
+    Step.SERVE_MAP: MoveMachine._serve_map_step,
+    Step.DEFER_MAP: MoveMachine._defer_map,
+    Step.SERVE_DEFERRED_MAPS: MoveMachine._serve_deferred_maps,
+    Step.HINT_WILL_MOVE: MoveMachine._hint_will_move,
+    Step.HINT_STAY: MoveMachine._hint_stay,
+    Step.PIN: MoveMachine._pin,
+}
+
+VOCABULARY = machine.Vocabulary(
+    half="exporter", states=MoveState, events=MoveEvent, guards=Guard, steps=Step,
+    initial=MoveState.IDLE, always=Guard.ALWAYS, guard_impl=GUARDS, step_impl=STEPS)
+
+_DEFER = (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),)
+_SERVING = (Step.SERVE_MAP, Step.SERVE_DEFERRED_MAPS)
+
+
+@dataclass(frozen=True)
+class CompiledSpec:
+    strategy: str
+    rows: dict[tuple[Any, MoveEvent], Any]    # as checked, with the lock's default rows
+    table: dict[tuple[Any, MoveEvent], Any]   # every (state, event): what the interpreter reads
+    locked_states: frozenset[MoveState]       # states in which a move holds the reservation lock
+
+
+def compile_spec(spec: ExporterSpec) -> CompiledSpec:
+    """Check a strategy's exporter table and complete it (see the rules at the top); TableError
+    naming the strategy, the row and what is wrong."""
+    if not isinstance(spec, ExporterSpec):
+        raise TableError(getattr(spec, "strategy", "?"), "exporter", None,
+                         f"EXPORTER must be an ExporterSpec, got {type(spec).__name__}")
+    name = spec.strategy
+    rows = machine.check_rows(name, VOCABULARY, spec.table)
+    locked = locked_states(rows)
+    for state in sorted(locked, key=lambda s: list(MoveState).index(s)):
+        rows.setdefault((state, MoveEvent.MAP), _DEFER)
+    rows = machine.check(name, VOCABULARY, rows)
+    _check_lock(name, rows, locked)
+    _check_begin(name, rows)
+    return CompiledSpec(name, rows, machine.expand(VOCABULARY, rows), frozenset(locked))
+
+
+def locked_states(rows: dict[tuple[Any, MoveEvent], Any]) -> set[MoveState]:
+    """The states in which a move may hold the buffer's reservation lock: entered by a rule
+    that LOCKs (and does not UNLOCK after), or from such a state by a rule that does not UNLOCK."""
+    reach = machine.reachable(VOCABULARY, rows)
+    held: set[MoveState] = set()
+    changed = True
+    while changed:
+        changed = False
+        for state in reach:
+            for event in MoveEvent:
+                for rule in _rules(rules_for(rows, state, event)):
+                    target = state if rule.then is SAME else rule.then
+                    if target is not VIOLATION and target not in held and _held_after(state in held, rule.do):
+                        held.add(target)
+                        changed = True
+    return held
+
+
+def _held_after(held: bool, do: tuple[Step, ...]) -> bool:
+    for step in do:
+        if step is Step.LOCK:
+            held = True
+        elif step is Step.UNLOCK:
+            held = False
+    return held
+
+
+def _check_lock(name: str, rows: dict, locked: set[MoveState]) -> None:
+    for state in machine.reachable(VOCABULARY, rows):
+        for event in MoveEvent:
+            for i, rule in enumerate(_rules(rules_for(rows, state, event)), 1):
+                held = state in locked
+                for step in rule.do:
+                    problem = None
+                    if step in _SERVING and held:
+                        problem = (f"{step.value} while a move holds the reservation lock (held in "
+                                   f"{', '.join(sorted(s.value for s in locked))}): defer the map (DEFER_MAP) "
+                                   f"or UNLOCK first")
+                    elif step is Step.LOCK and held:
+                        problem = "LOCK of a reservation lock already held"
+                    elif step is Step.UNLOCK and not held:
+                        problem = "UNLOCK of a reservation lock not held"
+                    if problem is not None:
+                        raise TableError(name, "exporter", f"({state.value}, {event.value})", f"rule {i}: {problem}")
+                    held = _held_after(held, (step,))
+
+
+def _check_begin(name: str, rows: dict) -> None:
+    for (state, event), rules in rows.items():
+        if event is MoveEvent.MOVE_WANTED or rules is VIOLATION:
+            continue
+        guarded = False
+        for i, rule in enumerate(rules, 1):
+            if Step.BEGIN in rule.do and not guarded:
+                raise TableError(name, "exporter", f"({getattr(state, 'value', state)}, {event.value})",
+                                 f"rule {i} begins a move the memory manager did not admit: put a "
+                                 f"Rule(Guard.NO_ROOM, ...) before it (the destination may be full by now)")
+            guarded = guarded or rule.when is Guard.NO_ROOM
+
+
+def _rules(rules: Any) -> tuple[Rule, ...]:
+    return () if rules is None or rules is VIOLATION else rules
+

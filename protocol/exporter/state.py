@@ -1,0 +1,159 @@
+"""What the exporter half knows, in one place: its importers, attachments, buffers and moves, the
+actions it has decided and the follow-up events it has queued.
+
+Rules of this file:
+- One `ExporterState` per exporter, shared by its session (session.py), its memory manager
+  (memory.py) and its move machine (moves.py); each of them changes only what its own rules say.
+- Actions are appended to `out` in the order they must be performed; `take()` hands them over.
+- Follow-up events (`post`) run after the transition that caused them has finished, never inside
+  it, in the order they were posted (moves.py runs them before the actions are handed over).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.actions import Action, Emit, Send
+from protocol.exporter.table import MoveEvent, MoveState
+from protocol.params import default, default_s
+from protocol.wire import Map, Message, Placement
+
+
+@dataclass(frozen=True)
+class HeapConfig:
+    name: str
+    shm: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    buffers: int
+    buffer_size: int
+    heaps: tuple[HeapConfig, ...]    # the first is the scarce one (vram), the last the spill (sys)
+    fences_shm: str
+    fence_slots: int                 # importers + 1 (slot 0: the exporter's KERNEL fences)
+    # The run parameters' defaults are protocol/params.py's.
+    ack_timeout_s: float = default_s("ack_timeout_ms")
+    fence_timeout_s: float = default_s("fence_timeout_ms")
+    hint_policy: str = default("hint_policy")
+    max_moves_in_flight: int = 2
+    lease_s: float = default_s("lease_ms")
+    secret: bytes = b""              # keys the tokens (protocol/capability.py); at least 16 bytes
+    max_attachments: int = 8192      # per importer
+    max_mappings: int = 256          # per importer: mapped, or waiting to be
+    max_in_flight: int = 128         # per importer: requests not answered yet (maps waiting for the lock)
+
+
+@dataclass
+class Member:
+    """An importer that said hello."""
+
+    slot: int
+    name: str
+    peer: bytes
+    pid: int
+    alive: bool = True
+    attachments: set[int] = field(default_factory=set)
+    last_seen: int = 0
+    mapped: set[int] = field(default_factory=set)     # its attachments that are mapped
+    waiting: set[int] = field(default_factory=set)    # its attachments with a deferred map
+
+
+@dataclass
+class Attachment:
+    id: int
+    buffer: int
+    slot: int
+    mapped: bool = False
+    pins: int = 0
+    last_gen: int | None = None      # the generation this attachment was last handed
+    token: str = ""                  # its attachment token, for the connection it was made on
+    peer: bytes = b""
+
+
+@dataclass
+class Move:
+    id: int
+    buffer: int
+    src: Placement
+    dst: Placement
+    reason: str
+    began_ns: int
+    waiting: dict[int, int] = field(default_factory=dict)   # attachment -> notify request id, awaited
+    sent_ns: dict[int, int] = field(default_factory=dict)   # attachment -> when notified
+    notified: dict[int, int] = field(default_factory=dict)  # attachment -> notify request id, all sent
+    kernel_seq: int = 0
+    then_promote: int | None = None                         # buffer to move into the freed range
+    fence_wait_from: int = 0
+    unsignaled: tuple[int, ...] = ()                        # slots whose fences the wait still waits for
+    forced: list[str] = field(default_factory=list)         # importers whose fences were forced
+
+
+@dataclass
+class Buffer:
+    id: int
+    size: int
+    placement: Placement
+    state: MoveState = MoveState.IDLE
+    attachments: set[int] = field(default_factory=set)
+    mapped: set[int] = field(default_factory=set)
+    pins: int = 0
+    lru: int = 0                                 # importers' demand: logical time of the last map
+    resident_since: int = 0                      # the exporter's own use: when it last placed it
+    move: Move | None = None
+    queued: tuple[str, str] | None = None        # (to heap, reason) of a queued move
+    deferred: list[tuple[bytes, Map, int]] = field(default_factory=list)
+    kernel_seq: int = 0                          # seqno of the last move's KERNEL fence
+    promised: bool = False                       # an unmap reply promised it would not move
+    locked: bool = False                         # a move holds its reservation lock
+
+
+class ExporterState:
+    def __init__(self, config: ExporterConfig) -> None:
+        self.config = config
+        self.buffers: dict[int, Buffer] = {}
+        self.attachments: dict[int, Attachment] = {}
+        self.members: dict[int, Member] = {}       # by slot
+        self.by_peer: dict[bytes, Member] = {}
+        self.by_name: dict[str, Member] = {}
+        self.moves: dict[int, Move] = {}
+        self.notify_ids: dict[int, tuple[int, int]] = {}   # request id -> (move, attachment)
+        self.next_request = 1
+        self.out: list[Action] = []
+        # follow-ups: (buffer, event, now, ctx, a want the memory manager re-checks when it runs)
+        self.posted: list[tuple[int, MoveEvent, int, dict[str, Any], bool]] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.out.append(Emit(event, fields))
+
+    def send(self, peer: bytes, msg: Message, *, recorded: bool = False) -> None:
+        self.out.append(Send(peer, msg, self.peer_name(peer), recorded=recorded))
+
+    def post(self, buf: Buffer, event: MoveEvent, now: int, **ctx: Any) -> None:
+        self.posted.append((buf.id, event, now, ctx, False))
+
+    def post_want(self, buf: Buffer, to_heap: str, reason: str, now: int) -> None:
+        """A follow-up MOVE_WANTED that the memory manager re-checks (admits) when it runs."""
+        self.posted.append((buf.id, MoveEvent.MOVE_WANTED, now, {"to": to_heap, "reason": reason}, True))
+
+    def new_request_id(self) -> int:
+        rid = self.next_request
+        self.next_request += 1
+        return rid
+
+    def peer_name(self, peer: bytes) -> str:
+        """The importer's name for events about it ("?" for a peer that never joined)."""
+        imp = self.by_peer.get(peer)
+        return imp.name if imp else "?"
+
+    def peer_label(self, peer: bytes) -> str:
+        """The `peer` field of events about a connection: the name of the importer that joined on
+        it (alive or not), else `?` and the routing id in hex (at most 32 bytes of it)."""
+        imp = self.by_peer.get(peer)
+        return imp.name if imp is not None else "?" + peer.hex()[:64]
+
+    def take(self) -> list[Action]:
+        out, self.out = self.out, []
+        return out

@@ -1,0 +1,145 @@
+"""The vocabulary of the exporter's move machine: its states, events, guards and steps, and the
+rows every strategy starts from.
+
+Rules of this file:
+- Each buffer has one move state. Everything a buffer does on a move event, in every state, is a
+  row of its strategy's table: (state, event) -> rules (protocol/machine.py). The interpreter
+  (protocol/exporter/moves.py) implements each guard and step below, and nothing else.
+- Each step's comment says what it does and what it requires, the way dma-buf.c documents its
+  entry points. The reservation lock is a fact of the table: a strategy that LOCKs holds the lock
+  in every state it reaches until UNLOCK, and a map arriving in such a state is deferred unless
+  the table says otherwise (moves.py completes the table at load, and refuses a row that would
+  serve a map under the lock; SERVE_MAP asserts at run time that no move holds it).
+- BASE_TABLE holds what is the same for every strategy: a placement is never handed out while its
+  bytes are being copied; an unmap carries no hint; a buffer already moving takes no second move;
+  stale timers and follow-ups change nothing; a copy ends in IDLE. A strategy adds its IDLE
+  MOVE_WANTED row and the rows of every other state it enters.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from protocol.machine import ANY, SAME, VIOLATION, Rule
+
+
+class MoveState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is a Python call per table lookup
+    IDLE = "idle"              # resident, no move in progress
+    QUEUED = "queued"          # a move waits for the last unmap (unmap-hint)
+    NOTIFYING = "notifying"    # move_notify sent; waiting for acks or callback returns
+    FENCE_WAIT = "fence_wait"  # waiting for the importers' fences (resv-fence)
+    COPYING = "copying"        # bytes moving from the old range to the new
+
+
+class MoveEvent(enum.Enum):
+    __hash__ = object.__hash__
+    MOVE_WANTED = "move_wanted"          # the memory manager wants this buffer elsewhere (ctx: to, reason)
+    MAP = "map"                          # an importer asks for the placement (ctx: peer, request, since)
+    UNMAP = "unmap"                      # an importer gives its mapping back (ctx: hint)
+    LAST_UNMAP = "last_unmap"            # follow-up: nobody has the buffer mapped any more
+    ATTACH = "attach"                    # an importer attached the buffer (ctx: attachment)
+    ACK = "ack"                          # an importer's ack of a move_notify (ctx: attachment, move)
+    NOTIFY_RETURNED = "notify_returned"  # an importer's move_notify callback returned (ctx: attachment, move)
+    ATTACHMENT_GONE = "attachment_gone"  # follow-up: an attachment was detached or revoked (ctx: attachment, move)
+    NOTIFY_DONE = "notify_done"          # follow-up: every attachment awaited has answered
+    NOTIFY_TIMEOUT = "notify_timeout"    # timer: --ack-timeout after the notification
+    FENCES_SIGNALED = "fences_signaled"  # the shell: every fence waited for has signaled
+    FENCE_TIMEOUT = "fence_timeout"      # timer: --fence-timeout after the fence wait began
+    COPY_DONE = "copy_done"              # the shell: the copy finished
+    CANCEL = "cancel"                    # the run stops: moves not begun will not be
+
+
+class Guard(enum.Enum):
+    __hash__ = object.__hash__
+    ALWAYS = "always"
+    PINNED = "pinned"                    # some attachment holds a pin
+    MAPPED = "mapped"                    # some attachment has it mapped
+    CONSERVATIVE_HINTS = "conservative"  # --hint-policy conservative
+    MOVE_QUEUED = "move_queued"          # a move waits for the last unmap
+    NO_ROOM = "no_space"                 # the destination heap has no room (the move's reason if refused)
+    AWAITED = "awaited"                  # the move still waits for this attachment's answer
+
+
+class Step(enum.Enum):
+    __hash__ = object.__hash__
+    # the move's life
+    REFUSE = "refuse"                    # move_refused, reason = the rule's guard; forgets a queued move
+    QUEUE = "queue"                      # remember the move (to, reason); LAST_UNMAP begins it
+    BEGIN = "begin"                      # allocate the destination, move_begin. Requires room (NO_ROOM first)
+    CANCEL_QUEUED = "cancel_queued"      # move_cancelled: the queued move will not happen
+    LOCK = "lock"                        # take the buffer's reservation lock (resv_lock)
+    UNLOCK = "unlock"                    # release it (resv_unlock). Requires it held by this move
+    # move_notify and its answers
+    NOTIFY = "notify"                    # move_notify to every attachment not pinned, of a live importer
+    AWAIT_ANSWERS = "await_answers"      # wait for an answer from each one notified (NOTIFY_DONE if none)
+    ANSWERED = "answered"                # this attachment answered; NOTIFY_DONE once all have
+    START_NOTIFY_TIMER = "start_notify_timer"    # NOTIFY_TIMEOUT after --ack-timeout
+    CANCEL_NOTIFY_TIMER = "cancel_notify_timer"
+    NOTIFY_TIMED_OUT = "notify_timed_out"        # ack_timeout: who did not answer, who is responsive
+    GIVE_UP_NOTIFY = "give_up_notify"            # stop waiting for them
+    REVOKE_SILENT = "revoke_silent"              # revoke the responsive ones that did not answer
+    # fences
+    WAIT_FENCES = "wait_fences"          # wait for every fence of the buffer (usage BOOKKEEP), bounded by --fence-timeout
+    END_FENCE_WAIT = "end_fence_wait"    # every fence signaled: fence_wait_end, timer cancelled
+    FORCE_COMPLETE = "force_complete"    # complete the unsignaled fences of responsive owners, revoke them
+    PUBLISH_KERNEL_FENCE = "publish_kernel_fence"  # the move's KERNEL fence, named by later map replies
+    SIGNAL_KERNEL_FENCE = "signal_kernel_fence"
+    # bytes
+    COPY = "copy"                        # copy the bytes to the destination; COPY_DONE when finished
+    SWITCH = "switch"                    # the buffer's placement becomes the destination
+    FREE = "free"                        # release the old range for reuse. Requires the copy done
+    END = "end"                          # move_end; the move is over
+    # mappings
+    SERVE_MAP = "serve_map"              # hand out the current placement. Requires the lock not held
+    DEFER_MAP = "defer_map"              # hold the map until SERVE_DEFERRED_MAPS
+    SERVE_DEFERRED_MAPS = "serve_deferred_maps"  # serve the held maps. Requires the lock released
+    HINT_WILL_MOVE = "hint_will_move"    # the unmap reply says: this buffer will move
+    HINT_STAY = "hint_stay"              # the unmap reply promises it will not
+    PIN = "pin"                          # the attach pins the buffer (a static importer)
+
+
+ExporterTable = Mapping[tuple[Any, MoveEvent], Any]
+
+IGNORE = (Rule(Guard.ALWAYS, SAME, ()),)
+
+BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
+    # Resident: serve maps. Its MOVE_WANTED row is the strategy's.
+    (MoveState.IDLE, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.SERVE_MAP,)),),
+    # A buffer already moving (or waiting to) takes no second move.
+    (MoveState.QUEUED, MoveEvent.MOVE_WANTED): IGNORE,
+    (MoveState.NOTIFYING, MoveEvent.MOVE_WANTED): IGNORE,
+    (MoveState.FENCE_WAIT, MoveEvent.MOVE_WANTED): IGNORE,
+    (MoveState.COPYING, MoveEvent.MOVE_WANTED): IGNORE,
+    # The exporter never hands out a placement while its bytes are being copied.
+    (MoveState.COPYING, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),),
+    (MoveState.COPYING, MoveEvent.COPY_DONE): (
+        Rule(Guard.ALWAYS, MoveState.IDLE, (Step.SWITCH, Step.FREE, Step.END, Step.SERVE_DEFERRED_MAPS)),),
+    (ANY, MoveEvent.COPY_DONE): VIOLATION,
+    # An attachment that goes away while the move waits for its answer has answered.
+    (MoveState.NOTIFYING, MoveEvent.ATTACHMENT_GONE): (
+        Rule(Guard.AWAITED, SAME, (Step.ANSWERED,)), Rule(Guard.ALWAYS, SAME, ())),
+    # Everywhere else these change nothing: an unmap carries no hint, an attach no pin, an answer
+    # nobody waits for is late, a timer or follow-up that lost its point is stale.
+    (ANY, MoveEvent.UNMAP): IGNORE,
+    (ANY, MoveEvent.LAST_UNMAP): IGNORE,
+    (ANY, MoveEvent.ATTACH): IGNORE,
+    (ANY, MoveEvent.ACK): IGNORE,
+    (ANY, MoveEvent.NOTIFY_RETURNED): IGNORE,
+    (ANY, MoveEvent.ATTACHMENT_GONE): IGNORE,
+    (ANY, MoveEvent.NOTIFY_DONE): IGNORE,
+    (ANY, MoveEvent.NOTIFY_TIMEOUT): IGNORE,
+    (ANY, MoveEvent.FENCES_SIGNALED): IGNORE,
+    (ANY, MoveEvent.FENCE_TIMEOUT): IGNORE,
+    (ANY, MoveEvent.CANCEL): IGNORE,
+}
+
+
+@dataclass(frozen=True)
+class ExporterSpec:
+    """A strategy's exporter half: its table. Checked and completed by moves.compile_spec."""
+
+    strategy: str
+    table: ExporterTable
