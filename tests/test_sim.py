@@ -63,6 +63,7 @@ ALLOWED = {
     "runtime/env.py": "the real ServiceEnv's pid",
     "runtime/security.py": "CURVE keys and the credentials files of real runs",
     "exporter_svc/service.py": "load_credentials: the secret of a real exporter started by hand",
+    "runtime/watchdog.py": "the launcher's identity (pid, start time): real processes only, never armed in sim",
 }
 
 
