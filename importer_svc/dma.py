@@ -1,5 +1,6 @@
-"""The device's DMA engine: runs a job as chunks spread over real time, every chunk through the
-IOMMU, writes stamping lines and reads verifying them.
+"""The device's DMA engine: runs a job as chunks spread over time, every chunk through the
+IOMMU, writes stamping lines and reads verifying them. Its loop is the importer's `dma` lane
+(runtime/loop.py): the same loop in a real process, an actor of its own in the simulator.
 
 A job of duration D over a buffer is cut into about D / chunk_ms chunks; chunk i runs at
 start + i * D / n, so a job really overlaps with what the exporter and other devices do in the
@@ -30,8 +31,7 @@ from protocol.heap import LINE
 from runtime import memory
 from runtime.eventlog import EventLog
 from runtime.fences import FenceTable
-from runtime.loop import Loop
-from runtime.service import now_ns
+from runtime.loop import LoopLike
 
 from importer_svc.iommu import IommuTable
 
@@ -56,7 +56,7 @@ class _Job:
 
 
 class DmaEngine:
-    def __init__(self, loop: Loop, log: EventLog, iommu: IommuTable, writer: int,
+    def __init__(self, loop: LoopLike, log: EventLog, iommu: IommuTable, writer: int,
                  on_done: Callable[[int], None], chunk_ms: float = 1.0,
                  gate: Callable[[], bool] = lambda: True) -> None:
         self.loop = loop
@@ -96,7 +96,7 @@ class DmaEngine:
         self._jobs[start.job] = job
         if start.fenced:
             job.fence_seq = self.fences.emit(self.slot, start.buffer, usage_for_access(start.access))  # type: ignore[union-attr]
-        job.t0 = now_ns()
+        job.t0 = self.loop.now_ns()
         self.log.emit("dma_begin", job=start.job, buffer=start.buffer, attachment=start.attachment,
                       access=start.access, heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,
                       fence=job.fence_seq or None, **({"rogue": True} if rogue else {}))
@@ -143,7 +143,7 @@ class DmaEngine:
                               access=s.access, heap=p.heap, offset=offset, size=nbytes, gen=p.gen)
         else:
             rows = self.heaps[p.heap].rows(offset, nbytes)
-            job.last_access_ns = now_ns()
+            job.last_access_ns = self.loop.now_ns()
             if s.access == "write":
                 memory.stamp(rows, s.buffer, first, self.writer, s.job)
             else:
