@@ -193,7 +193,7 @@ def _replay_real(args: argparse.Namespace, usage: Any) -> int:
     """replay RUN_DIR --race N: a real run's race, re-run in the simulator guided by its history."""
     from checker.explain import listed_witnesses
     from deploy.reporting import read_report
-    from sim.realguide import RealGuide, witness_key
+    from sim.realguide import RealGuide, all_races, witness_key
     from sim.run import simulate
 
     run = args.schedule.resolve()
@@ -222,9 +222,10 @@ def _replay_real(args: argparse.Namespace, usage: Any) -> int:
                      f"{target[2]}), guided by its history ({sum(len(j) for j in guide.jobs.values())} jobs) -> {out}")
     result = simulate(params, out, guide=guide)
     counts = result.outcome.scheduler.counts
-    found = [witness_key(k, w) for k, w in listed_witnesses(result.report)]
+    found = all_races(out / "history.jsonl")           # the checker's every race, not only the listed witnesses
     same = target in found
+    total = result.report.get("races", {}).get("total", 0)
     print(f"{'REPRODUCED' if same else 'NOT reproduced'}: {kind} on buffer {target[1]} gen {target[2]} "
-          f"{'is' if same else 'is not'} among the simulated run's {len(found)} witnesses ({out / 'report.md'})")
+          f"{'is' if same else 'is not'} among the simulated run's {total} races ({out / 'report.md'})")
     print(f"decisions: {counts.from_guide} taken from the real history, {counts.made} made by the scheduler")
     return EXIT_OK          # the verdict is the line above: not reproducing is a finding, not a failure
