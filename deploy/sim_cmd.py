@@ -8,7 +8,8 @@ the simulated network is neither ipc nor tcp, and has nothing to encrypt.
 Exit status: 0 done; 1 a race was found and --fail-on-race was given, or a replay did not give
 the same history; 2 bad input (an option, a scenario, a schedule: one line naming it, nothing
 written); 3 the simulated run could not drive its workload (it says why; the report is still
-written); 4 --check-determinism found two different histories.
+written); 4 --check-determinism found two different histories. `replay RUN_DIR --race N` of a real run
+exits 0 whether or not the race recurred (its verdict is printed), 2 for bad input.
 """
 
 from __future__ import annotations
@@ -54,12 +55,19 @@ def add_parsers(sub: Any) -> None:
                     "with the one the schedule recorded: exit 0 when identical, 1 when not. A schedule "
                     "made by other sources (sha256 of protocol/, runtime/, the services and sim/) is "
                     "refused unless --force, which replays what still fits and makes the rest afresh.",
-        epilog="example: dmabuf-emu replay runs/sim-mn --out runs/sim-mn-again")
+        epilog="examples:\n  dmabuf-emu replay runs/sim-mn --out runs/sim-mn-again\n"
+               "  dmabuf-emu run --strategy move-notify --importers 4 --duration 1 --seed 3 --out runs/x && dmabuf-emu replay runs/x --race 0 --out runs/x-sim",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("schedule", type=Path, metavar="DIR_OR_SCHEDULE", help="a sim run directory or its schedule.json")
     r.add_argument("--out", required=True, type=Path, help="run directory for the replay (created)")
     r.add_argument("--force", action="store_true",
                    help="replay a schedule made by other sources; decisions that no longer fit are made by the scheduler")
     r.add_argument("--quiet", action="store_true", help="print only the verdict")
+    r.add_argument("--race", type=int, default=None, metavar="N",
+                   help="DIR is a REAL run: simulate it guided by its history (sim/realguide.py: the "
+                        "importers' jobs and think times, network delays, step order) and say whether "
+                        "the N-th witness of its report (counted as report.md lists them, 0 first) "
+                        "recurs on the same buffer and generation (default 0 for a real run)")
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -141,6 +149,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"dmabuf-emu: replay: {message}", file=sys.stderr)
         return EXIT_USAGE
 
+    if args.race is not None or (args.schedule.is_dir() and (read_report(args.schedule.resolve()) or {}).get("mode") == "real"):
+        return _replay_real(args, usage)
     try:
         sched = read_schedule(args.schedule)
     except ScheduleError as exc:
@@ -177,3 +187,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"{'identical' if same else 'DIFFERENT'}: {result.events} events; decisions {counts.from_guide} from the "
           f"schedule, {counts.made} made by the scheduler" + (f" ({guide.mismatches} did not fit)" if args.force else ""))
     return EXIT_OK if same else EXIT_RACE
+
+
+def _replay_real(args: argparse.Namespace, usage: Any) -> int:
+    """replay RUN_DIR --race N: a real run's race, re-run in the simulator guided by its history."""
+    from checker.explain import listed_witnesses
+    from deploy.reporting import read_report
+    from sim.realguide import RealGuide, all_races, witness_key
+    from sim.run import simulate
+
+    run = args.schedule.resolve()
+    report = read_report(run) if run.is_dir() else None
+    if report is None or report.get("mode") != "real":
+        what = "has no report.json" if report is None else f"is a run of mode {report.get('mode')!r}"
+        return usage(f"{args.schedule} {what}: --race replays a real run (report.json mode \"real\")")
+    if not (run / "history.jsonl").exists():
+        return usage(f"{run / 'history.jsonl'} is missing: the real run was not judged")
+    out = args.out.resolve()
+    if out == run:
+        return usage(f"--out {args.out} is the run being replayed: choose another")
+    n = 0 if args.race is None else args.race
+    listed = listed_witnesses(report)
+    if not 0 <= n < len(listed):
+        return usage(f"--race {n} is out of range: {args.schedule} has {len(listed)} race witnesses"
+                     + (f" (0..{len(listed) - 1})" if listed else ""))
+    try:
+        params = options.from_mapping(report.get("params") or {}, f"{run / 'report.json'} params")
+        guide = RealGuide.from_history(run / "history.jsonl", params)
+    except (ValueError, KeyError, TypeError) as exc:
+        return usage(f"{args.schedule}: {exc}")
+    kind, witness = listed[n]
+    target = witness_key(kind, witness)
+    _say(args.quiet, f"dmabuf-emu replay: real run {args.schedule}, race {n} ({kind} on buffer {target[1]} gen "
+                     f"{target[2]}), guided by its history ({sum(len(j) for j in guide.jobs.values())} jobs) -> {out}")
+    result = simulate(params, out, guide=guide)
+    counts = result.outcome.scheduler.counts
+    found = all_races(out / "history.jsonl")           # the checker's every race, not only the listed witnesses
+    same = target in found
+    total = result.report.get("races", {}).get("total", 0)
+    print(f"{'REPRODUCED' if same else 'NOT reproduced'}: {kind} on buffer {target[1]} gen {target[2]} "
+          f"{'is' if same else 'is not'} among the simulated run's {total} races ({out / 'report.md'})")
+    print(f"decisions: {counts.from_guide} taken from the real history, {counts.made} made by the scheduler")
+    return EXIT_OK          # the verdict is the line above: not reproducing is a finding, not a failure
