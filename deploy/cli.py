@@ -28,6 +28,8 @@ examples:
   dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live
   dmabuf-emu check runs/mn
   dmabuf-emu sim --strategy move-notify --importers 4 --seed 7 --out runs/sim-mn && dmabuf-emu replay runs/sim-mn --out runs/sim-mn2
+  dmabuf-emu explore --strategy move-notify-ack --search pct --out runs/x-mna
+  dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 2 --out runs/x-rf
 
 a run directory holds deploy.json, events/*.jsonl, history.jsonl, report.json, report.md and
 trace.json (open it in https://ui.perfetto.dev).
@@ -94,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     add_campaign_parser(sub)
     from deploy.sim_cmd import add_parsers as add_sim_parsers
     add_sim_parsers(sub)
+    from deploy.explore_cmd import add_parsers as add_explore_parsers
+    add_explore_parsers(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
                        description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
                                    "time to first race, each as the median of repetitions with min and max, "
@@ -241,7 +245,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return cmd_replay(args)
 
 
-_COMMANDS = {"run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from deploy.explore_cmd import cmd_explore
+    return cmd_explore(args)
+
+
+def _cmd_shrink(args: argparse.Namespace) -> int:
+    from deploy.explore_cmd import cmd_shrink
+    return cmd_shrink(args)
+
+
+_COMMANDS = {"run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "explore": _cmd_explore, "shrink": _cmd_shrink, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
              "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
              "strategies": _cmd_strategies}
 
