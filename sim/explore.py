@@ -44,7 +44,7 @@ from sim.search.exhaustive import (BOUND_KINDS, PREEMPTIONS, Diverged, Node, bac
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
 from sim.search.random import RandomChooser
-from sim.search.trial import Config, SearchChooser, Trial, run_trial
+from sim.search.trial import Config, SearchChooser, Trial, judge, run_trial, write_run
 
 SEARCHES = ("random", "pct", "exhaustive")
 DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --time is given
@@ -386,23 +386,22 @@ class Explorer:
             self._save(n, s, progress)
 
     def _save(self, n: int, s: dict[str, Any], progress: Progress) -> None:
-        from sim.run import simulate
-        from sim.scheduler import ListGuide
         k = len(self.state.saved) + 1
         d = self.out / "races" / str(k)
-        result = simulate(self.spec.config.params, d, guide=ListGuide(s["entries"], s["streams"], strict=True),
-                          options=self.spec.config.options)
-        same = result.history_sha256[:16] == s["sha"]
+        result = write_run(self.spec.config, s["entries"], s["streams"], d)
+        again, _ = judge((d / "history.jsonl").read_bytes().splitlines(keepends=True))
+        same = sorted(map(tuple, s["races"])) == sorted((r.kind, r.buffer, r.svc, r.job) for r in again)
         races = [{"kind": r[0], "buffer": r[1], "importer": r[2], "job": r[3]} for r in s["races"]]
         info = {"schedule": n, "search": self.spec.search, "seed": self.spec.seed, "races": races,
-                "history_sha256": result.history_sha256, "same_history": same}
+                "history_sha256": result.history_sha256, "same_verdicts": same}
         (d / "race.json").write_text(json.dumps(info, indent=2) + "\n")
         self.state.saved.append({"dir": f"races/{k}", "schedule": n, "races": races})
         first = races[0]
         progress.say(f"  race: {first['kind']} on buffer {first['buffer']} ({first['importer']} job {first['job']}) "
                      f"in schedule {n} -> {d}")
         if not same:
-            progress.say(f"  warning: replaying schedule {n} gave another history (simulator nondeterminism?)")
+            progress.say(f"  warning: the run directory of schedule {n} has other races than the search saw "
+                         f"(a simulator nondeterminism?): see {d}/report.md")
 
     def _stop(self) -> bool:
         st, lim = self.state, self.limits
@@ -638,13 +637,10 @@ def subtrees(spec: Spec, depth: int) -> Iterator[list[dict[str, Any]]]:
 def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffer: Any, out: Path) -> dict[str, Any]:
     """Shrink a racing schedule; write DIR/shrunk/ (a replayable run directory), DIR/witness.md,
     DIR/trace.json and DIR/shrunk.json; return what explore.json's `shrunk` says."""
-    from sim.run import simulate
-    from sim.scheduler import ListGuide
     from sim.shrink import ShrinkResult, shrink
     r = shrink(config, decisions, streams, kind, buffer)
     shrunk_dir = out / "shrunk"
-    result = simulate(config.params, shrunk_dir, guide=ListGuide(r.after.entries, r.after.streams, strict=True),
-                      options=config.options)
+    result = write_run(config, r.after.entries, r.after.streams, shrunk_dir)
     witness_events, index = _witness_of(result.report, kind, buffer)
     from sim.witness_md import write_witness
     write_witness(shrunk_dir / "history.jsonl", index, out / "witness.md", result.report)

@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from sim.scheduler import CHANCE, STEP, ListGuide, Request
-from sim.search.trial import (FAULT_DEVIATION, FAULT_STREAMS, STEP_DEVIATION, Config, Deviation, SearchChooser,
-                              Trial, offered, run_trial)
+from sim.scheduler import CHANCE, STEP, Request
+from sim.search.trial import (FAULT_DEVIATION, FAULT_STREAMS, STEP_DEVIATION, Config, Deviation, PrefixGuide,
+                              SearchChooser, Trial, offered, run_trial)
 
 MAX_TESTS = 2000
 
@@ -55,11 +55,11 @@ class ShrinkChooser(SearchChooser):
 
 
 class DeviationGuide:
-    """Replays a decision log exactly (ListGuide, strict) and notes its deviations as a search's
-    chooser would have (the window is the chooser's)."""
+    """Replays a decision log exactly (PrefixGuide: strict, defaults after its end) and notes its
+    deviations as a search's chooser would have (the window is the chooser's)."""
 
     def __init__(self, entries: Sequence[Sequence[Any]], streams: Sequence[str], chooser: SearchChooser) -> None:
-        self.inner = ListGuide(entries, streams, strict=True)
+        self.inner = PrefixGuide(entries, streams)
         self.chooser = chooser
         self.deviations: list[Deviation] = []
 

@@ -210,11 +210,12 @@ class DfsChooser(SearchChooser):
     """Replays the stack's choices, then takes the first available option at each new choice
     point and pushes it; keeps the sleep set up to date as steps run."""
 
-    def __init__(self, seed: int, stack: list[Node], bound: int, kind: str = PREEMPTIONS) -> None:
+    def __init__(self, seed: int, stack: list[Node], bound: int, kind: str = PREEMPTIONS, reduce: bool = True) -> None:
         super().__init__(seed)
         self.stack = stack
         self.bound = bound
         self.kind = kind
+        self.reduce = reduce                  # False: every step depends on every other (no sleep sets)
         self.depth = 0                        # nodes of the stack replayed so far
         self.sleep: dict[str, Footprint] = {}
         self.cost = 0
@@ -274,7 +275,7 @@ class DfsChooser(SearchChooser):
             raise Blocked()                   # a sleeper ran with nothing else to run: explored already
         if actor is not None and actor.process.name == "net":
             self.delivered[actor.name] = self.delivered.get(actor.name, 0) + 1
-        fp = EVERYTHING if actor is None else footprint_of(touched or set())
+        fp = EVERYTHING if actor is None or not self.reduce else footprint_of(touched or set())
         pending, self._pending = self._pending, None
         if pending is not None:
             node, option = pending
@@ -304,7 +305,7 @@ def backtrack(stack: list[Node], bound: int) -> bool:
 
 
 def explore(config: Config, bound: int, *, kind: str = PREEMPTIONS, seed: int = 0,
-            stack: list[Node] | None = None, floor: int = 0) -> Iterator[tuple[Trial, list[Node]]]:
+            stack: list[Node] | None = None, floor: int = 0, reduce: bool = True) -> Iterator[tuple[Trial, list[Node]]]:
     """Every schedule within `bound`, in depth-first order: yields (trial, stack) per complete
     or blocked schedule; the caller stops when it has seen enough. `stack`: the choices to start
     from (a resumed search's next schedule); `floor`: how many of them are fixed (a subtree that
@@ -312,7 +313,7 @@ def explore(config: Config, bound: int, *, kind: str = PREEMPTIONS, seed: int = 
     stack = [] if stack is None else stack
     with fence_tracing():
         while True:
-            chooser = DfsChooser(seed, stack, bound, kind)
+            chooser = DfsChooser(seed, stack, bound, kind, reduce)
             trial = run_trial(config, chooser, setup=chooser.setup)
             if chooser.depth < len(stack):
                 raise Diverged(f"the schedule ended after {chooser.depth} of its {len(stack)} recorded choices")

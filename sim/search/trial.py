@@ -17,6 +17,10 @@ Rules:
 - Races are the checker's: the merged history goes through checker.oracle.Oracle, each race it
   reports (kind, buffer, importer, job) is kept. Nothing is written; the history is kept only
   when asked (a race, for its witness).
+- A schedule judged in memory ends when the window closes with no DMA running (`cut_tail`): the
+  importers answered stop with every job over, the exporter with every move over, and nothing
+  after (detach, bye, down) begins a job or a move, so no verdict can change; the shutdown is
+  a third of a run's time. A race's run directory (sim/explore.py) is the whole run.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from typing import Any, Callable, NamedTuple, Sequence
 from deploy.options import RunParams
 from sim.options import SimOptions
 from sim.run import _execute, _Lines, merged
-from sim.scheduler import Chooser, DecisionLog, Guide, Scheduler
+from sim.scheduler import Chooser, DecisionLog, Guide, ListGuide, Scheduler
 from sim.world import WAIT
 
 FAULT_STREAMS = ("msgfault:", "device:", "process:")
 _CONTROL, _START = b'"event":"control"', b'"op":"start"'
+_DMA_BEGIN, _DMA_END = b'"event":"dma_begin"', b'"event":"dma_end"'
 _STOP = b'"event":"workload_stop"'
 
 
@@ -48,13 +53,17 @@ class Config:
 
 
 class Window:
-    """Open from the exporter's `start` to deploy's workload_stop (see the rules above)."""
+    """Open from the exporter's `start` to deploy's workload_stop (see the rules above). With
+    `world` set, the run ends when the window closes with no DMA running (`cut`)."""
 
-    __slots__ = ("open", "closed")
+    __slots__ = ("open", "closed", "dma", "world", "cut")
 
     def __init__(self) -> None:
         self.open = False
         self.closed = False
+        self.dma = 0                          # jobs begun and not ended (rogue ones too)
+        self.world: Any = None
+        self.cut = False
 
 
 class _Watched(_Lines):
@@ -69,11 +78,17 @@ class _Watched(_Lines):
     def write(self, line: bytes) -> None:
         self.lines.append(line)
         w = self.window
-        if not w.open:
+        if _DMA_BEGIN in line:
+            w.dma += 1
+        elif _DMA_END in line:
+            w.dma -= 1
+        elif not w.open:
             if not w.closed and _CONTROL in line and _START in line:
                 w.open = True
         elif _STOP in line:
             w.open, w.closed = False, True
+            if w.world is not None and w.dma == 0:
+                w.world.done = w.cut = True
 
 
 def offered(options: Sequence[str]) -> list[int]:
@@ -81,15 +96,23 @@ def offered(options: Sequence[str]) -> list[int]:
     own now. A frame due at the same instant as its receiver's work is read after that work, as
     a loop runs its due work before it polls its sockets; reading it before would be a delay
     shorter than the network's least (sim/network.py MIN_NS), which the model has not."""
-    out = []
-    for i, name in enumerate(options):
-        if name.startswith("net."):
-            receiver = name[name.index(">") + 1:]
-            dot = receiver + "."
-            if any(o == receiver or o.startswith(dot) for o in options):
-                continue
-        out.append(i)
+    key = tuple(options)
+    out = _offered.get(key)
+    if out is None:
+        out = []
+        for i, name in enumerate(key):
+            if name.startswith("net."):
+                receiver = name[name.index(">") + 1:]
+                dot = receiver + "."
+                if any(o == receiver or o.startswith(dot) for o in key):
+                    continue
+            out.append(i)
+        if len(_offered) < 65536:
+            _offered[key] = out
     return out
+
+
+_offered: dict[tuple[str, ...], list[int]] = {}
 
 
 STEP_DEVIATION, FAULT_DEVIATION = "step", "fault"
@@ -199,6 +222,28 @@ class Trial:
         return any(r.kind == kind and r.buffer == buffer for r in self.races)
 
 
+class PrefixGuide(ListGuide):
+    """Replays a search's decision log exactly (strict) and leaves what comes after its end to
+    the chooser: a schedule judged in memory ends at the window's close (cut_tail), and its run
+    directory is the whole run, whose shutdown takes the defaults."""
+
+    def __init__(self, entries: Sequence[Sequence[Any]], streams: Sequence[str]) -> None:
+        super().__init__(entries, streams, strict=True)
+
+    def suggest(self, request: Any) -> Any | None:
+        if request.index >= len(self.entries):
+            return None
+        return super().suggest(request)
+
+
+def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequence[str], out: Path) -> Any:
+    """A search's schedule as a simulated run directory (sim/run.py simulate): schedule.json holds
+    every decision, so `dmabuf-emu replay` re-executes it."""
+    from sim.run import simulate
+    return simulate(config.params, out, guide=PrefixGuide(entries, streams), chooser=SearchChooser(0),
+                    options=config.options)
+
+
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
     """The checker's verdicts on a merged history: every race, in the order it was judged."""
     from checker.oracle import Oracle
@@ -211,7 +256,7 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
 
 
 def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], None] | None = None,
-              keep_history: bool = False, guide: Guide | None = None) -> Trial:
+              keep_history: bool = False, guide: Guide | None = None, cut_tail: bool = True) -> Trial:
     """One schedule under `chooser`, judged. `setup(world)` runs before the world does (the
     exhaustive search sets the world's per-step observer there, for its sleep sets)."""
     began = time.perf_counter()
@@ -227,9 +272,15 @@ def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], 
     log = DecisionLog()
     scheduler = Scheduler(config.params.seed, chooser=chooser, guide=guide, log=log)
     blocked = False
+    def prepare(world: Any) -> None:
+        if cut_tail:
+            window.world = world
+        if setup is not None:
+            setup(world)
+
     try:
         outcome = _execute(config.params, Path("/nonexistent-sim-run"), scheduler, sink_for, config.options,
-                           setup)
+                           prepare)
     except Blocked:
         blocked, outcome = True, None
     entries = log.entries or []
@@ -238,7 +289,7 @@ def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], 
                      time.perf_counter() - began, "", blocked=True)
     history = list(merged(sinks))
     races, _ = judge(history)
-    error = outcome.error
+    error = None if window.cut else outcome.error
     if outcome.crashes:
         error = (error + "; " if error else "") + "crashed: " + ", ".join(outcome.crashes)
     raced = bool(races)
