@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     add_sim_parsers(sub)
     from deploy.explore_cmd import add_parsers as add_explore_parsers
     add_explore_parsers(sub)
+    from deploy.explore_table import add_parser as add_explore_table_parser
+    add_explore_table_parser(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
                        description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
                                    "time to first race, each as the median of repetitions with min and max, "
@@ -106,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="example: dmabuf-emu bench --quick --out runs/bench")
     b.add_argument("--out", required=True, type=Path, help="directory for bench.json and bench.md (created)")
     b.add_argument("--quick", action="store_true", help="fewer and shorter repetitions (under 3 minutes)")
+    b.add_argument("--parts", default=None, metavar="PART,...",
+                   help="only these parts: rtt, mem, scaling, checker, moves, races, sim, explore (default: all)")
 
     sub.add_parser("strategies", help="list the buffer-move strategies",
                    description="List the strategies with one line each; the rules, the sentence of the "
@@ -229,8 +233,18 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from deploy.bench import FULL, QUICK, run_bench, stderr_progress
     from deploy.bench.report import render_md
-    command = "dmabuf-emu bench" + (" --quick" if args.quick else "") + f" --out {args.out}"
-    result = run_bench(QUICK if args.quick else FULL, args.out, command=command, progress=stderr_progress)
+    import dataclasses
+    from deploy.bench import PARTS
+    cfg = QUICK if args.quick else FULL
+    if args.parts is not None:
+        parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+        bad = [p for p in parts if p not in PARTS]
+        if bad or not parts:
+            return _fail(EXIT_USAGE, f"bench: --parts: unknown part {bad[0] if bad else '(none)'!r} (known: {', '.join(PARTS)})")
+        cfg = dataclasses.replace(cfg, parts=parts)
+    command = ("dmabuf-emu bench" + (" --quick" if args.quick else "") + (f" --parts {args.parts}" if args.parts else "")
+               + f" --out {args.out}")
+    result = run_bench(cfg, args.out, command=command, progress=stderr_progress)
     print(render_md(result))
     return EXIT_OK
 
@@ -255,7 +269,13 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
     return cmd_shrink(args)
 
 
-_COMMANDS = {"run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "explore": _cmd_explore, "shrink": _cmd_shrink, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+def _cmd_explore_table(args: argparse.Namespace) -> int:
+    from deploy.explore_table import cmd
+    return cmd(args)
+
+
+_COMMANDS = {"run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "explore": _cmd_explore, "shrink": _cmd_shrink,
+             "explore-table": _cmd_explore_table, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
              "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
              "strategies": _cmd_strategies}
 
