@@ -29,7 +29,7 @@ examples:
   dmabuf-emu check runs/mn
   dmabuf-emu sim --strategy move-notify --importers 4 --seed 7 --out runs/sim-mn && dmabuf-emu replay runs/sim-mn --out runs/sim-mn2
   dmabuf-emu explore --strategy move-notify-ack --search pct --out runs/x-mna
-  dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 2 --out runs/x-rf
+  dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 1 --out runs/x-rf
 
 a run directory holds deploy.json, events/*.jsonl, history.jsonl, report.json, report.md and
 trace.json (open it in https://ui.perfetto.dev).

@@ -28,12 +28,26 @@ SEARCHES = ("random", "pct", "exhaustive")
 def add_parser(sub: Any) -> None:
     t = sub.add_parser("explore-table", help="every strategy x search on the small configuration: one table",
                        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example: dmabuf-emu explore-table --seeds 20 --cap 300 --jobs 2 --out runs/explore-table")
+                       epilog="example: dmabuf-emu explore-table --strategies pin,move-notify --seeds 2 --cap 20 --bound 1 "
+                              "--out runs/xt")
     t.add_argument("--out", required=True, type=Path, help="output directory (created; finished cells are kept)")
     t.add_argument("--seeds", type=int, default=20, help="seeds for random and pct (default 20)")
     t.add_argument("--cap", type=int, default=300, help="schedules a seed at most (default 300)")
     t.add_argument("--bound", type=int, default=2, help="the exhaustive bound (default 2)")
     t.add_argument("--jobs", type=int, default=1, help="cells at a time (default 1)")
+    t.add_argument("--strategies", default="all", metavar="LIST",
+                   help="all, or some of: " + ", ".join(label for label, _ in VARIANTS))
+
+
+def chosen(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    if names == ["all"]:
+        return list(VARIANTS)
+    known = dict(VARIANTS)
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ValueError(f"--strategies: unknown {bad[0] if bad else '(none)'!r} (known: all, {', '.join(known)})")
+    return [(n, known[n]) for n in names]
 
 
 def cell(label: str, overrides: dict[str, Any], search: str, seed: int, cap: int, bound: int, out: str,
@@ -68,7 +82,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     import multiprocessing
 
     tasks = []
-    for label, over in VARIANTS:
+    for label, over in chosen(args.strategies):
         for search in SEARCHES:
             seeds = [1] if search == "exhaustive" else range(1, args.seeds + 1)
             for seed in seeds:
@@ -81,7 +95,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             results.setdefault((t[0], t[2]), []).append(f.result())
             print(f"  [{i}/{len(tasks)}] {t[0]} {t[2]} seed {t[3]}", file=sys.stderr, flush=True)
     rows = []
-    for label, _ in VARIANTS:
+    for label, _ in chosen(args.strategies):
         row: dict[str, Any] = {"strategy": label}
         for search in SEARCHES:
             rs = results[(label, search)]
@@ -95,8 +109,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                 row[search] = {"median": statistics.median(firsts), "raced": len(raced), "seeds": len(rs),
                                "witness": _witness(next((r for r in rs if r.get("shrunk")), None))}
         rows.append(row)
-    table = {"command": f"dmabuf-emu explore-table --seeds {args.seeds} --cap {args.cap} --bound {args.bound} "
-                        f"--jobs {args.jobs} --out {args.out}", "rows": rows, "cap": args.cap, "seeds": args.seeds,
+    table = {"command": f"dmabuf-emu explore-table --strategies {args.strategies} --seeds {args.seeds} --cap {args.cap} "
+                        f"--bound {args.bound} --jobs {args.jobs} --out {args.out}", "rows": rows, "cap": args.cap,
+             "seeds": args.seeds,
              "bound": args.bound}
     (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
     (args.out / "table.md").write_text(render(table))
@@ -131,6 +146,11 @@ def cmd(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.cap < 1 or args.bound < 0 or args.jobs < 1:
         print("dmabuf-emu: explore-table: --seeds, --cap and --jobs must be at least 1, --bound at least 0",
               file=sys.stderr)
+        return 2
+    try:
+        chosen(args.strategies)
+    except ValueError as exc:
+        print(f"dmabuf-emu: explore-table: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     table = build(args)

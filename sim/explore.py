@@ -419,10 +419,10 @@ class Explorer:
         title = (f"explore {self.spec.config.params.strategy} {self.spec.search}"
                  + (f" bound {self.spec.bound}" if self.spec.search == "exhaustive" else ""))
         if resumed and self.state.complete:
-            result = self.report()
             if not self.quiet:
-                print(f"{self.out}: this search was finished before; nothing to do", file=self.stream)
-            return result
+                print(f"{self.out}: this search was finished before; nothing to search", file=self.stream)
+            self._maybe_shrink(None)
+            return self.report()
         progress = Progress(title + (" (resumed)" if resumed else ""), self.limits.schedules, self.stream, self.quiet)
         self._began = time.monotonic()
         be = backend(self.jobs, self.scheduler)
@@ -442,13 +442,17 @@ class Explorer:
             be.close()
             progress.close()
             self.checkpoint(force=True)
-        if self.do_shrink and self.state.saved and not self.interrupted and not (self.out / "shrunk").exists():
+        if not self.interrupted:
+            self._maybe_shrink(progress)
+        return self.report()
+
+    def _maybe_shrink(self, progress: Progress | None) -> None:
+        """The first race shrunk, unless asked not to or done already (shrunk.json is written last)."""
+        if self.do_shrink and self.state.saved and not (self.out / "shrunk.json").exists():
             try:
                 self.shrink_first(progress)
             except KeyboardInterrupt:
                 self.interrupted = True
-        result = self.report()
-        return result
 
     def _rate(self) -> float:
         seconds = self.state.seconds + (time.monotonic() - self._began)

@@ -35,7 +35,7 @@ def config(strategy: str, jobs: int = 2, moves: int = 2, **kw) -> Config:
 
 
 def explore(out: Path, *argv: str) -> tuple[int, dict]:
-    rc = cli.main(["explore", "--out", str(out), "--quiet", *argv])
+    rc = cli.main(["explore", "--out", str(out), "--quiet", "--fail-on-race", *argv])
     data = json.loads((out / "explore.json").read_text()) if (out / "explore.json").exists() else {}
     return rc, data
 
@@ -122,6 +122,12 @@ def test_random_finds_move_notify_race_and_keeps_a_replayable_witness(tmp_path: 
     md = (out / "witness.md").read_text()
     assert "sequenceDiagram" in md and "because" in md
     assert json.loads((out / "trace.json").read_text())
+
+
+def test_a_race_is_an_answer_not_a_failure(tmp_path: Path) -> None:
+    """Exit 0 when the search ran, whatever it found; 1 for a race only with --fail-on-race."""
+    assert cli.main(["explore", "--strategy", "move-notify", "--no-shrink", "--quiet", "--out", str(tmp_path / "x")]) == 0
+    assert json.loads((tmp_path / "x" / "explore.json").read_text())["races"]
 
 
 def test_pct_finds_the_crossing_map(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def explore(out: Path, *argv: str) -> tuple[int, dict]:
-    rc = cli.main(["explore", "--out", str(out), "--quiet", *argv])
+    rc = cli.main(["explore", "--out", str(out), "--quiet", "--fail-on-race", *argv])
     return rc, json.loads((out / "explore.json").read_text())
 
 

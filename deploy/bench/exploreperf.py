@@ -5,8 +5,9 @@
   `explore_schedules_per_cpu_s` the same per CPU second, which a shared machine inflates less.
 - `pct_vs_random`: over `seeds` seeds (each the workload's and the search's), the median number of
   schedules to the first move-notify-ack race (its hazard, the map reply that crosses
-  move_notify) under random, divided by the same median under PCT (depth 2). Capped at `cap`
-  schedules a seed; the medians are in `pct_vs_random_medians`.
+  move_notify) under random, divided by the same median under PCT at explore's default depth
+  (2). Capped at `cap` schedules a seed; every seed's count and the medians, and the same ratio
+  at depths 1 and 3, are in `pct_vs_random_medians`.
 - `exhaustive_resv_fence_s`: the exhaustive search of resv-fence, bound 2, no faults, on one core
   (wall clock; `exhaustive_resv_fence_cpu_s` in CPU seconds), and how many schedules it made.
 """
@@ -72,17 +73,19 @@ def measure(reps: int, schedules: int, seeds: int, cap: int,
         w, c = schedules_per_s(schedules)
         walls.append(w)
         cpus.append(c)
-    firsts: dict[str, list[int]] = {"random": [], "pct": []}
+    firsts: dict[str, list[int]] = {"random": [], "pct": [], "pct depth 1": [], "pct depth 3": []}
     for s in range(1, seeds + 1):
         progress(f"bench: pct vs random, seed {s}/{seeds}")
-        for search in firsts:
-            firsts[search].append(first_race("move-notify-ack", s, search, cap))
+        firsts["random"].append(first_race("move-notify-ack", s, "random", cap))
+        for name, depth in (("pct", 2), ("pct depth 1", 1), ("pct depth 3", 3)):
+            firsts[name].append(first_race("move-notify-ack", s, "pct", cap, depth))
     medians = {k: statistics.median(v) for k, v in firsts.items()}
+    ratios = {k: round(medians["random"] / medians[k], 3) for k in firsts if k != "random"}
     progress("bench: exhaustive resv-fence, bound 2")
     wall, cpu, n = exhaustive_seconds()
     return {"explore_schedules_per_s": summary(walls, "schedules / wall s"),
             "explore_schedules_per_cpu_s": summary(cpus, "schedules / CPU s"),
             "pct_vs_random": summary([medians["random"] / medians["pct"]], "median random / median pct"),
-            "pct_vs_random_medians": {**medians, "seeds": seeds, "cap": cap, "firsts": firsts},
+            "pct_vs_random_medians": {**medians, "ratios": ratios, "seeds": seeds, "cap": cap, "firsts": firsts},
             "exhaustive_resv_fence_s": summary([wall], "s"), "exhaustive_resv_fence_cpu_s": summary([cpu], "CPU s"),
             "exhaustive_resv_fence_schedules": n}
