@@ -154,6 +154,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     schedules = _int("--schedules", args.schedules, 1) if args.schedules is not None else None
     seconds = _float("--time", args.time) if args.time is not None else None
     jobs = _int("--jobs", args.jobs, 1)
+    if args.scheduler is not None and "://" not in args.scheduler:
+        raise OptionError(f"--scheduler must be a Dask scheduler address such as tcp://HOST:8786, got {args.scheduler!r}")
     flags = vars(args).copy()
     given = set(options.load_scenario(args.scenario)) if args.scenario is not None else set()
     for key, value in SMALL.items():

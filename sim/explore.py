@@ -34,13 +34,14 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
-from deploy.options import RunParams, from_mapping
+from deploy.campaign import Progress as CampaignProgress
+from deploy.options import from_mapping
 from sim.options import SimOptions
-from sim.search.exhaustive import (BOUND_KINDS, PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
+from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
 from sim.search.random import RandomChooser
@@ -155,9 +156,9 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], stop_at_ra
 
 # ---------------------------------------------------------------------------------- progress
 
-class Progress:
+class Progress(CampaignProgress):
     """A rich status line on a terminal (schedules, schedules/s, races so far); a line every
-    few seconds otherwise; nothing with quiet."""
+    few seconds otherwise; nothing with quiet. say() and close() are the campaign's."""
 
     def __init__(self, title: str, total: int | None, stream: TextIO, quiet: bool) -> None:
         self.stream, self.quiet = stream, quiet
@@ -184,18 +185,6 @@ class Progress:
             self._last = time.monotonic()
             print("  " + line, file=self.stream, flush=True)
 
-    def say(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self._bar is not None:
-            self._bar.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
 
 # ---------------------------------------------------------------------------------- backends

@@ -252,6 +252,9 @@ def test_shrink_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     (["--search", "exhaustive", "--bound", "two"], "--bound must be a whole number"),
     (["--search", "random", "--schedules", "-3"], "--schedules must be at least 1"),
     (["--search", "exhaustive", "--bound-kind", "steps"], "--bound-kind must be one of"),
+    (["--scheduler", "localhost:8786"], "--scheduler must be a Dask scheduler address"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--time", "soon"], "--time must be a number of seconds"),
     (["--search", "exhaustive", "--importers", "4", "--dma-jobs", "6", "--moves", "6", "--bound", "6"],
      "choice points per schedule"),
 ])
