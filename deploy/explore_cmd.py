@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from math import comb
 from pathlib import Path
@@ -99,6 +100,9 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--moves", default=str(MOVES), metavar="N", help=f"moves the memory manager may want (default {MOVES})")
     e.add_argument("--quiet", action="store_true", help="print only the result")
     options.add_arguments(e)
+    for action in e._actions:       # the small configuration's defaults, not run's
+        if action.dest in SMALL and action.help:
+            action.help = re.sub(r"\(default: [^)]*\)$", f"(default here: {SMALL[action.dest]})", action.help)
 
     s = sub.add_parser(
         "shrink", help="shrink a race an explore found to the fewest deviations that keep it",
