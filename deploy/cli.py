@@ -35,6 +35,8 @@ EPILOG = examples(
     "dmabuf-emu run scenarios/revalidate-rogue.toml --out runs/rogue",
     "dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live",
     "dmabuf-emu sim --strategy move-notify --importers 4 --seed 7 --out runs/sim-mn && dmabuf-emu replay runs/sim-mn --out runs/sim-mn2",
+    "dmabuf-emu explore --strategy move-notify-ack --search pct --out runs/x-mna",
+    "dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 1 --out runs/x-rf",
     note="scenarios/*.toml: one scenario per strategy and a few with faults, each saying what it shows "
          "(README \"Scenarios\"). A strategy of your own is a .py file given to --strategy "
          "(docs/writing-a-strategy.md). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
@@ -169,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
     add_campaign_parser(sub, Formatter)
     from deploy.sim_cmd import add_parsers as add_sim_parsers
     add_sim_parsers(sub)
+    from deploy.explore_cmd import add_parsers as add_explore_parsers
+    add_explore_parsers(sub)
+    from deploy.explore_table import add_parser as add_explore_table_parser
+    add_explore_table_parser(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
                        formatter_class=Formatter,
                        description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
@@ -180,6 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer and shorter repetitions (under 3 minutes)")
     b.add_argument("--force", action="store_true", help="replace the bench.json and bench.md already in --out")
     b.add_argument("--dry-run", action="store_true", help="say what would be measured, measure nothing")
+    b.add_argument("--parts", default=None, metavar="PART,...",
+                   help="only these parts: rtt, mem, scaling, checker, moves, races, sim, explore (default: all)")
 
     st = sub.add_parser("strategies", help="list the buffer-move strategies, check one, or draw its state diagrams",
                         formatter_class=Formatter,
@@ -379,13 +387,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from deploy.bench import FULL, QUICK, run_bench, stderr_progress
     from deploy.bench.report import render_md
+    import dataclasses
+    from deploy.bench import PARTS
     cfg = QUICK if args.quick else FULL
+    if args.parts is not None:
+        parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+        bad = [p for p in parts if p not in PARTS]
+        if bad or not parts:
+            return _fail(EXIT_USAGE, f"bench: --parts: unknown part {bad[0] if bad else '(none)'!r} (known: {', '.join(PARTS)})")
+        cfg = dataclasses.replace(cfg, parts=parts)
     rundir.claim_result(args.out, ("bench.json", "bench.md"), force=args.force, what="a bench result")
     if args.dry_run:
         print(f"bench ({'quick' if args.quick else 'full'}): would measure {', '.join(cfg.parts)} "
               f"and write {args.out / 'bench.json'} and {args.out / 'bench.md'}")
         return EXIT_OK
-    command = "dmabuf-emu bench" + (" --quick" if args.quick else "") + f" --out {args.out}"
+    command = ("dmabuf-emu bench" + (" --quick" if args.quick else "") + (f" --parts {args.parts}" if args.parts else "")
+               + f" --out {args.out}")
     result = run_bench(cfg, args.out, command=command, progress=stderr_progress)
     print(render_md(result))
     return EXIT_OK
@@ -401,7 +418,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return cmd_replay(args)
 
 
-_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from deploy.explore_cmd import cmd_explore
+    return cmd_explore(args)
+
+
+def _cmd_shrink(args: argparse.Namespace) -> int:
+    from deploy.explore_cmd import cmd_shrink
+    return cmd_shrink(args)
+
+
+def _cmd_explore_table(args: argparse.Namespace) -> int:
+    from deploy.explore_table import cmd
+    return cmd(args)
+
+
+_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "explore": _cmd_explore, "shrink": _cmd_shrink,
+             "explore-table": _cmd_explore_table, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
              "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
              "strategies": _cmd_strategies}
 

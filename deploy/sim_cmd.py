@@ -176,7 +176,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _say(args.quiet, f"dmabuf-emu replay: {sched.path} ({len(sched.decisions)} decisions, strategy "
                      f"{sched.params.strategy}, seed {sched.params.seed}) -> {out}")
     try:
-        result = simulate(sched.params, out, guide=guide)
+        result = simulate(sched.params, out, guide=guide, options=sched.sim)
     except ScheduleDiverged as exc:
         print(f"dmabuf-emu: replay diverged from {sched.path}: {exc}", file=sys.stderr)
         return EXIT_RACE

@@ -13,7 +13,10 @@ reads and writes schedule.json, which `dmabuf-emu replay` re-executes byte for b
 Modules: scheduler (Scheduler, Chooser, Guide, ListGuide, DecisionLog, SimRandom), world (World,
 SimProcess, ActorLoop), network (SimNetwork, SimTransport), memory (SimMemory), driver
 (SimDeployment), schedule (read_schedule, ScheduleWriter, sources_sha256), run (simulate,
-simulate_in_memory).
+simulate_in_memory), options (SimOptions: chosen delivery, job and move budgets). The schedule
+search (`dmabuf-emu explore`, issue 14): search/ (trial: one schedule judged in memory; random,
+pct, exhaustive: the searches), shrink (ddmin to a 1-minimal witness), explore (the search's
+loop, files, workers and Dask), witness_md (witness.md).
 
 Where a real and a simulated run can differ, and why:
 - Time. Callbacks take no virtual time, so no service ever waits for a CPU: timers fire exactly
@@ -28,7 +31,9 @@ Where a real and a simulated run can differ, and why:
   by time, then sockets). The simulated orders are a superset; within one actor the real order
   holds.
 - The network. Delays are drawn (30 us plus an exponential of mean 70 us, at most 2 ms; see
-  network.py), per-link order is kept as a zmq connection keeps it. Not simulated: high-water
+  network.py), per-link order is kept as a zmq connection keeps it. Under chosen delivery (the
+  schedule search) a frame between services arrives when the scheduler says, 30 us to 2 ms after
+  it was sent; one due while its receiver has work of its own is read after that work. Not simulated: high-water
   marks (nothing is dropped for a full queue), MAXMSGSIZE and the too_large path, multipart
   garbage, CURVE and its ZAP handler (sim refuses `secure`), reconnection delays. A frame a
   process sent before it was killed still arrives; one sent to a dead or replaced connection is

@@ -17,6 +17,10 @@ Rules (each the real driver's, on virtual time):
   half of 5 s.
 - deploy.jsonl gets run_start, workload_start, fault, service_died, service_restarted,
   workload_stop and run_stop with the fields of a real run (pid 999: the driver's own).
+- SimOptions (sim/options.py) may limit the run for the schedule search: `jobs` per importer
+  (the workload's next_job is wrapped), `moves` of the memory manager (its pressure tick and
+  timer are wrapped, the moves counted where the exporter's Emit actions are performed), and
+  `network` "chosen" (sim/network.py elastic). The services themselves are the real ones.
 - The driver's code is written as generators: `yield Sleep(s)` waits on the virtual clock,
   `yield Await(id, timeout)` waits for a control reply.
 """
@@ -37,10 +41,12 @@ from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
 from protocol import capability, wire
+from protocol.actions import Emit
 from runtime.env import ServiceEnv
 from runtime.eventlog import EventLog, Sink
 from sim.memory import SimMemory
 from sim.network import SimNetwork
+from sim.options import SimOptions
 from sim.scheduler import Scheduler
 from sim.world import SimProcess, World
 
@@ -76,21 +82,66 @@ class Await:
 
 
 Task = Generator[Any, Any, Any]
+WANTED = ("move_begin", "move_refused", "move_queued")
+
+
+def budget_jobs(service: ImporterService, jobs: int) -> None:
+    """SimOptions.jobs: the workload hands out `jobs` jobs, then none (the service stays idle)."""
+    given = [0]
+    next_job = service.workload.next_job
+
+    def limited(idle_buffers: list[int]) -> Any:
+        if given[0] >= jobs:
+            return None
+        spec = next_job(idle_buffers)
+        if spec is not None:
+            given[0] += 1
+        return spec
+
+    service.workload.next_job = limited  # type: ignore[method-assign]
+
+
+def budget_moves(service: ExporterService, moves: int) -> None:
+    """SimOptions.moves: the memory manager wants no move once `moves` were wanted (move_begin,
+    move_refused or move_queued; a queued move that begins later counts once), and its pressure
+    timer stops. Counted where the shell performs the engine's Emit actions."""
+    wanted, queued = [0], set()
+    emit = service.handlers[Emit]
+
+    def counting(action: Emit) -> None:
+        if action.event in WANTED:
+            buffer = action.fields.get("buffer")
+            if action.event == "move_begin" and buffer in queued:
+                queued.discard(buffer)
+            else:
+                wanted[0] += 1
+                if action.event == "move_queued":
+                    queued.add(buffer)
+        elif action.event == "move_cancelled":
+            queued.discard(action.fields.get("buffer"))
+        emit(action)
+
+    tick, schedule_pressure = service.engine.pressure_tick, service._schedule_pressure
+    service.handlers[Emit] = counting
+    service.engine.pressure_tick = lambda now: tick(now) if wanted[0] < moves else []  # type: ignore[method-assign]
+    service._schedule_pressure = lambda: schedule_pressure() if wanted[0] < moves else None  # type: ignore[method-assign]
 
 
 class SimDeployment:
     """One simulated run: the world, its services and the driver."""
 
     def __init__(self, params: RunParams, out: Path, scheduler: Scheduler, world: World,
-                 sink_for: Callable[[str], Sink], say: Callable[[str, str], None]) -> None:
+                 sink_for: Callable[[str], Sink], say: Callable[[str, str], None],
+                 options: SimOptions = SimOptions()) -> None:
         self.params = params
+        self.options = options
         self.out = out
         self.scheduler = scheduler
         self.world = world
         self.sink_for = sink_for
         self.say = say
         self.memory = SimMemory()
-        self.net = SimNetwork(world, scheduler, params.seed)
+        self.net = SimNetwork(world, scheduler, params.seed, elastic=options.network == "chosen")
         self.run_id = f"sim{params.seed}"
         self.secret = run_secret(params.seed)
         self.driver = world.process("deploy", DRIVER_PID)
@@ -143,7 +194,10 @@ class SimDeployment:
                             ack_timeout_s=p.ack_timeout_ms / 1000, fence_timeout_s=p.fence_timeout_ms / 1000,
                             hint_policy=p.hint_policy, lease_s=p.lease_ms / 1000, retry_s=p.retry_ms / 1000,
                             faults=tuple(p.faults), seed=p.seed)
-        self._adopt("exporter", proc, ExporterService(args, env, credentials=(self.secret, None)))
+        service = ExporterService(args, env, credentials=(self.secret, None))
+        if self.options.moves is not None:
+            budget_moves(service, self.options.moves)
+        self._adopt("exporter", proc, service)
 
     def start_importer(self, n: int, incarnation: int = 0) -> int:
         p = self.params
@@ -157,7 +211,10 @@ class SimDeployment:
                             incarnation=incarnation)
         tokens = (capability.join_token(self.secret, name),
                   {b: capability.export_token(self.secret, b) for b in p.granted(name)}, None)
-        self._adopt(name, proc, ImporterService(args, env, credentials=tokens))
+        service = ImporterService(args, env, credentials=tokens)
+        if self.options.jobs is not None:
+            budget_jobs(service, self.options.jobs)
+        self._adopt(name, proc, service)
         return pid
 
     @property

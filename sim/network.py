@@ -71,11 +71,21 @@ class SimChannel:
 
     def _send_to(self, dest: "SimChannel", parts: list[bytes]) -> None:
         world = self.net.world
+        between_services = self.owner not in self.net.fixed and dest.owner not in self.net.fixed
+        self.net.messages += between_services
+        if self.net.elastic and between_services:
+            # Chosen delivery: the link is an actor whose step delivers its oldest frame, enabled
+            # from MIN_NS after the send, and the world may let time pass before it until MAX_NS.
+            self.net.link(self.owner, dest.owner).call_at(world.now + MIN_NS, lambda: dest.deliver(parts))
+            self.net.frames += 1
+            return
         t = world.now + self.net.delay_ns(self.owner)
         last = self._last.get(dest)
         if last is not None and t < last:
             t = last                          # a link keeps its order
         self._last[dest] = t
+        if world.touched is not None and dest._reader is not None:
+            world.touched.add(dest._reader[0].actor)   # the search's footprint: who will read it
         world.push(t, None, lambda: dest.deliver(parts))
         self.net.frames += 1
 
@@ -127,13 +137,25 @@ class SimDealer(SimChannel):
 
 
 class SimNetwork:
-    def __init__(self, world: World, scheduler: Scheduler, seed: int) -> None:
+    """`elastic` (SimOptions network "chosen", for the schedule search): a frame between two
+    processes not in `fixed` is carried by a link actor `net.<sender>><receiver>` (one per pair,
+    in the world's order of first use; frames of one pair keep their order, as a zmq connection
+    keeps it), delivered at a step the scheduler chooses from MIN_NS to MAX_NS after the send:
+    no delay is drawn, the order is the decision. The driver's control frames keep drawn delays."""
+
+    def __init__(self, world: World, scheduler: Scheduler, seed: int, *, elastic: bool = False,
+                 fixed: tuple[str, ...] = ("deploy",)) -> None:
         self.world = world
         self.scheduler = scheduler
         self.seed = seed
+        self.elastic = elastic
+        self.fixed = fixed
+        self._links: dict[tuple[str, str], ActorLoop] = {}
+        self._net_process: Any = None
         self.routers: dict[str, SimRouter] = {}
         self._rngs: dict[str, Any] = {}
         self.frames = 0
+        self.messages = 0                   # frames between services (not the driver's control frames)
         self.dropped = 0
         self._anon = 0
 
@@ -143,6 +165,15 @@ class SimNetwork:
             rng = self._rngs[sender] = self.scheduler.rng(f"net:{sender}", f"{self.seed}:net:{sender}")
         u = rng.random()
         return min(MAX_NS, MIN_NS + int(-MEAN_NS * math.log1p(-u)))
+
+    def link(self, sender: str, receiver: str) -> ActorLoop:
+        view = self._links.get((sender, receiver))
+        if view is None:
+            if self._net_process is None:
+                self._net_process = self.world.process("net", 0)   # never paused, never killed
+            view = self._links[(sender, receiver)] = self.world.loop(self._net_process, f"{sender}>{receiver}")
+            view.actor.slack = MAX_NS - MIN_NS
+        return view
 
     def transport(self, owner: str) -> "SimTransport":
         return SimTransport(self, owner)

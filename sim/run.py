@@ -25,6 +25,7 @@ from typing import IO, Any, Callable, Iterator
 
 from deploy.options import RunParams
 from sim.driver import SimDeployment
+from sim.options import SimOptions
 from sim.schedule import ScheduleWriter
 from sim.scheduler import Chooser, DecisionLog, Guide, Scheduler
 from sim.world import World
@@ -67,10 +68,14 @@ class Outcome:
                 "crashes": self.crashes, "error": self.error}
 
 
-def _execute(params: RunParams, out: Path, scheduler: Scheduler, sink_for: Callable[[str], Any]) -> Outcome:
+def _execute(params: RunParams, out: Path, scheduler: Scheduler, sink_for: Callable[[str], Any],
+             options: SimOptions = SimOptions(), setup: Callable[[World], None] | None = None) -> Outcome:
+    """`setup(world)`: called before the world runs (the schedule search sets its observer)."""
     world = World(scheduler)
+    if setup is not None:
+        setup(world)
     logs: dict[str, list[str]] = defaultdict(list)
-    dep = SimDeployment(params, out, scheduler, world, sink_for, lambda svc, text: logs[svc].append(text))
+    dep = SimDeployment(params, out, scheduler, world, sink_for, lambda svc, text: logs[svc].append(text), options)
     result: dict[str, Any] = {}
 
     def done(error: str | None) -> None:
@@ -110,7 +115,7 @@ class SimResult:
 
 
 def simulate(params: RunParams, out: Path, *, guide: Guide | None = None,
-             chooser: Chooser | None = None) -> SimResult:
+             chooser: Chooser | None = None, options: SimOptions = SimOptions()) -> SimResult:
     """One simulated run into `out` (made or cleaned). The decisions and events stream to disk as
     they come, so memory does not grow with the run's length."""
     from checker import check_run
@@ -131,10 +136,10 @@ def simulate(params: RunParams, out: Path, *, guide: Guide | None = None,
             f = files[svc] = open(out / "events" / f"{svc}.jsonl", "ab", buffering=1 << 18)
         return f
 
-    writer = ScheduleWriter(out / "schedule.json", params)
+    writer = ScheduleWriter(out / "schedule.json", params, options)
     try:
         log = DecisionLog(keep=False, stream_to=writer.file)
-        outcome = _execute(params, out, _make_scheduler(params, guide, chooser, log), sink_for)
+        outcome = _execute(params, out, _make_scheduler(params, guide, chooser, log), sink_for, options)
     except BaseException:
         writer.abandon()
         raise
@@ -197,7 +202,7 @@ class MemoryResult:
 
 
 def simulate_in_memory(params: RunParams, *, guide: Guide | None = None, chooser: Chooser | None = None,
-                       judge: bool = True) -> MemoryResult:
+                       judge: bool = True, options: SimOptions = SimOptions()) -> MemoryResult:
     """One simulated run with nothing written: the history as lines, the checker's report
     (judge=False: none), the decision log in `outcome.scheduler.log.entries`."""
     from checker.oracle import Oracle
@@ -208,7 +213,7 @@ def simulate_in_memory(params: RunParams, *, guide: Guide | None = None, chooser
         return sinks.setdefault(svc, _Lines())
 
     outcome = _execute(params, Path("/nonexistent-sim-run"), _make_scheduler(params, guide, chooser, DecisionLog()),
-                       sink_for)
+                       sink_for, options)
     history = list(merged(sinks))
     report: dict[str, Any] = {}
     if judge:

@@ -7,6 +7,8 @@ Format (one JSON object; `decisions` one entry per line, written as the run make
     sources_sha256    sha256 of the sources a simulated run executes (SOURCES, below)
     strategy, seed    the run's, also in options (they must agree)
     options           the run's parameters (RunParams.as_dict(): every option of `run`)
+    sim               the simulator's own options (sim/options.py SimOptions; optional, absent:
+                      the defaults, as every schedule made before them)
     decisions         the decision log (sim/scheduler.py): ["s", n, k], ["r", stream, x],
                       ["p", stream, 0|1], ["c", stream, k, n]
     streams           the names of the streams the entries index, in order of first use
@@ -31,6 +33,7 @@ from typing import IO, Any
 import orjson
 
 from deploy.options import OptionError, RunParams, from_mapping
+from sim.options import SimOptionError, SimOptions
 from sim.scheduler import CHANCE, CHOICE, RANDOM, STEP
 
 FORMAT = "dmabuf-emu-schedule"
@@ -75,13 +78,13 @@ class ScheduleWriter:
     """Writes schedule.json as the run goes: the head now, decisions as they come (DecisionLog
     streams into `file`), the tail at the end; the file appears under its name only when done."""
 
-    def __init__(self, path: Path, params: RunParams) -> None:
+    def __init__(self, path: Path, params: RunParams, options: SimOptions = SimOptions()) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")
         self.file: IO[bytes] = open(self.tmp, "wb", buffering=1 << 20)
         head = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": package_version(),
                 "sources_sha256": sources_sha256(), "strategy": params.strategy, "seed": params.seed,
-                "options": params.as_dict()}
+                "options": params.as_dict(), **({} if options.is_default else {"sim": options.as_dict()})}
         self.file.write(orjson.dumps(head)[:-1] + b',\n"decisions":[')
 
     def finish(self, tail: dict[str, Any]) -> None:
@@ -100,6 +103,8 @@ class Schedule:
     path: Path
     data: dict[str, Any]
     params: RunParams
+
+    sim: SimOptions = SimOptions()
 
     @property
     def decisions(self) -> list[list[Any]]:
@@ -203,4 +208,8 @@ def read_schedule(path: Path) -> Schedule:
     h = _need(data, "history_sha256", str, where)
     if not _HEX64.fullmatch(h):
         raise ScheduleError(f"{where}: 'history_sha256' is not a sha256")
-    return Schedule(path, data, params)
+    try:
+        sim = SimOptions.from_mapping(data.get("sim", {}), where)
+    except SimOptionError as exc:
+        raise ScheduleError(str(exc)) from None
+    return Schedule(path, data, params, sim)

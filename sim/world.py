@@ -17,7 +17,11 @@ Rules:
   runs LANE_COST_NS["copy"] after it was deferred, the time one COPY_CHUNK (256 KiB) takes at
   about 10 GB/s (deploy/bench's memcpy floor), so a copy spans time as it does in real runs.
 - A frame arrival (sim/network.py) is an event of the world, not a step: at its time the frame
-  lands in its channel, whose reader becomes a deferred call of the receiving actor.
+  lands in its channel, whose reader becomes a deferred call of the receiving actor. Under
+  chosen delivery (sim/options.py network "chosen") a frame between services is instead the due
+  work of a link actor with `slack`: when only such links can run and the next timer or arrival
+  is due before the first of their frames must arrive, the step choice has one more option,
+  WAIT, which lets time pass to that next event (the frames arrive later).
 - A process can be paused (its actors keep their work and timers, which run late once it is
   resumed, as after SIGSTOP / SIGCONT), killed (everything it had pending is dropped, nothing of
   it runs again, as after SIGKILL) or stopped by its own loop (`stop()`: after the current step
@@ -38,6 +42,7 @@ from typing import Any, Callable
 from sim.scheduler import Scheduler
 
 T0 = 1_000_000_000
+WAIT = "(time)"    # the step option "let time pass" (only links can run: see World._may_wait)
 LANE_COST_NS = {"copy": 25_000}
 Callback = Callable[[], None]
 
@@ -68,11 +73,12 @@ class SimProcess:
 
 
 class Actor:
-    __slots__ = ("name", "order", "process", "soon", "due", "queued", "cost")
+    __slots__ = ("name", "order", "process", "soon", "due", "queued", "cost", "slack")
 
     def __init__(self, name: str, order: int, process: SimProcess, cost: int = 0) -> None:
         self.name = name
         self.cost = cost                      # virtual ns a deferred call waits (LANE_COST_NS)
+        self.slack = 0                        # ns its due work may wait (a chosen-delivery link)
         self.order = order
         self.process = process
         self.soon: deque[Callback] = deque()
@@ -98,6 +104,11 @@ class World:
         self._actors = 0
         self._stopping: list[SimProcess] = []
         self.done = False
+        # The schedule search's view of each step (sim/search/exhaustive.py): when `observer` is
+        # set, `touched` collects the actors a step gave work to and the processes it signalled,
+        # and observer(actor, touched) is called after it; observer(None, None) when time passes.
+        self.observer: Callable[[Actor | None, set | None], None] | None = None
+        self.touched: set | None = None
 
     # ------------------------------------------------------------------ processes and actors
 
@@ -118,6 +129,8 @@ class World:
         return view
 
     def pause(self, p: SimProcess) -> None:
+        if self.touched is not None:
+            self.touched.add(p)
         p.paused = True
         for a in p.actors:
             if a.queued:
@@ -125,6 +138,8 @@ class World:
                 self._ready.remove(a)
 
     def resume(self, p: SimProcess) -> None:
+        if self.touched is not None:
+            self.touched.add(p)
         p.paused = False
         for a in p.actors:
             if a.soon or a.due:
@@ -134,6 +149,8 @@ class World:
         """Gone at once: nothing it had pending runs, and it cleans nothing up."""
         if p.dead:
             return
+        if self.touched is not None:
+            self.touched.add(p)
         p.dead, p.how, p.exit_code = True, how, exit_code
         if p.on_kill is not None:
             p.on_kill()
@@ -147,6 +164,8 @@ class World:
     def stop_process(self, p: SimProcess) -> None:
         """The process's loop was stopped: it exits after the current step."""
         if not p.stopping and not p.dead:
+            if self.touched is not None:
+                self.touched.add(p)
             p.stopping = True
             self._stopping.append(p)
 
@@ -163,6 +182,8 @@ class World:
     # ------------------------------------------------------------------ timers
 
     def push(self, t: int, actor: Actor | None, callback: Callback) -> list:
+        if self.touched is not None and actor is not None:
+            self.touched.add(actor)
         self._seq += 1
         entry = [t, self._seq, actor, callback]
         heapq.heappush(self._heap, entry)
@@ -202,12 +223,27 @@ class World:
                                    f"without finishing (the driver is still waiting)")
                 self.now = t
                 continue
-            actor = ready[0] if len(ready) == 1 else ready[step([a.name for a in ready])]
+            if len(ready) == 1 and not ready[0].slack:
+                actor = ready[0]
+            else:
+                names = [a.name for a in ready]
+                if self._may_wait():
+                    names.append(WAIT)
+                k = 0 if len(names) == 1 else step(names)
+                if k == len(ready):
+                    self.now = heap[0][0]         # let time pass: every waiting frame arrives later
+                    if self.observer is not None:
+                        self.observer(None, None)
+                    continue
+                actor = ready[k]
             if actor.soon:
                 callback = actor.soon.popleft()
             else:
                 callback = actor.due.popleft()[3]
             self.steps += 1
+            observer = self.observer
+            if observer is not None:
+                self.touched = {actor}
             if callback is not None:
                 try:
                     callback()
@@ -221,8 +257,28 @@ class World:
                 stopping, self._stopping = self._stopping, []
                 for p in stopping:
                     self._exit(p)
+            if observer is not None:
+                touched, self.touched = self.touched, None
+                observer(actor, touched)
             if max_steps is not None and self.steps >= max_steps:
                 raise SimError(f"the simulation took more than {max_steps} steps without finishing")
+
+
+    def _may_wait(self) -> bool:
+        """Only links (sim/network.py elastic) can run now, and the next timer or arrival comes
+        before the first of their frames is due at the latest: time may pass first."""
+        heap = self._heap
+        while heap and heap[0][3] is None:
+            heapq.heappop(heap)                   # cancelled
+        if not heap:
+            return False
+        latest = None
+        for a in self._ready:
+            if not a.slack:
+                return False
+            due = a.due[0][0] + a.slack
+            latest = due if latest is None or due < latest else latest
+        return heap[0][0] <= latest  # type: ignore[operator]
 
 
 class ActorLoop:
@@ -245,6 +301,8 @@ class ActorLoop:
             self.world.push(self.world.now + a.cost, a, callback)
             return
         a.soon.append(callback)
+        if self.world.touched is not None:
+            self.world.touched.add(a)
         if not a.queued:
             self.world._wake(a)
 

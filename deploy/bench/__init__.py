@@ -4,7 +4,7 @@ Floors: a raw pyzmq DEALER/ROUTER round trip of a msgpack message between two pr
 the services' transport (ipc), and a raw numpy copy between shared-memory segments. Every other
 figure is a ratio to one of them, taken within the same repetition, so the figures hold on a
 noisy shared machine; each is the median of several repetitions with min and max beside it.
-See README "Benchmarks" and the modules: rtt, mem, runs, scaling, checkerperf, simperf.
+See README "Benchmarks" and the modules: rtt, mem, runs, scaling, checkerperf, simperf, exploreperf.
 Not part of the test suite's pass/fail (tests/test_bench_smoke.py checks only the structure).
 """
 
@@ -40,19 +40,25 @@ class BenchConfig:
     sim_reps: int = 3
     sim_duration_s: float = 3.0
     sim_rss_s: tuple[float, float] = (3.0, 30.0)
-    parts: tuple[str, ...] = ("rtt", "mem", "scaling", "checker", "moves", "races", "sim")
+    explore_reps: int = 3
+    explore_schedules: int = 300
+    explore_seeds: int = 20
+    explore_cap: int = 300
+    parts: tuple[str, ...] = ("rtt", "mem", "scaling", "checker", "moves", "races", "sim", "explore")
 
 
 FULL = BenchConfig()
 QUICK = BenchConfig(rtt_reps=5, rtt_samples=800, mem_reps=5, move_reps=2, move_duration_s=1.0,
                     scaling_reps=3, scaling_window_s=0.75, checker_reps=2, race_seeds=5,
-                    race_duration_s=1.0, sim_reps=1, sim_rss_s=(1.0, 10.0))
+                    race_duration_s=1.0, sim_reps=1, sim_rss_s=(1.0, 10.0), explore_reps=1, explore_schedules=100,
+                    explore_seeds=5, explore_cap=100)
+PARTS = FULL.parts
 
 
 def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Measure every part of `cfg`, write out/bench.json and out/bench.md, return the results."""
-    from deploy.bench import checkerperf, mem, rtt, runs, scaling, simperf
+    from deploy.bench import checkerperf, exploreperf, mem, rtt, runs, scaling, simperf
     from runtime import shm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +73,8 @@ def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
         ("moves", lambda: runs.move_latency(cfg.move_reps, cfg.move_duration_s, progress=progress)),
         ("races", lambda: runs.time_to_first_race(cfg.race_seeds, cfg.race_duration_s, progress=progress)),
         ("sim", lambda: simperf.measure(cfg.sim_reps, cfg.sim_duration_s, *cfg.sim_rss_s, progress=progress)),
+        ("explore", lambda: exploreperf.measure(cfg.explore_reps, cfg.explore_schedules, cfg.explore_seeds,
+                                                cfg.explore_cap, progress=progress)),
     ]
     for name, step in steps:
         if name not in cfg.parts:

@@ -18,6 +18,9 @@ TARGETS = (
     ("time_to_first_race_s", "<", 1.0, "move-notify races show up within a second (median)"),
     ("sim_speedup", ">=", 10.0, "the standard workload simulated at 10x real time or faster"),
     ("sim_rss_growth_ratio", "<=", 1.1, "simulator memory flat: 10x the virtual time, same peak RSS"),
+    ("explore_schedules_per_s", ">=", 1000.0, "the search runs 1,000 schedules per second on one core"),
+    ("pct_vs_random", ">=", 5.0, "PCT reaches the crossing map in a fifth of random's schedules or fewer"),
+    ("exhaustive_resv_fence_cpu_s", "<=", 60.0, "exhaustive resv-fence, bound 2, within 60 s on one core"),
 )
 
 ROWS = (
@@ -44,6 +47,11 @@ ROWS = (
     ("sim_speedup", "sim: virtual s per wall s (standard workload)", "x"),
     ("sim_cpu_speedup", "sim: virtual s per CPU s", "x"),
     ("sim_rss_growth_ratio", "sim peak RSS, long / short run", "x"),
+    ("explore_schedules_per_s", "explore: schedules per wall s (one process)", "/s"),
+    ("explore_schedules_per_cpu_s", "explore: schedules per CPU s", "/CPU s"),
+    ("pct_vs_random", "explore: schedules to the crossing map, random / pct (medians)", "x"),
+    ("exhaustive_resv_fence_s", "explore: exhaustive resv-fence bound 2, wall", "s"),
+    ("exhaustive_resv_fence_cpu_s", "explore: exhaustive resv-fence bound 2, CPU", "CPU s"),
 )
 
 

@@ -1,0 +1,282 @@
+"""dmabuf-emu explore and dmabuf-emu shrink: the schedule search from the command line.
+
+explore takes every option of `run` (deploy/options.py), with the defaults of a small
+configuration instead of a run's (SMALL: 2 importers, 2 buffers of 4 KiB with vram for one, one
+DMA job in flight, 2 ms jobs, moves every 2 ms), the simulator's budgets (--dma-jobs per
+importer, --moves) and the search's own options, and runs sim/explore.py.
+
+Exit status: 0 done (whatever it found: see the result and explore.json); 1 a race was found
+and --fail-on-race was given; 2 bad input (one line naming it, nothing written); 130
+interrupted (what was found is kept; the same command goes on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from math import comb
+from pathlib import Path
+from typing import Any
+
+from deploy import options
+from deploy.options import OptionError
+
+EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# The small configuration's run parameters (flag values; a scenario file or a flag overrides each).
+SMALL = {"importers": "2", "buffers": "2", "buffer_size": "4KiB", "vram_size": "4KiB", "queue_depth": "1",
+         "dma_ms": "2", "think_ms": "0.5", "move_rate": "500", "duration": "0.05"}
+DMA_JOBS, MOVES = 2, 2
+LATE_POSITIONS = 4    # exhaustive --bound-kind late-frames: events a late frame may be held past, about
+
+SEARCH_HELP = """\
+searches (--search):
+  random      a seeded random walk: at every step with a choice, an option uniformly at random
+              (an actor, a link delivering its oldest frame, or time passing while frames are in
+              flight); each fault that --fault allows fires with its probability p.
+  pct         PCT (Burckhardt et al., ASPLOS 2010) of depth D (--depth, default 2): each actor (a
+              service's loop, its DMA or copy engine, each link between two services, time) gets a
+              random priority, the highest enabled one runs, and at D-1 random points among the
+              first k steps the one running drops below all others. A race that needs D ordering
+              constraints among those k steps is found with probability at least 1/(n*k^(D-1)) per
+              schedule, n actors (explore.json's `pct` gives n, k and that bound).
+  exhaustive  every schedule within --bound B (default 2) preemptions: a preemption is time let
+              pass while frames are in flight (the network preempted for one more event) or a fault
+              firing (each fault --fault allows is a choice: duplicated or not, dropped or not,
+              overtaken or not; p is ignored). --bound-kind late-frames counts each late frame once
+              instead, however late. Steps that touch different processes are explored in one
+              order only (sleep sets; sim/search/exhaustive.py says why that is sound). The result
+              is "exhausted: N schedules within bound B, no race" or the first race.
+
+what varies: the order of steps and when each message between services arrives (30 us to 2 ms
+after it was sent); the workload (which buffer, read or write, how long) is --seed's, as in a run.
+The search decides from the exporter's start to the end of the workload; start-up and shutdown
+run in their default order.
+"""
+
+EPILOG = SEARCH_HELP + """
+examples (an exhaustive search at bound 2 takes about a minute of one core; these take seconds):
+  dmabuf-emu explore --strategy move-notify --search random --out runs/x-mn && dmabuf-emu replay runs/x-mn/shrunk --out runs/x-mn2
+  dmabuf-emu explore --strategy move-notify-ack --search pct --depth 2 --schedules 500 --out runs/x-mna
+  dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 1 --out runs/x-rf
+  dmabuf-emu explore --strategy pin --search exhaustive --bound 1 --fault dup:target=importers --fault reorder:target=exporter --out runs/x-pin
+  dmabuf-emu explore --strategy resv-fence --search random --schedules 400 --jobs 2 --out runs/x-rf-random
+  dmabuf-emu explore --strategy unmap-hint --search random --no-shrink --out runs/x-uh && dmabuf-emu shrink runs/x-uh
+
+DIR gets explore.json (what was done), races/K/ (each race's schedule: a simulated run directory
+that `dmabuf-emu replay` reproduces), shrunk/ (the first race shrunk), witness.md and trace.json.
+"""
+
+
+def add_parsers(sub: Any) -> None:
+    e = sub.add_parser(
+        "explore", help="search the schedules of a small configuration for races: random, PCT or exhaustive",
+        description="Run a small configuration in the simulator again and again under schedules chosen "
+                    "by a search, judge each history with the race checker, keep each race as a "
+                    "replayable run directory and shrink the first to a minimal witness. Every run "
+                    "parameter is a flag, with a small configuration's defaults (2 importers, 2 buffers "
+                    "of 4 KiB, vram for one, --dma-jobs 2 per importer, --moves 2).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
+    e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created; a rerun resumes)")
+    e.add_argument("--search", default="random", metavar="random|pct|exhaustive", help="the search (default random)")
+    e.add_argument("--depth", default="2", metavar="D", help="pct: the bug depth, D-1 priority change points (default 2)")
+    e.add_argument("--bound", default="2", metavar="B", help="exhaustive: preemptions (or late frames) allowed (default 2)")
+    e.add_argument("--bound-kind", default="preemptions", metavar="preemptions|late-frames",
+                   help="exhaustive: what the bound counts (default preemptions)")
+    lim = e.add_mutually_exclusive_group()
+    lim.add_argument("--schedules", default=None, metavar="N",
+                     help="stop after N schedules (random, pct default: 10000; exhaustive: none)")
+    lim.add_argument("--time", default=None, metavar="S", help="stop after S seconds")
+    par = e.add_mutually_exclusive_group()
+    par.add_argument("--jobs", default="1", metavar="J", help="worker processes (default 1)")
+    par.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                     help="run on this Dask distributed scheduler's workers (as campaigns do)")
+    e.add_argument("--all", action="store_true", help="go on after the first race (each new race kind and buffer kept)")
+    e.add_argument("--no-shrink", action="store_true", help="do not shrink the first race")
+    e.add_argument("--fail-on-race", action="store_true", help="exit 1 if a race was found (for CI)")
+    e.add_argument("--dma-jobs", default=str(DMA_JOBS), metavar="N", help=f"DMA jobs per importer (default {DMA_JOBS})")
+    e.add_argument("--moves", default=str(MOVES), metavar="N", help=f"moves the memory manager may want (default {MOVES})")
+    e.add_argument("--quiet", action="store_true", help="print only the result")
+    options.add_arguments(e)
+    for action in e._actions:       # the small configuration's defaults, not run's
+        if action.dest in SMALL and action.help:
+            action.help = re.sub(r"\(default: [^)]*\)$", f"(default here: {SMALL[action.dest]})", action.help)
+
+    s = sub.add_parser(
+        "shrink", help="shrink a race an explore found to the fewest deviations that keep it",
+        description="Reduce the schedule of DIR's race K (an explore directory: DIR/races/K) to the "
+                    "fewest preemptions and faults that still give the same race kind on the same "
+                    "buffer (delta debugging, then ties moved towards the default order), check that "
+                    "it is 1-minimal (removing or simplifying any single remaining choice loses the "
+                    "race) and write DIR/shrunk/ (replayable), DIR/witness.md and DIR/trace.json.",
+        epilog="example: dmabuf-emu explore --strategy move-notify --search random --no-shrink --out runs/x-mn && "
+               "dmabuf-emu shrink runs/x-mn && dmabuf-emu replay runs/x-mn/shrunk --out runs/x-mn-again")
+    s.add_argument("dir", type=Path, metavar="DIR", help="an explore output directory")
+    s.add_argument("--race", default="1", metavar="K", help="which saved race (default 1: the first)")
+    s.add_argument("--quiet", action="store_true", help="print only the result")
+
+
+def _usage(message: str) -> int:
+    print(f"dmabuf-emu: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _int(name: str, text: str, lo: int) -> int:
+    try:
+        v = int(str(text), 10)
+    except ValueError:
+        raise OptionError(f"{name} must be a whole number, got {text!r}") from None
+    if v < lo:
+        raise OptionError(f"{name} must be at least {lo}, got {v}")
+    return v
+
+
+def _float(name: str, text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise OptionError(f"{name} must be a number of seconds, got {text!r}") from None
+    if not v > 0:
+        raise OptionError(f"{name} must be more than 0 seconds, got {text!r}")
+    return v
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    from sim.explore import SEARCHES, Limits, Spec
+    from sim.options import SimOptions
+    from sim.search.exhaustive import BOUND_KINDS
+    from sim.search.trial import Config
+
+    if args.search not in SEARCHES:
+        raise OptionError(f"--search must be one of {', '.join(SEARCHES)}, got {args.search!r}")
+    depth = _int("--depth", args.depth, 1)
+    bound = _int("--bound", args.bound, 0)
+    if args.bound_kind not in BOUND_KINDS:
+        raise OptionError(f"--bound-kind must be one of {', '.join(BOUND_KINDS)}, got {args.bound_kind!r}")
+    schedules = _int("--schedules", args.schedules, 1) if args.schedules is not None else None
+    seconds = _float("--time", args.time) if args.time is not None else None
+    jobs = _int("--jobs", args.jobs, 1)
+    if args.scheduler is not None and "://" not in args.scheduler:
+        raise OptionError(f"--scheduler must be a Dask scheduler address such as tcp://HOST:8786, got {args.scheduler!r}")
+    flags = vars(args).copy()
+    given = set(options.load_scenario(args.scenario)) if args.scenario is not None else set()
+    for key, value in SMALL.items():
+        if flags.get(key) is None and key not in given:
+            flags[key] = value
+    params = options.resolve(args.scenario, flags)
+    sim = SimOptions(network="chosen", jobs=_int("--dma-jobs", args.dma_jobs, 0), moves=_int("--moves", args.moves, 0))
+    spec = Spec(Config(params, sim), args.search, params.seed, depth, bound, args.bound_kind)
+    return spec, (Limits(schedules, seconds, args.all), jobs)
+
+
+def estimate(points: int, bound: int, kind: str) -> float:
+    """Schedules an exhaustive search of `points` choice points per schedule makes within
+    `bound`, about (ties and the reduction move it either way)."""
+    from sim.search.exhaustive import LATE
+    per = LATE_POSITIONS if kind == LATE else 1
+    return float(sum(comb(points, j) * per ** j for j in range(bound + 1)))
+
+
+def check_size(spec: Any) -> None:
+    """Refuse an exhaustive search too large to finish: one line, how large, a bound that fits."""
+    from sim.explore import MAX_EXHAUSTIVE, default_trial
+    trial, chooser = default_trial(spec.config)
+    if trial.error is not None:
+        raise OptionError(f"the configuration's default schedule does not run: {trial.error}")
+    points = chooser.wait_points + chooser.fault_points
+    n = estimate(points, spec.bound, spec.bound_kind)
+    if n > MAX_EXHAUSTIVE:
+        fits = max([b for b in range(spec.bound) if estimate(points, b, spec.bound_kind) <= MAX_EXHAUSTIVE], default=None)
+        hint = (f"use --bound {fits} (about {estimate(points, fits, spec.bound_kind):,.0f})" if fits is not None
+                else "use a smaller configuration")
+        raise OptionError(f"exhaustive: this configuration has {points} choice points per schedule "
+                          f"({chooser.wait_points} where time may pass, {chooser.fault_points} faults): about "
+                          f"{n:,.0f} schedules within bound {spec.bound}, more than {MAX_EXHAUSTIVE:,}; {hint}, "
+                          f"or fewer --importers, --dma-jobs or --moves")
+
+
+def result_lines(r: dict[str, Any], out: Path) -> list[str]:
+    races = r["races"]
+    lines = []
+    if r["search"] == "exhaustive":
+        if r["exhausted"] and not races:
+            lines.append(f"exhausted: {r['schedules']} schedules within bound {r['bound']} ({r['bound_kind']}), no race"
+                         f" ({r['blocked']} more cut short by sleep sets)")
+        elif races:
+            lines.append(f"race in schedule {r['first_race_schedule']} of the exhaustive search (bound {r['bound']})")
+        else:
+            lines.append(f"not exhausted: {r['schedules']} schedules within bound {r['bound']} so far, no race")
+    elif races:
+        lines.append(f"race in schedule {r['first_race_schedule']} ({r['search']})")
+    else:
+        lines.append(f"no race in {r['schedules']} schedules ({r['search']})")
+    lines.append(f"  {r['strategy']}: {r['schedules']} schedules in {r['seconds']:.1f} s "
+                 f"({r['schedules_per_s'] or 0:,.0f}/s), {r['distinct_histories']} distinct histories"
+                 + (f", races: {', '.join(f'{k} in {v}' for k, v in races.items())}" if races else ""))
+    if r.get("pct"):
+        p = r["pct"]
+        lines.append(f"  pct: depth {p['depth']}, n {p['n']} actors, k {p['k']} steps: at least "
+                     f"{p['guarantee']:.2g} per schedule for a race of that depth")
+    for s in r["saved"][:5]:
+        first = s["races"][0]
+        lines.append(f"  {out / s['dir']}: schedule {s['schedule']}, {first['kind']} on buffer {first['buffer']} "
+                     f"({first['importer']} job {first['job']})")
+    sh = r.get("shrunk")
+    if sh:
+        d, b = sh["deviations"], sh["before"]["deviations"]
+        lines.append(f"  shrunk: {b['waits']} waits, {b['ties']} ties, {b['faults']} faults -> {d['waits']} waits, "
+                     f"{d['ties']} ties, {d['faults']} faults; decisions {sh['before']['decisions']} -> {sh['decisions']}, "
+                     f"messages {sh['before']['messages']} -> {sh['messages']}; witness {sh['events']} events; "
+                     + ("1-minimal" if sh["one_minimal"] else "NOT shown 1-minimal"))
+        lines.append(f"  witness: {out / 'witness.md'} (trace: {out / 'trace.json'}; replay: dmabuf-emu replay "
+                     f"{out / 'shrunk'} --out DIR)")
+    if r.get("interrupted"):
+        lines.append("  interrupted: the same command goes on from here")
+    return lines
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from sim.explore import ExploreError, Explorer
+    try:
+        spec, (limits, jobs) = spec_from_args(args)
+        if spec.search == "exhaustive" and not (args.out / "explore.state.json").exists():
+            check_size(spec)
+        explorer = Explorer(spec, limits, args.out, jobs=jobs, scheduler=args.scheduler,
+                            do_shrink=not args.no_shrink, quiet=args.quiet)
+        explorer.load()  # a search of other settings in DIR: refused before anything runs
+    except (OptionError, ExploreError) as exc:
+        return _usage(f"explore: {exc}")
+    result = explorer.run()
+    print("\n".join(result_lines(result, args.out)))
+    if explorer.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_RACE if result["races"] and args.fail_on_race else EXIT_OK
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    from sim.explore import shrink_into
+    from sim.schedule import ScheduleError, read_schedule
+    from sim.search.trial import Config
+    path = args.dir / "explore.json"
+    try:
+        k = _int("--race", args.race, 1)
+        if not path.exists():
+            raise OptionError(f"{args.dir}: no explore.json here (not an explore output directory)")
+        data = json.loads(path.read_text())
+        saved = data.get("saved") or []
+        if not saved:
+            raise OptionError(f"{args.dir}: the search found no race: nothing to shrink")
+        if k > len(saved):
+            raise OptionError(f"--race {k}: {args.dir} has {len(saved)} saved race(s)")
+        sched = read_schedule(args.dir / saved[k - 1]["dir"])
+    except (OptionError, ScheduleError, ValueError) as exc:
+        return _usage(f"shrink: {exc}")
+    first = saved[k - 1]["races"][0]
+    info = shrink_into(Config(sched.params, sched.sim), sched.decisions, sched.streams, first["kind"],
+                       first["buffer"], args.dir)
+    data["shrunk"] = info
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print("\n".join(result_lines(data, args.dir)[-2:]))
+    return EXIT_OK

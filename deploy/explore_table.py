@@ -1,0 +1,158 @@
+"""dmabuf-emu explore-table: every strategy under every search on the small configuration, one table.
+
+For each strategy (unmap-hint under both hint policies) and each search: random and PCT over
+--seeds seeds (each the workload's and the search's), at most --cap schedules a seed, give the
+median number of schedules to the first race (a seed with none counts as past the cap) and the
+length of the first race's shrunk witness (the checker's events that prove it, and the
+deviations of its shrunk schedule); exhaustive (bound --bound) gives "exhausted, N schedules" or
+the schedule of its first race and that race's shrunk witness. Every cell is an explore run in
+OUT/runs/<strategy>/<search>/seed-<n>/ (explore.json, races/, shrunk/, witness.md); the table is
+OUT/table.md and OUT/table.json. --jobs J runs J of them at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+VARIANTS = (("pin", {}), ("unmap-hint-optimistic", {"strategy": "unmap-hint", "hint_policy": "optimistic"}),
+            ("unmap-hint-conservative", {"strategy": "unmap-hint", "hint_policy": "conservative"}),
+            ("move-notify", {}), ("move-notify-ack", {}), ("revalidate", {}), ("resv-fence", {}))
+SEARCHES = ("random", "pct", "exhaustive")
+
+
+def add_parser(sub: Any) -> None:
+    t = sub.add_parser("explore-table", help="every strategy x search on the small configuration: one table",
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example: dmabuf-emu explore-table --strategies pin,move-notify --seeds 2 --cap 20 --bound 1 "
+                              "--out runs/xt")
+    t.add_argument("--out", required=True, type=Path, help="output directory (created; finished cells are kept)")
+    t.add_argument("--seeds", type=int, default=20, help="seeds for random and pct (default 20)")
+    t.add_argument("--cap", type=int, default=300, help="schedules a seed at most (default 300)")
+    t.add_argument("--bound", type=int, default=2, help="the exhaustive bound (default 2)")
+    t.add_argument("--jobs", type=int, default=1, help="cells at a time (default 1)")
+    t.add_argument("--strategies", default="all", metavar="LIST",
+                   help="all, or some of: " + ", ".join(label for label, _ in VARIANTS))
+
+
+def chosen(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    if names == ["all"]:
+        return list(VARIANTS)
+    known = dict(VARIANTS)
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ValueError(f"--strategies: unknown {bad[0] if bad else '(none)'!r} (known: all, {', '.join(known)})")
+    return [(n, known[n]) for n in names]
+
+
+def cell(label: str, overrides: dict[str, Any], search: str, seed: int, cap: int, bound: int, out: str,
+         shrink: bool) -> dict[str, Any]:
+    """One explore run (in a worker): its explore.json."""
+    import dataclasses
+
+    from deploy.bench.exploreperf import small
+    from sim.explore import Explorer, Limits, Spec
+    strategy = overrides.get("strategy", label)
+    config = small(strategy, seed)
+    params = dataclasses.replace(config.params, **{k: v for k, v in overrides.items() if k != "strategy"})
+    config = dataclasses.replace(config, params=params)
+    spec = Spec(config, search, seed, 2, bound)
+    limits = Limits(schedules=None if search == "exhaustive" else cap)
+    d = Path(out)
+    if (d / "explore.json").exists() and json.loads((d / "explore.json").read_text()).get("complete"):
+        return json.loads((d / "explore.json").read_text())
+    return Explorer(spec, limits, d, do_shrink=shrink, quiet=True).run()
+
+
+def _witness(r: dict[str, Any] | None) -> str:
+    sh = (r or {}).get("shrunk")
+    if not sh:
+        return ""
+    d = sh["deviations"]
+    return f"{sh['events']} events, {d['waits']} waits + {d['ties']} ties + {d['faults']} faults"
+
+
+def build(args: argparse.Namespace) -> dict[str, Any]:
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    tasks = []
+    for label, over in chosen(args.strategies):
+        for search in SEARCHES:
+            seeds = [1] if search == "exhaustive" else range(1, args.seeds + 1)
+            for seed in seeds:
+                out = args.out / "runs" / label / search / f"seed-{seed}"
+                tasks.append((label, over, search, seed, args.cap, args.bound, str(out), seed == 1))
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [(t, ex.submit(cell, *t)) for t in tasks]
+        for i, (t, f) in enumerate(futures, 1):
+            results.setdefault((t[0], t[2]), []).append(f.result())
+            print(f"  [{i}/{len(tasks)}] {t[0]} {t[2]} seed {t[3]}", file=sys.stderr, flush=True)
+    rows = []
+    for label, _ in chosen(args.strategies):
+        row: dict[str, Any] = {"strategy": label}
+        for search in SEARCHES:
+            rs = results[(label, search)]
+            if search == "exhaustive":
+                r = rs[0]
+                row[search] = {"exhausted": r["exhausted"], "schedules": r["schedules"],
+                               "first_race_schedule": r["first_race_schedule"], "witness": _witness(r)}
+            else:
+                firsts = [r["first_race_schedule"] or args.cap + 1 for r in rs]
+                raced = [r for r in rs if r["first_race_schedule"]]
+                row[search] = {"median": statistics.median(firsts), "raced": len(raced), "seeds": len(rs),
+                               "witness": _witness(next((r for r in rs if r.get("shrunk")), None))}
+        rows.append(row)
+    table = {"command": f"dmabuf-emu explore-table --strategies {args.strategies} --seeds {args.seeds} --cap {args.cap} "
+                        f"--bound {args.bound} --jobs {args.jobs} --out {args.out}", "rows": rows, "cap": args.cap,
+             "seeds": args.seeds,
+             "bound": args.bound}
+    (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+    (args.out / "table.md").write_text(render(table))
+    return table
+
+
+def render(t: dict[str, Any]) -> str:
+    cap, seeds, bound = t["cap"], t["seeds"], t["bound"]
+
+    def sampled(c: dict[str, Any]) -> str:
+        if not c["raced"]:
+            return f"none in {cap} x {seeds}"
+        m = c["median"]
+        median = f"> {cap}" if m > cap else f"{m:g}"
+        return f"{median} ({c['raced']}/{c['seeds']} seeds)"
+
+    def ex(c: dict[str, Any]) -> str:
+        if c["first_race_schedule"] is not None:
+            return f"race at schedule {c['first_race_schedule']}"
+        return f"exhausted, {c['schedules']} schedules" if c["exhausted"] else f"not exhausted ({c['schedules']})"
+
+    lines = [f"    {t['command']}", "",
+             f"| strategy | random: schedules to 1st race (median, {seeds} seeds) | pct (depth 2) | "
+             f"exhaustive (bound {bound}) | shrunk witness (random, seed 1 / exhaustive) |", "|---|---|---|---|---|"]
+    for r in t["rows"]:
+        w = " / ".join(x for x in (r["random"]["witness"], r["exhaustive"]["witness"]) if x) or "-"
+        lines.append(f"| {r['strategy']} | {sampled(r['random'])} | {sampled(r['pct'])} | {ex(r['exhaustive'])} | {w} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd(args: argparse.Namespace) -> int:
+    if args.seeds < 1 or args.cap < 1 or args.bound < 0 or args.jobs < 1:
+        print("dmabuf-emu: explore-table: --seeds, --cap and --jobs must be at least 1, --bound at least 0",
+              file=sys.stderr)
+        return 2
+    try:
+        chosen(args.strategies)
+    except ValueError as exc:
+        print(f"dmabuf-emu: explore-table: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = build(args)
+    print(render(table))
+    return 0

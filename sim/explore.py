@@ -1,0 +1,658 @@
+"""dmabuf-emu explore: search the schedules of one small configuration for races, on one machine
+or a Dask cluster, keep each race as a replayable run directory, and shrink the first.
+
+Rules:
+- A search (`Spec`) is a configuration (sim/search/trial.py `Config`: the run's parameters,
+  whose seed fixes the workload, and the simulator's options: chosen delivery and the job and
+  move budgets), a search kind (random, pct, exhaustive: sim/search/), its seed, PCT's depth and
+  the exhaustive bound. Schedule i of a random or PCT search is a function of (spec, i) alone; an
+  exhaustive search's schedules come in depth-first order. So a search is resumable and
+  splits into work units: ranges of schedule numbers (random, pct) or subtrees (exhaustive),
+  run in this process (--jobs 1), in worker processes (--jobs J) or as Dask tasks (--scheduler).
+- It stops at the first race (unless --all), at --schedules or --time, when an exhaustive search
+  has nothing left, or on Ctrl-C. With several workers the first race is the one with the lowest
+  schedule number: work below it is finished before the search stops, so the answer is the one a
+  single process gives.
+- Races are the checker's: every schedule's history is judged in memory (nothing is written for
+  one that did not race). The schedule of each new race (a kind on a buffer not seen before, at
+  most MAX_SAVED) becomes DIR/races/K/, a simulated run directory written by running the schedule
+  again with every decision taken from it (sim/run.py simulate, strict ListGuide) and checked to
+  give the same history; `dmabuf-emu replay DIR/races/K` reproduces it.
+- The first race is shrunk (sim/shrink.py) unless --no-shrink: DIR/shrunk/ is its shrunk
+  schedule as a run directory, DIR/witness.md explains it (the checker's write_witness_md),
+  DIR/trace.json is its Perfetto trace.
+- DIR/explore.json says what was done (FIELDS below). DIR/explore.state.json holds what a rerun
+  of the same command needs to go on where this one stopped (written every CHECKPOINT_S and at
+  the end); a rerun with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+from deploy.campaign import Progress as CampaignProgress
+from deploy.options import from_mapping
+from sim.options import SimOptions
+from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
+                                   node_to_dict)
+from sim.search.pct import PctChooser, guarantee
+from sim.search.random import RandomChooser
+from sim.search.trial import Config, SearchChooser, Trial, judge, run_trial, write_run
+
+SEARCHES = ("random", "pct", "exhaustive")
+DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --time is given
+CHUNK = 20                      # schedules per work unit (random, pct)
+MAX_SAVED = 20                  # race directories kept
+CHECKPOINT_S = 2.0
+SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below this many choice points
+MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
+EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
+          "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
+          "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config")
+
+
+class ExploreError(ValueError):
+    """A search that cannot start as asked: one line saying why."""
+
+
+# ---------------------------------------------------------------------------------- the search
+
+@dataclass(frozen=True)
+class Spec:
+    config: Config
+    search: str
+    seed: int = 1
+    depth: int = 2
+    bound: int = 2
+    bound_kind: str = PREEMPTIONS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"config": self.config.as_dict(), "search": self.search, "seed": self.seed, "depth": self.depth,
+                "bound": self.bound, "bound_kind": self.bound_kind}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Spec":
+        c = d["config"]
+        return cls(Config(from_mapping(c["params"], "explore spec"), SimOptions(**c["sim"])), d["search"], d["seed"],
+                   d["depth"], d["bound"], d["bound_kind"])
+
+    def key(self) -> str:
+        """What makes two searches the same search (the limits do not)."""
+        d = self.as_dict()
+        if self.search != "pct":
+            d.pop("depth")
+        if self.search != "exhaustive":
+            d.pop("bound"), d.pop("bound_kind")
+        else:
+            d.pop("seed")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Limits:
+    schedules: int | None = None
+    seconds: float | None = None
+    all: bool = False
+
+
+def default_trial(config: Config) -> tuple[Trial, SearchChooser]:
+    chooser = SearchChooser(0)
+    return run_trial(config, chooser), chooser
+
+
+def chooser_for(spec: Spec, n: int, k: int) -> SearchChooser:
+    if spec.search == "random":
+        return RandomChooser(spec.seed, n)
+    return PctChooser(spec.seed, n, spec.depth, k)
+
+
+def summary(n: int, t: Trial) -> dict[str, Any]:
+    """What a worker sends back about one schedule (the decisions only if it raced or failed)."""
+    d: dict[str, Any] = {"n": n, "races": [[r.kind, r.buffer, r.svc, r.job] for r in t.races],
+                         "sha": t.history_sha256[:16], "seconds": t.seconds, "error": t.error}
+    if t.races or t.error:
+        d["entries"], d["streams"] = t.entries, t.streams
+    return d
+
+
+def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_at_race: bool) -> list[dict[str, Any]]:
+    """A work unit of a random or PCT search: schedules first .. first + count - 1."""
+    spec = Spec.from_dict(spec_d)
+    out = []
+    for n in range(first, first + count):
+        s = summary(n, run_trial(spec.config, chooser_for(spec, n, k)))
+        out.append(s)
+        if s["races"] and stop_at_race:
+            break
+    return out
+
+
+def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], stop_at_race: bool) -> dict[str, Any]:
+    """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes)."""
+    from sim.search import exhaustive
+    spec = Spec.from_dict(spec_d)
+    stack = [node_from_dict(d) for d in prefix]
+    done: list[dict[str, Any]] = []
+    blocked = 0
+    for trial, _ in exhaustive.explore(spec.config, spec.bound, kind=spec.bound_kind, stack=stack,
+                                       floor=len(prefix)):
+        if trial.blocked:
+            blocked += 1
+            continue
+        done.append(summary(len(done) + 1, trial))
+        if trial.races and stop_at_race:
+            break
+    return {"schedules": done, "blocked": blocked}
+
+
+# ---------------------------------------------------------------------------------- progress
+
+class Progress(CampaignProgress):
+    """A rich status line on a terminal (schedules, schedules/s, races so far); a line every
+    few seconds otherwise; nothing with quiet. say() and close() are the campaign's."""
+
+    def __init__(self, title: str, total: int | None, stream: TextIO, quiet: bool) -> None:
+        self.stream, self.quiet = stream, quiet
+        self._bar = None
+        self._last = 0.0
+        self.began = time.monotonic()
+        if not quiet and stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+            self._bar = Bar(TextColumn(title), BarColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn(),
+                            console=Console(file=stream), transient=False)
+            self._task = self._bar.add_task(title, total=total, line="")
+            self._bar.start()
+        elif not quiet:
+            print(title, file=stream, flush=True)
+
+    def update(self, done: int, rate: float, races: dict[str, int], extra: str = "") -> None:
+        found = sum(races.values())
+        line = f"{done} schedules, {rate:,.0f}/s, races {found}" + (
+            f" ({', '.join(f'{k} {v}' for k, v in races.items())})" if found else "") + extra
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, line=line)
+        elif not self.quiet and time.monotonic() - self._last > 5:
+            self._last = time.monotonic()
+            print("  " + line, file=self.stream, flush=True)
+
+
+
+# ---------------------------------------------------------------------------------- backends
+
+class _Inline:
+    """Work units run here, one at a time, as they are asked for."""
+
+    workers = 1
+
+    class Unit:
+        def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
+            self.fn, self.args = fn, args
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.Unit(fn, args)
+
+    def done(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+        f = futures[0]
+        yield f, f.fn(*f.args)
+
+    def cancel(self, futures: list[Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Pool:
+    """Worker processes (spawned: the parent's threads, such as the progress bar's, stay here)."""
+
+    def __init__(self, jobs: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        self.workers = jobs
+        self.ex = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.ex.submit(fn, *args)
+
+    def done(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+        for f in finished:
+            yield f, f.result()
+
+    def cancel(self, futures: list[Any]) -> None:
+        for f in futures:
+            f.cancel()
+
+    def close(self) -> None:
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+class _Dask:
+    """Tasks on a Dask distributed scheduler (deploy/campaign.py's backend): workers need
+    dmabuf-emu importable."""
+
+    def __init__(self, address: str) -> None:
+        from distributed import Client
+        self.client = Client(address, timeout="20s")
+        self.workers = max(1, sum(self.client.nthreads().values()))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False, retries=1)
+
+    def done(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+        from distributed import wait
+        finished = wait(futures, return_when="FIRST_COMPLETED").done
+        for f in finished:
+            yield f, f.result()
+
+    def cancel(self, futures: list[Any]) -> None:
+        if futures:
+            self.client.cancel(futures)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def backend(jobs: int, scheduler: str | None) -> Any:
+    if scheduler:
+        return _Dask(scheduler)
+    return _Pool(jobs) if jobs > 1 else _Inline()
+
+
+# ---------------------------------------------------------------------------------- the explorer
+
+@dataclass
+class State:
+    """What a search has done so far: explore.state.json holds it between runs."""
+
+    key: str
+    schedules: int = 0
+    blocked: int = 0
+    seconds: float = 0.0
+    races: dict[str, int] = field(default_factory=dict)
+    first_race: int | None = None
+    saved: list[dict[str, Any]] = field(default_factory=list)
+    shas: set[str] = field(default_factory=set)
+    next: int = 1                           # random, pct: every schedule below it is done
+    stack: list[dict[str, Any]] | None = None   # exhaustive, one process: the last schedule's
+    tasks_done: list[int] = field(default_factory=list)     # exhaustive, several: subtrees done
+    task_counts: dict[str, int] = field(default_factory=dict)
+    exhausted: bool = False
+    complete: bool = False
+    pct: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["shas"] = sorted(self.shas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "State":
+        d = dict(d)
+        d["shas"] = set(d.get("shas", []))
+        return cls(**d)
+
+
+class Explorer:
+    def __init__(self, spec: Spec, limits: Limits, out: Path, *, jobs: int = 1, scheduler: str | None = None,
+                 do_shrink: bool = True, quiet: bool = False, stream: TextIO = sys.stderr) -> None:
+        self.spec, self.limits, self.out = spec, limits, Path(out)
+        self.jobs, self.scheduler = jobs, scheduler
+        self.do_shrink, self.quiet, self.stream = do_shrink, quiet, stream
+        self.state = State(spec.key())
+        self._entries: dict[int, tuple[list, list]] = {}   # racing schedules' decisions, by number
+        self._last_checkpoint = 0.0
+        self._began = 0.0
+        self.interrupted = False
+
+    # ---------------------------------------------------------------- files
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / "explore.state.json"
+
+    def load(self) -> bool:
+        """Resume: True when DIR holds this search's state."""
+        if not self.state_path.exists():
+            if (self.out / "explore.json").exists():
+                raise ExploreError(f"{self.out} holds a search without its state file: choose another --out or remove it")
+            return False
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ExploreError(f"{self.state_path}: cannot read it ({exc}): remove it to start over") from None
+        if data.get("key") != self.state.key:
+            raise ExploreError(f"{self.out} holds another search (other strategy, search, seed, bound or "
+                               f"configuration): choose another --out, or remove it to start over")
+        self.state = State.from_dict(data)
+        for s in self.state.saved:
+            sched = self.out / s["dir"] / "schedule.json"
+            if sched.exists():
+                d = json.loads(sched.read_text())
+                self._entries[s["schedule"]] = (d["decisions"], d["streams"])
+        return True
+
+    def checkpoint(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < CHECKPOINT_S:
+            return
+        self._last_checkpoint = now
+        self.state.seconds += now - self._began
+        self._began = now
+        tmp = self.state_path.with_name(".explore.state.json.tmp")
+        tmp.write_text(json.dumps(self.state.as_dict()))
+        os.replace(tmp, self.state_path)
+
+    # ---------------------------------------------------------------- one finished schedule
+
+    def _record(self, n: int, s: dict[str, Any], progress: Progress) -> None:
+        st = self.state
+        st.schedules += 1
+        st.shas.add(s["sha"])
+        if s.get("error"):
+            progress.say(f"  schedule {n}: {s['error']}")
+        if not s["races"]:
+            return
+        for kind in {r[0] for r in s["races"]}:
+            st.races[kind] = st.races.get(kind, 0) + 1
+        if st.first_race is None or n < st.first_race:
+            st.first_race = n
+        self._entries.setdefault(n, (s["entries"], s["streams"]))
+        known = {(r["kind"], r["buffer"]) for x in st.saved for r in x["races"]}
+        fresh = [r for r in s["races"] if (r[0], r[1]) not in known]
+        if fresh and len(st.saved) < MAX_SAVED:
+            self._save(n, s, progress)
+
+    def _save(self, n: int, s: dict[str, Any], progress: Progress) -> None:
+        k = len(self.state.saved) + 1
+        d = self.out / "races" / str(k)
+        result = write_run(self.spec.config, s["entries"], s["streams"], d)
+        again, _ = judge((d / "history.jsonl").read_bytes().splitlines(keepends=True))
+        same = sorted(map(tuple, s["races"])) == sorted((r.kind, r.buffer, r.svc, r.job) for r in again)
+        races = [{"kind": r[0], "buffer": r[1], "importer": r[2], "job": r[3]} for r in s["races"]]
+        info = {"schedule": n, "search": self.spec.search, "seed": self.spec.seed, "races": races,
+                "history_sha256": result.history_sha256, "same_verdicts": same}
+        (d / "race.json").write_text(json.dumps(info, indent=2) + "\n")
+        self.state.saved.append({"dir": f"races/{k}", "schedule": n, "races": races})
+        first = races[0]
+        progress.say(f"  race: {first['kind']} on buffer {first['buffer']} ({first['importer']} job {first['job']}) "
+                     f"in schedule {n} -> {d}")
+        if not same:
+            progress.say(f"  warning: the run directory of schedule {n} has other races than the search saw "
+                         f"(a simulator nondeterminism?): see {d}/report.md")
+
+    def _stop(self) -> bool:
+        st, lim = self.state, self.limits
+        if st.first_race is not None and not lim.all:
+            return True
+        if lim.schedules is not None and st.schedules >= lim.schedules:
+            return True
+        return lim.seconds is not None and st.seconds + (time.monotonic() - self._began) >= lim.seconds
+
+    # ---------------------------------------------------------------- the loops
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.load()
+        title = (f"explore {self.spec.config.params.strategy} {self.spec.search}"
+                 + (f" bound {self.spec.bound}" if self.spec.search == "exhaustive" else ""))
+        if resumed and self.state.complete:
+            if not self.quiet:
+                print(f"{self.out}: this search was finished before; nothing to search", file=self.stream)
+            self._maybe_shrink(None)
+            return self.report()
+        progress = Progress(title + (" (resumed)" if resumed else ""), self.limits.schedules, self.stream, self.quiet)
+        self._began = time.monotonic()
+        be = backend(self.jobs, self.scheduler)
+        try:
+            if self.spec.search == "exhaustive":
+                if be.workers > 1:
+                    self._exhaustive_split(be, progress)
+                else:
+                    self._exhaustive_here(progress)
+            else:
+                self._sampled(be, progress)
+            self.state.complete = not self.limits.all and self.state.first_race is not None or self.state.exhausted
+        except KeyboardInterrupt:
+            self.interrupted = True
+            progress.say("interrupted: keeping what was found (rerun the same command to go on)")
+        finally:
+            be.close()
+            progress.close()
+            self.checkpoint(force=True)
+        if not self.interrupted:
+            self._maybe_shrink(progress)
+        return self.report()
+
+    def _maybe_shrink(self, progress: Progress | None) -> None:
+        """The first race shrunk, unless asked not to or done already (shrunk.json is written last)."""
+        if self.do_shrink and self.state.saved and not (self.out / "shrunk.json").exists():
+            try:
+                self.shrink_first(progress)
+            except KeyboardInterrupt:
+                self.interrupted = True
+
+    def _rate(self) -> float:
+        seconds = self.state.seconds + (time.monotonic() - self._began)
+        return self.state.schedules / seconds if seconds > 0 else 0.0
+
+    def _sampled(self, be: Any, progress: Progress) -> None:
+        """Random and PCT: units of CHUNK schedule numbers, recorded in number order (a unit that
+        stopped at its race leaves the rest of its numbers unrun: nothing after the first race
+        is recorded then)."""
+        st, spec = self.state, self.spec
+        if st.pct is None and spec.search == "pct":
+            base, chooser = default_trial(spec.config)
+            n_actors = len(chooser.actors)
+            st.pct = {"k": max(1, base.window_steps), "n": n_actors, "depth": spec.depth,
+                      "guarantee": guarantee(n_actors, base.window_steps, spec.depth)}
+        k = st.pct["k"] if st.pct else 0
+        limit = self.limits.schedules
+        if limit is None and self.limits.seconds is None:
+            limit = DEFAULT_SCHEDULES
+        stop_at_race = not self.limits.all
+        spec_d = spec.as_dict()
+        pending: dict[Any, int] = {}
+        results: dict[int, dict[str, Any]] = {}
+        nxt = st.next
+
+        def wanted(first: int) -> bool:    # a unit that may still matter
+            return st.first_race is None or not stop_at_race or first < st.first_race
+
+        while True:
+            while (len(pending) < 2 * be.workers and not self._stop() and (limit is None or nxt <= limit)
+                   and wanted(nxt)):
+                count = CHUNK if limit is None else min(CHUNK, limit - nxt + 1)
+                pending[be.submit(run_schedules, spec_d, nxt, count, k, stop_at_race)] = nxt
+                nxt += count
+            if not pending:
+                return
+            for fut, out in be.done(list(pending)):
+                pending.pop(fut)
+                results.update((s["n"], s) for s in out)
+            while st.next in results and wanted(st.next):
+                self._record(st.next, results.pop(st.next), progress)
+                st.next += 1
+            progress.update(st.schedules, self._rate(), st.races)
+            self.checkpoint()
+            late = [f for f, first in pending.items() if not wanted(first)]
+            if late:
+                be.cancel(late)
+                for f in late:
+                    pending.pop(f)
+            if self._stop() and st.first_race is None:
+                be.cancel(list(pending))
+                return
+
+    def _exhaustive_here(self, progress: Progress) -> None:
+        from sim.search import exhaustive
+        st, spec = self.state, self.spec
+        stack = None
+        if st.stack is not None:
+            stack = [node_from_dict(d) for d in st.stack]
+            if not backtrack(stack, spec.bound):
+                st.exhausted = True
+                return
+        for trial, stack in exhaustive.explore(spec.config, spec.bound, kind=spec.bound_kind, stack=stack):
+            if trial.blocked:
+                st.blocked += 1
+            else:
+                self._record(st.schedules + 1, summary(st.schedules + 1, trial), progress)
+            st.stack = [node_to_dict(n) for n in stack]
+            progress.update(st.schedules, self._rate(), st.races, f", {st.blocked} cut by sleep sets")
+            self.checkpoint()
+            if self._stop():
+                return
+        st.exhausted = True
+        st.stack = None
+
+    def _exhaustive_split(self, be: Any, progress: Progress) -> None:
+        """Subtrees below SPLIT_DEPTH choice points, each a task; numbered in depth-first order, so
+        schedule numbers and the first race are the ones a single process finds."""
+        st, spec = self.state, self.spec
+        tasks = list(subtrees(spec, SPLIT_DEPTH))
+        pending: dict[Any, int] = {}
+        done: dict[int, dict[str, Any]] = {}
+        spec_d = spec.as_dict()
+        stop_at_race = not self.limits.all
+        todo = [i for i in range(len(tasks)) if i not in st.tasks_done]
+        race_task: int | None = None
+        for i in st.tasks_done:
+            if st.task_counts.get(f"race:{i}"):
+                race_task = i if race_task is None else min(race_task, i)
+        while todo or pending:
+            while todo and len(pending) < 2 * be.workers and not (race_task is not None and todo[0] > race_task):
+                i = todo.pop(0)
+                pending[be.submit(run_subtree, spec_d, tasks[i], stop_at_race)] = i
+            if not pending:
+                break
+            for fut, out in be.done(list(pending)):
+                i = pending.pop(fut)
+                done[i] = out
+                st.tasks_done.append(i)
+                st.blocked += out["blocked"]
+                st.task_counts[str(i)] = len(out["schedules"])
+                if any(s["races"] for s in out["schedules"]):
+                    st.task_counts[f"race:{i}"] = 1
+                    race_task = i if race_task is None else min(race_task, i)
+            # number the schedules of the finished prefix of tasks, in depth-first order
+            for i in sorted(done):
+                if any(j < i and j not in st.tasks_done for j in range(len(tasks))):
+                    break
+                base = sum(st.task_counts.get(str(j), 0) for j in range(i))
+                for s in done.pop(i)["schedules"]:
+                    self._record(base + s["n"], s, progress)
+            progress.update(st.schedules, self._rate(), st.races, f", {len(st.tasks_done)}/{len(tasks)} subtrees")
+            self.checkpoint()
+            if race_task is not None and stop_at_race:
+                late = [f for f, i in pending.items() if i > race_task]
+                be.cancel(late)
+                for f in late:
+                    pending.pop(f)
+                todo = [i for i in todo if i < race_task]
+            if self._stop() and (race_task is None or all(i > race_task for i in pending.values())):
+                be.cancel(list(pending))
+                return
+        st.exhausted = len(st.tasks_done) == len(tasks) and (race_task is None or self.limits.all)
+
+    # ---------------------------------------------------------------- shrinking and the report
+
+    def shrink_first(self, progress: Progress | None = None, race: int = 1) -> dict[str, Any]:
+        entry = self.state.saved[race - 1]
+        decisions, streams = self._entries.get(entry["schedule"]) or _read_decisions(self.out / entry["dir"])
+        first = entry["races"][0]
+        return shrink_into(self.spec.config, decisions, streams, first["kind"], first["buffer"], self.out)
+
+    def report(self) -> dict[str, Any]:
+        st, spec = self.state, self.spec
+        seconds = round(st.seconds, 3)
+        shrunk = None
+        if (self.out / "shrunk.json").exists():
+            shrunk = json.loads((self.out / "shrunk.json").read_text())
+        result = {
+            "strategy": spec.config.params.strategy, "search": spec.search, "schedules": st.schedules,
+            "seconds": seconds, "schedules_per_s": round(st.schedules / seconds, 1) if seconds > 0 else None,
+            "distinct_states": None, "distinct_histories": len(st.shas), "races": dict(sorted(st.races.items())),
+            "first_race_schedule": st.first_race, "exhausted": st.exhausted,
+            "bound": spec.bound if spec.search == "exhaustive" else None,
+            "bound_kind": spec.bound_kind if spec.search == "exhaustive" else None,
+            "depth": spec.depth if spec.search == "pct" else None,
+            "seed": spec.seed if spec.search != "exhaustive" else None,
+            "blocked": st.blocked if spec.search == "exhaustive" else None,
+            "pct": st.pct, "saved": st.saved, "shrunk": shrunk, "interrupted": self.interrupted,
+            "complete": st.complete, "config": spec.config.as_dict(),
+        }
+        (self.out / "explore.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+
+def _read_decisions(run_dir: Path) -> tuple[list, list]:
+    d = json.loads((run_dir / "schedule.json").read_text())
+    return d["decisions"], d["streams"]
+
+
+def subtrees(spec: Spec, depth: int) -> Iterator[list[dict[str, Any]]]:
+    """The exhaustive search's tree cut below `depth` choice points: each prefix (serialized
+    nodes, with what a depth-first search knows there: what is asleep, the options tried before)
+    in depth-first order. Finding them runs one schedule per prefix (not counted: its subtree's
+    own first schedule repeats it). With faults, the options tried before sleep with an
+    everything footprint (what a step touches under its other fault outcomes is not seen here):
+    sound, if less reduced."""
+    from sim.search.exhaustive import EVERYTHING, DfsChooser, fence_tracing
+    stack: list[Node] = []
+    with fence_tracing():
+        while True:
+            chooser = DfsChooser(spec.seed, stack, spec.bound, spec.bound_kind)
+            run_trial(spec.config, chooser, setup=chooser.setup)
+            if chooser.depth < len(stack):
+                raise Diverged("a prefix did not replay")
+            prefix = [node_to_dict(n) for n in stack[:depth]]
+            if spec.config.params.faults:
+                for d in prefix:
+                    d["footprints"] = {k: EVERYTHING.as_dict() for k in d["footprints"]}
+            yield prefix
+            del stack[depth:]
+            if not backtrack(stack, spec.bound):
+                return
+
+
+def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffer: Any, out: Path) -> dict[str, Any]:
+    """Shrink a racing schedule; write DIR/shrunk/ (a replayable run directory), DIR/witness.md,
+    DIR/trace.json and DIR/shrunk.json; return what explore.json's `shrunk` says."""
+    from sim.shrink import ShrinkResult, shrink
+    r = shrink(config, decisions, streams, kind, buffer)
+    shrunk_dir = out / "shrunk"
+    result = write_run(config, r.after.entries, r.after.streams, shrunk_dir)
+    witness_events, index = _witness_of(result.report, kind, buffer)
+    from sim.witness_md import write_witness
+    write_witness(shrunk_dir / "history.jsonl", index, out / "witness.md", result.report)
+    shutil.copyfile(shrunk_dir / "trace.json", out / "trace.json")
+    info = {"kind": kind, "buffer": buffer, "events": len(witness_events), "decisions": r.after.decisions,
+            "messages": r.after.messages, "steps": r.after.steps, "deviations": ShrinkResult.counts(r.deviations),
+            "before": {"decisions": r.before.decisions, "messages": r.before.messages, "steps": r.before.steps,
+                       "deviations": ShrinkResult.counts(r.deviations_before)},
+            "one_minimal": r.one_minimal, "tests": r.tests, "dir": "shrunk", "witness": "witness.md",
+            "notes": r.notes, "schedule": [d.as_list() for d in r.deviations]}
+    (out / "shrunk.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _witness_of(report: dict[str, Any], kind: str, buffer: Any) -> tuple[list[dict[str, Any]], int]:
+    """The events of the checker's witness of `kind` on `buffer`, and its number in report.md's
+    order (checker/explain.py listed_witnesses)."""
+    from sim.witness_md import listed_witnesses
+    for i, (k, w) in enumerate(listed_witnesses(report), 1):
+        if k == kind and w.get("job", {}).get("buffer") == buffer:
+            return w.get("events", []), i
+    raise ValueError(f"the shrunk run's report has no {kind} witness on buffer {buffer}")

@@ -1,0 +1,60 @@
+"""What a simulated run may do beyond `dmabuf-emu run`'s options: for the schedule search.
+
+Rules:
+- `network`: "drawn" (the default: each frame's delay is a draw of the sender's `net:` stream,
+  sim/network.py) or "chosen": a frame between two services is delivered when the scheduler
+  says, anywhere from MIN_NS to MAX_NS after it was sent (sim/network.py `elastic`). Then the
+  order of every message against every other event is a step decision, which is what the
+  search (sim/search/) explores. Frames of the driver's control sockets keep drawn delays.
+- `jobs`: each importer incarnation asks its device for at most this many DMA jobs.
+- `moves`: the exporter's memory manager wants at most this many moves (begun, refused or
+  queued); an eviction made to promote another buffer into its room still brings that
+  promotion.
+- None means no limit, as in a real run. The options are written into schedule.json (`sim`) so
+  that `dmabuf-emu replay` runs the schedule with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+NETWORKS = ("drawn", "chosen")
+
+
+class SimOptionError(ValueError):
+    """A bad simulator option: the message names it."""
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    network: str = "drawn"
+    jobs: int | None = None
+    moves: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise SimOptionError(f"network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
+        for key in ("jobs", "moves"):
+            v = getattr(self, key)
+            if v is not None and (type(v) is not int or v < 0):
+                raise SimOptionError(f"{key} must be a whole number >= 0 or none, got {v!r}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == SimOptions()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str) -> "SimOptions":
+        if not isinstance(data, dict):
+            raise SimOptionError(f"{where}: 'sim' must be a table of simulator options, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"network", "jobs", "moves"})
+        if unknown:
+            raise SimOptionError(f"{where}: unknown simulator option '{unknown[0]}' (known: jobs, moves, network)")
+        try:
+            return cls(**data)
+        except SimOptionError as exc:
+            raise SimOptionError(f"{where}: sim: {exc}") from None
