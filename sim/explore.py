@@ -164,7 +164,7 @@ class Progress(CampaignProgress):
         self.stream, self.quiet = stream, quiet
         self._bar = None
         self._last = 0.0
-        self.began = time.monotonic()
+        self.began = time.perf_counter()
         if not quiet and stream.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
@@ -181,8 +181,8 @@ class Progress(CampaignProgress):
             f" ({', '.join(f'{k} {v}' for k, v in races.items())})" if found else "") + extra
         if self._bar is not None:
             self._bar.update(self._task, completed=done, line=line)
-        elif not self.quiet and time.monotonic() - self._last > 5:
-            self._last = time.monotonic()
+        elif not self.quiet and time.perf_counter() - self._last > 5:
+            self._last = time.perf_counter()
             print("  " + line, file=self.stream, flush=True)
 
 
@@ -344,7 +344,7 @@ class Explorer:
         return True
 
     def checkpoint(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = time.perf_counter()
         if not force and now - self._last_checkpoint < CHECKPOINT_S:
             return
         self._last_checkpoint = now
@@ -398,7 +398,7 @@ class Explorer:
             return True
         if lim.schedules is not None and st.schedules >= lim.schedules:
             return True
-        return lim.seconds is not None and st.seconds + (time.monotonic() - self._began) >= lim.seconds
+        return lim.seconds is not None and st.seconds + (time.perf_counter() - self._began) >= lim.seconds
 
     # ---------------------------------------------------------------- the loops
 
@@ -413,7 +413,7 @@ class Explorer:
             self._maybe_shrink(None)
             return self.report()
         progress = Progress(title + (" (resumed)" if resumed else ""), self.limits.schedules, self.stream, self.quiet)
-        self._began = time.monotonic()
+        self._began = time.perf_counter()
         be = backend(self.jobs, self.scheduler)
         try:
             if self.spec.search == "exhaustive":
@@ -444,7 +444,7 @@ class Explorer:
                 self.interrupted = True
 
     def _rate(self) -> float:
-        seconds = self.state.seconds + (time.monotonic() - self._began)
+        seconds = self.state.seconds + (time.perf_counter() - self._began)
         return self.state.schedules / seconds if seconds > 0 else 0.0
 
     def _sampled(self, be: Any, progress: Progress) -> None:
