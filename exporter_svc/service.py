@@ -128,6 +128,7 @@ class ExporterService(ServiceShell):
             max_attachments=args.max_attachments or max(64, 2 * args.buffers),
             max_mappings=args.max_mappings, max_in_flight=args.max_in_flight))
         self.curve = curve is not None
+        self.mutant = getattr(strategy, "MUTANT", None)   # the rule a mutant breaks, for the checker to quote
         if curve is not None:
             # The ZAP handler first: libzmq asks it about every CURVE handshake on the rpc socket.
             self.zap = security.ZapHandler(self.ctx, list(curve.get("clients", [])),
@@ -158,6 +159,7 @@ class ExporterService(ServiceShell):
     def run(self) -> int:
         self.log.emit("service_start", run_id=self.args.run_id, strategy=self.engine.spec.strategy,
                       **({"strategy_source": self.args.strategy} if self.args.strategy != self.engine.spec.strategy else {}),
+                      **({"mutant": self.mutant} if self.mutant else {}),
                       heaps={h: {"shm": self.segments[h].name, "size": self.views[h].size} for h in self.views},
                       fences_shm=self.segments["fences"].name, buffers=self.args.buffers,
                       buffer_size=self.args.buffer_size, move_rate=self.args.move_rate,
