@@ -148,10 +148,12 @@ class IStep(enum.Enum):
     HOLD_FENCE = "hold_fence"                      # the job is over: keep its fence, unsignaled
     BLOCK_HELD_FENCE = "block_held_fence"          # the held fence now waits for the map just sent (fence_blocked)
     SIGNAL_HELD_FENCE = "signal_held_fence"        # the map was answered: signal the held fence (SignalFence)
+    DROP_HELD_FENCE = "drop_held_fence"            # starting over: the held fence waits for no map any more
+                                                   # (fence_unblocked), and signals: the device has stopped
 
 
 MUTANT_ISTEPS = frozenset({IStep.START_EARLY_SIGNALED_DMA, IStep.START_HELD_FENCE_DMA, IStep.HOLD_FENCE,
-                           IStep.BLOCK_HELD_FENCE, IStep.SIGNAL_HELD_FENCE})
+                           IStep.BLOCK_HELD_FENCE, IStep.SIGNAL_HELD_FENCE, IStep.DROP_HELD_FENCE})
 
 
 ImporterTable = Mapping[tuple[Any, AttEvent], Any]
@@ -247,6 +249,7 @@ class _Att:
     pinned: bool = False     # a pin was sent and not unpinned since
     map_id: int = 0          # the last map request sent
     held: tuple[int, str, int] | None = None  # (seq, usage, job) of a fence held unsignaled (a mutant's)
+    blocked: bool = False    # the held fence waits for the map `map_id` (fence_blocked said so)
 
 
 HEARTBEAT_TIMER = ("heartbeat",)
@@ -639,14 +642,20 @@ class Importer:
     def _block_held_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         if att.held is not None:
             seq, usage, job = att.held
+            att.blocked = True
             self._emit("fence_blocked", buffer=att.buffer, seq=seq, usage=usage, job=job,
                        waiting_for={"kind": "map", "buffer": att.buffer, "id": att.map_id})
 
     def _signal_held_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         if att.held is not None:
             seq, usage, job = att.held
-            att.held = None
+            att.held, att.blocked = None, False
             self._out.append(SignalFence(att.buffer, seq, usage, job))
+
+    def _drop_held_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        if att.held is not None and att.blocked:
+            self._emit("fence_unblocked", buffer=att.buffer, seq=att.held[0])
+        self._signal_held_fence(att, now, ctx)
 
     def _send_unmap(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._request(Unmap(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
@@ -813,6 +822,7 @@ ISTEPS: dict[IStep, IStepFn] = {
     IStep.HOLD_FENCE: Importer._hold_fence,
     IStep.BLOCK_HELD_FENCE: Importer._block_held_fence,
     IStep.SIGNAL_HELD_FENCE: Importer._signal_held_fence,
+    IStep.DROP_HELD_FENCE: Importer._drop_held_fence,
 }
 
 VOCABULARY = machine.Vocabulary(

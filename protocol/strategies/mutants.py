@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 from protocol.exporter import ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.importer import AttEvent, AttState, IGuard, ImporterSpec, IStep
-from protocol.machine import SAME, VIOLATION, Rule
+from protocol.machine import ANY, SAME, VIOLATION, Rule
 
 Table = Mapping[tuple[Any, Any], Any]
 Transform = Callable[[Table], dict]
@@ -192,7 +192,8 @@ MUTANTS: tuple[Mutant, ...] = (
             add_step((AttState.IDLE, AttEvent.JOB), IStep.BLOCK_HELD_FENCE, after=IStep.SEND_MAP),
             add_step((AttState.MAPPING, AttEvent.MAP_OK), IStep.SIGNAL_HELD_FENCE),
             add_step((AttState.MAPPING, AttEvent.MAP_FAILED), IStep.SIGNAL_HELD_FENCE),
-            add_step((AttState.IDLE, AttEvent.LEAVE), IStep.SIGNAL_HELD_FENCE))),
+            add_step((AttState.IDLE, AttEvent.LEAVE), IStep.SIGNAL_HELD_FENCE),
+            add_step((ANY, AttEvent.RESET), IStep.DROP_HELD_FENCE))),
 )
 
 # Compositions that campaigns run beside the single mutants.
