@@ -146,7 +146,6 @@ class DmaEngine:
                               access=s.access, heap=p.heap, offset=offset, size=nbytes, gen=p.gen)
         else:
             rows = self.heaps[p.heap].rows(offset, nbytes)
-            job.last_access_ns = now_ns()
             if s.access == "write":
                 memory.stamp(rows, s.buffer, first, self.writer, s.job)
             else:
@@ -157,6 +156,9 @@ class DmaEngine:
                         job.first_bad = bad
                     elif len(job.samples) < memory.MAX_SAMPLES:
                         job.samples.append({"line": bad.line, "found": list(bad.found)})
+            # When the access ended, not when it began: a chunk preempted half-way through still
+            # touches memory after it resumes, and the checker must see that.
+            job.last_access_ns = now_ns()
             job.bytes += nbytes
         job.index += 1
         if job.index < job.chunks:

@@ -423,7 +423,9 @@ class ImporterService(ServiceShell):
         self._call(lambda: self.engine.dma_done(job, now_ns(), fence))
 
     def _do_signal_fence(self, action: SignalFence) -> None:
-        self.fences.signal(self.engine.slot, action.buffer, action.seq)  # type: ignore[union-attr]
+        if not 0 < action.slot < self.fences.slots:  # type: ignore[union-attr]
+            raise ValueError(f"SignalFence of slot {action.slot}: an importer signals only fences of its own slot")
+        self.fences.signal(action.slot, action.buffer, action.seq)  # type: ignore[union-attr]
         self.log.emit("fence_signal", buffer=action.buffer, usage=action.usage, seq=action.seq, job=action.job)
 
     def _do_wait_kernel_fence(self, action: WaitKernelFence) -> None:

@@ -177,9 +177,11 @@ class WaitKernelFence:
 
 @dataclass(frozen=True, slots=True)
 class SignalFence:
-    """Signal fence `seq` of this importer on `buffer` (one the engine left unsignaled: StartDma
-    with signal "held"), and record its fence_signal (`usage`, `job`)."""
+    """Signal fence `seq` of this importer's `slot` (the slot it published the fence under) on
+    `buffer` (one the engine left unsignaled: StartDma with signal "held"), and record its
+    fence_signal (`usage`, `job`)."""
 
+    slot: int
     buffer: int
     seq: int
     usage: str

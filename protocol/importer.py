@@ -245,7 +245,6 @@ class _Att:
     notified_gen: int = 0    # highest generation announced moving while this job's map was out
     token: str = ""          # the attachment token from the attach reply
     reattaching: bool = False  # attached again after the exporter revoked it
-    pin_job: bool = False    # the current job asked to pin
     pinned: bool = False     # a pin was sent and not unpinned since
     map_id: int = 0          # the last map request sent
     held: tuple[int, str, int] | None = None  # (seq, usage, job) of a fence held unsignaled (a mutant's)
@@ -578,7 +577,6 @@ class Importer:
 
     def _take_job(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         att.job, att.access = ctx["job"], ctx["access"]
-        att.pin_job = bool(ctx.get("pin"))
         att.invalidated = att.reused = False
         att.notified_gen = 0
         self._jobs[att.job] = att.buffer  # type: ignore[index]
@@ -650,7 +648,7 @@ class Importer:
         if att.held is not None:
             seq, usage, job = att.held
             att.held, att.blocked = None, False
-            self._out.append(SignalFence(att.buffer, seq, usage, job))
+            self._out.append(SignalFence(self.slot, att.buffer, seq, usage, job))
 
     def _drop_held_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         if att.held is not None and att.blocked:
@@ -781,7 +779,7 @@ IGUARDS: dict[IGuard, IGuardFn] = {
     IGuard.LEAVING: lambda imp, att, ctx: imp._leaving,
     IGuard.REATTACHING: lambda imp, att, ctx: att.reattaching,
     IGuard.MAY_REATTACH: Importer._g_may_reattach,
-    IGuard.PIN_JOB: lambda imp, att, ctx: att.pin_job,
+    IGuard.PIN_JOB: lambda imp, att, ctx: bool(ctx.get("pin")),
     IGuard.PIN_HELD: lambda imp, att, ctx: att.pinned,
 }
 

@@ -293,7 +293,8 @@ class World:
                     if a.signal == "submit":
                         self.fences.signal(self.slots[svc], a.buffer, job.fence)
             elif isinstance(a, SignalFence):
-                self.fences.signal(self.slots[svc], a.buffer, a.seq)
+                assert a.slot == self.slots[svc], "an importer signals only its own slot's fences"
+                self.fences.signal(a.slot, a.buffer, a.seq)
             elif isinstance(a, WaitKernelFence):
                 self.kernel_waits.append((svc, a))
             elif isinstance(a, JobFinished):
