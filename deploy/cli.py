@@ -34,6 +34,7 @@ EPILOG = examples(
     "dmabuf-emu run scenarios/resv-fence.toml --seed 7 --out runs/rf",
     "dmabuf-emu run scenarios/revalidate-rogue.toml --out runs/rogue",
     "dmabuf-emu up --strategy resv-fence --out runs/live && dmabuf-emu status runs/live && dmabuf-emu down runs/live",
+    "dmabuf-emu sim --strategy move-notify --importers 4 --seed 7 --out runs/sim-mn && dmabuf-emu replay runs/sim-mn --out runs/sim-mn2",
     note="scenarios/*.toml: one scenario per strategy and a few with faults, each saying what it shows "
          "(README \"Scenarios\"). A strategy of your own is a .py file given to --strategy "
          "(docs/writing-a-strategy.md). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
@@ -159,10 +160,15 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
     cm.add_argument("--force", action="store_true", help="replace the runs already in --out")
     cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
+    cm.add_argument("--sim", action="store_true", help="simulate each run (dmabuf-emu sim) instead of running it")
+    cm.add_argument("--versus", type=Path, default=None, metavar="DIR",
+                    help="with --table-only: one table of OUT's runs beside DIR's (real against simulated)")
     options.add_arguments(cm)
 
     from deploy.campaign import add_parser as add_campaign_parser
     add_campaign_parser(sub, Formatter)
+    from deploy.sim_cmd import add_parsers as add_sim_parsers
+    add_sim_parsers(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
                        formatter_class=Formatter,
                        description="Round trips, DMA bandwidth, move latency, scaling, checker speed and "
@@ -344,7 +350,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from deploy.summary import summary_lines
     if not (args.dir / "events").is_dir() and not (args.dir / "history.jsonl").exists():
         raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
-    report = check_run(args.dir, merge=(args.dir / "events").is_dir())
+    from deploy.reporting import read_report, rejudged
+    previous = read_report(args.dir)
+    report = rejudged(args.dir, check_run(args.dir, merge=(args.dir / "events").is_dir()), previous)
     print("\n".join(summary_lines(report, str(args.dir))))
     if args.witness is not None:
         from checker.explain import write_witness_md
@@ -357,15 +365,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from deploy.compare import compare, run_dirs, table, variants
+    from deploy.compare import compare, run_dirs, table, variants, versus
     from deploy.run import run
     if args.table_only:
-        print(table(args.out))
+        print(table(args.out) if args.versus is None else versus(args.out, args.versus))
         return EXIT_OK
     params = options.resolve(args.scenario, vars(args))
     rundir.claim(run_dirs(args.out, extra=params.strategy), force=args.force, say=_say)
 
     def one(p: options.RunParams, out: Path) -> dict:
+        if args.sim:
+            from sim.run import simulate
+            return simulate(p, out).report
         return run(p, out, quiet=True)
 
     def done(label: str, report: dict) -> None:
@@ -403,7 +414,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from deploy.sim_cmd import cmd_sim
+    return cmd_sim(args)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from deploy.sim_cmd import cmd_replay
+    return cmd_replay(args)
+
+
+_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "sim": _cmd_sim, "replay": _cmd_replay, "compare": _cmd_compare, "campaign": _cmd_campaign, "bench": _cmd_bench,
              "up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check,
              "strategies": _cmd_strategies}
 

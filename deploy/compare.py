@@ -95,3 +95,26 @@ def table(out: Path, only: Sequence[str] | None = None) -> str:
             f"| {r.get('moves', {}).get('refused', 0)} | {fmt(lat.get('map'), 'p50')} / {fmt(lat.get('map'), 'p99')} "
             f"| {fmt(lat.get('move'), 'p50')} |")
     return "\n".join(lines)
+
+
+def versus(a: Path, b: Path) -> str:
+    """One line per strategy: A's run beside B's (a real compare and a simulated one)."""
+    head = ("| strategy | races (A / B) | lost_write (A / B) | stale_read (A / B) | corrupted jobs (A / B) "
+            "| moves completed (A / B) | map p50 us (A / B) |")
+    lines = [head, "|" + "---|" * 7]
+    for label, _ in variants():
+        reports = []
+        for d in (a, b):
+            path = d / _dirname(label) / "report.json"
+            reports.append(json.loads(path.read_text()) if path.exists() else None)
+        if None in reports:
+            continue
+
+        def both(get: Callable[[dict[str, Any]], Any]) -> str:
+            return " / ".join("-" if (v := get(r)) is None else (f"{v:.0f}" if isinstance(v, float) else str(v))
+                              for r in reports)  # type: ignore[arg-type]
+        lines.append(f"| {label} | {both(lambda r: r['races']['total'])} | {both(lambda r: r['races']['lost_write'])} "
+                     f"| {both(lambda r: r['races']['stale_read'])} | {both(lambda r: r['corruption']['jobs'])} "
+                     f"| {both(lambda r: r['moves']['completed'])} "
+                     f"| {both(lambda r: (r.get('latency_us', {}).get('map') or {}).get('p50'))} |")
+    return "\n".join(lines)

@@ -149,24 +149,55 @@ def load_scenario(path: Path) -> dict[str, Any]:
     return data
 
 
+def _checked_values(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A scenario's values (options, faults, grants), each checked; errors name `where` and the key."""
+    values: dict[str, Any] = {}
+    try:
+        values["faults"] = tuple(faults.canonical(f, where=f"{where}: [[faults]] #{i + 1}")
+                                 for i, f in enumerate(data.get("faults", [])))
+    except faults.FaultError as exc:
+        raise OptionError(str(exc)) from None
+    if data.get("grants") is not None:
+        values["grants"] = _grants(data["grants"], f"{where}: [grants]")
+    for key, raw in data.items():
+        if key in _BY_KEY and raw is not None:
+            try:
+                values[key] = _BY_KEY[key].check(raw)
+            except OptionError as exc:
+                raise OptionError(f"{where}: key '{key}' {exc}") from None
+    return values
+
+
+def _finished(params: RunParams) -> RunParams:
+    _check_together(params)
+    if params.grants is not None:
+        params = dataclasses.replace(params, grants={
+            name: list(range(params.buffers)) if buffers == "all" else list(buffers)
+            for name, buffers in params.grants.items()})
+    return params
+
+
+def from_mapping(data: Any, where: str) -> RunParams:
+    """RunParams from a dict such as RunParams.as_dict() made (a schedule's options): unknown
+    keys and bad values are OptionErrors naming `where` and the key; None means the default."""
+    if not isinstance(data, dict):
+        raise OptionError(f"{where}: expected a table of options, got {type(data).__name__}")
+    known = set(_BY_KEY) | {"faults", "grants"}
+    for key in data:
+        if key not in known:
+            raise OptionError(f"{where}: unknown key '{key}'")
+    if not isinstance(data.get("faults") or [], list) or not all(isinstance(f, dict) for f in data.get("faults") or []):
+        raise OptionError(f"{where}: 'faults' must be a list of fault tables")
+    if data.get("grants") is not None and not isinstance(data["grants"], dict):
+        raise OptionError(f"{where}: 'grants' must be a table")
+    return _finished(RunParams(**_checked_values(data, where)))
+
+
 def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
     """Defaults, then the scenario's values, then the flags given; each value checked."""
     values: dict[str, Any] = {}
     if scenario is not None:
-        data = load_scenario(scenario)
-        try:
-            values["faults"] = tuple(faults.canonical(f, where=f"{scenario}: [[faults]] #{i + 1}")
-                                     for i, f in enumerate(data.get("faults", [])))
-        except faults.FaultError as exc:
-            raise OptionError(str(exc)) from None
-        if "grants" in data:
-            values["grants"] = _grants(data["grants"], f"{scenario}: [grants]")
-        for key, raw in data.items():
-            if key in _BY_KEY:
-                try:
-                    values[key] = _BY_KEY[key].check(raw)
-                except OptionError as exc:
-                    raise OptionError(f"{scenario}: key '{key}' {exc}") from None
+        values = _checked_values(load_scenario(scenario), str(scenario))
     if flags.get("faults"):
         try:
             values["faults"] = tuple(faults.parse_cli(text) for text in flags["faults"])
@@ -178,13 +209,7 @@ def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
                 values[key] = _BY_KEY[key].check(raw)
             except OptionError as exc:
                 raise OptionError(f"--{key.replace('_', '-')} {exc}") from None
-    params = RunParams(**values)
-    _check_together(params)
-    if params.grants is not None:
-        params = dataclasses.replace(params, grants={
-            name: list(range(params.buffers)) if buffers == "all" else list(buffers)
-            for name, buffers in params.grants.items()})
-    return params
+    return _finished(RunParams(**values))
 
 
 def _grants(table: dict[str, Any], where: str) -> dict[str, list[int]]:

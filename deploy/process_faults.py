@@ -2,8 +2,8 @@
 
 Rules:
 - The schedule is fixed before the workload starts: each process fault of the run's list, if its
-  draw (seeded by the run's seed and the fault's index) says yes, becomes one or two timed steps
-  (kill; stop then continue; kill then start again). `importers` as a target means every importer.
+  draw (stream `process:<index>`, seeded by the run's seed and the fault's index) says yes,
+  becomes one or two timed steps (kill; stop then continue; kill then start again). `importers` as a target means every importer.
 - Each step is a `fault` event in deploy.jsonl when it is applied, and a killed service also gets
   `service_died` with how="killed by fault", so the report can tell injected deaths from crashes.
 - A restarted importer is a new process under the same name with incarnation n + 1: new pid, ids
@@ -14,13 +14,13 @@ Rules:
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from runtime.faults import PROCESS_KINDS, describe
+from runtime.rng import MakeRng, real_rng
 
 
 @dataclass(order=True)
@@ -32,12 +32,13 @@ class Step:
     fault: dict[str, Any] = field(compare=False)
 
 
-def schedule(faults: list[dict[str, Any]], seed: int, importers: int) -> list[Step]:
+def schedule(faults: list[dict[str, Any]], seed: int, importers: int,
+             make_rng: MakeRng = real_rng) -> list[Step]:
     steps: list[Step] = []
     for i, f in enumerate(faults):
         if f["kind"] not in PROCESS_KINDS:
             continue
-        if random.Random(f"{seed}:{i}:deploy").random() >= f["p"]:
+        if not make_rng(f"process:{i}", f"{seed}:{i}:deploy").chance(f["p"]):
             continue
         targets = ([f"importer-{n}" for n in range(1, importers + 1)]
                    if f["target"] == "importers" else [f["target"]])
@@ -55,10 +56,14 @@ def schedule(faults: list[dict[str, Any]], seed: int, importers: int) -> list[St
 
 class ProcessFaults:
     """Applies the steps as their time comes. `pid_of(name)` gives a service's current pid;
-    `restart(name, incarnation)` starts an importer again and returns its new pid."""
+    `restart(name, incarnation)` starts an importer again and returns its new pid; `kill(pid,
+    signal)` delivers a signal (os.kill; the simulator's stops, resumes or ends a simulated
+    process), raising ProcessLookupError for a process that is gone."""
 
     def __init__(self, steps: list[Step], emit: Callable[..., None], pid_of: Callable[[str], int | None],
-                 restart: Callable[[str, int], int], say: Callable[[str], None]) -> None:
+                 restart: Callable[[str, int], int], say: Callable[[str], None],
+                 kill: Callable[[int, int], None] = os.kill) -> None:
+        self.kill = kill
         self.steps = list(steps)
         self.emit = emit
         self.pid_of = pid_of
@@ -98,7 +103,7 @@ class ProcessFaults:
             return
         sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}[step.action]
         try:
-            os.kill(pid, sig)
+            self.kill(pid, sig)
         except ProcessLookupError:
             self.emit("fault", step=step.action, skipped="already gone", pid=pid, **common)
             return
@@ -121,7 +126,7 @@ class ProcessFaults:
             pid = self.pid_of(name)
             if pid is not None:
                 try:
-                    os.kill(pid, signal.SIGCONT)
+                    self.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
             self.stopped.discard(name)

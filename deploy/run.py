@@ -169,6 +169,7 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
     `interrupted`); then Interrupted is raised again, its `detail` saying all that in one line.
     The services watch this process (runtime/watchdog.py), so they go even if it is SIGKILLed."""
     from checker import check_run  # the judge; imported here so that up/down work without it
+    from deploy.reporting import finish_report
 
     progress = Progress(stream, quiet)
     out = out.resolve()
@@ -211,7 +212,7 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
     if stop is None:
         progress.line("judging the history ...")
         with shielded():
-            result = check_run(out)
+            result = finish_report(out, check_run(out), "real")
         if (late := pending()) is not None:
             late.detail = (f"run: {late.signal} while judging; the run was complete and its report is "
                            f"written: {out / 'report.md'}")
@@ -224,6 +225,7 @@ def _interrupted_run(stop: Interrupted, out: Path, deployment: Deployment | None
                      progress: Progress) -> Interrupted:
     """Judge what an interrupted run left (when it left anything) and say it in one line."""
     from checker import check_run
+    from deploy.reporting import finish_report
     from runtime import shm
 
     if not stop.logged and (out / "events").is_dir():  # up was interrupted, after some service started
@@ -243,7 +245,7 @@ def _interrupted_run(stop: Interrupted, out: Path, deployment: Deployment | None
     cleanup = "services stopped, segments removed" if not left else f"STILL PRESENT: {', '.join(left)}"
     progress.line("judging the history ...")
     with shielded():
-        check_run(out)
+        finish_report(out, check_run(out), "real")
     stop.detail = (f"run interrupted by {stop.signal} after {seconds:.1f} s: {cleanup}; "
                    f"report (marked interrupted): {out / 'report.md'}")
     return stop

@@ -13,6 +13,10 @@ credentials file (mode 0600) that dmabuf-emu wrote; run by hand without one, the
 secret and writes DIR/secrets/exporter.json itself. A tcp endpoint beyond loopback is refused
 unless the credentials carry CURVE keys; with them the rpc socket is a CURVE server whose ZAP
 handler, served from this loop, admits only the importers' keys.
+
+Seams (runtime/env.py): the loop, the sockets, the segments, the event sink and the random
+numbers come from the ServiceEnv, and the secret may be handed in (`credentials`), so that the
+simulator runs this very class. The copy engine runs on the loop's `copy` lane.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from protocol.exporter import Exporter, ExporterConfig, HeapConfig
 from protocol.heap import LINE
 from protocol.params import default_s
 from protocol.strategies import resolve as resolve_strategy
-from runtime import memory, security, shm, transport
+from runtime import memory, security, shm
+from runtime.env import ServiceEnv
 from runtime.fences import FenceTable, table_bytes
 from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
-from runtime.service import ServiceShell, now_ns
+from runtime.service import ServiceShell
 from runtime.timers import HalfTimers
 
 COPY_CHUNK = 256 * 1024      # bytes copied per loop turn: messages are served between chunks
@@ -99,10 +104,14 @@ class _Copy:
 
 
 class ExporterService(ServiceShell):
-    def __init__(self, args: ExporterArgs) -> None:
+    def __init__(self, args: ExporterArgs, env: ServiceEnv | None = None,
+                 credentials: tuple[bytes, dict[str, Any] | None] | None = None) -> None:
+        """`credentials`: (secret, CURVE keys or None) when the caller has them; otherwise they are
+        read from args.credentials (load_credentials)."""
         strategy = resolve_strategy(args.strategy)  # a broken strategy stops us before anything exists
-        secret, curve = load_credentials(args)
-        super().__init__("exporter", args.out, args.control, launcher=args.launcher, watch_every_s=args.lease_s)
+        secret, curve = credentials if credentials is not None else load_credentials(args)
+        super().__init__("exporter", args.out, args.control, env, launcher=args.launcher,
+                         watch_every_s=args.lease_s)
         self.args = args
         self.segments: dict[str, Any] = {}
         self.views: dict[str, memory.HeapView] = {}
@@ -110,10 +119,10 @@ class ExporterService(ServiceShell):
         try:
             for heap, size in (("vram", args.vram_size), ("sys", args.sys_size)):
                 name = shm.segment_name(args.run_id, heap)
-                self.segments[heap] = seg = shm.create(name, size)
+                self.segments[heap] = seg = self.env.memory.create(name, size)
                 self.views[heap] = memory.HeapView(heap, seg.buf, size)
             fname = shm.segment_name(args.run_id, "fences")
-            self.segments["fences"] = fseg = shm.create(fname, table_bytes(slots, args.buffers))
+            self.segments["fences"] = fseg = self.env.memory.create(fname, table_bytes(slots, args.buffers))
             self.fences = FenceTable(fseg.buf, slots, args.buffers)
         except BaseException:
             self.cleanup()
@@ -131,17 +140,18 @@ class ExporterService(ServiceShell):
         self.mutant = getattr(strategy, "MUTANT", None)   # the rule a mutant breaks, for the checker to quote
         if curve is not None:
             # The ZAP handler first: libzmq asks it about every CURVE handshake on the rpc socket.
-            self.zap = security.ZapHandler(self.ctx, list(curve.get("clients", [])),
+            ctx = self.transport.ctx  # type: ignore[attr-defined]  (CURVE: real sockets only)
+            self.zap = security.ZapHandler(ctx, list(curve.get("clients", [])),
                                            lambda **f: self.log.emit("curve_auth", **f))
             self.loop.add_reader(self.zap.sock, self.zap.handle)
-        self.rpc, self.rpc_endpoint = transport.router(
-            self.ctx, args.endpoint, handover=True,
+        self.rpc, self.rpc_endpoint = self.transport.router(
+            args.endpoint, handover=True,
             secure=security.curve_server(curve) if curve is not None else None)
         self.replies = ReplyCache()
         self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_s,
                                        max_backoff_s=args.lease_s / 2, give_up_s=2 * args.lease_s)
         self.msgfaults = MessageFaults(self.loop, self.log, "exporter", list(args.faults), args.seed,
-                                       self._raw_send)
+                                       self._raw_send, self.env.make_rng)
         self.loop.add_reader(self.rpc, self._on_rpc)
         self.handlers.update({
             Send: self._do_send, StampBuffer: self._do_stamp, CopyBuffer: self._do_copy,
@@ -157,6 +167,11 @@ class ExporterService(ServiceShell):
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        self.begin()
+        return self.serve()
+
+    def begin(self) -> None:
+        """Boot: stamp the buffers, start the half's timers, say where we listen."""
         self.log.emit("service_start", run_id=self.args.run_id, strategy=self.engine.spec.strategy,
                       **({"strategy_source": self.args.strategy} if self.args.strategy != self.engine.spec.strategy else {}),
                       **({"mutant": self.mutant} if self.mutant else {}),
@@ -167,11 +182,10 @@ class ExporterService(ServiceShell):
                       limits={"attachments": self.engine.config.max_attachments,
                               "mappings": self.engine.config.max_mappings,
                               "in_flight": self.engine.config.max_in_flight})
-        self.perform(self.engine.boot(now_ns()))
+        self.perform(self.engine.boot(self.loop.now_ns()))
         self.state = "ready"
         self.publish_endpoints(rpc=self.rpc_endpoint,
                                shm=[seg.name for seg in self.segments.values()])
-        return self.serve()
 
     def cleanup(self) -> None:
         for view in self.views.values():
@@ -205,7 +219,7 @@ class ExporterService(ServiceShell):
             self._pressure = None
         self.state = "stopping"
         self.defer_control("stop", peer, msg)
-        self.perform(self.engine.cancel_queued_moves(now_ns()))
+        self.perform(self.engine.cancel_queued_moves(self.loop.now_ns()))
 
     def on_shutdown(self, peer: bytes, msg: wire.Message) -> None:
         self._control_reply(peer, wire.ok_reply(msg))
@@ -229,7 +243,7 @@ class ExporterService(ServiceShell):
         """A timer of the half. Read first: what the importers sent while we were busy (or
         paused) counts (renews their leases, answers the notification) before the half judges."""
         self._on_rpc(drain=True)
-        self._guarded("timer", lambda: self.engine.timer_fired(key, now_ns()))
+        self._guarded("timer", lambda: self.engine.timer_fired(key, self.loop.now_ns()))
 
     def _schedule_pressure(self) -> None:
         def tick() -> None:
@@ -237,7 +251,7 @@ class ExporterService(ServiceShell):
             if self._stopping:
                 return
             self._schedule_pressure()
-            self._guarded("pressure", lambda: self.engine.pressure_tick(now_ns()))
+            self._guarded("pressure", lambda: self.engine.pressure_tick(self.loop.now_ns()))
         self._pressure = self.loop.call_later(1.0 / self.args.move_rate, tick)
 
     def _guarded(self, where: str, call: Any) -> None:
@@ -252,12 +266,8 @@ class ExporterService(ServiceShell):
 
     def _on_rpc(self, drain: bool = False) -> None:
         for _ in range(1 << 20 if drain else 256):  # bounded, so timers and copies get their turn
-            # Ask before reading: an empty socket's zmq.Again costs more than the question.
-            if not self.rpc.getsockopt(transport.EVENTS) & transport.POLLIN:
-                return
-            try:
-                frames = self.rpc.recv_multipart(transport.NOBLOCK)
-            except zmq.Again:
+            frames = self.rpc.recv()
+            if frames is None:
                 return
             self._on_frames(frames)
 
@@ -272,7 +282,7 @@ class ExporterService(ServiceShell):
         except wire.ProtocolError as err:
             self._refuse(peer, err)
             return
-        now = now_ns()
+        now = self.loop.now_ns()
         if msg.REPLY:
             if self.outstanding.answered(peer, msg.id) is None:
                 self.log.emit("dedup", op=getattr(msg, "op", msg.OP), id=msg.id, peer=self._peer_label(peer), what="reply")
@@ -311,9 +321,7 @@ class ExporterService(ServiceShell):
 
     def _raw_send(self, peer: bytes, frame: bytes) -> None:
         try:
-            # Two sends with int flags: send_multipart's enum arithmetic was a third of this path.
-            self.rpc.send(peer, transport.NOBLOCK_SNDMORE)
-            self.rpc.send(frame, transport.NOBLOCK)
+            self.rpc.send(peer, frame)
         except zmq.ZMQError as exc:
             self.log.emit("send_failed", peer=self._peer_label(peer), error=str(exc))
 
@@ -350,7 +358,7 @@ class ExporterService(ServiceShell):
         job = _Copy(action)
         self.log.emit("copy_begin", buffer=action.buffer, move=action.move,
                       from_gen=action.src.gen, to_gen=action.dst.gen)
-        self.loop.call_soon(lambda: self._copy_step(job))
+        self.loop.lane("copy").call_soon(lambda: self._copy_step(job))
 
     def _copy_step(self, job: _Copy) -> None:
         a = job.action
@@ -360,11 +368,11 @@ class ExporterService(ServiceShell):
         memory.copy(dst, src)
         job.done += n
         if job.done < a.src.size:
-            self.loop.call_soon(lambda: self._copy_step(job))
+            self.loop.lane("copy").call_soon(lambda: self._copy_step(job))
             return
         self.log.emit("copy_end", buffer=a.buffer, move=a.move, from_gen=a.src.gen,
                       to_gen=a.dst.gen, bytes=job.done)
-        self._guarded("copy_done", lambda: self.engine.copy_done(a.move, now_ns()))
+        self._guarded("copy_done", lambda: self.engine.copy_done(a.move, self.loop.now_ns()))
 
     def _do_wait_fences(self, action: WaitFences) -> None:
         """Poll the fences published on the buffer so far; report the unsignaled slots at first
@@ -385,10 +393,10 @@ class ExporterService(ServiceShell):
             if reported[0] is None:  # the first report says what the wait waits for
                 reported[0] = slots
                 fences = {s: first[s] for s in slots}
-                self._guarded("fences", lambda: self.engine.fences_snapshot(action.move, fences, now_ns()))
+                self._guarded("fences", lambda: self.engine.fences_snapshot(action.move, fences, self.loop.now_ns()))
             elif slots != reported[0]:
                 reported[0] = slots
-                self._guarded("fences", lambda: self.engine.fences_pending(action.move, slots, now_ns()))
+                self._guarded("fences", lambda: self.engine.fences_pending(action.move, slots, self.loop.now_ns()))
             if slots and self._fence_watch.get(action.move) is watch:
                 snapshot.clear()
                 snapshot.update(pending)

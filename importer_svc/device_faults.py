@@ -2,8 +2,8 @@
 
 Rules:
 - A fault acts while the workload clock is inside [at, at + for); before `start` nothing is faulted.
-- Each fault draws from its own generator, seeded by the run's seed, the fault's index in the run's
-  list and the importer's name (the same seed gives the same decisions for the same sequence of
+- Each fault draws from its own generator (stream `device:<index>:<importer>`), seeded by the
+  run's seed, the fault's index in the run's list and the importer's name (the same seed gives the same decisions for the same sequence of
   jobs and notifications). `p` is the chance per job (rogue, slow-dma) or per move_notify
   (early-ack, ignore-notify).
 - This file only decides; importer_svc/service.py acts and records each application as a `fault`
@@ -13,15 +13,15 @@ Rules:
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from runtime.faults import DEVICE_KINDS, applies_to
+from runtime.rng import MakeRng, real_rng
 
 
 class DeviceFaults:
-    def __init__(self, svc: str, faults: list[dict[str, Any]], seed: int) -> None:
-        self._faults = [(f, random.Random(f"{seed}:{i}:{svc}:device")) for i, f in enumerate(faults)
+    def __init__(self, svc: str, faults: list[dict[str, Any]], seed: int, make_rng: MakeRng = real_rng) -> None:
+        self._faults = [(f, make_rng(f"device:{i}:{svc}", f"{seed}:{i}:{svc}:device")) for i, f in enumerate(faults)
                         if f["kind"] in DEVICE_KINDS and applies_to(f, svc)]
         self.t0: int | None = None
 
@@ -42,6 +42,6 @@ class DeviceFaults:
                 continue
             if t < f["at"] or (f["for"] is not None and t >= f["at"] + f["for"]):
                 continue
-            if rng.random() < f["p"]:
+            if rng.chance(f["p"]):
                 return f
         return None

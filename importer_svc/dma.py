@@ -1,5 +1,6 @@
-"""The device's DMA engine: runs a job as chunks spread over real time, every chunk through the
-IOMMU, writes stamping lines and reads verifying them.
+"""The device's DMA engine: runs a job as chunks spread over time, every chunk through the
+IOMMU, writes stamping lines and reads verifying them. Its loop is the importer's `dma` lane
+(runtime/loop.py): the same loop in a real process, an actor of its own in the simulator.
 
 A job of duration D over a buffer is cut into about D / chunk_ms chunks; chunk i runs at
 start + i * D / n, so a job really overlaps with what the exporter and other devices do in the
@@ -31,8 +32,7 @@ from protocol.heap import LINE
 from runtime import memory
 from runtime.eventlog import EventLog
 from runtime.fences import FenceTable
-from runtime.loop import Loop
-from runtime.service import now_ns
+from runtime.loop import LoopLike
 
 from importer_svc.iommu import IommuTable
 
@@ -57,7 +57,7 @@ class _Job:
 
 
 class DmaEngine:
-    def __init__(self, loop: Loop, log: EventLog, iommu: IommuTable, writer: int,
+    def __init__(self, loop: LoopLike, log: EventLog, iommu: IommuTable, writer: int,
                  on_done: Callable[[int, int], None], chunk_ms: float = 1.0,
                  gate: Callable[[], bool] = lambda: True) -> None:
         self.loop = loop
@@ -97,7 +97,7 @@ class DmaEngine:
         self._jobs[start.job] = job
         if start.fenced:
             job.fence_seq = self.fences.emit(self.slot, start.buffer, usage_for_access(start.access))  # type: ignore[union-attr]
-        job.t0 = now_ns()
+        job.t0 = self.loop.now_ns()
         self.log.emit("dma_begin", job=start.job, buffer=start.buffer, attachment=start.attachment,
                       access=start.access, heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,
                       fence=job.fence_seq or None, **({"rogue": True} if rogue else {}))
@@ -158,7 +158,7 @@ class DmaEngine:
                         job.samples.append({"line": bad.line, "found": list(bad.found)})
             # When the access ended, not when it began: a chunk preempted half-way through still
             # touches memory after it resumes, and the checker must see that.
-            job.last_access_ns = now_ns()
+            job.last_access_ns = self.loop.now_ns()
             job.bytes += nbytes
         job.index += 1
         if job.index < job.chunks:

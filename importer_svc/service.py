@@ -16,12 +16,15 @@ Capabilities come from the credentials file dmabuf-emu wrote for this importer (
 runtime/security.py): its join token, the export tokens of the buffers it was granted, and, on a
 CURVE run, its client keys. Without one it can join nothing. It refuses to send its tokens to a
 tcp endpoint beyond loopback without CURVE.
+
+Seams (runtime/env.py): the loop, the socket, the segments, the event sink, the pid and the random
+numbers come from the ServiceEnv, and the tokens may be handed in (`credentials`), so that the
+simulator runs this very class. The DMA engine runs on the loop's `dma` lane.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,12 @@ from protocol.importer import Importer, ImporterFatal
 from protocol.params import default
 from protocol.strategies import resolve as resolve_strategy
 from protocol.machine import TransitionError
-from runtime import memory, security, shm, transport
+from runtime import memory, security
+from runtime.env import ServiceEnv
 from runtime.fences import KERNEL_SLOT, FenceTable
 from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
-from runtime.service import ServiceShell, now_ns
+from runtime.service import ServiceShell
 from runtime.timers import HalfTimers
 
 from importer_svc.device_faults import DeviceFaults
@@ -96,31 +100,34 @@ def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str,
 
 
 class ImporterService(ServiceShell):
-    def __init__(self, args: ImporterArgs) -> None:
+    def __init__(self, args: ImporterArgs, env: ServiceEnv | None = None,
+                 credentials: tuple[str, dict[int, str], dict[str, Any] | None] | None = None) -> None:
+        """`credentials`: (join token, buffer -> export token, CURVE keys or None) when the caller
+        has them; otherwise they are read from args.credentials (load_credentials)."""
         strategy = resolve_strategy(args.strategy)  # a broken strategy stops us before anything exists
-        join, exports, curve = load_credentials(args)
-        super().__init__(args.name, args.out, args.control, launcher=args.launcher,
+        join, exports, curve = credentials if credentials is not None else load_credentials(args)
+        super().__init__(args.name, args.out, args.control, env, launcher=args.launcher,
                          watch_every_s=args.lease_ms / 1000)
         self.args = args
         self.id_base = args.incarnation << INCARNATION_ID_SHIFT
         self.lease_s = args.lease_ms / 1000
-        self.engine = Importer(strategy.IMPORTER, args.name, os.getpid(),
+        self.engine = Importer(strategy.IMPORTER, args.name, self.env.pid,
                                first_id=self.id_base + 1, join_token=join, export_tokens=exports,
                                lease_s=self.lease_s, heartbeat_first_id=self.id_base + HEARTBEAT_IDS + 1)
-        self.dealer = transport.dealer(self.ctx, args.exporter, identity=args.name.encode(),
+        self.dealer = self.transport.dealer(args.exporter, identity=args.name.encode(),
                                        secure=security.curve_client(curve) if curve is not None else None)
         self.loop.add_reader(self.dealer, self._on_dealer)
         self.iommu = IommuTable()
-        self.dma = DmaEngine(self.loop, self.log, self.iommu, args.index, self._dma_done, args.chunk_ms,
+        self.dma = DmaEngine(self.loop.lane("dma"), self.log, self.iommu, args.index, self._dma_done, args.chunk_ms,
                              gate=self._may_access)
         job_base = args.incarnation << 24
-        self.workload = Workload(args.workload, args.seed, args.index, job_base)
+        self.workload = Workload(args.workload, args.seed, args.index, job_base, self.env.make_rng)
         self.outstanding = Outstanding(self.loop, self._resend, self._on_retry, args.retry_ms / 1000,
                                        max_backoff_s=self.lease_s / 2, window=REQUEST_WINDOW)
         self.replies = ReplyCache()
         self.msgfaults = MessageFaults(self.loop, self.log, args.name, list(args.faults), args.seed,
-                                       self._raw_send)
-        self.device_faults = DeviceFaults(args.name, list(args.faults), args.seed)
+                                       self._raw_send, self.env.make_rng)
+        self.device_faults = DeviceFaults(args.name, list(args.faults), args.seed, self.env.make_rng)
         self._forged_id = self.id_base + FORGED_IDS
         self._next_rogue = job_base + ROGUE_JOBS
         self._starts: dict[int, StartDma] = {}         # running driver jobs
@@ -147,11 +154,15 @@ class ImporterService(ServiceShell):
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        self.begin()
+        return self.serve()
+
+    def begin(self) -> None:
+        """Say hello to the exporter (the half starts its heartbeat timer)."""
         self.log.emit("service_start", index=self.args.index, strategy=self.engine.spec.strategy,
                       endpoint=self.args.exporter, granted=sorted(self.engine.export_tokens))
         self.publish_endpoints()
-        self._call(lambda: self.engine.start(now_ns()))
-        return self.serve()
+        self._call(lambda: self.engine.start(self.loop.now_ns()))
 
     def cleanup(self) -> None:
         if self.dma.running:  # rogue DMA still going (or a job cut short): on record, then stopped
@@ -177,7 +188,7 @@ class ImporterService(ServiceShell):
         self.workload.running = True
         self.state = "running"
         self.msgfaults.start_clock()
-        self.device_faults.start_clock(now_ns())
+        self.device_faults.start_clock(self.loop.now_ns())
         self._control_reply(peer, wire.ok_reply(msg))
         self._refill()
 
@@ -198,7 +209,7 @@ class ImporterService(ServiceShell):
             self.answer_deferred("shutdown")
             self.finish("shutdown before joining")
             return
-        self._call(lambda: self.engine.shutdown(now_ns()))
+        self._call(lambda: self.engine.shutdown(self.loop.now_ns()))
 
     def after_actions(self) -> None:
         if self.has_deferred("stop") and self.engine.busy_jobs == 0:
@@ -211,7 +222,7 @@ class ImporterService(ServiceShell):
             actions = call()
         except ImporterFatal as exc:
             self.log.emit("fatal", error=str(exc))
-            print(f"{self.svc}: {exc}", flush=True)
+            self.env.say(f"{self.svc}: {exc}")
             self.finish(str(exc), exit_code=3)
             return
         except Exception as exc:
@@ -223,12 +234,8 @@ class ImporterService(ServiceShell):
 
     def _on_dealer(self) -> None:
         for _ in range(256):
-            # Ask before reading: an empty socket's zmq.Again costs more than the question.
-            if not self.dealer.getsockopt(transport.EVENTS) & transport.POLLIN:
-                return
-            try:
-                frames = self.dealer.recv_multipart(transport.NOBLOCK)
-            except zmq.Again:
+            frames = self.dealer.recv()
+            if frames is None:
                 return
             if len(frames) != 1:
                 self.log.emit("bad_message_from_exporter", reason=f"{len(frames)} frames")
@@ -238,7 +245,7 @@ class ImporterService(ServiceShell):
             except wire.ProtocolError as err:
                 self.log.emit("bad_message_from_exporter", code=err.code, reason=err.message)
                 continue
-            now = now_ns()
+            now = self.loop.now_ns()
             if msg.REPLY:
                 self._on_reply(msg, now)
             else:
@@ -312,13 +319,13 @@ class ImporterService(ServiceShell):
 
     def _raw_send(self, peer: bytes, frame: bytes) -> None:
         try:
-            self.dealer.send(frame, transport.NOBLOCK)
+            self.dealer.send(b"", frame)
         except zmq.ZMQError as exc:
             self.log.emit("send_failed", error=str(exc))
 
     def _resend(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
         """Every transmission of a request, first or retry (the lease counts from the first)."""
-        self.engine.sent(msg_id, now_ns())
+        self.engine.sent(msg_id, self.loop.now_ns())
         self.msgfaults.submit(peer, frame, op, msg_id)
 
     def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:
@@ -333,11 +340,11 @@ class ImporterService(ServiceShell):
         """A timer of the half (the heartbeat). Read first: answers that came in while we were
         away count before the half judges the lease."""
         self._on_dealer()
-        self._call(lambda: self.engine.timer_fired(key, now_ns()))
+        self._call(lambda: self.engine.timer_fired(key, self.loop.now_ns()))
 
     def _may_access(self) -> bool:
         """The DMA engine asks before every chunk; the half knows whether the lease still holds."""
-        now = now_ns()
+        now = self.loop.now_ns()
         if self.engine.may_access(now):
             return True
         self._call(lambda: self.engine.lease_expired(now))
@@ -352,8 +359,8 @@ class ImporterService(ServiceShell):
     def _do_exporter_lost(self, action: ExporterLost) -> None:
         aborted = self.dma.abort_all("exporter lost")
         self.log.emit("exporter_lost", silent_ns=action.silent_ns, jobs_aborted=aborted)
-        print(f"{self.svc}: the exporter has not answered for {action.silent_ns / 1e6:.0f} ms (lease "
-              f"{action.lease_s * 1000:.0f} ms): all DMA stopped, exiting", flush=True)
+        self.env.say(f"{self.svc}: the exporter has not answered for {action.silent_ns / 1e6:.0f} ms (lease "
+                     f"{action.lease_s * 1000:.0f} ms): all DMA stopped, exiting")
         self.outstanding.cancel()
         self.finish("exporter lost", exit_code=EXIT_EXPORTER_LOST)
 
@@ -363,7 +370,7 @@ class ImporterService(ServiceShell):
         """The rogue device fault: keep doing DMA on the mapping for `ms` after unmap or ack."""
         if start is None or not self.device_faults:
             return
-        f = self.device_faults.fires("rogue", now_ns())
+        f = self.device_faults.fires("rogue", self.loop.now_ns())
         if f is None:
             return
         self._next_rogue += 1
@@ -383,9 +390,9 @@ class ImporterService(ServiceShell):
     def _do_joined(self, action: Joined) -> None:
         if not self.segments:  # a rejoin keeps the segments it has
             for heap, name, size in action.heaps:
-                self.segments[heap] = seg = shm.attach(name)
+                self.segments[heap] = seg = self.env.memory.attach(name)
                 self.views[heap] = memory.HeapView(heap, seg.buf, size)
-            self.segments["fences"] = fseg = shm.attach(action.fences_shm)
+            self.segments["fences"] = fseg = self.env.memory.attach(action.fences_shm)
             self.fences = FenceTable(fseg.buf, action.fence_slots, len(action.buffers))
         self.dma.attach_memory(self.views, self.fences, action.slot)  # type: ignore[arg-type]
         self.log.emit("joined", slot=action.slot, heaps=[h for h, _, _ in action.heaps],
@@ -412,7 +419,7 @@ class ImporterService(ServiceShell):
 
     def _do_start_dma(self, action: StartDma) -> None:
         duration = self._durations.pop(action.job, self.args.workload.dma_ms / 1000)
-        if self.device_faults and (f := self.device_faults.fires("slow-dma", now_ns())) is not None:
+        if self.device_faults and (f := self.device_faults.fires("slow-dma", self.loop.now_ns())) is not None:
             duration *= f["factor"]
             self.log.emit("fault", kind="slow-dma", target=self.svc, job=action.job, factor=f["factor"])
         self._starts[action.job] = self._last_start[action.buffer] = action
@@ -420,7 +427,7 @@ class ImporterService(ServiceShell):
         self._iovas[action.job] = self.dma.iova_of_job(action.job)
 
     def _dma_done(self, job: int, fence: int) -> None:
-        self._call(lambda: self.engine.dma_done(job, now_ns(), fence))
+        self._call(lambda: self.engine.dma_done(job, self.loop.now_ns(), fence))
 
     def _do_signal_fence(self, action: SignalFence) -> None:
         if not 0 < action.slot < self.fences.slots:  # type: ignore[union-attr]
@@ -429,12 +436,12 @@ class ImporterService(ServiceShell):
         self.log.emit("fence_signal", buffer=action.buffer, usage=action.usage, seq=action.seq, job=action.job)
 
     def _do_wait_kernel_fence(self, action: WaitKernelFence) -> None:
-        began = now_ns()
+        began = self.loop.now_ns()
 
         def poll() -> None:
             if self.fences.is_signaled(KERNEL_SLOT, action.buffer, action.seq):  # type: ignore[union-attr]
-                self.log.emit("kernel_fence_wait", buffer=action.buffer, seq=action.seq, waited_ns=now_ns() - began)
-                self._call(lambda: self.engine.kernel_fence_signaled(action.attachment, now_ns()))
+                self.log.emit("kernel_fence_wait", buffer=action.buffer, seq=action.seq, waited_ns=self.loop.now_ns() - began)
+                self._call(lambda: self.engine.kernel_fence_signaled(action.attachment, self.loop.now_ns()))
             else:
                 self.loop.call_later(KERNEL_FENCE_POLL_S, poll)
 
@@ -463,7 +470,7 @@ class ImporterService(ServiceShell):
                 return
             self._durations[spec.job] = spec.duration_s
             try:
-                actions = self.engine.job(spec.job, spec.buffer, spec.access, now_ns(), spec.pin)
+                actions = self.engine.job(spec.job, spec.buffer, spec.access, self.loop.now_ns(), spec.pin)
             except TransitionError as exc:
                 self.internal_error("job", exc)
                 return

@@ -1,16 +1,17 @@
 """What the device is asked to do: which buffer, read or write, how long, how often.
 
-All randomness of an importer lives here, drawn from one generator seeded by the run's seed and
-the importer's index, so the same seed asks for the same jobs (their timing still depends on the
-machine).
+All randomness of an importer lives here, drawn from one generator (stream
+`workload:<index>:<job base>`) seeded by the run's seed and the importer's index, so the same
+seed asks for the same jobs (their timing still depends on the machine; in the simulator every
+draw is a decision of the scheduler: runtime/rng.py).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from protocol.params import default
+from runtime.rng import MakeRng, real_rng
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,11 @@ class JobSpec:
 
 
 class Workload:
-    def __init__(self, config: WorkloadConfig, seed: int, index: int, job_base: int = 0) -> None:
+    def __init__(self, config: WorkloadConfig, seed: int, index: int, job_base: int = 0,
+                 make_rng: MakeRng = real_rng) -> None:
         self.config = config
         # A restarted importer (job_base > 0) draws a new sequence: it is a new device run.
-        self.rng = random.Random(f"{seed}:{index}" + (f":{job_base}" if job_base else ""))
+        self.rng = make_rng(f"workload:{index}:{job_base}", f"{seed}:{index}" + (f":{job_base}" if job_base else ""))
         self._next_job = job_base + 1
         self.running = False
 
@@ -43,7 +45,7 @@ class Workload:
         if not idle_buffers:
             return None
         buffer = self.rng.choice(sorted(idle_buffers))
-        access = "write" if self.rng.random() < self.config.write_ratio else "read"
+        access = "write" if self.rng.chance(self.config.write_ratio) else "read"
         duration = self.config.dma_ms * self.rng.uniform(0.5, 1.5) / 1000
         # Drawn only when asked for, so that a workload without pins draws what it always drew.
         pin = self.config.pin_ratio > 0 and self.rng.random() < self.config.pin_ratio

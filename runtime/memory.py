@@ -59,6 +59,7 @@ def _line_indices(n: int) -> np.ndarray:
 # ran at about 0.35x memcpy (deploy/bench). Services are single-threaded, so one scratch block
 # per process is enough.
 BLOCK = 2048                                   # lines: 128 KiB
+SMALL = 1024                                   # lines: 64 KiB, a DMA chunk of a 256 KiB buffer is ~43
 _scratch = np.empty((BLOCK, WORDS // 2), dtype="<u8")
 _shifted = np.arange(BLOCK, dtype="<u8") << np.uint64(32)   # line index i in word 0's high half
 _U32 = 0xFFFFFFFF
@@ -83,10 +84,17 @@ def stamp(rows: np.ndarray, buffer: int, first_line: int, writer: int, seq: int)
     out = rows.view("<u8")
     seq &= _U32
     pair = seq | (seq << 32)
+    head = (buffer & _U32) | (first_line << 32)
+    if n <= SMALL:
+        # A chunk this small stays in the cache whatever the order: three column writes cost
+        # less than building it in the scratch block first (numpy's per-call overhead dominates).
+        np.add(_shifted_indices(n), np.uint64(head), out=out[:, 0])
+        out[:, 1] = (writer & _U32) | (seq << 32)
+        out[:, 2:] = pair
+        return
     m0 = min(BLOCK, n)
     _scratch[:m0, 1] = (writer & _U32) | (seq << 32)
     _scratch[:m0, 2:] = pair
-    head = (buffer & _U32) | (first_line << 32)
     for s in range(0, n, BLOCK):
         m = min(BLOCK, n - s)
         np.add(_shifted[:m], np.uint64(head + (s << 32)), out=_scratch[:m, 0])
@@ -100,10 +108,10 @@ def verify(rows: np.ndarray, buffer: int, first_line: int) -> Corruption | None:
     # and what we report as found must be the same bytes.
     if rows.flags.c_contiguous:
         snap = np.array(rows.view("<u8")[:, :2], copy=True)   # words 0..3 of every line
-        expected = _shifted_indices(n) + np.uint64((buffer & _U32) | (first_line << 32))
-        bad = np.flatnonzero(snap[:, 0] != expected)
-        if bad.size == 0:
+        ne = snap[:, 0] != _shifted_indices(n) + np.uint64((buffer & _U32) | (first_line << 32))
+        if not ne.any():
             return None
+        bad = np.flatnonzero(ne)
         head = snap.view("<u4")
     else:
         head = np.array(rows[:, :4], copy=True)
@@ -127,5 +135,15 @@ def census(rows: np.ndarray, first_line: int = 0) -> tuple[list[list[int]], int]
     how many lines carry a line index other than their position (misplaced)."""
     head = np.array(rows[:, :4], copy=True)
     misplaced = int(np.count_nonzero(head[:, 1] != _line_indices(head.shape[0]) + np.uint32(first_line)))
-    keys, counts = np.unique(head[:, [0, 2, 3]], axis=0, return_counts=True)
-    return [[int(k[0]), int(k[1]), int(k[2]), int(c)] for k, c in zip(keys, counts)], misplaced
+    if head.shape[0] == 0:
+        return [], misplaced
+    # Runs of equal stamps (a write covers consecutive lines), then the runs tallied: a few dozen
+    # runs per buffer where np.unique(axis=0) sorted every line (10 ms per 256 KiB buffer).
+    keys = head[:, [0, 2, 3]]
+    starts = np.concatenate(([0], np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1))
+    lengths = np.diff(np.append(starts, keys.shape[0]))
+    tally: dict[tuple[int, int, int], int] = {}
+    for k, c in zip(keys[starts].tolist(), lengths.tolist()):
+        key = (k[0], k[1], k[2])
+        tally[key] = tally.get(key, 0) + c
+    return [[*k, c] for k, c in sorted(tally.items())], misplaced

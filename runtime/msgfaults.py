@@ -4,9 +4,10 @@ Rules:
 - A fault acts on the messages this service sends, requests and replies alike, of its `op` if one
   is named, while the workload clock is inside [at, at + for). Before `start` nothing is faulted:
   joining and attaching always work.
-- Each fault draws from its own generator, seeded by the run's seed, the fault's index in the
-  run's list and the service's name: the same seed gives the same decisions for the same
-  sequence of messages.
+- Each fault draws from its own generator (stream `msgfault:<index>:<service>`), seeded by the
+  run's seed, the fault's index in the run's list and the service's name: the same seed gives
+  the same decisions for the same sequence of messages (runtime/rng.py; in the simulator each
+  draw is a decision of its scheduler).
 - Several faults may hit one message; they apply in list order (a delayed message may then be
   duplicated on release, and so on). Every application is a `fault` event.
 - reorder holds a message until the next one is sent, then sends that one first. A held message
@@ -15,13 +16,12 @@ Rules:
 
 from __future__ import annotations
 
-import random
 from typing import Any, Callable
 
 from runtime.eventlog import EventLog
 from runtime.faults import MESSAGE_KINDS, applies_to
-from runtime.loop import Loop
-from runtime.service import now_ns
+from runtime.loop import LoopLike
+from runtime.rng import MakeRng, real_rng
 
 REORDER_HOLD_S = 0.05
 
@@ -29,13 +29,13 @@ SendFn = Callable[[bytes, bytes], None]
 
 
 class MessageFaults:
-    def __init__(self, loop: Loop, log: EventLog, svc: str, faults: list[dict[str, Any]], seed: int,
-                 send: SendFn) -> None:
+    def __init__(self, loop: LoopLike, log: EventLog, svc: str, faults: list[dict[str, Any]], seed: int,
+                 send: SendFn, make_rng: MakeRng = real_rng) -> None:
         self.loop = loop
         self.log = log
         self.svc = svc
         self.send = send
-        self.faults = [(i, f, random.Random(f"{seed}:{i}:{svc}")) for i, f in enumerate(faults)
+        self.faults = [(i, f, make_rng(f"msgfault:{i}:{svc}", f"{seed}:{i}:{svc}")) for i, f in enumerate(faults)
                        if f["kind"] in MESSAGE_KINDS and applies_to(f, svc)]
         self.t0: int | None = None
         self._held: tuple[bytes, bytes, str, int] | None = None
@@ -43,7 +43,7 @@ class MessageFaults:
 
     def start_clock(self) -> None:
         if self.t0 is None:
-            self.t0 = now_ns()
+            self.t0 = self.loop.now_ns()
 
     @property
     def active(self) -> bool:
@@ -52,7 +52,7 @@ class MessageFaults:
     def _in_window(self, f: dict[str, Any]) -> bool:
         if self.t0 is None:
             return False
-        t = (now_ns() - self.t0) / 1e9
+        t = (self.loop.now_ns() - self.t0) / 1e9
         return t >= f["at"] and (f["for"] is None or t < f["at"] + f["for"])
 
     def submit(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
@@ -67,7 +67,7 @@ class MessageFaults:
             index, f, rng = self.faults[pos]
             if f["op"] is not None and f["op"] != op:
                 continue
-            if not self._in_window(f) or rng.random() >= f["p"]:
+            if not self._in_window(f) or not rng.chance(f["p"]):
                 continue
             kind = f["kind"]
             if kind == "drop":

@@ -27,8 +27,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable
 
-from runtime.loop import Loop
-from runtime.service import now_ns
+from runtime.loop import LoopLike
 
 REPLY_CACHE = 512
 IN_PROGRESS = b""
@@ -50,7 +49,7 @@ Transmit = Callable[[bytes, bytes, str, int], None]
 class Outstanding:
     """Requests we sent that have no reply yet (and those waiting for room in the window)."""
 
-    def __init__(self, loop: Loop, transmit: Transmit,
+    def __init__(self, loop: LoopLike, transmit: Transmit,
                  on_retry: Callable[[bytes, int, str, int], None], retry_s: float,
                  max_backoff_s: float = 1.0, give_up_s: float | None = None,
                  window: int | None = None) -> None:
@@ -83,7 +82,7 @@ class Outstanding:
         self._go(peer, msg_id, op, frame)
 
     def _go(self, peer: bytes, msg_id: int, op: str, frame: bytes) -> None:
-        p = _Pending(peer, frame, op, now_ns())
+        p = _Pending(peer, frame, op, self.loop.now_ns())
         self._pending[(peer, msg_id)] = p
         self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
         self.transmit(peer, frame, op, msg_id)
@@ -95,7 +94,7 @@ class Outstanding:
         def fire() -> None:
             if self._pending.get((peer, msg_id)) is not p:
                 return
-            if self.give_up_s is not None and now_ns() - p.first_sent_ns > self.give_up_s * 1e9:
+            if self.give_up_s is not None and self.loop.now_ns() - p.first_sent_ns > self.give_up_s * 1e9:
                 # Past this the peer's lease has run out: the protocol has moved on without it.
                 self._forget(peer, msg_id)
                 self.on_retry(peer, msg_id, p.op, 0)
@@ -113,7 +112,7 @@ class Outstanding:
         if p is None:
             return None
         if p.attempts == 1:  # Karn: a retried request's answer says nothing about the round trip
-            self._sample((now_ns() - p.first_sent_ns) / 1e9)
+            self._sample((self.loop.now_ns() - p.first_sent_ns) / 1e9)
         self._forget(peer, msg_id)
         return p.first_sent_ns
 

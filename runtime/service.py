@@ -1,6 +1,12 @@
 """What both services' shells share: the loop, the event log, the control socket, the endpoints
 file that tells `dmabuf-emu` where a service listens, signals, and the dispatch of actions.
 
+A shell takes its loop, transport, memory, event sink, pid and random numbers from a
+`ServiceEnv` (runtime/env.py): the real ones by default, the simulator's in sim/. Its life is
+`begin()` (the subclass's: say hello, arm timers), the loop, then `end_serving()` (cleanup,
+`service_stop`); `serve()` runs the last two in a real process, the simulator calls
+`end_serving()` itself when the service's loop is stopped.
+
 Control socket (ROUTER, one per service): `ping` and `status` are answered at once in every
 state; `start`, `stop` and `shutdown` are passed to the service, which may answer later (stop
 answers when the service has drained). Bad frames get an error reply naming what was wrong.
@@ -11,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -20,9 +25,9 @@ import zmq
 
 from protocol import wire
 from protocol.actions import Emit
-from runtime import transport, watchdog
+from runtime import watchdog
+from runtime.env import ServiceEnv
 from runtime.eventlog import EventLog
-from runtime.loop import Loop
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -35,15 +40,17 @@ class ServiceShell:
     """Base of ExporterService and ImporterService. Subclasses fill `handlers` (action type ->
     method) and implement on_start / on_stop / on_shutdown."""
 
-    def __init__(self, svc: str, out: Path, control_endpoint: str, *, launcher: str = "",
-                 watch_every_s: float = 0.5) -> None:
+    def __init__(self, svc: str, out: Path, control_endpoint: str, env: ServiceEnv | None = None, *,
+                 launcher: str = "", watch_every_s: float = 0.5) -> None:
         self.svc = svc
         self.out = out
         self.state = "starting"
-        self.ctx = zmq.Context()
-        self.loop = Loop()
-        self.log = EventLog(out / "events" / f"{svc}.jsonl", svc)
-        self.control, self.control_endpoint = transport.router(self.ctx, control_endpoint)
+        self.env = env = env or ServiceEnv()
+        self.loop = env.loop
+        self.transport = env.transport
+        self.log = EventLog(out / "events" / f"{svc}.jsonl", svc, pid=env.pid, clock=self.loop.now_ns,
+                            sink=env.sink(svc) if env.sink is not None else None)
+        self.control, self.control_endpoint = self.transport.router(control_endpoint)
         self.loop.add_reader(self.control, self._on_control)
         self.handlers: dict[type, Callable[[Any], None]] = {Emit: self._do_emit}
         self._pending_control: dict[str, list[tuple[bytes, wire.Message]]] = {}
@@ -56,11 +63,14 @@ class ServiceShell:
     # ------------------------------------------------------------------ lifecycle
 
     def publish_endpoints(self, **endpoints: str) -> None:
-        """Tell dmabuf-emu where we listen (written atomically: a reader never sees half)."""
+        """Tell dmabuf-emu where we listen (written atomically: a reader never sees half).
+        A simulated service has nobody to tell."""
+        if not self.env.process:
+            return
         run_dir = self.out / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / f"{self.svc}.json",
-                          {"svc": self.svc, "pid": os.getpid(), "control": self.control_endpoint, **endpoints})
+                          {"svc": self.svc, "pid": self.env.pid, "control": self.control_endpoint, **endpoints})
 
     def install_signals(self) -> None:
         def on_signal(signum: int, frame: Any) -> None:
@@ -83,13 +93,17 @@ class ServiceShell:
     def serve(self) -> int:
         self.install_signals()
         try:
-            self.loop.run()
+            self.loop.run()  # type: ignore[attr-defined]  (a real process's loop)
         finally:
-            self.cleanup()
-            self.log.emit("service_stop", reason=self._stop_reason or "loop ended")
-            self.log.close()
-            self.ctx.destroy(linger=0)
+            self.end_serving()
         return self.exit_code
+
+    def end_serving(self) -> None:
+        """After the loop: release what we hold, say why we stopped, close the sockets."""
+        self.cleanup()
+        self.log.emit("service_stop", reason=self._stop_reason or "loop ended")
+        self.log.close()
+        self.transport.close()
 
     def cleanup(self) -> None:
         """Release what the service holds (segments, views). Must be idempotent."""
@@ -115,9 +129,8 @@ class ServiceShell:
 
     def _on_control(self) -> None:
         while True:
-            try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = self.control.recv()
+            if frames is None:
                 return
             peer = frames[0]
             if len(frames) != 2:
@@ -135,7 +148,7 @@ class ServiceShell:
         if isinstance(msg, wire.Ping):
             self._control_reply(peer, wire.ok_reply(msg))
         elif isinstance(msg, wire.Status):
-            self._control_reply(peer, wire.StatusReply(id=msg.id, svc=self.svc, state=self.state, pid=os.getpid()))
+            self._control_reply(peer, wire.StatusReply(id=msg.id, svc=self.svc, state=self.state, pid=self.env.pid))
         elif isinstance(msg, (wire.Start, wire.Stop, wire.Shutdown)):
             self.log.emit("control", op=msg.OP, id=msg.id)
             try:
@@ -150,7 +163,7 @@ class ServiceShell:
 
     def _control_reply(self, peer: bytes, msg: wire.Message) -> None:
         try:
-            self.control.send_multipart([peer, wire.encode(msg)], zmq.NOBLOCK)
+            self.control.send(peer, wire.encode(msg))
         except zmq.ZMQError:
             pass  # the asker is gone; nothing to tell
 
@@ -173,6 +186,3 @@ class ServiceShell:
     def on_shutdown(self, peer: bytes, msg: wire.Message) -> None:
         raise NotImplementedError
 
-
-def now_ns() -> int:
-    return time.monotonic_ns()

@@ -1,13 +1,22 @@
-"""ZeroMQ sockets for the services: a ROUTER that serves many peers, a DEALER that talks to one.
+"""The services' transport: a ROUTER that serves many peers, a DEALER that talks to one.
 
 Both sides can send at any time (the exporter's move_notify goes out on the same connection an
 importer's requests come in on). Frames are encoded and decoded by protocol.wire; this module
 only moves bytes, sets socket options on purpose, and turns multipart garbage into a clear error.
+
+A shell sees a `Channel` made by its `Transport` (runtime/env.py hands one in):
+- `send(peer, frame)`: one frame to `peer` (a ROUTER's routing id; ignored by a DEALER). Never
+  blocks; a frame that cannot be queued is dropped by the transport (zmq.ZMQError when it says so).
+- `recv()`: the next message as zmq gives it (ROUTER: [peer, frame, ...]; DEALER: [frame, ...]), or
+  None when nothing is waiting. The shell checks the frame count itself.
+- the loop's `add_reader(channel, callback)` calls back when something may be waiting.
+`ZmqTransport` is the real one (sockets of one zmq.Context); the simulator's carries the same
+encoded frames between services in one process (sim/network.py).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import zmq
 
@@ -79,3 +88,62 @@ def ipc_endpoint(path: str) -> str:
                          f"{zmq.IPC_PATH_MAX_LEN}-byte limit for ipc sockets: use a shorter --out "
                          f"directory or --transport tcp")
     return f"ipc://{path}"
+
+
+class Channel(Protocol):
+    def send(self, peer: bytes, frame: bytes) -> None: ...
+    def recv(self) -> list[bytes] | None: ...
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    def router(self, endpoint: str, *, handover: bool = False,
+               secure: Secure | None = None) -> tuple[Channel, str]: ...
+    def dealer(self, endpoint: str, identity: bytes | None = None,
+               secure: Secure | None = None) -> Channel: ...
+    def close(self) -> None: ...
+
+
+class ZmqChannel:
+    """A ROUTER or DEALER socket behind the Channel interface. `socket` is what the loop polls."""
+
+    def __init__(self, sock: zmq.Socket, routed: bool) -> None:
+        self.socket = sock
+        self._routed = routed
+
+    def send(self, peer: bytes, frame: bytes) -> None:
+        # Two sends with int flags: send_multipart's enum arithmetic was a third of this path.
+        if self._routed:
+            self.socket.send(peer, NOBLOCK_SNDMORE)
+        self.socket.send(frame, NOBLOCK)
+
+    def recv(self) -> list[bytes] | None:
+        # Ask before reading: an empty socket's zmq.Again costs more than the question.
+        if not self.socket.getsockopt(EVENTS) & POLLIN:
+            return None
+        try:
+            return self.socket.recv_multipart(NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class ZmqTransport:
+    """Real sockets, all in one zmq.Context (`ctx`, which CURVE's ZAP handler shares)."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+
+    def router(self, endpoint: str, *, handover: bool = False,
+               secure: Secure | None = None) -> tuple[ZmqChannel, str]:
+        sock, bound = router(self.ctx, endpoint, handover=handover, secure=secure)
+        return ZmqChannel(sock, routed=True), bound
+
+    def dealer(self, endpoint: str, identity: bytes | None = None,
+               secure: Secure | None = None) -> ZmqChannel:
+        return ZmqChannel(dealer(self.ctx, endpoint, identity=identity, secure=secure), routed=False)
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)

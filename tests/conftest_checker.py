@@ -105,3 +105,20 @@ RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", 
 
 def race_kinds(report: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in report["races"].items() if k in RACE_KINDS and v}
+
+
+def crossing_jobs(events: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """The (importer, job) of every driver's job on a generation whose move had begun before
+    the exporter served the job's map: the map reply and the move's move_notify crossed."""
+    begun = {(e["buffer"], e["from_gen"]): e["t_ns"] for e in events if e["event"] == "move_begin"}
+    served = {(e["importer"], e["id"]): e["t_ns"] for e in events if e["event"] == "map_served"}
+    mapped: dict[tuple[str, int], dict[str, Any]] = {}
+    crossing: set[tuple[str, int]] = set()
+    for e in events:
+        if e["event"] == "map":
+            mapped[(e["svc"], e["attachment"])] = e
+        elif e["event"] == "dma_begin" and not e.get("rogue") and (e["buffer"], e["gen"]) in begun:
+            m = mapped[(e["svc"], e["attachment"])]
+            if served[(e["svc"], m["id"])] > begun[(e["buffer"], e["gen"])]:
+                crossing.add((e["svc"], e["job"]))
+    return crossing

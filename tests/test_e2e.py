@@ -20,6 +20,7 @@ from deploy.launcher import DeployError, Deployment, down, status, up
 from deploy.options import RunParams
 from deploy.run import run
 from runtime import shm
+from tests.conftest_checker import crossing_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,19 +114,8 @@ def test_unmap_hint_conservative_remaps_every_map_and_never_races(short_dir: Pat
 def test_move_notify_ack_races_are_maps_crossing_a_notification(short_dir: Path) -> None:
     r = do_run(short_dir, strategy="move-notify-ack", **MUST_SHOW)
     events = history(short_dir)
-    begun = {(e["buffer"], e["from_gen"]): e["t_ns"] for e in events if e["event"] == "move_begin"}
-    served = {(e["importer"], e["id"]): e for e in events if e["event"] == "map_served"}
-    mapped = {}
-    crossing = 0
-    for e in events:
-        if e["event"] == "map":
-            mapped[(e["svc"], e["attachment"])] = e
-        elif e["event"] == "dma_begin" and (e["buffer"], e["gen"]) in begun:
-            m = mapped[(e["svc"], e["attachment"])]
-            if served[(e["svc"], m["id"])]["t_ns"] > begun[(e["buffer"], e["gen"])]:
-                crossing += 1
     # Every race is a job that was handed its placement after the move had begun.
-    assert r["races"]["total"] <= crossing
+    assert r["races"]["total"] <= len(crossing_jobs(events))
     assert r["moves"]["completed"] > 0
     assert r["notify"]["acked"] > 0
 

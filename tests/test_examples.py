@@ -38,7 +38,7 @@ README = ROOT / "README.md"
 SHORT_S = 0.5
 PROGRAMS = ("dmabuf-emu", ".venv/bin/dmabuf-emu")
 PLACEHOLDER = re.compile(r"\.\.\.|[\[\]|]|^[A-Z]$|[A-Z]{2,}")
-WORKLOADS = {"run", "up", "demo", "compare"}
+WORKLOADS = {"run", "up", "demo", "compare", "sim"}
 DRY_RUN = {"campaign", "bench"}
 PROCESS_FAULTS = {"kill", "pause", "restart"}
 
@@ -123,7 +123,7 @@ def _writes(cmd: tuple[str, ...]) -> set[str]:
 def _reads(cmd: tuple[str, ...]) -> set[str]:
     if cmd and cmd[0] == "down" and "--all" in cmd:
         return set()                      # every run on the machine, not one directory
-    if cmd and cmd[0] in ("check", "status", "down"):
+    if cmd and cmd[0] in ("check", "status", "down", "replay"):
         words = [w for w in cmd[1:] if not w.startswith("-")]
         if not words:
             raise AssertionError(f"`dmabuf-emu {' '.join(cmd)}`: no run directory named")

@@ -11,6 +11,7 @@ from deploy.options import RunParams
 from deploy.run import run
 from runtime import faults as faultspec
 
+from tests.conftest_checker import crossing_jobs
 from tests.test_e2e import assert_nothing_left, history
 
 LEASE_MS = 500.0
@@ -114,18 +115,7 @@ def test_move_notify_ack_with_a_delayed_move_notify_hands_out_stale_mappings(sho
     assert r["races"]["total"] > 0
     # A racing job was handed its placement after the move had begun: the map and the (late)
     # notification crossed.
-    begun = {(e["buffer"], e["from_gen"]): e["t_ns"] for e in events if e["event"] == "move_begin"}
-    served = {(e["importer"], e["id"]): e["t_ns"] for e in events if e["event"] == "map_served"}
-    mapped: dict = {}
-    crossing = 0
-    for e in events:
-        if e["event"] == "map":
-            mapped[(e["svc"], e["attachment"])] = e
-        elif e["event"] == "dma_begin" and not e.get("rogue") and (e["buffer"], e["gen"]) in begun:
-            m = mapped[(e["svc"], e["attachment"])]
-            if served[(e["svc"], m["id"])] > begun[(e["buffer"], e["gen"])]:
-                crossing += 1
-    assert crossing > 0
+    assert crossing_jobs(events)
 
 
 # ---------------------------------------------------------------------- lying devices

@@ -72,6 +72,9 @@ class _Loop:
     def __init__(self) -> None:
         self.later: list = []
 
+    def now_ns(self) -> int:
+        return 0
+
     def call_later(self, s, cb):
         self.later.append((s, cb))
         return len(self.later)

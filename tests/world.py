@@ -1,17 +1,16 @@
-"""An in-process world for the sans-IO halves: one exporter, N importers, message queues between
-them that the test (or a seeded scheduler) drains in whatever order it likes.
+"""An in-process harness for the sans-IO halves' rules: one exporter, N importers, message
+queues between them that the test drains in the order it wants to examine.
 
-Messages cross the real codec (encode/decode) on every hop. The world performs the shells' jobs
-in memory: copies complete when told, fences live in a FenceTable over private memory (the same
-table the services share, with its usages), DMA jobs run until told they are done.
-It also keeps the ground truth the checker would derive from a history: for every buffer
-generation, when its copy began and when its range was freed, so a test can ask whether a DMA job
-was stale.
+Messages cross the real codec (encode/decode) on every hop. The harness performs the shells'
+jobs in memory: copies complete when told, fences live in a FenceTable over private memory (the
+same table the services share, with its usages), DMA jobs run until told they are done. It
+judges nothing: whether an order races is the checker's question, asked of the real services in
+the simulator (sim/, tests/test_sim_races.py), which runs the shells this harness only stands in
+for.
 """
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,13 +38,6 @@ class Job:
 
 
 @dataclass
-class GenTimes:
-    copy_begin: int | None = None
-    copy_end: int | None = None
-    freed: int | None = None
-
-
-@dataclass
 class World:
     strategy: str
     importers: int = 1
@@ -69,7 +61,6 @@ class World:
     fence_reported: dict[int, tuple[int, ...]] = field(default_factory=dict)  # move -> slots last reported
     kernel_waits: deque = field(default_factory=deque)         # (importer, WaitKernelFence)
     timers: dict[Any, int] = field(default_factory=dict)
-    gens: dict[tuple[int, int], GenTimes] = field(default_factory=dict)
     finished: list[JobFinished] = field(default_factory=list)
     ready: set[str] = field(default_factory=set)
     fences: FenceTable = field(init=False)
@@ -158,7 +149,6 @@ class World:
     def finish_copy(self) -> CopyBuffer:
         copy = self.copies.popleft()
         self.tick()
-        self.gens.setdefault((copy.buffer, copy.src.gen), GenTimes()).copy_end = self.now
         self._apply("exporter", self.exporter.copy_done(copy.move, self.now))
         return copy
 
@@ -211,24 +201,7 @@ class World:
             else:
                 self.kernel_waits.append((name, wait))
 
-    # ------------------------------------------------------------------ ground truth
-
-    def stale(self, job: Job) -> str | None:
-        """Was this job stale by the checker's rules? Returns the race kind or None."""
-        p = job.start.placement
-        g = self.gens.get((job.start.buffer, p.gen), GenTimes())
-        end = job.ended if job.ended is not None else self.now + 1
-        if job.start.access == "write" and g.copy_begin is not None and end > g.copy_begin:
-            return "lost_write"
-        if job.start.access == "read" and g.freed is not None and end > g.freed:
-            return "stale_read"
-        prev = self.gens.get((job.start.buffer, p.gen - 1))
-        if p.gen > 1 and (prev is None or prev.copy_end is None or job.began < prev.copy_end):
-            return "unfenced_access"
-        return None
-
-    def races(self) -> list[tuple[Job, str]]:
-        return [(j, kind) for j in self.jobs.values() if (kind := self.stale(j))]
+    # ------------------------------------------------------------------ what happened
 
     def event_names(self, svc: str | None = None) -> list[str]:
         return [e for s, e, _ in self.events if svc is None or s == svc]
@@ -258,10 +231,7 @@ class World:
                     self.to_exporter.append((svc, frame))
             elif isinstance(a, Emit):
                 self.events.append((svc, a.event, a.fields))
-                if a.event == "free":
-                    self.gens.setdefault((a.fields["buffer"], a.fields["from_gen"]), GenTimes()).freed = self.now
             elif isinstance(a, CopyBuffer):
-                self.gens.setdefault((a.buffer, a.src.gen), GenTimes()).copy_begin = self.now
                 self.copies.append(a)
             elif isinstance(a, WaitFences):
                 # As the exporter shell: the fences published so far, of the wait's usage or lower.
@@ -303,54 +273,3 @@ class World:
                 pass
             else:
                 raise AssertionError(f"unhandled action {a!r}")
-
-
-# Relative likelihood of each kind of step: a DMA job lasts much longer than a message hop, so
-# finishing one is rarer than delivering a message (as in a real run: milliseconds vs microseconds).
-WEIGHTS = {"to_exporter": 1.0, "to_importer": 1.0, "job": 1.0, "done": 0.1, "copy": 0.5,
-           "fences": 1.0, "kernel": 1.0, "pressure": 0.3}
-
-
-def random_schedule(world: World, rng: random.Random, steps: int) -> None:
-    """A seeded scheduler: at each step do one enabled thing, chosen at random (see WEIGHTS).
-    What is enabled: deliver a message on some channel, start a job on an idle buffer, finish a
-    running job, finish a copy, let fences be checked, or let the memory manager tick."""
-    job_ids = {name: 1000 for name in world.peers}
-    for _ in range(steps):
-        choices: list[Any] = []
-        if world.to_exporter:
-            choices.append(("to_exporter",))
-        for name, q in world.to_importer.items():
-            if q:
-                choices.append(("to_importer", name))
-        for name, imp in world.peers.items():
-            if name in world.ready and imp.idle_buffers() and imp.busy_jobs < 2:
-                choices.append(("job", name))
-        running = [j for j in world.jobs.values() if j.ended is None]
-        choices += [("done", j.importer, j.job) for j in running]
-        if world.copies:
-            choices.append(("copy",))
-        if world.fence_waits:
-            choices.append(("fences",))
-        if world.kernel_waits:
-            choices.append(("kernel",))
-        choices.append(("pressure",))
-        c = rng.choices(choices, weights=[WEIGHTS[x[0]] for x in choices])[0]
-        if c[0] == "to_exporter":
-            world.deliver_to_exporter()
-        elif c[0] == "to_importer":
-            world.deliver_to_importer(c[1])
-        elif c[0] == "job":
-            imp = world.peers[c[1]]
-            job_ids[c[1]] += 1
-            world.job(c[1], job_ids[c[1]], rng.choice(imp.idle_buffers()), rng.choice(("read", "write")))
-        elif c[0] == "done":
-            world.dma_done(c[1], c[2])
-        elif c[0] == "copy":
-            world.finish_copy()
-        elif c[0] == "fences":
-            world.check_fences()
-        elif c[0] == "kernel":
-            world.check_kernel_fences()
-        elif c[0] == "pressure":
-            world.pressure()

@@ -4,7 +4,7 @@ Floors: a raw pyzmq DEALER/ROUTER round trip of a msgpack message between two pr
 the services' transport (ipc), and a raw numpy copy between shared-memory segments. Every other
 figure is a ratio to one of them, taken within the same repetition, so the figures hold on a
 noisy shared machine; each is the median of several repetitions with min and max beside it.
-See README "Benchmarks" and the modules: rtt, mem, runs, scaling, checkerperf.
+See README "Benchmarks" and the modules: rtt, mem, runs, scaling, checkerperf, simperf.
 Not part of the test suite's pass/fail (tests/test_bench_smoke.py checks only the structure).
 """
 
@@ -37,19 +37,22 @@ class BenchConfig:
     checker_events: int = 1_000_000
     race_seeds: int = 5
     race_duration_s: float = 3.0
-    parts: tuple[str, ...] = ("rtt", "mem", "scaling", "checker", "moves", "races")
+    sim_reps: int = 3
+    sim_duration_s: float = 3.0
+    sim_rss_s: tuple[float, float] = (3.0, 30.0)
+    parts: tuple[str, ...] = ("rtt", "mem", "scaling", "checker", "moves", "races", "sim")
 
 
 FULL = BenchConfig()
 QUICK = BenchConfig(rtt_reps=5, rtt_samples=800, mem_reps=5, move_reps=2, move_duration_s=1.0,
                     scaling_reps=3, scaling_window_s=0.75, checker_reps=2, race_seeds=5,
-                    race_duration_s=1.0)
+                    race_duration_s=1.0, sim_reps=1, sim_rss_s=(1.0, 10.0))
 
 
 def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Measure every part of `cfg`, write out/bench.json and out/bench.md, return the results."""
-    from deploy.bench import checkerperf, mem, rtt, runs, scaling
+    from deploy.bench import checkerperf, mem, rtt, runs, scaling, simperf
     from runtime import shm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,7 @@ def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
         ("checker", lambda: checkerperf.measure(cfg.checker_reps, cfg.checker_events, progress)),
         ("moves", lambda: runs.move_latency(cfg.move_reps, cfg.move_duration_s, progress=progress)),
         ("races", lambda: runs.time_to_first_race(cfg.race_seeds, cfg.race_duration_s, progress=progress)),
+        ("sim", lambda: simperf.measure(cfg.sim_reps, cfg.sim_duration_s, *cfg.sim_rss_s, progress=progress)),
     ]
     for name, step in steps:
         if name not in cfg.parts:

@@ -46,6 +46,12 @@ class _EagerLoop:
     def __init__(self) -> None:
         self.q: deque[Callable[[], None]] = deque()
 
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def lane(self, name: str) -> "_EagerLoop":
+        return self
+
     def call_soon(self, cb: Callable[[], None]) -> None:
         self.q.append(cb)
 

@@ -16,6 +16,8 @@ TARGETS = (
     ("checker_events_per_cpu_s", ">=", 200_000, "the checker judges 200,000 events/s or more (per CPU second)"),
     ("checker_rss_growth_ratio", "<=", 1.1, "checker memory flat: 10x the history, same peak RSS"),
     ("time_to_first_race_s", "<", 1.0, "move-notify races show up within a second (median)"),
+    ("sim_speedup", ">=", 10.0, "the standard workload simulated at 10x real time or faster"),
+    ("sim_rss_growth_ratio", "<=", 1.1, "simulator memory flat: 10x the virtual time, same peak RSS"),
 )
 
 ROWS = (
@@ -39,6 +41,9 @@ ROWS = (
     ("checker_peak_rss_tenth_mb", "checker peak RSS, 100k events", "MB"),
     ("checker_rss_growth_ratio", "peak RSS 1M / 100k", "x"),
     ("time_to_first_race_s", "move-notify: time to first race", "s"),
+    ("sim_speedup", "sim: virtual s per wall s (standard workload)", "x"),
+    ("sim_cpu_speedup", "sim: virtual s per CPU s", "x"),
+    ("sim_rss_growth_ratio", "sim peak RSS, long / short run", "x"),
 )
 
 

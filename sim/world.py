@@ -1,0 +1,270 @@
+"""The virtual loop: simulated processes and their actors on one virtual clock, in one thread.
+
+Rules:
+- Time is an int of virtual nanoseconds (`World.now`), starting at T0 (not 0: a timestamp of 0
+  reads as "none" too easily). It only moves forward, and only when no actor can run: then it
+  jumps to the earliest pending timer or frame arrival. Running a callback takes no virtual time.
+- An *actor* is one lane of a simulated process (runtime/loop.py `lane`): `exporter`,
+  `exporter.copy` (the copy engine), `importer-N`, `importer-N.dma` (the DMA engine), and the
+  driver `deploy`. Each has its own deferred calls (call_soon) and timers; its loop view
+  (ActorLoop) is the LoopLike the shells run on. Within one actor the real loop's order holds:
+  deferred calls first, then due timers by (time, order of arming).
+- An actor is *enabled* when it has a deferred call or a timer due now, and its process is
+  neither paused nor dead. The enabled actors, in the fixed order of their creation, are the
+  step choice: one enabled actor just runs; two or more ask the scheduler (a "step" decision).
+  A step runs one callback. Nothing else decides what happens next.
+- One model of time spent working: a deferred call of the exporter's copy engine (lane `copy`)
+  runs LANE_COST_NS["copy"] after it was deferred, the time one COPY_CHUNK (256 KiB) takes at
+  about 10 GB/s (deploy/bench's memcpy floor), so a copy spans time as it does in real runs.
+- A frame arrival (sim/network.py) is an event of the world, not a step: at its time the frame
+  lands in its channel, whose reader becomes a deferred call of the receiving actor.
+- A process can be paused (its actors keep their work and timers, which run late once it is
+  resumed, as after SIGSTOP / SIGCONT), killed (everything it had pending is dropped, nothing of
+  it runs again, as after SIGKILL) or stopped by its own loop (`stop()`: after the current step
+  the world calls its `on_exit`, the shell's end_serving, and it is gone).
+- A callback that raises is the process crashing: the world records the traceback, calls
+  `on_exit` (a real shell's serve() runs end_serving in its `finally`) and the process is gone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sim.scheduler import Scheduler
+
+T0 = 1_000_000_000
+LANE_COST_NS = {"copy": 25_000}
+Callback = Callable[[], None]
+
+
+class SimError(Exception):
+    """The simulation cannot go on (it ran past its limits): one line saying why."""
+
+
+@dataclass(eq=False)
+class SimProcess:
+    """A simulated OS process: one service (all its lanes), or the driver."""
+
+    name: str
+    pid: int
+    paused: bool = False
+    dead: bool = False
+    exit_code: int | None = None
+    how: str = ""                              # exited | killed | crashed
+    on_exit: Callable[[], None] | None = None  # the shell's end_serving
+    on_kill: Callable[[], None] | None = None  # what dies with it (its sockets)
+    actors: list["Actor"] = field(default_factory=list)
+    lanes: dict[str, "ActorLoop"] = field(default_factory=dict)
+    stopping: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return not self.dead
+
+
+class Actor:
+    __slots__ = ("name", "order", "process", "soon", "due", "queued", "cost")
+
+    def __init__(self, name: str, order: int, process: SimProcess, cost: int = 0) -> None:
+        self.name = name
+        self.cost = cost                      # virtual ns a deferred call waits (LANE_COST_NS)
+        self.order = order
+        self.process = process
+        self.soon: deque[Callback] = deque()
+        self.due: deque[list] = deque()       # timer entries come due, in (time, seq) order
+        self.queued = False                   # in the world's enabled list
+
+
+def _order(a: Actor) -> int:
+    return a.order
+
+
+class World:
+    def __init__(self, scheduler: Scheduler, *, t0: int = T0) -> None:
+        self.scheduler = scheduler
+        self.now = t0
+        self.t0 = t0
+        self.steps = 0
+        self.processes: list[SimProcess] = []
+        self.crashes: list[tuple[str, str]] = []     # (process, traceback)
+        self._heap: list[list] = []                  # [t, seq, actor or None, callback or None]
+        self._seq = 0
+        self._ready: list[Actor] = []
+        self._actors = 0
+        self._stopping: list[SimProcess] = []
+        self.done = False
+
+    # ------------------------------------------------------------------ processes and actors
+
+    def process(self, name: str, pid: int) -> SimProcess:
+        p = SimProcess(name, pid)
+        self.processes.append(p)
+        return p
+
+    def loop(self, process: SimProcess, lane: str = "") -> "ActorLoop":
+        """The loop view of one lane of `process` (made on first use, kept after)."""
+        view = process.lanes.get(lane)
+        if view is None:
+            actor = Actor(process.name + (f".{lane}" if lane else ""), self._actors, process,
+                          LANE_COST_NS.get(lane, 0))
+            self._actors += 1
+            process.actors.append(actor)
+            view = process.lanes[lane] = ActorLoop(self, actor)
+        return view
+
+    def pause(self, p: SimProcess) -> None:
+        p.paused = True
+        for a in p.actors:
+            if a.queued:
+                a.queued = False
+                self._ready.remove(a)
+
+    def resume(self, p: SimProcess) -> None:
+        p.paused = False
+        for a in p.actors:
+            if a.soon or a.due:
+                self._wake(a)
+
+    def kill(self, p: SimProcess, how: str = "killed", exit_code: int = -9) -> None:
+        """Gone at once: nothing it had pending runs, and it cleans nothing up."""
+        if p.dead:
+            return
+        p.dead, p.how, p.exit_code = True, how, exit_code
+        if p.on_kill is not None:
+            p.on_kill()
+        for a in p.actors:
+            if a.queued:
+                a.queued = False
+                self._ready.remove(a)
+            a.soon.clear()
+            a.due.clear()
+
+    def stop_process(self, p: SimProcess) -> None:
+        """The process's loop was stopped: it exits after the current step."""
+        if not p.stopping and not p.dead:
+            p.stopping = True
+            self._stopping.append(p)
+
+    def _exit(self, p: SimProcess) -> None:
+        if p.dead:
+            return
+        if p.on_exit is not None:
+            try:
+                p.on_exit()
+            except Exception:
+                self.crashes.append((p.name, traceback.format_exc()))
+        self.kill(p, "exited", 0)
+
+    # ------------------------------------------------------------------ timers
+
+    def push(self, t: int, actor: Actor | None, callback: Callback) -> list:
+        self._seq += 1
+        entry = [t, self._seq, actor, callback]
+        heapq.heappush(self._heap, entry)
+        return entry
+
+    def _wake(self, a: Actor) -> None:
+        if a.queued or a.process.paused or a.process.dead:
+            return
+        a.queued = True
+        bisect.insort(self._ready, a, key=_order)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, *, max_t: int | None = None, max_steps: int | None = None) -> None:
+        """Run until `done` is set (the driver finished) or nothing is left to happen."""
+        heap, ready, pop = self._heap, self._ready, heapq.heappop
+        step = self.scheduler.step
+        while not self.done:
+            while heap and heap[0][0] <= self.now:
+                entry = pop(heap)
+                callback = entry[3]
+                if callback is None:
+                    continue                      # cancelled
+                actor = entry[2]
+                if actor is None:
+                    callback()                    # a frame arrives: no step, no choice
+                elif not actor.process.dead:
+                    actor.due.append(entry)
+                    if not actor.queued:
+                        self._wake(actor)
+            if not ready:
+                if not heap:
+                    return
+                t = heap[0][0]
+                if max_t is not None and t > max_t:
+                    raise SimError(f"the simulation ran past {(max_t - self.t0) / 1e9:g} virtual seconds "
+                                   f"without finishing (the driver is still waiting)")
+                self.now = t
+                continue
+            actor = ready[0] if len(ready) == 1 else ready[step([a.name for a in ready])]
+            if actor.soon:
+                callback = actor.soon.popleft()
+            else:
+                callback = actor.due.popleft()[3]
+            self.steps += 1
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:
+                    self.crashes.append((actor.process.name, traceback.format_exc()))
+                    self.stop_process(actor.process)
+            if actor.queued and not (actor.soon or actor.due):
+                actor.queued = False
+                ready.remove(actor)
+            if self._stopping:
+                stopping, self._stopping = self._stopping, []
+                for p in stopping:
+                    self._exit(p)
+            if max_steps is not None and self.steps >= max_steps:
+                raise SimError(f"the simulation took more than {max_steps} steps without finishing")
+
+
+class ActorLoop:
+    """One actor's loop (runtime/loop.LoopLike). Handles are the world's timer entries."""
+
+    __slots__ = ("world", "actor")
+
+    def __init__(self, world: World, actor: Actor) -> None:
+        self.world = world
+        self.actor = actor
+
+    def now_ns(self) -> int:
+        return self.world.now
+
+    def call_soon(self, callback: Callback) -> None:
+        a = self.actor
+        if a.process.dead:
+            return
+        if a.cost:
+            self.world.push(self.world.now + a.cost, a, callback)
+            return
+        a.soon.append(callback)
+        if not a.queued:
+            self.world._wake(a)
+
+    def call_at(self, t_ns: int, callback: Callback) -> list:
+        return self.world.push(t_ns, self.actor, callback)
+
+    def call_later(self, seconds: float, callback: Callback) -> list:
+        return self.world.push(self.world.now + int(seconds * 1e9), self.actor, callback)
+
+    def cancel(self, handle: Any) -> None:
+        handle[3] = None
+
+    def add_reader(self, source: Any, callback: Callback) -> None:
+        source.set_reader(self, callback)
+
+    def remove_reader(self, source: Any) -> None:
+        source.set_reader(None, None)
+
+    def lane(self, name: str) -> "ActorLoop":
+        return self.world.loop(self.actor.process, name)
+
+    def stop(self) -> None:
+        self.world.stop_process(self.actor.process)
