@@ -62,7 +62,10 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     `unmap-hint-optimistic` and `unmap-hint-conservative` (like `dmabuf-emu compare`); those labels
     may also be named; a plain `unmap-hint` uses the campaign's --hint-policy. A strategy of the
     user's own (a .py path, or an installed one) is labelled by its NAME; `all,./mine.py` runs
-    every built-in and it."""
+    every built-in and it. `mutants` is every declared mutant (BASE+MUTATION, with the run
+    parameters its workload needs) and composition, and their controls: each base strategy under
+    each of those workloads (`resv-fence`, `resv-fence-pin-ratio-0.25`); a mutant may also be
+    named by itself."""
     from protocol import strategies
     variants: dict[str, dict[str, Any]] = {}
     for name in strategies.STRATEGIES:
@@ -78,6 +81,14 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     for n in names:
         if n == "all":
             out += list(variants.items())
+        elif n == "mutants":
+            out += mutant_variants()
+        elif "+" in n and not strategies.looks_like_path(n):
+            try:
+                module = strategies.resolve(n)
+            except strategies.StrategyError as exc:
+                raise CampaignError(f"--strategies: {exc}") from None
+            out.append((module.NAME, {"strategy": module.SOURCE, **strategies.mutants.params_of(n)}))
         elif n in variants:
             out.append((n, variants[n]))
         elif n in strategies.STRATEGIES:
@@ -89,10 +100,24 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
                 raise CampaignError(f"--strategies: {exc}") from None
             out.append((module.NAME, {"strategy": module.SOURCE}))
         else:
-            raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, "
+            raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, mutants, "
                                 f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES)))}, "
                                 f"an installed strategy or the path of a .py file)")
     return list(dict(out).items())
+
+
+def mutant_variants() -> list[tuple[str, dict[str, Any]]]:
+    """The controls first (each base under each workload its mutants need), then every mutant."""
+    from protocol.strategies import mutants
+    controls: dict[str, dict[str, Any]] = {}
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for name in mutants.names():
+        base, _ = mutants.split(name)
+        params = mutants.params_of(name)
+        label = base + "".join(f"-{k.replace('_', '-')}-{_num(v)}" for k, v in sorted(params.items()))
+        controls.setdefault(label, {"strategy": base, **params})
+        runs.append((name, {"strategy": name, **params}))
+    return list(controls.items()) + runs
 
 
 @dataclass(frozen=True)
@@ -551,7 +576,9 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
                         "--duration 2 --jobs 2 --out runs/campaign",
                         "dmabuf-emu campaign --strategies resv-fence,revalidate --faults rogue --seeds 5 "
                         "--scheduler tcp://127.0.0.1:8786 --out runs/dask",
-                        "dmabuf-emu campaign --strategies all --faults all --seeds 2 --dry-run --out runs/all"))
+                        "dmabuf-emu campaign --strategies all --faults all --seeds 2 --dry-run --out runs/all",
+                        "dmabuf-emu campaign --strategies mutants --seeds 10 --importers 4 --buffers 8 --duration 3 "
+                        "--jobs 2 --table mutation-score --out runs/mutants"))
     c.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file with the base run parameters")
     c.add_argument("--out", required=True, type=Path, help="campaign directory (created; reused to resume)")
     c.add_argument("--strategies", default="all", metavar="LIST|all",
@@ -566,6 +593,9 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
     c.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild summary.json, summary.md and the plots from OUT/runs")
     c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    c.add_argument("--table", choices=("matrix", "mutation-score"), default="matrix",
+                   help=with_default("the table printed at the end: strategy x plan, or the mutation score "
+                                     "(mutants: caught in k of n runs, the rule each breaks)", "matrix"))
     c.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines")
     c.add_argument("--dry-run", action="store_true",
                    help="check every run's parameters (and the --scheduler address), say what would run, run nothing")
@@ -576,7 +606,7 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
 def main(args: argparse.Namespace) -> int:
     if args.report_only:
         summary = campaign_report.write_summary(args.out.resolve(), plots=not args.no_plots)
-        print(campaign_report.render_matrix(summary))
+        print(_table(summary, args.table))
         return EXIT_OK
     flags = {k: v for k, v in vars(args).items() if any(o.key == k for o in options.OPTIONS)}
     base = options.resolve(args.scenario, flags)
@@ -588,5 +618,11 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         return EXIT_OK
     if not args.quiet:
-        print(campaign_report.render_matrix(summary))
+        print(_table(summary, args.table))
     return EXIT_FAILED_RUNS if summary.get("failed_runs") else EXIT_OK
+
+
+def _table(summary: dict[str, Any], which: str) -> str:
+    if which == "mutation-score":
+        return campaign_report.render_mutation_score(summary) or "(no mutant in this campaign)"
+    return campaign_report.render_matrix(summary)

@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.actions import Action, Emit, Send
 from protocol.exporter.table import MoveEvent, MoveState
+from protocol.fence import Usage
 from protocol.params import default, default_s
 from protocol.wire import Map, Message, Placement
 
@@ -37,6 +38,7 @@ class ExporterConfig:
     # The run parameters' defaults are protocol/params.py's.
     ack_timeout_s: float = default_s("ack_timeout_ms")
     fence_timeout_s: float = default_s("fence_timeout_ms")
+    reset_grace_s: float = default_s("reset_grace_ms")
     hint_policy: str = default("hint_policy")
     max_moves_in_flight: int = 2
     lease_s: float = default_s("lease_ms")
@@ -71,6 +73,7 @@ class Attachment:
     last_gen: int | None = None      # the generation this attachment was last handed
     token: str = ""                  # its attachment token, for the connection it was made on
     peer: bytes = b""
+    pinned_once: bool = False        # it has pinned at least once (what NOTIFY_NEVER_PINNED reads)
 
 
 @dataclass
@@ -89,6 +92,10 @@ class Move:
     fence_wait_from: int = 0
     unsignaled: tuple[int, ...] = ()                        # slots whose fences the wait still waits for
     forced: list[str] = field(default_factory=list)         # importers whose fences were forced
+    wait_usage: Usage = Usage.BOOKKEEP                      # the usage its fence wait waits with
+    confirming: dict[int, int] = field(default_factory=dict)  # slot -> when forced: the device has not
+                                                            # confirmed its engine stopped yet (AWAIT_RESETS)
+    resetting: set[int] = field(default_factory=set)        # slots forced by the last FORCE_COMPLETE
 
 
 @dataclass

@@ -48,6 +48,7 @@ class MoveEvent(enum.Enum):
     NOTIFY_TIMEOUT = "notify_timeout"    # timer: --ack-timeout after the notification
     FENCES_SIGNALED = "fences_signaled"  # the shell: every fence waited for has signaled
     FENCE_TIMEOUT = "fence_timeout"      # timer: --fence-timeout after the fence wait began
+    RESET_TIMEOUT = "reset_timeout"      # timer: --reset-grace-ms after fences were forced (AWAIT_RESETS)
     COPY_DONE = "copy_done"              # the shell: the copy finished
     CANCEL = "cancel"                    # the run stops: moves not begun will not be
 
@@ -85,6 +86,9 @@ class Step(enum.Enum):
     WAIT_FENCES = "wait_fences"          # wait for every fence of the buffer (usage BOOKKEEP), bounded by --fence-timeout
     END_FENCE_WAIT = "end_fence_wait"    # every fence signaled: fence_wait_end, timer cancelled
     FORCE_COMPLETE = "force_complete"    # complete the unsignaled fences of responsive owners, revoke them
+    AWAIT_RESETS = "await_resets"        # after FORCE_COMPLETE: the next WAIT_FENCES also waits for each forced
+                                         # device to confirm its engine stopped, bounded by --reset-grace-ms
+    REVOKE_UNCONFIRMED = "revoke_unconfirmed"    # the grace is over: lose every device that did not confirm
     PUBLISH_KERNEL_FENCE = "publish_kernel_fence"  # the move's KERNEL fence, named by later map replies
     SIGNAL_KERNEL_FENCE = "signal_kernel_fence"
     # bytes
@@ -99,6 +103,16 @@ class Step(enum.Enum):
     HINT_WILL_MOVE = "hint_will_move"    # the unmap reply says: this buffer will move
     HINT_STAY = "hint_stay"              # the unmap reply promises it will not
     PIN = "pin"                          # the attach pins the buffer (a static importer)
+    # Known bugs, for mutants only (protocol/strategies/mutants.py): compile_spec refuses them in
+    # the table of a strategy that does not declare the rule it breaks.
+    WAIT_WRITE_FENCES = "wait_write_fences"      # wait with usage WRITE: KERNEL and WRITE fences, not READ
+    WAIT_KERNEL_FENCES = "wait_kernel_fences"    # wait with usage KERNEL: the move's own fences only
+    NOTIFY_NEVER_PINNED = "notify_never_pinned"  # as NOTIFY, but an attachment that ever pinned stays deaf
+    SERVE_MAP_UNLOCKED = "serve_map_unlocked"    # hand out the placement without the reservation lock
+
+
+MUTANT_STEPS = frozenset({Step.WAIT_WRITE_FENCES, Step.WAIT_KERNEL_FENCES, Step.NOTIFY_NEVER_PINNED,
+                          Step.SERVE_MAP_UNLOCKED})
 
 
 ExporterTable = Mapping[tuple[Any, MoveEvent], Any]
@@ -133,13 +147,17 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
     (ANY, MoveEvent.NOTIFY_TIMEOUT): IGNORE,
     (ANY, MoveEvent.FENCES_SIGNALED): IGNORE,
     (ANY, MoveEvent.FENCE_TIMEOUT): IGNORE,
+    (ANY, MoveEvent.RESET_TIMEOUT): IGNORE,
     (ANY, MoveEvent.CANCEL): IGNORE,
 }
 
 
 @dataclass(frozen=True)
 class ExporterSpec:
-    """A strategy's exporter half: its table. Checked and completed by moves.compile_spec."""
+    """A strategy's exporter half: its table. Checked and completed by moves.compile_spec.
+    `breaks`: the rule a mutant breaks on purpose (protocol/strategies/mutants.py); only then may
+    the table name a step of MUTANT_STEPS."""
 
     strategy: str
     table: ExporterTable
+    breaks: str = ""

@@ -13,6 +13,8 @@ Rules of this file:
   file (or entry point), the row and what is wrong, before anything runs it.
 - A strategy has a `SOURCE`: what another process must be given to load the same one (the name
   of a built-in or installed strategy, the absolute path of a file).
+- `BASE+MUTATION` names a mutant (protocol/strategies/mutants.py): the strategy BASE (resolved as
+  above) with one rule broken; its module also has MUTANT (the rule, its source, what to expect).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from types import ModuleType
 from protocol.exporter import ExporterSpec, compile_spec as compile_exporter
 from protocol.importer import ImporterSpec, compile_spec as compile_importer
 from protocol.machine import TableError
-from protocol.strategies import move_notify, move_notify_ack, pin, resv_fence, revalidate, unmap_hint
+from protocol.strategies import move_notify, move_notify_ack, mutants, pin, resv_fence, revalidate, unmap_hint
 
 ENTRY_POINT_GROUP = "dmabuf_emu.strategies"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -80,6 +82,8 @@ def resolve(spec: str) -> ModuleType:
         return _loaded[spec]
     if looks_like_path(spec):
         module = _load_file(Path(spec))
+    elif "+" in spec:
+        module = _derive_mutant(spec)
     else:
         module = _load_entry_point(spec)
     _loaded[spec] = _loaded[module.SOURCE] = module
@@ -97,12 +101,22 @@ def installed() -> list[str]:
 
 
 def describe_choices() -> str:
-    return f"{', '.join(STRATEGIES)}, an installed strategy, or the path of a .py file"
+    return f"{', '.join(STRATEGIES)}, a mutant BASE+MUTATION, an installed strategy, or the path of a .py file"
 
 
 def looks_like_path(spec: str) -> bool:
     """A strategy named by a file rather than by name."""
     return spec.endswith(".py") or "/" in spec or spec.startswith(".")
+
+
+def _derive_mutant(spec: str) -> ModuleType:
+    base, _ = mutants.split(spec)
+    try:
+        return mutants.derive(spec, resolve(base))
+    except mutants.MutantError as exc:
+        raise StrategyError(str(exc)) from None
+    except TableError as err:
+        raise StrategyError(f"mutant {spec} (protocol/strategies/mutants.py): {err}") from None
 
 
 def _load_entry_point(name: str) -> ModuleType:
