@@ -123,6 +123,10 @@ def test_the_wait_for_events_name_the_lock_holder_and_the_fences() -> None:
     assert ev["fence_wait_begin"]["fences"] == [{"importer": "importer-1", "slot": 1, "seq": 1, "usage": "WRITE"}]
     assert ev["map_deferred"] == {"id": ev["map_deferred"]["id"], "importer": "importer-2", "buffer": buffer,
                                   "attachment": ev["map_deferred"]["attachment"], "move": 1}
+    w.dma_done("importer-1", 1)
+    w.check_fences()
+    unlock = [f for s, e, f in w.events if e == "resv_unlock"]
+    assert unlock == [{"buffer": buffer, "move": 1}], "the holder is named at unlock too"
 
 
 def test_a_pinned_jobs_mapping_is_kept_after_unpin_until_move_notify() -> None:
