@@ -20,7 +20,7 @@ from protocol.importer import AttEvent, AttState, ImporterSpec, IStep, compile_s
 from protocol.machine import TableError
 from protocol.strategies import STRATEGIES, StrategyError, mutants, resolve
 from tests.test_e2e import assert_nothing_left, history
-from tests.world import World
+from tests.test_strategies import joined, vram_buffer
 
 BASE = STRATEGIES["resv-fence"]
 
@@ -88,16 +88,6 @@ def test_campaign_mutants_runs_every_mutant_with_its_workload_and_the_controls()
 
 # ---------------------------------------------------------------------------------- the bugs, sans-IO
 
-def joined(strategy: str, **kw) -> World:
-    w = World(strategy, **kw)
-    w.join_all()
-    return w
-
-
-def vram_buffer(w: World) -> int:
-    return next(b for b in range(w.buffers) if w.exporter.placement_of(b).heap == "vram")
-
-
 @pytest.mark.parametrize("mutant, access, waits", [
     ("resv-fence", "read", True), ("resv-fence", "write", True),
     ("resv-fence+wait-kernel-only", "read", False), ("resv-fence+wait-kernel-only", "write", False),
@@ -133,6 +123,10 @@ def test_the_wait_for_events_name_the_lock_holder_and_the_fences() -> None:
     assert ev["fence_wait_begin"]["fences"] == [{"importer": "importer-1", "slot": 1, "seq": 1, "usage": "WRITE"}]
     assert ev["map_deferred"] == {"id": ev["map_deferred"]["id"], "importer": "importer-2", "buffer": buffer,
                                   "attachment": ev["map_deferred"]["attachment"], "move": 1}
+    w.dma_done("importer-1", 1)
+    w.check_fences()
+    unlock = [f for s, e, f in w.events if e == "resv_unlock"]
+    assert unlock == [{"buffer": buffer, "move": 1}], "the holder is named at unlock too"
 
 
 def test_a_pinned_jobs_mapping_is_kept_after_unpin_until_move_notify() -> None:
@@ -299,3 +293,30 @@ def test_resv_fence_with_pins_and_the_same_pace_has_no_race_and_no_deadlock(shor
     assert r["mutant"] is None
     events = history(short_dir)
     assert any(e["event"] == "unpin" for e in events) and r["moves"]["completed"] > 0
+
+
+# ---------------------------------------------------------------------------------- the full sweep
+
+@pytest.mark.slow
+def test_every_mutant_is_caught_in_10_of_10_seeds_of_the_standard_workload(tmp_path: Path) -> None:
+    """The must-show of issue 15 (about 10 minutes on 2 cores): what README "Mutants" reports."""
+    from deploy.campaign import campaign
+    summary = campaign(RunParams(importers=4, buffers=8, duration=3.0), "mutants", "none", 10,
+                       tmp_path / "mutants", jobs=2, quiet=True, plots=False)
+    rows = {r["strategy"]: r for r in summary["mutation_score"]}
+    assert set(rows) == set(mutants.names()) | {"resv-fence", "resv-fence-pin-ratio-0.25"}
+    for name, r in rows.items():
+        if r["mutant"]:
+            assert (r["caught"], r["rule_quoted"]) == (10, 10), (name, r)
+        else:
+            assert r["caught"] == 0, (name, r)
+
+
+@pytest.mark.slow
+def test_no_correct_strategy_deadlocks_under_any_shipped_fault_plan(tmp_path: Path) -> None:
+    from deploy.campaign import campaign
+    summary = campaign(RunParams(importers=4, buffers=8, duration=3.0), "all", "all", 1,
+                       tmp_path / "plans", jobs=2, quiet=True, plots=False)
+    runs = summary["runs"]
+    assert len(runs) == 7 * 5 and not summary["failed_runs"]
+    assert [(d["strategy"], d["plan"]) for d in runs if d["deadlocks"]] == []

@@ -129,13 +129,15 @@ class MoveMachine:
         if buf.locked:
             raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: LOCK while already held")
         buf.locked = True
-        self.state.emit("resv_lock", buffer=buf.id, move=buf.move.id if buf.move else None)
+        buf.lock_move = buf.move.id if buf.move else None
+        self.state.emit("resv_lock", buffer=buf.id, move=buf.lock_move)
 
     def _unlock(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         if not buf.locked:
             raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: UNLOCK of a lock not held")
         buf.locked = False
-        self.state.emit("resv_unlock", buffer=buf.id, move=buf.move.id if buf.move else None)
+        self.state.emit("resv_unlock", buffer=buf.id, move=buf.lock_move)
+        buf.lock_move = None
 
     # ------------------------------------------------------------------ steps: move_notify and its answers
 
@@ -349,7 +351,7 @@ class MoveMachine:
         st.members[att.slot].waiting.add(att.id)
         # Who the map waits for: the holder of the reservation lock (null: it waits for a copy).
         st.emit("map_deferred", id=request.id, importer=st.peer_name(ctx["peer"]), buffer=buf.id,
-                attachment=att.id, move=buf.move.id if buf.locked and buf.move else None)
+                attachment=att.id, move=buf.lock_move if buf.locked else None)
 
     def _serve_deferred_maps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         st = self.state

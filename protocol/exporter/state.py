@@ -115,6 +115,7 @@ class Buffer:
     kernel_seq: int = 0                          # seqno of the last move's KERNEL fence
     promised: bool = False                       # an unmap reply promised it would not move
     locked: bool = False                         # a move holds its reservation lock
+    lock_move: int | None = None                 # ... that move (what resv_unlock names, even after END)
 
 
 class ExporterState:
