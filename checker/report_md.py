@@ -214,13 +214,20 @@ def _findings(f: dict[str, Any]) -> list[str]:
         shown = items[:MD_ITEMS]
         out += [f"### {title} ({part.get('count', len(items))} in all; {len(shown)} shown)", ""]
         for i, it in enumerate(shown, 1):
-            out += [f"{i}. {it.get('sentence')}", ""] + _broken_rule(it)
-            if title == "Deadlocks" and it.get("events"):
-                out += ["   " + ln for ln in _table(
-                    ["time", "service", "event", "the wait it began"],
-                    [(_secs_ms(e.get("t_ns"), it), e.get("svc"), e.get("event"), e.get("note"))
-                     for e in it["events"]])]
-                out.append("")
+            out += finding_lines(it, f"{i}. ", events=title == "Deadlocks")
+    return out
+
+
+def finding_lines(it: dict[str, Any], bullet: str = "", *, events: bool = True) -> list[str]:
+    """One finding as report.md shows it: its sentence, the rule its mutant breaks, and for a
+    deadlock the events that made the cycle's waits (explore's witness.md of a deadlock too)."""
+    out = [f"{bullet}{it.get('sentence')}", ""] + _broken_rule(it)
+    if events and it.get("events"):
+        out += ["   " + ln for ln in _table(
+            ["time", "service", "event", "the wait it began"],
+            [(_secs_ms(e.get("t_ns"), it), e.get("svc"), e.get("event"), e.get("note"))
+             for e in it["events"]])]
+        out.append("")
     return out
 
 

@@ -48,7 +48,7 @@ from deploy.options import OptionError, RunParams
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUN_GRACE_S = 120.0        # a run taking longer than duration + this is stopped as hung
 STOP_TIMEOUT_S = 20.0      # after SIGINT, how long a run may take to take its services down
-EXIT_OK, EXIT_FAILED_RUNS = 0, 3
+EXIT_OK, EXIT_USAGE, EXIT_FAILED_RUNS = 0, 2, 3
 
 
 class CampaignError(OptionError):
@@ -596,6 +596,9 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
     c.add_argument("--table", choices=("matrix", "mutation-score"), default="matrix",
                    help=with_default("the table printed at the end: strategy x plan, or the mutation score "
                                      "(mutants: caught in k of n runs, the rule each breaks)", "matrix"))
+    c.add_argument("--explore", type=Path, default=None, metavar="DIR",
+                   help="with --table mutation-score: the simulator's columns from this finished "
+                        "`dmabuf-emu explore-table --strategies mutants --out DIR`")
     c.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines")
     c.add_argument("--dry-run", action="store_true",
                    help="check every run's parameters (and the --scheduler address), say what would run, run nothing")
@@ -604,9 +607,17 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
 
 
 def main(args: argparse.Namespace) -> int:
+    explore = None
+    if args.explore is not None:
+        try:
+            explore = json.loads((args.explore / "table.json").read_text())
+        except (OSError, ValueError) as exc:
+            print(f"dmabuf-emu: campaign: --explore {args.explore}: no explore-table result there "
+                  f"(table.json: {exc.__class__.__name__})", file=sys.stderr)
+            return EXIT_USAGE
     if args.report_only:
         summary = campaign_report.write_summary(args.out.resolve(), plots=not args.no_plots)
-        print(_table(summary, args.table))
+        print(_table(summary, args.table, explore))
         return EXIT_OK
     flags = {k: v for k, v in vars(args).items() if any(o.key == k for o in options.OPTIONS)}
     base = options.resolve(args.scenario, flags)
@@ -618,11 +629,11 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         return EXIT_OK
     if not args.quiet:
-        print(_table(summary, args.table))
+        print(_table(summary, args.table, explore))
     return EXIT_FAILED_RUNS if summary.get("failed_runs") else EXIT_OK
 
 
-def _table(summary: dict[str, Any], which: str) -> str:
+def _table(summary: dict[str, Any], which: str, explore: dict[str, Any] | None = None) -> str:
     if which == "mutation-score":
-        return campaign_report.render_mutation_score(summary) or "(no mutant in this campaign)"
+        return campaign_report.render_mutation_score(summary, explore) or "(no mutant in this campaign)"
     return campaign_report.render_matrix(summary)

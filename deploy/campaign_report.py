@@ -362,21 +362,39 @@ def mutation_score(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def render_mutation_score(summary: dict[str, Any], simulator: str = "pending (issue 14)") -> str:
-    """The mutation-score table (markdown); empty when the campaign ran no mutant."""
+def render_mutation_score(summary: dict[str, Any], explore: dict[str, Any] | None = None) -> str:
+    """The mutation-score table (markdown); empty when the campaign ran no mutant. `explore`: an
+    `explore-table --strategies mutants` table.json, for the simulator's columns (else "-")."""
     rows = summary.get("mutation_score") or mutation_score(summary)
     if not rows:
         return ""
+    sim = {r["strategy"]: r for r in (explore or {}).get("rows", [])}
     lines = ["| mutant | rule it breaks | source | caught in real runs | kinds found | witnesses quoting the rule "
-             "| simulator: schedules to the first catch | shortest witness (events) |",
-             "|" + "---|" * 8]
+             "| shortest witness in real runs (events) | simulator: schedules to the first catch "
+             "| simulator: shrunk witness (events) |",
+             "|" + "---|" * 9]
     for r in rows:
         kinds = ", ".join(f"{k} {n}" for k, n in r["kinds"].items()) or "none"
         quoted = f"{r['rule_quoted']}/{r['caught']}" if r["mutant"] and r["caught"] else "-"
+        first, witness = _simulator_cells(sim.get(r["strategy"]), explore) if r["mutant"] else ("-", "-")
         lines.append(f"| {r['strategy']} | {r['rule']} | {r['source'] or '-'} | **{r['caught']}/{r['runs']}** "
-                     f"| {kinds} | {quoted} | {simulator if r['mutant'] else '-'} "
-                     f"| {_f(r['witness_events_min'])} |")
+                     f"| {kinds} | {quoted} | {_f(r['witness_events_min'])} | {first} | {witness} |")
     return "\n".join(lines)
+
+
+def _simulator_cells(row: dict[str, Any] | None, explore: dict[str, Any] | None) -> tuple[str, str]:
+    """explore-table's figures for one mutant: random's median schedules to the first catch (and
+    how many seeds caught it), the exhaustive search's first catch, and the shrunk witness."""
+    if row is None or explore is None:
+        return "-", "-"
+    rnd, ex = row["random"], row["exhaustive"]
+    median = "none" if not rnd["raced"] else (f"> {explore['cap']}" if rnd["median"] > explore["cap"]
+                                             else f"{rnd['median']:g}")
+    exhaustive = (f"schedule {ex['first_race_schedule']}" if ex["first_race_schedule"] is not None
+                  else "exhausted, none" if ex["exhausted"] else "none")
+    first = f"random {median} ({rnd['raced']}/{rnd['seeds']} seeds); exhaustive (seed 1, bound {explore['bound']}) {exhaustive}"
+    events = [x.get("witness_events") for x in (rnd, ex) if x.get("witness_events") is not None]
+    return first, (str(min(events)) if events else "-")
 
 
 def _plan_line(name: str, info: dict[str, Any]) -> str:

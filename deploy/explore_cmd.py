@@ -200,16 +200,17 @@ def check_size(spec: Any) -> None:
 def result_lines(r: dict[str, Any], out: Path) -> list[str]:
     races = r["races"]
     lines = []
+    found = "race" if set(races) - {"deadlock"} else "deadlock"    # a deadlock finding is a catch too
     if r["search"] == "exhaustive":
         if r["exhausted"] and not races:
             lines.append(f"exhausted: {r['schedules']} schedules within bound {r['bound']} ({r['bound_kind']}), no race"
                          f" ({r['blocked']} more cut short by sleep sets)")
         elif races:
-            lines.append(f"race in schedule {r['first_race_schedule']} of the exhaustive search (bound {r['bound']})")
+            lines.append(f"{found} in schedule {r['first_race_schedule']} of the exhaustive search (bound {r['bound']})")
         else:
             lines.append(f"not exhausted: {r['schedules']} schedules within bound {r['bound']} so far, no race")
     elif races:
-        lines.append(f"race in schedule {r['first_race_schedule']} ({r['search']})")
+        lines.append(f"{found} in schedule {r['first_race_schedule']} ({r['search']})")
     else:
         lines.append(f"no race in {r['schedules']} schedules ({r['search']})")
     lines.append(f"  {r['strategy']}: {r['schedules']} schedules in {r['seconds']:.1f} s "

@@ -14,7 +14,8 @@ Rules:
   schedule number: work below it is finished before the search stops, so the answer is the one a
   single process gives.
 - Races are the checker's: every schedule's history is judged in memory (nothing is written for
-  one that did not race). The schedule of each new race (a kind on a buffer not seen before, at
+  one that did not race). A deadlock the checker finds (its wait-for graph) is a catch too, of
+  kind "deadlock" (sim/search/trial.py judge): saved, counted and shrunk as a race is. The schedule of each new race (a kind on a buffer not seen before, at
   most MAX_SAVED) becomes DIR/races/K/, a simulated run directory written by running the schedule
   again with every decision taken from it (sim/run.py simulate, strict ListGuide) and checked to
   give the same history; `dmabuf-emu replay DIR/races/K` reproduces it.
@@ -635,8 +636,13 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
     shrunk_dir = out / "shrunk"
     result = write_run(config, r.after.entries, r.after.streams, shrunk_dir)
     witness_events, index = _witness_of(result.report, kind, buffer)
-    from sim.witness_md import write_witness
-    write_witness(shrunk_dir / "history.jsonl", index, out / "witness.md", result.report)
+    if kind == "deadlock":
+        from checker.report_md import finding_lines
+        item = result.report["findings"]["deadlock"]["items"][index - 1]
+        (out / "witness.md").write_text("\n".join([f"# Deadlock on buffer {buffer}", ""] + finding_lines(item)))
+    else:
+        from sim.witness_md import write_witness
+        write_witness(shrunk_dir / "history.jsonl", index, out / "witness.md", result.report)
     shutil.copyfile(shrunk_dir / "trace.json", out / "trace.json")
     info = {"kind": kind, "buffer": buffer, "events": len(witness_events), "decisions": r.after.decisions,
             "messages": r.after.messages, "steps": r.after.steps, "deviations": ShrinkResult.counts(r.deviations),
@@ -650,8 +656,14 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
 
 def _witness_of(report: dict[str, Any], kind: str, buffer: Any) -> tuple[list[dict[str, Any]], int]:
     """The events of the checker's witness of `kind` on `buffer`, and its number in report.md's
-    order (checker/explain.py listed_witnesses)."""
+    order (checker/explain.py listed_witnesses); for a deadlock, the events of its cycle's waits
+    and its number among the report's deadlock findings."""
     from sim.witness_md import listed_witnesses
+    if kind == "deadlock":
+        for i, item in enumerate(report["findings"]["deadlock"]["items"], 1):
+            if any(n.get("node") == "lock" and n.get("buffer") == buffer for n in item["cycle"]):
+                return item.get("events", []), i
+        raise ValueError(f"the shrunk run's report has no deadlock on buffer {buffer}")
     for i, (k, w) in enumerate(listed_witnesses(report), 1):
         if k == kind and w.get("job", {}).get("buffer") == buffer:
             return w.get("events", []), i

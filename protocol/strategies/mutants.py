@@ -15,6 +15,10 @@ Rules of this file:
   MUTANT_STEPS, which compile_spec refuses in a table that does not declare `breaks`.
 - `params`: run parameters the mutant's workload needs to show the bug at all (pins for the pin
   mutants); campaigns run it with them.
+- `small`: what the simulator's small configuration (dmabuf-emu explore, explore-table
+  --strategies mutants) needs on top of its defaults to reach the bug: run parameters, and
+  `dma_jobs` / `moves`, the simulated driver's budgets (explore's --dma-jobs, --moves). Each
+  entry says why; a bug the defaults reach has none.
 - Mutations compose: `BASE+M1+M2` applies M1 then M2, each declared for BASE; the mutant breaks
   both rules. DOUBLES lists the compositions campaigns run (a mutant masked by another rule,
   caught once that rule is removed too).
@@ -37,6 +41,13 @@ Table = Mapping[tuple[Any, Any], Any]
 Transform = Callable[[Table], dict]
 
 PIN_RATIO = 0.25   # the share of pinning jobs the pin mutants' workload needs (and their control's)
+# The pin mutants on the small configuration: a job that pins, then a move, then a job on the kept
+# mapping needs three jobs of one importer (two, the default budget, reach it for few seeds).
+SMALL_PINS: Mapping[str, Any] = {"pin_ratio": 0.5, "dma_jobs": 3}
+# no-kernel-fence-wait on the small configuration: a 4 KiB copy is one chunk (25 us in the
+# simulator's cost model, sim/world.py LANE_COST_NS), over before any map reply can arrive (30 us
+# at least), so no schedule reaches the bug (exhausted at bound 2); a 1 MiB copy takes 100 us.
+SMALL_LONG_COPY: Mapping[str, Any] = {"buffer_size": 1 << 20, "vram_size": 1 << 20}
 
 
 # ---------------------------------------------------------------------------------- table edits
@@ -116,6 +127,7 @@ class Mutant:
     exporter: Transform = keep
     importer: Transform = keep
     params: Mapping[str, Any] = field(default_factory=dict)
+    small: Mapping[str, Any] = field(default_factory=dict)
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -151,7 +163,7 @@ MUTANTS: tuple[Mutant, ...] = (
                "pinned BO (ttm_bo_pin)",
         expect="races on buffers moved while pinned (through the mapping the pinning job keeps)",
         exporter=drop_rule((MoveState.IDLE, MoveEvent.MOVE_WANTED), Guard.PINNED),
-        params={"pin_ratio": PIN_RATIO}),
+        params={"pin_ratio": PIN_RATIO}, small=SMALL_PINS),
     Mutant(
         "resv-fence", "unpin-stays-deaf",
         rule="after unpin the attachment is told of moves again: dma_buf_unpin() \"allows the exporter to move "
@@ -159,7 +171,7 @@ MUTANTS: tuple[Mutant, ...] = (
         source="drivers/dma-buf/dma-buf.c, dma_buf_unpin()",
         expect="races after unpin (a kept mapping never invalidated)",
         exporter=replace_step(Step.NOTIFY, Step.NOTIFY_NEVER_PINNED),
-        params={"pin_ratio": PIN_RATIO}),
+        params={"pin_ratio": PIN_RATIO}, small=SMALL_PINS),
     Mutant(
         "resv-fence", "no-kernel-fence-wait",
         rule="an importer waits for the move's KERNEL fence before it touches the new placement: \"Drivers "
@@ -167,7 +179,7 @@ MUTANTS: tuple[Mutant, ...] = (
         source="include/linux/dma-resv.h, DMA_RESV_USAGE_KERNEL (TTM publishes the move's fence and unlocks "
                "before the copy ends)",
         expect="unfenced_access",
-        importer=drop_rule((AttState.MAPPING, AttEvent.MAP_OK), IGuard.FENCED)),
+        importer=drop_rule((AttState.MAPPING, AttEvent.MAP_OK), IGuard.FENCED), small=SMALL_LONG_COPY),
     Mutant(
         "resv-fence", "map-unlocked",
         rule="a map takes the reservation lock, so no mapping is handed out while a move holds it "
@@ -239,6 +251,15 @@ def params_of(spec: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m in mutations_of(spec):
         out.update(m.params)
+    return out
+
+
+def small_of(spec: str) -> dict[str, Any]:
+    """What the simulator's small configuration needs to reach the mutant's bug (each mutation's
+    `small`): run parameters, and dma_jobs / moves for the simulated driver."""
+    out: dict[str, Any] = {}
+    for m in mutations_of(spec):
+        out.update(m.small)
     return out
 
 

@@ -15,7 +15,10 @@ Rules:
   every other draw (the workload's buffer, access and durations, the control sockets' delays)
   keeps its default, which the seed fixes.
 - Races are the checker's: the merged history goes through checker.oracle.Oracle, each race it
-  reports (kind, buffer, importer, job) is kept. Nothing is written; the history is kept only
+  reports (kind, buffer, importer, job) is kept, and so is each deadlock finding (kind
+  "deadlock", the buffer whose lock the cycle's holder took, the importer whose fence it waited
+  for): a schedule that deadlocks is a catch as much as one that races, and only the checker's
+  wait-for graph says that it did. Nothing is written; the history is kept only
   when asked (a race, for its witness).
 - A schedule judged in memory ends when the window closes with no DMA running (`cut_tail`): the
   importers answered stop with every job over, the exporter with every move over, and nothing
@@ -187,6 +190,9 @@ class Blocked(BaseException):
 
 @dataclass(frozen=True)
 class RaceId:
+    """A catch: a race (kind, buffer, importer, job), or a deadlock finding ("deadlock", the
+    buffer of the lock in its cycle, the importer of the fence in it, that fence's seq)."""
+
     kind: str
     buffer: Any
     svc: str
@@ -245,14 +251,29 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 
 
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
-    """The checker's verdicts on a merged history: every race, in the order it was judged."""
+    """The checker's verdicts on a merged history: every race and every deadlock, in the order
+    it judged them."""
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
-    oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)))
+
+    def on_finding(what: str, svc: str, t: int, fields: dict[str, Any]) -> None:
+        if what == "deadlock":
+            races.append(deadlock_id(fields["cycle"]))
+
+    oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
+                    on_finding=on_finding)
     oracle.run(history)
     oracle.finish()
     return races, (oracle.report() if report else None)
+
+
+def deadlock_id(cycle: Sequence[Sequence[Any]]) -> RaceId:
+    """A deadlock cycle (checker/waitfor.py nodes: ("lock", buffer), ("move", buffer, id),
+    ("fence", importer, buffer, seq), ("map", importer, id)) as a catch."""
+    lock = next((n[1] for n in cycle if n[0] == "lock"), None)
+    fence = next((n for n in cycle if n[0] == "fence"), None)
+    return RaceId("deadlock", lock, fence[1] if fence else "exporter", fence[3] if fence else None)
 
 
 def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], None] | None = None,
