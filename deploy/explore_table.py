@@ -83,21 +83,25 @@ def chosen(spec: str) -> list[tuple[str, dict[str, Any]]]:
     return [(n, known[n]) for n in names]
 
 
-def cell(label: str, overrides: dict[str, Any], search: str, seed: int, cap: int, bound: int, out: str,
-         shrink: bool) -> dict[str, Any]:
-    """One explore run (in a worker): its explore.json."""
+def small_config(strategy: str, seed: int, overrides: dict[str, Any]) -> Any:
+    """The small configuration (deploy/bench/exploreperf.py small) with `overrides`: run
+    parameters, and dma_jobs / moves, the simulated driver's budgets (a mutant's `small`)."""
     import dataclasses
 
     from deploy.bench.exploreperf import small
-    from sim.explore import Explorer, Limits, Spec
-    strategy = overrides.get("strategy", label)
     config = small(strategy, seed)
-    budgets = {"dma_jobs": "jobs", "moves": "moves"}     # the simulated driver's (SimOptions)
+    budgets = {"dma_jobs": "jobs", "moves": "moves"}     # SimOptions' names
     params = dataclasses.replace(config.params, **{k: v for k, v in overrides.items()
                                                    if k != "strategy" and k not in budgets})
     options = dataclasses.replace(config.options, **{budgets[k]: v for k, v in overrides.items() if k in budgets})
-    config = dataclasses.replace(config, params=params, options=options)
-    spec = Spec(config, search, seed, 2, bound)
+    return dataclasses.replace(config, params=params, options=options)
+
+
+def cell(label: str, overrides: dict[str, Any], search: str, seed: int, cap: int, bound: int, out: str,
+         shrink: bool) -> dict[str, Any]:
+    """One explore run (in a worker): its explore.json."""
+    from sim.explore import Explorer, Limits, Spec
+    spec = Spec(small_config(overrides.get("strategy", label), seed, overrides), search, seed, 2, bound)
     limits = Limits(schedules=None if search == "exhaustive" else cap)
     d = Path(out)
     if (d / "explore.json").exists() and json.loads((d / "explore.json").read_text()).get("complete"):
