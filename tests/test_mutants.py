@@ -317,6 +317,57 @@ def test_resv_fence_is_exhausted_with_no_catch_at_bound_2(tmp_path: Path, overri
     assert r["exhausted"] and r["races"] == {} and r["schedules"] > 100, r
 
 
+# ---------------------------------------------------------------------------------- the forced-fence window
+
+NO_RESET_WAIT = """\
+from protocol.exporter import ExporterSpec, Guard, MoveEvent, MoveState, Step
+from protocol.importer import ImporterSpec
+from protocol.machine import SAME, Rule
+from protocol.strategies import resv_fence as base
+NAME = "resv-fence-no-reset-wait"
+SUMMARY = "resv-fence before the forced-fence window was closed: force the fences, copy at once"
+EXPORTER = ExporterSpec(NAME, {**base.EXPORTER.table, (MoveState.FENCE_WAIT, MoveEvent.FENCE_TIMEOUT): (
+    Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.WAIT_FENCES)),)})
+IMPORTER = ImporterSpec(NAME, base.IMPORTER.table)
+"""
+
+
+def test_the_forced_fence_window_cannot_open_in_the_simulator_a_dma_chunk_is_one_step(tmp_path: Path) -> None:
+    """What is true, not what issue 15 asked for: with the reset confirmation taken out of the
+    table (resv-fence as it was before the fix), moves force a running device's fence and copy at
+    that instant, and still no schedule races, because the simulator runs a DMA chunk's forced-fence
+    check and its access in one step (importer_svc/dma.py _chunk, one callback at one virtual
+    instant): no chunk is ever under way across the force. A real chunk is preempted half-way
+    (tests/test_faults_e2e.py is where the fix is shown). With the fix the copy waits for the
+    device's reset_confirmed."""
+    import json
+    from deploy.explore_table import small_config
+    from sim.search.random import RandomChooser
+    from sim.search.trial import run_trial
+    path = tmp_path / "no_reset_wait.py"
+    path.write_text(NO_RESET_WAIT)
+    forced_copies = 0
+    for strategy in (str(path), "resv-fence"):
+        config = small_config(strategy, 1, {"dma_ms": 6.0, "fence_timeout_ms": 1.0})
+        for i in range(1, 7):
+            t = run_trial(config, RandomChooser(1, i), keep_history=True)
+            assert t.races == [] and t.error is None, (strategy, i, t.races)
+            evs = [json.loads(ln) for ln in t.history]
+            forced = [e for e in evs if e["event"] == "fence_signal" and e.get("forced")]
+            copies = {e["move"]: e["t_ns"] for e in evs if e["event"] == "copy_begin"}
+            assert forced, "the fence wait timed out and forced a running device's fence"
+            for f in forced:
+                if strategy == "resv-fence":
+                    confirmed = [e for e in evs if e["event"] == "reset_confirmed" and e["move"] == f["move"]]
+                    assert confirmed and confirmed[0]["t_ns"] <= copies[f["move"]], "the fix: confirmed, then copied"
+                elif copies.get(f["move"]) == f["t_ns"]:
+                    forced_copies += 1                  # before the fix: the copy at the force's instant
+            aborted = [e for e in evs if e["event"] == "dma_end" and e["status"] == "aborted"]
+            assert aborted and all(e["last_access_ns"] is None or e["last_access_ns"] < forced[0]["t_ns"]
+                                   for e in aborted), "an aborted chunk made no access after the force"
+    assert forced_copies > 0
+
+
 # ---------------------------------------------------------------------------------- real runs
 
 # Short runs under a high move rate, each under the conditions that make its bug meet the workload
