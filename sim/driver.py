@@ -20,7 +20,9 @@ Rules (each the real driver's, on virtual time):
 - SimOptions (sim/options.py) may limit the run for the schedule search: `jobs` per importer
   (the workload's next_job is wrapped), `moves` of the memory manager (its pressure tick and
   timer are wrapped, the moves counted where the exporter's Emit actions are performed), and
-  `network` "chosen" (sim/network.py elastic). The services themselves are the real ones.
+  `network` "chosen" (sim/network.py elastic). The services themselves are the real ones; the
+  memory manager's moves (which buffer, when) are scheduler decisions (steer_moves) whose
+  defaults are the real exporter's.
 - The driver's code is written as generators: `yield Sleep(s)` waits on the virtual clock,
   `yield Await(id, timeout)` waits for a control reply.
 """
@@ -127,6 +129,17 @@ def budget_moves(service: ExporterService, moves: int) -> None:
     service._schedule_pressure = lambda: schedule_pressure() if wanted[0] < moves else None  # type: ignore[method-assign]
 
 
+def steer_moves(service: ExporterService, scheduler: Scheduler) -> None:
+    """The memory manager's moves as the scheduler's decisions, so that a guide can replay a real
+    run's (sim/realguide.py): at each pressure tick, which of the moves the policy would want
+    (`move:exporter`, a pick among Exporter.move_options(), default the policy's own) and how
+    long until the next tick (`pressure:exporter`: the wait is 2x the period times x, default
+    x = 0.5, the period). Unguided, both defaults are what a real exporter does."""
+    tick, period = service.engine.pressure_tick, service.pressure_period_s
+    service.engine.pressure_tick = lambda now: tick(now, scheduler.pick("move:exporter", service.engine.move_options()))  # type: ignore[method-assign]
+    service.pressure_period_s = lambda: 2 * period() * scheduler.fixed("pressure:exporter", 0.5)  # type: ignore[method-assign]
+
+
 class SimDeployment:
     """One simulated run: the world, its services and the driver."""
 
@@ -195,6 +208,7 @@ class SimDeployment:
                             hint_policy=p.hint_policy, lease_s=p.lease_ms / 1000, retry_s=p.retry_ms / 1000,
                             faults=tuple(p.faults), seed=p.seed)
         service = ExporterService(args, env, credentials=(self.secret, None))
+        steer_moves(service, self.scheduler)
         if self.options.moves is not None:
             budget_moves(service, self.options.moves)
         self._adopt("exporter", proc, service)

@@ -10,6 +10,9 @@ Rules:
     choice  one of n items from a stream;      entry ("c", stream, k, n)
   `stream` is an index into `Scheduler.streams`, the names of the generators in the order the
   run first used them (`net:exporter`, `workload:1:0`, `msgfault:0:exporter`, ...).
+  Two streams are the simulator's own, not a shell's generator: `move:exporter` (which of the
+  memory manager's moves a pressure tick wants, `pick`) and `pressure:exporter` (how long a tick
+  waits, `fixed`); their defaults are what a real run does, not draws (sim/driver.py steer_moves).
 - Draws come from generators the shells got from `Scheduler.rng(stream, seed)` (runtime/rng.py).
   Each keeps the random.Random a real run would have made with the same seed string, and draws
   from it on every call: that value is the *default*, so a simulated run without a guide draws
@@ -52,7 +55,7 @@ class Request(NamedTuple):
     kind: str                       # STEP, RANDOM, CHANCE or CHOICE
     stream: str                     # the stream's name ("" for a step)
     n: int | None                   # options (step, choice)
-    options: Sequence[str] | None   # a step's enabled actors, in the world's fixed order
+    options: Sequence[str] | None   # a step's enabled actors, in the world's fixed order; a pick's options
     p: float | None                 # a chance's probability
     default: Any                    # what the chooser would take
 
@@ -158,7 +161,27 @@ class Scheduler:
         self.streams.append(name)
         return SimRandom(self, sid, random.Random(seed))
 
+    def _sid(self, stream: str) -> int:
+        sid = self._sids.get(stream)
+        if sid is None:
+            self._sids[stream] = sid = len(self.streams)
+            self.streams.append(stream)
+        return sid
+
     # ------------------------------------------------------------------ decisions
+
+    def pick(self, stream: str, options: Sequence[str]) -> int:
+        """A choice of the simulator's own, where a real run always takes the first option (the
+        memory manager's move: sim/driver.py steer_moves): a `choice` on `stream` whose default is
+        0, not a draw; the guide sees the options. One option or none is no choice, not logged."""
+        if len(options) < 2:
+            return 0
+        return self._choice(self._sid(stream), len(options), 0, options)
+
+    def fixed(self, stream: str, default: float) -> float:
+        """A `random` of the simulator's own whose default is `default`, not a draw (the pressure
+        tick's wait: sim/driver.py steer_moves), so an unguided run does what a real one does."""
+        return self._random(self._sid(stream), default)
 
     def _ask(self, kind: str, sid: int, n: int | None, options: Sequence[str] | None,
              p: float | None, default: Any) -> Any | None:
@@ -212,10 +235,10 @@ class Scheduler:
         self._append((CHANCE, sid, 1 if b else 0))
         return b
 
-    def _choice(self, sid: int, n: int, default: int) -> int:
+    def _choice(self, sid: int, n: int, default: int, options: Sequence[str] | None = None) -> int:
         k = None
         if self.guide is not None:
-            k = self._ask(CHOICE, sid, n, None, None, default)
+            k = self._ask(CHOICE, sid, n, options, None, default)
         if k is None:
             k = self.chooser.choice(len(self.log), self.streams[sid], n, default)
             self.counts.made += 1
