@@ -21,8 +21,9 @@ Rules (each the real driver's, on virtual time):
   (the workload's next_job is wrapped), `moves` of the memory manager (its pressure tick and
   timer are wrapped, the moves counted where the exporter's Emit actions are performed), and
   `network` "chosen" (sim/network.py elastic). The services themselves are the real ones; the
-  memory manager's moves (which buffer, when) are scheduler decisions (steer_moves) whose
-  defaults are the real exporter's.
+  memory manager's moves (which buffer, when: steer_moves) and how late an importer's refill
+  timer fires (steer_refills) are scheduler decisions whose defaults are what the simulator
+  did before: the real exporter's choice, the period, on time.
 - The driver's code is written as generators: `yield Sleep(s)` waits on the virtual clock,
   `yield Await(id, timeout)` waits for a control reply.
 """
@@ -60,6 +61,7 @@ STOP_TIMEOUT_S = 10.0           # deploy/run.py
 DOWN_TIMEOUT_S = 5.0            # deploy/launcher.py down()
 STATUS_POLL_S = 0.01
 RESTART_READY_S = 10.0
+LATE_MAX_S = 0.05               # the most a refill timer may fire late (steer_refills)
 DRIVER_POLL_S = 0.25            # deploy/process_faults.py sleep_until
 
 
@@ -127,6 +129,16 @@ def budget_moves(service: ExporterService, moves: int) -> None:
     service.handlers[Emit] = counting
     service.engine.pressure_tick = lambda now: tick(now) if wanted[0] < moves else []  # type: ignore[method-assign]
     service._schedule_pressure = lambda: schedule_pressure() if wanted[0] < moves else None  # type: ignore[method-assign]
+
+
+def steer_refills(service: ImporterService, scheduler: Scheduler) -> None:
+    """How late an importer's refill timer fires after its think time, as the scheduler's
+    decision (`late:<importer>`: LATE_MAX_S times x, default x = 0: on time, as every simulated
+    timer fires). A real importer under load wakes late, its map round trips take up to ~10 ms;
+    a guide replaying a real run (sim/realguide.py) sets it so that each job begins when the real
+    one began. Unguided, the default is what the simulator always did."""
+    think, stream = service.workload.think_s, f"late:{service.args.name}"
+    service.workload.think_s = lambda: think() + LATE_MAX_S * scheduler.fixed(stream, 0.0)  # type: ignore[method-assign]
 
 
 def steer_moves(service: ExporterService, scheduler: Scheduler) -> None:
@@ -226,6 +238,7 @@ class SimDeployment:
         tokens = (capability.join_token(self.secret, name),
                   {b: capability.export_token(self.secret, b) for b in p.granted(name)}, None)
         service = ImporterService(args, env, credentials=tokens)
+        steer_refills(service, self.scheduler)
         if self.options.jobs is not None:
             budget_jobs(service, self.options.jobs)
         self._adopt(name, proc, service)

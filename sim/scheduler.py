@@ -10,9 +10,10 @@ Rules:
     choice  one of n items from a stream;      entry ("c", stream, k, n)
   `stream` is an index into `Scheduler.streams`, the names of the generators in the order the
   run first used them (`net:exporter`, `workload:1:0`, `msgfault:0:exporter`, ...).
-  Two streams are the simulator's own, not a shell's generator: `move:exporter` (which of the
-  memory manager's moves a pressure tick wants, `pick`) and `pressure:exporter` (how long a tick
-  waits, `fixed`); their defaults are what a real run does, not draws (sim/driver.py steer_moves).
+  Some streams are the simulator's own, not a shell's generator: `move:exporter` (which of the
+  memory manager's moves a pressure tick wants, `pick`), `pressure:exporter` (how long a tick
+  waits) and `late:<importer>` (how late its refill timer fires, `fixed`); their defaults are
+  fixed, not draws: what a real run does, or on time (sim/driver.py steer_moves, steer_refills).
 - Draws come from generators the shells got from `Scheduler.rng(stream, seed)` (runtime/rng.py).
   Each keeps the random.Random a real run would have made with the same seed string, and draws
   from it on every call: that value is the *default*, so a simulated run without a guide draws
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple, Protocol, Sequence, TypeVar
+from typing import IO, Any, Callable, NamedTuple, Protocol, Sequence, TypeVar
 
 import orjson
 
@@ -55,9 +56,11 @@ class Request(NamedTuple):
     kind: str                       # STEP, RANDOM, CHANCE or CHOICE
     stream: str                     # the stream's name ("" for a step)
     n: int | None                   # options (step, choice)
-    options: Sequence[str] | None   # a step's enabled actors, in the world's fixed order; a pick's options
+    options: Sequence[str] | None   # a step's enabled actors, in the world's fixed order; a pick's or
+                                    # a choice's options (str of each item)
     p: float | None                 # a chance's probability
     default: Any                    # what the chooser would take
+    now: int = 0                    # the virtual time it is asked at (the world's clock)
 
 
 class Guide(Protocol):
@@ -126,7 +129,8 @@ class SimRandom:
         if not seq:
             raise IndexError("cannot choose from an empty sequence")
         n = len(seq)
-        return seq[self._sched._choice(self._sid, n, self._base.randrange(n))]
+        options = tuple(map(str, seq)) if self._sched.guide is not None else None   # what a guide sees
+        return seq[self._sched._choice(self._sid, n, self._base.randrange(n), options)]
 
 
 @dataclass
@@ -146,6 +150,7 @@ class Scheduler:
         self._sids: dict[str, int] = {}
         self.counts = Counts()
         self._append = self.log.append
+        self.clock: Callable[[], int] = lambda: 0     # the world's virtual clock (sim/world.py sets it)
 
     # ------------------------------------------------------------------ generators
 
@@ -180,13 +185,13 @@ class Scheduler:
 
     def fixed(self, stream: str, default: float) -> float:
         """A `random` of the simulator's own whose default is `default`, not a draw (the pressure
-        tick's wait: sim/driver.py steer_moves), so an unguided run does what a real one does."""
+        tick's wait, a refill's lateness: sim/driver.py), so an unguided run is what it was."""
         return self._random(self._sid(stream), default)
 
     def _ask(self, kind: str, sid: int, n: int | None, options: Sequence[str] | None,
              p: float | None, default: Any) -> Any | None:
         stream = self.streams[sid] if sid >= 0 else ""
-        value = self.guide.suggest(Request(len(self.log), kind, stream, n, options, p, default))  # type: ignore[union-attr]
+        value = self.guide.suggest(Request(len(self.log), kind, stream, n, options, p, default, self.clock()))  # type: ignore[union-attr]
         if value is None:
             return None
         if kind in (STEP, CHOICE):
