@@ -77,6 +77,7 @@ class _Cursor:
     next: int = 0                   # the next job a choice draws
     pending: str = ""               # "chance" / "duration" of job next-1 still to draw
     late_ns: int = 0                # what the last think time could not wait: the refill's lateness
+    stretch_ns: int = 0             # what the last duration could not last: the DMA's lateness
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class RealGuide:
     net_ns: dict[str, int]                          # sender -> that delay
     warps: dict[int, Warp]                          # importer index -> where its real times are aimed
     chunk_ms: float = ImporterArgs.chunk_ms          # the DMA engine's chunk (importer_svc/dma.py)
+    taken: dict[str, int] = field(default_factory=dict)   # decisions answered, by what they decide
+    left: dict[str, int] = field(default_factory=dict)    # decisions left to the chooser, likewise
     _cursors: dict[str, _Cursor] = field(default_factory=dict)
     _s0: int | None = None                          # the simulated exporter's start (virtual ns)
     _waits: int = 0                                 # pressure waits answered
@@ -238,6 +241,13 @@ class RealGuide:
     # ------------------------------------------------------------------ Guide
 
     def suggest(self, request: Request) -> Any | None:
+        value = self._suggest(request)
+        what = "step" if request.kind == STEP else request.stream.split(":", 1)[0]
+        tally = self.left if value is None else self.taken
+        tally[what] = tally.get(what, 0) + 1
+        return value
+
+    def _suggest(self, request: Request) -> Any | None:
         if request.kind == STEP:
             return self._step(request)
         stream = request.stream
@@ -245,11 +255,14 @@ class RealGuide:
             return self._wait(request)
         if stream == "move:exporter":
             return self._move(request)
-        if stream.startswith("late:"):
-            cur = self._cursors.get(f"workload:{stream[5:].split('-')[-1]}:0")
+        if stream.startswith(("late:", "dma-late:")):
+            cur = self._cursors.get(f"workload:{stream.split('-')[-1]}:0")
             if cur is None or request.kind != RANDOM:
                 return None
-            late, cur.late_ns = cur.late_ns, 0
+            if stream.startswith("late:"):
+                late, cur.late_ns = cur.late_ns, 0
+            else:
+                late, cur.stretch_ns = cur.stretch_ns, 0
             return min(ALMOST_ONE, max(0.0, late / 1e9 / LATE_MAX_S))
         if stream.startswith("net:"):
             return self._delay(stream[4:], request)
@@ -294,11 +307,11 @@ class RealGuide:
         rel = request.now - self._s0
         if request.kind != RANDOM or self.period_ns <= 0:
             return None
-        half = self.period_ns // 2
-        later = [t.t_ns for t in self.ticks if t.t_ns > rel + half // 2]
-        if not later or later[0] - rel > 2 * self.period_ns - half:
-            return None                              # no real tick near: the period
-        return min(ALMOST_ONE, max(0.0, (later[0] - rel) / (2 * self.period_ns)))
+        later = [t.t_ns for t in self.ticks if t.t_ns > rel + self.period_ns // 4]
+        span = 8 * self.period_ns                    # sim/driver.py steer_moves: the wait is 8 periods times x
+        if not later or later[0] - rel >= span:
+            return None                              # no real tick in reach: the period
+        return min(ALMOST_ONE, max(0.0, (later[0] - rel) / span))
 
     def _move(self, request: Request) -> int | None:
         """The move of the real tick at this time (within a quarter period), if it is an option."""
@@ -339,8 +352,10 @@ class RealGuide:
             return cur.jobs[cur.next - 1].access == "write"
         if request.kind == RANDOM and cur.pending == "duration":
             cur.pending = "map"
-            x = dma_duration_ms(cur.jobs[cur.next - 1].duration_ns / 1e6, self.chunk_ms) / self.dma_ms - 0.5
-            return min(ALMOST_ONE, max(0.0, x))
+            want = dma_duration_ms(cur.jobs[cur.next - 1].duration_ns / 1e6, self.chunk_ms)
+            x = min(ALMOST_ONE, max(0.0, want / self.dma_ms - 0.5))
+            cur.stretch_ns = max(0, int((want - self.dma_ms * (0.5 + x)) * 1e6))
+            return x
         if request.kind == RANDOM:                      # a think time, before job `next`
             if cur.next >= len(cur.jobs) or self.think_ms <= 0:
                 return None

@@ -12,8 +12,9 @@ Rules:
   run first used them (`net:exporter`, `workload:1:0`, `msgfault:0:exporter`, ...).
   Some streams are the simulator's own, not a shell's generator: `move:exporter` (which of the
   memory manager's moves a pressure tick wants, `pick`), `pressure:exporter` (how long a tick
-  waits) and `late:<importer>` (how late its refill timer fires, `fixed`); their defaults are
-  fixed, not draws: what a real run does, or on time (sim/driver.py steer_moves, steer_refills).
+  waits), `late:<importer>` and `dma-late:<importer>` (how late its refill and DMA timers fire,
+  `fixed`); their defaults are fixed, not draws: what a real run does, or on time (sim/driver.py
+  steer_moves, steer_importer).
 - Draws come from generators the shells got from `Scheduler.rng(stream, seed)` (runtime/rng.py).
   Each keeps the random.Random a real run would have made with the same seed string, and draws
   from it on every call: that value is the *default*, so a simulated run without a guide draws
