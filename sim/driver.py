@@ -135,8 +135,8 @@ def budget_moves(service: ExporterService, moves: int) -> None:
 
 def steer_importer(service: ImporterService, scheduler: Scheduler) -> None:
     """How late an importer's timers fire, as the scheduler's decisions (LATE_MAX_S times x,
-    default x = 0: on time, as every simulated timer fires): its refill timer after a think time
-    (`late:<importer>`), and its DMA engine's chunks over a job (`dma-late:<importer>`: the job
+    default x = 0: on time, as every simulated timer fires): its first refill (the workload's
+    start) and its refill timer after a think time (`late:<importer>`), and its DMA engine's chunks over a job (`dma-late:<importer>`: the job
     is stretched by that much). A real importer under load wakes late: its jobs begin later and
     last longer than the workload drew. A guide replaying a real run (sim/realguide.py) sets them
     so that each job begins and ends when the real one did. Unguided, the defaults are what the
@@ -150,8 +150,21 @@ def steer_importer(service: ImporterService, scheduler: Scheduler) -> None:
             return None
         return dataclasses.replace(spec, duration_s=spec.duration_s + LATE_MAX_S * scheduler.fixed(dma_late, 0.0))
 
+    refill, first = service._refill, [True]
+
+    def refill_late() -> None:
+        """The first refill (the workload's start) late too; later ones come after a think time."""
+        if first[0]:
+            first[0] = False
+            wait = LATE_MAX_S * scheduler.fixed(late, 0.0)
+            if wait > 0:
+                service.loop.call_later(wait, refill)
+                return
+        refill()
+
     service.workload.think_s = lambda: think() + LATE_MAX_S * scheduler.fixed(late, 0.0)  # type: ignore[method-assign]
     service.workload.next_job = stretched  # type: ignore[method-assign]
+    service._refill = refill_late  # type: ignore[method-assign]
 
 
 def steer_moves(service: ExporterService, scheduler: Scheduler) -> None:

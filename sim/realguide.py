@@ -256,10 +256,13 @@ class RealGuide:
         if stream == "move:exporter":
             return self._move(request)
         if stream.startswith(("late:", "dma-late:")):
-            cur = self._cursors.get(f"workload:{stream.split('-')[-1]}:0")
-            if cur is None or request.kind != RANDOM:
+            index = int(stream.split("-")[-1])
+            cur = self._cursor(index)
+            if request.kind != RANDOM:
                 return None
-            if stream.startswith("late:"):
+            if stream.startswith("late:") and cur.next == 0 and cur.jobs and (rel := self._rel(request)) is not None:
+                late = max(0, self._aim(f"importer-{index}", cur.jobs[0]) - self._rtt(index) - rel)   # the start
+            elif stream.startswith("late:"):
                 late, cur.late_ns = cur.late_ns, 0
             else:
                 late, cur.stretch_ns = cur.stretch_ns, 0
@@ -268,11 +271,18 @@ class RealGuide:
             return self._delay(stream[4:], request)
         if stream.startswith("workload:") and stream.endswith(":0"):
             index = int(stream.split(":")[1])
-            cur = self._cursors.get(stream)
-            if cur is None:
-                cur = self._cursors[stream] = _Cursor(self.jobs.get(index, []))
-            return self._workload(cur, index, request)
+            return self._workload(self._cursor(index), index, request)
         return None
+
+    def _cursor(self, index: int) -> _Cursor:
+        cur = self._cursors.get(f"workload:{index}:0")
+        if cur is None:
+            cur = self._cursors[f"workload:{index}:0"] = _Cursor(self.jobs.get(index, []))
+        return cur
+
+    def _rtt(self, index: int) -> int:
+        """A simulated map round trip of importer `index`: its median delay and the exporter's."""
+        return self.net_ns.get(f"importer-{index}", MIN_NS) + self.net_ns.get("exporter", MIN_NS)
 
     def _delay(self, sender: str, request: Request) -> float | None:
         """A frame's delay: the median of the sender's; an importer's map request (the frame it
@@ -361,8 +371,7 @@ class RealGuide:
                 return None
             job, rel = cur.jobs[cur.next], self._rel(request)
             if rel is not None:
-                rtt = self.net_ns.get(f"importer-{index}", MIN_NS) + self.net_ns.get("exporter", MIN_NS)
-                wait_ns = self._aim(f"importer-{index}", job) - rtt - rel
+                wait_ns = self._aim(f"importer-{index}", job) - self._rtt(index) - rel
             elif job.think_ns is not None:
                 wait_ns = job.think_ns
             else:
