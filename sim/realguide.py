@@ -411,12 +411,17 @@ def delay_u(d_ns: int) -> float:
 def dma_duration_ms(measured_ms: float, chunk_ms: float) -> float:
     """The duration D to draw for a job whose last access came `measured_ms` after its dma_begin:
     the DMA engine runs chunk i of n = round(D / chunk_ms) at i * D / n, so the last at
-    D * (n - 1) / n (importer_svc/dma.py)."""
-    for n in range(2, 10_000):
-        d = measured_ms * n / (n - 1)
-        if round(d / chunk_ms) == n:
-            return d
-    return measured_ms
+    D * (n - 1) / n (importer_svc/dma.py). Between two n no D gives some values: the nearest."""
+    best, best_err = chunk_ms, abs(measured_ms)                    # n = 1: the one chunk at 0
+    for n in range(2, max(3, int(measured_ms / chunk_ms) + 3)):
+        lo, hi = (n - 0.5) * chunk_ms * (1 + 1e-9), (n + 0.5) * chunk_ms * (1 - 1e-9)
+        d = min(hi, max(lo, measured_ms * n / (n - 1)))
+        if round(d / chunk_ms) != n:
+            continue
+        err = abs(d * (n - 1) / n - measured_ms)
+        if err < best_err:
+            best, best_err = d, err
+    return best
 
 
 def witness_key(kind: str, witness: dict[str, Any]) -> tuple[str, Any, Any]:
