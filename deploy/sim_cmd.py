@@ -228,10 +228,14 @@ def _replay_real(args: argparse.Namespace, usage: Any) -> int:
     found = all_races(out / "history.jsonl")           # the checker's every race, not only the listed witnesses
     same = target in found
     total = result.report.get("races", {}).get("total", 0)
+    importer = (witness.get("job") or {}).get("svc")
+    by = (f", by {importer} as in the real run" if importer in found[target] else
+          f", by {', '.join(sorted(found[target]))} (the real run: {importer})") if same else ""
     print(f"{'REPRODUCED' if same else 'NOT reproduced'}: {kind} on buffer {target[1]} gen {target[2]} "
-          f"{'is' if same else 'is not'} among the simulated run's {total} races ({out / 'report.md'})")
+          f"{'is' if same else 'is not'} among the simulated run's {total} races{by} ({out / 'report.md'})")
     real = all_races(run / "history.jsonl")
-    print(f"the real run's races (kind, buffer, gen): {len(real & found)} of {len(real)} recur in the simulated run")
+    print(f"the real run's races (kind, buffer, gen): {len(real.keys() & found.keys())} of {len(real)} recur "
+          f"in the simulated run")
 
     def by_what(tally: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(tally.items())) or "none"
