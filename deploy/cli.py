@@ -44,7 +44,6 @@ EPILOG = examples(
          "an --out that already holds a run unless given --force.\n\n"
          "Ctrl-C, SIGTERM and SIGHUP stop a command the same way: services down, segments removed, the "
          "report written and marked interrupted; the exit status is 128 + the signal (130, 143, 129).")
-FORCE_HELP = "replace the run already in --out (without it, such an --out is refused)"
 
 
 def _version() -> str:
@@ -95,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=RUN_EPILOG)
     r.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     r.add_argument("--out", required=True, type=Path, help="run directory (created)")
-    r.add_argument("--force", action="store_true", help=FORCE_HELP)
+    r.add_argument("--force", action="store_true", help=rundir.FORCE_HELP)
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
     r.add_argument("--fail-on-finding", action="store_true",
                    help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout)")
@@ -113,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "dmabuf-emu status runs/live && dmabuf-emu down runs/live"))
     u.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     u.add_argument("--out", required=True, type=Path, help="run directory (created)")
-    u.add_argument("--force", action="store_true", help=FORCE_HELP)
+    u.add_argument("--force", action="store_true", help=rundir.FORCE_HELP)
     options.add_arguments(u)
 
     s = sub.add_parser("status", help="which services of a run are alive", formatter_class=Formatter,
@@ -144,8 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fail-on-finding", action="store_true",
                    help="exit 1 if any finding was reported (deadlock, fence forced, timeout)")
     c.add_argument("--witness", type=int, metavar="N",
-                   help="also write DIR/witness.md: the N-th race witness (1-based, in report.md's order) "
-                        "with its because-chain and a Mermaid sequence diagram")
+                   help="also write DIR/witness.md: the N-th race witness (1-based: 1 is the first, in "
+                        "report.md's order; `replay --race` counts from 0) with its because-chain and a "
+                        "Mermaid sequence diagram")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
                         formatter_class=Formatter,

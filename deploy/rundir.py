@@ -2,7 +2,7 @@
 
 A directory holds a run when something was started there (`deploy.json`, written by `up` before
 any service starts) or judged there (`report.json`). Every command that writes run directories
-(`run`, `up`, `compare`, `demo`) claims each of them before it starts anything, so a refusal
+(`run`, `up`, `compare`, `demo`, `sim`) claims each of them before it starts anything, so a refusal
 leaves every directory as it was. With --force the command says which run it replaces; `up`
 then removes that run's files (launcher.up: deploy.json, events/, logs/, the reports, ...).
 A deployment still running is refused with or without --force: `down` it first.
@@ -20,6 +20,7 @@ from pathlib import Path
 from deploy.options import OptionError
 
 RUN_FILES = ("deploy.json", "report.json")
+FORCE_HELP = "replace the run already in --out (without it, such an --out is refused)"
 
 
 class OutTaken(OptionError):

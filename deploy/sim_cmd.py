@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deploy import options
+from deploy import options, rundir
 
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_DRIVER, EXIT_NONDETERMINISTIC = 0, 1, 2, 3, 4
 SOCKET_ONLY = ("transport", "bind", "curve")
@@ -41,6 +41,7 @@ def add_parsers(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     s.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    s.add_argument("--force", action="store_true", help=rundir.FORCE_HELP)
     s.add_argument("--check-determinism", action="store_true",
                    help="simulate twice and fail (exit 4) unless both histories are byte-identical")
     s.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
@@ -65,9 +66,10 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--quiet", action="store_true", help="print only the verdict")
     r.add_argument("--race", type=int, default=None, metavar="N",
                    help="DIR is a REAL run: simulate it guided by its history (sim/realguide.py: the "
-                        "importers' jobs and think times, network delays, step order) and say whether "
-                        "the N-th witness of its report (counted as report.md lists them, 0 first) "
-                        "recurs on the same buffer and generation (default 0 for a real run)")
+                        "memory manager's moves, the importers' jobs, their timing, network delays, "
+                        "step order) and say whether the N-th witness of its report (0-based: 0 is the "
+                        "first, as report.md lists them; `check --witness` counts from 1) recurs on "
+                        "the same buffer and generation (default 0 for a real run)")
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -104,6 +106,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     params = options.resolve(args.scenario, vars(args))
     quiet = args.quiet or args.json
     out = args.out.resolve()
+    rundir.claim([out], force=args.force, say=lambda line: _say(False, line))
     _say(quiet, f"dmabuf-emu sim: strategy {params.strategy}, {params.importers} importers, {params.buffers} buffers, "
                 f"{params.duration:g} virtual s, seed {params.seed} -> {out}")
     ignored = _ignored(args, params)
@@ -225,7 +228,17 @@ def _replay_real(args: argparse.Namespace, usage: Any) -> int:
     found = all_races(out / "history.jsonl")           # the checker's every race, not only the listed witnesses
     same = target in found
     total = result.report.get("races", {}).get("total", 0)
+    importer = (witness.get("job") or {}).get("svc")
+    by = (f", by {importer} as in the real run" if importer in found[target] else
+          f", by {', '.join(sorted(found[target]))} (the real run: {importer})") if same else ""
     print(f"{'REPRODUCED' if same else 'NOT reproduced'}: {kind} on buffer {target[1]} gen {target[2]} "
-          f"{'is' if same else 'is not'} among the simulated run's {total} races ({out / 'report.md'})")
-    print(f"decisions: {counts.from_guide} taken from the real history, {counts.made} made by the scheduler")
+          f"{'is' if same else 'is not'} among the simulated run's {total} races{by} ({out / 'report.md'})")
+    real = all_races(run / "history.jsonl")
+    print(f"the real run's races (kind, buffer, gen): {len(real.keys() & found.keys())} of {len(real)} recur "
+          f"in the simulated run")
+
+    def by_what(tally: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(tally.items())) or "none"
+    print(f"decisions: {counts.from_guide} taken from the real history ({by_what(guide.taken)}), "
+          f"{counts.made} made by the scheduler ({by_what(guide.left)})")
     return EXIT_OK          # the verdict is the line above: not reproducing is a finding, not a failure

@@ -252,7 +252,12 @@ class ExporterService(ServiceShell):
                 return
             self._schedule_pressure()
             self._guarded("pressure", lambda: self.engine.pressure_tick(self.loop.now_ns()))
-        self._pressure = self.loop.call_later(1.0 / self.args.move_rate, tick)
+        self._pressure = self.loop.call_later(self.pressure_period_s(), tick)
+
+    def pressure_period_s(self) -> float:
+        """How long until the next pressure tick: 1/move_rate (the simulator may steer each wait
+        to replay a real run's timing: sim/driver.py steer_moves)."""
+        return 1.0 / self.args.move_rate
 
     def _guarded(self, where: str, call: Any) -> None:
         try:

@@ -24,7 +24,9 @@ Where a real and a simulated run can differ, and why:
   served the moment it arrives, a lease never runs out because a process was starved. The one
   modelled cost is the copy engine's (25 us per 256 KiB chunk: world.LANE_COST_NS). Real runs'
   latencies (map p50, move latency) are therefore lower in the simulator; races that need a
-  starved process (tests/test_load.py's) need a pause fault there.
+  starved process (tests/test_load.py's) need a pause fault there. A few timers may be made late
+  by a decision (sim/driver.py: the pressure tick, an importer's refill and DMA), on time by
+  default: that is how a replay of a real run (sim/realguide.py) gives its starved processes back.
 - Order within a service. Each service's DMA engine (`importer-N.dma`) and copy engine
   (`exporter.copy`) are actors of their own: work of two actors due at the same instant runs in
   the scheduler's order, where a real process runs its loop's order (deferred calls, then timers

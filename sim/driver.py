@@ -20,13 +20,17 @@ Rules (each the real driver's, on virtual time):
 - SimOptions (sim/options.py) may limit the run for the schedule search: `jobs` per importer
   (the workload's next_job is wrapped), `moves` of the memory manager (its pressure tick and
   timer are wrapped, the moves counted where the exporter's Emit actions are performed), and
-  `network` "chosen" (sim/network.py elastic). The services themselves are the real ones.
+  `network` "chosen" (sim/network.py elastic). The services themselves are the real ones; the
+  memory manager's moves (which buffer, when: steer_moves) and how late an importer's refill
+  and DMA timers fire (steer_importer) are scheduler decisions whose defaults are what the simulator
+  did before: the real exporter's choice, the period, on time.
 - The driver's code is written as generators: `yield Sleep(s)` waits on the virtual clock,
   `yield Await(id, timeout)` waits for a control reply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import signal
@@ -58,6 +62,8 @@ STOP_TIMEOUT_S = 10.0           # deploy/run.py
 DOWN_TIMEOUT_S = 5.0            # deploy/launcher.py down()
 STATUS_POLL_S = 0.01
 RESTART_READY_S = 10.0
+LATE_MAX_S = 1.0                # the most an importer's timer may fire late (steer_importer): a starved
+                                # real process can sleep for 100 ms and more
 DRIVER_POLL_S = 0.25            # deploy/process_faults.py sleep_until
 
 
@@ -125,6 +131,51 @@ def budget_moves(service: ExporterService, moves: int) -> None:
     service.handlers[Emit] = counting
     service.engine.pressure_tick = lambda now: tick(now) if wanted[0] < moves else []  # type: ignore[method-assign]
     service._schedule_pressure = lambda: schedule_pressure() if wanted[0] < moves else None  # type: ignore[method-assign]
+
+
+def steer_importer(service: ImporterService, scheduler: Scheduler) -> None:
+    """How late an importer's timers fire, as the scheduler's decisions (LATE_MAX_S times x,
+    default x = 0: on time, as every simulated timer fires): its first refill (the workload's
+    start) and its refill timer after a think time (`late:<importer>`), and its DMA engine's chunks over a job (`dma-late:<importer>`: the job
+    is stretched by that much). A real importer under load wakes late: its jobs begin later and
+    last longer than the workload drew. A guide replaying a real run (sim/realguide.py) sets them
+    so that each job begins and ends when the real one did. Unguided, the defaults are what the
+    simulator always did."""
+    think, next_job = service.workload.think_s, service.workload.next_job
+    late, dma_late = f"late:{service.args.name}", f"dma-late:{service.args.name}"
+
+    def stretched(idle_buffers: list[int]) -> Any:
+        spec = next_job(idle_buffers)
+        if spec is None:
+            return None
+        return dataclasses.replace(spec, duration_s=spec.duration_s + LATE_MAX_S * scheduler.fixed(dma_late, 0.0))
+
+    refill, first = service._refill, [True]
+
+    def refill_late() -> None:
+        """The first refill (the workload's start) late too; later ones come after a think time."""
+        if first[0]:
+            first[0] = False
+            wait = LATE_MAX_S * scheduler.fixed(late, 0.0)
+            if wait > 0:
+                service.loop.call_later(wait, refill)
+                return
+        refill()
+
+    service.workload.think_s = lambda: think() + LATE_MAX_S * scheduler.fixed(late, 0.0)  # type: ignore[method-assign]
+    service.workload.next_job = stretched  # type: ignore[method-assign]
+    service._refill = refill_late  # type: ignore[method-assign]
+
+
+def steer_moves(service: ExporterService, scheduler: Scheduler) -> None:
+    """The memory manager's moves as the scheduler's decisions, so that a guide can replay a real
+    run's (sim/realguide.py): at each pressure tick, which of the moves the policy would want
+    (`move:exporter`, a pick among Exporter.move_options(), default the policy's own) and how
+    long until the next tick (`pressure:exporter`: the wait is 8x the period times x, default
+    x = 1/8, the period: exact in binary). Unguided, both defaults are what a real exporter does."""
+    tick, period = service.engine.pressure_tick, service.pressure_period_s
+    service.engine.pressure_tick = lambda now: tick(now, scheduler.pick("move:exporter", service.engine.move_options()))  # type: ignore[method-assign]
+    service.pressure_period_s = lambda: 8 * period() * scheduler.fixed("pressure:exporter", 0.125)  # type: ignore[method-assign]
 
 
 class SimDeployment:
@@ -195,6 +246,7 @@ class SimDeployment:
                             reset_grace_s=p.reset_grace_ms / 1000, hint_policy=p.hint_policy, lease_s=p.lease_ms / 1000, retry_s=p.retry_ms / 1000,
                             faults=tuple(p.faults), seed=p.seed)
         service = ExporterService(args, env, credentials=(self.secret, None))
+        steer_moves(service, self.scheduler)
         if self.options.moves is not None:
             budget_moves(service, self.options.moves)
         self._adopt("exporter", proc, service)
@@ -212,6 +264,7 @@ class SimDeployment:
         tokens = (capability.join_token(self.secret, name),
                   {b: capability.export_token(self.secret, b) for b in p.granted(name)}, None)
         service = ImporterService(args, env, credentials=tokens)
+        steer_importer(service, self.scheduler)
         if self.options.jobs is not None:
             budget_jobs(service, self.options.jobs)
         self._adopt(name, proc, service)

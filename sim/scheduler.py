@@ -10,6 +10,11 @@ Rules:
     choice  one of n items from a stream;      entry ("c", stream, k, n)
   `stream` is an index into `Scheduler.streams`, the names of the generators in the order the
   run first used them (`net:exporter`, `workload:1:0`, `msgfault:0:exporter`, ...).
+  Some streams are the simulator's own, not a shell's generator: `move:exporter` (which of the
+  memory manager's moves a pressure tick wants, `pick`), `pressure:exporter` (how long a tick
+  waits), `late:<importer>` and `dma-late:<importer>` (how late its refill and DMA timers fire,
+  `fixed`); their defaults are fixed, not draws: what a real run does, or on time (sim/driver.py
+  steer_moves, steer_importer).
 - Draws come from generators the shells got from `Scheduler.rng(stream, seed)` (runtime/rng.py).
   Each keeps the random.Random a real run would have made with the same seed string, and draws
   from it on every call: that value is the *default*, so a simulated run without a guide draws
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple, Protocol, Sequence, TypeVar
+from typing import IO, Any, Callable, NamedTuple, Protocol, Sequence, TypeVar
 
 import orjson
 
@@ -52,9 +57,11 @@ class Request(NamedTuple):
     kind: str                       # STEP, RANDOM, CHANCE or CHOICE
     stream: str                     # the stream's name ("" for a step)
     n: int | None                   # options (step, choice)
-    options: Sequence[str] | None   # a step's enabled actors, in the world's fixed order
+    options: Sequence[str] | None   # a step's enabled actors, in the world's fixed order; a pick's or
+                                    # a choice's options (str of each item)
     p: float | None                 # a chance's probability
     default: Any                    # what the chooser would take
+    now: int = 0                    # the virtual time it is asked at (the world's clock)
 
 
 class Guide(Protocol):
@@ -123,7 +130,8 @@ class SimRandom:
         if not seq:
             raise IndexError("cannot choose from an empty sequence")
         n = len(seq)
-        return seq[self._sched._choice(self._sid, n, self._base.randrange(n))]
+        options = tuple(map(str, seq)) if self._sched.guide is not None else None   # what a guide sees
+        return seq[self._sched._choice(self._sid, n, self._base.randrange(n), options)]
 
 
 @dataclass
@@ -143,6 +151,7 @@ class Scheduler:
         self._sids: dict[str, int] = {}
         self.counts = Counts()
         self._append = self.log.append
+        self.clock: Callable[[], int] = lambda: 0     # the world's virtual clock (sim/world.py sets it)
 
     # ------------------------------------------------------------------ generators
 
@@ -158,12 +167,32 @@ class Scheduler:
         self.streams.append(name)
         return SimRandom(self, sid, random.Random(seed))
 
+    def _sid(self, stream: str) -> int:
+        sid = self._sids.get(stream)
+        if sid is None:
+            self._sids[stream] = sid = len(self.streams)
+            self.streams.append(stream)
+        return sid
+
     # ------------------------------------------------------------------ decisions
+
+    def pick(self, stream: str, options: Sequence[str]) -> int:
+        """A choice of the simulator's own, where a real run always takes the first option (the
+        memory manager's move: sim/driver.py steer_moves): a `choice` on `stream` whose default is
+        0, not a draw; the guide sees the options. One option or none is no choice, not logged."""
+        if len(options) < 2:
+            return 0
+        return self._choice(self._sid(stream), len(options), 0, options)
+
+    def fixed(self, stream: str, default: float) -> float:
+        """A `random` of the simulator's own whose default is `default`, not a draw (the pressure
+        tick's wait, a refill's lateness: sim/driver.py), so an unguided run is what it was."""
+        return self._random(self._sid(stream), default)
 
     def _ask(self, kind: str, sid: int, n: int | None, options: Sequence[str] | None,
              p: float | None, default: Any) -> Any | None:
         stream = self.streams[sid] if sid >= 0 else ""
-        value = self.guide.suggest(Request(len(self.log), kind, stream, n, options, p, default))  # type: ignore[union-attr]
+        value = self.guide.suggest(Request(len(self.log), kind, stream, n, options, p, default, self.clock()))  # type: ignore[union-attr]
         if value is None:
             return None
         if kind in (STEP, CHOICE):
@@ -212,10 +241,10 @@ class Scheduler:
         self._append((CHANCE, sid, 1 if b else 0))
         return b
 
-    def _choice(self, sid: int, n: int, default: int) -> int:
+    def _choice(self, sid: int, n: int, default: int, options: Sequence[str] | None = None) -> int:
         k = None
         if self.guide is not None:
-            k = self._ask(CHOICE, sid, n, None, None, default)
+            k = self._ask(CHOICE, sid, n, options, None, default)
         if k is None:
             k = self.chooser.choice(len(self.log), self.streams[sid], n, default)
             self.counts.made += 1

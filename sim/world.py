@@ -94,6 +94,7 @@ class World:
     def __init__(self, scheduler: Scheduler, *, t0: int = T0) -> None:
         self.scheduler = scheduler
         self.now = t0
+        scheduler.clock = lambda: self.now   # a guide sees when each decision is asked
         self.t0 = t0
         self.steps = 0
         self.processes: list[SimProcess] = []

@@ -34,6 +34,7 @@ def _one_error_line(capsys) -> str:
 @pytest.mark.parametrize("argv", [
     ["run", "--strategy", "pin"],
     ["up", "--strategy", "pin"],
+    ["sim", "--strategy", "pin"],
 ])
 def test_run_and_up_refuse_an_out_holding_a_run_and_change_nothing(tmp_path: Path, capsys, argv) -> None:
     out = tmp_path / "old"
@@ -111,6 +112,16 @@ def test_force_replaces_the_run_and_says_so(short_dir: Path, capsys) -> None:
     assert report["strategy"] == "pin" and report["run_id"] != "0badcafe"
     assert '"old"' not in (short_dir / "history.jsonl").read_text()
     assert main(["run", "--strategy", "pin", "--out", str(short_dir)]) == 2, "and now that run is kept"
+
+
+def test_sim_force_replaces_the_run_and_says_so(tmp_path: Path, capsys) -> None:
+    _finished_run(tmp_path)
+    argv = ["sim", "--strategy", "pin", "--importers", "1", "--duration", "0.2", "--quiet", "--out", str(tmp_path)]
+    assert main([*argv, "--force"]) == 0
+    assert f"replacing a finished run (run id 0badcafe, strategy move-notify, races 12) in {tmp_path}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "report.json").read_text())["mode"] == "sim"
+    assert main(argv) == 2, "and now that simulated run is kept"
+    assert "already holds a finished run (run id sim1" in _one_error_line(capsys)
 
 
 def test_a_campaign_still_resumes_into_its_own_directory(tmp_path: Path, capsys) -> None:

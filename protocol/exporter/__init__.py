@@ -86,14 +86,24 @@ class Exporter:
         self.session.on_reply(peer, reply, now)
         return self._take()
 
-    def pressure_tick(self, now: int) -> list[Action]:
-        """The memory manager's turn: at most one move wanted (see memory.py)."""
+    def pressure_tick(self, now: int, pick: int = 0) -> list[Action]:
+        """The memory manager's turn: at most one move wanted (see memory.py), the `pick`-th of
+        move_options() (0, the policy's own choice, in real runs; the simulator's scheduler may
+        pick another). A pick beyond the options takes the first."""
         if not self.memory.at_move_limit():
-            choice = self.memory.choose_move()
-            if choice is not None:
-                buf, to_heap, reason, then = choice
+            options = self.memory.move_options()
+            if options:
+                buf, to_heap, reason, then = options[pick] if 0 <= pick < len(options) else options[0]
                 self.moves.dispatch(buf, MoveEvent.MOVE_WANTED, now, to=to_heap, reason=reason, then_promote=then)
         return self._take()
+
+    def move_options(self) -> list[str]:
+        """What pressure_tick may pick from now, labelled `promote:B` or `evict:B>T` (T the buffer
+        to promote after it, `-` for none); empty at the move limit or with nothing to move."""
+        if self.memory.at_move_limit():
+            return []
+        return [f"{reason}:{buf.id}" + (f">{'-' if then is None else then}" if reason == "evict" else "")
+                for buf, _, reason, then in self.memory.move_options()]
 
     def copy_done(self, move_id: int, now: int) -> list[Action]:
         move = self.state.moves[move_id]

@@ -9,7 +9,9 @@ Rules of this file:
 - Its choice: promote the spill buffer the importers mapped most recently into the scarce heap; if
   it does not fit, first evict the scarce buffer this exporter placed longest ago, and promote
   into its range once freed (a follow-up want, re-checked when it runs: by then another move may
-  have taken the room or the slot). The eviction order is the exporter's own use of its memory
+  have taken the room or the slot). `move_options` lists the other moves of the same kind, this
+  choice first: the simulator may steer which buffer moves (a replay of a real run), never
+  whether a move is wanted or of which kind. The eviction order is the exporter's own use of its memory
   (an exporting GPU driver's LRU follows its own work, not the importers' DMA), so it may well
   pick a buffer a device is using right now: that is the 2012 problem.
 - Nothing here reads a clock; `lru` and `resident_since` are logical clocks (one tick per map,
@@ -57,18 +59,20 @@ class MemoryManager:
         """A move of `buf` to `to_heap` can begin now: a free move slot, room at the destination."""
         return not self.at_move_limit() and self.heaps[to_heap].can_fit(buf.size)
 
-    def choose_move(self) -> tuple[Buffer, str, str, int | None] | None:
-        """(buffer, to heap, reason, buffer to promote into the freed range) or None."""
+    def move_options(self) -> list[tuple[Buffer, str, str, int | None]]:
+        """Every move of the kind the policy wants now, its own choice first: promote a spill
+        buffer into the scarce heap (the most recently mapped first) if the hottest fits; else
+        evict a scarce buffer (the one placed longest ago first), each with each spill buffer to
+        promote after it (hottest first). The real exporter takes the first; the simulator's
+        scheduler may take another (sim/driver.py), so that a replay can move the buffer a real
+        run moved when the importers' demand (lru) came out otherwise."""
         idle = [b for b in self.state.buffers.values() if b.state is MoveState.IDLE]
-        spill = [b for b in idle if b.placement.heap == self.spill]
-        scarce = [b for b in idle if b.placement.heap == self.scarce]
-        hot = max(spill, key=lambda b: (b.lru, -b.id)) if spill else None
-        if hot is not None and self.heaps[self.scarce].can_fit(hot.size):
-            return hot, self.scarce, "promote", None
-        if scarce:
-            cold = min(scarce, key=lambda b: (b.resident_since, b.id))
-            return cold, self.spill, "evict", hot.id if hot is not None else None
-        return None
+        spill = sorted((b for b in idle if b.placement.heap == self.spill), key=lambda b: (b.lru, -b.id), reverse=True)
+        scarce = sorted((b for b in idle if b.placement.heap == self.scarce), key=lambda b: (b.resident_since, b.id))
+        if spill and self.heaps[self.scarce].can_fit(spill[0].size):
+            return [(b, self.scarce, "promote", None) for b in spill if self.heaps[self.scarce].can_fit(b.size)]
+        thens: list[int | None] = [b.id for b in spill] or [None]
+        return [(cold, self.spill, "evict", then) for cold in scarce for then in thens]
 
     def touched(self, buf: Buffer) -> None:
         """A map was served: the importers want this buffer."""
