@@ -307,10 +307,11 @@ class State:
 
 class Explorer:
     def __init__(self, spec: Spec, limits: Limits, out: Path, *, jobs: int = 1, scheduler: str | None = None,
-                 do_shrink: bool = True, quiet: bool = False, stream: TextIO = sys.stderr) -> None:
+                 do_shrink: bool = True, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.spec, self.limits, self.out = spec, limits, Path(out)
         self.jobs, self.scheduler = jobs, scheduler
-        self.do_shrink, self.quiet, self.stream = do_shrink, quiet, stream
+        # sys.stderr when the search runs, not when this module was imported (a test harness swaps it).
+        self.do_shrink, self.quiet, self.stream = do_shrink, quiet, stream if stream is not None else sys.stderr
         self.state = State(spec.key())
         self._entries: dict[int, tuple[list, list]] = {}   # racing schedules' decisions, by number
         self._last_checkpoint = 0.0
