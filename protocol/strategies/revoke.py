@@ -39,6 +39,7 @@ The kernel's own history has a race here, kept as a mutant: revoke+kref-reinit (
 from protocol.exporter import BASE_TABLE as EXPORTER_BASE, ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.importer import BASE_TABLE as IMPORTER_BASE, AttEvent, AttState, IGuard, ImporterSpec, IStep
 from protocol.machine import ANY, SAME, VIOLATION, Rule
+from protocol.strategies import resv_fence
 
 NAME = "revoke"
 SUMMARY = "Linux 7.1: resv-fence as invalidate_mappings, and revocation (VFIO): maps refused, unmaps awaited"
@@ -51,6 +52,25 @@ _NOTIFY = (Step.INVALIDATE_MAPPINGS, Step.AWAIT_ANSWERS, Step.START_NOTIFY_TIMER
 _LOCKED_MAP = (Rule(Guard.REVOKED, SAME, (Step.REFUSE_MAP_REVOKED,)), Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)))
 _REFUSE_MAP = (Rule(Guard.ALWAYS, SAME, (Step.REFUSE_MAP_REVOKED,)),)
 _NO_MOVE = (Rule(Guard.REVOKED, SAME, (Step.REFUSE,)), _IGNORE)
+
+
+def _invalidate_and_wait(notifying: MoveState, fence_wait: MoveState, done: Rule) -> dict:
+    """The locked part of a revocation (or un-revocation): invalidate_mappings is out; wait for
+    every callback's return, then for the fences (BOOKKEEP), then `done`. A callback that does not
+    return in --ack-timeout-ms is left to the waits that follow (its DMA to the fence wait, its
+    mapping to the unmap wait), not revoked: that would hide its mapping."""
+    return {
+        (notifying, MoveEvent.NOTIFY_RETURNED): _ANSWER,
+        (notifying, MoveEvent.ATTACHMENT_GONE): _ANSWER,
+        (notifying, MoveEvent.NOTIFY_DONE): (
+            Rule(Guard.ALWAYS, fence_wait, (Step.CANCEL_NOTIFY_TIMER, Step.WAIT_FENCES)),),
+        (notifying, MoveEvent.NOTIFY_TIMEOUT): (
+            Rule(Guard.ALWAYS, fence_wait, (Step.NOTIFY_TIMED_OUT, Step.GIVE_UP_NOTIFY, Step.WAIT_FENCES)),),
+        (fence_wait, MoveEvent.FENCES_SIGNALED): (done,),
+        (fence_wait, MoveEvent.FENCE_TIMEOUT): (Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.WAIT_FENCES)),),
+    }
+
+
 _MOVING = (MoveState.NOTIFYING, MoveState.FENCE_WAIT, MoveState.COPYING)
 _REVOKED = (MoveState.REVOKING, MoveState.REVOKE_FENCE_WAIT, MoveState.UNMAP_WAIT, MoveState.REVOKED)
 _UNREVOKING = (MoveState.UNREVOKING, MoveState.UNREVOKE_FENCE_WAIT)
@@ -87,20 +107,8 @@ EXPORTER = ExporterSpec(
         (MoveState.IDLE, MoveEvent.REVOKE): (
             Rule(Guard.ALWAYS, MoveState.REVOKING,
                  (Step.BEGIN_REVOCATION, Step.LOCK, Step.MARK_REVOKED, *_NOTIFY)),),
-        (MoveState.REVOKING, MoveEvent.NOTIFY_RETURNED): _ANSWER,
-        (MoveState.REVOKING, MoveEvent.ATTACHMENT_GONE): _ANSWER,
-        (MoveState.REVOKING, MoveEvent.NOTIFY_DONE): (
-            Rule(Guard.ALWAYS, MoveState.REVOKE_FENCE_WAIT, (Step.CANCEL_NOTIFY_TIMER, Step.WAIT_FENCES)),),
-        # The kernel's callback returns: one that does not answer here is left to the fence wait
-        # (its DMA) and to the unmap wait (its mapping), not revoked: that would hide its mapping.
-        (MoveState.REVOKING, MoveEvent.NOTIFY_TIMEOUT): (
-            Rule(Guard.ALWAYS, MoveState.REVOKE_FENCE_WAIT,
-                 (Step.NOTIFY_TIMED_OUT, Step.GIVE_UP_NOTIFY, Step.WAIT_FENCES)),),
-        (MoveState.REVOKE_FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
-            Rule(Guard.ALWAYS, MoveState.UNMAP_WAIT,
-                 (Step.END_FENCE_WAIT, Step.UNLOCK, Step.PUT_UNMAP_REF, Step.AWAIT_UNMAPS)),),
-        (MoveState.REVOKE_FENCE_WAIT, MoveEvent.FENCE_TIMEOUT): (
-            Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.WAIT_FENCES)),),
+        **_invalidate_and_wait(MoveState.REVOKING, MoveState.REVOKE_FENCE_WAIT, Rule(
+            Guard.ALWAYS, MoveState.UNMAP_WAIT, (Step.END_FENCE_WAIT, Step.UNLOCK, Step.PUT_UNMAP_REF, Step.AWAIT_UNMAPS))),
         (MoveState.UNMAP_WAIT, MoveEvent.UNMAP_WAIT_TIMEOUT): (Rule(Guard.ALWAYS, SAME, (Step.WARN_UNMAPS,)),),
         (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
             Rule(Guard.ALWAYS, MoveState.REVOKED,
@@ -111,19 +119,9 @@ EXPORTER = ExporterSpec(
         # ---- un-revoke: VFIO invalidates and waits in both directions, then marks it mappable
         (MoveState.REVOKED, MoveEvent.UNREVOKE): (
             Rule(Guard.ALWAYS, MoveState.UNREVOKING, (Step.BEGIN_UNREVOKE, Step.LOCK, *_NOTIFY)),),
-        (MoveState.UNREVOKING, MoveEvent.NOTIFY_RETURNED): _ANSWER,
-        (MoveState.UNREVOKING, MoveEvent.ATTACHMENT_GONE): _ANSWER,
-        (MoveState.UNREVOKING, MoveEvent.NOTIFY_DONE): (
-            Rule(Guard.ALWAYS, MoveState.UNREVOKE_FENCE_WAIT, (Step.CANCEL_NOTIFY_TIMER, Step.WAIT_FENCES)),),
-        (MoveState.UNREVOKING, MoveEvent.NOTIFY_TIMEOUT): (
-            Rule(Guard.ALWAYS, MoveState.UNREVOKE_FENCE_WAIT,
-                 (Step.NOTIFY_TIMED_OUT, Step.GIVE_UP_NOTIFY, Step.WAIT_FENCES)),),
-        (MoveState.UNREVOKE_FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
-            Rule(Guard.ALWAYS, MoveState.IDLE,
-                 (Step.END_FENCE_WAIT, Step.MARK_UNREVOKED, Step.UNLOCK, Step.END_REVOCATION,
-                  Step.SERVE_DEFERRED_MAPS, Step.RUN_QUEUED_REVOKE)),),
-        (MoveState.UNREVOKE_FENCE_WAIT, MoveEvent.FENCE_TIMEOUT): (
-            Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.WAIT_FENCES)),),
+        **_invalidate_and_wait(MoveState.UNREVOKING, MoveState.UNREVOKE_FENCE_WAIT, Rule(
+            Guard.ALWAYS, MoveState.IDLE, (Step.END_FENCE_WAIT, Step.MARK_UNREVOKED, Step.UNLOCK, Step.END_REVOCATION,
+                                           Step.SERVE_DEFERRED_MAPS, Step.RUN_QUEUED_REVOKE))),
         **{(state, MoveEvent.REVOKE): (Rule(Guard.ALWAYS, SAME, (Step.QUEUE_REVOKE,)),) for state in _UNREVOKING},
         # ---- maps and moves while revoked
         **{(state, MoveEvent.MAP): _LOCKED_MAP
@@ -141,16 +139,10 @@ IMPORTER = ImporterSpec(
         # A dynamic importer keeps its mapping between jobs, and drops it when invalidated.
         (AttState.MAPPED, AttEvent.JOB): (
             Rule(IGuard.LEAVING, VIOLATION), Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.TAKE_JOB, IStep.START_FENCED_DMA))),
-        (AttState.MAPPING, AttEvent.MAP_OK): (
-            # A reply that crossed an invalidation of the generation it names (resv-fence's guard).
-            Rule(IGuard.STALE_REPLY, AttState.UNMAPPING, (IStep.LOG_MAP, IStep.FAIL_JOB, IStep.SEND_UNMAP)),
-            Rule(IGuard.FENCED, AttState.FENCE_WAIT, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.WAIT_KERNEL_FENCE)),
-            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.PROGRAM_IOMMU, IStep.LOG_MAP, IStep.START_FENCED_DMA)),
-        ),
-        (AttState.FENCE_WAIT, AttEvent.FENCE_SIGNALED): (
-            Rule(IGuard.INVALIDATED, AttState.UNMAPPING, (IStep.FAIL_JOB, IStep.SEND_UNMAP)),
-            Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.START_FENCED_DMA,)),
-        ),
+        # resv-fence's: a map reply that crossed an invalidation of the generation it names is
+        # refused; a map of a buffer whose copy may still run waits for its KERNEL fence.
+        **{key: resv_fence.IMPORTER.table[key] for key in ((AttState.MAPPING, AttEvent.MAP_OK),
+                                                             (AttState.FENCE_WAIT, AttEvent.FENCE_SIGNALED))},
         (AttState.ACTIVE, AttEvent.DMA_DONE): (
             # Invalidated while the job ran (under its fence): unmap now, in bounded time.
             Rule(IGuard.INVALIDATED, AttState.UNMAPPING, (IStep.SEND_UNMAP,)),
