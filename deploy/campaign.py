@@ -80,7 +80,7 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
             out += list(variants.items())
         elif n in variants:
             out.append((n, variants[n]))
-        elif n in strategies.STRATEGIES:
+        elif n in strategies.STRATEGIES or n in strategies.MUTANTS:
             out.append((n, {"strategy": n}))
         elif strategies.looks_like_path(n) or n in strategies.installed():
             try:
@@ -90,7 +90,7 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
             out.append((module.NAME, {"strategy": module.SOURCE}))
         else:
             raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, "
-                                f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES)))}, "
+                                f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES) | set(strategies.MUTANTS)))}, "
                                 f"an installed strategy or the path of a .py file)")
     return list(dict(out).items())
 

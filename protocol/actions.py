@@ -168,6 +168,27 @@ class WaitKernelFence:
 
 
 @dataclass(frozen=True, slots=True)
+class StopDma:
+    """Stop job `job` on `buffer` now, before the next action (a pinned-revocable importer's revoke
+    callback stops its hardware's access before it returns): its dma_end says aborted, with
+    `reason`, its fence signals. The half has ended the job already: no dma_done follows."""
+
+    job: int
+    buffer: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidated:
+    """The driver's invalidate_mappings callback returned for `attachment` of `buffer` (Linux 7.1):
+    the device may go on until its fences retire, then only read and discard until the unmap
+    (a rogue device writes regardless)."""
+
+    attachment: int
+    buffer: int
+
+
+@dataclass(frozen=True, slots=True)
 class JobFinished:
     """The job is over (ok or not): its attachment is free for the next one."""
 
@@ -222,4 +243,4 @@ class ExporterLost:
 Action = (Send | Emit | StartTimer | CancelTimer | StampBuffer | CopyBuffer | WaitFences
           | ForceCompleteFences | PublishKernelFence | SignalKernelFence | Joined | Ready
           | ProgramIommu | TeardownIommu | StartDma | WaitKernelFence | JobFinished | Left
-          | AckOwed | Acked | LeaseExpired | ExporterLost)
+          | AckOwed | Acked | LeaseExpired | ExporterLost | StopDma | Invalidated)

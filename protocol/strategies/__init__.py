@@ -13,6 +13,9 @@ Rules of this file:
   file (or entry point), the row and what is wrong, before anything runs it.
 - A strategy has a `SOURCE`: what another process must be given to load the same one (the name
   of a built-in or installed strategy, the absolute path of a file).
+- A built-in strategy may carry mutants (its module's MUTANTS: the mutation's name, the rule it
+  breaks, its source, its exporter table): each is a strategy named BASE+MUTATION, the base with
+  that table, checked like any other, kept in MUTANTS (not in STRATEGIES: it is no answer of its own).
 """
 
 from __future__ import annotations
@@ -30,24 +33,26 @@ from types import ModuleType
 from protocol.exporter import ExporterSpec, compile_spec as compile_exporter
 from protocol.importer import ImporterSpec, compile_spec as compile_importer
 from protocol.machine import TableError
-from protocol.strategies import move_notify, move_notify_ack, pin, resv_fence, revalidate, unmap_hint
+from protocol.strategies import move_notify, move_notify_ack, pin, resv_fence, revalidate, revoke, unmap_hint
 
 ENTRY_POINT_GROUP = "dmabuf_emu.strategies"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
+_MUTANT_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}\+[a-z][a-z0-9-]{0,63}")
 
 
 class StrategyError(ValueError):
     """A strategy that cannot be loaded or would not run: one line saying where and why."""
 
 
-def check(module: ModuleType, where: str) -> ModuleType:
-    """The module, if it is a strategy whose tables can run; StrategyError otherwise."""
+def check(module: ModuleType, where: str, *, mutant: bool = False) -> ModuleType:
+    """The module, if it is a strategy whose tables can run; StrategyError otherwise. A mutant's
+    NAME is BASE+MUTATION."""
     missing = [a for a in ("NAME", "SUMMARY", "EXPORTER", "IMPORTER") if not hasattr(module, a)]
     if missing:
         raise StrategyError(f"{where}: a strategy module defines NAME, SUMMARY, EXPORTER and IMPORTER; "
                             f"this one has no {', '.join(missing)}")
     name = module.NAME
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not (_MUTANT_NAME if mutant else _NAME).fullmatch(name):
         raise StrategyError(f"{where}: NAME must be lowercase letters, digits and dashes, got {name!r}")
     if not isinstance(module.SUMMARY, str) or "\n" in module.SUMMARY:
         raise StrategyError(f"{where}: SUMMARY must be one line of text")
@@ -65,9 +70,27 @@ def check(module: ModuleType, where: str) -> ModuleType:
 
 
 STRATEGIES: dict[str, ModuleType] = {}
-for _m in (pin, unmap_hint, move_notify, move_notify_ack, revalidate, resv_fence):
+for _m in (pin, unmap_hint, move_notify, move_notify_ack, revalidate, resv_fence, revoke):
     STRATEGIES[_m.NAME] = check(_m, f"protocol/strategies/{Path(_m.__file__).name}")  # type: ignore[arg-type]
     _m.SOURCE = _m.NAME  # type: ignore[attr-defined]
+
+
+def mutant(base: ModuleType, mutation: str, entry: dict) -> ModuleType:
+    """The strategy BASE+MUTATION: `base` with the exporter table (and importer table, if the
+    entry has one) of the mutation, its rule and source in RULE and MUTATION_SOURCE; checked."""
+    name = f"{base.NAME}+{mutation}"
+    m = ModuleType(f"{base.__name__}+{mutation}", f"{name}: {entry['summary']}")
+    m.NAME, m.SUMMARY, m.BASE = name, entry["summary"], base.NAME  # type: ignore[attr-defined]
+    m.RULE, m.MUTATION_SOURCE = entry["rule"], entry["source"]  # type: ignore[attr-defined]
+    m.EXPORTER = ExporterSpec(name, entry.get("exporter", base.EXPORTER.table))  # type: ignore[attr-defined]
+    m.IMPORTER = ImporterSpec(name, entry.get("importer", base.IMPORTER.table), base.IMPORTER.kinds)  # type: ignore[attr-defined]
+    m.SOURCE = name  # type: ignore[attr-defined]
+    return check(m, f"mutant {name} (protocol/strategies/{Path(base.__file__).name} MUTANTS)", mutant=True)  # type: ignore[arg-type]
+
+
+MUTANTS: dict[str, ModuleType] = {
+    f"{_m.NAME}+{_k}": mutant(_m, _k, _e)
+    for _m in STRATEGIES.values() for _k, _e in getattr(_m, "MUTANTS", {}).items()}
 
 _loaded: dict[str, ModuleType] = {}
 
@@ -76,6 +99,8 @@ def resolve(spec: str) -> ModuleType:
     """The strategy `spec` names: built-in, installed (entry point) or a .py file; checked."""
     if spec in STRATEGIES:
         return STRATEGIES[spec]
+    if spec in MUTANTS:
+        return MUTANTS[spec]
     if spec in _loaded:
         return _loaded[spec]
     if looks_like_path(spec):
