@@ -52,7 +52,8 @@ def state(w: World, buffer: int) -> MoveState:
 def test_only_the_revoking_tables_revoke_and_the_mutant_differs_in_its_rows() -> None:
     assert [n for n, m in STRATEGIES.items() if compile_spec(m.EXPORTER).revokes] == ["revoke"]
     mutant, base = MUTANTS[MUTANT], STRATEGIES["revoke"]
-    assert resolve(MUTANT) is mutant and mutant.BASE == "revoke" and "kref" in mutant.MUTATION_SOURCE
+    assert resolve(MUTANT) is mutant and mutant.MUTANT["base"] == "revoke" and "kref" in mutant.MUTANT["source"]
+    assert mutant.MUTANT["mutations"] == ["kref-reinit"] and "revoke_incomplete" in mutant.MUTANT["expect"]
     assert compile_spec(mutant.EXPORTER).revokes
     changed = {k for k in base.EXPORTER.table if base.EXPORTER.table[k] != mutant.EXPORTER.table[k]}
     assert changed == {(MoveState.UNMAP_WAIT, wire_event("unmaps_done")), (MoveState.REVOKED, wire_event("unrevoke")),

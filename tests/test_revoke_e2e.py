@@ -10,6 +10,7 @@ import pytest
 
 from deploy.options import OptionError, RunParams, resolve
 from deploy.run import run
+from protocol.strategies import revoke_mutants
 from runtime import faults as faultspec
 
 from tests.test_e2e import assert_nothing_left, history
@@ -114,16 +115,13 @@ def test_a_rogue_device_writing_after_invalidation_is_a_write_after_invalidate(s
     assert set(r["races_by_importer"]) == {"importer-1"}, "every race is the rogue device's"
 
 
-MUTANT_FAULTS = ["revoke:at=0.3,for=0.3", "revoke:at=0.9,for=0.3", "revoke:at=1.5,for=0.3",
-                 # under the lock of an un-revoke a while, so that maps queue for it; unmaps late, so that
-                 # mappings are live when a revocation's unmap wait begins
-                 "delay:ms=3,op=invalidate_mappings,target=exporter", "delay:ms=5,op=unmap,target=importers"]
+MUTANT_FAULTS = list(revoke_mutants.KREF_REINIT_FAULTS)  # the workload the mutant is declared with
 
 
 @pytest.mark.parametrize("strategy, caught", [("revoke+kref-reinit", True), ("revoke", False)])
 def test_kref_reinit_is_caught_and_revoke_is_not(short_dir: Path, strategy: str, caught: bool) -> None:
-    r, events = revoke_run(short_dir, MUTANT_FAULTS, strategy=strategy, importers=3, buffers=2, move_rate=0.0,
-                           duration=2.2)
+    r, events = revoke_run(short_dir, MUTANT_FAULTS, strategy=strategy, importers=3, buffers=2,
+                           move_rate=revoke_mutants.MUTANTS[0].params["move_rate"], duration=2.2)
     found = r["findings"]["revoke_incomplete"]
     if caught:
         assert found["count"] > 0, r["findings"]

@@ -13,9 +13,11 @@ Rules of this file:
   file (or entry point), the row and what is wrong, before anything runs it.
 - A strategy has a `SOURCE`: what another process must be given to load the same one (the name
   of a built-in or installed strategy, the absolute path of a file).
-- A built-in strategy may carry mutants (its module's MUTANTS: the mutation's name, the rule it
-  breaks, its source, its exporter table): each is a strategy named BASE+MUTATION, the base with
-  that table, checked like any other, kept in MUTANTS (not in STRATEGIES: it is no answer of its own).
+- `BASE+MUTATION` names a mutant: the built-in BASE with one rule broken, declared in the fields
+  of issue 15's registry (revoke_mutants.py: base, name, rule, source, expect, the exporter rows
+  that replace the base's, params), checked like any other strategy, kept in MUTANTS (not in
+  STRATEGIES: it is no answer of its own); its module also has MUTANT (what it breaks), as the
+  registry's derive() makes it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from types import ModuleType
 from protocol.exporter import ExporterSpec, compile_spec as compile_exporter
 from protocol.importer import ImporterSpec, compile_spec as compile_importer
 from protocol.machine import TableError
-from protocol.strategies import move_notify, move_notify_ack, pin, resv_fence, revalidate, revoke, unmap_hint
+from protocol.strategies import (move_notify, move_notify_ack, pin, resv_fence, revalidate, revoke, revoke_mutants,
+                                 unmap_hint)
 
 ENTRY_POINT_GROUP = "dmabuf_emu.strategies"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -75,22 +78,22 @@ for _m in (pin, unmap_hint, move_notify, move_notify_ack, revalidate, resv_fence
     _m.SOURCE = _m.NAME  # type: ignore[attr-defined]
 
 
-def mutant(base: ModuleType, mutation: str, entry: dict) -> ModuleType:
-    """The strategy BASE+MUTATION: `base` with the exporter table (and importer table, if the
-    entry has one) of the mutation, its rule and source in RULE and MUTATION_SOURCE; checked."""
-    name = f"{base.NAME}+{mutation}"
-    m = ModuleType(f"{base.__name__}+{mutation}", f"{name}: {entry['summary']}")
-    m.NAME, m.SUMMARY, m.BASE = name, entry["summary"], base.NAME  # type: ignore[attr-defined]
-    m.RULE, m.MUTATION_SOURCE = entry["rule"], entry["source"]  # type: ignore[attr-defined]
-    m.EXPORTER = ExporterSpec(name, entry.get("exporter", base.EXPORTER.table))  # type: ignore[attr-defined]
-    m.IMPORTER = ImporterSpec(name, entry.get("importer", base.IMPORTER.table), base.IMPORTER.kinds)  # type: ignore[attr-defined]
-    m.SOURCE = name  # type: ignore[attr-defined]
-    return check(m, f"mutant {name} (protocol/strategies/{Path(base.__file__).name} MUTANTS)", mutant=True)  # type: ignore[arg-type]
+def mutant(m: revoke_mutants.RevokeMutant) -> ModuleType:
+    """The strategy BASE+MUTATION: the base's tables with the mutant's exporter rows, MUTANT saying
+    what it breaks (the registry's describe(): name, base, mutations, rule, source, expect); checked."""
+    base = STRATEGIES[m.base]
+    name = f"{m.base}+{m.name}"
+    module = ModuleType(f"dmabuf_emu_mutant_{name}", f"{name}: mutant of {m.base}: breaks the rule: {m.rule}.")
+    module.NAME, module.SOURCE = name, name  # type: ignore[attr-defined]
+    module.SUMMARY = f"mutant of {m.base}: breaks the rule: {m.rule}"  # type: ignore[attr-defined]
+    module.EXPORTER = ExporterSpec(name, {**base.EXPORTER.table, **m.exporter_rows})  # type: ignore[attr-defined]
+    module.IMPORTER = ImporterSpec(name, base.IMPORTER.table, base.IMPORTER.kinds)  # type: ignore[attr-defined]
+    module.MUTANT = {"name": name, "base": m.base, "mutations": [m.name], "rule": m.rule,  # type: ignore[attr-defined]
+                     "source": m.source, "expect": m.expect}
+    return check(module, f"mutant {name} (protocol/strategies/revoke_mutants.py)", mutant=True)
 
 
-MUTANTS: dict[str, ModuleType] = {
-    f"{_m.NAME}+{_k}": mutant(_m, _k, _e)
-    for _m in STRATEGIES.values() for _k, _e in getattr(_m, "MUTANTS", {}).items()}
+MUTANTS: dict[str, ModuleType] = {f"{_d.base}+{_d.name}": mutant(_d) for _d in revoke_mutants.MUTANTS}
 
 _loaded: dict[str, ModuleType] = {}
 

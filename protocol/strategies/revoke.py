@@ -33,7 +33,7 @@ Rules:
   permanent (the kernel-doc allows it to), so it maps again after un-revoke; static: refused.
 Hazard: none for the data, by construction, with importers that keep the rules. One that does
 not unmap (ignore-notify) holds the revocation until it does: warned about, named in the report.
-The kernel's own history has a race here, kept as a mutant: revoke+kref-reinit (MUTANTS below).
+The kernel's own history has a race here, kept as a mutant: revoke+kref-reinit (revoke_mutants.py).
 """
 
 from protocol.exporter import BASE_TABLE as EXPORTER_BASE, ExporterSpec, Guard, MoveEvent, MoveState, Step
@@ -46,7 +46,8 @@ SUMMARY = "Linux 7.1: resv-fence as invalidate_mappings, and revocation (VFIO): 
 
 _IGNORE = Rule(Guard.ALWAYS, SAME, ())
 _ANSWER = (Rule(Guard.AWAITED, SAME, (Step.ANSWERED,)), _IGNORE)
-_NOTIFY = (Step.INVALIDATE_MAPPINGS, Step.AWAIT_ANSWERS, Step.START_NOTIFY_TIMER)
+# The notify steps of a move, a revocation and an un-revocation alike (revoke_mutants.py too).
+NOTIFY_STEPS = (Step.INVALIDATE_MAPPINGS, Step.AWAIT_ANSWERS, Step.START_NOTIFY_TIMER)
 # Under the lock of a revocation a map is refused while the buffer is marked revoked; otherwise it
 # waits for the lock (the kernel's map takes the lock first, then looks at `revoked`).
 _LOCKED_MAP = (Rule(Guard.REVOKED, SAME, (Step.REFUSE_MAP_REVOKED,)), Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)))
@@ -84,7 +85,7 @@ EXPORTER = ExporterSpec(
         # ---- a move: resv-fence's, named invalidate_mappings
         (MoveState.IDLE, MoveEvent.MOVE_WANTED): (
             Rule(Guard.PINNED, MoveState.IDLE, (Step.REFUSE,)),
-            Rule(Guard.ALWAYS, MoveState.NOTIFYING, (Step.BEGIN, Step.LOCK, *_NOTIFY)),
+            Rule(Guard.ALWAYS, MoveState.NOTIFYING, (Step.BEGIN, Step.LOCK, *NOTIFY_STEPS)),
         ),
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_RETURNED): _ANSWER,
         (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE): (
@@ -106,7 +107,7 @@ EXPORTER = ExporterSpec(
         # ---- revocation: lock, mark revoked, invalidate everyone, fences, unlock, unmaps
         (MoveState.IDLE, MoveEvent.REVOKE): (
             Rule(Guard.ALWAYS, MoveState.REVOKING,
-                 (Step.BEGIN_REVOCATION, Step.LOCK, Step.MARK_REVOKED, *_NOTIFY)),),
+                 (Step.BEGIN_REVOCATION, Step.LOCK, Step.MARK_REVOKED, *NOTIFY_STEPS)),),
         **_invalidate_and_wait(MoveState.REVOKING, MoveState.REVOKE_FENCE_WAIT, Rule(
             Guard.ALWAYS, MoveState.UNMAP_WAIT, (Step.END_FENCE_WAIT, Step.UNLOCK, Step.PUT_UNMAP_REF, Step.AWAIT_UNMAPS))),
         (MoveState.UNMAP_WAIT, MoveEvent.UNMAP_WAIT_TIMEOUT): (Rule(Guard.ALWAYS, SAME, (Step.WARN_UNMAPS,)),),
@@ -118,7 +119,7 @@ EXPORTER = ExporterSpec(
            for state in _REVOKED if state is not MoveState.REVOKED},
         # ---- un-revoke: VFIO invalidates and waits in both directions, then marks it mappable
         (MoveState.REVOKED, MoveEvent.UNREVOKE): (
-            Rule(Guard.ALWAYS, MoveState.UNREVOKING, (Step.BEGIN_UNREVOKE, Step.LOCK, *_NOTIFY)),),
+            Rule(Guard.ALWAYS, MoveState.UNREVOKING, (Step.BEGIN_UNREVOKE, Step.LOCK, *NOTIFY_STEPS)),),
         **_invalidate_and_wait(MoveState.UNREVOKING, MoveState.UNREVOKE_FENCE_WAIT, Rule(
             Guard.ALWAYS, MoveState.IDLE, (Step.END_FENCE_WAIT, Step.MARK_UNREVOKED, Step.UNLOCK, Step.END_REVOCATION,
                                            Step.SERVE_DEFERRED_MAPS, Step.RUN_QUEUED_REVOKE))),
@@ -171,40 +172,3 @@ IMPORTER = ImporterSpec(
         },
     },
 )
-
-
-# ---------------------------------------------------------------------------------- mutants
-
-def _kref_reinit() -> dict:
-    """vfio: Fix race between dma-buf attach and kref reinitialization (the dmabuf-revoke series,
-    January 2026). Before the fix, un-revoke marked the buffer mappable under the lock and re-armed
-    the unmap wait (kref_init, reinit_completion) only after unlocking: a map served in between
-    took its reference on the count the revocation had drained to zero, and the re-arm wiped it.
-    That mapping's unmap then completes the wait while nothing waits, and the next revocation
-    ends its unmap wait at once, with mappings still live (refcount_t: underflow)."""
-    table = dict(EXPORTER.table)
-    table[(MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE)] = (
-        Rule(Guard.ALWAYS, MoveState.REVOKED, (Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),)
-    table[(MoveState.REVOKED, MoveEvent.UNREVOKE)] = (
-        Rule(Guard.ALWAYS, MoveState.UNREVOKING, (Step.BEGIN_UNREVOKE, Step.LOCK, Step.MARK_UNREVOKED, *_NOTIFY)),)
-    table[(MoveState.UNREVOKE_FENCE_WAIT, MoveEvent.FENCES_SIGNALED)] = (
-        Rule(Guard.ALWAYS, MoveState.IDLE,
-             (Step.END_FENCE_WAIT, Step.UNLOCK, Step.END_REVOCATION, Step.SERVE_DEFERRED_MAPS,
-              Step.REARM_UNMAP_WAIT, Step.RUN_QUEUED_REVOKE)),)
-    return table
-
-
-# Mutants of this strategy, BASE+MUTATION (issue 15's naming): the mutation's name, the rule it
-# breaks, its source, and the exporter table it runs. protocol/strategies/__init__.py registers
-# each as a strategy of its own; a registry of mutants takes these entries as they are.
-MUTANTS = {
-    "kref-reinit": {
-        "rule": "the unmap wait is re-armed before the buffer is mappable again: every mapping served "
-                "after un-revoke is counted by the next revocation's wait",
-        "source": "vfio: Fix race between dma-buf attach and kref reinitialization (dmabuf-revoke v6, "
-                  "January 2026)",
-        "summary": "revoke with un-revoke's re-arm of the unmap wait after unlock: the next revocation "
-                   "ends with mappings live",
-        "exporter": _kref_reinit(),
-    },
-}
