@@ -15,8 +15,11 @@ Rules:
   every other draw (the workload's buffer, access and durations, the control sockets' delays)
   keeps its default, which the seed fixes.
 - Races are the checker's: the merged history goes through checker.oracle.Oracle, each race it
-  reports (kind, buffer, importer, job) is kept. Nothing is written; the history is kept only
-  when asked (a race, for its witness).
+  reports (kind, buffer, importer, job) is kept; so is each finding the checker says broke a
+  rule (checker/findings.py BROKEN_RULE_KINDS: a deadlock, a revocation ended with a mapping
+  live; kind, buffer, importer, what it is about), apart from the races: a schedule *caught*
+  something when it has either. Nothing is written; the history is kept only when asked (a
+  catch, for its witness).
 - A schedule judged in memory ends when the window closes with no DMA running (`cut_tail`): the
   importers answered stop with every job over, the exporter with every move over, and nothing
   after (detach, bye, down) begins a job or a move, so no verdict can change; the shutdown is
@@ -187,6 +190,7 @@ class Blocked(BaseException):
 
 @dataclass(frozen=True)
 class RaceId:
+    """A race (or, in Trial.findings, a broken-rule finding: `job` is what it is about)."""
     kind: str
     buffer: Any
     svc: str
@@ -213,13 +217,19 @@ class Trial:
     history: list[bytes] | None = None
     report: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    findings: list[RaceId] = field(default_factory=list)   # broken-rule findings (never races)
 
     @property
     def decisions(self) -> int:
         return len(self.entries)
 
+    @property
+    def caught(self) -> bool:
+        return bool(self.races or self.findings)
+
     def has(self, kind: str, buffer: Any) -> bool:
-        return any(r.kind == kind and r.buffer == buffer for r in self.races)
+        """A race or broken-rule finding of `kind` on `buffer`."""
+        return any(r.kind == kind and r.buffer == buffer for r in (*self.races, *self.findings))
 
 
 class PrefixGuide(ListGuide):
@@ -244,15 +254,26 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
                     options=config.options)
 
 
-def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
-    """The checker's verdicts on a merged history: every race, in the order it was judged."""
+def judge(history: Sequence[bytes], report: bool = False
+          ) -> tuple[list[RaceId], list[RaceId], dict[str, Any] | None]:
+    """The checker's verdicts on a merged history: every race and every broken-rule finding, each
+    in the order it was judged."""
+    from checker.findings import finding_subject
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
-    oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)))
+    findings: list[RaceId] = []
+
+    def on_finding(title: str, svc: str, t: int, fields: dict[str, Any]) -> None:
+        subject = finding_subject(fields)
+        if subject is not None:
+            findings.append(RaceId(fields["finding"], *subject))
+
+    oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
+                    on_finding=on_finding)
     oracle.run(history)
     oracle.finish()
-    return races, (oracle.report() if report else None)
+    return races, findings, (oracle.report() if report else None)
 
 
 def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], None] | None = None,
@@ -288,15 +309,15 @@ def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], 
         return Trial([], entries, list(scheduler.streams), 0, 0, chooser.window_steps,
                      time.perf_counter() - began, "", blocked=True)
     history = list(merged(sinks))
-    races, _ = judge(history)
+    races, findings, _ = judge(history)
     error = None if window.cut else outcome.error
     if outcome.crashes:
         error = (error + "; " if error else "") + "crashed: " + ", ".join(outcome.crashes)
-    raced = bool(races)
+    caught = bool(races or findings)
     trial = Trial(races, entries, list(scheduler.streams), outcome.world.steps, outcome.deployment.net.messages,
                   chooser.window_steps, time.perf_counter() - began,
                   hashlib.sha256(b"".join(history)).hexdigest(), error,
-                  history=history if (keep_history or raced) else None)
+                  history=history if (keep_history or caught) else None, findings=findings)
     if chooser.record is not None:
         trial.extra["deviations"] = list(chooser.record)
     return trial
