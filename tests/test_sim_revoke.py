@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from deploy import cli
+from protocol.strategies import revoke_mutants
 from runtime import faults as faultspec
 from sim.search.trial import SearchChooser, judge, run_trial
 
@@ -26,10 +27,11 @@ from tests.test_explore import config
 REVOKE_FAULT = "revoke:at=0.001,for=0.002,target=0"
 EXHAUSTIVE_REVOKE = ["--strategy", "revoke", "--search", "exhaustive", "--bound", "2", "--moves", "0",
                      "--fault", REVOKE_FAULT]
-# The mutant's story on the small configuration: a revocation, un-revoked 1 ms later while maps
-# come (4 jobs per importer), then a second revocation that ends its unmap wait too early.
-KREF_SEARCH = ["--search", "random", "--dma-jobs", "4",
-               "--fault", "revoke:at=0.001,for=0.001", "--fault", "revoke:at=0.004,for=0.001"]
+# The mutant's story on the small configuration, as it is declared (revoke_mutants.py `small`): a
+# revocation, un-revoked 1 ms later while maps come, then one that ends its unmap wait too early.
+_SMALL = revoke_mutants.KREF_REINIT_SMALL
+KREF_SEARCH = ["--search", "random", "--dma-jobs", str(_SMALL["dma_jobs"]),
+               *(arg for f in _SMALL["faults"] for arg in ("--fault", f))]
 
 
 def explore(out: Path, *argv: str) -> tuple[int, dict]:

@@ -4,8 +4,11 @@ Declared in the fields of issue 15's registry of mutants (its `Mutant`, protocol
 mutants.py on the branch `mutants`), so that the registry takes them as they are: the strategy
 each breaks (`base`), its `name` (the strategy is BASE+MUTATION), the `rule` it breaks, its
 `source`, what the tools must find (`expect`), the change to the base's exporter table as rows
-that replace the base's (`exporter_rows`: the registry's set_rows) and the run parameters its
-workload needs (`params`: the revoke faults; nothing happens to a buffer that is never revoked).
+that replace the base's (`exporter_rows`: the registry's set_rows), the run parameters its
+workload needs (`params`: the revoke faults; nothing happens to a buffer that is never revoked)
+and what the simulator's small configuration needs on top of its defaults to reach the bug
+(`small`: run parameters and the driver's dma_jobs / moves, as explore's --dma-jobs, --moves).
+Faults are given as `--fault` text (runtime/faults.py parse_cli), this file being protocol's.
 
 Rules of this file:
 - Data only: it imports the tables' vocabulary and revoke's own pieces, never the registry, so
@@ -35,6 +38,7 @@ class RevokeMutant:
     expect: str
     exporter_rows: Mapping[tuple[Any, Any], Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    small: Mapping[str, Any] = field(default_factory=dict)
 
 
 # vfio: Fix race between dma-buf attach and kref reinitialization (the dmabuf-revoke series,
@@ -61,6 +65,11 @@ KREF_REINIT_ROWS = {
 KREF_REINIT_FAULTS = ("revoke:at=0.3,for=0.3", "revoke:at=0.9,for=0.3", "revoke:at=1.5,for=0.3",
                       "delay:ms=3,op=invalidate_mappings,target=exporter", "delay:ms=5,op=unmap,target=importers")
 
+# On the small configuration (50 ms, 2 jobs per importer by default): revoked 1 ms in, un-revoked
+# 1 ms later while maps come (4 jobs per importer), revoked again at 4 ms; the search delays the
+# frames that put a map inside the un-revocation's locked window (random: schedule 22, seed 1).
+KREF_REINIT_SMALL = {"dma_jobs": 4, "faults": ("revoke:at=0.001,for=0.001", "revoke:at=0.004,for=0.001")}
+
 MUTANTS: tuple[RevokeMutant, ...] = (
     RevokeMutant(
         "revoke", "kref-reinit",
@@ -70,5 +79,5 @@ MUTANTS: tuple[RevokeMutant, ...] = (
         expect="revoke_incomplete (a finding: a revocation ends its unmap wait with a mapping live), "
                "refcount_warning events; no race",
         exporter_rows=KREF_REINIT_ROWS,
-        params={"faults": KREF_REINIT_FAULTS, "move_rate": 0.0}),
+        params={"faults": KREF_REINIT_FAULTS, "move_rate": 0.0}, small=KREF_REINIT_SMALL),
 )
