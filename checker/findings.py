@@ -24,25 +24,6 @@ from checker.witness import rel_ms
 
 MAX_ITEMS = 256
 FINDING_KINDS = ("deadlock", "fence_forced", "timeout", "revoke_incomplete")
-# The findings that say a rule was broken: a wait-for cycle, a revocation that went on with a
-# mapping live. The others are a bounded wait doing its job (a fence forced, a timeout), under
-# faults a correct strategy meets as much as under bugs. A search (sim/explore.py) counts these
-# beside the races as what it caught.
-BROKEN_RULE_KINDS = ("deadlock", "revoke_incomplete")
-
-
-def finding_subject(fields: dict[str, Any]) -> tuple[Any, str, Any] | None:
-    """(buffer, importer or "exporter", what it is about: the attachment, or the cycle's first
-    node) of a broken-rule finding as Oracle(on_finding=...) gives its fields; None for another
-    finding, or for a deadlock's end (it was found when it formed)."""
-    kind = fields.get("finding")
-    if kind == "revoke_incomplete":
-        return fields.get("buffer"), str(fields.get("importer")), f"attachment {fields.get('attachment')}"
-    if kind == "deadlock" and "broken_by" not in fields:
-        first = (fields.get("cycle") or [[None]])[0]
-        buffer = first[1] if first and first[0] in HOLDER_KINDS and len(first) > 1 else None
-        return buffer, "exporter", "cycle from " + " ".join(map(str, first))
-    return None
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 

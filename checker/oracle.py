@@ -173,6 +173,7 @@ class Oracle:
         self.run_params: dict[str, Any] | None = None
         self.run_id: Any = None
         self.exporter_strategy: Any = None
+        self.mutant: dict[str, Any] | None = None  # what a mutant's run says it breaks (service_start, run_start)
         # services: name -> [started, stopped, died]
         self.svc_flags: dict[str, list[bool]] = {}
         self.svc_last: dict[str, int] = {}
@@ -1134,6 +1135,7 @@ class Oracle:
             self.exporter_strategy = ev.get("strategy")
             if self.run_id is None:
                 self.run_id = ev.get("run_id")
+            self._note_mutant(ev)
 
     def _service_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[1] = True
@@ -1165,6 +1167,14 @@ class Oracle:
         if "strategy" not in self.run_params and ev.get("strategy") is not None:
             self.run_params["strategy"] = ev.get("strategy")
         self.run_id = ev.get("run_id", self.run_id)
+        self._note_mutant(ev)
+
+    def _note_mutant(self, ev: dict[str, Any]) -> None:
+        # A run of a mutant (a strategy with a rule broken on purpose) says which rule: the report
+        # quotes it beside every witness. Taken as told: the verdicts come from the history alone.
+        mutant = ev.get("mutant")
+        if isinstance(mutant, dict) and self.mutant is None:
+            self.mutant = {k: mutant.get(k) for k in ("name", "rule", "source", "expect")}
 
     def _run_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self._flags(svc)[1] = True
@@ -1209,6 +1219,12 @@ class Oracle:
                             else (self.first_race_t - work0) / 1e9)
         moves: dict[str, Any] = dict(self.moves)
         moves["refused_by_reason"] = dict(sorted(self.refused_by_reason.items()))
+        findings = self.findings.report(t0 or 0, self.t1, self._secs)
+        witnesses = {k: [explained(r, t0 or 0) for r in v] for k, v in self.witness_races.items()}
+        if self.mutant is not None:
+            # Beside each witness: the rule the run's strategy breaks, as the run said it.
+            for item in [w for ws in witnesses.values() for w in ws] + list(findings["deadlock"]["items"]):
+                item["broken_rule"] = self.mutant
         return {
             **top,
             "run_id": self.run_id,
@@ -1224,10 +1240,11 @@ class Oracle:
             "maps": dict(self.maps),
             "moves": moves,
             "races": races,
-            "findings": self.findings.report(t0 or 0, self.t1, self._secs),
+            "mutant": self.mutant,
+            "findings": findings,
             "speculative_reads": self.speculative_reads,
             "revoke": self.revoke.report(),
-            "witnesses": {k: [explained(r, t0 or 0) for r in v] for k, v in self.witness_races.items()},
+            "witnesses": witnesses,
             "corruption": {**self.corruption, "examples": self._corruption_examples(t0 or 0)},
             "iommu_faults": self.iommu_faults,
             "fences_forced": self.fences_forced,

@@ -71,6 +71,11 @@ def render_report_md(r: dict[str, Any]) -> str:
                   f"{_secs(stop.get('t_s'))} in ({_cell(stop.get('at'))}): the counts below cover only "
                   f"what ran before it.", ""]
     lines += [verdict, ""]
+    mutant = r.get("mutant")
+    if isinstance(mutant, dict):
+        lines += [f"This run's strategy is the mutant **{_cell(mutant.get('name'))}**: it breaks the rule "
+                  f"*{_cell(mutant.get('rule'))}* ({_cell(mutant.get('source'))}). Expected: "
+                  f"{_cell(mutant.get('expect'))}.", ""]
     if bc:
         lines += [f"Final bytes: **{bc.get('verdict')}**.", ""]
     died = svcs.get("died") or []
@@ -144,7 +149,7 @@ def render_report_md(r: dict[str, Any]) -> str:
             continue
         lines += [f"### {kind} ({races.get(kind, 0)} in all; {len(items)} shown)", ""]
         for i, w in enumerate(items, 1):
-            lines += [f"{i}. {w.get('sentence')}", ""]
+            lines += [f"{i}. {w.get('sentence')}", ""] + _broken_rule(w)
             because = w.get("because") or []
             if because:
                 lines += [f"   - {b[0].upper() + b[1:]}." for b in because] + [""]
@@ -212,14 +217,29 @@ def _findings(f: dict[str, Any]) -> list[str]:
         shown = items[:MD_ITEMS]
         out += [f"### {title} ({part.get('count', len(items))} in all; {len(shown)} shown)", ""]
         for i, it in enumerate(shown, 1):
-            out += [f"{i}. {it.get('sentence')}", ""]
-            if title == "Deadlocks" and it.get("events"):
-                out += ["   " + ln for ln in _table(
-                    ["time", "service", "event", "the wait it began"],
-                    [(_secs_ms(e.get("t_ns"), it), e.get("svc"), e.get("event"), e.get("note"))
-                     for e in it["events"]])]
-                out.append("")
+            out += finding_lines(it, f"{i}. ", events=title == "Deadlocks")
     return out
+
+
+def finding_lines(it: dict[str, Any], bullet: str = "", *, events: bool = True) -> list[str]:
+    """One finding as report.md shows it: its sentence, the rule its mutant breaks, and for a
+    deadlock the events that made the cycle's waits (explore's witness.md of a deadlock too)."""
+    out = [f"{bullet}{it.get('sentence')}", ""] + _broken_rule(it)
+    if events and it.get("events"):
+        out += ["   " + ln for ln in _table(
+            ["time", "service", "event", "the wait it began"],
+            [(_secs_ms(e.get("t_ns"), it), e.get("svc"), e.get("event"), e.get("note"))
+             for e in it["events"]])]
+        out.append("")
+    return out
+
+
+def _broken_rule(item: dict[str, Any]) -> list[str]:
+    rule = item.get("broken_rule")
+    if not isinstance(rule, dict):
+        return []
+    return [f"   The rule broken (the run's strategy is the mutant {_cell(rule.get('name'))}): "
+            f"{_cell(rule.get('rule'))}.", ""]
 
 
 def _revoke(rv: dict[str, Any]) -> list[str]:

@@ -48,7 +48,7 @@ from deploy.options import OptionError, RunParams
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUN_GRACE_S = 120.0        # a run taking longer than duration + this is stopped as hung
 STOP_TIMEOUT_S = 20.0      # after SIGINT, how long a run may take to take its services down
-EXIT_OK, EXIT_FAILED_RUNS = 0, 3
+EXIT_OK, EXIT_USAGE, EXIT_FAILED_RUNS = 0, 2, 3
 
 
 class CampaignError(OptionError):
@@ -62,7 +62,10 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     `unmap-hint-optimistic` and `unmap-hint-conservative` (like `dmabuf-emu compare`); those labels
     may also be named; a plain `unmap-hint` uses the campaign's --hint-policy. A strategy of the
     user's own (a .py path, or an installed one) is labelled by its NAME; `all,./mine.py` runs
-    every built-in and it."""
+    every built-in and it. `mutants` is every declared mutant (BASE+MUTATION, with the run
+    parameters its workload needs) and composition, and their controls: each base strategy under
+    each of those workloads (`resv-fence`, `resv-fence-pin-ratio-0.25`); a mutant may also be
+    named by itself."""
     from protocol import strategies
     variants: dict[str, dict[str, Any]] = {}
     for name in strategies.STRATEGIES:
@@ -78,9 +81,18 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
     for n in names:
         if n == "all":
             out += list(variants.items())
+        elif n == "mutants":
+            out += mutant_variants()
+        elif "+" in n and not strategies.looks_like_path(n):
+            try:
+                module = strategies.resolve(n)
+            except strategies.StrategyError as exc:
+                raise CampaignError(f"--strategies: {exc}") from None
+            mutant_params = {} if n in strategies.REVOKE_MUTANTS else strategies.mutants.params_of(n)
+            out.append((module.NAME, {"strategy": module.SOURCE, **mutant_params}))
         elif n in variants:
             out.append((n, variants[n]))
-        elif n in strategies.STRATEGIES or n in strategies.MUTANTS:
+        elif n in strategies.STRATEGIES:
             out.append((n, {"strategy": n}))
         elif strategies.looks_like_path(n) or n in strategies.installed():
             try:
@@ -89,10 +101,24 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
                 raise CampaignError(f"--strategies: {exc}") from None
             out.append((module.NAME, {"strategy": module.SOURCE}))
         else:
-            raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, "
-                                f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES) | set(strategies.MUTANTS)))}, "
+            raise CampaignError(f"--strategies: unknown strategy {n!r} (known: all, mutants, "
+                                f"{', '.join(sorted(set(variants) | set(strategies.STRATEGIES)))}, "
                                 f"an installed strategy or the path of a .py file)")
     return list(dict(out).items())
+
+
+def mutant_variants() -> list[tuple[str, dict[str, Any]]]:
+    """The controls first (each base under each workload its mutants need), then every mutant."""
+    from protocol.strategies import mutants
+    controls: dict[str, dict[str, Any]] = {}
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for name in mutants.names():
+        base, _ = mutants.split(name)
+        params = mutants.params_of(name)
+        label = base + "".join(f"-{k.replace('_', '-')}-{_num(v)}" for k, v in sorted(params.items()))
+        controls.setdefault(label, {"strategy": base, **params})
+        runs.append((name, {"strategy": name, **params}))
+    return list(controls.items()) + runs
 
 
 @dataclass(frozen=True)
@@ -551,7 +577,9 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
                         "--duration 2 --jobs 2 --out runs/campaign",
                         "dmabuf-emu campaign --strategies resv-fence,revalidate --faults rogue --seeds 5 "
                         "--scheduler tcp://127.0.0.1:8786 --out runs/dask",
-                        "dmabuf-emu campaign --strategies all --faults all --seeds 2 --dry-run --out runs/all"))
+                        "dmabuf-emu campaign --strategies all --faults all --seeds 2 --dry-run --out runs/all",
+                        "dmabuf-emu campaign --strategies mutants --seeds 10 --importers 4 --buffers 8 --duration 3 "
+                        "--jobs 2 --table mutation-score --out runs/mutants"))
     c.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file with the base run parameters")
     c.add_argument("--out", required=True, type=Path, help="campaign directory (created; reused to resume)")
     c.add_argument("--strategies", default="all", metavar="LIST|all",
@@ -566,6 +594,12 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
     c.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild summary.json, summary.md and the plots from OUT/runs")
     c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    c.add_argument("--table", choices=("matrix", "mutation-score"), default="matrix",
+                   help=with_default("the table printed at the end: strategy x plan, or the mutation score "
+                                     "(mutants: caught in k of n runs, the rule each breaks)", "matrix"))
+    c.add_argument("--explore", type=Path, default=None, metavar="DIR",
+                   help="with --table mutation-score: the simulator's columns from this finished "
+                        "`dmabuf-emu explore-table --strategies mutants --out DIR`")
     c.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines")
     c.add_argument("--dry-run", action="store_true",
                    help="check every run's parameters (and the --scheduler address), say what would run, run nothing")
@@ -574,9 +608,17 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argparse.Help
 
 
 def main(args: argparse.Namespace) -> int:
+    explore = None
+    if args.explore is not None:
+        try:
+            explore = json.loads((args.explore / "table.json").read_text())
+        except (OSError, ValueError) as exc:
+            print(f"dmabuf-emu: campaign: --explore {args.explore}: no explore-table result there "
+                  f"(table.json: {exc.__class__.__name__})", file=sys.stderr)
+            return EXIT_USAGE
     if args.report_only:
         summary = campaign_report.write_summary(args.out.resolve(), plots=not args.no_plots)
-        print(campaign_report.render_matrix(summary))
+        print(_table(summary, args.table, explore))
         return EXIT_OK
     flags = {k: v for k, v in vars(args).items() if any(o.key == k for o in options.OPTIONS)}
     base = options.resolve(args.scenario, flags)
@@ -588,5 +630,11 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         return EXIT_OK
     if not args.quiet:
-        print(campaign_report.render_matrix(summary))
+        print(_table(summary, args.table, explore))
     return EXIT_FAILED_RUNS if summary.get("failed_runs") else EXIT_OK
+
+
+def _table(summary: dict[str, Any], which: str, explore: dict[str, Any] | None = None) -> str:
+    if which == "mutation-score":
+        return campaign_report.render_mutation_score(summary, explore) or "(no mutant in this campaign)"
+    return campaign_report.render_matrix(summary)

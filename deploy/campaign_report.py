@@ -17,6 +17,12 @@ their report.json (the checker's verdict) and, where present, their events files
 Rows are sorted so that "which strategy survives what" reads at a glance: strategies that raced in
 the fewest runs first, then fewest races per second, then (among the clean ones) the smallest share
 of moves refused; plans in campaign order within a strategy.
+
+The mutation score (when the campaign ran mutants, `--strategies mutants`): per mutant, the rule it
+breaks and its source (as its runs' reports quote them: the `mutant` of report.json), in how many
+runs the checker caught it (a race, or a deadlock finding), which kinds, whether every witness
+quoted the broken rule, and the length of the shortest witness (its events); the correct
+strategies the mutants derive from are the controls, which must be caught in no run.
 """
 
 from __future__ import annotations
@@ -134,6 +140,10 @@ def digest(run_dir: Path, report: dict[str, Any], strategy: str, plan: str, seed
         if isinstance(t_race, int) and isinstance(t_start, int):
             first = max(0.0, (t_race - t_start) / 1e9)
     lat = (report.get("latency_us") or {}).get("map") or {}
+    deadlocks = ((report.get("findings") or {}).get("deadlock") or {})
+    witnesses = [w for kind in sorted(report.get("witnesses") or {}) for w in (report.get("witnesses") or {})[kind]]
+    shown = witnesses + list(deadlocks.get("items") or [])
+    mutant = report.get("mutant") if isinstance(report.get("mutant"), dict) else None
     return {
         "strategy": strategy, "plan": plan, "seed": seed, "dir": str(run_dir),
         "races": total, "races_by_kind": {k: int(races.get(k, 0) or 0) for k in RACE_KINDS},
@@ -148,6 +158,11 @@ def digest(run_dir: Path, report: dict[str, Any], strategy: str, plan: str, seed
         "services_died": int(report.get("services_died", 0) or 0),
         "faults": params.get("faults", []),
         "move_rate": params.get("move_rate"),
+        "mutant": mutant,
+        "deadlocks": int(deadlocks.get("count", 0) or 0),
+        "witness_events": min((len(w.get("events") or []) for w in shown), default=None),
+        "rule_quoted": bool(shown) and mutant is not None
+                       and all((w.get("broken_rule") or {}).get("rule") == mutant.get("rule") for w in shown),
     }
 
 
@@ -262,6 +277,7 @@ def summarize(runs: list[tuple[dict[str, Any], list[float] | None]], strategy_or
         plan_info.setdefault(d["plan"], {"faults": d["faults"], "move_rate": d["move_rate"]})
     return {
         "strategies": strategies, "plans": plans, "rows": ordered_rows, "plan_info": plan_info,
+        "strategy_order": seen_order,
         "runs_total": len(runs), "runs": [d for d, _ in runs],
         "_latencies": {f"{d['strategy']}\t{d['plan']}": samples for d, samples in runs if samples},
     }
@@ -317,6 +333,70 @@ def render_kinds(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def mutation_score(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per mutant (and per control: a strategy of the campaign that is no mutant), in
+    campaign order: caught in k of n runs (a race or a deadlock finding)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for d in summary["runs"]:
+        by.setdefault(d["strategy"], []).append(d)
+    if not any(d.get("mutant") for ds in by.values() for d in ds):
+        return []
+    out = []
+    for label in _ordered(by, summary.get("strategy_order")):
+        ds = by[label]
+        mutant = next((d["mutant"] for d in ds if d.get("mutant")), None)
+        caught = [d for d in ds if d["races"] or d.get("deadlocks")]
+        kinds = {k: sum(d["races_by_kind"][k] for d in ds) for k in RACE_KINDS}
+        kinds["deadlock"] = sum(d.get("deadlocks") or 0 for d in ds)
+        lengths = [d["witness_events"] for d in caught if d.get("witness_events") is not None]
+        out.append({
+            "strategy": label, "mutant": mutant is not None,
+            "rule": mutant.get("rule") if mutant else "(control: the correct strategy)",
+            "source": mutant.get("source") if mutant else "",
+            "runs": len(ds), "caught": len(caught), "seeds_caught": sorted(d["seed"] for d in caught),
+            "kinds": {k: n for k, n in kinds.items() if n},
+            "rule_quoted": sum(1 for d in caught if d.get("rule_quoted")),
+            "witness_events_min": min(lengths) if lengths else None,
+            "plans": sorted({d["plan"] for d in ds}),
+        })
+    return out
+
+
+def render_mutation_score(summary: dict[str, Any], explore: dict[str, Any] | None = None) -> str:
+    """The mutation-score table (markdown); empty when the campaign ran no mutant. `explore`: an
+    `explore-table --strategies mutants` table.json, for the simulator's columns (else "-")."""
+    rows = summary.get("mutation_score") or mutation_score(summary)
+    if not rows:
+        return ""
+    sim = {r["strategy"]: r for r in (explore or {}).get("rows", [])}
+    lines = ["| mutant | rule it breaks | source | caught in real runs | kinds found | witnesses quoting the rule "
+             "| shortest witness in real runs (events) | simulator: schedules to the first catch "
+             "| simulator: shrunk witness (events) |",
+             "|" + "---|" * 9]
+    for r in rows:
+        kinds = ", ".join(f"{k} {n}" for k, n in r["kinds"].items()) or "none"
+        quoted = f"{r['rule_quoted']}/{r['caught']}" if r["mutant"] and r["caught"] else "-"
+        first, witness = _simulator_cells(sim.get(r["strategy"]), explore) if r["mutant"] else ("-", "-")
+        lines.append(f"| {r['strategy']} | {r['rule']} | {r['source'] or '-'} | **{r['caught']}/{r['runs']}** "
+                     f"| {kinds} | {quoted} | {_f(r['witness_events_min'])} | {first} | {witness} |")
+    return "\n".join(lines)
+
+
+def _simulator_cells(row: dict[str, Any] | None, explore: dict[str, Any] | None) -> tuple[str, str]:
+    """explore-table's figures for one mutant: random's median schedules to the first catch (and
+    how many seeds caught it), the exhaustive search's first catch, and the shrunk witness."""
+    if row is None or explore is None:
+        return "-", "-"
+    rnd, ex = row["random"], row["exhaustive"]
+    median = "none" if not rnd["raced"] else (f"> {explore['cap']}" if rnd["median"] > explore["cap"]
+                                             else f"{rnd['median']:g}")
+    exhaustive = (f"schedule {ex['first_race_schedule']}" if ex["first_race_schedule"] is not None
+                  else "exhausted, none" if ex["exhausted"] else "none")
+    first = f"random {median} ({rnd['raced']}/{rnd['seeds']} seeds); exhaustive (seed 1, bound {explore['bound']}) {exhaustive}"
+    events = [x.get("witness_events") for x in (rnd, ex) if x.get("witness_events") is not None]
+    return first, (str(min(events)) if events else "-")
+
+
 def _plan_line(name: str, info: dict[str, Any]) -> str:
     from runtime.faults import describe
     faults = info.get("faults") or []
@@ -348,6 +428,12 @@ def render_md(summary: dict[str, Any], plots: list[str]) -> str:
         "## Fault plans", "",
         *(_plan_line(p, summary["plan_info"].get(p, {})) for p in summary["plans"]), "",
     ]
+    score = render_mutation_score(summary)
+    if score:
+        parts += ["## Mutation score", "",
+                  "Each mutant is a correct strategy with one rule broken (protocol/strategies/mutants.py); "
+                  "caught: the checker found a race or a deadlock in the run. The controls are the correct "
+                  "strategies, under the same workloads.", "", score, ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(parts)
@@ -370,6 +456,7 @@ def write_summary(out: Path, *, strategy_order: list[str] | None = None, plan_or
         written = [str(p.relative_to(out)) for p in write_plots(summary, out / "plots")]
     latencies = summary.pop("_latencies")
     summary["plots"] = written
+    summary["mutation_score"] = mutation_score(summary)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "summary.md").write_text(render_md(summary, written))

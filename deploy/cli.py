@@ -201,11 +201,16 @@ def _parser() -> argparse.ArgumentParser:
                         epilog=examples("dmabuf-emu strategies --diagram resv-fence",
                                         "dmabuf-emu strategies --diagram move-notify-ack --format dot --steps",
                                         "dmabuf-emu strategies --check docs/examples/move_notify_ack_defer.py",
-                                        "dmabuf-emu strategies --doc"))
+                                        "dmabuf-emu strategies --doc",
+                                        "dmabuf-emu strategies --mutants",
+                                        "dmabuf-emu strategies --diagram resv-fence+map-unlocked"))
     what = st.add_mutually_exclusive_group()
     what.add_argument("--diagram", metavar="NAME|PATH", help="print the exporter's and the importer's state diagrams")
     what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way")
     what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
+    what.add_argument("--mutants", action="store_true",
+                      help="list the mutants (known kernel bugs: BASE+MUTATION), each with the rule it breaks, "
+                           "its source, what the checker must find and the workload it needs")
     st.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="diagram format")
     st.add_argument("--steps", action="store_true", help="put each rule's steps on its edge")
     return p
@@ -246,6 +251,9 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     if args.doc:
         print(diagram.document(strategies.STRATEGIES), end="")
         return EXIT_OK
+    if args.mutants:
+        print("\n".join(_mutant_lines()))
+        return EXIT_OK
     if args.diagram or args.check:
         module = strategies.resolve(args.diagram or args.check)
         if args.check:
@@ -264,6 +272,21 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
         where = "" if name in strategies.STRATEGIES else "  (installed)"
         print(f"{name.ljust(width)}  {module.SUMMARY}{where}")
     return EXIT_OK
+
+
+def _mutant_lines() -> list[str]:
+    from protocol.strategies import mutants, resolve
+    lines = [f"{len(mutants.names())} mutants (protocol/strategies/mutants.py); run them all with: dmabuf-emu "
+             f"campaign --strategies mutants --seeds 10 --importers 4 --buffers 8 --duration 3 --jobs 2 "
+             f"--table mutation-score --out runs/mutants", ""]
+    for name in mutants.names():
+        m = resolve(name).MUTANT
+        params = mutants.params_of(name)
+        lines += [name, f"    breaks    {m['rule']}", f"    source    {m['source']}", f"    expect    {m['expect']}"]
+        if params:
+            lines.append("    workload  " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in params.items()))
+        lines.append("")
+    return lines[:-1]
 
 
 def _say(line: str) -> None:

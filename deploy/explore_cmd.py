@@ -6,7 +6,7 @@ DMA job in flight, 2 ms jobs, moves every 2 ms), the simulator's budgets (--dma-
 importer, --moves) and the search's own options, and runs sim/explore.py.
 
 Exit status: 0 done (whatever it found: see the result and explore.json); 1 a race was found
-and --fail-on-race was given, or a broken-rule finding and --fail-on-finding; 2 bad input (one line naming it, nothing written); 130
+and --fail-on-race was given; 2 bad input (one line naming it, nothing written); 130
 interrupted (what was found is kept; the same command goes on).
 """
 
@@ -96,9 +96,6 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--all", action="store_true", help="go on after the first race (each new race kind and buffer kept)")
     e.add_argument("--no-shrink", action="store_true", help="do not shrink the first race")
     e.add_argument("--fail-on-race", action="store_true", help="exit 1 if a race was found (for CI)")
-    e.add_argument("--fail-on-finding", action="store_true",
-                   help="exit 1 if a broken-rule finding was made (a deadlock, a revocation ended with a "
-                        "mapping live: caught as races are, counted apart)")
     e.add_argument("--dma-jobs", default=str(DMA_JOBS), metavar="N", help=f"DMA jobs per importer (default {DMA_JOBS})")
     e.add_argument("--moves", default=str(MOVES), metavar="N", help=f"moves the memory manager may want (default {MOVES})")
     e.add_argument("--quiet", action="store_true", help="print only the result")
@@ -201,45 +198,35 @@ def check_size(spec: Any) -> None:
 
 
 def result_lines(r: dict[str, Any], out: Path) -> list[str]:
-    races, findings = r["races"], r.get("findings") or {}
+    from sim.search.trial import FINDING_CATCHES
+    races = r["races"]
     lines = []
-    found = (f", and a finding (broken rule, no race) in schedule {r['first_finding_schedule']}"
-             if findings and races else "")
+    # a finding the checker says broke a rule is a catch too (sim/search/trial.py FINDING_CATCHES)
+    kinds = sorted(set(races) & set(FINDING_CATCHES))
+    found = "race" if set(races) - set(FINDING_CATCHES) else f"{', '.join(kinds)} (a finding, no race)"
     if r["search"] == "exhaustive":
-        if r["exhausted"] and not races and not findings:
+        if r["exhausted"] and not races:
             lines.append(f"exhausted: {r['schedules']} schedules within bound {r['bound']} ({r['bound_kind']}), no race"
-                         f" and no finding ({r['blocked']} more cut short by sleep sets)")
+                         f" ({r['blocked']} more cut short by sleep sets)")
         elif races:
-            lines.append(f"race in schedule {r['first_race_schedule']} of the exhaustive search (bound {r['bound']})"
-                         + found)
-        elif findings:
-            lines.append(f"finding (a broken rule, no race) in schedule {r['first_finding_schedule']} of the "
-                         f"exhaustive search (bound {r['bound']})")
+            lines.append(f"{found} in schedule {r['first_race_schedule']} of the exhaustive search (bound {r['bound']})")
         else:
             lines.append(f"not exhausted: {r['schedules']} schedules within bound {r['bound']} so far, no race")
     elif races:
-        lines.append(f"race in schedule {r['first_race_schedule']} ({r['search']})" + found)
-    elif findings:
-        lines.append(f"finding (a broken rule, no race) in schedule {r['first_finding_schedule']} ({r['search']})")
+        lines.append(f"{found} in schedule {r['first_race_schedule']} ({r['search']})")
     else:
         lines.append(f"no race in {r['schedules']} schedules ({r['search']})")
     lines.append(f"  {r['strategy']}: {r['schedules']} schedules in {r['seconds']:.1f} s "
                  f"({r['schedules_per_s'] or 0:,.0f}/s), {r['distinct_histories']} distinct histories"
-                 + (f", races: {', '.join(f'{k} in {v}' for k, v in races.items())}" if races else "")
-                 + (f", findings: {', '.join(f'{k} in {v}' for k, v in findings.items())}" if findings else ""))
+                 + (f", races: {', '.join(f'{k} in {v}' for k, v in races.items())}" if races else ""))
     if r.get("pct"):
         p = r["pct"]
         lines.append(f"  pct: depth {p['depth']}, n {p['n']} actors, k {p['k']} steps: at least "
                      f"{p['guarantee']:.2g} per schedule for a race of that depth")
     for s in r["saved"][:5]:
-        if s["races"]:
-            first = s["races"][0]
-            about = f"job {first['job']}"
-        else:
-            first = s["findings"][0]
-            about = f"{first['about']}"
+        first = s["races"][0]
         lines.append(f"  {out / s['dir']}: schedule {s['schedule']}, {first['kind']} on buffer {first['buffer']} "
-                     f"({first['importer']} {about})")
+                     f"({first['importer']} job {first['job']})")
     sh = r.get("shrunk")
     if sh:
         d, b = sh["deviations"], sh["before"]["deviations"]
@@ -269,8 +256,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     print("\n".join(result_lines(result, args.out)))
     if explorer.interrupted:
         return EXIT_INTERRUPTED
-    failed = (result["races"] and args.fail_on_race) or (result["findings"] and args.fail_on_finding)
-    return EXIT_RACE if failed else EXIT_OK
+    return EXIT_RACE if result["races"] and args.fail_on_race else EXIT_OK
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
@@ -291,7 +277,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
         sched = read_schedule(args.dir / saved[k - 1]["dir"])
     except (OptionError, ScheduleError, ValueError) as exc:
         return _usage(f"shrink: {exc}")
-    first = (saved[k - 1]["races"] or saved[k - 1].get("findings"))[0]
+    first = saved[k - 1]["races"][0]
     info = shrink_into(Config(sched.params, sched.sim), sched.decisions, sched.streams, first["kind"],
                        first["buffer"], args.dir)
     data["shrunk"] = info

@@ -8,6 +8,12 @@ deviations of its shrunk schedule); exhaustive (bound --bound) gives "exhausted,
 the schedule of its first race and that race's shrunk witness. Every cell is an explore run in
 OUT/runs/<strategy>/<search>/seed-<n>/ (explore.json, races/, shrunk/, witness.md); the table is
 OUT/table.md and OUT/table.json. --jobs J runs J of them at a time.
+
+--strategies mutants: every mutant (protocol/strategies/mutants.py) on the small configuration
+with what it needs to reach its bug (each mutant's `small`), and the correct resv-fence, as a
+control, on the small configuration and on each of those variants. A deadlock the checker finds
+is a catch as a race is (sim/search/trial.py judge). `dmabuf-emu campaign --report-only --table
+mutation-score --explore OUT` puts these figures in the mutation-score table.
 """
 
 from __future__ import annotations
@@ -36,32 +42,66 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--bound", type=int, default=2, help="the exhaustive bound (default 2)")
     t.add_argument("--jobs", type=int, default=1, help="cells at a time (default 1)")
     t.add_argument("--strategies", default="all", metavar="LIST",
-                   help="all, or some of: " + ", ".join(label for label, _ in VARIANTS))
+                   help="all, mutants (every mutant and its controls), or some of: "
+                        + ", ".join(label for label, _ in VARIANTS))
+
+
+def _label(base: str, small: dict[str, Any]) -> str:
+    """resv-fence-pin-ratio-0.5-dma-jobs-3, resv-fence-buffer-size-1MiB-...: a directory name."""
+    def value(k: str, v: Any) -> str:
+        if k.endswith("_size") and v % 1024 == 0:
+            return f"{v >> 20}MiB" if v % (1 << 20) == 0 else f"{v >> 10}KiB"
+        return f"{v:g}"
+    return "-".join([base] + [f"{k.replace('_', '-')}-{value(k, v)}" for k, v in small.items()])
+
+
+def mutant_variants() -> list[tuple[str, dict[str, Any]]]:
+    """The controls (resv-fence on the small configuration and on each mutant's variant of it),
+    then every mutant with its variant."""
+    from protocol.strategies import mutants
+    names = mutants.names()
+    controls: list[tuple[str, dict[str, Any]]] = []
+    for name in names:
+        small = mutants.small_of(name)
+        c = (_label(mutants.split(name)[0], small), {"strategy": mutants.split(name)[0], **small})
+        if c not in controls:
+            controls.append(c)
+    return sorted(controls, key=lambda c: len(c[1])) + [(n, {"strategy": n, **mutants.small_of(n)}) for n in names]
 
 
 def chosen(spec: str) -> list[tuple[str, dict[str, Any]]]:
     names = [x.strip() for x in spec.split(",") if x.strip()]
     if names == ["all"]:
         return list(VARIANTS)
+    if names == ["mutants"]:
+        return mutant_variants()
     known = dict(VARIANTS)
     bad = [n for n in names if n not in known]
     if bad or not names:
-        raise ValueError(f"--strategies: unknown {bad[0] if bad else '(none)'!r} (known: all, {', '.join(known)})")
+        raise ValueError(f"--strategies: unknown {bad[0] if bad else '(none)'!r} (known: all, mutants, "
+                         f"{', '.join(known)})")
     return [(n, known[n]) for n in names]
+
+
+def small_config(strategy: str, seed: int, overrides: dict[str, Any]) -> Any:
+    """The small configuration (deploy/bench/exploreperf.py small) with `overrides`: run
+    parameters, and dma_jobs / moves, the simulated driver's budgets (a mutant's `small`)."""
+    import dataclasses
+
+    from deploy.bench.exploreperf import small
+    config = small(strategy, seed)
+    budgets = {"dma_jobs": "jobs", "moves": "moves"}     # SimOptions' names
+    params = dataclasses.replace(config.params, **{k: v for k, v in overrides.items()
+                                                   if k != "strategy" and k not in budgets})
+    options = dataclasses.replace(config.options, **{budgets[k]: v for k, v in overrides.items() if k in budgets})
+    return dataclasses.replace(config, params=params, options=options)
 
 
 def cell(label: str, overrides: dict[str, Any], search: str, seed: int, cap: int, bound: int, out: str,
          shrink: bool) -> dict[str, Any]:
     """One explore run (in a worker): its explore.json."""
-    import dataclasses
-
-    from deploy.bench.exploreperf import small
     from sim.explore import Explorer, Limits, Spec
-    strategy = overrides.get("strategy", label)
-    config = small(strategy, seed)
-    params = dataclasses.replace(config.params, **{k: v for k, v in overrides.items() if k != "strategy"})
-    config = dataclasses.replace(config, params=params)
-    spec = Spec(config, search, seed, 2, bound)
+    spec = Spec(small_config(overrides.get("strategy", label), seed, overrides), search, seed, 2, bound)
     limits = Limits(schedules=None if search == "exhaustive" else cap)
     d = Path(out)
     if (d / "explore.json").exists() and json.loads((d / "explore.json").read_text()).get("complete"):
@@ -87,7 +127,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             seeds = [1] if search == "exhaustive" else range(1, args.seeds + 1)
             for seed in seeds:
                 out = args.out / "runs" / label / search / f"seed-{seed}"
-                tasks.append((label, over, search, seed, args.cap, args.bound, str(out), seed == 1))
+                # the first race of seed 1 is shrunk; a mutant's first catch of every seed (seed 1's
+                # workload may not reach its bug: the witness is the first seed's that does)
+                shrink = seed == 1 or "+" in over.get("strategy", label)
+                tasks.append((label, over, search, seed, args.cap, args.bound, str(out), shrink))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as ex:
         futures = [(t, ex.submit(cell, *t)) for t in tasks]
@@ -102,12 +145,14 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             if search == "exhaustive":
                 r = rs[0]
                 row[search] = {"exhausted": r["exhausted"], "schedules": r["schedules"],
-                               "first_race_schedule": r["first_race_schedule"], "witness": _witness(r)}
+                               "first_race_schedule": r["first_race_schedule"], "witness": _witness(r),
+                               "witness_events": (r.get("shrunk") or {}).get("events")}
             else:
                 firsts = [r["first_race_schedule"] or args.cap + 1 for r in rs]
                 raced = [r for r in rs if r["first_race_schedule"]]
+                shrunk = next((r for r in rs if r.get("shrunk")), None)
                 row[search] = {"median": statistics.median(firsts), "raced": len(raced), "seeds": len(rs),
-                               "witness": _witness(next((r for r in rs if r.get("shrunk")), None))}
+                               "witness": _witness(shrunk), "witness_events": (shrunk or {}).get("shrunk", {}).get("events")}
         rows.append(row)
     table = {"command": f"dmabuf-emu explore-table --strategies {args.strategies} --seeds {args.seeds} --cap {args.cap} "
                         f"--bound {args.bound} --jobs {args.jobs} --out {args.out}", "rows": rows, "cap": args.cap,
@@ -130,7 +175,7 @@ def render(t: dict[str, Any]) -> str:
 
     def ex(c: dict[str, Any]) -> str:
         if c["first_race_schedule"] is not None:
-            return f"race at schedule {c['first_race_schedule']}"
+            return f"caught at schedule {c['first_race_schedule']}"
         return f"exhausted, {c['schedules']} schedules" if c["exhausted"] else f"not exhausted ({c['schedules']})"
 
     lines = [f"    {t['command']}", "",

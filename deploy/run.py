@@ -62,6 +62,13 @@ class Progress:
         self._write(text + "\n")
 
 
+
+def mutant_field(strategy: str) -> dict:
+    """`mutant` (the rule it breaks, its source, what to expect) for a mutant's run, else nothing."""
+    from protocol.strategies import resolve
+    mutant = getattr(resolve(strategy), "MUTANT", None)
+    return {"mutant": mutant} if mutant else {}
+
 def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Progress) -> list[str]:
     """Start pressure and workload, wait `duration` watching the services, stop and drain.
     Returns the names of services that died during the run."""
@@ -179,7 +186,8 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
         deployment = up(params, out, launcher=watchdog.identity())
         log = EventLog(out / "events" / "deploy.jsonl", "deploy")
         wait_ready(deployment)
-        log.emit("run_start", run_id=deployment.run_id, strategy=params.strategy, params=params.as_dict())
+        log.emit("run_start", run_id=deployment.run_id, strategy=params.strategy, params=params.as_dict(),
+                 **mutant_field(params.strategy))
         during = "workload"
         drive(deployment, params, log, progress)
         during = "stopping"

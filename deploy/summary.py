@@ -40,6 +40,9 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
         f"unmap p50 {_pct(lat.get('unmap'), 'p50')} p99 {_pct(lat.get('unmap'), 'p99')}  "
         f"move p50 {_pct(lat.get('move'), 'p50')} p99 {_pct(lat.get('move'), 'p99')}",
     ]
+    mutant = report.get("mutant")
+    if mutant:
+        lines.append(f"  mutant     {mutant.get('name')} breaks the rule: {mutant.get('rule')}")
     for kind in RACE_KINDS:
         for w in report.get("witnesses", {}).get(kind, [])[:1]:
             lines.append(f"  witness    {kind}: {w.get('sentence', '')}")

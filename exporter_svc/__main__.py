@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                         vram_size=vram, sys_size=sys_size, max_importers=a.importers,
                         move_rate=a.move_rate, ack_timeout_s=a.ack_timeout_ms / 1000,
                         fence_timeout_s=a.fence_timeout_ms / 1000, unmap_wait_s=a.unmap_wait_ms / 1000,
+                        reset_grace_s=a.reset_grace_ms / 1000,
                         hint_policy=a.hint_policy,
                         lease_s=a.lease_ms / 1000, retry_s=a.retry_ms / 1000, faults=faults, seed=a.seed,
                         credentials=a.credentials, max_attachments=a.max_attachments,

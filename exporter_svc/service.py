@@ -67,6 +67,7 @@ class ExporterArgs:
     fence_timeout_s: float
     hint_policy: str
     unmap_wait_s: float = default_s("unmap_wait_ms")
+    reset_grace_s: float = default_s("reset_grace_ms")
     lease_s: float = default_s("lease_ms")
     retry_s: float = default_s("retry_ms")
     faults: tuple[dict[str, Any], ...] = ()
@@ -136,10 +137,12 @@ class ExporterService(ServiceShell):
                    HeapConfig("sys", self.segments["sys"].name, args.sys_size)),
             fences_shm=self.segments["fences"].name, fence_slots=slots,
             ack_timeout_s=args.ack_timeout_s, fence_timeout_s=args.fence_timeout_s,
-            unmap_wait_s=args.unmap_wait_s, hint_policy=args.hint_policy, lease_s=args.lease_s, secret=secret,
+            unmap_wait_s=args.unmap_wait_s, reset_grace_s=args.reset_grace_s, hint_policy=args.hint_policy,
+            lease_s=args.lease_s, secret=secret,
             max_attachments=args.max_attachments or max(64, 2 * args.buffers),
             max_mappings=args.max_mappings, max_in_flight=args.max_in_flight))
         self.curve = curve is not None
+        self.mutant = getattr(strategy, "MUTANT", None)   # the rule a mutant breaks, for the checker to quote
         if curve is not None:
             # The ZAP handler first: libzmq asks it about every CURVE handshake on the rpc socket.
             ctx = self.transport.ctx  # type: ignore[attr-defined]  (CURVE: real sockets only)
@@ -178,6 +181,7 @@ class ExporterService(ServiceShell):
         """Boot: stamp the buffers, start the half's timers, say where we listen."""
         self.log.emit("service_start", run_id=self.args.run_id, strategy=self.engine.spec.strategy,
                       **({"strategy_source": self.args.strategy} if self.args.strategy != self.engine.spec.strategy else {}),
+                      **({"mutant": self.mutant} if self.mutant else {}),
                       heaps={h: {"shm": self.segments[h].name, "size": self.views[h].size} for h in self.views},
                       fences_shm=self.segments["fences"].name, buffers=self.args.buffers,
                       buffer_size=self.args.buffer_size, move_rate=self.args.move_rate,
@@ -387,18 +391,23 @@ class ExporterService(ServiceShell):
         """Poll the fences published on the buffer so far; report the unsignaled slots at first
         and at each change, until none is left or another WaitFences for the move replaces this
         one. How long to wait is the half's (its fence timer)."""
-        snapshot = self.fences.snapshot(action.buffer, action.usage)
+        snapshot = self.fences.snapshot(action.buffer, action.usage, action.confirm)
+        first = {s: (q, self.fences.usage_of(s, action.buffer, q)) for s, q in snapshot.items()}
         watch = self._fence_watch[action.move] = object()
         reported: list[tuple[int, ...] | None] = [None]
 
         def poll() -> None:
             if self._fence_watch.get(action.move) is not watch:
                 return
-            pending = {s: q for s, q in snapshot.items() if not self.fences.is_signaled(s, action.buffer, q)}
+            pending = self.fences.pending(action.buffer, snapshot, action.confirm)
             slots = tuple(sorted(pending))
             if not slots:
                 del self._fence_watch[action.move]
-            if slots != reported[0]:
+            if reported[0] is None:  # the first report says what the wait waits for
+                reported[0] = slots
+                fences = {s: first[s] for s in slots}
+                self._guarded("fences", lambda: self.engine.fences_snapshot(action.move, fences, self.loop.now_ns()))
+            elif slots != reported[0]:
                 reported[0] = slots
                 self._guarded("fences", lambda: self.engine.fences_pending(action.move, slots, self.loop.now_ns()))
             if slots and self._fence_watch.get(action.move) is watch:

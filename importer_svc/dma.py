@@ -6,7 +6,8 @@ A job of duration D over a buffer is cut into about D / chunk_ms chunks; chunk i
 start + i * D / n, so a job really overlaps with what the exporter and other devices do in the
 meantime. An access the IOMMU does not cover is blocked and recorded (`iommu_fault`); a read
 that finds another buffer's stamps, or wrong line indices, records `corruption`. A fenced job
-publishes its fence in shared memory before its first access and signals it after its last.
+publishes its fence in shared memory before its first access and signals it after its last
+(StartDma.signal says otherwise only for a mutant's known bug).
 
 Before every chunk the engine asks its gate (the shell's lease check) whether the device may still
 touch memory; when it may not, the shell aborts every job (abort_all). A fenced job whose fence the
@@ -57,7 +58,7 @@ class _Job:
 
 class DmaEngine:
     def __init__(self, loop: LoopLike, log: EventLog, iommu: IommuTable, writer: int,
-                 on_done: Callable[[int], None], chunk_ms: float = 1.0,
+                 on_done: Callable[[int, int], None], chunk_ms: float = 1.0,
                  gate: Callable[[], bool] = lambda: True) -> None:
         self.loop = loop
         self.log = log
@@ -100,6 +101,8 @@ class DmaEngine:
         self.log.emit("dma_begin", job=start.job, buffer=start.buffer, attachment=start.attachment,
                       access=start.access, heap=p.heap, offset=p.offset, size=p.size, gen=p.gen,
                       fence=job.fence_seq or None, **({"rogue": True} if rogue else {}))
+        if start.fenced and start.signal == "submit":
+            self._signal(job)  # the early-signal bug: "done" before the first access
         self._chunk(job)
 
     def signal_early(self, buffer: int) -> list[int]:
@@ -136,7 +139,7 @@ class DmaEngine:
             why = self.fences.error(self.slot, s.buffer)  # type: ignore[union-attr]
             self._finish(job, aborted=f"fence forced by the exporter ({why}): device reset")
             if not job.rogue:
-                self.on_done(s.job)
+                self.on_done(s.job, job.fence_seq)
             return
         p = s.placement
         first = job.index * job.lines_per_chunk
@@ -150,7 +153,6 @@ class DmaEngine:
                               access=s.access, heap=p.heap, offset=offset, size=nbytes, gen=p.gen)
         else:
             rows = self.heaps[p.heap].rows(offset, nbytes)
-            job.last_access_ns = self.loop.now_ns()
             if s.access == "write":
                 memory.stamp(rows, s.buffer, first, self.writer, s.job)
             else:
@@ -161,6 +163,9 @@ class DmaEngine:
                         job.first_bad = bad
                     elif len(job.samples) < memory.MAX_SAMPLES:
                         job.samples.append({"line": bad.line, "found": list(bad.found)})
+            # When the access ended, not when it began: a chunk preempted half-way through still
+            # touches memory after it resumes, and the checker must see that.
+            job.last_access_ns = self.loop.now_ns()
             job.bytes += nbytes
         job.index += 1
         if job.index < job.chunks:
@@ -168,7 +173,7 @@ class DmaEngine:
         else:
             self._finish(job)
             if not job.rogue:
-                self.on_done(s.job)
+                self.on_done(s.job, job.fence_seq)
 
     def _finish(self, job: _Job, aborted: str = "") -> None:
         s = job.start
@@ -187,9 +192,14 @@ class DmaEngine:
                           expected={"buffer": s.buffer, "line": c.line},
                           found={"buffer": c.found[0], "line": c.found[1], "writer": c.found[2], "seq": c.found[3]},
                           samples=(c.samples + job.samples)[:memory.MAX_SAMPLES])
-        if s.fenced:
-            # An aborted job's device has stopped touching the buffer: its fence signals too.
-            self.fences.signal(self.slot, s.buffer, job.fence_seq)  # type: ignore[union-attr]
-            self.log.emit("fence_signal", buffer=s.buffer, usage=usage_for_access(s.access).name,
-                          seq=job.fence_seq, job=s.job)
+        if s.fenced and (s.signal == "end" or (aborted and s.signal == "held")):
+            # An aborted job's device has stopped touching the buffer: its fence signals too (the
+            # exporter, if it forced it, takes this as the device's confirmation of the reset).
+            self._signal(job)
         del self._jobs[s.job]
+
+    def _signal(self, job: _Job) -> None:
+        s = job.start
+        self.fences.signal(self.slot, s.buffer, job.fence_seq)  # type: ignore[union-attr]
+        self.log.emit("fence_signal", buffer=s.buffer, usage=usage_for_access(s.access).name,
+                      seq=job.fence_seq, job=s.job)

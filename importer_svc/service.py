@@ -33,8 +33,8 @@ import zmq
 
 from protocol import wire
 from protocol.actions import (AckOwed, Acked, Action, CancelTimer, ExporterLost, Invalidated, JobFinished, Joined,
-                              LeaseExpired, Left, ProgramIommu, Ready, Send, StartDma, StartTimer, StopDma,
-                              TeardownIommu, WaitKernelFence)
+                              LeaseExpired, Left, ProgramIommu, Ready, Send, SignalFence, StartDma, StartTimer,
+                              StopDma, TeardownIommu, WaitKernelFence)
 from protocol.importer import Importer, ImporterFatal
 from protocol.params import default
 from protocol.strategies import resolve as resolve_strategy
@@ -145,6 +145,7 @@ class ImporterService(ServiceShell):
             Send: self._do_send, Joined: self._do_joined, Ready: self._do_ready,
             ProgramIommu: self._do_program, TeardownIommu: self._do_teardown,
             StartDma: self._do_start_dma, WaitKernelFence: self._do_wait_kernel_fence,
+            SignalFence: self._do_signal_fence,
             JobFinished: self._do_job_finished, Left: self._do_left,
             Acked: self._do_acked, AckOwed: lambda action: None,  # the early-ack fault reads AckOwed
             LeaseExpired: self._do_lease_expired, ExporterLost: self._do_exporter_lost,
@@ -447,8 +448,14 @@ class ImporterService(ServiceShell):
         self.dma.start(action, duration)
         self._iovas[action.job] = self.dma.iova_of_job(action.job)
 
-    def _dma_done(self, job: int) -> None:
-        self._call(lambda: self.engine.dma_done(job, self.loop.now_ns()))
+    def _dma_done(self, job: int, fence: int) -> None:
+        self._call(lambda: self.engine.dma_done(job, self.loop.now_ns(), fence))
+
+    def _do_signal_fence(self, action: SignalFence) -> None:
+        if not 0 < action.slot < self.fences.slots:  # type: ignore[union-attr]
+            raise ValueError(f"SignalFence of slot {action.slot}: an importer signals only fences of its own slot")
+        self.fences.signal(action.slot, action.buffer, action.seq)  # type: ignore[union-attr]
+        self.log.emit("fence_signal", buffer=action.buffer, usage=action.usage, seq=action.seq, job=action.job)
 
     def _do_wait_kernel_fence(self, action: WaitKernelFence) -> None:
         began = self.loop.now_ns()
@@ -485,7 +492,7 @@ class ImporterService(ServiceShell):
                 return
             self._durations[spec.job] = spec.duration_s
             try:
-                actions = self.engine.job(spec.job, spec.buffer, spec.access, self.loop.now_ns())
+                actions = self.engine.job(spec.job, spec.buffer, spec.access, self.loop.now_ns(), spec.pin)
             except TransitionError as exc:
                 self.internal_error("job", exc)
                 return

@@ -20,6 +20,7 @@ class WorkloadConfig:
     dma_ms: float = default("dma_ms")              # mean job duration
     think_ms: float = default("think_ms")          # mean pause before a freed slot takes the next job
     write_ratio: float = default("write_ratio")
+    pin_ratio: float = default("pin_ratio")        # share of jobs that pin their buffer first, unpin after
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class JobSpec:
     buffer: int
     access: str
     duration_s: float
+    pin: bool = False
 
 
 class Workload:
@@ -45,7 +47,9 @@ class Workload:
         buffer = self.rng.choice(sorted(idle_buffers))
         access = "write" if self.rng.chance(self.config.write_ratio) else "read"
         duration = self.config.dma_ms * self.rng.uniform(0.5, 1.5) / 1000
-        job = JobSpec(self._next_job, buffer, access, duration)
+        # Drawn only when asked for, so that a workload without pins draws what it always drew.
+        pin = self.config.pin_ratio > 0 and self.rng.random() < self.config.pin_ratio
+        job = JobSpec(self._next_job, buffer, access, duration, pin)
         self._next_job += 1
         return job
 

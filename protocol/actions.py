@@ -74,13 +74,18 @@ class CopyBuffer:
 @dataclass(frozen=True, slots=True)
 class WaitFences:
     """Watch every importer fence on `buffer` published so far (of `usage` and below) until all
-    have signaled: report with Exporter.fences_pending(move, slots) the slots still unsignaled,
-    at first and at each change (none left: the wait is over). How long to wait is the half's
-    business (its fence timer): a WaitFences for a move already watched replaces the watch."""
+    have signaled. Report first what is waited for, with Exporter.fences_snapshot(move, fences):
+    slot -> (seqno, usage) of the latest such fence of each slot still unsignaled; then, at each
+    change, Exporter.fences_pending(move, slots) with the slots still unsignaled (none left: the
+    wait is over). For the slots in `confirm` (their fences were forced) only the device's own
+    signal counts, not the exporter's forcing: the device confirms that its engine stopped. How
+    long to wait is the half's business (its timers): a WaitFences for a move already watched
+    replaces the watch."""
 
     move: int
     buffer: int
     usage: Usage
+    confirm: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +150,11 @@ class TeardownIommu:
 
 @dataclass(frozen=True, slots=True)
 class StartDma:
-    """Run DMA job `job` against `placement`; report with Importer.dma_done(job).
-    `fenced`: publish a fence (usage WRITE or READ) before the first access, signal it after
-    the last."""
+    """Run DMA job `job` against `placement`; report with Importer.dma_done(job, fence).
+    `fenced`: publish a fence (usage WRITE or READ) before the first access; `signal` says when
+    it signals: "end" after the last access; "submit" at once, before the first (a known bug:
+    the early-signal mutant); "held" not by the engine: the half signals it later (SignalFence;
+    the signal-after-next-map mutant). dma_done reports the fence's seqno (0 if none)."""
 
     job: int
     buffer: int
@@ -155,6 +162,7 @@ class StartDma:
     access: str
     placement: Placement
     fenced: bool
+    signal: str = "end"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +194,19 @@ class Invalidated:
 
     attachment: int
     buffer: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalFence:
+    """Signal fence `seq` of this importer's `slot` (the slot it published the fence under) on
+    `buffer` (one the engine left unsignaled: StartDma with signal "held"), and record its
+    fence_signal (`usage`, `job`)."""
+
+    slot: int
+    buffer: int
+    seq: int
+    usage: str
+    job: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,5 +263,5 @@ class ExporterLost:
 
 Action = (Send | Emit | StartTimer | CancelTimer | StampBuffer | CopyBuffer | WaitFences
           | ForceCompleteFences | PublishKernelFence | SignalKernelFence | Joined | Ready
-          | ProgramIommu | TeardownIommu | StartDma | WaitKernelFence | JobFinished | Left
+          | ProgramIommu | TeardownIommu | StartDma | WaitKernelFence | SignalFence | JobFinished | Left
           | AckOwed | Acked | LeaseExpired | ExporterLost | StopDma | Invalidated)

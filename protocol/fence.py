@@ -36,6 +36,7 @@ FORCE_REASONS: dict[str, int] = {
     "restarted": 3,              # a new incarnation said hello under its name
     "rejoined": 4,               # the same incarnation said hello again (after its own lease ran out)
     "bye with attachments": 5,   # it left without detaching
+    "reset unconfirmed": 6,      # forced at a fence timeout, its device did not confirm it stopped
 }
 _BY_CODE = {code: reason for reason, code in FORCE_REASONS.items()}
 

@@ -52,14 +52,15 @@ from typing import Any, Callable, Hashable, Mapping
 
 from protocol import machine
 from protocol.actions import (AckOwed, Acked, Action, Emit, ExporterLost, Invalidated, JobFinished, Joined,
-                              LeaseExpired, Left, ProgramIommu, Ready, Send, StartDma, StartTimer, StopDma,
-                              TeardownIommu, WaitKernelFence)
+                              LeaseExpired, Left, ProgramIommu, Ready, Send, SignalFence, StartDma, StartTimer,
+                              StopDma, TeardownIommu, WaitKernelFence)
+from protocol.fence import usage_for_access
 from protocol.lease import ImporterLease
 from protocol.machine import ANY, SAME, VIOLATION, Rule, TableError, TransitionError, choose
 from protocol.params import IMPORTER_KINDS
 from protocol.wire import (Ack, Attach, AttachReply, Bye, Detach, ErrorCode, ErrorReply, Heartbeat, Hello,
                            HelloReply, InvalidateMappings, Map, MapReply, Message, MoveNotify, OkReply, Pin,
-                           Placement, Unmap, UnmapReply)
+                           Placement, Unmap, UnmapReply, Unpin)
 
 
 class AttState(enum.Enum):
@@ -71,6 +72,8 @@ class AttState(enum.Enum):
     FENCE_WAIT = "fence_wait"  # mapped; waiting for the move's KERNEL fence before touching it
     ACTIVE = "active"          # mapped; DMA running
     MAPPED = "mapped"          # mapped, no job: the mapping is kept for the next one (a dynamic importer's cache)
+    KEPT = "kept"              # a job that pinned is over and unpinned: still mapped, the mapping kept for
+                               # the next job until move_notify invalidates it (dma_buf_unpin)
     UNMAPPING = "unmapping"    # unmap request out
     DETACHING = "detaching"    # detach request out
     DETACHED = "detached"
@@ -110,6 +113,8 @@ class IGuard(enum.Enum):
     REATTACHING = "reattaching"  # this attach is an attachment attached again after a revocation
     MAY_REATTACH = "may_reattach"  # revoked as no_such_attachment, granted, and not leaving: attach again
     NOT_SUPPORTED = "not_supported"  # the attach was refused: this importer cannot be revoked
+    PIN_JOB = "pin_job"          # the job asks to pin its buffer first and unpin it after (--pin-ratio)
+    PIN_HELD = "pin_held"        # this attachment holds a pin
 
 
 class IStep(enum.Enum):
@@ -123,10 +128,11 @@ class IStep(enum.Enum):
     LOG_DETACH = "log_detach"            # the detach event
     FORGET = "forget"                    # revoked: the id means nothing any more (revoked event)
     SEND_ATTACH = "send_attach"          # attach the buffer again, as a driver imports a dma-buf anew
-    SEND_PIN = "send_pin"                # pin the buffer (dma_buf_pin: a pinned importer)
+    PIN_AT_ATTACH = "pin_at_attach"      # pin the buffer for good (dma_buf_pin: a pinned importer, once attached)
     ATTACH_REFUSED = "attach_refused"    # the buffer stays out of this device's reach (attach_refused event)
     # a job
     TAKE_JOB = "take_job"                # the attachment takes the job (its id, access, fresh flags)
+    SEND_PIN = "send_pin"                # dma_buf_pin, sent with the map: the exporter serves it first
     SEND_MAP = "send_map"
     PROGRAM_IOMMU = "program_iommu"      # tear down any old entries, program the reply's placement
     REUSE_IOMMU = "reuse_iommu"          # keep the cached entries; the job uses what they point at
@@ -136,6 +142,7 @@ class IStep(enum.Enum):
     START_DMA = "start_dma"
     START_FENCED_DMA = "start_fenced_dma"  # publish a fence in shared memory, signal it at the end
     SEND_UNMAP = "send_unmap"
+    SEND_UNPIN = "send_unpin"            # dma_buf_unpin of the pin this attachment holds (if it holds one)
     LOG_UNMAP = "log_unmap"              # the unmap event; the job's mapping is gone
     FINISH_JOB = "finish_job"
     FAIL_JOB = "fail_job"                # job_failed, and the job is over
@@ -149,6 +156,19 @@ class IStep(enum.Enum):
     ACK = "ack"                          # send ack now
     ACK_AFTER_DRAIN = "ack_after_drain"  # send ack when the running job ends
     SEND_OWED_ACKS = "send_owed_acks"
+    # Known bugs, for mutants only (protocol/strategies/mutants.py): compile_spec refuses them in
+    # the table of a strategy that does not declare the rule it breaks.
+    START_EARLY_SIGNALED_DMA = "start_early_signaled_dma"  # the job's fence signals at submission
+    START_HELD_FENCE_DMA = "start_held_fence_dma"  # the job's fence does not signal when its DMA ends
+    HOLD_FENCE = "hold_fence"                      # the job is over: keep its fence, unsignaled
+    BLOCK_HELD_FENCE = "block_held_fence"          # the held fence now waits for the map just sent (fence_blocked)
+    SIGNAL_HELD_FENCE = "signal_held_fence"        # the map was answered: signal the held fence (SignalFence)
+    DROP_HELD_FENCE = "drop_held_fence"            # starting over: the held fence waits for no map any more
+                                                   # (fence_unblocked), and signals: the device has stopped
+
+
+MUTANT_ISTEPS = frozenset({IStep.START_EARLY_SIGNALED_DMA, IStep.START_HELD_FENCE_DMA, IStep.HOLD_FENCE,
+                           IStep.BLOCK_HELD_FENCE, IStep.SIGNAL_HELD_FENCE, IStep.DROP_HELD_FENCE})
 
 
 ImporterTable = Mapping[tuple[Any, AttEvent], Any]
@@ -221,8 +241,8 @@ KEEP_ENTRIES_ROWS: dict[tuple[Any, AttEvent], Any] = {
 KIND_ROWS: dict[str, dict[tuple[Any, AttEvent], Any]] = {
     "pinned-revocable": {
         (AttState.ATTACHING, AttEvent.ATTACH_OK): (
-            Rule(IGuard.REATTACHING, AttState.IDLE, (IStep.ADOPT, IStep.SEND_PIN)),
-            Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.ADOPT, IStep.SEND_PIN, IStep.READY_IF_ALL))),
+            Rule(IGuard.REATTACHING, AttState.IDLE, (IStep.ADOPT, IStep.PIN_AT_ATTACH)),
+            Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.ADOPT, IStep.PIN_AT_ATTACH, IStep.READY_IF_ALL))),
     },
 }
 
@@ -230,11 +250,13 @@ KIND_ROWS: dict[str, dict[tuple[Any, AttEvent], Any]] = {
 @dataclass(frozen=True)
 class ImporterSpec:
     """A strategy's importer half: its table (a dynamic importer's), and per importer kind the
-    rows that replace the table's for that kind (merged over KIND_ROWS)."""
+    rows that replace the table's for that kind (merged over KIND_ROWS). `breaks`: the rule a
+    mutant breaks on purpose; only then may the table name a step of MUTANT_ISTEPS."""
 
     strategy: str
     table: ImporterTable
     kinds: Mapping[str, ImporterTable] = field(default_factory=dict)
+    breaks: str = ""
 
 
 @dataclass
@@ -254,6 +276,10 @@ class _Att:
     notified_gen: int = 0    # highest generation announced moving while this job's map was out
     token: str = ""          # the attachment token from the attach reply
     reattaching: bool = False  # attached again after the exporter revoked it
+    pinned: bool = False     # a pin was sent and not unpinned since
+    map_id: int = 0          # the last map request sent
+    held: tuple[int, str, int] | None = None  # (seq, usage, job) of a fence held unsignaled (a mutant's)
+    blocked: bool = False    # the held fence waits for the map `map_id` (fence_blocked said so)
 
 
 HEARTBEAT_TIMER = ("heartbeat",)
@@ -313,18 +339,20 @@ class Importer:
         self._reset(now, reason)
         return self._take(now)
 
-    def job(self, job: int, buffer: int, access: str, now: int) -> list[Action]:
-        """Start DMA job `job` on `buffer`. Requires the attachment idle (see idle_buffers())."""
+    def job(self, job: int, buffer: int, access: str, now: int, pin: bool = False) -> list[Action]:
+        """Start DMA job `job` on `buffer` (`pin`: pin the buffer first, unpin it after, where the
+        table says how). Requires the attachment idle (see idle_buffers())."""
         att = self._atts.get(buffer)
         if att is None:
             raise TransitionError(self.spec.strategy, f"{self.name} buffer {buffer}", "unattached", AttEvent.JOB)
-        self._dispatch(att, AttEvent.JOB, now, job=job, access=access)
+        self._dispatch(att, AttEvent.JOB, now, job=job, access=access, pin=pin)
         return self._take(now)
 
-    def dma_done(self, job: int, now: int) -> list[Action]:
+    def dma_done(self, job: int, now: int, fence: int = 0) -> list[Action]:
+        """The device finished job `job`; `fence`: the seqno of the fence it published (0: none)."""
         buffer = self._jobs.get(job)
         if buffer is not None:
-            self._dispatch(self._atts[buffer], AttEvent.DMA_DONE, now)
+            self._dispatch(self._atts[buffer], AttEvent.DMA_DONE, now, fence=fence)
         return self._take(now)
 
     def kernel_fence_signaled(self, attachment: int, now: int) -> list[Action]:
@@ -384,9 +412,9 @@ class Importer:
         elif op == "bye":
             self._left = True
             self._out.append(Left())
-        elif op == "ack":
+        elif op in ("ack", "pin", "unpin"):
             if isinstance(reply, ErrorReply):
-                self._emit("ack_refused", buffer=buffer, code=reply.code, message=reply.message)
+                self._emit(f"{op}_refused", buffer=buffer, code=reply.code, message=reply.message)
         else:
             att = self._atts[buffer]  # type: ignore[index]
             ok = not isinstance(reply, ErrorReply)
@@ -582,6 +610,7 @@ class Importer:
 
     def _forget(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._by_id.pop(att.id, None)
+        att.pinned = False  # the exporter dropped its pins with it
         self._emit("revoked", buffer=att.buffer, attachment=att.id, code=ctx["code"])
 
     def _send_attach(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
@@ -593,7 +622,8 @@ class Importer:
         return Attach(id=self._new_id(), buffer=buffer, token=self.export_tokens[buffer],
                       revocable=self.kind != "static")
 
-    def _send_pin(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+    def _pin_at_attach(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        # For good: not the pin of a job (att.pinned, which the job's end unpins).
         self._request(Pin(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
 
     def _attach_refused(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
@@ -608,7 +638,19 @@ class Importer:
         self._jobs[att.job] = att.buffer  # type: ignore[index]
 
     def _send_map(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._request(Map(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
+        att.map_id = self._new_id()
+        self._request(Map(id=att.map_id, attachment=att.id, token=att.token), att.buffer, now)
+
+    def _send_pin(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        # Not waited for: requests on a connection are served in order, so the exporter has
+        # pinned the buffer before it sees the map that follows.
+        att.pinned = True
+        self._request(Pin(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
+
+    def _send_unpin(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        if att.pinned:
+            att.pinned = False
+            self._request(Unpin(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
 
     def _program_iommu(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         placement = ctx["reply"].placement
@@ -641,8 +683,33 @@ class Importer:
     def _start_dma(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._out.append(StartDma(att.job, att.buffer, att.id, att.access, att.mapping, False))  # type: ignore[arg-type]
 
-    def _start_fenced_dma(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._out.append(StartDma(att.job, att.buffer, att.id, att.access, att.mapping, True))  # type: ignore[arg-type]
+    def _start_fenced_dma(self, att: _Att, now: int, ctx: dict[str, Any], signal: str = "end") -> None:
+        self._out.append(StartDma(att.job, att.buffer, att.id, att.access, att.mapping, True, signal))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ steps: the mutants' held fences
+
+    def _hold_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        seq = ctx.get("fence") or 0
+        if seq and (att.held is None or seq > att.held[0]):
+            att.held = (seq, usage_for_access(att.access).name, att.job)  # type: ignore[assignment]
+
+    def _block_held_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        if att.held is not None:
+            seq, usage, job = att.held
+            att.blocked = True
+            self._emit("fence_blocked", buffer=att.buffer, seq=seq, usage=usage, job=job,
+                       waiting_for={"kind": "map", "buffer": att.buffer, "id": att.map_id})
+
+    def _signal_held_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        if att.held is not None:
+            seq, usage, job = att.held
+            att.held, att.blocked = None, False
+            self._out.append(SignalFence(self.slot, att.buffer, seq, usage, job))
+
+    def _drop_held_fence(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        if att.held is not None and att.blocked:
+            self._emit("fence_unblocked", buffer=att.buffer, seq=att.held[0])
+        self._signal_held_fence(att, now, ctx)
 
     def _send_unmap(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         self._request(Unmap(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
@@ -765,7 +832,7 @@ class _Fatal(Exception):
 ImporterFatal = _Fatal
 
 
-_TAKES_JOBS = (AttState.IDLE, AttState.CACHED, AttState.MAPPED)   # a job may start here
+_TAKES_JOBS = (AttState.IDLE, AttState.CACHED, AttState.MAPPED, AttState.KEPT)   # a job may start here
 _GONE = (AttState.DETACHED, AttState.REVOKED, AttState.REFUSED)      # nothing left to give back
 
 
@@ -796,6 +863,8 @@ IGUARDS: dict[IGuard, IGuardFn] = {
     IGuard.MAY_REATTACH: Importer._g_may_reattach,
     IGuard.NOT_SUPPORTED: lambda imp, att, ctx: (isinstance(ctx.get("reply"), ErrorReply)
                                                  and ctx["reply"].code == ErrorCode.NOT_SUPPORTED),
+    IGuard.PIN_JOB: lambda imp, att, ctx: bool(ctx.get("pin")),
+    IGuard.PIN_HELD: lambda imp, att, ctx: att.pinned,
 }
 
 ISTEPS: dict[IStep, IStepFn] = {
@@ -807,10 +876,12 @@ ISTEPS: dict[IStep, IStepFn] = {
     IStep.LOG_DETACH: Importer._log_detach,
     IStep.FORGET: Importer._forget,
     IStep.SEND_ATTACH: Importer._send_attach,
-    IStep.SEND_PIN: Importer._send_pin,
+    IStep.PIN_AT_ATTACH: Importer._pin_at_attach,
     IStep.ATTACH_REFUSED: Importer._attach_refused,
     IStep.TAKE_JOB: Importer._take_job,
     IStep.SEND_MAP: Importer._send_map,
+    IStep.SEND_PIN: Importer._send_pin,
+    IStep.SEND_UNPIN: Importer._send_unpin,
     IStep.PROGRAM_IOMMU: Importer._program_iommu,
     IStep.REUSE_IOMMU: Importer._reuse_iommu,
     IStep.TEARDOWN_IOMMU: Importer._teardown_iommu,
@@ -831,6 +902,12 @@ ISTEPS: dict[IStep, IStepFn] = {
     IStep.ACK: Importer._ack,
     IStep.ACK_AFTER_DRAIN: Importer._ack_after_drain,
     IStep.SEND_OWED_ACKS: Importer._send_owed_acks,
+    IStep.START_EARLY_SIGNALED_DMA: lambda imp, att, now, ctx: imp._start_fenced_dma(att, now, ctx, "submit"),
+    IStep.START_HELD_FENCE_DMA: lambda imp, att, now, ctx: imp._start_fenced_dma(att, now, ctx, "held"),
+    IStep.HOLD_FENCE: Importer._hold_fence,
+    IStep.BLOCK_HELD_FENCE: Importer._block_held_fence,
+    IStep.SIGNAL_HELD_FENCE: Importer._signal_held_fence,
+    IStep.DROP_HELD_FENCE: Importer._drop_held_fence,
 }
 
 VOCABULARY = machine.Vocabulary(
@@ -863,6 +940,14 @@ def _compile_kind(spec: ImporterSpec, kind: str) -> dict[tuple[Any, AttEvent], A
         rows = machine.check(spec.strategy, VOCABULARY, table)
     except TableError as err:
         raise TableError(err.strategy, half, None if err.row is None else err.row, err.problem) from None
+    if not spec.breaks:
+        for (state, event), rules in rows.items():
+            for i, rule in enumerate(() if rules is VIOLATION else rules, 1):
+                bug = next((step for step in rule.do if step in MUTANT_ISTEPS), None)
+                if bug is not None:
+                    raise TableError(spec.strategy, half, f"({getattr(state, 'value', state)}, {event.value})",
+                                     f"rule {i}: {bug.value} is a known bug, for mutants only (a strategy that "
+                                     f"breaks a rule on purpose declares it: protocol/strategies/mutants.py)")
     for (state, event), rules in rows.items():
         need = _RECORDS.get(event)
         if need is None or rules is VIOLATION:

@@ -86,6 +86,10 @@ PARAMS: tuple[Param, ...] = (
                                                 "revocable: pinned at attach, refused by a revoking exporter); "
                                                 "a scenario's [importer_kinds] sets it per importer", "KIND",
           choices=IMPORTER_KINDS, services={"importer": "importer-kind"}, table="importer_kinds"),
+    Param("reset_grace_ms", "float", 100.0, "resv-fence: after forcing a live device's fences, how long the move "
+                                            "waits for it to confirm its engine stopped before it revokes the "
+                                            "device and copies", "MS", 1, 600000,
+          services={"exporter": "reset-grace-ms"}),
     Param("queue_depth", "int", 2, "DMA jobs each importer keeps in flight", "N", 1, 64,
           services={"importer": "queue-depth"}),
     Param("dma_ms", "float", 6.0, "mean duration of one DMA job", "MS", 0, 60000, open_lo=True,
@@ -93,6 +97,9 @@ PARAMS: tuple[Param, ...] = (
     Param("think_ms", "float", 1.0, "mean pause between an importer's jobs", "MS", 0, 60000,
           services={"importer": "think-ms"}),
     Param("write_ratio", "float", 0.5, "share of DMA jobs that write", "P", 0, 1, services={"importer": "write-ratio"}),
+    Param("pin_ratio", "float", 0.0, "share of DMA jobs that pin their buffer first and unpin it after (strategies "
+                                     "whose importer table pins: resv-fence and its mutants)", "P", 0, 1,
+          services={"importer": "pin-ratio"}),
     Param("lease_ms", "float", 500.0, "heartbeat lease: a silent importer is declared dead after this long (its "
                                       "device stops all DMA 0.8 lease after its last answered request)", "MS",
           10, 600000, services={"exporter": "lease-ms", "importer": "lease-ms"}),

@@ -99,7 +99,11 @@ class FenceTable:
         return self.usage_of(slot, buffer, seq)  # type: ignore[return-value]
 
     def signal(self, slot: int, buffer: int, seq: int) -> None:
-        self.cells[slot, buffer, SIGNALED] = seq  # type: ignore[index]
+        """Signal fence `seq` of context (slot, buffer), and with it every earlier one. The cell
+        only grows: signalling an earlier fence again changes nothing."""
+        cell = self.cells[slot, buffer]  # type: ignore[index]
+        if int(cell[SIGNALED]) < seq:
+            cell[SIGNALED] = seq
 
     def is_signaled(self, slot: int, buffer: int, seq: int) -> bool:
         cell = self.cells[slot, buffer]  # type: ignore[index]
@@ -114,15 +118,31 @@ class FenceTable:
         """Why the exporter last forced this cell's fences ("" if it never did)."""
         return force_reason(int(self.cells[slot, buffer, ERROR]))  # type: ignore[index]
 
+    def signaled_by_device(self, slot: int, buffer: int, seq: int) -> bool:
+        """The device itself signaled fence `seq` (forcing does not count): after a forced
+        completion, its confirmation that its engine stopped."""
+        return int(self.cells[slot, buffer, SIGNALED]) >= seq  # type: ignore[index]
+
     # exporter side
-    def snapshot(self, buffer: int, usage: Usage) -> dict[int, int]:
+    def snapshot(self, buffer: int, usage: Usage, confirm: tuple[int, ...] = ()) -> dict[int, int]:
         """Importer slots with an unsignaled fence of `usage` or lower on `buffer`: slot -> the
-        seqno to wait for (the latest such fence; see the rules at the top). Slot 0 is not
-        asked: the exporter signals its own KERNEL fence before it drops the reservation lock."""
+        seqno to wait for (the latest such fence; see the rules at the top). For a slot in
+        `confirm`, only the device's own signal counts (signaled_by_device). Slot 0 is not asked:
+        its KERNEL fences are the exporter's own, signaled when its copy ends."""
         col = self.cells[1:, buffer]  # type: ignore[index]
         last = col[:, :Usage(usage) + 1].max(axis=1)
-        pending = np.flatnonzero(last > np.maximum(col[:, SIGNALED], col[:, FORCED]))
+        done = np.maximum(col[:, SIGNALED], col[:, FORCED])
+        for slot in confirm:
+            if 0 < slot < self.slots:
+                done[slot - 1] = col[slot - 1, SIGNALED]
+        pending = np.flatnonzero(last > done)
         return {int(i) + 1: int(last[i]) for i in pending}
+
+    def pending(self, buffer: int, fences: dict[int, int], confirm: tuple[int, ...] = ()) -> dict[int, int]:
+        """The fences of a snapshot that have not signaled yet (for `confirm` slots: not by
+        their device)."""
+        return {s: q for s, q in fences.items()
+                if not (self.signaled_by_device(s, buffer, q) if s in confirm else self.is_signaled(s, buffer, q))}
 
     def force(self, slot: int, buffer: int | None, error: str) -> None:
         """Complete every fence of `slot` on `buffer` (all buffers if None), recording `error`."""

@@ -14,11 +14,11 @@ Rules:
   schedule number: work below it is finished before the search stops, so the answer is the one a
   single process gives.
 - Races are the checker's: every schedule's history is judged in memory (nothing is written for
-  one that did not race). So are findings: the checker's broken-rule findings (a deadlock, a
-  revocation ended with a mapping live: checker/findings.py BROKEN_RULE_KINDS) are caught as
-  races are (the search stops, saves and shrinks them alike) and counted apart, in `findings`,
-  never among the races. The schedule of each new race or finding (a kind on a buffer not
-  seen before, at most MAX_SAVED) becomes DIR/races/K/, a simulated run directory written by running the schedule
+  one that did not race). A deadlock the checker finds (its wait-for graph) is a catch too, of
+  kind "deadlock", and so is a revocation that ended its unmap wait with a mapping live, kind
+  "revoke_incomplete" (sim/search/trial.py judge, FINDING_CATCHES): saved, counted and shrunk as
+  a race is. The schedule of each new race (a kind on a buffer not seen before, at
+  most MAX_SAVED) becomes DIR/races/K/, a simulated run directory written by running the schedule
   again with every decision taken from it (sim/run.py simulate, strict ListGuide) and checked to
   give the same history; `dmabuf-emu replay DIR/races/K` reproduces it.
 - The first race is shrunk (sim/shrink.py) unless --no-shrink: DIR/shrunk/ is its shrunk
@@ -42,14 +42,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from deploy.campaign import Progress as CampaignProgress
-from checker.findings import BROKEN_RULE_KINDS
 from deploy.options import from_mapping
 from sim.options import SimOptions
 from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
 from sim.search.random import RandomChooser
-from sim.search.trial import Config, SearchChooser, Trial, judge, run_trial, write_run
+from sim.search.trial import FINDING_CATCHES, Config, SearchChooser, Trial, judge, run_trial, write_run
 
 SEARCHES = ("random", "pct", "exhaustive")
 DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --time is given
@@ -60,7 +59,7 @@ SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below this
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
-          "distinct_histories", "races", "first_race_schedule", "findings", "first_finding_schedule", "exhausted", "bound", "bound_kind",
+          "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
           "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config")
 
 
@@ -120,12 +119,10 @@ def chooser_for(spec: Spec, n: int, k: int) -> SearchChooser:
 
 
 def summary(n: int, t: Trial) -> dict[str, Any]:
-    """What a worker sends back about one schedule (the decisions only if it caught something or
-    failed)."""
+    """What a worker sends back about one schedule (the decisions only if it raced or failed)."""
     d: dict[str, Any] = {"n": n, "races": [[r.kind, r.buffer, r.svc, r.job] for r in t.races],
-                         "findings": [[r.kind, r.buffer, r.svc, r.job] for r in t.findings],
                          "sha": t.history_sha256[:16], "seconds": t.seconds, "error": t.error}
-    if t.caught or t.error:
+    if t.races or t.error:
         d["entries"], d["streams"] = t.entries, t.streams
     return d
 
@@ -137,7 +134,7 @@ def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_a
     for n in range(first, first + count):
         s = summary(n, run_trial(spec.config, chooser_for(spec, n, k)))
         out.append(s)
-        if (s["races"] or s["findings"]) and stop_at_race:
+        if s["races"] and stop_at_race:
             break
     return out
 
@@ -155,7 +152,7 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], stop_at_ra
             blocked += 1
             continue
         done.append(summary(len(done) + 1, trial))
-        if trial.caught and stop_at_race:
+        if trial.races and stop_at_race:
             break
     return {"schedules": done, "blocked": blocked}
 
@@ -288,8 +285,6 @@ class State:
     seconds: float = 0.0
     races: dict[str, int] = field(default_factory=dict)
     first_race: int | None = None
-    findings: dict[str, int] = field(default_factory=dict)   # broken-rule findings, by kind
-    first_finding: int | None = None
     saved: list[dict[str, Any]] = field(default_factory=list)
     shas: set[str] = field(default_factory=set)
     next: int = 1                           # random, pct: every schedule below it is done
@@ -299,12 +294,6 @@ class State:
     exhausted: bool = False
     complete: bool = False
     pct: dict[str, Any] | None = None
-
-    @property
-    def first_catch(self) -> int | None:
-        """The first schedule that raced or made a broken-rule finding."""
-        firsts = [n for n in (self.first_race, self.first_finding) if n is not None]
-        return min(firsts) if firsts else None
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -320,10 +309,11 @@ class State:
 
 class Explorer:
     def __init__(self, spec: Spec, limits: Limits, out: Path, *, jobs: int = 1, scheduler: str | None = None,
-                 do_shrink: bool = True, quiet: bool = False, stream: TextIO = sys.stderr) -> None:
+                 do_shrink: bool = True, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.spec, self.limits, self.out = spec, limits, Path(out)
         self.jobs, self.scheduler = jobs, scheduler
-        self.do_shrink, self.quiet, self.stream = do_shrink, quiet, stream
+        # sys.stderr when called, not when defined: a test framework swaps it per test
+        self.do_shrink, self.quiet, self.stream = do_shrink, quiet, stream if stream is not None else sys.stderr
         self.state = State(spec.key())
         self._entries: dict[int, tuple[list, list]] = {}   # racing schedules' decisions, by number
         self._last_checkpoint = 0.0
@@ -376,20 +366,15 @@ class Explorer:
         st.shas.add(s["sha"])
         if s.get("error"):
             progress.say(f"  schedule {n}: {s['error']}")
-        findings = s.get("findings") or []
-        if not s["races"] and not findings:
+        if not s["races"]:
             return
         for kind in {r[0] for r in s["races"]}:
             st.races[kind] = st.races.get(kind, 0) + 1
-        for kind in {r[0] for r in findings}:
-            st.findings[kind] = st.findings.get(kind, 0) + 1
-        if s["races"] and (st.first_race is None or n < st.first_race):
+        if st.first_race is None or n < st.first_race:
             st.first_race = n
-        if findings and (st.first_finding is None or n < st.first_finding):
-            st.first_finding = n
         self._entries.setdefault(n, (s["entries"], s["streams"]))
-        known = {(r["kind"], r["buffer"]) for x in st.saved for r in (*x["races"], *x.get("findings", ()))}
-        fresh = [r for r in (*s["races"], *findings) if (r[0], r[1]) not in known]
+        known = {(r["kind"], r["buffer"]) for x in st.saved for r in x["races"]}
+        fresh = [r for r in s["races"] if (r[0], r[1]) not in known]
         if fresh and len(st.saved) < MAX_SAVED:
             self._save(n, s, progress)
 
@@ -397,32 +382,23 @@ class Explorer:
         k = len(self.state.saved) + 1
         d = self.out / "races" / str(k)
         result = write_run(self.spec.config, s["entries"], s["streams"], d)
-        again, again_findings, _ = judge((d / "history.jsonl").read_bytes().splitlines(keepends=True))
-        findings = s.get("findings") or []
-        as_tuples = lambda rs: sorted((r.kind, r.buffer, r.svc, r.job) for r in rs)  # noqa: E731
-        same = (sorted(map(tuple, s["races"])) == as_tuples(again)
-                and sorted(map(tuple, findings)) == as_tuples(again_findings))
+        again, _ = judge((d / "history.jsonl").read_bytes().splitlines(keepends=True))
+        same = sorted(map(tuple, s["races"])) == sorted((r.kind, r.buffer, r.svc, r.job) for r in again)
         races = [{"kind": r[0], "buffer": r[1], "importer": r[2], "job": r[3]} for r in s["races"]]
-        found = [{"kind": r[0], "buffer": r[1], "importer": r[2], "about": r[3]} for r in findings]
         info = {"schedule": n, "search": self.spec.search, "seed": self.spec.seed, "races": races,
-                "findings": found, "history_sha256": result.history_sha256, "same_verdicts": same}
+                "history_sha256": result.history_sha256, "same_verdicts": same}
         (d / "race.json").write_text(json.dumps(info, indent=2) + "\n")
-        self.state.saved.append({"dir": f"races/{k}", "schedule": n, "races": races, "findings": found})
-        if races:
-            first = races[0]
-            progress.say(f"  race: {first['kind']} on buffer {first['buffer']} ({first['importer']} job {first['job']}) "
-                         f"in schedule {n} -> {d}")
-        else:
-            first = found[0]
-            progress.say(f"  finding: {first['kind']} on buffer {first['buffer']} ({first['importer']}, "
-                         f"{first['about']}) in schedule {n} -> {d}")
+        self.state.saved.append({"dir": f"races/{k}", "schedule": n, "races": races})
+        first = races[0]
+        progress.say(f"  race: {first['kind']} on buffer {first['buffer']} ({first['importer']} job {first['job']}) "
+                     f"in schedule {n} -> {d}")
         if not same:
-            progress.say(f"  warning: the run directory of schedule {n} has other verdicts than the search saw "
+            progress.say(f"  warning: the run directory of schedule {n} has other races than the search saw "
                          f"(a simulator nondeterminism?): see {d}/report.md")
 
     def _stop(self) -> bool:
         st, lim = self.state, self.limits
-        if st.first_catch is not None and not lim.all:
+        if st.first_race is not None and not lim.all:
             return True
         if lim.schedules is not None and st.schedules >= lim.schedules:
             return True
@@ -451,7 +427,7 @@ class Explorer:
                     self._exhaustive_here(progress)
             else:
                 self._sampled(be, progress)
-            self.state.complete = not self.limits.all and self.state.first_catch is not None or self.state.exhausted
+            self.state.complete = not self.limits.all and self.state.first_race is not None or self.state.exhausted
         except KeyboardInterrupt:
             self.interrupted = True
             progress.say("interrupted: keeping what was found (rerun the same command to go on)")
@@ -496,7 +472,7 @@ class Explorer:
         nxt = st.next
 
         def wanted(first: int) -> bool:    # a unit that may still matter
-            return st.first_catch is None or not stop_at_race or first < st.first_catch
+            return st.first_race is None or not stop_at_race or first < st.first_race
 
         while True:
             while (len(pending) < 2 * be.workers and not self._stop() and (limit is None or nxt <= limit)
@@ -519,7 +495,7 @@ class Explorer:
                 be.cancel(late)
                 for f in late:
                     pending.pop(f)
-            if self._stop() and st.first_catch is None:
+            if self._stop() and st.first_race is None:
                 be.cancel(list(pending))
                 return
 
@@ -571,7 +547,7 @@ class Explorer:
                 st.tasks_done.append(i)
                 st.blocked += out["blocked"]
                 st.task_counts[str(i)] = len(out["schedules"])
-                if any(s["races"] or s["findings"] for s in out["schedules"]):
+                if any(s["races"] for s in out["schedules"]):
                     st.task_counts[f"race:{i}"] = 1
                     race_task = i if race_task is None else min(race_task, i)
             # number the schedules of the finished prefix of tasks, in depth-first order
@@ -599,7 +575,7 @@ class Explorer:
     def shrink_first(self, progress: Progress | None = None, race: int = 1) -> dict[str, Any]:
         entry = self.state.saved[race - 1]
         decisions, streams = self._entries.get(entry["schedule"]) or _read_decisions(self.out / entry["dir"])
-        first = (entry["races"] or entry.get("findings"))[0]
+        first = entry["races"][0]
         return shrink_into(self.spec.config, decisions, streams, first["kind"], first["buffer"], self.out)
 
     def report(self) -> dict[str, Any]:
@@ -612,8 +588,7 @@ class Explorer:
             "strategy": spec.config.params.strategy, "search": spec.search, "schedules": st.schedules,
             "seconds": seconds, "schedules_per_s": round(st.schedules / seconds, 1) if seconds > 0 else None,
             "distinct_states": None, "distinct_histories": len(st.shas), "races": dict(sorted(st.races.items())),
-            "first_race_schedule": st.first_race, "findings": dict(sorted(st.findings.items())),
-            "first_finding_schedule": st.first_finding, "exhausted": st.exhausted,
+            "first_race_schedule": st.first_race, "exhausted": st.exhausted,
             "bound": spec.bound if spec.search == "exhaustive" else None,
             "bound_kind": spec.bound_kind if spec.search == "exhaustive" else None,
             "depth": spec.depth if spec.search == "pct" else None,
@@ -663,10 +638,13 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
     r = shrink(config, decisions, streams, kind, buffer)
     shrunk_dir = out / "shrunk"
     result = write_run(config, r.after.entries, r.after.streams, shrunk_dir)
-    if kind in BROKEN_RULE_KINDS:
-        witness_events = _write_finding_md(result.report, kind, buffer, out / "witness.md")
+    witness_events, index = _witness_of(result.report, kind, buffer)
+    if kind in FINDING_CATCHES:
+        from checker.report_md import finding_lines
+        item = result.report["findings"][kind]["items"][index - 1]
+        title = "Deadlock" if kind == "deadlock" else "Revocation incomplete (revoke_incomplete)"
+        (out / "witness.md").write_text("\n".join([f"# {title} on buffer {buffer}", ""] + finding_lines(item)))
     else:
-        witness_events, index = _witness_of(result.report, kind, buffer)
         from sim.witness_md import write_witness
         write_witness(shrunk_dir / "history.jsonl", index, out / "witness.md", result.report)
     shutil.copyfile(shrunk_dir / "trace.json", out / "trace.json")
@@ -680,23 +658,21 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
     return info
 
 
-def _write_finding_md(report: dict[str, Any], kind: str, buffer: Any, out: Path) -> list[dict[str, Any]]:
-    """witness.md for a broken-rule finding: the checker's sentence (a finding has no race
-    witness; report.md of the shrunk run lists it with the run's other findings); its events."""
-    items = [x for x in ((report.get("findings") or {}).get(kind) or {}).get("items") or []
-             if x.get("buffer") == buffer or kind == "deadlock"]
-    if not items:
-        raise ValueError(f"the shrunk run's report has no {kind} finding on buffer {buffer}")
-    out.write_text(f"# {kind} on buffer {buffer}\n\nA finding of the checker: a rule was broken, no race was seen.\n\n"
-                   f"{items[0]['sentence']}\n\nThe shrunk schedule is `shrunk/` (its report.md lists the finding "
-                   f"with the run's others; `dmabuf-emu replay shrunk --out DIR` runs it again).\n")
-    return list(items[0].get("events") or [])
-
-
 def _witness_of(report: dict[str, Any], kind: str, buffer: Any) -> tuple[list[dict[str, Any]], int]:
     """The events of the checker's witness of `kind` on `buffer`, and its number in report.md's
-    order (checker/explain.py listed_witnesses)."""
+    order (checker/explain.py listed_witnesses); for a deadlock, the events of its cycle's waits
+    and its number among the report's deadlock findings."""
     from sim.witness_md import listed_witnesses
+    if kind == "deadlock":
+        for i, item in enumerate(report["findings"]["deadlock"]["items"], 1):
+            if any(n.get("node") == "lock" and n.get("buffer") == buffer for n in item["cycle"]):
+                return item.get("events", []), i
+        raise ValueError(f"the shrunk run's report has no deadlock on buffer {buffer}")
+    if kind == "revoke_incomplete":
+        for i, item in enumerate(report["findings"]["revoke_incomplete"]["items"], 1):
+            if item.get("buffer") == buffer:
+                return item.get("events", []), i
+        raise ValueError(f"the shrunk run's report has no revoke_incomplete finding on buffer {buffer}")
     for i, (k, w) in enumerate(listed_witnesses(report), 1):
         if k == kind and w.get("job", {}).get("buffer") == buffer:
             return w.get("events", []), i

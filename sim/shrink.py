@@ -13,8 +13,7 @@ Rules:
   offered earlier), replayed with each deviation applied where the run asks for a decision at
   the same position with the same offered options, and the default everywhere else (a deviation
   whose position moved, because an earlier one went, is dropped: the candidate is judged as it
-  ran). It is kept when the checker finds a race of the same kind on the same buffer (or a
-  broken-rule finding of the same kind on the same buffer, for a schedule that caught one).
+  ran). It is kept when the checker finds a race of the same kind on the same buffer.
 - The order of work: delta debugging (Zeller and Hildebrandt's ddmin, TSE 2002) over the
   deviations, repeated on the deviations the kept candidate actually has until nothing goes;
   then every remaining tie is tried at each earlier offered option ("preemption reduction":
@@ -173,11 +172,10 @@ def shrink(config: Config, entries: Sequence[Sequence[Any]], streams: Sequence[s
     """Shrink the schedule `entries` (a decision log) keeping its race `kind` on `buffer` (by
     default its first race)."""
     before, devs0 = deviations_of(config, entries, streams)
-    if not before.caught:
-        raise ValueError("the schedule has no race (or broken-rule finding) to keep")
+    if not before.races:
+        raise ValueError("the schedule has no race to keep")
     if kind is None:
-        first = (before.races or before.findings)[0]
-        kind, buffer = first.kind, first.buffer
+        kind, buffer = before.races[0].kind, before.races[0].buffer
     elif not before.has(kind, buffer):
         raise ValueError(f"the schedule has no {kind} on buffer {buffer}")
     test = _Tester(config, kind, buffer)

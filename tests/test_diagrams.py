@@ -45,7 +45,9 @@ def test_the_lock_is_drawn_and_dot_is_a_digraph(capsys) -> None:
     out = capsys.readouterr().out
     assert out.count("digraph ") == 2
     assert '"notifying" [label="notifying (reservation lock held)\\nmap / defer_map' in out
-    assert '"fence_wait" -> "copying" [label="fences_signaled / end_fence_wait, publish_kernel_fence, copy"];' in out
+    assert ('"fence_wait" -> "copying" [label="fences_signaled / end_fence_wait, publish_kernel_fence, copy, '
+            'switch, unlock, serve_deferred_maps"];') in out
+    assert '"copying" [label="copying\\nmap / serve_map"];' in out, "the copy is pipelined: no lock while it runs"
 
 
 def test_strategies_command_errors_are_one_line(capsys) -> None:

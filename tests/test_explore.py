@@ -41,7 +41,7 @@ def explore(out: Path, *argv: str) -> tuple[int, dict]:
 
 
 def races_of(run_dir: Path) -> set[tuple[str, int]]:
-    races, _, _ = judge((run_dir / "history.jsonl").read_bytes().splitlines(keepends=True))
+    races, _ = judge((run_dir / "history.jsonl").read_bytes().splitlines(keepends=True))
     return {(r.kind, r.buffer) for r in races}
 
 

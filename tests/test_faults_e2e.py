@@ -171,3 +171,38 @@ def test_importers_stop_within_the_lease_when_the_exporter_is_killed(short_dir: 
     assert {"importer-1", "importer-2", "importer-3"} <= set(died)
     stops = {s["name"] for s in r["services"]["importer_stops"] if s["event"] == "exporter_lost"}
     assert stops == {"importer-1", "importer-2", "importer-3"}
+
+
+# ---------------------------------------------------------------------- the forced-fence window
+
+def test_a_forced_device_confirms_its_engine_stopped_before_the_copy(short_dir: Path) -> None:
+    """At a fence timeout the exporter forces a live device's fences, then waits for the device's
+    own signal (it aborts the job before its next access) before it copies: no chunk of the
+    forced job touches the old range once the copy has begun. Slow devices and a 5 ms fence
+    timeout make the fence wait time out on most moves."""
+    r, events = fault_run(short_dir, "resv-fence", ["slow-dma:factor=8"], fence_timeout_ms=5.0, duration=2.0)
+    assert r["races"]["total"] == 0 and r["corruption"]["jobs"] == 0
+    names = Counter(e["event"] for e in events)
+    assert names["reset_wait_begin"] > 0 and names["reset_confirmed"] > 0
+    forced = [e for e in events if e["event"] == "fence_signal" and e.get("forced")]
+    settled = {(e["move"], e["importer"]) for e in events if e["event"] in ("reset_confirmed", "reset_unconfirmed")}
+    assert {(e["move"], e["importer"]) for e in forced} <= settled, "every forced device confirmed, or was revoked"
+    assert all(e["reason"] == "reset unconfirmed" for e in events
+               if e["event"] == "importer_lost"), "nothing else lost an importer"
+    copy_begin = {e["move"]: e["t_ns"] for e in events if e["event"] == "copy_begin"}
+    buffer_of = {e["move"]: e["buffer"] for e in events if e["event"] == "move_begin"}
+    began = {(e["svc"], e["job"]): e for e in events if e["event"] == "dma_begin"}
+    confirmed = {(e["move"], e["importer"]) for e in events if e["event"] == "reset_confirmed"}
+    checked = 0
+    for f in forced:
+        if (f["move"], f["importer"]) not in confirmed:
+            continue
+        # the forced device's jobs on the buffer still running when it was forced ...
+        for end in (e for e in events if e["event"] == "dma_end" and e["svc"] == f["importer"]
+                    and e["buffer"] == buffer_of[f["move"]] and e["t_ns"] > f["t_ns"]
+                    and began[(e["svc"], e["job"])]["t_ns"] < f["t_ns"]):
+            # ... stopped, and made their last access, before the copy began
+            assert end["t_ns"] < copy_begin[f["move"]], end
+            assert end["last_access_ns"] is None or end["last_access_ns"] < copy_begin[f["move"]], end
+            checked += 1
+    assert checked > 0, "some forced device had a job to stop"

@@ -63,7 +63,7 @@ def test_control_plain_sharedmemory_attach_would_destroy_the_segment(segment) ->
 
 def _run_job(engine: DmaEngine, loop: Loop, start: StartDma) -> None:
     done: list[int] = []
-    engine.on_done = lambda job: (done.append(job), loop.stop())
+    engine.on_done = lambda job, fence: (done.append(job), loop.stop())
     engine.start(start, 0.002)
     loop.run()
     assert done == [start.job]
@@ -85,7 +85,7 @@ def test_a_stale_write_from_another_process_is_seen_by_the_reader(tmp_path: Path
     loop = Loop()
     iommu = IommuTable()
     iommu.program(5, owner)
-    engine = DmaEngine(loop, log, iommu, writer=2, on_done=lambda j: None)
+    engine = DmaEngine(loop, log, iommu, writer=2, on_done=lambda j, f: None)
     engine.attach_memory({"vram": view}, None, 2)  # type: ignore[arg-type]
     _run_job(engine, loop, StartDma(job=1, buffer=1, attachment=5, access="read", placement=owner, fenced=False))
     log.close()
@@ -105,7 +105,7 @@ def test_an_access_outside_the_iommu_table_faults_and_touches_nothing(tmp_path: 
     before = np.array(view.rows(0, 8 * 1024), copy=True)
     log = EventLog(tmp_path / "events" / "importer-1.jsonl", "importer-1")
     loop = Loop()
-    engine = DmaEngine(loop, log, IommuTable(), writer=1, on_done=lambda j: None)  # nothing programmed
+    engine = DmaEngine(loop, log, IommuTable(), writer=1, on_done=lambda j, f: None)  # nothing programmed
     engine.attach_memory({"vram": view}, None, 1)  # type: ignore[arg-type]
     _run_job(engine, loop, StartDma(job=7, buffer=0, attachment=1, access="write", placement=target, fenced=False))
     log.close()

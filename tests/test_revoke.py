@@ -10,7 +10,7 @@ import pytest
 from protocol import wire
 from protocol.actions import Invalidated, Send, StopDma
 from protocol.exporter import MoveState, compile_spec
-from protocol.strategies import MUTANTS, STRATEGIES, resolve
+from protocol.strategies import REVOKE_MUTANTS as MUTANTS, STRATEGIES, resolve
 from tests.conftest_checker import H
 from tests.world import World
 

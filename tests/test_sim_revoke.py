@@ -1,7 +1,8 @@
 """Linux 7.1 in the simulator and its schedule search (issue 16's "with the simulator"): the
 revoke fault on virtual time, revoke's events and no_device replies in a searched schedule,
 revoke exhausted with no race at bound 2 (-m slow), and revoke+kref-reinit caught by explore as
-the checker's revoke_incomplete finding (no race), while revoke under the same search is not.
+the checker's revoke_incomplete finding (a catch of kind revoke_incomplete: no race kind), while
+revoke under the same search is not.
 
 Every verdict is the checker's: explore.json is written from it, saved run directories are
 judged again here."""
@@ -35,13 +36,13 @@ KREF_SEARCH = ["--search", "random", "--dma-jobs", str(_SMALL["dma_jobs"]),
 
 
 def explore(out: Path, *argv: str) -> tuple[int, dict]:
-    rc = cli.main(["explore", "--out", str(out), "--quiet", "--fail-on-race", "--fail-on-finding", *argv])
+    rc = cli.main(["explore", "--out", str(out), "--quiet", "--fail-on-race", *argv])
     return rc, json.loads((out / "explore.json").read_text())
 
 
-def verdicts(run_dir: Path) -> tuple[set, set]:
-    races, findings, _ = judge((run_dir / "history.jsonl").read_bytes().splitlines(keepends=True))
-    return {(r.kind, r.buffer) for r in races}, {(f.kind, f.buffer) for f in findings}
+def verdicts(run_dir: Path) -> set:
+    catches, _ = judge((run_dir / "history.jsonl").read_bytes().splitlines(keepends=True))
+    return {(r.kind, r.buffer) for r in catches}
 
 
 def test_a_searched_schedule_revokes_refuses_maps_no_device_and_unrevokes() -> None:
@@ -54,32 +55,31 @@ def test_a_searched_schedule_revokes_refuses_maps_no_device_and_unrevokes() -> N
     assert refused and all(e["op"] == "map" for e in refused)
     # the revocation took a mapping whose DMA ran on: invalidated, waited for, unmapped
     assert any(e["event"] == "invalidate_mappings_returned" and e["svc"].startswith("importer") for e in events)
-    assert trial.races == [] and trial.findings == [] and trial.error is None
+    assert trial.races == [] and trial.error is None
 
 
 def test_kref_reinit_is_caught_by_explore_as_a_finding_and_revoke_is_not(tmp_path: Path) -> None:
     out = tmp_path / "mutant"
     rc, r = explore(out, "--strategy", "revoke+kref-reinit", *KREF_SEARCH, "--schedules", "100", "--no-shrink")
-    assert rc == 1 and r["races"] == {} and r["first_race_schedule"] is None
-    assert r["findings"] == {"revoke_incomplete": 1} and r["first_finding_schedule"] <= 100
-    saved = r["saved"][0]
-    first = saved["findings"][0]
-    assert saved["races"] == [] and first["kind"] == "revoke_incomplete"
+    # caught as the finding, and nothing else: no race kind
+    assert rc == 1 and r["races"] == {"revoke_incomplete": 1} and r["first_race_schedule"] <= 100
+    first = r["saved"][0]["races"][0]
+    assert first["kind"] == "revoke_incomplete"
     # judged again from the saved run directory
-    assert verdicts(out / saved["dir"]) == (set(), {("revoke_incomplete", first["buffer"])})
+    assert verdicts(out / r["saved"][0]["dir"]) == {("revoke_incomplete", first["buffer"])}
     # the correct strategy under the same search, as many schedules: nothing
     rc, c = explore(tmp_path / "control", "--strategy", "revoke", *KREF_SEARCH,
-                    "--schedules", str(r["first_finding_schedule"]))
-    assert rc == 0 and c["races"] == {} and c["findings"] == {} and c["schedules"] == r["first_finding_schedule"]
+                    "--schedules", str(r["first_race_schedule"]))
+    assert rc == 0 and c["races"] == {} and c["schedules"] == r["first_race_schedule"]
 
 
 @pytest.mark.slow
 def test_kref_reinit_finding_shrinks_to_a_replayable_1_minimal_schedule(tmp_path: Path) -> None:
     out = tmp_path / "mutant"
     rc, r = explore(out, "--strategy", "revoke+kref-reinit", *KREF_SEARCH, "--schedules", "100")
-    buffer = r["saved"][0]["findings"][0]["buffer"]
+    buffer = r["saved"][0]["races"][0]["buffer"]
     assert rc == 1 and r["shrunk"]["kind"] == "revoke_incomplete" and r["shrunk"]["one_minimal"]
-    assert verdicts(out / "shrunk") == (set(), {("revoke_incomplete", buffer)})
+    assert verdicts(out / "shrunk") == {("revoke_incomplete", buffer)}
     assert "ended its unmap wait" in (out / "witness.md").read_text()
     assert cli.main(["replay", str(out / "shrunk"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
 
@@ -89,4 +89,4 @@ def test_kref_reinit_finding_shrinks_to_a_replayable_1_minimal_schedule(tmp_path
 def test_revoke_exhausted_with_no_race_at_bound_2(tmp_path: Path, faults: list[str]) -> None:
     argv = EXHAUSTIVE_REVOKE if faults else ["--strategy", "revoke", "--search", "exhaustive", "--bound", "2"]
     rc, r = explore(tmp_path / "x", *argv)
-    assert rc == 0 and r["exhausted"] and r["races"] == {} and r["findings"] == {} and r["schedules"] > 100
+    assert rc == 0 and r["exhausted"] and r["races"] == {} and r["schedules"] > 100

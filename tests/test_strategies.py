@@ -324,7 +324,9 @@ def test_resv_fence_waits_for_the_fence_of_running_dma() -> None:
     w.finish_copy()
     w.settle()
     names = w.event_names("exporter")
-    assert names.index("resv_lock") < names.index("fence_wait_begin") < names.index("free") < names.index("resv_unlock")
+    # The copy is pipelined: the lock is released once the copy has started, the old range
+    # freed when it ends.
+    assert names.index("resv_lock") < names.index("fence_wait_begin") < names.index("resv_unlock") < names.index("free")
 
 
 def test_resv_fence_forces_a_hung_importers_fences_and_revokes_it() -> None:
@@ -334,7 +336,27 @@ def test_resv_fence_forces_a_hung_importers_fences_and_revokes_it() -> None:
     assert forced and forced[0]["error"] == "timeout"
     assert "attachment_revoked" in w.event_names("exporter")
     w.check_fences()
-    assert w.copies, "the move goes on"
+    assert not w.copies, "forced is not stopped: a chunk under way may still be writing"
+    assert [f["importers"] for s, e, f in w.events if e == "reset_wait_begin"] == [["importer-1"]]
+    w.reset_devices()                              # the device aborts the job and signals: stopped
+    w.check_fences()
+    assert "reset_confirmed" in w.event_names("exporter")
+    assert w.copies, "the move goes on once the device confirmed"
+    assert ("reset", 1) not in w.timers, "the grace timer was cancelled"
+
+
+def test_resv_fence_revokes_a_device_that_does_not_confirm_its_reset() -> None:
+    w, buffer = moving_under_a_write("resv-fence")
+    w.time_out_fences(1)
+    w.check_fences()
+    assert not w.copies and ("reset", 1) in w.timers
+    w.fire_timer(("reset", 1))                     # the grace is over: importer-1 never confirmed
+    silent = [f for s, e, f in w.events if e == "reset_unconfirmed"]
+    assert [f["importer"] for f in silent] == ["importer-1"]
+    lost = [f for s, e, f in w.events if e == "importer_lost"]
+    assert lost and lost[0]["reason"] == "reset unconfirmed"
+    w.check_fences()
+    assert w.copies, "the wait goes on without it"
 
 
 LEASE_NS = int(0.5e9)
@@ -365,7 +387,7 @@ def test_resv_fence_revokes_an_importer_whose_callback_never_returns() -> None:
     w.to_importer["importer-1"].clear()            # the notification is lost: no return
     w.fire_timer(("notify", 1))                    # importer-1 is alive: it is ignoring us
     assert "attachment_revoked" in w.event_names("exporter")
-    assert w.fence_waits
+    assert "fence_wait_begin" in w.event_names("exporter")
 
 
 def test_resv_fence_waits_for_the_lease_of_an_importer_that_went_silent() -> None:
@@ -374,10 +396,10 @@ def test_resv_fence_waits_for_the_lease_of_an_importer_that_went_silent() -> Non
     w.to_importer["importer-1"].clear()
     w.tick(LEASE_NS // 2 + 1)
     w.fire_timer(("notify", 1))
-    assert "attachment_revoked" not in w.event_names("exporter") and not w.fence_waits
+    assert "attachment_revoked" not in w.event_names("exporter") and "fence_wait_begin" not in w.event_names()
     w.tick(LEASE_NS)
     w.check_leases()
-    assert "attachment_revoked" in w.event_names("exporter") and w.fence_waits
+    assert "attachment_revoked" in w.event_names("exporter") and "fence_wait_begin" in w.event_names()
 
 
 def test_a_hello_under_a_known_name_replaces_the_previous_incarnation() -> None:

@@ -124,18 +124,21 @@ def test_a_violation_row_is_a_transition_error_that_changes_nothing() -> None:
 
 def test_the_lock_defers_maps_in_every_state_it_is_held_in_without_a_row_saying_so() -> None:
     compiled = compile_spec(resv_fence.EXPORTER)
-    assert compiled.locked_states == {MoveState.NOTIFYING, MoveState.FENCE_WAIT, MoveState.COPYING}
-    assert not any(k[0] in compiled.locked_states - {MoveState.COPYING} and k[1] is MoveEvent.MAP
+    # The copy is pipelined: the lock is released once it has started (COPYING serves maps).
+    assert compiled.locked_states == {MoveState.NOTIFYING, MoveState.FENCE_WAIT}
+    assert not any(k[0] in compiled.locked_states and k[1] is MoveEvent.MAP
                    for k in resv_fence.EXPORTER.table), "the table names no map row of its own for them"
     for state in compiled.locked_states:
         assert compiled.table[(state, MoveEvent.MAP)][0].do == (Step.DEFER_MAP,)
+    assert compiled.table[(MoveState.COPYING, MoveEvent.MAP)][0].do == (Step.SERVE_MAP,)
     # A new state entered under the lock inherits the deferral, not "serve the map" (ANY rows too).
     spec = exporter_spec(resv_fence.EXPORTER, add={
         (ANY, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.SERVE_MAP,)),),
         (MoveState.FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
             Rule(Guard.ALWAYS, MoveState.QUEUED, (Step.END_FENCE_WAIT,)),),
         (MoveState.QUEUED, MoveEvent.LAST_UNMAP): (
-            Rule(Guard.ALWAYS, MoveState.COPYING, (Step.PUBLISH_KERNEL_FENCE, Step.COPY)),)})
+            Rule(Guard.ALWAYS, MoveState.COPYING, (Step.PUBLISH_KERNEL_FENCE, Step.COPY, Step.SWITCH,
+                                                   Step.UNLOCK, Step.SERVE_DEFERRED_MAPS)),)})
     compiled = compile_spec(spec)
     assert MoveState.QUEUED in compiled.locked_states
     assert compiled.table[(MoveState.QUEUED, MoveEvent.MAP)][0].do == (Step.DEFER_MAP,)
@@ -147,8 +150,9 @@ def test_a_row_that_serves_a_map_under_the_lock_is_refused() -> None:
     with pytest.raises(TableError, match=r"row \(notifying, map\): rule 1: serve_map while a move holds the reservation lock"):
         compile_spec(spec)
     spec = exporter_spec(resv_fence.EXPORTER, add={
-        (MoveState.COPYING, MoveEvent.COPY_DONE): (Rule(Guard.ALWAYS, MoveState.IDLE, (
-            Step.SIGNAL_KERNEL_FENCE, Step.SWITCH, Step.FREE, Step.END, Step.SERVE_DEFERRED_MAPS, Step.UNLOCK)),)})
+        (MoveState.FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (Rule(Guard.ALWAYS, MoveState.COPYING, (
+            Step.END_FENCE_WAIT, Step.PUBLISH_KERNEL_FENCE, Step.COPY, Step.SWITCH, Step.SERVE_DEFERRED_MAPS,
+            Step.UNLOCK)),)})
     with pytest.raises(TableError, match="serve_deferred_maps while a move holds"):
         compile_spec(spec)
 
@@ -196,6 +200,8 @@ def test_the_fence_timeout_is_a_timer_of_the_exporter_and_the_shell_reports_only
     out = w.exporter.timer_fired(("fence", move), w.now)
     w._apply("exporter", out)
     assert ForceCompleteFences(1, buffer, "fence_timeout") in out
+    assert w.fence_waits[move][0].confirm == (1,), "the wait goes on for the device's own signal"
+    w.reset_devices()
     w.check_fences()
     assert w.copies and ("fence", move) not in w.timers, "signaled: the timer was cancelled"
 

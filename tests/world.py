@@ -18,7 +18,7 @@ from typing import Any
 from protocol import capability, wire
 from protocol.actions import (AckOwed, Acked, CancelTimer, CopyBuffer, Emit, ForceCompleteFences, Invalidated,
                               JobFinished, Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
-                              SignalKernelFence, StampBuffer, StartDma, StartTimer, StopDma,
+                              SignalFence, SignalKernelFence, StampBuffer, StartDma, StartTimer, StopDma,
                               TeardownIommu, WaitFences, WaitKernelFence)
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig
 from protocol.fence import usage_for_access
@@ -60,6 +60,7 @@ class World:
     jobs: dict[tuple[str, int], Job] = field(default_factory=dict)
     copies: deque = field(default_factory=deque)               # CopyBuffer pending
     fence_waits: dict[int, tuple[WaitFences, dict[int, int]]] = field(default_factory=dict)  # move -> (wait, snapshot)
+    fence_reported: dict[int, tuple[int, ...]] = field(default_factory=dict)  # move -> slots last reported
     kernel_waits: deque = field(default_factory=deque)         # (importer, WaitKernelFence)
     timers: dict[Any, int] = field(default_factory=dict)
     finished: list[JobFinished] = field(default_factory=list)
@@ -140,9 +141,9 @@ class World:
         self.tick()
         j = self.jobs[(importer, job)]
         j.ended = self.now
-        if j.start.fenced:
+        if j.start.fenced and j.start.signal == "end":
             self.fences.signal(self.slots[importer], j.start.buffer, j.fence)
-        self._apply(importer, self.peers[importer].dma_done(job, self.now))
+        self._apply(importer, self.peers[importer].dma_done(job, self.now, j.fence))
 
     def revoke(self, buffer: int) -> None:
         self.tick()
@@ -163,21 +164,36 @@ class World:
         return copy
 
     def _pending(self, wait: WaitFences, snapshot: dict[int, int]) -> tuple[int, ...]:
-        return tuple(sorted(s for s, q in snapshot.items() if not self.fences.is_signaled(s, wait.buffer, q)))
+        return tuple(sorted(self.fences.pending(wait.buffer, snapshot, wait.confirm)))
 
     def check_fences(self) -> None:
-        """The exporter's fence poll: report waits whose fences have all signaled."""
+        """The exporter's fence poll: report each wait's unsignaled slots when they change
+        (none left: the wait is over)."""
         for move, (wait, snapshot) in list(self.fence_waits.items()):
-            if not self._pending(wait, snapshot):
-                del self.fence_waits[move]
+            pending = self._pending(wait, snapshot)
+            if pending != self.fence_reported.get(move):
+                self.fence_reported[move] = pending
+                if not pending:
+                    del self.fence_waits[move]
                 self.tick()
-                self._apply("exporter", self.exporter.fences_signaled(move, self.now))
+                self._apply("exporter", self.exporter.fences_pending(move, pending, self.now))
 
     def time_out_fences(self, move: int) -> None:
         wait, snapshot = self.fence_waits.pop(move)
         pending = self._pending(wait, snapshot)
         self.tick()
         self._apply("exporter", self.exporter.fences_timed_out(move, pending, self.now))
+
+    def reset_devices(self) -> None:
+        """Each device whose running job's fence the exporter forced aborts the job before its
+        next access and signals the fence itself (importer_svc/dma.py): its engine stopped."""
+        for j in list(self.jobs.values()):
+            slot = self.slots.get(j.importer)
+            if j.ended is None and j.fence and self.fences.forced_before_signaled(slot, j.start.buffer, j.fence):
+                self.fences.signal(slot, j.start.buffer, j.fence)
+                j.ended = self.now
+                self.tick()
+                self._apply(j.importer, self.peers[j.importer].dma_done(j.job, self.now, j.fence))
 
     def check_leases(self) -> None:
         self._apply("exporter", self.exporter.check_leases(self.now))
@@ -204,6 +220,19 @@ class World:
     # ------------------------------------------------------------------ the shells' part
 
     def _apply(self, svc: str, actions: list) -> None:
+        snapshots: list[int] = []
+        self._apply_each(svc, actions, snapshots)
+        for move in snapshots:  # the shell's first report of a fence wait: what it waits for
+            if move in self.fence_waits:
+                wait, snapshot = self.fence_waits[move]
+                pending = self._pending(wait, snapshot)
+                self.fence_reported[move] = pending
+                if not pending:
+                    del self.fence_waits[move]
+                fences = {s: (snapshot[s], self.fences.usage_of(s, wait.buffer, snapshot[s])) for s in pending}
+                self._apply("exporter", self.exporter.fences_snapshot(move, fences, self.now))
+
+    def _apply_each(self, svc: str, actions: list, snapshots: list[int]) -> None:
         for a in actions:
             if isinstance(a, Send):
                 frame = wire.encode(a.message)
@@ -218,7 +247,8 @@ class World:
                 self.copies.append(a)
             elif isinstance(a, WaitFences):
                 # As the exporter shell: the fences published so far, of the wait's usage or lower.
-                self.fence_waits[a.move] = (a, self.fences.snapshot(a.buffer, a.usage))
+                self.fence_waits[a.move] = (a, self.fences.snapshot(a.buffer, a.usage, a.confirm))
+                snapshots.append(a.move)
             elif isinstance(a, ForceCompleteFences):
                 if 0 < a.slot < self.fences.slots:
                     self.fences.force(a.slot, a.buffer, a.error)
@@ -242,6 +272,11 @@ class World:
                 job = self.jobs[(svc, a.job)] = Job(svc, a.job, a, self.now)
                 if a.fenced:
                     job.fence = self.fences.emit(self.slots[svc], a.buffer, usage_for_access(a.access))
+                    if a.signal == "submit":
+                        self.fences.signal(self.slots[svc], a.buffer, job.fence)
+            elif isinstance(a, SignalFence):
+                assert a.slot == self.slots[svc], "an importer signals only its own slot's fences"
+                self.fences.signal(a.slot, a.buffer, a.seq)
             elif isinstance(a, WaitKernelFence):
                 self.kernel_waits.append((svc, a))
             elif isinstance(a, JobFinished):

@@ -101,7 +101,7 @@ def measure(reps: int, passes: int = 3) -> dict[str, Any]:
             iommu.program(1, place["vram"])
             loop = _EagerLoop()
             done: list[int] = []
-            dma = DmaEngine(loop, log, iommu, writer=1, on_done=done.append, chunk_ms=1.0)  # type: ignore[arg-type]
+            dma = DmaEngine(loop, log, iommu, writer=1, on_done=lambda job, fence: done.append(job), chunk_ms=1.0)  # type: ignore[arg-type]
             dma.heaps = views
             jobs = iter(range(1, 1 << 30))
             copier = _CopyShell(views, log)

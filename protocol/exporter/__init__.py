@@ -17,7 +17,7 @@ Rules of this file (the entry points):
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any, Hashable, Mapping
 
 from protocol import capability
 from protocol.actions import Action
@@ -25,12 +25,12 @@ from protocol.exporter.memory import MemoryManager
 from protocol.exporter.moves import CompiledSpec, MoveMachine, ReservationLockError, compile_spec
 from protocol.exporter.session import LEASE_TIMER, Session
 from protocol.exporter.state import ExporterConfig, ExporterState, HeapConfig
-from protocol.exporter.table import (BASE_TABLE, IGNORE, ExporterSpec, ExporterTable, Guard, MoveEvent,
-                                     MoveState, Step)
+from protocol.exporter.table import (BASE_TABLE, IGNORE, MUTANT_STEPS, ExporterSpec, ExporterTable, Guard,
+                                     MoveEvent, MoveState, Step)
 from protocol.machine import TransitionError
 from protocol.wire import ErrorCode, ErrorReply, Message, Placement, ProtocolError, error_reply
 
-__all__ = ["BASE_TABLE", "IGNORE", "CompiledSpec", "Exporter", "ExporterConfig", "ExporterSpec", "ExporterTable",
+__all__ = ["BASE_TABLE", "IGNORE", "MUTANT_STEPS", "CompiledSpec", "Exporter", "ExporterConfig", "ExporterSpec", "ExporterTable",
            "Guard", "HeapConfig", "MoveEvent", "MoveState", "ReservationLockError", "Step", "compile_spec"]
 
 
@@ -54,7 +54,7 @@ class Exporter:
         self._importers = self.state.members
         self._moves = self.state.moves
         self._timers = {LEASE_TIMER[0]: self._lease_timer, "notify": self._notify_timer, "fence": self._fence_timer,
-                        "unmap-wait": self._unmap_wait_timer}
+                        "unmap-wait": self._unmap_wait_timer, "reset": self._reset_timer}
 
     # ------------------------------------------------------------------ entry points
 
@@ -100,15 +100,24 @@ class Exporter:
         self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.COPY_DONE, now)
         return self._take()
 
+    def fences_snapshot(self, move_id: int, fences: Mapping[int, tuple[int, Any]], now: int) -> list[Action]:
+        """The shell's first report of a WaitFences: slot -> (seqno, usage) of the latest fence of
+        each slot that the wait waits for and that had not signaled (fence_wait_begin lists them);
+        then as fences_pending with those slots. `move_id` is a move's or a revocation's id."""
+        move = self.state.operation(move_id)
+        if move is not None:
+            buf = self.state.buffers[move.buffer]
+            self.moves.fences_snapshot(buf, move, dict(fences), now)
+            self.moves.fences_pending(buf, move, tuple(fences), now)
+        return self._take()
+
     def fences_pending(self, move_id: int, slots: tuple[int, ...], now: int) -> list[Action]:
         """The shell's fence poll (WaitFences): the importer slots whose fences, among those the
         wait waits for, are still unsignaled; reported at each change. None left: FENCES_SIGNALED.
         `move_id` is the waiting operation's id: a move's or a revocation's."""
         move = self.state.operation(move_id)
         if move is not None:
-            move.unsignaled = tuple(sorted(slots))
-            if not slots:
-                self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCES_SIGNALED, now)
+            self.moves.fences_pending(self.state.buffers[move.buffer], move, tuple(slots), now)
         return self._take()
 
     def fences_signaled(self, move_id: int, now: int) -> list[Action]:
@@ -142,7 +151,8 @@ class Exporter:
 
     def timer_fired(self, key: Hashable, now: int) -> list[Action]:
         """A timer this half started (StartTimer) has fired: ("notify", op), ("fence", op),
-        ("unmap-wait", revocation) or ("leases",); an op is a move's or a revocation's id."""
+        ("reset", op), ("unmap-wait", revocation) or ("leases",); an op is a move's or a
+        revocation's id."""
         kind = key[0] if isinstance(key, tuple) and key else None  # type: ignore[index]
         handler = self._timers.get(kind)  # type: ignore[arg-type]
         if handler is None:
@@ -207,6 +217,11 @@ class Exporter:
         if move is not None:
             self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now,
                                 slots=move.unsignaled)
+
+    def _reset_timer(self, key: Any, now: int) -> None:
+        move = self.state.operation(key[1])
+        if move is not None:
+            self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.RESET_TIMEOUT, now)
 
     def _take(self) -> list[Action]:
         self.moves.run_posted()

@@ -31,7 +31,7 @@ from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, Publ
                               Send, SignalKernelFence, StartTimer, WaitFences)
 from protocol.exporter.memory import MemoryManager
 from protocol.exporter.state import Buffer, ExporterState, Move, Operation, Revocation
-from protocol.exporter.table import ExporterSpec, Guard, MoveEvent, MoveState, Step
+from protocol.exporter.table import MUTANT_STEPS, ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.fence import Usage
 from protocol.heap import HeapFull
 from protocol.machine import ANY, SAME, VIOLATION, Rule, TableError, choose, rules_for
@@ -132,23 +132,27 @@ class MoveMachine:
         if buf.locked:
             raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: LOCK while already held")
         buf.locked = True
-        self.state.emit("resv_lock", buffer=buf.id, **self._holder(buf))
+        buf.lock_holder = self._holder(buf)
+        self.state.emit("resv_lock", buffer=buf.id, **buf.lock_holder)
 
     def _unlock(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         if not buf.locked:
             raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: UNLOCK of a lock not held")
         buf.locked = False
-        self.state.emit("resv_unlock", buffer=buf.id, **self._holder(buf))
+        self.state.emit("resv_unlock", buffer=buf.id, **(buf.lock_holder or {"move": None}))
+        buf.lock_holder = None
 
     # ------------------------------------------------------------------ steps: move_notify and its answers
 
-    def _notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+    def _notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx, *, deaf_once_pinned: bool = False) -> None:
         st, move = self.state, self._move(buf)
         for att_id in sorted(buf.attachments):
             att = st.attachments[att_id]
             imp = st.members[att.slot]
             if not imp.alive or att.pins:
                 continue  # a pinned attachment receives no move notifications
+            if deaf_once_pinned and att.pinned_once:
+                continue  # the unpin-stays-deaf bug: unpinned, yet still left out
             req = MoveNotify(id=st.new_request_id(), buffer=buf.id, attachment=att.id, move=move.id, gen=move.src.gen)
             self._sent(move, att.id, req.id, now)
             st.out.append(Send(imp.peer, req, imp.name))
@@ -223,35 +227,100 @@ class MoveMachine:
 
     # ------------------------------------------------------------------ steps: fences
 
-    def _wait_fences(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+    def _wait_fences(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx, usage: Usage = Usage.BOOKKEEP) -> None:
+        """Wait for the buffer's fences of `usage` and below (fence_wait_begin comes with the
+        shell's snapshot: fences_snapshot), and for the devices still to confirm a reset. A move's
+        or a revocation's: WaitFences names the operation by its id (one counter for both)."""
         st, op = self.state, self._op(buf)
-        st.emit("fence_wait_begin", buffer=buf.id, **{op.KIND: op.id}, usage=Usage.BOOKKEEP.name)
-        op.fence_wait_from = now
+        op.wait_usage = usage
+        if not op.fence_wait_from:
+            op.fence_wait_from = now
         op.unsignaled = ()
-        # WaitFences names the operation by its id: moves and revocations share one counter.
-        st.out.append(WaitFences(op.id, buf.id, Usage.BOOKKEEP))
+        st.out.append(WaitFences(op.id, buf.id, usage, tuple(sorted(op.confirming))))
         st.out.append(StartTimer(("fence", op.id), st.config.fence_timeout_s))
+
+    def fences_snapshot(self, buf: Buffer, move: Operation, fences: dict[int, tuple[int, Any]], now: int) -> None:
+        """What the wait just begun waits for (the shell's snapshot): fence_wait_begin."""
+        st = self.state
+        listed = []
+        for slot, (seq, usage) in sorted(fences.items()):
+            if slot in move.confirming:
+                continue  # forced: what is awaited is its device's confirmation, not a fence
+            imp = st.members.get(slot)
+            listed.append({"importer": imp.name if imp else f"slot-{slot}", "slot": slot, "seq": seq,
+                           "usage": getattr(usage, "name", usage)})
+        st.emit("fence_wait_begin", buffer=buf.id, **{move.KIND: move.id}, usage=move.wait_usage.name, fences=listed,
+                **({"confirming": [st.members[s].name for s in sorted(move.confirming) if s in st.members]}
+                   if move.confirming else {}))
+
+    def fences_pending(self, buf: Buffer, move: Operation, slots: tuple[int, ...], now: int) -> None:
+        """The shell's report: these slots still hold unsignaled fences. A device being reset
+        that is no longer among them has confirmed its engine stopped."""
+        st = self.state
+        move.unsignaled = tuple(sorted(slots))
+        for slot in [s for s in move.confirming if s not in slots]:
+            since = move.confirming.pop(slot)
+            imp = st.members.get(slot)
+            st.emit("reset_confirmed", buffer=buf.id, **{move.KIND: move.id}, importer=imp.name if imp else f"slot-{slot}",
+                    waited_ns=now - since)
+            if not move.confirming:
+                st.out.append(CancelTimer(("reset", move.id)))
+        if not slots:
+            self.dispatch(buf, MoveEvent.FENCES_SIGNALED, now)
 
     def _end_fence_wait(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         op = self._op(buf)
         self.state.out.append(CancelTimer(("fence", op.id)))
-        self.state.emit("fence_wait_end", buffer=buf.id, **{op.KIND: op.id}, usage=Usage.BOOKKEEP.name,
+        self.state.emit("fence_wait_end", buffer=buf.id, **{op.KIND: op.id}, usage=op.wait_usage.name,
                         waited_ns=now - op.fence_wait_from, forced=list(op.forced))
 
     def _force_complete(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         st, move = self.state, self._op(buf)
+        move.resetting = set()
         for slot in ctx.get("slots", move.unsignaled):
             imp = st.members.get(slot)
             if imp is not None and imp.alive and not self.session.responsive(imp, now):
                 continue  # silent: maybe paused mid-DMA; its lease decides (see session.py)
+            if slot in move.confirming:
+                continue  # forced already: waiting for its device to confirm (AWAIT_RESETS)
             name = imp.name if imp else f"slot-{slot}"
             move.forced.append(name)
             st.out.append(ForceCompleteFences(slot, buf.id, "fence_timeout"))
-            st.emit("fence_signal", buffer=buf.id, usage=Usage.BOOKKEEP.name, seq=None,
+            st.emit("fence_signal", buffer=buf.id, usage=move.wait_usage.name, seq=None,
                     **{move.KIND: move.id}, importer=name, error="timeout", forced=True)
+            if imp is not None and imp.alive:
+                move.resetting.add(slot)
             if imp is not None:
                 for att_id in sorted(imp.attachments & buf.attachments):
                     self.session.revoke(st.attachments[att_id], "fence_timeout", now)
+
+    def _await_resets(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        """A forced fence completes the wait, not the device: a chunk it has under way may still
+        be writing. Wait (bounded by --reset-grace-ms) until each live device forced just now
+        confirms that its engine stopped: its own signal of the fence (it aborts the job before
+        its next access and signals, importer_svc/dma.py). The kernel forces fences after the
+        hardware is reset, not before."""
+        st, move = self.state, self._op(buf)
+        fresh = sorted(move.resetting - set(move.confirming))
+        if not fresh:
+            return
+        for slot in fresh:
+            move.confirming[slot] = now
+        st.emit("reset_wait_begin", buffer=buf.id, **{move.KIND: move.id}, importers=[st.members[s].name for s in fresh],
+                grace_ms=st.config.reset_grace_s * 1000)
+        st.out.append(StartTimer(("reset", move.id), st.config.reset_grace_s))
+
+    def _revoke_unconfirmed(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        """The grace is over: a device that did not confirm its engine stopped is revoked (lost:
+        every attachment, every fence), its silence on record; the wait goes on without it."""
+        st, move = self.state, self._op(buf)
+        for slot, since in sorted(move.confirming.items()):
+            imp = st.members.get(slot)
+            if imp is not None and imp.alive:
+                st.emit("reset_unconfirmed", buffer=buf.id, **{move.KIND: move.id}, importer=imp.name,
+                        waited_ns=now - since, grace_ms=st.config.reset_grace_s * 1000)
+                self.session.lose(slot, "reset unconfirmed", now)
+        move.confirming.clear()
 
     def _publish_kernel_fence(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         move = self._move(buf)
@@ -297,10 +366,19 @@ class MoveMachine:
     def _serve_map_step(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         self.serve_map(buf, ctx["peer"], ctx["request"], ctx["since"], now)
 
+    def _serve_map_unlocked(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        # The map-unlocked bug: a map path that never takes the reservation lock, so nothing
+        # stops it while a move holds it (no lockdep here to say so).
+        self.serve_map(buf, ctx["peer"], ctx["request"], ctx["since"], now, locked_ok=True)
+
     def _defer_map(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        buf.deferred.append((ctx["peer"], ctx["request"], ctx["since"]))
-        att = self.state.attachments[ctx["request"].attachment]
-        self.state.members[att.slot].waiting.add(att.id)
+        st, request = self.state, ctx["request"]
+        buf.deferred.append((ctx["peer"], request, ctx["since"]))
+        att = st.attachments[request.attachment]
+        st.members[att.slot].waiting.add(att.id)
+        # Who the map waits for: the holder of the reservation lock (null: it waits for a copy).
+        st.emit("map_deferred", id=request.id, importer=st.peer_name(ctx["peer"]), buffer=buf.id,
+                attachment=att.id, **(buf.lock_holder if buf.locked and buf.lock_holder else {"move": None}))
 
     def _serve_deferred_maps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         st = self.state
@@ -431,10 +509,12 @@ class MoveMachine:
 
     # ------------------------------------------------------------------ helpers
 
-    def serve_map(self, buf: Buffer, peer: bytes, request: Map, since: int, now: int) -> None:
+    def serve_map(self, buf: Buffer, peer: bytes, request: Map, since: int, now: int, *,
+                  locked_ok: bool = False) -> None:
         """dma_buf_map_attachment's answer: the current placement. Requires the reservation lock
-        not held (dma_resv_assert_held's counterpart: no move may be under way under the lock)."""
-        if buf.locked:
+        not held (dma_resv_assert_held's counterpart: no move may be under way under the lock);
+        `locked_ok` only for SERVE_MAP_UNLOCKED, the bug of a mutant."""
+        if buf.locked and not locked_ok:
             raise ReservationLockError(
                 f"{self.strategy}: buffer {buf.id} in state {buf.state.value}: a map would be served "
                 f"while move {buf.move.id if buf.move else '?'} holds the reservation lock")
@@ -520,6 +600,7 @@ STEPS: dict[Step, StepFn] = {
     Step.LOCK: MoveMachine._lock,
     Step.UNLOCK: MoveMachine._unlock,
     Step.NOTIFY: MoveMachine._notify,
+    Step.NOTIFY_NEVER_PINNED: lambda m, rule, buf, now, ctx: m._notify(rule, buf, now, ctx, deaf_once_pinned=True),
     Step.AWAIT_ANSWERS: MoveMachine._await_answers,
     Step.ANSWERED: MoveMachine._answered,
     Step.START_NOTIFY_TIMER: MoveMachine._start_notify_timer,
@@ -528,8 +609,12 @@ STEPS: dict[Step, StepFn] = {
     Step.GIVE_UP_NOTIFY: MoveMachine._give_up_notify,
     Step.REVOKE_SILENT: MoveMachine._revoke_silent,
     Step.WAIT_FENCES: MoveMachine._wait_fences,
+    Step.WAIT_WRITE_FENCES: lambda m, rule, buf, now, ctx: m._wait_fences(rule, buf, now, ctx, Usage.WRITE),
+    Step.WAIT_KERNEL_FENCES: lambda m, rule, buf, now, ctx: m._wait_fences(rule, buf, now, ctx, Usage.KERNEL),
     Step.END_FENCE_WAIT: MoveMachine._end_fence_wait,
     Step.FORCE_COMPLETE: MoveMachine._force_complete,
+    Step.AWAIT_RESETS: MoveMachine._await_resets,
+    Step.REVOKE_UNCONFIRMED: MoveMachine._revoke_unconfirmed,
     Step.PUBLISH_KERNEL_FENCE: MoveMachine._publish_kernel_fence,
     Step.SIGNAL_KERNEL_FENCE: MoveMachine._signal_kernel_fence,
     Step.COPY: MoveMachine._copy,
@@ -537,6 +622,7 @@ STEPS: dict[Step, StepFn] = {
     Step.FREE: MoveMachine._free,
     Step.END: MoveMachine._end,
     Step.SERVE_MAP: MoveMachine._serve_map_step,
+    Step.SERVE_MAP_UNLOCKED: MoveMachine._serve_map_unlocked,
     Step.DEFER_MAP: MoveMachine._defer_map,
     Step.SERVE_DEFERRED_MAPS: MoveMachine._serve_deferred_maps,
     Step.HINT_WILL_MOVE: MoveMachine._hint_will_move,
@@ -588,6 +674,8 @@ def compile_spec(spec: ExporterSpec) -> CompiledSpec:
                          f"EXPORTER must be an ExporterSpec, got {type(spec).__name__}")
     name = spec.strategy
     rows = machine.check_rows(name, VOCABULARY, spec.table)
+    if not spec.breaks:
+        _check_no_bugs(name, "exporter", rows, MUTANT_STEPS)
     locked = locked_states(rows)
     for state in sorted(locked, key=lambda s: list(MoveState).index(s)):
         rows.setdefault((state, MoveEvent.MAP), _DEFER)
@@ -647,6 +735,17 @@ def _check_lock(name: str, rows: dict, locked: set[MoveState]) -> None:
                     if problem is not None:
                         raise TableError(name, "exporter", f"({state.value}, {event.value})", f"rule {i}: {problem}")
                     held = _held_after(held, (step,))
+
+
+def _check_no_bugs(name: str, half: str, rows: dict, bugs: frozenset) -> None:
+    """A step that breaks a rule on purpose belongs in a mutant's table only."""
+    for (state, event), rules in rows.items():
+        for i, rule in enumerate(_rules(rules), 1):
+            for step in rule.do:
+                if step in bugs:
+                    raise TableError(name, half, f"({getattr(state, 'value', state)}, {event.value})",
+                                     f"rule {i}: {step.value} is a known bug, for mutants only (a strategy "
+                                     f"that breaks a rule on purpose declares it: protocol/strategies/mutants.py)")
 
 
 def _check_begin(name: str, rows: dict) -> None:

@@ -263,6 +263,7 @@ class Session:
         att = self.attachment(peer, msg.attachment, "pin", msg.token)
         buf = st.buffers[att.buffer]
         att.pins += 1
+        att.pinned_once = True
         buf.pins += 1
         st.emit("pin", importer=st.peer_name(peer), buffer=buf.id, attachment=att.id, pins=buf.pins)
         st.send(peer, PinReply(id=msg.id, pins=buf.pins))

@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.actions import Action, Emit, Send
 from protocol.exporter.table import MoveEvent, MoveState
+from protocol.fence import Usage
 from protocol.params import default, default_s
 from protocol.wire import Map, Message, Placement
 
@@ -38,6 +39,7 @@ class ExporterConfig:
     ack_timeout_s: float = default_s("ack_timeout_ms")
     fence_timeout_s: float = default_s("fence_timeout_ms")
     unmap_wait_s: float = default_s("unmap_wait_ms")
+    reset_grace_s: float = default_s("reset_grace_ms")
     hint_policy: str = default("hint_policy")
     max_moves_in_flight: int = 2
     lease_s: float = default_s("lease_ms")
@@ -73,6 +75,7 @@ class Attachment:
     token: str = ""                  # its attachment token, for the connection it was made on
     peer: bytes = b""
     revocable: bool = True           # the importer has invalidate_mappings (dma_buf_attach_revocable)
+    pinned_once: bool = False        # it has pinned at least once (what NOTIFY_NEVER_PINNED reads)
 
 
 @dataclass
@@ -88,6 +91,10 @@ class Operation:
     fence_wait_from: int = field(default=0, kw_only=True)
     unsignaled: tuple[int, ...] = field(default=(), kw_only=True)         # slots the fence wait still waits for
     forced: list[str] = field(default_factory=list, kw_only=True)         # importers whose fences were forced
+    wait_usage: Usage = field(default=Usage.BOOKKEEP, kw_only=True)       # the usage its fence wait waits with
+    confirming: dict[int, int] = field(default_factory=dict, kw_only=True)  # slot -> when forced: the device has
+                                                                          # not confirmed its engine stopped (AWAIT_RESETS)
+    resetting: set[int] = field(default_factory=set, kw_only=True)        # slots forced by the last FORCE_COMPLETE
 
     KIND = "move"                       # the field that names it in events: move or revoke
 
@@ -158,6 +165,8 @@ class Buffer:
     kernel_seq: int = 0                          # seqno of the last move's KERNEL fence
     promised: bool = False                       # an unmap reply promised it would not move
     locked: bool = False                         # a move (or revocation) holds its reservation lock
+    lock_holder: dict[str, Any] | None = None    # ... which: {"move": id} or {"revoke": id}, as LOCK
+                                                 # recorded it (what resv_unlock names, even after END)
     revocation: Revocation | None = None         # in progress, or in effect until un-revoked
     revoked: bool = False                        # maps are refused (no_device)
     unmap_wait: UnmapWait = field(default_factory=UnmapWait)

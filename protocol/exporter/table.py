@@ -56,6 +56,7 @@ class MoveEvent(enum.Enum):
     NOTIFY_TIMEOUT = "notify_timeout"    # timer: --ack-timeout after the notification
     FENCES_SIGNALED = "fences_signaled"  # the shell: every fence waited for has signaled
     FENCE_TIMEOUT = "fence_timeout"      # timer: --fence-timeout after the fence wait began
+    RESET_TIMEOUT = "reset_timeout"      # timer: --reset-grace-ms after fences were forced (AWAIT_RESETS)
     COPY_DONE = "copy_done"              # the shell: the copy finished
     CANCEL = "cancel"                    # the run stops: moves not begun will not be
     REVOKE = "revoke"                    # the exporter takes the buffer away (VFIO: a device reset)
@@ -99,6 +100,9 @@ class Step(enum.Enum):
     WAIT_FENCES = "wait_fences"          # wait for every fence of the buffer (usage BOOKKEEP), bounded by --fence-timeout
     END_FENCE_WAIT = "end_fence_wait"    # every fence signaled: fence_wait_end, timer cancelled
     FORCE_COMPLETE = "force_complete"    # complete the unsignaled fences of responsive owners, revoke them
+    AWAIT_RESETS = "await_resets"        # after FORCE_COMPLETE: the next WAIT_FENCES also waits for each forced
+                                         # device to confirm its engine stopped, bounded by --reset-grace-ms
+    REVOKE_UNCONFIRMED = "revoke_unconfirmed"    # the grace is over: lose every device that did not confirm
     PUBLISH_KERNEL_FENCE = "publish_kernel_fence"  # the move's KERNEL fence, named by later map replies
     SIGNAL_KERNEL_FENCE = "signal_kernel_fence"
     # bytes
@@ -133,6 +137,16 @@ class Step(enum.Enum):
     QUEUE_UNREVOKE = "queue_unrevoke"    # the un-revoke waits for the revocation's unmap wait
     RUN_QUEUED_UNREVOKE = "run_queued_unrevoke"  # the unmap wait is over: a queued un-revoke begins (follow-up)
     DROP_QUEUED_REVOKE = "drop_queued_revoke"    # an un-revoke before its revocation began: neither happens
+    # Known bugs, for mutants only (protocol/strategies/mutants.py): compile_spec refuses them in
+    # the table of a strategy that does not declare the rule it breaks.
+    WAIT_WRITE_FENCES = "wait_write_fences"      # wait with usage WRITE: KERNEL and WRITE fences, not READ
+    WAIT_KERNEL_FENCES = "wait_kernel_fences"    # wait with usage KERNEL: the move's own fences only
+    NOTIFY_NEVER_PINNED = "notify_never_pinned"  # as NOTIFY, but an attachment that ever pinned stays deaf
+    SERVE_MAP_UNLOCKED = "serve_map_unlocked"    # hand out the placement without the reservation lock
+
+
+MUTANT_STEPS = frozenset({Step.WAIT_WRITE_FENCES, Step.WAIT_KERNEL_FENCES, Step.NOTIFY_NEVER_PINNED,
+                          Step.SERVE_MAP_UNLOCKED})
 
 
 ExporterTable = Mapping[tuple[Any, MoveEvent], Any]
@@ -168,6 +182,7 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
     (ANY, MoveEvent.NOTIFY_TIMEOUT): IGNORE,
     (ANY, MoveEvent.FENCES_SIGNALED): IGNORE,
     (ANY, MoveEvent.FENCE_TIMEOUT): IGNORE,
+    (ANY, MoveEvent.RESET_TIMEOUT): IGNORE,
     (ANY, MoveEvent.CANCEL): IGNORE,
     # Revocation is the 7.1 strategies' (protocol/strategies/revoke.py): a strategy without it
     # cannot be asked to revoke (deploy refuses the fault), and an unmap wait it never began is stale.
@@ -180,7 +195,10 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
 
 @dataclass(frozen=True)
 class ExporterSpec:
-    """A strategy's exporter half: its table. Checked and completed by moves.compile_spec."""
+    """A strategy's exporter half: its table. Checked and completed by moves.compile_spec.
+    `breaks`: the rule a mutant breaks on purpose (protocol/strategies/mutants.py); only then may
+    the table name a step of MUTANT_STEPS."""
 
     strategy: str
     table: ExporterTable
+    breaks: str = ""

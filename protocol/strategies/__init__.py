@@ -13,11 +13,11 @@ Rules of this file:
   file (or entry point), the row and what is wrong, before anything runs it.
 - A strategy has a `SOURCE`: what another process must be given to load the same one (the name
   of a built-in or installed strategy, the absolute path of a file).
-- `BASE+MUTATION` names a mutant: the built-in BASE with one rule broken, declared in the fields
-  of issue 15's registry (revoke_mutants.py: base, name, rule, source, expect, the exporter rows
-  that replace the base's, params), checked like any other strategy, kept in MUTANTS (not in
-  STRATEGIES: it is no answer of its own); its module also has MUTANT (what it breaks), as the
-  registry's derive() makes it.
+- `BASE+MUTATION` names a mutant (protocol/strategies/mutants.py): the strategy BASE (resolved as
+  above) with one rule broken; its module also has MUTANT (the rule, its source, what to expect).
+  revoke's mutants (revoke_mutants.py, declared in the registry's fields) are derived here
+  (REVOKE_MUTANTS) until the registry takes them: their workload needs revoke faults, which the
+  registry's consumers (campaign plans, explore-table variants) do not combine yet.
 """
 
 from __future__ import annotations
@@ -35,27 +35,25 @@ from types import ModuleType
 from protocol.exporter import ExporterSpec, compile_spec as compile_exporter
 from protocol.importer import ImporterSpec, compile_spec as compile_importer
 from protocol.machine import TableError
-from protocol.strategies import (move_notify, move_notify_ack, pin, resv_fence, revalidate, revoke, revoke_mutants,
-                                 unmap_hint)
+from protocol.strategies import (move_notify, move_notify_ack, mutants, pin, resv_fence, revalidate, revoke,
+                                 revoke_mutants, unmap_hint)
 
 ENTRY_POINT_GROUP = "dmabuf_emu.strategies"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
-_MUTANT_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}\+[a-z][a-z0-9-]{0,63}")
 
 
 class StrategyError(ValueError):
     """A strategy that cannot be loaded or would not run: one line saying where and why."""
 
 
-def check(module: ModuleType, where: str, *, mutant: bool = False) -> ModuleType:
-    """The module, if it is a strategy whose tables can run; StrategyError otherwise. A mutant's
-    NAME is BASE+MUTATION."""
+def check(module: ModuleType, where: str) -> ModuleType:
+    """The module, if it is a strategy whose tables can run; StrategyError otherwise."""
     missing = [a for a in ("NAME", "SUMMARY", "EXPORTER", "IMPORTER") if not hasattr(module, a)]
     if missing:
         raise StrategyError(f"{where}: a strategy module defines NAME, SUMMARY, EXPORTER and IMPORTER; "
                             f"this one has no {', '.join(missing)}")
     name = module.NAME
-    if not isinstance(name, str) or not (_MUTANT_NAME if mutant else _NAME).fullmatch(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise StrategyError(f"{where}: NAME must be lowercase letters, digits and dashes, got {name!r}")
     if not isinstance(module.SUMMARY, str) or "\n" in module.SUMMARY:
         raise StrategyError(f"{where}: SUMMARY must be one line of text")
@@ -78,22 +76,28 @@ for _m in (pin, unmap_hint, move_notify, move_notify_ack, revalidate, resv_fence
     _m.SOURCE = _m.NAME  # type: ignore[attr-defined]
 
 
-def mutant(m: revoke_mutants.RevokeMutant) -> ModuleType:
-    """The strategy BASE+MUTATION: the base's tables with the mutant's exporter rows, MUTANT saying
-    what it breaks (the registry's describe(): name, base, mutations, rule, source, expect); checked."""
+
+def _revoke_mutant(m: revoke_mutants.RevokeMutant) -> ModuleType:
+    """BASE+MUTATION as the registry's derive() makes it: the base's tables with the mutant's
+    exporter rows, `breaks` its rule, MUTANT (name, base, mutations, rule, source, expect)."""
     base = STRATEGIES[m.base]
     name = f"{m.base}+{m.name}"
     module = ModuleType(f"dmabuf_emu_mutant_{name}", f"{name}: mutant of {m.base}: breaks the rule: {m.rule}.")
     module.NAME, module.SOURCE = name, name  # type: ignore[attr-defined]
     module.SUMMARY = f"mutant of {m.base}: breaks the rule: {m.rule}"  # type: ignore[attr-defined]
-    module.EXPORTER = ExporterSpec(name, {**base.EXPORTER.table, **m.exporter_rows})  # type: ignore[attr-defined]
-    module.IMPORTER = ImporterSpec(name, base.IMPORTER.table, base.IMPORTER.kinds)  # type: ignore[attr-defined]
+    module.EXPORTER = ExporterSpec(name, {**base.EXPORTER.table, **m.exporter_rows}, breaks=m.rule)  # type: ignore[attr-defined]
+    module.IMPORTER = ImporterSpec(name, base.IMPORTER.table, base.IMPORTER.kinds, breaks=m.rule)  # type: ignore[attr-defined]
     module.MUTANT = {"name": name, "base": m.base, "mutations": [m.name], "rule": m.rule,  # type: ignore[attr-defined]
                      "source": m.source, "expect": m.expect}
-    return check(module, f"mutant {name} (protocol/strategies/revoke_mutants.py)", mutant=True)
+    try:
+        compile_exporter(module.EXPORTER)
+        compile_importer(module.IMPORTER)
+    except TableError as err:
+        raise StrategyError(f"mutant {name} (protocol/strategies/revoke_mutants.py): {err}") from None
+    return module
 
 
-MUTANTS: dict[str, ModuleType] = {f"{_d.base}+{_d.name}": mutant(_d) for _d in revoke_mutants.MUTANTS}
+REVOKE_MUTANTS: dict[str, ModuleType] = {f"{_d.base}+{_d.name}": _revoke_mutant(_d) for _d in revoke_mutants.MUTANTS}
 
 _loaded: dict[str, ModuleType] = {}
 
@@ -102,12 +106,14 @@ def resolve(spec: str) -> ModuleType:
     """The strategy `spec` names: built-in, installed (entry point) or a .py file; checked."""
     if spec in STRATEGIES:
         return STRATEGIES[spec]
-    if spec in MUTANTS:
-        return MUTANTS[spec]
+    if spec in REVOKE_MUTANTS:
+        return REVOKE_MUTANTS[spec]
     if spec in _loaded:
         return _loaded[spec]
     if looks_like_path(spec):
         module = _load_file(Path(spec))
+    elif "+" in spec:
+        module = _derive_mutant(spec)
     else:
         module = _load_entry_point(spec)
     _loaded[spec] = _loaded[module.SOURCE] = module
@@ -125,12 +131,22 @@ def installed() -> list[str]:
 
 
 def describe_choices() -> str:
-    return f"{', '.join(STRATEGIES)}, an installed strategy, or the path of a .py file"
+    return f"{', '.join(STRATEGIES)}, a mutant BASE+MUTATION, an installed strategy, or the path of a .py file"
 
 
 def looks_like_path(spec: str) -> bool:
     """A strategy named by a file rather than by name."""
     return spec.endswith(".py") or "/" in spec or spec.startswith(".")
+
+
+def _derive_mutant(spec: str) -> ModuleType:
+    base, _ = mutants.split(spec)
+    try:
+        return mutants.derive(spec, resolve(base))
+    except mutants.MutantError as exc:
+        raise StrategyError(str(exc)) from None
+    except TableError as err:
+        raise StrategyError(f"mutant {spec} (protocol/strategies/mutants.py): {err}") from None
 
 
 def _load_entry_point(name: str) -> ModuleType:

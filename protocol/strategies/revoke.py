@@ -55,6 +55,16 @@ _REFUSE_MAP = (Rule(Guard.ALWAYS, SAME, (Step.REFUSE_MAP_REVOKED,)),)
 _NO_MOVE = (Rule(Guard.REVOKED, SAME, (Step.REFUSE,)), _IGNORE)
 
 
+def _fence_timeout_rows(fence_wait: MoveState) -> dict:
+    """resv-fence's: past --fence-timeout force the fences of responsive importers, then wait
+    again, for their devices to confirm the reset too (--reset-grace-ms, else they are lost)."""
+    return {
+        (fence_wait, MoveEvent.FENCE_TIMEOUT): (
+            Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.AWAIT_RESETS, Step.WAIT_FENCES)),),
+        (fence_wait, MoveEvent.RESET_TIMEOUT): (Rule(Guard.ALWAYS, SAME, (Step.REVOKE_UNCONFIRMED, Step.WAIT_FENCES)),),
+    }
+
+
 def _invalidate_and_wait(notifying: MoveState, fence_wait: MoveState, done: Rule) -> dict:
     """The locked part of a revocation (or un-revocation): invalidate_mappings is out; wait for
     every callback's return, then for the fences (BOOKKEEP), then `done`. A callback that does not
@@ -68,7 +78,7 @@ def _invalidate_and_wait(notifying: MoveState, fence_wait: MoveState, done: Rule
         (notifying, MoveEvent.NOTIFY_TIMEOUT): (
             Rule(Guard.ALWAYS, fence_wait, (Step.NOTIFY_TIMED_OUT, Step.GIVE_UP_NOTIFY, Step.WAIT_FENCES)),),
         (fence_wait, MoveEvent.FENCES_SIGNALED): (done,),
-        (fence_wait, MoveEvent.FENCE_TIMEOUT): (Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.WAIT_FENCES)),),
+        **_fence_timeout_rows(fence_wait),
     }
 
 
@@ -94,8 +104,7 @@ EXPORTER = ExporterSpec(
             Rule(Guard.ALWAYS, SAME, (Step.NOTIFY_TIMED_OUT, Step.REVOKE_SILENT)),),
         (MoveState.FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
             Rule(Guard.ALWAYS, MoveState.COPYING, (Step.END_FENCE_WAIT, Step.PUBLISH_KERNEL_FENCE, Step.COPY)),),
-        (MoveState.FENCE_WAIT, MoveEvent.FENCE_TIMEOUT): (
-            Rule(Guard.ALWAYS, SAME, (Step.FORCE_COMPLETE, Step.WAIT_FENCES)),),
+        **_fence_timeout_rows(MoveState.FENCE_WAIT),
         (MoveState.COPYING, MoveEvent.COPY_DONE): (
             Rule(Guard.ALWAYS, MoveState.IDLE,
                  (Step.SIGNAL_KERNEL_FENCE, Step.SWITCH, Step.FREE, Step.END, Step.UNLOCK,

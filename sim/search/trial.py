@@ -15,11 +15,14 @@ Rules:
   every other draw (the workload's buffer, access and durations, the control sockets' delays)
   keeps its default, which the seed fixes.
 - Races are the checker's: the merged history goes through checker.oracle.Oracle, each race it
-  reports (kind, buffer, importer, job) is kept; so is each finding the checker says broke a
-  rule (checker/findings.py BROKEN_RULE_KINDS: a deadlock, a revocation ended with a mapping
-  live; kind, buffer, importer, what it is about), apart from the races: a schedule *caught*
-  something when it has either. Nothing is written; the history is kept only when asked (a
-  catch, for its witness).
+  reports (kind, buffer, importer, job) is kept, and so is each deadlock finding (kind
+  "deadlock", the buffer whose lock the cycle's holder took, the importer whose fence it waited
+  for): a schedule that deadlocks is a catch as much as one that races, and only the checker's
+  wait-for graph says that it did; and each revoke_incomplete finding (Linux 7.1: kind
+  "revoke_incomplete", the buffer, the importer whose mapping was still live, its attachment):
+  a revocation that went on with a mapping live is a broken rule, caught as a deadlock is.
+  FINDING_CATCHES names them. Nothing is written; the history is kept only when asked (a race,
+  for its witness).
 - A schedule judged in memory ends when the window closes with no DMA running (`cut_tail`): the
   importers answered stop with every job over, the exporter with every move over, and nothing
   after (detach, bye, down) begins a job or a move, so no verdict can change; the shutdown is
@@ -190,7 +193,10 @@ class Blocked(BaseException):
 
 @dataclass(frozen=True)
 class RaceId:
-    """A race (or, in Trial.findings, a broken-rule finding: `job` is what it is about)."""
+    """A catch: a race (kind, buffer, importer, job), a deadlock finding ("deadlock", the buffer
+    of the lock in its cycle, the importer of the fence in it, that fence's seq) or a
+    revoke_incomplete finding ("revoke_incomplete", the buffer, the importer, its attachment)."""
+
     kind: str
     buffer: Any
     svc: str
@@ -217,19 +223,13 @@ class Trial:
     history: list[bytes] | None = None
     report: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    findings: list[RaceId] = field(default_factory=list)   # broken-rule findings (never races)
 
     @property
     def decisions(self) -> int:
         return len(self.entries)
 
-    @property
-    def caught(self) -> bool:
-        return bool(self.races or self.findings)
-
     def has(self, kind: str, buffer: Any) -> bool:
-        """A race or broken-rule finding of `kind` on `buffer`."""
-        return any(r.kind == kind and r.buffer == buffer for r in (*self.races, *self.findings))
+        return any(r.kind == kind and r.buffer == buffer for r in self.races)
 
 
 class PrefixGuide(ListGuide):
@@ -254,26 +254,38 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
                     options=config.options)
 
 
-def judge(history: Sequence[bytes], report: bool = False
-          ) -> tuple[list[RaceId], list[RaceId], dict[str, Any] | None]:
-    """The checker's verdicts on a merged history: every race and every broken-rule finding, each
-    in the order it was judged."""
-    from checker.findings import finding_subject
+def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
+    """The checker's verdicts on a merged history: every race, deadlock and revoke_incomplete, in
+    the order it judged them."""
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
-    findings: list[RaceId] = []
 
-    def on_finding(title: str, svc: str, t: int, fields: dict[str, Any]) -> None:
-        subject = finding_subject(fields)
-        if subject is not None:
-            findings.append(RaceId(fields["finding"], *subject))
+    def on_finding(what: str, svc: str, t: int, fields: dict[str, Any]) -> None:
+        if what == "deadlock":
+            races.append(deadlock_id(fields["cycle"]))
+        elif fields.get("finding") == "revoke_incomplete":
+            races.append(RaceId("revoke_incomplete", fields.get("buffer"), str(fields.get("importer")),
+                                fields.get("attachment")))
 
     oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
                     on_finding=on_finding)
     oracle.run(history)
     oracle.finish()
-    return races, findings, (oracle.report() if report else None)
+    return races, (oracle.report() if report else None)
+
+
+# The checker's findings a search catches, beside its races: each says a rule was broken (fence
+# timeouts and forced fences are a bounded wait doing its job, under faults as under bugs).
+FINDING_CATCHES = ("deadlock", "revoke_incomplete")
+
+
+def deadlock_id(cycle: Sequence[Sequence[Any]]) -> RaceId:
+    """A deadlock cycle (checker/waitfor.py nodes: ("lock", buffer), ("move", buffer, id),
+    ("fence", importer, buffer, seq), ("map", importer, id)) as a catch."""
+    lock = next((n[1] for n in cycle if n[0] == "lock"), None)
+    fence = next((n for n in cycle if n[0] == "fence"), None)
+    return RaceId("deadlock", lock, fence[1] if fence else "exporter", fence[3] if fence else None)
 
 
 def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], None] | None = None,
@@ -309,15 +321,15 @@ def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], 
         return Trial([], entries, list(scheduler.streams), 0, 0, chooser.window_steps,
                      time.perf_counter() - began, "", blocked=True)
     history = list(merged(sinks))
-    races, findings, _ = judge(history)
+    races, _ = judge(history)
     error = None if window.cut else outcome.error
     if outcome.crashes:
         error = (error + "; " if error else "") + "crashed: " + ", ".join(outcome.crashes)
-    caught = bool(races or findings)
+    raced = bool(races)
     trial = Trial(races, entries, list(scheduler.streams), outcome.world.steps, outcome.deployment.net.messages,
                   chooser.window_steps, time.perf_counter() - began,
                   hashlib.sha256(b"".join(history)).hexdigest(), error,
-                  history=history if (keep_history or caught) else None, findings=findings)
+                  history=history if (keep_history or raced) else None)
     if chooser.record is not None:
         trial.extra["deviations"] = list(chooser.record)
     return trial
