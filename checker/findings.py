@@ -8,6 +8,8 @@ Rules (docs/events.md, "Findings"):
 - `timeout`: a bounded wait that ran out: `notify` (ack_timeout), `fence` (the first forced
   fence_signal with error "timeout" of one fence wait; later ones of the same wait join it),
   `lease` (importer_lost, reason "lease expired"), `unmap` (unmap_wait_warning, Linux 7.1).
+- `revoke_incomplete` (Linux 7.1, checker/revoke.py): a revocation ended its unmap wait while the
+  exporter still had a mapping of the buffer on record: one item per such mapping.
 - Counts count everything; item lists keep the first MAX_ITEMS. Sentences are written at report
   time, when the history's start and the fate of each cycle are known.
 """
@@ -21,7 +23,7 @@ from checker.waitfor import HOLDER_KINDS, Cycle, Node, WaitFor
 from checker.witness import rel_ms
 
 MAX_ITEMS = 256
-FINDING_KINDS = ("deadlock", "fence_forced", "timeout")
+FINDING_KINDS = ("deadlock", "fence_forced", "timeout", "revoke_incomplete")
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 
@@ -166,10 +168,19 @@ class Findings:
         self.n_timeouts = 0
         self.timeouts_by_kind = {k: 0 for k in TIMEOUT_KINDS}
         self._fence_round: dict[tuple[Any, Any], dict[str, Any]] = {}   # (buffer, move) -> its timeout item
+        self.incomplete: list[dict[str, Any]] = []
+        self.n_incomplete = 0
 
     @property
     def total(self) -> int:
-        return self.waitfor.count + self.n_fence_forced + self.n_timeouts
+        return self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete
+
+    def revoke_incomplete(self, item: dict[str, Any]) -> None:
+        """A mapping still on record when its revocation's unmap wait ended (checker/revoke.py
+        fills in its unmap when it comes)."""
+        self.n_incomplete += 1
+        if len(self.incomplete) < MAX_ITEMS:
+            self.incomplete.append(item)
 
     def forced(self, ev: dict[str, Any], t: int) -> None:
         imp = importer_name(ev.get("importer"))
@@ -215,6 +226,8 @@ class Findings:
             "deadlock": {"count": wf.count, "present_at_end": len(wf.active), "items": deadlocks},
             "fence_forced": {"count": self.n_fence_forced, "items": forced},
             "timeout": {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
+            "revoke_incomplete": {"count": self.n_incomplete, "items": [
+                {**x, "t_s": secs(x["t_ns"]), "sentence": _incomplete_sentence(x, t0)} for x in self.incomplete]},
         }
 
     @staticmethod
@@ -239,6 +252,15 @@ def _forced_sentence(f: dict[str, Any], t0: int) -> str:
         f" (revoke {f['revoke']})" if f.get("revoke") is not None else "")
     return (f"the exporter force-completed {f['importer']}'s fences on buffer {f.get('buffer')}{by} at "
             f"{rel_ms(f['t_ns'], t0)}: {f.get('error') or 'no reason given'}.")
+
+
+def _incomplete_sentence(x: dict[str, Any], t0: int) -> str:
+    then = (f"it unmapped only at {rel_ms(x['unmapped_t'], t0)} ({x['unmapped_by']})" if x.get("unmapped_t") is not None
+            else "it had not unmapped by the end of the history")
+    return (f"revoke {x.get('revoke')} of buffer {x.get('buffer')} ended its unmap wait at {rel_ms(x['t_ns'], t0)} "
+            f"while {x['importer']}'s attachment {x.get('attachment')} was still mapped (map {x.get('map_id')} "
+            f"served at {rel_ms(x['mapped_t'], t0)}); {then}: the exporter went on as if every importer had "
+            f"unmapped, and may reuse or disable memory the importer can still reach.")
 
 
 def _timeout_sentence(x: dict[str, Any], t0: int) -> str:

@@ -271,7 +271,8 @@ class Oracle:
             "invalidate_mappings_returned": self._invalidate_returned,
             "revoke": self.revoke.revoke,
             "unrevoke": self.revoke.unrevoke,
-            "unmap_wait_end": self.revoke.unmap_wait_end,
+            "unmap_wait_end": self._unmap_wait_end,
+            "unmap_served": self._unmap_served,
             "unmap_wait_warning": self._unmap_wait_warning,
             "revoked": self._revoked,
             "ack_sent": self._ack_sent,
@@ -660,6 +661,7 @@ class Oracle:
     def _detach(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
             self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
+            self.revoke.unmapped(importer_name(ev.get("importer")), ev.get("attachment"), t, "detach")
             if self._wf_deferred:
                 imp = importer_name(ev.get("importer"))
                 self.waitfor.attachment_gone(imp, ev.get("attachment"), t, {
@@ -942,9 +944,13 @@ class Oracle:
         if type(imp) is not str:
             imp = importer_name(imp)
         self.served[(imp, ev.get("attachment"))] = (ev.get("id"), t, ev)
+        self.revoke.served(imp, ev, t)
         if self._wf_deferred:
             self.waitfor.map_done(imp, ev.get("id"), t, {"event": "map_served", "svc": svc, "importer": imp,
                                                          "id": ev.get("id"), "buffer": ev.get("buffer")})
+
+    def _unmap_served(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self.revoke.unmapped(importer_name(ev.get("importer")), ev.get("attachment"), t, "unmap_served")
 
     def _op_answered(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if ev.get("ok") is not False or ev.get("op") != "map" or svc != "exporter":
@@ -965,6 +971,8 @@ class Oracle:
             return
         buffer, att = ev["buffer"], ev.get("attachment")
         st = self._att(svc, att)
+        if not st.mapped:
+            return  # nothing mapped: no access to judge until it maps again (a new mapping)
         if st.win is not None and st.win.end is None and st.win.start is not None:
             return  # already past its fences: the earlier window is the stricter one
         key = _op_key(ev)
@@ -998,6 +1006,12 @@ class Oracle:
         if st is not None and st.win is not None:
             self._end_window(st, t, "revoked")
 
+    def _unmap_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        for item in self.revoke.unmap_wait_end(ev, t, svc):
+            self.findings.revoke_incomplete(item)
+            if self.on_finding is not None:
+                self.on_finding("revoke incomplete", "exporter", t, {"finding": "revoke_incomplete", **item})
+
     def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
         name = self.revoke.warned(ev)
         self._timeout("unmap", t, buffer=ev.get("buffer"), revoke=ev.get("revoke"), importers=[name],
@@ -1021,6 +1035,7 @@ class Oracle:
     def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.attachments_revoked += 1
         self.revoked_by_reason[str(ev.get("reason"))] += 1
+        self.revoke.unmapped(importer_name(ev.get("importer")), ev.get("attachment"), t, "attachment_revoked")
         self.served.pop((importer_name(ev.get("importer")), ev.get("attachment")), None)
         if self._wf_deferred:
             imp = importer_name(ev.get("importer"))

@@ -201,13 +201,16 @@ def _findings(f: dict[str, Any]) -> list[str]:
     if not f.get("total"):
         return out + ["None: no deadlock, no fence forced, no timeout.", ""]
     dl, ff, to = f.get("deadlock") or {}, f.get("fence_forced") or {}, f.get("timeout") or {}
+    ri = f.get("revoke_incomplete") or {}
     by_kind = ", ".join(f"{k} {n}" for k, n in (to.get("by_kind") or {}).items() if n)
     out += _table(["finding", "count"], [("deadlock", dl.get("count", 0)),
                                          ("deadlocks still present at the end", dl.get("present_at_end", 0)),
                                          ("fences forced", ff.get("count", 0)),
-                                         ("timeouts" + (f" ({by_kind})" if by_kind else ""), to.get("count", 0))])
+                                         ("timeouts" + (f" ({by_kind})" if by_kind else ""), to.get("count", 0)),
+                                         ("revocations ended with a mapping live", ri.get("count", 0))])
     out.append("")
-    for title, part in (("Deadlocks", dl), ("Fences forced", ff), ("Timeouts", to)):
+    for title, part in (("Deadlocks", dl), ("Fences forced", ff), ("Timeouts", to),
+                        ("Revocations ended with a mapping live", ri)):
         items = part.get("items") or []
         if not items:
             continue

@@ -7,6 +7,11 @@ Rules (docs/events.md, "Linux 7.1: invalidate_mappings and revoke"):
 - `unmap_wait_ms`: `unmap_wait_end.waited_ns` of each revocation, as p50 and max (and n).
 - `broken_importers`: the importers named by an `unmap_wait_warning` (VFIO's "importer has a
   broken invalidate_mapping()"), sorted, each once. Each warning is also an `unmap` timeout finding.
+- A revocation must not end its unmap wait while a mapping of its buffer is live: the exporter's
+  own record of what it mapped (`map_served`, until `unmap_served`, `attachment_revoked` or
+  `detach` of that attachment) says which are. Each one still mapped at `unmap_wait_end` is a
+  `revoke_incomplete` finding (the revocation went on as if that importer had unmapped: what the
+  kref-reinit race of the VFIO series did), with when it was mapped and when it did unmap.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ class RevokeTally:
         self.maps_refused = 0
         self.unmap_wait = LogHistogram()
         self.broken: set[str] = set()
+        self.mapped: dict[tuple[str, Any], tuple[Any, int, Any]] = {}  # (importer, att) -> (buffer, t, map id)
+        self.early: dict[tuple[str, Any], list[dict[str, Any]]] = {}   # still mapped at an unmap_wait_end
 
     def revoke(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
@@ -40,10 +47,29 @@ class RevokeTally:
         if ev.get("code") == NO_DEVICE:
             self.maps_refused += 1
 
-    def unmap_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
+    def served(self, imp: str, ev: dict[str, Any], t: int) -> None:
+        """The exporter's map_served: the attachment is mapped."""
+        self.mapped[(imp, ev.get("attachment"))] = (ev.get("buffer"), t, ev.get("id"))
+
+    def unmapped(self, imp: str, att: Any, t: int, how: str) -> None:
+        """unmap_served, attachment_revoked or the exporter's detach: the mapping is gone."""
+        if self.mapped.pop((imp, att), None) is not None and self.early:
+            for item in self.early.pop((imp, att), ()):
+                item["unmapped_t"], item["unmapped_by"] = t, how
+
+    def unmap_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> list[dict[str, Any]]:
+        """The revocation's unmap wait ended: the mappings of its buffer still live (findings)."""
         waited = ev.get("waited_ns")
         if type(waited) is int and waited >= 0:
             self.unmap_wait.add(waited)
+        buffer, out = ev.get("buffer"), []
+        for (imp, att), (buf, since, map_id) in self.mapped.items():
+            if buf == buffer:
+                item = {"t_ns": t, "buffer": buffer, "revoke": ev.get("revoke"), "importer": imp, "attachment": att,
+                        "mapped_t": since, "map_id": map_id, "unmapped_t": None, "unmapped_by": None}
+                self.early.setdefault((imp, att), []).append(item)
+                out.append(item)
+        return out
 
     def warned(self, ev: dict[str, Any]) -> str:
         name = importer_name(ev.get("importer"))

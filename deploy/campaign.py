@@ -88,7 +88,8 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
                 module = strategies.resolve(n)
             except strategies.StrategyError as exc:
                 raise CampaignError(f"--strategies: {exc}") from None
-            out.append((module.NAME, {"strategy": module.SOURCE, **strategies.mutants.params_of(n)}))
+            mutant_params = {} if n in strategies.REVOKE_MUTANTS else strategies.mutants.params_of(n)
+            out.append((module.NAME, {"strategy": module.SOURCE, **mutant_params}))
         elif n in variants:
             out.append((n, variants[n]))
         elif n in strategies.STRATEGIES:

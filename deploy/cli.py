@@ -58,6 +58,7 @@ RUN_EPILOG = examples(
     "dmabuf-emu run --strategy move-notify --importers 4 --duration 3 --out runs/mn",
     "dmabuf-emu run scenarios/move-notify-ack.toml --out runs/mna",
     "dmabuf-emu run --strategy resv-fence --fault restart:target=importer-2,at=1.5 --out runs/restart",
+    "dmabuf-emu run scenarios/revoke.toml --out runs/revoke",
     note="Stopped by Ctrl-C, SIGTERM or SIGHUP (timeout, a CI runner, a closing terminal), run stops the "
          "workload, takes the services down, removes the segments, writes report.json and report.md with "
          "`interrupted` ({signal, at, during}), says so in one line and exits 128 + the signal: 130 for "

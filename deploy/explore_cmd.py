@@ -198,9 +198,12 @@ def check_size(spec: Any) -> None:
 
 
 def result_lines(r: dict[str, Any], out: Path) -> list[str]:
+    from sim.search.trial import FINDING_CATCHES
     races = r["races"]
     lines = []
-    found = "race" if set(races) - {"deadlock"} else "deadlock"    # a deadlock finding is a catch too
+    # a finding the checker says broke a rule is a catch too (sim/search/trial.py FINDING_CATCHES)
+    kinds = sorted(set(races) & set(FINDING_CATCHES))
+    found = "race" if set(races) - set(FINDING_CATCHES) else f"{', '.join(kinds)} (a finding, no race)"
     if r["search"] == "exhaustive":
         if r["exhausted"] and not races:
             lines.append(f"exhausted: {r['schedules']} schedules within bound {r['bound']} ({r['bound_kind']}), no race"

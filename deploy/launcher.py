@@ -229,7 +229,7 @@ def _importer_argv(params: RunParams, out: Path, n: int, rpc: str, control: str,
             *(["--run-id", run_id] if run_id else []), *_watch_argv(launcher), "--out", str(out),
             "--exporter", security.connect_endpoint(rpc), "--control", control,
             "--credentials", str(out / "secrets" / f"importer-{n}.json"),
-            *service_argv(params.as_dict(), "importer"),
+            *service_argv(params.for_importer(f"importer-{n}"), "importer"),
             "--faults", faults.encode(list(params.faults)), "--incarnation", str(incarnation)]
 
 

@@ -11,7 +11,9 @@ underscores:
     buffer_size = "256KiB"
     duration = 3
 
-A bad value gets one line naming the key (or flag) and what was expected; nothing starts.
+A parameter declared with a `table` (importer_kind: `[importer_kinds]`) may also be set per
+importer by that table; the flag or key sets the others. A bad value gets one line naming the key
+(or flag) and what was expected; nothing starts.
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ class _RunParamsMethods:
             return list(range(self.buffers))  # type: ignore[attr-defined]
         return list(self.grants.get(importer, []))  # type: ignore[attr-defined]
 
+    def for_importer(self, importer: str) -> dict[str, Any]:
+        """as_dict() with each per-importer table's value for `importer` in its parameter."""
+        d = self.as_dict()
+        for p in TABLES:
+            table = d.get(p.table) or {}
+            if importer in table:
+                d[p.name] = table[importer]
+        return d
+
 
 _TYPES = {"int": int, "float": float, "size": int, "choice": str, "bool": bool, "address": str, "strategy": str}
 
@@ -70,7 +81,9 @@ RunParams = dataclasses.make_dataclass(
       dataclasses.field(default=p.default)) for p in PARAMS]
     + [("faults", tuple[dict[str, Any], ...], dataclasses.field(default=())),
        ("grants", dict[str, list[int]] | None,       # importer -> buffers it may attach (None: all to all)
-        dataclasses.field(default=None))],
+        dataclasses.field(default=None))]
+    # importer -> value, for each parameter declared with a table (None: the parameter's for all)
+    + [(p.table, dict[str, Any] | None, dataclasses.field(default=None)) for p in PARAMS if p.table],
     bases=(_RunParamsMethods,), frozen=True)
 RunParams.__module__ = __name__
 
@@ -98,7 +111,8 @@ def _checker(p: Param) -> Callable[[Any], Any]:
 
 OPTIONS: tuple[Option, ...] = tuple(Option(p.name, _checker(p), p.help, p.metavar) for p in PARAMS)
 _BY_KEY = {o.key: o for o in OPTIONS}
-SCENARIO_EXTRA_KEYS = {"name", "description", "faults", "grants"}
+TABLES: tuple[Param, ...] = tuple(p for p in PARAMS if p.table)
+SCENARIO_EXTRA_KEYS = {"name", "description", "faults", "grants", *(p.table for p in TABLES)}
 _IMPORTER_NAME = re.compile(r"importer-[1-9][0-9]*", re.ASCII)
 
 
@@ -118,8 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, title: str = "run paramete
     group.add_argument("--fault", dest="faults", action="append", default=None, metavar="KIND[:k=v,...]",
                        help="inject a fault; repeatable; replaces the scenario's [[faults]]. Kinds: "
                             "delay drop dup reorder (messages), kill pause restart (processes), rogue "
-                            "slow-dma early-ack ignore-notify (devices); keys target, at, for, p, op and "
-                            "the kind's own. Example: --fault delay:target=exporter,op=move_notify,ms=5")
+                            "slow-dma early-ack ignore-notify (devices), revoke (buffers, by the exporter: "
+                            "revoke:at=S,for=S[,target=BUFFERS]); keys target, at, for, p, op and the kind's "
+                            "own. Example: --fault delay:target=exporter,op=move_notify,ms=5")
 
 
 def load_scenario(path: Path) -> dict[str, Any]:
@@ -141,6 +156,9 @@ def load_scenario(path: Path) -> dict[str, Any]:
         elif key == "grants":
             if not isinstance(value, dict):
                 raise OptionError(f"{path}: 'grants' must be a table: [grants] importer-1 = [0, 1]")
+        elif key in SCENARIO_EXTRA_KEYS and key not in ("name", "description"):
+            if not isinstance(value, dict):
+                raise OptionError(f"{path}: '{key}' must be a table: [{key}] importer-1 = ...")
         elif key in ("name", "description"):
             if not isinstance(value, str):
                 raise OptionError(f"{path}: key '{key}' must be a string, got {value!r}")
@@ -159,6 +177,9 @@ def _checked_values(data: dict[str, Any], where: str) -> dict[str, Any]:
         raise OptionError(str(exc)) from None
     if data.get("grants") is not None:
         values["grants"] = _grants(data["grants"], f"{where}: [grants]")
+    for p in TABLES:
+        if data.get(p.table) is not None:
+            values[p.table] = _per_importer(p, data[p.table], f"{where}: [{p.table}]")
     for key, raw in data.items():
         if key in _BY_KEY and raw is not None:
             try:
@@ -182,7 +203,7 @@ def from_mapping(data: Any, where: str) -> RunParams:
     keys and bad values are OptionErrors naming `where` and the key; None means the default."""
     if not isinstance(data, dict):
         raise OptionError(f"{where}: expected a table of options, got {type(data).__name__}")
-    known = set(_BY_KEY) | {"faults", "grants"}
+    known = set(_BY_KEY) | {"faults", "grants", *(p.table for p in TABLES)}
     for key in data:
         if key not in known:
             raise OptionError(f"{where}: unknown key '{key}'")
@@ -210,6 +231,21 @@ def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
             except OptionError as exc:
                 raise OptionError(f"--{key.replace('_', '-')} {exc}") from None
     return _finished(RunParams(**values))
+
+
+def _per_importer(p: Param, table: dict[str, Any], where: str) -> dict[str, Any]:
+    """importer-N = value, each value checked as the parameter's."""
+    if not isinstance(table, dict):
+        raise OptionError(f"{where}: must be a table of importer-N = value, got {table!r}")
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        if not _IMPORTER_NAME.fullmatch(name):
+            raise OptionError(f"{where}: key '{name}' must be an importer name, importer-N")
+        try:
+            out[name] = params.check(p, value)
+        except params.ParamError as exc:
+            raise OptionError(f"{where}: '{name}' {exc}") from None
+    return out
 
 
 def _grants(table: dict[str, Any], where: str) -> dict[str, list[int]]:
@@ -247,6 +283,11 @@ def _check_together(p: RunParams) -> None:
     if p.transport == "tcp" and p.curve is False and not _is_loopback(p.bind_address):
         raise OptionError(f"bind ({p.bind}) is beyond loopback: refusing to run without CURVE; "
                           f"drop curve = off (dmabuf-emu makes the keys)")
+    for t in TABLES:
+        for name in getattr(p, t.table) or {}:
+            if int(name[9:]) > p.importers:
+                raise OptionError(f"{t.table}: {name} does not exist (importers: {p.importers})")
+    _check_revoke_faults(p)
     if p.grants is not None:
         for name, buffers in p.grants.items():
             if int(name[9:]) > p.importers:
@@ -255,6 +296,22 @@ def _check_together(p: RunParams) -> None:
             if bad:
                 raise OptionError(f"grants: {name} names buffer {bad[0]}; buffers are 0..{p.buffers - 1}")
     _check_memory(p)
+
+
+def _check_revoke_faults(p: RunParams) -> None:
+    """A revoke fault needs a strategy whose exporter table revokes, and buffers that exist."""
+    revokes = [f for f in p.faults if f["kind"] == "revoke"]
+    if not revokes:
+        return
+    from protocol.exporter import compile_spec
+    from protocol.strategies import resolve
+    if not compile_spec(resolve(p.strategy).EXPORTER).revokes:
+        raise OptionError(f"fault revoke: strategy {p.strategy} cannot revoke a buffer (its exporter table has "
+                          f"no revocation: no row marks a buffer revoked); use --strategy revoke")
+    for f in revokes:
+        bad = [b for b in faults.revoked_buffers(f, p.buffers) if b >= p.buffers]
+        if bad:
+            raise OptionError(f"fault revoke: target names buffer {bad[0]}; buffers are 0..{p.buffers - 1}")
 
 
 def _check_memory(p: RunParams) -> None:

@@ -32,7 +32,7 @@ import zmq
 from protocol import wire
 from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
                               Send, SignalKernelFence, StampBuffer, StartTimer, WaitFences)
-from protocol.exporter import Exporter, ExporterConfig, HeapConfig
+from protocol.exporter import Exporter, ExporterConfig, HeapConfig, compile_spec
 from protocol.heap import LINE
 from protocol.params import default_s
 from protocol.strategies import resolve as resolve_strategy
@@ -43,6 +43,8 @@ from runtime.msgfaults import MessageFaults
 from runtime.reliable import IN_PROGRESS, Outstanding, ReplyCache
 from runtime.service import ServiceShell
 from runtime.timers import HalfTimers
+
+from exporter_svc import revocations
 
 COPY_CHUNK = 256 * 1024      # bytes copied per loop turn: messages are served between chunks
 FENCE_POLL_S = 0.0005
@@ -64,6 +66,7 @@ class ExporterArgs:
     ack_timeout_s: float
     fence_timeout_s: float
     hint_policy: str
+    unmap_wait_s: float = default_s("unmap_wait_ms")
     reset_grace_s: float = default_s("reset_grace_ms")
     lease_s: float = default_s("lease_ms")
     retry_s: float = default_s("retry_ms")
@@ -109,6 +112,7 @@ class ExporterService(ServiceShell):
         """`credentials`: (secret, CURVE keys or None) when the caller has them; otherwise they are
         read from args.credentials (load_credentials)."""
         strategy = resolve_strategy(args.strategy)  # a broken strategy stops us before anything exists
+        revocations.check(list(args.faults), args.buffers, compile_spec(strategy.EXPORTER).revokes)
         secret, curve = credentials if credentials is not None else load_credentials(args)
         super().__init__("exporter", args.out, args.control, env, launcher=args.launcher,
                          watch_every_s=args.lease_s)
@@ -133,7 +137,8 @@ class ExporterService(ServiceShell):
                    HeapConfig("sys", self.segments["sys"].name, args.sys_size)),
             fences_shm=self.segments["fences"].name, fence_slots=slots,
             ack_timeout_s=args.ack_timeout_s, fence_timeout_s=args.fence_timeout_s,
-            reset_grace_s=args.reset_grace_s, hint_policy=args.hint_policy, lease_s=args.lease_s, secret=secret,
+            unmap_wait_s=args.unmap_wait_s, reset_grace_s=args.reset_grace_s, hint_policy=args.hint_policy,
+            lease_s=args.lease_s, secret=secret,
             max_attachments=args.max_attachments or max(64, 2 * args.buffers),
             max_mappings=args.max_mappings, max_in_flight=args.max_in_flight))
         self.curve = curve is not None
@@ -160,6 +165,8 @@ class ExporterService(ServiceShell):
         })
         self.timers = HalfTimers(self.loop, self._timer_fired)
         self.handlers.update({StartTimer: self.timers.start, CancelTimer: self.timers.cancel})
+        self.revocations = revocations.Revocations(self.loop, self.log, list(args.faults), args.buffers,
+                                                   self._revoke_step)
         self._fence_watch: dict[int, object] = {}   # move -> the WaitFences being polled for it
         self._pressure: int | None = None
         self._stopping = False
@@ -208,6 +215,7 @@ class ExporterService(ServiceShell):
         if self._pressure is None and self.args.move_rate > 0:
             self._schedule_pressure()
         self.msgfaults.start_clock()
+        self.revocations.start()
         self.state = "running"
         self._control_reply(peer, wire.ok_reply(msg))
 
@@ -217,6 +225,7 @@ class ExporterService(ServiceShell):
         if self._pressure is not None:
             self.loop.cancel(self._pressure)
             self._pressure = None
+        self.revocations.stop()
         self.state = "stopping"
         self.defer_control("stop", peer, msg)
         self.perform(self.engine.cancel_queued_moves(self.loop.now_ns()))
@@ -258,6 +267,10 @@ class ExporterService(ServiceShell):
         """How long until the next pressure tick: 1/move_rate (the simulator may steer each wait
         to replay a real run's timing: sim/driver.py steer_moves)."""
         return 1.0 / self.args.move_rate
+
+    def _revoke_step(self, step: str, buffer: int) -> None:
+        half = self.engine.revoke_buffer if step == "revoke" else self.engine.unrevoke_buffer
+        self._guarded(step, lambda: half(buffer, self.loop.now_ns()))
 
     def _guarded(self, where: str, call: Any) -> None:
         try:

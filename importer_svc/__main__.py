@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ImporterArgs(name=a.name, index=a.index, out=a.out, exporter=a.exporter, control=a.control,
                         strategy=a.strategy, seed=a.seed, chunk_ms=a.chunk_ms,
                         lease_ms=a.lease_ms, retry_ms=a.retry_ms, faults=faults, incarnation=a.incarnation,
-                        credentials=a.credentials, launcher=a.launcher,
+                        credentials=a.credentials, launcher=a.launcher, kind=a.importer_kind,
                         workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio, a.pin_ratio))
     try:
         service = ImporterService(args)

@@ -114,6 +114,13 @@ class DmaEngine:
                 out.append(job.start.job)
         return out
 
+    def abort(self, job: int, reason: str) -> None:
+        """Stop one job now (a synchronous revoke): dma_end aborted with `reason`, its fence
+        signaled; nobody is told it is done (the driver stopped it)."""
+        j = self._jobs.get(job)
+        if j is not None:
+            self._finish(j, aborted=reason)
+
     def abort_all(self, reason: str) -> list[int]:
         """Stop every job now (the lease ran out, or the exporter is gone). Returns the driver's
         jobs (not rogue ones) that were running."""

@@ -32,9 +32,9 @@ from typing import Any
 import zmq
 
 from protocol import wire
-from protocol.actions import (AckOwed, Acked, Action, CancelTimer, ExporterLost, JobFinished, Joined,
-                              LeaseExpired, Left, ProgramIommu, Ready, Send, SignalFence, StartDma,
-                              StartTimer, TeardownIommu, WaitKernelFence)
+from protocol.actions import (AckOwed, Acked, Action, CancelTimer, ExporterLost, Invalidated, JobFinished, Joined,
+                              LeaseExpired, Left, ProgramIommu, Ready, Send, SignalFence, StartDma, StartTimer,
+                              StopDma, TeardownIommu, WaitKernelFence)
 from protocol.importer import Importer, ImporterFatal
 from protocol.params import default
 from protocol.strategies import resolve as resolve_strategy
@@ -81,6 +81,7 @@ class ImporterArgs:
     incarnation: int = 0
     credentials: Path | None = None
     launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
+    kind: str = default("importer_kind")  # dynamic, pinned-revocable or static (protocol/importer.py)
 
 
 def load_credentials(args: ImporterArgs) -> tuple[str, dict[int, str], dict[str, Any] | None]:
@@ -113,7 +114,8 @@ class ImporterService(ServiceShell):
         self.lease_s = args.lease_ms / 1000
         self.engine = Importer(strategy.IMPORTER, args.name, self.env.pid,
                                first_id=self.id_base + 1, join_token=join, export_tokens=exports,
-                               lease_s=self.lease_s, heartbeat_first_id=self.id_base + HEARTBEAT_IDS + 1)
+                               lease_s=self.lease_s, heartbeat_first_id=self.id_base + HEARTBEAT_IDS + 1,
+                               kind=args.kind)
         self.dealer = self.transport.dealer(args.exporter, identity=args.name.encode(),
                                        secure=security.curve_client(curve) if curve is not None else None)
         self.loop.add_reader(self.dealer, self._on_dealer)
@@ -147,6 +149,7 @@ class ImporterService(ServiceShell):
             JobFinished: self._do_job_finished, Left: self._do_left,
             Acked: self._do_acked, AckOwed: lambda action: None,  # the early-ack fault reads AckOwed
             LeaseExpired: self._do_lease_expired, ExporterLost: self._do_exporter_lost,
+            StopDma: self._do_stop_dma, Invalidated: self._do_invalidated,
         })
         self.timers = HalfTimers(self.loop, self._timer_fired)
         self.handlers.update({StartTimer: self.timers.start, CancelTimer: self.timers.cancel})
@@ -212,6 +215,12 @@ class ImporterService(ServiceShell):
         self._call(lambda: self.engine.shutdown(self.loop.now_ns()))
 
     def after_actions(self) -> None:
+        # A slot freed while no buffer was idle (its job failed with the unmap still out) is
+        # refilled once one is: otherwise a device whose buffers were all busy so would stall.
+        if (self.workload.running and not self._refill_pending
+                and self.engine.busy_jobs < self.args.workload.queue_depth and self.engine.idle_buffers()):
+            self._refill_pending = True
+            self.loop.call_later(self.workload.think_s(), self._refill)
         if self.has_deferred("stop") and self.engine.busy_jobs == 0:
             if self.state == "stopping":
                 self.state = "stopped"
@@ -262,7 +271,7 @@ class ImporterService(ServiceShell):
         self._call(functools.partial(self.engine.handle_reply, msg, now))
 
     def _on_request(self, msg: wire.Message, now: int) -> None:
-        """move_notify (the only request an exporter sends): served once per id."""
+        """move_notify or invalidate_mappings (the requests an exporter sends): served once per id."""
         cached = self.replies.check(b"", msg.id)
         if cached is not None:
             self.log.emit("dedup", op=msg.OP, id=msg.id, what="request")
@@ -270,10 +279,11 @@ class ImporterService(ServiceShell):
                 self.msgfaults.submit(b"", cached, "reply", msg.id)
             return
         early = False
-        if isinstance(msg, wire.MoveNotify) and self.device_faults:
+        if isinstance(msg, (wire.MoveNotify, wire.InvalidateMappings)) and self.device_faults:
             if self.device_faults.fires("ignore-notify", now) is not None:
                 self.replies.forget(b"", msg.id)  # a retry is dropped (or not) on its own draw
-                self.log.emit("fault", kind="ignore-notify", target=self.svc, buffer=msg.buffer, move=msg.move, id=msg.id)
+                self.log.emit("fault", kind="ignore-notify", target=self.svc, buffer=msg.buffer, move=msg.move,
+                              id=msg.id, **({"revoke": msg.revoke} if isinstance(msg, wire.InvalidateMappings) else {}))
                 return
             early = self.device_faults.fires("early-ack", now) is not None
         if not early:
@@ -366,8 +376,9 @@ class ImporterService(ServiceShell):
 
     # ------------------------------------------------------------------ device faults
 
-    def _maybe_rogue(self, start: StartDma | None, after: str) -> None:
-        """The rogue device fault: keep doing DMA on the mapping for `ms` after unmap or ack."""
+    def _maybe_rogue(self, start: StartDma | None, after: str, iova: int | None = None) -> None:
+        """The rogue device fault: keep doing DMA on the mapping for `ms` after unmap, ack or an
+        invalidate_mappings return, through the IOVA the job had (or `iova`)."""
         if start is None or not self.device_faults:
             return
         f = self.device_faults.fires("rogue", self.loop.now_ns())
@@ -375,7 +386,7 @@ class ImporterService(ServiceShell):
             return
         self._next_rogue += 1
         rogue = StartDma(self._next_rogue, start.buffer, start.attachment, f["access"], start.placement, False)
-        iova = self._iovas.get(start.job)
+        iova = self._iovas.get(start.job, iova)
 
         def go() -> None:  # after the unmap or ack is on record: the device goes on regardless
             self.log.emit("fault", kind="rogue", target=self.svc, job=rogue.job, of_job=start.job,
@@ -386,6 +397,17 @@ class ImporterService(ServiceShell):
 
     def _do_acked(self, action: Acked) -> None:
         self._maybe_rogue(self._last_start.get(action.buffer), "ack")
+
+    def _do_invalidated(self, action: Invalidated) -> None:
+        """Linux 7.1: the callback returned; a rogue device goes on through the attachment's
+        entries still programmed (until the unmap tears them down)."""
+        start = self._last_start.get(action.buffer)
+        if start is not None and start.attachment == action.attachment:
+            self._maybe_rogue(start, "invalidate_mappings", iova=self.iommu.iova_of(action.attachment))
+
+    def _do_stop_dma(self, action: StopDma) -> None:
+        self.dma.abort(action.job, action.reason)
+        self._starts.pop(action.job, None)
 
     def _do_joined(self, action: Joined) -> None:
         if not self.segments:  # a rejoin keeps the segments it has

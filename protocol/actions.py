@@ -176,6 +176,27 @@ class WaitKernelFence:
 
 
 @dataclass(frozen=True, slots=True)
+class StopDma:
+    """Stop job `job` on `buffer` now, before the next action (a pinned-revocable importer's revoke
+    callback stops its hardware's access before it returns): its dma_end says aborted, with
+    `reason`, its fence signals. The half has ended the job already: no dma_done follows."""
+
+    job: int
+    buffer: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidated:
+    """The driver's invalidate_mappings callback returned for `attachment` of `buffer` (Linux 7.1):
+    the device may go on until its fences retire, then only read and discard until the unmap
+    (a rogue device writes regardless)."""
+
+    attachment: int
+    buffer: int
+
+
+@dataclass(frozen=True, slots=True)
 class SignalFence:
     """Signal fence `seq` of this importer's `slot` (the slot it published the fence under) on
     `buffer` (one the engine left unsignaled: StartDma with signal "held"), and record its
@@ -243,4 +264,4 @@ class ExporterLost:
 Action = (Send | Emit | StartTimer | CancelTimer | StampBuffer | CopyBuffer | WaitFences
           | ForceCompleteFences | PublishKernelFence | SignalKernelFence | Joined | Ready
           | ProgramIommu | TeardownIommu | StartDma | WaitKernelFence | SignalFence | JobFinished | Left
-          | AckOwed | Acked | LeaseExpired | ExporterLost)
+          | AckOwed | Acked | LeaseExpired | ExporterLost | StopDma | Invalidated)

@@ -16,7 +16,14 @@ Rules of this file:
 - `iommu` is what the device's IOMMU entries for an attachment point at; `mapping` is the
   placement the current job uses. They differ only where a strategy reuses stale entries.
 - move_notify is answered at once (the kernel callback returns without blocking); an `ack`, where a
-  strategy sends one, is a separate message.
+  strategy sends one, is a separate message. Linux 7.1's invalidate_mappings is the same callback
+  under its 7.1 name (INVALIDATE_MAPPINGS); its return is recorded (`invalidate_mappings_returned`,
+  with `stopped`: no DMA of the driver was running on the attachment any more).
+- An importer has a kind (protocol/params.py IMPORTER_KINDS): `dynamic` (the strategy's table),
+  `pinned-revocable` (pins each buffer after attaching it, and its revoke callback stops the DMA
+  before it returns: rows of the strategy's `kinds`, else KIND_ROWS), `static` (no
+  invalidate_mappings: its attach says it is not revocable; the exporter pins it, or refuses it
+  with not_supported if it revokes). Every kind's table is checked when the strategy is loaded.
 - Entry points take `now` (monotonic ns, from the shell) and return actions. No I/O, no clock, no
   randomness: which buffer a job uses and when is the shell's workload's business. Time enters as
   `now` and as the heartbeat timer this half starts (StartTimer) and the shell fires.
@@ -44,15 +51,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
 
 from protocol import machine
-from protocol.actions import (AckOwed, Acked, Action, Emit, ExporterLost, JobFinished, Joined, LeaseExpired,
-                              Left, ProgramIommu, Ready, Send, SignalFence, StartDma, StartTimer,
-                              TeardownIommu, WaitKernelFence)
+from protocol.actions import (AckOwed, Acked, Action, Emit, ExporterLost, Invalidated, JobFinished, Joined,
+                              LeaseExpired, Left, ProgramIommu, Ready, Send, SignalFence, StartDma, StartTimer,
+                              StopDma, TeardownIommu, WaitKernelFence)
 from protocol.fence import usage_for_access
 from protocol.lease import ImporterLease
 from protocol.machine import ANY, SAME, VIOLATION, Rule, TableError, TransitionError, choose
+from protocol.params import IMPORTER_KINDS
 from protocol.wire import (Ack, Attach, AttachReply, Bye, Detach, ErrorCode, ErrorReply, Heartbeat, Hello,
-                           HelloReply, Map, MapReply, Message, MoveNotify, OkReply, Pin, Placement, Unmap,
-                           UnmapReply, Unpin)
+                           HelloReply, InvalidateMappings, Map, MapReply, Message, MoveNotify, OkReply, Pin,
+                           Placement, Unmap, UnmapReply, Unpin)
 
 
 class AttState(enum.Enum):
@@ -63,12 +71,14 @@ class AttState(enum.Enum):
     MAPPING = "mapping"        # map request out
     FENCE_WAIT = "fence_wait"  # mapped; waiting for the move's KERNEL fence before touching it
     ACTIVE = "active"          # mapped; DMA running
+    MAPPED = "mapped"          # mapped, no job: the mapping is kept for the next one (a dynamic importer's cache)
     KEPT = "kept"              # a job that pinned is over and unpinned: still mapped, the mapping kept for
                                # the next job until move_notify invalidates it (dma_buf_unpin)
     UNMAPPING = "unmapping"    # unmap request out
     DETACHING = "detaching"    # detach request out
     DETACHED = "detached"
     REVOKED = "revoked"        # the exporter took the attachment away (and it is not attached again)
+    REFUSED = "refused"        # the exporter refused the attach (not_supported: it cannot revoke this importer)
 
 
 class AttEvent(enum.Enum):
@@ -83,6 +93,7 @@ class AttEvent(enum.Enum):
     UNMAP_OK = "unmap_ok"              # ctx: reply, latency, request_id
     UNMAP_FAILED = "unmap_failed"      # the exporter no longer knows the mapping (ctx: latency, request_id)
     MOVE_NOTIFY = "move_notify"        # ctx: notify
+    INVALIDATE_MAPPINGS = "invalidate_mappings"  # Linux 7.1's move_notify (ctx: notify, an InvalidateMappings)
     REVOKED = "revoked"                # a reply says the attachment is gone (ctx: code)
     LEAVE = "leave"                    # the importer is leaving: detach if you can
     DETACH_DONE = "detach_done"        # the detach reply, ok or not (ctx: reply, latency)
@@ -101,6 +112,7 @@ class IGuard(enum.Enum):
     LEAVING = "leaving"          # the importer is leaving
     REATTACHING = "reattaching"  # this attach is an attachment attached again after a revocation
     MAY_REATTACH = "may_reattach"  # revoked as no_such_attachment, granted, and not leaving: attach again
+    NOT_SUPPORTED = "not_supported"  # the attach was refused: this importer cannot be revoked
     PIN_JOB = "pin_job"          # the job asks to pin its buffer first and unpin it after (--pin-ratio)
     PIN_HELD = "pin_held"        # this attachment holds a pin
 
@@ -116,6 +128,8 @@ class IStep(enum.Enum):
     LOG_DETACH = "log_detach"            # the detach event
     FORGET = "forget"                    # revoked: the id means nothing any more (revoked event)
     SEND_ATTACH = "send_attach"          # attach the buffer again, as a driver imports a dma-buf anew
+    PIN_AT_ATTACH = "pin_at_attach"      # pin the buffer for good (dma_buf_pin: a pinned importer, once attached)
+    ATTACH_REFUSED = "attach_refused"    # the buffer stays out of this device's reach (attach_refused event)
     # a job
     TAKE_JOB = "take_job"                # the attachment takes the job (its id, access, fresh flags)
     SEND_PIN = "send_pin"                # dma_buf_pin, sent with the map: the exporter serves it first
@@ -133,8 +147,9 @@ class IStep(enum.Enum):
     FINISH_JOB = "finish_job"
     FAIL_JOB = "fail_job"                # job_failed, and the job is over
     ABORT_JOB = "abort_job"              # the job is over, not ok (a reset)
+    STOP_DMA = "stop_dma"                # stop the running job's DMA now, before anything else (a synchronous revoke)
     # move_notify
-    RETURN = "return"                    # the move_notify callback returns (reply ok)
+    RETURN = "return"                    # the move_notify / invalidate_mappings callback returns (reply ok)
     REFUSE_NOTIFY = "refuse_notify"      # this strategy has no move_notify: reply bad_state
     INVALIDATE = "invalidate"            # mark the mapping invalid: nothing new may start on it
     NOTE_CROSSING = "note_crossing"      # our map is out: remember the generation announced moving
@@ -169,6 +184,8 @@ BASE_TABLE: dict[tuple[Any, AttEvent], Any] = {
         Rule(IGuard.REATTACHING, AttState.IDLE, (IStep.ADOPT,)),
         Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.ADOPT, IStep.READY_IF_ALL))),
     (AttState.ATTACHING, AttEvent.ATTACH_FAILED): (
+        # A revoking exporter refuses an importer it cannot revoke: the device goes without the buffer.
+        Rule(IGuard.NOT_SUPPORTED, AttState.REFUSED, (IStep.ATTACH_REFUSED, IStep.READY_IF_ALL)),
         Rule(IGuard.REATTACHING, AttState.REVOKED, (IStep.REATTACH_REFUSED,)),
         Rule(IGuard.ALWAYS, SAME, (IStep.FATAL,))),
     (ANY, AttEvent.ATTACH_OK): VIOLATION,
@@ -192,6 +209,7 @@ BASE_TABLE: dict[tuple[Any, AttEvent], Any] = {
     (ANY, AttEvent.UNMAP_OK): VIOLATION,
     (ANY, AttEvent.UNMAP_FAILED): VIOLATION,
     (ANY, AttEvent.MOVE_NOTIFY): (Rule(IGuard.ALWAYS, SAME, (IStep.REFUSE_NOTIFY,)),),
+    (ANY, AttEvent.INVALIDATE_MAPPINGS): (Rule(IGuard.ALWAYS, SAME, (IStep.REFUSE_NOTIFY,)),),
     # revocation, leaving, starting over
     (ANY, AttEvent.REVOKED): (
         Rule(IGuard.MAY_REATTACH, AttState.ATTACHING, (IStep.TEARDOWN_IOMMU, IStep.FORGET, IStep.SEND_ATTACH)),
@@ -218,13 +236,26 @@ KEEP_ENTRIES_ROWS: dict[tuple[Any, AttEvent], Any] = {
 }
 
 
+# A pinned-revocable importer pins each buffer as soon as it is attached (again). A strategy whose
+# importer can be revoked adds its synchronous-revoke rows in its ImporterSpec.kinds.
+KIND_ROWS: dict[str, dict[tuple[Any, AttEvent], Any]] = {
+    "pinned-revocable": {
+        (AttState.ATTACHING, AttEvent.ATTACH_OK): (
+            Rule(IGuard.REATTACHING, AttState.IDLE, (IStep.ADOPT, IStep.PIN_AT_ATTACH)),
+            Rule(IGuard.ALWAYS, AttState.IDLE, (IStep.ADOPT, IStep.PIN_AT_ATTACH, IStep.READY_IF_ALL))),
+    },
+}
+
+
 @dataclass(frozen=True)
 class ImporterSpec:
-    """A strategy's importer half: its table. `breaks`: the rule a mutant breaks on purpose; only
-    then may the table name a step of MUTANT_ISTEPS."""
+    """A strategy's importer half: its table (a dynamic importer's), and per importer kind the
+    rows that replace the table's for that kind (merged over KIND_ROWS). `breaks`: the rule a
+    mutant breaks on purpose; only then may the table name a step of MUTANT_ISTEPS."""
 
     strategy: str
     table: ImporterTable
+    kinds: Mapping[str, ImporterTable] = field(default_factory=dict)
     breaks: str = ""
 
 
@@ -260,12 +291,17 @@ class Importer:
 
     def __init__(self, spec: ImporterSpec, name: str, pid: int, first_id: int = 1, *,
                  join_token: str = "", export_tokens: Mapping[int, str] | None = None,
-                 lease_s: float | None = None, heartbeat_first_id: int | None = None) -> None:
+                 lease_s: float | None = None, heartbeat_first_id: int | None = None,
+                 kind: str = "dynamic") -> None:
         """join_token: this name's join token; export_tokens: buffer -> export token, the buffers
         this importer was granted (it attaches those, and only those). lease_s: keep the lease
-        and send heartbeats (None: no lease, as in tests that drive the half by hand)."""
+        and send heartbeats (None: no lease, as in tests that drive the half by hand). kind: one
+        of IMPORTER_KINDS (see the rules at the top)."""
+        if kind not in IMPORTER_KINDS:
+            raise ValueError(f"importer kind must be one of {', '.join(IMPORTER_KINDS)}, got {kind!r}")
         self.spec = spec
-        self.table = compile_spec(spec)
+        self.kind = kind
+        self.table = compile_spec(spec, kind)
         self.name = name
         self.pid = pid
         self.join_token = join_token
@@ -326,20 +362,27 @@ class Importer:
         return self._take(now)
 
     def handle_request(self, msg: Message, now: int) -> list[Action]:
-        """A request from the exporter (move_notify). Errors become error replies."""
-        if not isinstance(msg, MoveNotify):
+        """A request from the exporter (move_notify, or invalidate_mappings). Errors become error
+        replies."""
+        if not isinstance(msg, (MoveNotify, InvalidateMappings)):
             self._reply(ErrorReply(id=msg.id, op=msg.OP, code=ErrorCode.BAD_STATE,
                                    message=f"importer {self.name} does not serve '{msg.OP}'"))
             return self._take(now)
         att = self._by_id.get(msg.attachment)
         if att is None or att.buffer != msg.buffer:
             self._reply(ErrorReply(id=msg.id, op=msg.OP, code=ErrorCode.NO_SUCH_ATTACHMENT,
-                                   message=f"move_notify: {self.name} has no attachment {msg.attachment} of buffer {msg.buffer}"))
+                                   message=f"{msg.OP}: {self.name} has no attachment {msg.attachment} of buffer {msg.buffer}"))
             return self._take(now)
-        self._emit("move_notify_received", id=msg.id, buffer=att.buffer, attachment=att.id,
-                   move=msg.move, gen=msg.gen, state=att.state.value)
+        event = AttEvent.MOVE_NOTIFY
+        if isinstance(msg, InvalidateMappings):
+            event = AttEvent.INVALIDATE_MAPPINGS
+            self._emit("invalidate_mappings_received", id=msg.id, buffer=att.buffer, attachment=att.id,
+                       **_op_of(msg), gen=msg.gen, state=att.state.value)
+        else:
+            self._emit("move_notify_received", id=msg.id, buffer=att.buffer, attachment=att.id,
+                       move=msg.move, gen=msg.gen, state=att.state.value)
         try:
-            self._dispatch(att, AttEvent.MOVE_NOTIFY, now, notify=msg)
+            self._dispatch(att, event, now, notify=msg)
         except TransitionError as err:
             self._reply(ErrorReply(id=msg.id, op=msg.OP, code=ErrorCode.BAD_STATE, message=str(err)))
         return self._take(now)
@@ -392,6 +435,9 @@ class Importer:
                 self._dispatch(att, AttEvent.UNMAP_OK if isinstance(reply, UnmapReply) and ok
                                else AttEvent.UNMAP_FAILED, now, **ctx)
                 self._if_revoked(att, reply, now)
+            elif op == "pin" and not ok:
+                self._emit("pin_refused", buffer=buffer, **({"code": reply.code} if isinstance(reply, ErrorReply) else {}))
+                self._if_revoked(att, reply, now)
         return self._take(now)
 
     def shutdown(self, now: int) -> list[Action]:
@@ -441,7 +487,7 @@ class Importer:
         return self._take(now)
 
     def idle_buffers(self) -> list[int]:
-        return [b for b, a in self._atts.items() if a.job is None and a.state in _IDLE]
+        return [b for b, a in self._atts.items() if a.job is None and a.state in _TAKES_JOBS]
 
     @property
     def busy_jobs(self) -> int:
@@ -469,8 +515,7 @@ class Importer:
         granted = [info for info in reply.buffers if info.buffer in self.export_tokens]
         for info in granted:
             self._atts[info.buffer] = _Att(info.buffer, info.size)
-            self._request(Attach(id=self._new_id(), buffer=info.buffer, token=self.export_tokens[info.buffer]),
-                          info.buffer, now)
+            self._request(self._attach_request(info.buffer), info.buffer, now)
         if not granted:
             self._out.append(Ready())
 
@@ -504,7 +549,7 @@ class Importer:
 
     def _may_bye(self, now: int) -> None:
         if self._leaving and not self._left \
-                and all(a.state in (AttState.DETACHED, AttState.REVOKED) for a in self._atts.values()) \
+                and all(a.state in _GONE for a in self._atts.values()) \
                 and not any(op == "bye" for op, _, _ in self._pending.values()):
             self._request(Bye(id=self._new_id()), None, now)
 
@@ -570,8 +615,19 @@ class Importer:
 
     def _send_attach(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         att.reattaching = True
-        self._request(Attach(id=self._new_id(), buffer=att.buffer, token=self.export_tokens[att.buffer]),
-                      att.buffer, now)
+        self._request(self._attach_request(att.buffer), att.buffer, now)
+
+    def _attach_request(self, buffer: int) -> Attach:
+        """dma_buf_attach (static) or dma_buf_dynamic_attach with invalidate_mappings (the others)."""
+        return Attach(id=self._new_id(), buffer=buffer, token=self.export_tokens[buffer],
+                      revocable=self.kind != "static")
+
+    def _pin_at_attach(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        # For good: not the pin of a job (att.pinned, which the job's end unpins).
+        self._request(Pin(id=self._new_id(), attachment=att.id, token=att.token), att.buffer, now)
+
+    def _attach_refused(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        self._emit("attach_refused", buffer=att.buffer, reason=_describe(ctx["reply"]))
 
     # ------------------------------------------------------------------ steps: a job
 
@@ -681,14 +737,31 @@ class Importer:
         if att.job is not None:
             self._end_job(att, ok=False, reason=ctx["reason"])
 
+    def _stop_dma(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
+        # RDMA's pinned revocable import: the revoke callback has stopped the hardware's access
+        # before it returns. The device stops the job now (StopDma); the job is over, not ok.
+        if att.job is not None and att.state is AttState.ACTIVE:
+            reason = f"stopped by the revoke callback ({ctx['notify'].OP})"
+            self._out.append(StopDma(att.job, att.buffer, reason))
+            self._end_job(att, ok=False, reason=reason)
+
     # ------------------------------------------------------------------ steps: move_notify
 
     def _return(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._reply(OkReply(id=ctx["notify"].id, op=MoveNotify.OP))
+        notify = ctx["notify"]
+        self._reply(OkReply(id=notify.id, op=notify.OP))
+        if isinstance(notify, InvalidateMappings):
+            # stopped: no DMA of the driver runs on the attachment any more (a job still running
+            # goes on under its fence; a pinned-revocable importer stopped it first).
+            stopped = att.job is None or att.state is not AttState.ACTIVE
+            self._emit("invalidate_mappings_returned", id=notify.id, buffer=att.buffer, attachment=att.id,
+                       **_op_of(notify), gen=notify.gen, stopped=stopped)
+            self._out.append(Invalidated(att.id, att.buffer))
 
     def _refuse_notify(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
-        self._reply(ErrorReply(id=ctx["notify"].id, op=MoveNotify.OP, code=ErrorCode.BAD_STATE,
-                               message=f"strategy {self.spec.strategy} has no move_notify"))
+        op = ctx["notify"].OP
+        self._reply(ErrorReply(id=ctx["notify"].id, op=op, code=ErrorCode.BAD_STATE,
+                               message=f"strategy {self.spec.strategy} has no {op}"))
 
     def _invalidate(self, att: _Att, now: int, ctx: dict[str, Any]) -> None:
         if att.mapping is not None and not att.invalidated:
@@ -759,6 +832,15 @@ class _Fatal(Exception):
 ImporterFatal = _Fatal
 
 
+_TAKES_JOBS = (AttState.IDLE, AttState.CACHED, AttState.MAPPED, AttState.KEPT)   # a job may start here
+_GONE = (AttState.DETACHED, AttState.REVOKED, AttState.REFUSED)      # nothing left to give back
+
+
+def _op_of(msg: InvalidateMappings) -> dict[str, int]:
+    """The operation an invalidate_mappings belongs to, as events name it."""
+    return {"move": msg.move} if msg.move else {"revoke": msg.revoke}
+
+
 def _describe(reply: Message) -> str:
     if isinstance(reply, ErrorReply):
         return f"{reply.code}: {reply.message}"
@@ -779,6 +861,8 @@ IGUARDS: dict[IGuard, IGuardFn] = {
     IGuard.LEAVING: lambda imp, att, ctx: imp._leaving,
     IGuard.REATTACHING: lambda imp, att, ctx: att.reattaching,
     IGuard.MAY_REATTACH: Importer._g_may_reattach,
+    IGuard.NOT_SUPPORTED: lambda imp, att, ctx: (isinstance(ctx.get("reply"), ErrorReply)
+                                                 and ctx["reply"].code == ErrorCode.NOT_SUPPORTED),
     IGuard.PIN_JOB: lambda imp, att, ctx: bool(ctx.get("pin")),
     IGuard.PIN_HELD: lambda imp, att, ctx: att.pinned,
 }
@@ -792,6 +876,8 @@ ISTEPS: dict[IStep, IStepFn] = {
     IStep.LOG_DETACH: Importer._log_detach,
     IStep.FORGET: Importer._forget,
     IStep.SEND_ATTACH: Importer._send_attach,
+    IStep.PIN_AT_ATTACH: Importer._pin_at_attach,
+    IStep.ATTACH_REFUSED: Importer._attach_refused,
     IStep.TAKE_JOB: Importer._take_job,
     IStep.SEND_MAP: Importer._send_map,
     IStep.SEND_PIN: Importer._send_pin,
@@ -808,6 +894,7 @@ ISTEPS: dict[IStep, IStepFn] = {
     IStep.FINISH_JOB: Importer._finish_job,
     IStep.FAIL_JOB: Importer._fail_job,
     IStep.ABORT_JOB: Importer._abort_job,
+    IStep.STOP_DMA: Importer._stop_dma,
     IStep.RETURN: Importer._return,
     IStep.REFUSE_NOTIFY: Importer._refuse_notify,
     IStep.INVALIDATE: Importer._invalidate,
@@ -827,24 +914,38 @@ VOCABULARY = machine.Vocabulary(
     half="importer", states=AttState, events=AttEvent, guards=IGuard, steps=IStep,
     initial=AttState.ATTACHING, always=IGuard.ALWAYS, guard_impl=IGUARDS, step_impl=ISTEPS)
 
-_IDLE = (AttState.IDLE, AttState.CACHED, AttState.KEPT)   # states in which an attachment takes a job
 _RECORDS = {AttEvent.MAP_OK: IStep.LOG_MAP, AttEvent.UNMAP_OK: IStep.LOG_UNMAP, AttEvent.UNMAP_FAILED: IStep.LOG_UNMAP}
 
 
-def compile_spec(spec: ImporterSpec) -> dict[tuple[Any, AttEvent], Any]:
-    """Check a strategy's importer table (protocol/machine.py's checks, and: every rule of a
-    map or unmap reply records it, LOG_MAP / LOG_UNMAP, for the history); the table the
-    interpreter reads. TableError naming the strategy, the row and what is wrong."""
+def compile_spec(spec: ImporterSpec, kind: str | None = None) -> dict[tuple[Any, AttEvent], Any]:
+    """Check a strategy's importer table for every importer kind (protocol/machine.py's checks,
+    and: every rule of a map or unmap reply records it, LOG_MAP / LOG_UNMAP, for the history);
+    the table the interpreter reads for `kind` (None: check every kind, return dynamic's).
+    TableError naming the strategy, the kind, the row and what is wrong."""
     if not isinstance(spec, ImporterSpec):
         raise TableError(getattr(spec, "strategy", "?"), "importer", None,
                          f"IMPORTER must be an ImporterSpec, got {type(spec).__name__}")
-    rows = machine.check(spec.strategy, VOCABULARY, spec.table)
+    stray = [k for k in spec.kinds if k not in IMPORTER_KINDS]
+    if stray:
+        raise TableError(spec.strategy, "importer", None, f"kinds names {stray[0]!r}, not an importer kind "
+                                                         f"({', '.join(IMPORTER_KINDS)})")
+    tables = {k: _compile_kind(spec, k) for k in ((kind,) if kind is not None else IMPORTER_KINDS)}
+    return tables[kind if kind is not None else "dynamic"]
+
+
+def _compile_kind(spec: ImporterSpec, kind: str) -> dict[tuple[Any, AttEvent], Any]:
+    table = {**spec.table, **KIND_ROWS.get(kind, {}), **spec.kinds.get(kind, {})}
+    half = "importer" if kind == "dynamic" else f"importer ({kind})"
+    try:
+        rows = machine.check(spec.strategy, VOCABULARY, table)
+    except TableError as err:
+        raise TableError(err.strategy, half, None if err.row is None else err.row, err.problem) from None
     if not spec.breaks:
         for (state, event), rules in rows.items():
             for i, rule in enumerate(() if rules is VIOLATION else rules, 1):
                 bug = next((step for step in rule.do if step in MUTANT_ISTEPS), None)
                 if bug is not None:
-                    raise TableError(spec.strategy, "importer", f"({getattr(state, 'value', state)}, {event.value})",
+                    raise TableError(spec.strategy, half, f"({getattr(state, 'value', state)}, {event.value})",
                                      f"rule {i}: {bug.value} is a known bug, for mutants only (a strategy that "
                                      f"breaks a rule on purpose declares it: protocol/strategies/mutants.py)")
     for (state, event), rules in rows.items():
@@ -853,6 +954,6 @@ def compile_spec(spec: ImporterSpec) -> dict[tuple[Any, AttEvent], Any]:
             continue
         for i, rule in enumerate(rules, 1):
             if rule.then is not VIOLATION and need not in rule.do:
-                raise TableError(spec.strategy, "importer", f"({getattr(state, 'value', state)}, {event.value})",
+                raise TableError(spec.strategy, half, f"({getattr(state, 'value', state)}, {event.value})",
                                  f"rule {i} does not record the reply: add IStep.{need.name} (the history needs it)")
     return machine.expand(VOCABULARY, rows)

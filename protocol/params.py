@@ -10,6 +10,10 @@ are in runtime/params.py.
 Kinds: int and float (a range lo..hi, `open_lo` excluding lo), size (bytes, a multiple of
 `multiple`; "64KiB" is accepted), choice, bool, address (an IP address), strategy (a built-in or
 installed strategy's name, or a .py file: protocol/strategies/__init__.py).
+
+A parameter with a `table` may also be set per importer: the scenario's table of that name maps
+importer names to values (`[importer_kinds]` importer-2 = "static"); the flag (or the key) sets
+the value of every importer the table does not name.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Param:
     multiple: int = 64
     services: Mapping[str, str] = field(default_factory=dict)   # service ("exporter", "importer") -> its flag
     shown: str | None = None       # the default as --help says it, where the value does not say it
+    table: str | None = None       # the scenario table that sets it per importer (see the rules above)
 
     @property
     def flag(self) -> str:
@@ -39,6 +44,11 @@ class Param:
 
 
 _BOTH = {"exporter": "strategy", "importer": "strategy"}
+
+# What an importer is, for the exporter (protocol/importer.py has what each one does):
+# dynamic: invalidate_mappings, unmaps in bounded time; pinned-revocable: pins, and its revoke
+# callback stops its DMA before it returns; static: no invalidate_mappings (not revocable).
+IMPORTER_KINDS = ("dynamic", "pinned-revocable", "static")
 
 PARAMS: tuple[Param, ...] = (
     Param("strategy", "strategy", "pin", "buffer-move strategy", "NAME|PATH", services=_BOTH),
@@ -66,6 +76,16 @@ PARAMS: tuple[Param, ...] = (
           services={"exporter": "ack-timeout-ms"}),
     Param("fence_timeout_ms", "float", 1000.0, "resv-fence: how long a move waits for fences before forcing them",
           "MS", 1, 600000, services={"exporter": "fence-timeout-ms"}),
+    Param("unmap_wait_ms", "float", 1000.0, "revoke: how long a revocation waits for every importer's unmap "
+                                            "before it warns of a broken invalidate_mapping() (it goes on waiting; "
+                                            "VFIO waits 1 s)", "MS", 1, 600000,
+          services={"exporter": "unmap-wait-ms"}),
+    Param("importer_kind", "choice", "dynamic", "what kind of importer each device is: dynamic "
+                                                "(invalidate_mappings, unmaps in bounded time), pinned-revocable "
+                                                "(pins; its revoke callback stops its DMA first) or static (not "
+                                                "revocable: pinned at attach, refused by a revoking exporter); "
+                                                "a scenario's [importer_kinds] sets it per importer", "KIND",
+          choices=IMPORTER_KINDS, services={"importer": "importer-kind"}, table="importer_kinds"),
     Param("reset_grace_ms", "float", 100.0, "resv-fence: after forcing a live device's fences, how long the move "
                                             "waits for it to confirm its engine stopped before it revokes the "
                                             "device and copies", "MS", 1, 600000,

@@ -8,7 +8,8 @@ Rules of this file:
   without `ok` is a request.
 - Each op's request and reply is a frozen dataclass below; its annotated fields are its schema.
   Decoding checks every field's presence and type, refuses fields the schema does not name, and
-  refuses frames over MAX_FRAME bytes before unpacking them.
+  refuses frames over MAX_FRAME bytes before unpacking them. A request class may add a rule that
+  ties its fields together (`validate`: the problem, or None), checked after the types.
 - Errors are `ProtocolError(code, message)` with a stable `code` from `ErrorCode`; the message
   names the op and the field at fault. Nothing else escapes `decode()`: any byte string either
   decodes to a message or raises ProtocolError.
@@ -43,6 +44,8 @@ class ErrorCode:
     BAD_STATE = "bad_state"            # the op is not allowed in the object's current state
     ACCESS_DENIED = "access_denied"    # a wrong, forged or replayed token, or another importer's handle
     BUSY = "busy"                      # backpressure: a per-importer limit is reached; try again later
+    NO_DEVICE = "no_device"            # ENODEV: the buffer is revoked (Linux 7.1); map again after un-revoke
+    NOT_SUPPORTED = "not_supported"    # EOPNOTSUPP: a revoking exporter refuses an importer it cannot revoke
     INTERNAL = "internal"              # a bug on our side; the service keeps serving
 
 
@@ -119,11 +122,15 @@ class Bye(Message):
 
 @dataclass(frozen=True, slots=True)
 class Attach(Message):
-    """`token`: the buffer's export token: the capability a dma-buf fd is."""
+    """`token`: the buffer's export token: the capability a dma-buf fd is. `revocable`: the
+    importer implements invalidate_mappings and unmaps in bounded time as a result
+    (dma_buf_attach_revocable); false for a static importer. Always on the wire; the default is
+    only the constructor's."""
 
     OP = "attach"
     buffer: int
     token: str
+    revocable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +203,26 @@ class MoveNotify(Message):
     attachment: int
     move: int
     gen: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateMappings(Message):
+    """Linux 7.1's name for the callback (dma_buf_invalidate_mappings): drop the mappings of
+    `buffer` at generation `gen` and map again before any further DMA. It belongs to a move or to a
+    revocation: exactly one of `move` and `revoke` is set (ids start at 1; 0 means none)."""
+
+    OP = "invalidate_mappings"
+    buffer: int
+    attachment: int
+    gen: int
+    move: int
+    revoke: int
+
+    @staticmethod
+    def validate(fields: dict[str, Any]) -> str | None:
+        if (fields["move"] == 0) == (fields["revoke"] == 0):
+            return "exactly one of 'move' and 'revoke' must be set (non-zero)"
+        return None
 
 
 # Control requests, deploy -> service (on the control socket) ----------------------------------
@@ -311,7 +338,7 @@ class StatusReply(Message):
 REQUESTS: dict[str, type[Message]] = {
     cls.OP: cls
     for cls in (Hello, Bye, Attach, Detach, Map, Unmap, Pin, Unpin, Ack, Heartbeat, Ping,
-                MoveNotify, Start, Stop, Shutdown, Status)
+                MoveNotify, InvalidateMappings, Start, Stop, Shutdown, Status)
 }
 # Ops whose reply has a body; every other op is answered with OkReply.
 REPLIES: dict[str, type[Message]] = {
@@ -504,7 +531,12 @@ def _decode_map(raw: dict, op_name: str) -> Message:
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op '{op_name}'")
     if ok is None:
         cls = REQUESTS[op]
-        return cls(id=msg_id, **_check_fields(raw, _compile(cls), op, _ENVELOPE))
+        fields = _check_fields(raw, _compile(cls), op, _ENVELOPE)
+        validate = getattr(cls, "validate", None)
+        problem = validate(fields) if validate is not None else None
+        if problem is not None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{op}: {problem}")
+        return cls(id=msg_id, **fields)
     if not ok:
         err = raw.get("error")
         if type(err) is not dict:

@@ -27,6 +27,12 @@ Kinds and their own keys:
         slow-dma        factor (default 4): jobs take `factor` times longer
         early-ack       acknowledge move_notify at once, even with DMA still running
         ignore-notify   drop move_notify on the floor: no return, no ack, no invalidation
+    buffer faults, applied by the exporter (strategies whose table revokes: `revoke`):
+        revoke      revoke the buffers at `at` (VFIO taking a PCI BAR away on a device reset) and
+                    un-revoke them `for` seconds later (default: never). `target` names the
+                    buffers: `buffers` (all, the default), a number, a range `2-5`, or several
+                    joined by `+` (`0+3-4`); in a scenario also a list [0, 3]. `p` and `op` do
+                    not apply.
 
 All randomness (which message, which job) is drawn from generators seeded by the run's --seed,
 the fault's position in the list and the service's name: the same seed gives the same schedule.
@@ -41,7 +47,8 @@ from typing import Any
 MESSAGE_KINDS = ("delay", "drop", "dup", "reorder")
 PROCESS_KINDS = ("kill", "pause", "restart")
 DEVICE_KINDS = ("rogue", "slow-dma", "early-ack", "ignore-notify")
-KINDS = MESSAGE_KINDS + PROCESS_KINDS + DEVICE_KINDS
+BUFFER_KINDS = ("revoke",)
+KINDS = MESSAGE_KINDS + PROCESS_KINDS + DEVICE_KINDS + BUFFER_KINDS
 
 _COMMON = {"target", "at", "for", "p", "op"}
 _OWN: dict[str, dict[str, Any]] = {
@@ -51,6 +58,7 @@ _OWN: dict[str, dict[str, Any]] = {
     "rogue": {"ms": 20.0, "access": "write"},
     "slow-dma": {"factor": 4.0},
     "early-ack": {}, "ignore-notify": {},
+    "revoke": {},
 }
 _DEFAULT_FOR = {"pause": 1.0, "restart": 0.5}
 
@@ -96,9 +104,11 @@ def canonical(raw: dict[str, Any], *, where: str = "fault") -> dict[str, Any]:
     own = _OWN[kind]
     for key in raw:
         if key != "kind" and key not in _COMMON and key not in own:
-            known = sorted(_COMMON | set(own))
+            known = sorted((_COMMON - {"p", "op"} if kind in BUFFER_KINDS else _COMMON) | set(own))
             raise FaultError(f"{where}: unknown key '{key}' (known: {', '.join(known)})")
     out: dict[str, Any] = {"kind": kind}
+    if kind in BUFFER_KINDS:
+        return _buffer_fault(raw, out, where)
     target = str(raw.get("target", "importers"))
     if target not in ("importers", "exporter") and not _IMPORTER.fullmatch(target):
         raise FaultError(f"{where}: 'target' must be importer-N, importers or exporter, got {target!r}")
@@ -128,7 +138,50 @@ def canonical(raw: dict[str, Any], *, where: str = "fault") -> dict[str, Any]:
     return out
 
 
+_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?", re.ASCII)
+
+
+def _buffer_fault(raw: dict[str, Any], out: dict[str, Any], where: str) -> dict[str, Any]:
+    """revoke: target is the buffers (canonical: "buffers", or "N+M-K" sorted and merged)."""
+    for key, none in (("p", 1.0), ("op", None)):
+        if raw.get(key, none) != none:   # the canonical form carries the values that change nothing
+            raise FaultError(f"{where}: '{key}' does not apply to a {out['kind']} fault (it acts on buffers, "
+                             f"not on messages or jobs)")
+    target = raw.get("target", "buffers")
+    if isinstance(target, list):
+        if not target or not all(type(b) is int and b >= 0 for b in target):
+            raise FaultError(f"{where}: 'target' must be buffers, or a list of buffer numbers, got {target!r}")
+        numbers = sorted(set(target))
+    elif str(target) == "buffers":
+        numbers = None
+    else:
+        numbers = set()
+        for part in str(target).split("+"):
+            m = _RANGE.fullmatch(part.strip())
+            if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+                raise FaultError(f"{where}: 'target' must be buffers, a buffer number, a range such as 2-5, "
+                                 f"or several joined by '+' (0+3-4), got {target!r}")
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            numbers.update(range(lo, min(hi, lo + 1_000_000) + 1))
+        numbers = sorted(numbers)
+    out["target"] = "buffers" if numbers is None else "+".join(str(b) for b in numbers)
+    out["at"] = _number(where, "at", raw.get("at", 0.0))
+    out["for"] = None if raw.get("for") is None else _number(where, "for", raw["for"])
+    out["p"] = 1.0
+    out["op"] = None
+    return out
+
+
+def revoked_buffers(fault: dict[str, Any], buffers: int) -> list[int]:
+    """The buffers a revoke fault names, of a run with `buffers` buffers (numbers past the last
+    are returned too, for the caller to refuse)."""
+    target = fault["target"]
+    return list(range(buffers)) if target == "buffers" else [int(b) for b in target.split("+")]
+
+
 def applies_to(fault: dict[str, Any], svc: str) -> bool:
+    if fault["kind"] in BUFFER_KINDS:
+        return svc == "exporter"   # the exporter revokes its buffers
     target = fault["target"]
     if target == "importers":
         return svc.startswith("importer-")

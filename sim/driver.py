@@ -243,7 +243,8 @@ class SimDeployment:
                             buffers=p.buffers, buffer_size=p.buffer_size, vram_size=vram, sys_size=sys_size,
                             max_importers=p.importers, move_rate=p.move_rate,
                             ack_timeout_s=p.ack_timeout_ms / 1000, fence_timeout_s=p.fence_timeout_ms / 1000,
-                            reset_grace_s=p.reset_grace_ms / 1000, hint_policy=p.hint_policy, lease_s=p.lease_ms / 1000, retry_s=p.retry_ms / 1000,
+                            unmap_wait_s=p.unmap_wait_ms / 1000, reset_grace_s=p.reset_grace_ms / 1000,
+                            hint_policy=p.hint_policy, lease_s=p.lease_ms / 1000, retry_s=p.retry_ms / 1000,
                             faults=tuple(p.faults), seed=p.seed)
         service = ExporterService(args, env, credentials=(self.secret, None))
         steer_moves(service, self.scheduler)
@@ -260,7 +261,7 @@ class SimDeployment:
                             control=self._control_endpoint(name), strategy=p.strategy, seed=p.seed,
                             workload=WorkloadConfig(p.queue_depth, p.dma_ms, p.think_ms, p.write_ratio, p.pin_ratio),
                             lease_ms=p.lease_ms, retry_ms=p.retry_ms, faults=tuple(p.faults),
-                            incarnation=incarnation)
+                            incarnation=incarnation, kind=p.for_importer(name)["importer_kind"])
         tokens = (capability.join_token(self.secret, name),
                   {b: capability.export_token(self.secret, b) for b in p.granted(name)}, None)
         service = ImporterService(args, env, credentials=tokens)

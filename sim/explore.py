@@ -15,7 +15,9 @@ Rules:
   single process gives.
 - Races are the checker's: every schedule's history is judged in memory (nothing is written for
   one that did not race). A deadlock the checker finds (its wait-for graph) is a catch too, of
-  kind "deadlock" (sim/search/trial.py judge): saved, counted and shrunk as a race is. The schedule of each new race (a kind on a buffer not seen before, at
+  kind "deadlock", and so is a revocation that ended its unmap wait with a mapping live, kind
+  "revoke_incomplete" (sim/search/trial.py judge, FINDING_CATCHES): saved, counted and shrunk as
+  a race is. The schedule of each new race (a kind on a buffer not seen before, at
   most MAX_SAVED) becomes DIR/races/K/, a simulated run directory written by running the schedule
   again with every decision taken from it (sim/run.py simulate, strict ListGuide) and checked to
   give the same history; `dmabuf-emu replay DIR/races/K` reproduces it.
@@ -46,7 +48,7 @@ from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
 from sim.search.random import RandomChooser
-from sim.search.trial import Config, SearchChooser, Trial, judge, run_trial, write_run
+from sim.search.trial import FINDING_CATCHES, Config, SearchChooser, Trial, judge, run_trial, write_run
 
 SEARCHES = ("random", "pct", "exhaustive")
 DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --time is given
@@ -637,10 +639,11 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
     shrunk_dir = out / "shrunk"
     result = write_run(config, r.after.entries, r.after.streams, shrunk_dir)
     witness_events, index = _witness_of(result.report, kind, buffer)
-    if kind == "deadlock":
+    if kind in FINDING_CATCHES:
         from checker.report_md import finding_lines
-        item = result.report["findings"]["deadlock"]["items"][index - 1]
-        (out / "witness.md").write_text("\n".join([f"# Deadlock on buffer {buffer}", ""] + finding_lines(item)))
+        item = result.report["findings"][kind]["items"][index - 1]
+        title = "Deadlock" if kind == "deadlock" else "Revocation incomplete (revoke_incomplete)"
+        (out / "witness.md").write_text("\n".join([f"# {title} on buffer {buffer}", ""] + finding_lines(item)))
     else:
         from sim.witness_md import write_witness
         write_witness(shrunk_dir / "history.jsonl", index, out / "witness.md", result.report)
@@ -665,6 +668,11 @@ def _witness_of(report: dict[str, Any], kind: str, buffer: Any) -> tuple[list[di
             if any(n.get("node") == "lock" and n.get("buffer") == buffer for n in item["cycle"]):
                 return item.get("events", []), i
         raise ValueError(f"the shrunk run's report has no deadlock on buffer {buffer}")
+    if kind == "revoke_incomplete":
+        for i, item in enumerate(report["findings"]["revoke_incomplete"]["items"], 1):
+            if item.get("buffer") == buffer:
+                return item.get("events", []), i
+        raise ValueError(f"the shrunk run's report has no revoke_incomplete finding on buffer {buffer}")
     for i, (k, w) in enumerate(listed_witnesses(report), 1):
         if k == kind and w.get("job", {}).get("buffer") == buffer:
             return w.get("events", []), i

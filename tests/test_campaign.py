@@ -160,7 +160,7 @@ def test_shipped_plans_and_their_faults_survive_the_command_line() -> None:
         for f in faultplans.load(name).faults:
             assert faults.parse_cli(fault_text(f)) == f
     specs, plans = plan_runs(RunParams(duration=2.0, importers=3), "all", "all", 2)
-    assert len(specs) == 7 * len(plans) * 2
+    assert len(specs) == 8 * len(plans) * 2   # unmap-hint twice, and the six others
     for spec in specs:
         assert resolve_flags(run_flags(spec.params)) == spec.params
     by = {(s.strategy, s.plan, s.seed): s.params for s in specs}

@@ -176,7 +176,7 @@ def test_cli_errors_are_one_line_naming_what_was_wrong(tmp_path: Path) -> None:
     r = _cli("down", str(tmp_path / "nothing-here"))
     assert r.returncode == 3 and "no deploy.json" in r.stderr
     r = _cli("strategies")
-    assert r.returncode == 0 and len(r.stdout.splitlines()) == 6
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 7
     r = _cli("run", "--help")
     assert r.returncode == 0 and "example" in r.stdout and "--strategy" in r.stdout
 

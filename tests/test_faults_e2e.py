@@ -121,7 +121,10 @@ def test_move_notify_ack_with_a_delayed_move_notify_hands_out_stale_mappings(sho
 # ---------------------------------------------------------------------- lying devices
 
 def test_resv_fence_with_early_ack_is_named_by_the_checker(short_dir: Path) -> None:
-    r, events = fault_run(short_dir, "resv-fence", ["early-ack:target=importer-1"], duration=2.0)
+    # Jobs of 40 ms: a fence signalled early leaves its job running for most of that, so the copy
+    # the move then begins overtakes it whatever the machine's load (with 6 ms jobs the rest of
+    # the job could end before the copy began: no race in a run in three on a loaded machine).
+    r, events = fault_run(short_dir, "resv-fence", ["early-ack:target=importer-1"], duration=2.0, dma_ms=40.0)
     early = [e for e in events if e["event"] == "fault" and e["kind"] == "early-ack"]
     assert early and any(e["fences_signaled"] for e in early)
     # The fence said "done" while the DMA went on: the copy overtook it, and the checker says so.

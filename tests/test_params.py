@@ -16,7 +16,7 @@ from runtime.params import add_service_flags, service_argv
 def test_run_params_flags_and_keys_are_the_declaration() -> None:
     assert [o.key for o in OPTIONS] == [p.name for p in PARAMS]
     fields = {f.name: f.default for f in dataclasses.fields(RunParams)}
-    assert fields == {**{p.name: p.default for p in PARAMS}, "faults": (), "grants": None}
+    assert fields == {**{p.name: p.default for p in PARAMS}, "faults": (), "grants": None, "importer_kinds": None}
 
 
 def test_what_the_launcher_gives_a_service_parses_back_to_the_run_parameters(tmp_path) -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import capability, wire
-from protocol.actions import (AckOwed, Acked, CancelTimer, CopyBuffer, Emit, ForceCompleteFences, JobFinished,
-                              Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
-                              SignalFence, SignalKernelFence, StampBuffer, StartDma, StartTimer,
+from protocol.actions import (AckOwed, Acked, CancelTimer, CopyBuffer, Emit, ForceCompleteFences, Invalidated,
+                              JobFinished, Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
+                              SignalFence, SignalKernelFence, StampBuffer, StartDma, StartTimer, StopDma,
                               TeardownIommu, WaitFences, WaitKernelFence)
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig
 from protocol.fence import usage_for_access
@@ -48,12 +48,14 @@ class World:
     secret: bytes = b"world-secret-0123456789abcdef"
     grants: dict[str, list[int]] | None = None                 # importer -> buffers (default: all)
     limits: dict[str, int] = field(default_factory=dict)       # ExporterConfig max_* overrides
+    kinds: dict[str, str] = field(default_factory=dict)        # importer -> kind (default: dynamic)
     exporter: Exporter = field(init=False)
     peers: dict[str, Importer] = field(default_factory=dict)
     to_exporter: deque = field(default_factory=deque)          # (peer name, frame)
     to_importer: dict[str, deque] = field(default_factory=dict)
     now: int = 0
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # the events as a history: t_ns = now (us)
     iommu: dict[str, dict[int, wire.Placement]] = field(default_factory=dict)
     jobs: dict[tuple[str, int], Job] = field(default_factory=dict)
     copies: deque = field(default_factory=deque)               # CopyBuffer pending
@@ -84,7 +86,8 @@ class World:
             granted = range(self.buffers) if self.grants is None else self.grants.get(name, [])
             self.peers[name] = Importer(spec.IMPORTER, name, 1000 + n,
                                         join_token=capability.join_token(self.secret, name),
-                                        export_tokens={b: capability.export_token(self.secret, b) for b in granted})
+                                        export_tokens={b: capability.export_token(self.secret, b) for b in granted},
+                                        kind=self.kinds.get(name, "dynamic"))
             self.to_importer[name] = deque()
             self.iommu[name] = {}
 
@@ -141,6 +144,14 @@ class World:
         if j.start.fenced and j.start.signal == "end":
             self.fences.signal(self.slots[importer], j.start.buffer, j.fence)
         self._apply(importer, self.peers[importer].dma_done(job, self.now, j.fence))
+
+    def revoke(self, buffer: int) -> None:
+        self.tick()
+        self._apply("exporter", self.exporter.revoke_buffer(buffer, self.now))
+
+    def unrevoke(self, buffer: int) -> None:
+        self.tick()
+        self._apply("exporter", self.exporter.unrevoke_buffer(buffer, self.now))
 
     def pressure(self) -> None:
         self.tick()
@@ -231,6 +242,7 @@ class World:
                     self.to_exporter.append((svc, frame))
             elif isinstance(a, Emit):
                 self.events.append((svc, a.event, a.fields))
+                self.history.append({"t_ns": self.now * 1000, "svc": svc, "pid": 1, "event": a.event, **a.fields})
             elif isinstance(a, CopyBuffer):
                 self.copies.append(a)
             elif isinstance(a, WaitFences):
@@ -269,7 +281,13 @@ class World:
                 self.kernel_waits.append((svc, a))
             elif isinstance(a, JobFinished):
                 self.finished.append(a)
-            elif isinstance(a, (StampBuffer, Left, AckOwed, Acked)):
+            elif isinstance(a, StopDma):
+                # As the importer shell: the device stops the job now; its fence signals.
+                j = self.jobs[(svc, a.job)]
+                j.ended = self.now
+                if j.start.fenced:
+                    self.fences.signal(self.slots[svc], j.start.buffer, j.fence)
+            elif isinstance(a, (StampBuffer, Left, AckOwed, Acked, Invalidated)):
                 pass
             else:
                 raise AssertionError(f"unhandled action {a!r}")

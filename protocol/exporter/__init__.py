@@ -54,7 +54,7 @@ class Exporter:
         self._importers = self.state.members
         self._moves = self.state.moves
         self._timers = {LEASE_TIMER[0]: self._lease_timer, "notify": self._notify_timer, "fence": self._fence_timer,
-                        "reset": self._reset_timer}
+                        "unmap-wait": self._unmap_wait_timer, "reset": self._reset_timer}
 
     # ------------------------------------------------------------------ entry points
 
@@ -113,8 +113,8 @@ class Exporter:
     def fences_snapshot(self, move_id: int, fences: Mapping[int, tuple[int, Any]], now: int) -> list[Action]:
         """The shell's first report of a WaitFences: slot -> (seqno, usage) of the latest fence of
         each slot that the wait waits for and that had not signaled (fence_wait_begin lists them);
-        then as fences_pending with those slots."""
-        move = self.state.moves.get(move_id)
+        then as fences_pending with those slots. `move_id` is a move's or a revocation's id."""
+        move = self.state.operation(move_id)
         if move is not None:
             buf = self.state.buffers[move.buffer]
             self.moves.fences_snapshot(buf, move, dict(fences), now)
@@ -123,8 +123,9 @@ class Exporter:
 
     def fences_pending(self, move_id: int, slots: tuple[int, ...], now: int) -> list[Action]:
         """The shell's fence poll (WaitFences): the importer slots whose fences, among those the
-        wait waits for, are still unsignaled; reported at each change. None left: FENCES_SIGNALED."""
-        move = self.state.moves.get(move_id)
+        wait waits for, are still unsignaled; reported at each change. None left: FENCES_SIGNALED.
+        `move_id` is the waiting operation's id: a move's or a revocation's."""
+        move = self.state.operation(move_id)
         if move is not None:
             self.moves.fences_pending(self.state.buffers[move.buffer], move, tuple(slots), now)
         return self._take()
@@ -136,15 +137,32 @@ class Exporter:
     def fences_timed_out(self, move_id: int, slots: tuple[int, ...], now: int) -> list[Action]:
         """The fence timeout with these slots still unsignaled (what the fence timer does with the
         slots last reported by fences_pending)."""
-        move = self.state.moves.get(move_id)
+        move = self.state.operation(move_id)
         if move is not None:
             move.unsignaled = tuple(sorted(slots))
             self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now, slots=move.unsignaled)
         return self._take()
 
+    def revoke_buffer(self, buffer: int, now: int) -> list[Action]:
+        """Take `buffer` away (VFIO's vfio_pci_dma_buf_move(revoked=true) on a device reset): the
+        table's (state, REVOKE) row. Requires a strategy that revokes (CompiledSpec.revokes)."""
+        self.moves.dispatch(self.state.buffers[buffer], MoveEvent.REVOKE, now)
+        return self._take()
+
+    def unrevoke_buffer(self, buffer: int, now: int) -> list[Action]:
+        """Give `buffer` back: the table's (state, UNREVOKE) row."""
+        self.moves.dispatch(self.state.buffers[buffer], MoveEvent.UNREVOKE, now)
+        return self._take()
+
+    @property
+    def revokes(self) -> bool:
+        """The strategy can revoke a buffer (its table has a revocation)."""
+        return self.moves.revokes
+
     def timer_fired(self, key: Hashable, now: int) -> list[Action]:
-        """A timer this half started (StartTimer) has fired: ("notify", move), ("fence", move),
-        ("reset", move) or ("leases",)."""
+        """A timer this half started (StartTimer) has fired: ("notify", op), ("fence", op),
+        ("reset", op), ("unmap-wait", revocation) or ("leases",); an op is a move's or a
+        revocation's id."""
         kind = key[0] if isinstance(key, tuple) and key else None  # type: ignore[index]
         handler = self._timers.get(kind)  # type: ignore[arg-type]
         if handler is None:
@@ -195,18 +213,23 @@ class Exporter:
         self.session.start_lease_timer()
 
     def _notify_timer(self, key: Any, now: int) -> None:
-        move = self.state.moves.get(key[1])
+        move = self.state.operation(key[1])
         if move is not None:
             self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.NOTIFY_TIMEOUT, now)
 
+    def _unmap_wait_timer(self, key: Any, now: int) -> None:
+        rev = self.state.revocations.get(key[1])
+        if rev is not None:
+            self.moves.dispatch(self.state.buffers[rev.buffer], MoveEvent.UNMAP_WAIT_TIMEOUT, now)
+
     def _fence_timer(self, key: Any, now: int) -> None:
-        move = self.state.moves.get(key[1])
+        move = self.state.operation(key[1])
         if move is not None:
             self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now,
                                 slots=move.unsignaled)
 
     def _reset_timer(self, key: Any, now: int) -> None:
-        move = self.state.moves.get(key[1])
+        move = self.state.operation(key[1])
         if move is not None:
             self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.RESET_TIMEOUT, now)
 

@@ -9,7 +9,8 @@ Rules of this file:
   exporter's own): a strategy that LOCKs holds the buffer's reservation lock in every state it
   reaches until UNLOCK; a map arriving in such a state is deferred unless the table has a row of
   its own for it, and a row that would serve a map (or the deferred maps) under the lock, unlock a
-  lock it does not hold or take it twice is refused. A rule that BEGINs a move on an event other
+  lock it does not hold or take it twice is refused, and so is a row that marks a buffer revoked
+  or un-revoked without the lock. A rule that BEGINs a move on an event other
   than MOVE_WANTED (which the memory manager admits only with room at the destination) must
   follow a NO_ROOM rule in its row.
 - SERVE_MAP and SERVE_DEFERRED_MAPS assert that no move holds the buffer's reservation lock, as
@@ -29,12 +30,12 @@ from protocol import machine
 from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
                               Send, SignalKernelFence, StartTimer, WaitFences)
 from protocol.exporter.memory import MemoryManager
-from protocol.exporter.state import Buffer, ExporterState, Move
+from protocol.exporter.state import Buffer, ExporterState, Move, Operation, Revocation
 from protocol.exporter.table import MUTANT_STEPS, ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.fence import Usage
 from protocol.heap import HeapFull
-from protocol.machine import SAME, VIOLATION, Rule, TableError, choose, rules_for
-from protocol.wire import Map, MapReply, MoveNotify, Placement
+from protocol.machine import ANY, SAME, VIOLATION, Rule, TableError, choose, rules_for
+from protocol.wire import ErrorCode, ErrorReply, InvalidateMappings, Map, MapReply, MoveNotify, Placement
 
 if TYPE_CHECKING:
     from protocol.exporter.session import Session
@@ -51,7 +52,9 @@ class MoveMachine:
 
     def __init__(self, spec: ExporterSpec, state: ExporterState, memory: MemoryManager) -> None:
         self.strategy = spec.strategy
-        self.table = compile_spec(spec).table
+        compiled = compile_spec(spec)
+        self.table = compiled.table
+        self.revokes = compiled.revokes
         self.state = state
         self.memory = memory
         self.session: Session = None  # type: ignore[assignment]  (wired by the Exporter)
@@ -81,9 +84,9 @@ class MoveMachine:
     # ------------------------------------------------------------------ guards
 
     def _awaited(self, buf: Buffer, ctx: Ctx) -> bool:
-        move = buf.move
-        return (move is not None and ctx.get("move", move.id) == move.id
-                and ctx["attachment"] in move.waiting)
+        op = self._current(buf)
+        return (op is not None and ctx.get("op", op.id) == op.id
+                and ctx["attachment"] in op.waiting)
 
     def _no_room(self, buf: Buffer, ctx: Ctx) -> bool:
         to_heap = ctx["to"] if "to" in ctx else buf.queued[0] if buf.queued else None
@@ -129,15 +132,15 @@ class MoveMachine:
         if buf.locked:
             raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: LOCK while already held")
         buf.locked = True
-        buf.lock_move = buf.move.id if buf.move else None
-        self.state.emit("resv_lock", buffer=buf.id, move=buf.lock_move)
+        buf.lock_holder = self._holder(buf)
+        self.state.emit("resv_lock", buffer=buf.id, **buf.lock_holder)
 
     def _unlock(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         if not buf.locked:
             raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: UNLOCK of a lock not held")
         buf.locked = False
-        self.state.emit("resv_unlock", buffer=buf.id, move=buf.lock_move)
-        buf.lock_move = None
+        self.state.emit("resv_unlock", buffer=buf.id, **(buf.lock_holder or {"move": None}))
+        buf.lock_holder = None
 
     # ------------------------------------------------------------------ steps: move_notify and its answers
 
@@ -151,48 +154,71 @@ class MoveMachine:
             if deaf_once_pinned and att.pinned_once:
                 continue  # the unpin-stays-deaf bug: unpinned, yet still left out
             req = MoveNotify(id=st.new_request_id(), buffer=buf.id, attachment=att.id, move=move.id, gen=move.src.gen)
-            st.notify_ids[req.id] = (move.id, att.id)
-            move.notified[att.id] = req.id
-            move.sent_ns[att.id] = now
+            self._sent(move, att.id, req.id, now)
             st.out.append(Send(imp.peer, req, imp.name))
             st.emit("move_notify_sent", id=req.id, buffer=buf.id, move=move.id, importer=imp.name,
                     attachment=att.id, gen=move.src.gen)
 
+    def _invalidate_mappings(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        """dma_buf_invalidate_mappings, Linux 7.1: to every attachment of a live importer; a move
+        skips pinned ones (a pinned buffer is not moved), a revocation does not (VFIO revokes
+        pinned importers too). Requires the lock held."""
+        st, op = self.state, self._op(buf)
+        revoking = isinstance(op, Revocation)
+        op.notified, op.sent_ns = {}, {}
+        gen = buf.placement.gen
+        for att_id in sorted(buf.attachments):
+            att = st.attachments[att_id]
+            imp = st.members[att.slot]
+            if not imp.alive or (att.pins and not revoking):
+                continue
+            req = InvalidateMappings(id=st.new_request_id(), buffer=buf.id, attachment=att.id, gen=gen,
+                                     move=0 if revoking else op.id, revoke=op.id if revoking else 0)
+            self._sent(op, att.id, req.id, now)
+            st.out.append(Send(imp.peer, req, imp.name))
+            st.emit("invalidate_mappings_sent", id=req.id, buffer=buf.id, **{op.KIND: op.id}, importer=imp.name,
+                    attachment=att.id, gen=gen, pinned=att.pins > 0)
+
+    def _sent(self, op: Operation, att: int, req: int, now: int) -> None:
+        self.state.notify_ids[req] = (op.id, att)
+        op.notified[att] = req
+        op.sent_ns[att] = now
+
     def _await_answers(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        move = self._move(buf)
-        move.waiting = dict(move.notified)
-        if not move.waiting:  # nobody to wait for: done as soon as sent
+        op = self._op(buf)
+        op.waiting = dict(op.notified)
+        if not op.waiting:  # nobody to wait for: done as soon as sent
             self.state.post(buf, MoveEvent.NOTIFY_DONE, now)
 
     def _answered(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        move = self._move(buf)
-        if move.waiting.pop(ctx["attachment"], None) is not None and not move.waiting:
+        op = self._op(buf)
+        if op.waiting.pop(ctx["attachment"], None) is not None and not op.waiting:
             self.state.post(buf, MoveEvent.NOTIFY_DONE, now)
 
     def _start_notify_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        self.state.out.append(StartTimer(("notify", self._move(buf).id), self.state.config.ack_timeout_s))
+        self.state.out.append(StartTimer(("notify", self._op(buf).id), self.state.config.ack_timeout_s))
 
     def _cancel_notify_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        self.state.out.append(CancelTimer(("notify", self._move(buf).id)))
+        self.state.out.append(CancelTimer(("notify", self._op(buf).id)))
 
     def _notify_timed_out(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        st, move = self.state, self._move(buf)
-        silent = [st.attachments[a] for a in sorted(move.waiting) if a in st.attachments]
-        st.emit("ack_timeout", buffer=buf.id, move=move.id,
+        st, op = self.state, self._op(buf)
+        silent = [st.attachments[a] for a in sorted(op.waiting) if a in st.attachments]
+        st.emit("ack_timeout", buffer=buf.id, **{op.KIND: op.id},
                 importers=sorted({st.members[a.slot].name for a in silent}),
                 attachments=[a.id for a in silent],
                 responsive=sorted({st.members[a.slot].name for a in silent
                                    if self.session.responsive(st.members[a.slot], now)}))
 
     def _give_up_notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        move = self._move(buf)
-        for req_id in move.waiting.values():
+        op = self._op(buf)
+        for req_id in op.waiting.values():
             self.state.notify_ids.pop(req_id, None)
-        move.waiting.clear()
+        op.waiting.clear()
 
     def _revoke_silent(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        st, move = self.state, self._move(buf)
-        for att_id in sorted(move.waiting):
+        st, op = self.state, self._op(buf)
+        for att_id in sorted(op.waiting):
             att = st.attachments.get(att_id)
             if att is not None and self.session.responsive(st.members[att.slot], now):
                 # Its fences stay as they are: they are the device's own word on its DMA, and the
@@ -203,16 +229,17 @@ class MoveMachine:
 
     def _wait_fences(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx, usage: Usage = Usage.BOOKKEEP) -> None:
         """Wait for the buffer's fences of `usage` and below (fence_wait_begin comes with the
-        shell's snapshot: fences_snapshot), and for the devices still to confirm a reset."""
-        st, move = self.state, self._move(buf)
-        move.wait_usage = usage
-        if not move.fence_wait_from:
-            move.fence_wait_from = now
-        move.unsignaled = ()
-        st.out.append(WaitFences(move.id, buf.id, usage, tuple(sorted(move.confirming))))
-        st.out.append(StartTimer(("fence", move.id), st.config.fence_timeout_s))
+        shell's snapshot: fences_snapshot), and for the devices still to confirm a reset. A move's
+        or a revocation's: WaitFences names the operation by its id (one counter for both)."""
+        st, op = self.state, self._op(buf)
+        op.wait_usage = usage
+        if not op.fence_wait_from:
+            op.fence_wait_from = now
+        op.unsignaled = ()
+        st.out.append(WaitFences(op.id, buf.id, usage, tuple(sorted(op.confirming))))
+        st.out.append(StartTimer(("fence", op.id), st.config.fence_timeout_s))
 
-    def fences_snapshot(self, buf: Buffer, move: Move, fences: dict[int, tuple[int, Any]], now: int) -> None:
+    def fences_snapshot(self, buf: Buffer, move: Operation, fences: dict[int, tuple[int, Any]], now: int) -> None:
         """What the wait just begun waits for (the shell's snapshot): fence_wait_begin."""
         st = self.state
         listed = []
@@ -222,11 +249,11 @@ class MoveMachine:
             imp = st.members.get(slot)
             listed.append({"importer": imp.name if imp else f"slot-{slot}", "slot": slot, "seq": seq,
                            "usage": getattr(usage, "name", usage)})
-        st.emit("fence_wait_begin", buffer=buf.id, move=move.id, usage=move.wait_usage.name, fences=listed,
+        st.emit("fence_wait_begin", buffer=buf.id, **{move.KIND: move.id}, usage=move.wait_usage.name, fences=listed,
                 **({"confirming": [st.members[s].name for s in sorted(move.confirming) if s in st.members]}
                    if move.confirming else {}))
 
-    def fences_pending(self, buf: Buffer, move: Move, slots: tuple[int, ...], now: int) -> None:
+    def fences_pending(self, buf: Buffer, move: Operation, slots: tuple[int, ...], now: int) -> None:
         """The shell's report: these slots still hold unsignaled fences. A device being reset
         that is no longer among them has confirmed its engine stopped."""
         st = self.state
@@ -234,7 +261,7 @@ class MoveMachine:
         for slot in [s for s in move.confirming if s not in slots]:
             since = move.confirming.pop(slot)
             imp = st.members.get(slot)
-            st.emit("reset_confirmed", buffer=buf.id, move=move.id, importer=imp.name if imp else f"slot-{slot}",
+            st.emit("reset_confirmed", buffer=buf.id, **{move.KIND: move.id}, importer=imp.name if imp else f"slot-{slot}",
                     waited_ns=now - since)
             if not move.confirming:
                 st.out.append(CancelTimer(("reset", move.id)))
@@ -242,13 +269,13 @@ class MoveMachine:
             self.dispatch(buf, MoveEvent.FENCES_SIGNALED, now)
 
     def _end_fence_wait(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        move = self._move(buf)
-        self.state.out.append(CancelTimer(("fence", move.id)))
-        self.state.emit("fence_wait_end", buffer=buf.id, move=move.id, usage=move.wait_usage.name,
-                        waited_ns=now - move.fence_wait_from, forced=list(move.forced))
+        op = self._op(buf)
+        self.state.out.append(CancelTimer(("fence", op.id)))
+        self.state.emit("fence_wait_end", buffer=buf.id, **{op.KIND: op.id}, usage=op.wait_usage.name,
+                        waited_ns=now - op.fence_wait_from, forced=list(op.forced))
 
     def _force_complete(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        st, move = self.state, self._move(buf)
+        st, move = self.state, self._op(buf)
         move.resetting = set()
         for slot in ctx.get("slots", move.unsignaled):
             imp = st.members.get(slot)
@@ -260,7 +287,7 @@ class MoveMachine:
             move.forced.append(name)
             st.out.append(ForceCompleteFences(slot, buf.id, "fence_timeout"))
             st.emit("fence_signal", buffer=buf.id, usage=move.wait_usage.name, seq=None,
-                    move=move.id, importer=name, error="timeout", forced=True)
+                    **{move.KIND: move.id}, importer=name, error="timeout", forced=True)
             if imp is not None and imp.alive:
                 move.resetting.add(slot)
             if imp is not None:
@@ -273,24 +300,24 @@ class MoveMachine:
         confirms that its engine stopped: its own signal of the fence (it aborts the job before
         its next access and signals, importer_svc/dma.py). The kernel forces fences after the
         hardware is reset, not before."""
-        st, move = self.state, self._move(buf)
+        st, move = self.state, self._op(buf)
         fresh = sorted(move.resetting - set(move.confirming))
         if not fresh:
             return
         for slot in fresh:
             move.confirming[slot] = now
-        st.emit("reset_wait_begin", buffer=buf.id, move=move.id, importers=[st.members[s].name for s in fresh],
+        st.emit("reset_wait_begin", buffer=buf.id, **{move.KIND: move.id}, importers=[st.members[s].name for s in fresh],
                 grace_ms=st.config.reset_grace_s * 1000)
         st.out.append(StartTimer(("reset", move.id), st.config.reset_grace_s))
 
     def _revoke_unconfirmed(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         """The grace is over: a device that did not confirm its engine stopped is revoked (lost:
         every attachment, every fence), its silence on record; the wait goes on without it."""
-        st, move = self.state, self._move(buf)
+        st, move = self.state, self._op(buf)
         for slot, since in sorted(move.confirming.items()):
             imp = st.members.get(slot)
             if imp is not None and imp.alive:
-                st.emit("reset_unconfirmed", buffer=buf.id, move=move.id, importer=imp.name,
+                st.emit("reset_unconfirmed", buffer=buf.id, **{move.KIND: move.id}, importer=imp.name,
                         waited_ns=now - since, grace_ms=st.config.reset_grace_s * 1000)
                 self.session.lose(slot, "reset unconfirmed", now)
         move.confirming.clear()
@@ -351,7 +378,7 @@ class MoveMachine:
         st.members[att.slot].waiting.add(att.id)
         # Who the map waits for: the holder of the reservation lock (null: it waits for a copy).
         st.emit("map_deferred", id=request.id, importer=st.peer_name(ctx["peer"]), buffer=buf.id,
-                attachment=att.id, move=buf.lock_move if buf.locked else None)
+                attachment=att.id, **(buf.lock_holder if buf.locked and buf.lock_holder else {"move": None}))
 
     def _serve_deferred_maps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         st = self.state
@@ -377,6 +404,109 @@ class MoveMachine:
         self.state.emit("pin", importer=self.state.members[att.slot].name, buffer=buf.id,
                         attachment=att.id, pins=buf.pins)
 
+    # ------------------------------------------------------------------ steps: revocation (Linux 7.1)
+
+    def _begin_revocation(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        self.next_move += 1
+        rev = Revocation(self.next_move, buf.id, began_ns=now)
+        self.state.revocations[rev.id] = rev
+        buf.revocation = rev
+        buf.revoke_queued = False
+
+    def _mark_revoked(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        rev = self._revocation(buf)
+        if not buf.locked:
+            raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: revoked without its reservation lock")
+        buf.revoked = True
+        self.state.emit("revoke", buffer=buf.id, revoke=rev.id, attachments=len(buf.attachments))
+
+    def _mark_unrevoked(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        rev = self._revocation(buf)
+        if not buf.locked:
+            raise ReservationLockError(f"{self.strategy}: buffer {buf.id}: un-revoked without its reservation lock")
+        buf.revoked = False
+        self.state.emit("unrevoke", buffer=buf.id, revoke=rev.id)
+
+    def _begin_unrevoke(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        rev = self._revocation(buf)
+        buf.unrevoke_queued = False
+        rev.waiting, rev.forced = {}, []
+
+    def _end_revocation(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        rev = self._revocation(buf)
+        for req_id in rev.notified.values():
+            self.state.notify_ids.pop(req_id, None)
+        del self.state.revocations[rev.id]
+        buf.revocation = None
+
+    def _refuse_map_revoked(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        request = ctx["request"]
+        rev = buf.revocation
+        self.state.send(ctx["peer"], ErrorReply(
+            id=request.id, op=Map.OP, code=ErrorCode.NO_DEVICE,
+            message=f"map: buffer {buf.id} is revoked{f' (revoke {rev.id})' if rev else ''}: map again after it is "
+                    f"un-revoked"))
+
+    def _refuse_attach(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        ctx["refusal"].append((ErrorCode.NOT_SUPPORTED,
+                               f"attach: buffer {buf.id} can be revoked and this importer cannot be "
+                               f"(no invalidate_mappings: dma_buf_attach_revocable is false)"))
+
+    def _put_unmap_ref(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        self.mapping_dropped(buf, now)
+
+    def _await_unmaps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, rev = self.state, self._revocation(buf)
+        rev.unmap_wait_from = now
+        mapped = [st.attachments[a] for a in sorted(buf.mapped)]
+        st.emit("unmap_wait_begin", buffer=buf.id, revoke=rev.id,
+                importers=sorted({st.members[a.slot].name for a in mapped}), attachments=[a.id for a in mapped],
+                bound_ms=st.config.unmap_wait_s * 1000)
+        if buf.unmap_wait.done:
+            st.post(buf, MoveEvent.UNMAPS_DONE, now)
+        else:
+            st.out.append(StartTimer(("unmap-wait", rev.id), st.config.unmap_wait_s))
+
+    def _warn_unmaps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        """VFIO's WARN: "Timed out waiting for DMABUF unmap, importer has a broken
+        invalidate_mapping()". Once per revocation; the wait goes on."""
+        st, rev = self.state, self._revocation(buf)
+        rev.warned = True
+        for att_id in sorted(buf.mapped):
+            att = st.attachments[att_id]
+            name = st.members[att.slot].name
+            rev.late.add(name)
+            st.emit("unmap_wait_warning", buffer=buf.id, revoke=rev.id, importer=name, attachment=att.id,
+                    waited_ns=now - rev.unmap_wait_from, message="importer has a broken invalidate_mapping()")
+
+    def _end_unmap_wait(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        st, rev = self.state, self._revocation(buf)
+        st.out.append(CancelTimer(("unmap-wait", rev.id)))
+        st.emit("unmap_wait_end", buffer=buf.id, revoke=rev.id, waited_ns=now - rev.unmap_wait_from,
+                late=sorted(rev.late))
+
+    def _rearm_unmap_wait(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        buf.unmap_wait.rearm()
+
+    def _queue_revoke(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        buf.revoke_queued = True
+
+    def _run_queued_revoke(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        if buf.revoke_queued:
+            buf.revoke_queued = False
+            self.state.post(buf, MoveEvent.REVOKE, now)
+
+    def _queue_unrevoke(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        buf.unrevoke_queued = True
+
+    def _run_queued_unrevoke(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        if buf.unrevoke_queued:
+            buf.unrevoke_queued = False
+            self.state.post(buf, MoveEvent.UNREVOKE, now)
+
+    def _drop_queued_revoke(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        buf.revoke_queued = False
+
     # ------------------------------------------------------------------ helpers
 
     def serve_map(self, buf: Buffer, peer: bytes, request: Map, since: int, now: int, *,
@@ -392,6 +522,9 @@ class MoveMachine:
         att = st.attachments[request.attachment]
         att.mapped = True
         buf.mapped.add(att.id)
+        if not buf.unmap_wait.get():
+            st.emit("refcount_warning", buffer=buf.id, refs=buf.unmap_wait.refs,
+                    message="refcount_t: addition on 0; use-after-free")
         st.members[att.slot].mapped.add(att.id)
         self.memory.touched(buf)
         moved = att.last_gen is not None and att.last_gen != buf.placement.gen
@@ -405,6 +538,39 @@ class MoveMachine:
         if buf.move is None:
             raise AssertionError(f"{self.strategy}: buffer {buf.id} has no move in state {buf.state.value}")
         return buf.move
+
+    @staticmethod
+    def _current(buf: Buffer) -> Operation | None:
+        """The operation the buffer's notifications and fence wait belong to: its move, else its
+        revocation (never both: a revocation waits for a move, and no move begins while revoked)."""
+        return buf.move if buf.move is not None else buf.revocation
+
+    def _op(self, buf: Buffer) -> Operation:
+        op = self._current(buf)
+        if op is None:
+            raise AssertionError(f"{self.strategy}: buffer {buf.id} has no move or revocation in state "
+                                 f"{buf.state.value}")
+        return op
+
+    def _revocation(self, buf: Buffer) -> Revocation:
+        if buf.revocation is None:
+            raise AssertionError(f"{self.strategy}: buffer {buf.id} has no revocation in state {buf.state.value}")
+        return buf.revocation
+
+    def _holder(self, buf: Buffer) -> dict[str, Any]:
+        """The lock holder as events name it: {"move": id} or {"revoke": id}."""
+        op = self._current(buf)
+        return {"move": None} if op is None else {op.KIND: op.id}
+
+    def mapping_dropped(self, buf: Buffer, now: int) -> None:
+        """A mapping of `buf` is gone (unmapped, or its attachment revoked): the exporter's unmap
+        callback drops its reference (kref_put); the count reaching zero completes the unmap wait."""
+        done, ok = buf.unmap_wait.put()
+        if not ok:
+            self.state.emit("refcount_warning", buffer=buf.id, refs=buf.unmap_wait.refs,
+                            message="refcount_t: underflow; use-after-free")
+        if done:
+            self.state.post(buf, MoveEvent.UNMAPS_DONE, now)
 
 
 def _placement_fields(p: Placement) -> dict[str, Any]:
@@ -422,6 +588,8 @@ GUARDS: dict[Guard, GuardFn] = {
     Guard.MOVE_QUEUED: lambda m, buf, ctx: buf.state is MoveState.QUEUED,
     Guard.NO_ROOM: MoveMachine._no_room,
     Guard.AWAITED: MoveMachine._awaited,
+    Guard.REVOKED: lambda m, buf, ctx: buf.revoked,
+    Guard.STATIC: lambda m, buf, ctx: not ctx["attachment"].revocable,
 }
 
 STEPS: dict[Step, StepFn] = {
@@ -460,6 +628,24 @@ STEPS: dict[Step, StepFn] = {
     Step.HINT_WILL_MOVE: MoveMachine._hint_will_move,
     Step.HINT_STAY: MoveMachine._hint_stay,
     Step.PIN: MoveMachine._pin,
+    Step.INVALIDATE_MAPPINGS: MoveMachine._invalidate_mappings,
+    Step.BEGIN_REVOCATION: MoveMachine._begin_revocation,
+    Step.MARK_REVOKED: MoveMachine._mark_revoked,
+    Step.MARK_UNREVOKED: MoveMachine._mark_unrevoked,
+    Step.BEGIN_UNREVOKE: MoveMachine._begin_unrevoke,
+    Step.END_REVOCATION: MoveMachine._end_revocation,
+    Step.REFUSE_MAP_REVOKED: MoveMachine._refuse_map_revoked,
+    Step.REFUSE_ATTACH: MoveMachine._refuse_attach,
+    Step.PUT_UNMAP_REF: MoveMachine._put_unmap_ref,
+    Step.AWAIT_UNMAPS: MoveMachine._await_unmaps,
+    Step.WARN_UNMAPS: MoveMachine._warn_unmaps,
+    Step.END_UNMAP_WAIT: MoveMachine._end_unmap_wait,
+    Step.REARM_UNMAP_WAIT: MoveMachine._rearm_unmap_wait,
+    Step.QUEUE_REVOKE: MoveMachine._queue_revoke,
+    Step.RUN_QUEUED_REVOKE: MoveMachine._run_queued_revoke,
+    Step.QUEUE_UNREVOKE: MoveMachine._queue_unrevoke,
+    Step.RUN_QUEUED_UNREVOKE: MoveMachine._run_queued_unrevoke,
+    Step.DROP_QUEUED_REVOKE: MoveMachine._drop_queued_revoke,
 }
 
 VOCABULARY = machine.Vocabulary(
@@ -468,6 +654,7 @@ VOCABULARY = machine.Vocabulary(
 
 _DEFER = (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),)
 _SERVING = (Step.SERVE_MAP, Step.SERVE_DEFERRED_MAPS)
+_UNDER_LOCK = (Step.MARK_REVOKED, Step.MARK_UNREVOKED)
 
 
 @dataclass(frozen=True)
@@ -476,6 +663,7 @@ class CompiledSpec:
     rows: dict[tuple[Any, MoveEvent], Any]    # as checked, with the lock's default rows
     table: dict[tuple[Any, MoveEvent], Any]   # every (state, event): what the interpreter reads
     locked_states: frozenset[MoveState]       # states in which a move holds the reservation lock
+    revokes: bool = False                     # some reachable rule revokes a buffer (MARK_REVOKED)
 
 
 def compile_spec(spec: ExporterSpec) -> CompiledSpec:
@@ -494,7 +682,10 @@ def compile_spec(spec: ExporterSpec) -> CompiledSpec:
     rows = machine.check(name, VOCABULARY, rows)
     _check_lock(name, rows, locked)
     _check_begin(name, rows)
-    return CompiledSpec(name, rows, machine.expand(VOCABULARY, rows), frozenset(locked))
+    reach = machine.reachable(VOCABULARY, rows)
+    revokes = any(Step.MARK_REVOKED in rule.do for (state, _), rule in machine.steps_of(rows)
+                  if state is ANY or state in reach)
+    return CompiledSpec(name, rows, machine.expand(VOCABULARY, rows), frozenset(locked), revokes)
 
 
 def locked_states(rows: dict[tuple[Any, MoveEvent], Any]) -> set[MoveState]:
@@ -539,6 +730,8 @@ def _check_lock(name: str, rows: dict, locked: set[MoveState]) -> None:
                         problem = "LOCK of a reservation lock already held"
                     elif step is Step.UNLOCK and not held:
                         problem = "UNLOCK of a reservation lock not held"
+                    elif step in _UNDER_LOCK and not held:
+                        problem = f"{step.value} without the reservation lock (VFIO marks a buffer revoked under it)"
                     if problem is not None:
                         raise TableError(name, "exporter", f"({state.value}, {event.value})", f"rule {i}: {problem}")
                     held = _held_after(held, (step,))

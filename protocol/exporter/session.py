@@ -35,14 +35,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from protocol import capability
-from protocol.actions import ForceCompleteFences, StartTimer
+from protocol.actions import Emit, ForceCompleteFences, StartTimer
 from protocol.exporter.moves import MoveMachine
 from protocol.exporter.state import Attachment, Buffer, ExporterState, Member
 from protocol.exporter.table import MoveEvent
 from protocol.fence import FORCE_REASONS
 from protocol.wire import (Ack, Attach, AttachReply, BufferInfo, Bye, Detach, ErrorCode, ErrorReply,
-                           Heartbeat, HeapInfo, Hello, HelloReply, Map, Message, Pin, PinReply, Ping,
-                           ProtocolError, Unmap, UnmapReply, Unpin, ok_reply)
+                           Heartbeat, HeapInfo, Hello, HelloReply, InvalidateMappings, Map, Message, Pin,
+                           PinReply, Ping, ProtocolError, Unmap, UnmapReply, Unpin, ok_reply)
 
 LEASE_TIMER = ("leases",)
 LEASE_CHECKS_PER_LEASE = 4
@@ -106,6 +106,7 @@ class Session:
             att.mapped = False
             buf.mapped.discard(att.id)
             imp.mapped.discard(att.id)
+            self.moves.mapping_dropped(buf, now)
         self.drop_attachment(att, now)
         if not buf.mapped:
             st.post(buf, MoveEvent.LAST_UNMAP, now)
@@ -127,8 +128,8 @@ class Session:
         imp.waiting.discard(att.id)
         imp.mapped.discard(att.id)
         del st.attachments[att.id]
-        st.post(buf, MoveEvent.ATTACHMENT_GONE, now, attachment=att.id,
-                **({"move": buf.move.id} if buf.move is not None else {}))
+        op = self.moves._current(buf)
+        st.post(buf, MoveEvent.ATTACHMENT_GONE, now, attachment=att.id, **({"op": op.id} if op is not None else {}))
 
     # ------------------------------------------------------------------ requests
 
@@ -184,8 +185,9 @@ class Session:
         self.state.emit("bye", importer=imp.name, slot=imp.slot)
 
     def on_attach(self, peer: bytes, msg: Attach, now: int) -> None:
-        """dma_buf_attach. What the attach does to the buffer (a static importer's pins it) is the
-        table's (state, ATTACH) row."""
+        """dma_buf_attach. What the attach does to the buffer (a static importer's pins it; a
+        revoking exporter refuses one it cannot revoke) is the table's (state, ATTACH) row; a
+        refused attach changes nothing."""
         st, config = self.state, self.state.config
         imp = self.member(peer)
         buf = self.buffer(msg.buffer, "attach")
@@ -193,15 +195,22 @@ class Session:
             self.deny(peer, "attach", "bad export token", buffer=buf.id)
         if len(imp.attachments) >= config.max_attachments:
             self.busy(imp, "attach", "attachments", len(imp.attachments), config.max_attachments)
-        att = Attachment(self.next_attachment, buf.id, imp.slot, peer=peer)
+        att = Attachment(self.next_attachment, buf.id, imp.slot, peer=peer, revocable=msg.revocable)
+        refusal: list[tuple[str, str]] = []
+        mark = len(st.out)
+        self.moves.dispatch(buf, MoveEvent.ATTACH, now, attachment=att, refusal=refusal)
+        if refusal:
+            del st.out[mark:]
+            raise ProtocolError(*refusal[0])
         # Derived once: checking it is then a constant-time compare, not an HMAC per map.
         att.token = capability.attachment_token(config.secret, att.id, peer)
         self.next_attachment += 1
         st.attachments[att.id] = att
         buf.attachments.add(att.id)
         imp.attachments.add(att.id)
-        st.emit("attach", importer=imp.name, buffer=buf.id, attachment=att.id)
-        self.moves.dispatch(buf, MoveEvent.ATTACH, now, attachment=att)
+        # The attach event goes before what the row did (a pin): the history reads attach, then pin.
+        st.out.insert(mark, Emit("attach", dict(importer=imp.name, buffer=buf.id, attachment=att.id,
+                                                **({} if att.revocable else {"revocable": False}))))
         st.send(peer, AttachReply(id=msg.id, attachment=att.id, buffer=buf.id, size=buf.size, token=att.token))
 
     def on_detach(self, peer: bytes, msg: Detach, now: int) -> None:
@@ -239,6 +248,7 @@ class Session:
         att.mapped = False
         buf.mapped.discard(att.id)
         st.members[att.slot].mapped.discard(att.id)
+        self.moves.mapping_dropped(buf, now)
         hint: dict[str, bool] = {"will_move": False}
         self.moves.dispatch(buf, MoveEvent.UNMAP, now, hint=hint)
         st.send(peer, UnmapReply(id=msg.id, will_move=hint["will_move"]), recorded=True)
@@ -280,26 +290,27 @@ class Session:
         latency = now - move.sent_ns[att.id] if current and move and att.id in move.sent_ns else None
         st.emit("ack", id=msg.id, buffer=att.buffer, move=msg.move, importer=st.peer_name(peer),
                 attachment=att.id, latency_ns=latency, current=current)
-        self.moves.dispatch(st.buffers[att.buffer], MoveEvent.ACK, now, attachment=att.id, move=msg.move)
+        self.moves.dispatch(st.buffers[att.buffer], MoveEvent.ACK, now, attachment=att.id, op=msg.move)
 
     def on_reply(self, peer: bytes, reply: Message, now: int) -> None:
-        """An importer's reply to a move_notify of ours: its callback returned. What that does is
-        the table's (state, NOTIFY_RETURNED) row."""
+        """An importer's reply to a move_notify or invalidate_mappings of ours: its callback
+        returned. What that does is the table's (state, NOTIFY_RETURNED) row."""
         st = self.state
         target = st.notify_ids.pop(reply.id, None)
         if target is None:
             st.emit("stray_reply", peer=st.peer_name(peer), id=reply.id, op=getattr(reply, "op", "?"))
             return
-        move_id, att_id = target
-        move = st.moves.get(move_id)
-        fields: dict[str, Any] = dict(buffer=move.buffer if move else None, move=move_id,
+        op_id, att_id = target
+        op = st.operation(op_id)
+        kind = "revoke" if op is not None and op.KIND == "revoke" else "move"
+        name = "invalidate_mappings" if getattr(reply, "op", "") == InvalidateMappings.OP else "move_notify"
+        fields: dict[str, Any] = dict(buffer=op.buffer if op else None, **{kind: op_id},
                                       importer=st.peer_name(peer), attachment=att_id)
         if isinstance(reply, ErrorReply):
             fields.update(code=reply.code, message=reply.message)
-        st.emit("move_notify_returned", **fields)
-        if move is not None:
-            self.moves.dispatch(st.buffers[move.buffer], MoveEvent.NOTIFY_RETURNED, now,
-                                attachment=att_id, move=move_id)
+        st.emit(f"{name}_returned", **fields)
+        if op is not None:
+            self.moves.dispatch(st.buffers[op.buffer], MoveEvent.NOTIFY_RETURNED, now, attachment=att_id, op=op_id)
 
     # ------------------------------------------------------------------ checks
 

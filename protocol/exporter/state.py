@@ -38,6 +38,7 @@ class ExporterConfig:
     # The run parameters' defaults are protocol/params.py's.
     ack_timeout_s: float = default_s("ack_timeout_ms")
     fence_timeout_s: float = default_s("fence_timeout_ms")
+    unmap_wait_s: float = default_s("unmap_wait_ms")
     reset_grace_s: float = default_s("reset_grace_ms")
     hint_policy: str = default("hint_policy")
     max_moves_in_flight: int = 2
@@ -73,29 +74,78 @@ class Attachment:
     last_gen: int | None = None      # the generation this attachment was last handed
     token: str = ""                  # its attachment token, for the connection it was made on
     peer: bytes = b""
+    revocable: bool = True           # the importer has invalidate_mappings (dma_buf_attach_revocable)
     pinned_once: bool = False        # it has pinned at least once (what NOTIFY_NEVER_PINNED reads)
 
 
 @dataclass
-class Move:
+class Operation:
+    """What a move and a revocation share: the notifications they send and wait for, and their
+    fence wait. Ids come from one counter, so an id names one operation (timers, fence waits)."""
+
     id: int
     buffer: int
+    waiting: dict[int, int] = field(default_factory=dict, kw_only=True)   # attachment -> notify request id, awaited
+    sent_ns: dict[int, int] = field(default_factory=dict, kw_only=True)   # attachment -> when notified
+    notified: dict[int, int] = field(default_factory=dict, kw_only=True)  # attachment -> notify request id, all sent
+    fence_wait_from: int = field(default=0, kw_only=True)
+    unsignaled: tuple[int, ...] = field(default=(), kw_only=True)         # slots the fence wait still waits for
+    forced: list[str] = field(default_factory=list, kw_only=True)         # importers whose fences were forced
+    wait_usage: Usage = field(default=Usage.BOOKKEEP, kw_only=True)       # the usage its fence wait waits with
+    confirming: dict[int, int] = field(default_factory=dict, kw_only=True)  # slot -> when forced: the device has
+                                                                          # not confirmed its engine stopped (AWAIT_RESETS)
+    resetting: set[int] = field(default_factory=set, kw_only=True)        # slots forced by the last FORCE_COMPLETE
+
+    KIND = "move"                       # the field that names it in events: move or revoke
+
+
+@dataclass
+class Move(Operation):
     src: Placement
     dst: Placement
     reason: str
     began_ns: int
-    waiting: dict[int, int] = field(default_factory=dict)   # attachment -> notify request id, awaited
-    sent_ns: dict[int, int] = field(default_factory=dict)   # attachment -> when notified
-    notified: dict[int, int] = field(default_factory=dict)  # attachment -> notify request id, all sent
     kernel_seq: int = 0
     then_promote: int | None = None                         # buffer to move into the freed range
-    fence_wait_from: int = 0
-    unsignaled: tuple[int, ...] = ()                        # slots whose fences the wait still waits for
-    forced: list[str] = field(default_factory=list)         # importers whose fences were forced
-    wait_usage: Usage = Usage.BOOKKEEP                      # the usage its fence wait waits with
-    confirming: dict[int, int] = field(default_factory=dict)  # slot -> when forced: the device has not
-                                                            # confirmed its engine stopped yet (AWAIT_RESETS)
-    resetting: set[int] = field(default_factory=set)        # slots forced by the last FORCE_COMPLETE
+
+
+@dataclass
+class Revocation(Operation):
+    """A buffer taken away and, later, given back: one id for both (the revoke and unrevoke events)."""
+
+    began_ns: int
+    unmap_wait_from: int = 0
+    late: set[str] = field(default_factory=set)             # importers the unmap wait warned about
+    warned: bool = False
+
+    KIND = "revoke"
+
+
+@dataclass
+class UnmapWait:
+    """VFIO's kref and completion for a revocation's wait for unmaps: one reference is the buffer's
+    own (kref_init), one more per mapping served; the revocation drops the buffer's own and waits
+    until the count reaches zero. The completion, once complete, stays so until re-armed
+    (reinit_completion): which is why re-arming at the wrong moment loses track (revoke+kref-reinit)."""
+
+    refs: int = 1
+    done: bool = False
+
+    def get(self) -> bool:
+        """A mapping served (kref_get). False if the count was zero: refcount_t's "addition on 0"."""
+        self.refs += 1
+        return self.refs > 1
+
+    def put(self) -> tuple[bool, bool]:
+        """A reference dropped (kref_put): (it completed the wait, the count stayed >= 0)."""
+        self.refs -= 1
+        if self.refs == 0:
+            self.done = True
+            return True, True
+        return False, self.refs >= 0
+
+    def rearm(self) -> None:
+        self.refs, self.done = 1, False
 
 
 @dataclass
@@ -114,8 +164,14 @@ class Buffer:
     deferred: list[tuple[bytes, Map, int]] = field(default_factory=list)
     kernel_seq: int = 0                          # seqno of the last move's KERNEL fence
     promised: bool = False                       # an unmap reply promised it would not move
-    locked: bool = False                         # a move holds its reservation lock
-    lock_move: int | None = None                 # ... that move (what resv_unlock names, even after END)
+    locked: bool = False                         # a move (or revocation) holds its reservation lock
+    lock_holder: dict[str, Any] | None = None    # ... which: {"move": id} or {"revoke": id}, as LOCK
+                                                 # recorded it (what resv_unlock names, even after END)
+    revocation: Revocation | None = None         # in progress, or in effect until un-revoked
+    revoked: bool = False                        # maps are refused (no_device)
+    unmap_wait: UnmapWait = field(default_factory=UnmapWait)
+    revoke_queued: bool = False                  # a revocation waits for the lock's holder
+    unrevoke_queued: bool = False                # an un-revoke waits for the revocation's unmap wait
 
 
 class ExporterState:
@@ -127,6 +183,7 @@ class ExporterState:
         self.by_peer: dict[bytes, Member] = {}
         self.by_name: dict[str, Member] = {}
         self.moves: dict[int, Move] = {}
+        self.revocations: dict[int, Revocation] = {}
         self.notify_ids: dict[int, tuple[int, int]] = {}   # request id -> (move, attachment)
         self.next_request = 1
         self.out: list[Action] = []
@@ -145,6 +202,11 @@ class ExporterState:
     def post_want(self, buf: Buffer, to_heap: str, reason: str, now: int) -> None:
         """A follow-up MOVE_WANTED that the memory manager re-checks (admits) when it runs."""
         self.posted.append((buf.id, MoveEvent.MOVE_WANTED, now, {"to": to_heap, "reason": reason}, True))
+
+    def operation(self, op_id: int) -> Operation | None:
+        """The move or revocation with this id (one counter: ids are never shared)."""
+        op = self.moves.get(op_id)
+        return op if op is not None else self.revocations.get(op_id)
 
     def new_request_id(self) -> int:
         rid = self.next_request

@@ -13,7 +13,8 @@ Rules of this file:
 - BASE_TABLE holds what is the same for every strategy: a placement is never handed out while its
   bytes are being copied; an unmap carries no hint; a buffer already moving takes no second move;
   stale timers and follow-ups change nothing; a copy ends in IDLE. A strategy adds its IDLE
-  MOVE_WANTED row and the rows of every other state it enters.
+  MOVE_WANTED row and the rows of every other state it enters. A static importer's attach pins
+  the buffer. REVOKE and UNREVOKE are violations: only a strategy with revocation rows takes them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class MoveState(enum.Enum):
     NOTIFYING = "notifying"    # move_notify sent; waiting for acks or callback returns
     FENCE_WAIT = "fence_wait"  # waiting for the importers' fences (resv-fence)
     COPYING = "copying"        # bytes moving from the old range to the new
+    # Linux 7.1 revocation (the revoke strategy)
+    REVOKING = "revoking"                        # revoked under the lock; invalidate_mappings out, waiting for returns
+    REVOKE_FENCE_WAIT = "revoke_fence_wait"      # revoked under the lock; waiting for fences (BOOKKEEP)
+    UNMAP_WAIT = "unmap_wait"                    # revoked, lock released; waiting for every unmap (bounded warning)
+    REVOKED = "revoked"                          # revoked; maps refused (no_device) until un-revoke
+    UNREVOKING = "unrevoking"                    # un-revoke under the lock; invalidate_mappings out
+    UNREVOKE_FENCE_WAIT = "unrevoke_fence_wait"  # un-revoke under the lock; waiting for fences
 
 
 class MoveEvent(enum.Enum):
@@ -51,6 +59,10 @@ class MoveEvent(enum.Enum):
     RESET_TIMEOUT = "reset_timeout"      # timer: --reset-grace-ms after fences were forced (AWAIT_RESETS)
     COPY_DONE = "copy_done"              # the shell: the copy finished
     CANCEL = "cancel"                    # the run stops: moves not begun will not be
+    REVOKE = "revoke"                    # the exporter takes the buffer away (VFIO: a device reset)
+    UNREVOKE = "unrevoke"                # the exporter gives it back
+    UNMAPS_DONE = "unmaps_done"          # follow-up: the unmap wait completed (its count reached zero)
+    UNMAP_WAIT_TIMEOUT = "unmap_wait_timeout"  # timer: --unmap-wait-ms after the unmap wait began
 
 
 class Guard(enum.Enum):
@@ -61,7 +73,9 @@ class Guard(enum.Enum):
     CONSERVATIVE_HINTS = "conservative"  # --hint-policy conservative
     MOVE_QUEUED = "move_queued"          # a move waits for the last unmap
     NO_ROOM = "no_space"                 # the destination heap has no room (the move's reason if refused)
-    AWAITED = "awaited"                  # the move still waits for this attachment's answer
+    AWAITED = "awaited"                  # the move (or revocation) still waits for this attachment's answer
+    REVOKED = "revoked"                  # the buffer is marked revoked (its reason, if a move is refused)
+    STATIC = "static"                    # the attaching importer is not revocable (no invalidate_mappings)
 
 
 class Step(enum.Enum):
@@ -103,6 +117,26 @@ class Step(enum.Enum):
     HINT_WILL_MOVE = "hint_will_move"    # the unmap reply says: this buffer will move
     HINT_STAY = "hint_stay"              # the unmap reply promises it will not
     PIN = "pin"                          # the attach pins the buffer (a static importer)
+    # Linux 7.1: invalidate_mappings and revocation (VFIO's vfio_pci_dma_buf_move)
+    INVALIDATE_MAPPINGS = "invalidate_mappings"  # 7.1's move_notify: to every attachment not pinned of a live
+                                                 # importer; for a revocation, pinned ones too
+    BEGIN_REVOCATION = "begin_revocation"  # a new revocation (its id), before its lock is taken
+    MARK_REVOKED = "mark_revoked"        # maps are refused from now on (the revoke event). Requires the lock
+    MARK_UNREVOKED = "mark_unrevoked"    # the buffer is mappable again (unrevoke). Requires the lock
+    BEGIN_UNREVOKE = "begin_unrevoke"    # the revocation's next part: un-revoke (its notifications start afresh)
+    END_REVOCATION = "end_revocation"    # the revocation is over (after un-revoke)
+    REFUSE_MAP_REVOKED = "refuse_map_revoked"    # answer the map no_device (ENODEV)
+    REFUSE_ATTACH = "refuse_attach"      # answer the attach not_supported (EOPNOTSUPP: dma_buf_attach_revocable)
+    PUT_UNMAP_REF = "put_unmap_ref"      # drop the buffer's own reference of its unmap wait (kref_put)
+    AWAIT_UNMAPS = "await_unmaps"        # unmap_wait_begin; UNMAPS_DONE when the count is zero; bounded warning
+    WARN_UNMAPS = "warn_unmaps"          # unmap_wait_warning for every attachment still mapped; go on waiting
+    END_UNMAP_WAIT = "end_unmap_wait"    # unmap_wait_end, timer cancelled
+    REARM_UNMAP_WAIT = "rearm_unmap_wait"  # kref_init and reinit_completion: the count back to the buffer's own
+    QUEUE_REVOKE = "queue_revoke"        # a revocation waits for the operation holding the lock
+    RUN_QUEUED_REVOKE = "run_queued_revoke"      # the operation is over: a queued revocation begins (follow-up)
+    QUEUE_UNREVOKE = "queue_unrevoke"    # the un-revoke waits for the revocation's unmap wait
+    RUN_QUEUED_UNREVOKE = "run_queued_unrevoke"  # the unmap wait is over: a queued un-revoke begins (follow-up)
+    DROP_QUEUED_REVOKE = "drop_queued_revoke"    # an un-revoke before its revocation began: neither happens
     # Known bugs, for mutants only (protocol/strategies/mutants.py): compile_spec refuses them in
     # the table of a strategy that does not declare the rule it breaks.
     WAIT_WRITE_FENCES = "wait_write_fences"      # wait with usage WRITE: KERNEL and WRITE fences, not READ
@@ -139,7 +173,8 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
     # nobody waits for is late, a timer or follow-up that lost its point is stale.
     (ANY, MoveEvent.UNMAP): IGNORE,
     (ANY, MoveEvent.LAST_UNMAP): IGNORE,
-    (ANY, MoveEvent.ATTACH): IGNORE,
+    # A static importer (not revocable: no invalidate_mappings) gets the buffer pinned at attach.
+    (ANY, MoveEvent.ATTACH): (Rule(Guard.STATIC, SAME, (Step.PIN,)), Rule(Guard.ALWAYS, SAME, ())),
     (ANY, MoveEvent.ACK): IGNORE,
     (ANY, MoveEvent.NOTIFY_RETURNED): IGNORE,
     (ANY, MoveEvent.ATTACHMENT_GONE): IGNORE,
@@ -149,6 +184,12 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
     (ANY, MoveEvent.FENCE_TIMEOUT): IGNORE,
     (ANY, MoveEvent.RESET_TIMEOUT): IGNORE,
     (ANY, MoveEvent.CANCEL): IGNORE,
+    # Revocation is the 7.1 strategies' (protocol/strategies/revoke.py): a strategy without it
+    # cannot be asked to revoke (deploy refuses the fault), and an unmap wait it never began is stale.
+    (ANY, MoveEvent.REVOKE): VIOLATION,
+    (ANY, MoveEvent.UNREVOKE): VIOLATION,
+    (ANY, MoveEvent.UNMAPS_DONE): IGNORE,
+    (ANY, MoveEvent.UNMAP_WAIT_TIMEOUT): IGNORE,
 }
 
 

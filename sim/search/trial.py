@@ -18,8 +18,11 @@ Rules:
   reports (kind, buffer, importer, job) is kept, and so is each deadlock finding (kind
   "deadlock", the buffer whose lock the cycle's holder took, the importer whose fence it waited
   for): a schedule that deadlocks is a catch as much as one that races, and only the checker's
-  wait-for graph says that it did. Nothing is written; the history is kept only
-  when asked (a race, for its witness).
+  wait-for graph says that it did; and each revoke_incomplete finding (Linux 7.1: kind
+  "revoke_incomplete", the buffer, the importer whose mapping was still live, its attachment):
+  a revocation that went on with a mapping live is a broken rule, caught as a deadlock is.
+  FINDING_CATCHES names them. Nothing is written; the history is kept only when asked (a race,
+  for its witness).
 - A schedule judged in memory ends when the window closes with no DMA running (`cut_tail`): the
   importers answered stop with every job over, the exporter with every move over, and nothing
   after (detach, bye, down) begins a job or a move, so no verdict can change; the shutdown is
@@ -190,8 +193,9 @@ class Blocked(BaseException):
 
 @dataclass(frozen=True)
 class RaceId:
-    """A catch: a race (kind, buffer, importer, job), or a deadlock finding ("deadlock", the
-    buffer of the lock in its cycle, the importer of the fence in it, that fence's seq)."""
+    """A catch: a race (kind, buffer, importer, job), a deadlock finding ("deadlock", the buffer
+    of the lock in its cycle, the importer of the fence in it, that fence's seq) or a
+    revoke_incomplete finding ("revoke_incomplete", the buffer, the importer, its attachment)."""
 
     kind: str
     buffer: Any
@@ -251,8 +255,8 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 
 
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
-    """The checker's verdicts on a merged history: every race and every deadlock, in the order
-    it judged them."""
+    """The checker's verdicts on a merged history: every race, deadlock and revoke_incomplete, in
+    the order it judged them."""
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
@@ -260,12 +264,20 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
     def on_finding(what: str, svc: str, t: int, fields: dict[str, Any]) -> None:
         if what == "deadlock":
             races.append(deadlock_id(fields["cycle"]))
+        elif fields.get("finding") == "revoke_incomplete":
+            races.append(RaceId("revoke_incomplete", fields.get("buffer"), str(fields.get("importer")),
+                                fields.get("attachment")))
 
     oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
                     on_finding=on_finding)
     oracle.run(history)
     oracle.finish()
     return races, (oracle.report() if report else None)
+
+
+# The checker's findings a search catches, beside its races: each says a rule was broken (fence
+# timeouts and forced fences are a bounded wait doing its job, under faults as under bugs).
+FINDING_CATCHES = ("deadlock", "revoke_incomplete")
 
 
 def deadlock_id(cycle: Sequence[Sequence[Any]]) -> RaceId:
