@@ -77,7 +77,7 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     importer_name,
 )
-from checker.findings import Findings
+from checker.findings import CATCHES, Findings
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -1223,7 +1223,7 @@ class Oracle:
         witnesses = {k: [explained(r, t0 or 0) for r in v] for k, v in self.witness_races.items()}
         if self.mutant is not None:
             # Beside each witness: the rule the run's strategy breaks, as the run said it.
-            for item in [w for ws in witnesses.values() for w in ws] + list(findings["deadlock"]["items"]):
+            for item in [w for ws in witnesses.values() for w in ws] + [i for k in CATCHES for i in findings[k]["items"]]:
                 item["broken_rule"] = self.mutant
         return {
             **top,

@@ -88,8 +88,7 @@ def strategy_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
                 module = strategies.resolve(n)
             except strategies.StrategyError as exc:
                 raise CampaignError(f"--strategies: {exc}") from None
-            mutant_params = {} if n in strategies.REVOKE_MUTANTS else strategies.mutants.params_of(n)
-            out.append((module.NAME, {"strategy": module.SOURCE, **mutant_params}))
+            out.append((module.NAME, {"strategy": module.SOURCE, **mutant_workload(n)}))
         elif n in variants:
             out.append((n, variants[n]))
         elif n in strategies.STRATEGIES:
@@ -114,11 +113,23 @@ def mutant_variants() -> list[tuple[str, dict[str, Any]]]:
     runs: list[tuple[str, dict[str, Any]]] = []
     for name in mutants.names():
         base, _ = mutants.split(name)
-        params = mutants.params_of(name)
-        label = base + "".join(f"-{k.replace('_', '-')}-{_num(v)}" for k, v in sorted(params.items()))
+        params = mutant_workload(name)
+        label = base + "".join(f"-{k.replace('_', '-')}-{_num(v)}" for k, v in sorted(params.items())
+                               if k != "faults")
         controls.setdefault(label, {"strategy": base, **params})
         runs.append((name, {"strategy": name, **params}))
     return list(controls.items()) + runs
+
+
+def mutant_workload(spec: str) -> dict[str, Any]:
+    """The run parameters mutant `spec` needs (mutants.params_of), its faults canonical
+    (runtime.faults.parse_cli): plan_runs adds them to each plan's."""
+    from protocol.strategies import mutants
+    from runtime import faults
+    params = mutants.params_of(spec)
+    if "faults" in params:
+        params["faults"] = tuple(faults.parse_cli(text) for text in params["faults"])
+    return params
 
 
 @dataclass(frozen=True)
@@ -179,7 +190,10 @@ def plan_runs(base: RunParams, strategies: str, plans: str, seeds: int) -> tuple
     for label, overrides in variants:
         for plan in loaded:
             for seed in range(1, seeds + 1):
-                params = plan.apply(dataclasses.replace(base, **overrides, seed=seed))
+                # a variant's own faults (a mutant's workload) come on top of the plan's
+                own = {k: v for k, v in overrides.items() if k != "faults"}
+                params = plan.apply(dataclasses.replace(base, **own, seed=seed))
+                params = dataclasses.replace(params, faults=(*params.faults, *overrides.get("faults", ())))
                 try:
                     if resolve_flags(run_flags(params)) != params:
                         raise CampaignError(f"{label} under plan {plan.name}: parameters do not survive "

@@ -20,7 +20,8 @@ of moves refused; plans in campaign order within a strategy.
 
 The mutation score (when the campaign ran mutants, `--strategies mutants`): per mutant, the rule it
 breaks and its source (as its runs' reports quote them: the `mutant` of report.json), in how many
-runs the checker caught it (a race, or a deadlock finding), which kinds, whether every witness
+runs the checker caught it (a race, or a finding that says a rule was broken: deadlock,
+revoke_incomplete, checker/findings.py CATCHES), which kinds, whether every witness
 quoted the broken rule, and the length of the shortest witness (its events); the correct
 strategies the mutants derive from are the controls, which must be caught in no run.
 """
@@ -140,9 +141,10 @@ def digest(run_dir: Path, report: dict[str, Any], strategy: str, plan: str, seed
         if isinstance(t_race, int) and isinstance(t_start, int):
             first = max(0.0, (t_race - t_start) / 1e9)
     lat = (report.get("latency_us") or {}).get("map") or {}
-    deadlocks = ((report.get("findings") or {}).get("deadlock") or {})
+    from checker.findings import CATCHES
+    findings = {k: (report.get("findings") or {}).get(k) or {} for k in CATCHES}
     witnesses = [w for kind in sorted(report.get("witnesses") or {}) for w in (report.get("witnesses") or {})[kind]]
-    shown = witnesses + list(deadlocks.get("items") or [])
+    shown = witnesses + [item for f in findings.values() for item in f.get("items") or []]
     mutant = report.get("mutant") if isinstance(report.get("mutant"), dict) else None
     return {
         "strategy": strategy, "plan": plan, "seed": seed, "dir": str(run_dir),
@@ -159,7 +161,7 @@ def digest(run_dir: Path, report: dict[str, Any], strategy: str, plan: str, seed
         "faults": params.get("faults", []),
         "move_rate": params.get("move_rate"),
         "mutant": mutant,
-        "deadlocks": int(deadlocks.get("count", 0) or 0),
+        "findings_caught": {k: int(f.get("count", 0) or 0) for k, f in findings.items()},
         "witness_events": min((len(w.get("events") or []) for w in shown), default=None),
         "rule_quoted": bool(shown) and mutant is not None
                        and all((w.get("broken_rule") or {}).get("rule") == mutant.get("rule") for w in shown),
@@ -335,7 +337,7 @@ def render_kinds(summary: dict[str, Any]) -> str:
 
 def mutation_score(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per mutant (and per control: a strategy of the campaign that is no mutant), in
-    campaign order: caught in k of n runs (a race or a deadlock finding)."""
+    campaign order: caught in k of n runs (a race, or a finding of checker/findings.py CATCHES)."""
     by: dict[str, list[dict[str, Any]]] = {}
     for d in summary["runs"]:
         by.setdefault(d["strategy"], []).append(d)
@@ -345,9 +347,11 @@ def mutation_score(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for label in _ordered(by, summary.get("strategy_order")):
         ds = by[label]
         mutant = next((d["mutant"] for d in ds if d.get("mutant")), None)
-        caught = [d for d in ds if d["races"] or d.get("deadlocks")]
+        caught = [d for d in ds if d["races"] or any((d.get("findings_caught") or {}).values())]
         kinds = {k: sum(d["races_by_kind"][k] for d in ds) for k in RACE_KINDS}
-        kinds["deadlock"] = sum(d.get("deadlocks") or 0 for d in ds)
+        for d in ds:
+            for k, n in (d.get("findings_caught") or {}).items():
+                kinds[k] = kinds.get(k, 0) + n
         lengths = [d["witness_events"] for d in caught if d.get("witness_events") is not None]
         out.append({
             "strategy": label, "mutant": mutant is not None,
@@ -432,7 +436,7 @@ def render_md(summary: dict[str, Any], plots: list[str]) -> str:
     if score:
         parts += ["## Mutation score", "",
                   "Each mutant is a correct strategy with one rule broken (protocol/strategies/mutants.py); "
-                  "caught: the checker found a race or a deadlock in the run. The controls are the correct "
+                  "caught: the checker found a race, a deadlock or an incomplete revocation in the run. The controls are the correct "
                   "strategies, under the same workloads.", "", score, ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]

@@ -284,7 +284,9 @@ def _mutant_lines() -> list[str]:
         params = mutants.params_of(name)
         lines += [name, f"    breaks    {m['rule']}", f"    source    {m['source']}", f"    expect    {m['expect']}"]
         if params:
-            lines.append("    workload  " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in params.items()))
+            lines.append("    workload  " + " ".join(
+                [f"--{k.replace('_', '-')} {v:g}" for k, v in params.items() if k != "faults"]
+                + [f"--fault {text}" for text in params.get("faults", ())]))
         lines.append("")
     return lines[:-1]
 

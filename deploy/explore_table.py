@@ -52,7 +52,7 @@ def _label(base: str, small: dict[str, Any]) -> str:
         if k.endswith("_size") and v % 1024 == 0:
             return f"{v >> 20}MiB" if v % (1 << 20) == 0 else f"{v >> 10}KiB"
         return f"{v:g}"
-    return "-".join([base] + [f"{k.replace('_', '-')}-{value(k, v)}" for k, v in small.items()])
+    return "-".join([base] + [f"{k.replace('_', '-')}-{value(k, v)}" for k, v in small.items() if k != "faults"])
 
 
 def mutant_variants() -> list[tuple[str, dict[str, Any]]]:
@@ -85,14 +85,19 @@ def chosen(spec: str) -> list[tuple[str, dict[str, Any]]]:
 
 def small_config(strategy: str, seed: int, overrides: dict[str, Any]) -> Any:
     """The small configuration (deploy/bench/exploreperf.py small) with `overrides`: run
-    parameters, and dma_jobs / moves, the simulated driver's budgets (a mutant's `small`)."""
+    parameters, and dma_jobs / moves, the simulated driver's budgets (a mutant's `small`); its
+    `faults`, as --fault text, are added to the configuration's."""
     import dataclasses
+
+    from runtime import faults
 
     from deploy.bench.exploreperf import small
     config = small(strategy, seed)
     budgets = {"dma_jobs": "jobs", "moves": "moves"}     # SimOptions' names
     params = dataclasses.replace(config.params, **{k: v for k, v in overrides.items()
-                                                   if k != "strategy" and k not in budgets})
+                                                   if k not in ("strategy", "faults") and k not in budgets})
+    params = dataclasses.replace(params, faults=(*params.faults,
+                                                 *(faults.parse_cli(t) for t in overrides.get("faults", ()))))
     options = dataclasses.replace(config.options, **{budgets[k]: v for k, v in overrides.items() if k in budgets})
     return dataclasses.replace(config, params=params, options=options)
 

@@ -143,8 +143,11 @@ _RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?", re.ASCII)
 
 def _buffer_fault(raw: dict[str, Any], out: dict[str, Any], where: str) -> dict[str, Any]:
     """revoke: target is the buffers (canonical: "buffers", or "N+M-K" sorted and merged)."""
-    for key, none in (("p", 1.0), ("op", None)):
-        if raw.get(key, none) != none:   # the canonical form carries the values that change nothing
+    # the canonical form carries the values that change nothing (p=1.0 and no op), and its --fault
+    # text (deploy/campaign.py fault_text, p as the string "1.0") must parse back to it
+    for key, changes in (("p", "p" in raw and _number(where, "p", raw["p"], 0.0, 1.0) != 1.0),
+                         ("op", raw.get("op") is not None)):
+        if changes:
             raise FaultError(f"{where}: '{key}' does not apply to a {out['kind']} fault (it acts on buffers, "
                              f"not on messages or jobs)")
     target = raw.get("target", "buffers")

@@ -10,7 +10,7 @@ import pytest
 from protocol import wire
 from protocol.actions import Invalidated, Send, StopDma
 from protocol.exporter import MoveState, compile_spec
-from protocol.strategies import REVOKE_MUTANTS as MUTANTS, STRATEGIES, resolve
+from protocol.strategies import STRATEGIES, resolve
 from tests.conftest_checker import H
 from tests.world import World
 
@@ -51,7 +51,7 @@ def state(w: World, buffer: int) -> MoveState:
 
 def test_only_the_revoking_tables_revoke_and_the_mutant_differs_in_its_rows() -> None:
     assert [n for n, m in STRATEGIES.items() if compile_spec(m.EXPORTER).revokes] == ["revoke"]
-    mutant, base = MUTANTS[MUTANT], STRATEGIES["revoke"]
+    mutant, base = resolve(MUTANT), STRATEGIES["revoke"]
     assert resolve(MUTANT) is mutant and mutant.MUTANT["base"] == "revoke" and "kref" in mutant.MUTANT["source"]
     assert mutant.MUTANT["mutations"] == ["kref-reinit"] and "revoke_incomplete" in mutant.MUTANT["expect"]
     assert compile_spec(mutant.EXPORTER).revokes

@@ -10,7 +10,7 @@ import pytest
 
 from deploy.options import OptionError, RunParams, resolve
 from deploy.run import run
-from protocol.strategies import revoke_mutants
+from protocol.strategies import mutants
 from runtime import faults as faultspec
 
 from tests.test_e2e import assert_nothing_left, history
@@ -115,13 +115,14 @@ def test_a_rogue_device_writing_after_invalidation_is_a_write_after_invalidate(s
     assert set(r["races_by_importer"]) == {"importer-1"}, "every race is the rogue device's"
 
 
-MUTANT_FAULTS = list(revoke_mutants.KREF_REINIT_FAULTS)  # the workload the mutant is declared with
+MUTANT_WORKLOAD = mutants.params_of("revoke+kref-reinit")  # the workload the mutant is declared with
+MUTANT_FAULTS = list(MUTANT_WORKLOAD["faults"])
 
 
 @pytest.mark.parametrize("strategy, caught", [("revoke+kref-reinit", True), ("revoke", False)])
 def test_kref_reinit_is_caught_and_revoke_is_not(short_dir: Path, strategy: str, caught: bool) -> None:
     r, events = revoke_run(short_dir, MUTANT_FAULTS, strategy=strategy, importers=3, buffers=2,
-                           move_rate=revoke_mutants.MUTANTS[0].params["move_rate"], duration=2.2)
+                           move_rate=MUTANT_WORKLOAD["move_rate"], duration=2.2)
     found = r["findings"]["revoke_incomplete"]
     if caught:
         assert found["count"] > 0, r["findings"]

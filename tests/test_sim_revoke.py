@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy import cli
-from protocol.strategies import revoke_mutants
+from protocol.strategies import mutants
 from runtime import faults as faultspec
 from sim.search.trial import SearchChooser, judge, run_trial
 
@@ -28,9 +28,9 @@ from tests.test_explore import config
 REVOKE_FAULT = "revoke:at=0.001,for=0.002,target=0"
 EXHAUSTIVE_REVOKE = ["--strategy", "revoke", "--search", "exhaustive", "--bound", "2", "--moves", "0",
                      "--fault", REVOKE_FAULT]
-# The mutant's story on the small configuration, as it is declared (revoke_mutants.py `small`): a
+# The mutant's story on the small configuration, as it is declared (mutants.py `small`): a
 # revocation, un-revoked 1 ms later while maps come, then one that ends its unmap wait too early.
-_SMALL = revoke_mutants.KREF_REINIT_SMALL
+_SMALL = mutants.small_of("revoke+kref-reinit")
 KREF_SEARCH = ["--search", "random", "--dma-jobs", str(_SMALL["dma_jobs"]),
                *(arg for f in _SMALL["faults"] for arg in ("--fault", f))]
 

@@ -15,9 +15,6 @@ Rules of this file:
   of a built-in or installed strategy, the absolute path of a file).
 - `BASE+MUTATION` names a mutant (protocol/strategies/mutants.py): the strategy BASE (resolved as
   above) with one rule broken; its module also has MUTANT (the rule, its source, what to expect).
-  revoke's mutants (revoke_mutants.py, declared in the registry's fields) are derived here
-  (REVOKE_MUTANTS) until the registry takes them: their workload needs revoke faults, which the
-  registry's consumers (campaign plans, explore-table variants) do not combine yet.
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from protocol.exporter import ExporterSpec, compile_spec as compile_exporter
 from protocol.importer import ImporterSpec, compile_spec as compile_importer
 from protocol.machine import TableError
 from protocol.strategies import (move_notify, move_notify_ack, mutants, pin, resv_fence, revalidate, revoke,
-                                 revoke_mutants, unmap_hint)
+                                 unmap_hint)
 
 ENTRY_POINT_GROUP = "dmabuf_emu.strategies"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -75,30 +72,6 @@ for _m in (pin, unmap_hint, move_notify, move_notify_ack, revalidate, resv_fence
     STRATEGIES[_m.NAME] = check(_m, f"protocol/strategies/{Path(_m.__file__).name}")  # type: ignore[arg-type]
     _m.SOURCE = _m.NAME  # type: ignore[attr-defined]
 
-
-
-def _revoke_mutant(m: revoke_mutants.RevokeMutant) -> ModuleType:
-    """BASE+MUTATION as the registry's derive() makes it: the base's tables with the mutant's
-    exporter rows, `breaks` its rule, MUTANT (name, base, mutations, rule, source, expect)."""
-    base = STRATEGIES[m.base]
-    name = f"{m.base}+{m.name}"
-    module = ModuleType(f"dmabuf_emu_mutant_{name}", f"{name}: mutant of {m.base}: breaks the rule: {m.rule}.")
-    module.NAME, module.SOURCE = name, name  # type: ignore[attr-defined]
-    module.SUMMARY = f"mutant of {m.base}: breaks the rule: {m.rule}"  # type: ignore[attr-defined]
-    module.EXPORTER = ExporterSpec(name, {**base.EXPORTER.table, **m.exporter_rows}, breaks=m.rule)  # type: ignore[attr-defined]
-    module.IMPORTER = ImporterSpec(name, base.IMPORTER.table, base.IMPORTER.kinds, breaks=m.rule)  # type: ignore[attr-defined]
-    module.MUTANT = {"name": name, "base": m.base, "mutations": [m.name], "rule": m.rule,  # type: ignore[attr-defined]
-                     "source": m.source, "expect": m.expect}
-    try:
-        compile_exporter(module.EXPORTER)
-        compile_importer(module.IMPORTER)
-    except TableError as err:
-        raise StrategyError(f"mutant {name} (protocol/strategies/revoke_mutants.py): {err}") from None
-    return module
-
-
-REVOKE_MUTANTS: dict[str, ModuleType] = {f"{_d.base}+{_d.name}": _revoke_mutant(_d) for _d in revoke_mutants.MUTANTS}
-
 _loaded: dict[str, ModuleType] = {}
 
 
@@ -106,8 +79,6 @@ def resolve(spec: str) -> ModuleType:
     """The strategy `spec` names: built-in, installed (entry point) or a .py file; checked."""
     if spec in STRATEGIES:
         return STRATEGIES[spec]
-    if spec in REVOKE_MUTANTS:
-        return REVOKE_MUTANTS[spec]
     if spec in _loaded:
         return _loaded[spec]
     if looks_like_path(spec):

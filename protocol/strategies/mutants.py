@@ -14,7 +14,9 @@ Rules of this file:
   add a step), nothing else. A known bug that needs a step of its own uses one of the halves'
   MUTANT_STEPS, which compile_spec refuses in a table that does not declare `breaks`.
 - `params`: run parameters the mutant's workload needs to show the bug at all (pins for the pin
-  mutants); campaigns run it with them.
+  mutants, revocations for revoke's); campaigns run it with them. `faults` among them is a tuple
+  of `--fault` texts (runtime/faults.py parse_cli: protocol imports no runtime), which campaigns
+  add to each fault plan's and explore-table to the small configuration's; labels leave them out.
 - `small`: what the simulator's small configuration (dmabuf-emu explore, explore-table
   --strategies mutants) needs on top of its defaults to reach the bug: run parameters, and
   `dma_jobs` / `moves`, the simulated driver's budgets (explore's --dma-jobs, --moves). Each
@@ -36,6 +38,7 @@ from typing import Any, Callable, Mapping
 from protocol.exporter import ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.importer import AttEvent, AttState, IGuard, ImporterSpec, IStep
 from protocol.machine import ANY, SAME, VIOLATION, Rule
+from protocol.strategies.revoke import NOTIFY_STEPS
 
 Table = Mapping[tuple[Any, Any], Any]
 Transform = Callable[[Table], dict]
@@ -48,6 +51,16 @@ SMALL_PINS: Mapping[str, Any] = {"pin_ratio": 0.5, "dma_jobs": 3}
 # simulator's cost model, sim/world.py LANE_COST_NS), over before any map reply can arrive (30 us
 # at least), so no schedule reaches the bug (exhausted at bound 2); a 1 MiB copy takes 100 us.
 SMALL_LONG_COPY: Mapping[str, Any] = {"buffer_size": 1 << 20, "vram_size": 1 << 20}
+# kref-reinit's workload: revocations every 0.6 s of a 2 s workload (as tests/test_revoke_e2e.py
+# runs it); the invalidate_mappings delayed so that maps queue under an un-revoke's lock, unmaps
+# so that mappings are live when the next revocation's unmap wait begins; no moves.
+KREF_REINIT_FAULTS = ("revoke:at=0.3,for=0.3", "revoke:at=0.9,for=0.3", "revoke:at=1.5,for=0.3",
+                      "delay:ms=3,op=invalidate_mappings,target=exporter", "delay:ms=5,op=unmap,target=importers")
+# On the small configuration (50 ms, 2 jobs per importer by default): revoked 1 ms in, un-revoked
+# 1 ms later while maps come (4 jobs per importer), revoked again at 4 ms; the search delays the
+# frames that put a map inside the un-revocation's locked window (random: schedule 22, seed 1).
+SMALL_KREF_REINIT: Mapping[str, Any] = {"dma_jobs": 4,
+                                        "faults": ("revoke:at=0.001,for=0.001", "revoke:at=0.004,for=0.001")}
 
 
 # ---------------------------------------------------------------------------------- table edits
@@ -206,6 +219,31 @@ MUTANTS: tuple[Mutant, ...] = (
             add_step((AttState.MAPPING, AttEvent.MAP_FAILED), IStep.SIGNAL_HELD_FENCE),
             add_step((AttState.IDLE, AttEvent.LEAVE), IStep.SIGNAL_HELD_FENCE),
             add_step((ANY, AttEvent.RESET), IStep.DROP_HELD_FENCE))),
+    # vfio: before the fix, un-revoke marked the buffer mappable under the lock and re-armed the
+    # unmap wait (kref_init, reinit_completion) only after unlocking: a map served in between took
+    # its reference on the count the revocation had drained to zero, and the re-arm wiped it. That
+    # mapping's unmap then completes the wait while nothing waits, and the next revocation ends its
+    # unmap wait at once, with mappings still live (refcount_t: underflow). The data stays right
+    # (the importers keep the rules): what catches it is the checker's revoke_incomplete finding.
+    Mutant(
+        "revoke", "kref-reinit",
+        rule="the unmap wait is re-armed before the buffer is mappable again: every mapping served after "
+             "un-revoke is counted by the next revocation's wait",
+        source="vfio: Fix race between dma-buf attach and kref reinitialization (dmabuf-revoke v6, January 2026)",
+        expect="revoke_incomplete (a finding: a revocation ends its unmap wait with a mapping live), "
+               "refcount_warning events; no race",
+        exporter=set_rows({
+            (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
+                Rule(Guard.ALWAYS, MoveState.REVOKED, (Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
+            (MoveState.REVOKED, MoveEvent.UNREVOKE): (
+                Rule(Guard.ALWAYS, MoveState.UNREVOKING,
+                     (Step.BEGIN_UNREVOKE, Step.LOCK, Step.MARK_UNREVOKED, *NOTIFY_STEPS)),),
+            (MoveState.UNREVOKE_FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
+                Rule(Guard.ALWAYS, MoveState.IDLE,
+                     (Step.END_FENCE_WAIT, Step.UNLOCK, Step.END_REVOCATION, Step.SERVE_DEFERRED_MAPS,
+                      Step.REARM_UNMAP_WAIT, Step.RUN_QUEUED_REVOKE)),),
+        }),
+        params={"faults": KREF_REINIT_FAULTS, "move_rate": 0.0}, small=SMALL_KREF_REINIT),
 )
 
 # Compositions that campaigns run beside the single mutants.
@@ -248,18 +286,22 @@ def mutations_of(spec: str) -> list[Mutant]:
 
 def params_of(spec: str) -> dict[str, Any]:
     """The run parameters a mutant's workload needs (those of each of its mutations)."""
-    out: dict[str, Any] = {}
-    for m in mutations_of(spec):
-        out.update(m.params)
-    return out
+    return _merged(m.params for m in mutations_of(spec))
 
 
 def small_of(spec: str) -> dict[str, Any]:
     """What the simulator's small configuration needs to reach the mutant's bug (each mutation's
     `small`): run parameters, and dma_jobs / moves for the simulated driver."""
+    return _merged(m.small for m in mutations_of(spec))
+
+
+def _merged(each: Any) -> dict[str, Any]:
+    """Each mutation's parameters over the last's; their faults all together, in order."""
     out: dict[str, Any] = {}
-    for m in mutations_of(spec):
-        out.update(m.small)
+    for params in each:
+        out.update({k: v for k, v in params.items() if k != "faults"})
+        if params.get("faults"):
+            out["faults"] = (*out.get("faults", ()), *params["faults"])
     return out
 
 
@@ -277,7 +319,7 @@ def derive(spec: str, base_module: ModuleType) -> ModuleType:
     module.NAME = spec
     module.SUMMARY = f"mutant of {base_module.NAME}: breaks the rule: " + "; ".join(m.rule for m in ms)
     module.EXPORTER = ExporterSpec(spec, ex_table, breaks=rule)
-    module.IMPORTER = ImporterSpec(spec, im_table, breaks=rule)
+    module.IMPORTER = ImporterSpec(spec, im_table, base_module.IMPORTER.kinds, breaks=rule)
     compile_exporter(module.EXPORTER)
     compile_importer(module.IMPORTER)
     module.SOURCE = spec

@@ -33,7 +33,7 @@ Rules:
   permanent (the kernel-doc allows it to), so it maps again after un-revoke; static: refused.
 Hazard: none for the data, by construction, with importers that keep the rules. One that does
 not unmap (ignore-notify) holds the revocation until it does: warned about, named in the report.
-The kernel's own history has a race here, kept as a mutant: revoke+kref-reinit (revoke_mutants.py).
+The kernel's own history has a race here, kept as a mutant: revoke+kref-reinit (mutants.py).
 """
 
 from protocol.exporter import BASE_TABLE as EXPORTER_BASE, ExporterSpec, Guard, MoveEvent, MoveState, Step
@@ -46,7 +46,7 @@ SUMMARY = "Linux 7.1: resv-fence as invalidate_mappings, and revocation (VFIO): 
 
 _IGNORE = Rule(Guard.ALWAYS, SAME, ())
 _ANSWER = (Rule(Guard.AWAITED, SAME, (Step.ANSWERED,)), _IGNORE)
-# The notify steps of a move, a revocation and an un-revocation alike (revoke_mutants.py too).
+# The notify steps of a move, a revocation and an un-revocation alike (mutants.py kref-reinit too).
 NOTIFY_STEPS = (Step.INVALIDATE_MAPPINGS, Step.AWAIT_ANSWERS, Step.START_NOTIFY_TIMER)
 # Under the lock of a revocation a map is refused while the buffer is marked revoked; otherwise it
 # waits for the lock (the kernel's map takes the lock first, then looks at `revoked`).

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+from checker.findings import CATCHES
 from deploy.options import RunParams
 from sim.options import SimOptions
 from sim.run import _execute, _Lines, merged
@@ -275,9 +276,8 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
     return races, (oracle.report() if report else None)
 
 
-# The checker's findings a search catches, beside its races: each says a rule was broken (fence
-# timeouts and forced fences are a bounded wait doing its job, under faults as under bugs).
-FINDING_CATCHES = ("deadlock", "revoke_incomplete")
+# The checker's findings a search catches, beside its races (checker/findings.py CATCHES).
+FINDING_CATCHES = CATCHES
 
 
 def deadlock_id(cycle: Sequence[Sequence[Any]]) -> RaceId:
