@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from math import comb
 from pathlib import Path
 from typing import Any
 
 from deploy import options
+from deploy.helpformat import Formatter, examples, with_default
 from deploy.options import OptionError
 
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -35,16 +35,16 @@ searches (--search):
   random      a seeded random walk: at every step with a choice, an option uniformly at random
               (an actor, a link delivering its oldest frame, or time passing while frames are in
               flight); each fault that --fault allows fires with its probability p.
-  pct         PCT (Burckhardt et al., ASPLOS 2010) of depth D (--depth, default 2): each actor (a
-              service's loop, its DMA or copy engine, each link between two services, time) gets a
-              random priority, the highest enabled one runs, and at D-1 random points among the
-              first k steps the one running drops below all others. A race that needs D ordering
+  pct         PCT (Burckhardt et al., ASPLOS 2010) of depth D (--depth): each actor (a service's
+              loop, its DMA or copy engine, each link between two services, time) gets a random
+              priority, the highest enabled one runs, and at D-1 random points among the first k
+              steps the one running drops below all others. A race that needs D ordering
               constraints among those k steps is found with probability at least 1/(n*k^(D-1)) per
               schedule, n actors (explore.json's `pct` gives n, k and that bound).
-  exhaustive  every schedule within --bound B (default 2) preemptions: a preemption is time let
-              pass while frames are in flight (the network preempted for one more event) or a fault
-              firing (each fault --fault allows is a choice: duplicated or not, dropped or not,
-              overtaken or not; p is ignored). --bound-kind late-frames counts each late frame once
+  exhaustive  every schedule within --bound B preemptions: a preemption is time let pass while
+              frames are in flight (the network preempted for one more event) or a fault firing
+              (each fault --fault allows is a choice: duplicated or not, dropped or not, overtaken
+              or not; p is ignored). --bound-kind late-frames counts each late frame once
               instead, however late. Steps that touch different processes are explored in one
               order only (sleep sets; sim/search/exhaustive.py says why that is sound). The result
               is "exhausted: N schedules within bound B, no race" or the first race.
@@ -55,18 +55,16 @@ The search decides from the exporter's start to the end of the workload; start-u
 run in their default order.
 """
 
-EPILOG = SEARCH_HELP + """
-examples (an exhaustive search at bound 2 takes about a minute of one core; these take seconds):
-  dmabuf-emu explore --strategy move-notify --search random --out runs/x-mn && dmabuf-emu replay runs/x-mn/shrunk --out runs/x-mn2
-  dmabuf-emu explore --strategy move-notify-ack --search pct --depth 2 --schedules 500 --out runs/x-mna
-  dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 1 --out runs/x-rf
-  dmabuf-emu explore --strategy pin --search exhaustive --bound 1 --fault dup:target=importers --fault reorder:target=exporter --out runs/x-pin
-  dmabuf-emu explore --strategy resv-fence --search random --schedules 400 --jobs 2 --out runs/x-rf-random
-  dmabuf-emu explore --strategy unmap-hint --search random --no-shrink --out runs/x-uh && dmabuf-emu shrink runs/x-uh
-
-DIR gets explore.json (what was done), races/K/ (each race's schedule: a simulated run directory
-that `dmabuf-emu replay` reproduces), shrunk/ (the first race shrunk), witness.md and trace.json.
-"""
+EPILOG = SEARCH_HELP + "\n" + examples(
+    "dmabuf-emu explore --strategy move-notify --search random --out runs/x-mn && dmabuf-emu replay runs/x-mn/shrunk --out runs/x-mn2",
+    "dmabuf-emu explore --strategy move-notify-ack --search pct --depth 2 --schedules 500 --out runs/x-mna",
+    "dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 1 --out runs/x-rf",
+    "dmabuf-emu explore --strategy pin --search exhaustive --bound 1 --fault dup:target=importers --fault reorder:target=exporter --out runs/x-pin",
+    "dmabuf-emu explore --strategy resv-fence --search random --schedules 400 --jobs 2 --out runs/x-rf-random",
+    "dmabuf-emu explore --strategy unmap-hint --search random --no-shrink --out runs/x-uh && dmabuf-emu shrink runs/x-uh",
+    note="These take seconds; an exhaustive search at bound 2 takes about a minute of one core.\n\n"
+         "DIR gets explore.json (what was done), races/K/ (each race's schedule: a simulated run directory "
+         "that `dmabuf-emu replay` reproduces), shrunk/ (the first race shrunk), witness.md and trace.json.")
 
 
 def add_parsers(sub: Any) -> None:
@@ -75,34 +73,31 @@ def add_parsers(sub: Any) -> None:
         description="Run a small configuration in the simulator again and again under schedules chosen "
                     "by a search, judge each history with the race checker, keep each race as a "
                     "replayable run directory and shrink the first to a minimal witness. Every run "
-                    "parameter is a flag, with a small configuration's defaults (2 importers, 2 buffers "
-                    "of 4 KiB, vram for one, --dma-jobs 2 per importer, --moves 2).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "parameter is a flag, with the defaults of a small configuration instead of run's "
+                    "(vram for one of its two buffers; each flag below says its default).",
+        epilog=EPILOG, formatter_class=Formatter)
     e.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created; a rerun resumes)")
-    e.add_argument("--search", default="random", metavar="random|pct|exhaustive", help="the search (default random)")
-    e.add_argument("--depth", default="2", metavar="D", help="pct: the bug depth, D-1 priority change points (default 2)")
-    e.add_argument("--bound", default="2", metavar="B", help="exhaustive: preemptions (or late frames) allowed (default 2)")
+    e.add_argument("--search", default="random", metavar="random|pct|exhaustive", help=with_default("the search", "random"))
+    e.add_argument("--depth", default="2", metavar="D", help=with_default("pct: the bug depth, D-1 priority change points", 2))
+    e.add_argument("--bound", default="2", metavar="B", help=with_default("exhaustive: preemptions (or late frames) allowed", 2))
     e.add_argument("--bound-kind", default="preemptions", metavar="preemptions|late-frames",
-                   help="exhaustive: what the bound counts (default preemptions)")
+                   help=with_default("exhaustive: what the bound counts", "preemptions"))
     lim = e.add_mutually_exclusive_group()
     lim.add_argument("--schedules", default=None, metavar="N",
-                     help="stop after N schedules (random, pct default: 10000; exhaustive: none)")
+                     help=with_default("stop after N schedules", "10000 for random and pct, none for exhaustive"))
     lim.add_argument("--time", default=None, metavar="S", help="stop after S seconds")
     par = e.add_mutually_exclusive_group()
-    par.add_argument("--jobs", default="1", metavar="J", help="worker processes (default 1)")
+    par.add_argument("--jobs", default="1", metavar="J", help=with_default("worker processes", 1))
     par.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                      help="run on this Dask distributed scheduler's workers (as campaigns do)")
     e.add_argument("--all", action="store_true", help="go on after the first race (each new race kind and buffer kept)")
     e.add_argument("--no-shrink", action="store_true", help="do not shrink the first race")
     e.add_argument("--fail-on-race", action="store_true", help="exit 1 if a race was found (for CI)")
-    e.add_argument("--dma-jobs", default=str(DMA_JOBS), metavar="N", help=f"DMA jobs per importer (default {DMA_JOBS})")
-    e.add_argument("--moves", default=str(MOVES), metavar="N", help=f"moves the memory manager may want (default {MOVES})")
+    e.add_argument("--dma-jobs", default=str(DMA_JOBS), metavar="N", help=with_default("DMA jobs per importer", DMA_JOBS))
+    e.add_argument("--moves", default=str(MOVES), metavar="N", help=with_default("moves the memory manager may want", MOVES))
     e.add_argument("--quiet", action="store_true", help="print only the result")
-    options.add_arguments(e)
-    for action in e._actions:       # the small configuration's defaults, not run's
-        if action.dest in SMALL and action.help:
-            action.help = re.sub(r"\(default: [^)]*\)$", f"(default here: {SMALL[action.dest]})", action.help)
+    options.add_arguments(e, defaults=options.resolve(None, SMALL))   # the small configuration's, not run's
 
     s = sub.add_parser(
         "shrink", help="shrink a race an explore found to the fewest deviations that keep it",
@@ -111,10 +106,11 @@ def add_parsers(sub: Any) -> None:
                     "buffer (delta debugging, then ties moved towards the default order), check that "
                     "it is 1-minimal (removing or simplifying any single remaining choice loses the "
                     "race) and write DIR/shrunk/ (replayable), DIR/witness.md and DIR/trace.json.",
-        epilog="example: dmabuf-emu explore --strategy move-notify --search random --no-shrink --out runs/x-mn && "
-               "dmabuf-emu shrink runs/x-mn && dmabuf-emu replay runs/x-mn/shrunk --out runs/x-mn-again")
+        formatter_class=Formatter,
+        epilog=examples("dmabuf-emu explore --strategy move-notify --search random --no-shrink --out runs/x-mn && "
+                        "dmabuf-emu shrink runs/x-mn && dmabuf-emu replay runs/x-mn/shrunk --out runs/x-mn-again"))
     s.add_argument("dir", type=Path, metavar="DIR", help="an explore output directory")
-    s.add_argument("--race", default="1", metavar="K", help="which saved race (default 1: the first)")
+    s.add_argument("--race", default="1", metavar="K", help=with_default("which saved race (1 is the first)", 1))
     s.add_argument("--quiet", action="store_true", help="print only the result")
 
 

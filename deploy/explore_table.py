@@ -32,18 +32,19 @@ SEARCHES = ("random", "pct", "exhaustive")
 
 
 def add_parser(sub: Any) -> None:
+    from deploy.helpformat import Formatter, examples, with_default
     t = sub.add_parser("explore-table", help="every strategy x search on the small configuration: one table",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example: dmabuf-emu explore-table --strategies pin,move-notify --seeds 2 --cap 20 --bound 1 "
-                              "--out runs/xt")
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=Formatter,
+                       epilog=examples("dmabuf-emu explore-table --strategies pin,move-notify --seeds 2 --cap 20 "
+                                       "--bound 1 --out runs/xt"))
     t.add_argument("--out", required=True, type=Path, help="output directory (created; finished cells are kept)")
-    t.add_argument("--seeds", type=int, default=20, help="seeds for random and pct (default 20)")
-    t.add_argument("--cap", type=int, default=300, help="schedules a seed at most (default 300)")
-    t.add_argument("--bound", type=int, default=2, help="the exhaustive bound (default 2)")
-    t.add_argument("--jobs", type=int, default=1, help="cells at a time (default 1)")
+    t.add_argument("--seeds", type=int, default=20, help=with_default("seeds for random and pct", 20))
+    t.add_argument("--cap", type=int, default=300, help=with_default("schedules a seed at most", 300))
+    t.add_argument("--bound", type=int, default=2, help=with_default("the exhaustive bound", 2))
+    t.add_argument("--jobs", type=int, default=1, help=with_default("cells at a time", 1))
     t.add_argument("--strategies", default="all", metavar="LIST",
-                   help="all, mutants (every mutant and its controls), or some of: "
-                        + ", ".join(label for label, _ in VARIANTS))
+                   help=with_default("all, mutants (every mutant and its controls), or some of: "
+                                     + ", ".join(label for label, _ in VARIANTS), "all"))
 
 
 def _label(base: str, small: dict[str, Any]) -> str:
