@@ -6,14 +6,14 @@ median number of schedules to the first race (a seed with none counts as past th
 length of the first race's shrunk witness (the checker's events that prove it, and the
 deviations of its shrunk schedule); exhaustive (bound --bound) gives "exhausted, N schedules" or
 the schedule of its first race and that race's shrunk witness. Every cell is an explore run in
-OUT/runs/<strategy>/<search>/seed-<n>/ (explore.json, races/, shrunk/, witness.md); the table is
-OUT/table.md and OUT/table.json. --jobs J runs J of them at a time.
+DIR/runs/<strategy>/<search>/seed-<n>/ (explore.json, races/, shrunk/, witness.md); the table is
+DIR/table.md and DIR/table.json. --jobs J runs J of them at a time.
 
 --strategies mutants: every mutant (protocol/strategies/mutants.py) on the small configuration
 with what it needs to reach its bug (each mutant's `small`), and the correct resv-fence, as a
 control, on the small configuration and on each of those variants. A deadlock the checker finds
 is a catch as a race is (sim/search/trial.py judge). `dmabuf-emu campaign --report-only --table
-mutation-score --explore OUT` puts these figures in the mutation-score table.
+mutation-score --explore DIR` puts these figures in the mutation-score table.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def add_parser(sub: Any) -> None:
                        description=__doc__.split("\n\n", 1)[1], formatter_class=Formatter,
                        epilog=examples("dmabuf-emu explore-table --strategies pin,move-notify --seeds 2 --cap 20 "
                                        "--bound 1 --out runs/xt"))
-    t.add_argument("--out", required=True, type=Path, help="output directory (created; finished cells are kept)")
-    t.add_argument("--seeds", type=int, default=20, help=with_default("seeds for random and pct", 20))
-    t.add_argument("--cap", type=int, default=300, help=with_default("schedules a seed at most", 300))
-    t.add_argument("--bound", type=int, default=2, help=with_default("the exhaustive bound", 2))
-    t.add_argument("--jobs", type=int, default=1, help=with_default("cells at a time", 1))
+    t.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created; finished cells are kept)")
+    t.add_argument("--seeds", type=int, default=20, metavar="N", help=with_default("seeds for random and pct", 20))
+    t.add_argument("--cap", type=int, default=300, metavar="N", help=with_default("schedules a seed at most", 300))
+    t.add_argument("--bound", type=int, default=2, metavar="B", help=with_default("the exhaustive bound", 2))
+    t.add_argument("--jobs", type=int, default=1, metavar="J", help=with_default("cells at a time", 1))
     t.add_argument("--strategies", default="all", metavar="LIST",
                    help=with_default("all, mutants (every mutant and its controls), or some of: "
                                      + ", ".join(label for label, _ in VARIANTS), "all"))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import options, rundir
+from deploy.helpformat import Formatter, examples, with_default
 
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_DRIVER, EXIT_NONDETERMINISTIC = 0, 1, 2, 3, 4
 SOCKET_ONLY = ("transport", "bind", "curve")
@@ -37,8 +38,10 @@ def add_parsers(sub: Any) -> None:
                     "schedule.json, which `dmabuf-emu replay` re-executes byte for byte. The same "
                     "options and seed give the same history. --transport, --bind and --curve are "
                     "accepted and ignored (no sockets).",
-        epilog="example: dmabuf-emu sim --strategy move-notify --importers 4 --duration 3 --seed 7 --out runs/sim-mn",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=examples(
+            "dmabuf-emu sim --strategy move-notify --importers 4 --duration 3 --seed 7 --out runs/sim-mn",
+            "dmabuf-emu sim scenarios/resv-fence-lossy.toml --seed 3 --check-determinism --out runs/sim-lossy"),
+        formatter_class=Formatter)
     s.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     s.add_argument("--out", required=True, type=Path, help="run directory (created)")
     s.add_argument("--force", action="store_true", help=rundir.FORCE_HELP)
@@ -56,20 +59,22 @@ def add_parsers(sub: Any) -> None:
                     "with the one the schedule recorded: exit 0 when identical, 1 when not. A schedule "
                     "made by other sources (sha256 of protocol/, runtime/, the services and sim/) is "
                     "refused unless --force, which replays what still fits and makes the rest afresh.",
-        epilog="examples:\n  dmabuf-emu replay runs/sim-mn --out runs/sim-mn-again\n"
-               "  dmabuf-emu run --strategy move-notify --importers 4 --duration 1 --seed 3 --out runs/x && dmabuf-emu replay runs/x --race 0 --out runs/x-sim",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=examples(
+            "dmabuf-emu replay runs/sim-mn --out runs/sim-mn-again",
+            "dmabuf-emu sim --strategy pin --seed 2 --out runs/sim-pin && dmabuf-emu replay runs/sim-pin/schedule.json --out runs/sim-pin-again",
+            "dmabuf-emu run --strategy move-notify --importers 4 --duration 1 --seed 3 --out runs/x && dmabuf-emu replay runs/x --race 0 --out runs/x-sim"),
+        formatter_class=Formatter)
     r.add_argument("schedule", type=Path, metavar="DIR_OR_SCHEDULE", help="a sim run directory or its schedule.json")
     r.add_argument("--out", required=True, type=Path, help="run directory for the replay (created)")
     r.add_argument("--force", action="store_true",
                    help="replay a schedule made by other sources; decisions that no longer fit are made by the scheduler")
     r.add_argument("--quiet", action="store_true", help="print only the verdict")
     r.add_argument("--race", type=int, default=None, metavar="N",
-                   help="DIR is a REAL run: simulate it guided by its history (sim/realguide.py: the "
-                        "memory manager's moves, the importers' jobs, their timing, network delays, "
-                        "step order) and say whether the N-th witness of its report (0-based: 0 is the "
-                        "first, as report.md lists them; `check --witness` counts from 1) recurs on "
-                        "the same buffer and generation (default 0 for a real run)")
+                   help=with_default("DIR is a REAL run: simulate it guided by its history (sim/realguide.py: the "
+                                     "memory manager's moves, the importers' jobs, their timing, network delays, "
+                                     "step order) and say whether the N-th witness of its report (0-based: 0 is the "
+                                     "first, as report.md lists them; `check --witness` counts from 1) recurs on "
+                                     "the same buffer and generation", "0 for a real run"))
 
 
 def _say(quiet: bool, text: str) -> None:
