@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import zmq
 
@@ -69,9 +69,10 @@ def mutant_field(strategy: str) -> dict:
     mutant = getattr(resolve(strategy), "MUTANT", None)
     return {"mutant": mutant} if mutant else {}
 
-def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Progress) -> list[str]:
-    """Start pressure and workload, wait `duration` watching the services, stop and drain.
-    Returns the names of services that died during the run."""
+def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Progress,
+          until: Callable[[], bool] | None = None) -> list[str]:
+    """Start pressure and workload, wait `duration` watching the services (or less: until `until()`
+    says so, asked at every poll), stop and drain. Returns the names of services that died."""
     ctx = zmq.Context()
     exporter = ControlClient(ctx, deployment.exporter.control, "exporter")
     importers = {i.name: ControlClient(ctx, i.control, i.name) for i in deployment.importers}
@@ -116,7 +117,7 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
                 alive = len(deployment.services) - len(died)
                 progress.update(f"[{params.strategy}] {min(now - began, params.duration):5.1f}/{params.duration:g} s  "
                                 f"services alive {alive}/{len(deployment.services)}")
-                if now >= end:
+                if now >= end or (until is not None and until()):
                     break
                 next_fault = faults.next_at()
                 sleep_until(min(end, began + next_fault) if next_fault is not None else end)
@@ -160,8 +161,10 @@ def lease_warning(params: RunParams, cores: int) -> str | None:
             f"consider --lease-ms 3000")
 
 
-def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = sys.stderr) -> dict[str, Any]:
-    """A whole run. Returns the report (also written to DIR/report.json).
+def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = sys.stderr,
+        until: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """A whole run. Returns the report (also written to DIR/report.json). `until`: a test's event
+    that ends the workload before --duration (asked every poll period, a quarter second at most).
 
     Interrupted (Ctrl-C, or SIGTERM/SIGHUP under deploy.interrupt.stop_signals) at any point:
     the workload stops, the services go down, the segments are unlinked, `run_interrupted` goes
@@ -189,7 +192,7 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
         log.emit("run_start", run_id=deployment.run_id, strategy=params.strategy, params=params.as_dict(),
                  **mutant_field(params.strategy))
         during = "workload"
-        drive(deployment, params, log, progress)
+        drive(deployment, params, log, progress, until)
         during = "stopping"
     except KeyboardInterrupt as exc:
         stop = interrupted(exc)

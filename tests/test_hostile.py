@@ -37,9 +37,11 @@ TOTAL = 10_000
 BATCH = 50
 INSIDER = b"mallory"
 QUIET_S = 1.5
-# Long enough for 10,000 messages with room to spare: they take about 7 s on a 2-core machine
-# running the suite, and took over 11.5 s when other suites ran beside it (a 13 s run failed).
-PARAMS = RunParams(strategy="resv-fence", importers=2, buffers=8, duration=20.0, seed=11)
+# The workload ends AFTER_S after the last of the 10,000 messages went out (run's `until`), or at
+# the duration, a ceiling: they take about 7 s on a 2-core machine running the suite, and over
+# 11.5 s when other suites ran beside it; 20 s was once too short under heavy load.
+PARAMS = RunParams(strategy="resv-fence", importers=2, buffers=8, duration=60.0, seed=11)
+AFTER_S = 0.5
 # The flood itself costs CPU time the devices share on a 2-core machine: the workload may slow,
 # not stall. Measured: about two thirds of the quiet rate (dma_begin 475/s before, 312/s during).
 MIN_RATE = 0.4
@@ -217,7 +219,8 @@ def test_a_hostile_client_changes_nothing_in_a_resv_fence_run(short_dir: Path, m
     thread = threading.Thread(target=_hostile, args=(short_dir, tally, stop), daemon=True)
     thread.start()
     try:
-        report = run(PARAMS, short_dir, quiet=True)
+        report = run(PARAMS, short_dir, quiet=True,
+                     until=lambda: tally.done_ns > 0 and time.monotonic_ns() > tally.done_ns + AFTER_S * 1e9)
     finally:
         stop.set()
         thread.join(30)
