@@ -222,12 +222,13 @@ def _findings(f: dict[str, Any]) -> list[str]:
 
 
 def finding_lines(it: dict[str, Any], bullet: str = "", *, events: bool = True) -> list[str]:
-    """One finding as report.md shows it: its sentence, the rule its mutant breaks, and for a
-    deadlock the events that made the cycle's waits (explore's witness.md of a deadlock too)."""
+    """One finding as report.md shows it: its sentence, the rule its mutant breaks, and its events:
+    for a deadlock those that made the cycle's waits, for a revoke_incomplete the map, the
+    revocation, the unmap wait's end and the late unmap (explore's witness.md of either too)."""
     out = [f"{bullet}{it.get('sentence')}", ""] + _broken_rule(it)
     if events and it.get("events"):
         out += ["   " + ln for ln in _table(
-            ["time", "service", "event", "the wait it began"],
+            ["time", "service", "event", "the wait it began" if it.get("cycle") else "what it shows"],
             [(_secs_ms(e.get("t_ns"), it), e.get("svc"), e.get("event"), e.get("note"))
              for e in it["events"]])]
         out.append("")

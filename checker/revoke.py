@@ -11,7 +11,9 @@ Rules (docs/events.md, "Linux 7.1: invalidate_mappings and revoke"):
   own record of what it mapped (`map_served`, until `unmap_served`, `attachment_revoked` or
   `detach` of that attachment) says which are. Each one still mapped at `unmap_wait_end` is a
   `revoke_incomplete` finding (the revocation went on as if that importer had unmapped: what the
-  kref-reinit race of the VFIO series did), with when it was mapped and when it did unmap.
+  kref-reinit race of the VFIO series did), with when it was mapped and when it did unmap, and
+  its `events`, the witness: the map served, the revocation, the unmap wait's end with the mapping
+  live, and the unmap (or revocation, or detach) that came after, when it came.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class RevokeTally:
         self.broken: set[str] = set()
         self.mapped: dict[tuple[str, Any], tuple[Any, int, Any]] = {}  # (importer, att) -> (buffer, t, map id)
         self.early: dict[tuple[str, Any], list[dict[str, Any]]] = {}   # still mapped at an unmap_wait_end
+        self.revoked_at: dict[Any, tuple[int, Any]] = {}                # buffer -> (t, revoke) of its last revoke
 
     def revoke(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
             self.revocations += 1
+            self.revoked_at[ev.get("buffer")] = (t, ev.get("revoke"))
 
     def unrevoke(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
@@ -56,6 +60,9 @@ class RevokeTally:
         if self.mapped.pop((imp, att), None) is not None and self.early:
             for item in self.early.pop((imp, att), ()):
                 item["unmapped_t"], item["unmapped_by"] = t, how
+                item["events"].append({"t_ns": t, "event": how, "svc": "exporter", "importer": imp,
+                                       "buffer": item["buffer"], "attachment": att,
+                                       "note": "the mapping is gone, after the revocation went on"})
 
     def unmap_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> list[dict[str, Any]]:
         """The revocation's unmap wait ended: the mappings of its buffer still live (findings)."""
@@ -65,8 +72,17 @@ class RevokeTally:
         buffer, out = ev.get("buffer"), []
         for (imp, att), (buf, since, map_id) in self.mapped.items():
             if buf == buffer:
+                events = [{"t_ns": since, "event": "map_served", "svc": "exporter", "importer": imp,
+                           "buffer": buffer, "attachment": att, "id": map_id}]
+                rt, rv = self.revoked_at.get(buffer, (None, None))
+                if rt is not None:
+                    events.append({"t_ns": rt, "event": "revoke", "svc": "exporter", "buffer": buffer, "revoke": rv})
+                events.append({"t_ns": t, "event": "unmap_wait_end", "svc": "exporter", "buffer": buffer,
+                               "revoke": ev.get("revoke"), "note": f"{imp}'s mapping still live"})
+                events.sort(key=lambda e: e["t_ns"])
                 item = {"t_ns": t, "buffer": buffer, "revoke": ev.get("revoke"), "importer": imp, "attachment": att,
-                        "mapped_t": since, "map_id": map_id, "unmapped_t": None, "unmapped_by": None}
+                        "mapped_t": since, "map_id": map_id, "unmapped_t": None, "unmapped_by": None,
+                        "events": events}
                 self.early.setdefault((imp, att), []).append(item)
                 out.append(item)
         return out
