@@ -13,6 +13,12 @@ Before every chunk the engine asks its gate (the shell's lease check) whether th
 touch memory; when it may not, the shell aborts every job (abort_all). A fenced job whose fence the
 exporter completed first (a fence timeout, a lost lease: the emulated device reset) is aborted
 before its next access; its dma_end names the reason the exporter recorded in the fence table.
+A chunk is two steps, as on a device: the check, then the access, a deferred call of the DMA lane
+that runs when the check is done (a real process: next on its loop, and the copy of the lines takes
+its time; the simulator: LANE_COST_NS["dma"] later, sim/world.py). The device does not look at its
+fence again until the next chunk, so an exporter that forces a fence while a chunk is under way
+and copies at once overlaps that chunk's access: the forced-fence window, which the exporter
+closes by waiting for the device's confirmation that it stopped (reset_confirmed).
 An aborted job ends with dma_end status "aborted"; every dma_end says when the job last touched
 memory (`last_access_ns`), which is what the race checker judges.
 
@@ -130,6 +136,9 @@ class DmaEngine:
         return [j.start.job for j in jobs if not j.rogue]
 
     def _chunk(self, job: _Job) -> None:
+        """Chunk job.index is due: may the device still touch memory, and is its fence still its
+        own? Then its access runs as the lane's next deferred call (_access). Runs on the DMA lane
+        (the first chunk in start(), on the caller's)."""
         if self._jobs.get(job.start.job) is not job:
             return  # aborted meanwhile
         if not self.gate():
@@ -141,6 +150,14 @@ class DmaEngine:
             if not job.rogue:
                 self.on_done(s.job, job.fence_seq)
             return
+        self.loop.call_soon(lambda: self._access(job))
+
+    def _access(self, job: _Job) -> None:
+        """The access of the chunk _chunk checked, through the IOMMU. It does not look at the fence
+        again: a force since the check is seen at the next chunk (the forced-fence window)."""
+        if self._jobs.get(job.start.job) is not job:
+            return  # the driver stopped it since the check (abort, abort_all): no access
+        s = job.start
         p = s.placement
         first = job.index * job.lines_per_chunk
         count = min(job.lines_per_chunk, p.size // LINE - first)

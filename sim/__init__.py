@@ -21,8 +21,9 @@ loop, files, workers and Dask), witness_md (witness.md).
 Where a real and a simulated run can differ, and why:
 - Time. Callbacks take no virtual time, so no service ever waits for a CPU: timers fire exactly
   when due (a real poll loop wakes late, by a millisecond or, under load, much more), a request is
-  served the moment it arrives, a lease never runs out because a process was starved. The one
-  modelled cost is the copy engine's (25 us per 256 KiB chunk: world.LANE_COST_NS). Real runs'
+  served the moment it arrives, a lease never runs out because a process was starved. The
+  modelled costs are the copy engine's (25 us per 256 KiB chunk) and a DMA chunk's access (10 us
+  after its fence check): world.LANE_COST_NS. Real runs'
   latencies (map p50, move latency) are therefore lower in the simulator; races that need a
   starved process (tests/test_load.py's) need a pause fault there. A few timers may be made late
   by a decision (sim/driver.py: the pressure tick, an importer's refill and DMA), on time by

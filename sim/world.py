@@ -15,7 +15,11 @@ Rules:
   A step runs one callback. Nothing else decides what happens next.
 - One model of time spent working: a deferred call of the exporter's copy engine (lane `copy`)
   runs LANE_COST_NS["copy"] after it was deferred, the time one COPY_CHUNK (256 KiB) takes at
-  about 10 GB/s (deploy/bench's memcpy floor), so a copy spans time as it does in real runs.
+  about 10 GB/s (deploy/bench's memcpy floor), so a copy spans time as it does in real runs; a
+  deferred call of a DMA engine (lane `dma`: a chunk's access, after its fence check) runs
+  LANE_COST_NS["dma"] after, the real engine's floor for a chunk (stamp or verify of up to 4 KiB
+  costs it 8 to 13 us), so a force can fall between a chunk's check and its access as it does in
+  real runs (importer_svc/dma.py).
 - A frame arrival (sim/network.py) is an event of the world, not a step: at its time the frame
   lands in its channel, whose reader becomes a deferred call of the receiving actor. Under
   chosen delivery (sim/options.py network "chosen") a frame between services is instead the due
@@ -43,7 +47,7 @@ from sim.scheduler import Scheduler
 
 T0 = 1_000_000_000
 WAIT = "(time)"    # the step option "let time pass" (only links can run: see World._may_wait)
-LANE_COST_NS = {"copy": 25_000}
+LANE_COST_NS = {"copy": 25_000, "dma": 10_000}
 Callback = Callable[[], None]
 
 
