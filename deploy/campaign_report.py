@@ -395,7 +395,7 @@ def _simulator_cells(row: dict[str, Any] | None, explore: dict[str, Any] | None)
     median = "none" if not rnd["raced"] else (f"> {explore['cap']}" if rnd["median"] > explore["cap"]
                                              else f"{rnd['median']:g}")
     exhaustive = (f"schedule {ex['first_race_schedule']}" if ex["first_race_schedule"] is not None
-                  else "exhausted, none" if ex["exhausted"] else "none")
+                  else "exhausted, none" if ex["exhausted"] else f"none in {ex['schedules']} (not exhausted)")
     first = f"random {median} ({rnd['raced']}/{rnd['seeds']} seeds); exhaustive (seed 1, bound {explore['bound']}) {exhaustive}"
     events = [x.get("witness_events") for x in (rnd, ex) if x.get("witness_events") is not None]
     return first, (str(min(events)) if events else "-")
