@@ -333,10 +333,40 @@ def test_explores_deadlock_catch_is_the_checkers_cycle_and_shrinks_to_it(tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SIM_CATCH))
 def test_explore_catches_each_mutant_for_most_workload_seeds(name: str) -> None:
-    """What README "Mutants" reports for the simulator (explore-table --strategies mutants)."""
+    """What README "Mutants" reports for the simulator (explore-table --strategies mutants): random
+    search catches the mutant within 300 schedules for at least 8 of workload seeds 1..10, except
+    unpin-stays-deaf (below)."""
     small = mutants.small_of(name)
     firsts = [explore_random(name, seed, small, cap=300)[-1] for seed in range(1, 11)]
-    assert sum(1 for s in firsts if s["races"]) >= 8, [s["n"] if s["races"] else None for s in firsts]
+    caught = [seed for seed, s in enumerate(firsts, 1) if s["races"]]
+    if name != "resv-fence+unpin-stays-deaf":
+        assert len(caught) >= 8, [s["n"] if s["races"] else None for s in firsts]
+        return
+    # unpin-stays-deaf needs an importer's job on the mapping it kept after a pinning job of the same
+    # buffer: a workload seed without such a pair of jobs cannot reach the bug under any schedule.
+    # Measured: seeds 6, 8 and 9 have none; seed 1 has one, 27 us between the unpin and the next
+    # job, where a move needs a pressure tick (every 2 ms: a fixed decision, not one the search
+    # varies): none in 2,000 schedules. The other six are caught (schedule 1 to 81).
+    reachable = [seed for seed in range(1, 11) if _kept_mapping_reused(name, seed, small)]
+    assert set(caught) <= set(reachable), (caught, reachable)
+    assert set(range(1, 11)) - set(reachable) == {6, 8, 9} and set(reachable) - set(caught) <= {1}, (caught, reachable)
+
+
+def _kept_mapping_reused(name: str, seed: int, small: dict) -> bool:
+    """Does the seed's workload (its first random schedule) have a job pinning buffer B followed by
+    another job of the same importer on B (the job that uses the mapping kept after the unpin)?"""
+    import json
+    from deploy.explore_table import small_config
+    from sim.search.random import RandomChooser
+    from sim.search.trial import run_trial
+    t = run_trial(small_config(name, seed, small), RandomChooser(seed, 1), keep_history=True)
+    evs = [json.loads(ln) for ln in t.history]
+    for p in (e for e in evs if e["event"] == "pin"):
+        after = [e for e in evs if e["event"] == "dma_begin" and e["svc"] == p["importer"]
+                 and e["buffer"] == p["buffer"] and e["t_ns"] > p["t_ns"]]
+        if len(after) >= 2:       # the pinning job itself, then one on its kept mapping
+            return True
+    return False
 
 
 @pytest.mark.slow
@@ -495,9 +525,10 @@ def test_every_mutant_is_caught_in_10_of_10_seeds_of_the_standard_workload(tmp_p
 
 @pytest.mark.slow
 def test_no_correct_strategy_deadlocks_under_any_shipped_fault_plan(tmp_path: Path) -> None:
-    from deploy.campaign import campaign
+    from deploy.campaign import campaign, strategy_variants
+    from deploy.faultplans import shipped
     summary = campaign(RunParams(importers=4, buffers=8, duration=3.0), "all", "all", 1,
                        tmp_path / "plans", jobs=2, quiet=True, plots=False)
     runs = summary["runs"]
-    assert len(runs) == 7 * 5 and not summary["failed_runs"]
+    assert len(runs) == len(strategy_variants("all")) * len(shipped()) and not summary["failed_runs"]
     assert [(d["strategy"], d["plan"]) for d in runs if d["findings_caught"]["deadlock"]] == []
