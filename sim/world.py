@@ -13,7 +13,7 @@ Rules:
   neither paused nor dead. The enabled actors, in the fixed order of their creation, are the
   step choice: one enabled actor just runs; two or more ask the scheduler (a "step" decision).
   A step runs one callback. Nothing else decides what happens next.
-- One model of time spent working: a deferred call of the exporter's copy engine (lane `copy`)
+- Time spent working, modelled in two lanes only: a deferred call of the exporter's copy engine (lane `copy`)
   runs LANE_COST_NS["copy"] after it was deferred, the time one COPY_CHUNK (256 KiB) takes at
   about 10 GB/s (deploy/bench's memcpy floor), so a copy spans time as it does in real runs; a
   deferred call of a DMA engine (lane `dma`: a chunk's access, after its fence check) runs
