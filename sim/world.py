@@ -13,9 +13,9 @@ Rules:
   neither paused nor dead. The enabled actors, in the fixed order of their creation, are the
   step choice: one enabled actor just runs; two or more ask the scheduler (a "step" decision).
   A step runs one callback. Nothing else decides what happens next.
-- Time spent working, modelled in two lanes only: a deferred call of the exporter's copy engine (lane `copy`)
-  runs LANE_COST_NS["copy"] after it was deferred, the time one COPY_CHUNK (256 KiB) takes at
-  about 10 GB/s (deploy/bench's memcpy floor), so a copy spans time as it does in real runs; a
+- Time spent working, modelled in two lanes only: a deferred call of the exporter's copy engine
+  (lane `copy`) runs LANE_COST_NS["copy"] after it was deferred, the time one COPY_CHUNK (256 KiB)
+  takes at about 10 GB/s (deploy/bench's memcpy floor), so a copy spans time as it does in real runs; a
   deferred call of a DMA engine (lane `dma`: a chunk's access, after its fence check) runs
   LANE_COST_NS["dma"] after, the real engine's floor for a chunk (stamp or verify of up to 4 KiB
   costs it 8 to 13 us), so a force can fall between a chunk's check and its access as it does in
