@@ -203,6 +203,10 @@ def cmd(args: argparse.Namespace) -> int:
         print("dmabuf-emu: explore-table: --seeds, --cap and --jobs must be at least 1, --bound at least 0",
               file=sys.stderr)
         return 2
+    if args.exhaustive_cap is not None and args.exhaustive_cap < 1:
+        print(f"dmabuf-emu: explore-table: --exhaustive-cap must be at least 1, got {args.exhaustive_cap}",
+              file=sys.stderr)
+        return 2
     try:
         chosen(args.strategies)
     except ValueError as exc:

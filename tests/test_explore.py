@@ -272,3 +272,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
 def test_shrink_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["shrink", str(tmp_path)]) == 2
     assert "no explore.json" in capsys.readouterr().err
+
+
+def test_explore_table_caps_an_exhaustive_cell_and_refuses_a_bad_cap(tmp_path: Path, capsys) -> None:
+    """--exhaustive-cap stops the exhaustive cell short and the table says so; a cap below 1 is
+    one line and exit 2, with nothing run."""
+    out = tmp_path / "xt"
+    assert cli.main(["explore-table", "--strategies", "resv-fence", "--seeds", "1", "--cap", "2",
+                     "--exhaustive-cap", "5", "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    ex = table["rows"][0]["exhaustive"]
+    assert (ex["exhausted"], ex["schedules"]) == (False, 5) and "--exhaustive-cap 5" in table["command"]
+    assert "not exhausted (5)" in (out / "table.md").read_text()
+    capsys.readouterr()
+    assert cli.main(["explore-table", "--exhaustive-cap", "0", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dmabuf-emu: explore-table: --exhaustive-cap must be at least 1, got 0"]
+    assert not (tmp_path / "bad").exists()
