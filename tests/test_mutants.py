@@ -513,7 +513,10 @@ def test_resv_fence_with_pins_and_the_same_pace_has_no_race_and_no_deadlock(shor
 def test_every_mutant_is_caught_in_10_of_10_seeds_of_the_standard_workload(tmp_path: Path) -> None:
     """The must-show of issue 15 (about 15 minutes on 2 cores): what README "Mutants" reports. One
     run at a time: two runs' ten processes on two cores slow move_notify's round trip past most
-    6 ms reads, and wait-write-only then misses seeds (9/10 with jobs=2 on a quiet machine)."""
+    6 ms reads, and wait-write-only then misses seeds (9/10 with jobs=2 on a quiet machine).
+    revoke+kref-reinit is caught in 48 of 50 runs measured (docs/results.md, "Mutants"): this test
+    fails when a sweep draws one of its runs with no finding; that is open work on its workload,
+    not a reason to ask less of the checker."""
     from deploy.campaign import campaign
     summary = campaign(RunParams(importers=4, buffers=8, duration=3.0), "mutants", "none", 10,
                        tmp_path / "mutants", jobs=1, quiet=True, plots=False)
