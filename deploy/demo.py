@@ -26,6 +26,7 @@ STRATEGIES = ("move-notify", "resv-fence")
 DEFAULTS = RunParams(importers=4, duration=2.0)   # the README's compare workload, shorter
 DEFAULT_OUT = Path("runs/demo")
 WIDTH = 100
+NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 
 
 def add_parser(sub: Any, formatter: type[argparse.HelpFormatter], epilog: str) -> None:
@@ -77,8 +78,14 @@ def _counts(report: dict[str, Any]) -> str:
             + (f"; {corrupted} reads found another buffer's bytes" if corrupted else ""))
 
 
+def _how_many(n: int) -> str:
+    return NUMBERS[n] if n < len(NUMBERS) else str(n)
+
+
 def ending(reports: dict[str, dict[str, Any]], dirs: dict[str, Path], table: str) -> list[str]:
-    """What the demo prints when both runs are judged."""
+    """What the demo prints when both runs are judged. Its last line points at `compare`, which runs
+    every built-in strategy: their number is the registry's, so that a strategy added is counted."""
+    from protocol.strategies import STRATEGIES as ALL
     lines = ["", table, ""]
     width = max(map(len, reports))
     for name, report in reports.items():
@@ -97,7 +104,8 @@ def ending(reports: dict[str, dict[str, Any]], dirs: dict[str, Path], table: str
               "reports  " + "  ".join(str(d / "report.md") for d in dirs.values()),
               "traces   " + "  ".join(str(d / "trace.json") for d in dirs.values())
               + "  (open in https://ui.perfetto.dev)",
-              "next     dmabuf-emu compare --out runs/compare  (all six strategies, README \"The strategies\")"]
+              f"next     dmabuf-emu compare --out runs/compare  (all {_how_many(len(ALL))} strategies, "
+              f"README \"The strategies\")"]
     return lines
 
 
