@@ -14,7 +14,11 @@ Rules of this file:
   bytes are being copied; an unmap carries no hint; a buffer already moving takes no second move;
   stale timers and follow-ups change nothing; a copy ends in IDLE. A strategy adds its IDLE
   MOVE_WANTED row and the rows of every other state it enters. A static importer's attach pins
-  the buffer. REVOKE and UNREVOKE are violations: only a strategy with revocation rows takes them.
+  the buffer; a pin and an unpin (dma_buf_pin, dma_buf_unpin) are events of every state. REVOKE
+  and UNREVOKE are violations: only a strategy with revocation rows takes them.
+- Whom a step that goes through the buffer's attachments addresses is declared here (AUDIENCE,
+  in Who guards), not decided in its body; the words an event gives as a reason are declared
+  here too (REFUSAL_REASONS): guards and steps are names in code, never history format.
 """
 
 from __future__ import annotations
