@@ -196,15 +196,21 @@ def _parser() -> argparse.ArgumentParser:
                                     "point group dmabuf_emu.strategies); the rules, the sentence of the 2012 thread "
                                     "each built-in one models and its hazard are in protocol/strategies/*.py. "
                                     "--diagram draws both halves' state diagrams from the strategy's tables; "
+                                    "NAME --table prints the tables that run, every row marked by its origin "
+                                    "(base, strategy, load, kind); "
                                     "--check loads a strategy of your own and checks its tables, as every "
                                     "command does before it starts anything.",
                         epilog=examples("dmabuf-emu strategies --diagram resv-fence",
+                                        "dmabuf-emu strategies resv-fence --table",
                                         "dmabuf-emu strategies --diagram move-notify-ack --format dot --steps",
                                         "dmabuf-emu strategies --check docs/examples/move_notify_ack_defer.py",
                                         "dmabuf-emu strategies --doc",
                                         "dmabuf-emu strategies --mutants",
                                         "dmabuf-emu strategies --diagram resv-fence+map-unlocked"))
+    st.add_argument("name", nargs="?", metavar="NAME|PATH", help="the strategy --table prints")
     what = st.add_mutually_exclusive_group()
+    what.add_argument("--table", action="store_true",
+                      help="print NAME's tables as they run: base, strategy and load rows, each marked by origin")
     what.add_argument("--diagram", metavar="NAME|PATH", help="print the exporter's and the importer's state diagrams")
     what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way")
     what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
@@ -253,6 +259,11 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.mutants:
         print("\n".join(_mutant_lines()))
+        return EXIT_OK
+    if args.table or args.name:
+        if not (args.table and args.name):
+            raise OptionError("strategies: NAME goes with --table (dmabuf-emu strategies NAME --table)")
+        print(diagram.tables(strategies.resolve(args.name)), end="")
         return EXIT_OK
     if args.diagram or args.check:
         module = strategies.resolve(args.diagram or args.check)

@@ -10,6 +10,13 @@ What is drawn is what the interpreter runs: the exporter table as compile_spec c
   and VIOLATION rows are not drawn (the table says they cannot happen or change nothing).
 - States in which a move holds the reservation lock say so.
 Formats: mermaid (stateDiagram-v2, rendered by GitHub) and dot (Graphviz).
+
+`dmabuf-emu strategies NAME --table` prints the tables that run, as text (`tables`): the
+exporter's as the move machine holds it (MoveMachine.table) and the dynamic importer's, every
+reachable state with every event, one line per rule, each marked by the origin of its row (base,
+strategy, load, kind; `/any` when the row is the table's ANY row); then, for each other importer
+kind, the rows that differ. A step that addresses attachments one by one says whom in brackets
+(table.py AUDIENCE: `notify[live+unpinned]`).
 docs/strategies.md is `dmabuf-emu strategies --doc` (tests/test_diagrams.py fails when it is stale).
 """
 
@@ -20,9 +27,11 @@ from types import ModuleType
 
 from protocol import machine
 from protocol.exporter import compile_spec as compile_exporter
-from protocol.exporter.moves import VOCABULARY as EXPORTER_VOCABULARY
-from protocol.importer import VOCABULARY as IMPORTER_VOCABULARY
+from protocol.exporter.moves import VOCABULARY as EXPORTER_VOCABULARY, running as exporter_running
+from protocol.exporter.table import AUDIENCE
+from protocol.importer import VOCABULARY as IMPORTER_VOCABULARY, running as importer_running
 from protocol.machine import ANY, SAME, VIOLATION
+from protocol.params import IMPORTER_KINDS
 
 FORMATS = ("mermaid", "dot")
 ANY_NODE = "any"
@@ -107,13 +116,69 @@ def document(strategies: dict[str, ModuleType]) -> str:
            "of the 2012 thread it models and its hazard are in `protocol/strategies/<name>.py`; how to",
            "read the diagrams is in `deploy/diagram.py`: an edge per rule that changes the state",
            "(`event [guard] / steps`), a rule that stays in its state inside the state's box, the table's",
-           "ANY rows on `any other state`, and rules that do nothing or cannot happen left out.", ""]
+           "ANY rows on `any other state`, and rules that do nothing or cannot happen left out. Below each",
+           "strategy's diagrams, the tables as they run (`dmabuf-emu strategies NAME --table`): every row,",
+           "marked by its origin: base, strategy, load (added when the table is loaded), kind.", ""]
     for name, module in strategies.items():
         out += [f"## {name}", "", module.SUMMARY + ".", ""]
         for half in ("exporter", "importer"):
             out += [f"### {half}", "", "```mermaid", render(graph(module, half, steps=True), "mermaid").rstrip(),
                     "```", ""]
+        out += ["### the tables that run", "", f"<details><summary>`dmabuf-emu strategies {name} --table`</summary>",
+                "", "```text", tables(module).rstrip(), "```", "", "</details>", ""]
     return "\n".join(out)
+
+
+TABLE_COLUMNS = ("ORIGIN", "STATE", "EVENT", "GUARD", "THEN", "DO")
+
+
+def tables(strategy: ModuleType) -> str:
+    """Both halves' tables as they run (see the rules at the top)."""
+    compiled = compile_exporter(strategy.EXPORTER)
+    locked = sorted(compiled.locked_states, key=lambda s: list(type(s)).index(s))
+    out = [f"# {strategy.NAME}: the tables that run, one line per rule (the first whose guard holds wins).",
+           "# ORIGIN: base (the half's BASE_TABLE), strategy (the strategy's own), load (added at load: maps",
+           "# deferred under the reservation lock), kind (an importer kind's); /any: the table's (any, event) row.",
+           "", f"## exporter (the move machine of every buffer; reservation lock held in: "
+           f"{', '.join(s.value for s in locked) or 'no state'})",
+           *_table_lines(exporter_running(compiled))]
+    dynamic = importer_running(strategy.IMPORTER)
+    out += ["", "## importer (dynamic)", *_table_lines(dynamic)]
+    for kind in IMPORTER_KINDS:
+        if kind == "dynamic":
+            continue
+        rows = importer_running(strategy.IMPORTER, kind)
+        mine = {(r.state, r.event): r.rules for r in dynamic}
+        differ = [r for r in rows if mine.get((r.state, r.event)) != r.rules]
+        out += ["", f"## importer ({kind}): " + ("the rows that differ from dynamic's" if differ else
+                                                "the same table as dynamic's")]
+        if differ:
+            out += _table_lines(differ)
+    return "\n".join(out) + "\n"
+
+
+def table_line_fields(line: str) -> tuple[str, str, str, str, str, tuple[str, ...]]:
+    """A rule line of `tables` as (origin, state, event, guard, then, steps), the audience left
+    out of the steps: the inverse of the printing, for tests and tools."""
+    origin, state, event, guard, then, *rest = line.split(None, 5)
+    steps = tuple(s.split("[")[0] for s in rest[0].split(", ")) if rest else ()
+    return origin, state, event, guard, then, steps
+
+
+def _table_lines(rows: list[machine.RunningRow]) -> list[str]:
+    cells = [TABLE_COLUMNS]
+    for row in rows:
+        origin = row.origin + ("/any" if row.via_any else "")
+        if row.rules is VIOLATION:
+            cells.append((origin, row.state.value, row.event.value, "-", "violation", ""))
+            continue
+        for rule in row.rules:
+            then = rule.then.value
+            do = ", ".join(step.value + (f"[{'+'.join(w.value for w in AUDIENCE[step])}]" if step in AUDIENCE else "")
+                           for step in rule.do)
+            cells.append((origin, row.state.value, row.event.value, rule.when.value, then, do))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS) - 1)]
+    return [("  ".join(c[i].ljust(widths[i]) for i in range(len(widths))) + "  " + c[-1]).rstrip() for c in cells]
 
 
 def _node_label(g: Graph, state: str) -> str:

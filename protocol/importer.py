@@ -9,7 +9,10 @@ Rules of this file:
   steps (explicit maps IGUARDS, ISTEPS), turns what comes in into events, and keeps the session's
   books: hello, request ids, bye.
 - A reply is one event, or two: a map or unmap refused because the attachment is gone
-  (no_such_attachment, access_denied) is MAP_FAILED or UNMAP_FAILED, then REVOKED.
+  (no_such_attachment, access_denied) is MAP_FAILED or UNMAP_FAILED, then REVOKED. REPLIES
+  (below the tables) says, by the op of the request answered, which event a reply is: the
+  session's own replies (hello, bye) and the refusals of ack, pin and unpin (logged, nothing
+  else) are not the attachment's.
 - While the importer leaves, every attachment is offered LEAVE after each of its transitions (and
   at shutdown): the table says in which states it detaches. Once every attachment is DETACHED or
   REVOKED, bye.
@@ -71,9 +74,10 @@ class AttState(enum.Enum):
     MAPPING = "mapping"        # map request out
     FENCE_WAIT = "fence_wait"  # mapped; waiting for the move's KERNEL fence before touching it
     ACTIVE = "active"          # mapped; DMA running
-    MAPPED = "mapped"          # mapped, no job: the mapping is kept for the next one (a dynamic importer's cache)
-    KEPT = "kept"              # a job that pinned is over and unpinned: still mapped, the mapping kept for
-                               # the next job until move_notify invalidates it (dma_buf_unpin)
+    MAPPED = "mapped"          # mapped, no job: the mapping is kept for the next job until move_notify (or
+                               # invalidate_mappings) invalidates it: a dynamic importer's cache (revoke), or
+                               # a job that pinned, over and unpinned (resv-fence: dma_buf_unpin)
+    KEPT = "mapped"            # MAPPED's former name, an alias (tests/test_mutants.py still says KEPT)
     UNMAPPING = "unmapping"    # unmap request out
     DETACHING = "detaching"    # detach request out
     DETACHED = "detached"
@@ -98,6 +102,18 @@ class AttEvent(enum.Enum):
     LEAVE = "leave"                    # the importer is leaving: detach if you can
     DETACH_DONE = "detach_done"        # the detach reply, ok or not (ctx: reply, latency)
     RESET = "reset"                    # the importer starts over (ctx: reason)
+
+
+@dataclass(frozen=True)
+class ReplyRoute:
+    """What a reply to one of our requests is to the attachment (REPLIES, by the op answered)."""
+
+    accepted_by: type | None      # the reply type that accepts the request (None: any reply)
+    accepted: AttEvent            # the event then (ctx: reply, latency, request_id)
+    refused: AttEvent             # the event for any other reply (ctx: the same, or reason)
+    refusal_as_reason: bool = False  # the refusal reaches the table as the job's failure reason
+    then_revoked: bool = False    # a refusal naming the attachment gone (no_such_attachment,
+                                  # access_denied) is REVOKED after
 
 
 class IGuard(enum.Enum):
@@ -170,6 +186,16 @@ class IStep(enum.Enum):
 MUTANT_ISTEPS = frozenset({IStep.START_EARLY_SIGNALED_DMA, IStep.START_HELD_FENCE_DMA, IStep.HOLD_FENCE,
                            IStep.BLOCK_HELD_FENCE, IStep.SIGNAL_HELD_FENCE, IStep.DROP_HELD_FENCE})
 
+
+# A reply, by the op of the request it answers. The other ops are the session's (hello, bye) or,
+# refused, only logged (REPLY_LOGGED: `<op>_refused`).
+REPLIES: Mapping[str, ReplyRoute] = {
+    "attach": ReplyRoute(AttachReply, AttEvent.ATTACH_OK, AttEvent.ATTACH_FAILED),
+    "detach": ReplyRoute(None, AttEvent.DETACH_DONE, AttEvent.DETACH_DONE),
+    "map": ReplyRoute(MapReply, AttEvent.MAP_OK, AttEvent.MAP_FAILED, refusal_as_reason=True, then_revoked=True),
+    "unmap": ReplyRoute(UnmapReply, AttEvent.UNMAP_OK, AttEvent.UNMAP_FAILED, then_revoked=True),
+}
+REPLY_LOGGED = ("ack", "pin", "unpin")
 
 ImporterTable = Mapping[tuple[Any, AttEvent], Any]
 
@@ -406,37 +432,25 @@ class Importer:
             # The exporter declared us lost (our lease ran out while we could not tell): whatever
             # we held is gone. Start over rather than act on handles that no longer exist.
             return self.reset(now, f"exporter answered {op} with no_such_importer")
-        ctx: dict[str, Any] = {"reply": reply, "latency": latency, "request_id": reply.id}
         if op == "hello":
             self._on_hello_reply(reply, now)
         elif op == "bye":
             self._left = True
             self._out.append(Left())
-        elif op in ("ack", "pin", "unpin"):
+        elif op in REPLY_LOGGED:
             if isinstance(reply, ErrorReply):
                 self._emit(f"{op}_refused", buffer=buffer, code=reply.code, message=reply.message)
         else:
-            att = self._atts[buffer]  # type: ignore[index]
-            ok = not isinstance(reply, ErrorReply)
-            if op == "attach":
-                self._dispatch(att, AttEvent.ATTACH_OK if isinstance(reply, AttachReply) else AttEvent.ATTACH_FAILED,
-                               now, **ctx)
-            elif op == "detach":
-                self._dispatch(att, AttEvent.DETACH_DONE, now, **ctx)
-            elif op == "map":
-                if isinstance(reply, MapReply):
-                    self._dispatch(att, AttEvent.MAP_OK, now, **ctx)
-                else:
-                    code = reply.code if isinstance(reply, ErrorReply) else "bad_reply"
-                    message = reply.message if isinstance(reply, ErrorReply) else _describe(reply)
-                    self._dispatch(att, AttEvent.MAP_FAILED, now, reason=f"map refused: {code}: {message}")
-                    self._if_revoked(att, reply, now)
-            elif op == "unmap":
-                self._dispatch(att, AttEvent.UNMAP_OK if isinstance(reply, UnmapReply) and ok
-                               else AttEvent.UNMAP_FAILED, now, **ctx)
-                self._if_revoked(att, reply, now)
-            elif op == "pin" and not ok:
-                self._emit("pin_refused", buffer=buffer, **({"code": reply.code} if isinstance(reply, ErrorReply) else {}))
+            route, att = REPLIES[op], self._atts[buffer]  # type: ignore[index]
+            if route.accepted_by is None or isinstance(reply, route.accepted_by):
+                self._dispatch(att, route.accepted, now, reply=reply, latency=latency, request_id=reply.id)
+            elif route.refusal_as_reason:
+                code = reply.code if isinstance(reply, ErrorReply) else "bad_reply"
+                message = reply.message if isinstance(reply, ErrorReply) else _describe(reply)
+                self._dispatch(att, route.refused, now, reason=f"{op} refused: {code}: {message}")
+            else:
+                self._dispatch(att, route.refused, now, reply=reply, latency=latency, request_id=reply.id)
+            if route.then_revoked:
                 self._if_revoked(att, reply, now)
         return self._take(now)
 
@@ -832,7 +846,7 @@ class _Fatal(Exception):
 ImporterFatal = _Fatal
 
 
-_TAKES_JOBS = (AttState.IDLE, AttState.CACHED, AttState.MAPPED, AttState.KEPT)   # a job may start here
+_TAKES_JOBS = (AttState.IDLE, AttState.CACHED, AttState.MAPPED)   # a job may start here
 _GONE = (AttState.DETACHED, AttState.REVOKED, AttState.REFUSED)      # nothing left to give back
 
 
@@ -933,8 +947,21 @@ def compile_spec(spec: ImporterSpec, kind: str | None = None) -> dict[tuple[Any,
     return tables[kind if kind is not None else "dynamic"]
 
 
+def running(spec: ImporterSpec, kind: str = "dynamic") -> list[machine.RunningRow]:
+    """The table an importer of `kind` runs (compile_spec's), each row with its origin: BASE
+    (BASE_TABLE's, unchanged), STRATEGY, or KIND (the kind's rows: KIND_ROWS, spec.kinds)."""
+    rows = machine.check(spec.strategy, VOCABULARY, _kind_table(spec, kind))
+    origins = machine.origins(spec.table, BASE_TABLE)
+    origins.update({key: machine.KIND for key in (*KIND_ROWS.get(kind, {}), *spec.kinds.get(kind, {}))})
+    return machine.running(VOCABULARY, rows, origins)
+
+
+def _kind_table(spec: ImporterSpec, kind: str) -> dict[tuple[Any, AttEvent], Any]:
+    return {**spec.table, **KIND_ROWS.get(kind, {}), **spec.kinds.get(kind, {})}
+
+
 def _compile_kind(spec: ImporterSpec, kind: str) -> dict[tuple[Any, AttEvent], Any]:
-    table = {**spec.table, **KIND_ROWS.get(kind, {}), **spec.kinds.get(kind, {})}
+    table = _kind_table(spec, kind)
     half = "importer" if kind == "dynamic" else f"importer ({kind})"
     try:
         rows = machine.check(spec.strategy, VOCABULARY, table)

@@ -18,8 +18,12 @@ A strategy states each half of its protocol as a table: `(state, event) -> rules
   would stop the run: end with ALWAYS, or VIOLATION); and a state reachable from the initial
   state that has no row for some event (every state must say what each event does there, or
   that it cannot happen).
-- `expand` returns the checked table with the ANY rows spread over every state, so that the
-  interpreter finds a row with one dict lookup.
+- `expand` returns the checked table with the ANY rows spread over every reachable state, so that
+  the interpreter finds a row with one dict lookup (a state no rule leads to is never looked up).
+  That expanded table is what runs, and what `dmabuf-emu strategies NAME --table` prints, each row
+  with its origin (`origins`): BASE (the half's base table, unchanged), STRATEGY (the strategy's
+  own, or a base row it replaced), LOAD (added when the table was loaded: the exporter's deferred
+  maps under the reservation lock), KIND (an importer kind's rows).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class _Wildcard(enum.Enum):
 ANY = _Wildcard.ANY
 SAME = _Wildcard.SAME
 VIOLATION = _Wildcard.VIOLATION
+
+# Where a row of the table that runs comes from (see the rules at the top).
+BASE, STRATEGY, LOAD, KIND = "base", "strategy", "load", "kind"
 
 S = TypeVar("S", bound=Hashable)
 G = TypeVar("G", bound=Hashable)
@@ -112,14 +119,49 @@ def check(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, Any],
 
 
 def expand(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any]) -> dict[tuple[Any, Any], Any]:
-    """The checked rows with ANY spread over every state: one lookup per event."""
+    """The checked rows with ANY spread over every reachable state: one lookup per event."""
     out: dict[tuple[Any, Any], Any] = {}
+    reach = reachable(vocab, rows)
     for state in vocab.states:
+        if state not in reach:
+            continue
         for event in vocab.events:
             rules = rows.get((state, event), rows.get((ANY, event)))
             if rules is not None:
                 out[(state, event)] = rules
     return out
+
+
+@dataclass(frozen=True)
+class RunningRow:
+    """A row of the table that runs: `(state, event) -> rules`, where it comes from (`origin`), and
+    whether it is the table's (ANY, event) row spread over this state (`via_any`)."""
+
+    state: Any
+    event: Any
+    rules: Any          # tuple of Rule, or VIOLATION
+    origin: str
+    via_any: bool
+
+
+def running(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any],
+            origins: Mapping[tuple[Any, Any], str]) -> list[RunningRow]:
+    """`expand(vocab, rows)`, row by row, with the origin of the row each comes from."""
+    out = []
+    for (state, event), rules in expand(vocab, rows).items():
+        key = source(rows, state, event)
+        out.append(RunningRow(state, event, rules, origins[key], key[0] is ANY))
+    return out
+
+
+def origins(rows: Mapping[tuple[Any, Any], Any], base: Mapping[tuple[Any, Any], Any]) -> dict[tuple[Any, Any], str]:
+    """BASE for each row equal to `base`'s, STRATEGY for the others."""
+    return {key: BASE if key in base and base[key] == rules else STRATEGY for key, rules in rows.items()}
+
+
+def source(rows: Mapping[tuple[Any, Any], Any], state: object, event: object) -> tuple[Any, Any]:
+    """The key of the row that `(state, event)` runs: its own, else `(ANY, event)`."""
+    return (state, event) if (state, event) in rows else (ANY, event)
 
 
 def rules_for(rows: Mapping, state: object, event: object) -> Any:

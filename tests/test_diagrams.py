@@ -19,6 +19,7 @@ def test_docs_strategies_md_is_not_stale() -> None:
     assert doc == diagram.document(STRATEGIES), \
         "docs/strategies.md is stale: run `dmabuf-emu strategies --doc > docs/strategies.md`"
     assert doc.count("```mermaid") == 2 * len(STRATEGIES)
+    assert doc.count("```text") == len(STRATEGIES), "each strategy's tables as they run (strategies NAME --table)"
 
 
 def test_a_diagram_shows_states_events_guards_and_on_request_steps() -> None:

@@ -254,16 +254,16 @@ HEADER = """\
 @pytest.mark.parametrize("body, words", [
     ("EXPORTER = ExporterSpec(NAME, {**base.EXPORTER.table, (MoveState.NOTIFYING, MoveEvent.MAP): "
      "(Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAPP,)),)})\nIMPORTER = ImporterSpec(NAME, base.IMPORTER.table)\n",
-     ":7: Step has no member 'DEFER_MAPP' (did you mean DEFER_MAP?)"),
+     ":7: row (MoveState.NOTIFYING, MoveEvent.MAP): Step has no member 'DEFER_MAPP' (did you mean DEFER_MAP?)"),
     ("EXPORTER = ExporterSpec(NAME, {k: v for k, v in base.EXPORTER.table.items() if k != (MoveState.NOTIFYING, MoveEvent.MAP)})\n"
      "IMPORTER = ImporterSpec(NAME, base.IMPORTER.table)\n",
      ": mine: exporter row (notifying, map): missing: state notifying is reachable"),
     ("EXPORTER = ExporterSpec(NAME, {**base.EXPORTER.table, (MoveState.NOTIFYING, MoveEvent.MAP): "
      "(Rule(Guard.LOCKED, SAME, ()), Rule(Guard.ALWAYS, SAME, ()))})\nIMPORTER = ImporterSpec(NAME, base.IMPORTER.table)\n",
-     ":7: Guard has no member 'LOCKED'"),
+     ":7: row (MoveState.NOTIFYING, MoveEvent.MAP): Guard has no member 'LOCKED'"),
     ("EXPORTER = ExporterSpec(NAME, {**base.EXPORTER.table, (MoveState.DRAINING, MoveEvent.MAP): ()})\n"
      "IMPORTER = ImporterSpec(NAME, base.IMPORTER.table)\n",
-     ":7: MoveState has no member 'DRAINING'"),
+     ":7: row (MoveState.DRAINING, MoveEvent.MAP): MoveState has no member 'DRAINING'"),
     ("EXPORTER = ExporterSpec('other', base.EXPORTER.table)\nIMPORTER = ImporterSpec(NAME, base.IMPORTER.table)\n",
      "EXPORTER.strategy is 'other' but NAME is 'mine'"),
     ("IMPORTER = ImporterSpec(NAME, base.IMPORTER.table)\n", "this one has no EXPORTER"),
@@ -350,3 +350,140 @@ def test_one_peer_label_for_every_event_about_a_connection() -> None:
                                                                  token="0" * 32), 0)
     denied = [a.fields for a in out if getattr(a, "event", "") == "access_denied"]
     assert denied and denied[0]["peer"] == "?" + b"\x00\x01nobody".hex()
+
+
+# ---------------------------------------------------------------------------------- the table that runs
+
+def _printed(name: str, capsys) -> dict[str, dict[tuple[str, str], list[tuple[str, str, str, tuple[str, ...]]]]]:
+    """`dmabuf-emu strategies NAME --table`, parsed: section -> (state, event) -> its rule lines."""
+    from deploy.cli import main
+    from deploy.diagram import TABLE_COLUMNS, table_line_fields
+    assert main(["strategies", name, "--table"]) == 0
+    sections: dict = {}
+    section = None
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("## "):
+            section = sections.setdefault(line[3:].split(" (")[0] + (" " + line.split("(")[1].split(")")[0]
+                                                                    if line.startswith("## importer") else ""), {})
+        elif line and not line.startswith("#") and line.split()[:1] != [TABLE_COLUMNS[0]] and section is not None:
+            origin, state, event, guard, then, steps = table_line_fields(line)
+            section.setdefault((state, event), []).append((origin, guard, then, steps))
+    return sections
+
+
+def _as_printed(table: dict) -> dict[tuple[str, str], list[tuple[str, str, tuple[str, ...]]]]:
+    out = {}
+    for (state, event), rules in table.items():
+        out[(state.value, event.value)] = ([("-", "violation", ())] if rules is machine.VIOLATION else
+                                           [(r.when.value, r.then.value, tuple(s.value for s in r.do)) for r in rules])
+    return out
+
+
+def test_the_printed_table_is_the_table_the_move_machine_dispatches(capsys) -> None:
+    printed = _printed("resv-fence", capsys)
+    w = World("resv-fence")
+    held = _as_printed(w.exporter.moves.table)
+    shown = {key: [rule[1:] for rule in rules] for key, rules in printed["exporter"].items()}
+    assert shown == held, "every printed row is a row the move machine dispatches, with the same rules, and back"
+    imp = _as_printed(w.peers["importer-1"].table)
+    assert {key: [rule[1:] for rule in rules] for key, rules in printed["importer dynamic"].items()} == imp
+    origins = {key: rules[0][0] for key, rules in printed["exporter"].items()}
+    assert origins[("notifying", "map")] == origins[("fence_wait", "map")] == "load", "added at load: the lock"
+    assert origins[("idle", "move_wanted")] == "strategy" and origins[("idle", "map")] == "base"
+    assert origins[("idle", "pin")] == "base/any" and origins[("copying", "map")] == "strategy"
+    assert {state for state, _ in printed["exporter"]} == {"idle", "notifying", "fence_wait", "copying"}
+
+
+def test_the_printed_importer_kinds_are_what_an_importer_of_that_kind_runs(capsys) -> None:
+    printed = _printed("revoke", capsys)
+    w = World("revoke", kinds={"importer-1": "pinned-revocable"})
+    dynamic = _as_printed(World("revoke").peers["importer-1"].table)
+    pinned = _as_printed(w.peers["importer-1"].table)
+    differ = printed["importer pinned-revocable"]
+    assert {key for key in pinned if pinned[key] != dynamic.get(key)} == set(differ)
+    for key, rules in differ.items():
+        assert [rule[1:] for rule in rules] == pinned[key] and {rule[0] for rule in rules} == {"kind"}
+
+
+def test_table_of_an_unknown_strategy_is_the_diagram_s_one_line_error(capsys) -> None:
+    from deploy.cli import main
+    assert main(["strategies", "resv-fenc", "--table"]) == 2
+    table_err = capsys.readouterr().err
+    assert main(["strategies", "--diagram", "resv-fenc"]) == 2
+    assert table_err == capsys.readouterr().err and table_err.count("\n") == 1
+    assert main(["strategies", "resv-fence"]) == 2
+    assert "NAME goes with --table" in capsys.readouterr().err
+
+
+def test_a_refusal_says_why_in_its_own_word_not_the_guard_s_name() -> None:
+    from protocol.exporter.table import REFUSAL_REASONS
+    assert Guard.NO_ROOM.value != REFUSAL_REASONS[Guard.NO_ROOM] == "no_space", "a guard's name is not history format"
+    spec = exporter_spec(move_notify_ack.EXPORTER, add={
+        (MoveState.IDLE, MoveEvent.MOVE_WANTED): (Rule(Guard.CONSERVATIVE_HINTS, MoveState.IDLE, (Step.REFUSE,)),
+                                                  Rule(Guard.ALWAYS, MoveState.COPYING, (Step.BEGIN, Step.COPY)))})
+    with pytest.raises(TableError, match=r"exporter row \(idle, move_wanted\): rule 1: refuse under guard conservative, "
+                                         r"which gives move_refused no reason"):
+        compile_spec(spec)
+
+
+def test_pin_and_unpin_are_table_events() -> None:
+    from protocol.actions import Emit
+    w = World("resv-fence")
+    w.join_all()
+    att = w.peers["importer-1"]._atts[0]
+    buf = w.exporter.state.buffers[0]
+
+    def request(msg: wire.Message) -> list:
+        return w.exporter.handle_request(b"importer-1", msg, w.now)
+    out = request(wire.Unpin(id=900, attachment=att.id, token=att.token))
+    replies = [a.message for a in out if isinstance(a, Send)]
+    assert len(replies) == 1 and replies[0].code == wire.ErrorCode.BAD_STATE and "holds no pin" in replies[0].message
+    assert not [a for a in out if isinstance(a, Emit)] and buf.pins == 0, "a refused unpin changes nothing"
+    out = request(wire.Pin(id=901, attachment=att.id, token=att.token))
+    assert [a.event for a in out if isinstance(a, Emit)] == ["pin"] and buf.pins == 1
+    out = request(wire.Unpin(id=902, attachment=att.id, token=att.token))
+    assert [a.event for a in out if isinstance(a, Emit)] == ["unpin"] and buf.pins == 0
+    rows = compile_spec(resv_fence.EXPORTER).table
+    assert rows[(MoveState.NOTIFYING, MoveEvent.PIN)][0].do == (Step.PIN,)
+    assert [r.when for r in rows[(MoveState.IDLE, MoveEvent.UNPIN)]] == [Guard.PIN_HELD, Guard.ALWAYS]
+
+
+def test_every_reply_an_importer_waits_for_is_routed() -> None:
+    from protocol.importer import REPLIES, REPLY_LOGGED
+    sent = {m.OP for m in (wire.Hello, wire.Bye, wire.Attach, wire.Detach, wire.Map, wire.Unmap, wire.Pin, wire.Unpin,
+                           wire.Ack)}
+    assert sent == {"hello", "bye"} | set(REPLIES) | set(REPLY_LOGGED)
+    assert not set(REPLIES) & set(REPLY_LOGGED)
+
+
+def test_no_import_cycle_in_protocol() -> None:
+    """Every import between protocol's modules, TYPE_CHECKING ones included (`from P import M`, M a
+    module, imports M): no module reaches itself. main had moves <-> session."""
+    import ast
+    root = Path(__file__).resolve().parent.parent
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (root / "protocol").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in files:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(files)
+                deps.update(subs or {node.module})
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in files)
+        deps.discard(name)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = {start}, [start]
+        while todo:
+            for dep in graph[todo.pop()]:
+                if dep == goal:
+                    return True
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return False
+    assert graph["protocol.exporter.session"] >= {"protocol.exporter.moves"}, "the walk sees imports"
+    cycles = sorted((a, b) for a in graph for b in graph[a] if reaches(b, a))
+    assert not cycles, cycles

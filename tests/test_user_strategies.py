@@ -106,3 +106,37 @@ def test_a_copy_of_a_built_in_in_a_campaign_and_the_example_in_run(tmp_path: Pat
     deferred = [e for e in history(short_dir) if e["event"] == "map_served" and e["deferred_ns"] > 0]
     assert deferred, "maps that came during an ack wait were held until the move was done"
     assert_nothing_left(short_dir)
+
+
+def test_a_strategy_naming_a_guard_or_step_that_no_longer_exists_gets_one_line(tmp_path: Path) -> None:
+    """Written against older names (NO_SPACE was once the guard's value; COPYY a slip): the file,
+    the line, the row the name is in and the name, whatever the command."""
+    path = tmp_path / "old_names.py"
+    path.write_text(textwrap.dedent("""\
+        from protocol.exporter import BASE_TABLE, ExporterSpec, Guard, MoveEvent, MoveState, Step
+        from protocol.importer import BASE_TABLE as IMPORTER_BASE, ImporterSpec
+        from protocol.machine import Rule
+        NAME = "old-names"
+        SUMMARY = "written before a rename"
+        EXPORTER = ExporterSpec(NAME, {
+            **BASE_TABLE,
+            (MoveState.IDLE, MoveEvent.MOVE_WANTED): (
+                Rule(Guard.PINNED, MoveState.IDLE, (Step.REFUSE,)),
+                Rule(Guard.NO_SPACE, MoveState.IDLE, (Step.REFUSE,)),
+                Rule(Guard.ALWAYS, MoveState.COPYING, (Step.BEGIN, Step.COPY))),
+        })
+        IMPORTER = ImporterSpec(NAME, IMPORTER_BASE)
+    """))
+    for args in (("strategies", str(path), "--table"), ("strategies", "--check", str(path))):
+        r = cli(*args)
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"dmabuf-emu: {path}:10: row (MoveState.IDLE, MoveEvent.MOVE_WANTED): "
+                                   f"Guard has no member 'NO_SPACE'"), r.stderr
+    path.write_text(path.read_text().replace("Guard.NO_SPACE", "Guard.NO_ROOM").replace("Step.COPY)", "Step.COPYY)"))
+    r = cli("strategies", str(path), "--table")
+    assert r.returncode == 2 and r.stderr.strip() == (f"dmabuf-emu: {path}:11: row (MoveState.IDLE, MoveEvent.MOVE_WANTED): "
+                                                      f"Step has no member 'COPYY' (did you mean COPY?)")
+    path.write_text(path.read_text().replace("Step.COPYY)", "Step.COPY)"))
+    r = cli("strategies", str(path), "--table")
+    assert r.returncode == 0 and "strategy  idle" in r.stdout and "no_room" in r.stdout

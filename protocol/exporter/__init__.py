@@ -24,7 +24,7 @@ from protocol.actions import Action
 from protocol.exporter.memory import MemoryManager
 from protocol.exporter.moves import CompiledSpec, MoveMachine, ReservationLockError, compile_spec
 from protocol.exporter.session import LEASE_TIMER, Session
-from protocol.exporter.state import ExporterConfig, ExporterState, HeapConfig
+from protocol.exporter.state import Ctx, ExporterConfig, ExporterState, HeapConfig
 from protocol.exporter.table import (BASE_TABLE, IGNORE, MUTANT_STEPS, ExporterSpec, ExporterTable, Guard,
                                      MoveEvent, MoveState, Step)
 from protocol.machine import TransitionError
@@ -47,7 +47,7 @@ class Exporter:
         self.memory = MemoryManager(self.state)
         self.moves = MoveMachine(spec, self.state, self.memory)
         self.session = Session(self.state, self.moves, spec.strategy)
-        self.moves.session = self.session
+        self.moves.membership = self.session   # what the move machine asks of the importers' session
         # The books, under the names tests and tools have long read them by.
         self._buffers = self.state.buffers
         self._attachments = self.state.attachments
@@ -94,7 +94,7 @@ class Exporter:
             options = self.memory.move_options()
             if options:
                 buf, to_heap, reason, then = options[pick] if 0 <= pick < len(options) else options[0]
-                self.moves.dispatch(buf, MoveEvent.MOVE_WANTED, now, to=to_heap, reason=reason, then_promote=then)
+                self.moves.dispatch(buf, MoveEvent.MOVE_WANTED, now, Ctx(to=to_heap, reason=reason, then_promote=then))
         return self._take()
 
     def move_options(self) -> list[str]:
@@ -140,7 +140,7 @@ class Exporter:
         move = self.state.operation(move_id)
         if move is not None:
             move.unsignaled = tuple(sorted(slots))
-            self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now, slots=move.unsignaled)
+            self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now, Ctx(slots=move.unsignaled))
         return self._take()
 
     def revoke_buffer(self, buffer: int, now: int) -> list[Action]:
@@ -226,7 +226,7 @@ class Exporter:
         move = self.state.operation(key[1])
         if move is not None:
             self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.FENCE_TIMEOUT, now,
-                                slots=move.unsignaled)
+                                Ctx(slots=move.unsignaled))
 
     def _reset_timer(self, key: Any, now: int) -> None:
         move = self.state.operation(key[1])

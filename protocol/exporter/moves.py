@@ -4,7 +4,12 @@ Rules of this file:
 - A buffer's state changes only here, and only to the target of the rule its table chose
   (`dispatch`); steps do the bookkeeping and append actions, in the order of the rule.
 - Every guard and every step has one implementation, found through the explicit maps GUARDS and
-  STEPS (protocol/machine.py checks at import that none is missing).
+  STEPS (protocol/machine.py checks at import that none is missing); so has every Who, in WHO, and
+  a step that goes through attachments one by one addresses those table.py's AUDIENCE names.
+- What the move machine asks of the session (is an importer responsive, revoke an attachment, lose
+  an importer) is the `Membership` it is handed: this module imports no session.
+- An event's context is a typed `Ctx` (state.py); a step that decides something for the caller
+  (the unmap hint, a refused attach or unpin) sets its field, and `dispatch` returns it.
 - `compile_spec` checks a strategy's table before it runs (protocol/machine.py's checks, plus the
   exporter's own): a strategy that LOCKs holds the buffer's reservation lock in every state it
   reaches until UNLOCK; a map arriving in such a state is deferred unless the table has a row of
@@ -12,7 +17,8 @@ Rules of this file:
   lock it does not hold or take it twice is refused, and so is a row that marks a buffer revoked
   or un-revoked without the lock. A rule that BEGINs a move on an event other
   than MOVE_WANTED (which the memory manager admits only with room at the destination) must
-  follow a NO_ROOM rule in its row.
+  follow a NO_ROOM rule in its row, and a rule that REFUSEs a move must be guarded by a guard
+  with a reason word (table.py's REFUSAL_REASONS: what move_refused says).
 - SERVE_MAP and SERVE_DEFERRED_MAPS assert that no move holds the buffer's reservation lock, as
   dma_resv_assert_held does in the kernel: a table that got past the load check and still serves
   under the lock stops with ReservationLockError instead of handing out a placement.
@@ -23,24 +29,36 @@ Rules of this file:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
 from protocol import machine
 from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
                               Send, SignalKernelFence, StartTimer, WaitFences)
 from protocol.exporter.memory import MemoryManager
-from protocol.exporter.state import Buffer, ExporterState, Move, Operation, Revocation
-from protocol.exporter.table import MUTANT_STEPS, ExporterSpec, Guard, MoveEvent, MoveState, Step
+from protocol.exporter.state import Attachment, Buffer, Ctx, ExporterState, Member, Move, Operation, Revocation
+from protocol.exporter.table import (AUDIENCE, BASE_TABLE, MUTANT_STEPS, QUEUED_REASON, REFUSAL_REASONS, ExporterSpec,
+                                     Guard, MoveEvent, MoveState, Step, Who)
 from protocol.fence import Usage
 from protocol.heap import HeapFull
 from protocol.machine import ANY, SAME, VIOLATION, Rule, TableError, choose, rules_for
 from protocol.wire import ErrorCode, ErrorReply, InvalidateMappings, Map, MapReply, MoveNotify, Placement
 
-if TYPE_CHECKING:
-    from protocol.exporter.session import Session
 
-Ctx = dict[str, Any]
+class Membership(Protocol):
+    """What the move machine asks of the importers' session (session.py's Session is one)."""
+
+    def responsive(self, imp: Member, now: int) -> bool:
+        """Alive, and heard from within half a lease."""
+        ...
+
+    def revoke(self, att: Attachment, reason: str, now: int) -> None:
+        """Take the attachment away (its mapping dropped, ATTACHMENT_GONE posted)."""
+        ...
+
+    def lose(self, slot: int, reason: str, now: int) -> None:
+        """The importer is gone: every attachment revoked, its fences completed with `reason`."""
+        ...
 
 
 class ReservationLockError(AssertionError):
@@ -52,24 +70,29 @@ class MoveMachine:
 
     def __init__(self, spec: ExporterSpec, state: ExporterState, memory: MemoryManager) -> None:
         self.strategy = spec.strategy
-        compiled = compile_spec(spec)
-        self.table = compiled.table
-        self.revokes = compiled.revokes
+        self.compiled = compile_spec(spec)
+        self.table = self.compiled.table
+        self.revokes = self.compiled.revokes
         self.state = state
         self.memory = memory
-        self.session: Session = None  # type: ignore[assignment]  (wired by the Exporter)
+        self.membership: Membership = None  # type: ignore[assignment]  (handed over by the Exporter)
         self.next_move = 0
 
     # ------------------------------------------------------------------ dispatch
 
-    def dispatch(self, buf: Buffer, event: MoveEvent, now: int, **ctx: Any) -> None:
-        """Run `event` on `buf` by its table. TransitionError (nothing changed) if not allowed."""
+    def dispatch(self, buf: Buffer, event: MoveEvent, now: int, ctx: Ctx | None = None, **fields: Any) -> Ctx:
+        """Run `event` on `buf` by its table, with its context (`ctx`, or made of `fields`, Ctx's
+        names); the context, with what the rule decided. TransitionError (nothing changed) if not
+        allowed."""
+        if ctx is None:
+            ctx = Ctx(**fields)
         rule = choose(self.table, buf.state, event, lambda g: GUARDS[g](self, buf, ctx),
                       self.strategy, f"buffer {buf.id}")
         for step in rule.do:
             STEPS[step](self, rule, buf, now, ctx)
         if rule.then is not SAME:
             buf.state = rule.then
+        return ctx
 
     def run_posted(self) -> None:
         """Run the follow-up events, in order, each against the state it finds."""
@@ -77,36 +100,45 @@ class MoveMachine:
         while posted:
             buf_id, event, now, ctx, want = posted.pop(0)
             buf = self.state.buffers[buf_id]
-            if want and not self.memory.admits(buf, ctx["to"]):
+            if want and not self.memory.admits(buf, ctx.to):
                 continue  # the memory manager no longer wants it: another move took the room or the slot
-            self.dispatch(buf, event, now, **ctx)
+            self.dispatch(buf, event, now, ctx)
 
     # ------------------------------------------------------------------ guards
 
     def _awaited(self, buf: Buffer, ctx: Ctx) -> bool:
-        op = self._current(buf)
-        return (op is not None and ctx.get("op", op.id) == op.id
-                and ctx["attachment"] in op.waiting)
+        op = buf.operation
+        return (op is not None and (ctx.op is None or ctx.op == op.id)
+                and ctx.attachment in op.waiting)
 
     def _no_room(self, buf: Buffer, ctx: Ctx) -> bool:
-        to_heap = ctx["to"] if "to" in ctx else buf.queued[0] if buf.queued else None
+        to_heap = self._destination(buf, ctx)
         return to_heap is None or not self.memory.can_fit(to_heap, buf.size)
+
+    @staticmethod
+    def _destination(buf: Buffer, ctx: Ctx) -> str | None:
+        """Where the move goes: the wanted heap, else the queued move's."""
+        return ctx.to if ctx.to is not None else buf.queued[0] if buf.queued else None
+
+    def addresses(self, step: Step, imp: Member | None, att: Attachment | None, op: Operation, now: int) -> bool:
+        """Whether `step` addresses this attachment (or importer): AUDIENCE's guards all hold."""
+        return all(WHO[who](self, imp, att, op, now) for who in AUDIENCE[step])
 
     # ------------------------------------------------------------------ steps: the move's life
 
     def _refuse(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        to_heap = ctx.get("to", buf.queued[0] if buf.queued else None)
         self.state.emit("move_refused", buffer=buf.id, from_gen=buf.placement.gen,
-                        to_gen=buf.placement.gen + 1, reason=rule.when.value, to_heap=to_heap)
+                        to_gen=buf.placement.gen + 1, reason=REFUSAL_REASONS[rule.when],
+                        to_heap=self._destination(buf, ctx))
         buf.queued = None
 
     def _queue(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        buf.queued = (ctx["to"], ctx["reason"])
-        self.state.emit("move_queued", buffer=buf.id, from_gen=buf.placement.gen, reason="mapped",
-                        to_heap=ctx["to"])
+        buf.queued = (ctx.to, ctx.reason)  # type: ignore[assignment]
+        self.state.emit("move_queued", buffer=buf.id, from_gen=buf.placement.gen, reason=QUEUED_REASON,
+                        to_heap=ctx.to)
 
     def _begin(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        to_heap, reason = (ctx["to"], ctx["reason"]) if "to" in ctx else buf.queued  # type: ignore[misc]
+        to_heap, reason = (ctx.to, ctx.reason) if ctx.to is not None else buf.queued  # type: ignore[misc]
         buf.queued = None
         try:
             offset = self.memory.alloc(to_heap, buf.size)
@@ -117,7 +149,7 @@ class MoveMachine:
         dst = Placement(to_heap, offset, buf.size, src.gen + 1)
         st = self.state
         self.next_move += 1
-        move = Move(self.next_move, buf.id, src, dst, reason, now, then_promote=ctx.get("then_promote"))
+        move = Move(self.next_move, buf.id, src, dst, reason, now, then_promote=ctx.then_promote)
         st.moves[move.id] = move
         buf.move = move
         st.emit("move_begin", buffer=buf.id, move=move.id, reason=reason, from_gen=src.gen, to_gen=dst.gen,
@@ -144,15 +176,13 @@ class MoveMachine:
 
     # ------------------------------------------------------------------ steps: move_notify and its answers
 
-    def _notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx, *, deaf_once_pinned: bool = False) -> None:
+    def _notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx, step: Step = Step.NOTIFY) -> None:
         st, move = self.state, self._move(buf)
         for att_id in sorted(buf.attachments):
             att = st.attachments[att_id]
             imp = st.members[att.slot]
-            if not imp.alive or att.pins:
-                continue  # a pinned attachment receives no move notifications
-            if deaf_once_pinned and att.pinned_once:
-                continue  # the unpin-stays-deaf bug: unpinned, yet still left out
+            if not self.addresses(step, imp, att, move, now):
+                continue
             req = MoveNotify(id=st.new_request_id(), buffer=buf.id, attachment=att.id, move=move.id, gen=move.src.gen)
             self._sent(move, att.id, req.id, now)
             st.out.append(Send(imp.peer, req, imp.name))
@@ -160,9 +190,8 @@ class MoveMachine:
                     attachment=att.id, gen=move.src.gen)
 
     def _invalidate_mappings(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        """dma_buf_invalidate_mappings, Linux 7.1: to every attachment of a live importer; a move
-        skips pinned ones (a pinned buffer is not moved), a revocation does not (VFIO revokes
-        pinned importers too). Requires the lock held."""
+        """dma_buf_invalidate_mappings, Linux 7.1: to the attachments AUDIENCE names (a move skips
+        pinned ones, a revocation does not). Requires the lock held."""
         st, op = self.state, self._op(buf)
         revoking = isinstance(op, Revocation)
         op.notified, op.sent_ns = {}, {}
@@ -170,7 +199,7 @@ class MoveMachine:
         for att_id in sorted(buf.attachments):
             att = st.attachments[att_id]
             imp = st.members[att.slot]
-            if not imp.alive or (att.pins and not revoking):
+            if not self.addresses(Step.INVALIDATE_MAPPINGS, imp, att, op, now):
                 continue
             req = InvalidateMappings(id=st.new_request_id(), buffer=buf.id, attachment=att.id, gen=gen,
                                      move=0 if revoking else op.id, revoke=op.id if revoking else 0)
@@ -192,7 +221,7 @@ class MoveMachine:
 
     def _answered(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         op = self._op(buf)
-        if op.waiting.pop(ctx["attachment"], None) is not None and not op.waiting:
+        if op.waiting.pop(ctx.attachment, None) is not None and not op.waiting:
             self.state.post(buf, MoveEvent.NOTIFY_DONE, now)
 
     def _start_notify_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
@@ -208,7 +237,7 @@ class MoveMachine:
                 importers=sorted({st.members[a.slot].name for a in silent}),
                 attachments=[a.id for a in silent],
                 responsive=sorted({st.members[a.slot].name for a in silent
-                                   if self.session.responsive(st.members[a.slot], now)}))
+                                   if self.membership.responsive(st.members[a.slot], now)}))
 
     def _give_up_notify(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         op = self._op(buf)
@@ -220,10 +249,10 @@ class MoveMachine:
         st, op = self.state, self._op(buf)
         for att_id in sorted(op.waiting):
             att = st.attachments.get(att_id)
-            if att is not None and self.session.responsive(st.members[att.slot], now):
+            if att is not None and self.addresses(Step.REVOKE_SILENT, st.members[att.slot], att, op, now):
                 # Its fences stay as they are: they are the device's own word on its DMA, and the
                 # fence wait that follows honours them (forcing them only at the fence timeout).
-                self.session.revoke(att, "notify_timeout", now)
+                self.membership.revoke(att, "notify_timeout", now)
 
     # ------------------------------------------------------------------ steps: fences
 
@@ -277,10 +306,10 @@ class MoveMachine:
     def _force_complete(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         st, move = self.state, self._op(buf)
         move.resetting = set()
-        for slot in ctx.get("slots", move.unsignaled):
+        for slot in ctx.slots if ctx.slots is not None else move.unsignaled:
             imp = st.members.get(slot)
-            if imp is not None and imp.alive and not self.session.responsive(imp, now):
-                continue  # silent: maybe paused mid-DMA; its lease decides (see session.py)
+            if not self.addresses(Step.FORCE_COMPLETE, imp, None, move, now):
+                continue
             if slot in move.confirming:
                 continue  # forced already: waiting for its device to confirm (AWAIT_RESETS)
             name = imp.name if imp else f"slot-{slot}"
@@ -292,7 +321,7 @@ class MoveMachine:
                 move.resetting.add(slot)
             if imp is not None:
                 for att_id in sorted(imp.attachments & buf.attachments):
-                    self.session.revoke(st.attachments[att_id], "fence_timeout", now)
+                    self.membership.revoke(st.attachments[att_id], "fence_timeout", now)
 
     def _await_resets(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         """A forced fence completes the wait, not the device: a chunk it has under way may still
@@ -319,7 +348,7 @@ class MoveMachine:
             if imp is not None and imp.alive:
                 st.emit("reset_unconfirmed", buffer=buf.id, **{move.KIND: move.id}, importer=imp.name,
                         waited_ns=now - since, grace_ms=st.config.reset_grace_s * 1000)
-                self.session.lose(slot, "reset unconfirmed", now)
+                self.membership.lose(slot, "reset unconfirmed", now)
         move.confirming.clear()
 
     def _publish_kernel_fence(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
@@ -364,20 +393,21 @@ class MoveMachine:
     # ------------------------------------------------------------------ steps: mappings
 
     def _serve_map_step(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        self.serve_map(buf, ctx["peer"], ctx["request"], ctx["since"], now)
+        self.serve_map(buf, ctx.peer, ctx.request, ctx.since, now)  # type: ignore[arg-type]
 
     def _serve_map_unlocked(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         # The map-unlocked bug: a map path that never takes the reservation lock, so nothing
         # stops it while a move holds it (no lockdep here to say so).
-        self.serve_map(buf, ctx["peer"], ctx["request"], ctx["since"], now, locked_ok=True)
+        self.serve_map(buf, ctx.peer, ctx.request, ctx.since, now, locked_ok=True)  # type: ignore[arg-type]
 
     def _defer_map(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        st, request = self.state, ctx["request"]
-        buf.deferred.append((ctx["peer"], request, ctx["since"]))
+        st, request, peer = self.state, ctx.request, ctx.peer
+        assert request is not None and peer is not None, "DEFER_MAP on an event that is not a map"
+        buf.deferred.append((peer, request, ctx.since))
         att = st.attachments[request.attachment]
         st.members[att.slot].waiting.add(att.id)
         # Who the map waits for: the holder of the reservation lock (null: it waits for a copy).
-        st.emit("map_deferred", id=request.id, importer=st.peer_name(ctx["peer"]), buffer=buf.id,
+        st.emit("map_deferred", id=request.id, importer=st.peer_name(peer), buffer=buf.id,
                 attachment=att.id, **(buf.lock_holder if buf.locked and buf.lock_holder else {"move": None}))
 
     def _serve_deferred_maps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
@@ -391,18 +421,36 @@ class MoveMachine:
             self.serve_map(buf, peer, request, since, now)
 
     def _hint_will_move(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        ctx["hint"]["will_move"] = True
+        ctx.will_move = True
 
     def _hint_stay(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        ctx["hint"]["will_move"] = False
+        ctx.will_move = False
         buf.promised = True
 
+    def _attachment(self, ctx: Ctx) -> Attachment:
+        """The attachment of a PIN, UNPIN or ATTACH event."""
+        if ctx.attaching is not None:
+            return ctx.attaching
+        assert ctx.attachment is not None, "a step of an attachment on an event that names none"
+        return self.state.attachments[ctx.attachment]
+
     def _pin(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        att = ctx["attachment"]
+        att = self._attachment(ctx)
         att.pins += 1
+        att.pinned_once = True
         buf.pins += 1
         self.state.emit("pin", importer=self.state.members[att.slot].name, buffer=buf.id,
                         attachment=att.id, pins=buf.pins)
+
+    def _unpin(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        att = self._attachment(ctx)
+        att.pins -= 1
+        buf.pins -= 1
+        self.state.emit("unpin", importer=self.state.members[att.slot].name, buffer=buf.id,
+                        attachment=att.id, pins=buf.pins)
+
+    def _refuse_unpin(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        ctx.refusal = (ErrorCode.BAD_STATE, f"unpin: attachment {ctx.attachment} holds no pin")
 
     # ------------------------------------------------------------------ steps: revocation (Linux 7.1)
 
@@ -440,17 +488,17 @@ class MoveMachine:
         buf.revocation = None
 
     def _refuse_map_revoked(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        request = ctx["request"]
-        rev = buf.revocation
-        self.state.send(ctx["peer"], ErrorReply(
+        request, rev = ctx.request, buf.revocation
+        assert request is not None and ctx.peer is not None, "REFUSE_MAP_REVOKED on an event that is not a map"
+        self.state.send(ctx.peer, ErrorReply(
             id=request.id, op=Map.OP, code=ErrorCode.NO_DEVICE,
             message=f"map: buffer {buf.id} is revoked{f' (revoke {rev.id})' if rev else ''}: map again after it is "
                     f"un-revoked"))
 
     def _refuse_attach(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        ctx["refusal"].append((ErrorCode.NOT_SUPPORTED,
-                               f"attach: buffer {buf.id} can be revoked and this importer cannot be "
-                               f"(no invalidate_mappings: dma_buf_attach_revocable is false)"))
+        ctx.refusal = (ErrorCode.NOT_SUPPORTED,
+                       f"attach: buffer {buf.id} can be revoked and this importer cannot be "
+                       f"(no invalidate_mappings: dma_buf_attach_revocable is false)")
 
     def _put_unmap_ref(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         self.mapping_dropped(buf, now)
@@ -539,14 +587,8 @@ class MoveMachine:
             raise AssertionError(f"{self.strategy}: buffer {buf.id} has no move in state {buf.state.value}")
         return buf.move
 
-    @staticmethod
-    def _current(buf: Buffer) -> Operation | None:
-        """The operation the buffer's notifications and fence wait belong to: its move, else its
-        revocation (never both: a revocation waits for a move, and no move begins while revoked)."""
-        return buf.move if buf.move is not None else buf.revocation
-
     def _op(self, buf: Buffer) -> Operation:
-        op = self._current(buf)
+        op = buf.operation
         if op is None:
             raise AssertionError(f"{self.strategy}: buffer {buf.id} has no move or revocation in state "
                                  f"{buf.state.value}")
@@ -559,7 +601,7 @@ class MoveMachine:
 
     def _holder(self, buf: Buffer) -> dict[str, Any]:
         """The lock holder as events name it: {"move": id} or {"revoke": id}."""
-        op = self._current(buf)
+        op = buf.operation
         return {"move": None} if op is None else {op.KIND: op.id}
 
     def mapping_dropped(self, buf: Buffer, now: int) -> None:
@@ -579,6 +621,7 @@ def _placement_fields(p: Placement) -> dict[str, Any]:
 
 GuardFn = Callable[[MoveMachine, Buffer, Ctx], bool]
 StepFn = Callable[[MoveMachine, Rule, Buffer, int, Ctx], None]
+WhoFn = Callable[[MoveMachine, "Member | None", "Attachment | None", Operation, int], bool]
 
 GUARDS: dict[Guard, GuardFn] = {
     Guard.ALWAYS: lambda m, buf, ctx: True,
@@ -589,8 +632,20 @@ GUARDS: dict[Guard, GuardFn] = {
     Guard.NO_ROOM: MoveMachine._no_room,
     Guard.AWAITED: MoveMachine._awaited,
     Guard.REVOKED: lambda m, buf, ctx: buf.revoked,
-    Guard.STATIC: lambda m, buf, ctx: not ctx["attachment"].revocable,
+    Guard.STATIC: lambda m, buf, ctx: ctx.attaching is not None and not ctx.attaching.revocable,
+    Guard.PIN_HELD: lambda m, buf, ctx: m._attachment(ctx).pins > 0,
 }
+
+WHO: dict[Who, WhoFn] = {
+    Who.LIVE: lambda m, imp, att, op, now: imp is not None and imp.alive,
+    Who.UNPINNED: lambda m, imp, att, op, now: att is not None and not att.pins,
+    Who.UNPINNED_OR_REVOKING: lambda m, imp, att, op, now: (att is not None and not att.pins) or isinstance(op, Revocation),
+    Who.NEVER_PINNED: lambda m, imp, att, op, now: att is not None and not att.pinned_once,
+    Who.RESPONSIVE: lambda m, imp, att, op, now: imp is not None and m.membership.responsive(imp, now),
+    Who.NOT_SILENT: lambda m, imp, att, op, now: imp is None or not imp.alive or m.membership.responsive(imp, now),
+}
+if set(WHO) != set(Who):
+    raise TypeError(f"exporter: Who without an implementation: {', '.join(w.name for w in Who if w not in WHO)}")
 
 STEPS: dict[Step, StepFn] = {
     Step.REFUSE: MoveMachine._refuse,
@@ -600,7 +655,7 @@ STEPS: dict[Step, StepFn] = {
     Step.LOCK: MoveMachine._lock,
     Step.UNLOCK: MoveMachine._unlock,
     Step.NOTIFY: MoveMachine._notify,
-    Step.NOTIFY_NEVER_PINNED: lambda m, rule, buf, now, ctx: m._notify(rule, buf, now, ctx, deaf_once_pinned=True),
+    Step.NOTIFY_NEVER_PINNED: lambda m, rule, buf, now, ctx: m._notify(rule, buf, now, ctx, Step.NOTIFY_NEVER_PINNED),
     Step.AWAIT_ANSWERS: MoveMachine._await_answers,
     Step.ANSWERED: MoveMachine._answered,
     Step.START_NOTIFY_TIMER: MoveMachine._start_notify_timer,
@@ -628,6 +683,8 @@ STEPS: dict[Step, StepFn] = {
     Step.HINT_WILL_MOVE: MoveMachine._hint_will_move,
     Step.HINT_STAY: MoveMachine._hint_stay,
     Step.PIN: MoveMachine._pin,
+    Step.UNPIN: MoveMachine._unpin,
+    Step.REFUSE_UNPIN: MoveMachine._refuse_unpin,
     Step.INVALIDATE_MAPPINGS: MoveMachine._invalidate_mappings,
     Step.BEGIN_REVOCATION: MoveMachine._begin_revocation,
     Step.MARK_REVOKED: MoveMachine._mark_revoked,
@@ -661,9 +718,11 @@ _UNDER_LOCK = (Step.MARK_REVOKED, Step.MARK_UNREVOKED)
 class CompiledSpec:
     strategy: str
     rows: dict[tuple[Any, MoveEvent], Any]    # as checked, with the lock's default rows
-    table: dict[tuple[Any, MoveEvent], Any]   # every (state, event): what the interpreter reads
+    table: dict[tuple[Any, MoveEvent], Any]   # every (reachable state, event): what the interpreter reads
     locked_states: frozenset[MoveState]       # states in which a move holds the reservation lock
     revokes: bool = False                     # some reachable rule revokes a buffer (MARK_REVOKED)
+    origins: dict[tuple[Any, MoveEvent], str] = field(default_factory=dict)
+    # ... of each of `rows`: machine.BASE (BASE_TABLE's, unchanged), STRATEGY, or LOAD (added here)
 
 
 def compile_spec(spec: ExporterSpec) -> CompiledSpec:
@@ -676,16 +735,25 @@ def compile_spec(spec: ExporterSpec) -> CompiledSpec:
     rows = machine.check_rows(name, VOCABULARY, spec.table)
     if not spec.breaks:
         _check_no_bugs(name, "exporter", rows, MUTANT_STEPS)
+    origins = machine.origins(rows, BASE_TABLE)
     locked = locked_states(rows)
     for state in sorted(locked, key=lambda s: list(MoveState).index(s)):
-        rows.setdefault((state, MoveEvent.MAP), _DEFER)
+        if (state, MoveEvent.MAP) not in rows:
+            rows[(state, MoveEvent.MAP)] = _DEFER
+            origins[(state, MoveEvent.MAP)] = machine.LOAD
     rows = machine.check(name, VOCABULARY, rows)
     _check_lock(name, rows, locked)
     _check_begin(name, rows)
+    _check_refusals(name, rows)
     reach = machine.reachable(VOCABULARY, rows)
     revokes = any(Step.MARK_REVOKED in rule.do for (state, _), rule in machine.steps_of(rows)
                   if state is ANY or state in reach)
-    return CompiledSpec(name, rows, machine.expand(VOCABULARY, rows), frozenset(locked), revokes)
+    return CompiledSpec(name, rows, machine.expand(VOCABULARY, rows), frozenset(locked), revokes, origins)
+
+
+def running(compiled: CompiledSpec) -> list[machine.RunningRow]:
+    """The table the move machine runs (`compiled.table`), row by row, with each row's origin."""
+    return machine.running(VOCABULARY, compiled.rows, compiled.origins)
 
 
 def locked_states(rows: dict[tuple[Any, MoveEvent], Any]) -> set[MoveState]:
@@ -759,6 +827,16 @@ def _check_begin(name: str, rows: dict) -> None:
                                  f"rule {i} begins a move the memory manager did not admit: put a "
                                  f"Rule(Guard.NO_ROOM, ...) before it (the destination may be full by now)")
             guarded = guarded or rule.when is Guard.NO_ROOM
+
+
+def _check_refusals(name: str, rows: dict) -> None:
+    """move_refused says why in a word of its own: the guard of a rule that REFUSEs must have one."""
+    for (state, event), rule in machine.steps_of(rows):
+        if Step.REFUSE in rule.do and rule.when not in REFUSAL_REASONS:
+            i = rows[(state, event)].index(rule) + 1
+            raise TableError(name, "exporter", f"({getattr(state, 'value', state)}, {event.value})",
+                             f"rule {i}: refuse under guard {rule.when.value}, which gives move_refused no reason "
+                             f"(guards with one: {', '.join(g.name for g in REFUSAL_REASONS)})")
 
 
 def _rules(rules: Any) -> tuple[Rule, ...]:

@@ -25,9 +25,12 @@ Rules of this file:
   with DMA that resumes where it stopped; it is left to its lease, which it honours by stopping
   its DMA before the exporter's lease on it runs out (importer_svc). So every wait is bounded by
   max(timeout, lease), and no fence is forced under a silent device, which could not see the reset.
-- What a map, unmap, attach, ack, callback return or lost attachment does to the buffer's move is
-  the strategy's table: this file checks the request, keeps the session's books and dispatches
-  the event (moves.py).
+- What a map, unmap, attach, pin, unpin, ack, callback return or lost attachment does to the
+  buffer's move is the strategy's table: this file checks the request, keeps the session's books
+  and dispatches the event (moves.py), with its context (state.py Ctx), whose answer fields
+  (`will_move`, `refusal`) the reply is made of.
+- The session is the move machine's Membership (moves.py): the machine asks it whether an
+  importer is responsive, and to revoke an attachment or lose an importer.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any, Callable
 from protocol import capability
 from protocol.actions import Emit, ForceCompleteFences, StartTimer
 from protocol.exporter.moves import MoveMachine
-from protocol.exporter.state import Attachment, Buffer, ExporterState, Member
+from protocol.exporter.state import Attachment, Buffer, Ctx, ExporterState, Member
 from protocol.exporter.table import MoveEvent
 from protocol.fence import FORCE_REASONS
 from protocol.wire import (Ack, Attach, AttachReply, BufferInfo, Bye, Detach, ErrorCode, ErrorReply,
@@ -128,8 +131,8 @@ class Session:
         imp.waiting.discard(att.id)
         imp.mapped.discard(att.id)
         del st.attachments[att.id]
-        op = self.moves._current(buf)
-        st.post(buf, MoveEvent.ATTACHMENT_GONE, now, attachment=att.id, **({"op": op.id} if op is not None else {}))
+        op = buf.operation
+        st.post(buf, MoveEvent.ATTACHMENT_GONE, now, Ctx(attachment=att.id, op=op.id if op is not None else None))
 
     # ------------------------------------------------------------------ requests
 
@@ -196,12 +199,11 @@ class Session:
         if len(imp.attachments) >= config.max_attachments:
             self.busy(imp, "attach", "attachments", len(imp.attachments), config.max_attachments)
         att = Attachment(self.next_attachment, buf.id, imp.slot, peer=peer, revocable=msg.revocable)
-        refusal: list[tuple[str, str]] = []
         mark = len(st.out)
-        self.moves.dispatch(buf, MoveEvent.ATTACH, now, attachment=att, refusal=refusal)
-        if refusal:
+        ctx = self.moves.dispatch(buf, MoveEvent.ATTACH, now, Ctx(attaching=att))
+        if ctx.refusal is not None:
             del st.out[mark:]
-            raise ProtocolError(*refusal[0])
+            raise ProtocolError(*ctx.refusal)
         # Derived once: checking it is then a constant-time compare, not an HMAC per map.
         att.token = capability.attachment_token(config.secret, att.id, peer)
         self.next_attachment += 1
@@ -235,7 +237,7 @@ class Session:
             self.busy(imp, "map", "mappings", len(imp.mapped) + len(imp.waiting), config.max_mappings)
         if len(imp.waiting) >= config.max_in_flight:
             self.busy(imp, "map", "in_flight", len(imp.waiting), config.max_in_flight)
-        self.moves.dispatch(st.buffers[att.buffer], MoveEvent.MAP, now, peer=peer, request=msg, since=now)
+        self.moves.dispatch(st.buffers[att.buffer], MoveEvent.MAP, now, Ctx(peer=peer, request=msg, since=now))
 
     def on_unmap(self, peer: bytes, msg: Unmap, now: int) -> None:
         """dma_buf_unmap_attachment. Requires the attachment mapped. The reply may carry the
@@ -249,34 +251,30 @@ class Session:
         buf.mapped.discard(att.id)
         st.members[att.slot].mapped.discard(att.id)
         self.moves.mapping_dropped(buf, now)
-        hint: dict[str, bool] = {"will_move": False}
-        self.moves.dispatch(buf, MoveEvent.UNMAP, now, hint=hint)
-        st.send(peer, UnmapReply(id=msg.id, will_move=hint["will_move"]), recorded=True)
+        hint = self.moves.dispatch(buf, MoveEvent.UNMAP, now).will_move
+        st.send(peer, UnmapReply(id=msg.id, will_move=hint), recorded=True)
         st.emit("unmap_served", id=msg.id, importer=st.peer_name(peer), buffer=buf.id,
-                attachment=att.id, will_move=hint["will_move"])
+                attachment=att.id, will_move=hint)
         if not buf.mapped:
             st.post(buf, MoveEvent.LAST_UNMAP, now)
 
     def on_pin(self, peer: bytes, msg: Pin, now: int) -> None:
-        """dma_buf_pin: a pinned buffer is never moved (the tables refuse on Guard.PINNED)."""
+        """dma_buf_pin: what a pin does is the table's (state, PIN) row (BASE_TABLE: the buffer is
+        pinned; a pinned buffer is never moved, the tables refuse on Guard.PINNED)."""
         st = self.state
         att = self.attachment(peer, msg.attachment, "pin", msg.token)
         buf = st.buffers[att.buffer]
-        att.pins += 1
-        att.pinned_once = True
-        buf.pins += 1
-        st.emit("pin", importer=st.peer_name(peer), buffer=buf.id, attachment=att.id, pins=buf.pins)
+        self.moves.dispatch(buf, MoveEvent.PIN, now, Ctx(attachment=att.id))
         st.send(peer, PinReply(id=msg.id, pins=buf.pins))
 
     def on_unpin(self, peer: bytes, msg: Unpin, now: int) -> None:
+        """dma_buf_unpin: the table's (state, UNPIN) row; refused (bad_state) if the attachment
+        holds no pin, and then nothing changes."""
         st = self.state
         att = self.attachment(peer, msg.attachment, "unpin", msg.token)
-        if att.pins == 0:
-            raise ProtocolError(ErrorCode.BAD_STATE, f"unpin: attachment {att.id} holds no pin")
-        buf = st.buffers[att.buffer]
-        att.pins -= 1
-        buf.pins -= 1
-        st.emit("unpin", importer=st.peer_name(peer), buffer=buf.id, attachment=att.id, pins=buf.pins)
+        ctx = self.moves.dispatch(st.buffers[att.buffer], MoveEvent.UNPIN, now, Ctx(attachment=att.id))
+        if ctx.refusal is not None:
+            raise ProtocolError(*ctx.refusal)
         st.send(peer, ok_reply(msg))
 
     def on_ack(self, peer: bytes, msg: Ack, now: int) -> None:
@@ -290,7 +288,7 @@ class Session:
         latency = now - move.sent_ns[att.id] if current and move and att.id in move.sent_ns else None
         st.emit("ack", id=msg.id, buffer=att.buffer, move=msg.move, importer=st.peer_name(peer),
                 attachment=att.id, latency_ns=latency, current=current)
-        self.moves.dispatch(st.buffers[att.buffer], MoveEvent.ACK, now, attachment=att.id, op=msg.move)
+        self.moves.dispatch(st.buffers[att.buffer], MoveEvent.ACK, now, Ctx(attachment=att.id, op=msg.move))
 
     def on_reply(self, peer: bytes, reply: Message, now: int) -> None:
         """An importer's reply to a move_notify or invalidate_mappings of ours: its callback
@@ -310,7 +308,7 @@ class Session:
             fields.update(code=reply.code, message=reply.message)
         st.emit(f"{name}_returned", **fields)
         if op is not None:
-            self.moves.dispatch(st.buffers[op.buffer], MoveEvent.NOTIFY_RETURNED, now, attachment=att_id, op=op_id)
+            self.moves.dispatch(st.buffers[op.buffer], MoveEvent.NOTIFY_RETURNED, now, Ctx(attachment=att_id, op=op_id))
 
     # ------------------------------------------------------------------ checks
 

@@ -7,6 +7,8 @@ Rules of this file:
 - Actions are appended to `out` in the order they must be performed; `take()` hands them over.
 - Follow-up events (`post`) run after the transition that caused them has finished, never inside
   it, in the order they were posted (moves.py runs them before the actions are handed over).
+- What an event brings to the move machine, and what its rule decided for the caller, is a `Ctx`:
+  typed fields, one per fact, no dict passed in to be filled.
 """
 
 from __future__ import annotations
@@ -148,6 +150,27 @@ class UnmapWait:
         self.refs, self.done = 1, False
 
 
+@dataclass(slots=True)
+class Ctx:
+    """The context of one move-machine event (MoveEvent says which fields each event brings), and
+    what its rule decided for the caller (`will_move`, `refusal`)."""
+
+    to: str | None = None                # MOVE_WANTED: the destination heap
+    reason: str | None = None            # MOVE_WANTED: promote or evict
+    then_promote: int | None = None      # MOVE_WANTED: the buffer to move into the freed range
+    peer: bytes | None = None            # MAP: who asks
+    request: Map | None = None           # MAP: the request
+    since: int = 0                       # MAP: when it arrived
+    attaching: Attachment | None = None  # ATTACH: the attachment being made (not in the books yet)
+    attachment: int | None = None        # PIN, UNPIN, ACK, NOTIFY_RETURNED, ATTACHMENT_GONE: which one
+    op: int | None = None                # ACK, NOTIFY_RETURNED, ATTACHMENT_GONE: the operation answered
+                                         # (None: the buffer's current one)
+    slots: tuple[int, ...] | None = None  # FENCE_TIMEOUT: the importer slots still unsignaled
+    # decided by the rule, read by the caller
+    will_move: bool = False              # UNMAP: the reply's hint
+    refusal: tuple[str, str] | None = None  # ATTACH, UNPIN: refused, with (error code, message)
+
+
 @dataclass
 class Buffer:
     id: int
@@ -173,6 +196,12 @@ class Buffer:
     revoke_queued: bool = False                  # a revocation waits for the lock's holder
     unrevoke_queued: bool = False                # an un-revoke waits for the revocation's unmap wait
 
+    @property
+    def operation(self) -> Operation | None:
+        """The operation its notifications and fence wait belong to: its move, else its revocation
+        (never both: a revocation waits for a move, and no move begins while revoked)."""
+        return self.move if self.move is not None else self.revocation
+
 
 class ExporterState:
     def __init__(self, config: ExporterConfig) -> None:
@@ -188,7 +217,7 @@ class ExporterState:
         self.next_request = 1
         self.out: list[Action] = []
         # follow-ups: (buffer, event, now, ctx, a want the memory manager re-checks when it runs)
-        self.posted: list[tuple[int, MoveEvent, int, dict[str, Any], bool]] = []
+        self.posted: list[tuple[int, MoveEvent, int, Ctx, bool]] = []
 
     def emit(self, event: str, **fields: Any) -> None:
         self.out.append(Emit(event, fields))
@@ -196,12 +225,12 @@ class ExporterState:
     def send(self, peer: bytes, msg: Message, *, recorded: bool = False) -> None:
         self.out.append(Send(peer, msg, self.peer_name(peer), recorded=recorded))
 
-    def post(self, buf: Buffer, event: MoveEvent, now: int, **ctx: Any) -> None:
-        self.posted.append((buf.id, event, now, ctx, False))
+    def post(self, buf: Buffer, event: MoveEvent, now: int, ctx: Ctx | None = None) -> None:
+        self.posted.append((buf.id, event, now, ctx or Ctx(), False))
 
     def post_want(self, buf: Buffer, to_heap: str, reason: str, now: int) -> None:
         """A follow-up MOVE_WANTED that the memory manager re-checks (admits) when it runs."""
-        self.posted.append((buf.id, MoveEvent.MOVE_WANTED, now, {"to": to_heap, "reason": reason}, True))
+        self.posted.append((buf.id, MoveEvent.MOVE_WANTED, now, Ctx(to=to_heap, reason=reason), True))
 
     def operation(self, op_id: int) -> Operation | None:
         """The move or revocation with this id (one counter: ids are never shared)."""

@@ -14,7 +14,11 @@ Rules of this file:
   bytes are being copied; an unmap carries no hint; a buffer already moving takes no second move;
   stale timers and follow-ups change nothing; a copy ends in IDLE. A strategy adds its IDLE
   MOVE_WANTED row and the rows of every other state it enters. A static importer's attach pins
-  the buffer. REVOKE and UNREVOKE are violations: only a strategy with revocation rows takes them.
+  the buffer; a pin and an unpin (dma_buf_pin, dma_buf_unpin) are events of every state. REVOKE
+  and UNREVOKE are violations: only a strategy with revocation rows takes them.
+- Whom a step that goes through the buffer's attachments addresses is declared here (AUDIENCE,
+  in Who guards), not decided in its body; the words an event gives as a reason are declared
+  here too (REFUSAL_REASONS): guards and steps are names in code, never history format.
 """
 
 from __future__ import annotations
@@ -46,9 +50,11 @@ class MoveEvent(enum.Enum):
     __hash__ = object.__hash__
     MOVE_WANTED = "move_wanted"          # the memory manager wants this buffer elsewhere (ctx: to, reason)
     MAP = "map"                          # an importer asks for the placement (ctx: peer, request, since)
-    UNMAP = "unmap"                      # an importer gives its mapping back (ctx: hint)
+    UNMAP = "unmap"                      # an importer gives its mapping back (ctx out: will_move)
     LAST_UNMAP = "last_unmap"            # follow-up: nobody has the buffer mapped any more
-    ATTACH = "attach"                    # an importer attached the buffer (ctx: attachment)
+    ATTACH = "attach"                    # an importer attaches the buffer (ctx: attaching; out: refusal)
+    PIN = "pin"                          # dma_buf_pin: an attachment pins the buffer (ctx: attachment)
+    UNPIN = "unpin"                      # dma_buf_unpin: it drops a pin it holds (ctx: attachment)
     ACK = "ack"                          # an importer's ack of a move_notify (ctx: attachment, move)
     NOTIFY_RETURNED = "notify_returned"  # an importer's move_notify callback returned (ctx: attachment, move)
     ATTACHMENT_GONE = "attachment_gone"  # follow-up: an attachment was detached or revoked (ctx: attachment, move)
@@ -72,34 +78,51 @@ class Guard(enum.Enum):
     MAPPED = "mapped"                    # some attachment has it mapped
     CONSERVATIVE_HINTS = "conservative"  # --hint-policy conservative
     MOVE_QUEUED = "move_queued"          # a move waits for the last unmap
-    NO_ROOM = "no_space"                 # the destination heap has no room (the move's reason if refused)
+    NO_ROOM = "no_room"                  # the destination heap has no room
     AWAITED = "awaited"                  # the move (or revocation) still waits for this attachment's answer
-    REVOKED = "revoked"                  # the buffer is marked revoked (its reason, if a move is refused)
+    REVOKED = "revoked"                  # the buffer is marked revoked
     STATIC = "static"                    # the attaching importer is not revocable (no invalidate_mappings)
+    PIN_HELD = "pin_held"                # the attachment of an UNPIN holds a pin (else unpin is bad_state)
+
+
+class Who(enum.Enum):
+    """Guards on one attachment and its importer: whom a step that goes through the buffer's
+    attachments (or the importers holding its fences) addresses. AUDIENCE says which step
+    addresses whom: the ones for which every guard listed holds."""
+    __hash__ = object.__hash__
+    LIVE = "live"                        # its importer is alive (not lost, not gone)
+    UNPINNED = "unpinned"                # the attachment holds no pin: a pinned buffer is not moved
+    UNPINNED_OR_REVOKING = "unpinned_or_revoking"  # ... or the operation is a revocation (VFIO revokes
+                                                   # pinned importers too)
+    NEVER_PINNED = "never_pinned"        # the attachment never pinned (the unpin-stays-deaf bug)
+    RESPONSIVE = "responsive"            # its importer is alive and was heard from within half a lease
+    NOT_SILENT = "not_silent"            # its importer is responsive, or gone: one alive but silent may be
+                                         # paused mid-DMA, and is left to its lease (session.py)
 
 
 class Step(enum.Enum):
     __hash__ = object.__hash__
     # the move's life
-    REFUSE = "refuse"                    # move_refused, reason = the rule's guard; forgets a queued move
+    REFUSE = "refuse"                    # move_refused, reason: REFUSAL_REASONS of the rule's guard; forgets a
+                                         # queued move
     QUEUE = "queue"                      # remember the move (to, reason); LAST_UNMAP begins it
     BEGIN = "begin"                      # allocate the destination, move_begin. Requires room (NO_ROOM first)
     CANCEL_QUEUED = "cancel_queued"      # move_cancelled: the queued move will not happen
     LOCK = "lock"                        # take the buffer's reservation lock (resv_lock)
     UNLOCK = "unlock"                    # release it (resv_unlock). Requires it held by this move
     # move_notify and its answers
-    NOTIFY = "notify"                    # move_notify to every attachment not pinned, of a live importer
+    NOTIFY = "notify"                    # move_notify to the attachments of AUDIENCE
     AWAIT_ANSWERS = "await_answers"      # wait for an answer from each one notified (NOTIFY_DONE if none)
     ANSWERED = "answered"                # this attachment answered; NOTIFY_DONE once all have
     START_NOTIFY_TIMER = "start_notify_timer"    # NOTIFY_TIMEOUT after --ack-timeout
     CANCEL_NOTIFY_TIMER = "cancel_notify_timer"
     NOTIFY_TIMED_OUT = "notify_timed_out"        # ack_timeout: who did not answer, who is responsive
     GIVE_UP_NOTIFY = "give_up_notify"            # stop waiting for them
-    REVOKE_SILENT = "revoke_silent"              # revoke the responsive ones that did not answer
+    REVOKE_SILENT = "revoke_silent"              # revoke the ones that did not answer, of AUDIENCE
     # fences
     WAIT_FENCES = "wait_fences"          # wait for every fence of the buffer (usage BOOKKEEP), bounded by --fence-timeout
     END_FENCE_WAIT = "end_fence_wait"    # every fence signaled: fence_wait_end, timer cancelled
-    FORCE_COMPLETE = "force_complete"    # complete the unsignaled fences of responsive owners, revoke them
+    FORCE_COMPLETE = "force_complete"    # complete the unsignaled fences of the owners of AUDIENCE, revoke them
     AWAIT_RESETS = "await_resets"        # after FORCE_COMPLETE: the next WAIT_FENCES also waits for each forced
                                          # device to confirm its engine stopped, bounded by --reset-grace-ms
     REVOKE_UNCONFIRMED = "revoke_unconfirmed"    # the grace is over: lose every device that did not confirm
@@ -116,10 +139,11 @@ class Step(enum.Enum):
     SERVE_DEFERRED_MAPS = "serve_deferred_maps"  # serve the held maps. Requires the lock released
     HINT_WILL_MOVE = "hint_will_move"    # the unmap reply says: this buffer will move
     HINT_STAY = "hint_stay"              # the unmap reply promises it will not
-    PIN = "pin"                          # the attach pins the buffer (a static importer)
+    PIN = "pin"                          # the attachment pins the buffer (a pin, or a static importer's attach)
+    UNPIN = "unpin"                      # the attachment drops one of its pins
+    REFUSE_UNPIN = "refuse_unpin"        # answer the unpin bad_state: the attachment holds no pin
     # Linux 7.1: invalidate_mappings and revocation (VFIO's vfio_pci_dma_buf_move)
-    INVALIDATE_MAPPINGS = "invalidate_mappings"  # 7.1's move_notify: to every attachment not pinned of a live
-                                                 # importer; for a revocation, pinned ones too
+    INVALIDATE_MAPPINGS = "invalidate_mappings"  # 7.1's move_notify, to the attachments of AUDIENCE
     BEGIN_REVOCATION = "begin_revocation"  # a new revocation (its id), before its lock is taken
     MARK_REVOKED = "mark_revoked"        # maps are refused from now on (the revoke event). Requires the lock
     MARK_UNREVOKED = "mark_unrevoked"    # the buffer is mappable again (unrevoke). Requires the lock
@@ -141,12 +165,35 @@ class Step(enum.Enum):
     # the table of a strategy that does not declare the rule it breaks.
     WAIT_WRITE_FENCES = "wait_write_fences"      # wait with usage WRITE: KERNEL and WRITE fences, not READ
     WAIT_KERNEL_FENCES = "wait_kernel_fences"    # wait with usage KERNEL: the move's own fences only
-    NOTIFY_NEVER_PINNED = "notify_never_pinned"  # as NOTIFY, but an attachment that ever pinned stays deaf
+    NOTIFY_NEVER_PINNED = "notify_never_pinned"  # as NOTIFY, but an attachment that ever pinned stays deaf (AUDIENCE)
     SERVE_MAP_UNLOCKED = "serve_map_unlocked"    # hand out the placement without the reservation lock
 
 
 MUTANT_STEPS = frozenset({Step.WAIT_WRITE_FENCES, Step.WAIT_KERNEL_FENCES, Step.NOTIFY_NEVER_PINNED,
                           Step.SERVE_MAP_UNLOCKED})
+
+# Whom each step that goes through attachments one by one addresses (Who): every guard listed holds.
+AUDIENCE: Mapping[Step, tuple[Who, ...]] = {
+    Step.NOTIFY: (Who.LIVE, Who.UNPINNED),
+    Step.NOTIFY_NEVER_PINNED: (Who.LIVE, Who.UNPINNED, Who.NEVER_PINNED),
+    Step.INVALIDATE_MAPPINGS: (Who.LIVE, Who.UNPINNED_OR_REVOKING),
+    # A notify timeout revokes only importers that are alive and ignoring us (session.py).
+    Step.REVOKE_SILENT: (Who.RESPONSIVE,),
+    # No fence is forced under a silent device, which could not see the reset.
+    Step.FORCE_COMPLETE: (Who.NOT_SILENT,),
+}
+
+# The words events carry as a reason (history format, declared once): a guard or a step is a name
+# in code, and renaming it changes no history. move_refused's reason is the word of the guard of
+# the rule that refused (compile_spec refuses a REFUSE under a guard without one); move_queued's
+# is QUEUED_REASON.
+REFUSAL_REASONS: Mapping[Guard, str] = {
+    Guard.PINNED: "pinned",
+    Guard.MAPPED: "mapped",
+    Guard.NO_ROOM: "no_space",
+    Guard.REVOKED: "revoked",
+}
+QUEUED_REASON = "mapped"
 
 
 ExporterTable = Mapping[tuple[Any, MoveEvent], Any]
@@ -175,6 +222,11 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
     (ANY, MoveEvent.LAST_UNMAP): IGNORE,
     # A static importer (not revocable: no invalidate_mappings) gets the buffer pinned at attach.
     (ANY, MoveEvent.ATTACH): (Rule(Guard.STATIC, SAME, (Step.PIN,)), Rule(Guard.ALWAYS, SAME, ())),
+    # dma_buf_pin and dma_buf_unpin, in every state: a pinned buffer is not moved (the strategies'
+    # MOVE_WANTED rows refuse on PINNED) and its pinning attachments get no move_notify (AUDIENCE).
+    # A pin taken while a move runs does not stop it: the kernel's pin waits for the lock instead.
+    (ANY, MoveEvent.PIN): (Rule(Guard.ALWAYS, SAME, (Step.PIN,)),),
+    (ANY, MoveEvent.UNPIN): (Rule(Guard.PIN_HELD, SAME, (Step.UNPIN,)), Rule(Guard.ALWAYS, SAME, (Step.REFUSE_UNPIN,))),
     (ANY, MoveEvent.ACK): IGNORE,
     (ANY, MoveEvent.NOTIFY_RETURNED): IGNORE,
     (ANY, MoveEvent.ATTACHMENT_GONE): IGNORE,

@@ -10,7 +10,9 @@ Rules of this file:
 - Every strategy is checked when it is loaded, built-in ones at import of this package: the
   module's attributes, then both tables (protocol/exporter/moves.py compile_spec,
   protocol/importer.py compile_spec). A broken one raises StrategyError, one line naming the
-  file (or entry point), the row and what is wrong, before anything runs it.
+  file (or entry point), the row and what is wrong, before anything runs it; a file that names a
+  guard, step, state or event that does not exist (renamed since it was written) fails as it is
+  executed, and the line names the file, the line, the row it is in and the name.
 - A strategy has a `SOURCE`: what another process must be given to load the same one (the name
   of a built-in or installed strategy, the absolute path of a file).
 - `BASE+MUTATION` names a mutant (protocol/strategies/mutants.py): the strategy BASE (resolved as
@@ -19,6 +21,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import importlib.metadata
@@ -162,7 +165,9 @@ def _load_file(path: Path) -> ModuleType:
         raise StrategyError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:
         del sys.modules[modname]
-        raise StrategyError(f"{path}:{_line_in(exc, path)}: {_explain(exc)}") from None
+        line = _line_in(exc, path)
+        row = _row_at(path, int(line)) if line.isdigit() else None
+        raise StrategyError(f"{path}:{line}: " + (f"row {row}: " if row else "") + _explain(exc)) from None
     check(module, str(path))
     if module.NAME in STRATEGIES:
         del sys.modules[modname]
@@ -178,6 +183,26 @@ def _line_in(exc: BaseException, path: Path) -> str:
         if Path(frame.filename).resolve() == path:
             line = str(frame.lineno)
     return line
+
+
+def _row_at(path: Path, line: int) -> str | None:
+    """The key, as written, of the innermost table row (a dict entry) spanning `line` of `path`."""
+    try:
+        source = path.read_text()
+        tree = ast.parse(source)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    best: tuple[int, str] | None = None
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Dict):
+            continue
+        for key, value in zip(node.keys, node.values):
+            if key is None or not isinstance(key, ast.Tuple):
+                continue   # a row is keyed (state, event); ** spreads are not rows
+            first, last = key.lineno, value.end_lineno or value.lineno
+            if first <= line <= last and (best is None or last - first < best[0]):
+                best = (last - first, " ".join((ast.get_source_segment(source, key) or "").split()))
+    return best[1] if best else None
 
 
 def _explain(exc: BaseException) -> str:

@@ -108,14 +108,14 @@ IMPORTER = ImporterSpec(
         (AttState.ACTIVE, AttEvent.DMA_DONE): (
             Rule(IGuard.INVALIDATED, AttState.UNMAPPING, (IStep.SEND_UNMAP, IStep.SEND_UNPIN)),
             # A job that pinned unpins and keeps its mapping, for move_notify to invalidate.
-            Rule(IGuard.PIN_HELD, AttState.KEPT, (IStep.SEND_UNPIN, IStep.FINISH_JOB)),
+            Rule(IGuard.PIN_HELD, AttState.MAPPED, (IStep.SEND_UNPIN, IStep.FINISH_JOB)),
             Rule(IGuard.ALWAYS, AttState.UNMAPPING, (IStep.SEND_UNMAP,)),
         ),
-        (AttState.KEPT, AttEvent.JOB): (
+        (AttState.MAPPED, AttEvent.JOB): (
             Rule(IGuard.LEAVING, VIOLATION), Rule(IGuard.ALWAYS, AttState.ACTIVE, (IStep.TAKE_JOB, IStep.START_FENCED_DMA))),
-        (AttState.KEPT, AttEvent.MOVE_NOTIFY): (
+        (AttState.MAPPED, AttEvent.MOVE_NOTIFY): (
             Rule(IGuard.ALWAYS, AttState.UNMAPPING, (IStep.RETURN, IStep.INVALIDATE, IStep.SEND_UNMAP)),),
-        (AttState.KEPT, AttEvent.LEAVE): (Rule(IGuard.ALWAYS, AttState.UNMAPPING, (IStep.SEND_UNMAP,)),),
+        (AttState.MAPPED, AttEvent.LEAVE): (Rule(IGuard.ALWAYS, AttState.UNMAPPING, (IStep.SEND_UNMAP,)),),
         (AttState.MAPPING, AttEvent.MOVE_NOTIFY): (
             # Our map and the move crossed: remember the generation, for STALE_REPLY.
             Rule(IGuard.ALWAYS, SAME, (IStep.NOTE_CROSSING, IStep.RETURN)),),
