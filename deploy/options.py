@@ -27,7 +27,7 @@ from typing import Any
 from protocol.params import PARAMS
 from runtime import faults, params
 from runtime.runparams import (BY_KEY, OPTIONS, SCENARIO_EXTRA_KEYS, TABLES, OptionError, RunParams,
-                               checked_values, finished)
+                               checked_options, checked_values, finished)
 
 __all__ = ["OPTIONS", "SCENARIO_EXTRA_KEYS", "TABLES", "OptionError", "RunParams", "add_arguments",
            "load_scenario", "resolve"]
@@ -94,10 +94,5 @@ def resolve(scenario: Path | None, flags: dict[str, Any]) -> RunParams:
             values["faults"] = tuple(faults.parse_cli(text) for text in flags["faults"])
         except faults.FaultError as exc:
             raise OptionError(str(exc)) from None
-    for key, raw in flags.items():
-        if key in BY_KEY and raw is not None:
-            try:
-                values[key] = BY_KEY[key].check(raw)
-            except OptionError as exc:
-                raise OptionError(f"--{key.replace('_', '-')} {exc}") from None
+    values.update(checked_options(flags, lambda key: f"--{key.replace('_', '-')}"))
     return finished(RunParams(**values))

@@ -123,12 +123,20 @@ def checked_values(data: dict[str, Any], where: str) -> dict[str, Any]:
     for p in TABLES:
         if data.get(p.table) is not None:
             values[p.table] = _per_importer(p, data[p.table], f"{where}: [{p.table}]")
+    values.update(checked_options(data, lambda key: f"{where}: key '{key}'"))
+    return values
+
+
+def checked_options(data: dict[str, Any], named: Callable[[str], str]) -> dict[str, Any]:
+    """The values in `data` that are parameters' (None: not given), each checked; an error names
+    the key as `named(key)` says (a scenario's key, a flag)."""
+    values: dict[str, Any] = {}
     for key, raw in data.items():
         if key in BY_KEY and raw is not None:
             try:
                 values[key] = BY_KEY[key].check(raw)
             except OptionError as exc:
-                raise OptionError(f"{where}: key '{key}' {exc}") from None
+                raise OptionError(f"{named(key)} {exc}") from None
     return values
 
 
