@@ -47,7 +47,7 @@ from deploy.options import OptionError, RunParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUN_GRACE_S = 120.0        # a run taking longer than duration + this is stopped as hung
-STOP_TIMEOUT_S = 20.0      # after SIGINT, how long a run may take to take its services down
+RUN_STOP_TIMEOUT_S = 20.0  # after SIGINT, how long a run may take to take its services down
 EXIT_OK, EXIT_USAGE, EXIT_FAILED_RUNS = 0, 2, 3
 
 
@@ -322,14 +322,14 @@ class Tally:
 # ---------------------------------------------------------------------------------- the runs
 
 def _stop_run(proc: subprocess.Popen, kill: Any) -> None:
-    """SIGINT the run (it takes its own services down), wait STOP_TIMEOUT_S, then kill it. A
+    """SIGINT the run (it takes its own services down), wait RUN_STOP_TIMEOUT_S, then kill it. A
     second Ctrl-C (here, or `kill` set by the thread that took it) stops the waiting."""
     if proc.poll() is None:
         try:
             os.kill(proc.pid, signal.SIGINT)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + RUN_STOP_TIMEOUT_S
     try:
         while proc.poll() is None and time.monotonic() < deadline and not kill.is_set():
             kill.wait(0.05)
@@ -450,7 +450,7 @@ def run_all(todo: list[RunSpec], out: Path, jobs: int, scheduler: str | None, ta
         pool.cancel(futures)
         if not remote:
             try:
-                wait(futures)       # each unit stops its run, bounded by STOP_TIMEOUT_S
+                wait(futures)       # each unit stops its run, bounded by RUN_STOP_TIMEOUT_S
             except KeyboardInterrupt:
                 kill.set()          # a second ^C: stop waiting, kill
                 wait(futures)
