@@ -47,7 +47,7 @@ from deploy.options import OptionError, RunParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUN_GRACE_S = 120.0        # a run taking longer than duration + this is stopped as hung
-STOP_TIMEOUT_S = 20.0      # after SIGINT, how long a run may take to take its services down
+RUN_STOP_TIMEOUT_S = 20.0  # after SIGINT, how long a run may take to take its services down
 EXIT_OK, EXIT_USAGE, EXIT_FAILED_RUNS = 0, 2, 3
 
 
@@ -250,8 +250,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _child_argv(scratch: str, spec_params: RunParams) -> list[str]:
-    return [sys.executable, "-m", "deploy.cli", "run", "--out", scratch, "--quiet", *run_flags(spec_params)]
+def _child_argv(scratch: Path, flags: list[str]) -> list[str]:
+    """`dmabuf-emu run` into `scratch` with `flags` (run_flags), quiet, as a child process."""
+    return [sys.executable, "-m", "deploy.cli", "run", "--out", str(scratch), "--quiet", *flags]
 
 
 def _safety_down(run_dir: Path) -> None:
@@ -282,48 +283,23 @@ def _land(scratch: Path, final: Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------------- progress
 
-class Progress:
-    """A rich progress bar on a terminal (done/total, races so far, time left); one line per
+class Tally:
+    """What the campaign has done so far (runs done, races, runs with races, failed runs), drawn
+    by deploy/progress.py: a bar on a terminal (done/total, races, time left); one line per
     finished run otherwise."""
 
     def __init__(self, total: int, skipped: int, races: int, racing: int, stream: TextIO, quiet: bool) -> None:
+        from deploy.progress import Progress
         self.total, self.done, self.races, self.racing, self.failed = total, skipped, races, racing, 0
-        self.quiet = quiet
-        self.stream = stream
-        self.tty = stream.isatty() and not quiet
-        self._bar = None
-        self._began = time.monotonic()
-        self._skipped = skipped
-        self._end: float | None = None     # the estimated end: now + time per run so far x runs left
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, ProgressColumn,
-                                       TextColumn, TimeElapsedColumn)
-            from rich.text import Text
-            outer = self
+        self.progress = Progress(stream, quiet)
+        self.progress.begin("campaign", total, done=skipped, count=True, eta=True, every_s=None)
+        self.progress.advance(skipped, self._line())
 
-            class TimeLeft(ProgressColumn):
-                def render(self, task: Any) -> Text:
-                    if outer._end is None:
-                        return Text("left -:--", style="progress.remaining")
-                    left = max(0, int(outer._end - time.monotonic()))
-                    return Text(f"left {left // 60}:{left % 60:02d}", style="progress.remaining")
-
-            self._bar = Bar(TextColumn("campaign"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("races {task.fields[races]} in {task.fields[racing]} runs"
-                                       "{task.fields[failed]}"),
-                            TimeElapsedColumn(), TimeLeft(), console=Console(file=stream), transient=False)
-            self._task = self._bar.add_task("campaign", total=total, completed=skipped,
-                                            races=races, racing=racing, failed="")
-            self._bar.start()
+    def _line(self) -> str:
+        return f"races {self.races} in {self.racing} runs" + (f", {self.failed} failed" if self.failed else "")
 
     def say(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self._bar is not None:
-            self._bar.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, file=self.stream, flush=True)
+        self.progress.say(text)
 
     def finished(self, spec: RunSpec, report: dict[str, Any] | None, seconds: float) -> None:
         self.done += 1
@@ -334,103 +310,78 @@ class Progress:
             n = int(report.get("races", {}).get("total", 0) or 0)
             self.races += n
             self.racing += bool(n)
-            if self._bar is None:
+            if not self.progress.tty:
                 self.say(f"  [{self.done}/{self.total}] {spec.label}: races {n} ({seconds:.1f} s); "
                          f"so far {self.races} races in {self.racing} runs")
-        ran = self.done - self._skipped
-        now = time.monotonic()
-        self._end = now + (now - self._began) / ran * (self.total - self.done)
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, races=self.races, racing=self.racing,
-                             failed=f", {self.failed} failed" if self.failed else "")
+        self.progress.advance(self.done, self._line())
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        self.progress.close()
 
 
-# ---------------------------------------------------------------------------------- local backend
+# ---------------------------------------------------------------------------------- the runs
 
-@dataclass
-class _Running:
-    spec: RunSpec
-    proc: subprocess.Popen
-    scratch: Path
-    began: float
-    log: Any
-
-
-def _stop_local(running: list[_Running]) -> None:
-    """SIGINT every run (each takes its own services down), wait, then kill and clean up."""
-    for r in running:
-        if r.proc.poll() is None:
-            try:
-                os.kill(r.proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+def _stop_run(proc: subprocess.Popen, kill: Any) -> None:
+    """SIGINT the run (it takes its own services down), wait RUN_STOP_TIMEOUT_S, then kill it. A
+    second Ctrl-C (here, or `kill` set by the thread that took it) stops the waiting."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + RUN_STOP_TIMEOUT_S
     try:
-        while any(r.proc.poll() is None for r in running) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while proc.poll() is None and time.monotonic() < deadline and not kill.is_set():
+            kill.wait(0.05)
     except KeyboardInterrupt:
         pass  # a second ^C: stop waiting, kill
-    for r in running:
-        if r.proc.poll() is None:
-            r.proc.kill()
-        r.proc.wait()
-        r.log.close()
-        _safety_down(r.scratch)
-        shutil.rmtree(r.scratch, ignore_errors=True)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
 
 
-def run_local(todo: list[RunSpec], out: Path, jobs: int, progress: Progress) -> None:
-    pending = list(reversed(todo))
-    running: list[_Running] = []
-    env = _child_env()
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                spec = pending.pop()
-                scratch = Path(tempfile.mkdtemp(prefix="dmc-", dir=_scratch_root()))
-                log = open(scratch / "campaign-run.log", "wb")
-                # a session of its own: a ^C on the terminal reaches the campaign only, which then
-                # sends each run exactly one SIGINT (a second one could cut its cleanup short)
-                proc = subprocess.Popen(_child_argv(str(scratch), spec.params), stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                        start_new_session=True)
-                running.append(_Running(spec, proc, scratch, time.monotonic(), log))
-            for r in list(running):
-                if r.proc.poll() is None:
-                    if time.monotonic() - r.began > r.spec.params.duration + RUN_GRACE_S:
-                        _stop_local([r])
-                        running.remove(r)
-                        progress.say(f"  {r.spec.label}: no end after {time.monotonic() - r.began:.0f} s: stopped")
-                        progress.finished(r.spec, None, time.monotonic() - r.began)
-                    continue
-                r.log.close()
-                running.remove(r)
-                report = _land(r.scratch, out / r.spec.rel)
-                progress.finished(r.spec, report, time.monotonic() - r.began)
-            time.sleep(0.05)
-    except BaseException:
-        _stop_local(running)
-        raise
+def local_run(argv: list[str], limit_s: float, stop: Any, kill: Any) -> dict[str, Any]:
+    """A unit on this machine: one run, `dmabuf-emu run` in a subprocess of its own, in a scratch
+    directory; returns the directory (to land in OUT) and how long it took, or `hung` when it
+    had no end after `limit_s` and was stopped. Asked to `stop` (the campaign was interrupted),
+    or interrupted itself, it stops its run, cleans up after it and raises."""
+    scratch = Path(tempfile.mkdtemp(prefix="dmc-", dir=_scratch_root()))
+    began = time.monotonic()
+    with open(scratch / "campaign-run.log", "wb") as log:
+        # a session of its own: a ^C on the terminal reaches the campaign only, which then has
+        # each run sent exactly one SIGINT (a second one could cut its cleanup short)
+        proc = subprocess.Popen(_child_argv(scratch, argv), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=_child_env(), start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                if time.monotonic() - began > limit_s:
+                    _stop_run(proc, kill)
+                    _safety_down(scratch)
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    return {"hung": True, "seconds": time.monotonic() - began}
+                stop.wait(0.05)
+        except BaseException:
+            _stop_run(proc, kill)
+            _safety_down(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+    return {"scratch": str(scratch), "seconds": time.monotonic() - began}
 
-
-# ---------------------------------------------------------------------------------- dask backend
 
 def remote_run(argv: list[str]) -> dict[str, Any]:
-    """A Dask task: one run on this worker, in a scratch directory; returns its exit status,
-    the worker's host name and the whole run directory as a gzipped tar blob."""
+    """A unit on a Dask worker: one run on this worker, in a scratch directory; returns its exit
+    status, the worker's host name, how long it took and the whole run directory as a gzipped
+    tar blob."""
     import socket
+    began = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="dmc-", dir=_scratch_root()))
     try:
         with open(scratch / "campaign-run.log", "wb") as log:
             try:
-                rc = subprocess.run([sys.executable, "-m", "deploy.cli", "run", "--out", str(scratch), "--quiet",
-                                     *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=_child_env(), start_new_session=True).returncode
+                rc = subprocess.run(_child_argv(scratch, argv), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=_child_env(), start_new_session=True).returncode
             except BaseException:
                 _safety_down(scratch)
                 raise
@@ -439,7 +390,7 @@ def remote_run(argv: list[str]) -> dict[str, Any]:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
             tar.add(str(scratch), arcname=".")
-        return {"rc": rc, "host": socket.gethostname(), "tar": buf.getvalue()}
+        return {"rc": rc, "host": socket.gethostname(), "tar": buf.getvalue(), "seconds": time.monotonic() - began}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -455,52 +406,57 @@ def _unpack(blob: bytes, final: Path) -> dict[str, Any] | None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def check_scheduler(address: str) -> None:
-    """A Dask scheduler address (tcp://HOST:PORT, or another scheme distributed knows), checked
-    before anything runs; distributed parses it, so what passes here is what Client accepts."""
-    from distributed.comm import parse_address
-    from distributed.comm.registry import backends
-    why = f"--scheduler must be a Dask scheduler address such as tcp://HOST:PORT, got {address!r}"
-    try:
-        scheme, where = parse_address(address, strict=True)
-    except ValueError:
-        raise CampaignError(why) from None
-    if scheme not in backends:
-        raise CampaignError(f"{why} (schemes: {', '.join(sorted(backends))})")
-    if scheme in ("tcp", "tls", "ws", "wss"):
-        host, _, port = where.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise CampaignError(why)
+def run_all(todo: list[RunSpec], out: Path, jobs: int, scheduler: str | None, tally: Tally) -> None:
+    """Every run of `todo` through sim/executor.py: `jobs` at a time here (threads, each
+    supervising its run's process), or as tasks on the Dask `scheduler`'s workers; each lands in
+    OUT/runs/... as it ends. Interrupted, the runs still going are stopped (each takes its
+    services down) and what is left is cleaned up; tasks already running on a cluster finish by
+    themselves (bounded by --duration) and clean up."""
+    import threading
+    from concurrent.futures import wait
 
-
-def run_dask(todo: list[RunSpec], out: Path, scheduler: str, progress: Progress) -> None:
-    from distributed import Client, as_completed
-    client = Client(scheduler, timeout="20s")
+    from sim.executor import executor
+    pool = executor(jobs, scheduler, threads=True)
+    stop, kill = threading.Event(), threading.Event()
+    remote = pool.client is not None
+    token = uuid.uuid4().hex[:8]
     futures = {}
-    began: dict[Any, float] = {}
     try:
-        token = uuid.uuid4().hex[:8]
         for spec in todo:
-            key = f"dmabuf-run-{spec.strategy}-{spec.plan}-{spec.seed}-{token}"
-            fut = client.submit(remote_run, run_flags(spec.params), key=key, pure=False, retries=0)
+            if remote:
+                fut = pool.submit(remote_run, run_flags(spec.params),
+                                  key=f"dmabuf-run-{spec.strategy}-{spec.plan}-{spec.seed}-{token}")
+            else:
+                fut = pool.submit(local_run, run_flags(spec.params), spec.params.duration + RUN_GRACE_S, stop, kill)
             futures[fut] = spec
-            began[fut] = time.monotonic()
-        for fut in as_completed(list(futures)):
-            spec = futures[fut]
-            try:
-                result = fut.result()
-            except Exception as exc:  # the task failed on its worker: the run failed
-                progress.say(f"  {spec.label}: the task failed: {exc!r}")
-                progress.finished(spec, None, time.monotonic() - began[fut])
-                continue
-            report = _unpack(result["tar"], out / spec.rel)
-            progress.finished(spec, report, time.monotonic() - began[fut])
+        while futures:
+            for fut in pool.done(futures):
+                spec = futures.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as exc:  # the unit failed (on its worker): the run failed
+                    tally.say(f"  {spec.label}: the task failed: {exc!r}")
+                    tally.finished(spec, None, 0.0)
+                    continue
+                if result.get("hung"):
+                    tally.say(f"  {spec.label}: no end after {result['seconds']:.0f} s: stopped")
+                    tally.finished(spec, None, result["seconds"])
+                elif "tar" in result:
+                    tally.finished(spec, _unpack(result["tar"], out / spec.rel), result["seconds"])
+                else:
+                    tally.finished(spec, _land(Path(result["scratch"]), out / spec.rel), result["seconds"])
     except BaseException:
-        # runs already started on workers finish by themselves (bounded by --duration) and clean up
-        client.cancel(list(futures))
+        stop.set()
+        pool.cancel(futures)
+        if not remote:
+            try:
+                wait(futures)       # each unit stops its run, bounded by RUN_STOP_TIMEOUT_S
+            except KeyboardInterrupt:
+                kill.set()          # a second ^C: stop waiting, kill
+                wait(futures)
         raise
     finally:
-        client.close()
+        pool.close()
 
 
 # ---------------------------------------------------------------------------------- the campaign
@@ -508,7 +464,7 @@ def run_dask(todo: list[RunSpec], out: Path, scheduler: str, progress: Progress)
 def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path, *, jobs: int = 1,
              scheduler: str | None = None, quiet: bool = False, stream: TextIO | None = None,
              plots: bool = True, dry_run: bool = False,
-             backend: Callable[[list[RunSpec], Path, Progress], None] | None = None) -> dict[str, Any]:
+             backend: Callable[[list[RunSpec], Path, Tally], None] | None = None) -> dict[str, Any]:
     """Run what is missing of the campaign, then write the summary and plots; returns the summary.
     With `dry_run`, only check everything a run would check and say what would run. Progress and
     the last line go to `stream` (sys.stderr)."""
@@ -517,7 +473,11 @@ def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path
     if jobs < 1:
         raise CampaignError(f"--jobs must be at least 1, got {jobs}")
     if scheduler is not None:
-        check_scheduler(scheduler)
+        from sim.executor import SchedulerError, check_scheduler
+        try:
+            check_scheduler(scheduler)
+        except SchedulerError as exc:
+            raise CampaignError(str(exc)) from None
     rundir.refuse_run_dir(out, "campaign")
     out = out.resolve()
     specs, loaded = plan_runs(base, strategies, plans, seeds)
@@ -549,7 +509,7 @@ def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path
         "seeds": seeds, "base": base.as_dict(), "command": sys.argv if sys.argv else None})
     skipped = len(specs) - len(todo)
     where = f"on {scheduler}" if scheduler else f"{jobs} at a time"
-    progress = Progress(len(specs), skipped, races, racing, stream, quiet)
+    progress = Tally(len(specs), skipped, races, racing, stream, quiet)
     progress.say(f"campaign: {len(specs)} runs ({len(strategy_variants(strategies))} strategies x "
                  f"{len(loaded)} plans x {seeds} seeds, {base.duration:g} s each) -> {out}"
                  + (f"; {skipped} finished runs skipped" if skipped else "") + (f"; {len(todo)} to run {where}" if todo else ""))
@@ -557,10 +517,8 @@ def campaign(base: RunParams, strategies: str, plans: str, seeds: int, out: Path
         if todo:
             if backend is not None:
                 backend(todo, out, progress)
-            elif scheduler:
-                run_dask(todo, out, scheduler, progress)
             else:
-                run_local(todo, out, jobs, progress)
+                run_all(todo, out, jobs, scheduler, progress)
     finally:
         progress.close()
     failed = progress.failed

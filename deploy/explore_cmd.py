@@ -154,8 +154,12 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     schedules = _int("--schedules", args.schedules, 1) if args.schedules is not None else None
     seconds = _float("--time", args.time) if args.time is not None else None
     jobs = _int("--jobs", args.jobs, 1)
-    if args.scheduler is not None and "://" not in args.scheduler:
-        raise OptionError(f"--scheduler must be a Dask scheduler address such as tcp://HOST:8786, got {args.scheduler!r}")
+    if args.scheduler is not None:
+        from sim.executor import SchedulerError, check_scheduler
+        try:
+            check_scheduler(args.scheduler)
+        except SchedulerError as exc:
+            raise OptionError(str(exc)) from None
     flags = vars(args).copy()
     given = set(options.load_scenario(args.scenario)) if args.scenario is not None else set()
     for key, value in SMALL.items():
@@ -194,12 +198,12 @@ def check_size(spec: Any) -> None:
 
 
 def result_lines(r: dict[str, Any], out: Path) -> list[str]:
-    from sim.search.trial import FINDING_CATCHES
+    from checker.findings import CATCHES
     races = r["races"]
     lines = []
-    # a finding the checker says broke a rule is a catch too (sim/search/trial.py FINDING_CATCHES)
-    kinds = sorted(set(races) & set(FINDING_CATCHES))
-    found = "race" if set(races) - set(FINDING_CATCHES) else f"{', '.join(kinds)} (a finding, no race)"
+    # a finding the checker says broke a rule is a catch too (checker/findings.py CATCHES)
+    kinds = sorted(set(races) & set(CATCHES))
+    found = "race" if set(races) - set(CATCHES) else f"{', '.join(kinds)} (a finding, no race)"
     if r["search"] == "exhaustive":
         if r["exhausted"] and not races:
             lines.append(f"exhausted: {r['schedules']} schedules within bound {r['bound']} ({r['bound_kind']}), no race"
@@ -238,13 +242,14 @@ def result_lines(r: dict[str, Any], out: Path) -> list[str]:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
+    from deploy.progress import Progress
     from sim.explore import ExploreError, Explorer
     try:
         spec, (limits, jobs) = spec_from_args(args)
         if spec.search == "exhaustive" and not (args.out / "explore.state.json").exists():
             check_size(spec)
         explorer = Explorer(spec, limits, args.out, jobs=jobs, scheduler=args.scheduler,
-                            do_shrink=not args.no_shrink, quiet=args.quiet)
+                            do_shrink=not args.no_shrink, reporter=Progress(sys.stderr, args.quiet))
         explorer.load()  # a search of other settings in DIR: refused before anything runs
     except (OptionError, ExploreError) as exc:
         return _usage(f"explore: {exc}")

@@ -7,7 +7,7 @@ length of the first race's shrunk witness (the checker's events that prove it, a
 deviations of its shrunk schedule); exhaustive (bound --bound) gives "exhausted, N schedules" or
 the schedule of its first race and that race's shrunk witness. Every cell is an explore run in
 DIR/runs/<strategy>/<search>/seed-<n>/ (explore.json, races/, shrunk/, witness.md); the table is
-DIR/table.md and DIR/table.json. --jobs J runs J of them at a time.
+DIR/table.md and DIR/table.json. --jobs J runs J of them at a time (sim/executor.py).
 
 --strategies mutants: every mutant (protocol/strategies/mutants.py) on the small configuration
 with what it needs to reach its bug (each mutant's `small`), and the correct resv-fence, as a
@@ -127,8 +127,7 @@ def _witness(r: dict[str, Any] | None) -> str:
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
+    from sim.executor import executor
 
     tasks = []
     for label, over in chosen(args.strategies):
@@ -141,11 +140,15 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                 shrink = seed == 1 or "+" in over.get("strategy", label)
                 tasks.append((label, over, search, seed, args.cap, args.bound, str(out), shrink, args.exhaustive_cap))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as ex:
-        futures = [(t, ex.submit(cell, *t)) for t in tasks]
-        for i, (t, f) in enumerate(futures, 1):
+    pool = executor(max(1, args.jobs))      # sim/executor.py: worker processes, or here for --jobs 1
+    try:
+        futures = [(t, pool.submit(cell, *t)) for t in tasks]
+        for i, (t, f) in enumerate(futures, 1):     # in order: the lines and the table's rows are the tasks'
+            pool.done([f])                           # waits for it (runs it, here)
             results.setdefault((t[0], t[2]), []).append(f.result())
             print(f"  [{i}/{len(tasks)}] {t[0]} {t[2]} seed {t[3]}", file=sys.stderr, flush=True)
+    finally:
+        pool.close()
     rows = []
     for label, _ in chosen(args.strategies):
         row: dict[str, Any] = {"strategy": label}

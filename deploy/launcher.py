@@ -35,10 +35,12 @@ import zmq
 from deploy import procs
 from deploy.control import ControlClient, ControlError
 from deploy.interrupt import Interrupted
-from deploy.options import RunParams
 from protocol import capability
 from runtime import faults, security, shm, transport
+from runtime.lifecycle import (ABORT_DOWN_TIMEOUT_S, DOWN_TIMEOUT_S, READY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S,
+                               STATUS_POLL_S, DownReport)
 from runtime.params import service_argv
+from runtime.runparams import RunParams
 from runtime.service import write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -309,7 +311,7 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher:
         return deployment
     except BaseException as exc:
         if deployment is not None:
-            down(out, timeout_s=2.0)
+            down(out, timeout_s=ABORT_DOWN_TIMEOUT_S)
         else:
             for proc, _ in started:
                 proc.kill()
@@ -324,7 +326,7 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher:
         ctx.destroy(linger=0)
 
 
-def wait_ready(deployment: Deployment, timeout_s: float = 20.0) -> None:
+def wait_ready(deployment: Deployment, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Wait until every importer has attached its buffers (status 'ready')."""
     ctx = zmq.Context()
     try:
@@ -343,7 +345,7 @@ def wait_ready(deployment: Deployment, timeout_s: float = 20.0) -> None:
                         break
                     if not procs.alive(imp.pid, imp.marker):
                         raise DeployError(f"{imp.name} exited before it was ready: {_log_tail(deployment.out, imp.name)}")
-                    time.sleep(0.01)
+                    time.sleep(STATUS_POLL_S)
             except ControlError as exc:
                 raise DeployError(str(exc)) from None
             finally:
@@ -386,16 +388,7 @@ def status(out: Path, timeout_s: float = 1.0) -> tuple[Deployment, list[ServiceS
     return deployment, result
 
 
-@dataclass
-class DownReport:
-    graceful: list[str] = field(default_factory=list)
-    terminated: list[str] = field(default_factory=list)
-    killed: list[str] = field(default_factory=list)
-    already_gone: list[str] = field(default_factory=list)
-    segments_removed: list[str] = field(default_factory=list)
-
-
-def down(out: Path, *, timeout_s: float = 5.0) -> DownReport:
+def down(out: Path, *, timeout_s: float = DOWN_TIMEOUT_S) -> DownReport:
     """Stop every service of the run: shutdown over the control socket (importers first, so they
     can detach), SIGTERM, then SIGKILL after `timeout_s`; then unlink the run's segments and
     remove its socket files. Works on a run whose services were all SIGKILLed, and twice."""
@@ -412,7 +405,7 @@ def down(out: Path, *, timeout_s: float = 5.0) -> DownReport:
                     continue
                 client = ControlClient(ctx, svc.control, svc.name)
                 try:
-                    client.shutdown(min(2.0, timeout_s))
+                    client.shutdown(min(SHUTDOWN_TIMEOUT_S, timeout_s))
                 except ControlError:
                     pass
                 finally:

@@ -19,48 +19,20 @@ from deploy import procs
 from deploy.interrupt import Interrupted, interrupted, pending, shielded
 from deploy.control import ControlClient, call_all
 from deploy.launcher import DeployError, Deployment, down, restart_importer, up, wait_ready
-from deploy.process_faults import ProcessFaults, schedule, sleep_until
-from deploy.options import RunParams
+from deploy.progress import Progress
 from protocol import wire
 from runtime import watchdog
 from runtime.eventlog import EventLog
+from runtime.lifecycle import DRIVER_POLL_S, RESTART_POLL_S, RESTART_READY_S, START_TIMEOUT_S, STOP_TIMEOUT_S
+from runtime.process_faults import ProcessFaults, schedule
+from runtime.runparams import RunParams
 
-STOP_TIMEOUT_S = 10.0
 INTERRUPTED_STOP_TIMEOUT_S = 3.0   # the user asked to stop: drain, but not for long
 
 
-class Progress:
-    """One line, rewritten in place on a terminal; a line at start and end otherwise. A stream
-    that cannot be written any more (the terminal closed: EIO, a reader gone: EPIPE) is dropped:
-    the run goes on and cleans up without it."""
-
-    def __init__(self, stream: TextIO, quiet: bool) -> None:
-        self.stream = stream
-        self.quiet = quiet
-        self.tty = stream.isatty()
-        self._last = ""
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):
-            self.quiet = True
-
-    def update(self, text: str) -> None:
-        if self.quiet or not self.tty:
-            return
-        self._write("\r" + text.ljust(len(self._last)))
-        self._last = text
-
-    def line(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self._last and self.tty:
-            self._write("\r" + " " * len(self._last) + "\r")
-            self._last = ""
-        self._write(text + "\n")
-
+def sleep_until(deadline: float) -> None:
+    """The driver's poll period: never past `deadline`, never longer than DRIVER_POLL_S."""
+    time.sleep(max(0.0, min(DRIVER_POLL_S, deadline - time.monotonic())))
 
 
 def mutant_field(strategy: str) -> dict:
@@ -83,21 +55,21 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
         info = restart_importer(deployment, name, incarnation)
         importers[name].close()
         importers[name] = client = ControlClient(ctx, info.control, name)
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + RESTART_READY_S
         while client.status(max(0.1, deadline - time.monotonic())).state != "ready":
             if time.monotonic() >= deadline:
-                raise DeployError(f"{name} restarted but did not attach its buffers within 10 s")
-            time.sleep(0.02)  # polling its status; it answers at once
-        client.start(5.0)
+                raise DeployError(f"{name} restarted but did not attach its buffers within {RESTART_READY_S:g} s")
+            time.sleep(RESTART_POLL_S)  # polling its status; it answers at once
+        client.start(START_TIMEOUT_S)
         if name in died:
             died.remove(name)
         return info.pid
 
     faults = ProcessFaults(schedule(list(params.faults), params.seed, params.importers), log.emit,
-                           lambda name: by_name[name].pid if name in by_name else None, restart, progress.line)
+                           lambda name: by_name[name].pid if name in by_name else None, restart, progress.say)
     try:
-        exporter.start(5.0)
-        errors = call_all(list(importers.values()), wire.Start, 5.0)
+        exporter.start(START_TIMEOUT_S)
+        errors = call_all(list(importers.values()), wire.Start, START_TIMEOUT_S)
         if errors:
             raise DeployError("; ".join(errors))
         log.emit("workload_start")
@@ -113,9 +85,9 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
                         died.append(svc.name)
                         if svc.name not in faults.killed:
                             log.emit("service_died", name=svc.name, pid=svc.pid, how="exited during the run")
-                            progress.line(f"{svc.name} (pid {svc.pid}) died during the run")
+                            progress.say(f"{svc.name} (pid {svc.pid}) died during the run")
                 alive = len(deployment.services) - len(died)
-                progress.update(f"[{params.strategy}] {min(now - began, params.duration):5.1f}/{params.duration:g} s  "
+                progress.status(f"[{params.strategy}] {min(now - began, params.duration):5.1f}/{params.duration:g} s  "
                                 f"services alive {alive}/{len(deployment.services)}")
                 if now >= end or (until is not None and until()):
                     break
@@ -134,7 +106,7 @@ def drive(deployment: Deployment, params: RunParams, log: EventLog, progress: Pr
                 errors += call_all([exporter], wire.Stop, timeout_s)
             log.emit("workload_stop", errors=errors, died=died)
             for e in errors:
-                progress.line(f"warning: {e}")
+                progress.say(f"warning: {e}")
         if stop is not None:
             raise stop
     finally:
@@ -172,14 +144,14 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
     `interrupted`); then Interrupted is raised again, its `detail` saying all that in one line.
     The services watch this process (runtime/watchdog.py), so they go even if it is SIGKILLed."""
     from checker import check_run  # the judge; imported here so that up/down work without it
-    from deploy.reporting import finish_report
+    from sim.reporting import finish_report
 
     progress = Progress(stream, quiet)
     out = out.resolve()
-    progress.line(f"dmabuf-emu run: strategy {params.strategy}, {params.importers} importers, "
+    progress.say(f"dmabuf-emu run: strategy {params.strategy}, {params.importers} importers, "
                   f"{params.buffers} buffers, {params.duration:g} s -> {out}")
     if (warning := lease_warning(params, os.cpu_count() or 1)) is not None:
-        progress.line(f"warning: {warning}")
+        progress.say(f"warning: {warning}")
     began = time.monotonic()
     deployment: Deployment | None = None
     log: EventLog | None = None
@@ -213,7 +185,7 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
                          segments_removed=report.segments_removed)
                 log.close()
     if stop is None:
-        progress.line("judging the history ...")
+        progress.say("judging the history ...")
         with shielded():
             result = finish_report(out, check_run(out), "real")
         if (late := pending()) is not None:
@@ -228,7 +200,7 @@ def _interrupted_run(stop: Interrupted, out: Path, deployment: Deployment | None
                      progress: Progress) -> Interrupted:
     """Judge what an interrupted run left (when it left anything) and say it in one line."""
     from checker import check_run
-    from deploy.reporting import finish_report
+    from sim.reporting import finish_report
     from runtime import shm
 
     if not stop.logged and (out / "events").is_dir():  # up was interrupted, after some service started
@@ -246,7 +218,7 @@ def _interrupted_run(stop: Interrupted, out: Path, deployment: Deployment | None
         left += [s.name for s in deployment.services if procs.alive(s.pid, s.marker)]
         left += shm.existing(deployment.run_id)
     cleanup = "services stopped, segments removed" if not left else f"STILL PRESENT: {', '.join(left)}"
-    progress.line("judging the history ...")
+    progress.say("judging the history ...")
     with shielded():
         finish_report(out, check_run(out), "real")
     stop.detail = (f"run interrupted by {stop.signal} after {seconds:.1f} s: {cleanup}; "

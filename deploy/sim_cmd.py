@@ -22,6 +22,7 @@ from typing import Any
 
 from deploy import options, rundir
 from deploy.helpformat import Formatter, examples, with_default
+from runtime.runparams import RunParams, from_mapping
 
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_DRIVER, EXIT_NONDETERMINISTIC = 0, 1, 2, 3, 4
 SOCKET_ONLY = ("transport", "bind", "curve")
@@ -82,8 +83,8 @@ def _say(quiet: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _ignored(args: argparse.Namespace, params: options.RunParams) -> list[str]:
-    defaults = options.RunParams()
+def _ignored(args: argparse.Namespace, params: RunParams) -> list[str]:
+    defaults = RunParams()
     return [k for k in SOCKET_ONLY if getattr(params, k) != getattr(defaults, k) or getattr(args, k, None) is not None]
 
 
@@ -220,7 +221,7 @@ def _replay_real(args: argparse.Namespace, usage: Any) -> int:
         return usage(f"--race {n} is out of range: {args.schedule} has {len(listed)} race witnesses"
                      + (f" (0..{len(listed) - 1})" if listed else ""))
     try:
-        params = options.from_mapping(report.get("params") or {}, f"{run / 'report.json'} params")
+        params = from_mapping(report.get("params") or {}, f"{run / 'report.json'} params")
         guide = RealGuide.from_history(run / "history.jsonl", params)
     except (ValueError, KeyError, TypeError) as exc:
         return usage(f"{args.schedule}: {exc}")

@@ -9,12 +9,12 @@ Rules (each the real driver's, on virtual time):
   1000 + N + 100 x incarnation) and the scheduler's generators. The run's secret is derived from
   the seed; the importers get the tokens `dmabuf-emu` would write into their credentials files.
 - Control: the driver is an actor of its own (`deploy`) that talks to each service's control
-  socket with the same wire messages and timeouts: status polled every 10 ms until every
-  importer is ready (20 s), start the exporter then every importer (5 s), the workload for
-  `duration`, the process faults as their time comes (deploy/process_faults.py, the same class,
-  whose signals stop, resume or end a simulated process), stop the importers then the exporter
-  (10 s), then down: shutdown importers first (2 s each), then SIGTERM, then SIGKILL, each after
-  half of 5 s.
+  socket with the same wire messages and the same timeouts (runtime/lifecycle.py, declared once
+  for both drivers): status polled until every importer is ready, start the exporter then every
+  importer, the workload for `duration`, the process faults as their time comes
+  (runtime/process_faults.py, the same class, whose signals stop, resume or end a simulated
+  process), stop the importers then the exporter, then down: shutdown importers first, then
+  SIGTERM, then SIGKILL, each after half of the down timeout.
 - deploy.jsonl gets run_start, workload_start, fault, service_died, service_restarted,
   workload_stop and run_stop with the fields of a real run (pid 999: the driver's own).
 - SimOptions (sim/options.py) may limit the run for the schedule search: `jobs` per importer
@@ -38,9 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator
 
-from deploy.launcher import DownReport
-from deploy.options import RunParams
-from deploy.process_faults import ProcessFaults, schedule
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
@@ -48,6 +45,11 @@ from protocol import capability, wire
 from protocol.actions import Emit
 from runtime.env import ServiceEnv
 from runtime.eventlog import EventLog, Sink
+from runtime.lifecycle import (ABORT_DOWN_TIMEOUT_S, DOWN_TIMEOUT_S, DRIVER_POLL_S, GONE_POLL_S, READY_TIMEOUT_S,
+                               RESTART_POLL_S, RESTART_READY_S, SHUTDOWN_TIMEOUT_S, START_TIMEOUT_S,
+                               STATUS_POLL_S, STOP_TIMEOUT_S, DownReport)
+from runtime.process_faults import ProcessFaults, schedule
+from runtime.runparams import RunParams
 from sim.memory import SimMemory
 from sim.network import SimNetwork
 from sim.options import SimOptions
@@ -56,15 +58,8 @@ from sim.world import SimProcess, World
 
 EXPORTER_PID = 1000
 DRIVER_PID = 999
-READY_TIMEOUT_S = 20.0
-START_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 10.0           # deploy/run.py
-DOWN_TIMEOUT_S = 5.0            # deploy/launcher.py down()
-STATUS_POLL_S = 0.01
-RESTART_READY_S = 10.0
 LATE_MAX_S = 1.0                # the most an importer's timer may fire late (steer_importer): a starved
                                 # real process can sleep for 100 ms and more
-DRIVER_POLL_S = 0.25            # deploy/process_faults.py sleep_until
 
 
 def importer_pid(index: int, incarnation: int) -> int:
@@ -401,7 +396,7 @@ class SimDeployment:
         return error
 
     def abort(self, error: str) -> Task:
-        yield from self.down(2.0)
+        yield from self.down(ABORT_DOWN_TIMEOUT_S)
         return error
 
     def wait_ready(self, timeout_s: float) -> Generator[Any, Any, str | None]:
@@ -480,7 +475,7 @@ class SimDeployment:
             if self.loop.now_ns() >= deadline or not self.alive(name):
                 self.say("deploy", f"fault: {name} restarted but did not attach its buffers within {RESTART_READY_S:g} s")
                 return
-            yield Sleep(0.02)
+            yield Sleep(RESTART_POLL_S)
         reply = yield from self.request(name, wire.Start, START_TIMEOUT_S)
         if isinstance(reply, str):
             self.say("deploy", f"fault: restart of {name}: {reply}")
@@ -493,7 +488,7 @@ class SimDeployment:
         report.already_gone = [n for n in names if n not in live]
         for group in ([n for n in live if n != "exporter"], [n for n in live if n == "exporter"]):
             for name in group:
-                yield from self.request(name, wire.Shutdown, min(2.0, timeout_s))
+                yield from self.request(name, wire.Shutdown, min(SHUTDOWN_TIMEOUT_S, timeout_s))
             left = yield from self.wait_gone(group, timeout_s / 2)
             report.graceful += [n for n in group if n not in left]
             if left:
@@ -516,5 +511,5 @@ class SimDeployment:
             left = [n for n in left if self.alive(n)]
             if not left or self.loop.now_ns() >= deadline:
                 break
-            yield Sleep(0.02)
+            yield Sleep(GONE_POLL_S)
         return left

@@ -8,7 +8,8 @@ Rules:
   the exhaustive bound. Schedule i of a random or PCT search is a function of (spec, i) alone; an
   exhaustive search's schedules come in depth-first order. So a search is resumable and
   splits into work units: ranges of schedule numbers (random, pct) or subtrees (exhaustive),
-  run in this process (--jobs 1), in worker processes (--jobs J) or as Dask tasks (--scheduler).
+  run in this process (--jobs 1), in worker processes (--jobs J) or as Dask tasks (--scheduler),
+  all through sim/executor.py.
 - It stops at the first race (unless --all), at --schedules or --time, when an exhaustive search
   has nothing left, or on Ctrl-C. With several workers the first race is the one with the lowest
   schedule number: work below it is finished before the search stops, so the answer is the one a
@@ -16,7 +17,7 @@ Rules:
 - Races are the checker's: every schedule's history is judged in memory (nothing is written for
   one that did not race). A deadlock the checker finds (its wait-for graph) is a catch too, of
   kind "deadlock", and so is a revocation that ended its unmap wait with a mapping live, kind
-  "revoke_incomplete" (sim/search/trial.py judge, FINDING_CATCHES): saved, counted and shrunk as
+  "revoke_incomplete" (sim/search/trial.py judge; checker/findings.py CATCHES): saved, counted and shrunk as
   a race is. The schedule of each new race (a kind on a buffer not seen before, at
   most MAX_SAVED) becomes DIR/races/K/, a simulated run directory written by running the schedule
   again with every decision taken from it (sim/run.py simulate, strict ListGuide) and checked to
@@ -24,6 +25,7 @@ Rules:
 - The first race is shrunk (sim/shrink.py) unless --no-shrink: DIR/shrunk/ is its shrunk
   schedule as a run directory, DIR/witness.md explains it (the checker's write_witness_md),
   DIR/trace.json is its Perfetto trace.
+- How far it got goes to a Reporter (sim/progress.py: facts; the command line draws them).
 - DIR/explore.json says what was done (FIELDS below). DIR/explore.state.json holds what a rerun
   of the same command needs to go on where this one stopped (written every CHECKPOINT_S and at
   the end); a rerun with other settings is refused.
@@ -35,20 +37,23 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Iterator
 
-from deploy.campaign import Progress as CampaignProgress
-from deploy.options import from_mapping
+from checker.explain import listed_witnesses, write_witness_md
+from checker.findings import CATCHES
+from checker.report_md import finding_lines
+from runtime.runparams import from_mapping
+from sim.executor import Pool, executor
 from sim.options import SimOptions
+from sim.progress import Reporter, SearchProgress, Silent
 from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
 from sim.search.random import RandomChooser
-from sim.search.trial import FINDING_CATCHES, Config, SearchChooser, Trial, judge, run_trial, write_run
+from sim.search.trial import Config, SearchChooser, Trial, judge, run_trial, write_run
 
 SEARCHES = ("random", "pct", "exhaustive")
 DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --time is given
@@ -61,6 +66,9 @@ EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
           "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
           "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config")
+# witness.md's title for a catch that is a checker finding, not a race (one for each of CATCHES)
+CATCH_TITLES = {"deadlock": "Deadlock", "revoke_incomplete": "Revocation incomplete (revoke_incomplete)"}
+assert set(CATCH_TITLES) == set(CATCHES), f"CATCH_TITLES must name every one of checker/findings.py CATCHES {CATCHES}"
 
 
 class ExploreError(ValueError):
@@ -157,122 +165,6 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], stop_at_ra
     return {"schedules": done, "blocked": blocked}
 
 
-# ---------------------------------------------------------------------------------- progress
-
-class Progress(CampaignProgress):
-    """A rich status line on a terminal (schedules, schedules/s, races so far); a line every
-    few seconds otherwise; nothing with quiet. say() and close() are the campaign's."""
-
-    def __init__(self, title: str, total: int | None, stream: TextIO, quiet: bool) -> None:
-        self.stream, self.quiet = stream, quiet
-        self._bar = None
-        self._last = 0.0
-        self.began = time.perf_counter()
-        if not quiet and stream.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
-            self._bar = Bar(TextColumn(title), BarColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn(),
-                            console=Console(file=stream), transient=False)
-            self._task = self._bar.add_task(title, total=total, line="")
-            self._bar.start()
-        elif not quiet:
-            print(title, file=stream, flush=True)
-
-    def update(self, done: int, rate: float, races: dict[str, int], extra: str = "") -> None:
-        found = sum(races.values())
-        line = f"{done} schedules, {rate:,.0f}/s, races {found}" + (
-            f" ({', '.join(f'{k} {v}' for k, v in races.items())})" if found else "") + extra
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done, line=line)
-        elif not self.quiet and time.perf_counter() - self._last > 5:
-            self._last = time.perf_counter()
-            print("  " + line, file=self.stream, flush=True)
-
-
-
-# ---------------------------------------------------------------------------------- backends
-
-class _Inline:
-    """Work units run here, one at a time, as they are asked for."""
-
-    workers = 1
-
-    class Unit:
-        def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
-            self.fn, self.args = fn, args
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.Unit(fn, args)
-
-    def done(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
-        f = futures[0]
-        yield f, f.fn(*f.args)
-
-    def cancel(self, futures: list[Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Pool:
-    """Worker processes (spawned: the parent's threads, such as the progress bar's, stay here)."""
-
-    def __init__(self, jobs: int) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        self.workers = jobs
-        self.ex = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.ex.submit(fn, *args)
-
-    def done(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
-        from concurrent.futures import FIRST_COMPLETED, wait
-        finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-        for f in finished:
-            yield f, f.result()
-
-    def cancel(self, futures: list[Any]) -> None:
-        for f in futures:
-            f.cancel()
-
-    def close(self) -> None:
-        self.ex.shutdown(wait=True, cancel_futures=True)
-
-
-class _Dask:
-    """Tasks on a Dask distributed scheduler (deploy/campaign.py's backend): workers need
-    dmabuf-emu importable."""
-
-    def __init__(self, address: str) -> None:
-        from distributed import Client
-        self.client = Client(address, timeout="20s")
-        self.workers = max(1, sum(self.client.nthreads().values()))
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.client.submit(fn, *args, pure=False, retries=1)
-
-    def done(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
-        from distributed import wait
-        finished = wait(futures, return_when="FIRST_COMPLETED").done
-        for f in finished:
-            yield f, f.result()
-
-    def cancel(self, futures: list[Any]) -> None:
-        if futures:
-            self.client.cancel(futures)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def backend(jobs: int, scheduler: str | None) -> Any:
-    if scheduler:
-        return _Dask(scheduler)
-    return _Pool(jobs) if jobs > 1 else _Inline()
-
-
 # ---------------------------------------------------------------------------------- the explorer
 
 @dataclass
@@ -308,12 +200,14 @@ class State:
 
 
 class Explorer:
+    """One search into `out`. `reporter` hears how far it got (nothing is told with `quiet`)."""
+
     def __init__(self, spec: Spec, limits: Limits, out: Path, *, jobs: int = 1, scheduler: str | None = None,
-                 do_shrink: bool = True, quiet: bool = False, stream: TextIO | None = None) -> None:
+                 do_shrink: bool = True, quiet: bool = False, reporter: Reporter | None = None) -> None:
         self.spec, self.limits, self.out = spec, limits, Path(out)
         self.jobs, self.scheduler = jobs, scheduler
-        # sys.stderr when the search runs, not when this module was imported (a test harness swaps it).
-        self.do_shrink, self.quiet, self.stream = do_shrink, quiet, stream if stream is not None else sys.stderr
+        self.do_shrink = do_shrink
+        self.reporter: Reporter = reporter if reporter is not None and not quiet else Silent()
         self.state = State(spec.key())
         self._entries: dict[int, tuple[list, list]] = {}   # racing schedules' decisions, by number
         self._last_checkpoint = 0.0
@@ -360,12 +254,12 @@ class Explorer:
 
     # ---------------------------------------------------------------- one finished schedule
 
-    def _record(self, n: int, s: dict[str, Any], progress: Progress) -> None:
+    def _record(self, n: int, s: dict[str, Any]) -> None:
         st = self.state
         st.schedules += 1
         st.shas.add(s["sha"])
         if s.get("error"):
-            progress.say(f"  schedule {n}: {s['error']}")
+            self.reporter.say(f"  schedule {n}: {s['error']}")
         if not s["races"]:
             return
         for kind in {r[0] for r in s["races"]}:
@@ -376,9 +270,9 @@ class Explorer:
         known = {(r["kind"], r["buffer"]) for x in st.saved for r in x["races"]}
         fresh = [r for r in s["races"] if (r[0], r[1]) not in known]
         if fresh and len(st.saved) < MAX_SAVED:
-            self._save(n, s, progress)
+            self._save(n, s)
 
-    def _save(self, n: int, s: dict[str, Any], progress: Progress) -> None:
+    def _save(self, n: int, s: dict[str, Any]) -> None:
         k = len(self.state.saved) + 1
         d = self.out / "races" / str(k)
         result = write_run(self.spec.config, s["entries"], s["streams"], d)
@@ -390,10 +284,10 @@ class Explorer:
         (d / "race.json").write_text(json.dumps(info, indent=2) + "\n")
         self.state.saved.append({"dir": f"races/{k}", "schedule": n, "races": races})
         first = races[0]
-        progress.say(f"  race: {first['kind']} on buffer {first['buffer']} ({first['importer']} job {first['job']}) "
+        self.reporter.say(f"  race: {first['kind']} on buffer {first['buffer']} ({first['importer']} job {first['job']}) "
                      f"in schedule {n} -> {d}")
         if not same:
-            progress.say(f"  warning: the run directory of schedule {n} has other races than the search saw "
+            self.reporter.say(f"  warning: the run directory of schedule {n} has other races than the search saw "
                          f"(a simulator nondeterminism?): see {d}/report.md")
 
     def _stop(self) -> bool:
@@ -412,38 +306,37 @@ class Explorer:
         title = (f"explore {self.spec.config.params.strategy} {self.spec.search}"
                  + (f" bound {self.spec.bound}" if self.spec.search == "exhaustive" else ""))
         if resumed and self.state.complete:
-            if not self.quiet:
-                print(f"{self.out}: this search was finished before; nothing to search", file=self.stream)
-            self._maybe_shrink(None)
+            self.reporter.say(f"{self.out}: this search was finished before; nothing to search")
+            self._maybe_shrink()
             return self.report()
-        progress = Progress(title + (" (resumed)" if resumed else ""), self.limits.schedules, self.stream, self.quiet)
+        self.reporter.begin(title + (" (resumed)" if resumed else ""), self.limits.schedules)
         self._began = time.perf_counter()
-        be = backend(self.jobs, self.scheduler)
+        be = executor(self.jobs, self.scheduler, retries=1)
         try:
             if self.spec.search == "exhaustive":
                 if be.workers > 1:
-                    self._exhaustive_split(be, progress)
+                    self._exhaustive_split(be)
                 else:
-                    self._exhaustive_here(progress)
+                    self._exhaustive_here()
             else:
-                self._sampled(be, progress)
+                self._sampled(be)
             self.state.complete = not self.limits.all and self.state.first_race is not None or self.state.exhausted
         except KeyboardInterrupt:
             self.interrupted = True
-            progress.say("interrupted: keeping what was found (rerun the same command to go on)")
+            self.reporter.say("interrupted: keeping what was found (rerun the same command to go on)")
         finally:
             be.close()
-            progress.close()
+            self.reporter.close()
             self.checkpoint(force=True)
         if not self.interrupted:
-            self._maybe_shrink(progress)
+            self._maybe_shrink()
         return self.report()
 
-    def _maybe_shrink(self, progress: Progress | None) -> None:
+    def _maybe_shrink(self) -> None:
         """The first race shrunk, unless asked not to or done already (shrunk.json is written last)."""
         if self.do_shrink and self.state.saved and not (self.out / "shrunk.json").exists():
             try:
-                self.shrink_first(progress)
+                self.shrink_first()
             except KeyboardInterrupt:
                 self.interrupted = True
 
@@ -451,7 +344,11 @@ class Explorer:
         seconds = self.state.seconds + (time.perf_counter() - self._began)
         return self.state.schedules / seconds if seconds > 0 else 0.0
 
-    def _sampled(self, be: Any, progress: Progress) -> None:
+    def _progress(self, note: str = "") -> None:
+        st = self.state
+        self.reporter.update(SearchProgress(st.schedules, self._rate(), dict(st.races), note))
+
+    def _sampled(self, be: Pool) -> None:
         """Random and PCT: units of CHUNK schedule numbers, recorded in number order (a unit that
         stopped at its race leaves the rest of its numbers unrun: nothing after the first race
         is recorded then)."""
@@ -482,13 +379,13 @@ class Explorer:
                 nxt += count
             if not pending:
                 return
-            for fut, out in be.done(list(pending)):
+            for fut in be.done(pending):
                 pending.pop(fut)
-                results.update((s["n"], s) for s in out)
+                results.update((s["n"], s) for s in fut.result())
             while st.next in results and wanted(st.next):
-                self._record(st.next, results.pop(st.next), progress)
+                self._record(st.next, results.pop(st.next))
                 st.next += 1
-            progress.update(st.schedules, self._rate(), st.races)
+            self._progress()
             self.checkpoint()
             late = [f for f, first in pending.items() if not wanted(first)]
             if late:
@@ -499,7 +396,7 @@ class Explorer:
                 be.cancel(list(pending))
                 return
 
-    def _exhaustive_here(self, progress: Progress) -> None:
+    def _exhaustive_here(self) -> None:
         from sim.search import exhaustive
         st, spec = self.state, self.spec
         stack = None
@@ -512,16 +409,16 @@ class Explorer:
             if trial.blocked:
                 st.blocked += 1
             else:
-                self._record(st.schedules + 1, summary(st.schedules + 1, trial), progress)
+                self._record(st.schedules + 1, summary(st.schedules + 1, trial))
             st.stack = [node_to_dict(n) for n in stack]
-            progress.update(st.schedules, self._rate(), st.races, f", {st.blocked} cut by sleep sets")
+            self._progress(f"{st.blocked} cut by sleep sets")
             self.checkpoint()
             if self._stop():
                 return
         st.exhausted = True
         st.stack = None
 
-    def _exhaustive_split(self, be: Any, progress: Progress) -> None:
+    def _exhaustive_split(self, be: Pool) -> None:
         """Subtrees below SPLIT_DEPTH choice points, each a task; numbered in depth-first order, so
         schedule numbers and the first race are the ones a single process finds."""
         st, spec = self.state, self.spec
@@ -541,9 +438,9 @@ class Explorer:
                 pending[be.submit(run_subtree, spec_d, tasks[i], stop_at_race)] = i
             if not pending:
                 break
-            for fut, out in be.done(list(pending)):
+            for fut in be.done(pending):
                 i = pending.pop(fut)
-                done[i] = out
+                done[i] = out = fut.result()
                 st.tasks_done.append(i)
                 st.blocked += out["blocked"]
                 st.task_counts[str(i)] = len(out["schedules"])
@@ -556,8 +453,8 @@ class Explorer:
                     break
                 base = sum(st.task_counts.get(str(j), 0) for j in range(i))
                 for s in done.pop(i)["schedules"]:
-                    self._record(base + s["n"], s, progress)
-            progress.update(st.schedules, self._rate(), st.races, f", {len(st.tasks_done)}/{len(tasks)} subtrees")
+                    self._record(base + s["n"], s)
+            self._progress(f"{len(st.tasks_done)}/{len(tasks)} subtrees")
             self.checkpoint()
             if race_task is not None and stop_at_race:
                 late = [f for f, i in pending.items() if i > race_task]
@@ -572,7 +469,7 @@ class Explorer:
 
     # ---------------------------------------------------------------- shrinking and the report
 
-    def shrink_first(self, progress: Progress | None = None, race: int = 1) -> dict[str, Any]:
+    def shrink_first(self, race: int = 1) -> dict[str, Any]:
         entry = self.state.saved[race - 1]
         decisions, streams = self._entries.get(entry["schedule"]) or _read_decisions(self.out / entry["dir"])
         first = entry["races"][0]
@@ -639,14 +536,11 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
     shrunk_dir = out / "shrunk"
     result = write_run(config, r.after.entries, r.after.streams, shrunk_dir)
     witness_events, index = _witness_of(result.report, kind, buffer)
-    if kind in FINDING_CATCHES:
-        from checker.report_md import finding_lines
+    if kind in CATCHES:
         item = result.report["findings"][kind]["items"][index - 1]
-        title = "Deadlock" if kind == "deadlock" else "Revocation incomplete (revoke_incomplete)"
-        (out / "witness.md").write_text("\n".join([f"# {title} on buffer {buffer}", ""] + finding_lines(item)))
+        (out / "witness.md").write_text("\n".join([f"# {CATCH_TITLES[kind]} on buffer {buffer}", ""] + finding_lines(item)))
     else:
-        from sim.witness_md import write_witness
-        write_witness(shrunk_dir / "history.jsonl", index, out / "witness.md", result.report)
+        write_witness_md(shrunk_dir / "history.jsonl", index, out / "witness.md", report=result.report)
     shutil.copyfile(shrunk_dir / "trace.json", out / "trace.json")
     info = {"kind": kind, "buffer": buffer, "events": len(witness_events), "decisions": r.after.decisions,
             "messages": r.after.messages, "steps": r.after.steps, "deviations": ShrinkResult.counts(r.deviations),
@@ -660,20 +554,22 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
 
 def _witness_of(report: dict[str, Any], kind: str, buffer: Any) -> tuple[list[dict[str, Any]], int]:
     """The events of the checker's witness of `kind` on `buffer`, and its number in report.md's
-    order (checker/explain.py listed_witnesses); for a deadlock, the events of its cycle's waits
-    and its number among the report's deadlock findings."""
-    from sim.witness_md import listed_witnesses
-    if kind == "deadlock":
-        for i, item in enumerate(report["findings"]["deadlock"]["items"], 1):
-            if any(n.get("node") == "lock" and n.get("buffer") == buffer for n in item["cycle"]):
+    order (checker/explain.py listed_witnesses); for a catch that is a finding (checker/findings.py
+    CATCHES), the events of that finding and its number among the report's findings of its kind."""
+    if kind in CATCHES:
+        for i, item in enumerate(report["findings"][kind]["items"], 1):
+            if finding_on(item, buffer):
                 return item.get("events", []), i
-        raise ValueError(f"the shrunk run's report has no deadlock on buffer {buffer}")
-    if kind == "revoke_incomplete":
-        for i, item in enumerate(report["findings"]["revoke_incomplete"]["items"], 1):
-            if item.get("buffer") == buffer:
-                return item.get("events", []), i
-        raise ValueError(f"the shrunk run's report has no revoke_incomplete finding on buffer {buffer}")
+        raise ValueError(f"the shrunk run's report has no {kind} finding on buffer {buffer}")
     for i, (k, w) in enumerate(listed_witnesses(report), 1):
         if k == kind and w.get("job", {}).get("buffer") == buffer:
             return w.get("events", []), i
     raise ValueError(f"the shrunk run's report has no {kind} witness on buffer {buffer}")
+
+
+def finding_on(item: dict[str, Any], buffer: Any) -> bool:
+    """Whether a finding is on `buffer`: a deadlock when its cycle holds that buffer's lock (the
+    search keys it by its first: sim/search/trial.py deadlock_id), any other by its `buffer`."""
+    if "cycle" in item:
+        return any(n.get("node") == "lock" and n.get("buffer") == buffer for n in item["cycle"])
+    return item.get("buffer") == buffer

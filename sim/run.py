@@ -3,7 +3,7 @@
 A run directory gets what a real run's gets (docs/events.md and the README):
 events/<service>.jsonl, history.jsonl (merged by the checker's own merge, ordered by virtual
 t_ns), report.json and report.md (the checker's, plus `mode: "sim"`, `sim_speedup` and a `sim`
-block: deploy/reporting.py), trace.json, logs/<service>.log (what a service printed, a crash's
+block: sim/reporting.py), trace.json, logs/<service>.log (what a service printed, a crash's
 traceback), and schedule.json (sim/schedule.py). There is no deploy.json: no process was started,
 so there is nothing for `status` or `down` to find.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from deploy.options import RunParams
+from runtime.runparams import RunParams
 from sim.driver import SimDeployment
 from sim.options import SimOptions
 from sim.schedule import ScheduleWriter
@@ -119,7 +119,7 @@ def simulate(params: RunParams, out: Path, *, guide: Guide | None = None,
     """One simulated run into `out` (made or cleaned). The decisions and events stream to disk as
     they come, so memory does not grow with the run's length."""
     from checker import check_run
-    from deploy.reporting import finish_report
+    from sim.reporting import finish_report
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

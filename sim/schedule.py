@@ -32,16 +32,17 @@ from typing import IO, Any
 
 import orjson
 
-from deploy.options import OptionError, RunParams, from_mapping
+from runtime.runparams import OptionError, RunParams, from_mapping
 from sim.options import SimOptionError, SimOptions
 from sim.scheduler import CHANCE, CHOICE, RANDOM, STEP
 
 FORMAT = "dmabuf-emu-schedule"
 FORMAT_VERSION = 1
 ROOT = Path(__file__).resolve().parent.parent
-# What a simulated run executes: the halves, the shells and what they share, the simulator, and
-# the process-fault schedule of deploy/. A change to any of them may change what a decision means.
-SOURCES = ("protocol", "runtime", "exporter_svc", "importer_svc", "sim", "deploy/process_faults.py")
+# What a simulated run executes: the halves, the shells and what they share (the process-fault
+# schedule and the run's parameters included), and the simulator. A change to any of them may
+# change what a decision means.
+SOURCES = ("protocol", "runtime", "exporter_svc", "importer_svc", "sim")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

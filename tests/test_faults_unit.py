@@ -3,7 +3,7 @@ duplicate filter, the seeded schedules."""
 
 from __future__ import annotations
 
-from deploy.process_faults import schedule
+from runtime.process_faults import schedule
 from protocol.lease import EXPORTER_LOST_LEASES, STOP_FRACTION, ImporterLease
 from runtime import faults
 from runtime.msgfaults import MessageFaults

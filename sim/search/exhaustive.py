@@ -285,12 +285,6 @@ class DfsChooser(SearchChooser):
             self.sleep = {k: v for k, v in self.sleep.items() if not v.conflicts(fp)}
 
 
-@dataclass
-class Progress:
-    schedules: int = 0
-    blocked: int = 0
-
-
 def backtrack(stack: list[Node], bound: int) -> bool:
     """Move the stack to the next schedule: the deepest choice point with an option left takes
     it, everything below is forgotten. False when nothing is left: exhausted."""

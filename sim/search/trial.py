@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from checker.findings import CATCHES
-from deploy.options import RunParams
+from runtime.runparams import RunParams
 from sim.options import SimOptions
 from sim.run import _execute, _Lines, merged
 from sim.scheduler import Chooser, DecisionLog, Guide, ListGuide, Scheduler

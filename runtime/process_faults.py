@@ -1,4 +1,7 @@
-"""Process faults, applied by dmabuf-emu to the services' processes: kill, pause, restart.
+"""Process faults, applied by a run's driver to the services' processes: kill, pause, restart.
+
+The real driver (deploy/run.py) signals OS processes; the simulated one (sim/driver.py) gives the
+same class a `kill` that stops, resumes or ends a simulated process: one schedule, one applier.
 
 Rules:
 - The schedule is fixed before the workload starts: each process fault of the run's list, if its
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -130,8 +132,3 @@ class ProcessFaults:
                 except ProcessLookupError:
                     pass
             self.stopped.discard(name)
-
-
-def sleep_until(deadline: float) -> None:
-    """The driver's poll period: never past `deadline`, never longer than a quarter second."""
-    time.sleep(max(0.0, min(0.25, deadline - time.monotonic())))

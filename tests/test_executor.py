@@ -1,0 +1,69 @@
+"""sim/executor.py: one interface over this process, local workers and (tests/test_explore.py,
+tests/test_campaign.py) a Dask cluster."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sim.executor import SchedulerError, check_scheduler, executor
+
+
+def square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def fails(x: int) -> int:
+    raise ValueError(f"unit {x} failed")
+
+
+def collect(pool, units: list[int]) -> dict[int, tuple[int, int]]:
+    futures = {pool.submit(square_and_pid, x): x for x in units}
+    out = {}
+    while futures:
+        for f in pool.done(futures):
+            out[futures.pop(f)] = f.result()
+    return out
+
+
+@pytest.mark.parametrize("jobs, threads", [(1, False), (2, True), (2, False)])
+def test_every_backend_gives_each_units_result(jobs: int, threads: bool) -> None:
+    pool = executor(jobs, threads=threads)
+    try:
+        out = collect(pool, [1, 2, 3, 4])
+    finally:
+        pool.close()
+    assert pool.workers == jobs
+    assert {x: r[0] for x, r in out.items()} == {1: 1, 2: 4, 3: 9, 4: 16}
+    pids = {r[1] for r in out.values()}
+    assert (pids == {os.getpid()}) == (jobs == 1 or threads), "processes only for jobs > 1 without threads"
+
+
+def test_here_runs_a_unit_only_when_it_is_waited_for_and_never_a_cancelled_one() -> None:
+    ran: list[int] = []
+    pool = executor(1)
+    a, b = pool.submit(ran.append, 1), pool.submit(ran.append, 2)
+    assert ran == []
+    pool.cancel([b])
+    assert pool.done([a, b]) == [a, b] and ran == [1]
+    assert b.cancelled()
+
+
+def test_a_units_exception_comes_from_its_result() -> None:
+    pool = executor(2, threads=True)
+    try:
+        f = pool.submit(fails, 7)
+        assert pool.done([f]) == [f]
+        with pytest.raises(ValueError, match="unit 7 failed"):
+            f.result()
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("address", ["localhost:8786", "tcp://", "tcp://host:0", "nosuch://host:1"])
+def test_a_bad_scheduler_address_is_refused_in_one_line(address: str) -> None:
+    with pytest.raises(SchedulerError, match="--scheduler must be a Dask scheduler address") as e:
+        check_scheduler(address)
+    assert "\n" not in str(e.value)
+    check_scheduler("tcp://127.0.0.1:8786")
