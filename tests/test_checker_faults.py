@@ -18,10 +18,7 @@ from hypothesis import strategies as st
 
 from checker import check_run, judge_history
 from checker.synth import SynthConfig, generate, write_events_dir, write_history
-try:
-    from tests.conftest_checker import BUF_SIZE, H, mapped, race_kinds
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import BUF_SIZE, H, mapped, race_kinds  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import BUF_SIZE, H, mapped, race_kinds
 
 LINES = BUF_SIZE // 64
 

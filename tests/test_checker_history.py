@@ -12,10 +12,7 @@ import pytest
 
 from checker import HistoryError, check_run, judge_history, merge_history
 from checker.__main__ import main as cli_main
-try:
-    from tests.conftest_checker import H, mapped
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import H, mapped  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import H, mapped
 
 
 def write_lines(path: Path, lines: list[str], *, final_newline: bool = True) -> None:

@@ -12,10 +12,7 @@ import pytest
 import checker.trace as trace_mod
 from checker.run import judge_and_trace
 from checker.synth import SynthConfig, generate, write_history
-try:
-    from tests.conftest_checker import mapped
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import mapped  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import mapped
 
 
 def load(path: Path) -> dict[str, Any]:

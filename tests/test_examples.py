@@ -32,8 +32,8 @@ import deploy.run  # noqa: F401  bound now: run()'s default stream is the sys.st
 from deploy import cli, options, procs
 from deploy.launcher import Deployment, down
 from runtime import shm
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SHORT_S = 0.5
 PROGRAMS = ("dmabuf-emu", ".venv/bin/dmabuf-emu")

@@ -1,9 +1,5 @@
-"""Shared helpers for the checker's tests: a tiny builder for hand-written histories.
-
-Imported by tests/test_checker_*.py as `tests.conftest_checker` (tests/ is a package), or as
-`conftest_checker` when tests/ is not a package and pytest put tests/ itself on sys.path. It is not
-a conftest.py, so pytest does not load it by itself.
-"""
+"""Shared helpers for the checker's tests: a tiny builder for hand-written histories, and
+whole histories recorded from the simulator (the real services on virtual time)."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from checker import judge_history
+from checker.model import RACE_KINDS
 
 BUF_SIZE = 0x10000
 
@@ -98,9 +95,6 @@ def mapped(h: H | None = None, *, t: int = 10, svc: str = "importer-1", buffer: 
     if not any(e["event"] == "buffer_created" and e["buffer"] == buffer for e in h.events):
         h.created(0, buffer=buffer)
     return h.attach(t - 5, svc=svc, buffer=buffer, att=att).map(t, svc=svc, buffer=buffer, att=att)
-
-
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", "write_after_invalidate")
 
 
 def race_kinds(report: dict[str, Any]) -> dict[str, int]:
