@@ -81,9 +81,7 @@ class H:
         return sorted(self.events, key=lambda e: e["t_ns"])
 
     def write(self, path: Path) -> Path:
-        with open(path, "w") as fh:
-            for e in self.sorted_events():
-                fh.write(json.dumps(e) + "\n")
+        write_history(self.sorted_events(), path)
         return path
 
     def judge(self, tmp_path: Path, name: str = "history.jsonl") -> dict[str, Any]:
