@@ -13,6 +13,7 @@ import pytest
 from checker import HistoryError, check_run, judge_history, merge_history
 from checker.__main__ import main as cli_main
 from tests.checker_helpers import H, mapped, simulated, write_history
+from tests.helpers import ROOT
 
 
 def write_lines(path: Path, lines: list[str], *, final_newline: bool = True) -> None:
@@ -160,7 +161,7 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_python_dash_m_checker(tmp_path: Path) -> None:
     run = make_run(tmp_path, mapped().unmap(50).job(1, "write", 60, 70))
     p = subprocess.run([sys.executable, "-m", "checker", str(run), "--fail-on-race"], capture_output=True,
-                       text=True, cwd=Path(__file__).resolve().parents[1])
+                       text=True, cwd=ROOT)
     assert p.returncode == 1, p.stderr
     assert "races: 1" in p.stdout
 
