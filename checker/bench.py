@@ -1,12 +1,14 @@
-"""`python -m checker.bench --events 1000000`: how fast the checker judges a realistic history.
+"""`python -m checker.bench RUN_DIR`: how fast the checker judges a recorded run's history.
 
-Not a test. It generates a synthetic, race-free history (checker.synth, fenced moves, several
-importers) as a run's events/ directory in a temporary directory, then measures, each in a fresh
+Not a test. It copies RUN_DIR/events/ (a real or simulated run's event files, e.g. from
+`dmabuf-emu sim --out RUN_DIR`; `dmabuf-emu bench` records a simulated one of a million events:
+deploy/bench/checkerperf.py) into a temporary directory, then measures, each in a fresh
 interpreter so its peak RSS is its own:
 - merge: merge_history of the per-service files;
 - judge: judge_history alone (the figure the target is about: >= 200,000 events/s);
 - check_run without merging: judge + trace.json + report.json + report.md in one pass.
-It prints events per second and peak RSS for each.
+It prints events per second and peak RSS for each. The checker imports nothing of ours, so the
+history comes from outside: it judges what it is given and makes up nothing.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from checker.synth import SerialSchedule, SynthConfig, write_events_dir
 
 
 def _peak_rss_mb() -> float:
@@ -60,55 +61,33 @@ def _phase(phase: str, run_dir: Path) -> dict[str, Any]:
             "peak_rss_mb": _peak_rss_mb(), "rss_at_start_mb": rss_before}
 
 
-def _measure(phase: str, run_dir: Path) -> dict[str, Any]:
+def measure(phase: str, run_dir: Path) -> dict[str, Any]:
+    """One phase (merge, judge, check) in a fresh interpreter, so its peak RSS is its own."""
     out = subprocess.run([sys.executable, "-m", "checker.bench", "--phase", phase, str(run_dir)],
                          check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
-def synth_config(events: int, *, seed: int = 1, importers: int = 4, buffers: int = 32) -> SynthConfig:
-    """The benchmark's history: race-free, fenced moves, `importers` devices, about `events` events."""
-    return SynthConfig(importers=importers, buffers=buffers, vram_slots=max(2, buffers * 2 // 3),
-                       sys_slots=buffers * 2, steps=10**12, max_events=events, seed=seed,
-                       move_prob=0.02, max_moves=3)
-
-
-def generate(run_dir: Path, cfg: SynthConfig) -> int:
-    """Write the history as run_dir/events/*.jsonl; returns the number of events."""
-    return write_events_dir(SerialSchedule(cfg).events(), run_dir / "events")
-
-
-def measure(phase: str, run_dir: Path) -> dict[str, Any]:
-    """One phase (merge, judge, check) in a fresh interpreter, so its peak RSS is its own."""
-    return _measure(phase, run_dir)
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m checker.bench")
-    ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--importers", type=int, default=4)
-    ap.add_argument("--buffers", type=int, default=32)
-    ap.add_argument("--keep", type=Path, default=None, help="generate into this directory and keep it")
+    ap = argparse.ArgumentParser(prog="python -m checker.bench",
+                                 description="Time the checker on a recorded run's events/ (copied: the run is not touched).")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("run_dir", nargs="?", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("run_dir", type=Path, help="a run directory with events/*.jsonl")
     args = ap.parse_args(argv)
     if args.phase:
         print(json.dumps(_phase(args.phase, args.run_dir)))
         return 0
-
-    cfg = synth_config(args.events, seed=args.seed, importers=args.importers, buffers=args.buffers)
+    events = args.run_dir / "events"
+    if not any(events.glob("*.jsonl")):
+        print(f"checker.bench: no events/*.jsonl in {args.run_dir}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="checker-bench-") as tmp:
-        run_dir = args.keep or Path(tmp)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        t = time.perf_counter()
-        n = generate(run_dir, cfg)
-        gen_s = time.perf_counter() - t
+        run_dir = Path(tmp)
+        shutil.copytree(events, run_dir / "events")
         size = sum(p.stat().st_size for p in (run_dir / "events").glob("*.jsonl"))
-        print(f"generated {n} events ({size / 1e6:.1f} MB, {cfg.importers} importers, {cfg.buffers} buffers) "
-              f"in {gen_s:.1f} s")
-        results = [_measure(p, run_dir) for p in ("merge", "judge", "check")]
+        print(f"judging {args.run_dir}: {size / 1e6:.1f} MB of events")
+        results = [measure(p, run_dir) for p in ("merge", "judge", "check")]
         for r in results:
             print(f"{r['phase']:>6}: {r['events']} events in {r['seconds']:.2f} s = "
                   f"{r['events_per_s']:,.0f} events/s, peak RSS {r['peak_rss_mb']:.1f} MB "

@@ -13,8 +13,8 @@ Rules:
                hung) is why this exists;
     unwatched  no --launcher: started by `up` (which it outlives by design), by hand, or by a
                dmabuf-emu from before the watch: left alone; `dmabuf-emu down DIR` stops it.
-- A segment is a leftover when no process of ours has it open or mapped (/proc/*/fd and
-  /proc/*/maps), looked at after the orphans are stopped: whoever created it (a service, an
+- A segment is a leftover when no process of ours has it open or mapped (psutil's open_files and
+  memory_maps: /proc/*/fd and /proc/*/smaps), looked at after the orphans are stopped: whoever created it (a service, an
   in-process simulator, a test) is gone. The segments are listed before the processes are, so
   a segment created meanwhile is not in the list, and one in the list was already held by its
   creator when the processes were looked at.
@@ -28,6 +28,8 @@ import signal
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from deploy import procs
 from runtime import shm, watchdog
@@ -104,16 +106,10 @@ def _segments() -> tuple[list[Segment], int]:
 
 
 def _our_pids() -> list[int]:
+    """Every process running as our uid (the effective uid, the owner of its /proc/PID), but us."""
     uid, me = os.getuid(), os.getpid()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me:
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except FileNotFoundError:
-                pass
-    return pids
+    return [p.pid for p in psutil.process_iter(["uids"])
+            if p.pid != me and p.info["uids"] is not None and p.info["uids"].effective == uid]
 
 
 def _flag(argv: list[str], flag: str) -> str:
@@ -137,29 +133,23 @@ def _service(pid: int) -> Service | None:
 
 
 def _holders(pids: list[int], names: set[str]) -> dict[str, list[int]]:
-    """Which of `pids` have which of the segments `names` open or mapped."""
+    """Which of `pids` have which of the segments `names` open or mapped. psutil reports a mapping
+    of an unlinked file under its old path (without " (deleted)"): a process still mapping an
+    unlinked segment counts as holding a new segment of the same name, which keeps that segment
+    (names carry their run's random id, so that needs a run id used twice)."""
     held: dict[str, list[int]] = defaultdict(list)
     paths = {os.path.join(shm.SHM_DIR, n): n for n in names}
     for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            continue
         found: set[str] = set()
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target in paths:
-                    found.add(paths[target])
-        except OSError:
-            pass
-        try:
-            with open(f"/proc/{pid}/maps") as fh:
-                for line in fh:  # address perms offset dev inode [path]
-                    parts = line.split(maxsplit=5)
-                    if len(parts) == 6 and parts[5].rstrip("\n") in paths:
-                        found.add(paths[parts[5].rstrip("\n")])
-        except OSError:
-            pass
+        for listing in (proc.open_files, proc.memory_maps):   # each on its own: either may be refused
+            try:
+                found.update(paths[f.path] for f in listing() if f.path in paths)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
         for n in found:
             held[n].append(pid)
     return dict(held)

@@ -1,8 +1,11 @@
 """Processes of a run: is this pid still our service, wait for it to go, make it go.
 
 A pid alone is not proof: it may have been reused, or be a zombie (dead, not yet reaped by its
-parent). A service counts as alive only if /proc says it is running and its command line names
-our service module. /proc/PID/stat is read by runtime/watchdog.py, for the services' own watch.
+parent). A service counts as alive only if its state is not zombie (or dead) and its command line
+names our service module; both come from psutil, which reads /proc/PID/stat and /proc/PID/cmdline
+as this module once did by hand. Start times stay in clock ticks read from /proc/PID/stat
+(runtime/watchdog.py: psutil's create_time is a float of seconds since the epoch, derived from
+the boot time, which moves when the clock is set).
 """
 
 from __future__ import annotations
@@ -12,28 +15,27 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 from runtime import watchdog
 
-
-def _state_and_cmdline(pid: int) -> tuple[str, str] | None:
-    fields = watchdog.stat_fields(pid)
-    argv = cmdline(pid)
-    if fields is None or argv is None:
-        return None
-    return fields[0], " ".join(argv)
+GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
 def cmdline(pid: int) -> list[str] | None:
-    """The process's argv, or None if it is gone (or not ours to read)."""
+    """The process's argv, or None if it is gone (or not ours to read); [] for a zombie."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return psutil.Process(pid).cmdline()
+    except psutil.ZombieProcess:
+        return []
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
 
 
 def uptime_s(pid: int) -> float | None:
-    """How long the process has run, from /proc (None if it is gone)."""
+    """How long the process has run (None if it is gone). From /proc, not psutil: the start in
+    clock ticks since boot against /proc/uptime is exact, where psutil's create_time rests on the
+    boot time in whole seconds and on the wall clock."""
     start = watchdog.start_ticks(pid)
     try:
         since_boot = float(Path("/proc/uptime").read_text().split()[0])
@@ -51,12 +53,15 @@ def reap(pid: int) -> None:
 
 
 def alive(pid: int, marker: str) -> bool:
+    """Is `pid` running (not a zombie) with `marker` in its command line? The marker is what tells
+    a reused pid from our service."""
     reap(pid)
-    info = _state_and_cmdline(pid)
-    if info is None:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return proc.status() not in GONE and marker in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):   # ZombieProcess included
         return False
-    state, cmdline = info
-    return state not in ("Z", "X") and marker in cmdline
 
 
 def wait_gone(pids: dict[int, str], timeout_s: float) -> dict[int, str]:

@@ -26,6 +26,14 @@ Rules:
   any two bytecodes, for instance in the middle of writing an event.
 - Time goes only through the loop (its timers); no thread, no clock of our own.
 
+Why /proc/PID/stat and not psutil (which deploy/procs.py and deploy/leftovers.py use): the start
+time must be the same number in every process that reads it, for the life of the run. Field 22
+is an integer of clock ticks since boot, fixed for the process. psutil's Process.create_time() is
+that over the clock rate plus the boot time (/proc/stat's btime, whole seconds, recomputed from
+the wall clock on each read, so it moves when the clock is stepped or slewed): a launcher and
+its service reading it a second apart may disagree, and a live launcher would be taken for gone.
+One read of the stat file also gives the state (zombie or not) and the start together.
+
 Linux only (/proc): elsewhere `identity()` is "" and nothing is armed. A launcher on another
 machine is invisible in /proc; the general answer there is a heartbeat from the launcher on the
 control socket. dmabuf-emu always starts a run's services on the launcher's own machine (tcp

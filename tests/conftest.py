@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime import security, shm
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float = 20.0) -> dict:

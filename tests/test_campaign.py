@@ -20,8 +20,7 @@ from deploy.campaign import (CampaignError, RunSpec, campaign, fault_text, plan_
                              resolve_flags, run_flags, strategy_variants)
 from deploy.options import OptionError, RunParams
 from runtime import faults, shm
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, cli
 
 
 # ---------------------------------------------------------------------------------- Wilson
@@ -228,11 +227,6 @@ def _env(scratch: Path) -> dict[str, str]:
     return env
 
 
-def _cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", "campaign", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def _run_ids(run_dirs: list[Path]) -> list[str]:
     return [json.loads((d / "deploy.json").read_text())["run_id"] for d in run_dirs if (d / "deploy.json").exists()]
 
@@ -241,7 +235,7 @@ def test_tiny_real_campaign_and_its_rerun(tmp_path: Path) -> None:
     out, scratch = tmp_path / "c", tmp_path / "s"
     args = ["--strategies", "move-notify", "--faults", "none", "--seeds", "1", "--duration", "0.5",
             "--jobs", "1", "--importers", "2", "--out", str(out), "--no-plots"]
-    r = _cli(args, _env(scratch))
+    r = cli("campaign", *args, env=_env(scratch))
     assert r.returncode == 0, r.stderr
     run_dir = out / "runs" / "move-notify" / "none" / "seed-1"
     report = read_report(run_dir)
@@ -254,7 +248,7 @@ def test_tiny_real_campaign_and_its_rerun(tmp_path: Path) -> None:
     assert shm.existing(_run_ids([run_dir])[0]) == []
     assert list(scratch.iterdir()) == [], "scratch directories are moved into OUT"
     mtime = (run_dir / "report.json").stat().st_mtime_ns
-    r = _cli(args, _env(scratch))
+    r = cli("campaign", *args, env=_env(scratch))
     assert r.returncode == 0 and "1 finished runs skipped" in r.stderr
     assert (run_dir / "report.json").stat().st_mtime_ns == mtime
 

@@ -14,10 +14,7 @@ import pytest
 
 from checker.explain import MERMAID_SAFE, listed_witnesses, mermaid_sequence, safe, write_witness_md
 
-try:
-    from tests.conftest_checker import BUF_SIZE, H
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import BUF_SIZE, H  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import BUF_SIZE, H
 
 IMP = "importer-1"
 

@@ -7,10 +7,7 @@ from typing import Any
 
 import pytest
 
-try:
-    from tests.conftest_checker import H, mapped
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import H, mapped  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import H, mapped
 
 
 def corruption(h: H, t: int, *, svc: str, job: int, buffer: int, found: dict[str, Any], lines: int = 4) -> H:

@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 
 from checker.latency import LogHistogram
-try:
-    from tests.conftest_checker import H, mapped
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import H, mapped  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import H, mapped
 
 
 def busy_history() -> H:

@@ -14,10 +14,7 @@ import pytest
 from checker.oracle import Oracle
 from checker.waitfor import WaitFor
 
-try:
-    from tests.conftest_checker import H, mapped
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import H, mapped  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import H, mapped
 
 IMP = "importer-2"
 

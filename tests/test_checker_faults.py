@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checker import check_run, judge_history
-from checker.synth import SynthConfig, generate, write_events_dir, write_history
-try:
-    from tests.conftest_checker import BUF_SIZE, H, mapped, race_kinds
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import BUF_SIZE, H, mapped, race_kinds  # type: ignore[no-redef,import-not-found]
+from checker.model import RACE_KINDS
+from tests.checker_helpers import (BUF_SIZE, H, mapped, race_kinds, simulated, write_events_dir,
+                                   write_history)
 
 LINES = BUF_SIZE // 64
 
@@ -37,15 +36,25 @@ def without(events: list[dict[str, Any]], pred: Any) -> list[dict[str, Any]]:
     return [e for e in events if not pred(e)]
 
 
-# ---------------------------------------------------------------------------- synthetic fault runs
+def racing_jobs(report: dict[str, Any]) -> set[tuple[str, int]]:
+    return {(w["job"]["svc"], w["job"]["job"]) for k in RACE_KINDS for w in report["witnesses"][k]}
 
 
-def test_killed_importer_mid_job_ends_at_its_death_and_is_reported(tmp_path: Path) -> None:
-    cfg = SynthConfig(steps=300, seed=2, kill=(1, 100), restart_after=100)
-    events = generate(cfg)
+# ---------------------------------------------------------------------------- simulated fault runs
+# The real services on virtual time (tests/checker_helpers.py: `simulated`, resv-fence unless
+# said), with the fault injected as `dmabuf-emu sim --fault` would.
+
+RESTART = "restart:target=importer-1,at=0.2,for=0.5"
+
+
+def test_killed_importer_mid_job_ends_at_its_death_and_is_reported() -> None:
+    events = simulated(1, RESTART, duration=1.0)
     r = judge(events)
     assert r["races"]["total"] == 0
-    assert r["jobs"]["ended_by_death"] == 1 and r["jobs_unfinished"] == 0
+    ended = {(e["svc"], e["job"]) for e in events if e["event"] == "dma_end"}
+    cut = {(e["svc"], e["job"]) for e in events if e["event"] == "dma_begin" and (e["svc"], e["job"]) not in ended}
+    assert cut and {svc for svc, _ in cut} == {"importer-1"}, "the kill caught importer-1 with jobs in flight"
+    assert r["jobs"]["ended_by_death"] == len(cut) and r["jobs_unfinished"] == 0
     died = r["services"]["died"]
     assert [(d["name"], d["how"]) for d in died] == [("importer-1", "killed by fault")]
     t_died = next(e["t_ns"] for e in events if e["event"] == "service_died")
@@ -53,108 +62,133 @@ def test_killed_importer_mid_job_ends_at_its_death_and_is_reported(tmp_path: Pat
     assert died[0]["t_s"] == pytest.approx((t_died - t_run) / 1e9)
     assert [x["name"] for x in r["services"]["restarted"]] == ["importer-1"]
     assert r["services"]["incarnations"]["importer-1"] == 2
-    assert r["recovery"]["importer_lost"] == {"lease expired": 1}
-    assert r["recovery"]["attachment_revoked"]["lease expired"] >= 1
-    assert r["faults"]["applied"] == {"restart": 1}
-    assert r["faults"]["schedule"] == ["restart -> importer-1 at 0 s"]
-    # the exporter moved the dead job's buffer after its lease: judged as running to the end of
-    # the history (no death, no restart seen), the job would race with that move
-    blind = without(events, lambda e: e["event"] in ("service_died", "service_restarted")
-                    or (e["event"] == "service_start" and e.get("incarnation")))
-    assert sum(race_kinds(judge(blind)).values()) == 1
+    lost = [e["reason"] for e in events if e["event"] == "importer_lost"]
+    assert lost and r["recovery"]["importer_lost"] == dict(Counter(lost))
+    assert r["recovery"]["attachment_revoked"] == dict(Counter(e["reason"] for e in events
+                                                               if e["event"] == "attachment_revoked"))
+    assert r["faults"]["applied"] == {"restart": sum(e["event"] == "fault" for e in events)}
+    assert r["faults"]["schedule"] == ["restart -> importer-1 at 0.2 s for 0.5 s"]
+    # the exporter moved the dead jobs' buffers later: judged as running to the end of the history
+    # (no death, no second start seen), those jobs race with the moves
+    starts = [e for e in events if e["event"] == "service_start" and e["svc"] == "importer-1"]
+    blind = without(events, lambda e: e["event"] in ("service_died", "service_restarted") or e is starts[1])
+    assert racing_jobs(judge(blind)) == cut
 
 
 def test_aborted_job_whose_last_access_came_before_the_copy_is_no_race() -> None:
-    events = generate(SynthConfig(steps=300, seed=3, pause=(2, 100)))
+    # paused for longer than its lease: the exporter revokes importer-2 and moves its buffers; on
+    # waking, importer-2 aborts its jobs (their dma_end comes after the copy, their last access before)
+    events = simulated(1, "pause:target=importer-2,at=0.1,for=0.3", lease_ms=100.0)
     r = judge(events)
     assert r["races"]["total"] == 0
-    assert r["jobs"]["aborted"] >= 1
+    aborted = {(e["svc"], e["job"]) for e in events if e["event"] == "dma_end" and e["status"] == "aborted"}
+    assert aborted and r["jobs"]["aborted"] == len(aborted)
     assert r["recovery"]["lease_expired"] == 1 and r["recovery"]["rejoin"] == 1
     assert r["services"]["importer_stops"][0]["name"] == "importer-2"
     assert r["services"]["importer_stops"][0]["event"] == "lease_expired"
-    assert r["faults"]["applied"] == {"pause": 1, "resume": 1}
+    assert r["faults"]["applied"] == {"pause": sum(e["event"] == "fault" for e in events)}
     # without last_access_ns the aborted job would end at its dma_end, after the copy began
     blind = [{k: v for k, v in e.items() if not (k == "last_access_ns" and e.get("status") == "aborted")}
              for e in events]
-    assert judge(blind)["races"]["total"] == r["jobs"]["aborted"]
+    assert racing_jobs(judge(blind)) == aborted
 
 
-def test_rogue_write_after_unmap_onto_a_range_another_buffer_reuses() -> None:
-    events = generate(SynthConfig(steps=121, seed=4, rogue=(1, 120)))
-    rogue = [e for e in events if e["event"] == "dma_begin" and e.get("rogue")]
-    assert len(rogue) == 1
+def test_rogue_jobs_after_unmap_are_races_unless_the_iommu_blocked_every_access() -> None:
+    events = simulated(2, "rogue:ms=150,p=0.02", strategy="revalidate", write_ratio=0.3, duration=0.3)
+    rogue = {(e["svc"], e["job"]) for e in events if e["event"] == "dma_begin" and e.get("rogue")}
+    assert rogue and not any(e["event"] == "iommu_fault" for e in events)
     r = judge(events)
-    assert race_kinds(r) == {"lost_write": 1}
-    assert r["rogue_jobs"] == {"total": 1, "raced": 1, "iommu_faults": 0}
-    assert r["races_by_importer"] == {"importer-1": 1}
-    w = r["witnesses"]["lost_write"][0]
-    assert w["job"]["rogue"] is True and "rogue device" in w["sentence"]
-    bc = r["bytes_check"]
-    assert bc["verdict"] == "foreign lines" and bc["lost_writes"] == []
-    assert [(f["lines"], f["from_buffers"]) for f in bc["foreign"]] == [(LINES, [rogue[0]["buffer"]])]
-    # the same rogue job, had all its accesses been blocked by the IOMMU, is no race
-    blocked = []
-    for e in events:
-        if e["event"] == "dma_end" and e.get("rogue"):
-            e = {**e, "status": "fault", "bytes": 0}
-        blocked.append(e)
+    assert r["rogue_jobs"] == {"total": len(rogue), "raced": len(rogue), "iommu_faults": 0}
+    assert racing_jobs(r) == rogue and r["races"]["total"] == len(rogue)
+    assert r["races_by_importer"] == dict(Counter(svc for svc, _ in rogue))
+    witnesses = [w for k in RACE_KINDS for w in r["witnesses"][k]]
+    assert all(w["job"]["rogue"] is True and "rogue device" in w["sentence"] for w in witnesses)
+    # the same rogue jobs, had all their accesses been blocked by the IOMMU, are no race
+    blocked = [{**e, "status": "fault", "bytes": 0} if e["event"] == "dma_end" and e.get("rogue") else e
+               for e in events]
     r2 = judge(blocked)
-    assert r2["races"]["total"] == 0 and r2["rogue_jobs"] == {"total": 1, "raced": 0, "iommu_faults": 1}
-    assert r2["jobs"]["no_access"] == 1
+    assert r2["races"]["total"] == 0
+    assert r2["rogue_jobs"] == {"total": len(rogue), "raced": 0, "iommu_faults": len(rogue)}
+    assert r2["jobs"]["no_access"] == len(rogue)
+
+
+def _tampered(events: list[dict[str, Any]], tamper: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    """The final_content events with each buffer named by `tamper` damaged, in the order given:
+    "lose" (half the last write's lines back to the initial stamp), "foreign" (three of its lines
+    holding another buffer's initial stamp). Only buffers whose final bytes are one write's
+    stamp are damaged; returns the events and the [buffer, writer, job, lines] damaged."""
+    whole = [e for e in events if e["event"] == "final_content" and len(e["stamps"]) == 1 and e["stamps"][0][1]]
+    assert len(whole) >= len(tamper), "buffers whose final bytes are one write's"
+    victims = {id(e): how for e, how in zip(whole, tamper)}
+    out, hit = [], []
+    for e in events:
+        how = victims.get(id(e))
+        if how is not None:
+            b, w, job, n = e["stamps"][0]
+            hit.append([b, w, job, n])
+            other = (b + 1) % len(whole)
+            stamps = [[b, 0, 0, n // 2], [b, w, job, n - n // 2]] if how == "lose" else \
+                [[b, w, job, n - 3], [other, 0, 0, 3]]
+            e = {**e, "stamps": sorted(stamps)}
+        out.append(e)
+    return out, hit
 
 
 @pytest.mark.parametrize("tamper, verdict", [
     ((), "ok"),
-    (((0, "lose"),), "lost writes"),
-    # foreign lines overwrite some of buffer 1's last write: both are reported (a "foreign lines"
-    # verdict alone: test_rogue_write_after_unmap_onto_a_range_another_buffer_reuses)
-    (((1, "foreign"),), "lost writes and foreign lines"),
+    (("lose",), "lost writes"),
+    # foreign lines overwrite some of the buffer's last write: both are reported
+    (("foreign",), "lost writes and foreign lines"),
 ])
-def test_bytes_check_verdicts(tamper: tuple[tuple[int, str], ...], verdict: str) -> None:
-    cfg = SynthConfig(steps=300, seed=6, tamper=tamper)
-    events = generate(cfg)
+def test_bytes_check_verdicts(tamper: tuple[str, ...], verdict: str) -> None:
+    events, hit = _tampered(simulated(1), tamper)
+    buffers = sum(e["event"] == "final_content" for e in events)
     r = judge(events)
     bc = r["bytes_check"]
     assert r["races"]["total"] == 0
     assert bc["verdict"] == verdict
-    assert bc["buffers"] == cfg.buffers
+    assert bc["buffers"] == buffers
     if "lost" in verdict:
         lost = bc["lost_writes"]
-        b, found = tamper[0][0], {"lose": LINES // 2, "foreign": LINES - 3}[tamper[0][1]]
+        b, w, job, n = hit[0]
+        found = {"lose": n - n // 2, "foreign": n - 3}[tamper[0]]
         assert [x["buffer"] for x in lost] == [b]
-        assert lost[0]["lines_found"] == found and lost[0]["lines_expected"] == LINES
-        last = max((e for e in events if e["event"] == "dma_end" and e["buffer"] == b and e["access"] == "write"),
-                   key=lambda e: e["t_ns"])
-        assert (lost[0]["svc"], lost[0]["job"]) == (last["svc"], last["job"])
+        assert lost[0]["lines_found"] == found and lost[0]["lines_expected"] == n
+        last = max((e for e in events if e["event"] == "dma_end" and e["buffer"] == b and e["access"] == "write"
+                    and e["status"] == "ok"), key=lambda e: e["t_ns"])
+        assert (lost[0]["svc"], lost[0]["job"]) == (last["svc"], last["job"]) == (f"importer-{w}", job)
     else:
         assert bc["last_writes_present"] >= 1
     if "foreign" in verdict:
-        assert bc["foreign"] == [{"buffer": 1, "lines": 3, "from_buffers": [2]}]
+        b = hit[0][0]
+        assert bc["foreign"] == [{"buffer": b, "lines": 3, "from_buffers": [(b + 1) % buffers]}]
     assert judge(without(events, lambda e: e["event"] == "final_content"))["bytes_check"]["verdict"] == \
         "not checked (no final_content)"
 
 
 def test_message_faults_are_counted_and_change_no_verdict() -> None:
-    events = generate(SynthConfig(steps=300, seed=5, msg_fault_prob=0.2))
+    events = simulated(5, "drop:p=0.1", "dup:p=0.1", "delay:ms=1")
     r = judge(events)
-    n = {k: sum(1 for e in events if e["event"] == "fault" and e["kind"] == k) for k in ("drop", "dup", "delay")}
-    assert r["faults"]["applied"] == {k: v for k, v in n.items() if v} and all(n.values())
-    assert r["recovery"]["retries"] == n["drop"] and r["recovery"]["dedups"] == n["dup"]
+    n = Counter(e["kind"] for e in events if e["event"] == "fault")
+    assert r["faults"]["applied"] == dict(n) and set(n) == {"drop", "dup", "delay"}
+    assert r["recovery"]["retries"] == sum(e["event"] == "retry" for e in events) > 0
+    assert r["recovery"]["dedups"] == sum(e["event"] == "dedup" for e in events) > 0
     assert r["faults"]["applied_total"] == sum(n.values())
     assert r["races"]["total"] == 0 and r["bytes_check"]["verdict"] == "ok"
-    assert len(r["faults"]["schedule"]) == 3 and r["faults"]["schedule"][0] == "drop p=0.2 -> importers at 0 s"
+    assert r["faults"]["schedule"] == ["drop p=0.1 -> importers at 0 s", "dup p=0.1 -> importers at 0 s",
+                                       "delay ms=1 jitter_ms=0 -> importers at 0 s"]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), fault=st.sampled_from(["kill", "restart", "pause", "msg"]),
-       at=st.integers(5, 150), via_merge=st.booleans())
-def test_a_correct_schedule_under_faults_has_no_race_and_loses_no_write(seed: int, fault: str, at: int,
-                                                                         via_merge: bool) -> None:
-    kw: dict[str, Any] = {"kill": (1, at)} if fault == "kill" else \
-        {"kill": (2, at), "restart_after": 40} if fault == "restart" else \
-        {"pause": (1, at)} if fault == "pause" else {"msg_fault_prob": 0.3}
-    cfg = SynthConfig(steps=200, seed=seed, importers=2, buffers=4, vram_slots=4, sys_slots=8, move_prob=0.1, **kw)
-    events = generate(cfg)
+FAULTS = {"kill": "kill:target=importer-1,at={at}", "restart": "restart:target=importer-2,at={at},for=0.1",
+          "pause": "pause:target=importer-1,at={at},for=0.2", "msg": "drop:p=0.2"}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), fault=st.sampled_from(sorted(FAULTS)),
+       at=st.sampled_from([0.05, 0.1, 0.2]), via_merge=st.booleans())
+def test_a_correct_run_under_faults_has_no_race_and_loses_no_write(seed: int, fault: str, at: float,
+                                                                    via_merge: bool) -> None:
+    events = simulated(seed, FAULTS[fault].format(at=at), importers=2, duration=0.4, lease_ms=100.0)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         if via_merge:
@@ -187,6 +221,38 @@ def test_aborted_job_uses_last_access_ns_and_equal_times_are_no_race(tmp_path: P
     r = h(201).judge(tmp_path)
     assert r["jobs"]["aborted"] == 1
     assert "until its last access at" in r["witnesses"]["lost_write"][0]["sentence"]
+
+
+def test_a_rogue_write_onto_a_range_another_buffer_moved_into_is_its_race_and_foreign_lines(tmp_path: Path) -> None:
+    """importer-1 unmaps buffer 0 and its device keeps writing buffer 0's old range (vram 0); the
+    exporter moves buffer 0 away and buffer 1 into that range; the rogue write ends after buffer
+    1 arrived, so buffer 1's final bytes hold buffer 0's lines."""
+    def h(status: str, nbytes: int) -> H:
+        x = mapped().created(1, buffer=1, heap="sys", offset=0x10000).unmap(50)
+        f = dict(job=5, buffer=0, attachment=1, access="write", heap="vram", offset=0, size=BUF_SIZE, gen=1)
+        x.ev(60, "importer-1", "dma_begin", **f, rogue=True)
+        x.move(0, 1, 1, begin=100, copy_begin=110, copy_end=120, free=130, end=140, dst=("sys", 0x20000))
+        x.move(1, 1, 2, begin=150, copy_begin=160, copy_end=170, free=180, end=190, src=("sys", 0x10000),
+               dst=("vram", 0))
+        x.ev(200, "importer-1", "dma_end", **f, rogue=True, status=status, bytes=nbytes, last_access_ns=200)
+        x.ev(900, "exporter", "final_content", buffer=0, heap="sys", offset=0x20000, size=BUF_SIZE, gen=2,
+             stamps=[[0, 0, 0, LINES]])
+        stamps = [[0, 1, 5, LINES]] if nbytes else [[1, 0, 0, LINES]]
+        return x.ev(900, "exporter", "final_content", buffer=1, heap="vram", offset=0, size=BUF_SIZE, gen=2,
+                    stamps=stamps)
+
+    r = h("ok", BUF_SIZE).judge(tmp_path)
+    assert sum(race_kinds(r).values()) == 1 and r["rogue_jobs"] == {"total": 1, "raced": 1, "iommu_faults": 0}
+    assert r["races_by_importer"] == {"importer-1": 1}
+    w = next(w for k in race_kinds(r) for w in r["witnesses"][k])
+    assert w["job"]["rogue"] is True and "rogue device" in w["sentence"]
+    bc = r["bytes_check"]
+    assert bc["verdict"] == "foreign lines" and bc["lost_writes"] == []
+    assert [(f["buffer"], f["lines"], f["from_buffers"]) for f in bc["foreign"]] == [(1, LINES, [0])]
+    # every access blocked by the IOMMU: no race, and nothing foreign in buffer 1
+    r2 = h("fault", 0).judge(tmp_path)
+    assert r2["races"]["total"] == 0 and r2["rogue_jobs"] == {"total": 1, "raced": 0, "iommu_faults": 1}
+    assert r2["jobs"]["no_access"] == 1 and r2["bytes_check"]["verdict"] == "ok"
 
 
 def test_rogue_job_begun_while_unmapped_is_use_after_unmap(tmp_path: Path) -> None:
@@ -294,7 +360,7 @@ def test_a_killed_and_restarted_importers_glued_lines_are_recovered(tmp_path: Pa
 
 
 def test_report_md_and_trace_show_faults_deaths_and_the_bytes_verdict(tmp_path: Path) -> None:
-    events = generate(SynthConfig(steps=300, seed=2, kill=(1, 100), restart_after=100, tamper=((0, "lose"),)))
+    events, _ = _tampered(simulated(1, RESTART, duration=1.0), ("lose",))
     write_events_dir(events, tmp_path / "events")
     r = check_run(tmp_path)
     md = (tmp_path / "report.md").read_text()

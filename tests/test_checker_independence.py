@@ -7,7 +7,9 @@ import ast
 import sys
 from pathlib import Path
 
-CHECKER = Path(__file__).resolve().parents[1] / "checker"
+from tests.helpers import ROOT
+
+CHECKER = ROOT / "checker"
 ALLOWED_THIRD_PARTY = {"numpy", "orjson"}
 PROJECT_PACKAGES = {"protocol", "runtime", "exporter_svc", "importer_svc", "deploy"}
 

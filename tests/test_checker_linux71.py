@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-try:
-    from tests.conftest_checker import BUF_SIZE, H, mapped, race_kinds
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import BUF_SIZE, H, mapped, race_kinds  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import BUF_SIZE, H, mapped, race_kinds
 
 U = 1000  # microseconds
 IMP = "importer-1"

@@ -7,10 +7,7 @@ from typing import Any
 
 import pytest
 
-try:
-    from tests.conftest_checker import H, mapped, race_kinds
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest_checker import H, mapped, race_kinds  # type: ignore[no-redef,import-not-found]
+from tests.checker_helpers import H, mapped, race_kinds
 
 
 def moved_buffer(**move: int) -> H:

@@ -3,15 +3,12 @@ prints now, and a diagram shows what the table says (states, events, guards, ste
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from deploy import diagram
 from deploy.cli import main
 from protocol.exporter import ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.machine import SAME, Rule
 from protocol.strategies import STRATEGIES, move_notify_ack
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def test_docs_strategies_md_is_not_stale() -> None:

@@ -20,9 +20,8 @@ from deploy.launcher import DeployError, Deployment, down, status, up
 from deploy.options import RunParams
 from deploy.run import run
 from runtime import shm
-from tests.conftest_checker import crossing_jobs
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.checker_helpers import crossing_jobs
+from tests.helpers import ROOT, cli
 
 
 def assert_nothing_left(out: Path) -> None:
@@ -124,8 +123,7 @@ def test_move_notify_ack_races_are_maps_crossing_a_notification(short_dir: Path)
 
 def test_check_reproduces_the_runs_verdict_offline(short_dir: Path) -> None:
     r = do_run(short_dir, strategy="move-notify", importers=2, duration=1.5)
-    out = subprocess.run([sys.executable, "-m", "deploy.cli", "check", str(short_dir), "--fail-on-race"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = cli("check", str(short_dir), "--fail-on-race", timeout=120)
     again = json.loads((short_dir / "report.json").read_text())
     assert again["races"] == r["races"] and again["corruption"] == r["corruption"]
     assert out.returncode == (1 if r["races"]["total"] else 0), out.stderr
@@ -165,19 +163,14 @@ def test_a_socket_path_too_long_is_a_clear_error_and_leaves_nothing(tmp_path: Pa
     assert not list(deep.glob("run/*.json")), "nothing was started"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-
-
 def test_cli_errors_are_one_line_naming_what_was_wrong(tmp_path: Path) -> None:
-    r = _cli("run", "--importers", "two", "--out", str(tmp_path / "x"))
+    r = cli("run", "--importers", "two", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--importers" in r.stderr
-    r = _cli("down", str(tmp_path / "nothing-here"))
+    r = cli("down", str(tmp_path / "nothing-here"))
     assert r.returncode == 3 and "no deploy.json" in r.stderr
-    r = _cli("strategies")
+    r = cli("strategies")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 7
-    r = _cli("run", "--help")
+    r = cli("run", "--help")
     assert r.returncode == 0 and "example" in r.stdout and "--strategy" in r.stdout
 
 

@@ -34,8 +34,8 @@ import deploy.run  # noqa: F401  bound now: run()'s default stream is the sys.st
 from deploy import cli, options, procs
 from deploy.launcher import Deployment, down
 from runtime import shm
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 # docs/ pages whose commands are not collected, and why: a page added to docs/ is collected unless

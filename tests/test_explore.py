@@ -24,8 +24,8 @@ from sim.options import SimOptions
 from sim.search import exhaustive
 from sim.search.trial import Config, SearchChooser, judge, offered, run_trial
 from sim.world import WAIT
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(importers=2, buffers=2, buffer_size=4096, vram_size=4096, queue_depth=1, dma_ms=2.0, think_ms=0.5,
              move_rate=500.0, duration=0.05, seed=1)
 

@@ -11,7 +11,7 @@ from deploy.options import RunParams
 from deploy.run import run
 from runtime import faults as faultspec
 
-from tests.conftest_checker import crossing_jobs
+from tests.checker_helpers import crossing_jobs
 from tests.test_e2e import assert_nothing_left, history
 
 LEASE_MS = 500.0

@@ -20,7 +20,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -28,8 +27,8 @@ import pytest
 from protocol.fence import Usage
 from runtime import shm
 from runtime.fences import KERNEL_SLOT, FenceTable, table_bytes
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SLOTS, BUFFERS = 4, 8
 MATRIX = list(itertools.product(Usage, Usage))
 IDS = [f"added-{a.name}-waited-{w.name}" for a, w in MATRIX]

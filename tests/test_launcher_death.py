@@ -24,8 +24,8 @@ from deploy import procs
 from deploy.launcher import Deployment, down, up
 from deploy.options import RunParams
 from runtime import shm, watchdog
+from tests.helpers import ROOT, cli
 
-ROOT = Path(__file__).resolve().parent.parent
 LEASE_S = 1.0
 LEASES = 5                        # "a few leases": how long services may outlive their launcher
 RUN_FLAGS = ["--strategy", "move-notify", "--importers", "2", "--duration", "60", "--lease-ms", str(LEASE_S * 1000)]
@@ -176,8 +176,7 @@ def test_up_services_outlive_up_and_stop_at_down(run_dir: Path) -> None:
     assert dep.launcher == "" and not any("--launcher" in procs.cmdline(p) for p in pids)
     # up is gone (reaped): its services must stay past several of their watch periods
     assert procs.wait_gone(pids, 4 * 0.5) == pids, "a service of up stopped when up ended"
-    st = subprocess.run([sys.executable, "-m", "deploy.cli", "status", str(run_dir)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=60)
+    st = cli("status", str(run_dir))
     assert st.returncode == 0, st.stdout + st.stderr
     assert f"started by up: they run until dmabuf-emu down {run_dir}" in st.stdout
     uptimes = [float(line.split(" up ")[1].split()[0]) for line in st.stdout.splitlines()[1:]]
@@ -188,8 +187,7 @@ def test_up_services_outlive_up_and_stop_at_down(run_dir: Path) -> None:
 
 
 def _down_all(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", "down", "--all", *flags], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return cli("down", "--all", *flags, timeout=120)
 
 
 def _line(output: str, run_id: str) -> str:

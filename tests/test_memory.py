@@ -19,8 +19,7 @@ from protocol.wire import Placement
 from runtime import memory, shm
 from runtime.eventlog import EventLog
 from runtime.loop import Loop
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from protocol.exporter import ExporterSpec, MoveEvent, MoveState, Step, compile_
 from protocol.importer import AttEvent, AttState, ImporterSpec, IStep, compile_spec as compile_importer
 from protocol.machine import TableError
 from protocol.strategies import STRATEGIES, StrategyError, mutants, resolve
+from tests.helpers import ROOT
 from tests.test_e2e import assert_nothing_left, history
 from tests.test_strategies import joined, vram_buffer
 
@@ -384,7 +385,7 @@ def test_resv_fence_is_exhausted_with_no_catch_at_bound_2(tmp_path: Path, overri
 
 # ---------------------------------------------------------------------------------- the forced-fence window
 
-NO_RESET_WAIT = Path(__file__).resolve().parent.parent / "docs" / "examples" / "resv_fence_no_reset_wait.py"
+NO_RESET_WAIT = ROOT / "docs" / "examples" / "resv_fence_no_reset_wait.py"
 # The forced-fence window's configuration: 6 ms jobs (chunks 1 ms apart), fences forced after 1 ms.
 FORCING = {"dma_ms": 6.0, "fence_timeout_ms": 1.0}
 

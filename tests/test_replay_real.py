@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +15,15 @@ from deploy.options import RunParams
 from sim.realguide import Warp, all_races, dma_duration_ms, witness_key
 from sim.run import simulate_in_memory
 from sim.scheduler import CHOICE, RANDOM, ListGuide, Request
+from tests import helpers
 from tests.world import World
 
 
 def real_run(out: Path, seed: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    subprocess.run([sys.executable, "-m", "deploy.cli", "run", "--strategy", "move-notify", "--importers", "4",
-                    "--duration", "1", "--seed", str(seed), "--out", str(out)],
-                   check=True, capture_output=True, timeout=120, env=env)
+    env = {**os.environ, "PYTHONPATH": str(helpers.ROOT)}
+    r = helpers.cli("run", "--strategy", "move-notify", "--importers", "4", "--duration", "1", "--seed", str(seed),
+                    "--out", str(out), env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
     return json.loads((out / "report.json").read_text())
 
 

@@ -11,7 +11,7 @@ from protocol import wire
 from protocol.actions import Invalidated, Send, StopDma
 from protocol.exporter import MoveState, compile_spec
 from protocol.strategies import STRATEGIES, resolve
-from tests.conftest_checker import H
+from tests.checker_helpers import H
 from tests.world import World
 
 MUTANT = "revoke+kref-reinit"

@@ -18,8 +18,7 @@ from deploy.launcher import down, up
 from deploy.options import RunParams
 from protocol import wire
 from runtime import security, shm
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def _events(out: Path, svc: str) -> list[dict]:

@@ -24,8 +24,8 @@ from sim.schedule import read_schedule
 from sim.scheduler import (CHANCE, CHOICE, RANDOM, STEP, Chooser, DecisionLog, ListGuide,
                            ScheduleDiverged, Scheduler)
 from sim.world import World
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(strategy="move-notify", importers=2, buffers=4, duration=0.3, seed=3)
 
 

@@ -17,7 +17,7 @@ from protocol.importer import AttEvent, AttState, IGuard
 from protocol.strategies import resv_fence
 from runtime import faults as F
 from sim.run import simulate_in_memory
-from tests.conftest_checker import crossing_jobs
+from tests.checker_helpers import crossing_jobs
 
 STANDARD = dict(importers=4, buffers=8, duration=3.0)          # default rates, bytes stamped and verified
 SEEDS = range(1, 21)

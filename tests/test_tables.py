@@ -18,9 +18,10 @@ from protocol.importer import AttEvent, AttState, IGuard, Importer, ImporterSpec
 from protocol.importer import compile_spec as compile_importer
 from protocol.machine import ANY, SAME, Rule, TableError
 from protocol.strategies import STRATEGIES, StrategyError, move_notify_ack, resolve, resv_fence
+from tests.helpers import ROOT
 from tests.world import World
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "move_notify_ack_defer.py"
+EXAMPLE = ROOT / "docs" / "examples" / "move_notify_ack_defer.py"
 
 
 def exporter_spec(base: ExporterSpec, **rows) -> ExporterSpec:

@@ -10,15 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.helpers import ROOT, cli
 from tests.test_e2e import assert_nothing_left, do_run, history
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "move_notify_ack_defer.py"
-
-
-def cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def copy_of(tmp: Path, builtin: str) -> Path:
@@ -45,7 +40,7 @@ def test_a_broken_strategy_is_refused_before_anything_starts(tmp_path: Path) -> 
                  ["up", "--strategy", str(bad), "--out", str(out)],
                  ["compare", "--strategy", str(bad), "--duration", "1", "--out", str(out)],
                  ["campaign", "--strategies", f"pin,{bad}", "--out", str(out)]):
-        r = cli(*args)
+        r = cli(*args, timeout=300)
         assert r.returncode == 2, (args, r.stderr)
         line = r.stderr.strip()
         assert "\n" not in line and str(bad) in line and "Step has no member 'DEFER_MAPP'" in line, line
@@ -56,7 +51,7 @@ def test_a_broken_strategy_is_refused_before_anything_starts(tmp_path: Path) -> 
         "(MoveState.FENCE_WAIT, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),),").replace(
         "**move_notify_ack.EXPORTER.table,",
         "**{k: v for k, v in move_notify_ack.EXPORTER.table.items() if k != (MoveState.NOTIFYING, MoveEvent.MAP)},"))
-    r = cli("run", "--strategy", str(missing), "--out", str(out))
+    r = cli("run", "--strategy", str(missing), "--out", str(out), timeout=300)
     assert r.returncode == 2 and "exporter row (notifying, map): missing" in r.stderr and not out.exists()
 
 
@@ -95,7 +90,7 @@ def test_a_copy_of_a_built_in_in_a_campaign_and_the_example_in_run(tmp_path: Pat
     out, scratch = tmp_path / "c", tmp_path / "s"
     env = {**os.environ, "DMABUF_EMU_SCRATCH": str(scratch)}
     r = cli("campaign", "--strategies", f"resv-fence,{copy}", "--faults", "none", "--seeds", "1",
-            "--duration", "1", "--importers", "2", "--no-plots", "--out", str(out), env=env)
+            "--duration", "1", "--importers", "2", "--no-plots", "--out", str(out), env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = {x["strategy"]: x for x in json.loads((out / "summary.json").read_text())["rows"]}
     assert set(rows) == {"resv-fence", "resv-fence-copy"}

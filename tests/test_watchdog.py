@@ -16,8 +16,7 @@ import pytest
 
 from deploy import interrupt
 from runtime import security, shm, watchdog
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def _sleeper() -> subprocess.Popen:

@@ -1,17 +1,15 @@
-"""Shared helpers for the checker's tests: a tiny builder for hand-written histories.
-
-Imported by tests/test_checker_*.py as `tests.conftest_checker` (tests/ is a package), or as
-`conftest_checker` when tests/ is not a package and pytest put tests/ itself on sys.path. It is not
-a conftest.py, so pytest does not load it by itself.
-"""
+"""Shared helpers for the checker's tests: a tiny builder for hand-written histories, and
+whole histories recorded from the simulator (the real services on virtual time)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from checker import judge_history
+from checker.model import RACE_KINDS
 
 BUF_SIZE = 0x10000
 
@@ -83,9 +81,7 @@ class H:
         return sorted(self.events, key=lambda e: e["t_ns"])
 
     def write(self, path: Path) -> Path:
-        with open(path, "w") as fh:
-            for e in self.sorted_events():
-                fh.write(json.dumps(e) + "\n")
+        write_history(self.sorted_events(), path)
         return path
 
     def judge(self, tmp_path: Path, name: str = "history.jsonl") -> dict[str, Any]:
@@ -98,9 +94,6 @@ def mapped(h: H | None = None, *, t: int = 10, svc: str = "importer-1", buffer: 
     if not any(e["event"] == "buffer_created" and e["buffer"] == buffer for e in h.events):
         h.created(0, buffer=buffer)
     return h.attach(t - 5, svc=svc, buffer=buffer, att=att).map(t, svc=svc, buffer=buffer, att=att)
-
-
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", "write_after_invalidate")
 
 
 def race_kinds(report: dict[str, Any]) -> dict[str, int]:
@@ -122,3 +115,56 @@ def crossing_jobs(events: list[dict[str, Any]]) -> set[tuple[str, int]]:
             if served[(e["svc"], m["id"])] > begun[(e["buffer"], e["gen"])]:
                 crossing.add((e["svc"], e["job"]))
     return crossing
+
+
+# --- whole histories from the simulator ---------------------------------------------------------
+
+# A short run of the real services on virtual time: small enough to cost a fraction of a second,
+# busy enough (move_rate) that every buffer moves several times.
+SIM_RUN = dict(strategy="resv-fence", importers=3, buffers=4, duration=0.5, move_rate=100.0)
+
+
+def simulated_lines(seed: int, faults: tuple[str, ...] = (), **kw: Any) -> list[bytes]:
+    """The history lines of one simulated run (SIM_RUN updated by `kw`), not cached."""
+    from deploy.options import RunParams
+    from runtime.faults import parse_cli
+    from sim.run import simulate_in_memory
+
+    params = RunParams(**{**SIM_RUN, **dict(kw), "seed": seed, "faults": tuple(parse_cli(f) for f in faults)})
+    r = simulate_in_memory(params, judge=False)
+    assert not r.outcome.crashes and r.outcome.error is None, (r.outcome.crashes, r.outcome.error)
+    return r.history
+
+
+@functools.lru_cache(maxsize=16)
+def _simulated_lines(seed: int, faults: tuple[str, ...], kw: tuple[tuple[str, Any], ...]) -> tuple[bytes, ...]:
+    return tuple(simulated_lines(seed, faults, **dict(kw)))
+
+
+def simulated(seed: int = 1, *faults: str, **kw: Any) -> list[dict[str, Any]]:
+    """The history of one simulated run (sim.run.simulate_in_memory: SIM_RUN, updated by `kw`,
+    with `faults` in the CLI's syntax), merged as history.jsonl is, as fresh event dicts: a test
+    may change them. Runs are cached by their parameters: the same seed gives the same history."""
+    return [json.loads(line) for line in _simulated_lines(seed, faults, tuple(sorted(kw.items())))]
+
+
+def write_history(events: Iterable[dict[str, Any]], path: Path) -> int:
+    """Events, already in history order, as one history file; returns the number written."""
+    n = 0
+    with open(path, "w") as fh:
+        for e in events:
+            fh.write(json.dumps(e) + "\n")
+            n += 1
+    return n
+
+
+def write_events_dir(events: Iterable[dict[str, Any]], events_dir: Path) -> int:
+    """Events as a run's events/<service>.jsonl files, each service's in its order; returns the
+    number written."""
+    by_svc: dict[str, list[str]] = {}
+    for e in events:
+        by_svc.setdefault(e["svc"], []).append(json.dumps(e))
+    events_dir.mkdir(parents=True, exist_ok=True)
+    for svc, lines in by_svc.items():
+        (events_dir / f"{svc}.jsonl").write_text("\n".join(lines) + "\n")
+    return sum(map(len, by_svc.values()))
