@@ -77,7 +77,7 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     importer_name,
 )
-from checker.findings import CATCHES, Findings
+from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT, Findings
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -931,7 +931,7 @@ class Oracle:
                 self.findings.forced(ev, t)
                 imp = importer_name(ev.get("importer"))
                 if self.on_finding is not None:
-                    self.on_finding("fence forced", "exporter", t, {"finding": "fence_forced", "importer": imp,
+                    self.on_finding("fence forced", "exporter", t, {"finding": FENCE_FORCED, "importer": imp,
                                                                     "buffer": ev.get("buffer"), "error": ev.get("error")})
                 wf.forced(imp, ev["buffer"], t, {"event": "fence_signal", "svc": svc, "forced": True,
                                                  "importer": imp, "buffer": ev["buffer"], "error": ev.get("error")})
@@ -1010,7 +1010,7 @@ class Oracle:
         for item in self.revoke.unmap_wait_end(ev, t, svc):
             self.findings.revoke_incomplete(item)
             if self.on_finding is not None:
-                self.on_finding("revoke incomplete", "exporter", t, {"finding": "revoke_incomplete", **item})
+                self.on_finding("revoke incomplete", "exporter", t, {"finding": REVOKE_INCOMPLETE, **item})
 
     def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
         name = self.revoke.warned(ev)
@@ -1019,18 +1019,18 @@ class Oracle:
 
     def _on_cycle(self, c: Cycle) -> None:
         assert self.on_finding is not None
-        self.on_finding("deadlock", "exporter", c.formed_t,
-                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "formed_by": c.formed_by})
+        self.on_finding(DEADLOCK, "exporter", c.formed_t,
+                        {"finding": DEADLOCK, "cycle": [list(n) for n in c.nodes], "formed_by": c.formed_by})
 
     def _on_cycle_broken(self, c: Cycle) -> None:
         assert self.on_finding is not None and c.broken_t is not None
-        self.on_finding("deadlock broken", str((c.broken_by or {}).get("svc") or "exporter"), c.broken_t,
-                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "broken_by": c.broken_by})
+        self.on_finding(f"{DEADLOCK} broken", str((c.broken_by or {}).get("svc") or "exporter"), c.broken_t,
+                        {"finding": DEADLOCK, "cycle": [list(n) for n in c.nodes], "broken_by": c.broken_by})
 
     def _timeout(self, kind: str, t: int, **fields: Any) -> None:
         self.findings.timeout(kind, t, **fields)
         if self.on_finding is not None:
-            self.on_finding(f"timeout: {kind}", "exporter", t, {"finding": "timeout", "kind": kind, **fields})
+            self.on_finding(f"timeout: {kind}", "exporter", t, {"finding": TIMEOUT, "kind": kind, **fields})
 
     def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.attachments_revoked += 1
