@@ -9,6 +9,9 @@ How each event is covered:
   catalogue with only declared fields and every required one. The default suite groups the
   kinds (one run per group and strategy); `-m slow` runs each kind alone and each shipped plan
   (deploy/plans/*.toml).
+- Real: one short real run (processes, tcp with CURVE, an importer killed and restarted by
+  dmabuf-emu) writes the real services' start, stop and `curve_auth` events and deploy's real
+  process-fault events; each is checked the same way.
 - Read: events the simulator does not write in these runs (a real process's `launcher_gone`,
   `send_failed` and `fatal`, CURVE's `curve_auth`, `access_denied`, `busy`, `internal_error`, a
   frame that does not decode, an interrupted run ...) are covered by reading the emitting code:
@@ -96,7 +99,8 @@ def _params(overrides: dict[str, Any], faults: tuple[str, ...], **extra: Any) ->
     return RunParams(**{**RUN, **overrides, **extra, "faults": own + tuple(F.parse_cli(f) for f in faults)})
 
 
-def _check_run(params: RunParams, seen: Counter[tuple[str, str]]) -> list[str]:
+def _problems_of(params: RunParams, seen: Counter[tuple[str, str]]) -> list[str]:
+    """What the catalogue does not declare in one simulated run's history (`seen` counts its events)."""
     r = simulate_in_memory(params, judge=False)
     assert r.outcome.error is None and not r.outcome.crashes, (r.outcome.error, r.outcome.logs)
     bad: list[str] = []
@@ -107,38 +111,47 @@ def _check_run(params: RunParams, seen: Counter[tuple[str, str]]) -> list[str]:
     return bad
 
 
-def _verdict(label: str, bad_by_plan: dict[str, list[str]]) -> None:
-    report = {plan: sorted(Counter(bad).items())[:10] for plan, bad in bad_by_plan.items() if bad}
+def _check(label: str, runs: dict[str, RunParams | None]) -> Counter[tuple[str, str]]:
+    """Run each of `runs` (None: the strategy cannot take that fault) and fail on any problem."""
+    seen: Counter[tuple[str, str]] = Counter()
+    bad = {plan: _problems_of(params, seen) for plan, params in runs.items() if params is not None}
+    report = {plan: sorted(Counter(found).items())[:10] for plan, found in bad.items() if found}
     assert not report, f"{label}: events or fields the catalogue does not declare: {report}"
+    assert seen[("importer", "dma_end")] and seen[("deploy", "run_stop")]   # the runs did run
+    return seen
 
 
 @pytest.mark.parametrize("label", list(VARIANTS))
 def test_simulated_events_are_in_the_catalogue(label: str) -> None:
-    seen: Counter[tuple[str, str]] = Counter()
-    bad: dict[str, list[str]] = {}
-    for group, faults in GROUPS.items():
-        params = _params(VARIANTS[label], faults)
-        if params is not None:
-            bad[group] = _check_run(params, seen)
-    _verdict(label, bad)
-    assert seen[("importer", "dma_end")] and seen[("deploy", "run_stop")]   # the runs did run
+    _check(label, {group: _params(VARIANTS[label], faults) for group, faults in GROUPS.items()})
+
+
+def _plan_run(label: str, name: str) -> RunParams:
+    """A shipped plan's run of the strategy (a mutant's own faults kept), as a campaign makes it."""
+    plan = faultplans.load(name)
+    base = RunParams(**{**RUN, "duration": 1.0, **VARIANTS[label]})
+    return dataclasses.replace(plan.apply(base), faults=base.faults + plan.faults)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("label", list(VARIANTS))
 def test_simulated_events_are_in_the_catalogue_each_fault_and_plan(label: str) -> None:
-    seen: Counter[tuple[str, str]] = Counter()
-    bad: dict[str, list[str]] = {}
-    for kind, faults in ALONE.items():
-        params = _params(VARIANTS[label], faults)
-        if params is not None:
-            bad[kind] = _check_run(params, seen)
-    for name in faultplans.shipped():
-        plan = faultplans.load(name)
-        base = RunParams(**{**RUN, "duration": 1.0, **VARIANTS[label]})
-        params = dataclasses.replace(plan.apply(base), faults=base.faults + plan.faults)
-        bad[f"plan {name}"] = _check_run(params, seen)
-    _verdict(label, bad)
+    _check(label, {**{kind: _params(VARIANTS[label], faults) for kind, faults in ALONE.items()},
+                   **{f"plan {name}": _plan_run(label, name) for name in faultplans.shipped()}})
+
+
+def test_a_real_run_writes_only_catalogue_events(short_dir: Path) -> None:
+    from deploy.run import run
+    from runtime import shm
+    params = RunParams(strategy="resv-fence", importers=2, duration=1.0, transport="tcp", curve=True,
+                       faults=(F.parse_cli("restart:target=importer-2,at=0.3,for=0.2"),))
+    run(params, short_dir, quiet=True)
+    events = [json.loads(line) for line in (short_dir / "history.jsonl").read_text().splitlines()]
+    assert shm.existing(json.loads((short_dir / "deploy.json").read_text())["run_id"]) == []
+    names = {(catalogue.emitter(e["svc"]), e["event"]) for e in events}
+    assert {("exporter", "curve_auth"), ("deploy", "service_restarted"), ("importer", "dma_end")} <= names
+    bad = Counter(p for e in events for p in problems(e))
+    assert not bad, f"a real run wrote events or fields the catalogue does not declare: {sorted(bad.items())[:10]}"
 
 
 def test_a_mismatch_is_reported() -> None:
