@@ -64,11 +64,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "none": (),
     "messages": ("delay:ms=5,jitter_ms=3,target=exporter", "drop:p=0.05", "dup:p=0.1,target=exporter",
                  "dup:p=0.1", "reorder:p=0.1", "reorder:p=0.1,target=exporter", "drop:p=0.05,target=exporter"),
-    "processes": ("kill:target=importer-2,at=0.3", "pause:target=importer-1,at=0.1,for=0.15",
+    "processes": ("kill:target=importer-2,at=0.3", "pause:target=importer-1,at=0.1,for=0.35",
                   "restart:target=importer-2,at=0.15,for=0.1"),
     "devices": ("rogue:ms=50,p=0.3", "slow-dma:factor=2,p=0.3", "early-ack:p=0.3", "ignore-notify:p=0.3"),
-    "revoke": ALONE["revoke"],
+    "revoke": ALONE["revoke"] + ("ignore-notify:p=0.5",),
+    "revoke-static": ALONE["revoke"],
 }
+# What a group needs beside its faults for its events to come: a lease shorter than the pause
+# (lease_expired, woke), an unmap wait shorter than an importer that ignores invalidate_mappings
+# (unmap_wait_warning), an importer that cannot be revoked (attach_refused).
+GROUP_PARAMS: dict[str, dict[str, Any]] = {"processes": {"lease_ms": 250.0}, "revoke": {"unmap_wait_ms": 50.0},
+                                           "revoke-static": {"importer_kind": "static"}}
 VARIANTS = dict(strategy_variants("all,mutants"))
 
 # Event names an emit site composes rather than writes whole (so the source scan cannot see them).
@@ -123,7 +129,8 @@ def _check(label: str, runs: dict[str, RunParams | None]) -> Counter[tuple[str, 
 
 @pytest.mark.parametrize("label", list(VARIANTS))
 def test_simulated_events_are_in_the_catalogue(label: str) -> None:
-    _check(label, {group: _params(VARIANTS[label], faults) for group, faults in GROUPS.items()})
+    _check(label, {group: _params(VARIANTS[label], faults, **GROUP_PARAMS.get(group, {}))
+                   for group, faults in GROUPS.items()})
 
 
 def _plan_run(label: str, name: str) -> RunParams:
