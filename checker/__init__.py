@@ -21,7 +21,18 @@ Public API:
     checker.catalogue.problems(event) -> list[str]   (what in an event the catalogue does not declare)
 """
 
-from checker.history import HistoryError, merge_history
-from checker.run import check_run, judge_history
+from typing import Any
 
 __all__ = ["merge_history", "judge_history", "check_run", "HistoryError"]
+
+
+def __getattr__(name: str) -> Any:
+    """The public API, imported when first asked for: `python -m checker.catalogue` (plain data)
+    then runs without the oracle imported first."""
+    if name in ("HistoryError", "merge_history"):
+        from checker import history
+        return getattr(history, name)
+    if name in ("check_run", "judge_history"):
+        from checker import run
+        return getattr(run, name)
+    raise AttributeError(f"module 'checker' has no attribute {name!r}")

@@ -56,7 +56,6 @@ def _e(svc: str, name: str, required: str, optional: str = "", meaning: str = ""
 
 _PLACEMENT = "heap offset size gen"
 _OP = "move revoke"            # the operation an event belongs to: a move, or a revocation (Linux 7.1)
-_ONE_OP = "the move's id, or `revoke`: the revocation's id"
 
 EVENTS: tuple[Event, ...] = (
     # ------------------------------------------------------------------------------------ exporter
@@ -406,7 +405,7 @@ def markdown() -> str:
 def block(text: str) -> str:
     """The generated part of docs/events.md `text` (between the markers), or raise."""
     try:
-        head, rest = text.split(BEGIN_MARK + "\n", 1)
+        _, rest = text.split(BEGIN_MARK + "\n", 1)
         body, _ = rest.split(END_MARK, 1)
     except ValueError:
         raise ValueError("docs/events.md: no catalogue markers (the begin and end comments)") from None
