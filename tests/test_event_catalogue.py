@@ -80,6 +80,7 @@ VARIANTS = dict(strategy_variants("all,mutants"))
 # Event names an emit site composes rather than writes whole (so the source scan cannot see them).
 COMPOSED = {
     "ack_refused": "protocol/importer.py: f\"{op}_refused\" for an ack, pin or unpin refused",
+    "pin_refused": "protocol/importer.py: f\"{op}_refused\" (main's importer has no literal one left)",
     "unpin_refused": "protocol/importer.py: f\"{op}_refused\"",
     "move_notify_returned": "protocol/exporter/session.py: f\"{name}_returned\"",
 }
