@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from checker.findings import DEADLOCK, FENCE_FORCED, TIMEOUT
 from checker.history import HistoryError
 from checker.run import check_run
 
@@ -36,8 +37,8 @@ def summary(report: dict[str, Any]) -> str:
     ]
     f = report["findings"]
     if f["total"]:
-        lines.append(f"findings: {f['total']} (deadlock {f['deadlock']['count']}, fences forced "
-                     f"{f['fence_forced']['count']}, timeouts {f['timeout']['count']})")
+        lines.append(f"findings: {f['total']} (deadlock {f[DEADLOCK]['count']}, fences forced "
+                     f"{f[FENCE_FORCED]['count']}, timeouts {f[TIMEOUT]['count']})")
     for kind, items in report["witnesses"].items():
         if items:
             lines.append(f"  e.g. {kind}: {items[0]['sentence']}")

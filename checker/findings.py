@@ -23,10 +23,16 @@ from checker.waitfor import HOLDER_KINDS, Cycle, Node, WaitFor
 from checker.witness import rel_ms
 
 MAX_ITEMS = 256
-FINDING_KINDS = ("deadlock", "fence_forced", "timeout", "revoke_incomplete")
+# The finding kinds: report.json's `findings` keys, the `finding` field of the oracle's on_finding
+# hook. Declared here only; deploy and sim import them.
+DEADLOCK = "deadlock"
+FENCE_FORCED = "fence_forced"
+TIMEOUT = "timeout"
+REVOKE_INCOMPLETE = "revoke_incomplete"
+FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
-CATCHES = ("deadlock", "revoke_incomplete")
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 
@@ -226,10 +232,10 @@ class Findings:
                      "sentence": _timeout_sentence(x, t0)} for x in self.timeouts]
         return {
             "total": self.total,
-            "deadlock": {"count": wf.count, "present_at_end": len(wf.active), "items": deadlocks},
-            "fence_forced": {"count": self.n_fence_forced, "items": forced},
-            "timeout": {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
-            "revoke_incomplete": {"count": self.n_incomplete, "items": [
+            DEADLOCK: {"count": wf.count, "present_at_end": len(wf.active), "items": deadlocks},
+            FENCE_FORCED: {"count": self.n_fence_forced, "items": forced},
+            TIMEOUT: {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
+            REVOKE_INCOMPLETE: {"count": self.n_incomplete, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _incomplete_sentence(x, t0)} for x in self.incomplete]},
         }
 

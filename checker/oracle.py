@@ -53,8 +53,10 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import islice
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
+from checker.catalogue import require_known
 from checker.jsonio import dumps, loads
 from checker.latency import LogHistogram
 from checker.model import (
@@ -77,7 +79,7 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     importer_name,
 )
-from checker.findings import CATCHES, Findings
+from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT, Findings
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -99,6 +101,71 @@ FAULT_COMMON_KEYS = ("kind", "target", "at", "for", "p", "op")
 RaceHook = Callable[[Race], None]
 EventHook = Callable[[dict[str, Any], int, str, str], None]
 FindingHook = Callable[[str, str, int, dict[str, Any]], None]
+
+
+# Event name -> its handler, as an attribute path from the oracle (`revoke.revoke`: the revoke
+# tally's). Every name is the catalogue's (checked below, at import); the wait-for graph's
+# events (checker/waitfor.py HANDLED) go to the graph unless a handler here takes them first.
+_DISPATCH: dict[str, str] = {
+    "dma_begin": "_dma_begin",
+    "dma_end": "_dma_end",
+    "map": "_map",
+    "unmap": "_unmap",
+    "invalidate": "_invalidate",
+    "attach": "_attach",
+    "detach": "_detach",
+    "buffer_created": "_buffer_created",
+    "move_begin": "_move_begin",
+    "move_refused": "_move_refused",
+    "move_queued": "_move_queued",
+    "move_cancelled": "_move_cancelled",
+    "copy_begin": "_copy_begin",
+    "copy_end": "_copy_end",
+    "free": "_free",
+    "move_end": "_move_end",
+    "move_notify_sent": "_move_notify_sent",
+    "move_notify_received": "_move_notify_received",
+    "move_notify_returned": "_move_notify_returned",
+    # Linux 7.1 names the same notification invalidate_mappings
+    "invalidate_mappings_sent": "_move_notify_sent",
+    "invalidate_mappings_received": "_move_notify_received",
+    "invalidate_mappings_returned": "_invalidate_returned",
+    "revoke": "revoke.revoke",
+    "unrevoke": "revoke.unrevoke",
+    "unmap_wait_end": "_unmap_wait_end",
+    "unmap_served": "_unmap_served",
+    "unmap_wait_warning": "_unmap_wait_warning",
+    "revoked": "_revoked",
+    "ack_sent": "_ack_sent",
+    "ack": "_ack",
+    "ack_timeout": "_ack_timeout",
+    "fence_wait_begin": "_fence_wait_begin",
+    "fence_wait_end": "_fence_wait_end",
+    "map_served": "_map_served",
+    "op_answered": "_op_answered",
+    "fence_signal": "_fence_signal",
+    "iommu_fault": "_iommu_fault",
+    "fault": "_fault",
+    "corruption": "_corruption",
+    "job_failed": "_job_failed",
+    "attachment_revoked": "_attachment_revoked",
+    "importer_lost": "_importer_lost",
+    "final_content": "_final_content",
+    "retry": "_retry",
+    "dedup": "_dedup",
+    "lease_expired": "_importer_stop",
+    "exporter_lost": "_importer_stop",
+    "rejoin": "_rejoin",
+    "service_restarted": "_service_restarted",
+    "workload_start": "_workload_start",
+    "service_start": "_service_start",
+    "service_stop": "_service_stop",
+    "service_died": "_service_died",
+    "run_start": "_run_start",
+    "run_stop": "_run_stop",
+    "run_interrupted": "_run_interrupted",
+}
+require_known([*_DISPATCH, *WAITFOR_EVENTS], "checker/oracle.py")
 
 
 class _LastWrite:
@@ -246,64 +313,7 @@ class Oracle:
         self._ending_t = 0
         self._finished = False
         self._handlers: dict[str, Callable[[dict[str, Any], int, str], None]] = {
-            "dma_begin": self._dma_begin,
-            "dma_end": self._dma_end,
-            "map": self._map,
-            "unmap": self._unmap,
-            "invalidate": self._invalidate,
-            "attach": self._attach,
-            "detach": self._detach,
-            "buffer_created": self._buffer_created,
-            "move_begin": self._move_begin,
-            "move_refused": self._move_refused,
-            "move_queued": self._move_queued,
-            "move_cancelled": self._move_cancelled,
-            "copy_begin": self._copy_begin,
-            "copy_end": self._copy_end,
-            "free": self._free,
-            "move_end": self._move_end,
-            "move_notify_sent": self._move_notify_sent,
-            "move_notify_received": self._move_notify_received,
-            "move_notify_returned": self._move_notify_returned,
-            # Linux 7.1 names the same notification invalidate_mappings
-            "invalidate_mappings_sent": self._move_notify_sent,
-            "invalidate_mappings_received": self._move_notify_received,
-            "invalidate_mappings_returned": self._invalidate_returned,
-            "revoke": self.revoke.revoke,
-            "unrevoke": self.revoke.unrevoke,
-            "unmap_wait_end": self._unmap_wait_end,
-            "unmap_served": self._unmap_served,
-            "unmap_wait_warning": self._unmap_wait_warning,
-            "revoked": self._revoked,
-            "ack_sent": self._ack_sent,
-            "ack": self._ack,
-            "ack_timeout": self._ack_timeout,
-            "fence_wait_begin": self._fence_wait_begin,
-            "fence_wait_end": self._fence_wait_end,
-            "map_served": self._map_served,
-            "op_answered": self._op_answered,
-            "fence_signal": self._fence_signal,
-            "iommu_fault": self._iommu_fault,
-            "fault": self._fault,
-            "corruption": self._corruption,
-            "job_failed": self._job_failed,
-            "attachment_revoked": self._attachment_revoked,
-            "importer_lost": self._importer_lost,
-            "final_content": self._final_content,
-            "retry": self._retry,
-            "dedup": self._dedup,
-            "lease_expired": self._importer_stop,
-            "exporter_lost": self._importer_stop,
-            "rejoin": self._rejoin,
-            "service_restarted": self._service_restarted,
-            "workload_start": self._workload_start,
-            "service_start": self._service_start,
-            "service_stop": self._service_stop,
-            "service_died": self._service_died,
-            "run_start": self._run_start,
-            "run_stop": self._run_stop,
-            "run_interrupted": self._run_interrupted,
-        }
+            name: attrgetter(path)(self) for name, path in _DISPATCH.items()}
         for name in WAITFOR_EVENTS:
             self._handlers.setdefault(name, getattr(self.waitfor, name))
 
@@ -931,7 +941,7 @@ class Oracle:
                 self.findings.forced(ev, t)
                 imp = importer_name(ev.get("importer"))
                 if self.on_finding is not None:
-                    self.on_finding("fence forced", "exporter", t, {"finding": "fence_forced", "importer": imp,
+                    self.on_finding("fence forced", "exporter", t, {"finding": FENCE_FORCED, "importer": imp,
                                                                     "buffer": ev.get("buffer"), "error": ev.get("error")})
                 wf.forced(imp, ev["buffer"], t, {"event": "fence_signal", "svc": svc, "forced": True,
                                                  "importer": imp, "buffer": ev["buffer"], "error": ev.get("error")})
@@ -1010,7 +1020,7 @@ class Oracle:
         for item in self.revoke.unmap_wait_end(ev, t, svc):
             self.findings.revoke_incomplete(item)
             if self.on_finding is not None:
-                self.on_finding("revoke incomplete", "exporter", t, {"finding": "revoke_incomplete", **item})
+                self.on_finding("revoke incomplete", "exporter", t, {"finding": REVOKE_INCOMPLETE, **item})
 
     def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
         name = self.revoke.warned(ev)
@@ -1019,18 +1029,18 @@ class Oracle:
 
     def _on_cycle(self, c: Cycle) -> None:
         assert self.on_finding is not None
-        self.on_finding("deadlock", "exporter", c.formed_t,
-                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "formed_by": c.formed_by})
+        self.on_finding(DEADLOCK, "exporter", c.formed_t,
+                        {"finding": DEADLOCK, "cycle": [list(n) for n in c.nodes], "formed_by": c.formed_by})
 
     def _on_cycle_broken(self, c: Cycle) -> None:
         assert self.on_finding is not None and c.broken_t is not None
-        self.on_finding("deadlock broken", str((c.broken_by or {}).get("svc") or "exporter"), c.broken_t,
-                        {"finding": "deadlock", "cycle": [list(n) for n in c.nodes], "broken_by": c.broken_by})
+        self.on_finding(f"{DEADLOCK} broken", str((c.broken_by or {}).get("svc") or "exporter"), c.broken_t,
+                        {"finding": DEADLOCK, "cycle": [list(n) for n in c.nodes], "broken_by": c.broken_by})
 
     def _timeout(self, kind: str, t: int, **fields: Any) -> None:
         self.findings.timeout(kind, t, **fields)
         if self.on_finding is not None:
-            self.on_finding(f"timeout: {kind}", "exporter", t, {"finding": "timeout", "kind": kind, **fields})
+            self.on_finding(f"timeout: {kind}", "exporter", t, {"finding": TIMEOUT, "kind": kind, **fields})
 
     def _attachment_revoked(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.attachments_revoked += 1

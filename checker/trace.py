@@ -42,6 +42,7 @@ import re
 from pathlib import Path
 from typing import IO, Any
 
+from checker.catalogue import require_known
 from checker.jsonio import dumps
 from checker.model import Race, importer_name
 from checker.witness import place_str, sentence
@@ -415,3 +416,4 @@ _HANDLERS: dict[str, Any] = {
     "exporter_lost": _make_instant("service", ("silent_ns",)),
     "rejoin": _make_instant("service", ("reason",)),
 }
+require_known(_HANDLERS, "checker/trace.py")

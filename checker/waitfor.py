@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from checker.catalogue import require_known
 from checker.model import importer_name
 
 Node = tuple[Any, ...]
@@ -396,3 +397,4 @@ class WaitFor:
 
 # Event name -> WaitFor method, for the events only the graph reads.
 HANDLED = ("resv_lock", "resv_unlock", "fence_wait_begin", "map_deferred", "fence_blocked", "fence_unblocked")
+require_known(HANDLED, "checker/waitfor.py")

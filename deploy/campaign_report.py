@@ -34,7 +34,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
+from checker.findings import CATCHES
+from checker.model import RACE_KINDS
 MAX_SAMPLES_PER_RUN = 4000       # map latencies kept per run for the pooled percentiles and plots
 
 
@@ -141,7 +142,6 @@ def digest(run_dir: Path, report: dict[str, Any], strategy: str, plan: str, seed
         if isinstance(t_race, int) and isinstance(t_start, int):
             first = max(0.0, (t_race - t_start) / 1e9)
     lat = (report.get("latency_us") or {}).get("map") or {}
-    from checker.findings import CATCHES
     findings = {k: (report.get("findings") or {}).get(k) or {} for k in CATCHES}
     witnesses = [w for kind in sorted(report.get("witnesses") or {}) for w in (report.get("witnesses") or {})[kind]]
     shown = witnesses + [item for f in findings.values() for item in f.get("items") or []]

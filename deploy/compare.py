@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from checker.model import LOST_WRITE, RACE_KINDS, STALE_READ
 from deploy.interrupt import Interrupted
 from deploy.options import RunParams
 from protocol.strategies import STRATEGIES, resolve
-
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access")
 
 
 def variants(only: Sequence[str] | None = None, extra: str | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -73,7 +72,7 @@ def compare(base: RunParams, out: Path, run: Callable[[RunParams, Path], dict[st
 
 def table(out: Path, only: Sequence[str] | None = None) -> str:
     """A markdown table, one line per strategy (those in `only`), from OUT/*/report.json."""
-    head = ("| strategy | races | lost_write / stale_read / use_after_unmap / unfenced | corrupted jobs "
+    head = (f"| strategy | races | {' / '.join(RACE_KINDS)} | corrupted jobs "
             "| moves completed | moves refused | map p50 / p99 (us) | move p50 (us) |")
     lines = [head, "|" + "---|" * 8]
     builtin = [label for label, _ in variants(only)]
@@ -99,7 +98,7 @@ def table(out: Path, only: Sequence[str] | None = None) -> str:
 
 def versus(a: Path, b: Path) -> str:
     """One line per strategy: A's run beside B's (a real compare and a simulated one)."""
-    head = ("| strategy | races (A / B) | lost_write (A / B) | stale_read (A / B) | corrupted jobs (A / B) "
+    head = (f"| strategy | races (A / B) | {LOST_WRITE} (A / B) | {STALE_READ} (A / B) | corrupted jobs (A / B) "
             "| moves completed (A / B) | map p50 us (A / B) |")
     lines = [head, "|" + "---|" * 7]
     for label, _ in variants():
@@ -113,8 +112,8 @@ def versus(a: Path, b: Path) -> str:
         def both(get: Callable[[dict[str, Any]], Any]) -> str:
             return " / ".join("-" if (v := get(r)) is None else (f"{v:.0f}" if isinstance(v, float) else str(v))
                               for r in reports)  # type: ignore[arg-type]
-        lines.append(f"| {label} | {both(lambda r: r['races']['total'])} | {both(lambda r: r['races']['lost_write'])} "
-                     f"| {both(lambda r: r['races']['stale_read'])} | {both(lambda r: r['corruption']['jobs'])} "
+        lines.append(f"| {label} | {both(lambda r: r['races']['total'])} | {both(lambda r: r['races'][LOST_WRITE])} "
+                     f"| {both(lambda r: r['races'][STALE_READ])} | {both(lambda r: r['corruption']['jobs'])} "
                      f"| {both(lambda r: r['moves']['completed'])} "
                      f"| {both(lambda r: (r.get('latency_us', {}).get('map') or {}).get('p50'))} |")
     return "\n".join(lines)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-RACE_KINDS = ("lost_write", "stale_read", "use_after_unmap", "unfenced_access", "write_after_invalidate")
+from checker.findings import DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT
+from checker.model import RACE_KINDS
 
 
 def _pct(lat: dict[str, Any] | None, key: str) -> str:
@@ -48,9 +49,11 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
             lines.append(f"  witness    {kind}: {w.get('sentence', '')}")
     findings = report.get("findings") or {}
     if findings.get("total"):
-        lines.append(f"  findings   deadlock {findings['deadlock']['count']}  "
-                     f"fences forced {findings['fence_forced']['count']}  timeouts {findings['timeout']['count']}")
-        for d in findings["deadlock"]["items"][:1]:
+        lines.append(f"  findings   deadlock {findings[DEADLOCK]['count']}  "
+                     f"fences forced {findings[FENCE_FORCED]['count']}  timeouts {findings[TIMEOUT]['count']}"
+                     + (f"  revocations incomplete {findings[REVOKE_INCOMPLETE]['count']}"
+                        if (findings.get(REVOKE_INCOMPLETE) or {}).get("count") else ""))
+        for d in findings[DEADLOCK]["items"][:1]:
             lines.append(f"  deadlock   {d.get('sentence', '')}")
     faults = report.get("faults", {})
     if faults.get("applied"):

@@ -258,15 +258,17 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
     """The checker's verdicts on a merged history: every race, deadlock and revoke_incomplete, in
     the order it judged them."""
+    from checker.findings import DEADLOCK, REVOKE_INCOMPLETE
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
 
     def on_finding(what: str, svc: str, t: int, fields: dict[str, Any]) -> None:
-        if what == "deadlock":
+        kind = fields.get("finding")
+        if kind == DEADLOCK and what == DEADLOCK:      # a cycle formed (its breaking is "deadlock broken")
             races.append(deadlock_id(fields["cycle"]))
-        elif fields.get("finding") == "revoke_incomplete":
-            races.append(RaceId("revoke_incomplete", fields.get("buffer"), str(fields.get("importer")),
+        elif kind == REVOKE_INCOMPLETE:
+            races.append(RaceId(REVOKE_INCOMPLETE, fields.get("buffer"), str(fields.get("importer")),
                                 fields.get("attachment")))
 
     oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
@@ -283,9 +285,10 @@ FINDING_CATCHES = CATCHES
 def deadlock_id(cycle: Sequence[Sequence[Any]]) -> RaceId:
     """A deadlock cycle (checker/waitfor.py nodes: ("lock", buffer), ("move", buffer, id),
     ("fence", importer, buffer, seq), ("map", importer, id)) as a catch."""
+    from checker.findings import DEADLOCK
     lock = next((n[1] for n in cycle if n[0] == "lock"), None)
     fence = next((n for n in cycle if n[0] == "fence"), None)
-    return RaceId("deadlock", lock, fence[1] if fence else "exporter", fence[3] if fence else None)
+    return RaceId(DEADLOCK, lock, fence[1] if fence else "exporter", fence[3] if fence else None)
 
 
 def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], None] | None = None,
