@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from runtime.units import parse_size
 from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
 from runtime.params import add_service_flags
+from runtime import oplog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:
-        print(f"exporter: cannot start: {exc}", file=sys.stderr)
+        oplog.service_logger("exporter", pid=os.getpid(), run_id=a.run_id).error("cannot start", error=str(exc))
         return 2
     return service.run()
 

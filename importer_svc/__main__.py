@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
 from runtime.params import add_service_flags
 from runtime.faults import FaultError, decode as decode_faults
+from runtime import oplog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ImporterService(args)
     except (OSError, ValueError) as exc:
-        print(f"{a.name}: cannot start: {exc}", file=sys.stderr)
+        oplog.service_logger(a.name, pid=os.getpid(), run_id=a.run_id,
+                             incarnation=a.incarnation).error("cannot start", error=str(exc))
         return 2
+    service.oplog = service.oplog.bind(run_id=a.run_id)   # the run's id is a command-line fact here
     return service.run()
 
 
