@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:
-        oplog.service_logger("exporter", pid=os.getpid(), run_id=a.run_id).error("cannot start", error=str(exc))
+        oplog.service_logger("exporter", run_id=a.run_id).error("cannot start", error=str(exc))
         return 2
     return service.run()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ImporterService(args)
     except (OSError, ValueError) as exc:
-        oplog.service_logger(a.name, pid=os.getpid(), run_id=a.run_id,
+        oplog.service_logger(a.name, run_id=a.run_id,
                              incarnation=a.incarnation).error("cannot start", error=str(exc))
         return 2
     service.oplog = service.oplog.bind(run_id=a.run_id)   # the run's id is a command-line fact here

@@ -13,9 +13,9 @@ Where the lines go:
 - the CLI: `configure_cli_logging` (JSON lines to a file, and with --verbose coloured lines on
   stderr).
 The level: `--log-level` at the CLI; a service takes it from DMABUF_LOG_LEVEL (the CLI puts
-`service_env()` into its services' environment), else its own default (info; warning in the
-simulator, whose services would otherwise log their start and stop in every one of thousands of
-runs). Each logger is made with structlog.wrap_logger and its own processors, never by
+`service_env()` into its services' environment), else its own default (info; error in the
+simulator, whose logs thus hold what they held before structlog, the services' errors, and not a
+start and a stop per service in every one of thousands of runs). Each logger is made with structlog.wrap_logger and its own processors, never by
 structlog.configure: the simulator runs several services in one process, each with its own.
 
 Lifetime: a logger lives as long as its service; nothing here holds a lock or a thread.
@@ -38,7 +38,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor
 LEVEL_ENV = "DMABUF_LOG_LEVEL"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_LEVEL = "info"
-SIM_DEFAULT_LEVEL = "warning"
+SIM_DEFAULT_LEVEL = "error"
 # keys every line of a service carries; the simulator's text names the service in front instead
 CONTEXT_KEYS = ("svc", "pid", "run_id", "incarnation")
 
@@ -127,22 +127,22 @@ def service_level(default: str) -> tuple[str, str | None]:
     return _cli["level"] or default, None
 
 
-def service_logger(svc: str, *, pid: int, say: Callable[[str], None] | None = None, run_id: str = "",
+def service_logger(svc: str, *, pid: int | None = None, say: Callable[[str], None] | None = None, run_id: str = "",
                    incarnation: int = 0, level: str | None = None,
                    stream: TextIO | None = None) -> FilteringBoundLogger:
     """A service's operational logger. `say` None: a real process, JSON lines on `stream`
     (stdout: the launcher's DIR/logs/<svc>.log), or console lines if that is a terminal; it is
-    then the process's logger (`process_logger`). `say` given: the simulator's, text through it."""
+    then the process's logger (`process_logger`). `say` given: the simulator's, text through it.
+    `pid`: the service's (ServiceEnv.pid); None leaves it out (a line before the service exists)."""
+    context = dict(svc=svc, run_id=run_id, incarnation=incarnation, **({"pid": pid} if pid is not None else {}))
     if say is not None:
         lvl, complaint = (level, None) if level else service_level(SIM_DEFAULT_LEVEL)
-        log = _logger([(_sim_text(svc), say)], lvl, False,
-                      svc=svc, pid=pid, run_id=run_id, incarnation=incarnation)
+        log = _logger([(_sim_text(svc), say)], lvl, False, **context)
     else:
         stream = stream or sys.stdout
         lvl, complaint = (level, None) if level else service_level(DEFAULT_LEVEL)
         render: Render = _console() if stream.isatty() else _json
-        log = _logger([(render, _writer(stream))], lvl, True,
-                      svc=svc, pid=pid, run_id=run_id, incarnation=incarnation)
+        log = _logger([(render, _writer(stream))], lvl, True, **context)
         _process[:] = [log]
     if complaint:
         log.warning(complaint)
@@ -150,9 +150,9 @@ def service_logger(svc: str, *, pid: int, say: Callable[[str], None] | None = No
 
 
 def process_logger() -> FilteringBoundLogger:
-    """This process's service logger; before a service made one, a logger with only the pid."""
+    """This process's service logger; before a service made one, a logger without context."""
     if not _process:
-        service_logger("", pid=os.getpid())
+        service_logger("")
     return _process[0]
 
 
@@ -190,7 +190,7 @@ def configure_cli_logging(args: argparse.Namespace, log_file: Path | None = None
     if getattr(args, "verbose", False):
         err = stderr or sys.stderr
         outputs.append((_console(), _writer(err)))
-    return _logger(outputs, level, True, pid=os.getpid(), **context)
+    return _logger(outputs, level, True, **context)
 
 
 def service_env() -> dict[str, str]:
