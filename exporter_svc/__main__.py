@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:
-        oplog.service_logger("exporter", run_id=a.run_id).error("cannot start", error=str(exc))
+        # stderr, as an argument error would go: the launcher sends both to DIR/logs/exporter.log
+        oplog.service_logger("exporter", run_id=a.run_id, stream=sys.stderr).error("cannot start", error=str(exc))
         return 2
     return service.run()
 

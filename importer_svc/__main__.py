@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ImporterService(args)
     except (OSError, ValueError) as exc:
-        oplog.service_logger(a.name, run_id=a.run_id,
-                             incarnation=a.incarnation).error("cannot start", error=str(exc))
+        # stderr, as an argument error would go: the launcher sends both to DIR/logs/<name>.log
+        oplog.service_logger(a.name, run_id=a.run_id, incarnation=a.incarnation,
+                             stream=sys.stderr).error("cannot start", error=str(exc))
         return 2
     service.oplog = service.oplog.bind(run_id=a.run_id)   # the run's id is a command-line fact here
     return service.run()
