@@ -64,6 +64,24 @@ def test_each_log_is_its_own_structlog_logger_whatever_the_global_configuration_
     assert b_sink.getvalue() == b'{"svc":"importer-1","pid":2,"n":2,"event":"y","t_ns":9}\n'
 
 
+def test_a_line_kept_in_memory_costs_its_size_not_orjsons_working_buffer() -> None:
+    """The simulator keeps histories in memory (sim/run.py): a line straight from orjson.dumps
+    holds about 4 KiB; the history's lines must hold their own size."""
+    import tracemalloc
+
+    kept: list[bytes] = []
+    log = EventLog(None, "importer-1", pid=1001, clock=lambda: 1, sink=type("Keep", (), {"write": staticmethod(kept.append)})())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            log.emit("map_served", **{**FIELDS, "id": i})
+        per_line = (tracemalloc.get_traced_memory()[0] - before) / 2000
+    finally:
+        tracemalloc.stop()
+    assert per_line < 4 * len(kept[-1]), f"{per_line:.0f} bytes held per {len(kept[-1])}-byte line"
+
+
 def test_a_file_log_is_flushed_per_line(tmp_path: Path) -> None:
     path = tmp_path / "events" / "exporter.jsonl"
     log = EventLog(path, "exporter", clock=lambda: 1)
