@@ -156,6 +156,19 @@ def process_logger() -> FilteringBoundLogger:
     return _process[0]
 
 
+def readable(line: str) -> str:
+    """One line of a service's log as a person reads it (for an error that quotes the log's
+    tail): "level: event key=value ..." for a JSON line, the line itself otherwise (a traceback)."""
+    try:
+        d = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    if not isinstance(d, dict) or "event" not in d:
+        return line
+    rest = " ".join(f"{k}={v}" for k, v in d.items() if k not in ("timestamp", "level", "event", *CONTEXT_KEYS))
+    return f"{d.get('level', 'info')}: {d['event']}" + (f" {rest}" if rest else "")
+
+
 # ---------------------------------------------------------------------- the CLI's side
 
 def add_log_options(parser: argparse.ArgumentParser) -> None:

@@ -64,6 +64,14 @@ def test_a_simulated_service_logs_text_through_say_without_a_clock(monkeypatch) 
     assert said[-1] == "exporter: service started buffers=4"
 
 
+def test_a_log_line_read_back_for_a_person() -> None:
+    out = io.StringIO()
+    oplog.service_logger("exporter", pid=1, run_id="r", stream=out, level="info").error("cannot start", error="bad --endpoint")
+    assert oplog.readable(out.getvalue().strip()) == "error: cannot start error=bad --endpoint"
+    assert oplog.readable("Traceback (most recent call last):") == "Traceback (most recent call last):"
+    assert oplog.readable("[1, 2]") == "[1, 2]"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="x")
     oplog.add_log_options(p)
