@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import options, rundir
+from runtime import oplog
 from deploy.helpformat import Formatter, examples, with_default
 from runtime.runparams import RunParams, from_mapping
 
@@ -51,6 +52,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
     s.add_argument("--quiet", action="store_true", help="print only the summary")
     s.add_argument("--json", action="store_true", help="print report.json instead of the summary")
+    oplog.add_log_options(s)
     options.add_arguments(s)
 
     r = sub.add_parser(

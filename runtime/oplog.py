@@ -50,11 +50,16 @@ class LogError(Exception):
     """A log that cannot be written; the message names the file."""
 
 
+class LevelError(ValueError):
+    """--log-level names no level; the message is the CLI's one line."""
+
+
 def parse_level(text: str) -> str:
-    """argparse type for --log-level: a level's name, any case."""
+    """--log-level's value: a level's name, any case. LevelError otherwise (the CLI turns it
+    into one line and exit 2, as it does every other bad option value)."""
     name = text.strip().lower()
     if name not in LEVELS:
-        raise argparse.ArgumentTypeError(f"--log-level must be one of {', '.join(LEVELS)}, got {text!r}")
+        raise LevelError(f"--log-level must be one of {', '.join(LEVELS)}, got {text!r}")
     return name
 
 
@@ -110,7 +115,7 @@ def _sim_text(svc: str) -> Render:
     return render
 
 
-_cli: dict[str, Any] = {"level": None, "file": None}
+_cli: dict[str, Any] = {"level": None, "file": None, "verbose": False, "stderr": None}
 _process: list[FilteringBoundLogger] = []
 
 
@@ -137,7 +142,10 @@ def service_logger(svc: str, *, pid: int | None = None, say: Callable[[str], Non
     context = dict(svc=svc, run_id=run_id, incarnation=incarnation, **({"pid": pid} if pid is not None else {}))
     if say is not None:
         lvl, complaint = (level, None) if level else service_level(SIM_DEFAULT_LEVEL)
-        log = _logger([(_sim_text(svc), say)], lvl, False, **context)
+        outputs: list[Output] = [(_sim_text(svc), say)]
+        if _cli["verbose"]:  # --verbose on sim/explore: the simulated services' lines on the console too
+            outputs.append((_console(), _writer(_cli["stderr"] or sys.stderr)))
+        log = _logger(outputs, lvl, False, **context)
     else:
         stream = stream or sys.stdout
         lvl, complaint = (level, None) if level else service_level(DEFAULT_LEVEL)
@@ -175,7 +183,7 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
     """--verbose and --log-level on a command that starts services (run, up, sim, explore)."""
     parser.add_argument("--verbose", action="store_true",
                         help="show the operational log on stderr, coloured (structlog's console renderer)")
-    parser.add_argument("--log-level", type=parse_level, default=None, metavar="LEVEL",
+    parser.add_argument("--log-level", default=None, metavar="LEVEL",
                         help=f"the operational logs' least level: {', '.join(LEVELS)} (default: "
                              f"{DEFAULT_LEVEL}); the services get it too ({LEVEL_ENV})")
 
@@ -186,8 +194,10 @@ def configure_cli_logging(args: argparse.Namespace, log_file: Path | None = None
     (e.g. DIR/logs/dmabuf-emu.log) and, with --verbose, console lines on stderr. Also sets the
     level simulated services in this process take, and the one `service_env()` passes on.
     Raises LogError naming the file if it cannot be opened."""
-    level = getattr(args, "log_level", None) or DEFAULT_LEVEL
-    _cli["level"] = getattr(args, "log_level", None)
+    given = getattr(args, "log_level", None)
+    _cli["level"] = parse_level(given) if given is not None else None
+    _cli["verbose"] = bool(getattr(args, "verbose", False))
+    _cli["stderr"] = stderr
     outputs: list[Output] = []
     if _cli["file"] is not None:
         _cli["file"].close()
@@ -200,10 +210,40 @@ def configure_cli_logging(args: argparse.Namespace, log_file: Path | None = None
             raise LogError(f"cannot write the log {log_file}: {exc.strerror or exc}") from None
         _cli["file"] = f
         outputs.append((_json, _writer(f)))
-    if getattr(args, "verbose", False):
-        err = stderr or sys.stderr
-        outputs.append((_console(), _writer(err)))
-    return _logger(outputs, level, True, **context)
+    if _cli["verbose"]:
+        outputs.append((_console(), _writer(stderr or sys.stderr)))
+    return _logger(outputs, _cli["level"] or DEFAULT_LEVEL, True, **context)
+
+
+def run_logger(log_file: Path, **context: Any) -> FilteringBoundLogger:
+    """The logger of one run's deployment (deploy's launcher, run and down): JSON lines appended
+    to `log_file` (DIR/logs/dmabuf-emu.log), opened per line so that a run directory emptied or
+    removed under it costs nothing and several runs of one campaign never share a handle; with
+    the CLI's --verbose, console lines on stderr too. Raises LogError naming the file if it
+    cannot be written."""
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise LogError(f"cannot write the log {log_file}: {exc.strerror or exc}") from None
+
+    def append(line: str) -> None:
+        try:
+            with open(log_file, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass  # the run directory went away under a late line (down --all): nothing to keep it in
+    outputs: list[Output] = [(_json, append)]
+    if _cli["verbose"]:
+        outputs.append((_console(), _writer(_cli["stderr"] or sys.stderr)))
+    return _logger(outputs, _cli["level"] or DEFAULT_LEVEL, True, svc="dmabuf-emu", **context)
+
+
+def cli_logger() -> FilteringBoundLogger:
+    """A logger without a file: --verbose's console lines only (nothing when not verbose)."""
+    outputs: list[Output] = [(_console(), _writer(_cli["stderr"] or sys.stderr))] if _cli["verbose"] else []
+    return _logger(outputs, _cli["level"] or DEFAULT_LEVEL, True, svc="dmabuf-emu")
 
 
 def service_env() -> dict[str, str]:

@@ -4,7 +4,7 @@ Floors: a raw pyzmq DEALER/ROUTER round trip of a msgpack message between two pr
 the services' transport (ipc), and a raw numpy copy between shared-memory segments. Every other
 figure is a ratio to one of them, taken within the same repetition, so the figures hold on a
 noisy shared machine; each is the median of several repetitions with min and max beside it.
-See README "Benchmarks" and the modules: rtt, eventlog, mem, runs, scaling, checkerperf, simperf, exploreperf.
+See docs/benchmarks.md and the modules: rtt, eventlog, mem, runs, scaling, checkerperf, simperf, exploreperf.
 Not part of the test suite's pass/fail (tests/test_bench_smoke.py checks only the structure).
 """
 
@@ -51,7 +51,7 @@ class BenchConfig:
 
 FULL = BenchConfig()
 QUICK = BenchConfig(rtt_reps=5, rtt_samples=800, eventlog_reps=5, eventlog_events=5000, mem_reps=5, move_reps=2, move_duration_s=1.0,
-                    scaling_reps=3, scaling_window_s=0.75, checker_reps=2, race_seeds=5,
+                    scaling_reps=3, scaling_window_s=0.75, checker_reps=2, checker_events=300_000, race_seeds=5,
                     race_duration_s=1.0, sim_reps=1, sim_rss_s=(1.0, 10.0), explore_reps=1, explore_schedules=100,
                     explore_seeds=5, explore_cap=100)
 PARTS = FULL.parts
