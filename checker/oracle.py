@@ -80,6 +80,7 @@ from checker.model import (
     importer_name,
 )
 from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT, Findings
+from checker.liveness import HANDLED as LIVENESS_EVENTS, Liveness
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -165,7 +166,19 @@ _DISPATCH: dict[str, str] = {
     "run_stop": "_run_stop",
     "run_interrupted": "_run_interrupted",
 }
-require_known([*_DISPATCH, *WAITFOR_EVENTS], "checker/oracle.py")
+require_known([*_DISPATCH, *WAITFOR_EVENTS, *LIVENESS_EVENTS], "checker/oracle.py")
+
+
+def _then(first: Callable[[dict[str, Any], int, str], None] | None,
+          second: Callable[[dict[str, Any], int, str], None]) -> Callable[[dict[str, Any], int, str], None]:
+    """A handler that runs `first` (if any), then `second`."""
+    if first is None:
+        return second
+
+    def both(ev: dict[str, Any], t: int, svc: str) -> None:
+        first(ev, t, svc)
+        second(ev, t, svc)
+    return both
 
 
 class _LastWrite:
@@ -316,6 +329,10 @@ class Oracle:
             name: attrgetter(path)(self) for name, path in _DISPATCH.items()}
         for name in WAITFOR_EVENTS:
             self._handlers.setdefault(name, getattr(self.waitfor, name))
+        # Liveness (checker/liveness.py) sees its events after the handler above, if any.
+        self.liveness = self.findings.liveness = Liveness(self.findings.stuck, on_finding)
+        for name, live in self.liveness.handlers().items():
+            self._handlers[name] = _then(self._handlers.get(name), live)
 
     # ------------------------------------------------------------------ the pass
 
