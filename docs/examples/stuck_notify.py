@@ -6,8 +6,8 @@ A strategy that never finishes a move, kept to show what the tool says about one
 
 move-notify copies as soon as it has sent move_notify; this variant means to wait until every
 importer's callback has returned, bounded by the notify timer (--ack-timeout-ms), before it
-copies, holding maps off meanwhile. Its author wrote the move's entry (BEGIN, NOTIFY,
-AWAIT_ANSWERS, START_NOTIFY_TIMER) and its exit on NOTIFY_DONE, and forgot the two rows that get
+copies, holding maps off meanwhile. Its author took the move's entry (BEGIN, NOTIFY,
+AWAIT_ANSWERS, START_NOTIFY_TIMER) and its exit on NOTIFY_DONE from move-notify-ack, and forgot the two rows that get
 it there: `(notifying, notify_returned)` with ANSWERED (AWAIT_ANSWERS only lists whom to wait
 for: a return counts only if a row says ANSWERED) and `(notifying, notify_timeout)`. The base
 table's `(ANY, notify_returned)` and `(ANY, notify_timeout)` rows, which do nothing, take both
@@ -31,23 +31,21 @@ Run it: dmabuf-emu sim --strategy docs/examples/stuck_notify.py --importers 2 --
 from protocol.exporter import ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.importer import ImporterSpec
 from protocol.machine import SAME, Rule
-from protocol.strategies import move_notify
+from protocol.strategies import move_notify, move_notify_ack
 
 NAME = "stuck-notify"
 SUMMARY = "move-notify waiting for the callbacks to return, without the rows that count them or time out"
+
+# move-notify-ack's way into NOTIFYING (BEGIN, NOTIFY, AWAIT_ANSWERS, START_NOTIFY_TIMER) and out of
+# it on NOTIFY_DONE (CANCEL_NOTIFY_TIMER, COPY), and nothing of the rows between.
+_WAIT = [(MoveState.IDLE, MoveEvent.MOVE_WANTED), (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE)]
 
 EXPORTER = ExporterSpec(
     strategy=NAME,
     table={
         **move_notify.EXPORTER.table,
-        (MoveState.IDLE, MoveEvent.MOVE_WANTED): (
-            Rule(Guard.PINNED, MoveState.IDLE, (Step.REFUSE,)),
-            Rule(Guard.ALWAYS, MoveState.NOTIFYING,
-                 (Step.BEGIN, Step.NOTIFY, Step.AWAIT_ANSWERS, Step.START_NOTIFY_TIMER)),
-        ),
+        **{key: move_notify_ack.EXPORTER.table[key] for key in _WAIT},
         (MoveState.NOTIFYING, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),),
-        (MoveState.NOTIFYING, MoveEvent.NOTIFY_DONE): (
-            Rule(Guard.ALWAYS, MoveState.COPYING, (Step.CANCEL_NOTIFY_TIMER, Step.COPY)),),
         # Missing: (NOTIFYING, NOTIFY_RETURNED) with ANSWERED, and (NOTIFYING, NOTIFY_TIMEOUT).
     },
 )
