@@ -265,3 +265,36 @@ def test_a_real_run_reports_it_and_fails_with_fail_on_finding(short_dir: Path) -
     st = json.loads((short_dir / "report.json").read_text())["findings"][STUCK]
     assert st["judged"] and st["by_what"]["move"] >= 1
     assert_nothing_left(short_dir)
+
+
+# ---------------------------------------------------------------------------------- no cry wolf, and a hang
+
+@pytest.mark.slow
+def test_no_shipped_strategy_is_stuck_under_any_shipped_plan_in_the_simulator() -> None:
+    """The campaign `--strategies all --faults all --seeds 2 --duration 1` (real runs) in the
+    simulator, seed 1: every history judged, nothing stuck (a crash's leftovers excused at most)."""
+    from deploy import faultplans
+    from protocol import strategies
+    from runtime.runparams import RunParams
+    from sim.run import simulate_in_memory
+    for plan in faultplans.shipped():
+        p = faultplans.load(plan)
+        for name in strategies.STRATEGIES:
+            policies = ("optimistic", "conservative") if name == "unmap-hint" else ("optimistic",)
+            for policy in policies:
+                params = p.apply(RunParams(strategy=name, duration=1.0, seed=1, hint_policy=policy))
+                st = simulate_in_memory(params).report["findings"][STUCK]
+                assert st["judged"] and st["count"] == 0, (plan, name, policy, st["summary"], st["items"][:1])
+
+
+@pytest.mark.slow
+def test_signal_after_next_map_is_stuck_only_when_no_fence_timeout_breaks_its_deadlock() -> None:
+    from runtime.runparams import RunParams
+    from sim.run import simulate_in_memory
+    base = dict(strategy="resv-fence+signal-after-next-map", importers=2, duration=1.0, seed=1)
+    broken = simulate_in_memory(RunParams(**base)).report["findings"]
+    assert broken["deadlock"]["count"] and broken["deadlock"]["present_at_end"] == 0
+    assert broken[STUCK]["count"] == 0
+    held = simulate_in_memory(RunParams(**base, fence_timeout_ms=60_000)).report["findings"]
+    assert held["deadlock"]["present_at_end"]
+    assert held[STUCK]["by_what"]["move"] and held[STUCK]["by_what"]["fence"] and held[STUCK]["by_what"]["deferred_map"]
