@@ -253,7 +253,8 @@ class Findings:
             TIMEOUT: {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
             REVOKE_INCOMPLETE: {"count": self.n_incomplete, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _incomplete_sentence(x, t0)} for x in self.incomplete]},
-            STUCK: {"count": self.n_stuck, "by_what": dict(self.stuck_by_what), "summary": liveness.phrase(self.stuck_by_what),
+            STUCK: {"count": self.n_stuck, "by_what": dict(self.stuck_by_what),
+                    "summary": liveness.phrase(self.stuck_by_what),
                     **(self.liveness.status() if self.liveness is not None else {"judged": False, "why_not": None,
                                                                                   "bound_t_ns": None, "excused": {}}),
                     "items": [{**x, "t_s": secs(x["t_ns"]), "sentence": liveness.sentence(x, t0)}

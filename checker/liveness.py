@@ -214,9 +214,9 @@ class Liveness:
         key = ("deferred_map", imp, ev.get("id"))
         holder = (f"move {ev['move']}" if ev.get("move") is not None
                   else f"revoke {ev['revoke']}" if ev.get("revoke") is not None else None)
-        o = self._begin("deferred_map", key, ev, t, svc, "the map was deferred" + (f" behind {holder}" if holder else ""),
-                        imp, importer=imp, id=ev.get("id"), buffer=ev.get("buffer"), attachment=ev.get("attachment"),
-                        holder=holder)
+        note = "the map was deferred" + (f" behind {holder}" if holder else "")
+        o = self._begin("deferred_map", key, ev, t, svc, note, imp, importer=imp, id=ev.get("id"),
+                        buffer=ev.get("buffer"), attachment=ev.get("attachment"), holder=holder)
         if o is not None:
             self.maps_of.setdefault((imp, ev.get("attachment")), set()).add(key)
 
@@ -327,6 +327,8 @@ class Liveness:
             if name == "exporter" or o.owner == name or o.owner == "exporter" and o.what != "fence":
                 self.excused[f"{WHAT[o.what][0]}: {reason}"] += 1
                 self._end(key, {}, 0, "", reason)
+        for key in [k for k in self.signaled if k[0] == name]:
+            del self.signaled[key]    # a new incarnation's fences are its own
 
     def _run_interrupted(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.interrupted = True

@@ -45,7 +45,9 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
 - A line that is not a JSON object with int t_ns, str svc and str event is skipped and counted in
   `history_errors`; an event missing a field its handler needs is counted in `anomalies`.
 - Findings beside races (checker/findings.py): deadlocks from the wait-for graph
-  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts. The revoke summary
+  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts, and what was
+  still open when the drain ended (`stuck`: checker/liveness.py, fed its events after the
+  handlers here). The revoke summary
   is checker/revoke.py's. Witnesses get their "because" chain from checker/because.py.
 """
 

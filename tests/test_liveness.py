@@ -193,8 +193,9 @@ def test_stuck_notify_warns_and_no_shipped_strategy_or_mutant_does() -> None:
 
 def variant(tmp_path: Path, rows: str, name: str) -> str:
     path = tmp_path / f"{name.replace('-', '_')}.py"
+    added = textwrap.indent(textwrap.dedent(rows), " " * 8)
     path.write_text(STUCK_EXAMPLE.read_text().replace('NAME = "stuck-notify"', f'NAME = "{name}"')
-                    .replace("        # Missing:", textwrap.indent(textwrap.dedent(rows), " " * 8) + "        # Missing:"))
+                    .replace("        # Missing:", added + "        # Missing:"))
     return str(path)
 
 
