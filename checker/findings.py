@@ -10,6 +10,8 @@ Rules (docs/events.md, "Findings"):
   `lease` (importer_lost, reason "lease expired"), `unmap` (unmap_wait_warning, Linux 7.1).
 - `revoke_incomplete` (Linux 7.1, checker/revoke.py): a revocation ended its unmap wait while the
   exporter still had a mapping of the buffer on record: one item per such mapping.
+- `stuck` (checker/liveness.py): something begun (a move, a queued move, a deferred map, an
+  awaited fence, an unmap wait) still open when the run's drain ended (deploy's workload_stop).
 - Counts count everything; item lists keep the first MAX_ITEMS. Sentences are written at report
   time, when the history's start and the fate of each cycle are known.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from checker import liveness
 from checker.model import importer_name
 from checker.waitfor import HOLDER_KINDS, Cycle, Node, WaitFor
 from checker.witness import rel_ms
@@ -29,10 +32,12 @@ DEADLOCK = "deadlock"
 FENCE_FORCED = "fence_forced"
 TIMEOUT = "timeout"
 REVOKE_INCOMPLETE = "revoke_incomplete"
-FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE)
+STUCK = "stuck"
+FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, STUCK)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
-CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE)
+# A stuck item is a liveness rule broken: the protocol stopped making progress.
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, STUCK)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 
@@ -179,10 +184,21 @@ class Findings:
         self._fence_round: dict[tuple[Any, Any], dict[str, Any]] = {}   # (buffer, move) -> its timeout item
         self.incomplete: list[dict[str, Any]] = []
         self.n_incomplete = 0
+        self.stuck_items: list[dict[str, Any]] = []
+        self.n_stuck = 0
+        self.stuck_by_what = {w: 0 for w in liveness.WHAT}
+        self.liveness: liveness.Liveness | None = None   # set by the oracle: whether and how it judged
 
     @property
     def total(self) -> int:
-        return self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete
+        return self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.n_stuck
+
+    def stuck(self, item: dict[str, Any]) -> None:
+        """Something still open when the drain ended (checker/liveness.py fills in its end, if any)."""
+        self.n_stuck += 1
+        self.stuck_by_what[item["what"]] += 1
+        if len(self.stuck_items) < MAX_ITEMS:
+            self.stuck_items.append(item)
 
     def revoke_incomplete(self, item: dict[str, Any]) -> None:
         """A mapping still on record when its revocation's unmap wait ended (checker/revoke.py
@@ -237,6 +253,12 @@ class Findings:
             TIMEOUT: {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
             REVOKE_INCOMPLETE: {"count": self.n_incomplete, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _incomplete_sentence(x, t0)} for x in self.incomplete]},
+            STUCK: {"count": self.n_stuck, "by_what": dict(self.stuck_by_what),
+                    "summary": liveness.phrase(self.stuck_by_what),
+                    **(self.liveness.status() if self.liveness is not None else {"judged": False, "why_not": None,
+                                                                                  "bound_t_ns": None, "excused": {}}),
+                    "items": [{**x, "t_s": secs(x["t_ns"]), "sentence": liveness.sentence(x, t0)}
+                              for x in self.stuck_items]},
         }
 
     @staticmethod

@@ -45,7 +45,9 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
 - A line that is not a JSON object with int t_ns, str svc and str event is skipped and counted in
   `history_errors`; an event missing a field its handler needs is counted in `anomalies`.
 - Findings beside races (checker/findings.py): deadlocks from the wait-for graph
-  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts. The revoke summary
+  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts, and what was
+  still open when the drain ended (`stuck`: checker/liveness.py, fed its events after the
+  handlers here). The revoke summary
   is checker/revoke.py's. Witnesses get their "because" chain from checker/because.py.
 """
 
@@ -80,6 +82,7 @@ from checker.model import (
     importer_name,
 )
 from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT, Findings
+from checker.liveness import HANDLED as LIVENESS_EVENTS, Liveness
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -165,7 +168,19 @@ _DISPATCH: dict[str, str] = {
     "run_stop": "_run_stop",
     "run_interrupted": "_run_interrupted",
 }
-require_known([*_DISPATCH, *WAITFOR_EVENTS], "checker/oracle.py")
+require_known([*_DISPATCH, *WAITFOR_EVENTS, *LIVENESS_EVENTS], "checker/oracle.py")
+
+
+def _then(first: Callable[[dict[str, Any], int, str], None] | None,
+          second: Callable[[dict[str, Any], int, str], None]) -> Callable[[dict[str, Any], int, str], None]:
+    """A handler that runs `first` (if any), then `second`."""
+    if first is None:
+        return second
+
+    def both(ev: dict[str, Any], t: int, svc: str) -> None:
+        first(ev, t, svc)
+        second(ev, t, svc)
+    return both
 
 
 class _LastWrite:
@@ -316,6 +331,10 @@ class Oracle:
             name: attrgetter(path)(self) for name, path in _DISPATCH.items()}
         for name in WAITFOR_EVENTS:
             self._handlers.setdefault(name, getattr(self.waitfor, name))
+        # Liveness (checker/liveness.py) sees its events after the handler above, if any.
+        self.liveness = self.findings.liveness = Liveness(self.findings.stuck, on_finding)
+        for name, live in self.liveness.handlers().items():
+            self._handlers[name] = _then(self._handlers.get(name), live)
 
     # ------------------------------------------------------------------ the pass
 

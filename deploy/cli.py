@@ -215,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--table", action="store_true",
                       help="print NAME's tables as they run: base, strategy and load rows, each marked by origin")
     what.add_argument("--diagram", metavar="NAME|PATH", help="print the exporter's and the importer's state diagrams")
-    what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way")
+    what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way, then one per "
+                           "warning (a state a move may never leave: protocol/liveness_check.py)")
     what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
     what.add_argument("--mutants", action="store_true",
                       help="list the mutants (known kernel bugs: BASE+MUTATION), each with the rule it breaks, "
@@ -273,7 +274,12 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     if args.diagram or args.check:
         module = strategies.resolve(args.diagram or args.check)
         if args.check:
-            print(f"{module.SOURCE}: strategy {module.NAME}: tables checked, ok")
+            from protocol.liveness_check import strategy_warnings
+            warned = strategy_warnings(module)
+            print(f"{module.SOURCE}: strategy {module.NAME}: tables checked, ok"
+                  + (f" ({len(warned)} warning{'s' if len(warned) > 1 else ''})" if warned else ""))
+            for line in warned:
+                print(f"warning: {line}")
         else:
             print(diagram.diagrams(module, args.format, args.steps), end="")
         return EXIT_OK
