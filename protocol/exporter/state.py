@@ -14,7 +14,7 @@ Rules of this file:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from protocol.actions import Action, Emit, Send
 from protocol.exporter.table import MoveEvent, MoveState
@@ -49,6 +49,8 @@ class ExporterConfig:
     max_attachments: int = 8192      # per importer
     max_mappings: int = 256          # per importer: mapped, or waiting to be
     max_in_flight: int = 128         # per importer: requests not answered yet (maps waiting for the lock)
+    params: Mapping[str, float] = field(default_factory=dict)  # run parameters by name, as given (ms): what
+                                     # the strategy's timer lengths name (protocol/timers.py); default if absent
 
 
 @dataclass
