@@ -377,7 +377,7 @@ class ExporterService(ServiceShell):
     def _do_copy(self, action: CopyBuffer) -> None:
         job = _Copy(action)
         self.log.emit("copy_begin", buffer=action.buffer, move=action.move,
-                      from_gen=action.src.gen, to_gen=action.dst.gen)
+                      from_gen=action.src.gen, to_gen=action.dst.gen, **dict(action.trigger))
         self.loop.lane("copy").call_soon(lambda: self._copy_step(job))
 
     def _copy_step(self, job: _Copy) -> None:

@@ -341,6 +341,7 @@ class Importer:
         self._leaving = False
         self._left = False
         self._out: list[Action] = []
+        self._trigger: dict[str, str] = {}   # while a row runs: what fired it (machine.trigger)
         self._posted: list[_Att] = []               # attachments offered LEAVE after their transition
         self.lease_s = lease_s
         self.lease = ImporterLease(int(lease_s * 1e9)) if lease_s is not None else None
@@ -572,8 +573,12 @@ class Importer:
     def _dispatch(self, att: _Att, event: AttEvent, now: int, **ctx: Any) -> None:
         rule = choose(self.table, att.state, event, lambda g: IGUARDS[g](self, att, ctx),
                       self.spec.strategy, f"{self.name} attachment {att.id} (buffer {att.buffer})")
-        for step in rule.do:
-            ISTEPS[step](self, att, now, ctx)
+        outer, self._trigger = self._trigger, machine.trigger(event, {})
+        try:
+            for step in rule.do:
+                ISTEPS[step](self, att, now, ctx)
+        finally:
+            self._trigger = outer
         if rule.then is not SAME:
             att.state = rule.then
         if self._leaving and event is not AttEvent.LEAVE and event is not AttEvent.RESET:
@@ -829,7 +834,8 @@ class Importer:
         return rid
 
     def _emit(self, event: str, **fields: Any) -> None:
-        self._out.append(Emit(event, fields))
+        # While a row runs, its events record what fired it (protocol/machine.py's trigger).
+        self._out.append(Emit(event, {**fields, **self._trigger} if self._trigger else fields))
 
     def _take(self, now: int) -> list[Action]:
         if self._leaving and not self._left:

@@ -24,6 +24,8 @@ A strategy states each half of its protocol as a table: `(state, event) -> rules
   with its origin (`origins`): BASE (the half's base table, unchanged), STRATEGY (the strategy's
   own, or a base row it replaced), LOAD (added when the table was loaded: the exporter's deferred
   maps under the reservation lock), KIND (an importer kind's rows).
+- What fired a row is recorded (`trigger`): every event a row's steps emit says which event (and
+  timer) fired it, so that an explanation of a run reads its causes off the history.
 - Named members. A step or an event the vocabulary lists in `named` takes the name of something
   the strategy declares (a timer: `start_timer("grace")`, `timer_fired("grace")`), written
   `Named(member, name)`. `check_rows` refuses a bare one and a name not declared (`names`, by
@@ -314,6 +316,18 @@ def check_rows(strategy: str, vocab: Vocabulary, table: Any,
                                                    f"{vocab.guards.__name__}.{vocab.always.name}, or VIOLATION)")
         rows[key] = tuple(rules)
     return rows
+
+
+def trigger(event: Any, timers: Mapping[Any, str]) -> dict[str, str]:
+    """What an event emitted by the steps of a row records about the event that fired the row
+    (history format, see checker/catalogue.py): `trigger`, the event's name, and `timer`, the
+    timer's name when a timer fired it (a Named event's name, else `timers[event]`)."""
+    if isinstance(event, Named):
+        return {"trigger": event.member.value, "timer": event.arg}
+    out = {"trigger": event.value}
+    if event in timers:
+        out["timer"] = timers[event]
+    return out
 
 
 def _named_problem(kind: str, x: Named, vocab: Vocabulary, names: Mapping[str, Iterable[str]] | None) -> str:

@@ -38,7 +38,7 @@ from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, Publ
 from protocol.exporter.memory import MemoryManager
 from protocol.exporter.state import Attachment, Buffer, Ctx, ExporterState, Member, Move, Operation, Revocation
 from protocol.exporter.table import (AUDIENCE, BASE_TABLE, MUTANT_STEPS, NAMED, QUEUED_REASON, REFUSAL_REASONS,
-                                     ExporterSpec, Guard, MoveEvent, MoveState, Step, Who)
+                                     TIMER_EVENTS, ExporterSpec, Guard, MoveEvent, MoveState, Step, Who)
 from protocol.fence import Usage
 from protocol.heap import HeapFull
 from protocol import timers
@@ -95,11 +95,16 @@ class MoveMachine:
             ctx = Ctx(**fields)
         rule = choose(self.table, buf.state, event, lambda g: GUARDS[g](self, buf, ctx),
                       self.strategy, f"buffer {buf.id}")
-        for step in rule.do:
-            if isinstance(step, Named):
-                NAMED_STEPS[step.member](self, rule, buf, now, ctx, step.arg)
-            else:
-                STEPS[step](self, rule, buf, now, ctx)
+        st = self.state
+        outer, st.trigger = st.trigger, machine.trigger(event, TIMER_EVENTS)
+        try:
+            for step in rule.do:
+                if isinstance(step, Named):
+                    NAMED_STEPS[step.member](self, rule, buf, now, ctx, step.arg)
+                else:
+                    STEPS[step](self, rule, buf, now, ctx)
+        finally:
+            st.trigger = outer
         if rule.then is not SAME:
             buf.state = rule.then
         return ctx
@@ -383,7 +388,7 @@ class MoveMachine:
 
     def _copy(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         move = self._move(buf)
-        self.state.out.append(CopyBuffer(move.id, buf.id, move.src, move.dst))
+        self.state.out.append(CopyBuffer(move.id, buf.id, move.src, move.dst, tuple(self.state.trigger.items())))
 
     def _switch(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         self.memory.placed(buf, self._move(buf).dst)

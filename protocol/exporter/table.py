@@ -202,6 +202,12 @@ REFUSAL_REASONS: Mapping[Guard, str] = {
 QUEUED_REASON = "mapped"
 
 
+# The timers behind the events a timer fires, as events' `timer` field names them (machine.trigger);
+# TIMER_FIRED names its own (timer_fired("grace")).
+TIMER_EVENTS: Mapping[MoveEvent, str] = {
+    MoveEvent.NOTIFY_TIMEOUT: "notify", MoveEvent.FENCE_TIMEOUT: "fence", MoveEvent.RESET_TIMEOUT: "reset",
+    MoveEvent.UNMAP_WAIT_TIMEOUT: "unmap-wait"}
+
 # The steps and the event that take a timer's name (protocol/machine.py's Named members).
 NAMED: Mapping[Any, str] = {Step.START_TIMER: "timer", Step.CANCEL_TIMER: "timer", MoveEvent.TIMER_FIRED: "timer"}
 
