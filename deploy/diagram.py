@@ -248,3 +248,61 @@ def _dot(g: Graph) -> str:
 def _dot_text(text: str) -> str:
     return text.replace('"', '\\"')
 
+
+
+# ------------------------------------------------------------------------------ the vocabulary
+
+
+def vocabulary() -> str:
+    """`dmabuf-emu strategies --vocabulary`: every state, event, guard and step a table may name,
+    both halves, each with the one-line rule its declaration's comment gives (table.py,
+    importer.py: the comments are the declarations' documentation, read from the source)."""
+    from protocol.exporter import table as ext
+    from protocol import importer as imp
+    halves = (
+        ("exporter", "protocol/exporter/table.py", (("states", ext.MoveState), ("events", ext.MoveEvent),
+                                                     ("guards", ext.Guard), ("whom steps address (AUDIENCE)", ext.Who),
+                                                     ("steps", ext.Step))),
+        ("importer", "protocol/importer.py", (("states", imp.AttState), ("events", imp.AttEvent),
+                                              ("guards", imp.IGuard), ("steps", imp.IStep))),
+    )
+    out = ["# The table vocabulary: what a strategy's rows may name (Rule(guard, then, steps) keyed (state, event)).",
+           "# Wildcards (protocol/machine.py): ANY as a state (every state without its own row), SAME as a target,",
+           "# VIOLATION as a row or a target. Timers: start_timer(NAME), cancel_timer(NAME) and the event",
+           "# timer_fired(NAME) name a timer the strategy declares (ExporterSpec.timers; protocol/timers.py)."]
+    for half, where, groups in halves:
+        out += ["", f"## {half} ({where})"]
+        for title, members in groups:
+            notes = member_notes(members)
+            out += ["", f"### {title}"]
+            width = max(len(m.value) for m in members)
+            for m in members:
+                note = notes.get(m.name, "")
+                if half == "exporter" and title == "steps" and m in ext.AUDIENCE:
+                    note += f" [to: {'+'.join(w.value for w in ext.AUDIENCE[m])}]"
+                if m in ext.NAMED or m in getattr(imp, "NAMED", {}):
+                    note = f"takes a timer's name: {m.value}(NAME). " + note
+                out.append(f"{m.value.ljust(width)}  {note}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def member_notes(members: type) -> dict[str, str]:
+    """Each member's comment in the enum's source (its trailing comment and the comment lines
+    indented under it), joined into one line."""
+    import inspect
+    import re
+    notes: dict[str, str] = {}
+    current: str | None = None
+    col = 0
+    for line in inspect.getsource(members).splitlines()[1:]:
+        m = re.match(r"(\s*)([A-Z_][A-Z0-9_]*)\s*=\s*[^#]*?(?:#\s*(.*))?$", line)
+        if m and m.group(2) in members.__members__:
+            current, col = m.group(2), line.index("#") if "#" in line else len(line)
+            notes[current] = (m.group(3) or "").strip()
+            continue
+        c = re.match(r"(\s*)#\s?(.*)$", line)
+        if c and current is not None and len(c.group(1)) >= col - 1 and col and notes.get(current):
+            notes[current] += " " + c.group(2).strip()   # a continuation of the member's comment
+        else:
+            current = None
+    return notes

@@ -75,7 +75,7 @@ class MoveEvent(enum.Enum):
 
 class Guard(enum.Enum):
     __hash__ = object.__hash__
-    ALWAYS = "always"
+    ALWAYS = "always"                    # holds always: a row's last rule (no other guard held)
     PINNED = "pinned"                    # some attachment holds a pin
     MAPPED = "mapped"                    # some attachment has it mapped
     CONSERVATIVE_HINTS = "conservative"  # --hint-policy conservative
@@ -117,7 +117,7 @@ class Step(enum.Enum):
     AWAIT_ANSWERS = "await_answers"      # wait for an answer from each one notified (NOTIFY_DONE if none)
     ANSWERED = "answered"                # this attachment answered; NOTIFY_DONE once all have
     START_NOTIFY_TIMER = "start_notify_timer"    # NOTIFY_TIMEOUT after the notify timer's length (--ack-timeout)
-    CANCEL_NOTIFY_TIMER = "cancel_notify_timer"
+    CANCEL_NOTIFY_TIMER = "cancel_notify_timer"  # NOTIFY_TIMEOUT will not come
     NOTIFY_TIMED_OUT = "notify_timed_out"        # ack_timeout: who did not answer, who is responsive
     GIVE_UP_NOTIFY = "give_up_notify"            # stop waiting for them
     REVOKE_SILENT = "revoke_silent"              # revoke the ones that did not answer, of AUDIENCE
@@ -133,7 +133,7 @@ class Step(enum.Enum):
                                          # device to confirm its engine stopped, bounded by --reset-grace-ms
     REVOKE_UNCONFIRMED = "revoke_unconfirmed"    # the grace is over: lose every device that did not confirm
     PUBLISH_KERNEL_FENCE = "publish_kernel_fence"  # the move's KERNEL fence, named by later map replies
-    SIGNAL_KERNEL_FENCE = "signal_kernel_fence"
+    SIGNAL_KERNEL_FENCE = "signal_kernel_fence"  # signal it: the new placement's bytes are all there
     # bytes
     COPY = "copy"                        # copy the bytes to the destination; COPY_DONE when finished
     SWITCH = "switch"                    # the buffer's placement becomes the destination
