@@ -65,3 +65,21 @@ def test_compare_runs_the_subset(tmp_path: Path) -> None:
     rows = [line.split("|")[1].strip() for line in r.stdout.splitlines()[2:]]
     assert rows == ["move-notify", "grace-timer-test"]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["grace-timer-test", "move-notify"]
+
+
+def _summary(races: int, lost: list, not_checked: dict) -> list[str]:
+    from deploy.summary import summary_lines
+    report = {"races": {"total": races, "lost_write": races}, "moves": {}, "ops": {}, "latency_us": {},
+              "bytes_check": {"verdict": "lost writes" if lost else "ok", "buffers": 8, "foreign_lines": 0,
+                              "lost_writes": lost, "last_writes_present": 8 - len(lost) - sum(not_checked.values()),
+                              "not_checked": not_checked}}
+    return [line for line in summary_lines(report, "/tmp/x") if "final bytes" in line or "why ok" in line]
+
+
+def test_the_summary_says_why_a_lost_write_can_leave_the_final_bytes_ok() -> None:
+    lines = _summary(3, [], {"superseded": 1})
+    assert lines[0].startswith("  final bytes ok  (last writes present 7 of 8 buffers, not checked 1: superseded 1;")
+    assert "why ok with 3 lost_write race(s): only each buffer's last write is compared" in lines[1]
+    assert "(or a buffer not checked)" in lines[1]
+    assert len(_summary(0, [], {})) == 1                                   # no race: nothing to explain
+    assert len(_summary(2, [{"buffer": 0}], {})) == 1                      # the bytes say it themselves
