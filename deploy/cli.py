@@ -159,8 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                                         "dmabuf-emu compare --strategy docs/examples/move_notify_ack_defer.py "
                                         "--importers 4 --duration 3 --out runs/compare",
                                         "dmabuf-emu compare --table-only --out runs/compare",
-                                        "dmabuf-emu compare --sim --strategies resv-fence,revoke,"
-                                        "docs/examples/move_notify_ack_defer.py --duration 0.5 --out runs/subset"))
+                                        "dmabuf-emu compare --sim --strategies resv-fence,revoke,resv-fence+map-unlocked "
+                                        "--duration 0.5 --out runs/subset"))
     cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
     cm.add_argument("--force", action="store_true", help="replace the runs already in --out")
