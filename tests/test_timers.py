@@ -155,3 +155,21 @@ def test_a_length_names_only_numeric_run_parameters() -> None:
     assert "dma_ms" in timers.LENGTH_PARAMS and "strategy" not in timers.LENGTH_PARAMS
     with pytest.raises(timers.TimerError, match="unknown run parameter 'strategy'"):
         timers.check({"grace": "strategy * 2"})
+
+
+def test_the_notify_timer_keeps_its_own_steps(tmp_path: Path) -> None:
+    path = _write(tmp_path, '{"grace": "2 * dma_ms"}', start='start_timer("notify")')
+    with pytest.raises(StrategyError, match=r"start_timer\(notify\): the notify timer's steps are start_notify_timer"):
+        strategies.resolve(str(path))
+
+
+def test_a_mutant_of_a_strategy_keeps_its_timers() -> None:
+    import dataclasses
+    import types
+    from protocol.strategies import mutants
+    resv = strategies.resolve("resv-fence")
+    base = types.ModuleType("resv_fence_own_notify")
+    base.__dict__.update({k: getattr(resv, k) for k in ("NAME", "SUMMARY", "IMPORTER")})
+    base.EXPORTER = dataclasses.replace(resv.EXPORTER, timers={"notify": "3 * dma_ms"})
+    module = mutants.derive("resv-fence+map-unlocked", base)
+    assert compile_spec(module.EXPORTER).timers == {"notify": "3 * dma_ms"}

@@ -776,6 +776,7 @@ def compile_spec(spec: ExporterSpec) -> CompiledSpec:
     except timers.TimerError as err:
         raise TableError(name, "exporter", None, str(err)) from None
     names = {"timer": [t for t in declared if t != timers.NOTIFY]}   # the notify timer has steps of its own
+    _check_notify_named(name, spec.table)
     rows = machine.check_rows(name, VOCABULARY, spec.table, names)
     if not spec.breaks:
         _check_no_bugs(name, "exporter", rows, MUTANT_STEPS)
@@ -847,6 +848,21 @@ def _check_lock(name: str, rows: dict, locked: set[MoveState]) -> None:
                     if problem is not None:
                         raise TableError(name, "exporter", f"({state.value}, {event.value})", f"rule {i}: {problem}")
                     held = _held_after(held, (step,))
+
+
+def _check_notify_named(name: str, table: Any) -> None:
+    """The notify timer is declared like the others, but its steps and its event keep their own
+    names: start_timer("notify") is refused with them."""
+    if not isinstance(table, dict):
+        return
+    for (state, event), rules in table.items():
+        named = [event] + [step for rule in (rules if isinstance(rules, tuple) else ()) if isinstance(rule, Rule)
+                           for step in rule.do]
+        for x in named:
+            if isinstance(x, Named) and x.arg == timers.NOTIFY:
+                raise TableError(name, "exporter", f"({getattr(state, 'value', state)}, {getattr(event, 'value', event)})",
+                                 f"{x.value}: the notify timer's steps are start_notify_timer and cancel_notify_timer, "
+                                 f"and it fires notify_timeout")
 
 
 def _check_no_bugs(name: str, half: str, rows: dict, bugs: frozenset) -> None:
