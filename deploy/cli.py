@@ -297,7 +297,9 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     width = max(map(len, listed))
     for name, module in listed.items():
         where = "" if name in strategies.STRATEGIES else "  (installed)"
-        print(f"{name.ljust(width)}  {module.SUMMARY}{where}")
+        own = module.EXPORTER.timers   # the timers it declares (the notify timer's default is not one)
+        timers = f"  (timers: {', '.join(f'{t} = {n}' for t, n in own.items())})" if own else ""
+        print(f"{name.ljust(width)}  {module.SUMMARY}{timers}{where}")
     return EXIT_OK
 
 
