@@ -3,8 +3,11 @@
 Rules:
 - A race has two sides: the exporter's edge (the copy began, the range was freed, the mapping
   was dropped) and the job that was still accessing. The chain says why each side was where it
-  was, from the events alone: what the exporter had waited for before copying (every ack, every
-  callback's return, its fence wait, a timeout, or nothing), and why the job was still running
+  was, from the events alone. The exporter's side is read off what fired the row that copied (or
+  freed): copy_begin's `trigger` and `timer` (a strategy's own timer, the notify timer, the last
+  answer awaited, the fence wait's end, the move's beginning), never from which strategy ran, so
+  a strategy of one's own is explained as truly as a shipped one; with the times and counts of
+  what had come by then. A history without those fields is read off its waits. Why the job was still running
   (it began before move_notify reached its importer; the map reply that started it crossed
   move_notify; no move_notify went to its attachment; a rogue device).
 - "Crossed" is read off four times: the map reply's send (map_served) and receipt (the importer's
@@ -12,6 +15,8 @@ Rules:
   received the notification first and the reply after, whether the exporter sent the reply
   after the notification (it served a placement it was moving) or before (the two messages passed
   each other).
+- Two events at one instant are not ordered in words: "at the same instant", never "first ...
+  then" (the order in which one process wrote them is not an order in time).
 - Every time in a sentence is one of the cited events, which `context_events` returns (the
   witness's own events are the race's proof; these are the messages and waits around it).
 - Nothing here changes a verdict.
@@ -48,35 +53,109 @@ def _note(job: Job) -> tuple[MoveNotes | None, NotifyNote | None]:
 
 
 def why_copy(rec: GenRecord, notes: MoveNotes | None, at: Any, edge_t: int) -> str:
-    """Why the exporter began copying gen g away when it did (or freed it, when it never copied)."""
+    """Why the exporter began copying gen g away when it did (or freed it, when it never copied):
+    read off what fired the row that did it (copy_begin's or free's `trigger` and `timer`), and
+    what had come by then. A history without those fields is read as before (`_waited`)."""
     b, g = rec.buffer, rec.gen
-    what = (f"the copy of buffer {b} off gen {g} began at {at(rec.copy_begin_t)}" if rec.copy_begin_t is not None
+    copying = rec.copy_begin_t is not None
+    what = (f"the copy of buffer {b} off gen {g} began at {at(rec.copy_begin_t)}" if copying
             else f"the exporter freed buffer {b}'s gen {g} range at {at(rec.free_t)} without a copy")
     if notes is None:
         return f"{what} (the beginning of its move is not in the history)"
+    cause = rec.copy_cause if copying else rec.free_cause
+    if cause is None:
+        return f"{what}, because {_waited(notes, at, edge_t, rec)}"
+    return f"{what}, because {_fired(cause, notes, at, edge_t, rec)}"
+
+
+def _op(notes: MoveNotes) -> tuple[list[NotifyNote], str]:
     sent = [n for n in notes.atts.values() if n.sent_t is not None]
-    op = sent[0].op if sent else "move_notify"
+    return sent, (sent[0].op if sent else "move_notify")
+
+
+def _answers(notes: MoveNotes, edge_t: int) -> str:
+    """What had answered the notification by `edge_t`, as counts (facts, not causes)."""
+    sent, op = _op(notes)
+    if not sent:
+        return f"no {op} had gone out"
+    acked = sum(1 for n in sent if n.ack_t is not None and n.ack_t <= edge_t)
+    returned = sum(1 for n in sent if n.returned_t is not None and n.returned_t <= edge_t)
+    acks = any(n.ack_t is not None or n.ack_sent_t is not None for n in sent)   # an importer that acks at all
+    return (f"{returned} of {len(sent)} {op} callbacks had returned"
+            + (f" and {acked} of {len(sent)} acks had come" if acks else "") + " by then")
+
+
+def _fired(cause: dict[str, Any], notes: MoveNotes, at: Any, edge_t: int, rec: GenRecord) -> str:
+    """The row's trigger, in words, with the times that show it."""
+    trigger, timer = cause.get("trigger"), cause.get("timer")
+    sent, op = _op(notes)
+    if trigger == "timer_fired":
+        return (f"the strategy's own timer {timer} fired at {at(edge_t)} and its row copies then ({_answers(notes, edge_t)}; "
+                f"the row waits for none of them)")
+    if trigger == "notify_timeout" or (timer == "notify"):
+        none = f" (none from {_names(notes.ack_timeout[1])})" if notes.ack_timeout is not None else ""
+        return f"the notify timer fired at {at(edge_t)}: the wait for answers to {op} timed out{none}"
+    if trigger == "notify_done":
+        last = _last_answer(sent, edge_t)
+        if last is None:
+            return f"nothing was awaited: no {op} went out for this move, so the notification was done at once"
+        t, imp, how = last
+        return (f"every attachment the move waited for had answered {op}: the last answer, {imp}'s {how}, came "
+                f"at {at(t)}" + (" (the same instant)" if t == edge_t else ""))
+    if trigger == "fences_signaled":
+        began = f" (it had waited for them since {at(notes.fence_wait_begin_t)})" if notes.fence_wait_begin_t else ""
+        forced = f", after forcing the fences of {_names(notes.forced)}" if notes.forced else ""
+        return f"the exporter's wait for the buffer's fences ended at {at(edge_t)}{began}{forced}"
+    if trigger in ("move_wanted", "last_unmap"):
+        when = "as the move began" if trigger == "move_wanted" else "as the queued move began, on the last unmap"
+        if not sent:
+            return (f"its row copies {when} (on {trigger}), waiting for nothing: no {op} went out for this move "
+                    f"(begun at {at(rec.out_begin_t)})")
+        first = min(n.sent_t for n in sent)  # type: ignore[type-var]
+        return (f"its row copies {when} (on {trigger}), waiting for no answer: it sent {op} at {at(first)} and "
+                f"went on ({_answers(notes, edge_t)})")
+    if timer:
+        return f"the {timer} timer fired at {at(edge_t)} ({trigger})"
+    return f"the table's row for {trigger} ran at {at(edge_t)}"
+
+
+def _last_answer(sent: list[NotifyNote], edge_t: int) -> tuple[int, str, str] | None:
+    """The answer that completed the notification: the latest ack or callback return by `edge_t`
+    of the kind that every attachment notified gave."""
+    best: tuple[int, str, str] | None = None
+    for attr, how in (("ack_t", "ack"), ("returned_t", "callback return")):
+        times = [(getattr(n, attr), n.importer) for n in sent]
+        if sent and all(t is not None and t <= edge_t for t, _ in times):
+            t, imp = max(times)  # type: ignore[type-var]
+            if best is None or t > best[0]:
+                best = (t, imp, how)
+    return best
+
+
+def _waited(notes: MoveNotes, at: Any, edge_t: int, rec: GenRecord) -> str:
+    """For a history without triggers: what the exporter had waited for, read off the waits."""
+    sent, op = _op(notes)
     if notes.fence_wait_end_t is not None and notes.fence_wait_end_t <= edge_t:
         began = f" (it had waited for them since {at(notes.fence_wait_begin_t)})" if notes.fence_wait_begin_t else ""
         forced = f", after forcing the fences of {_names(notes.forced)}" if notes.forced else ""
-        return f"{what}, because the exporter's wait for the buffer's fences ended at {at(notes.fence_wait_end_t)}{began}{forced}"
+        return f"the exporter's wait for the buffer's fences ended at {at(notes.fence_wait_end_t)}{began}{forced}"
     if notes.ack_timeout is not None and notes.ack_timeout[0] <= edge_t:
         t, imps = notes.ack_timeout
-        return f"{what}, because the exporter's wait for answers to {op} timed out at {at(t)} (none from {_names(imps)})"
+        return f"the exporter's wait for answers to {op} timed out at {at(t)} (none from {_names(imps)})"
     if not sent:
-        return (f"{what}, because nothing held it back: no {op} went out for this move "
+        return (f"nothing held it back: no {op} went out for this move "
                 f"(begun at {at(rec.out_begin_t)}): no attachment had the buffer mapped")
     acked = [n for n in sent if n.ack_t is not None and n.ack_t <= edge_t]
     returned = [n for n in sent if n.returned_t is not None and n.returned_t <= edge_t]
     if notes.last_ack is not None and len(acked) == len(sent):
         t, imp = notes.last_ack
-        return f"{what}, because the exporter had every ack by {at(t)} (the last from {imp})"
+        return f"the exporter had every ack by {at(t)} (the last from {imp})"
     if notes.last_return is not None and len(returned) == len(sent):
         t, imp = notes.last_return
-        return f"{what}, because every {op} callback had returned by {at(t)} (the last from {imp})"
+        return f"every {op} callback had returned by {at(t)} (the last from {imp})"
     first = min(n.sent_t for n in sent)  # type: ignore[type-var]
     waited = f" ({len(acked)} of {len(sent)} acks had come)" if acked else ""
-    return f"{what}, because the exporter waited for no answer: it sent {op} at {at(first)} and went on{waited}"
+    return f"the exporter waited for no answer: it sent {op} at {at(first)} and went on{waited}"
 
 
 def why_running(job: Job, notes: MoveNotes | None, n: NotifyNote | None, at: Any, edge_t: int,
@@ -85,6 +164,7 @@ def why_running(job: Job, notes: MoveNotes | None, n: NotifyNote | None, at: Any
     `edge_t`: "the copy began", "the range was freed"), or began on it after."""
     verb = "write" if job.write else "read"
     head = (f"the {verb} was still running when {edge_what} at {at(edge_t)}" if job.begin_t < edge_t
+            else f"the {verb} began at {at(job.begin_t)}, the same instant as {edge_what}" if job.begin_t == edge_t
             else f"the {verb} began at {at(job.begin_t)}, after {edge_what} at {at(edge_t)}")
     m = MapInfo.of(job.map)
     if job.rogue:
@@ -133,22 +213,32 @@ def why_running(job: Job, notes: MoveNotes | None, n: NotifyNote | None, at: Any
             text = (f"{head}, because the map reply that started it crossed {op}: the exporter answered "
                     f"{job.svc}'s map (request {m.id}) at {at(m.served_t)} with gen {m.gen}, after sending {op} "
                     f"at {at(n.sent_t)}; {job.svc} received {op} at {at(n.recv_t)}{state} while the map was "
-                    f"in flight, then the reply at {at(m.recv_t)}, and began the job on the old placement at "
+                    f"in flight, {_then(m.recv_t, n.recv_t, at, 'the reply')}, and began the job on the old placement at "
                     f"{at(job.begin_t)}")
         elif m.served_t is not None:
+            got = (f"received {op} first, at {at(n.recv_t)}{state}, and the reply after, at {at(m.recv_t)}"
+                   if m.recv_t > n.recv_t else
+                   f"received {op} and the reply at the same instant, {at(n.recv_t)}{state}")
             text = (f"{head}, because the map reply that started it crossed {op} on the way: the exporter sent "
                     f"the reply to {job.svc}'s map (request {m.id}) at {at(m.served_t)}, before {op} at "
-                    f"{at(n.sent_t)}, but {job.svc} received {op} first, at {at(n.recv_t)}{state}, and the reply "
-                    f"after, at {at(m.recv_t)}, and began the job on the old placement at {at(job.begin_t)}")
+                    f"{at(n.sent_t)}, but {job.svc} {got}, and began the job on the old placement at {at(job.begin_t)}")
         else:
+            rel = (f"after {op} at {at(n.recv_t)}{state}" if m.recv_t > n.recv_t
+                   else f"the same instant as {op}{state}")
             text = (f"{head}, because the map reply that started it (request {m.id}) reached {job.svc} at "
-                    f"{at(m.recv_t)}, after {op} at {at(n.recv_t)}{state}, and the job began on the old "
-                    f"placement at {at(job.begin_t)}")
+                    f"{at(m.recv_t)}, {rel}, and the job began on the old placement at {at(job.begin_t)}")
         if n.ack_sent_t is not None and n.ack_sent_t <= m.recv_t:
             text += f"; {job.svc} had acked at {at(n.ack_sent_t)}, before the reply came"
         return text
     return (f"{head}, because {job.svc} began the job at {at(job.begin_t)} although {op} had reached it at "
             f"{at(n.recv_t)}")
+
+
+def _then(t: int, before: int, at: Any, what: str) -> str:
+    """`what` at `t`, after something at `before`, in words: "then WHAT at T", or "and WHAT at the
+    same instant" (two events at one time are not ordered in words: the history's order of them is
+    only the order they were written in)."""
+    return f"then {what} at {at(t)}" if t > before else f"and {what} at the same instant"
 
 
 def because(race: Race, t0: int) -> list[str]:

@@ -333,6 +333,28 @@ EVENTS: tuple[Event, ...] = (
        "the services are down: which stopped when asked, were terminated or killed, and the shared memory removed"),
 )
 
+# The events a table row's steps emit (protocol/exporter/moves.py, protocol/importer.py): each
+# records what fired its row, `trigger` (the table event) and, when a timer fired it, `timer`.
+ROW_FIELDS = "trigger timer"
+ROW_EVENTS: Mapping[str, tuple[str, ...]] = {
+    "exporter": ("ack_timeout", "attachment_revoked", "copy_begin", "fence_signal", "fence_wait_begin",
+                 "fence_wait_end", "free", "importer_lost", "invalidate_mappings_sent", "map_deferred",
+                 "map_served", "move_begin", "move_cancelled", "move_end", "move_notify_sent", "move_queued",
+                 "move_refused", "pin", "refcount_warning", "reset_confirmed", "reset_unconfirmed",
+                 "reset_wait_begin", "resv_lock", "resv_unlock", "revoke", "unmap_wait_begin", "unmap_wait_end",
+                 "unmap_wait_warning", "unpin", "unrevoke"),
+    "importer": ("ack_sent", "attach", "attach_refused", "detach", "fence_blocked", "fence_unblocked",
+                 "invalidate", "invalidate_mappings_returned", "job_failed", "map", "reattach_refused",
+                 "revoked", "unmap"),
+}
+_ROW_NOTES = {"trigger": "the table event that fired the row that emitted it (`move_wanted`, `notify_done`, "
+                         "`timer_fired`, ...), when a row did",
+              "timer": "the timer that fired it, when one did: `notify`, `fence`, `reset`, `unmap-wait`, or a "
+                       "timer the strategy declares (`timer_fired`)"}
+EVENTS = tuple(Event(e.name, e.svc, e.required, e.optional + tuple(ROW_FIELDS.split()), e.meaning,
+                     {**e.notes, **_ROW_NOTES}) if e.name in ROW_EVENTS.get(e.svc, ()) else e for e in EVENTS)
+assert {(svc, n) for svc, names in ROW_EVENTS.items() for n in names} <= {(e.svc, e.name) for e in EVENTS}
+
 BY_KEY: dict[tuple[str, str], Event] = {}
 for _ev in EVENTS:
     assert _ev.svc in EMITTERS, f"checker/catalogue.py: {_ev.name}: no such emitter {_ev.svc!r}"

@@ -12,7 +12,8 @@ Public API (the exploration tool, issue 14, calls the first):
     mermaid_sequence(events, t0) -> str                  the diagram alone
 
 Rules:
-- witness.md holds the race's sentence, its "because" chain (checker/because.py), the events
+- witness.md holds the race's sentence, its "because" chain (checker/because.py), the faults a
+  shrunk schedule kept (given as data by the caller: sim/explore.py), the events
   that prove it (report.json's witness `events`), the messages and waits the chain cites
   (`context`), and a Mermaid `sequenceDiagram`: one lifeline per service (exporter first, then
   importers by number), messages as arrows drawn where they were received (a request `->>`, a
@@ -34,7 +35,7 @@ from typing import Any, Iterable
 from checker.history import open_history
 from checker.jsonio import dumps
 from checker.model import RACE_KINDS
-from checker.oracle import Oracle
+from checker.oracle import Oracle, describe_fault
 from checker.witness import rel_ms
 
 MERMAID_SAFE = re.compile(r"[^A-Za-z0-9 .,+=/_'()-]")
@@ -68,9 +69,12 @@ def _judge(history: Path | str | Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_witness_md(history: Path | str | Iterable[dict[str, Any]], index: int, out_path: Path | str,
-                     *, report: dict[str, Any] | None = None) -> dict[str, Any]:
+                     *, report: dict[str, Any] | None = None,
+                     kept: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the `index`-th witness (1-based, report.md's order) of `history` to `out_path`.
-    `report`: the history's report when the caller already has it (it is then not judged again)."""
+    `report`: the history's report when the caller already has it (it is then not judged again).
+    `kept`: the faults a shrunk schedule kept, as data (`{"decision", "stream", "value"}` each: the
+    checker imports nothing of the simulator), named in their own section."""
     if report is None:
         report = _judge(history)
     listed = listed_witnesses(report)
@@ -80,7 +84,8 @@ def write_witness_md(history: Path | str | Iterable[dict[str, Any]], index: int,
         raise IndexError(f"witness {index}: the history has {len(listed)} witness(es), numbered 1..{len(listed)}")
     kind, w = listed[index - 1]
     source = str(history) if isinstance(history, (str, Path)) else None
-    Path(out_path).write_text(render_witness_md(w, kind, report.get("t0_ns") or 0, index=index, source=source))
+    Path(out_path).write_text(render_witness_md(w, kind, report.get("t0_ns") or 0, index=index, source=source,
+                                                kept=kept))
     return {**w, "kind": kind, "index": index}
 
 
@@ -112,7 +117,7 @@ def _table(events: list[dict[str, Any]], t0: int, cols: tuple[str, ...]) -> list
 
 
 def render_witness_md(w: dict[str, Any], kind: str, t0: int, *, index: int | None = None,
-                      source: str | None = None) -> str:
+                      source: str | None = None, kept: Iterable[dict[str, Any]] | None = None) -> str:
     job = w.get("job") or {}
     title = f"# Witness{f' {index}' if index is not None else ''}: {kind} on buffer {job.get('buffer')}"
     title += f" ({job.get('svc')} job {job.get('job')})"
@@ -121,6 +126,14 @@ def render_witness_md(w: dict[str, Any], kind: str, t0: int, *, index: int | Non
     if because:
         lines += ["## Why", ""]
         lines += [f"- {b[0].upper() + b[1:]}." for b in because]
+        lines.append("")
+    if kept is not None:
+        faults = list(kept)
+        lines += ["## The faults the schedule kept", ""]
+        lines += ([f"- decision {f.get('decision')}: "
+                   + (f"the fault `{describe_fault(f['fault'])}` " if f.get("fault") else "")
+                   + f"(draws `{f.get('stream')}`) drew `{f.get('value')}`" for f in faults]
+                  or ["- none: the race needs no fault, only the order of steps"])
         lines.append("")
     lines += ["## The events that prove it", ""]
     lines += _table(w.get("events") or [], t0, ("buffer", "gen", "job", "access", "placement", "move"))

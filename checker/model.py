@@ -72,6 +72,8 @@ class GenRecord:
     notes: "MoveNotes | None" = None   # the move off this generation: what it waited for
     copy_begin_t: int | None = None    # from here on, writes to this generation may be lost
     free_t: int | None = None          # from here on, reads of this generation may see other bytes
+    copy_cause: dict[str, Any] | None = None   # what fired the row that began that copy: copy_begin's
+    free_cause: dict[str, Any] | None = None   # (and free's) `trigger` and `timer` fields, as recorded
 
 
 @dataclass(slots=True)

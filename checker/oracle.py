@@ -219,6 +219,12 @@ def describe_fault(f: Any) -> str:
     return f"{' '.join(parts)} -> {f.get('target', 'importers')} {when}"
 
 
+def _cause(ev: dict[str, Any]) -> dict[str, Any] | None:
+    """What fired the row that emitted `ev` (its trigger and timer fields), None if not recorded."""
+    cause = {k: ev[k] for k in ("trigger", "timer") if k in ev}
+    return cause or None
+
+
 def _op_key(ev: dict[str, Any]) -> tuple[str, Any]:
     """The move or revocation an event belongs to."""
     return ("move", ev.get("move")) if ev.get("move") is not None else ("revoke", ev.get("revoke"))
@@ -843,6 +849,7 @@ class Oracle:
         src = self._rec(buffer, ev["from_gen"])
         if src.copy_begin_t is None:
             src.copy_begin_t = t
+            src.copy_cause = _cause(ev)
         if src.out_move is None:
             src.out_move = ev.get("move")
         dst = self._gens(buffer).gens.get(ev.get("to_gen"))
@@ -858,6 +865,7 @@ class Oracle:
         src = self._rec(ev["buffer"], ev["from_gen"])
         if src.free_t is None:
             src.free_t = t
+            src.free_cause = _cause(ev)
 
     def _move_end(self, ev: dict[str, Any], t: int, svc: str) -> None:
         self.moves["completed"] += 1

@@ -161,11 +161,16 @@ def _parser() -> argparse.ArgumentParser:
                         epilog=examples("dmabuf-emu compare --importers 4 --duration 3 --out runs/compare",
                                         "dmabuf-emu compare --strategy docs/examples/move_notify_ack_defer.py "
                                         "--importers 4 --duration 3 --out runs/compare",
-                                        "dmabuf-emu compare --table-only --out runs/compare"))
+                                        "dmabuf-emu compare --table-only --out runs/compare",
+                                        "dmabuf-emu compare --sim --strategies resv-fence,revoke,resv-fence+map-unlocked "
+                                        "--duration 0.5 --out runs/subset"))
     cm.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     cm.add_argument("--out", required=True, type=Path, help="directory for the runs (created)")
     cm.add_argument("--force", action="store_true", help="replace the runs already in --out")
     cm.add_argument("--table-only", action="store_true", help="do not run: rebuild the table from OUT/*/report.json")
+    cm.add_argument("--strategies", default=None, metavar="NAME,...",
+                    help="only these, in this order: built-in names (unmap-hint: both hint policies), .py files, "
+                         "installed strategies, mutants BASE+MUTATION (default: every built-in one)")
     cm.add_argument("--sim", action="store_true", help="simulate each run (dmabuf-emu sim) instead of running it")
     cm.add_argument("--versus", type=Path, default=None, metavar="DIR",
                     help="with --table-only: one table of OUT's runs beside DIR's (real against simulated)")
@@ -200,7 +205,11 @@ def _parser() -> argparse.ArgumentParser:
                                     "each built-in one models and its hazard are in protocol/strategies/*.py. "
                                     "--diagram draws both halves' state diagrams from the strategy's tables; "
                                     "NAME --table prints the tables that run, every row marked by its origin "
-                                    "(base, strategy, load, kind); "
+                                    "(base, strategy, load, kind), and the strategy's timers (each declared "
+                                    "beside its tables with its length in run parameters, e.g. grace = 2 * dma_ms; "
+                                    "the notify timer is ack_timeout_ms unless the strategy declares its own), "
+                                    "which the diagrams' titles name too; --vocabulary lists what a table may "
+                                    "name, each with its rule; "
                                     "--check loads a strategy of your own and checks its tables, as every "
                                     "command does before it starts anything.",
                         epilog=examples("dmabuf-emu strategies --diagram resv-fence",
@@ -209,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "dmabuf-emu strategies --check docs/examples/move_notify_ack_defer.py",
                                         "dmabuf-emu strategies --doc",
                                         "dmabuf-emu strategies --mutants",
+                                        "dmabuf-emu strategies --vocabulary",
                                         "dmabuf-emu strategies --diagram resv-fence+map-unlocked"))
     st.add_argument("name", nargs="?", metavar="NAME|PATH", help="the strategy --table prints")
     what = st.add_mutually_exclusive_group()
@@ -218,6 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way, then one per "
                            "warning (a state a move may never leave: protocol/liveness_check.py)")
     what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
+    what.add_argument("--vocabulary", action="store_true",
+                      help="print every state, event, guard and step a table may name, both halves, each with "
+                           "its one-line rule")
     what.add_argument("--mutants", action="store_true",
                       help="list the mutants (known kernel bugs: BASE+MUTATION), each with the rule it breaks, "
                            "its source, what the checker must find and the workload it needs")
@@ -266,6 +279,9 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     if args.mutants:
         print("\n".join(_mutant_lines()))
         return EXIT_OK
+    if args.vocabulary:
+        print(diagram.vocabulary(), end="")
+        return EXIT_OK
     if args.table or args.name:
         if not (args.table and args.name):
             raise OptionError("strategies: NAME goes with --table (dmabuf-emu strategies NAME --table)")
@@ -292,7 +308,9 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     width = max(map(len, listed))
     for name, module in listed.items():
         where = "" if name in strategies.STRATEGIES else "  (installed)"
-        print(f"{name.ljust(width)}  {module.SUMMARY}{where}")
+        own = module.EXPORTER.timers   # the timers it declares (the notify timer's default is not one)
+        timers = f"  (timers: {', '.join(f'{t} = {n}' for t, n in own.items())})" if own else ""
+        print(f"{name.ljust(width)}  {module.SUMMARY}{timers}{where}")
     return EXIT_OK
 
 
@@ -398,13 +416,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from deploy.compare import compare, run_dirs, table, variants, versus
+    from deploy.compare import compare, parse_strategies, run_dirs, table, variants, versus
     from deploy.run import run
+    try:
+        only = parse_strategies(args.strategies) if args.strategies is not None else None
+        if only is not None:
+            variants(only)
+    except ValueError as exc:
+        raise OptionError(f"--strategies: {exc}") from None
     if args.table_only:
-        print(table(args.out) if args.versus is None else versus(args.out, args.versus))
+        print(table(args.out, only) if args.versus is None else versus(args.out, args.versus))
         return EXIT_OK
     params = options.resolve(args.scenario, vars(args))
-    rundir.claim(run_dirs(args.out, extra=params.strategy), force=args.force, say=_say)
+    rundir.claim(run_dirs(args.out, only, extra=params.strategy), force=args.force, say=_say)
 
     def one(p: options.RunParams, out: Path) -> dict:
         if args.sim:
@@ -416,9 +440,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"  {label}: races {report['races']['total']}, moves completed {report['moves']['completed']}, "
               f"refused {report['moves']['refused']}", file=sys.stderr, flush=True)
 
-    print(f"compare: {len(variants(extra=params.strategy))} runs of "
+    print(f"compare: {len(variants(only, extra=params.strategy))} runs of "
           f"{params.duration:g} s each -> {args.out}", file=sys.stderr)
-    print(compare(params, args.out, one, done))
+    print(compare(params, args.out, one, done, only))
     return EXIT_OK
 
 

@@ -4,7 +4,9 @@ Each strategy gets its own run directory OUT/<label>; the table is derived from 
 report.json files only, so `dmabuf-emu compare --table-only OUT` rebuilds it from finished runs.
 unmap-hint appears twice, once per hint policy: they are the two halves of option 1's argument.
 A strategy of the user's own (`--strategy ./mine.py`, or an installed one) runs after the
-built-in ones, in OUT/<its NAME>, and has its row at the bottom of the table.
+built-in ones, in OUT/<its NAME>, and has its row at the bottom of the table. `--strategies
+a,b,FILE` runs those only, in that order: built-in names, variant labels, files, installed
+strategies and mutants.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import Any, Callable, Sequence
 from checker.model import LOST_WRITE, RACE_KINDS, STALE_READ
 from deploy.interrupt import Interrupted
 from deploy.options import RunParams
-from protocol.strategies import STRATEGIES, resolve
+from protocol.strategies import STRATEGIES, StrategyError, resolve
 
 
 def variants(only: Sequence[str] | None = None, extra: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(label, overrides) of every built-in strategy, or of the labels in `only` (in this order),
-    then `extra` (a strategy of the user's own) if it is not a built-in one."""
+    """(label, overrides) of every built-in strategy, or of those `only` names (in this order),
+    then `extra` (a strategy of the user's own) if it is not a built-in one nor named in `only`.
+    An item of `only` is a variant's label, a built-in strategy's name (unmap-hint: both of its
+    variants), or any strategy resolve() knows: a .py file, an installed one, a mutant BASE+MUTATION
+    (labelled by its NAME). ValueError for a name that is none of these, or one given twice."""
     out: list[tuple[str, dict[str, Any]]] = []
     for name in STRATEGIES:
         if name == "unmap-hint":
@@ -30,14 +35,35 @@ def variants(only: Sequence[str] | None = None, extra: str | None = None) -> lis
                     ("unmap-hint (conservative)", {"strategy": name, "hint_policy": "conservative"})]
         else:
             out.append((name, {"strategy": name}))
-    own = [(resolve(extra).NAME, {"strategy": extra})] if extra is not None and extra not in STRATEGIES else []
     if only is None:
-        return out + own
-    known = dict(out)
-    unknown = [label for label in only if label not in known]
-    if unknown:
-        raise ValueError(f"no such strategy variant: {', '.join(unknown)} (known: {', '.join(known)})")
-    return [(label, known[label]) for label in only] + own
+        chosen = out
+    else:
+        known = dict(out)
+        chosen = []
+        for item in only:
+            if item in known:
+                chosen.append((item, known[item]))
+            elif item in STRATEGIES:
+                chosen += [(label, o) for label, o in out if o["strategy"] == item]
+            else:
+                try:
+                    module = resolve(item)
+                except StrategyError as exc:
+                    raise ValueError(str(exc)) from None
+                chosen.append((module.NAME, {"strategy": item}))
+        labels = [label for label, _ in chosen]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"named twice: {', '.join(twice)}")
+    named = {o["strategy"] for _, o in chosen}
+    own = ([(resolve(extra).NAME, {"strategy": extra})]
+           if extra is not None and extra not in STRATEGIES and extra not in named else [])
+    return chosen + own
+
+
+def parse_strategies(text: str) -> list[str]:
+    """`--strategies a,b,FILE`: the names, in order (empty items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _dirname(label: str) -> str:

@@ -23,6 +23,7 @@ docs/strategies.md is `dmabuf-emu strategies --doc` (tests/test_diagrams.py fail
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from types import ModuleType
 
 from protocol import machine
@@ -32,6 +33,7 @@ from protocol.exporter.table import AUDIENCE
 from protocol.importer import VOCABULARY as IMPORTER_VOCABULARY, running as importer_running
 from protocol.machine import ANY, SAME, VIOLATION
 from protocol.params import IMPORTER_KINDS
+from protocol.timers import NOTIFY
 
 FORMATS = ("mermaid", "dot")
 ANY_NODE = "any"
@@ -68,7 +70,7 @@ def graph(strategy: ModuleType, half: str, steps: bool = False) -> Graph:
     internal: dict[str, list[str]] = {}
     has_any = False
     for state in [*order, ANY]:
-        for event in vocab.events:
+        for event in machine.events_of(vocab, rows):
             rules = rows.get((state, event))
             if rules is None or rules is VIOLATION:
                 continue
@@ -91,7 +93,10 @@ def graph(strategy: ModuleType, half: str, steps: bool = False) -> Graph:
                     continue
                 edges.append(Edge(src, rule.then.value, label))
                 has_any = has_any or state is ANY
-    return Graph(f"{strategy.NAME}: {half}", vocab.initial.value, [s.value for s in order], locked,
+    title = f"{strategy.NAME}: {half}"
+    if half == "exporter":
+        title += f" (timers: {timer_summary(compiled)})"
+    return Graph(title, vocab.initial.value, [s.value for s in order], locked,
                  edges, internal, has_any)
 
 
@@ -132,6 +137,23 @@ def document(strategies: dict[str, ModuleType]) -> str:
 TABLE_COLUMNS = ("ORIGIN", "STATE", "EVENT", "GUARD", "THEN", "DO")
 
 
+def timer_summary(compiled: Any) -> str:
+    """The declared timers in one line: `notify = ack_timeout_ms, grace = 2 * dma_ms` (ms)."""
+    return ", ".join(f"{name} = {length}" for name, length in compiled.timers.items())
+
+
+def timer_lines(compiled: Any) -> list[str]:
+    """One line per declared timer: its length (ms, of run parameters), its steps and its event."""
+    out = []
+    for name, length in compiled.timers.items():
+        if name == NOTIFY:
+            how = "start_notify_timer, cancel_notify_timer; fires notify_timeout"
+        else:
+            how = f"start_timer({name}), cancel_timer({name}); fires timer_fired({name})"
+        out.append(f"{name:<10} = {length:<24} ms  ({how})")
+    return out
+
+
 def tables(strategy: ModuleType) -> str:
     """Both halves' tables as they run (see the rules at the top)."""
     compiled = compile_exporter(strategy.EXPORTER)
@@ -139,6 +161,8 @@ def tables(strategy: ModuleType) -> str:
     out = [f"# {strategy.NAME}: the tables that run, one line per rule (the first whose guard holds wins).",
            "# ORIGIN: base (the half's BASE_TABLE), strategy (the strategy's own), load (added at load: maps",
            "# deferred under the reservation lock), kind (an importer kind's); /any: the table's (any, event) row.",
+           "# exporter timers (protocol/timers.py: each one's length in ms, of run parameters):",
+           *("#   " + line for line in timer_lines(compiled)),
            "", f"## exporter (the move machine of every buffer; reservation lock held in: "
            f"{', '.join(s.value for s in locked) or 'no state'})",
            *_table_lines(exporter_running(compiled))]
@@ -224,3 +248,61 @@ def _dot(g: Graph) -> str:
 def _dot_text(text: str) -> str:
     return text.replace('"', '\\"')
 
+
+
+# ------------------------------------------------------------------------------ the vocabulary
+
+
+def vocabulary() -> str:
+    """`dmabuf-emu strategies --vocabulary`: every state, event, guard and step a table may name,
+    both halves, each with the one-line rule its declaration's comment gives (table.py,
+    importer.py: the comments are the declarations' documentation, read from the source)."""
+    from protocol.exporter import table as ext
+    from protocol import importer as imp
+    halves = (
+        ("exporter", "protocol/exporter/table.py", (("states", ext.MoveState), ("events", ext.MoveEvent),
+                                                     ("guards", ext.Guard), ("whom steps address (AUDIENCE)", ext.Who),
+                                                     ("steps", ext.Step))),
+        ("importer", "protocol/importer.py", (("states", imp.AttState), ("events", imp.AttEvent),
+                                              ("guards", imp.IGuard), ("steps", imp.IStep))),
+    )
+    out = ["# The table vocabulary: what a strategy's rows may name (Rule(guard, then, steps) keyed (state, event)).",
+           "# Wildcards (protocol/machine.py): ANY as a state (every state without its own row), SAME as a target,",
+           "# VIOLATION as a row or a target. Timers: start_timer(NAME), cancel_timer(NAME) and the event",
+           "# timer_fired(NAME) name a timer the strategy declares (ExporterSpec.timers; protocol/timers.py)."]
+    for half, where, groups in halves:
+        out += ["", f"## {half} ({where})"]
+        for title, members in groups:
+            notes = member_notes(members)
+            out += ["", f"### {title}"]
+            width = max(len(m.value) for m in members)
+            for m in members:
+                note = notes.get(m.name, "")
+                if half == "exporter" and title == "steps" and m in ext.AUDIENCE:
+                    note += f" [to: {'+'.join(w.value for w in ext.AUDIENCE[m])}]"
+                if m in ext.NAMED or m in getattr(imp, "NAMED", {}):
+                    note = f"takes a timer's name: {m.value}(NAME). " + note
+                out.append(f"{m.value.ljust(width)}  {note}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def member_notes(members: type) -> dict[str, str]:
+    """Each member's comment in the enum's source (its trailing comment and the comment lines
+    indented under it), joined into one line."""
+    import inspect
+    import re
+    notes: dict[str, str] = {}
+    current: str | None = None
+    col = 0
+    for line in inspect.getsource(members).splitlines()[1:]:
+        m = re.match(r"(\s*)([A-Z_][A-Z0-9_]*)\s*=\s*[^#]*?(?:#\s*(.*))?$", line)
+        if m and m.group(2) in members.__members__:
+            current, col = m.group(2), line.index("#") if "#" in line else len(line)
+            notes[current] = (m.group(3) or "").strip()
+            continue
+        c = re.match(r"(\s*)#\s?(.*)$", line)
+        if c and current is not None and len(c.group(1)) >= col - 1 and col and notes.get(current):
+            notes[current] += " " + c.group(2).strip()   # a continuation of the member's comment
+        else:
+            current = None
+    return notes

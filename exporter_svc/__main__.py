@@ -12,6 +12,7 @@ from runtime.units import parse_size
 from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
 from runtime.params import add_service_flags
+from protocol.timers import LENGTH_PARAMS
 from runtime import oplog
 
 
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         hint_policy=a.hint_policy,
                         lease_s=a.lease_ms / 1000, retry_s=a.retry_ms / 1000, faults=faults, seed=a.seed,
                         credentials=a.credentials, max_attachments=a.max_attachments,
-                        max_mappings=a.max_mappings, max_in_flight=a.max_in_flight, launcher=a.launcher)
+                        max_mappings=a.max_mappings, max_in_flight=a.max_in_flight, launcher=a.launcher,
+                        params={n: getattr(a, n) for n in LENGTH_PARAMS if getattr(a, n, None) is not None})
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:

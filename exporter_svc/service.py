@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import zmq
 
@@ -77,6 +77,8 @@ class ExporterArgs:
     max_mappings: int = 256             # per importer
     max_in_flight: int = 128            # per importer
     launcher: str = ""                  # PID:START of the command to stop with (runtime/watchdog.py)
+    params: Mapping[str, float] = field(default_factory=dict)  # run parameters by name, as given: what the
+                                        # strategy's timers are long (protocol/timers.py; default if absent)
 
 
 def load_credentials(args: ExporterArgs) -> tuple[bytes, dict[str, Any] | None]:
@@ -141,7 +143,7 @@ class ExporterService(ServiceShell):
             unmap_wait_s=args.unmap_wait_s, reset_grace_s=args.reset_grace_s, hint_policy=args.hint_policy,
             lease_s=args.lease_s, secret=secret,
             max_attachments=args.max_attachments or max(64, 2 * args.buffers),
-            max_mappings=args.max_mappings, max_in_flight=args.max_in_flight))
+            max_mappings=args.max_mappings, max_in_flight=args.max_in_flight, params=dict(args.params)))
         self.curve = curve is not None
         self.mutant = getattr(strategy, "MUTANT", None)   # the rule a mutant breaks, for the checker to quote
         if curve is not None:
@@ -384,7 +386,7 @@ class ExporterService(ServiceShell):
     def _do_copy(self, action: CopyBuffer) -> None:
         job = _Copy(action)
         self.log.emit("copy_begin", buffer=action.buffer, move=action.move,
-                      from_gen=action.src.gen, to_gen=action.dst.gen)
+                      from_gen=action.src.gen, to_gen=action.dst.gen, **dict(action.trigger))
         self.loop.lane("copy").call_soon(lambda: self._copy_step(job))
 
     def _copy_step(self, job: _Copy) -> None:

@@ -69,6 +69,7 @@ class CopyBuffer:
     buffer: int
     src: Placement
     dst: Placement
+    trigger: tuple[tuple[str, Any], ...] = ()   # what fired the row that copies: copy_begin's fields
 
 
 @dataclass(frozen=True, slots=True)

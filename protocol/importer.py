@@ -80,7 +80,7 @@ class AttState(enum.Enum):
     KEPT = "mapped"            # MAPPED's former name, an alias (tests/test_mutants.py still says KEPT)
     UNMAPPING = "unmapping"    # unmap request out
     DETACHING = "detaching"    # detach request out
-    DETACHED = "detached"
+    DETACHED = "detached"      # detached: the attachment is gone for good
     REVOKED = "revoked"        # the exporter took the attachment away (and it is not attached again)
     REFUSED = "refused"        # the exporter refused the attach (not_supported: it cannot revoke this importer)
 
@@ -93,7 +93,7 @@ class AttEvent(enum.Enum):
     MAP_OK = "map_ok"                  # ctx: reply, latency, request_id
     MAP_FAILED = "map_failed"          # ctx: reason
     FENCE_SIGNALED = "fence_signaled"  # the KERNEL fence named by the map reply signaled
-    DMA_DONE = "dma_done"
+    DMA_DONE = "dma_done"              # the shell: the job's DMA ended
     UNMAP_OK = "unmap_ok"              # ctx: reply, latency, request_id
     UNMAP_FAILED = "unmap_failed"      # the exporter no longer knows the mapping (ctx: latency, request_id)
     MOVE_NOTIFY = "move_notify"        # ctx: notify
@@ -118,7 +118,7 @@ class ReplyRoute:
 
 class IGuard(enum.Enum):
     __hash__ = object.__hash__
-    ALWAYS = "always"
+    ALWAYS = "always"            # holds always: a row's last rule (no other guard held)
     MOVED = "moved"              # the map reply says the buffer moved since this attachment's last map
     CACHED = "cached"            # IOMMU entries from an earlier mapping are still programmed
     FENCED = "fenced"            # the map reply names a KERNEL fence
@@ -140,7 +140,7 @@ class IStep(enum.Enum):
     READY_IF_ALL = "ready_if_all"        # nothing attaching any more: the device is ready (Ready)
     REATTACH_REFUSED = "reattach_refused"  # the buffer stays lost to this device
     FATAL = "fatal"                      # the exporter refused what the importer cannot run without
-    SEND_DETACH = "send_detach"
+    SEND_DETACH = "send_detach"          # ask the exporter to detach the attachment
     LOG_DETACH = "log_detach"            # the detach event
     FORGET = "forget"                    # revoked: the id means nothing any more (revoked event)
     SEND_ATTACH = "send_attach"          # attach the buffer again, as a driver imports a dma-buf anew
@@ -149,18 +149,18 @@ class IStep(enum.Enum):
     # a job
     TAKE_JOB = "take_job"                # the attachment takes the job (its id, access, fresh flags)
     SEND_PIN = "send_pin"                # dma_buf_pin, sent with the map: the exporter serves it first
-    SEND_MAP = "send_map"
+    SEND_MAP = "send_map"                # ask for a mapping (dma_buf_map_attachment)
     PROGRAM_IOMMU = "program_iommu"      # tear down any old entries, program the reply's placement
     REUSE_IOMMU = "reuse_iommu"          # keep the cached entries; the job uses what they point at
     TEARDOWN_IOMMU = "teardown_iommu"    # (if any)
     LOG_MAP = "log_map"                  # the map event (the history's record of the reply)
-    WAIT_KERNEL_FENCE = "wait_kernel_fence"
-    START_DMA = "start_dma"
+    WAIT_KERNEL_FENCE = "wait_kernel_fence"  # wait for the KERNEL fence the map reply names (FENCE_SIGNALED)
+    START_DMA = "start_dma"              # start the job's DMA on the mapping, unfenced (DMA_DONE when it ends)
     START_FENCED_DMA = "start_fenced_dma"  # publish a fence in shared memory, signal it at the end
-    SEND_UNMAP = "send_unmap"
+    SEND_UNMAP = "send_unmap"            # give the mapping back (dma_buf_unmap_attachment)
     SEND_UNPIN = "send_unpin"            # dma_buf_unpin of the pin this attachment holds (if it holds one)
     LOG_UNMAP = "log_unmap"              # the unmap event; the job's mapping is gone
-    FINISH_JOB = "finish_job"
+    FINISH_JOB = "finish_job"            # the job is over, ok
     FAIL_JOB = "fail_job"                # job_failed, and the job is over
     ABORT_JOB = "abort_job"              # the job is over, not ok (a reset)
     STOP_DMA = "stop_dma"                # stop the running job's DMA now, before anything else (a synchronous revoke)
@@ -171,7 +171,7 @@ class IStep(enum.Enum):
     NOTE_CROSSING = "note_crossing"      # our map is out: remember the generation announced moving
     ACK = "ack"                          # send ack now
     ACK_AFTER_DRAIN = "ack_after_drain"  # send ack when the running job ends
-    SEND_OWED_ACKS = "send_owed_acks"
+    SEND_OWED_ACKS = "send_owed_acks"    # send the acks ACK_AFTER_DRAIN held back
     # Known bugs, for mutants only (protocol/strategies/mutants.py): compile_spec refuses them in
     # the table of a strategy that does not declare the rule it breaks.
     START_EARLY_SIGNALED_DMA = "start_early_signaled_dma"  # the job's fence signals at submission
@@ -341,6 +341,7 @@ class Importer:
         self._leaving = False
         self._left = False
         self._out: list[Action] = []
+        self._trigger: dict[str, str] = {}   # while a row runs: what fired it (machine.trigger)
         self._posted: list[_Att] = []               # attachments offered LEAVE after their transition
         self.lease_s = lease_s
         self.lease = ImporterLease(int(lease_s * 1e9)) if lease_s is not None else None
@@ -572,8 +573,12 @@ class Importer:
     def _dispatch(self, att: _Att, event: AttEvent, now: int, **ctx: Any) -> None:
         rule = choose(self.table, att.state, event, lambda g: IGUARDS[g](self, att, ctx),
                       self.spec.strategy, f"{self.name} attachment {att.id} (buffer {att.buffer})")
-        for step in rule.do:
-            ISTEPS[step](self, att, now, ctx)
+        outer, self._trigger = self._trigger, machine.trigger(event, {})
+        try:
+            for step in rule.do:
+                ISTEPS[step](self, att, now, ctx)
+        finally:
+            self._trigger = outer
         if rule.then is not SAME:
             att.state = rule.then
         if self._leaving and event is not AttEvent.LEAVE and event is not AttEvent.RESET:
@@ -829,7 +834,8 @@ class Importer:
         return rid
 
     def _emit(self, event: str, **fields: Any) -> None:
-        self._out.append(Emit(event, fields))
+        # While a row runs, its events record what fired it (protocol/machine.py's trigger).
+        self._out.append(Emit(event, {**fields, **self._trigger} if self._trigger else fields))
 
     def _take(self, now: int) -> list[Action]:
         if self._leaving and not self._left:

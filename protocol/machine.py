@@ -24,13 +24,21 @@ A strategy states each half of its protocol as a table: `(state, event) -> rules
   with its origin (`origins`): BASE (the half's base table, unchanged), STRATEGY (the strategy's
   own, or a base row it replaced), LOAD (added when the table was loaded: the exporter's deferred
   maps under the reservation lock), KIND (an importer kind's rows).
+- What fired a row is recorded (`trigger`): every event a row's steps emit says which event (and
+  timer) fired it, so that an explanation of a run reads its causes off the history.
+- Named members. A step or an event the vocabulary lists in `named` takes the name of something
+  the strategy declares (a timer: `start_timer("grace")`, `timer_fired("grace")`), written
+  `Named(member, name)`. `check_rows` refuses a bare one and a name not declared (`names`, by
+  kind). A row keyed by a Named event applies to that name; the row of its bare member (an ANY
+  row in the base table) to every name without a row of its own: `rules_for` and `choose` look
+  up (state, named), (ANY, named), (state, member), (ANY, member).
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, TypeVar
 
 
@@ -60,6 +68,26 @@ class Rule(Generic[S, G, P]):
 
 
 Table = Mapping[tuple[Any, Any], "tuple[Rule, ...] | _Wildcard"]
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """A member of a vocabulary (`named` lists which) applied to a name the strategy declares:
+    a step or an event about one of its timers. Prints as `member(name)`."""
+
+    member: enum.Enum
+    arg: str
+
+    @property
+    def value(self) -> str:
+        return f"{self.member.value}({self.arg})"
+
+    @property
+    def name(self) -> str:
+        return f"{self.member.name}({self.arg!r})"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class TransitionError(Exception):
@@ -93,6 +121,7 @@ class Vocabulary:
     always: enum.Enum                           # the guard that always holds
     guard_impl: Mapping[Any, Callable[..., bool]]
     step_impl: Mapping[Any, Callable[..., None]]
+    named: Mapping[Any, str] = field(default_factory=dict)   # step or event -> the kind of name it takes
 
     def __post_init__(self) -> None:
         for kind, members, impl in (("guard", self.guards, self.guard_impl), ("step", self.steps, self.step_impl)):
@@ -104,9 +133,11 @@ class Vocabulary:
                 raise TypeError(f"{self.half}: implementations of unknown {kind}s: {stray}")
 
 
-def check(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, Any], Any]:
-    """The table as a plain dict, if it can run; TableError naming the first thing wrong."""
-    rows = check_rows(strategy, vocab, table)
+def check(strategy: str, vocab: Vocabulary, table: Any,
+          names: Mapping[str, Iterable[str]] | None = None) -> dict[tuple[Any, Any], Any]:
+    """The table as a plain dict, if it can run; TableError naming the first thing wrong.
+    `names`: what the strategy declares, by kind, for the Named members (its timers)."""
+    rows = check_rows(strategy, vocab, table, names)
     reach = reachable(vocab, rows)
     for state, path in reach.items():
         for event in vocab.events:
@@ -125,8 +156,8 @@ def expand(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any]) -> dict[tuple
     for state in vocab.states:
         if state not in reach:
             continue
-        for event in vocab.events:
-            rules = rows.get((state, event), rows.get((ANY, event)))
+        for event in events_of(vocab, rows):
+            rules = rules_for(rows, state, event)
             if rules is not None:
                 out[(state, event)] = rules
     return out
@@ -160,14 +191,34 @@ def origins(rows: Mapping[tuple[Any, Any], Any], base: Mapping[tuple[Any, Any], 
 
 
 def source(rows: Mapping[tuple[Any, Any], Any], state: object, event: object) -> tuple[Any, Any]:
-    """The key of the row that `(state, event)` runs: its own, else `(ANY, event)`."""
-    return (state, event) if (state, event) in rows else (ANY, event)
+    """The key of the row that `(state, event)` runs: its own, else `(ANY, event)` (and for a
+    Named event, then its member's)."""
+    for key in _lookups(state, event):
+        if key in rows:
+            return key
+    return (ANY, event)
 
 
 def rules_for(rows: Mapping, state: object, event: object) -> Any:
-    """The rules of `(state, event)`, else `(ANY, event)`, else None."""
-    rules = rows.get((state, event))
-    return rules if rules is not None else rows.get((ANY, event))
+    """The rules of `(state, event)`, else `(ANY, event)` (for a Named event, then
+    `(state, member)`, `(ANY, member)`), else None."""
+    for key in _lookups(state, event):
+        rules = rows.get(key)
+        if rules is not None:
+            return rules
+    return None
+
+
+def events_of(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any]) -> list[Any]:
+    """Every event of the half, then the Named events the rows are keyed by (table order)."""
+    named = [e for (_, e) in rows if isinstance(e, Named)]
+    return list(vocab.events) + list(dict.fromkeys(named))
+
+
+def _lookups(state: object, event: object) -> tuple[tuple[Any, Any], ...]:
+    if isinstance(event, Named):
+        return ((state, event), (ANY, event), (state, event.member), (ANY, event.member))
+    return ((state, event), (ANY, event))
 
 
 def reachable(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any]) -> dict[enum.Enum, str]:
@@ -176,7 +227,7 @@ def reachable(vocab: Vocabulary, rows: Mapping[tuple[Any, Any], Any]) -> dict[en
     todo = [vocab.initial]
     while todo:
         state = todo.pop(0)
-        for event in vocab.events:
+        for event in events_of(vocab, rows):
             for rule in _rules(rules_for(rows, state, event)):
                 target = state if rule.then is SAME else rule.then
                 if target is VIOLATION or target in paths:
@@ -191,9 +242,7 @@ def choose(table: Mapping, state: object, event: object, holds: Callable[[Any], 
            strategy: str, what: str) -> Rule:
     """The first rule of `(state, event)` whose guard holds; TransitionError if the row is a
     VIOLATION, if no guard holds, or if the rule chosen leads to VIOLATION."""
-    rules = table.get((state, event))
-    if rules is None:
-        rules = table.get((ANY, event))
+    rules = rules_for(table, state, event)
     if rules is not None and rules is not VIOLATION:
         for rule in rules:
             if holds(rule.when):
@@ -213,9 +262,11 @@ def steps_of(rows: Mapping[tuple[Any, Any], Any]) -> Iterable[tuple[tuple[Any, A
 # ---------------------------------------------------------------------------------- checks
 
 
-def check_rows(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, Any], Any]:
+def check_rows(strategy: str, vocab: Vocabulary, table: Any,
+               names: Mapping[str, Iterable[str]] | None = None) -> dict[tuple[Any, Any], Any]:
     """The rows as a plain dict if each is well formed (keys, guards, steps, targets, the last
-    rule unconditional); TableError naming the first that is not. No completeness check."""
+    rule unconditional, the names a Named member takes declared in `names`, by kind); TableError
+    naming the first that is not. No completeness check."""
     half = vocab.half
     if not isinstance(table, Mapping):
         raise TableError(strategy, half, None, f"must be a dict of (state, event) -> rules, got {type(table).__name__}")
@@ -227,7 +278,11 @@ def check_rows(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, 
         row = _key(state, event)
         if state is not ANY and not isinstance(state, vocab.states):
             raise TableError(strategy, half, row, _unknown("state", state, vocab.states))
-        if not isinstance(event, vocab.events):
+        if isinstance(event, Named):
+            problem = _named_problem("event", event, vocab, names)
+            if problem:
+                raise TableError(strategy, half, row, problem)
+        elif not isinstance(event, vocab.events):
             raise TableError(strategy, half, row, _unknown("event", event, vocab.events))
         if rules is VIOLATION:
             rows[key] = VIOLATION
@@ -246,14 +301,47 @@ def check_rows(strategy: str, vocab: Vocabulary, table: Any) -> dict[tuple[Any, 
             if not isinstance(rule.do, tuple):
                 raise TableError(strategy, half, row, at + f"do must be a tuple of steps, got {rule.do!r}"[:200])
             for step in rule.do:
-                if not isinstance(step, vocab.steps):
+                if isinstance(step, Named):
+                    problem = _named_problem("step", step, vocab, names)
+                    if problem:
+                        raise TableError(strategy, half, row, at + problem)
+                elif not isinstance(step, vocab.steps):
                     raise TableError(strategy, half, row, at + _unknown("step", step, vocab.steps))
+                elif step in vocab.named:
+                    raise TableError(strategy, half, row, at + f"step {step.value} takes the name of a "
+                                     f"{vocab.named[step]}: {step.value}(NAME), e.g. {step.name.lower()}(\"grace\")")
         if rules[-1].when is not vocab.always:
             raise TableError(strategy, half, row, f"the last rule is guarded by {_name(rules[-1].when)}: when no "
                                                    f"guard holds the event would stop the run (end with "
                                                    f"{vocab.guards.__name__}.{vocab.always.name}, or VIOLATION)")
         rows[key] = tuple(rules)
     return rows
+
+
+def trigger(event: Any, timers: Mapping[Any, str]) -> dict[str, str]:
+    """What an event emitted by the steps of a row records about the event that fired the row
+    (history format, see checker/catalogue.py): `trigger`, the event's name, and `timer`, the
+    timer's name when a timer fired it (a Named event's name, else `timers[event]`)."""
+    if isinstance(event, Named):
+        return {"trigger": event.member.value, "timer": event.arg}
+    out = {"trigger": event.value}
+    if event in timers:
+        out["timer"] = timers[event]
+    return out
+
+
+def _named_problem(kind: str, x: Named, vocab: Vocabulary, names: Mapping[str, Iterable[str]] | None) -> str:
+    """What is wrong with a Named step or event, or ""."""
+    what = vocab.named.get(x.member)
+    if what is None:
+        return f"{kind} {x.member.value!r} takes no name (members that do: " \
+               f"{', '.join(m.value for m in vocab.named) or 'none'})"
+    declared = sorted((names or {}).get(what, ()))
+    if x.arg not in declared:
+        near = difflib.get_close_matches(str(x.arg), declared, n=1)
+        return (f"{kind} {x.value} names no declared {what} (declared: {', '.join(declared) or 'none'})"
+                + (f"; did you mean {near[0]}?" if near else ""))
+    return ""
 
 
 def _rules(rules: Any) -> tuple[Rule, ...]:

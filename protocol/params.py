@@ -93,9 +93,9 @@ PARAMS: tuple[Param, ...] = (
     Param("queue_depth", "int", 2, "DMA jobs each importer keeps in flight", "N", 1, 64,
           services={"importer": "queue-depth"}),
     Param("dma_ms", "float", 6.0, "mean duration of one DMA job", "MS", 0, 60000, open_lo=True,
-          services={"importer": "dma-ms"}),
+          services={"importer": "dma-ms", "exporter": "dma-ms"}),
     Param("think_ms", "float", 1.0, "mean pause between an importer's jobs", "MS", 0, 60000,
-          services={"importer": "think-ms"}),
+          services={"importer": "think-ms", "exporter": "think-ms"}),
     Param("write_ratio", "float", 0.5, "share of DMA jobs that write", "P", 0, 1, services={"importer": "write-ratio"}),
     Param("pin_ratio", "float", 0.0, "share of DMA jobs that pin their buffer first and unpin it after (strategies "
                                      "whose importer table pins: resv-fence and its mutants)", "P", 0, 1,

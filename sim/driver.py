@@ -42,6 +42,7 @@ from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
 from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
 from protocol import capability, wire
+from protocol.timers import LENGTH_PARAMS
 from protocol.actions import Emit
 from runtime.env import ServiceEnv
 from runtime.eventlog import EventLog, Sink
@@ -240,7 +241,8 @@ class SimDeployment:
                             ack_timeout_s=p.ack_timeout_ms / 1000, fence_timeout_s=p.fence_timeout_ms / 1000,
                             unmap_wait_s=p.unmap_wait_ms / 1000, reset_grace_s=p.reset_grace_ms / 1000,
                             hint_policy=p.hint_policy, lease_s=p.lease_ms / 1000, retry_s=p.retry_ms / 1000,
-                            faults=tuple(p.faults), seed=p.seed)
+                            faults=tuple(p.faults), seed=p.seed,
+                            params={n: v for n, v in p.as_dict().items() if n in LENGTH_PARAMS and v is not None})
         service = ExporterService(args, env, credentials=(self.secret, None))
         steer_moves(service, self.scheduler)
         if self.options.moves is not None:

@@ -54,7 +54,7 @@ from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
 from sim.search.random import RandomChooser
-from sim.search.trial import Config, SearchChooser, Trial, judge, run_trial, write_run
+from sim.search.trial import FAULT_DEVIATION, Config, SearchChooser, Trial, judge, run_trial, write_run
 
 SEARCHES = ("random", "pct", "exhaustive")
 DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --time is given
@@ -542,7 +542,9 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
         item = result.report["findings"][kind]["items"][index - 1]
         (out / "witness.md").write_text("\n".join([f"# {CATCH_TITLES[kind]} on buffer {buffer}", ""] + finding_lines(item)))
     else:
-        write_witness_md(shrunk_dir / "history.jsonl", index, out / "witness.md", report=result.report)
+        kept = [_kept(d.index, d.options[0], d.value, config.params.faults) for d in r.deviations
+                if d.kind == FAULT_DEVIATION]
+        write_witness_md(shrunk_dir / "history.jsonl", index, out / "witness.md", report=result.report, kept=kept)
     shutil.copyfile(shrunk_dir / "trace.json", out / "trace.json")
     info = {"kind": kind, "buffer": buffer, "events": len(witness_events), "decisions": r.after.decisions,
             "messages": r.after.messages, "steps": r.after.steps, "deviations": ShrinkResult.counts(r.deviations),
@@ -552,6 +554,15 @@ def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffe
             "notes": r.notes, "schedule": [d.as_list() for d in r.deviations]}
     (out / "shrunk.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _kept(index: int, stream: str, value: Any, faults: Any) -> dict[str, Any]:
+    """A fault draw the shrunk schedule kept, as witness.md names it: its decision, its stream
+    (`device:I:SVC`, `msgfault:I:SVC`, `process:I`: I indexes the run's faults) and that fault."""
+    parts = stream.split(":")
+    i = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
+    fault = dict(faults[i]) if 0 <= i < len(faults) else None
+    return {"decision": index, "stream": stream, "value": value, "fault": fault}
 
 
 def _witness_of(report: dict[str, Any], kind: str, buffer: Any) -> tuple[list[dict[str, Any]], int]:

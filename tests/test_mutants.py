@@ -154,14 +154,14 @@ def test_the_wait_for_events_name_the_lock_holder_and_the_fences() -> None:
     w.job("importer-2", 1, buffer, "read")
     w.settle()
     ev = {e: f for s, e, f in w.events if s == "exporter"}
-    assert ev["resv_lock"] == {"buffer": buffer, "move": 1}
+    assert ev["resv_lock"] == {"buffer": buffer, "move": 1, "trigger": "move_wanted"}
     assert ev["fence_wait_begin"]["fences"] == [{"importer": "importer-1", "slot": 1, "seq": 1, "usage": "WRITE"}]
     assert ev["map_deferred"] == {"id": ev["map_deferred"]["id"], "importer": "importer-2", "buffer": buffer,
-                                  "attachment": ev["map_deferred"]["attachment"], "move": 1}
+                                  "attachment": ev["map_deferred"]["attachment"], "move": 1, "trigger": "map"}
     w.dma_done("importer-1", 1)
     w.check_fences()
     unlock = [f for s, e, f in w.events if e == "resv_unlock"]
-    assert unlock == [{"buffer": buffer, "move": 1}], "the holder is named at unlock too"
+    assert unlock == [{"buffer": buffer, "move": 1, "trigger": "fences_signaled"}], "the holder is named at unlock too"
 
 
 def test_a_pinned_jobs_mapping_is_kept_after_unpin_until_move_notify() -> None:
@@ -265,7 +265,7 @@ def test_signal_after_next_map_holds_the_fence_and_says_what_it_waits_for() -> N
     blocked = [f for s, e, f in w.events if e == "fence_blocked"]
     deferred = [f for s, e, f in w.events if e == "map_deferred"]
     assert blocked == [{"buffer": buffer, "seq": 1, "usage": "WRITE", "job": 1,
-                        "waiting_for": {"kind": "map", "buffer": buffer, "id": deferred[0]["id"]}}]
+                        "waiting_for": {"kind": "map", "buffer": buffer, "id": deferred[0]["id"]}, "trigger": "job"}]
     assert deferred[0]["move"] == 1
     w.check_fences()
     assert not w.copies, "nothing moves: only the fence timeout breaks it"

@@ -10,7 +10,7 @@ Rules of this file (the entry points):
 - Every entry point takes `now` (monotonic ns, from the shell) and returns the actions to
   perform, in order. Nothing here reads a clock, draws a random number or does I/O. Time enters
   as `now` and as timers this half starts (StartTimer) and the shell fires (timer_fired): the
-  notify timeout, the fence timeout and the lease check.
+  notify timeout, the fence timeout, the lease check and the strategy's own timers.
 - Follow-up events queued by a transition run before the actions are returned.
 - A request that cannot be served becomes an error reply, and changes nothing.
 """
@@ -26,12 +26,13 @@ from protocol.exporter.moves import CompiledSpec, MoveMachine, ReservationLockEr
 from protocol.exporter.session import LEASE_TIMER, Session
 from protocol.exporter.state import Ctx, ExporterConfig, ExporterState, HeapConfig
 from protocol.exporter.table import (BASE_TABLE, IGNORE, MUTANT_STEPS, ExporterSpec, ExporterTable, Guard,
-                                     MoveEvent, MoveState, Step)
+                                     MoveEvent, MoveState, Step, cancel_timer, start_timer, timer_fired)
 from protocol.machine import TransitionError
 from protocol.wire import ErrorCode, ErrorReply, Message, Placement, ProtocolError, error_reply
 
 __all__ = ["BASE_TABLE", "IGNORE", "MUTANT_STEPS", "CompiledSpec", "Exporter", "ExporterConfig", "ExporterSpec", "ExporterTable",
-           "Guard", "HeapConfig", "MoveEvent", "MoveState", "ReservationLockError", "Step", "compile_spec"]
+           "Guard", "HeapConfig", "MoveEvent", "MoveState", "ReservationLockError", "Step", "cancel_timer",
+           "compile_spec", "start_timer", "timer_fired"]
 
 
 class Exporter:
@@ -54,7 +55,8 @@ class Exporter:
         self._importers = self.state.members
         self._moves = self.state.moves
         self._timers = {LEASE_TIMER[0]: self._lease_timer, "notify": self._notify_timer, "fence": self._fence_timer,
-                        "unmap-wait": self._unmap_wait_timer, "reset": self._reset_timer}
+                        "unmap-wait": self._unmap_wait_timer, "reset": self._reset_timer,
+                        "timer": self._declared_timer}
 
     # ------------------------------------------------------------------ entry points
 
@@ -161,8 +163,8 @@ class Exporter:
 
     def timer_fired(self, key: Hashable, now: int) -> list[Action]:
         """A timer this half started (StartTimer) has fired: ("notify", op), ("fence", op),
-        ("reset", op), ("unmap-wait", revocation) or ("leases",); an op is a move's or a
-        revocation's id."""
+        ("reset", op), ("unmap-wait", revocation), ("timer", name, op) (a timer the strategy
+        declares) or ("leases",); an op is a move's or a revocation's id."""
         kind = key[0] if isinstance(key, tuple) and key else None  # type: ignore[index]
         handler = self._timers.get(kind)  # type: ignore[arg-type]
         if handler is None:
@@ -216,6 +218,11 @@ class Exporter:
         move = self.state.operation(key[1])
         if move is not None:
             self.moves.dispatch(self.state.buffers[move.buffer], MoveEvent.NOTIFY_TIMEOUT, now)
+
+    def _declared_timer(self, key: Any, now: int) -> None:
+        op = self.state.operation(key[2])
+        if op is not None:
+            self.moves.dispatch(self.state.buffers[op.buffer], timer_fired(key[1]), now)
 
     def _unmap_wait_timer(self, key: Any, now: int) -> None:
         rev = self.state.revocations.get(key[1])

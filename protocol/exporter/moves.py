@@ -37,11 +37,12 @@ from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, Publ
                               Send, SignalKernelFence, StartTimer, WaitFences)
 from protocol.exporter.memory import MemoryManager
 from protocol.exporter.state import Attachment, Buffer, Ctx, ExporterState, Member, Move, Operation, Revocation
-from protocol.exporter.table import (AUDIENCE, BASE_TABLE, MUTANT_STEPS, QUEUED_REASON, REFUSAL_REASONS, ExporterSpec,
-                                     Guard, MoveEvent, MoveState, Step, Who)
+from protocol.exporter.table import (AUDIENCE, BASE_TABLE, MUTANT_STEPS, NAMED, QUEUED_REASON, REFUSAL_REASONS,
+                                     TIMER_EVENTS, ExporterSpec, Guard, MoveEvent, MoveState, Step, Who)
 from protocol.fence import Usage
 from protocol.heap import HeapFull
-from protocol.machine import ANY, SAME, VIOLATION, Rule, TableError, choose, rules_for
+from protocol import timers
+from protocol.machine import ANY, SAME, VIOLATION, Named, Rule, TableError, choose, rules_for
 from protocol.wire import ErrorCode, ErrorReply, InvalidateMappings, Map, MapReply, MoveNotify, Placement
 
 
@@ -77,6 +78,12 @@ class MoveMachine:
         self.memory = memory
         self.membership: Membership = None  # type: ignore[assignment]  (handed over by the Exporter)
         self.next_move = 0
+        # Each declared timer's length in seconds, with this run's parameters (protocol/timers.py).
+        values = {"ack_timeout_ms": state.config.ack_timeout_s * 1000, **state.config.params}
+        self.timer_s = {name: (state.config.ack_timeout_s if length == timers.NOTIFY_LENGTH
+                               and "ack_timeout_ms" not in state.config.params
+                               else timers.length_s(name, length, values))
+                        for name, length in self.compiled.timers.items()}
 
     # ------------------------------------------------------------------ dispatch
 
@@ -88,8 +95,16 @@ class MoveMachine:
             ctx = Ctx(**fields)
         rule = choose(self.table, buf.state, event, lambda g: GUARDS[g](self, buf, ctx),
                       self.strategy, f"buffer {buf.id}")
-        for step in rule.do:
-            STEPS[step](self, rule, buf, now, ctx)
+        st = self.state
+        outer, st.trigger = st.trigger, machine.trigger(event, TIMER_EVENTS)
+        try:
+            for step in rule.do:
+                if isinstance(step, Named):
+                    NAMED_STEPS[step.member](self, rule, buf, now, ctx, step.arg)
+                else:
+                    STEPS[step](self, rule, buf, now, ctx)
+        finally:
+            st.trigger = outer
         if rule.then is not SAME:
             buf.state = rule.then
         return ctx
@@ -225,7 +240,14 @@ class MoveMachine:
             self.state.post(buf, MoveEvent.NOTIFY_DONE, now)
 
     def _start_notify_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        self.state.out.append(StartTimer(("notify", self._op(buf).id), self.state.config.ack_timeout_s))
+        self.state.out.append(StartTimer(("notify", self._op(buf).id), self.timer_s[timers.NOTIFY]))
+
+    def _start_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx, name: str) -> None:
+        """start_timer(name): timer_fired(name) for this operation after the timer's length."""
+        self.state.out.append(StartTimer(("timer", name, self._op(buf).id), self.timer_s[name]))
+
+    def _cancel_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx, name: str) -> None:
+        self.state.out.append(CancelTimer(("timer", name, self._op(buf).id)))
 
     def _cancel_notify_timer(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         self.state.out.append(CancelTimer(("notify", self._op(buf).id)))
@@ -366,7 +388,7 @@ class MoveMachine:
 
     def _copy(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         move = self._move(buf)
-        self.state.out.append(CopyBuffer(move.id, buf.id, move.src, move.dst))
+        self.state.out.append(CopyBuffer(move.id, buf.id, move.src, move.dst, tuple(self.state.trigger.items())))
 
     def _switch(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         self.memory.placed(buf, self._move(buf).dst)
@@ -647,7 +669,22 @@ WHO: dict[Who, WhoFn] = {
 if set(WHO) != set(Who):
     raise TypeError(f"exporter: Who without an implementation: {', '.join(w.name for w in Who if w not in WHO)}")
 
+NamedStepFn = Callable[[MoveMachine, Rule, Buffer, int, Ctx, str], None]
+# The steps that take a timer's name (table.py's NAMED): their implementation gets the name.
+NAMED_STEPS: dict[Step, NamedStepFn] = {
+    Step.START_TIMER: MoveMachine._start_timer,
+    Step.CANCEL_TIMER: MoveMachine._cancel_timer,
+}
+
+
+def _bare(step: Step) -> StepFn:
+    def run(m: MoveMachine, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
+        raise AssertionError(f"{m.strategy}: {step.value} without a timer's name (compile_spec refuses it)")
+    return run
+
+
 STEPS: dict[Step, StepFn] = {
+    **{step: _bare(step) for step in NAMED_STEPS},
     Step.REFUSE: MoveMachine._refuse,
     Step.QUEUE: MoveMachine._queue,
     Step.BEGIN: MoveMachine._begin,
@@ -707,7 +744,7 @@ STEPS: dict[Step, StepFn] = {
 
 VOCABULARY = machine.Vocabulary(
     half="exporter", states=MoveState, events=MoveEvent, guards=Guard, steps=Step,
-    initial=MoveState.IDLE, always=Guard.ALWAYS, guard_impl=GUARDS, step_impl=STEPS)
+    initial=MoveState.IDLE, always=Guard.ALWAYS, guard_impl=GUARDS, step_impl=STEPS, named=NAMED)
 
 _DEFER = (Rule(Guard.ALWAYS, SAME, (Step.DEFER_MAP,)),)
 _SERVING = (Step.SERVE_MAP, Step.SERVE_DEFERRED_MAPS)
@@ -723,6 +760,8 @@ class CompiledSpec:
     revokes: bool = False                     # some reachable rule revokes a buffer (MARK_REVOKED)
     origins: dict[tuple[Any, MoveEvent], str] = field(default_factory=dict)
     # ... of each of `rows`: machine.BASE (BASE_TABLE's, unchanged), STRATEGY, or LOAD (added here)
+    timers: dict[str, str] = field(default_factory=lambda: timers.declared({}))
+    # the declared timers, name -> length (protocol/timers.py), the notify timer's included
 
 
 def compile_spec(spec: ExporterSpec) -> CompiledSpec:
@@ -732,7 +771,13 @@ def compile_spec(spec: ExporterSpec) -> CompiledSpec:
         raise TableError(getattr(spec, "strategy", "?"), "exporter", None,
                          f"EXPORTER must be an ExporterSpec, got {type(spec).__name__}")
     name = spec.strategy
-    rows = machine.check_rows(name, VOCABULARY, spec.table)
+    try:
+        declared = timers.check(spec.timers)
+    except timers.TimerError as err:
+        raise TableError(name, "exporter", None, str(err)) from None
+    names = {"timer": [t for t in declared if t != timers.NOTIFY]}   # the notify timer has steps of its own
+    _check_notify_named(name, spec.table)
+    rows = machine.check_rows(name, VOCABULARY, spec.table, names)
     if not spec.breaks:
         _check_no_bugs(name, "exporter", rows, MUTANT_STEPS)
     origins = machine.origins(rows, BASE_TABLE)
@@ -741,14 +786,14 @@ def compile_spec(spec: ExporterSpec) -> CompiledSpec:
         if (state, MoveEvent.MAP) not in rows:
             rows[(state, MoveEvent.MAP)] = _DEFER
             origins[(state, MoveEvent.MAP)] = machine.LOAD
-    rows = machine.check(name, VOCABULARY, rows)
+    rows = machine.check(name, VOCABULARY, rows, names)
     _check_lock(name, rows, locked)
     _check_begin(name, rows)
     _check_refusals(name, rows)
     reach = machine.reachable(VOCABULARY, rows)
     revokes = any(Step.MARK_REVOKED in rule.do for (state, _), rule in machine.steps_of(rows)
                   if state is ANY or state in reach)
-    return CompiledSpec(name, rows, machine.expand(VOCABULARY, rows), frozenset(locked), revokes, origins)
+    return CompiledSpec(name, rows, machine.expand(VOCABULARY, rows), frozenset(locked), revokes, origins, declared)
 
 
 def running(compiled: CompiledSpec) -> list[machine.RunningRow]:
@@ -803,6 +848,21 @@ def _check_lock(name: str, rows: dict, locked: set[MoveState]) -> None:
                     if problem is not None:
                         raise TableError(name, "exporter", f"({state.value}, {event.value})", f"rule {i}: {problem}")
                     held = _held_after(held, (step,))
+
+
+def _check_notify_named(name: str, table: Any) -> None:
+    """The notify timer is declared like the others, but its steps and its event keep their own
+    names: start_timer("notify") is refused with them."""
+    if not isinstance(table, dict):
+        return
+    for (state, event), rules in table.items():
+        named = [event] + [step for rule in (rules if isinstance(rules, tuple) else ()) if isinstance(rule, Rule)
+                           for step in rule.do]
+        for x in named:
+            if isinstance(x, Named) and x.arg == timers.NOTIFY:
+                raise TableError(name, "exporter", f"({getattr(state, 'value', state)}, {getattr(event, 'value', event)})",
+                                 f"{x.value}: the notify timer's steps are start_notify_timer and cancel_notify_timer, "
+                                 f"and it fires notify_timeout")
 
 
 def _check_no_bugs(name: str, half: str, rows: dict, bugs: frozenset) -> None:

@@ -7,6 +7,8 @@ Rules of this file:
 - Actions are appended to `out` in the order they must be performed; `take()` hands them over.
 - Follow-up events (`post`) run after the transition that caused them has finished, never inside
   it, in the order they were posted (moves.py runs them before the actions are handed over).
+- An event emitted while a table row runs records what fired the row (`trigger`, and `timer`:
+  protocol/machine.py's trigger), set by the move machine for the row's steps only.
 - What an event brings to the move machine, and what its rule decided for the caller, is a `Ctx`:
   typed fields, one per fact, no dict passed in to be filled.
 """
@@ -14,7 +16,7 @@ Rules of this file:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from protocol.actions import Action, Emit, Send
 from protocol.exporter.table import MoveEvent, MoveState
@@ -49,6 +51,8 @@ class ExporterConfig:
     max_attachments: int = 8192      # per importer
     max_mappings: int = 256          # per importer: mapped, or waiting to be
     max_in_flight: int = 128         # per importer: requests not answered yet (maps waiting for the lock)
+    params: Mapping[str, float] = field(default_factory=dict)  # run parameters by name, as given (ms): what
+                                     # the strategy's timer lengths name (protocol/timers.py); default if absent
 
 
 @dataclass
@@ -218,9 +222,10 @@ class ExporterState:
         self.out: list[Action] = []
         # follow-ups: (buffer, event, now, ctx, a want the memory manager re-checks when it runs)
         self.posted: list[tuple[int, MoveEvent, int, Ctx, bool]] = []
+        self.trigger: dict[str, Any] = {}    # while a row runs: what fired it (machine.trigger), in its events
 
     def emit(self, event: str, **fields: Any) -> None:
-        self.out.append(Emit(event, fields))
+        self.out.append(Emit(event, {**fields, **self.trigger} if self.trigger else fields))
 
     def send(self, peer: bytes, msg: Message, *, recorded: bool = False) -> None:
         self.out.append(Send(peer, msg, self.peer_name(peer), recorded=recorded))

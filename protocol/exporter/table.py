@@ -24,10 +24,10 @@ Rules of this file:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from protocol.machine import ANY, SAME, VIOLATION, Rule
+from protocol.machine import ANY, SAME, VIOLATION, Named, Rule
 
 
 class MoveState(enum.Enum):
@@ -59,7 +59,9 @@ class MoveEvent(enum.Enum):
     NOTIFY_RETURNED = "notify_returned"  # an importer's move_notify callback returned (ctx: attachment, move)
     ATTACHMENT_GONE = "attachment_gone"  # follow-up: an attachment was detached or revoked (ctx: attachment, move)
     NOTIFY_DONE = "notify_done"          # follow-up: every attachment awaited has answered
-    NOTIFY_TIMEOUT = "notify_timeout"    # timer: --ack-timeout after the notification
+    NOTIFY_TIMEOUT = "notify_timeout"    # timer: the notify timer (its length: --ack-timeout unless declared)
+    TIMER_FIRED = "timer_fired"          # timer: a timer the strategy declares fired; keyed by its name,
+                                         # timer_fired("grace") (protocol/timers.py)
     FENCES_SIGNALED = "fences_signaled"  # the shell: every fence waited for has signaled
     FENCE_TIMEOUT = "fence_timeout"      # timer: --fence-timeout after the fence wait began
     RESET_TIMEOUT = "reset_timeout"      # timer: --reset-grace-ms after fences were forced (AWAIT_RESETS)
@@ -73,7 +75,7 @@ class MoveEvent(enum.Enum):
 
 class Guard(enum.Enum):
     __hash__ = object.__hash__
-    ALWAYS = "always"
+    ALWAYS = "always"                    # holds always: a row's last rule (no other guard held)
     PINNED = "pinned"                    # some attachment holds a pin
     MAPPED = "mapped"                    # some attachment has it mapped
     CONSERVATIVE_HINTS = "conservative"  # --hint-policy conservative
@@ -114,11 +116,15 @@ class Step(enum.Enum):
     NOTIFY = "notify"                    # move_notify to the attachments of AUDIENCE
     AWAIT_ANSWERS = "await_answers"      # wait for an answer from each one notified (NOTIFY_DONE if none)
     ANSWERED = "answered"                # this attachment answered; NOTIFY_DONE once all have
-    START_NOTIFY_TIMER = "start_notify_timer"    # NOTIFY_TIMEOUT after --ack-timeout
-    CANCEL_NOTIFY_TIMER = "cancel_notify_timer"
+    START_NOTIFY_TIMER = "start_notify_timer"    # NOTIFY_TIMEOUT after the notify timer's length (--ack-timeout)
+    CANCEL_NOTIFY_TIMER = "cancel_notify_timer"  # NOTIFY_TIMEOUT will not come
     NOTIFY_TIMED_OUT = "notify_timed_out"        # ack_timeout: who did not answer, who is responsive
     GIVE_UP_NOTIFY = "give_up_notify"            # stop waiting for them
     REVOKE_SILENT = "revoke_silent"              # revoke the ones that did not answer, of AUDIENCE
+    # the strategy's own timers (protocol/timers.py), by name: start_timer("grace"), cancel_timer("grace")
+    START_TIMER = "start_timer"          # timer_fired(NAME) after its declared length, for this move or
+                                         # revocation; a timer of that name already running is replaced
+    CANCEL_TIMER = "cancel_timer"        # it will not fire (a no-op if it is not running)
     # fences
     WAIT_FENCES = "wait_fences"          # wait for every fence of the buffer (usage BOOKKEEP), bounded by --fence-timeout
     END_FENCE_WAIT = "end_fence_wait"    # every fence signaled: fence_wait_end, timer cancelled
@@ -127,7 +133,7 @@ class Step(enum.Enum):
                                          # device to confirm its engine stopped, bounded by --reset-grace-ms
     REVOKE_UNCONFIRMED = "revoke_unconfirmed"    # the grace is over: lose every device that did not confirm
     PUBLISH_KERNEL_FENCE = "publish_kernel_fence"  # the move's KERNEL fence, named by later map replies
-    SIGNAL_KERNEL_FENCE = "signal_kernel_fence"
+    SIGNAL_KERNEL_FENCE = "signal_kernel_fence"  # signal it: the new placement's bytes are all there
     # bytes
     COPY = "copy"                        # copy the bytes to the destination; COPY_DONE when finished
     SWITCH = "switch"                    # the buffer's placement becomes the destination
@@ -196,6 +202,31 @@ REFUSAL_REASONS: Mapping[Guard, str] = {
 QUEUED_REASON = "mapped"
 
 
+# The timers behind the events a timer fires, as events' `timer` field names them (machine.trigger);
+# TIMER_FIRED names its own (timer_fired("grace")).
+TIMER_EVENTS: Mapping[MoveEvent, str] = {
+    MoveEvent.NOTIFY_TIMEOUT: "notify", MoveEvent.FENCE_TIMEOUT: "fence", MoveEvent.RESET_TIMEOUT: "reset",
+    MoveEvent.UNMAP_WAIT_TIMEOUT: "unmap-wait"}
+
+# The steps and the event that take a timer's name (protocol/machine.py's Named members).
+NAMED: Mapping[Any, str] = {Step.START_TIMER: "timer", Step.CANCEL_TIMER: "timer", MoveEvent.TIMER_FIRED: "timer"}
+
+
+def start_timer(name: str) -> Named:
+    """The step that starts the strategy's timer `name` (declared in its ExporterSpec.timers)."""
+    return Named(Step.START_TIMER, name)
+
+
+def cancel_timer(name: str) -> Named:
+    """The step that cancels it."""
+    return Named(Step.CANCEL_TIMER, name)
+
+
+def timer_fired(name: str) -> Named:
+    """The event of its firing, as a row's key: (state, timer_fired("grace"))."""
+    return Named(MoveEvent.TIMER_FIRED, name)
+
+
 ExporterTable = Mapping[tuple[Any, MoveEvent], Any]
 
 IGNORE = (Rule(Guard.ALWAYS, SAME, ()),)
@@ -232,6 +263,7 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
     (ANY, MoveEvent.ATTACHMENT_GONE): IGNORE,
     (ANY, MoveEvent.NOTIFY_DONE): IGNORE,
     (ANY, MoveEvent.NOTIFY_TIMEOUT): IGNORE,
+    (ANY, MoveEvent.TIMER_FIRED): IGNORE,
     (ANY, MoveEvent.FENCES_SIGNALED): IGNORE,
     (ANY, MoveEvent.FENCE_TIMEOUT): IGNORE,
     (ANY, MoveEvent.RESET_TIMEOUT): IGNORE,
@@ -249,8 +281,11 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
 class ExporterSpec:
     """A strategy's exporter half: its table. Checked and completed by moves.compile_spec.
     `breaks`: the rule a mutant breaks on purpose (protocol/strategies/mutants.py); only then may
-    the table name a step of MUTANT_STEPS."""
+    the table name a step of MUTANT_STEPS. `timers`: the strategy's own timers, name -> length
+    (protocol/timers.py: "2 * dma_ms"); the notify timer is one, of length ack_timeout_ms unless
+    declared here."""
 
     strategy: str
     table: ExporterTable
     breaks: str = ""
+    timers: Mapping[str, str] = field(default_factory=dict)

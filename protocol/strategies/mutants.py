@@ -322,7 +322,7 @@ def derive(spec: str, base_module: ModuleType) -> ModuleType:
     module = ModuleType(f"dmabuf_emu_mutant_{spec}")
     module.NAME = spec
     module.SUMMARY = f"mutant of {base_module.NAME}: breaks the rule: " + "; ".join(m.rule for m in ms)
-    module.EXPORTER = ExporterSpec(spec, ex_table, breaks=rule)
+    module.EXPORTER = ExporterSpec(spec, ex_table, breaks=rule, timers=base_module.EXPORTER.timers)  # its timers kept
     module.IMPORTER = ImporterSpec(spec, im_table, base_module.IMPORTER.kinds, breaks=rule)
     compile_exporter(module.EXPORTER)
     compile_importer(module.IMPORTER)
