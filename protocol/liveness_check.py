@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from protocol import machine
 from protocol.exporter import MoveEvent, MoveState, Step, compile_spec
 from protocol.exporter.moves import VOCABULARY
-from protocol.machine import ANY, SAME, VIOLATION
+from protocol.machine import ANY, SAME, VIOLATION, Named
 
 # The step that starts a timer -> the event the timer fires (protocol/exporter/table.py).
 TIMERS: Mapping[Step, MoveEvent] = {
@@ -41,6 +41,22 @@ TIMERS: Mapping[Step, MoveEvent] = {
     Step.AWAIT_RESETS: MoveEvent.RESET_TIMEOUT,
     Step.AWAIT_UNMAPS: MoveEvent.UNMAP_WAIT_TIMEOUT,
 }
+
+
+
+def _timer_of(step: Any) -> Any:
+    """The event the timer a step starts fires: a built-in timer's (TIMERS), or for
+    start_timer(NAME), a timer the strategy declares, timer_fired(NAME); None for other steps."""
+    if isinstance(step, Named):
+        return Named(MoveEvent.TIMER_FIRED, step.arg) if step.member is Step.START_TIMER else None
+    return TIMERS.get(step)
+
+
+def _base_key(timer: Any) -> tuple[Any, Any]:
+    """The base row a timer's event falls to where the strategy gave none: (ANY, event), or for
+    timer_fired(NAME), the base table's (ANY, timer_fired) row."""
+    return (ANY, timer.member) if isinstance(timer, Named) else (ANY, timer)
+
 
 # A follow-up event -> the steps that ask for it, and the events of S's rows in which such a step
 # counts (None: any row of S, and the rule entering S).
@@ -75,7 +91,7 @@ def warnings(spec: Any) -> list[str]:
             if target in (SAME, VIOLATION) or target is src or target not in reach:
                 continue
             for step in rule.do:
-                timer = TIMERS.get(step)
+                timer = _timer_of(step)
                 if timer is None or (target, timer) in seen:
                     continue
                 line = _held(rows, origins, table, src, event, rule, target, timer)
@@ -88,7 +104,8 @@ def warnings(spec: Any) -> list[str]:
 def _held(rows: Mapping, origins: Mapping, table: Mapping, src: MoveState, event: MoveEvent, entering: Any,
           state: MoveState, timer: MoveEvent) -> str | None:
     key = machine.source(rows, state, timer)
-    if key != (ANY, timer) or origins.get(key) != machine.BASE or not _does_nothing(rows[key]):
+    if key not in ((ANY, timer), _base_key(timer)) or origins.get(key) != machine.BASE \
+            or not _does_nothing(rows[key]):
         return None
     outs: list[MoveEvent] = []
     for ev in MoveEvent:
@@ -100,7 +117,7 @@ def _held(rows: Mapping, origins: Mapping, table: Mapping, src: MoveState, event
                 return None           # a way out the move can count on
             outs.append(ev)
     entry = f"({_name(src)}, {_name(event)})"
-    timer_step = next(s for s in entering.do if TIMERS.get(s) is timer)
+    timer_step = next(s for s in entering.do if _timer_of(s) == timer)
     if outs:
         why = ("its only way out, " if len(outs) == 1 else "its only ways out, ") + ", ".join(
             f"{_name(ev)}, comes only after {_after(ev)}, which no row of {_name(state)} takes" for ev in outs)

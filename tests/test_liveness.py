@@ -299,3 +299,19 @@ def test_signal_after_next_map_is_stuck_only_when_no_fence_timeout_breaks_its_de
     held = simulate_in_memory(RunParams(**base, fence_timeout_ms=60_000)).report["findings"]
     assert held["deadlock"]["present_at_end"]
     assert held[STUCK]["by_what"]["move"] and held[STUCK]["by_what"]["fence"] and held[STUCK]["by_what"]["deferred_map"]
+
+
+def test_a_strategy_timer_nobody_listens_for_warns_and_the_one_that_copies_on_it_does_not(tmp_path: Path) -> None:
+    """A timer the strategy declares (start_timer("grace")) is held to the same rule as the
+    notify timer: entering NOTIFYING on it with no timer_fired("grace") row there is a warning."""
+    from protocol.liveness_check import strategy_warnings
+    grace = ROOT / "tests" / "strategies" / "grace_timer.py"
+    assert strategy_warnings(str(grace)) == []
+    deaf = tmp_path / "deaf_grace.py"
+    deaf.write_text(grace.read_text().replace('NAME = "grace-timer-test"', 'NAME = "deaf-grace"').replace(
+        '        (MoveState.NOTIFYING, timer_fired("grace")): (Rule(Guard.ALWAYS, MoveState.COPYING, (Step.COPY,)),),\n',
+        ""))
+    assert "timer_fired(\"grace\")" not in deaf.read_text()
+    (line,) = strategy_warnings(str(deaf))
+    assert "exporter state notifying" in line and "start_timer(grace)" in line
+    assert "add a (notifying, timer_fired(grace)) row" in line
