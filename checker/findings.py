@@ -10,6 +10,15 @@ Rules (docs/events.md, "Findings"):
   `lease` (importer_lost, reason "lease expired"), `unmap` (unmap_wait_warning, Linux 7.1).
 - `revoke_incomplete` (Linux 7.1, checker/revoke.py): a revocation ended its unmap wait while the
   exporter still had a mapping of the buffer on record: one item per such mapping.
+- `refcount_warning` (Linux 7.1): each exporter `refcount_warning` event, the kernel's WARN from
+  lib/refcount.c ("addition on 0" or "underflow"): the exporter's unmap-wait count went wrong,
+  whatever the importers did. A catch.
+- `stuck_unmap_wait` (Linux 7.1, checker/revoke.py): a revocation whose unmap wait was still open
+  when the workload ended (deploy's workload_stop, else the end of the history): the revocation did
+  not complete. One item per wait, naming the importers whose mappings held it, or none (a wait
+  for nothing: its completion was taken, or its count dropped twice). Not a catch: an importer
+  that never unmaps holds a correct revocation too (7.1 waits without bound). A liveness finding,
+  to fold into `stuck` (what: "unmap_wait") when the checker has liveness findings.
 - Counts count everything; item lists keep the first MAX_ITEMS. Sentences are written at report
   time, when the history's start and the fate of each cycle are known.
 """
@@ -29,10 +38,13 @@ DEADLOCK = "deadlock"
 FENCE_FORCED = "fence_forced"
 TIMEOUT = "timeout"
 REVOKE_INCOMPLETE = "revoke_incomplete"
-FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE)
+REFCOUNT_WARNING = "refcount_warning"
+STUCK_UNMAP_WAIT = "stuck_unmap_wait"
+FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, REFCOUNT_WARNING,
+                                  STUCK_UNMAP_WAIT)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
-CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE)
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, REFCOUNT_WARNING)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 
@@ -179,10 +191,31 @@ class Findings:
         self._fence_round: dict[tuple[Any, Any], dict[str, Any]] = {}   # (buffer, move) -> its timeout item
         self.incomplete: list[dict[str, Any]] = []
         self.n_incomplete = 0
+        self.refcount: list[dict[str, Any]] = []
+        self.n_refcount = 0
+        self.stuck_unmap: list[dict[str, Any]] = []
+        self.n_stuck_unmap = 0
 
     @property
     def total(self) -> int:
-        return self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete
+        return (self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.n_refcount
+                + self.n_stuck_unmap)
+
+    def refcount_warning(self, ev: dict[str, Any], t: int) -> dict[str, Any]:
+        """The exporter's refcount_t WARN on a buffer's unmap-wait count."""
+        self.n_refcount += 1
+        item = {"t_ns": t, "buffer": ev.get("buffer"), "refs": ev.get("refs"), "message": ev.get("message"),
+                "events": [{"t_ns": t, "event": "refcount_warning", "svc": "exporter", "buffer": ev.get("buffer"),
+                            "refs": ev.get("refs"), "message": ev.get("message")}]}
+        if len(self.refcount) < MAX_ITEMS:
+            self.refcount.append(item)
+        return item
+
+    def stuck_unmap_wait(self, item: dict[str, Any]) -> None:
+        """An unmap wait still open at the workload's end (checker/revoke.py)."""
+        self.n_stuck_unmap += 1
+        if len(self.stuck_unmap) < MAX_ITEMS:
+            self.stuck_unmap.append(item)
 
     def revoke_incomplete(self, item: dict[str, Any]) -> None:
         """A mapping still on record when its revocation's unmap wait ended (checker/revoke.py
@@ -237,6 +270,10 @@ class Findings:
             TIMEOUT: {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
             REVOKE_INCOMPLETE: {"count": self.n_incomplete, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _incomplete_sentence(x, t0)} for x in self.incomplete]},
+            REFCOUNT_WARNING: {"count": self.n_refcount, "items": [
+                {**x, "t_s": secs(x["t_ns"]), "sentence": _refcount_sentence(x, t0)} for x in self.refcount]},
+            STUCK_UNMAP_WAIT: {"count": self.n_stuck_unmap, "items": [
+                {**x, "t_s": secs(x["t_ns"]), "sentence": _stuck_unmap_sentence(x, t0)} for x in self.stuck_unmap]},
         }
 
     @staticmethod
@@ -270,6 +307,24 @@ def _incomplete_sentence(x: dict[str, Any], t0: int) -> str:
             f"while {x['importer']}'s attachment {x.get('attachment')} was still mapped (map {x.get('map_id')} "
             f"served at {rel_ms(x['mapped_t'], t0)}); {then}: the exporter went on as if every importer had "
             f"unmapped, and may reuse or disable memory the importer can still reach.")
+
+
+def _refcount_sentence(x: dict[str, Any], t0: int) -> str:
+    return (f"at {rel_ms(x['t_ns'], t0)} the exporter warned \"{x.get('message')}\" on buffer {x.get('buffer')}'s "
+            f"unmap-wait count (refs {x.get('refs')}): a reference taken on zero or dropped below it, so that "
+            f"count no longer says which mappings a revocation must wait for.")
+
+
+def _stuck_unmap_sentence(x: dict[str, Any], t0: int) -> str:
+    held = x.get("held_by") or []
+    why = (f"held by {', '.join(held)}, still mapped" if held else
+           "with no mapping of the buffer live: a wait for nothing (its completion was already taken, "
+           "or its count dropped twice)")
+    after = (f"; it ended at {rel_ms(x['ended_t'], t0)}, after the workload" if x.get("ended_t") is not None
+             else "; it never ended")
+    return (f"revoke {x.get('revoke')} of buffer {x.get('buffer')} began its unmap wait at "
+            f"{rel_ms(x['t_ns'], t0)} and it was still open at the workload's end ({rel_ms(x['open_at'], t0)}), "
+            f"{why}{after}: the revocation did not complete.")
 
 
 def _timeout_sentence(x: dict[str, Any], t0: int) -> str:

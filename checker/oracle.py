@@ -79,7 +79,8 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     importer_name,
 )
-from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT, Findings
+from checker.findings import (CATCHES, DEADLOCK, FENCE_FORCED, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK_UNMAP_WAIT,
+                              TIMEOUT, Findings)
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -132,7 +133,10 @@ _DISPATCH: dict[str, str] = {
     "invalidate_mappings_returned": "_invalidate_returned",
     "revoke": "revoke.revoke",
     "unrevoke": "revoke.unrevoke",
+    "unmap_wait_begin": "revoke.unmap_wait_begin",
     "unmap_wait_end": "_unmap_wait_end",
+    "refcount_warning": "_refcount_warning",
+    "workload_stop": "_workload_stop",
     "unmap_served": "_unmap_served",
     "unmap_wait_warning": "_unmap_wait_warning",
     "revoked": "_revoked",
@@ -399,6 +403,8 @@ class Oracle:
             return
         self._finished = True
         self._flush_ending()
+        if self.t1 is not None:
+            self._unmap_waits_open(self.t1)   # no workload_stop: the end of the history is the workload's
         live = sorted([*self.jobs.values(), *self._orphans], key=lambda j: (j.begin_t, j.svc, str(j.job)))
         self._orphans.clear()
         for job in live:
@@ -1021,6 +1027,21 @@ class Oracle:
             self.findings.revoke_incomplete(item)
             if self.on_finding is not None:
                 self.on_finding("revoke incomplete", "exporter", t, {"finding": REVOKE_INCOMPLETE, **item})
+
+    def _refcount_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        item = self.findings.refcount_warning(ev, t)
+        if self.on_finding is not None:
+            self.on_finding("refcount warning", svc, t, {"finding": REFCOUNT_WARNING, **item})
+
+    def _workload_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        self._unmap_waits_open(t)
+
+    def _unmap_waits_open(self, t: int) -> None:
+        """The workload is over: each revocation still waiting for unmaps did not complete."""
+        for item in self.revoke.workload_over_at(t):
+            self.findings.stuck_unmap_wait(item)
+            if self.on_finding is not None:
+                self.on_finding("unmap wait stuck", "exporter", t, {"finding": STUCK_UNMAP_WAIT, **item})
 
     def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
         name = self.revoke.warned(ev)

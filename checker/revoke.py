@@ -5,8 +5,15 @@ Rules (docs/events.md, "Linux 7.1: invalidate_mappings and revoke"):
 - `maps_refused`: maps answered `no_device` (`op_answered`, op map, ok false, code no_device): the
   maps that came while their buffer was revoked.
 - `unmap_wait_ms`: `unmap_wait_end.waited_ns` of each revocation, as p50 and max (and n).
-- `broken_importers`: the importers named by an `unmap_wait_warning` (VFIO's "importer has a
-  broken invalidate_mapping()"), sorted, each once. Each warning is also an `unmap` timeout finding.
+- `broken_importers`: the importers named by an `unmap_wait_warning` (the posted v5/v6 drafts'
+  WARN "Timed out waiting for DMABUF unmap, importer has a broken invalidate_mapping()"; 7.1 as
+  merged has none), sorted, each once. Each warning is also an `unmap` timeout finding.
+- `not_completed`: the revocations whose unmap wait (`unmap_wait_begin` without its
+  `unmap_wait_end`) was still open when the workload ended (deploy's `workload_stop`; without
+  one, the end of the history). 7.1 waits for unmaps without bound, so an importer that never
+  unmaps holds the revocation: each such wait is a `stuck_unmap_wait` finding, naming the
+  importers whose mappings (on the exporter's record) held it, or none (a wait for nothing), and
+  when it ended if it did (e.g. when the importer unmapped at its leave).
 - A revocation must not end its unmap wait while a mapping of its buffer is live: the exporter's
   own record of what it mapped (`map_served`, until `unmap_served`, `attachment_revoked` or
   `detach` of that attachment) says which are. Each one still mapped at `unmap_wait_end` is a
@@ -36,6 +43,10 @@ class RevokeTally:
         self.mapped: dict[tuple[str, Any], tuple[Any, int, Any]] = {}  # (importer, att) -> (buffer, t, map id)
         self.early: dict[tuple[str, Any], list[dict[str, Any]]] = {}   # still mapped at an unmap_wait_end
         self.revoked_at: dict[Any, tuple[int, Any]] = {}                # buffer -> (t, revoke) of its last revoke
+        self.open_waits: dict[tuple[Any, Any], dict[str, Any]] = {}     # (buffer, revoke) -> its unmap wait
+        self.stuck: dict[tuple[Any, Any], dict[str, Any]] = {}          # ... still open at the workload's end
+        self.workload_over = False
+        self.not_completed = 0                                          # waits found open at the workload's end
 
     def revoke(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
@@ -64,8 +75,38 @@ class RevokeTally:
                                        "buffer": item["buffer"], "attachment": att,
                                        "note": "the mapping is gone, after the revocation went on"})
 
+    def unmap_wait_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc == "exporter":
+            self.open_waits[(ev.get("buffer"), ev.get("revoke"))] = {"t_ns": t, "buffer": ev.get("buffer"),
+                                                                   "revoke": ev.get("revoke")}
+
+    def workload_over_at(self, t: int) -> list[dict[str, Any]]:
+        """The workload ended (or the history did): each unmap wait still open is a stuck one
+        (findings); it is told of the wait's end if that comes later."""
+        if self.workload_over:
+            return []
+        self.workload_over = True
+        out = []
+        for key, wait in sorted(self.open_waits.items(), key=lambda kv: kv[1]["t_ns"]):
+            held = sorted({imp for (imp, _), (buf, _, _) in self.mapped.items() if buf == wait["buffer"]})
+            item = {**wait, "what": "unmap_wait", "open_at": t, "held_by": held, "ended_t": None,
+                    "events": [{"t_ns": wait["t_ns"], "event": "unmap_wait_begin", "svc": "exporter",
+                                "buffer": wait["buffer"], "revoke": wait["revoke"],
+                                "note": "held by " + ", ".join(held) if held else "no mapping live"}]}
+            self.stuck[key] = item
+            out.append(item)
+        self.not_completed += len(out)
+        return out
+
     def unmap_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> list[dict[str, Any]]:
         """The revocation's unmap wait ended: the mappings of its buffer still live (findings)."""
+        key = (ev.get("buffer"), ev.get("revoke"))
+        self.open_waits.pop(key, None)
+        late = self.stuck.pop(key, None)
+        if late is not None:
+            late["ended_t"] = t
+            late["events"].append({"t_ns": t, "event": "unmap_wait_end", "svc": "exporter", "buffer": key[0],
+                                   "revoke": key[1], "note": "after the workload's end"})
         waited = ev.get("waited_ns")
         if type(waited) is int and waited >= 0:
             self.unmap_wait.add(waited)
@@ -98,4 +139,4 @@ class RevokeTally:
         return {"revocations": self.revocations, "unrevocations": self.unrevocations,
                 "maps_refused": self.maps_refused,
                 "unmap_wait_ms": {"n": s.get("n", 0), "p50": ms(s.get("p50")), "max": ms(s.get("max"))},
-                "broken_importers": sorted(self.broken)}
+                "broken_importers": sorted(self.broken), "not_completed": self.not_completed}

@@ -256,9 +256,9 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 
 
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
-    """The checker's verdicts on a merged history: every race, deadlock and revoke_incomplete, in
-    the order it judged them."""
-    from checker.findings import DEADLOCK, REVOKE_INCOMPLETE
+    """The checker's verdicts on a merged history: every race, deadlock, revoke_incomplete and
+    refcount_warning, in the order it judged them."""
+    from checker.findings import DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
@@ -270,6 +270,8 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
         elif kind == REVOKE_INCOMPLETE:
             races.append(RaceId(REVOKE_INCOMPLETE, fields.get("buffer"), str(fields.get("importer")),
                                 fields.get("attachment")))
+        elif kind == REFCOUNT_WARNING:
+            races.append(RaceId(REFCOUNT_WARNING, fields.get("buffer"), "exporter", fields.get("message")))
 
     oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
                     on_finding=on_finding)
