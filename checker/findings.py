@@ -206,7 +206,8 @@ class Findings:
         self.n_refcount += 1
         item = {"t_ns": t, "buffer": ev.get("buffer"), "refs": ev.get("refs"), "message": ev.get("message"),
                 "events": [{"t_ns": t, "event": "refcount_warning", "svc": "exporter", "buffer": ev.get("buffer"),
-                            "refs": ev.get("refs"), "message": ev.get("message")}]}
+                            "refs": ev.get("refs"), "message": ev.get("message"),
+                            "note": f"the exporter's own WARN: {ev.get('message')}"}]}
         if len(self.refcount) < MAX_ITEMS:
             self.refcount.append(item)
         return item

@@ -55,6 +55,9 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
                         if (findings.get(REVOKE_INCOMPLETE) or {}).get("count") else ""))
         for d in findings[DEADLOCK]["items"][:1]:
             lines.append(f"  deadlock   {d.get('sentence', '')}")
+    not_completed = (report.get("revoke") or {}).get("not_completed")
+    if not_completed:
+        lines.append(f"  revoke     revocations not completed: {not_completed} (unmap wait still open at the end)")
     faults = report.get("faults", {})
     if faults.get("applied"):
         lines.append("  faults     " + "  ".join(f"{k} {n}" for k, n in sorted(faults["applied"].items())))

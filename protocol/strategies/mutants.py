@@ -71,8 +71,11 @@ KREF_REINIT_FAULTS = ("revoke:at=0.3,for=0.3", "revoke:at=0.9,for=0.3", "revoke:
 # move's notify timeout would revoke importer-1's attachments and so end the wait). The drafts'
 # bound was 1 s (--unmap-wait-ms 1000, the default); 300 ms shows it in a 1.5 s run.
 V6_UNMAP_TIMEOUT_FAULTS = ("revoke:at=0.3,for=0.6", "ignore-notify:target=importer-1,at=0.2")
+# On the small configuration (50 ms): the revocation's wait for importer-1's callback return is
+# cut to 2 ms (--ack-timeout-ms; 250 ms by default would outlast the run), its unmap wait to 5 ms.
 SMALL_V6_UNMAP_TIMEOUT: Mapping[str, Any] = {
-    "unmap_wait_ms": 5.0, "faults": ("revoke:at=0.002,for=0.01", "ignore-notify:target=importer-1,at=0.001")}
+    "ack_timeout_ms": 2.0, "unmap_wait_ms": 5.0,
+    "faults": ("revoke:at=0.002,for=0.01", "ignore-notify:target=importer-1,at=0.001")}
 # cleanup-redrain's workload: every buffer revoked at 0.3 s (no un-revoke: VFIO's memory decoding
 # stays off), then the device closed at 0.9 s. The bug needs nothing more: "trivially reachable".
 CLEANUP_REDRAIN_FAULTS = ("revoke:at=0.3", "close:at=0.9")
