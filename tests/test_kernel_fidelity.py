@@ -87,4 +87,4 @@ def test_kernel_sources_has_a_row_for_every_mutant_with_its_kind() -> None:
     for m in mutants.MUTANTS:
         name = f"{m.base}+{m.name}"
         assert name in rows, f"docs/kernel-sources.md has no row for {name}"
-        assert rows[name][2] == m.kind, f"{name}: the page says {rows[name][2]!r}, mutants.py {m.kind!r}"
+        assert rows[name][2].startswith(m.kind), f"{name}: the page says {rows[name][2]!r}, mutants.py {m.kind!r}"
