@@ -195,8 +195,13 @@ def _closed_after_revocation(strategy: str) -> World:
     cached(w, "importer-1", 1, 0)
     revoked(w)
     assert state(w, 0) is MoveState.REVOKED and len(fields(w, "unmap_wait_end")) == 1
+    return closed(w)
+
+
+def closed(w: World, buffer: int = 0) -> World:
+    """The `close` fault on `buffer`, and everything it sets going."""
     w.tick()
-    w._apply("exporter", w.exporter.close_buffer(0, w.now))
+    w._apply("exporter", w.exporter.close_buffer(buffer, w.now))
     w.settle()
     w.check_fences()
     w.settle()
@@ -214,11 +219,7 @@ def test_closing_the_device_leaves_a_revoked_buffer_alone() -> None:
 def test_closing_the_device_revokes_a_buffer_not_revoked() -> None:
     w = joined("revoke", importers=2)
     cached(w, "importer-1", 1, 0)
-    w.tick()
-    w._apply("exporter", w.exporter.close_buffer(0, w.now))
-    w.settle()
-    w.check_fences()
-    w.settle()
+    closed(w)
     assert state(w, 0) is MoveState.REVOKED
     assert [f["buffer"] for f in fields(w, "revoke")] == [0] and len(fields(w, "unmap_wait_end")) == 1
 

@@ -154,6 +154,13 @@ def chain(*edits: Transform) -> Transform:
 
 # ---------------------------------------------------------------------------------- the mutants
 
+# Before the May 2026 fix the revoke branch ended its unmap wait without re-arming it (v5-v7 re-armed
+# at un-revoke): kref-reinit's and cleanup-redrain's row.
+NO_REARM_AT_REVOKE_END: Table = {
+    (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
+        Rule(Guard.ALWAYS, MoveState.REVOKED, (Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
+}
+
 MERGED_BUG, REVIEW_CATCH, PLAUSIBLE = "merged bug", "review catch", "plausible mistake"
 KINDS = (MERGED_BUG, REVIEW_CATCH, PLAUSIBLE)
 
@@ -302,8 +309,7 @@ MUTANTS: tuple[Mutant, ...] = (
         expect="revoke_incomplete (a finding: a revocation ends its unmap wait with a mapping live), "
                "refcount_warning (a finding); no race",
         exporter=set_rows({
-            (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
-                Rule(Guard.ALWAYS, MoveState.REVOKED, (Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
+            **NO_REARM_AT_REVOKE_END,
             (MoveState.REVOKED, MoveEvent.UNREVOKE): (
                 Rule(Guard.ALWAYS, MoveState.UNREVOKING,
                      (Step.BEGIN_UNREVOKE, Step.LOCK, Step.MARK_UNREVOKED, *NOTIFY_STEPS)),),
@@ -353,8 +359,7 @@ MUTANTS: tuple[Mutant, ...] = (
                "(the second wait never ends, with no mapping live); no race",
         exporter=set_rows({
             # v7: the revoke branch ends without re-arming ...
-            (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
-                Rule(Guard.ALWAYS, MoveState.REVOKED, (Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
+            **NO_REARM_AT_REVOKE_END,
             # ... un-revoke re-arms, before the buffer is mappable again ...
             (MoveState.UNREVOKE_FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
                 Rule(Guard.ALWAYS, MoveState.IDLE,
