@@ -1,4 +1,4 @@
-"""Known kernel bugs as mutants (issue 15): each a correct strategy with one rule broken in its
+"""Mutants, kernel rules broken (issue 15): each a correct strategy with one rule broken in its
 tables, each caught by the checker (which knows no strategy) with a witness quoting the rule.
 
 The sans-IO tests show each mutant's table change doing what its bug does (tests/world.py judges
