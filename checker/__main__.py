@@ -2,8 +2,8 @@
 print a summary.
 
 Exit status: 0 judged (or nothing found that a --fail-on flag names), 1 a race found with
---fail-on-race or a finding (deadlock, fence forced, timeout) with --fail-on-finding, 2 the run
-could not be read.
+--fail-on-race or a finding (deadlock, fence forced, timeout, revoke_incomplete, stuck) with
+--fail-on-finding, 2 the run could not be read.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from checker.findings import DEADLOCK, FENCE_FORCED, TIMEOUT
+from checker.findings import DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, STUCK, TIMEOUT
 from checker.history import HistoryError
 from checker.run import check_run
 
@@ -38,7 +38,10 @@ def summary(report: dict[str, Any]) -> str:
     f = report["findings"]
     if f["total"]:
         lines.append(f"findings: {f['total']} (deadlock {f[DEADLOCK]['count']}, fences forced "
-                     f"{f[FENCE_FORCED]['count']}, timeouts {f[TIMEOUT]['count']})")
+                     f"{f[FENCE_FORCED]['count']}, timeouts {f[TIMEOUT]['count']}, revocations incomplete "
+                     f"{f[REVOKE_INCOMPLETE]['count']}, stuck {f[STUCK]['count']})")
+    if f[STUCK]["count"]:
+        lines.append(f"stuck: {f[STUCK]['summary']}")
     for kind, items in report["witnesses"].items():
         if items:
             lines.append(f"  e.g. {kind}: {items[0]['sentence']}")
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--fail-on-race", action="store_true", help="exit 1 if any race is found")
     ap.add_argument("--fail-on-finding", action="store_true",
-                    help="exit 1 if any finding (deadlock, fence forced, timeout) is reported")
+                    help="exit 1 if any finding (deadlock, fence forced, timeout, revoke_incomplete, stuck) "
+                         "is reported")
     ap.add_argument("--no-merge", action="store_true", help="judge the existing history.jsonl as is")
     args = ap.parse_args(argv)
     try:

@@ -151,7 +151,8 @@ EVENTS: tuple[Event, ...] = (
     _e("exporter", "unmap_wait_begin", "buffer revoke importers attachments bound_ms", "",
        "Linux 7.1: after `resv_unlock`, the revocation waits for every invalidated attachment's unmap (7.1 as "
        "merged: no bound, `bound_ms` null; the v5/v6 drafts' mutant `revoke+v6-unmap-timeout`: `--unmap-wait-ms`). "
-       "One still open when the workload ends is a `stuck_unmap_wait` finding"),
+       "One still open when the workload ends is a revocation not completed (`revoke.not_completed`): `stuck` if "
+       "no mapping holds it, excused if an importer keeps its mapping"),
     _e("exporter", "unmap_wait_warning", "buffer revoke importer attachment waited_ns message", "",
        "an importer had not unmapped within `bound_ms`: the posted v5/v6 drafts' WARN (7.1 as merged has "
        "none; only `revoke+v6-unmap-timeout` emits it)",

@@ -12,13 +12,9 @@ Rules (docs/events.md, "Findings"):
   exporter still had a mapping of the buffer on record: one item per such mapping.
 - `refcount_warning` (Linux 7.1): each exporter `refcount_warning` event, the kernel's WARN from
   lib/refcount.c ("addition on 0" or "underflow"): the exporter's unmap-wait count went wrong,
-  whatever the importers did. A catch.
-- `stuck_unmap_wait` (Linux 7.1, checker/revoke.py): a revocation whose unmap wait was still open
-  when the workload ended (deploy's workload_stop, else the end of the history): the revocation did
-  not complete. One item per wait, naming the importers whose mappings held it, or none (a wait
-  for nothing: its completion was taken, or its count dropped twice). Not a catch: an importer
-  that never unmaps holds a correct revocation too (7.1 waits without bound). A liveness finding,
-  to fold into `stuck` (what: "unmap_wait") when the checker has liveness findings.
+  whatever the importers did. A catch: no other event shows an underflow.
+- `stuck` (checker/liveness.py): something begun (a move, a queued move, a deferred map, an
+  awaited fence, an unmap wait) still open when the run's drain ended (deploy's workload_stop).
 - Counts count everything; item lists keep the first MAX_ITEMS. Sentences are written at report
   time, when the history's start and the fate of each cycle are known.
 """
@@ -27,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from checker import liveness
 from checker.model import importer_name
 from checker.waitfor import HOLDER_KINDS, Cycle, Node, WaitFor
 from checker.witness import rel_ms
@@ -38,13 +35,13 @@ DEADLOCK = "deadlock"
 FENCE_FORCED = "fence_forced"
 TIMEOUT = "timeout"
 REVOKE_INCOMPLETE = "revoke_incomplete"
+STUCK = "stuck"
 REFCOUNT_WARNING = "refcount_warning"
-STUCK_UNMAP_WAIT = "stuck_unmap_wait"
-FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, REFCOUNT_WARNING,
-                                  STUCK_UNMAP_WAIT)
+FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
-CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, REFCOUNT_WARNING)
+# A stuck item is a liveness rule broken: the protocol stopped making progress.
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 
@@ -191,15 +188,17 @@ class Findings:
         self._fence_round: dict[tuple[Any, Any], dict[str, Any]] = {}   # (buffer, move) -> its timeout item
         self.incomplete: list[dict[str, Any]] = []
         self.n_incomplete = 0
+        self.stuck_items: list[dict[str, Any]] = []
+        self.n_stuck = 0
         self.refcount: list[dict[str, Any]] = []
         self.n_refcount = 0
-        self.stuck_unmap: list[dict[str, Any]] = []
-        self.n_stuck_unmap = 0
+        self.stuck_by_what = {w: 0 for w in liveness.WHAT}
+        self.liveness: liveness.Liveness | None = None   # set by the oracle: whether and how it judged
 
     @property
     def total(self) -> int:
-        return (self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.n_refcount
-                + self.n_stuck_unmap)
+        return (self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.n_stuck
+                + self.n_refcount)
 
     def refcount_warning(self, ev: dict[str, Any], t: int) -> dict[str, Any]:
         """The exporter's refcount_t WARN on a buffer's unmap-wait count."""
@@ -212,11 +211,12 @@ class Findings:
             self.refcount.append(item)
         return item
 
-    def stuck_unmap_wait(self, item: dict[str, Any]) -> None:
-        """An unmap wait still open at the workload's end (checker/revoke.py)."""
-        self.n_stuck_unmap += 1
-        if len(self.stuck_unmap) < MAX_ITEMS:
-            self.stuck_unmap.append(item)
+    def stuck(self, item: dict[str, Any]) -> None:
+        """Something still open when the drain ended (checker/liveness.py fills in its end, if any)."""
+        self.n_stuck += 1
+        self.stuck_by_what[item["what"]] += 1
+        if len(self.stuck_items) < MAX_ITEMS:
+            self.stuck_items.append(item)
 
     def revoke_incomplete(self, item: dict[str, Any]) -> None:
         """A mapping still on record when its revocation's unmap wait ended (checker/revoke.py
@@ -271,10 +271,14 @@ class Findings:
             TIMEOUT: {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
             REVOKE_INCOMPLETE: {"count": self.n_incomplete, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _incomplete_sentence(x, t0)} for x in self.incomplete]},
+            STUCK: {"count": self.n_stuck, "by_what": dict(self.stuck_by_what),
+                    "summary": liveness.phrase(self.stuck_by_what),
+                    **(self.liveness.status() if self.liveness is not None else {"judged": False, "why_not": None,
+                                                                                  "bound_t_ns": None, "excused": {}}),
+                    "items": [{**x, "t_s": secs(x["t_ns"]), "sentence": liveness.sentence(x, t0)}
+                              for x in self.stuck_items]},
             REFCOUNT_WARNING: {"count": self.n_refcount, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _refcount_sentence(x, t0)} for x in self.refcount]},
-            STUCK_UNMAP_WAIT: {"count": self.n_stuck_unmap, "items": [
-                {**x, "t_s": secs(x["t_ns"]), "sentence": _stuck_unmap_sentence(x, t0)} for x in self.stuck_unmap]},
         }
 
     @staticmethod
@@ -314,18 +318,6 @@ def _refcount_sentence(x: dict[str, Any], t0: int) -> str:
     return (f"at {rel_ms(x['t_ns'], t0)} the exporter warned \"{x.get('message')}\" on buffer {x.get('buffer')}'s "
             f"unmap-wait count (refs {x.get('refs')}): a reference taken on zero or dropped below it, so that "
             f"count no longer says which mappings a revocation must wait for.")
-
-
-def _stuck_unmap_sentence(x: dict[str, Any], t0: int) -> str:
-    held = x.get("held_by") or []
-    why = (f"held by {', '.join(held)}, still mapped" if held else
-           "with no mapping of the buffer live: a wait for nothing (its completion was already taken, "
-           "or its count dropped twice)")
-    after = (f"; it ended at {rel_ms(x['ended_t'], t0)}, after the workload" if x.get("ended_t") is not None
-             else "; it never ended")
-    return (f"revoke {x.get('revoke')} of buffer {x.get('buffer')} began its unmap wait at "
-            f"{rel_ms(x['t_ns'], t0)} and it was still open at the workload's end ({rel_ms(x['open_at'], t0)}), "
-            f"{why}{after}: the revocation did not complete.")
 
 
 def _timeout_sentence(x: dict[str, Any], t0: int) -> str:

@@ -45,7 +45,9 @@ Rules (docs/events.md is the event contract; the verdicts are the spec's, restat
 - A line that is not a JSON object with int t_ns, str svc and str event is skipped and counted in
   `history_errors`; an event missing a field its handler needs is counted in `anomalies`.
 - Findings beside races (checker/findings.py): deadlocks from the wait-for graph
-  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts. The revoke summary
+  (checker/waitfor.py, fed the lock and wait events), forced fences, timeouts, and what was
+  still open when the drain ended (`stuck`: checker/liveness.py, fed its events after the
+  handlers here). The revoke summary
   is checker/revoke.py's. Witnesses get their "because" chain from checker/because.py.
 """
 
@@ -79,8 +81,8 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     importer_name,
 )
-from checker.findings import (CATCHES, DEADLOCK, FENCE_FORCED, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK_UNMAP_WAIT,
-                              TIMEOUT, Findings)
+from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REFCOUNT_WARNING, REVOKE_INCOMPLETE, TIMEOUT, Findings
+from checker.liveness import HANDLED as LIVENESS_EVENTS, Liveness
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -169,7 +171,19 @@ _DISPATCH: dict[str, str] = {
     "run_stop": "_run_stop",
     "run_interrupted": "_run_interrupted",
 }
-require_known([*_DISPATCH, *WAITFOR_EVENTS], "checker/oracle.py")
+require_known([*_DISPATCH, *WAITFOR_EVENTS, *LIVENESS_EVENTS], "checker/oracle.py")
+
+
+def _then(first: Callable[[dict[str, Any], int, str], None] | None,
+          second: Callable[[dict[str, Any], int, str], None]) -> Callable[[dict[str, Any], int, str], None]:
+    """A handler that runs `first` (if any), then `second`."""
+    if first is None:
+        return second
+
+    def both(ev: dict[str, Any], t: int, svc: str) -> None:
+        first(ev, t, svc)
+        second(ev, t, svc)
+    return both
 
 
 class _LastWrite:
@@ -320,6 +334,10 @@ class Oracle:
             name: attrgetter(path)(self) for name, path in _DISPATCH.items()}
         for name in WAITFOR_EVENTS:
             self._handlers.setdefault(name, getattr(self.waitfor, name))
+        # Liveness (checker/liveness.py) sees its events after the handler above, if any.
+        self.liveness = self.findings.liveness = Liveness(self.findings.stuck, on_finding)
+        for name, live in self.liveness.handlers().items():
+            self._handlers[name] = _then(self._handlers.get(name), live)
 
     # ------------------------------------------------------------------ the pass
 
@@ -403,8 +421,6 @@ class Oracle:
             return
         self._finished = True
         self._flush_ending()
-        if self.t1 is not None:
-            self._unmap_waits_open(self.t1)   # no workload_stop: the end of the history is the workload's
         live = sorted([*self.jobs.values(), *self._orphans], key=lambda j: (j.begin_t, j.svc, str(j.job)))
         self._orphans.clear()
         for job in live:
@@ -1034,14 +1050,12 @@ class Oracle:
             self.on_finding("refcount warning", svc, t, {"finding": REFCOUNT_WARNING, **item})
 
     def _workload_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
-        self._unmap_waits_open(t)
-
-    def _unmap_waits_open(self, t: int) -> None:
-        """The workload is over: each revocation still waiting for unmaps did not complete."""
-        for item in self.revoke.workload_over_at(t):
-            self.findings.stuck_unmap_wait(item)
-            if self.on_finding is not None:
-                self.on_finding("unmap wait stuck", "exporter", t, {"finding": STUCK_UNMAP_WAIT, **item})
+        """The revocations still waiting for unmaps did not complete (the revoke summary's count).
+        One held by an importer that keeps its mapping is that importer's doing, excused from
+        `stuck` (liveness sees workload_stop after this); one with no mapping live is stuck."""
+        for buffer, revoke, held_by in self.revoke.workload_over_at(t):
+            if held_by:
+                self.liveness.excuse_unmap_wait(buffer, revoke, f"held by {', '.join(held_by)}, still mapped")
 
     def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
         name = self.revoke.warned(ev)

@@ -76,6 +76,9 @@ def render_report_md(r: dict[str, Any]) -> str:
         lines += [f"This run's strategy is the mutant **{_cell(mutant.get('name'))}**: it breaks the rule "
                   f"*{_cell(mutant.get('rule'))}* ({_cell(mutant.get('source'))}). Expected: "
                   f"{_cell(mutant.get('expect'))}.", ""]
+    stuck = (r.get("findings") or {}).get("stuck") or {}
+    if stuck.get("count"):
+        lines += [f"**Stuck: {_cell(stuck.get('summary'))}** by the end of the drain (see Findings).", ""]
     if bc:
         lines += [f"Final bytes: **{bc.get('verdict')}**.", ""]
     died = svcs.get("died") or []
@@ -199,25 +202,42 @@ def _findings(f: dict[str, Any]) -> list[str]:
         return []
     out = ["## Findings", ""]
     if not f.get("total"):
-        return out + ["None: no deadlock, no fence forced, no timeout.", ""]
+        return out + ["None: no deadlock, no fence forced, no timeout, nothing stuck.", ""] + _not_judged(f)
     dl, ff, to = f.get("deadlock") or {}, f.get("fence_forced") or {}, f.get("timeout") or {}
-    ri = f.get("revoke_incomplete") or {}
+    ri, st = f.get("revoke_incomplete") or {}, f.get("stuck") or {}
     by_kind = ", ".join(f"{k} {n}" for k, n in (to.get("by_kind") or {}).items() if n)
     out += _table(["finding", "count"], [("deadlock", dl.get("count", 0)),
                                          ("deadlocks still present at the end", dl.get("present_at_end", 0)),
                                          ("fences forced", ff.get("count", 0)),
                                          ("timeouts" + (f" ({by_kind})" if by_kind else ""), to.get("count", 0)),
-                                         ("revocations ended with a mapping live", ri.get("count", 0))])
+                                         ("revocations ended with a mapping live", ri.get("count", 0)),
+                                         ("stuck (still open when the drain ended)"
+                                          + (f": {st['summary']}" if st.get("summary") else ""), st.get("count", 0))])
     out.append("")
+    out += _not_judged(f)
     for title, part in (("Deadlocks", dl), ("Fences forced", ff), ("Timeouts", to),
-                        ("Revocations ended with a mapping live", ri)):
+                        ("Revocations ended with a mapping live", ri), (STUCK_TITLE, st)):
         items = part.get("items") or []
         if not items:
             continue
         shown = items[:MD_ITEMS]
         out += [f"### {title} ({part.get('count', len(items))} in all; {len(shown)} shown)", ""]
         for i, it in enumerate(shown, 1):
-            out += finding_lines(it, f"{i}. ", events=title == "Deadlocks")
+            out += finding_lines(it, f"{i}. ", events=title in ("Deadlocks", STUCK_TITLE))
+    return out
+
+
+STUCK_TITLE = "Stuck: still open when the drain ended"
+
+
+def _not_judged(f: dict[str, Any]) -> list[str]:
+    """Why nothing was judged stuck, when the history could not say (checker/liveness.py)."""
+    st = f.get("stuck") or {}
+    out = []
+    if st and not st.get("judged") and st.get("why_not"):
+        out += [f"Liveness not judged: {st['why_not']}.", ""]
+    if st.get("excused"):
+        out += ["Open but explained, not stuck: " + ", ".join(f"{k} ({n})" for k, n in st["excused"].items()) + ".", ""]
     return out
 
 

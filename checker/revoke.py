@@ -9,11 +9,10 @@ Rules (docs/events.md, "Linux 7.1: invalidate_mappings and revoke"):
   WARN "Timed out waiting for DMABUF unmap, importer has a broken invalidate_mapping()"; 7.1 as
   merged has none), sorted, each once. Each warning is also an `unmap` timeout finding.
 - `not_completed`: the revocations whose unmap wait (`unmap_wait_begin` without its
-  `unmap_wait_end`) was still open when the workload ended (deploy's `workload_stop`; without
-  one, the end of the history). 7.1 waits for unmaps without bound, so an importer that never
-  unmaps holds the revocation: each such wait is a `stuck_unmap_wait` finding, naming the
-  importers whose mappings (on the exporter's record) held it, or none (a wait for nothing), and
-  when it ended if it did (e.g. when the importer unmapped at its leave).
+  `unmap_wait_end`) was still open when the workload ended (deploy's `workload_stop`). 7.1 waits
+  for unmaps without bound, so an importer that never unmaps holds the revocation: such a wait is
+  excused from `stuck` (checker/liveness.py: the importer broke the rule); one with no mapping
+  live (a wait for nothing: revoke+cleanup-redrain) is a `stuck` unmap_wait.
 - A revocation must not end its unmap wait while a mapping of its buffer is live: the exporter's
   own record of what it mapped (`map_served`, until `unmap_served`, `attachment_revoked` or
   `detach` of that attachment) says which are. Each one still mapped at `unmap_wait_end` is a
@@ -43,8 +42,7 @@ class RevokeTally:
         self.mapped: dict[tuple[str, Any], tuple[Any, int, Any]] = {}  # (importer, att) -> (buffer, t, map id)
         self.early: dict[tuple[str, Any], list[dict[str, Any]]] = {}   # still mapped at an unmap_wait_end
         self.revoked_at: dict[Any, tuple[int, Any]] = {}                # buffer -> (t, revoke) of its last revoke
-        self.open_waits: dict[tuple[Any, Any], dict[str, Any]] = {}     # (buffer, revoke) -> its unmap wait
-        self.stuck: dict[tuple[Any, Any], dict[str, Any]] = {}          # ... still open at the workload's end
+        self.open_waits: set[tuple[Any, Any]] = set()                    # (buffer, revoke) of unmap waits open
         self.workload_over = False
         self.not_completed = 0                                          # waits found open at the workload's end
 
@@ -77,36 +75,21 @@ class RevokeTally:
 
     def unmap_wait_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
-            self.open_waits[(ev.get("buffer"), ev.get("revoke"))] = {"t_ns": t, "buffer": ev.get("buffer"),
-                                                                   "revoke": ev.get("revoke")}
+            self.open_waits.add((ev.get("buffer"), ev.get("revoke")))
 
-    def workload_over_at(self, t: int) -> list[dict[str, Any]]:
-        """The workload ended (or the history did): each unmap wait still open is a stuck one
-        (findings); it is told of the wait's end if that comes later."""
+    def workload_over_at(self, t: int) -> list[tuple[Any, Any, list[str]]]:
+        """The workload ended (deploy's workload_stop): each unmap wait still open did not complete.
+        Each as (buffer, revoke, the importers whose mappings of the buffer are live)."""
         if self.workload_over:
             return []
         self.workload_over = True
-        out = []
-        for key, wait in sorted(self.open_waits.items(), key=lambda kv: kv[1]["t_ns"]):
-            held = sorted({imp for (imp, _), (buf, _, _) in self.mapped.items() if buf == wait["buffer"]})
-            item = {**wait, "what": "unmap_wait", "open_at": t, "held_by": held, "ended_t": None,
-                    "events": [{"t_ns": wait["t_ns"], "event": "unmap_wait_begin", "svc": "exporter",
-                                "buffer": wait["buffer"], "revoke": wait["revoke"],
-                                "note": "held by " + ", ".join(held) if held else "no mapping live"}]}
-            self.stuck[key] = item
-            out.append(item)
-        self.not_completed += len(out)
-        return out
+        self.not_completed = len(self.open_waits)
+        return [(buf, rev, sorted({imp for (imp, _), (b, _, _) in self.mapped.items() if b == buf}))
+                for buf, rev in sorted(self.open_waits, key=str)]
 
     def unmap_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> list[dict[str, Any]]:
         """The revocation's unmap wait ended: the mappings of its buffer still live (findings)."""
-        key = (ev.get("buffer"), ev.get("revoke"))
-        self.open_waits.pop(key, None)
-        late = self.stuck.pop(key, None)
-        if late is not None:
-            late["ended_t"] = t
-            late["events"].append({"t_ns": t, "event": "unmap_wait_end", "svc": "exporter", "buffer": key[0],
-                                   "revoke": key[1], "note": "after the workload's end"})
+        self.open_waits.discard((ev.get("buffer"), ev.get("revoke")))
         waited = ev.get("waited_ns")
         if type(waited) is int and waited >= 0:
             self.unmap_wait.add(waited)

@@ -15,7 +15,7 @@ killed and `down` is run on its directory, so nothing stays in /dev/shm or the p
 
 With `--scheduler tcp://HOST:PORT` the runs are tasks on a Dask distributed cluster: a worker runs
 the services locally (the same subprocess), then returns the run directory as a tar blob that is
-unpacked into OUT/runs/... here. Workers need dmabuf-emu installed; see README "Campaigns".
+unpacked into OUT/runs/... here. Workers need dmabuf-emu installed; see docs/commands-and-scenarios.md ("Campaigns").
 
 This module imports only the standard library, deploy.options and deploy.campaign_report (which
 imports nothing of ours) at import time: the command line parser of every `dmabuf-emu run` child

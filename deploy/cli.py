@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from deploy import options, rundir
+from runtime import oplog
 from deploy.helpformat import Formatter, examples, with_default
 from deploy.interrupt import Interrupted, stop_signals
 from deploy.launcher import DeployError, down, status, up
@@ -38,7 +39,7 @@ EPILOG = examples(
     "dmabuf-emu explore --strategy move-notify-ack --search pct --out runs/x-mna",
     "dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 1 --out runs/x-rf",
     note="scenarios/*.toml: one scenario per strategy and a few with faults, each saying what it shows "
-         "(README \"Scenarios\"). A strategy of your own is a .py file given to --strategy "
+         "(docs/commands-and-scenarios.md, Scenarios). A strategy of your own is a .py file given to --strategy "
          "(docs/writing-a-strategy.md). A run directory holds deploy.json, events/*.jsonl, history.jsonl, "
          "report.json, report.md and trace.json (open it in https://ui.perfetto.dev). A command refuses "
          "an --out that already holds a run unless given --force.\n\n"
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout)")
     r.add_argument("--quiet", action="store_true", help="print only the summary")
     r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
+    oplog.add_log_options(r)
     options.add_arguments(r)
 
     u = sub.add_parser("up", help="start the exporter and importers in the background",
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("scenario", nargs="?", type=Path, help="a TOML scenario file (flags override it)")
     u.add_argument("--out", required=True, type=Path, help="run directory (created)")
     u.add_argument("--force", action="store_true", help=rundir.FORCE_HELP)
+    oplog.add_log_options(u)
     options.add_arguments(u)
 
     s = sub.add_parser("status", help="which services of a run are alive", formatter_class=Formatter,
@@ -212,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--table", action="store_true",
                       help="print NAME's tables as they run: base, strategy and load rows, each marked by origin")
     what.add_argument("--diagram", metavar="NAME|PATH", help="print the exporter's and the importer's state diagrams")
-    what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way")
+    what.add_argument("--check", metavar="NAME|PATH", help="load the strategy and check its tables; one line either way, then one per "
+                           "warning (a state a move may never leave: protocol/liveness_check.py)")
     what.add_argument("--doc", action="store_true", help="print docs/strategies.md (every built-in strategy's diagrams)")
     what.add_argument("--mutants", action="store_true",
                       help="list the mutants (kernel rules broken: BASE+MUTATION), each with the rule it breaks, "
@@ -237,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if hasattr(args, "log_level"):  # run, up, sim, explore: the operational logs' level and --verbose
+            oplog.configure_cli_logging(args)
         with stop_signals():  # SIGTERM and SIGHUP stop a command as Ctrl-C does (deploy/interrupt.py)
             return _COMMANDS[args.command](args)
     except Interrupted as exc:
         return _fail(exc.exit_code, str(exc))
-    except (OptionError, StrategyError) as exc:
+    except (OptionError, StrategyError, oplog.LevelError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except DeployError as exc:
         return _fail(EXIT_DEPLOY, str(exc))
@@ -268,7 +274,12 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     if args.diagram or args.check:
         module = strategies.resolve(args.diagram or args.check)
         if args.check:
-            print(f"{module.SOURCE}: strategy {module.NAME}: tables checked, ok")
+            from protocol.liveness_check import strategy_warnings
+            warned = strategy_warnings(module)
+            print(f"{module.SOURCE}: strategy {module.NAME}: tables checked, ok"
+                  + (f" ({len(warned)} warning{'s' if len(warned) > 1 else ''})" if warned else ""))
+            for line in warned:
+                print(f"warning: {line}")
         else:
             print(diagram.diagrams(module, args.format, args.steps), end="")
         return EXIT_OK

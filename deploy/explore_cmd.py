@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import options
+from runtime import oplog
 from deploy.helpformat import Formatter, examples, with_default
 from deploy.options import OptionError
 
@@ -97,6 +98,7 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--dma-jobs", default=str(DMA_JOBS), metavar="N", help=with_default("DMA jobs per importer", DMA_JOBS))
     e.add_argument("--moves", default=str(MOVES), metavar="N", help=with_default("moves the memory manager may want", MOVES))
     e.add_argument("--quiet", action="store_true", help="print only the result")
+    oplog.add_log_options(e)
     options.add_arguments(e, defaults=options.resolve(None, SMALL))   # the small configuration's, not run's
 
     s = sub.add_parser(

@@ -36,7 +36,7 @@ from deploy import procs
 from deploy.control import ControlClient, ControlError
 from deploy.interrupt import Interrupted
 from protocol import capability
-from runtime import faults, security, shm, transport
+from runtime import faults, oplog, security, shm, transport
 from runtime.lifecycle import (ABORT_DOWN_TIMEOUT_S, DOWN_TIMEOUT_S, READY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S,
                                STATUS_POLL_S, DownReport)
 from runtime.params import service_argv
@@ -46,6 +46,9 @@ from runtime.service import write_json_atomic
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPORTER_MARKER = "exporter_svc"
 IMPORTER_MARKER = "importer_svc"
+
+
+RUN_LOG = "dmabuf-emu.log"  # DIR/logs/: the deployment's own operational log (up, down), beside each service's
 
 
 class DeployError(Exception):
@@ -120,6 +123,7 @@ def _service_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(oplog.service_env())  # the CLI's --log-level reaches the services
     return env
 
 
@@ -138,7 +142,7 @@ def _log_tail(out: Path, name: str, lines: int = 5) -> str:
         text = (out / "logs" / f"{name}.log").read_text(errors="replace").strip().splitlines()
     except FileNotFoundError:
         return ""
-    return " | ".join(text[-lines:])
+    return " | ".join(oplog.readable(line) for line in text[-lines:])
 
 
 def _wait_listening(ctx: zmq.Context, out: Path, name: str, proc: subprocess.Popen,
@@ -281,6 +285,10 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher:
     for d in ("events", "run", "logs"):
         shutil.rmtree(out / d, ignore_errors=True)
     run_id = secrets.token_hex(4)
+    try:
+        log = oplog.run_logger(out / "logs" / RUN_LOG, run_id=run_id)
+    except oplog.LogError as exc:
+        raise DeployError(f"--out {out}: {exc}") from None
     rpc, control_for = _endpoints(params, out)
     shutil.rmtree(out / "secrets", ignore_errors=True)
     write_credentials(params, out)
@@ -291,7 +299,9 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher:
         argv = _exporter_argv(params, out, run_id, rpc, control_for("exporter"), launcher)
         proc = _spawn(out, "exporter", argv)
         started.append((proc, EXPORTER_MARKER))
+        log.info("service starting", service="exporter", pid=proc.pid, strategy=params.strategy)
         info = _wait_listening(ctx, out, "exporter", proc, start_timeout_s)
+        log.info("service listening", service="exporter", pid=proc.pid, endpoint=info["rpc"])
         deployment = Deployment(out, run_id, params,
                                 ServiceInfo("exporter", proc.pid, info["control"], EXPORTER_MARKER, info["rpc"]),
                                 shm=list(info.get("shm", [])), launcher=launcher)
@@ -302,14 +312,18 @@ def up(params: RunParams, out: Path, *, start_timeout_s: float = 20.0, launcher:
             argv = _importer_argv(params, out, n, info["rpc"], control_for(name), 0, run_id, launcher)
             proc = _spawn(out, name, argv)
             started.append((proc, IMPORTER_MARKER))
+            log.info("service starting", service=name, pid=proc.pid)
             procs_by_name[name] = proc
             deployment.importers.append(ServiceInfo(name, proc.pid, "", IMPORTER_MARKER))
             deployment.write()
         for imp in deployment.importers:
             imp.control = _wait_listening(ctx, out, imp.name, procs_by_name[imp.name], start_timeout_s)["control"]
+            log.info("service listening", service=imp.name, pid=imp.pid)
         deployment.write()
+        log.info("deployment up", services=len(deployment.services), dir=str(out))
         return deployment
     except BaseException as exc:
+        log.error("deployment failed to start: stopping what was started", error=str(exc) or type(exc).__name__)
         if deployment is not None:
             down(out, timeout_s=ABORT_DOWN_TIMEOUT_S)
         else:
@@ -395,6 +409,8 @@ def down(out: Path, *, timeout_s: float = DOWN_TIMEOUT_S) -> DownReport:
     out = out.resolve()
     deployment = Deployment.read(out)
     report = DownReport()
+    log = _down_logger(out, deployment.run_id)
+    log.info("stopping services", services=len(deployment.services))
     ctx = zmq.Context()
     try:
         live = [s for s in deployment.services if procs.alive(s.pid, s.marker)]
@@ -426,7 +442,20 @@ def down(out: Path, *, timeout_s: float = DOWN_TIMEOUT_S) -> DownReport:
         if shm.unlink(name):
             report.segments_removed.append(name)
     remove_run_files(out)
+    if report.killed or report.terminated:
+        log.warning("services did not stop when asked", terminated=report.terminated, killed=report.killed)
+    log.info("deployment down", graceful=len(report.graceful), already_gone=len(report.already_gone),
+             segments_removed=len(report.segments_removed))
     return report
+
+
+def _down_logger(out: Path, run_id: str) -> Any:
+    """down's logger: the run's log if it can still be written, else one that writes nowhere
+    (down must work on a run directory it cannot write to, e.g. after a full disk)."""
+    try:
+        return oplog.run_logger(out / "logs" / RUN_LOG, run_id=run_id)
+    except oplog.LogError:
+        return oplog.cli_logger()
 
 
 def remove_run_files(out: Path) -> None:

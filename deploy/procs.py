@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from runtime import watchdog
+from runtime.lifecycle import GONE_POLL_S
 
 GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
@@ -72,7 +73,7 @@ def wait_gone(pids: dict[int, str], timeout_s: float) -> dict[int, str]:
         left = {p: m for p, m in left.items() if alive(p, m)}
         if not left or time.monotonic() >= deadline:
             break
-        time.sleep(0.02)
+        time.sleep(GONE_POLL_S)
     return left
 
 

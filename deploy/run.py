@@ -152,6 +152,9 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
                   f"{params.buffers} buffers, {params.duration:g} s -> {out}")
     if (warning := lease_warning(params, os.cpu_count() or 1)) is not None:
         progress.say(f"warning: {warning}")
+    from protocol.liveness_check import strategy_warnings
+    for line in strategy_warnings(params.strategy):   # what the table alone says about progress
+        progress.say(f"warning: {line}")
     began = time.monotonic()
     deployment: Deployment | None = None
     log: EventLog | None = None

@@ -5,8 +5,9 @@ directory of the same layout plus schedule.json (sim/run.py). Options that only 
 for real sockets (--transport, --bind, --curve) are accepted, recorded, and said to be ignored:
 the simulated network is neither ipc nor tcp, and has nothing to encrypt.
 
-Exit status: 0 done; 1 a race was found and --fail-on-race was given, or a replay did not give
-the same history; 2 bad input (an option, a scenario, a schedule: one line naming it, nothing
+Exit status: 0 done; 1 a race was found and --fail-on-race was given, a finding (deadlock, fence
+forced, timeout, revoke_incomplete, stuck) and --fail-on-finding, or a replay did not give the
+same history; 2 bad input (an option, a scenario, a schedule: one line naming it, nothing
 written); 3 the simulated run could not drive its workload (it says why; the report is still
 written); 4 --check-determinism found two different histories. `replay RUN_DIR --race N` of a real run
 exits 0 whether or not the race recurred (its verdict is printed), 2 for bad input.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import options, rundir
+from runtime import oplog
 from deploy.helpformat import Formatter, examples, with_default
 from runtime.runparams import RunParams, from_mapping
 
@@ -49,8 +51,11 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--check-determinism", action="store_true",
                    help="simulate twice and fail (exit 4) unless both histories are byte-identical")
     s.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
+    s.add_argument("--fail-on-finding", action="store_true",
+                   help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout, stuck, ...)")
     s.add_argument("--quiet", action="store_true", help="print only the summary")
     s.add_argument("--json", action="store_true", help="print report.json instead of the summary")
+    oplog.add_log_options(s)
     options.add_arguments(s)
 
     r = sub.add_parser(
@@ -111,6 +116,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     params = options.resolve(args.scenario, vars(args))
     quiet = args.quiet or args.json
+    _warn_liveness(params.strategy)
     out = args.out.resolve()
     rundir.claim([out], force=args.force, say=lambda line: _say(False, line))
     _say(quiet, f"dmabuf-emu sim: strategy {params.strategy}, {params.importers} importers, {params.buffers} buffers, "
@@ -145,7 +151,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return EXIT_DRIVER
     if args.fail_on_race and result.report.get("races", {}).get("total"):
         code = EXIT_RACE
+    if args.fail_on_finding and result.report.get("findings", {}).get("total"):
+        code = EXIT_RACE
     return code
+
+
+def _warn_liveness(strategy: str) -> None:
+    """What the strategy's table alone says about progress (protocol/liveness_check.py), on stderr."""
+    from protocol.liveness_check import strategy_warnings
+    for line in strategy_warnings(strategy):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

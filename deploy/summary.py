@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from checker.findings import DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT
+from checker.findings import DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, STUCK, TIMEOUT
 from checker.model import RACE_KINDS
 
 
@@ -22,6 +22,9 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
     lat = report.get("latency_us", {})
     maps = report.get("maps", {})
     verdict = "RACES FOUND" if races.get("total") else "no races"
+    stuck = (report.get("findings") or {}).get(STUCK) or {}
+    if stuck.get("count"):
+        verdict += f"; STUCK: {stuck.get('summary')}"
     stop = report.get("interrupted")
     lines = [
         f"{report.get('strategy')}: {verdict}"
@@ -52,9 +55,12 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
         lines.append(f"  findings   deadlock {findings[DEADLOCK]['count']}  "
                      f"fences forced {findings[FENCE_FORCED]['count']}  timeouts {findings[TIMEOUT]['count']}"
                      + (f"  revocations incomplete {findings[REVOKE_INCOMPLETE]['count']}"
-                        if (findings.get(REVOKE_INCOMPLETE) or {}).get("count") else ""))
+                        if (findings.get(REVOKE_INCOMPLETE) or {}).get("count") else "")
+                     + (f"  stuck {stuck['count']}" if stuck.get("count") else ""))
         for d in findings[DEADLOCK]["items"][:1]:
             lines.append(f"  deadlock   {d.get('sentence', '')}")
+        for d in stuck.get("items", [])[:1]:
+            lines.append(f"  stuck      {d.get('sentence', '')}")
     not_completed = (report.get("revoke") or {}).get("not_completed")
     if not_completed:
         lines.append(f"  revoke     revocations not completed: {not_completed} (unmap wait still open at the end)")

@@ -12,6 +12,7 @@ from runtime.units import parse_size
 from runtime.faults import FaultError, decode as decode_faults
 from exporter_svc.service import ExporterArgs, ExporterService, heap_sizes
 from runtime.params import add_service_flags
+from runtime import oplog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ExporterService(args)
     except (OSError, ValueError) as exc:
-        print(f"exporter: cannot start: {exc}", file=sys.stderr)
+        # stderr, as an argument error would go: the launcher sends both to DIR/logs/exporter.log
+        oplog.service_logger("exporter", run_id=a.run_id, stream=sys.stderr).error("cannot start", error=str(exc))
         return 2
     return service.run()
 

@@ -117,6 +117,7 @@ class ExporterService(ServiceShell):
         super().__init__("exporter", args.out, args.control, env, launcher=args.launcher,
                          watch_every_s=args.lease_s)
         self.args = args
+        self.oplog = self.oplog.bind(run_id=args.run_id, incarnation=0)
         self.segments: dict[str, Any] = {}
         self.views: dict[str, memory.HeapView] = {}
         slots = args.max_importers + 1
@@ -193,6 +194,8 @@ class ExporterService(ServiceShell):
         self.state = "ready"
         self.publish_endpoints(rpc=self.rpc_endpoint,
                                shm=[seg.name for seg in self.segments.values()])
+        self.oplog.info("service started: heaps created, listening", strategy=self.engine.spec.strategy,
+                        endpoint=self.rpc_endpoint, buffers=self.args.buffers, curve=self.curve)
 
     def cleanup(self) -> None:
         for view in self.views.values():
@@ -330,6 +333,7 @@ class ExporterService(ServiceShell):
     def _refuse(self, peer: bytes, err: wire.ProtocolError) -> None:
         label = self._peer_label(peer)
         self.log.emit("bad_request", peer=label, op=err.op, id=err.id, code=err.code, message=err.message)
+        self.oplog.warning("bad request refused", peer=label, op=err.op, code=err.code, message=err.message)
         self._raw_send(peer, wire.encode(wire.error_reply(err)))  # never cached: its id is not trusted
         self.log.emit("op_answered", op=err.op, id=err.id, peer=label, ok=False, code=err.code, message=err.message)
 
@@ -343,6 +347,7 @@ class ExporterService(ServiceShell):
             self.rpc.send(peer, frame)
         except zmq.ZMQError as exc:
             self.log.emit("send_failed", peer=self._peer_label(peer), error=str(exc))
+            self.oplog.warning("send failed", peer=self._peer_label(peer), error=str(exc))
 
     def _resend(self, peer: bytes, frame: bytes, op: str, msg_id: int) -> None:
         self.msgfaults.submit(peer, frame, op, msg_id)
@@ -350,8 +355,12 @@ class ExporterService(ServiceShell):
     def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:
         if attempt:
             self.log.emit("retry", op=op, id=msg_id, attempt=attempt, peer=self._peer_label(peer))
+            self.oplog.info("retry: no answer yet, sending again", op=op, id=msg_id, attempt=attempt,
+                            peer=self._peer_label(peer))
         else:
             self.log.emit("retry_gave_up", op=op, id=msg_id, peer=self._peer_label(peer))
+            self.oplog.warning("retry: gave up, no answer within two leases", op=op, id=msg_id,
+                               peer=self._peer_label(peer))
 
     def _do_send(self, action: Send) -> None:
         msg = action.message

@@ -12,6 +12,7 @@ from importer_svc.service import ImporterArgs, ImporterService
 from importer_svc.workload import WorkloadConfig
 from runtime.params import add_service_flags
 from runtime.faults import FaultError, decode as decode_faults
+from runtime import oplog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = ImporterService(args)
     except (OSError, ValueError) as exc:
-        print(f"{a.name}: cannot start: {exc}", file=sys.stderr)
+        # stderr, as an argument error would go: the launcher sends both to DIR/logs/<name>.log
+        oplog.service_logger(a.name, run_id=a.run_id, incarnation=a.incarnation,
+                             stream=sys.stderr).error("cannot start", error=str(exc))
         return 2
+    service.oplog = service.oplog.bind(run_id=a.run_id)   # the run's id is a command-line fact here
     return service.run()
 
 

@@ -110,6 +110,7 @@ class ImporterService(ServiceShell):
         super().__init__(args.name, args.out, args.control, env, launcher=args.launcher,
                          watch_every_s=args.lease_ms / 1000)
         self.args = args
+        self.oplog = self.oplog.bind(incarnation=args.incarnation)   # run_id: python -m importer_svc's
         self.id_base = args.incarnation << INCARNATION_ID_SHIFT
         self.lease_s = args.lease_ms / 1000
         self.engine = Importer(strategy.IMPORTER, args.name, self.env.pid,
@@ -164,6 +165,8 @@ class ImporterService(ServiceShell):
         """Say hello to the exporter (the half starts its heartbeat timer)."""
         self.log.emit("service_start", index=self.args.index, strategy=self.engine.spec.strategy,
                       endpoint=self.args.exporter, granted=sorted(self.engine.export_tokens))
+        self.oplog.info("service started: saying hello to the exporter", strategy=self.engine.spec.strategy,
+                        exporter=self.args.exporter, index=self.args.index)
         self.publish_endpoints()
         self._call(lambda: self.engine.start(self.loop.now_ns()))
 
@@ -231,7 +234,7 @@ class ImporterService(ServiceShell):
             actions = call()
         except ImporterFatal as exc:
             self.log.emit("fatal", error=str(exc))
-            self.env.say(f"{self.svc}: {exc}")
+            self.oplog.error("fatal: stopping", error=str(exc))
             self.finish(str(exc), exit_code=3)
             return
         except Exception as exc:
@@ -341,8 +344,10 @@ class ImporterService(ServiceShell):
     def _on_retry(self, peer: bytes, msg_id: int, op: str, attempt: int) -> None:
         if attempt:
             self.log.emit("retry", op=op, id=msg_id, attempt=attempt)
+            self.oplog.info("retry: no answer yet, sending again", op=op, id=msg_id, attempt=attempt)
         else:
             self.log.emit("retry_gave_up", op=op, id=msg_id)
+            self.oplog.warning("retry: gave up, no answer within two leases", op=op, id=msg_id)
 
     # ------------------------------------------------------------------ the lease
 
@@ -363,14 +368,15 @@ class ImporterService(ServiceShell):
     def _do_lease_expired(self, action: LeaseExpired) -> None:
         aborted = self.dma.abort_all("lease expired")
         self.log.emit("lease_expired", since_ns=action.since_ns, jobs_aborted=aborted)
+        self.oplog.warning("lease expired: DMA stopped until the exporter answers", jobs_aborted=aborted)
         self.outstanding.cancel()
         self._starts.clear()
 
     def _do_exporter_lost(self, action: ExporterLost) -> None:
         aborted = self.dma.abort_all("exporter lost")
         self.log.emit("exporter_lost", silent_ns=action.silent_ns, jobs_aborted=aborted)
-        self.env.say(f"{self.svc}: the exporter has not answered for {action.silent_ns / 1e6:.0f} ms (lease "
-                     f"{action.lease_s * 1000:.0f} ms): all DMA stopped, exiting")
+        self.oplog.error("the exporter has not answered for longer than its lease: all DMA stopped, exiting",
+                         silent_ms=round(action.silent_ns / 1e6), lease_ms=round(action.lease_s * 1000))
         self.outstanding.cancel()
         self.finish("exporter lost", exit_code=EXIT_EXPORTER_LOST)
 
@@ -419,9 +425,11 @@ class ImporterService(ServiceShell):
         self.dma.attach_memory(self.views, self.fences, action.slot)  # type: ignore[arg-type]
         self.log.emit("joined", slot=action.slot, heaps=[h for h, _, _ in action.heaps],
                       buffers=len(action.buffers))
+        self.oplog.info("joined the exporter", slot=action.slot, buffers=len(action.buffers))
 
     def _do_ready(self, action: Ready) -> None:
         self.log.emit("ready", attachments=len(self.engine.idle_buffers()))
+        self.oplog.info("ready: every buffer attached", attachments=len(self.engine.idle_buffers()))
         if self.workload.running:  # back after a rejoin
             self._refill()
         elif self.state == "starting":

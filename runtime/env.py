@@ -12,7 +12,9 @@ A shell (runtime/service.py and the two services) takes one `ServiceEnv`:
 - `sink`: where its events go (None: DIR/events/<svc>.jsonl, flushed per line);
 - `pid`: the pid written into its events, its hello and its status (fixed in the simulator);
 - `make_rng`: where its random numbers come from (runtime/rng.py);
-- `say`: how it tells the operator something (stdout, which `dmabuf-emu` sends to its log);
+- `say`: how it tells the operator something: in a real process an info line in its
+  operational log (runtime/oplog.py: stdout, which `dmabuf-emu` sends to DIR/logs/<svc>.log);
+  in the simulator, the line the shell's operational logger renders for it;
 - `process`: True in a real OS process: it installs signal handlers and publishes its
   endpoints in DIR/run/<svc>.json for dmabuf-emu to find.
 Everything else a shell does is the same code in both modes.
@@ -24,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from runtime import shm
+from runtime import oplog, shm
 from runtime.eventlog import Sink
 from runtime.loop import Loop, LoopLike
 from runtime.rng import MakeRng, real_rng
@@ -55,7 +57,7 @@ class SharedMemory:
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    oplog.process_logger().info(text)
 
 
 @dataclass

@@ -8,8 +8,18 @@ SIGKILLed service still leaves its history up to its last event, which the check
 what the dead service was doing. The simulator hands in a buffered sink instead (nothing is
 SIGKILLed there), or a list for histories kept in memory.
 
-The line is one orjson call on a dict built in place: structlog's processor chain, which made the
-same bytes, cost about 4 us more per event on the hottest path of every service (deploy/bench).
+Each line is made by structlog, configured once per EventLog and never globally (the simulator
+runs every service in one process, each with its own log): the logger is bound once to `svc` and
+`pid`; its processor chain is `_add_t_ns` (the loop's clock) and structlog's JSONRenderer with
+orjson; the wrapped "logger" is the sink itself, whose `write` gets the rendered bytes and the
+newline. The newline is added by concatenation, not by orjson's OPT_APPEND_NEWLINE: orjson's own
+bytes object keeps its working buffer (about 4 KiB a line), which a simulated history kept in
+memory (sim/run.py) would hold for every line; the concatenation's copy is the line's size. structlog builds the event dict as context, then the call's fields, then `event`,
+so the key order above is structlog's own. `EventLogger.emit` runs structlog's `_process_event`
+(the hook structlog documents for custom wrapper classes) and writes the one line it returns:
+no level filtering and no method proxying, which cost a line nothing it needs and about 0.5 us
+on the hottest path of every service. `dmabuf-emu bench --parts eventlog` measures this path
+against a hand-built orjson line (the floor): about 1.5 times the floor here.
 """
 
 from __future__ import annotations
@@ -20,6 +30,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Protocol
 
 import orjson
+import structlog
+from structlog import BoundLoggerBase
+from structlog.processors import JSONRenderer
+from structlog.typing import EventDict
 
 
 class Sink(Protocol):
@@ -42,6 +56,27 @@ class _FlushedFile:
             self.file.close()
 
 
+class EventLogger(BoundLoggerBase):
+    """structlog's bound logger for history lines: one method, `emit`, one line per call."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        args, _ = self._process_event("write", event, fields)
+        self._logger.write(args[0] + b"\n")   # a new, exact-size bytes (see the top of the file)
+
+
+def event_logger(sink: Sink, svc: str, pid: int, clock: Callable[[], int]) -> EventLogger:
+    """A structlog logger writing history lines to `sink`, bound to `svc` and `pid`; its own
+    processor list, so loggers for several services in one process never share configuration."""
+
+    def _add_t_ns(logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        event_dict["t_ns"] = clock()
+        return event_dict
+
+    render = JSONRenderer(serializer=orjson.dumps, default=str)
+    return structlog.wrap_logger(sink, processors=[_add_t_ns, render], wrapper_class=EventLogger,
+                                 context_class=dict).bind(svc=svc, pid=pid)
+
+
 class EventLog:
     """One service's events. `path`: append to that file, flushed per line (real services);
     or `sink`: any object with write(line) (the simulator). `clock` defaults to CLOCK_MONOTONIC
@@ -59,14 +94,11 @@ class EventLog:
                 raise ValueError("EventLog needs a path or a sink")
             path.parent.mkdir(parents=True, exist_ok=True)
             sink = self._owned = _FlushedFile(path)
-        self._write = sink.write
+        self.logger = event_logger(sink, svc, self.pid, self._clock)
+        self.emit = self.logger.emit  # type: ignore[method-assign]  (one call less per line)
 
-    def emit(self, event: str, **fields: Any) -> None:
-        d: dict[str, Any] = {"svc": self.svc, "pid": self.pid}
-        d.update(fields)
-        d["event"] = event
-        d["t_ns"] = self._clock()
-        self._write(orjson.dumps(d, default=str) + b"\n")
+    def emit(self, event: str, **fields: Any) -> None:  # the instance's is the logger's own (above)
+        self.logger.emit(event, **fields)
 
     def close(self) -> None:
         if self._owned is not None:

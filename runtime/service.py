@@ -7,6 +7,10 @@ A shell takes its loop, transport, memory, event sink, pid and random numbers fr
 `service_stop`); `serve()` runs the last two in a real process, the simulator calls
 `end_serving()` itself when the service's loop is stopped.
 
+Two logs: `self.log`, the history the checker reads (runtime/eventlog.py), and `self.oplog`, the
+operator's (runtime/oplog.py: levelled lines to DIR/logs/<svc>.log, or the simulator's `say`).
+A line in the operational log may repeat a history event for the operator, never replace one.
+
 Control socket (ROUTER, one per service): `ping` and `status` are answered at once in every
 state; `start`, `stop` and `shutdown` are passed to the service, which may answer later (stop
 answers when the service has drained). Bad frames get an error reply naming what was wrong.
@@ -25,7 +29,7 @@ import zmq
 
 from protocol import wire
 from protocol.actions import Emit
-from runtime import watchdog
+from runtime import oplog, watchdog
 from runtime.env import ServiceEnv
 from runtime.eventlog import EventLog
 
@@ -50,6 +54,8 @@ class ServiceShell:
         self.transport = env.transport
         self.log = EventLog(out / "events" / f"{svc}.jsonl", svc, pid=env.pid, clock=self.loop.now_ns,
                             sink=env.sink(svc) if env.sink is not None else None)
+        # the subclass binds run_id (and incarnation) once it has them
+        self.oplog = oplog.service_logger(svc, pid=env.pid, say=None if env.process else env.say)
         self.control, self.control_endpoint = self.transport.router(control_endpoint)
         self.loop.add_reader(self.control, self._on_control)
         self.handlers: dict[type, Callable[[Any], None]] = {Emit: self._do_emit}
@@ -87,11 +93,12 @@ class ServiceShell:
     def _launcher_gone(self, how: str) -> None:
         launcher = self.watch.spec if self.watch is not None else ""
         self.log.emit("launcher_gone", launcher=launcher, how=how)
-        print(f"{self.svc}: the launcher {launcher} is gone ({how}): stopping", flush=True)
+        self.oplog.warning(f"the launcher is gone ({how}): stopping", launcher=launcher, how=how)
         self.finish("launcher gone", exit_code=watchdog.EXIT_LAUNCHER_GONE)
 
     def serve(self) -> int:
         self.install_signals()
+        self.oplog.info("serving", state=self.state)
         try:
             self.loop.run()  # type: ignore[attr-defined]  (a real process's loop)
         finally:
@@ -102,6 +109,7 @@ class ServiceShell:
         """After the loop: release what we hold, say why we stopped, close the sockets."""
         self.cleanup()
         self.log.emit("service_stop", reason=self._stop_reason or "loop ended")
+        self.oplog.info("service stopped", reason=self._stop_reason or "loop ended", exit_code=self.exit_code)
         self.log.close()
         self.transport.close()
 
@@ -124,6 +132,8 @@ class ServiceShell:
     def internal_error(self, where: str, exc: BaseException) -> None:
         self.log.emit("internal_error", where=where, error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=8))
+        self.oplog.error("internal error (the history has its traceback)", where=where,
+                         error=f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ control socket
 
@@ -140,6 +150,7 @@ class ServiceShell:
             try:
                 msg = wire.decode(frames[1])
             except wire.ProtocolError as err:
+                self.oplog.warning("bad control request", error=str(err))
                 self._control_reply(peer, wire.error_reply(err))
                 continue
             self._control_request(peer, msg)
@@ -151,6 +162,7 @@ class ServiceShell:
             self._control_reply(peer, wire.StatusReply(id=msg.id, svc=self.svc, state=self.state, pid=self.env.pid))
         elif isinstance(msg, (wire.Start, wire.Stop, wire.Shutdown)):
             self.log.emit("control", op=msg.OP, id=msg.id)
+            self.oplog.info("control request", op=msg.OP, id=msg.id)
             try:
                 getattr(self, f"on_{msg.OP}")(peer, msg)
             except Exception as exc:  # a bug must not take the service down silently

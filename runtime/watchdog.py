@@ -113,7 +113,9 @@ def die_with_launcher(argv: list[str]) -> None:
     if os.getppid() == pid:
         _set_parent_death_signal(LAUNCHER_SIGNAL)
     if start_ticks(pid) != start:
-        print(f"the launcher {spec} is gone before this service started: exiting", file=sys.stderr)
+        from runtime import oplog  # here, not at the top: a service's first call stays cheap
+        oplog.service_logger("", stream=sys.stderr).error(
+            "the launcher is gone before this service started: exiting", launcher=spec)
         sys.exit(EXIT_LAUNCHER_GONE)
 
 

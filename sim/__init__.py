@@ -16,7 +16,7 @@ SimProcess, ActorLoop), network (SimNetwork, SimTransport), memory (SimMemory), 
 simulate_in_memory), options (SimOptions: chosen delivery, job and move budgets). The schedule
 search (`dmabuf-emu explore`, issue 14): search/ (trial: one schedule judged in memory; random,
 pct, exhaustive: the searches), shrink (ddmin to a 1-minimal witness), explore (the search's
-loop, files, workers and Dask), witness_md (witness.md).
+loop, files, workers and Dask; witness.md through checker.explain).
 
 Where a real and a simulated run can differ, and why:
 - Time. Callbacks take no virtual time, so no service ever waits for a CPU: timers fire exactly
@@ -53,7 +53,7 @@ Where a real and a simulated run can differ, and why:
 - The driver (sim/driver.py) re-implements deploy/run.py's drive(), deploy/launcher.py's up,
   wait_ready and down, and deploy/control.py's call_all on virtual time with the same control
   messages, polls and timeouts (it sends no ping before start: nothing has to be listening first).
-  deploy/process_faults.py's ProcessFaults and schedule() are the real ones.
+  runtime/process_faults.py's ProcessFaults and schedule() are the real ones.
 - Shell code that does not run in the simulator: ServiceShell.serve() and install_signals()
   (the world stops a service's loop and calls end_serving() itself; SIGTERM calls finish() as the
   handler would), publish_endpoints() (nobody reads DIR/run/), load_credentials() (the secret is

@@ -17,7 +17,8 @@ Rules:
 - Races are the checker's: every schedule's history is judged in memory (nothing is written for
   one that did not race). A deadlock the checker finds (its wait-for graph) is a catch too, of
   kind "deadlock", and so is a revocation that ended its unmap wait with a mapping live, kind
-  "revoke_incomplete" (sim/search/trial.py judge; checker/findings.py CATCHES): saved, counted and shrunk as
+  "revoke_incomplete", and so is something begun that was still open when the drain ended, kind
+  "stuck" (sim/search/trial.py judge; checker/findings.py CATCHES): saved, counted and shrunk as
   a race is. The schedule of each new race (a kind on a buffer not seen before, at
   most MAX_SAVED) becomes DIR/races/K/, a simulated run directory written by running the schedule
   again with every decision taken from it (sim/run.py simulate, strict ListGuide) and checked to
@@ -68,7 +69,8 @@ FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "dist
           "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config")
 # witness.md's title for a catch that is a checker finding, not a race (one for each of CATCHES)
 CATCH_TITLES = {"deadlock": "Deadlock", "revoke_incomplete": "Revocation incomplete (revoke_incomplete)",
-                "refcount_warning": "Refcount warning (refcount_warning)"}
+                "refcount_warning": "Refcount warning (refcount_warning)",
+                "stuck": "Stuck: no progress by the end of the drain (stuck)"}
 assert set(CATCH_TITLES) == set(CATCHES), f"CATCH_TITLES must name every one of checker/findings.py CATCHES {CATCHES}"
 
 

@@ -4,7 +4,7 @@ Floors: a raw pyzmq DEALER/ROUTER round trip of a msgpack message between two pr
 the services' transport (ipc), and a raw numpy copy between shared-memory segments. Every other
 figure is a ratio to one of them, taken within the same repetition, so the figures hold on a
 noisy shared machine; each is the median of several repetitions with min and max beside it.
-See README "Benchmarks" and the modules: rtt, mem, runs, scaling, checkerperf, simperf, exploreperf.
+See docs/benchmarks.md and the modules: rtt, eventlog, mem, runs, scaling, checkerperf, simperf, exploreperf.
 Not part of the test suite's pass/fail (tests/test_bench_smoke.py checks only the structure).
 """
 
@@ -27,6 +27,8 @@ class BenchConfig:
     rtt_reps: int = 9
     rtt_samples: int = 3000
     breakdown_calls: int = 5000
+    eventlog_reps: int = 9
+    eventlog_events: int = 20000
     mem_reps: int = 9
     move_reps: int = 3
     move_duration_s: float = 3.0
@@ -44,12 +46,12 @@ class BenchConfig:
     explore_schedules: int = 300
     explore_seeds: int = 20
     explore_cap: int = 300
-    parts: tuple[str, ...] = ("rtt", "mem", "scaling", "checker", "moves", "races", "sim", "explore")
+    parts: tuple[str, ...] = ("rtt", "eventlog", "mem", "scaling", "checker", "moves", "races", "sim", "explore")
 
 
 FULL = BenchConfig()
-QUICK = BenchConfig(rtt_reps=5, rtt_samples=800, mem_reps=5, move_reps=2, move_duration_s=1.0,
-                    scaling_reps=3, scaling_window_s=0.75, checker_reps=2, race_seeds=5,
+QUICK = BenchConfig(rtt_reps=5, rtt_samples=800, eventlog_reps=5, eventlog_events=5000, mem_reps=5, move_reps=2, move_duration_s=1.0,
+                    scaling_reps=3, scaling_window_s=0.75, checker_reps=2, checker_events=300_000, race_seeds=5,
                     race_duration_s=1.0, sim_reps=1, sim_rss_s=(1.0, 10.0), explore_reps=1, explore_schedules=100,
                     explore_seeds=5, explore_cap=100)
 PARTS = FULL.parts
@@ -58,7 +60,7 @@ PARTS = FULL.parts
 def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Measure every part of `cfg`, write out/bench.json and out/bench.md, return the results."""
-    from deploy.bench import checkerperf, exploreperf, mem, rtt, runs, scaling, simperf
+    from deploy.bench import checkerperf, eventlog, exploreperf, mem, rtt, runs, scaling, simperf
     from runtime import shm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,7 @@ def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
     timings: dict[str, float] = {}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("rtt", lambda: {**rtt.measure(cfg.rtt_reps, cfg.rtt_samples), **rtt.breakdown(cfg.breakdown_calls)}),
+        ("eventlog", lambda: eventlog.measure(cfg.eventlog_reps, cfg.eventlog_events)),
         ("mem", lambda: mem.measure(cfg.mem_reps)),
         ("scaling", lambda: scaling.measure(cfg.scaling_reps, cfg.scaling_window_s, cfg.scaling_counts, progress)),
         ("checker", lambda: checkerperf.measure(cfg.checker_reps, cfg.checker_events, progress)),

@@ -9,6 +9,7 @@ from deploy.bench.stats import fmt
 # (figure, comparison, threshold, what the issue asks)
 TARGETS = (
     ("map_rtt_ratio", "<=", 1.3, "the protocol adds little over the transport itself"),
+    ("eventlog_ratio", "<=", 2.5, "a history line through structlog at 2.5 x the hand-built orjson line or less"),
     ("dma_write_ratio", ">=", 0.5, "stamped DMA writes at half of memcpy or better"),
     ("dma_read_verify_ratio", ">=", 0.5, "verified DMA reads at half of memcpy or better"),
     ("move_copy_ratio", ">=", 0.7, "the exporter's move copy at 0.7 x memcpy or better"),
@@ -29,6 +30,9 @@ ROWS = (
     ("map_rtt_ratio", "map / zmq", "x"),
     ("unmap_rtt_us", "unmap round trip", "us"),
     ("unmap_rtt_ratio", "unmap / zmq", "x"),
+    ("eventlog_floor_ns_per_event", "history line, hand-built orjson (baseline)", "ns"),
+    ("eventlog_ns_per_event", "history line through structlog", "ns"),
+    ("eventlog_ratio", "structlog line / hand-built line", "x"),
     ("memcpy_gbps", "memcpy shm -> shm (baseline)", "GB/s"),
     ("memcpy_private_src_gbps", "memcpy private -> shm (info)", "GB/s"),
     ("dma_write_gbps", "DMA stamped write", "GB/s"),

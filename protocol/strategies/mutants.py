@@ -355,8 +355,8 @@ MUTANTS: tuple[Mutant, ...] = (
                "vfio_pci_dma_buf_cleanup(); fixed by \"[PATCH] vfio/pci: fix dma-buf kref underflow after "
                "revoke\" (Alex Williamson, kvm, 7 May 2026; applied for v7.1-rc on 14 May 2026; Cc: stable)",
         kind=MERGED_BUG,
-        expect="refcount_warning (\"refcount_t: underflow; use-after-free\" at the close), stuck_unmap_wait "
-               "(the second wait never ends, with no mapping live); no race",
+        expect="refcount_warning (\"refcount_t: underflow; use-after-free\" at the close), stuck "
+               "(the second unmap wait never ends, with no mapping live); no race",
         exporter=set_rows({
             # v7: the revoke branch ends without re-arming ...
             **NO_REARM_AT_REVOKE_END,

@@ -27,7 +27,7 @@ Rules:
   wait for fences, usage BOOKKEEP; unlock; drop the buffer's own reference of its unmap wait
   (kref_put) and wait for every importer's unmap: as merged in 7.1, `wait_for_completion()`, no
   bound and no warning. An importer that never unmaps holds the revocation for as long as it
-  does; the checker reports the wait still open at the end (stuck_unmap_wait). The posted v5/v6
+  does; the checker reports the wait still open at the end (revoke.not_completed; excused from `stuck`, as the importer broke the rule). The posted v5/v6
   drafts waited 1 s, warned "Timed out waiting for DMABUF unmap, importer has a broken
   invalidate_mapping()" and went on with the mapping live; Christian König NAKed that on v5 (30
   Jan 2026): "it is mandatory that you keep the mapping around indefinitely until the importer

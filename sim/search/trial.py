@@ -20,8 +20,10 @@ Rules:
   for): a schedule that deadlocks is a catch as much as one that races, and only the checker's
   wait-for graph says that it did; and each revoke_incomplete finding (Linux 7.1: kind
   "revoke_incomplete", the buffer, the importer whose mapping was still live, its attachment):
-  a revocation that went on with a mapping live is a broken rule, caught as a deadlock is.
-  FINDING_CATCHES names them. Nothing is written; the history is kept only when asked (a race,
+  a revocation that went on with a mapping live is a broken rule, caught as a deadlock is; and
+  each stuck finding (checker/liveness.py: kind "stuck", the buffer, the service it belongs to,
+  what is stuck), judged at the window's close (workload_stop: the drain's end), so a schedule
+  judged in memory ends where its witness does. FINDING_CATCHES names them. Nothing is written; the history is kept only when asked (a race,
   for its witness).
 - A schedule judged in memory ends when the window closes with no DMA running (`cut_tail`): the
   importers answered stop with every job over, the exporter with every move over, and nothing
@@ -195,8 +197,9 @@ class Blocked(BaseException):
 @dataclass(frozen=True)
 class RaceId:
     """A catch: a race (kind, buffer, importer, job), a deadlock finding ("deadlock", the buffer
-    of the lock in its cycle, the importer of the fence in it, that fence's seq) or a
-    revoke_incomplete finding ("revoke_incomplete", the buffer, the importer, its attachment)."""
+    of the lock in its cycle, the importer of the fence in it, that fence's seq), a
+    revoke_incomplete finding ("revoke_incomplete", the buffer, the importer, its attachment) or a
+    stuck finding ("stuck", the buffer, the importer it belongs to or "exporter", what is stuck)."""
 
     kind: str
     buffer: Any
@@ -256,9 +259,9 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 
 
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
-    """The checker's verdicts on a merged history: every race, deadlock, revoke_incomplete and
-    refcount_warning, in the order it judged them."""
-    from checker.findings import DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE
+    """The checker's verdicts on a merged history: every race, deadlock, revoke_incomplete, stuck
+    item and refcount_warning, in the order it judged them."""
+    from checker.findings import DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
@@ -270,6 +273,9 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
         elif kind == REVOKE_INCOMPLETE:
             races.append(RaceId(REVOKE_INCOMPLETE, fields.get("buffer"), str(fields.get("importer")),
                                 fields.get("attachment")))
+        elif kind == STUCK:
+            races.append(RaceId(STUCK, fields.get("buffer"), str(fields.get("importer") or "exporter"),
+                                fields.get("what")))
         elif kind == REFCOUNT_WARNING:
             races.append(RaceId(REFCOUNT_WARNING, fields.get("buffer"), "exporter", fields.get("message")))
 
