@@ -295,7 +295,7 @@ SIM_CATCH = {
     "resv-fence+signal-after-next-map": (1, {"deadlock"}),
     "revoke+kref-reinit": (1, {"revoke_incomplete", "refcount_warning"}),
     "revoke+v6-unmap-timeout": (1, {"revoke_incomplete"}),
-    "revoke+cleanup-redrain": (1, {"refcount_warning"}),
+    "revoke+cleanup-redrain": (1, {"refcount_warning", "stuck"}),
 }
 SIM_CAP = 8
 # kref-reinit needs a map delayed into the un-revocation's locked window: schedule 22 of seed 1
