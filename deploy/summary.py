@@ -56,7 +56,9 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
                      f"fences forced {findings[FENCE_FORCED]['count']}  timeouts {findings[TIMEOUT]['count']}"
                      + (f"  revocations incomplete {findings[REVOKE_INCOMPLETE]['count']}"
                         if (findings.get(REVOKE_INCOMPLETE) or {}).get("count") else "")
-                     + (f"  stuck {stuck['count']}" if stuck.get("count") else ""))
+                     + (f"  stuck {stuck['count']}" if stuck.get("count") else "")
+                     + (f"  refcount warnings {findings['refcount_warning']['count']}"
+                        if (findings.get("refcount_warning") or {}).get("count") else ""))
         for d in findings[DEADLOCK]["items"][:1]:
             lines.append(f"  deadlock   {d.get('sentence', '')}")
         for d in stuck.get("items", [])[:1]:
