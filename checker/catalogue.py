@@ -149,17 +149,22 @@ EVENTS: tuple[Event, ...] = (
        "now on a map is refused with `no_device`", attachments="how many it invalidates"),
     _e("exporter", "unrevoke", "buffer revoke", "", "Linux 7.1: the buffer is mappable again"),
     _e("exporter", "unmap_wait_begin", "buffer revoke importers attachments bound_ms", "",
-       "Linux 7.1: after `resv_unlock`, the revocation waits for every invalidated attachment's unmap"),
+       "Linux 7.1: after `resv_unlock`, the revocation waits for every invalidated attachment's unmap (7.1 as "
+       "merged: no bound, `bound_ms` null; the v5/v6 drafts' mutant `revoke+v6-unmap-timeout`: `--unmap-wait-ms`). "
+       "One still open when the workload ends is a revocation not completed (`revoke.not_completed`): `stuck` if "
+       "no mapping holds it, excused if an importer keeps its mapping"),
     _e("exporter", "unmap_wait_warning", "buffer revoke importer attachment waited_ns message", "",
-       "Linux 7.1: an importer had not unmapped within `bound_ms`; the wait goes on, as VFIO's does",
-       message="`importer has a broken invalidate_mapping()`"),
+       "an importer had not unmapped within `bound_ms`: the posted v5/v6 drafts' WARN (7.1 as merged has "
+       "none; only `revoke+v6-unmap-timeout` emits it)",
+       message="`Timed out waiting for DMABUF unmap, importer has a broken invalidate_mapping()`"),
     _e("exporter", "unmap_wait_end", "buffer revoke waited_ns late", "",
        "Linux 7.1: every invalidated attachment was unmapped, detached or revoked",
        late="the importers a warning named"),
     _e("exporter", "refcount_warning", "buffer refs message", "",
        "Linux 7.1: the count behind a revocation's unmap wait (VFIO's kref: one reference for the buffer, one "
-       "per mapping served) was taken from zero or dropped below it: the kernel's refcount WARN. Never counted "
-       "by the checker (an exporter's word on itself); `revoke+kref-reinit` shows them",
+       "per mapping served) was taken from zero or dropped below it: the kernel's refcount WARN. Each is a "
+       "`refcount_warning` finding, a catch: no other event shows an underflow (`revoke+kref-reinit`, "
+       "`revoke+cleanup-redrain` show them)",
        message="`refcount_t: addition on 0; use-after-free`, `refcount_t: underflow; use-after-free`"),
     _e("exporter", "attachment_revoked", "importer buffer attachment reason was_mapped", "",
        "one step of losing an importer"),
@@ -196,7 +201,7 @@ EVENTS: tuple[Event, ...] = (
        what="`request` or `reply`"),
     _e("exporter", "fault", "kind target", "op id ms step buffers fault",
        "a fault applied: a message fault (`delay`/`drop`/`dup`/`reorder`, with `op`, `id` and its parameters), "
-       "or a revocation fault (`revoke` with `step` `revoke` or `unrevoke`, and `buffers`)",
+       "or a buffer fault (`revoke` with `step` `revoke` or `unrevoke`; `close` with `step` `close`; and `buffers`)",
        fault="the fault in words"),
     _e("exporter", "internal_error", "where error traceback", "",
        "a bug: the request got an `internal` error reply and the service kept serving"),

@@ -10,6 +10,9 @@ Rules (docs/events.md, "Findings"):
   `lease` (importer_lost, reason "lease expired"), `unmap` (unmap_wait_warning, Linux 7.1).
 - `revoke_incomplete` (Linux 7.1, checker/revoke.py): a revocation ended its unmap wait while the
   exporter still had a mapping of the buffer on record: one item per such mapping.
+- `refcount_warning` (Linux 7.1): each exporter `refcount_warning` event, the kernel's WARN from
+  lib/refcount.c ("addition on 0" or "underflow"): the exporter's unmap-wait count went wrong,
+  whatever the importers did. A catch: no other event shows an underflow.
 - `stuck` (checker/liveness.py): something begun (a move, a queued move, a deferred map, an
   awaited fence, an unmap wait) still open when the run's drain ended (deploy's workload_stop).
 - Counts count everything; item lists keep the first MAX_ITEMS. Sentences are written at report
@@ -33,11 +36,12 @@ FENCE_FORCED = "fence_forced"
 TIMEOUT = "timeout"
 REVOKE_INCOMPLETE = "revoke_incomplete"
 STUCK = "stuck"
-FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, STUCK)
+REFCOUNT_WARNING = "refcount_warning"
+FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
 # A stuck item is a liveness rule broken: the protocol stopped making progress.
-CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, STUCK)
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 
@@ -186,12 +190,26 @@ class Findings:
         self.n_incomplete = 0
         self.stuck_items: list[dict[str, Any]] = []
         self.n_stuck = 0
+        self.refcount: list[dict[str, Any]] = []
+        self.n_refcount = 0
         self.stuck_by_what = {w: 0 for w in liveness.WHAT}
         self.liveness: liveness.Liveness | None = None   # set by the oracle: whether and how it judged
 
     @property
     def total(self) -> int:
-        return self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.n_stuck
+        return (self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.n_stuck
+                + self.n_refcount)
+
+    def refcount_warning(self, ev: dict[str, Any], t: int) -> dict[str, Any]:
+        """The exporter's refcount_t WARN on a buffer's unmap-wait count."""
+        self.n_refcount += 1
+        item = {"t_ns": t, "buffer": ev.get("buffer"), "refs": ev.get("refs"), "message": ev.get("message"),
+                "events": [{"t_ns": t, "event": "refcount_warning", "svc": "exporter", "buffer": ev.get("buffer"),
+                            "refs": ev.get("refs"), "message": ev.get("message"),
+                            "note": f"the exporter's own WARN: {ev.get('message')}"}]}
+        if len(self.refcount) < MAX_ITEMS:
+            self.refcount.append(item)
+        return item
 
     def stuck(self, item: dict[str, Any]) -> None:
         """Something still open when the drain ended (checker/liveness.py fills in its end, if any)."""
@@ -259,6 +277,8 @@ class Findings:
                                                                                   "bound_t_ns": None, "excused": {}}),
                     "items": [{**x, "t_s": secs(x["t_ns"]), "sentence": liveness.sentence(x, t0)}
                               for x in self.stuck_items]},
+            REFCOUNT_WARNING: {"count": self.n_refcount, "items": [
+                {**x, "t_s": secs(x["t_ns"]), "sentence": _refcount_sentence(x, t0)} for x in self.refcount]},
         }
 
     @staticmethod
@@ -292,6 +312,12 @@ def _incomplete_sentence(x: dict[str, Any], t0: int) -> str:
             f"while {x['importer']}'s attachment {x.get('attachment')} was still mapped (map {x.get('map_id')} "
             f"served at {rel_ms(x['mapped_t'], t0)}); {then}: the exporter went on as if every importer had "
             f"unmapped, and may reuse or disable memory the importer can still reach.")
+
+
+def _refcount_sentence(x: dict[str, Any], t0: int) -> str:
+    return (f"at {rel_ms(x['t_ns'], t0)} the exporter warned \"{x.get('message')}\" on buffer {x.get('buffer')}'s "
+            f"unmap-wait count (refs {x.get('refs')}): a reference taken on zero or dropped below it, so that "
+            f"count no longer says which mappings a revocation must wait for.")
 
 
 def _timeout_sentence(x: dict[str, Any], t0: int) -> str:

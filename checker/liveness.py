@@ -28,7 +28,9 @@ Rules (docs/events.md, "Findings"; docs/reading-a-verdict.md):
   leaves open: an importer's own deferred maps and fences open at its death or restart, and
   every exporter operation (move, queued move, unmap wait) open then (it may wait for that
   importer, which the exporter learns of only by its lease), are `excused`, counted by reason,
-  never stuck.
+  never stuck. So is an unmap wait held by an importer that keeps its mapping (the oracle says
+  which, from checker/revoke.py's record, at workload_stop): 7.1 waits for it without bound, and
+  the revoke summary counts it as a revocation not completed.
 - Memory: what is open now (live moves, maps, fences, waits) and the stuck items (at most
   MAX_ITEMS kept).
 """
@@ -319,6 +321,14 @@ class Liveness:
         if name == "exporter" and self.judged is None:
             self.exporter_died = t
         self._excuse(name, f"{name} died")
+
+    def excuse_unmap_wait(self, buffer: Any, revoke: Any, reason: str) -> None:
+        """An unmap wait that an importer holds by keeping its mapping (checker/revoke.py knows
+        the mappings): the importer broke the rule, not the protocol; counted, never stuck."""
+        o = self.open.get(("unmap_wait", buffer, revoke))
+        if o is not None and self.judged is None:
+            self.excused[f"{WHAT[o.what][0]}: {reason}"] += 1
+            self._end(o.key, {}, 0, "", reason)
 
     def _excuse(self, name: str, reason: str) -> None:
         if self.judged is not None:

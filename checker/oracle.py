@@ -81,7 +81,7 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     importer_name,
 )
-from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REVOKE_INCOMPLETE, TIMEOUT, Findings
+from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REFCOUNT_WARNING, REVOKE_INCOMPLETE, TIMEOUT, Findings
 from checker.liveness import HANDLED as LIVENESS_EVENTS, Liveness
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
@@ -135,7 +135,10 @@ _DISPATCH: dict[str, str] = {
     "invalidate_mappings_returned": "_invalidate_returned",
     "revoke": "revoke.revoke",
     "unrevoke": "revoke.unrevoke",
+    "unmap_wait_begin": "revoke.unmap_wait_begin",
     "unmap_wait_end": "_unmap_wait_end",
+    "refcount_warning": "_refcount_warning",
+    "workload_stop": "_workload_stop",
     "unmap_served": "_unmap_served",
     "unmap_wait_warning": "_unmap_wait_warning",
     "revoked": "_revoked",
@@ -1048,6 +1051,19 @@ class Oracle:
             self.findings.revoke_incomplete(item)
             if self.on_finding is not None:
                 self.on_finding("revoke incomplete", "exporter", t, {"finding": REVOKE_INCOMPLETE, **item})
+
+    def _refcount_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        item = self.findings.refcount_warning(ev, t)
+        if self.on_finding is not None:
+            self.on_finding("refcount warning", svc, t, {"finding": REFCOUNT_WARNING, **item})
+
+    def _workload_stop(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        """The revocations still waiting for unmaps did not complete (the revoke summary's count).
+        One held by an importer that keeps its mapping is that importer's doing, excused from
+        `stuck` (liveness sees workload_stop after this); one with no mapping live is stuck."""
+        for buffer, revoke, held_by in self.revoke.workload_over_at(t):
+            if held_by:
+                self.liveness.excuse_unmap_wait(buffer, revoke, f"held by {', '.join(held_by)}, still mapped")
 
     def _unmap_wait_warning(self, ev: dict[str, Any], t: int, svc: str) -> None:
         name = self.revoke.warned(ev)

@@ -272,7 +272,8 @@ def _revoke(rv: dict[str, Any]) -> list[str]:
         ("revocations", rv.get("revocations")), ("unrevocations", rv.get("unrevocations")),
         ("maps refused (no_device)", rv.get("maps_refused")),
         ("unmap waits", wait.get("n")), ("unmap wait p50 (ms)", wait.get("p50")), ("unmap wait max (ms)", wait.get("max")),
-        ("broken importers (did not unmap within the bound)", ", ".join(rv.get("broken_importers") or []) or "none")])
+        ("broken importers (did not unmap within the bound)", ", ".join(rv.get("broken_importers") or []) or "none"),
+        ("revocations not completed (unmap wait still open at the end)", rv.get("not_completed", 0))])
     return out + [""]
 
 

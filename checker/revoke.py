@@ -5,8 +5,14 @@ Rules (docs/events.md, "Linux 7.1: invalidate_mappings and revoke"):
 - `maps_refused`: maps answered `no_device` (`op_answered`, op map, ok false, code no_device): the
   maps that came while their buffer was revoked.
 - `unmap_wait_ms`: `unmap_wait_end.waited_ns` of each revocation, as p50 and max (and n).
-- `broken_importers`: the importers named by an `unmap_wait_warning` (VFIO's "importer has a
-  broken invalidate_mapping()"), sorted, each once. Each warning is also an `unmap` timeout finding.
+- `broken_importers`: the importers named by an `unmap_wait_warning` (the posted v5/v6 drafts'
+  WARN "Timed out waiting for DMABUF unmap, importer has a broken invalidate_mapping()"; 7.1 as
+  merged has none), sorted, each once. Each warning is also an `unmap` timeout finding.
+- `not_completed`: the revocations whose unmap wait (`unmap_wait_begin` without its
+  `unmap_wait_end`) was still open when the workload ended (deploy's `workload_stop`). 7.1 waits
+  for unmaps without bound, so an importer that never unmaps holds the revocation: such a wait is
+  excused from `stuck` (checker/liveness.py: the importer broke the rule); one with no mapping
+  live (a wait for nothing: revoke+cleanup-redrain) is a `stuck` unmap_wait.
 - A revocation must not end its unmap wait while a mapping of its buffer is live: the exporter's
   own record of what it mapped (`map_served`, until `unmap_served`, `attachment_revoked` or
   `detach` of that attachment) says which are. Each one still mapped at `unmap_wait_end` is a
@@ -36,6 +42,9 @@ class RevokeTally:
         self.mapped: dict[tuple[str, Any], tuple[Any, int, Any]] = {}  # (importer, att) -> (buffer, t, map id)
         self.early: dict[tuple[str, Any], list[dict[str, Any]]] = {}   # still mapped at an unmap_wait_end
         self.revoked_at: dict[Any, tuple[int, Any]] = {}                # buffer -> (t, revoke) of its last revoke
+        self.open_waits: set[tuple[Any, Any]] = set()                    # (buffer, revoke) of unmap waits open
+        self.workload_over = False
+        self.not_completed = 0                                          # waits found open at the workload's end
 
     def revoke(self, ev: dict[str, Any], t: int, svc: str) -> None:
         if svc == "exporter":
@@ -64,8 +73,23 @@ class RevokeTally:
                                        "buffer": item["buffer"], "attachment": att,
                                        "note": "the mapping is gone, after the revocation went on"})
 
+    def unmap_wait_begin(self, ev: dict[str, Any], t: int, svc: str) -> None:
+        if svc == "exporter":
+            self.open_waits.add((ev.get("buffer"), ev.get("revoke")))
+
+    def workload_over_at(self, t: int) -> list[tuple[Any, Any, list[str]]]:
+        """The workload ended (deploy's workload_stop): each unmap wait still open did not complete.
+        Each as (buffer, revoke, the importers whose mappings of the buffer are live)."""
+        if self.workload_over:
+            return []
+        self.workload_over = True
+        self.not_completed = len(self.open_waits)
+        return [(buf, rev, sorted({imp for (imp, _), (b, _, _) in self.mapped.items() if b == buf}))
+                for buf, rev in sorted(self.open_waits, key=str)]
+
     def unmap_wait_end(self, ev: dict[str, Any], t: int, svc: str) -> list[dict[str, Any]]:
         """The revocation's unmap wait ended: the mappings of its buffer still live (findings)."""
+        self.open_waits.discard((ev.get("buffer"), ev.get("revoke")))
         waited = ev.get("waited_ns")
         if type(waited) is int and waited >= 0:
             self.unmap_wait.add(waited)
@@ -98,4 +122,4 @@ class RevokeTally:
         return {"revocations": self.revocations, "unrevocations": self.unrevocations,
                 "maps_refused": self.maps_refused,
                 "unmap_wait_ms": {"n": s.get("n", 0), "p50": ms(s.get("p50")), "max": ms(s.get("max"))},
-                "broken_importers": sorted(self.broken)}
+                "broken_importers": sorted(self.broken), "not_completed": self.not_completed}

@@ -232,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="print every state, event, guard and step a table may name, both halves, each with "
                            "its one-line rule")
     what.add_argument("--mutants", action="store_true",
-                      help="list the mutants (known kernel bugs: BASE+MUTATION), each with the rule it breaks, "
+                      help="list the mutants (kernel rules broken: BASE+MUTATION), each with the rule it breaks, "
                            "its source, what the checker must find and the workload it needs")
     st.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="diagram format")
     st.add_argument("--steps", action="store_true", help="put each rule's steps on its edge")
@@ -322,7 +322,8 @@ def _mutant_lines() -> list[str]:
     for name in mutants.names():
         m = resolve(name).MUTANT
         params = mutants.params_of(name)
-        lines += [name, f"    breaks    {m['rule']}", f"    source    {m['source']}", f"    expect    {m['expect']}"]
+        lines += [name, f"    breaks    {m['rule']}", f"    source    {m['source']}", f"    kind      {m['kind']}",
+                  f"    expect    {m['expect']}"]
         if params:
             lines.append("    workload  " + " ".join(
                 [f"--{k.replace('_', '-')} {v:g}" for k, v in params.items() if k != "faults"]

@@ -56,11 +56,16 @@ def summary_lines(report: dict[str, Any], run_dir: str) -> list[str]:
                      f"fences forced {findings[FENCE_FORCED]['count']}  timeouts {findings[TIMEOUT]['count']}"
                      + (f"  revocations incomplete {findings[REVOKE_INCOMPLETE]['count']}"
                         if (findings.get(REVOKE_INCOMPLETE) or {}).get("count") else "")
-                     + (f"  stuck {stuck['count']}" if stuck.get("count") else ""))
+                     + (f"  stuck {stuck['count']}" if stuck.get("count") else "")
+                     + (f"  refcount warnings {findings['refcount_warning']['count']}"
+                        if (findings.get("refcount_warning") or {}).get("count") else ""))
         for d in findings[DEADLOCK]["items"][:1]:
             lines.append(f"  deadlock   {d.get('sentence', '')}")
         for d in stuck.get("items", [])[:1]:
             lines.append(f"  stuck      {d.get('sentence', '')}")
+    not_completed = (report.get("revoke") or {}).get("not_completed")
+    if not_completed:
+        lines.append(f"  revoke     revocations not completed: {not_completed} (unmap wait still open at the end)")
     faults = report.get("faults", {})
     if faults.get("applied"):
         lines.append("  faults     " + "  ".join(f"{k} {n}" for k, n in sorted(faults["applied"].items())))

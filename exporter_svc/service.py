@@ -274,7 +274,8 @@ class ExporterService(ServiceShell):
         return 1.0 / self.args.move_rate
 
     def _revoke_step(self, step: str, buffer: int) -> None:
-        half = self.engine.revoke_buffer if step == "revoke" else self.engine.unrevoke_buffer
+        half = {"revoke": self.engine.revoke_buffer, "unrevoke": self.engine.unrevoke_buffer,
+                "close": self.engine.close_buffer}[step]
         self._guarded(step, lambda: half(buffer, self.loop.now_ns()))
 
     def _guarded(self, where: str, call: Any) -> None:

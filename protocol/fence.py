@@ -2,8 +2,11 @@
 
 Usages are ordered KERNEL < WRITE < READ < BOOKKEEP. Asking for the fences of one usage returns
 those of every lower usage too: waiting for BOOKKEEP waits for everything, waiting for KERNEL only
-for the kernel's own memory-management fences (a move's copy). Waiting only for KERNEL fences
-before reusing memory was a real bug (a 2026 VFIO fix): a move must wait for BOOKKEEP.
+for the kernel's own memory-management fences (a move's copy). A move, which copies and frees,
+must wait for BOOKKEEP. Waiting only for KERNEL fences was caught in review of the 2026 VFIO
+revoke series ([PATCH v3 6/7] "vfio: Wait for dma-buf invalidation to complete", dri-devel, 20
+Jan 2026; never merged), where the wait guards a revocation, not a reuse of memory. Christian
+König: "This should be DMA_RESV_USAGE_BOOKKEEP so that we wait for everything." (21 Jan 2026)
 """
 
 from __future__ import annotations

@@ -76,9 +76,10 @@ PARAMS: tuple[Param, ...] = (
           services={"exporter": "ack-timeout-ms"}),
     Param("fence_timeout_ms", "float", 1000.0, "resv-fence: how long a move waits for fences before forcing them",
           "MS", 1, 600000, services={"exporter": "fence-timeout-ms"}),
-    Param("unmap_wait_ms", "float", 1000.0, "revoke: how long a revocation waits for every importer's unmap "
-                                            "before it warns of a broken invalidate_mapping() (it goes on waiting; "
-                                            "VFIO waits 1 s)", "MS", 1, 600000,
+    Param("unmap_wait_ms", "float", 1000.0, "revoke+v6-unmap-timeout only: the posted v5/v6 drafts' bound on "
+                                            "a revocation's wait for unmaps (1 s), after which they warned and went "
+                                            "on with the mapping live; revoke, as merged in 7.1, waits without "
+                                            "bound and ignores it", "MS", 1, 600000,
           services={"exporter": "unmap-wait-ms"}),
     Param("importer_kind", "choice", "dynamic", "what kind of importer each device is: dynamic "
                                                 "(invalidate_mappings, unmaps in bounded time), pinned-revocable "

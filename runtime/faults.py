@@ -33,6 +33,10 @@ Kinds and their own keys:
                     buffers: `buffers` (all, the default), a number, a range `2-5`, or several
                     joined by `+` (`0+3-4`); in a scenario also a list [0, 3]. `p` and `op` do
                     not apply.
+        close       close the exporting device at `at` (VFIO: vfio_pci_core_close_device ->
+                    vfio_pci_dma_buf_cleanup): the buffers are revoked for good, a buffer revoked
+                    already is left as it is (7.1-rc with the May 2026 fix; the revoke+cleanup-redrain
+                    mutant drains it again). `target` as revoke's; `for` does not apply.
 
 All randomness (which message, which job) is drawn from generators seeded by the run's --seed,
 the fault's position in the list and the service's name: the same seed gives the same schedule.
@@ -47,7 +51,7 @@ from typing import Any
 MESSAGE_KINDS = ("delay", "drop", "dup", "reorder")
 PROCESS_KINDS = ("kill", "pause", "restart")
 DEVICE_KINDS = ("rogue", "slow-dma", "early-ack", "ignore-notify")
-BUFFER_KINDS = ("revoke",)
+BUFFER_KINDS = ("revoke", "close")
 KINDS = MESSAGE_KINDS + PROCESS_KINDS + DEVICE_KINDS + BUFFER_KINDS
 
 _COMMON = {"target", "at", "for", "p", "op"}
@@ -58,7 +62,7 @@ _OWN: dict[str, dict[str, Any]] = {
     "rogue": {"ms": 20.0, "access": "write"},
     "slow-dma": {"factor": 4.0},
     "early-ack": {}, "ignore-notify": {},
-    "revoke": {},
+    "revoke": {}, "close": {},
 }
 _DEFAULT_FOR = {"pause": 1.0, "restart": 0.5}
 
@@ -142,7 +146,7 @@ _RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?", re.ASCII)
 
 
 def _buffer_fault(raw: dict[str, Any], out: dict[str, Any], where: str) -> dict[str, Any]:
-    """revoke: target is the buffers (canonical: "buffers", or "N+M-K" sorted and merged)."""
+    """revoke, close: target is the buffers (canonical: "buffers", or "N+M-K" sorted and merged)."""
     # the canonical form carries the values that change nothing (p=1.0 and no op), and its --fault
     # text (deploy/campaign.py fault_text, p as the string "1.0") must parse back to it
     for key, changes in (("p", "p" in raw and _number(where, "p", raw["p"], 0.0, 1.0) != 1.0),
@@ -169,6 +173,8 @@ def _buffer_fault(raw: dict[str, Any], out: dict[str, Any], where: str) -> dict[
         numbers = sorted(numbers)
     out["target"] = "buffers" if numbers is None else "+".join(str(b) for b in numbers)
     out["at"] = _number(where, "at", raw.get("at", 0.0))
+    if out["kind"] == "close" and raw.get("for") is not None:
+        raise FaultError(f"{where}: 'for' does not apply to a close fault (a closed device does not come back)")
     out["for"] = None if raw.get("for") is None else _number(where, "for", raw["for"])
     out["p"] = 1.0
     out["op"] = None
@@ -176,7 +182,7 @@ def _buffer_fault(raw: dict[str, Any], out: dict[str, Any], where: str) -> dict[
 
 
 def revoked_buffers(fault: dict[str, Any], buffers: int) -> list[int]:
-    """The buffers a revoke fault names, of a run with `buffers` buffers (numbers past the last
+    """The buffers a revoke (or close) fault names, of a run with `buffers` buffers (numbers past the last
     are returned too, for the caller to refuse)."""
     target = fault["target"]
     return list(range(buffers)) if target == "buffers" else [int(b) for b in target.split("+")]

@@ -6,7 +6,7 @@ or READ usage, one per DMA job). Each (slot, buffer) is one fence context, a tim
 dma_fence context is: its seqnos grow by one per fence and its fences signal in order, so a
 fence `s` is signaled once max(signaled, forced) >= s, and with it every earlier one.
 
-Usage (include/linux/dma-resv.h: the kernel-doc of enum dma_resv_usage, lines 58-69 in 6.x):
+Usage (include/linux/dma-resv.h, enum dma_resv_usage (kernel-doc)):
 - The cell of usage `u` holds the latest seqno of the context added with usage `u` (0: none).
   Usages are ordered KERNEL < WRITE < READ < BOOKKEEP, and asking for the fences of one usage
   returns those of every lower usage too ("when the dma_resv object is asked for fences for one

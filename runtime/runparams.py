@@ -232,19 +232,19 @@ def _check_together(p: RunParams) -> None:
 
 
 def _check_revoke_faults(p: RunParams) -> None:
-    """A revoke fault needs a strategy whose exporter table revokes, and buffers that exist."""
-    revokes = [f for f in p.faults if f["kind"] == "revoke"]
+    """A revoke (or close) fault needs a strategy whose exporter table revokes, and buffers that exist."""
+    revokes = [f for f in p.faults if f["kind"] in faults.BUFFER_KINDS]
     if not revokes:
         return
     from protocol.exporter import compile_spec
     from protocol.strategies import resolve
     if not compile_spec(resolve(p.strategy).EXPORTER).revokes:
-        raise OptionError(f"fault revoke: strategy {p.strategy} cannot revoke a buffer (its exporter table has "
+        raise OptionError(f"fault {revokes[0]['kind']}: strategy {p.strategy} cannot revoke a buffer (its exporter table has "
                           f"no revocation: no row marks a buffer revoked); use --strategy revoke")
     for f in revokes:
         bad = [b for b in faults.revoked_buffers(f, p.buffers) if b >= p.buffers]
         if bad:
-            raise OptionError(f"fault revoke: target names buffer {bad[0]}; buffers are 0..{p.buffers - 1}")
+            raise OptionError(f"fault {f['kind']}: target names buffer {bad[0]}; buffers are 0..{p.buffers - 1}")
 
 
 def _check_memory(p: RunParams) -> None:

@@ -195,7 +195,7 @@ def test_revoke_summary(tmp_path: Path) -> None:
     assert r["revoke"] == {"revocations": 2, "unrevocations": 1, "maps_refused": 2,
                            "unmap_wait_ms": {"n": 2, "p50": pytest.approx(r["revoke"]["unmap_wait_ms"]["p50"]),
                                              "max": 1.08},
-                           "broken_importers": [IMP]}
+                           "broken_importers": [IMP], "not_completed": 0}
     assert 0.02 <= r["revoke"]["unmap_wait_ms"]["p50"] <= 1.08
     t = r["findings"]["timeout"]
     assert t["by_kind"]["unmap"] == 1
@@ -206,5 +206,6 @@ def test_revoke_summary(tmp_path: Path) -> None:
 def test_no_revocation_no_summary_figures(tmp_path: Path) -> None:
     r = mapped().judge(tmp_path)
     assert r["revoke"] == {"revocations": 0, "unrevocations": 0, "maps_refused": 0,
-                           "unmap_wait_ms": {"n": 0, "p50": None, "max": None}, "broken_importers": []}
+                           "unmap_wait_ms": {"n": 0, "p50": None, "max": None}, "broken_importers": [],
+                           "not_completed": 0}
     assert r["speculative_reads"] == 0

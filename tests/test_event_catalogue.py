@@ -59,6 +59,7 @@ ALONE: dict[str, tuple[str, ...]] = {
     "early-ack": ("early-ack:p=0.5",),
     "ignore-notify": ("ignore-notify:p=0.5",),
     "revoke": ("revoke:at=0.2,for=0.2",),
+    "close": ("close:at=0.45",),
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "none": (),
@@ -67,7 +68,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "processes": ("kill:target=importer-2,at=0.3", "pause:target=importer-1,at=0.1,for=0.35",
                   "restart:target=importer-2,at=0.15,for=0.1"),
     "devices": ("rogue:ms=50,p=0.3", "slow-dma:factor=2,p=0.3", "early-ack:p=0.3", "ignore-notify:p=0.3"),
-    "revoke": ALONE["revoke"] + ("ignore-notify:p=0.5",),
+    "revoke": ALONE["revoke"] + ("ignore-notify:p=0.5",) + ALONE["close"],
     "revoke-static": ALONE["revoke"],
 }
 # What a group needs beside its faults for its events to come: a lease shorter than the pause
@@ -100,7 +101,7 @@ def test_every_fault_kind_is_exercised() -> None:
 def _params(overrides: dict[str, Any], faults: tuple[str, ...], **extra: Any) -> RunParams | None:
     """The strategy's run (a mutant's own faults kept) under `faults`; None if the strategy
     cannot take them (a revoke fault needs a table that revokes)."""
-    if "revoke" in _kinds(faults) and not compile_spec(resolve(overrides["strategy"]).EXPORTER).revokes:
+    if _kinds(faults) & set(F.BUFFER_KINDS) and not compile_spec(resolve(overrides["strategy"]).EXPORTER).revokes:
         return None
     own = tuple(overrides.get("faults", ()))
     return RunParams(**{**RUN, **overrides, **extra, "faults": own + tuple(F.parse_cli(f) for f in faults)})

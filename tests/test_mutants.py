@@ -1,4 +1,4 @@
-"""Known kernel bugs as mutants (issue 15): each a correct strategy with one rule broken in its
+"""Mutants, kernel rules broken (issue 15): each a correct strategy with one rule broken in its
 tables, each caught by the checker (which knows no strategy) with a witness quoting the rule.
 
 The sans-IO tests show each mutant's table change doing what its bug does (tests/world.py judges
@@ -88,7 +88,12 @@ def test_campaign_mutants_runs_every_mutant_with_its_workload_and_the_controls()
     assert variants["resv-fence"] == {"strategy": "resv-fence"}
     assert variants["resv-fence-pin-ratio-0.25"] == {"strategy": "resv-fence", "pin_ratio": 0.25}
     assert variants["resv-fence+move-pinned"] == {"strategy": "resv-fence+move-pinned", "pin_ratio": 0.25}
-    assert set(variants) == set(mutants.names()) | {"resv-fence", "resv-fence-pin-ratio-0.25", "revoke-move-rate-0.0"}
+    assert set(variants) == set(mutants.names()) | {"resv-fence", "resv-fence-pin-ratio-0.25", "revoke-move-rate-0.0",
+                                                     "revoke-move-rate-0.0-unmap-wait-ms-300.0", "revoke"}
+    # each revoke mutant's control runs under its own faults (no two of them share a label)
+    assert variants["revoke"]["faults"] == variants["revoke+cleanup-redrain"]["faults"]
+    assert (variants["revoke-move-rate-0.0-unmap-wait-ms-300.0"]["faults"]
+            == variants["revoke+v6-unmap-timeout"]["faults"])
     # revoke's control runs under kref-reinit's workload, its revocations included
     assert variants["revoke-move-rate-0.0"]["faults"] == variants["revoke+kref-reinit"]["faults"]
     assert [f["kind"] for f in variants["revoke+kref-reinit"]["faults"]].count("revoke") == REVOCATIONS
@@ -288,7 +293,9 @@ SIM_CATCH = {
     "resv-fence+no-kernel-fence-wait": (1, {"unfenced_access"}),
     "resv-fence+map-unlocked": (1, {"lost_write", "stale_read"}),
     "resv-fence+signal-after-next-map": (1, {"deadlock"}),
-    "revoke+kref-reinit": (1, {"revoke_incomplete"}),
+    "revoke+kref-reinit": (1, {"revoke_incomplete", "refcount_warning"}),
+    "revoke+v6-unmap-timeout": (1, {"revoke_incomplete"}),
+    "revoke+cleanup-redrain": (1, {"refcount_warning", "stuck"}),
 }
 SIM_CAP = 8
 # kref-reinit needs a map delayed into the un-revocation's locked window: schedule 22 of seed 1

@@ -144,10 +144,10 @@ def test_a_revocation_waits_for_a_move_that_holds_the_lock() -> None:
     assert fields(w, "move_refused")[-1]["reason"] == "revoked"
 
 
-def test_the_unmap_wait_is_bounded_warns_and_keeps_waiting() -> None:
-    """An importer that never answers invalidate_mappings (its message lost on the floor) keeps its
-    mapping: past the bound the exporter warns, as VFIO does, and waits on; an un-revoke waits for it."""
-    w = joined(importers=2)
+def _ignored_revocation(strategy: str) -> World:
+    """Buffer 0 revoked while importer-1 holds a mapping of it and drops the invalidate_mappings
+    call on the floor: the revocation reaches its unmap wait with that mapping live."""
+    w = joined(strategy, importers=2)
     cached(w, "importer-1", 1, 0)
     w.revoke(0)
     w.to_importer["importer-1"].clear()      # importer-1 ignores the call
@@ -158,16 +158,82 @@ def test_the_unmap_wait_is_bounded_warns_and_keeps_waiting() -> None:
     w.settle()
     assert state(w, 0) is MoveState.UNMAP_WAIT
     assert fields(w, "unmap_wait_begin")[0]["importers"] == ["importer-1"]
-    w.fire_timer(("unmap-wait", 1))
-    warn = fields(w, "unmap_wait_warning")
-    assert [(f["importer"], f["message"]) for f in warn] == [("importer-1", "importer has a broken invalidate_mapping()")]
-    assert state(w, 0) is MoveState.UNMAP_WAIT, "it goes on waiting"
+    return w
+
+
+def test_the_unmap_wait_has_no_bound_and_no_warning() -> None:
+    """7.1 as merged: wait_for_completion(), no timeout and no WARN. An importer that keeps its
+    mapping holds the revocation (and the un-revoke behind it) until it unmaps."""
+    w = _ignored_revocation("revoke")
+    assert fields(w, "unmap_wait_begin")[0]["bound_ms"] is None
+    assert ("unmap-wait", 1) not in w.timers, "no timer bounds the wait"
     w.unrevoke(0)
     assert state(w, 0) is MoveState.UNMAP_WAIT, "the un-revoke waits for the unmap wait"
+    assert fields(w, "unmap_wait_warning") == [] and fields(w, "unmap_wait_end") == []
     w._apply("importer-1", w.peers["importer-1"].shutdown(w.now))   # leaving, it unmaps at last
     w.settle()
-    assert fields(w, "unmap_wait_end")[0]["late"] == ["importer-1"]
+    assert fields(w, "unmap_wait_end")[0]["late"] == []
     assert state(w, 0) in (MoveState.UNREVOKING, MoveState.UNREVOKE_FENCE_WAIT, MoveState.IDLE)
+
+
+def test_v6_unmap_timeout_warns_and_goes_on_with_the_mapping_live() -> None:
+    """The posted v5/v6 drafts: past the bound, WARN and return: the revocation is over while
+    importer-1 still has the buffer mapped."""
+    w = _ignored_revocation("revoke+v6-unmap-timeout")
+    assert fields(w, "unmap_wait_begin")[0]["bound_ms"] == 1000.0
+    w.fire_timer(("unmap-wait", 1))
+    warn = fields(w, "unmap_wait_warning")
+    assert [(f["importer"], f["message"]) for f in warn] == [
+        ("importer-1", "Timed out waiting for DMABUF unmap, importer has a broken invalidate_mapping()")]
+    assert state(w, 0) is MoveState.REVOKED, "it does not wait on"
+    assert fields(w, "unmap_wait_end")[0]["late"] == ["importer-1"]
+    assert w.exporter.state.buffers[0].mapped, "the mapping is still live"
+
+
+def _closed_after_revocation(strategy: str) -> World:
+    """Buffer 0 revoked (every unmap in, the revocation over), then the device closed."""
+    w = joined(strategy, importers=2)
+    cached(w, "importer-1", 1, 0)
+    revoked(w)
+    assert state(w, 0) is MoveState.REVOKED and len(fields(w, "unmap_wait_end")) == 1
+    return closed(w)
+
+
+def closed(w: World, buffer: int = 0) -> World:
+    """The `close` fault on `buffer`, and everything it sets going."""
+    w.tick()
+    w._apply("exporter", w.exporter.close_buffer(buffer, w.now))
+    w.settle()
+    w.check_fences()
+    w.settle()
+    return w
+
+
+def test_closing_the_device_leaves_a_revoked_buffer_alone() -> None:
+    """After the May 2026 fix cleanup goes through the revoke path, idempotent on a revoked buffer."""
+    w = _closed_after_revocation("revoke")
+    assert state(w, 0) is MoveState.REVOKED
+    assert fields(w, "revoke") == fields(w, "revoke")[:1] and len(fields(w, "unmap_wait_begin")) == 1
+    assert fields(w, "refcount_warning") == []
+
+
+def test_closing_the_device_revokes_a_buffer_not_revoked() -> None:
+    w = joined("revoke", importers=2)
+    cached(w, "importer-1", 1, 0)
+    closed(w)
+    assert state(w, 0) is MoveState.REVOKED
+    assert [f["buffer"] for f in fields(w, "revoke")] == [0] and len(fields(w, "unmap_wait_end")) == 1
+
+
+def test_cleanup_redrain_underflows_and_waits_for_nothing() -> None:
+    """1a8a5227f229 as merged: cleanup drains the revoked buffer again: "the second kref_put
+    underflowed and the subsequent wait_for_completion() blocked on a completion that the first run
+    had already consumed"."""
+    w = _closed_after_revocation("revoke+cleanup-redrain")
+    assert [f["message"] for f in fields(w, "refcount_warning")] == ["refcount_t: underflow; use-after-free"]
+    assert len(fields(w, "unmap_wait_begin")) == 2 and len(fields(w, "unmap_wait_end")) == 1
+    assert state(w, 0) is MoveState.UNMAP_WAIT, "the second wait never ends"
+    assert not w.exporter.state.buffers[0].mapped, "with no mapping live"
 
 
 # ---------------------------------------------------------------------------------- importer kinds

@@ -61,12 +61,13 @@ def test_a_searched_schedule_revokes_refuses_maps_no_device_and_unrevokes() -> N
 def test_kref_reinit_is_caught_by_explore_as_a_finding_and_revoke_is_not(tmp_path: Path) -> None:
     out = tmp_path / "mutant"
     rc, r = explore(out, "--strategy", "revoke+kref-reinit", *KREF_SEARCH, "--schedules", "100", "--no-shrink")
-    # caught as the finding, and nothing else: no race kind
-    assert rc == 1 and r["races"] == {"revoke_incomplete": 1} and r["first_race_schedule"] <= 100
+    # caught as a finding, and nothing else: no race kind. The map's kref_get on zero ("addition
+    # on 0", a refcount_warning) comes before the revocation that ends with that mapping live.
+    assert rc == 1 and set(r["races"]) <= {"revoke_incomplete", "refcount_warning"} and r["first_race_schedule"] <= 100
     first = r["saved"][0]["races"][0]
-    assert first["kind"] == "revoke_incomplete"
+    assert first["kind"] in ("revoke_incomplete", "refcount_warning")
     # judged again from the saved run directory
-    assert verdicts(out / r["saved"][0]["dir"]) == {("revoke_incomplete", first["buffer"])}
+    assert (first["kind"], first["buffer"]) in verdicts(out / r["saved"][0]["dir"])
     # the correct strategy under the same search, as many schedules: nothing
     rc, c = explore(tmp_path / "control", "--strategy", "revoke", *KREF_SEARCH,
                     "--schedules", str(r["first_race_schedule"]))
@@ -78,9 +79,10 @@ def test_kref_reinit_finding_shrinks_to_a_replayable_1_minimal_schedule(tmp_path
     out = tmp_path / "mutant"
     rc, r = explore(out, "--strategy", "revoke+kref-reinit", *KREF_SEARCH, "--schedules", "100")
     buffer = r["saved"][0]["races"][0]["buffer"]
-    assert rc == 1 and r["shrunk"]["kind"] == "revoke_incomplete" and r["shrunk"]["one_minimal"]
-    assert verdicts(out / "shrunk") == {("revoke_incomplete", buffer)}
-    assert "ended its unmap wait" in (out / "witness.md").read_text()
+    kind = r["shrunk"]["kind"]
+    assert rc == 1 and kind in ("revoke_incomplete", "refcount_warning") and r["shrunk"]["one_minimal"]
+    assert (kind, buffer) in verdicts(out / "shrunk")
+    assert ("ended its unmap wait" if kind == "revoke_incomplete" else "refcount_t:") in (out / "witness.md").read_text()
     assert cli.main(["replay", str(out / "shrunk"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
 
 

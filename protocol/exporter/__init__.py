@@ -156,6 +156,12 @@ class Exporter:
         self.moves.dispatch(self.state.buffers[buffer], MoveEvent.UNREVOKE, now)
         return self._take()
 
+    def close_buffer(self, buffer: int, now: int) -> list[Action]:
+        """The exporting device is closed (VFIO's vfio_pci_dma_buf_cleanup from
+        vfio_pci_core_close_device): the table's (state, CLOSE) row."""
+        self.moves.dispatch(self.state.buffers[buffer], MoveEvent.CLOSE, now)
+        return self._take()
+
     @property
     def revokes(self) -> bool:
         """The strategy can revoke a buffer (its table has a revocation)."""

@@ -36,7 +36,8 @@ from protocol import machine
 from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
                               Send, SignalKernelFence, StartTimer, WaitFences)
 from protocol.exporter.memory import MemoryManager
-from protocol.exporter.state import Attachment, Buffer, Ctx, ExporterState, Member, Move, Operation, Revocation
+from protocol.exporter.state import (UNMAP_WAIT_WARNING, Attachment, Buffer, Ctx, ExporterState, Member, Move, Operation,
+                                     Revocation)
 from protocol.exporter.table import (AUDIENCE, BASE_TABLE, MUTANT_STEPS, NAMED, QUEUED_REASON, REFUSAL_REASONS,
                                      TIMER_EVENTS, ExporterSpec, Guard, MoveEvent, MoveState, Step, Who)
 from protocol.fence import Usage
@@ -74,6 +75,10 @@ class MoveMachine:
         self.compiled = compile_spec(spec)
         self.table = self.compiled.table
         self.revokes = self.compiled.revokes
+        # The unmap wait is unbounded (7.1 as merged: wait_for_completion) unless the table reacts
+        # to its timer (the v5/v6 drafts' 1 s bound, a mutant): no timer for a wait nothing bounds.
+        bound = self.table.get((MoveState.UNMAP_WAIT, MoveEvent.UNMAP_WAIT_TIMEOUT), ())
+        self.unmap_wait_bounded = bound is not VIOLATION and any(r.do for r in bound)
         self.state = state
         self.memory = memory
         self.membership: Membership = None  # type: ignore[assignment]  (handed over by the Exporter)
@@ -531,15 +536,16 @@ class MoveMachine:
         mapped = [st.attachments[a] for a in sorted(buf.mapped)]
         st.emit("unmap_wait_begin", buffer=buf.id, revoke=rev.id,
                 importers=sorted({st.members[a.slot].name for a in mapped}), attachments=[a.id for a in mapped],
-                bound_ms=st.config.unmap_wait_s * 1000)
+                bound_ms=st.config.unmap_wait_s * 1000 if self.unmap_wait_bounded else None)
         if buf.unmap_wait.done:
             st.post(buf, MoveEvent.UNMAPS_DONE, now)
-        else:
+        elif self.unmap_wait_bounded:
             st.out.append(StartTimer(("unmap-wait", rev.id), st.config.unmap_wait_s))
 
     def _warn_unmaps(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        """VFIO's WARN: "Timed out waiting for DMABUF unmap, importer has a broken
-        invalidate_mapping()". Once per revocation; the wait goes on."""
+        """The posted v5/v6 drafts' WARN after wait_for_completion_timeout(..., secs_to_jiffies(1)):
+        "Timed out waiting for DMABUF unmap, importer has a broken invalidate_mapping()". One event
+        per attachment still mapped; what follows is the table's (the drafts went on, mapping live)."""
         st, rev = self.state, self._revocation(buf)
         rev.warned = True
         for att_id in sorted(buf.mapped):
@@ -547,13 +553,14 @@ class MoveMachine:
             name = st.members[att.slot].name
             rev.late.add(name)
             st.emit("unmap_wait_warning", buffer=buf.id, revoke=rev.id, importer=name, attachment=att.id,
-                    waited_ns=now - rev.unmap_wait_from, message="importer has a broken invalidate_mapping()")
+                    waited_ns=now - rev.unmap_wait_from, message=UNMAP_WAIT_WARNING)
 
     def _end_unmap_wait(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         st, rev = self.state, self._revocation(buf)
         st.out.append(CancelTimer(("unmap-wait", rev.id)))
         st.emit("unmap_wait_end", buffer=buf.id, revoke=rev.id, waited_ns=now - rev.unmap_wait_from,
                 late=sorted(rev.late))
+        buf.unmap_wait.consume()
 
     def _rearm_unmap_wait(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         buf.unmap_wait.rearm()

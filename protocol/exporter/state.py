@@ -127,12 +127,21 @@ class Revocation(Operation):
     KIND = "revoke"
 
 
+# The posted v5/v6 drafts' WARN when their 1 s wait for unmaps ran out ([PATCH v5 4/8] and [PATCH
+# v6 4/8] "vfio: Wait for dma-buf invalidation to complete", vfio_pci_dma_buf_move()); v7, as
+# merged for 7.1, waits with wait_for_completion() and prints nothing.
+UNMAP_WAIT_WARNING = "Timed out waiting for DMABUF unmap, importer has a broken invalidate_mapping()"
+
+
 @dataclass
 class UnmapWait:
     """VFIO's kref and completion for a revocation's wait for unmaps: one reference is the buffer's
     own (kref_init), one more per mapping served; the revocation drops the buffer's own and waits
-    until the count reaches zero. The completion, once complete, stays so until re-armed
-    (reinit_completion): which is why re-arming at the wrong moment loses track (revoke+kref-reinit)."""
+    until the count reaches zero. complete() and wait_for_completion() are a counted handshake: a
+    completion made while nobody waits stays until a wait takes it (or reinit_completion), and the
+    wait that ends takes it (END_UNMAP_WAIT: `consume`). Which is why re-arming at the wrong moment
+    loses track (revoke+kref-reinit), and a second drain with nothing re-armed never ends
+    (revoke+cleanup-redrain)."""
 
     refs: int = 1
     done: bool = False
@@ -152,6 +161,10 @@ class UnmapWait:
 
     def rearm(self) -> None:
         self.refs, self.done = 1, False
+
+    def consume(self) -> None:
+        """wait_for_completion() returned: it took the completion (done is 0 again)."""
+        self.done = False
 
 
 @dataclass(slots=True)

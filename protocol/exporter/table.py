@@ -40,7 +40,7 @@ class MoveState(enum.Enum):
     # Linux 7.1 revocation (the revoke strategy)
     REVOKING = "revoking"                        # revoked under the lock; invalidate_mappings out, waiting for returns
     REVOKE_FENCE_WAIT = "revoke_fence_wait"      # revoked under the lock; waiting for fences (BOOKKEEP)
-    UNMAP_WAIT = "unmap_wait"                    # revoked, lock released; waiting for every unmap (bounded warning)
+    UNMAP_WAIT = "unmap_wait"                    # revoked, lock released; waiting for every unmap (no bound in 7.1)
     REVOKED = "revoked"                          # revoked; maps refused (no_device) until un-revoke
     UNREVOKING = "unrevoking"                    # un-revoke under the lock; invalidate_mappings out
     UNREVOKE_FENCE_WAIT = "unrevoke_fence_wait"  # un-revoke under the lock; waiting for fences
@@ -70,7 +70,10 @@ class MoveEvent(enum.Enum):
     REVOKE = "revoke"                    # the exporter takes the buffer away (VFIO: a device reset)
     UNREVOKE = "unrevoke"                # the exporter gives it back
     UNMAPS_DONE = "unmaps_done"          # follow-up: the unmap wait completed (its count reached zero)
-    UNMAP_WAIT_TIMEOUT = "unmap_wait_timeout"  # timer: --unmap-wait-ms after the unmap wait began
+    UNMAP_WAIT_TIMEOUT = "unmap_wait_timeout"  # timer: --unmap-wait-ms after the unmap wait began (started only
+                                               # where the table has a rule for it: the v5/v6 drafts' bound)
+    CLOSE = "close"                      # the exporting device is closed (VFIO: vfio_pci_core_close_device ->
+                                         # vfio_pci_dma_buf_cleanup): the buffer revoked for good
 
 
 class Guard(enum.Enum):
@@ -158,9 +161,9 @@ class Step(enum.Enum):
     REFUSE_MAP_REVOKED = "refuse_map_revoked"    # answer the map no_device (ENODEV)
     REFUSE_ATTACH = "refuse_attach"      # answer the attach not_supported (EOPNOTSUPP: dma_buf_attach_revocable)
     PUT_UNMAP_REF = "put_unmap_ref"      # drop the buffer's own reference of its unmap wait (kref_put)
-    AWAIT_UNMAPS = "await_unmaps"        # unmap_wait_begin; UNMAPS_DONE when the count is zero; bounded warning
-    WARN_UNMAPS = "warn_unmaps"          # unmap_wait_warning for every attachment still mapped; go on waiting
-    END_UNMAP_WAIT = "end_unmap_wait"    # unmap_wait_end, timer cancelled
+    AWAIT_UNMAPS = "await_unmaps"        # unmap_wait_begin; UNMAPS_DONE when the count is zero (wait_for_completion)
+    WARN_UNMAPS = "warn_unmaps"          # unmap_wait_warning for every attachment still mapped (the v5/v6 WARN)
+    END_UNMAP_WAIT = "end_unmap_wait"    # unmap_wait_end, timer cancelled; consumes the completion
     REARM_UNMAP_WAIT = "rearm_unmap_wait"  # kref_init and reinit_completion: the count back to the buffer's own
     QUEUE_REVOKE = "queue_revoke"        # a revocation waits for the operation holding the lock
     RUN_QUEUED_REVOKE = "run_queued_revoke"      # the operation is over: a queued revocation begins (follow-up)
@@ -272,6 +275,7 @@ BASE_TABLE: dict[tuple[Any, MoveEvent], Any] = {
     # cannot be asked to revoke (deploy refuses the fault), and an unmap wait it never began is stale.
     (ANY, MoveEvent.REVOKE): VIOLATION,
     (ANY, MoveEvent.UNREVOKE): VIOLATION,
+    (ANY, MoveEvent.CLOSE): VIOLATION,
     (ANY, MoveEvent.UNMAPS_DONE): IGNORE,
     (ANY, MoveEvent.UNMAP_WAIT_TIMEOUT): IGNORE,
 }

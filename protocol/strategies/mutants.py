@@ -1,4 +1,9 @@
-"""Known kernel bugs as mutants: a correct strategy with one rule broken, a row or a step changed.
+"""Mutants: a correct strategy with one documented kernel rule broken, a row or a step changed.
+
+Each mutant's `kind` says where its bug comes from: a "merged bug" (it was in a kernel that was
+merged, and was fixed later: the fix is its source), a "review catch" (it was in a posted patch
+and caught before merge), or a "plausible mistake" (no recorded kernel bug: the rule broken is
+documented, and the source is where). docs/kernel-sources.md has each with its verbatim quote.
 
 A mutant is named `BASE+MUTATION` wherever a strategy is named (`--strategy
 resv-fence+wait-kernel-only`); `dmabuf-emu strategies --mutants` lists them with the rule each
@@ -8,8 +13,9 @@ expose races) and never cry wolf on the correct strategies.
 
 Rules of this file:
 - One `Mutant(...)` entry per mutant in MUTANTS: the strategy it breaks (`base`, a NAME), its
-  `name`, the `rule` it breaks (a sentence, quoted from the kernel where it can be), its `source`,
-  what the tools must find (`expect`), and how it changes the base's tables: `exporter` and
+  `name`, the `rule` it breaks (a sentence; kernel text in quotation marks only where verbatim,
+  with its file and function), its `source` (file and function, or list, date and subject), its
+  `kind` (KINDS), what the tools must find (`expect`), and how it changes the base's tables: `exporter` and
   `importer` are transforms of a table (the helpers below: replace a step, replace or drop a rule,
   add a step), nothing else. A known bug that needs a step of its own uses one of the halves'
   MUTANT_STEPS, which compile_spec refuses in a table that does not declare `breaks`.
@@ -60,6 +66,20 @@ SMALL_LONG_COPY: Mapping[str, Any] = {"buffer_size": 1 << 20, "vram_size": 1 << 
 KREF_REINIT_FAULTS = ("revoke:at=0.3,for=0.3", "revoke:at=0.9,for=0.3", "revoke:at=1.5,for=0.3",
                       "revoke:at=2.1,for=0.3", "revoke:at=2.7,for=0.25",
                       "delay:ms=3,op=invalidate_mappings,target=exporter", "delay:ms=5,op=unmap,target=importers")
+# v6-unmap-timeout's workload: importer-1 drops every invalidate_mappings from 0.2 s on, so it
+# never unmaps while it runs; every buffer revoked at 0.3 s, un-revoked 0.6 s later; no moves (a
+# move's notify timeout would revoke importer-1's attachments and so end the wait). The drafts'
+# bound was 1 s (--unmap-wait-ms 1000, the default); 300 ms shows it in a 1.5 s run.
+V6_UNMAP_TIMEOUT_FAULTS = ("revoke:at=0.3,for=0.6", "ignore-notify:target=importer-1,at=0.2")
+# On the small configuration (50 ms): the revocation's wait for importer-1's callback return is
+# cut to 2 ms (--ack-timeout-ms; 250 ms by default would outlast the run), its unmap wait to 5 ms.
+SMALL_V6_UNMAP_TIMEOUT: Mapping[str, Any] = {
+    "ack_timeout_ms": 2.0, "unmap_wait_ms": 5.0,
+    "faults": ("revoke:at=0.002,for=0.01", "ignore-notify:target=importer-1,at=0.001")}
+# cleanup-redrain's workload: every buffer revoked at 0.3 s (no un-revoke: VFIO's memory decoding
+# stays off), then the device closed at 0.9 s. The bug needs nothing more: "trivially reachable".
+CLEANUP_REDRAIN_FAULTS = ("revoke:at=0.3", "close:at=0.9")
+SMALL_CLEANUP_REDRAIN: Mapping[str, Any] = {"faults": ("revoke:at=0.001", "close:at=0.004")}
 # On the small configuration (50 ms, 2 jobs per importer by default): revoked 1 ms in, un-revoked
 # 1 ms later while maps come (4 jobs per importer), revoked again at 4 ms; the search delays the
 # frames that put a map inside the un-revocation's locked window (random: schedule 22, seed 1).
@@ -134,6 +154,17 @@ def chain(*edits: Transform) -> Transform:
 
 # ---------------------------------------------------------------------------------- the mutants
 
+# Before the May 2026 fix the revoke branch ended its unmap wait without re-arming it (v5-v7 re-armed
+# at un-revoke): kref-reinit's and cleanup-redrain's row.
+NO_REARM_AT_REVOKE_END: Table = {
+    (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
+        Rule(Guard.ALWAYS, MoveState.REVOKED, (Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
+}
+
+MERGED_BUG, REVIEW_CATCH, PLAUSIBLE = "merged bug", "review catch", "plausible mistake"
+KINDS = (MERGED_BUG, REVIEW_CATCH, PLAUSIBLE)
+
+
 @dataclass(frozen=True)
 class Mutant:
     base: str
@@ -141,19 +172,31 @@ class Mutant:
     rule: str
     source: str
     expect: str
+    kind: str
     exporter: Transform = keep
     importer: Transform = keep
     params: Mapping[str, Any] = field(default_factory=dict)
     small: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"mutant {self.base}+{self.name}: kind must be one of {', '.join(KINDS)}, "
+                             f"got {self.kind!r}")
+
 
 MUTANTS: tuple[Mutant, ...] = (
+    # VFIO revokes a BAR: it does not copy or free. This mutant carries a review catch about the
+    # revocation's fence wait over to moves, which do.
     Mutant(
         "resv-fence", "wait-kernel-only",
         rule="before a move copies and frees the old range it waits for every fence of the buffer, usage "
-             "BOOKKEEP (\"so that we wait for everything\"), not only the KERNEL ones",
-        source="the 2026 VFIO dma-buf revoke series: its first version waited with DMA_RESV_USAGE_KERNEL; "
-               "review corrected it to DMA_RESV_USAGE_BOOKKEEP",
+             "BOOKKEEP, not only the KERNEL ones (Christian König, of the revocation's wait: \"This should be "
+             "DMA_RESV_USAGE_BOOKKEEP so that we wait for everything.\")",
+        source="[PATCH v3 6/7] vfio: Wait for dma-buf invalidation to complete (dri-devel, 20 Jan 2026) waited "
+               "with DMA_RESV_USAGE_KERNEL in vfio_pci_dma_buf_move() and vfio_pci_dma_buf_cleanup(); Christian "
+               "König's review the next day asked for BOOKKEEP, and [PATCH v5 4/8] (24 Jan 2026) used it. Never "
+               "merged; VFIO revokes, it does not move: the carry-over to moves is ours",
+        kind=REVIEW_CATCH,
         expect="lost_write, stale_read",
         exporter=replace_step(Step.WAIT_FENCES, Step.WAIT_KERNEL_FENCES)),
     Mutant(
@@ -161,48 +204,67 @@ MUTANTS: tuple[Mutant, ...] = (
         rule="a move waits for readers as well as writers: usage BOOKKEEP, not WRITE, which leaves out the "
              "READ fences",
         source="include/linux/dma-resv.h, dma_resv_usage_rw(): the usage a new access waits for (READ for a "
-               "write, WRITE for a read), easily taken for the usage to wait with before freeing memory",
+               "write, WRITE for a read), easily taken for the usage to wait with before freeing memory; no "
+               "recorded kernel bug",
+        kind=PLAUSIBLE,
         expect="stale_read",
         exporter=replace_step(Step.WAIT_FENCES, Step.WAIT_WRITE_FENCES)),
     Mutant(
         "resv-fence", "early-signal",
-        rule="a job's fence signals when its DMA has ended, never before: dma_fence_signal() \"signal[s] "
-             "completion\" of the work the fence stands for",
+        rule="a job's fence signals when its DMA has ended, never before: dma_fence_signal(), \"signal "
+             "completion of a fence\" (drivers/dma-buf/dma-fence.c, kernel-doc), of the work it stands for",
         source="drivers/dma-buf/dma-fence.c, dma_fence_signal(); the same lie as this project's early-ack "
-               "device fault, made by the driver",
+               "device fault, made by the driver; no recorded kernel bug",
+        kind=PLAUSIBLE,
         expect="lost_write, stale_read",
         importer=replace_step(IStep.START_FENCED_DMA, IStep.START_EARLY_SIGNALED_DMA)),
     Mutant(
         "resv-fence", "move-pinned",
         rule="a pinned buffer stays in place: the exporter does not move it while any attachment holds a pin, "
-             "and its pinning attachments get no move_notify",
-        source="drivers/dma-buf/dma-buf.c, dma_buf_pin() (\"Lock down the DMA-buf\"); TTM does not evict a "
-               "pinned BO (ttm_bo_pin)",
+             "and its pinning attachments get no move_notify (dma_buf_ops.pin: \"This is called by "
+             "dma_buf_pin() and lets the exporter know that the DMA-buf can't be moved any more.\", "
+             "include/linux/dma-buf.h)",
+        source="drivers/dma-buf/dma-buf.c, dma_buf_pin() (\"Lock down the DMA-buf\"); include/linux/dma-buf.h, "
+               "dma_buf_ops.pin; TTM does not evict a pinned BO (ttm_bo_pin; not checked against the source); "
+               "no recorded kernel bug",
+        kind=PLAUSIBLE,
         expect="races on buffers moved while pinned (through the mapping the pinning job keeps)",
         exporter=drop_rule((MoveState.IDLE, MoveEvent.MOVE_WANTED), Guard.PINNED),
         params={"pin_ratio": PIN_RATIO}, small=SMALL_PINS),
     Mutant(
         "resv-fence", "unpin-stays-deaf",
         rule="after unpin the attachment is told of moves again: dma_buf_unpin() \"allows the exporter to move "
-             "any mapping of @attach again and inform the importer through &dma_buf_attach_ops.move_notify\"",
-        source="drivers/dma-buf/dma-buf.c, dma_buf_unpin()",
+             "any mapping of @attach again and inform the importer through &dma_buf_attach_ops.move_notify\" "
+             "(drivers/dma-buf/dma-buf.c, text before 7.1)",
+        source="drivers/dma-buf/dma-buf.c, dma_buf_unpin() (7.1 ends the sentence \"&dma_buf_attach_ops."
+               "invalidate_mappings\"); no recorded kernel bug",
+        kind=PLAUSIBLE,
         expect="races after unpin (a kept mapping never invalidated)",
         exporter=replace_step(Step.NOTIFY, Step.NOTIFY_NEVER_PINNED),
         params={"pin_ratio": PIN_RATIO}, small=SMALL_PINS),
     Mutant(
         "resv-fence", "no-kernel-fence-wait",
         rule="an importer waits for the move's KERNEL fence before it touches the new placement: \"Drivers "
-             "*always* must wait for those fences before accessing the resource\"",
+             "*always* must wait for those fences before accessing the resource protected by the dma_resv "
+             "object. The only exception for that is when the resource is known to be locked down in place by "
+             "pinning it previously.\" (include/linux/dma-resv.h, DMA_RESV_USAGE_KERNEL)",
         source="include/linux/dma-resv.h, DMA_RESV_USAGE_KERNEL (TTM publishes the move's fence and unlocks "
-               "before the copy ends)",
+               "before the copy ends); a merged analogue in Xe: \"drm/xe: Wait on external BO kernel fences in "
+               "exec IOCTL\" (intel-xe and stable, 2 Jul 2026; Fixes: dd08ebf6c352; CVE-2026-74440), where "
+               "the exec path skipped the external BOs' KERNEL slots",
+        kind=MERGED_BUG,
         expect="unfenced_access",
         importer=drop_rule((AttState.MAPPING, AttEvent.MAP_OK), IGuard.FENCED), small=SMALL_LONG_COPY),
     Mutant(
         "resv-fence", "map-unlocked",
-        rule="a map takes the reservation lock, so no mapping is handed out while a move holds it "
-             "(dma_buf_map_attachment: dma_resv_assert_held for a dynamic importer)",
-        source="drivers/dma-buf/dma-buf.c, dma_buf_map_attachment(); include/linux/dma-buf.h, move_notify "
-               "(\"called with the reservation lock held\")",
+        rule="a map takes the reservation lock, so no mapping is handed out while a move holds it: \"the "
+             "mapping function must be called with this lock held as well. This makes sure that no mapping is "
+             "created concurrently with an ongoing move operation.\" (include/linux/dma-buf.h, "
+             "dma_buf_attach_ops.move_notify)",
+        source="include/linux/dma-buf.h, dma_buf_attach_ops.move_notify; drivers/dma-buf/dma-buf.c, "
+               "dma_buf_map_attachment(): dma_resv_assert_held (for a dynamic importer in 5.7-6.1; for every "
+               "importer since 6.2); no recorded kernel bug",
+        kind=PLAUSIBLE,
         expect="lost_write, stale_read (maps served the old placement during the fence wait)",
         exporter=set_rows({
             (MoveState.NOTIFYING, MoveEvent.MAP): (Rule(Guard.ALWAYS, SAME, (Step.SERVE_MAP_UNLOCKED,)),),
@@ -210,10 +272,12 @@ MUTANTS: tuple[Mutant, ...] = (
         })),
     Mutant(
         "resv-fence", "signal-after-next-map",
-        rule="any code required for fence completion cannot acquire a dma_resv lock: a fence whose signalling "
-             "waits for a map, which waits for the lock its waiter holds, never signals",
-        source="drivers/dma-buf/dma-fence.c, \"fence cross-driver contract\" (dma_fence_wait() may be called "
-               "under dma_resv_lock())",
+        rule="\"any code required for fence completion cannot acquire a &dma_resv lock\" (drivers/dma-buf/"
+             "dma-fence.c, DOC: fence cross-driver contract): a fence whose signalling waits for a map, which "
+             "waits for the lock its waiter holds, never signals",
+        source="drivers/dma-buf/dma-fence.c, DOC \"fence cross-driver contract\": \"Drivers are allowed to "
+               "call dma_fence_wait() while holding dma_resv_lock().\"; no recorded kernel bug",
+        kind=PLAUSIBLE,
         expect="deadlock, broken only by the fence timeout",
         importer=chain(
             replace_step(IStep.START_FENCED_DMA, IStep.START_HELD_FENCE_DMA),
@@ -223,22 +287,29 @@ MUTANTS: tuple[Mutant, ...] = (
             add_step((AttState.MAPPING, AttEvent.MAP_FAILED), IStep.SIGNAL_HELD_FENCE),
             add_step((AttState.IDLE, AttEvent.LEAVE), IStep.SIGNAL_HELD_FENCE),
             add_step((ANY, AttEvent.RESET), IStep.DROP_HELD_FENCE))),
-    # vfio: before the fix, un-revoke marked the buffer mappable under the lock and re-armed the
-    # unmap wait (kref_init, reinit_completion) only after unlocking: a map served in between took
-    # its reference on the count the revocation had drained to zero, and the re-arm wiped it. That
+    # vfio, before v7: un-revoke marked the buffer mappable under the lock and re-armed the unmap
+    # wait (kref_init, reinit_completion) only after unlocking. A map served in between
+    # (vfio_pci_dma_buf_map's kref_get) took its reference on the count the revocation had drained
+    # to zero (refcount_t: "addition on 0; use-after-free"), and the re-arm wiped it. That
     # mapping's unmap then completes the wait while nothing waits, and the next revocation ends its
     # unmap wait at once, with mappings still live (refcount_t: underflow). The data stays right
-    # (the importers keep the rules): what catches it is the checker's revoke_incomplete finding.
+    # (the importers keep the rules): what catches it is the checker's revoke_incomplete finding,
+    # and the exporter's refcount warnings (the refcount_warning finding).
     Mutant(
         "revoke", "kref-reinit",
         rule="the unmap wait is re-armed before the buffer is mappable again: every mapping served after "
              "un-revoke is counted by the next revocation's wait",
-        source="vfio: Fix race between dma-buf attach and kref reinitialization (dmabuf-revoke v6, January 2026)",
+        source="posted [PATCH v5 4/8] and [PATCH v6 4/8] vfio: Wait for dma-buf invalidation to complete (24 and "
+               "30 Jan 2026), un-revoke branch of vfio_pci_dma_buf_move(): `revoked` cleared under the lock, "
+               "kref_init and reinit_completion after unlocking; [PATCH v7 4/8] (31 Jan 2026, as merged) re-arms "
+               "first. The fix's commit on the author's dmabuf-revoke-v6 branch is titled \"vfio: Fix race "
+               "between dma-buf attach and kref reinitialization\"; the racing operation is a map's kref_get, "
+               "not an attach",
+        kind=REVIEW_CATCH,
         expect="revoke_incomplete (a finding: a revocation ends its unmap wait with a mapping live), "
-               "refcount_warning events; no race",
+               "refcount_warning (a finding); no race",
         exporter=set_rows({
-            (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
-                Rule(Guard.ALWAYS, MoveState.REVOKED, (Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
+            **NO_REARM_AT_REVOKE_END,
             (MoveState.REVOKED, MoveEvent.UNREVOKE): (
                 Rule(Guard.ALWAYS, MoveState.UNREVOKING,
                      (Step.BEGIN_UNREVOKE, Step.LOCK, Step.MARK_UNREVOKED, *NOTIFY_STEPS)),),
@@ -248,6 +319,58 @@ MUTANTS: tuple[Mutant, ...] = (
                       Step.REARM_UNMAP_WAIT, Step.RUN_QUEUED_REVOKE)),),
         }),
         params={"faults": KREF_REINIT_FAULTS, "move_rate": 0.0}, small=SMALL_KREF_REINIT),
+    # vfio, posted v5/v6: wait_for_completion_timeout(&priv->comp, secs_to_jiffies(1)), then
+    # WARN(!wait, ...), and the revoke branch returned: the revocation went on with the mapping of
+    # an importer that had not unmapped still live. As merged (v7) the wait has no bound.
+    Mutant(
+        "revoke", "v6-unmap-timeout",
+        rule="the revocation waits for every unmap without bound (7.1: wait_for_completion()); Christian "
+             "König: \"it is mandatory that you keep the mapping around indefinitely until the importer "
+             "closes it\"",
+        source="posted [PATCH v5 4/8] and [PATCH v6 4/8] vfio: Wait for dma-buf invalidation to complete (24 and "
+               "30 Jan 2026), vfio_pci_dma_buf_move(): wait_for_completion_timeout(&priv->comp, "
+               "secs_to_jiffies(1)) then WARN \"Timed out waiting for DMABUF unmap, importer has a broken "
+               "invalidate_mapping()\"; NAKed by Christian König on v5 (linux-rdma, 30 Jan 2026); v7 (31 Jan "
+               "2026, as merged) waits with wait_for_completion(). --unmap-wait-ms is its bound (v5/v6: 1 s)",
+        kind=REVIEW_CATCH,
+        expect="revoke_incomplete (the revocation ends its unmap wait with the ignoring importer's mapping "
+               "live), an unmap timeout (the warning); no race",
+        exporter=set_rows({
+            (MoveState.UNMAP_WAIT, MoveEvent.UNMAP_WAIT_TIMEOUT): (
+                Rule(Guard.ALWAYS, MoveState.REVOKED,
+                     (Step.WARN_UNMAPS, Step.END_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
+        }),
+        params={"faults": V6_UNMAP_TIMEOUT_FAULTS, "move_rate": 0.0, "unmap_wait_ms": 300.0},
+        small=SMALL_V6_UNMAP_TIMEOUT),
+    # vfio, 1a8a5227f229 as merged for 7.1 (v7 4/8): vfio_pci_dma_buf_cleanup() ran the drain
+    # unconditionally, and the revoke branch did not re-arm (un-revoke did). Closing the device fd
+    # after a revocation drained twice: "the second kref_put underflowed and the subsequent
+    # wait_for_completion() blocked on a completion that the first run had already consumed".
+    Mutant(
+        "revoke", "cleanup-redrain",
+        rule="closing the device does not drain a revoked buffer again: cleanup goes through the revoke "
+             "path, which \"is idempotent for dma-bufs already in the revoked state\", and the revoke "
+             "branch re-arms the kref and completion (\"vfio/pci: fix dma-buf kref underflow after revoke\")",
+        source="1a8a5227f229 vfio: Wait for dma-buf invalidation to complete (v7 4/8, merged for 7.1), "
+               "vfio_pci_dma_buf_cleanup(); fixed by \"[PATCH] vfio/pci: fix dma-buf kref underflow after "
+               "revoke\" (Alex Williamson, kvm, 7 May 2026; applied for v7.1-rc on 14 May 2026; Cc: stable)",
+        kind=MERGED_BUG,
+        expect="refcount_warning (\"refcount_t: underflow; use-after-free\" at the close), stuck "
+               "(the second unmap wait never ends, with no mapping live); no race",
+        exporter=set_rows({
+            # v7: the revoke branch ends without re-arming ...
+            **NO_REARM_AT_REVOKE_END,
+            # ... un-revoke re-arms, before the buffer is mappable again ...
+            (MoveState.UNREVOKE_FENCE_WAIT, MoveEvent.FENCES_SIGNALED): (
+                Rule(Guard.ALWAYS, MoveState.IDLE,
+                     (Step.END_FENCE_WAIT, Step.REARM_UNMAP_WAIT, Step.MARK_UNREVOKED, Step.UNLOCK,
+                      Step.END_REVOCATION, Step.SERVE_DEFERRED_MAPS, Step.RUN_QUEUED_REVOKE)),),
+            # ... and cleanup drains a revoked buffer again: mark, invalidate, fences, kref_put, wait.
+            (MoveState.REVOKED, MoveEvent.CLOSE): (
+                Rule(Guard.ALWAYS, MoveState.REVOKING,
+                     (Step.BEGIN_REVOCATION, Step.LOCK, Step.MARK_REVOKED, *NOTIFY_STEPS)),),
+        }),
+        params={"faults": CLEANUP_REDRAIN_FAULTS}, small=SMALL_CLEANUP_REDRAIN),
 )
 
 # Compositions that campaigns run beside the single mutants.
@@ -338,4 +461,5 @@ def describe(spec: str) -> dict[str, Any]:
     base, mutations = split(spec)
     return {"name": spec, "base": base, "mutations": mutations,
             "rule": "; and ".join(m.rule for m in ms), "source": "; ".join(m.source for m in ms),
+            "kind": "; ".join(m.kind for m in ms),
             "expect": "; ".join(m.expect for m in ms)}

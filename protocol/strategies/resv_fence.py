@@ -1,8 +1,13 @@
 """resv-fence: the design Linux shipped as dynamic dma-buf (around 5.7). Lock, notify, fence.
 
-    "The exporter calls move_notify with the reservation lock held [...] existing mappings stay
-     valid until the fences of the importer's outstanding work signal, and new mappings point to
-     the new location."  (include/linux/dma-buf.h, dma_buf_attach_ops.move_notify; the primer)
+    "Mappings stay valid and are not directly affected by this callback." [...] "New mappings
+     can be created after this callback returns, and will point to the new location of the
+     DMA-buf." (include/linux/dma-buf.h, dma_buf_attach_ops.move_notify, which is "called with
+     the lock of the reservation object associated with the dma_buf held")
+
+    "Dynamic importers should set fences for any access that they can't disable immediately from
+     their &dma_buf_attach_ops.move_notify callback." (include/linux/dma-buf.h, struct dma_buf,
+     @resv, DYNAMIC IMPORTER RULES)
 
 Rules:
 - Every buffer has a reservation lock and fences. A move takes the lock and holds it across
@@ -11,8 +16,11 @@ Rules:
   runs on, pipelined as TTM pipelines moves (ttm_bo_move_accel_cleanup). A map arriving while the
   lock is held waits for it (DEFER_MAP: the table needs no row for it, the lock implies it); a map
   served while the copy runs gets the new placement, and the KERNEL fence that it must wait for
-  ("Drivers *always* must wait for those fences before accessing the resource", dma-resv.h). The
-  old range is freed when the copy ends.
+  ("Drivers *always* must wait for those fences before accessing the resource protected by the
+  dma_resv object. The only exception for that is when the resource is known to be locked down in
+  place by pinning it previously.", include/linux/dma-resv.h, DMA_RESV_USAGE_KERNEL: a pinned
+  buffer is never moved, so a pinning job has no KERNEL fence to wait for). The old range is
+  freed when the copy ends.
 - move_notify goes to every attachment that is not pinned; the exporter waits for every callback
   to return, then for every fence on the buffer, usage BOOKKEEP, and only then copies. A wait is
   bounded: past --ack-timeout an importer that is alive but does not return is revoked, its fences
@@ -30,8 +38,8 @@ Rules:
 - The importer waits for the KERNEL fence a map reply names before touching the new placement.
 - A pinned buffer is never moved and its pinning attachments receive no move_notify. A job that
   pins (--pin-ratio) sends pin with its map and unpins when its DMA ends, keeping its mapping:
-  dma_buf_unpin "allows the exporter to move any mapping of @attach again and inform the importer
-  through move_notify". The next job on the buffer uses the kept mapping (fenced, then unmapped);
+  dma_buf_unpin() "allows the exporter to move any mapping of @attach again and inform the
+  importer through &dma_buf_attach_ops.move_notify" (drivers/dma-buf/dma-buf.c, text before 7.1). The next job on the buffer uses the kept mapping (fenced, then unmapped);
   a move_notify first unmaps it.
 Hazard: none for the data, by construction; the price is the lock (maps wait for moves until the
 copy starts: see the map latency) and the wait for the slowest fence (see move latency).

@@ -1,9 +1,17 @@
 """revoke: Linux 7.1. resv-fence under the kernel's 7.1 names, plus revocation by the exporter.
 
     "Upon return importers may continue to access the DMA-buf memory. The caller must do two
-     additional waits, one to wait for all fences [...] and another for the importers to call
-     unmap." (drivers/dma-buf/dma-buf.c, dma_buf_invalidate_mappings(), the dmabuf-revoke series
-     merged for 7.1 through drm-misc-next, February 2026)
+     additional waits to ensure that the memory is no longer being accessed: 1) Until
+     dma_resv_wait_timeout() retires fences the importer is allowed to fully access the memory.
+     2) Until the importer calls unmap it is allowed to speculatively read-and-discard the memory.
+     It must not write to the memory." (drivers/dma-buf/dma-buf.c, kernel-doc of
+     dma_buf_invalidate_mappings(), as added by the dmabuf-revoke series merged for 7.1 through
+     drm-misc-next: "[PULL] drm-misc-next", dri-devel, 26 Feb 2026)
+
+What 7.1 added: the rename of move_notify to invalidate_mappings, the two waits above,
+dma_buf_attach_revocable() and pinned revocable importers. VFIO's revocation itself (revoked,
+-ENODEV) is older: commit 5d74781ebc86 "vfio/pci: Add dma-buf export support for MMIO regions"
+(6.19), which the series names in its Fixes: tags.
 
 Rules:
 - move_notify is invalidate_mappings (its 7.1 name: the op, the messages and the events). A move
@@ -12,30 +20,47 @@ Rules:
 - After a return an importer may access the memory until its fences retire; from then until it
   unmaps it may only read speculatively and discard, never write. A dynamic importer keeps its
   mapping across jobs and unmaps at once when it is invalidated idle, or when the running job
-  ends; it may map again as soon as the call returned (the map waits for the lock).
-- Revocation (VFIO's vfio_pci_dma_buf_move on a device reset; the `revoke` fault): take the
-  lock; mark the buffer revoked (maps are refused `no_device`, ENODEV, from now on); invalidate
-  every attachment, pinned ones included; wait for fences, usage BOOKKEEP; unlock; drop the
-  buffer's own reference of its unmap wait and wait for every importer's unmap. The wait is
-  bounded by --unmap-wait-ms (VFIO: 1 s): then the exporter warns "importer has a broken
-  invalidate_mapping()" for each attachment still mapped, and goes on waiting. When every unmap
-  is in, the wait is re-armed (kref_init, reinit_completion) for the next revocation.
+  ends; it may map again once the call returned (the map waits for the lock).
+- Revocation (VFIO's vfio_pci_dma_buf_move(revoked=true), when PCI memory decoding is disabled,
+  e.g. around an FLR; the `revoke` fault): take the lock; mark the buffer revoked (maps are
+  refused `no_device`, ENODEV, from now on); invalidate every attachment, pinned ones included;
+  wait for fences, usage BOOKKEEP; unlock; drop the buffer's own reference of its unmap wait
+  (kref_put) and wait for every importer's unmap: as merged in 7.1, `wait_for_completion()`, no
+  bound and no warning. An importer that never unmaps holds the revocation for as long as it
+  does; the checker reports the wait still open at the end (revoke.not_completed; excused from `stuck`, as the importer broke the rule). The posted v5/v6
+  drafts waited 1 s, warned "Timed out waiting for DMABUF unmap, importer has a broken
+  invalidate_mapping()" and went on with the mapping live; Christian König NAKed that on v5 (30
+  Jan 2026): "it is mandatory that you keep the mapping around indefinitely until the importer
+  closes it". It is the mutant revoke+v6-unmap-timeout (--unmap-wait-ms is its bound).
+- When every unmap is in, the wait is re-armed (kref_init, reinit_completion) at the end of the
+  revoke branch: the code after the May 2026 fix "vfio/pci: fix dma-buf kref underflow after
+  revoke". v7 as merged re-armed in un-revoke instead, before clearing `revoked`; that left a
+  second drain of a revoked buffer nothing to wait for (revoke+cleanup-redrain).
 - Un-revoke (the fault's end; queued behind an unmap wait still running): under the lock, the
   invalidate_mappings and fence wait VFIO does in both directions, then the buffer is marked
   mappable, unlocked, and maps held by the lock are served.
+- Close (the `close` fault: the device fd closed, vfio_pci_core_close_device ->
+  vfio_pci_dma_buf_cleanup): after the fix, cleanup revokes through the same path, which "is
+  idempotent for dma-bufs already in the revoked state": a buffer not revoked gets a full
+  revocation, a revoked one (or one being revoked) nothing more. A close during a move or an
+  un-revoke waits for it, as a revocation does.
 - A revocation that comes while a move holds the lock waits for the move; no move begins while
   the buffer is revoked ("revoked").
 - dma_buf_attach_revocable: an importer that is not revocable (a static importer: no
   invalidate_mappings) is refused at attach with `not_supported` (EOPNOTSUPP).
 - Importer kinds (protocol/importer.py): dynamic (above); pinned-revocable (RDMA's pinned
-  revocable import, March 2026): pins each buffer, so it is never moved, and its revoke callback
-  stops its DMA before it returns (a synchronous revoke); it does not take the revocation as
-  permanent (the kernel-doc allows it to), so it maps again after un-revoke; static: refused.
+  revocable import, ff85a2ebacbd "RDMA/umem: Add pinned revocable dmabuf import interface",
+  March 2026): pins each buffer, so it is never moved; our model's assumption (the commit does
+  not say so) is that its revoke callback stops its DMA before it returns (a synchronous
+  revoke); it does not take the revocation as permanent (the kernel-doc allows it to), so it
+  maps again after un-revoke; static: refused.
 Hazard: none for the data, by construction, with importers that keep the rules. One that does
-not unmap (ignore-notify) holds the revocation until it does: warned about, named in the report.
-The kernel's own history has a race here, kept as a mutant: revoke+kref-reinit (mutants.py).
+not unmap (ignore-notify) holds the revocation until it does: the run reports the revocation not
+completed, and who held it.
+The series' history before merge had a race here (posted v5/v6 4/8, fixed in v7 4/8), kept as
+the mutant revoke+kref-reinit; the merged code had a bug at device close, fixed for 7.1-rc in May
+2026, kept as revoke+cleanup-redrain (mutants.py).
 """
-
 from protocol.exporter import BASE_TABLE as EXPORTER_BASE, ExporterSpec, Guard, MoveEvent, MoveState, Step
 from protocol.importer import BASE_TABLE as IMPORTER_BASE, AttEvent, AttState, IGuard, ImporterSpec, IStep
 from protocol.machine import ANY, SAME, VIOLATION, Rule
@@ -119,7 +144,6 @@ EXPORTER = ExporterSpec(
                  (Step.BEGIN_REVOCATION, Step.LOCK, Step.MARK_REVOKED, *NOTIFY_STEPS)),),
         **_invalidate_and_wait(MoveState.REVOKING, MoveState.REVOKE_FENCE_WAIT, Rule(
             Guard.ALWAYS, MoveState.UNMAP_WAIT, (Step.END_FENCE_WAIT, Step.UNLOCK, Step.PUT_UNMAP_REF, Step.AWAIT_UNMAPS))),
-        (MoveState.UNMAP_WAIT, MoveEvent.UNMAP_WAIT_TIMEOUT): (Rule(Guard.ALWAYS, SAME, (Step.WARN_UNMAPS,)),),
         (MoveState.UNMAP_WAIT, MoveEvent.UNMAPS_DONE): (
             Rule(Guard.ALWAYS, MoveState.REVOKED,
                  (Step.END_UNMAP_WAIT, Step.REARM_UNMAP_WAIT, Step.RUN_QUEUED_UNREVOKE)),),
@@ -133,6 +157,13 @@ EXPORTER = ExporterSpec(
             Guard.ALWAYS, MoveState.IDLE, (Step.END_FENCE_WAIT, Step.MARK_UNREVOKED, Step.UNLOCK, Step.END_REVOCATION,
                                            Step.SERVE_DEFERRED_MAPS, Step.RUN_QUEUED_REVOKE))),
         **{(state, MoveEvent.REVOKE): (Rule(Guard.ALWAYS, SAME, (Step.QUEUE_REVOKE,)),) for state in _UNREVOKING},
+        # ---- close (vfio_pci_dma_buf_cleanup, after the May 2026 fix: the revoke path, idempotent)
+        (MoveState.IDLE, MoveEvent.CLOSE): (
+            Rule(Guard.ALWAYS, MoveState.REVOKING,
+                 (Step.BEGIN_REVOCATION, Step.LOCK, Step.MARK_REVOKED, *NOTIFY_STEPS)),),
+        **{(state, MoveEvent.CLOSE): (Rule(Guard.ALWAYS, SAME, (Step.QUEUE_REVOKE,)),)
+           for state in (*_MOVING, *_UNREVOKING)},
+        **{(state, MoveEvent.CLOSE): (_IGNORE,) for state in _REVOKED},   # revoked already: nothing more
         # ---- maps and moves while revoked
         **{(state, MoveEvent.MAP): _LOCKED_MAP
            for state in (MoveState.REVOKING, MoveState.REVOKE_FENCE_WAIT, *_UNREVOKING)},

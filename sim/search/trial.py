@@ -259,9 +259,9 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 
 
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
-    """The checker's verdicts on a merged history: every race, deadlock, revoke_incomplete and stuck
-    item, in the order it judged them."""
-    from checker.findings import DEADLOCK, REVOKE_INCOMPLETE, STUCK
+    """The checker's verdicts on a merged history: every race, deadlock, revoke_incomplete, stuck
+    item and refcount_warning, in the order it judged them."""
+    from checker.findings import DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
@@ -276,6 +276,8 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
         elif kind == STUCK:
             races.append(RaceId(STUCK, fields.get("buffer"), str(fields.get("importer") or "exporter"),
                                 fields.get("what")))
+        elif kind == REFCOUNT_WARNING:
+            races.append(RaceId(REFCOUNT_WARNING, fields.get("buffer"), "exporter", fields.get("message")))
 
     oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
                     on_finding=on_finding)
