@@ -175,7 +175,8 @@ def test_a_mismatch_is_reported() -> None:
 
 # ------------------------------------------------------------------------------ the code read
 
-_EMIT = re.compile(r"""(?:\.emit|\._emit|\bEmit)\(\s*"([a-z_]+)"|_event\(\s*"([a-z_]+)\"""")
+# structlog's _process_event(method_name, event, ...) names the sink's method, not an event
+_EMIT = re.compile(r"""(?:\.emit|\._emit|\bEmit)\(\s*"([a-z_]+)"|(?<!_process)_event\(\s*"([a-z_]+)\"""")
 _SOURCES = ("protocol", "runtime", "exporter_svc", "importer_svc", "sim", "deploy")
 
 
