@@ -830,3 +830,23 @@ def predict_lines(lines: Iterable[bytes | str | dict[str, Any]]) -> dict[str, An
     if why is not None:
         raise PredictRefused(why)
     return p.result()
+
+
+def predict_history(history_path: Any) -> dict[str, Any]:
+    """The prediction of a merged history file (one streaming pass); raises PredictRefused, or
+    HistoryError when there is no history."""
+    from pathlib import Path
+
+    from checker.history import open_history
+    with open_history(Path(history_path)) as fh:
+        return predict_lines(fh)
+
+
+def summary_line(pred: dict[str, Any]) -> str:
+    """One line for the CLI: how many candidates, of which kinds, how many raced this time."""
+    kinds = ", ".join(f"{k} {v}" for k, v in pred["by_kind"].items())
+    line = (f"could have raced: {pred['candidates']} candidate(s)" + (f" ({kinds})" if kinds else "")
+            + f", {pred['overlapped']} of them overlapped in this run (a candidate is never counted as a race)")
+    if pred.get("unreadable_lines"):
+        line += f"; {pred['unreadable_lines']} unreadable line(s) of {pred['events'] + pred['unreadable_lines']} skipped"
+    return line

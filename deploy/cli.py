@@ -147,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write DIR/witness.md: the N-th race witness (1-based: 1 is the first, in "
                         "report.md's order; `replay --race` counts from 0) with its because-chain and a "
                         "Mermaid sequence diagram")
+    c.add_argument("--predict", action="store_true",
+                   help="also list the races the run could have had: DMA accesses that nothing orders before "
+                        "a copy or free of their placement (report.json `predicted`, report.md \"Could have "
+                        "raced\"; docs/prediction.md)")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
                         formatter_class=Formatter,
@@ -374,8 +378,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
     from deploy.reporting import read_report, rejudged
     previous = read_report(args.dir)
-    report = rejudged(args.dir, check_run(args.dir, merge=(args.dir / "events").is_dir()), previous)
+    report = check_run(args.dir, merge=(args.dir / "events").is_dir())
+    refused = None
+    if args.predict:
+        from checker.predict import PredictRefused, predict_history, summary_line
+        try:
+            report["predicted"] = predict_history(args.dir / "history.jsonl")
+        except PredictRefused as exc:
+            refused = str(exc)
+    report = rejudged(args.dir, report, previous)
     print("\n".join(summary_lines(report, str(args.dir))))
+    if refused is not None:
+        return _fail(EXIT_USAGE, f"check --predict: {refused}")
+    if args.predict:
+        print(f"  {summary_line(report['predicted'])}")
     if args.witness is not None:
         from checker.explain import write_witness_md
         try:
