@@ -556,7 +556,7 @@ class Predictor:
             return
         lc = self._tick(j.lane)
         j.end_t = e["t_ns"]
-        la = e.get("last_access_ns")
+        la = e.get("last_access_ns", e["t_ns"])         # absent: the dma_end; null: no access at all
         j.access_end = la if isinstance(la, int) else None
         j.end_epoch = lc[j.lane]
         self._lane_done[j.lane] = dict(lc)
