@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from checker.lockdep import LockDep
 from checker.model import importer_name
 from checker.waitfor import HOLDER_KINDS, Cycle, Node, WaitFor
 from checker.witness import rel_ms
@@ -29,10 +30,11 @@ DEADLOCK = "deadlock"
 FENCE_FORCED = "fence_forced"
 TIMEOUT = "timeout"
 REVOKE_INCOMPLETE = "revoke_incomplete"
-FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE)
+POTENTIAL_DEADLOCK = "potential_deadlock"   # lockdep's: a cycle of lock classes, formed or not (checker/lockdep.py)
+FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, POTENTIAL_DEADLOCK)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
-CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE)
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, POTENTIAL_DEADLOCK)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 
@@ -169,8 +171,9 @@ def cycle_events(c: Cycle) -> list[dict[str, Any]]:
 class Findings:
     """Collects what the oracle and the wait-for graph report; `report(t0, t_end)` renders it."""
 
-    def __init__(self, waitfor: WaitFor) -> None:
+    def __init__(self, waitfor: WaitFor, lockdep: LockDep | None = None) -> None:
         self.waitfor = waitfor
+        self.lockdep = lockdep if lockdep is not None else LockDep()
         self.fence_forced: list[dict[str, Any]] = []
         self.n_fence_forced = 0
         self.timeouts: list[dict[str, Any]] = []
@@ -182,7 +185,7 @@ class Findings:
 
     @property
     def total(self) -> int:
-        return self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete
+        return self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.lockdep.count
 
     def revoke_incomplete(self, item: dict[str, Any]) -> None:
         """A mapping still on record when its revocation's unmap wait ended (checker/revoke.py
@@ -237,6 +240,7 @@ class Findings:
             TIMEOUT: {"count": self.n_timeouts, "by_kind": dict(self.timeouts_by_kind), "items": timeouts},
             REVOKE_INCOMPLETE: {"count": self.n_incomplete, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _incomplete_sentence(x, t0)} for x in self.incomplete]},
+            POTENTIAL_DEADLOCK: self.lockdep.report(t0, secs),
         }
 
     @staticmethod

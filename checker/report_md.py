@@ -203,15 +203,17 @@ def _findings(f: dict[str, Any]) -> list[str]:
         return out + ["None: no deadlock, no fence forced, no timeout.", ""]
     dl, ff, to = f.get("deadlock") or {}, f.get("fence_forced") or {}, f.get("timeout") or {}
     ri = f.get("revoke_incomplete") or {}
+    pd = f.get("potential_deadlock") or {}
     by_kind = ", ".join(f"{k} {n}" for k, n in (to.get("by_kind") or {}).items() if n)
     out += _table(["finding", "count"], [("deadlock", dl.get("count", 0)),
                                          ("deadlocks still present at the end", dl.get("present_at_end", 0)),
                                          ("fences forced", ff.get("count", 0)),
                                          ("timeouts" + (f" ({by_kind})" if by_kind else ""), to.get("count", 0)),
-                                         ("revocations ended with a mapping live", ri.get("count", 0))])
+                                         ("revocations ended with a mapping live", ri.get("count", 0)),
+                                         ("potential deadlocks (lockdep: formed or not)", pd.get("count", 0))])
     out.append("")
     for title, part in (("Deadlocks", dl), ("Fences forced", ff), ("Timeouts", to),
-                        ("Revocations ended with a mapping live", ri)):
+                        ("Revocations ended with a mapping live", ri), ("Potential deadlocks", pd)):
         items = part.get("items") or []
         if not items:
             continue
