@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
     r.add_argument("--fail-on-finding", action="store_true",
                    help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout)")
+    r.add_argument("--predict", action="store_true",
+                   help="after the checker, list the races the run could have had (as `check --predict`)")
     r.add_argument("--quiet", action="store_true", help="print only the summary")
     r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     options.add_arguments(r)
@@ -357,11 +359,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from deploy.summary import summary_lines
     params = options.resolve(args.scenario, vars(args))
     rundir.claim([args.out], force=args.force, say=_say)
-    report = run(params, args.out, quiet=args.quiet or args.json)
+    report = run(params, args.out, quiet=args.quiet or args.json, predict=args.predict)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print("\n".join(summary_lines(report, str(args.out))))
+        if args.predict:
+            from checker.predict import summary_line
+            pred = report["predicted"]
+            print(f"  {pred['refused'] if 'refused' in pred else summary_line(pred)}")
     return _exit_status(args, report)
 
 
