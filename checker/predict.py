@@ -73,6 +73,7 @@ from checker.jsonio import loads
 KEEP_GENERATIONS = 8
 MAX_ENDED = 64                 # ended jobs kept per (generation, lane) until the generation moves
 MAX_PENDING = 1 << 14          # sends awaiting their receipt
+MAX_RECENT_MOVES = 1024       # moves whose fence wait may still open a window or be looked up
 MAX_ITEMS = 256                # candidates listed in report.json (all are counted)
 PARSE_BATCH = 512
 MAX_SIGNALS = 32               # fence signals kept per (importer, buffer)
@@ -412,7 +413,7 @@ class Predictor:
         self._tick(EXPORTER)
         self._gen(e["buffer"], e["from_gen"])
         self._op_gen[(e["buffer"], e["move"])] = e["from_gen"]
-        if len(self._op_gen) > MAX_PENDING:
+        if len(self._op_gen) > MAX_RECENT_MOVES:
             self._op_gen.pop(next(iter(self._op_gen)))
 
     def _gen_of_op(self, b: Any, op: Any) -> _Gen | None:
@@ -590,7 +591,7 @@ class Predictor:
 
     def i_fence_signal(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
-        lane = self.job_lane.get((e["svc"], e.get("job")))
+        lane = self.job_lane.pop((e["svc"], e.get("job")), None)
         j = self.jobs.get((e["svc"], e.get("job")))
         if j is not None:
             lane = j.lane
@@ -659,7 +660,7 @@ class Predictor:
 
     def _window_fence_end(self, b: Any, op: Any, e: dict[str, Any]) -> None:
         self._waits_ended[(b, op)] = True
-        if len(self._waits_ended) > MAX_PENDING:
+        if len(self._waits_ended) > MAX_RECENT_MOVES:
             self._waits_ended.popitem(last=False)
         for (imp, att, wop), w in list(self.windows.items()):
             if wop == op and w.get("buffer") == b and w.get("returned") and "open" not in w:

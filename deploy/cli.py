@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace the bench.json and bench.md already in --out")
     b.add_argument("--dry-run", action="store_true", help="say what would be measured, measure nothing")
     b.add_argument("--parts", default=None, metavar="PART,...",
-                   help="only these parts: rtt, mem, scaling, checker, moves, races, sim, explore (default: all)")
+                   help="only these parts: rtt, mem, scaling, checker, predict, moves, races, sim, explore (default: all)")
 
     st = sub.add_parser("strategies", help="list the buffer-move strategies, check one, or draw its state diagrams",
                         formatter_class=Formatter,

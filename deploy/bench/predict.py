@@ -3,7 +3,7 @@ history as checker_events_per_s (deploy/bench/checkerperf.py records it: resv-fe
 8 buffers, seed 1), each repetition in a fresh interpreter so its peak RSS is its own. Per second
 of the pass's own CPU time (the target: >= 200,000), and per second of wall clock beside it.
 Memory flat in the history's length: the pass over a history a tenth as long peaks at (nearly)
-the same RSS (`predict_rss_ratio`, full over tenth)."""
+the same RSS (`predict_rss_growth_ratio`, full over tenth)."""
 
 from __future__ import annotations
 
@@ -58,5 +58,5 @@ def measure(reps: int, events: int = 1_000_000,
     rss = max(r["rss_mb"] for r in runs)
     return {"predict_events_per_s": summary(cpu), "predict_events_per_wall_s": summary(wall),
             "predict_events": runs[0]["events"], "predict_candidates": runs[0]["candidates"],
-            "predict_rss_mb": round(rss, 1), "predict_rss_tenth_mb": round(tenth["rss_mb"], 1),
-            "predict_rss_ratio": round(rss / tenth["rss_mb"], 3)}
+            "predict_peak_rss_mb": summary([rss]), "predict_peak_rss_tenth_mb": summary([tenth["rss_mb"]]),
+            "predict_rss_growth_ratio": summary([rss / tenth["rss_mb"]])}
