@@ -123,7 +123,7 @@ class _Bounded(OrderedDict):
 
 class _Job:
     __slots__ = ("svc", "job", "buffer", "gen", "att", "write", "lane", "begin_t", "end_t",
-                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "importer")
+                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "importer", "unf")
 
     def __init__(self, e: dict[str, Any], lane: str, serial: int, begin_exp: int) -> None:
         self.svc = e["svc"]
@@ -143,6 +143,7 @@ class _Job:
         self.rogue = bool(e.get("rogue"))
         self.used = False
         self.begin_exp = begin_exp
+        self.unf: _Gen | None = None    # the generation it began on, when a copy created it (unfenced_access)
 
     def brief(self) -> dict[str, Any]:
         return {"svc": self.svc, "job": self.job, "access": "write" if self.write else "read",
@@ -208,6 +209,8 @@ class Predictor:
         self.jobs_without_fence_field = 0
         self.last_t = 0
         self.seen_pairs: set[tuple[Any, ...]] = set()
+        self.early = _Bounded(MAX_PENDING)              # (kind, importer, id) -> jobs begun since its receipt
+        self.unresolved: dict[str, deque[tuple[str, str, Any]]] = {}  # importer -> receipts whose send is unseen
         self.unreadable = 0
         self.anomalies = 0
         self.fenced_jobs = 0
@@ -319,13 +322,28 @@ class Predictor:
             self._x_join_peer(e)              # R3: the unmap carries the attachment's ended jobs
         else:
             self.x_receive_unlane(e)
-        self.replies.put((str(e["importer"]), e["id"]), self._tick(EXPORTER)[EXPORTER])
+        self._send("reply", str(e["importer"]), e["id"], self._tick(EXPORTER)[EXPORTER])
 
     def x_answered(self, e: dict[str, Any]) -> None:
-        self.replies.put((str(e["peer"]), e["id"]), self._tick(EXPORTER)[EXPORTER])
+        self._send("reply", str(e["peer"]), e["id"], self._tick(EXPORTER)[EXPORTER])
 
     def x_notify(self, e: dict[str, Any]) -> None:
-        self.notifies.put((str(e["importer"]), e["id"]), self._tick(EXPORTER)[EXPORTER])
+        self._send("notify", str(e["importer"]), e["id"], self._tick(EXPORTER)[EXPORTER])
+
+    def _send(self, kind: str, importer: str, msg_id: Any, epoch: int) -> None:
+        """An exporter -> importer send (R2). In a real run the exporter's event may be stamped
+        after the importer's receipt (the exporter was descheduled between its send and its
+        event): the receipt came first, so what it started learns the send now."""
+        jobs = self.early.pop((kind, importer, msg_id), None)
+        if jobs is None:
+            (self.replies if kind == "reply" else self.notifies).put((importer, msg_id), epoch)
+            return
+        key = self.main_of.get(importer)
+        if key is not None:
+            _learn(self._clock(key), epoch)
+        for j in jobs:
+            if j.begin_exp < epoch:
+                j.begin_exp = epoch
 
     def x_returned(self, e: dict[str, Any]) -> None:
         c = self._tick(EXPORTER)
@@ -469,7 +487,7 @@ class Predictor:
 
     def i_reply(self, e: dict[str, Any]) -> None:
         c = self._tick(self._main(e))
-        _learn(c, self.replies.pop((e["svc"], e.get("id")), None))                # R2
+        self._receive(c, "reply", e)
         if e["event"] == "map":
             k = (e["svc"], e.get("attachment"))
             self.serial[k] = self.serial.get(k, 0) + 1
@@ -478,10 +496,23 @@ class Predictor:
         elif e["event"] == "unmap":
             self.att_usable[(e["svc"], e.get("attachment"))] = (False, "unmap", e["t_ns"])
 
+    def _receive(self, c: Clock, kind: str, e: dict[str, Any]) -> None:
+        """R2 at an importer; a receipt whose send is not seen yet waits for it (`_send`)."""
+        epoch = (self.replies if kind == "reply" else self.notifies).pop((e["svc"], e.get("id")), None)
+        if epoch is not None:
+            _learn(c, epoch)
+            return
+        key = (kind, e["svc"], e.get("id"))
+        self.early.put(key, [])
+        q = self.unresolved.get(e["svc"])
+        if q is None:
+            q = self.unresolved[e["svc"]] = deque(maxlen=16)
+        q.append(key)
+
     def i_notified(self, e: dict[str, Any]) -> None:
         main = self._main(e)
         c = self._tick(main)
-        _learn(c, self.notifies.pop((e["svc"], e["id"]), None))                   # R2
+        self._receive(c, "notify", e)
         op = e.get("move") if e.get("move") is not None else ("revoke", e.get("revoke"))
         if e["event"] == "move_notify_received":
             self.returns.put((e["svc"], e["attachment"], op), dict(c))
@@ -546,8 +577,14 @@ class Predictor:
         g = self.gens.get(b, {}).get(gen)
         # unfenced_access: the copy_end creating this generation must come before (R1-R6)
         if g is not None and isinstance(gen, int) and gen > 1 and not j.rogue:
-            if g.copy_end_epoch is None or j.begin_exp < g.copy_end_epoch:
-                self._emit_unfenced(j, g)
+            if g.copy_end_epoch is None:
+                self._emit_unfenced(j, g)     # the copy creating it has not even ended
+            else:
+                j.unf = g                     # judged at its end, when late sends are in (_send)
+        for key in self.unresolved.get(e["svc"], ()):
+            waiting = self.early.get(key)
+            if waiting is not None:
+                waiting.append(j)
         usable = self.att_usable.get((e["svc"], att))
         if usable is not None and not usable[0]:
             self._add({"kind": "use_after_unmap", "buffer": b, "gen": gen, "job": j.brief(),
@@ -584,7 +621,8 @@ class Predictor:
         if e.get("status") == "aborted" and not reason.startswith("fence forced"):
             _join(self._clock(self._main(e)), lc)          # R3: the driver stopped it itself
         no_access = j.access_end is None or (e.get("status") == "fault" and not e.get("bytes"))
-        if no_access:
+        if no_access:                     # no access to pair; its begin is still judged
+            self._judge_unfenced(j)
             return
         j.used = (not j.write and e.get("status") == "ok" and bool(e.get("bytes")) and not e.get("discarded"))
         self._ended(j)
@@ -602,7 +640,14 @@ class Predictor:
         sigs = self.signals.setdefault((e["svc"], e["buffer"]), deque(maxlen=MAX_SIGNALS))
         sigs.append((e.get("seq") or 0, rank, c))
 
+    def _judge_unfenced(self, j: _Job) -> None:
+        g = j.unf
+        j.unf = None
+        if g is not None and (j.begin_exp < g.copy_end_epoch or j.begin_t < g.copy_end_t):  # type: ignore[operator]
+            self._emit_unfenced(j, g)
+
     def _ended(self, j: _Job) -> None:
+        self._judge_unfenced(j)
         g = self.gens.get(j.buffer, {}).get(j.gen)
         if g is None:
             g = self._gen(j.buffer, j.gen)
@@ -700,10 +745,14 @@ class Predictor:
 
     def _pair(self, j: _Job, g: _Gen | None, p: _Point, kind: str, window: bool = False) -> None:
         key = (kind, j.svc, j.job, p.event, p.t)
-        if key in self.seen_pairs or self._ordered(j, p):
+        if key in self.seen_pairs:
             return
         end = j.access_end if j.access_end is not None else j.end_t
-        overlapped = end is not None and end > p.t
+        overlapped = end is None or end > p.t
+        # an overlap in time is a candidate even when the rules order it (a real run's clocks
+        # stamp some events late): every race the oracle reports, judged on times, is one
+        if not overlapped and self._ordered(j, p):
+            return
         self._add({"kind": kind, "buffer": j.buffer, "gen": j.gen, "job": j.brief(),
                    "other": {"event": p.event, "t_ns": p.t, "svc": EXPORTER, "move": _jsonable(p.move)},
                    "overlapped": overlapped, "why": self._why(j, p, window)}, key)
@@ -713,7 +762,7 @@ class Predictor:
         if key in self.seen_pairs:
             return
         why = ("the copy creating this generation had not ended when the job began"
-               if g.copy_end_epoch is None else
+               if g.copy_end_epoch is None or g.copy_end_t > j.begin_t else
                f"no message, fence or lock hand-off leads from the exporter's copy_end "
                f"(t_ns {g.copy_end_t}) to {j.svc}'s dma_begin: the job's map reply and kernel fence "
                f"wait (R2, R6) carried only what the exporter knew before the copy ended")
