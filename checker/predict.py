@@ -123,7 +123,7 @@ class _Bounded(OrderedDict):
 
 class _Job:
     __slots__ = ("svc", "job", "buffer", "gen", "att", "write", "lane", "begin_t", "end_t",
-                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "importer", "unf")
+                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "importer", "unf", "uau")
 
     def __init__(self, e: dict[str, Any], lane: str, serial: int, begin_exp: int) -> None:
         self.svc = e["svc"]
@@ -144,6 +144,7 @@ class _Job:
         self.used = False
         self.begin_exp = begin_exp
         self.unf: _Gen | None = None    # the generation it began on, when a copy created it (unfenced_access)
+        self.uau: tuple[bool, str | None, int] | None = None  # its attachment was unmapped or invalidated
 
     def brief(self) -> dict[str, Any]:
         return {"svc": self.svc, "job": self.job, "access": "write" if self.write else "read",
@@ -587,13 +588,18 @@ class Predictor:
                 waiting.append(j)
         usable = self.att_usable.get((e["svc"], att))
         if usable is not None and not usable[0]:
-            self._add({"kind": "use_after_unmap", "buffer": b, "gen": gen, "job": j.brief(),
-                       "other": {"event": usable[1], "t_ns": usable[2], "svc": e["svc"]},
+            j.uau = usable                # judged at its end: a job that touched nothing is no race
+
+    def _emit_uau(self, j: _Job) -> None:
+        usable, j.uau = j.uau, None
+        if usable is not None:
+            self._add({"kind": "use_after_unmap", "buffer": j.buffer, "gen": j.gen, "job": j.brief(),
+                       "other": {"event": usable[1], "t_ns": usable[2], "svc": j.svc},
                        "overlapped": True,
-                       "why": f"{e['svc']} began job {j.job} after it had itself "
-                              f"{'unmapped' if usable[1] == 'unmap' else 'invalidated'} attachment {att} "
+                       "why": f"{j.svc} began job {j.job} after it had itself "
+                              f"{'unmapped' if usable[1] == 'unmap' else 'invalidated'} attachment {j.att} "
                               f"(t_ns {usable[2]}) with no map since: program order puts the begin after it"},
-                      ("uau", e["svc"], j.job))
+                      ("uau", j.svc, j.job))
 
     def i_main_tick(self, e: dict[str, Any]) -> None:
         self._tick(self._main(e))
@@ -648,6 +654,7 @@ class Predictor:
 
     def _ended(self, j: _Job) -> None:
         self._judge_unfenced(j)
+        self._emit_uau(j)
         g = self.gens.get(j.buffer, {}).get(j.gen)
         if g is None:
             g = self._gen(j.buffer, j.gen)
