@@ -179,3 +179,21 @@ def test_unreadable_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     pred = predict_lines(lines)
     assert pred["unreadable_lines"] == 2
     assert pred["by_kind"] == {"lost_write": 1}
+
+
+def test_explore_around_refuses_what_is_not_a_run(tmp_path: Path) -> None:
+    r = cli("explore", "--around", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"dmabuf-emu: explore --around: {tmp_path / 'nothing'} is not a run: no readable report.json"]
+
+
+def test_explore_around_writes_around_json(tmp_path: Path) -> None:
+    run = _sim_run(tmp_path, "resv-fence+wait-write-only")
+    assert cli("check", str(run), "--predict").returncode == 0
+    r = cli("explore", "--around", str(run), "--out", str(tmp_path / "around"), "--quiet", timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "around" / "around.json").read_text())
+    assert set(doc) >= {"candidates", "confirmed", "not_confirmed", "schedules", "seconds"}
+    assert len(doc["confirmed"]) + len(doc["not_confirmed"]) == min(doc["candidates"], 256)
+    assert all(x["reason"] for x in doc["not_confirmed"])
