@@ -112,22 +112,23 @@ def test_fence_wait_orders_a_fenced_job_and_a_narrower_usage_does_not() -> None:
     assert "does not take the job's READ fence" in pred["items"][0]["why"]
 
 
-def test_lease_expiry_orders_a_lost_importers_last_access() -> None:
+def _lost_then_moved(last_access_ns: int) -> list[dict]:
+    """importer-1's write job aborted at its lease expiry, its last access at `last_access_ns`; the
+    exporter declared it lost at 40 and moved the buffer at 50."""
     h = mapped()
     h.job(7, "write", 20, None)
     h.ev(60, "importer-1", "dma_end", job=7, buffer=0, attachment=1, access="write", heap="vram", offset=0,
-         size=0x10000, gen=1, status="aborted", bytes=64, faults=0, last_access_ns=25, reason="lease expired")
+         size=0x10000, gen=1, status="aborted", bytes=64, faults=0, last_access_ns=last_access_ns,
+         reason="lease expired")
     h.ev(40, "exporter", "importer_lost", importer="importer-1", slot=1, reason="lease expired")
     h.move(0, 1, move=1, begin=50, copy_begin=55, copy_end=70, free=80, end=90)
-    assert predict_lines(_current(h.sorted_events()))["candidates"] == 0      # R8
-    h2 = mapped()
-    h2.job(7, "write", 20, None)
-    h2.ev(60, "importer-1", "dma_end", job=7, buffer=0, attachment=1, access="write", heap="vram", offset=0,
-          size=0x10000, gen=1, status="aborted", bytes=64, faults=0, last_access_ns=45, reason="lease expired")
-    h2.ev(40, "exporter", "importer_lost", importer="importer-1", slot=1, reason="lease expired")
-    h2.move(0, 1, move=1, begin=50, copy_begin=55, copy_end=70, free=80, end=90)
+    return _current(h.sorted_events())
+
+
+def test_lease_expiry_orders_a_lost_importers_last_access() -> None:
+    assert predict_lines(_lost_then_moved(25))["candidates"] == 0      # R8
     # an access past the exporter's verdict is not covered by the lease rule
-    assert predict_lines(_current(h2.sorted_events()))["by_kind"] == {"lost_write": 1}
+    assert predict_lines(_lost_then_moved(45))["by_kind"] == {"lost_write": 1}
 
 
 def test_refuses_a_history_whose_jobs_carry_no_fence_field() -> None:
