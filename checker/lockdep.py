@@ -18,7 +18,8 @@ Rules (events: docs/events.md):
   side A and side B need not be of the same buffer or the same time. Their pair closes the cycle
   lock -> fence wait -> signalling -> lock: one `potential_deadlock` finding per importer and
   buffer whose section took the lock, with both sides' events as its witness.
-- Memory: the sections waiting for a map (bounded), the held locks, one witness per finding.
+- Memory: the recent sections waiting for a map and map answers (MAX_PENDING each, the answers
+  slimmed), the held locks, one witness per finding: flat in the history's length.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from collections import OrderedDict
 from typing import Any
 
 HANDLED = ("fence_blocked", "map_served", "map_deferred", "resv_lock", "resv_unlock", "fence_wait_begin")
-MAX_PENDING = 4096
+MAX_PENDING = 256            # recent map answers and blocked fences kept (the map a fence waits for is its
+                             # importer's latest request: it is answered within a few of them)
 MAX_ITEMS = 256
 
 
@@ -66,7 +68,8 @@ class LockDep:
             if f is not None:
                 self._side_a(f, e)
             elif name == "map_deferred" or key not in self.answered:
-                self._put(self.answered, key, e)
+                self._put(self.answered, key, {k: e.get(k) for k in ("t_ns", "svc", "event", "id", "importer",
+                                                                     "buffer", "attachment", "move")})
         elif name == "resv_lock":
             self.locks_seen = True
             self.held[e.get("buffer")] = e
