@@ -190,7 +190,6 @@ class Predictor:
         self.gens: dict[Any, dict[Any, _Gen]] = {}
         self.jobs: dict[tuple[str, Any], _Job] = {}
         self.job_lane = _Bounded(MAX_PENDING)           # (svc, job) -> lane, for a fence signalled later
-        self.lanes_of: dict[str, set[str]] = {}         # loop thread -> its lanes
         self.att_lane: dict[tuple[str, Any], str] = {}  # (importer name, attachment) -> its lane
         self.att_usable: dict[tuple[str, Any], tuple[bool, str | None, int]] = {}
         self.serial: dict[tuple[str, Any], int] = {}
@@ -212,6 +211,8 @@ class Predictor:
         self.seen_pairs: set[tuple[Any, ...]] = set()
         self.early = _Bounded(MAX_PENDING)              # (kind, importer, id) -> jobs begun since its receipt
         self.unresolved: dict[str, deque[tuple[str, str, Any]]] = {}  # importer -> receipts whose send is unseen
+        self.xc = self.vc[EXPORTER]                      # the exporter's clock (never rebound)
+        self._main_pid: dict[str, tuple[Any, str]] = {}  # importer -> (pid, its loop thread): no string per event
         self.unreadable = 0
         self.anomalies = 0
         self.fenced_jobs = 0
@@ -223,7 +224,7 @@ class Predictor:
 
     def _clock(self, thread: str) -> Clock:
         c = self.vc.get(thread)
-        if c is None:
+        if c is None:  # a new thread
             c = self.vc[thread] = {thread: 0}
         return c
 
@@ -232,13 +233,22 @@ class Predictor:
         c[thread] += 1
         return c
 
+    def _xtick(self) -> Clock:
+        c = self.xc
+        c[EXPORTER] += 1
+        return c
+
     def _snap(self, thread: str) -> Clock:
         return dict(self._tick(thread))
 
     def _main(self, e: dict[str, Any]) -> str:
-        key = f"{e['svc']}#{e.get('pid')}"
-        if self.main_of.get(e["svc"]) != key:
-            self.main_of[e["svc"]] = key
+        svc, pid = e["svc"], e.get("pid")
+        known = self._main_pid.get(svc)
+        if known is not None and known[0] == pid:
+            return known[1]
+        key = f"{svc}#{pid}"
+        self._main_pid[svc] = (pid, key)
+        self.main_of[svc] = key
         return key
 
     def _peer_clock(self, importer: Any, att: Any = None) -> Clock:
@@ -278,18 +288,29 @@ class Predictor:
                         events.append(loads(line))
                     except (ValueError, TypeError):
                         self.unreadable += 1
+            handlers = _HANDLERS
             for e in events:
-                if not isinstance(e, dict) or not isinstance(e.get("t_ns"), int) or not isinstance(e.get("event"), str):
+                try:
+                    t, name = e["t_ns"], e["event"]
+                    if type(t) is not int or type(name) is not str:
+                        raise TypeError
+                except (KeyError, TypeError, IndexError):
                     self.unreadable += 1
                     continue
-                self.feed(e)
+                self.seen += 1
+                self.last_t = t
+                h = handlers.get(name)
+                if h is not None:
+                    self._dispatch(h, e)
 
     def feed(self, e: dict[str, Any]) -> None:
         self.seen += 1
         self.last_t = e["t_ns"]
         h = _HANDLERS.get(e["event"])
-        if h is None:
-            return
+        if h is not None:
+            self._dispatch(h, e)
+
+    def _dispatch(self, h: tuple[Any, Any, Any], e: dict[str, Any]) -> None:
         svc = e.get("svc")
         try:
             if svc == EXPORTER:
@@ -306,7 +327,7 @@ class Predictor:
     # --- exporter ----------------------------------------------------------------------------
 
     def _x_join_peer(self, e: dict[str, Any]) -> Clock:
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         _join(c, self._peer_clock(e.get("importer", e.get("peer")), e.get("attachment")))
         return c
 
@@ -314,7 +335,7 @@ class Predictor:
         self._x_join_peer(e)
 
     def x_receive_unlane(self, e: dict[str, Any]) -> None:
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         _join(c, self._peer_clock(e.get("importer", e.get("peer"))))
 
     def x_served(self, e: dict[str, Any]) -> None:
@@ -323,13 +344,13 @@ class Predictor:
             self._x_join_peer(e)              # R3: the unmap carries the attachment's ended jobs
         else:
             self.x_receive_unlane(e)
-        self._send("reply", str(e["importer"]), e["id"], self._tick(EXPORTER)[EXPORTER])
+        self._send("reply", str(e["importer"]), e["id"], self._xtick()[EXPORTER])
 
     def x_answered(self, e: dict[str, Any]) -> None:
-        self._send("reply", str(e["peer"]), e["id"], self._tick(EXPORTER)[EXPORTER])
+        self._send("reply", str(e["peer"]), e["id"], self._xtick()[EXPORTER])
 
     def x_notify(self, e: dict[str, Any]) -> None:
-        self._send("notify", str(e["importer"]), e["id"], self._tick(EXPORTER)[EXPORTER])
+        self._send("notify", str(e["importer"]), e["id"], self._xtick()[EXPORTER])
 
     def _send(self, kind: str, importer: str, msg_id: Any, epoch: int) -> None:
         """An exporter -> importer send (R2). In a real run the exporter's event may be stamped
@@ -347,7 +368,7 @@ class Predictor:
                 j.begin_exp = epoch
 
     def x_returned(self, e: dict[str, Any]) -> None:
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         op = e.get("move") if e.get("move") is not None else ("revoke", e.get("revoke"))
         sent = self.returns.pop((str(e["importer"]), e["attachment"], op), None)
         _join(c, sent if sent is not None else self._peer_clock(e["importer"]))
@@ -355,13 +376,13 @@ class Predictor:
             self._window_part(str(e["importer"]), e["attachment"], e["buffer"], op, "returned", e)
 
     def x_ack(self, e: dict[str, Any]) -> None:
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         sent = self.acks.pop((str(e["importer"]), e["id"]), None)
         _join(c, sent if sent is not None else self._peer_clock(e["importer"], e.get("attachment")))
 
     def x_lock(self, e: dict[str, Any]) -> None:
         self.lock_events += 1
-        _join(self._tick(EXPORTER), self.lock_release.get(e["buffer"]))      # R4
+        _join(self._xtick(), self.lock_release.get(e["buffer"]))      # R4
 
     def x_unlock(self, e: dict[str, Any]) -> None:
         self.lock_events += 1
@@ -369,7 +390,7 @@ class Predictor:
 
     def x_wait_begin(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         b = e["buffer"]
         rank = USAGE_RANK.get(e.get("usage"), 3)
         # R5: fences signalled before the snapshot, of a usage the wait takes
@@ -388,7 +409,7 @@ class Predictor:
 
     def x_wait_end(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         b = e["buffer"]
         op = e.get("move") if e.get("move") is not None else ("revoke", e.get("revoke"))
         wait = self.waits.pop((b, op), None)
@@ -405,7 +426,7 @@ class Predictor:
         self._window_fence_end(b, op, e)
 
     def x_reset_confirmed(self, e: dict[str, Any]) -> None:
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         sigs = self.signals.get((str(e["importer"]), e["buffer"]))
         if sigs:
             _join(c, sigs[-1][2])                                              # R7
@@ -414,22 +435,22 @@ class Predictor:
         self.fence_events += 1
         if e.get("usage") == "KERNEL" and not e.get("forced"):
             self.kernel.setdefault(e["buffer"], deque(maxlen=MAX_SIGNALS)).append(
-                (e.get("seq") or 0, self._tick(EXPORTER)[EXPORTER]))
+                (e.get("seq") or 0, self._xtick()[EXPORTER]))
         else:
-            self._tick(EXPORTER)
+            self._xtick()
 
     def x_importer_lost(self, e: dict[str, Any]) -> None:
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         if e.get("reason") not in NO_EDGE_REASONS:
             self.lost.setdefault(str(e["importer"]), []).append((e["t_ns"], c[EXPORTER]))   # R8
             del self.lost[str(e["importer"])][:-8]
 
     def x_buffer_created(self, e: dict[str, Any]) -> None:
-        self._tick(EXPORTER)
+        self._xtick()
         self._gen(e["buffer"], e.get("gen", 1))
 
     def x_move_begin(self, e: dict[str, Any]) -> None:
-        self._tick(EXPORTER)
+        self._xtick()
         self._gen(e["buffer"], e["from_gen"])
         self._op_gen[(e["buffer"], e["move"])] = e["from_gen"]
         if len(self._op_gen) > MAX_RECENT_MOVES:
@@ -448,10 +469,10 @@ class Predictor:
                     if j.write:
                         self._pair(j, g, g.copy_begin, "lost_write")
         else:
-            self._tick(EXPORTER)
+            self._xtick()
 
     def x_copy_end(self, e: dict[str, Any]) -> None:
-        c = self._tick(EXPORTER)
+        c = self._xtick()
         g = self._gen(e["buffer"], e["to_gen"])
         g.copy_end_epoch, g.copy_end_t = c[EXPORTER], e["t_ns"]
 
@@ -467,10 +488,10 @@ class Predictor:
                         self._pair(j, g, g.free, "stale_read")
             g.ended.clear()             # nothing pairs with this generation any more
         else:
-            self._tick(EXPORTER)
+            self._xtick()
 
     def x_tick(self, e: dict[str, Any]) -> None:
-        self._tick(EXPORTER)
+        self._xtick()
 
     def _gen(self, b: Any, gen: Any) -> _Gen:
         per = self.gens.get(b)
@@ -561,7 +582,6 @@ class Predictor:
         mc = self._tick(main)
         att = e.get("attachment")
         lane = f"{main}/{att}" + ("/rogue" if e.get("rogue") else "")
-        self.lanes_of.setdefault(main, set()).add(lane)
         if not e.get("rogue"):
             self.att_lane[(e["svc"], att)] = lane
         lc = self._clock(lane)
