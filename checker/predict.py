@@ -211,6 +211,7 @@ class Predictor:
         self.seen_pairs: set[tuple[Any, ...]] = set()
         self.early = _Bounded(MAX_PENDING)              # (kind, importer, id) -> jobs begun since its receipt
         self.unresolved: dict[str, deque[tuple[str, str, Any]]] = {}  # importer -> receipts whose send is unseen
+        self.dropped: dict[Any, int] = {}               # buffer -> its newest generation forgotten
         self.xc = self.vc[EXPORTER]                      # the exporter's clock (never rebound)
         self._main_pid: dict[str, tuple[Any, str]] = {}  # importer -> (pid, its loop thread): no string per event
         self.unreadable = 0
@@ -501,8 +502,11 @@ class Predictor:
         if g is None:
             g = per[gen] = _Gen()
             if len(per) > KEEP_GENERATIONS:
-                old = per.pop(next(iter(per)))
+                gone = next(iter(per))
+                old = per.pop(gone)
                 self.not_examined += sum(len(v) for v in old.ended.values())
+                if isinstance(gone, int) and gone > self.dropped.get(b, 0):
+                    self.dropped[b] = gone
         return g
 
     # --- importer loop -----------------------------------------------------------------------
@@ -676,6 +680,16 @@ class Predictor:
         self._judge_unfenced(j)
         self._emit_uau(j)
         g = self.gens.get(j.buffer, {}).get(j.gen)
+        if g is None and isinstance(j.gen, int) and j.gen <= self.dropped.get(j.buffer, 0):
+            # as the oracle: a generation older than the last KEEP_GENERATIONS was copied away and
+            # freed several moves ago (a job on a stale cached mapping)
+            kind = "lost_write" if j.write else "stale_read"
+            self._add({"kind": kind, "buffer": j.buffer, "gen": j.gen, "job": j.brief(),
+                       "other": {"event": "free", "t_ns": None, "svc": EXPORTER}, "overlapped": True,
+                       "why": f"its generation was copied away and freed more than {KEEP_GENERATIONS} moves "
+                              f"before the job's end: nothing ordered the job before them"},
+                      (kind, j.svc, j.job, "dropped"))
+            return
         if g is None:
             g = self._gen(j.buffer, j.gen)
         if g.free is not None or (j.write and g.copy_begin is not None):
