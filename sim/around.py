@@ -9,9 +9,10 @@ Rules:
   guide's duration of that job is stretched so that its last chunk comes HOLD_NS after the other
   side's time in the run. Each reversal is one schedule; --bound is the most deviations a
   schedule may have, and this version makes one (bound >= 1).
-- A candidate is confirmed when the guided run's checker reports more races of its kind on its
-  buffer by its importer than the same guided replay without the deviation (one schedule more,
-  run once): that schedule is written to OUT/confirmed-N (a simulated run directory, replayable
+- A candidate is confirmed when the guided run's checker reports a race of its kind on its
+  buffer by its job (the guide keeps the real job ids) that the same guided replay without the
+  deviation does not have (one schedule more, run once), or that the undeviated replay already
+  has (`deviations` 0: the run's own schedule, replayed, shows it): that schedule is written to OUT/confirmed-N (a simulated run directory, replayable
   with `replay`) with witness.md (checker/explain.py). Not shrunk in this version.
 - Not confirmed, with the reason: `not reproduced` (the reversal ran and no race of its kind on
   its buffer came: an ordering rule the prediction does not model, or the guide did not follow
@@ -48,15 +49,15 @@ def _start_ns(history: Path) -> int:
     raise AroundError(f"{history} has no start of the exporter: the run never started its workload")
 
 
-def _races(history: list[bytes]) -> dict[tuple[str, Any, str], int]:
-    """(kind, buffer, importer) -> how many races the checker finds in a history."""
+def _races(history: list[bytes]) -> set[tuple[str, Any, str, Any]]:
+    """(kind, buffer, importer, job) of every race the checker finds in a history. The guide
+    draws each importer's jobs in the real run's order, so a job keeps its real id."""
     from checker.oracle import Oracle
 
-    out: dict[tuple[str, Any, str], int] = {}
+    out: set[tuple[str, Any, str, Any]] = set()
 
     def count(r: Any) -> None:
-        k = (r.kind, r.job.buffer, r.job.svc)
-        out[k] = out.get(k, 0) + 1
+        out.add((r.kind, r.job.buffer, r.job.svc, r.job.job))
     oracle = Oracle(on_race=count)
     oracle.run(history)
     oracle.report()
@@ -96,7 +97,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     confirmed: list[dict[str, Any]] = []
     not_confirmed: list[dict[str, Any]] = []
     tried = 0
-    baseline: dict[tuple[str, Any, str], int] | None = None   # the undeviated guided replay's races
+    baseline: set[tuple[str, Any, str, Any]] | None = None   # the undeviated guided replay's races
     say(f"explore --around {run_dir}: {pred['candidates']} candidate(s), "
         f"{len(pred['items'])} listed; one reversal each, at most {schedules} schedules")
     for n, cand in enumerate(pred["items"]):
@@ -120,12 +121,15 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             continue
         real.duration_ns = max(real.duration_ns, other["t_ns"] - s0 - real.begin_ns + HOLD_NS)
         tried += 1
-        key = (kind, cand["buffer"], job["svc"])
+        key = (kind, cand["buffer"], job["svc"], job["job"])
         if baseline is None:
             baseline = _races(simulate_in_memory(params, guide=copy.deepcopy(base), judge=False).history)
             tried += 1
         got = _races(simulate_in_memory(params, guide=copy.deepcopy(guide), judge=False).history)
-        if got.get(key, 0) <= baseline.get(key, 0):
+        deviations = 0 if key in baseline else 1
+        if deviations == 0:
+            guide = copy.deepcopy(base)     # the replay itself already has it: no deviation needed
+        elif key not in got:
             not_confirmed.append({**label, "reason": "not reproduced: the held-back job did not race (an ordering "
                                                        "rule the prediction does not model, or the guided replay "
                                                        "did not follow the run there)"})
@@ -139,7 +143,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             write_witness_md(where / "history.jsonl", index_w, where / "witness.md", report=written.report)
         except IndexError:
             pass
-        confirmed.append({**label, "dir": str(where), "schedules": 1})
+        confirmed.append({**label, "dir": str(where), "deviations": deviations})
         say(f"  confirmed {kind} on buffer {cand['buffer']} ({job['svc']} job {job['job']}) -> {where}")
     result_doc = {"run": str(run_dir), "candidates": pred["candidates"], "by_kind": pred["by_kind"],
                   "confirmed": confirmed, "not_confirmed": not_confirmed, "schedules": tried,
