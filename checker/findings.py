@@ -34,7 +34,7 @@ POTENTIAL_DEADLOCK = "potential_deadlock"   # lockdep's: a cycle of lock classes
 FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, POTENTIAL_DEADLOCK)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
-CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, POTENTIAL_DEADLOCK)
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 

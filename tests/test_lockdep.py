@@ -16,8 +16,9 @@ def _findings(lines: list[bytes]) -> dict:
     return o.report()["findings"]
 
 
-def test_declared_as_a_catch() -> None:
-    assert POTENTIAL_DEADLOCK in FINDING_KINDS and POTENTIAL_DEADLOCK in CATCHES
+def test_declared_as_a_finding() -> None:
+    # not yet among CATCHES: sim/explore.py's CATCH_TITLES must name it first (a search's catch)
+    assert POTENTIAL_DEADLOCK in FINDING_KINDS and POTENTIAL_DEADLOCK not in CATCHES
 
 
 @pytest.mark.parametrize("seed", range(1, 11))
