@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from checker import liveness
+from checker.lockdep import LockDep
 from checker.model import importer_name
 from checker.waitfor import HOLDER_KINDS, Cycle, Node, WaitFor
 from checker.witness import rel_ms
@@ -37,7 +38,9 @@ TIMEOUT = "timeout"
 REVOKE_INCOMPLETE = "revoke_incomplete"
 STUCK = "stuck"
 REFCOUNT_WARNING = "refcount_warning"
-FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING)
+POTENTIAL_DEADLOCK = "potential_deadlock"   # lockdep's: a cycle of lock classes, formed or not (checker/lockdep.py)
+FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING,
+                                  POTENTIAL_DEADLOCK)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
 # A stuck item is a liveness rule broken: the protocol stopped making progress.
@@ -178,8 +181,9 @@ def cycle_events(c: Cycle) -> list[dict[str, Any]]:
 class Findings:
     """Collects what the oracle and the wait-for graph report; `report(t0, t_end)` renders it."""
 
-    def __init__(self, waitfor: WaitFor) -> None:
+    def __init__(self, waitfor: WaitFor, lockdep: LockDep | None = None) -> None:
         self.waitfor = waitfor
+        self.lockdep = lockdep if lockdep is not None else LockDep()
         self.fence_forced: list[dict[str, Any]] = []
         self.n_fence_forced = 0
         self.timeouts: list[dict[str, Any]] = []
@@ -198,7 +202,7 @@ class Findings:
     @property
     def total(self) -> int:
         return (self.waitfor.count + self.n_fence_forced + self.n_timeouts + self.n_incomplete + self.n_stuck
-                + self.n_refcount)
+                + self.n_refcount + self.lockdep.count)
 
     def refcount_warning(self, ev: dict[str, Any], t: int) -> dict[str, Any]:
         """The exporter's refcount_t WARN on a buffer's unmap-wait count."""
@@ -279,6 +283,7 @@ class Findings:
                               for x in self.stuck_items]},
             REFCOUNT_WARNING: {"count": self.n_refcount, "items": [
                 {**x, "t_s": secs(x["t_ns"]), "sentence": _refcount_sentence(x, t0)} for x in self.refcount]},
+            POTENTIAL_DEADLOCK: self.lockdep.report(t0, secs),
         }
 
     @staticmethod

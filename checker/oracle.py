@@ -81,8 +81,10 @@ from checker.model import (
     WRITE_AFTER_INVALIDATE,
     importer_name,
 )
-from checker.findings import CATCHES, DEADLOCK, FENCE_FORCED, REFCOUNT_WARNING, REVOKE_INCOMPLETE, TIMEOUT, Findings
+from checker.findings import (CATCHES, DEADLOCK, FENCE_FORCED, REFCOUNT_WARNING, REVOKE_INCOMPLETE, TIMEOUT,
+                              Findings)
 from checker.liveness import HANDLED as LIVENESS_EVENTS, Liveness
+from checker.lockdep import HANDLED as LOCKDEP_EVENTS, LockDep
 from checker.revoke import RevokeTally
 from checker.waitfor import HANDLED as WAITFOR_EVENTS, Cycle, WaitFor
 from checker.witness import corruption_sentence, sentence, witness
@@ -316,7 +318,7 @@ class Oracle:
         self.witness_races: dict[str, list[Race]] = {k: [] for k in RACE_KINDS}
         self.waitfor = WaitFor(on_cycle=self._on_cycle if on_finding is not None else None,
                                on_broken=self._on_cycle_broken if on_finding is not None else None)
-        self.findings = Findings(self.waitfor)
+        self.findings = Findings(self.waitfor, LockDep())
         # the graph's tables, held here too: a hot handler asks "any waits at all?" in one lookup
         # (the WaitFor mutates them in place, never rebinds them)
         self._wf_deferred = self.waitfor.deferred
@@ -380,6 +382,7 @@ class Oracle:
         handlers = self._handlers
         svc_last = self.svc_last
         on_event = self.on_event
+        lockdep = self.findings.lockdep.feed   # potential deadlocks (checker/lockdep.py)
         ending = self._ending
         events = self.events
         t1 = self.t1 if self.t1 is not None else -(1 << 63)
@@ -411,6 +414,8 @@ class Oracle:
                     h(ev, t, svc)
                 except (KeyError, TypeError, ValueError, AttributeError):
                     self.anomalies[f"malformed {name}"] += 1
+            if name in LOCKDEP_EVENTS:
+                lockdep(ev)
             if on_event is not None:
                 on_event(ev, t, svc, name)
         self.events = events

@@ -163,6 +163,7 @@ def render_report_md(r: dict[str, Any]) -> str:
             lines.append("")
 
     lines += _findings(r.get("findings") or {})
+    lines += _predicted(r.get("predicted"), t0)
     lines += _revoke(r.get("revoke") or {})
 
     lines += ["## Corruption", ""]
@@ -205,6 +206,7 @@ def _findings(f: dict[str, Any]) -> list[str]:
         return out + ["None: no deadlock, no fence forced, no timeout, nothing stuck.", ""] + _not_judged(f)
     dl, ff, to = f.get("deadlock") or {}, f.get("fence_forced") or {}, f.get("timeout") or {}
     ri, st = f.get("revoke_incomplete") or {}, f.get("stuck") or {}
+    pd = f.get("potential_deadlock") or {}
     by_kind = ", ".join(f"{k} {n}" for k, n in (to.get("by_kind") or {}).items() if n)
     out += _table(["finding", "count"], [("deadlock", dl.get("count", 0)),
                                          ("deadlocks still present at the end", dl.get("present_at_end", 0)),
@@ -212,11 +214,12 @@ def _findings(f: dict[str, Any]) -> list[str]:
                                          ("timeouts" + (f" ({by_kind})" if by_kind else ""), to.get("count", 0)),
                                          ("revocations ended with a mapping live", ri.get("count", 0)),
                                          ("stuck (still open when the drain ended)"
-                                          + (f": {st['summary']}" if st.get("summary") else ""), st.get("count", 0))])
+                                          + (f": {st['summary']}" if st.get("summary") else ""), st.get("count", 0)),
+                                         ("potential deadlocks (lockdep: formed or not)", pd.get("count", 0))])
     out.append("")
     out += _not_judged(f)
     for title, part in (("Deadlocks", dl), ("Fences forced", ff), ("Timeouts", to),
-                        ("Revocations ended with a mapping live", ri), (STUCK_TITLE, st)):
+                        ("Revocations ended with a mapping live", ri), (STUCK_TITLE, st), ("Potential deadlocks", pd)):
         items = part.get("items") or []
         if not items:
             continue
@@ -261,6 +264,30 @@ def _broken_rule(item: dict[str, Any]) -> list[str]:
         return []
     return [f"   The rule broken (the run's strategy is the mutant {_cell(rule.get('name'))}): "
             f"{_cell(rule.get('rule'))}.", ""]
+
+
+def _predicted(p: dict[str, Any] | None, t0: Any) -> list[str]:
+    """`check --predict` (checker/predict.py): the pairs nothing orders; never counted as races."""
+    if not p:
+        return []
+    kinds = ", ".join(f"{k} {v}" for k, v in (p.get("by_kind") or {}).items()) or "none"
+    out = ["## Could have raced", "",
+           f"{p.get('candidates', 0)} candidate(s) ({kinds}); {p.get('overlapped', 0)} of them overlapped in this "
+           f"run (those are among the races above). A candidate is a DMA access and a copy or free of its "
+           f"placement that no rule of checker/predict.py orders; it is never counted as a race.", ""]
+    items = p.get("items") or []
+    for i, it in enumerate(items, 1):
+        j, o = it.get("job") or {}, it.get("other") or {}
+        out.append(f"{i}. {it.get('kind')} on buffer {it.get('buffer')} gen {it.get('gen')}"
+                   f"{' (overlapped this time)' if it.get('overlapped') else ''}: {j.get('svc')} job {j.get('job')} "
+                   f"({j.get('access')}) from {_rel(j.get('begin_ns'), t0)} to {_rel(j.get('end_ns'), t0)}; "
+                   f"the exporter's {o.get('event')} at {_rel(o.get('t_ns'), t0)}. Why nothing orders them: "
+                   f"{it.get('why')}.")
+    if len(items) < p.get("candidates", 0):
+        out.append(f"({p.get('candidates', 0) - len(items)} more in the count, not listed)")
+    if p.get("not_examined"):
+        out.append(f"({p['not_examined']} ended job(s) were not examined: past the per-generation bound)")
+    return out + [""]
 
 
 def _revoke(rv: dict[str, Any]) -> list[str]:

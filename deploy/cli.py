@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fail-on-race", action="store_true", help="exit 1 if the checker finds any race")
     r.add_argument("--fail-on-finding", action="store_true",
                    help="exit 1 if the checker reports any finding (deadlock, fence forced, timeout)")
+    r.add_argument("--predict", action="store_true",
+                   help="after the checker, list the races the run could have had (as `check --predict`)")
     r.add_argument("--quiet", action="store_true", help="print only the summary")
     r.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     oplog.add_log_options(r)
@@ -150,6 +152,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write DIR/witness.md: the N-th race witness (1-based: 1 is the first, in "
                         "report.md's order; `replay --race` counts from 0) with its because-chain and a "
                         "Mermaid sequence diagram")
+    c.add_argument("--predict", action="store_true",
+                   help="also list the races the run could have had: DMA accesses that nothing orders before "
+                        "a copy or free of their placement (report.json `predicted`, report.md \"Could have "
+                        "raced\"; docs/prediction.md)")
 
     cm = sub.add_parser("compare", help="run the same workload under every strategy and print one table",
                         formatter_class=Formatter,
@@ -182,6 +188,10 @@ def _parser() -> argparse.ArgumentParser:
     add_sim_parsers(sub)
     from deploy.explore_cmd import add_parsers as add_explore_parsers
     add_explore_parsers(sub)
+    sub.choices["explore"].add_argument(
+        "--around", type=Path, metavar="RUN_DIR", default=None,
+        help="instead of a search: replay RUN_DIR guided by its history and reverse each candidate of "
+             "`check --predict` (first version: sim/around.py); OUT/around.json")
     from deploy.explore_table import add_parser as add_explore_table_parser
     add_explore_table_parser(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
@@ -196,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace the bench.json and bench.md already in --out")
     b.add_argument("--dry-run", action="store_true", help="say what would be measured, measure nothing")
     b.add_argument("--parts", default=None, metavar="PART,...",
-                   help="only these parts: rtt, mem, scaling, checker, moves, races, sim, explore (default: all)")
+                   help="only these parts: rtt, mem, scaling, checker, predict, moves, races, sim, explore (default: all)")
 
     st = sub.add_parser("strategies", help="list the buffer-move strategies, check one, or draw its state diagrams",
                         formatter_class=Formatter,
@@ -383,11 +393,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from deploy.summary import summary_lines
     params = options.resolve(args.scenario, vars(args))
     rundir.claim([args.out], force=args.force, say=_say)
-    report = run(params, args.out, quiet=args.quiet or args.json)
+    report = run(params, args.out, quiet=args.quiet or args.json, predict=args.predict)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print("\n".join(summary_lines(report, str(args.out))))
+        if args.predict:
+            from checker.predict import summary_line
+            pred = report["predicted"]
+            print(f"  {pred['refused'] if 'refused' in pred else summary_line(pred)}")
     return _exit_status(args, report)
 
 
@@ -404,8 +418,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise DeployError(f"{args.dir}: not a run directory (no events/ and no history.jsonl)")
     from deploy.reporting import read_report, rejudged
     previous = read_report(args.dir)
-    report = rejudged(args.dir, check_run(args.dir, merge=(args.dir / "events").is_dir()), previous)
+    report = check_run(args.dir, merge=(args.dir / "events").is_dir())
+    refused = None
+    if args.predict:
+        from checker.predict import PredictRefused, predict_history, summary_line
+        try:
+            report["predicted"] = predict_history(args.dir / "history.jsonl")
+        except PredictRefused as exc:
+            refused = str(exc)
+    report = rejudged(args.dir, report, previous)
     print("\n".join(summary_lines(report, str(args.dir))))
+    if refused is not None:
+        return _fail(EXIT_USAGE, f"check --predict: {refused}")
+    if args.predict:
+        print(f"  {summary_line(report['predicted'])}")
     if args.witness is not None:
         from checker.explain import write_witness_md
         try:
@@ -492,8 +518,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
+    if args.around is not None:
+        from sim.around import AroundError, around
+        try:
+            r = around(args.around, args.out, bound=int(args.bound), schedules=int(args.schedules or 200),
+                       say=(lambda s: None) if args.quiet else _say_line)
+        except (AroundError, ValueError) as exc:
+            return _fail(EXIT_USAGE, f"explore --around: {exc}")
+        print(f"around {args.around}: {r['candidates']} candidate(s), {len(r['confirmed'])} confirmed, "
+              f"{len(r['not_confirmed'])} not, in {r['schedules']} schedule(s), {r['seconds']:g} s "
+              f"({args.out / 'around.json'})")
+        return EXIT_OK
     from deploy.explore_cmd import cmd_explore
     return cmd_explore(args)
+
+
+def _say_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _cmd_shrink(args: argparse.Namespace) -> int:

@@ -134,9 +134,11 @@ def lease_warning(params: RunParams, cores: int) -> str | None:
 
 
 def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = sys.stderr,
-        until: Callable[[], bool] | None = None) -> dict[str, Any]:
+        until: Callable[[], bool] | None = None, predict: bool = False) -> dict[str, Any]:
     """A whole run. Returns the report (also written to DIR/report.json). `until`: a test's event
     that ends the workload before --duration (asked every poll period, a quarter second at most).
+    `predict`: the checker's prediction too (report `predicted`, checker/predict.py; `{"refused":
+    why}` when the history cannot be predicted from).
 
     Interrupted (Ctrl-C, or SIGTERM/SIGHUP under deploy.interrupt.stop_signals) at any point:
     the workload stops, the services go down, the segments are unlinked, `run_interrupted` goes
@@ -190,7 +192,14 @@ def run(params: RunParams, out: Path, *, quiet: bool = False, stream: TextIO = s
     if stop is None:
         progress.say("judging the history ...")
         with shielded():
-            result = finish_report(out, check_run(out), "real")
+            judged = check_run(out)
+            if predict:
+                from checker.predict import PredictRefused, predict_history
+                try:
+                    judged["predicted"] = predict_history(out / "history.jsonl")
+                except PredictRefused as exc:
+                    judged["predicted"] = {"refused": str(exc)}
+            result = finish_report(out, judged, "real")
         if (late := pending()) is not None:
             late.detail = (f"run: {late.signal} while judging; the run was complete and its report is "
                            f"written: {out / 'report.md'}")

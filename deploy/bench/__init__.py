@@ -46,7 +46,8 @@ class BenchConfig:
     explore_schedules: int = 300
     explore_seeds: int = 20
     explore_cap: int = 300
-    parts: tuple[str, ...] = ("rtt", "eventlog", "mem", "scaling", "checker", "moves", "races", "sim", "explore")
+    parts: tuple[str, ...] = ("rtt", "eventlog", "mem", "scaling", "checker", "predict", "moves", "races", "sim",
+                              "explore")
 
 
 FULL = BenchConfig()
@@ -60,7 +61,8 @@ PARTS = FULL.parts
 def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Measure every part of `cfg`, write out/bench.json and out/bench.md, return the results."""
-    from deploy.bench import checkerperf, eventlog, exploreperf, mem, rtt, runs, scaling, simperf
+    from deploy.bench import (checkerperf, eventlog, exploreperf, mem, predict as predictperf, rtt, runs, scaling,
+                              simperf)
     from runtime import shm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,7 @@ def run_bench(cfg: BenchConfig, out: Path, *, command: str = "",
         ("mem", lambda: mem.measure(cfg.mem_reps)),
         ("scaling", lambda: scaling.measure(cfg.scaling_reps, cfg.scaling_window_s, cfg.scaling_counts, progress)),
         ("checker", lambda: checkerperf.measure(cfg.checker_reps, cfg.checker_events, progress)),
+        ("predict", lambda: predictperf.measure(cfg.checker_reps, cfg.checker_events, progress)),
         ("moves", lambda: runs.move_latency(cfg.move_reps, cfg.move_duration_s, progress=progress)),
         ("races", lambda: runs.time_to_first_race(cfg.race_seeds, cfg.race_duration_s, progress=progress)),
         ("sim", lambda: simperf.measure(cfg.sim_reps, cfg.sim_duration_s, *cfg.sim_rss_s, progress=progress)),
