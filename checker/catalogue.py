@@ -251,7 +251,7 @@ EVENTS: tuple[Event, ...] = (
        "the device starts the job", access="`read`/`write`", fence="the job's fence seqno (null: unfenced)",
        rogue="`true` for a rogue device's DMA (after unmap or after acking move_notify: a real access, with no map of its own)"),
     _e("importer", "dma_end", f"job buffer attachment access {_PLACEMENT} status bytes faults last_access_ns",
-       "rogue reason discarded",
+       "rogue reason discarded stalled_ms",
        "the device's job is over",
        status="`ok`, `fault`, `corrupt`, `aborted` (stopped because the lease ran out, its fence was forced or the "
               "exporter was lost)",
@@ -259,6 +259,7 @@ EVENTS: tuple[Event, ...] = (
               "(fence_timeout): device reset`), or `lease expired`, `restarted`, `rejoined`, `bye with attachments`",
        bytes="bytes accessed", faults="chunks blocked by the IOMMU",
        last_access_ns="its last real memory access; earlier than `t_ns` for an aborted job; null if it made none",
+       stalled_ms="with --dma-stall: how long the device held the job before its last chunk (its fence unsignalled)",
        discarded="`true`: a read whose data the device threw away unused (a speculative read-and-discard); "
                  "the checker honours it, no device of ours writes it yet"),
     _e("importer", "iommu_fault", f"job buffer attachment access {_PLACEMENT}", "",

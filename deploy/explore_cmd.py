@@ -50,8 +50,9 @@ searches (--search):
               order only (sleep sets; sim/search/exhaustive.py says why that is sound). The result
               is "exhausted: N schedules within bound B, no race" or the first race.
 
-what varies: the order of steps and when each message between services arrives (30 us to 2 ms
-after it was sent); the workload (which buffer, read or write, how long) is --seed's, as in a run.
+what varies: the order of steps, when each message between services arrives (30 us to 2 ms
+after it was sent), and whether a device stalls a DMA chunk past one of the exporter's pending
+timers (a choice costing 1 like a fault; --no-stalls: devices punctual); the workload (which buffer, read or write, how long) is --seed's, as in a run.
 The search decides from the exporter's start to the end of the workload; start-up and shutdown
 run in their default order.
 """
@@ -97,6 +98,9 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--fail-on-race", action="store_true", help="exit 1 if a race was found (for CI)")
     e.add_argument("--dma-jobs", default=str(DMA_JOBS), metavar="N", help=with_default("DMA jobs per importer", DMA_JOBS))
     e.add_argument("--moves", default=str(MOVES), metavar="N", help=with_default("moves the memory manager may want", MOVES))
+    e.add_argument("--no-stalls", action="store_true",
+                   help="devices are punctual: no DMA chunk stalls past an exporter's timer (by default a "
+                        "stall is a choice of every search, counted against --bound like a fault)")
     e.add_argument("--quiet", action="store_true", help="print only the result")
     oplog.add_log_options(e)
     options.add_arguments(e, defaults=options.resolve(None, SMALL))   # the small configuration's, not run's
@@ -168,7 +172,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         if flags.get(key) is None and key not in given:
             flags[key] = value
     params = options.resolve(args.scenario, flags)
-    sim = SimOptions(network="chosen", jobs=_int("--dma-jobs", args.dma_jobs, 0), moves=_int("--moves", args.moves, 0))
+    sim = SimOptions(network="chosen", jobs=_int("--dma-jobs", args.dma_jobs, 0), moves=_int("--moves", args.moves, 0),
+                     stalls=not args.no_stalls)
     spec = Spec(Config(params, sim), args.search, params.seed, depth, bound, args.bound_kind)
     return spec, (Limits(schedules, seconds, args.all), jobs)
 
@@ -201,6 +206,7 @@ def check_size(spec: Any) -> None:
 
 def result_lines(r: dict[str, Any], out: Path) -> list[str]:
     from checker.findings import CATCHES
+    from sim.options import DEVICES
     races = r["races"]
     lines = []
     # a finding the checker says broke a rule is a catch too (checker/findings.py CATCHES)
@@ -221,6 +227,8 @@ def result_lines(r: dict[str, Any], out: Path) -> list[str]:
     lines.append(f"  {r['strategy']}: {r['schedules']} schedules in {r['seconds']:.1f} s "
                  f"({r['schedules_per_s'] or 0:,.0f}/s), {r['distinct_histories']} distinct histories"
                  + (f", races: {', '.join(f'{k} in {v}' for k, v in races.items())}" if races else ""))
+    if r.get("devices"):
+        lines.append(f"  timing: {r['devices']}" + ("" if r["devices"] == DEVICES[True] else " (--no-stalls)"))
     if r.get("pct"):
         p = r["pct"]
         lines.append(f"  pct: depth {p['depth']}, n {p['n']} actors, k {p['k']} steps: at least "

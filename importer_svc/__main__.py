@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                         strategy=a.strategy, seed=a.seed, chunk_ms=a.chunk_ms,
                         lease_ms=a.lease_ms, retry_ms=a.retry_ms, faults=faults, incarnation=a.incarnation,
                         credentials=a.credentials, launcher=a.launcher, kind=a.importer_kind,
-                        workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio, a.pin_ratio))
+                        workload=WorkloadConfig(a.queue_depth, a.dma_ms, a.think_ms, a.write_ratio, a.pin_ratio,
+                                                  a.dma_stall))
     try:
         service = ImporterService(args)
     except (OSError, ValueError) as exc:

@@ -22,6 +22,13 @@ closes by waiting for the device's confirmation that it stopped (reset_confirmed
 An aborted job ends with dma_end status "aborted"; every dma_end says when the job last touched
 memory (`last_access_ns`), which is what the race checker judges.
 
+A stalled job (--dma-stall, importer_svc/workload.py): the device holds the job for `stall_s`
+before its last chunk: its fence stays unsignalled and its last access comes that much later, as a
+device that hangs mid-job and recovers (a stall, not a slower device: the chunks before run as
+drawn). Its dma_end says `stalled_ms`. The same code runs in the simulator on virtual time. (The
+schedule search's own stalls are the world's: a chunk's timer held past an exporter timer,
+sim/world.py; they show in the decision log, not in the events.)
+
 Rogue jobs (a device fault) are DMA the driver never asked for: same path through the IOMMU, same
 stamps, `rogue: true` in their events, and nobody is told when they end.
 """
@@ -60,6 +67,7 @@ class _Job:
     rogue: bool = False
     last_access_ns: int | None = None
     iova: int | None = None
+    stall_ns: int = 0
 
 
 class DmaEngine:
@@ -92,14 +100,16 @@ class DmaEngine:
         j = self._jobs.get(job)
         return None if j is None else j.iova
 
-    def start(self, start: StartDma, duration_s: float, *, rogue: bool = False, iova: int | None = None) -> None:
+    def start(self, start: StartDma, duration_s: float, *, rogue: bool = False, iova: int | None = None,
+              stall_s: float = 0.0) -> None:
         """Begin a job. Requires memory attached; its placement as the driver decided it. A
-        driver's job uses its attachment's current IOVA; a rogue job the one it had (`iova`)."""
+        driver's job uses its attachment's current IOVA; a rogue job the one it had (`iova`).
+        `stall_s`: the device holds the job that long before its last chunk (--dma-stall)."""
         p = start.placement
         lines = p.size // LINE
         chunks = max(1, min(lines, round(duration_s * 1000 / self.chunk_ms)))
         job = _Job(start, int(duration_s * 1e9), chunks, math.ceil(lines / chunks), rogue=rogue,
-                   iova=iova if rogue else self.iommu.iova_of(start.attachment))
+                   iova=iova if rogue else self.iommu.iova_of(start.attachment), stall_ns=int(stall_s * 1e9))
         self._jobs[start.job] = job
         if start.fenced:
             job.fence_seq = self.fences.emit(self.slot, start.buffer, usage_for_access(start.access))  # type: ignore[union-attr]
@@ -109,7 +119,10 @@ class DmaEngine:
                       fence=job.fence_seq or None, **({"rogue": True} if rogue else {}))
         if start.fenced and start.signal == "submit":
             self._signal(job)  # the early-signal bug: "done" before the first access
-        self._chunk(job)
+        if job.stall_ns and chunks == 1:
+            self.loop.call_at(job.t0 + job.stall_ns, lambda: self._chunk(job))   # held before its only chunk
+        else:
+            self._chunk(job)
 
     def signal_early(self, buffer: int) -> list[int]:
         """The early-ack device fault: signal the fences of running jobs on `buffer` now."""
@@ -186,7 +199,8 @@ class DmaEngine:
             job.bytes += nbytes
         job.index += 1
         if job.index < job.chunks:
-            self.loop.call_at(job.t0 + job.index * job.duration_ns // job.chunks, lambda: self._chunk(job))
+            stall = job.stall_ns if job.index == job.chunks - 1 else 0    # held before its last chunk
+            self.loop.call_at(job.t0 + job.index * job.duration_ns // job.chunks + stall, lambda: self._chunk(job))
         else:
             self._finish(job)
             if not job.rogue:
@@ -199,6 +213,8 @@ class DmaEngine:
         extra: dict = {"rogue": True} if job.rogue else {}
         if aborted:
             extra["reason"] = aborted
+        if job.stall_ns:
+            extra["stalled_ms"] = job.stall_ns / 1e6
         self.log.emit("dma_end", job=s.job, buffer=s.buffer, attachment=s.attachment, access=s.access,
                       heap=p.heap, offset=p.offset, size=p.size, gen=p.gen, status=status,
                       bytes=job.bytes, faults=job.faults, last_access_ns=job.last_access_ns, **extra)

@@ -140,6 +140,7 @@ class ImporterService(ServiceShell):
         self.views: dict[str, memory.HeapView] = {}
         self.fences: FenceTable | None = None
         self._durations: dict[int, float] = {}
+        self._stalls: dict[int, float] = {}      # job -> its device's stall (--dma-stall)
         self._refill_pending = False
         self.jobs_done = 0
         self.handlers.update({
@@ -453,7 +454,7 @@ class ImporterService(ServiceShell):
             duration *= f["factor"]
             self.log.emit("fault", kind="slow-dma", target=self.svc, job=action.job, factor=f["factor"])
         self._starts[action.job] = self._last_start[action.buffer] = action
-        self.dma.start(action, duration)
+        self.dma.start(action, duration, stall_s=self._stalls.pop(action.job, 0.0))
         self._iovas[action.job] = self.dma.iova_of_job(action.job)
 
     def _dma_done(self, job: int, fence: int) -> None:
@@ -499,6 +500,8 @@ class ImporterService(ServiceShell):
             if spec is None:
                 return
             self._durations[spec.job] = spec.duration_s
+            if spec.stall_s:
+                self._stalls[spec.job] = spec.stall_s
             try:
                 actions = self.engine.job(spec.job, spec.buffer, spec.access, self.loop.now_ns(), spec.pin)
             except TransitionError as exc:

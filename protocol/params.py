@@ -7,7 +7,8 @@ __main__) and the argv dmabuf-emu gives them (deploy/launcher.py); the defaults 
 half's config (protocol/exporter/state.py). Data only: the checks that parse a value of each kind
 are in runtime/params.py.
 
-Kinds: int and float (a range lo..hi, `open_lo` excluding lo), size (bytes, a multiple of
+Kinds: int and float (a range lo..hi, `open_lo` excluding lo), stall (P,MS: a probability and a
+duration in ms, lo < MS <= hi; kept as the text "P,MS", runtime/params.py stall_pair), size (bytes, a multiple of
 `multiple`; "64KiB" is accepted), choice, bool, address (an IP address), strategy (a built-in or
 installed strategy's name, or a .py file: protocol/strategies/__init__.py).
 
@@ -95,6 +96,9 @@ PARAMS: tuple[Param, ...] = (
           services={"importer": "queue-depth"}),
     Param("dma_ms", "float", 6.0, "mean duration of one DMA job", "MS", 0, 60000, open_lo=True,
           services={"importer": "dma-ms", "exporter": "dma-ms"}),
+    Param("dma_stall", "stall", None, "a DMA job stalls with probability P for MS milliseconds: its device holds "
+                                      "the job (fence unsignalled) before its last chunk (importer_svc/dma.py)",
+          "P,MS", 0, 600000, services={"importer": "dma-stall"}, shown="none"),
     Param("think_ms", "float", 1.0, "mean pause between an importer's jobs", "MS", 0, 60000,
           services={"importer": "think-ms", "exporter": "think-ms"}),
     Param("write_ratio", "float", 0.5, "share of DMA jobs that write", "P", 0, 1, services={"importer": "write-ratio"}),

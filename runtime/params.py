@@ -42,6 +42,8 @@ def check(p: Param, v: Any) -> Any:
         if f != f or (f <= p.lo if p.open_lo else f < p.lo) or f > p.hi:  # type: ignore[operator]
             raise ParamError(f"must be a number {'>' if p.open_lo else '>='} {p.lo:g} and <= {p.hi:g}, got {v!r}")
         return f
+    if p.kind == "stall":
+        return _check_stall(p, v)
     if p.kind == "size":
         try:
             n = parse_size(v)
@@ -83,6 +85,27 @@ def check(p: Param, v: Any) -> Any:
         except strategies.StrategyError as exc:
             raise ParamError(str(exc)) from None
     raise AssertionError(f"parameter {p.name}: unknown kind {p.kind}")
+
+
+def _check_stall(p: Param, v: Any) -> str:
+    """P,MS: 0 <= P <= 1 and lo < MS <= hi; the value is the canonical text (what a service's flag
+    is given back)."""
+    expected = f"must be P,MS (a probability 0..1, a duration > {p.lo:g} and <= {p.hi:g} ms), e.g. 0.1,50; got {v!r}"
+    try:
+        prob, ms = stall_pair(str(v))
+    except ValueError:
+        raise ParamError(expected) from None
+    if not 0 <= prob <= 1 or not p.lo < ms <= p.hi:  # type: ignore[operator]
+        raise ParamError(expected)
+    return f"{prob:g},{ms:g}"
+
+
+def stall_pair(text: str) -> tuple[float, float]:
+    """A stall parameter's text, "P,MS", as (P, MS); ValueError if it is not two numbers."""
+    prob, ms = (float(x) for x in text.split(","))   # two items, or ValueError
+    if prob != prob or ms != ms:
+        raise ValueError(text)
+    return prob, ms
 
 
 def describe(p: Param) -> str:

@@ -38,6 +38,8 @@ class _RunParamsMethods:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
         d["faults"] = [dict(f) for f in self.faults]  # type: ignore[attr-defined]
+        if d["dma_stall"] is None:
+            del d["dma_stall"]   # not given: a run's params (run_start, schedule.json) read as before it existed
         return d
 
     @property
@@ -66,7 +68,8 @@ class _RunParamsMethods:
         return d
 
 
-_TYPES = {"int": int, "float": float, "size": int, "choice": str, "bool": bool, "address": str, "strategy": str}
+_TYPES = {"int": int, "float": float, "size": int, "choice": str, "bool": bool, "address": str, "strategy": str,
+          "stall": str}
 
 # One field per declared parameter (its default the declaration's), then what only a scenario says.
 RunParams = dataclasses.make_dataclass(

@@ -256,7 +256,8 @@ class SimDeployment:
         proc, env = self._env(name, pid)
         args = ImporterArgs(name=name, index=n, out=self.out, exporter="sim://exporter/rpc",
                             control=self._control_endpoint(name), strategy=p.strategy, seed=p.seed,
-                            workload=WorkloadConfig(p.queue_depth, p.dma_ms, p.think_ms, p.write_ratio, p.pin_ratio),
+                            workload=WorkloadConfig(p.queue_depth, p.dma_ms, p.think_ms, p.write_ratio, p.pin_ratio,
+                                                             p.dma_stall),
                             lease_ms=p.lease_ms, retry_ms=p.retry_ms, faults=tuple(p.faults),
                             incarnation=incarnation, kind=p.for_importer(name)["importer_kind"])
         tokens = (capability.join_token(self.secret, name),

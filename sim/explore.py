@@ -48,7 +48,7 @@ from checker.findings import CATCHES
 from checker.report_md import finding_lines
 from runtime.runparams import from_mapping
 from sim.executor import Pool, executor
-from sim.options import SimOptions
+from sim.options import DEVICES, SimOptions
 from sim.progress import Reporter, SearchProgress, Silent
 from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
@@ -66,7 +66,7 @@ MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refu
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
           "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
-          "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config")
+          "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config", "devices")
 # witness.md's title for a catch that is a checker finding, not a race (one for each of CATCHES)
 CATCH_TITLES = {"deadlock": "Deadlock", "revoke_incomplete": "Revocation incomplete (revoke_incomplete)",
                 "refcount_warning": "Refcount warning (refcount_warning)",
@@ -496,6 +496,7 @@ class Explorer:
             "blocked": st.blocked if spec.search == "exhaustive" else None,
             "pct": st.pct, "saved": st.saved, "shrunk": shrunk, "interrupted": self.interrupted,
             "complete": st.complete, "config": spec.config.as_dict(),
+            "devices": DEVICES[spec.config.options.stalls],     # the timing the verdict assumes
         }
         (self.out / "explore.json").write_text(json.dumps(result, indent=2) + "\n")
         return result

@@ -10,6 +10,10 @@ Rules:
 - `moves`: the exporter's memory manager wants at most this many moves (begun, refused or
   queued); an eviction made to promote another buffer into its room still brings that
   promotion.
+- `stalls`: a DMA engine's chunk may stall past any of the exporter's pending timers, each such
+  stall a decision of the scheduler (sim/world.py): what the schedule search assumes unless told
+  --no-stalls ("devices may stall past any timer"); off, devices are punctual (a plain `sim`).
+  Written only when on, so a schedule without stalls reads as it always did.
 - None means no limit, as in a real run. The options are written into schedule.json (`sim`) so
   that `dmabuf-emu replay` runs the schedule with them.
 """
@@ -20,6 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 NETWORKS = ("drawn", "chosen")
+# What a verdict assumes of the devices' timing, by `stalls` (explore.json `devices`, its summary).
+DEVICES = {True: "devices may stall past any timer", False: "devices punctual"}
 
 
 class SimOptionError(ValueError):
@@ -31,6 +37,7 @@ class SimOptions:
     network: str = "drawn"
     jobs: int | None = None
     moves: int | None = None
+    stalls: bool = False
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -39,21 +46,26 @@ class SimOptions:
             v = getattr(self, key)
             if v is not None and (type(v) is not int or v < 0):
                 raise SimOptionError(f"{key} must be a whole number >= 0 or none, got {v!r}")
+        if type(self.stalls) is not bool:
+            raise SimOptionError(f"stalls must be true or false, got {self.stalls!r}")
 
     @property
     def is_default(self) -> bool:
         return self == SimOptions()
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.stalls:
+            del d["stalls"]
+        return d
 
     @classmethod
     def from_mapping(cls, data: Any, where: str) -> "SimOptions":
         if not isinstance(data, dict):
             raise SimOptionError(f"{where}: 'sim' must be a table of simulator options, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"network", "jobs", "moves"})
+        unknown = sorted(set(data) - {"network", "jobs", "moves", "stalls"})
         if unknown:
-            raise SimOptionError(f"{where}: unknown simulator option '{unknown[0]}' (known: jobs, moves, network)")
+            raise SimOptionError(f"{where}: unknown simulator option '{unknown[0]}' (known: jobs, moves, network, stalls)")
         try:
             return cls(**data)
         except SimOptionError as exc:

@@ -71,7 +71,7 @@ class Outcome:
 def _execute(params: RunParams, out: Path, scheduler: Scheduler, sink_for: Callable[[str], Any],
              options: SimOptions = SimOptions(), setup: Callable[[World], None] | None = None) -> Outcome:
     """`setup(world)`: called before the world runs (the schedule search sets its observer)."""
-    world = World(scheduler)
+    world = World(scheduler, stalls=options.stalls)
     if setup is not None:
         setup(world)
     logs: dict[str, list[str]] = defaultdict(list)

@@ -14,7 +14,8 @@ Rules:
   memory manager's moves a pressure tick wants, `pick`), `pressure:exporter` (how long a tick
   waits), `late:<importer>` and `dma-late:<importer>` (how late its refill and DMA timers fire,
   `fixed`); their defaults are fixed, not draws: what a real run does, or on time (sim/driver.py
-  steer_moves, steer_importer).
+  steer_moves, steer_importer); `device:stall:<importer>` (whether a DMA engine's chunk stalls past
+  one of the exporter's timers, `decide`: default no; asked only when stalls are on, sim/world.py).
 - Draws come from generators the shells got from `Scheduler.rng(stream, seed)` (runtime/rng.py).
   Each keeps the random.Random a real run would have made with the same seed string, and draws
   from it on every call: that value is the *default*, so a simulated run without a guide draws
@@ -188,6 +189,11 @@ class Scheduler:
         """A `random` of the simulator's own whose default is `default`, not a draw (the pressure
         tick's wait, a refill's lateness: sim/driver.py), so an unguided run is what it was."""
         return self._random(self._sid(stream), default)
+
+    def decide(self, stream: str) -> bool:
+        """A yes/no of the simulator's own whose default is no, not a draw (a device stall:
+        sim/world.py): a `chance` on `stream` the guide and the chooser see with p = 0."""
+        return self._chance(self._sid(stream), 0.0, False)
 
     def _ask(self, kind: str, sid: int, n: int | None, options: Sequence[str] | None,
              p: float | None, default: Any) -> Any | None:

@@ -30,6 +30,16 @@ Rules:
   resumed, as after SIGSTOP / SIGCONT), killed (everything it had pending is dropped, nothing of
   it runs again, as after SIGKILL) or stopped by its own loop (`stop()`: after the current step
   the world calls its `on_exit`, the shell's end_serving, and it is gone).
+- A device may stall (`World(..., stalls=True)`, sim/options.py `stalls`: the schedule search's
+  default). When a timer of a DMA engine comes due (the next chunk of a job, importer_svc/dma.py),
+  the device may instead hold that chunk until just after one of the exporter's pending timers
+  has fired: for each of them, latest first, a yes/no decision of the scheduler on the stream
+  `device:stall:<importer>` (default no, not a draw: an unguided run is what it was); the first
+  yes re-arms the chunk 1 ns after that timer, and the stalled chunk does not stall again. Only
+  the exporter's timers count because they are what happens without the device: its timeouts,
+  its memory manager's ticks, its polls and resends; between two of them nothing the exporter
+  does depends on how long the device slept, so "past timer k" for each k is every stall that
+  can make a difference, however long a device is slow. Without `stalls` nothing is asked.
 - A callback that raises is the process crashing: the world records the traceback, calls
   `on_exit` (a real shell's serve() runs end_serving in its `finally`) and the process is gone.
 """
@@ -46,6 +56,7 @@ from typing import Any, Callable
 from sim.scheduler import Scheduler
 
 T0 = 1_000_000_000
+STALL_STREAM = "device:stall:"    # + the importer: a device's stall decisions (see the rules above)
 WAIT = "(time)"    # the step option "let time pass" (only links can run: see World._may_wait)
 LANE_COST_NS = {"copy": 25_000, "dma": 10_000}
 Callback = Callable[[], None]
@@ -77,10 +88,11 @@ class SimProcess:
 
 
 class Actor:
-    __slots__ = ("name", "order", "process", "soon", "due", "queued", "cost", "slack")
+    __slots__ = ("name", "order", "process", "soon", "due", "queued", "cost", "slack", "lane")
 
-    def __init__(self, name: str, order: int, process: SimProcess, cost: int = 0) -> None:
+    def __init__(self, name: str, order: int, process: SimProcess, cost: int = 0, lane: str = "") -> None:
         self.name = name
+        self.lane = lane
         self.cost = cost                      # virtual ns a deferred call waits (LANE_COST_NS)
         self.slack = 0                        # ns its due work may wait (a chosen-delivery link)
         self.order = order
@@ -95,8 +107,9 @@ def _order(a: Actor) -> int:
 
 
 class World:
-    def __init__(self, scheduler: Scheduler, *, t0: int = T0) -> None:
+    def __init__(self, scheduler: Scheduler, *, t0: int = T0, stalls: bool = False) -> None:
         self.scheduler = scheduler
+        self.stalls = stalls                         # a DMA engine's timer may stall (see the rules)
         self.now = t0
         scheduler.clock = lambda: self.now   # a guide sees when each decision is asked
         self.t0 = t0
@@ -127,7 +140,7 @@ class World:
         view = process.lanes.get(lane)
         if view is None:
             actor = Actor(process.name + (f".{lane}" if lane else ""), self._actors, process,
-                          LANE_COST_NS.get(lane, 0))
+                          LANE_COST_NS.get(lane, 0), lane)
             self._actors += 1
             process.actors.append(actor)
             view = process.lanes[lane] = ActorLoop(self, actor)
@@ -215,6 +228,8 @@ class World:
                 actor = entry[2]
                 if actor is None:
                     callback()                    # a frame arrives: no step, no choice
+                elif len(entry) > 4 and not actor.process.dead and self._stall(entry):
+                    continue                      # the device holds this chunk past a timer
                 elif not actor.process.dead:
                     actor.due.append(entry)
                     if not actor.queued:
@@ -269,6 +284,19 @@ class World:
                 raise SimError(f"the simulation took more than {max_steps} steps without finishing")
 
 
+    def _stall(self, entry: list) -> bool:
+        """A DMA engine's timer `entry` is due: does the device stall it past one of the
+        exporter's pending timers (latest first; see the rules above)? If so it is re-armed,
+        unmarked, just after that timer."""
+        pending = sorted({e[0] for e in self._heap
+                          if e[3] is not None and e[2] is not None and e[2].name == "exporter"}, reverse=True)
+        stream = STALL_STREAM + entry[2].process.name
+        for t in pending:
+            if self.scheduler.decide(stream):
+                self.push(t + 1, entry[2], entry[3])
+                return True
+        return False
+
     def _may_wait(self) -> bool:
         """Only links (sim/network.py elastic) can run now, and the next timer or arrival comes
         before the first of their frames is due at the latest: time may pass first."""
@@ -312,7 +340,10 @@ class ActorLoop:
             self.world._wake(a)
 
     def call_at(self, t_ns: int, callback: Callback) -> list:
-        return self.world.push(t_ns, self.actor, callback)
+        entry = self.world.push(t_ns, self.actor, callback)
+        if self.world.stalls and self.actor.lane == "dma":
+            entry.append(True)                    # a device's timer: it may stall (World._stall)
+        return entry
 
     def call_later(self, seconds: float, callback: Callback) -> list:
         return self.world.push(self.world.now + int(seconds * 1e9), self.actor, callback)

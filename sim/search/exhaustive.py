@@ -7,6 +7,12 @@ The schedules. Inside the window (sim/search/trial.py) a schedule is its sequenc
   must arrive: sim/world.py);
 - a *fault*: whether a fault that --fault allows fires on this message, job or notification
   (its probability `p` is ignored: both outcomes are explored).
+- a *stall* (unless --no-stalls): whether a DMA engine's chunk, come due, is held past one of
+  the exporter's pending timers (sim/world.py: a yes/no per timer, latest first, on the stream
+  `device:stall:<importer>`). It is a fault node like the others: both outcomes, a yes costs 1
+  under either bound kind (each stalled chunk once, however long it waits, as a late frame is
+  counted once). A stall is decided when the chunk comes due, between steps; the chunk then runs
+  after an exporter step, which depends on every step of a service, so no sleeper outlives it.
 Everything else is fixed by the configuration: the seed's workload draws, every timer's time.
 
 The bound. The default schedule, every frame delivered 30 us after it was sent, ties in the

@@ -11,6 +11,8 @@ Rules (the paper's Algorithm 1 over the simulator's step decisions):
 - At every step decision the enabled actor with the highest priority runs. The one that runs the
   i-th change point's step then drops to priority i, below every actor that has not dropped.
 - Faults that --fault allows fire with their probability `p`, drawn from the schedule's generator.
+- A device's stall past an exporter timer (sim/world.py; unless --no-stalls) is a fault of
+  probability STALL_P (sim/search/trial.py), drawn from the same generator.
 Guarantee (the paper's theorem): a race that needs D ordering constraints among those k steps,
 with n actors, is found with probability at least 1 / (n * k^(D-1)) per schedule. With D = 1
 there is no change point: each schedule is one fixed random priority order.

@@ -3,6 +3,8 @@
 At every step decision inside the window (sim/search/trial.py) one option is taken uniformly at
 random: an enabled actor, a link delivering its oldest frame, or letting time pass while frames
 are in flight (sim/world.py WAIT). Each fault that --fault allows fires with its probability `p`.
+A device stalls a chunk past each pending exporter timer with probability STALL_P (0.1, sim/search/
+trial.py), drawn from the same generator (unless --no-stalls).
 Schedule i of a search seeded N walks with its own generator (seeded "N:i:walk"), so schedule i
 is the same whatever ran before it, on whichever machine: a search is resumable and spreads over
 workers by schedule number.

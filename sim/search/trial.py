@@ -44,9 +44,15 @@ from runtime.runparams import RunParams
 from sim.options import SimOptions
 from sim.run import _execute, _Lines, merged
 from sim.scheduler import Chooser, DecisionLog, Guide, ListGuide, Scheduler
-from sim.world import WAIT
+from sim.world import STALL_STREAM, WAIT
 
-FAULT_STREAMS = ("msgfault:", "device:", "process:")
+FAULT_STREAMS = ("msgfault:", "device:", "process:")   # device: includes device:stall: (sim/world.py)
+# A random or PCT search's chance that a device stalls its chunk past one given exporter timer
+# (asked for each pending one, latest first: sim/world.py). With the 2 to 4 timers an exporter
+# has pending, about one chunk in four stalls, past the farthest timer one time in ten: enough
+# that a schedule of the small configuration usually stalls some job, few enough that most jobs
+# run as drawn and the races that need punctual ordering are still found as often.
+STALL_P = 0.1
 _CONTROL, _START = b'"event":"control"', b'"op":"start"'
 _DMA_BEGIN, _DMA_END = b'"event":"dma_begin"', b'"event":"dma_end"'
 _STOP = b'"event":"workload_stop"'
@@ -157,6 +163,7 @@ class SearchChooser(Chooser):
         self.actors: set[str] = set()         # every name offered at a step decision in the window
         self.wait_points = 0                  # window step decisions that offered WAIT
         self.fault_points = 0                 # fault draws
+        self.stall_points = 0                 # stall decisions (sim/world.py; counted in fault_points too)
 
     def step(self, index: int, options: Sequence[str]) -> int:
         if not self.window.open:
@@ -174,6 +181,11 @@ class SearchChooser(Chooser):
         return live[k]
 
     def chance(self, index: int, stream: str, p: float, default: bool) -> bool:
+        if stream.startswith(STALL_STREAM):
+            if not self.window.open:
+                return default                # a stall is the search's choice inside the window only
+            self.stall_points += 1
+            p = STALL_P
         if stream.startswith(FAULT_STREAMS):
             self.fault_points += 1
             fired = self.choose_fault(index, stream, p, default)
