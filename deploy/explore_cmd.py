@@ -46,8 +46,11 @@ searches (--search):
               frames are in flight (the network preempted for one more event) or a fault firing
               (each fault --fault allows is a choice: duplicated or not, dropped or not, overtaken
               or not; p is ignored). --bound-kind late-frames counts each late frame once
-              instead, however late. Steps that touch different processes are explored in one
-              order only (sleep sets; sim/search/exhaustive.py says why that is sound). The result
+              instead, however late. Bound 0 first, then 1, ..., then B, so the first race found
+              needs the fewest; --bound none goes on until nothing is cut (the whole space).
+              --reduction dpor (the default) runs a reordering of two steps only when they
+              race; sleep-sets runs every order of dependent steps once; none every order
+              (brute force; sim/search/dpor.py says why the reductions are sound). The result
               is "exhausted: N schedules within bound B, no race" or the first race.
 
 what varies: the order of steps, when each message between services arrives (30 us to 2 ms
@@ -82,7 +85,10 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created; a rerun resumes)")
     e.add_argument("--search", default="random", metavar="random|pct|exhaustive", help=with_default("the search", "random"))
     e.add_argument("--depth", default="2", metavar="D", help=with_default("pct: the bug depth, D-1 priority change points", 2))
-    e.add_argument("--bound", default="2", metavar="B", help=with_default("exhaustive: preemptions (or late frames) allowed", 2))
+    e.add_argument("--bound", default="2", metavar="B|none",
+                   help=with_default("exhaustive: preemptions (or late frames) allowed; none: no bound", 2))
+    e.add_argument("--reduction", default=None, metavar="dpor|sleep-sets|none",
+                   help=with_default("exhaustive: the partial-order reduction", "dpor"))
     e.add_argument("--bound-kind", default="preemptions", metavar="preemptions|late-frames",
                    help=with_default("exhaustive: what the bound counts", "preemptions"))
     lim = e.add_mutually_exclusive_group()
@@ -148,13 +154,19 @@ def _float(name: str, text: str) -> float:
 def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     from sim.explore import SEARCHES, Limits, Spec
     from sim.options import SimOptions
+    from sim.search.dpor import DPOR, REDUCTIONS
     from sim.search.exhaustive import BOUND_KINDS
     from sim.search.trial import Config
 
     if args.search not in SEARCHES:
         raise OptionError(f"--search must be one of {', '.join(SEARCHES)}, got {args.search!r}")
     depth = _int("--depth", args.depth, 1)
-    bound = _int("--bound", args.bound, 0)
+    bound = None if str(args.bound) == "none" else _int("--bound", args.bound, 0)
+    if args.reduction is not None and args.search != "exhaustive":
+        raise OptionError(f"--reduction is for --search exhaustive, not {args.search}")
+    reduction = DPOR if args.reduction is None else args.reduction
+    if reduction not in REDUCTIONS:
+        raise OptionError(f"--reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     if args.bound_kind not in BOUND_KINDS:
         raise OptionError(f"--bound-kind must be one of {', '.join(BOUND_KINDS)}, got {args.bound_kind!r}")
     schedules = _int("--schedules", args.schedules, 1) if args.schedules is not None else None
@@ -174,7 +186,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     params = options.resolve(args.scenario, flags)
     sim = SimOptions(network="chosen", jobs=_int("--dma-jobs", args.dma_jobs, 0), moves=_int("--moves", args.moves, 0),
                      stalls=not args.no_stalls)
-    spec = Spec(Config(params, sim), args.search, params.seed, depth, bound, args.bound_kind)
+    spec = Spec(Config(params, sim), args.search, params.seed, depth, bound, args.bound_kind, reduction)
     return spec, (Limits(schedules, seconds, args.all), jobs)
 
 
@@ -192,6 +204,8 @@ def check_size(spec: Any) -> None:
     trial, chooser = default_trial(spec.config)
     if trial.error is not None:
         raise OptionError(f"the configuration's default schedule does not run: {trial.error}")
+    if spec.bound is None:
+        return                   # no estimate without a bound: it deepens until nothing is cut
     points = chooser.wait_points + chooser.fault_points
     n = estimate(points, spec.bound, spec.bound_kind)
     if n > MAX_EXHAUSTIVE:
@@ -213,13 +227,19 @@ def result_lines(r: dict[str, Any], out: Path) -> list[str]:
     kinds = sorted(set(races) & set(CATCHES))
     found = "race" if set(races) - set(CATCHES) else f"{', '.join(kinds)} (a finding, no race)"
     if r["search"] == "exhaustive":
+        within = (f"within bound {r['bound']}" if r["bound"] is not None
+                  else "with no bound (the whole space: no option was over a bound)")
+        unbounded_so_far = f"bound {r['level']} so far" if r["bound"] is None else f"within bound {r['bound']}"
+        cut = ", ".join(f"{v} by {k}" for k, v in r["cut_by"].items() if k != "bound")
         if r["exhausted"] and not races:
-            lines.append(f"exhausted: {r['schedules']} schedules within bound {r['bound']} ({r['bound_kind']}), no race"
-                         f" ({r['blocked']} more cut short by sleep sets)")
+            lines.append(f"exhausted: {r['schedules']} schedules {within} ({r['bound_kind']}, reduction "
+                         f"{r['reduction']}), no race (cut: {cut})")
         elif races:
-            lines.append(f"{found} in schedule {r['first_race_schedule']} of the exhaustive search (bound {r['bound']})")
+            lines.append(f"{found} in schedule {r['first_race_schedule']} of the exhaustive search "
+                         f"(bound {r['bound'] if r['bound'] is not None else 'none'}, reduction {r['reduction']}, "
+                         f"shallowest first)")
         else:
-            lines.append(f"not exhausted: {r['schedules']} schedules within bound {r['bound']} so far, no race")
+            lines.append(f"not exhausted: {r['schedules']} schedules {unbounded_so_far}, no race")
     elif races:
         lines.append(f"{found} in schedule {r['first_race_schedule']} ({r['search']})")
     else:

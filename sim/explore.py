@@ -50,6 +50,7 @@ from runtime.runparams import from_mapping
 from sim.executor import Pool, executor
 from sim.options import DEVICES, SimOptions
 from sim.progress import Reporter, SearchProgress, Silent
+from sim.search.dpor import DPOR, NONE
 from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
@@ -63,15 +64,21 @@ MAX_SAVED = 20                  # race directories kept
 CHECKPOINT_S = 2.0
 SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below this many choice points
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
+UNBOUNDED = 1 << 30             # --bound none across workers: a bound no schedule reaches
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
           "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
-          "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config", "devices")
+          "depth", "seed", "blocked", "pct", "saved", "shrunk", "interrupted", "complete", "config", "devices",
+          "reduction", "traces", "cut_by", "snapshots", "states_cached", "level")
 # witness.md's title for a catch that is a checker finding, not a race (one for each of CATCHES)
 CATCH_TITLES = {"deadlock": "Deadlock", "revoke_incomplete": "Revocation incomplete (revoke_incomplete)",
                 "refcount_warning": "Refcount warning (refcount_warning)",
                 "stuck": "Stuck: no progress by the end of the drain (stuck)"}
 assert set(CATCH_TITLES) == set(CATCHES), f"CATCH_TITLES must name every one of checker/findings.py CATCHES {CATCHES}"
+
+
+def bound_text(bound: int | None) -> str:
+    return "none" if bound is None else str(bound)
 
 
 class ExploreError(ValueError):
@@ -86,18 +93,24 @@ class Spec:
     search: str
     seed: int = 1
     depth: int = 2
-    bound: int = 2
+    bound: int | None = 2                    # None: no bound (exhaustive deepens until nothing is cut)
     bound_kind: str = PREEMPTIONS
+    reduction: str = DPOR                    # exhaustive: sim/search/dpor.py REDUCTIONS
 
     def as_dict(self) -> dict[str, Any]:
         return {"config": self.config.as_dict(), "search": self.search, "seed": self.seed, "depth": self.depth,
-                "bound": self.bound, "bound_kind": self.bound_kind}
+                "bound": self.bound, "bound_kind": self.bound_kind, "reduction": self.reduction}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Spec":
         c = d["config"]
         return cls(Config(from_mapping(c["params"], "explore spec"), SimOptions(**c["sim"])), d["search"], d["seed"],
-                   d["depth"], d["bound"], d["bound_kind"])
+                   d["depth"], d["bound"], d["bound_kind"], d.get("reduction", DPOR))
+
+    @property
+    def split_bound(self) -> int:
+        """The bound of a search split across workers (no deepening there)."""
+        return UNBOUNDED if self.bound is None else self.bound
 
     def key(self) -> str:
         """What makes two searches the same search (the limits do not)."""
@@ -105,7 +118,7 @@ class Spec:
         if self.search != "pct":
             d.pop("depth")
         if self.search != "exhaustive":
-            d.pop("bound"), d.pop("bound_kind")
+            d.pop("bound"), d.pop("bound_kind"), d.pop("reduction")
         else:
             d.pop("seed")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -151,14 +164,16 @@ def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_a
 
 
 def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], stop_at_race: bool) -> dict[str, Any]:
-    """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes)."""
-    from sim.search import exhaustive
+    """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes), at
+    the search's bound (no deepening: the subtrees are cut at that bound), with its reduction
+    below the prefix (the prefix's choice points are explored in full: sim/explore.py subtrees)."""
+    from sim.search import dpor
     spec = Spec.from_dict(spec_d)
     stack = [node_from_dict(d) for d in prefix]
     done: list[dict[str, Any]] = []
     blocked = 0
-    for trial, _ in exhaustive.explore(spec.config, spec.bound, kind=spec.bound_kind, stack=stack,
-                                       floor=len(prefix)):
+    for trial, _, _, _ in dpor.explore(spec.config, spec.split_bound, reduction=spec.reduction, kind=spec.bound_kind,
+                                       stack=stack, floor=len(prefix), deepen=False):
         if trial.blocked:
             blocked += 1
             continue
@@ -189,6 +204,10 @@ class State:
     exhausted: bool = False
     complete: bool = False
     pct: dict[str, Any] | None = None
+    level: int = 0                          # exhaustive, one process: the bound of the current pass
+    over_bound: int = 0                     # exhaustive: options the current pass's bound cut
+    cheaper: int = 0                        # exhaustive: schedules re-run by a deeper pass (counted at their level)
+    unraced: int = 0                        # exhaustive, dpor: options no race asked for, so never run
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -307,7 +326,8 @@ class Explorer:
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.load()
         title = (f"explore {self.spec.config.params.strategy} {self.spec.search}"
-                 + (f" bound {self.spec.bound}" if self.spec.search == "exhaustive" else ""))
+                 + (f" bound {bound_text(self.spec.bound)}, reduction {self.spec.reduction}"
+                    if self.spec.search == "exhaustive" else ""))
         if resumed and self.state.complete:
             self.reporter.say(f"{self.out}: this search was finished before; nothing to search")
             self._maybe_shrink()
@@ -349,6 +369,8 @@ class Explorer:
 
     def _progress(self, note: str = "") -> None:
         st = self.state
+        if self.spec.search == "exhaustive" and self.spec.reduction != NONE:
+            note = f"{self._rate():,.1f} traces/s, " + note
         self.reporter.update(SearchProgress(st.schedules, self._rate(), dict(st.races), note))
 
     def _sampled(self, be: Pool) -> None:
@@ -400,21 +422,33 @@ class Explorer:
                 return
 
     def _exhaustive_here(self) -> None:
-        from sim.search import exhaustive
+        """Level by level (sim/search/dpor.py explore): a schedule is recorded at the level of
+        its cost, so schedule numbers run shallowest first."""
+        from sim.search import dpor
         st, spec = self.state, self.spec
         stack = None
         if st.stack is not None:
             stack = [node_from_dict(d) for d in st.stack]
-            if not backtrack(stack, spec.bound):
-                st.exhausted = True
-                return
-        for trial, stack in exhaustive.explore(spec.config, spec.bound, kind=spec.bound_kind, stack=stack):
+            if not backtrack(stack, st.level):
+                if spec.bound is not None and st.level >= spec.bound or spec.bound is None and st.over_bound == 0:
+                    st.exhausted = True
+                    return
+                st.level, st.over_bound, stack = st.level + 1, 0, None
+        for trial, stack, level, cost in dpor.explore(spec.config, spec.bound, reduction=spec.reduction,
+                                                      kind=spec.bound_kind, start=st.level, stack=stack,
+                                                      over_bound=st.over_bound):
+            if level.bound != st.level:
+                st.unraced = 0                  # each pass is a whole search: its own count
+            st.level, st.over_bound, st.unraced = level.bound, level.over_bound, st.unraced + level.unraced
+            level.unraced = 0
             if trial.blocked:
                 st.blocked += 1
+            elif cost < level.bound:
+                st.cheaper += 1
             else:
                 self._record(st.schedules + 1, summary(st.schedules + 1, trial))
             st.stack = [node_to_dict(n) for n in stack]
-            self._progress(f"{st.blocked} cut by sleep sets")
+            self._progress(f"bound {level.bound}, {st.blocked} cut by sleep sets")
             self.checkpoint()
             if self._stop():
                 return
@@ -497,9 +531,25 @@ class Explorer:
             "pct": st.pct, "saved": st.saved, "shrunk": shrunk, "interrupted": self.interrupted,
             "complete": st.complete, "config": spec.config.as_dict(),
             "devices": DEVICES[spec.config.options.stalls],     # the timing the verdict assumes
+            **self._search_fields(),
         }
         (self.out / "explore.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
+
+
+    def _search_fields(self) -> dict[str, Any]:
+        """The exhaustive search's own (FIELDS): its reduction, the classes it explored (each
+        schedule of dpor and sleep-sets is a Mazurkiewicz class of its own: sim/search/dpor.py;
+        brute force does not know its classes), what cut the rest, and the pass it is at. No
+        snapshot is taken and no state is cached (every schedule runs from start-up)."""
+        st, spec = self.state, self.spec
+        if spec.search != "exhaustive":
+            return {k: None for k in ("reduction", "traces", "cut_by", "snapshots", "states_cached", "level")}
+        cut = {"sleep-sets": st.blocked, "bound": st.over_bound}
+        if spec.reduction == DPOR:
+            cut["no-race"] = st.unraced
+        return {"reduction": spec.reduction, "traces": st.schedules if spec.reduction != NONE else None,
+                "cut_by": cut, "snapshots": 0, "states_cached": None, "level": st.level}
 
 
 def _read_decisions(run_dir: Path) -> tuple[list, list]:
@@ -518,7 +568,7 @@ def subtrees(spec: Spec, depth: int) -> Iterator[list[dict[str, Any]]]:
     stack: list[Node] = []
     with fence_tracing():
         while True:
-            chooser = DfsChooser(spec.seed, stack, spec.bound, spec.bound_kind)
+            chooser = DfsChooser(spec.seed, stack, spec.split_bound, spec.bound_kind, reduce=spec.reduction != NONE)
             run_trial(spec.config, chooser, setup=chooser.setup)
             if chooser.depth < len(stack):
                 raise Diverged("a prefix did not replay")
@@ -528,7 +578,7 @@ def subtrees(spec: Spec, depth: int) -> Iterator[list[dict[str, Any]]]:
                     d["footprints"] = {k: EVERYTHING.as_dict() for k in d["footprints"]}
             yield prefix
             del stack[depth:]
-            if not backtrack(stack, spec.bound):
+            if not backtrack(stack, spec.split_bound):
                 return
 
 

@@ -59,6 +59,7 @@ T0 = 1_000_000_000
 STALL_STREAM = "device:stall:"    # + the importer: a device's stall decisions (see the rules above)
 WAIT = "(time)"    # the step option "let time pass" (only links can run: see World._may_wait)
 LANE_COST_NS = {"copy": 25_000, "dma": 10_000}
+TIME_PASSED: frozenset = frozenset()    # the observer's `touched` when time moved with nothing to run
 Callback = Callable[[], None]
 
 
@@ -124,7 +125,8 @@ class World:
         self.done = False
         # The schedule search's view of each step (sim/search/exhaustive.py): when `observer` is
         # set, `touched` collects the actors a step gave work to and the processes it signalled,
-        # and observer(actor, touched) is called after it; observer(None, None) when time passes.
+        # and observer(actor, touched) is called after it; observer(None, None) when a WAIT lets
+        # time pass, observer(None, TIME_PASSED) when it passes because nothing can run.
         self.observer: Callable[[Actor | None, set | None], None] | None = None
         self.touched: set | None = None
 
@@ -242,6 +244,8 @@ class World:
                     raise SimError(f"the simulation ran past {(max_t - self.t0) / 1e9:g} virtual seconds "
                                    f"without finishing (the driver is still waiting)")
                 self.now = t
+                if self.observer is not None:
+                    self.observer(None, TIME_PASSED)
                 continue
             if len(ready) == 1 and not ready[0].slack:
                 actor = ready[0]

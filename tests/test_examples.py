@@ -12,6 +12,7 @@ must exist. Every other command is an example, and is run:
   last process fault the example schedules) and every path under a fresh directory;
 - `check`, `status`, `down`, `compare --table-only` after the example that made their directory
   (in the same test, so that one run serves all its readers);
+- `explore` without --schedules or --time, stopped after EXPLORE_SCHEDULES schedules;
 - `campaign` and `bench`, which take minutes, with their --dry-run: every run's parameters, the
   fault plans and the scheduler address are checked as a real campaign checks them;
 - `down --all` with --dry-run: it acts on every run of the machine, other tests' included.
@@ -50,6 +51,7 @@ NOT_COLLECTED = {
 }
 PAGES = [README, *sorted(p for p in DOCS.glob("*.md") if p.name not in NOT_COLLECTED)]
 SHORT_S = 0.5
+EXPLORE_SCHEDULES = 200   # an explore example without --schedules or --time stops here
 PROGRAMS = ("dmabuf-emu", ".venv/bin/dmabuf-emu")
 PLACEHOLDER = re.compile(r"\.\.\.|[\[\]|]|^[A-Z]$|[A-Z]{2,}")
 WORKLOADS = {"run", "up", "demo", "compare", "sim"}
@@ -215,6 +217,11 @@ def adapt(cmd: tuple[str, ...]) -> list[str]:
         out.append(w)
     if out[0] in WORKLOADS and out[0] != "up" and not {"--table-only", "--help", "-h"} & set(out):
         out += ["--duration", f"{max(SHORT_S, _process_fault_end(out) + 0.5):g}"]
+    if out[0] == "explore" and not {"--schedules", "--time", "--around", "--help", "-h"} & set(out):
+        # an exhaustive search runs until its space is done: minutes once devices may stall (the
+        # default); the example is checked to start, search and report, as a run is with its
+        # --duration cut
+        out += ["--schedules", str(EXPLORE_SCHEDULES)]
     if out[0] in DRY_RUN and "--report-only" not in out:
         out.append("--dry-run")
     if out[0] == "down" and "--all" in out and "--dry-run" not in out:

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from sim.search.trial import Blocked, Config, SearchChooser, Trial, run_trial
-from sim.world import WAIT, Actor, SimProcess
+from sim.world import TIME_PASSED, WAIT, Actor, SimProcess
 
 STEP, FAULT = "step", "fault"
 PREEMPTIONS, LATE = "preemptions", "late-frames"
@@ -184,9 +184,14 @@ class Node:
     sleep: dict[str, Footprint]              # asleep on entry: name -> footprint
     tried: list[int] = field(default_factory=list)     # options explored, in order; the last is current
     footprints: dict[int, Footprint] = field(default_factory=dict)
+    backtrack: set[int] | None = None        # DPOR (sim/search/dpor.py): the options to explore; None: all
 
     def cost(self, option: int) -> int:
         return self.costs[option]
+
+    def candidates(self) -> Iterator[int]:
+        """The options this node may still explore, in order (all of them, or DPOR's backtrack set)."""
+        return iter(range(len(self.options)) if self.backtrack is None else sorted(self.backtrack))
 
     def available(self, option: int, bound: int) -> bool:
         if option in self.tried or self.cost_before + self.cost(option) > bound:
@@ -228,6 +233,7 @@ class DfsChooser(SearchChooser):
         self._pending: tuple[Node, int] | None = None   # the step node whose option runs next
         self.delivered: dict[str, int] = {}   # link -> frames it delivered: (link, n) names its head
         self.held: set[tuple[str, int]] = set()          # frames a WAIT has held back so far
+        self.last: Footprint = EVERYTHING     # the footprint of the step observed last
 
     def _heads(self, options: tuple[str, ...]) -> set[tuple[str, int]]:
         return {(o, self.delivered.get(o, 0)) for o in options if o != WAIT}
@@ -255,10 +261,14 @@ class DfsChooser(SearchChooser):
             if first is None:
                 raise Blocked()
             node.tried.append(first)
+            self.fresh(node)
             self.stack.append(node)
         self.depth += 1
         self.cost += node.cost(node.chosen)
         return node
+
+    def fresh(self, node: Node) -> None:
+        """A choice point seen for the first time (sim/search/dpor.py sets its backtrack set)."""
 
     def choose_step(self, index: int, options: Sequence[str]) -> int:
         node = self._node(index, STEP, tuple(options))
@@ -276,12 +286,17 @@ class DfsChooser(SearchChooser):
         _traced[:] = [world]
 
     def observe(self, actor: Actor | None, touched: set | None) -> None:
-        """The world's per-step hook: record the footprint, wake the sleepers it touches."""
+        """The world's per-step hook: record the footprint, wake the sleepers it touches. Time
+        passing with nothing to run (TIME_PASSED) is no step and wakes nobody (as before the
+        world reported it: only sim/search/dpor.py reads it)."""
+        if actor is None and touched is TIME_PASSED:
+            return
         if actor is not None and actor.name in self.sleep:
             raise Blocked()                   # a sleeper ran with nothing else to run: explored already
         if actor is not None and actor.process.name == "net":
             self.delivered[actor.name] = self.delivered.get(actor.name, 0) + 1
         fp = EVERYTHING if actor is None or not self.reduce else footprint_of(touched or set())
+        self.last = fp
         pending, self._pending = self._pending, None
         if pending is not None:
             node, option = pending
@@ -296,7 +311,7 @@ def backtrack(stack: list[Node], bound: int) -> bool:
     it, everything below is forgotten. False when nothing is left: exhausted."""
     while stack:
         node = stack[-1]
-        nxt = next((o for o in range(len(node.options)) if node.available(o, bound)), None)
+        nxt = next((o for o in node.candidates() if node.available(o, bound)), None)
         if nxt is not None:
             node.tried.append(nxt)
             return True
@@ -332,13 +347,15 @@ def _backtrack_above(stack: list[Node], bound: int, floor: int) -> bool:
 def node_to_dict(n: Node) -> dict[str, Any]:
     return {"index": n.index, "kind": n.kind, "options": list(n.options), "cost_before": n.cost_before,
             "costs": list(n.costs), "sleep": {k: v.as_dict() for k, v in n.sleep.items()}, "tried": list(n.tried),
-            "footprints": {str(k): v.as_dict() for k, v in n.footprints.items()}}
+            "footprints": {str(k): v.as_dict() for k, v in n.footprints.items()},
+            "backtrack": None if n.backtrack is None else sorted(n.backtrack)}
 
 
 def node_from_dict(d: dict[str, Any]) -> Node:
     return Node(d["index"], d["kind"], tuple(d["options"]), d["cost_before"], tuple(d["costs"]),
                 {k: Footprint.from_dict(v) for k, v in d["sleep"].items()}, list(d["tried"]),
-                {int(k): Footprint.from_dict(v) for k, v in d["footprints"].items()})
+                {int(k): Footprint.from_dict(v) for k, v in d["footprints"].items()},
+                None if d.get("backtrack") is None else set(d["backtrack"]))
 
 
 def prefix_of(stack: Sequence[Node]) -> list[int]:

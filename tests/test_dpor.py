@@ -1,0 +1,188 @@
+"""The exhaustive search's reductions against brute force, and its shallowest-first order.
+
+A reduction is trusted only where it agrees with brute force: on configurations small enough for
+`--reduction none` to enumerate, the dpor search must report the same races (kind, buffer) and
+the same end states (the sha256 of each schedule's whole merged history: both halves' events, in
+order, with their times) as brute force, bounded (1 and 2) and, where it finishes, unbounded.
+A wrong dependency relation (a footprint missing something two steps share) shows up here as an
+end state or a race brute force has and dpor lacks. The larger configurations are `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy import cli
+from runtime import faults as F
+from sim.search import dpor
+from tests.test_explore import config
+
+# the configurations: (strategy, run parameters, --dma-jobs, --moves, --fault ...)
+TINY = dict(importers=1, buffers=1, duration=0.01)
+MNA = ("move-notify-ack", dict(importers=2, buffers=1, duration=0.01), 1, 1, ())
+MUTANT = ("move-notify", TINY, 1, 1, ())          # races (stale_read) in this configuration
+EARLY_SIGNAL = ("resv-fence+early-signal", dict(importers=1, buffers=2, duration=0.01), 1, 1, ())
+RF_DUP = ("resv-fence", dict(importers=1, buffers=2, duration=0.01), 1, 1, ("dup:target=importers",))
+REVOKE = ("revoke", TINY, 1, 0, ("revoke:at=0.001,for=0.002,target=0",))
+RF_TWO = ("resv-fence", dict(importers=2, buffers=2), 1, 1, ())   # two importers: ties between services
+
+
+def cfg_of(strategy: str, params: dict, jobs: int, moves: int, fault_specs: tuple[str, ...]):
+    fs = tuple(F.canonical(F.parse_cli(f)) for f in fault_specs)
+    return config(strategy, jobs=jobs, moves=moves, **params, **({"faults": fs} if fs else {}))
+
+
+def outcomes(cfg, bound: int | None, reduction: str) -> tuple[int, set, set]:
+    """(schedules, races as (kind, buffer), end states) of a search. Brute force at a bound runs
+    the bound alone (a deepening pass re-runs the cheaper schedules: the same sets, more time)."""
+    deepen = not (reduction == dpor.NONE and bound is not None)
+    n, races, ends = 0, set(), set()
+    for trial, _, level, cost in dpor.explore(cfg, bound, reduction=reduction, deepen=deepen):
+        if trial.blocked or (deepen and cost < level.bound):
+            continue
+        n += 1
+        races |= {(r.kind, r.buffer) for r in trial.races}
+        ends.add(trial.history_sha256)
+    return n, races, ends
+
+
+def agree(case: tuple, bound: int | None) -> tuple[int, int]:
+    cfg = cfg_of(*case)
+    n_none, races_none, ends_none = outcomes(cfg, bound, dpor.NONE)
+    n_dpor, races_dpor, ends_dpor = outcomes(cfg, bound, dpor.DPOR)
+    assert races_dpor == races_none, (case[0], bound, races_none - races_dpor)
+    assert ends_dpor == ends_none, (case[0], bound, f"{len(ends_none - ends_dpor)} end states missed")
+    assert n_dpor <= n_none
+    return n_none, n_dpor
+
+
+@pytest.mark.parametrize("case", [MUTANT, EARLY_SIGNAL, RF_DUP, REVOKE], ids=lambda c: c[0] + (" " + c[4][0] if c[4] else ""))
+def test_dpor_agrees_with_brute_force_at_bound_1(case: tuple) -> None:
+    agree(case, 1)
+
+
+def test_dpor_agrees_with_brute_force_at_bound_2_and_races() -> None:
+    n_none, n_dpor = agree(MUTANT, 2)
+    assert n_dpor < n_none
+    _, races, _ = outcomes(cfg_of(*MUTANT), 2, dpor.DPOR)
+    assert races == {("stale_read", 0)}          # the comparison is not between two empty sets
+
+
+def test_dpor_agrees_with_brute_force_with_two_importers_at_bound_0() -> None:
+    assert agree(RF_TWO, 0) == (144, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [MNA, RF_TWO, REVOKE, RF_DUP], ids=lambda c: c[0])
+def test_dpor_agrees_with_brute_force_slow(case: tuple) -> None:
+    """Minutes each: brute force makes 15,786 schedules of MNA and 10,248 of RF_TWO at bound 1."""
+    agree(case, 1 if case in (MNA, RF_TWO) else 2)
+
+
+def test_a_race_ask_for_its_reversal_and_only_there() -> None:
+    """The analysis: two dependent steps of different actors at one instant add the second's
+    actor at the first's choice point; an independent pair adds nothing; a clock event between
+    them orders them (nothing added); an actor the choice point did not offer opens it whole."""
+    from sim.search.exhaustive import STEP, Footprint, Node
+
+    def node(*options: str) -> Node:
+        return Node(0, STEP, options, 0, (0,) * len(options), {}, [0], {}, {0})
+
+    a, b = Footprint(frozenset({"exporter"})), Footprint(frozenset({"importer-1"}))
+    n1 = node("exporter", "importer-1")
+    assert dpor.analyse([dpor.Event("exporter", a, n1), dpor.Event("importer-1", b, None)]) == 0
+    assert n1.backtrack == {0}                   # independent: one order is enough
+    assert dpor.analyse([dpor.Event("exporter", a, n1), dpor.Event("exporter.copy", a, None)]) == 1
+    assert n1.backtrack is None                  # exporter.copy was not offered there: every option
+    n2 = node("exporter", "importer-1.dma")
+    dpor.analyse([dpor.Event("exporter", a, n2), dpor.Event("importer-1.dma", a, None)])
+    assert n2.backtrack == {0, 1}
+    n3 = node("exporter", "importer-1.dma")
+    dpor.analyse([dpor.Event("exporter", a, n3), dpor.Event(dpor.CLOCK, dpor.EVERYTHING, None, True),
+                  dpor.Event("importer-1.dma", a, None)])
+    assert n3.backtrack == {0}
+    n4 = node("exporter", "importer-1.dma")
+    dpor.analyse([dpor.Event("exporter", a, n4), dpor.Event("exporter", a, None)])
+    assert n4.backtrack == {0}                   # one actor's steps are in program order
+
+
+# ---------------------------------------------------------------------------------- shallowest first
+
+TEST_STRATEGY = '''"""resv-fence-trusts-replies: resv-fence without the importer's STALE_REPLY rule (tests/test_dpor.py).
+
+Rules: those of resv-fence, except that a map reply is taken as it comes, even one the exporter
+resent from its reply cache after the buffer's move was announced.
+Hazard: a dropped map reply, the map retried, the cached reply resent after the move: the job
+runs on the old placement. The witness needs one dropped message and no preemption.
+"""
+
+import dataclasses
+
+from protocol.importer import AttEvent, AttState, IGuard, ImporterSpec
+from protocol.strategies import resv_fence
+
+NAME = "resv-fence-trusts-replies"
+SUMMARY = "resv-fence taking a resent map reply as fresh"
+
+EXPORTER = dataclasses.replace(resv_fence.EXPORTER, strategy=NAME)
+_KEY = (AttState.MAPPING, AttEvent.MAP_OK)
+IMPORTER = ImporterSpec(NAME, {**resv_fence.IMPORTER.table,
+                               _KEY: tuple(r for r in resv_fence.IMPORTER.table[_KEY] if r.when is not IGuard.STALE_REPLY)})
+'''
+
+
+def explore(out: Path, *argv: str) -> tuple[int, dict]:
+    rc = cli.main(["explore", "--out", str(out), "--quiet", *argv])
+    data = json.loads((out / "explore.json").read_text()) if (out / "explore.json").exists() else {}
+    return rc, data
+
+
+def test_the_race_needing_one_dropped_message_is_found_first(tmp_path: Path) -> None:
+    """Bound 0, then 1, then 2: the first race found is one whose schedule drops one message and
+    holds nothing back, within 20 schedules (a depth-first search of bound 2 reaches its deep
+    schedules first)."""
+    strategy = tmp_path / "resv_fence_trusts_replies.py"
+    strategy.write_text(TEST_STRATEGY)
+    rc, r = explore(tmp_path / "x", "--strategy", str(strategy), "--search", "exhaustive", "--bound", "2",
+                    "--importers", "1", "--moves", "1", "--fault", "drop:target=exporter,op=map")
+    assert rc == 0 and r["races"] and r["first_race_schedule"] <= 20, r
+    assert r["shrunk"]["before"]["deviations"] == {"waits": 0, "ties": 0, "faults": 1}, r["shrunk"]
+    assert r["level"] == 1 and r["reduction"] == "dpor"
+
+
+# ---------------------------------------------------------------------------------- the command
+
+def test_explore_json_says_what_the_search_cut(tmp_path: Path) -> None:
+    rc, r = explore(tmp_path / "x", "--strategy", "resv-fence", "--search", "exhaustive", "--bound", "1",
+                    "--importers", "1", "--dma-jobs", "1", "--moves", "1")
+    assert rc == 0 and r["exhausted"] and not r["races"]
+    assert r["reduction"] == "dpor" and r["traces"] == r["schedules"] > 0
+    assert set(r["cut_by"]) == {"sleep-sets", "bound", "no-race"} and r["cut_by"]["bound"] > 0
+    assert r["snapshots"] == 0 and r["states_cached"] is None and r["level"] == 1
+    rc, b = explore(tmp_path / "b", "--strategy", "resv-fence", "--search", "exhaustive", "--bound", "1",
+                    "--importers", "1", "--dma-jobs", "1", "--moves", "1", "--reduction", "none")
+    assert rc == 0 and b["exhausted"] and b["traces"] is None and b["schedules"] > r["schedules"]
+    assert b["distinct_histories"] == r["distinct_histories"]
+
+
+def test_bound_none_explores_the_whole_space_and_says_so(tmp_path: Path) -> None:
+    rc, r = explore(tmp_path / "x", "--strategy", "move-notify-ack", "--search", "exhaustive", "--bound", "none",
+                    "--importers", "1", "--buffers", "1", "--dma-jobs", "1", "--moves", "0", "--duration", "0.01")
+    assert rc == 0 and r["exhausted"] and r["bound"] is None and r["cut_by"]["bound"] == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--search", "exhaustive", "--reduction", "partial"], "--reduction must be one of dpor, sleep-sets, none"),
+    (["--search", "random", "--reduction", "dpor"], "--reduction is for --search exhaustive, not random"),
+    (["--search", "pct", "--reduction", "none"], "--reduction is for --search exhaustive, not pct"),
+    (["--search", "exhaustive", "--bound", "some"], "--bound must be a whole number"),
+])
+def test_bad_reduction_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                             message: str) -> None:
+    assert cli.main(["explore", "--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x").exists()
