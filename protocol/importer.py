@@ -949,8 +949,23 @@ def compile_spec(spec: ImporterSpec, kind: str | None = None) -> dict[tuple[Any,
     if stray:
         raise TableError(spec.strategy, "importer", None, f"kinds names {stray[0]!r}, not an importer kind "
                                                          f"({', '.join(IMPORTER_KINDS)})")
-    tables = {k: _compile_kind(spec, k) for k in ((kind,) if kind is not None else IMPORTER_KINDS)}
-    return tables[kind if kind is not None else "dynamic"]
+    try:
+        key = (spec.strategy, tuple(spec.table.items()), tuple((k, tuple(v.items())) for k, v in spec.kinds.items()),
+               spec.breaks, kind)
+        table = _COMPILED.get(key)
+    except TypeError:                       # something unhashable in a user's table: checked below
+        key, table = None, None
+    if table is None:
+        tables = {k: _compile_kind(spec, k) for k in ((kind,) if kind is not None else IMPORTER_KINDS)}
+        table = tables[kind if kind is not None else "dynamic"]
+        if key is not None and len(_COMPILED) < 256:
+            _COMPILED[key] = table
+    return table
+
+
+# Compiled tables by the spec's whole content and the kind (as protocol/exporter/moves.py's
+# _COMPILED: the simulator starts the same strategy's importers once per schedule). Read-only.
+_COMPILED: dict[tuple, dict[tuple[Any, AttEvent], Any]] = {}
 
 
 def running(spec: ImporterSpec, kind: str = "dynamic") -> list[machine.RunningRow]:

@@ -771,12 +771,33 @@ class CompiledSpec:
     # the declared timers, name -> length (protocol/timers.py), the notify timer's included
 
 
+# Compiled tables by the spec's whole content: a service starts once per run, but the simulator
+# starts the same strategy's services once per schedule, and checking a table costs more than
+# most schedules' steps. Keyed by content, not identity: a spec whose dicts were changed is a new
+# key. Read-only to everyone (the interpreter only reads), so sharing one is safe.
+_COMPILED: dict[tuple, CompiledSpec] = {}
+
+
 def compile_spec(spec: ExporterSpec) -> CompiledSpec:
     """Check a strategy's exporter table and complete it (see the rules at the top); TableError
-    naming the strategy, the row and what is wrong."""
+    naming the strategy, the row and what is wrong. Pure: the same content gives the same table
+    (cached, _COMPILED)."""
     if not isinstance(spec, ExporterSpec):
         raise TableError(getattr(spec, "strategy", "?"), "exporter", None,
                          f"EXPORTER must be an ExporterSpec, got {type(spec).__name__}")
+    try:
+        key = (spec.strategy, tuple(spec.table.items()), spec.breaks, tuple(sorted(spec.timers.items())))
+        compiled = _COMPILED.get(key)
+    except TypeError:                       # something unhashable in a user's table: checked below
+        key, compiled = None, None
+    if compiled is None:
+        compiled = _compile(spec)
+        if key is not None and len(_COMPILED) < 256:
+            _COMPILED[key] = compiled
+    return compiled
+
+
+def _compile(spec: ExporterSpec) -> CompiledSpec:
     name = spec.strategy
     try:
         declared = timers.check(spec.timers)
