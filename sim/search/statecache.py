@@ -264,34 +264,50 @@ class _Sim:
     """One simulated cache over the DFS: which fresh choice points it would cut."""
 
     def __init__(self) -> None:
-        self.seen: dict[bytes, list[tuple[int, frozenset, Any, int]]] = {}  # key -> (budget, asleep, node, now)
+        self.seen: dict[bytes, list[tuple[int, frozenset, Any, int, Any]]] = {}  # key -> (budget, asleep, node, now, where)
         self.hits = 0
         self.shifted = 0                      # hits whose first visit was at another instant
+        self.more_asleep = 0                  # seen with enough bound, but more asleep then: no hit
         self.cut: set[int] = set()            # id(node) of the choice points it cut (on the stack)
+        self.pairs: list[tuple[Any, Any]] = []   # (first visit, hit): their `where` (sampled)
 
-    def visit(self, key: bytes, budget: int, asleep: frozenset, node: Any, stack: list, now: int) -> None:
+    def visit(self, key: bytes, budget: int, asleep: frozenset, node: Any, stack: list, now: int,
+              where: Any = None, keep: int = 0) -> None:
         on_stack = {id(n) for n in stack}
         if any(id(n) in self.cut for n in stack):
             return                            # below a cut: the cached search never gets here
-        for b, s, first, t in self.seen.get(key, ()):
+        for b, s, first, t, w in self.seen.get(key, ()):
             if b >= budget and s <= asleep and id(first) not in on_stack:
                 self.hits += 1
                 self.shifted += t != now
                 self.cut.add(id(node))
+                if len(self.pairs) < keep:
+                    self.pairs.append((w, where))
                 return
-        self.seen.setdefault(key, []).append((budget, asleep, node, now))
+        self.more_asleep += any(b >= budget and id(first) not in on_stack for b, _, first, _, _ in self.seen.get(key, ()))
+        self.seen.setdefault(key, []).append((budget, asleep, node, now, where))
 
     def covers(self, stack: list) -> bool:
         return any(id(n) in self.cut for n in stack)
 
 
 def measure(config: Any, bound: int, *, reduction: str = "sleep-sets", kind: str = "preemptions",
-            seed: int = 0, limit: int | None = None, check_replay: bool = False) -> dict[str, Any]:
-    """Run the exhaustive search at `bound` (no deepening) and, beside it, three simulated
+            seed: int = 0, limit: int | None = None, check_replay: int = 0,
+            keep_pairs: int = 0) -> dict[str, Any]:
+    """Run the exhaustive search at `bound` (no deepening; `reduction` sleep-sets or none: DPOR's
+    backtrack sets are filled by its own loop, not run here) and, beside it, three simulated
     caches (keys: the world alone, the world at this instant, the world, the instant and the
-    history: `state_keys`): at each fresh step choice point, a hit is a state seen before on
-    another path with at least as much bound left and no more asleep; the schedules that pass
-    through a hit are the ones a cache would not run."""
+    history: `state_keys`): at each fresh step choice point (one no earlier schedule went
+    through), a hit is a state seen before on another path with at least as much bound left and
+    no more asleep; the schedules that pass through a hit are the ones a cache would not run,
+    and nothing below a hit is recorded (the cached search would not get there).
+    `limit`: stop after that many schedules; `check_replay`: in the first that many schedules,
+    hash every replayed choice point again and count keys that differ from its first visit's
+    (`replay_mismatches`: noise in the key); `keep_pairs`: keep that many hits per key as
+    ((decisions, streams) of the first visit, of the hit) for `continuation`."""
+    from sim.search.dpor import NONE, SLEEP_SETS
+    if reduction not in (SLEEP_SETS, NONE):
+        raise ValueError(f"measure runs the sleep-sets or none search, not {reduction!r}")
     import time
 
     from sim.search.dpor import DporChooser
@@ -316,13 +332,14 @@ def measure(config: Any, bound: int, *, reduction: str = "sleep-sets", kind: str
                 budget = self.bound - self.cost
                 k = super().choose_step(index, options)
                 node = self.stack[-1]
-                if check_replay:
+                if counts["schedules"] < check_replay:
                     first_keys[id(node)] = (node, keys)
                 for (name, sim), key in zip(sims.items(), keys):
                     distinct[name].add(key)
-                    sim.visit(key, budget, asleep, node, self.stack[:-1], self.world.now)
+                    where = (tuple(self.world.scheduler.log.entries), tuple(self.world.scheduler.streams)) if keep_pairs else None
+                    sim.visit(key, budget, asleep, node, self.stack[:-1], self.world.now, where, keep_pairs)
                 return k
-            if check_replay:        # the same prefix, replayed: the same keys, or the key is noise
+            if counts["schedules"] < check_replay:   # a prefix replayed: the same keys, or the key is noise
                 node = self.stack[self.depth]
                 if state_keys(self.world, self) != first_keys[id(node)][1]:
                     counts["replay_mismatches"] += 1
@@ -345,4 +362,106 @@ def measure(config: Any, bound: int, *, reduction: str = "sleep-sets", kind: str
                 break
     return {**counts, "distinct": {k: len(v) for k, v in distinct.items()},
             "hits": {k: s.hits for k, s in sims.items()}, "shifted_hits": {k: s.shifted for k, s in sims.items()},
-            "schedules_cut": cut_schedules}
+            "more_asleep": {k: s.more_asleep for k, s in sims.items()},
+            "schedules_cut": cut_schedules,
+            "pairs": {k: s.pairs for k, s in sims.items()} if keep_pairs else None}
+
+
+def labelled(world: World, chooser: Any = None) -> list[tuple[str, Any]]:
+    """The key's token stream with where each token came from (a path of fields from the
+    world): for telling why two states differ (`differences`)."""
+    c = Canon(world, FULL)
+    out: list[tuple[str, Any]] = []
+    stack: list[tuple[Any, str]] = [(world, "world")]
+    while stack:
+        x, path = stack.pop()
+        t = type(x)
+        if t is _Tok:
+            out.append((path, x.v))
+            continue
+        if t is int:
+            out.append((path, ("T", x - c.now) if x >= c.t0 else x))
+            continue
+        if t in _ATOMS:
+            out.append((path, x))
+            continue
+        seen = c.memo.get(id(x))
+        if seen is not None:
+            out.append((path, ("@", seen)))
+            continue
+        c.memo[id(x)] = len(c.memo)
+        c.keep.append(x)
+        kids = c.children(x)
+        named: list[tuple[Any, str]] = []
+        label = ""
+        for k in kids:
+            if type(k) is _Tok and type(k.v) is str:
+                label = k.v
+                named.append((k, f"{path}.{label}"))
+            else:
+                named.append((k, f"{path}.{label}" if label else f"{path}[]"))
+        stack.extend(reversed(named))
+    for i, lines in enumerate(c.histories):
+        out.append((f"history[{i}]", hashlib.blake2b(b"".join(lines), digest_size=8).hexdigest()))
+    return out
+
+
+def differences(a: list[tuple[str, Any]], b: list[tuple[str, Any]], most: int = 5) -> list[str]:
+    """The first places two labelled token streams differ."""
+    import difflib
+    sm = difflib.SequenceMatcher(a=[repr(t) for t in a], b=[repr(t) for t in b], autojunk=False)
+    out = []
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op != "equal":
+            out.append(f"{op}: {a[i1:i2][:3]} | {b[j1:j2][:3]}")
+            if len(out) >= most:
+                break
+    return out
+
+
+# ---------------------------------------------------------------------- validating a hit
+
+def continuation(config: Any, prefix: tuple[tuple, ...], streams: tuple[str, ...], walk: int) -> dict[str, Any]:
+    """Run `prefix` (a decision log up to a step choice point), then a random walk seeded `walk`
+    (sim/search/random.py) to the end: the verdicts on the whole history, and the history after
+    the choice point (each service's lines from there on), with the instant of the choice point."""
+    from pathlib import Path
+
+    from sim.run import _execute, merged
+    from sim.search.random import RandomChooser
+    from sim.search.trial import PrefixGuide, _Watched, judge
+    from sim.scheduler import DecisionLog, Scheduler
+
+    sinks: dict[str, _Watched] = {}
+    split: dict[str, Any] = {}
+    chooser = RandomChooser(0, walk)
+    window = chooser.window
+
+    def sink_for(svc: str) -> _Watched:
+        return sinks.setdefault(svc, _Watched(window))
+
+    class Guide(PrefixGuide):
+        def suggest(self, request: Any) -> Any | None:
+            if request.index == len(self.entries) and not split:
+                split["now"] = request.now
+                split["at"] = {svc: len(s.lines) for svc, s in sinks.items()}
+            return super().suggest(request)
+
+    log = DecisionLog()
+    scheduler = Scheduler(config.params.seed, chooser=chooser, guide=Guide(prefix, streams), log=log)
+
+    def prepare(world: Any) -> None:
+        window.world = world
+
+    _execute(config.params, Path("/nonexistent-sim-run"), scheduler, sink_for, config.options, prepare)
+    races, _ = judge(list(merged(sinks)))
+    at, now = split["at"], split["now"]
+    suffix = {svc: [shifted(line, -now) for line in s.lines[at.get(svc, 0):]] for svc, s in sinks.items()}
+    past = {svc: s.lines[:at.get(svc, 0)] for svc, s in sinks.items()}
+    return {"races": sorted({(r.kind, str(r.buffer)) for r in races}), "suffix": suffix, "now": now, "past": past}
+
+
+def shifted(line: bytes, by: int) -> bytes:
+    """An event line with its t_ns moved by `by` (the line ends with "t_ns":<int>})."""
+    i = line.rindex(b":") + 1
+    return line[:i] + str(int(line[i:-2]) + by).encode() + line[-2:]
