@@ -17,15 +17,22 @@ What the key covers, `state_key(world, chooser)`:
   protocol halves, the service shells, the engines, the channels and their inboxes (frames in
   flight and unread), the links, the simulated memory (each segment's bytes) and the fence
   table are in the key through the callbacks that will run them: a future step runs a
-  callback the world holds, and a callback can only read what it reaches.
+  callback the world holds, and a callback can only read what it reaches. The driver
+  (sim/driver.py) is a suspended generator: its code, the instruction it stopped at and its
+  locals are walked, and what it delegates to (`yield from`). Python does not show a suspended
+  frame's value stack; the driver's one yield inside a for loop (call_all) has its position in
+  its locals (the current name and message; names are unique), so nothing is lost there, but a
+  new generator that yields inside `for x in xs` over repeated items would need this revisited.
 - Integers that are absolute virtual times are not told apart from other integers; an int
   `x >= t0` (the world's start, 1 s of virtual time: no count, id, size or seq of a small
   configuration reaches it) is hashed as `x - now`. A duration of 1 s or more is then hashed
   as an offset too: two states then agree on it only at the same now (a miss, never a wrong
   hit). Times inside bytes (frames, history lines) are hashed as they are (absolute).
 - The search's own state (`chooser`): whether the window is open or closed and how many DMA
-  jobs are running in it (sim/search/trial.py Window: when the schedule is cut), the cost so far
-  (the remaining bound), and, under late-frames, the frames already held back.
+  jobs are running in it (sim/search/trial.py Window: when the schedule is cut), and, under
+  late-frames, the frames already held back (which a WAIT costs). The bound left and the sleep
+  set are not in the key: they are compared at a hit (a state explored with at least as much
+  bound left and no more asleep covers this visit: every option explored then is allowed now).
 - The checker. A race pairs an event of the past with one of the future (a DMA begun before
   the state, a copy after it), so the verdict on the rest of the run depends on the history so
   far. checker/oracle.py keeps its incremental state as live jobs, attachments, generations
@@ -40,7 +47,7 @@ What the key covers, `state_key(world, chooser)`:
 
 What is left out, and why it cannot change the future:
 - Statistics nothing reads back: world.steps (only against MAX_STEPS, 50 million), the
-  scheduler's decision log and counts, the network's frame/message/drop counters, each timer
+  scheduler's decision log and counts (a guide reads a decision's index; a search has none), the network's frame/message/drop counters, each timer
   entry's raw seq (only its rank orders anything), a SimRandom's stream id (it only labels log
   entries), the world's observer and the chooser (the search's, covered above).
 - Module-level state: the caches of pure functions (protocol compile_spec, wire schemas,
@@ -64,7 +71,7 @@ HISTORY_MODES = (FULL, NONE)
 
 # (type name, attribute) walked past: statistics nothing reads back (module docstring).
 _SKIP = {
-    ("World", "steps"), ("World", "observer"), ("World", "touched"), ("World", "crashes"),
+    ("World", "steps"), ("World", "observer"), ("World", "touched"),
     ("World", "now"), ("World", "_seq"), ("World", "_heap"), ("World", "scheduler"),
     ("SimNetwork", "frames"), ("SimNetwork", "messages"), ("SimNetwork", "dropped"),
     ("SimRandom", "_sid"), ("SimRandom", "_sched"),
@@ -268,23 +275,30 @@ class _Sim:
         self.hits = 0
         self.shifted = 0                      # hits whose first visit was at another instant
         self.more_asleep = 0                  # seen with enough bound, but more asleep then: no hit
+        self.less_bound = 0                   # seen, but with less bound left then: no hit
+        self.points = 0                       # fresh choice points the cached search would hash
         self.cut: set[int] = set()            # id(node) of the choice points it cut (on the stack)
         self.pairs: list[tuple[Any, Any]] = []   # (first visit, hit): their `where` (sampled)
+        self.hit_nodes: list[tuple[Any, Any]] = []   # (first visit's node, the node it cut)
 
     def visit(self, key: bytes, budget: int, asleep: frozenset, node: Any, stack: list, now: int,
               where: Any = None, keep: int = 0) -> None:
         on_stack = {id(n) for n in stack}
         if any(id(n) in self.cut for n in stack):
             return                            # below a cut: the cached search never gets here
+        self.points += 1
         for b, s, first, t, w in self.seen.get(key, ()):
             if b >= budget and s <= asleep and id(first) not in on_stack:
                 self.hits += 1
                 self.shifted += t != now
                 self.cut.add(id(node))
+                self.hit_nodes.append((first, node))
                 if len(self.pairs) < keep:
                     self.pairs.append((w, where))
                 return
-        self.more_asleep += any(b >= budget and id(first) not in on_stack for b, _, first, _, _ in self.seen.get(key, ()))
+        others = [(b, s) for b, s, first, _, _ in self.seen.get(key, ()) if id(first) not in on_stack]
+        self.more_asleep += any(b >= budget for b, _ in others)
+        self.less_bound += bool(others) and not any(b >= budget for b, _ in others)
         self.seen.setdefault(key, []).append((budget, asleep, node, now, where))
 
     def covers(self, stack: list) -> bool:
@@ -318,7 +332,11 @@ def measure(config: Any, bound: int, *, reduction: str = "sleep-sets", kind: str
     counts = {"schedules": 0, "blocked": 0, "fresh_points": 0, "key_seconds": 0.0, "distinct": {}}
     distinct: dict[str, set] = {k: set() for k in sims}
     cut_schedules = {k: 0 for k in sims}
+    complete_cut = {k: 0 for k in sims}      # of them, schedules that were not blocked
     first_keys: dict[int, tuple[Any, tuple[bytes, ...]]] = {}    # id(node) -> (node, keys at its first visit)
+    # id(node) -> (node, the races (kind, buffer) and end states (history digests) of every
+    # schedule through it): a hit's subtree must find nothing its first visit's did not
+    below: dict[int, tuple[Any, set, set]] = {}
     counts["replay_mismatches"] = 0
 
     class Measuring(DporChooser):
@@ -356,6 +374,15 @@ def measure(config: Any, bound: int, *, reduction: str = "sleep-sets", kind: str
             counts["blocked"] += trial.blocked
             for name, sim in sims.items():
                 cut_schedules[name] += sim.covers(stack)
+                complete_cut[name] += sim.covers(stack) and not trial.blocked
+            races = {(r.kind, str(r.buffer)) for r in trial.races}
+            for n in stack:
+                got = below.get(id(n))
+                if got is None:
+                    got = below[id(n)] = (n, set(), set())
+                got[1].update(races)
+                if not trial.blocked:
+                    got[2].add(trial.history_sha256)
             if limit is not None and counts["schedules"] >= limit:
                 break
             if not _backtrack_above(stack, bound, 0):
@@ -363,6 +390,10 @@ def measure(config: Any, bound: int, *, reduction: str = "sleep-sets", kind: str
     return {**counts, "distinct": {k: len(v) for k, v in distinct.items()},
             "hits": {k: s.hits for k, s in sims.items()}, "shifted_hits": {k: s.shifted for k, s in sims.items()},
             "more_asleep": {k: s.more_asleep for k, s in sims.items()},
+            "less_bound": {k: s.less_bound for k, s in sims.items()},
+            "points_hashed": {k: s.points for k, s in sims.items()},
+            "complete_cut": complete_cut,
+            "lost": {k: _lost(s.hit_nodes, below) for k, s in sims.items()},
             "schedules_cut": cut_schedules,
             "pairs": {k: s.pairs for k, s in sims.items()} if keep_pairs else None}
 
@@ -420,6 +451,22 @@ def differences(a: list[tuple[str, Any]], b: list[tuple[str, Any]], most: int = 
 
 
 # ---------------------------------------------------------------------- validating a hit
+
+def _lost(hits: list[tuple[Any, Any]], below: dict[int, tuple[Any, set, set]]) -> dict[str, Any]:
+    """Of the hits, how many cut a subtree that found a race or an end state its first visit's
+    subtree did not (the cache would lose it), and the races it would lose."""
+    out: dict[str, Any] = {"hits": len(hits), "races": 0, "ends": 0, "lost_races": set(), "found": set()}
+    for first, cut in hits:
+        _, r1, e1 = below.get(id(first), (None, set(), set()))
+        _, r2, e2 = below.get(id(cut), (None, set(), set()))
+        out["found"] |= r2
+        out["races"] += bool(r2 - r1)
+        out["lost_races"] |= r2 - r1
+        out["ends"] += bool(e2 - e1)
+    out["lost_races"] = sorted(out["lost_races"])
+    out["found"] = sorted(out["found"])
+    return out
+
 
 def continuation(config: Any, prefix: tuple[tuple, ...], streams: tuple[str, ...], walk: int) -> dict[str, Any]:
     """Run `prefix` (a decision log up to a step choice point), then a random walk seeded `walk`
