@@ -213,13 +213,15 @@ class Predictor:
         self.unresolved: dict[str, deque[tuple[str, str, Any]]] = {}  # importer -> receipts whose send is unseen
         self.dropped: dict[Any, int] = {}               # buffer -> its newest generation forgotten
         self.xc = self.vc[EXPORTER]                      # the exporter's clock (never rebound)
-        self._main_pid: dict[str, tuple[Any, str]] = {}  # importer -> (pid, its loop thread): no string per event
+        self._main_pid: dict[str, tuple[Any, str, Clock]] = {}  # importer -> (pid, its loop thread, its clock)
         self.unreadable = 0
         self.anomalies = 0
         self.fenced_jobs = 0
         self._lane_done: dict[str, Clock] = {}          # lane -> its clock at its last dma_end (R3)
         self._op_gen: dict[tuple[Any, Any], Any] = {}   # (buffer, move) -> the generation it moves off
         self._waits_ended: OrderedDict[tuple[Any, Any], bool] = OrderedDict()
+        self._kernel_unsorted: set[Any] = set()          # buffers whose KERNEL seqnos came out of order
+        self._lanes: dict[tuple[str, Any, bool], str] = {}  # (loop thread, attachment, rogue) -> lane name
 
     # --- clocks ------------------------------------------------------------------------------
 
@@ -243,27 +245,37 @@ class Predictor:
         return dict(self._tick(thread))
 
     def _main(self, e: dict[str, Any]) -> str:
+        known = self._main_pid.get(e["svc"])
+        if known is not None and known[0] == e.get("pid"):
+            return known[1]
+        return self._loop(e)[1]
+
+    def _loop(self, e: dict[str, Any]) -> tuple[Any, str, Clock]:
+        """The importer's loop thread for this event's process: (pid, name, its clock). Hot
+        handlers look `_main_pid` up themselves and call this only for a process not seen last."""
         svc, pid = e["svc"], e.get("pid")
         known = self._main_pid.get(svc)
         if known is not None and known[0] == pid:
-            return known[1]
+            return known
         key = f"{svc}#{pid}"
-        self._main_pid[svc] = (pid, key)
+        c = self.vc.get(key)
+        if c is None:
+            c = self.vc[key] = {key: 0}
+        known = self._main_pid[svc] = (pid, key, c)
         self.main_of[svc] = key
-        return key
+        return known
 
-    def _peer_clock(self, importer: Any, att: Any = None) -> Clock:
+    def _join_peer(self, into: Clock, importer: Any, att: Any = None) -> None:
         """R2 for a request whose send is no event: the importer's loop as of now, with (R3) the
-        ended jobs of the attachment the request is about."""
-        out: Clock = {}
-        key = self.main_of.get(str(importer))
+        ended jobs of the attachment the request is about, joined into `into`."""
+        imp = importer if type(importer) is str else str(importer)
+        key = self.main_of.get(imp)
         if key is not None:
-            _join(out, self.vc.get(key))
+            _join(into, self.vc.get(key))
         if att is not None:
-            lane = self.att_lane.get((str(importer), att))
+            lane = self.att_lane.get((imp, att))
             if lane is not None:
-                _join(out, self._lane_done.get(lane))
-        return out
+                _join(into, self._lane_done.get(lane))
 
     # --- the pass ----------------------------------------------------------------------------
 
@@ -289,7 +301,9 @@ class Predictor:
                         events.append(loads(line))
                     except (ValueError, TypeError):
                         self.unreadable += 1
+            # the dispatch of _dispatch, inline: this loop is most of the pass's time
             handlers = _HANDLERS
+            seen = 0
             for e in events:
                 try:
                     t, name = e["t_ns"], e["event"]
@@ -298,11 +312,19 @@ class Predictor:
                 except (KeyError, TypeError, IndexError):
                     self.unreadable += 1
                     continue
-                self.seen += 1
+                seen += 1
                 self.last_t = t
                 h = handlers.get(name)
-                if h is not None:
-                    self._dispatch(h, e)
+                if h is None:
+                    continue
+                svc = e.get("svc")
+                f = h[0] if svc == EXPORTER else h[2] if svc == DEPLOY else h[1]
+                if f is not None:
+                    try:
+                        f(self, e)
+                    except (KeyError, TypeError, AttributeError):
+                        self.anomalies += 1
+            self.seen += seen
 
     def feed(self, e: dict[str, Any]) -> None:
         self.seen += 1
@@ -327,25 +349,44 @@ class Predictor:
 
     # --- exporter ----------------------------------------------------------------------------
 
-    def _x_join_peer(self, e: dict[str, Any]) -> Clock:
-        c = self._xtick()
-        _join(c, self._peer_clock(e.get("importer", e.get("peer")), e.get("attachment")))
-        return c
-
     def x_receive(self, e: dict[str, Any]) -> None:
-        self._x_join_peer(e)
+        c = self._xtick()
+        self._join_peer(c, e.get("importer", e.get("peer")), e.get("attachment"))
 
     def x_receive_unlane(self, e: dict[str, Any]) -> None:
         c = self._xtick()
-        _join(c, self._peer_clock(e.get("importer", e.get("peer"))))
+        self._join_peer(c, e.get("importer", e.get("peer")))
 
     def x_served(self, e: dict[str, Any]) -> None:
         """map_served / unmap_served: the request's receipt and the reply's send at once."""
-        if e["event"] == "unmap_served":
-            self._x_join_peer(e)              # R3: the unmap carries the attachment's ended jobs
-        else:
-            self.x_receive_unlane(e)
-        self._send("reply", str(e["importer"]), e["id"], self._xtick()[EXPORTER])
+        c = self.xc
+        c[EXPORTER] += 1
+        imp = e["importer"]
+        imp = imp if type(imp) is str else str(imp)
+        key = self.main_of.get(imp)                       # _join_peer, inline
+        if key is not None:
+            for k, v in self.vc[key].items():
+                if c.get(k, 0) < v:
+                    c[k] = v
+        if e["event"] == "unmap_served":      # R3: the unmap carries the attachment's ended jobs
+            lane = self.att_lane.get((imp, e.get("attachment")))
+            if lane is not None:
+                done = self._lane_done.get(lane)
+                if done:
+                    for k, v in done.items():
+                        if c.get(k, 0) < v:
+                            c[k] = v
+        c[EXPORTER] += 1
+        if self.early:
+            self._send("reply", imp, e["id"], c[EXPORTER])
+        else:                                 # _send with no receipt waiting: the common case
+            r = self.replies
+            rk = (imp, e["id"])
+            if rk not in r:
+                r[rk] = c[EXPORTER]
+                if len(r) > r.cap:
+                    r.popitem(last=False)
+                    r.dropped += 1
 
     def x_answered(self, e: dict[str, Any]) -> None:
         self._send("reply", str(e["peer"]), e["id"], self._xtick()[EXPORTER])
@@ -357,10 +398,13 @@ class Predictor:
         """An exporter -> importer send (R2). In a real run the exporter's event may be stamped
         after the importer's receipt (the exporter was descheduled between its send and its
         event): the receipt came first, so what it started learns the send now."""
-        jobs = self.early.pop((kind, importer, msg_id), None)
+        jobs = self.early.pop((kind, importer, msg_id), None) if self.early else None
         if jobs is None:
             (self.replies if kind == "reply" else self.notifies).put((importer, msg_id), epoch)
             return
+        q = self.unresolved.get(importer)
+        if q is not None and (kind, importer, msg_id) in q:
+            q.remove((kind, importer, msg_id))
         key = self.main_of.get(importer)
         if key is not None:
             _learn(self._clock(key), epoch)
@@ -372,14 +416,20 @@ class Predictor:
         c = self._xtick()
         op = e.get("move") if e.get("move") is not None else ("revoke", e.get("revoke"))
         sent = self.returns.pop((str(e["importer"]), e["attachment"], op), None)
-        _join(c, sent if sent is not None else self._peer_clock(e["importer"]))
+        if sent is not None:
+            _join(c, sent)
+        else:
+            self._join_peer(c, e["importer"])
         if e["event"] == "invalidate_mappings_returned":
             self._window_part(str(e["importer"]), e["attachment"], e["buffer"], op, "returned", e)
 
     def x_ack(self, e: dict[str, Any]) -> None:
         c = self._xtick()
         sent = self.acks.pop((str(e["importer"]), e["id"]), None)
-        _join(c, sent if sent is not None else self._peer_clock(e["importer"], e.get("attachment")))
+        if sent is not None:
+            _join(c, sent)
+        else:
+            self._join_peer(c, e["importer"], e.get("attachment"))
 
     def x_lock(self, e: dict[str, Any]) -> None:
         self.lock_events += 1
@@ -435,8 +485,14 @@ class Predictor:
     def x_fence_signal(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
         if e.get("usage") == "KERNEL" and not e.get("forced"):
-            self.kernel.setdefault(e["buffer"], deque(maxlen=MAX_SIGNALS)).append(
-                (e.get("seq") or 0, self._xtick()[EXPORTER]))
+            b = e["buffer"]
+            dq = self.kernel.get(b)
+            if dq is None:
+                dq = self.kernel[b] = deque(maxlen=MAX_SIGNALS)
+            seq = e.get("seq") or 0
+            if dq and seq < dq[-1][0]:
+                self._kernel_unsorted.add(b)
+            dq.append((seq, self._xtick()[EXPORTER]))
         else:
             self._xtick()
 
@@ -512,15 +568,26 @@ class Predictor:
     # --- importer loop -----------------------------------------------------------------------
 
     def i_reply(self, e: dict[str, Any]) -> None:
-        c = self._tick(self._main(e))
-        self._receive(c, "reply", e)
-        if e["event"] == "map":
-            k = (e["svc"], e.get("attachment"))
+        svc = e["svc"]
+        r = self._main_pid.get(svc)
+        if r is None or r[0] != e.get("pid"):
+            r = self._loop(e)
+        c = r[2]
+        c[r[1]] += 1
+        epoch = self.replies.pop((svc, e.get("id")), None)
+        if epoch is None:
+            self._receive(c, "reply", e)
+        elif c.get(EXPORTER, 0) < epoch:                       # R2 (_learn)
+            c[EXPORTER] = epoch
+        name = e["event"]
+        if name == "map":
+            k = (svc, e.get("attachment"))
             self.serial[k] = self.serial.get(k, 0) + 1
             self.att_usable[k] = (True, None, e["t_ns"])
-            self.map_ended.pop(k, None)
-        elif e["event"] == "unmap":
-            self.att_usable[(e["svc"], e.get("attachment"))] = (False, "unmap", e["t_ns"])
+            if k in self.map_ended:
+                del self.map_ended[k]
+        elif name == "unmap":
+            self.att_usable[(svc, e.get("attachment"))] = (False, "unmap", e["t_ns"])
 
     def _receive(self, c: Clock, kind: str, e: dict[str, Any]) -> None:
         """R2 at an importer; a receipt whose send is not seen yet waits for it (`_send`)."""
@@ -528,6 +595,9 @@ class Predictor:
         if epoch is not None:
             _learn(c, epoch)
             return
+        q0 = self.unresolved.get(e["svc"])
+        if q0 is not None and (kind, e["svc"], e.get("id")) in q0:
+            return                          # a duplicate receipt of a send still unseen
         key = (kind, e["svc"], e.get("id"))
         self.early.put(key, [])
         q = self.unresolved.get(e["svc"])
@@ -575,42 +645,78 @@ class Predictor:
 
     def i_kernel_wait(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
-        c = self._tick(self._main(e))
-        for seq, clock in self.kernel.get(e["buffer"], ()):
-            if seq >= (e.get("seq") or 0):
-                _learn(c, clock)                                                   # R6
-                break
+        r = self._main_pid.get(e["svc"])
+        if r is None or r[0] != e.get("pid"):
+            r = self._loop(e)
+        c = r[2]
+        c[r[1]] += 1
+        b = e["buffer"]
+        dq = self.kernel.get(b)
+        if not dq:
+            return
+        want = e.get("seq") or 0
+        found = None                        # the first signal with a seqno >= the wait's
+        if b in self._kernel_unsorted:
+            for seq, epoch in dq:
+                if seq >= want:
+                    found = epoch
+                    break
+        else:                               # seqnos ascending: the first of the suffix >= want
+            for seq, epoch in reversed(dq):
+                if seq < want:
+                    break
+                found = epoch
+        if found is not None and c.get(EXPORTER, 0) < found:
+            c[EXPORTER] = found                                                    # R6 (_learn)
 
     def i_dma_begin(self, e: dict[str, Any]) -> None:
-        main = self._main(e)
-        mc = self._tick(main)
+        svc = e["svc"]
+        r = self._main_pid.get(svc)
+        if r is None or r[0] != e.get("pid"):
+            r = self._loop(e)
+        main, mc = r[1], r[2]
+        mc[main] += 1
         att = e.get("attachment")
-        lane = f"{main}/{att}" + ("/rogue" if e.get("rogue") else "")
-        if not e.get("rogue"):
-            self.att_lane[(e["svc"], att)] = lane
-        lc = self._clock(lane)
-        _join(lc, mc)
+        rogue = bool(e.get("rogue"))
+        lane = self._lanes.get((main, att, rogue))
+        if lane is None:
+            lane = self._lanes[(main, att, rogue)] = f"{main}/{att}" + ("/rogue" if rogue else "")
+        sa = (svc, att)
+        if not rogue:
+            self.att_lane[sa] = lane
+        lc = self.vc.get(lane)
+        if lc is None:
+            lc = self.vc[lane] = {lane: 0}
+        for k, v in mc.items():                 # _join(lc, mc), inline
+            if lc.get(k, 0) < v:
+                lc[k] = v
         lc[lane] += 1
         self.jobs_seen += 1
         if "fence" not in e:
             self.jobs_without_fence_field += 1
         elif e["fence"] is not None:
             self.fenced_jobs += 1
-        j = _Job(e, lane, self.serial.get((e["svc"], att), 0), mc.get(EXPORTER, 0))
-        self.jobs[(e["svc"], j.job)] = j
-        b, gen = j.buffer, j.gen
-        g = self.gens.get(b, {}).get(gen)
+        j = _Job(e, lane, self.serial.get(sa, 0), mc.get(EXPORTER, 0))
+        self.jobs[(svc, j.job)] = j
+        gen = j.gen
+        per = self.gens.get(j.buffer)
+        g = per.get(gen) if per is not None else None
         # unfenced_access: the copy_end creating this generation must come before (R1-R6)
-        if g is not None and isinstance(gen, int) and gen > 1 and not j.rogue:
+        if g is not None and isinstance(gen, int) and gen > 1 and not rogue:
             if g.copy_end_epoch is None:
                 self._emit_unfenced(j, g)     # the copy creating it has not even ended
             else:
                 j.unf = g                     # judged at its end, when late sends are in (_send)
-        for key in self.unresolved.get(e["svc"], ()):
-            waiting = self.early.get(key)
-            if waiting is not None:
-                waiting.append(j)
-        usable = self.att_usable.get((e["svc"], att))
+        q = self.unresolved.get(svc)
+        if q:
+            early = self.early
+            for key in list(q):
+                waiting = early.get(key)
+                if waiting is None:
+                    q.remove(key)             # resolved or forgotten
+                else:
+                    waiting.append(j)
+        usable = self.att_usable.get(sa)
         if usable is not None and not usable[0]:
             j.uau = usable                # judged at its end: a job that touched nothing is no race
 
@@ -637,38 +743,47 @@ class Predictor:
     # --- the DMA lane ------------------------------------------------------------------------
 
     def i_dma_end(self, e: dict[str, Any]) -> None:
-        j = self.jobs.pop((e["svc"], e.get("job")), None)
+        key = (e["svc"], e.get("job"))
+        j = self.jobs.pop(key, None)
         if j is None:
             return
-        lc = self._tick(j.lane)
-        j.end_t = e["t_ns"]
-        la = e.get("last_access_ns", e["t_ns"])         # absent: the dma_end; null: no access at all
+        lane = j.lane
+        lc = self.vc[lane]
+        lc[lane] += 1
+        t = e["t_ns"]
+        j.end_t = t
+        la = e.get("last_access_ns", t)                 # absent: the dma_end; null: no access at all
         j.access_end = la if isinstance(la, int) else None
-        j.end_epoch = lc[j.lane]
-        self._lane_done[j.lane] = dict(lc)
-        self.job_lane.put((e["svc"], j.job), j.lane)
-        reason = str(e.get("reason") or "")
-        if e.get("status") == "aborted" and not reason.startswith("fence forced"):
+        j.end_epoch = lc[lane]
+        self._lane_done[lane] = dict(lc)
+        self.job_lane.put(key, lane)
+        status = e.get("status")
+        if status == "aborted" and not str(e.get("reason") or "").startswith("fence forced"):
             _join(self._clock(self._main(e)), lc)          # R3: the driver stopped it itself
-        no_access = j.access_end is None or (e.get("status") == "fault" and not e.get("bytes"))
-        if no_access:                     # no access to pair; its begin is still judged
-            self._judge_unfenced(j)
+        if j.access_end is None or (status == "fault" and not e.get("bytes")):
+            self._judge_unfenced(j)       # no access to pair; its begin is still judged
             return
-        j.used = (not j.write and e.get("status") == "ok" and bool(e.get("bytes")) and not e.get("discarded"))
+        j.used = (not j.write and status == "ok" and bool(e.get("bytes")) and not e.get("discarded"))
         self._ended(j)
 
     def i_fence_signal(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
-        lane = self.job_lane.pop((e["svc"], e.get("job")), None)
-        j = self.jobs.get((e["svc"], e.get("job")))
+        key = (e["svc"], e.get("job"))
+        lane = self.job_lane.pop(key, None)
+        j = self.jobs.get(key)
         if j is not None:
             lane = j.lane
         if lane is None:
             lane = self._main(e)
-        c = self._snap(lane)
-        rank = USAGE_RANK.get(e.get("usage"), 3)
-        sigs = self.signals.setdefault((e["svc"], e["buffer"]), deque(maxlen=MAX_SIGNALS))
-        sigs.append((e.get("seq") or 0, rank, c))
+        c = self.vc.get(lane)
+        if c is None:
+            c = self.vc[lane] = {lane: 0}
+        c[lane] += 1
+        sk = (e["svc"], e["buffer"])
+        sigs = self.signals.get(sk)
+        if sigs is None:
+            sigs = self.signals[sk] = deque(maxlen=MAX_SIGNALS)
+        sigs.append((e.get("seq") or 0, USAGE_RANK.get(e.get("usage"), 3), dict(c)))
 
     def _judge_unfenced(self, j: _Job) -> None:
         g = j.unf
@@ -677,9 +792,12 @@ class Predictor:
             self._emit_unfenced(j, g)
 
     def _ended(self, j: _Job) -> None:
-        self._judge_unfenced(j)
-        self._emit_uau(j)
-        g = self.gens.get(j.buffer, {}).get(j.gen)
+        if j.unf is not None:
+            self._judge_unfenced(j)
+        if j.uau is not None:
+            self._emit_uau(j)
+        per = self.gens.get(j.buffer)
+        g = per.get(j.gen) if per is not None else None
         if g is None and isinstance(j.gen, int) and j.gen <= self.dropped.get(j.buffer, 0):
             # as the oracle: a generation older than the last KEEP_GENERATIONS was copied away and
             # freed several moves ago (a job on a stale cached mapping)
