@@ -64,6 +64,7 @@ free clocks and, per lane, the last MAX_ENDED jobs that ended on it (older ones 
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict, deque
 from itertools import islice
 from typing import Any, Iterable
@@ -123,15 +124,15 @@ class _Bounded(OrderedDict):
 
 class _Job:
     __slots__ = ("svc", "job", "buffer", "gen", "att", "write", "lane", "begin_t", "end_t",
-                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "importer", "unf", "uau")
+                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "unf", "uau")
 
-    def __init__(self, e: dict[str, Any], lane: str, serial: int, begin_exp: int) -> None:
-        self.svc = e["svc"]
-        self.importer = e["svc"]
+    def __init__(self, e: dict[str, Any], svc: str, att: Any, rogue: bool, lane: str, serial: int,
+                 begin_exp: int) -> None:
+        self.svc = svc                  # the importer
         self.job = e.get("job")
         self.buffer = e.get("buffer")
         self.gen = e.get("gen")
-        self.att = e.get("attachment")
+        self.att = att
         self.write = e.get("access") == "write"
         self.lane = lane
         self.begin_t = e["t_ns"]
@@ -140,7 +141,7 @@ class _Job:
         self.end_epoch = 0
         self.fence = e.get("fence")
         self.serial = serial
-        self.rogue = bool(e.get("rogue"))
+        self.rogue = rogue
         self.used = False
         self.begin_exp = begin_exp
         self.unf: _Gen | None = None    # the generation it began on, when a copy created it (unfenced_access)
@@ -189,7 +190,9 @@ class Predictor:
         self.waits: dict[tuple[Any, Any], dict[str, Any]] = {}
         self.gens: dict[Any, dict[Any, _Gen]] = {}
         self.jobs: dict[tuple[str, Any], _Job] = {}
-        self.job_lane = _Bounded(MAX_PENDING)           # (svc, job) -> lane, for a fence signalled later
+        # (svc, job) -> (lane, its epoch at the job's end), for a fence signalled later (oldest
+        # dropped past MAX_PENDING: a fence never signalled)
+        self.job_lane: dict[tuple[str, Any], tuple[str, int]] = {}
         self.att_lane: dict[tuple[str, Any], str] = {}  # (importer name, attachment) -> its lane
         self.att_usable: dict[tuple[str, Any], tuple[bool, str | None, int]] = {}
         self.serial: dict[tuple[str, Any], int] = {}
@@ -280,6 +283,17 @@ class Predictor:
     # --- the pass ----------------------------------------------------------------------------
 
     def run(self, lines: Iterable[bytes | str | dict[str, Any]]) -> "Predictor":
+        # The pass makes no reference cycles (a job lets go of its generation when it ends), so
+        # the cyclic collector only costs time here (a tenth of the pass): off while it runs.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(lines)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, lines: Iterable[bytes | str | dict[str, Any]]) -> "Predictor":
         it = iter(lines)
         while True:
             chunk = list(islice(it, PARSE_BATCH))
@@ -696,7 +710,7 @@ class Predictor:
             self.jobs_without_fence_field += 1
         elif e["fence"] is not None:
             self.fenced_jobs += 1
-        j = _Job(e, lane, self.serial.get(sa, 0), mc.get(EXPORTER, 0))
+        j = _Job(e, svc, att, rogue, lane, self.serial.get(sa, 0), mc.get(EXPORTER, 0))
         self.jobs[(svc, j.job)] = j
         gen = j.gen
         per = self.gens.get(j.buffer)
@@ -756,7 +770,10 @@ class Predictor:
         j.access_end = la if isinstance(la, int) else None
         j.end_epoch = lc[lane]
         self._lane_done[lane] = dict(lc)
-        self.job_lane.put(key, lane)
+        jl = self.job_lane
+        jl[key] = (lane, j.end_epoch)
+        if len(jl) > MAX_PENDING:
+            del jl[next(iter(jl))]
         status = e.get("status")
         if status == "aborted" and not str(e.get("reason") or "").startswith("fence forced"):
             _join(self._clock(self._main(e)), lc)          # R3: the driver stopped it itself
@@ -769,20 +786,22 @@ class Predictor:
     def i_fence_signal(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
         key = (e["svc"], e.get("job"))
-        lane = self.job_lane.pop(key, None)
+        ended = self.job_lane.pop(key, None)
         j = self.jobs.get(key)
-        if j is not None:
-            lane = j.lane
-        if lane is None:
-            lane = self._main(e)
-        c = self.vc.get(lane)
-        if c is None:
-            c = self.vc[lane] = {lane: 0}
-        c[lane] += 1
         sk = (e["svc"], e["buffer"])
         sigs = self.signals.get(sk)
         if sigs is None:
             sigs = self.signals[sk] = deque(maxlen=MAX_SIGNALS)
+        if j is None and ended is not None and self.vc[ended[0]][ended[0]] == ended[1]:
+            # the lane did nothing since the job's end: the signal knows what that end knew (the
+            # dma_end's snapshot, never mutated), and an epoch of its own would order nothing more
+            sigs.append((e.get("seq") or 0, USAGE_RANK.get(e.get("usage"), 3), self._lane_done[ended[0]]))
+            return
+        lane = j.lane if j is not None else ended[0] if ended is not None else self._main(e)
+        c = self.vc.get(lane)
+        if c is None:
+            c = self.vc[lane] = {lane: 0}
+        c[lane] += 1
         sigs.append((e.get("seq") or 0, USAGE_RANK.get(e.get("usage"), 3), dict(c)))
 
     def _judge_unfenced(self, j: _Job) -> None:
@@ -897,7 +916,7 @@ class Predictor:
             return "R1-R7"
         end = j.access_end if j.access_end is not None else j.end_t
         if end is not None:
-            for t, epoch in self.lost.get(j.importer, ()):
+            for t, epoch in self.lost.get(j.svc, ()):
                 if j.begin_t <= t and end <= t and epoch <= p.clock.get(EXPORTER, 0):
                     return "R8"
         return None
