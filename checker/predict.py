@@ -17,6 +17,8 @@ Rules (each edge A -> B: everything A's thread had done by A happens before B):
   invalidate_mappings_sent -> *_received (same id). Importer -> exporter: ack_sent -> ack (same
   id); the importer's move_notify_received (the callback returns on receipt) or
   invalidate_mappings_returned -> the exporter's *_returned (importer, attachment, move/revoke).
+  A receipt stamped before its send (a real run's exporter descheduled between the send and
+  its event) waits for it: the jobs its loop begins meanwhile learn the send when it comes.
   A request whose send is not an event (map, unmap, attach, detach, pin, unpin, hello, bye) is
   taken as sent by the importer's loop as it was when the exporter received it: this orders more
   than the protocol does, never against time.
@@ -33,7 +35,11 @@ Rules (each edge A -> B: everything A's thread had done by A happens before B):
   whose usage takes the signalled fence's usage (KERNEL < WRITE < READ < BOOKKEEP) when it
   signalled before the wait's snapshot (the wait saw it signalled and did not list it).
 - R6 kernel fence: the exporter's KERNEL fence_signal (after its copy_end) -> an importer's
-  kernel_fence_wait on that buffer with a seqno <= it.
+  kernel_fence_wait on that buffer with a seqno <= it. A wait that returned before any such
+  signal is in the history saw the shared fence cell signalled: the exporter's event was stamped
+  late (a real run: descheduled between its signal and its event; seen in resv-fence runs under
+  load). The wait's loop, and the jobs it begins from then on, learn the signal when its event
+  comes, as a receipt whose send is stamped late does (R2).
 - R7 reset confirmation: the device's own fence_signal on a buffer after the exporter forced
   its fence -> the exporter's reset_confirmed for that importer and buffer.
 - R8 lease (time-based): an importer the exporter declares lost (importer_lost, any reason but
@@ -223,6 +229,7 @@ class Predictor:
         self._lane_done: dict[str, Clock] = {}          # lane -> its clock at its last dma_end (R3)
         self._op_gen: dict[tuple[Any, Any], Any] = {}   # (buffer, move) -> the generation it moves off
         self._waits_ended: OrderedDict[tuple[Any, Any], bool] = OrderedDict()
+        self._kernel_early: dict[Any, deque[tuple[int, tuple[Any, ...]]]] = {}  # buffer -> waits before their signal
         self._kernel_unsorted: set[Any] = set()          # buffers whose KERNEL seqnos came out of order
         self._lanes: dict[tuple[str, Any, bool], str] = {}  # (loop thread, attachment, rogue) -> lane name
 
@@ -416,9 +423,14 @@ class Predictor:
         if jobs is None:
             (self.replies if kind == "reply" else self.notifies).put((importer, msg_id), epoch)
             return
+        self._resolve((kind, importer, msg_id), importer, epoch, jobs)
+
+    def _resolve(self, early_key: tuple[Any, ...], importer: str, epoch: int, jobs: list[_Job]) -> None:
+        """The exporter's event a receipt or a fence wait already saw has come: the importer's loop
+        and the jobs it began since learn it (R2, R6)."""
         q = self.unresolved.get(importer)
-        if q is not None and (kind, importer, msg_id) in q:
-            q.remove((kind, importer, msg_id))
+        if q is not None and early_key in q:
+            q.remove(early_key)
         key = self.main_of.get(importer)
         if key is not None:
             _learn(self._clock(key), epoch)
@@ -506,7 +518,16 @@ class Predictor:
             seq = e.get("seq") or 0
             if dq and seq < dq[-1][0]:
                 self._kernel_unsorted.add(b)
-            dq.append((seq, self._xtick()[EXPORTER]))
+            epoch = self._xtick()[EXPORTER]
+            dq.append((seq, epoch))
+            waiting = self._kernel_early.get(b)
+            if waiting:                                     # R6, a wait that saw it first
+                for want, key in list(waiting):
+                    if want <= seq:
+                        waiting.remove((want, key))
+                        jobs = self.early.pop(key, None)
+                        if jobs is not None:
+                            self._resolve(key, key[1], epoch, jobs)
         else:
             self._xtick()
 
@@ -666,9 +687,10 @@ class Predictor:
         c[r[1]] += 1
         b = e["buffer"]
         dq = self.kernel.get(b)
-        if not dq:
-            return
         want = e.get("seq") or 0
+        if not dq or dq[-1][0] < want and b not in self._kernel_unsorted:
+            self._kernel_wait_early(e["svc"], b, want)
+            return
         found = None                        # the first signal with a seqno >= the wait's
         if b in self._kernel_unsorted:
             for seq, epoch in dq:
@@ -680,8 +702,26 @@ class Predictor:
                 if seq < want:
                     break
                 found = epoch
-        if found is not None and c.get(EXPORTER, 0) < found:
+        if found is None:
+            self._kernel_wait_early(e["svc"], b, want)
+        elif c.get(EXPORTER, 0) < found:
             c[EXPORTER] = found                                                    # R6 (_learn)
+
+    def _kernel_wait_early(self, importer: str, b: Any, want: int) -> None:
+        """R6 in a real run: the wait returned, so the KERNEL fence was signalled (the shared
+        fence cell), but the exporter's fence_signal event is stamped later (descheduled between
+        its signal and its event). The loop and the jobs it begins from now on learn it when it
+        comes, as a receipt whose send is stamped late (_receive, _send)."""
+        key = ("kernel", importer, (b, want))
+        self.early.put(key, [])
+        q = self.unresolved.get(importer)
+        if q is None:
+            q = self.unresolved[importer] = deque(maxlen=16)
+        if key not in q:
+            q.append(key)
+        waiting = self._kernel_early.setdefault(b, deque(maxlen=16))
+        if (want, key) not in waiting:
+            waiting.append((want, key))
 
     def i_dma_begin(self, e: dict[str, Any]) -> None:
         svc = e["svc"]

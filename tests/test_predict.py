@@ -198,3 +198,35 @@ def test_explore_around_writes_around_json(tmp_path: Path) -> None:
     assert set(doc) >= {"candidates", "confirmed", "not_confirmed", "schedules", "seconds"}
     assert len(doc["confirmed"]) + len(doc["not_confirmed"]) == min(doc["candidates"], 256)
     assert all(x["reason"] for x in doc["not_confirmed"])
+
+
+def _remap_after_move(kernel_signal_t: int | None, kernel_wait: bool = True) -> list[dict]:
+    """importer-1 maps buffer 0's new placement, served while the move's copy still ran (the
+    KERNEL fence guards it), waits for the KERNEL fence and begins a job; the exporter's
+    fence_signal of that fence is stamped at `kernel_signal_t` (a real run: after the wait
+    it satisfied, when the exporter was descheduled between its signal and its event)."""
+    h = mapped()
+    h.move(0, 1, move=1, begin=20, copy_begin=22, copy_end=30, free=32, end=34)
+    h.ev(28, "exporter", "map_served", id=50, importer="importer-1", buffer=0, attachment=1, gen=2, moved=True,
+         deferred_ns=0)
+    h.ev(50, "importer-1", "map", id=50, buffer=0, attachment=1, heap="sys", offset=0x1000, size=0x10000, gen=2,
+         latency_ns=1000, reused=False, moved=True)
+    if kernel_wait:
+        h.ev(52, "importer-1", "kernel_fence_wait", buffer=0, seq=1, waited_ns=10)
+    h.ev(54, "importer-1", "dma_begin", job=7, buffer=0, attachment=1, access="read", heap="sys",
+         offset=0x1000, size=0x10000, gen=2, fence=1)
+    if kernel_signal_t is not None:
+        h.ev(kernel_signal_t, "exporter", "fence_signal", buffer=0, usage="KERNEL", seq=1, move=1)
+    h.ev(60, "importer-1", "dma_end", job=7, buffer=0, attachment=1, access="read", heap="sys", offset=0x1000,
+         size=0x10000, gen=2, status="ok", bytes=0x10000, faults=0, last_access_ns=60)
+    h.ev(61, "importer-1", "fence_signal", buffer=0, usage="READ", seq=1, job=7)
+    return _current(h.sorted_events())
+
+
+def test_a_kernel_fence_wait_orders_the_job_after_the_copy_even_when_the_signal_is_stamped_late() -> None:
+    # R6: stamped in order (the signal at 31) or after the wait it satisfied (at 56), the wait
+    # returned on the signalled fence, which the exporter signals after its copy ended
+    assert predict_lines(_remap_after_move(31))["candidates"] == 0
+    assert predict_lines(_remap_after_move(56))["candidates"] == 0
+    # no wait for the KERNEL fence: nothing orders the copy's end before the job's begin
+    assert predict_lines(_remap_after_move(31, kernel_wait=False))["by_kind"] == {"unfenced_access": 1}
