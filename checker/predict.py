@@ -216,7 +216,6 @@ class Predictor:
         self.lock_events = 0
         self.jobs_seen = 0
         self.jobs_without_fence_field = 0
-        self.last_t = 0
         self.seen_pairs: set[tuple[Any, ...]] = set()
         self.early = _Bounded(MAX_PENDING)              # (kind, importer, id) -> jobs begun since its receipt
         self.unresolved: dict[str, deque[tuple[str, str, Any]]] = {}  # importer -> receipts whose send is unseen
@@ -334,7 +333,6 @@ class Predictor:
                     self.unreadable += 1
                     continue
                 seen += 1
-                self.last_t = t
                 h = handlers.get(name)
                 if h is None:
                     continue
@@ -349,7 +347,6 @@ class Predictor:
 
     def feed(self, e: dict[str, Any]) -> None:
         self.seen += 1
-        self.last_t = e["t_ns"]
         h = _HANDLERS.get(e["event"])
         if h is not None:
             self._dispatch(h, e)
@@ -851,8 +848,11 @@ class Predictor:
             self._emit_unfenced(j, g)
 
     def _ended(self, j: _Job) -> None:
-        if j.unf is not None:
-            self._judge_unfenced(j)
+        g = j.unf
+        if g is not None:                                   # _judge_unfenced, inline
+            j.unf = None
+            if j.begin_exp < g.copy_end_epoch or j.begin_t < g.copy_end_t:  # type: ignore[operator]
+                self._emit_unfenced(j, g)
         if j.uau is not None:
             self._emit_uau(j)
         per = self.gens.get(j.buffer)
@@ -869,14 +869,15 @@ class Predictor:
             return
         if g is None:
             g = self._gen(j.buffer, j.gen)
-        if g.free is not None or (j.write and g.copy_begin is not None):
-            if j.write and g.copy_begin is not None:
+        write, free = j.write, g.free
+        if free is not None or (write and g.copy_begin is not None):
+            if write and g.copy_begin is not None:
                 self._pair(j, g, g.copy_begin, "lost_write")
-            elif j.write:
-                self._pair(j, g, g.free, "lost_write")
+            elif write:
+                self._pair(j, g, free, "lost_write")
             else:
-                self._pair(j, g, g.free, "stale_read")
-        if g.free is None:
+                self._pair(j, g, free, "stale_read")
+        if free is None:
             q = g.ended.get(j.lane)
             if q is None:
                 q = g.ended[j.lane] = deque()
@@ -885,7 +886,7 @@ class Predictor:
                 q.popleft()
                 self.not_examined += 1
         # Linux 7.1 windows of the mapping the job ran under
-        if j.write or j.used:
+        if write or j.used:
             k = (j.svc, j.att)
             for key in self.bindings.get((j.svc, j.att, j.serial), ()):
                 self._window_pair(j, key)
@@ -962,14 +963,14 @@ class Predictor:
         return None
 
     def _pair(self, j: _Job, g: _Gen | None, p: _Point, kind: str, window: bool = False) -> None:
-        key = (kind, j.svc, j.job, p.event, p.t)
-        if key in self.seen_pairs:
-            return
         end = j.access_end if j.access_end is not None else j.end_t
         overlapped = end is None or end > p.t
         # an overlap in time is a candidate even when the rules order it (a real run's clocks
         # stamp some events late): every race the oracle reports, judged on times, is one
-        if not overlapped and self._ordered(j, p):
+        if not overlapped and (p.clock.get(j.lane, 0) >= j.end_epoch or self._ordered(j, p)):
+            return                      # (the first test is _ordered's R1-R7, inline: most pairs)
+        key = (kind, j.svc, j.job, p.event, p.t)
+        if key in self.seen_pairs:
             return
         self._add({"kind": kind, "buffer": j.buffer, "gen": j.gen, "job": j.brief(),
                    "other": {"event": p.event, "t_ns": p.t, "svc": EXPORTER, "move": _jsonable(p.move)},

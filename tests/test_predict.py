@@ -230,3 +230,18 @@ def test_a_kernel_fence_wait_orders_the_job_after_the_copy_even_when_the_signal_
     assert predict_lines(_remap_after_move(56))["candidates"] == 0
     # no wait for the KERNEL fence: nothing orders the copy's end before the job's begin
     assert predict_lines(_remap_after_move(31, kernel_wait=False))["by_kind"] == {"unfenced_access": 1}
+
+
+def test_every_race_of_a_real_move_notify_run_is_a_candidate(tmp_path: Path) -> None:
+    # a real run: processes, sockets and the machine's own timing (the exporter's events may be
+    # stamped after what they caused), not the simulator's ordered clock
+    run = tmp_path / "real"
+    r = cli("run", "--strategy", "move-notify", "--importers", "4", "--duration", "1", "--seed", "1",
+            "--out", str(run), "--quiet", timeout=180)
+    assert r.returncode == 0, r.stderr
+    lines = (run / "history.jsonl").read_bytes().splitlines(keepends=True)
+    races, pred = _races_and_candidates(lines)
+    assert races, "move-notify races in a 1 s run of 4 importers (docs/results.md: 25-35 of them)"
+    assert pred["candidates"] <= 256, "every candidate listed"
+    keys = {(c["kind"], c["job"]["svc"], c["job"]["job"]) for c in pred["items"]}
+    assert [(x.kind, x.job.svc, x.job.job) for x in races if (x.kind, x.job.svc, x.job.job) not in keys] == []
