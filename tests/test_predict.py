@@ -173,6 +173,21 @@ def test_cli_check_predict_refuses_an_old_history_in_one_line(tmp_path: Path) ->
     assert len(err) == 1 and "cannot predict" in err[0] and "fence" in err[0]
 
 
+def test_cli_check_predict_refuses_a_history_without_fence_events_in_one_line(tmp_path: Path) -> None:
+    # jobs that say their fence, but no fence_signal or fence wait of any kind: R5 and R6 have
+    # nothing to order with, so every fenced job would be a candidate
+    run = _sim_run(tmp_path, "resv-fence")
+    for f in (run / "events").glob("*.jsonl"):
+        kept = [line for line in f.read_text().splitlines()
+                if json.loads(line)["event"] not in ("fence_signal", "fence_wait_begin", "fence_wait_end",
+                                                     "kernel_fence_wait")]
+        f.write_text("\n".join(kept) + "\n")
+    r = cli("check", str(run), "--predict")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot predict" in err[0] and "no fence_signal or fence_wait event" in err[0], err
+
+
 def test_unreadable_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     lines = [json.dumps(e).encode() + b"\n" for e in _write_then_move(between_unmap=False)]
     lines.insert(3, b'{"t_ns": 12, "svc": "imp\n')
