@@ -203,8 +203,13 @@ class Predictor:
         self.att_usable: dict[tuple[str, Any], tuple[bool, str | None, int]] = {}
         self.serial: dict[tuple[str, Any], int] = {}
         self.lost: dict[str, list[tuple[int, int]]] = {}  # importer -> [(t, exporter epoch)] (R8)
-        self.windows: dict[tuple[str, Any, Any], dict[str, Any]] = {}
-        self.bindings: dict[tuple[str, Any, int], list[tuple[str, Any, Any]]] = {}
+        # oldest dropped first (OrderedDict: a plain dict's first key is found by a scan past
+        # every key deleted before it, quadratic once they are full)
+        self.windows: OrderedDict[tuple[str, Any, Any], dict[str, Any]] = OrderedDict()
+        self.bindings: OrderedDict[tuple[str, Any, int], list[tuple[str, Any, Any]]] = OrderedDict()
+        self.windows_made = 0
+        self._returned: dict[tuple[Any, Any], list[tuple[str, Any, Any]]] = {}  # (buffer, op) -> windows
+        #   whose callback returned before the op's fence wait ended (opened by _window_fence_end)
         self.map_ended: dict[tuple[str, Any], deque[_Job]] = {}
         self.cands: list[dict[str, Any]] = []
         self.count = 0
@@ -226,7 +231,7 @@ class Predictor:
         self.anomalies = 0
         self.fenced_jobs = 0
         self._lane_done: dict[str, Clock] = {}          # lane -> its clock at its last dma_end (R3)
-        self._op_gen: dict[tuple[Any, Any], Any] = {}   # (buffer, move) -> the generation it moves off
+        self._op_gen: OrderedDict[tuple[Any, Any], Any] = OrderedDict()  # (buffer, move) -> the generation it moves off
         self._waits_ended: OrderedDict[tuple[Any, Any], bool] = OrderedDict()
         self._kernel_early: dict[Any, deque[tuple[int, tuple[Any, ...]]]] = {}  # buffer -> waits before their signal
         self._kernel_unsorted: set[Any] = set()          # buffers whose KERNEL seqnos came out of order
@@ -543,7 +548,7 @@ class Predictor:
         self._gen(e["buffer"], e["from_gen"])
         self._op_gen[(e["buffer"], e["move"])] = e["from_gen"]
         if len(self._op_gen) > MAX_RECENT_MOVES:
-            self._op_gen.pop(next(iter(self._op_gen)))
+            self._op_gen.popitem(last=False)
 
     def _gen_of_op(self, b: Any, op: Any) -> _Gen | None:
         gen = self._op_gen.get((b, op))
@@ -649,7 +654,7 @@ class Predictor:
             key = (k[0], k[1], self.serial.get(k, 0))
             self.bindings.setdefault(key, []).append((e["svc"], e["attachment"], op))
             if len(self.bindings) > MAX_PENDING:
-                self.bindings.pop(next(iter(self.bindings)))
+                self.bindings.popitem(last=False)
 
     def i_returned(self, e: dict[str, Any]) -> None:
         c = self._tick(self._main(e))
@@ -660,8 +665,7 @@ class Predictor:
             _join(out, self._lane_done.get(lane))      # R3: the callback looked at its DMA (`stopped`)
         self.returns.put((e["svc"], e["attachment"], op), out)
         if e.get("stopped"):
-            w = self.windows.setdefault((e["svc"], e["attachment"], op), {})
-            w["stopped"] = True
+            self._window((e["svc"], e["attachment"], op))["stopped"] = True
 
     def i_invalidate(self, e: dict[str, Any]) -> None:
         self._tick(self._main(e))
@@ -915,20 +919,34 @@ class Predictor:
     # --- Linux 7.1 windows -------------------------------------------------------------------
 
     def _window_part(self, imp: str, att: Any, b: Any, op: Any, part: str, e: dict[str, Any]) -> None:
-        w = self.windows.setdefault((imp, att, op), {})
+        w = self._window((imp, att, op))
         w[part] = True
         w["buffer"] = b
         if part == "returned" and not (w.get("stopped") or (b, op) in self._waits_ended):
+            self._returned.setdefault((b, op), []).append((imp, att, op))
+            if len(self._returned) > MAX_PENDING:
+                self._returned.pop(next(iter(self._returned)))
             return
         self._window_open(imp, att, op, e)
+
+    def _window(self, key: tuple[str, Any, Any]) -> dict[str, Any]:
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = {"n": self.windows_made}     # its place in the making order
+            self.windows_made += 1
+        return w
 
     def _window_fence_end(self, b: Any, op: Any, e: dict[str, Any]) -> None:
         self._waits_ended[(b, op)] = True
         if len(self._waits_ended) > MAX_RECENT_MOVES:
             self._waits_ended.popitem(last=False)
-        for (imp, att, wop), w in list(self.windows.items()):
-            if wop == op and w.get("buffer") == b and w.get("returned") and "open" not in w:
-                self._window_open(imp, att, op, e)
+        keys = self._returned.pop((b, op), ())
+        if len(keys) > 1:                   # in the order the windows were made
+            keys = sorted(set(keys), key=lambda k: self.windows.get(k, {}).get("n", -1))
+        for key in keys:
+            w = self.windows.get(key)
+            if w is not None and w.get("buffer") == b and w.get("returned") and "open" not in w:
+                self._window_open(key[0], key[1], op, e)
 
     def _window_open(self, imp: str, att: Any, op: Any, e: dict[str, Any]) -> None:
         w = self.windows[(imp, att, op)]
@@ -939,7 +957,7 @@ class Predictor:
             if (imp, att, op) in self.bindings.get((imp, att, j.serial), ()):
                 self._window_pair(j, (imp, att, op))
         if len(self.windows) > MAX_PENDING:
-            self.windows.pop(next(iter(self.windows)))
+            self.windows.popitem(last=False)
 
     def _window_pair(self, j: _Job, key: tuple[str, Any, Any]) -> None:
         w = self.windows.get(key)
