@@ -192,13 +192,14 @@ class Predictor:
         self.acks = _Bounded(MAX_PENDING)               # (importer, id) -> importer clock
         self.lock_release: dict[Any, Clock] = {}
         self.signals: dict[tuple[str, Any], deque[tuple[int, int, Clock]]] = {}
+        self._signals_of: dict[Any, list[deque[tuple[int, int, Clock]]]] = {}  # buffer -> its importers' signals
         self.kernel: dict[Any, deque[tuple[int, Clock]]] = {}
         self.waits: dict[tuple[Any, Any], dict[str, Any]] = {}
         self.gens: dict[Any, dict[Any, _Gen]] = {}
         self.jobs: dict[tuple[str, Any], _Job] = {}
         # (svc, job) -> (lane, its epoch at the job's end), for a fence signalled later (oldest
         # dropped past MAX_PENDING: a fence never signalled)
-        self.job_lane: dict[tuple[str, Any], tuple[str, int]] = {}
+        self.job_lane: OrderedDict[tuple[str, Any], tuple[str, int]] = OrderedDict()
         self.att_lane: dict[tuple[str, Any], str] = {}  # (importer name, attachment) -> its lane
         self.att_usable: dict[tuple[str, Any], tuple[bool, str | None, int]] = {}
         self.serial: dict[tuple[str, Any], int] = {}
@@ -473,12 +474,11 @@ class Predictor:
         b = e["buffer"]
         rank = USAGE_RANK.get(e.get("usage"), 3)
         # R5: fences signalled before the snapshot, of a usage the wait takes
-        for (imp, buf), sigs in self.signals.items():
-            if buf == b:
-                for _seq, urank, clock in reversed(sigs):
-                    if urank <= rank:
-                        _join(c, clock)
-                        break
+        for sigs in self._signals_of.get(b, ()):
+            for _seq, urank, clock in reversed(sigs):
+                if urank <= rank:
+                    _join(c, clock)
+                    break
         op = e.get("move") if e.get("move") is not None else ("revoke", e.get("revoke"))
         wait = {"usage": e.get("usage"), "fences": e.get("fences") or [], "t": e["t_ns"], "op": op}
         self.waits[(b, op)] = wait
@@ -813,8 +813,8 @@ class Predictor:
         self._lane_done[lane] = dict(lc)
         jl = self.job_lane
         jl[key] = (lane, j.end_epoch)
-        if len(jl) > MAX_PENDING:
-            del jl[next(iter(jl))]
+        if len(jl) > MAX_PENDING:       # unfenced jobs' ends are never signalled
+            jl.popitem(last=False)
         status = e.get("status")
         if status == "aborted" and not str(e.get("reason") or "").startswith("fence forced"):
             _join(self._clock(self._main(e)), lc)          # R3: the driver stopped it itself
@@ -833,6 +833,7 @@ class Predictor:
         sigs = self.signals.get(sk)
         if sigs is None:
             sigs = self.signals[sk] = deque(maxlen=MAX_SIGNALS)
+            self._signals_of.setdefault(sk[1], []).append(sigs)
         if j is None and ended is not None and self.vc[ended[0]][ended[0]] == ended[1]:
             # the lane did nothing since the job's end: the signal knows what that end knew (the
             # dma_end's snapshot, never mutated), and an epoch of its own would order nothing more
