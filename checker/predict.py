@@ -821,7 +821,8 @@ class Predictor:
         if j.access_end is None or (status == "fault" and not e.get("bytes")):
             self._judge_unfenced(j)       # no access to pair; its begin is still judged
             return
-        j.used = (not j.write and status == "ok" and bool(e.get("bytes")) and not e.get("discarded"))
+        if not j.write:
+            j.used = status == "ok" and bool(e.get("bytes")) and not e.get("discarded")
         self._ended(j)
 
     def i_fence_signal(self, e: dict[str, Any]) -> None:
@@ -893,8 +894,9 @@ class Predictor:
         # Linux 7.1 windows of the mapping the job ran under
         if write or j.used:
             k = (j.svc, j.att)
-            for key in self.bindings.get((j.svc, j.att, j.serial), ()):
-                self._window_pair(j, key)
+            if self.bindings:               # (none until an invalidate_mappings: Linux 7.1)
+                for key in self.bindings.get((j.svc, j.att, j.serial), ()):
+                    self._window_pair(j, key)
             q2 = self.map_ended.get(k)
             if q2 is None:
                 q2 = self.map_ended[k] = deque(maxlen=MAX_ENDED)
