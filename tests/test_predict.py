@@ -41,6 +41,19 @@ def test_every_race_is_a_candidate(strategy: str, seed: int) -> None:
     assert pred["overlapped"] >= len(races)
 
 
+def test_every_race_of_a_rogue_revoke_run_is_a_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Linux 7.1: rogue devices write after their invalidate_mappings returned, so the
+    # invalidation windows (write_after_invalidate) are what pairs them
+    import checker.predict
+    monkeypatch.setattr(checker.predict, "MAX_ITEMS", 1 << 20)
+    lines = simulated_lines(1, ("rogue:target=importers,ms=20,access=write,p=0.3",), strategy="revoke",
+                            importers=4, buffers=8, duration=0.5)
+    races, pred = _races_and_candidates(lines)
+    assert any(r.kind == "write_after_invalidate" for r in races), {r.kind for r in races}
+    keys = {(c["kind"], c["job"]["svc"], c["job"]["job"]) for c in pred["items"]}
+    assert [(r.kind, r.job.svc, r.job.job) for r in races if (r.kind, r.job.svc, r.job.job) not in keys] == []
+
+
 @pytest.mark.parametrize("strategy", ["pin", "resv-fence", "revoke", "revalidate"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_correct_strategies_give_no_candidate(strategy: str, seed: int) -> None:
