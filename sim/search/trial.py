@@ -239,6 +239,7 @@ class Trial:
     history: list[bytes] | None = None
     report: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    virtual_ns: int = 0               # virtual time simulated (to the cut)
 
     @property
     def decisions(self) -> int:
@@ -352,7 +353,8 @@ def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], 
     trial = Trial(races, entries, list(scheduler.streams), outcome.world.steps, outcome.deployment.net.messages,
                   chooser.window_steps, time.perf_counter() - began,
                   hashlib.sha256(b"".join(history)).hexdigest(), error,
-                  history=history if (keep_history or raced) else None)
+                  history=history if (keep_history or raced) else None,
+                  virtual_ns=outcome.world.now - outcome.world.t0)
     if chooser.record is not None:
         trial.extra["deviations"] = list(chooser.record)
     return trial
