@@ -124,10 +124,10 @@ class FenceTable:
             cell[SIGNALED] = seq
 
     def is_signaled(self, slot: int, buffer: int, seq: int) -> bool:
-        i = self._at(slot, buffer)
-        if i >= 0:
-            q = self._flat
-            return max(q[i + SIGNALED], q[i + FORCED]) >= seq  # type: ignore[index]
+        q = self._flat
+        if q is not None and 0 <= slot < self.slots and 0 <= buffer < self.buffers:   # _at, inline: the hottest read
+            i = (slot * self.buffers + buffer) * FIELDS
+            return max(q[i + SIGNALED], q[i + FORCED]) >= seq
         cell = self.cells[slot, buffer]  # type: ignore[index]
         return max(int(cell[SIGNALED]), int(cell[FORCED])) >= seq
 

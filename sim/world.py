@@ -295,7 +295,7 @@ class World:
         exporter's pending timers (latest first; see the rules above)? If so it is re-armed,
         unmarked, just after that timer."""
         pending = sorted({e[0] for e in self._heap
-                          if e[3] is not None and e[2] is not None and e[2].name == "exporter"}, reverse=True)
+                          if e[2] is not None and e[3] is not None and e[2].name == "exporter"}, reverse=True)
         stream = STALL_STREAM + entry[2].process.name
         for t in pending:
             if self.scheduler.decide(stream):
@@ -352,7 +352,14 @@ class ActorLoop:
         return entry
 
     def call_later(self, seconds: float, callback: Callback) -> list:
-        return self.world.push(self.world.now + int(seconds * 1e9), self.actor, callback)
+        # World.push, inline (the services arm a timer at about every other step)
+        w, a = self.world, self.actor
+        if w.touched is not None:
+            w.touched.add(a)
+        w._seq += 1
+        entry = [w.now + int(seconds * 1e9), w._seq, a, callback]
+        heapq.heappush(w._heap, entry)
+        return entry
 
     def cancel(self, handle: Any) -> None:
         handle[3] = None
