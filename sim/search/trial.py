@@ -282,8 +282,8 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
     """The checker's verdicts on a merged history: every race, deadlock, revoke_incomplete, stuck
-    item and refcount_warning, in the order it judged them."""
-    from checker.findings import DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK
+    item, refcount_warning and potential_deadlock, in the order it judged them."""
+    from checker.findings import DEADLOCK, POTENTIAL_DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
@@ -300,6 +300,8 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
                                 fields.get("what")))
         elif kind == REFCOUNT_WARNING:
             races.append(RaceId(REFCOUNT_WARNING, fields.get("buffer"), "exporter", fields.get("message")))
+        elif kind == POTENTIAL_DEADLOCK:   # the kernel's rule broken, whether or not the cycle formed
+            races.append(RaceId(POTENTIAL_DEADLOCK, fields.get("buffer"), str(fields.get("importer")), None))
 
     oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
                     on_finding=on_finding)
