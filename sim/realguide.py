@@ -191,6 +191,9 @@ class RealGuide:
     net_ns: dict[str, int]                          # sender -> that delay
     warps: dict[int, Warp]                          # importer index -> where its real times are aimed
     chunk_ms: float = ImporterArgs.chunk_ms          # the DMA engine's chunk (importer_svc/dma.py)
+    moves: list[RealMove] = field(default_factory=list)   # the real run's moves (explore --around aims at them)
+    lines: int = 0                                  # the history's non-blank lines
+    unreadable: int = 0                             # of them, not a JSON event with an integer t_ns: skipped
     taken: dict[str, int] = field(default_factory=dict)   # decisions answered, by what they decide
     left: dict[str, int] = field(default_factory=dict)    # decisions left to the chooser, likewise
     _cursors: dict[str, _Cursor] = field(default_factory=dict)
@@ -199,7 +202,18 @@ class RealGuide:
 
     @classmethod
     def from_history(cls, path: Path, params: Any) -> "RealGuide":
-        events = [orjson.loads(line) for line in open(path, "rb") if line.strip()]
+        events, lines = [], 0
+        with open(path, "rb") as fh:
+            for line in fh:                            # a truncated or garbled line is skipped and counted
+                if not line.strip():
+                    continue
+                lines += 1
+                try:
+                    e = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(e, dict) and type(e.get("t_ns")) is int and isinstance(e.get("event"), str):
+                    events.append(e)
         starts = [e["t_ns"] for e in events if e.get("event") == "control" and e.get("svc") == "exporter"
                   and e.get("op") == "start"]
         if not starts:
@@ -253,7 +267,8 @@ class RealGuide:
         moves = _moves(events, s0)
         copy_ns = LANE_COST_NS["copy"] * math.ceil(params.buffer_size / COPY_CHUNK)
         warps = _warps(events, moves, s0, net_ns.get("exporter", MIN_NS), copy_ns)
-        return cls(params.buffers, params.dma_ms, params.think_ms, period, jobs, _ticks(moves), net_u, net_ns, warps)
+        return cls(params.buffers, params.dma_ms, params.think_ms, period, jobs, _ticks(moves), net_u, net_ns, warps,
+                   moves=moves, lines=lines, unreadable=lines - len(events))
 
     # ------------------------------------------------------------------ Guide
 
