@@ -516,6 +516,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
         f"moves, {len(late)} late notifications, {len(steps)} dependent step reorderings), {len(level2)} pairs")
 
     schedule = 0
+    first_deviation_s: float | None = None
     for devs in plan:
         if schedule >= schedules or len(confirmed) == len(items) and items:
             break
@@ -525,6 +526,8 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
         if targets and targets <= set(confirmed) and len(items):
             continue                           # its candidates are confirmed: spend the schedules elsewhere
         schedule += 1
+        if first_deviation_s is None:
+            first_deviation_s = round(time.perf_counter() - began, 2)
         trial, guide = run(devs)
         new = [r for r in trial.races if r not in baseline]
         judge_schedule(trial, devs, schedule, new)
@@ -563,7 +566,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
            "by_kind": pred["by_kind"], "listed": len(items),
            "confirmed": [confirmed[n] for n in sorted(confirmed)], "not_confirmed": not_confirmed,
            "also_found": also_found, "confirms": bool(confirmed or also_found),
-           "first_confirmed_schedule": first_schedule, "schedules": schedule, "bound": bound,
+           "first_confirmed_schedule": first_schedule, "first_deviation_s": first_deviation_s, "schedules": schedule, "bound": bound,
            "deviation_sets": {"single": len(level1), "pairs": len(level2)},
            "base": {"races": [r.as_dict() for r in base_trial.races], "guided": dict(base_guide.inner.taken),
                     "left": dict(base_guide.inner.left)},
