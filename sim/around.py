@@ -22,14 +22,19 @@ Rules:
      runs: the copy begins early). For a job that began on a placement after the copy creating it
      ended (unfenced_access): `begin_at` (its start drawn earlier, into the copy).
      use_after_unmap is a race of the run itself (program order), never a reversal.
-  2. the exporter's notifications of each move delivered late (`late_frames`: each frame the
+  2. crossings the run did not have (`crossings`): around each real move of buffer B, each
+     importer's last job begun before the move taken on B, read or write, running until HOLD_NS
+     after the move's free (`retarget`: the workload's buffer and access draws and its duration),
+     and its first job begun after the copy began taken on B while the copy runs
+     (`retarget_into`); then the exporter's notifications of each move delivered late (`late_frames`: each frame the
      exporter sends in the move's first LATE_WINDOW_NS takes the network's longest delay), and
      the reorderings of dependent steps the run left open: two steps of different actors at one
      instant whose footprints meet (sim/search/dpor.py's dependency relation, footprints by
      sim/search/exhaustive.py), the later one's actor offered when the earlier one was chosen:
      `step` takes it there instead (nearest a candidate's time first).
   3. with bound 2: each candidate's reversals two at a time, each with its move's late frames,
-     and each with the step reorderings nearest to it.
+     and each with the step reorderings nearest to it; each crossing with its move's late frames.
+  A bound above 2 searches what bound 2 does (no schedule here has more than two deviations).
   A deviation that no longer fits (its job or step is not there: an earlier one moved it) is
   not applied; the schedule is judged as it ran.
 - A schedule is judged by the checker (sim/search/trial.py judge: races, and the findings a

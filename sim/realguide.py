@@ -31,6 +31,8 @@ importer's real times are aimed through its Warp (the identity but around moves,
   actors with no expected event are left to the chooser.
 
 A decision the real history does not answer is left to the chooser and counted as `made`.
+A history line that is not a JSON event with an integer t_ns (truncated, garbled) is skipped and
+counted (`unreadable`, of `lines`): the guide is built from the rest.
 The real t_ns are CLOCK_MONOTONIC; the simulated ones virtual: only differences are compared.
 
 Measured (real `run --strategy move-notify --importers 4 --duration 1 --seed S`, S = 1..5 twice

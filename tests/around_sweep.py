@@ -6,7 +6,8 @@
     PYTHONPATH=. python tests/around_sweep.py first --out /tmp/around-sweep
 
 mutants: for each resv-fence mutant and revoke+kref-reinit, real runs (`dmabuf-emu run --strategy M
---duration 0.3 --importers 2 --seed S`, S = 1, 2, ...; the pin mutants with --pin-ratio 0.25) are
+--duration 0.3 --importers 2 --move-rate 5 --seed S`, S = 1, 2, ...: one or two pressure ticks, so
+that many runs miss the race; the pin mutants with --pin-ratio 0.25) are
 made until RUNS of them have a report with no race and no catch finding (checker/findings.py
 CATCHES: a potential_deadlock, which is no catch, does not disqualify a run); each kept run is
 explored around (sim/around.py, --schedules 200, bound 2, stopping at the first schedule that
@@ -83,7 +84,7 @@ def what(doc: dict[str, Any]) -> str:
 def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: list[str]) -> dict[str, Any]:
     rows = {}
     for m in only or MUTANTS:
-        extra = ["--pin-ratio", "0.25"] if m in PINNED else []
+        extra = ["--move-rate", "5"] + (["--pin-ratio", "0.25"] if m in PINNED else [])
         kept, tried, items = 0, 0, []
         for seed in range(1, max_seeds + 1):
             if kept >= runs:
