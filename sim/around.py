@@ -24,7 +24,8 @@ Rules:
      use_after_unmap is a race of the run itself (program order), never a reversal.
   2. crossings the run did not have (`crossings`): around each real move of buffer B, each
      importer's last job begun before the move taken on B, read or write, running until HOLD_NS
-     after the move's free (`retarget`: the workload's buffer and access draws and its duration),
+     after the move's free (`retarget`: the workload's buffer and access draws and its duration;
+     with --pin-ratio, also pinned),
      and its first job begun after the copy began taken on B while the copy runs
      (`retarget_into`); then the exporter's notifications of each move delivered late (`late_frames`: each frame the
      exporter sends in the move's first LATE_WINDOW_NS takes the network's longest delay), and
@@ -53,6 +54,9 @@ Rules:
   the job never ended, the candidate overlapped in the run and its replay did not race).
 - OUT/around.json: candidates, confirmed, not_confirmed, also_found, schedules, seconds,
   first_confirmed_schedule, deviations tried, unreadable lines.
+`base_counts=False` (the sweep's second measure, tests/around_sweep.py): what the base schedule
+shows confirms nothing, and a deviation must find a race or finding it has not (another kind,
+buffer, importer or job).
 Stopping: after `schedules` schedules, when every candidate is confirmed, when the list of
 deviation sets is done, or (stop_at_first) at the first schedule that confirms anything.
 """
@@ -103,6 +107,7 @@ class Deviation:
     cand: int | None = None            # the candidate it reverses (its position in the list)
     buffer: Any = None                 # retarget: the buffer the job takes instead
     access: str = ""                   # retarget: and its access
+    pin: bool | None = None            # retarget: and whether it pins (with --pin-ratio)
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "t_ms": round(self.t_ns / 1e6, 3)}
@@ -111,6 +116,8 @@ class Deviation:
                 d[k] = getattr(self, k)
         if self.access:
             d["access"] = self.access
+        if self.pin is not None:
+            d["pin"] = self.pin
         if self.kind == "step":
             d["options"], d["value"] = list(self.options), self.value
         return d
@@ -294,7 +301,8 @@ def move_times(history: Path, s0: int) -> dict[Any, dict[str, int]]:
 def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int) -> list[Deviation]:
     """Pairs the run did not have: around each real move of buffer B, each importer's last job
     begun before the move taken on B instead, read or write, running until HOLD_NS after the
-    move's free (`retarget`); and its job begun first after the copy began, taken on B and
+    move's free (`retarget`; with --pin-ratio also pinning B); and its job begun first after the
+    copy began, taken on B and
     begun while the copy runs (`retarget_into`)."""
     out: list[Deviation] = []
     for m in guide.moves:
@@ -304,9 +312,10 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int) 
             before = [j for j in jobs if j.begin_ns < m.t_ns]
             if before and free is not None:
                 j = before[-1]
-                for access in ("read", "write"):
-                    out.append(Deviation("retarget", free + HOLD_NS, importer, j.job, move=m.move,
-                                         buffer=m.buffer, access=access))
+                for pin in ((None, True) if guide.pin_ratio > 0 else (None,)):
+                    for access in ("read", "write"):
+                        out.append(Deviation("retarget", free + HOLD_NS, importer, j.job, move=m.move,
+                                             buffer=m.buffer, access=access, pin=pin))
             after = [j for j in jobs if copy_begin is not None and j.begin_ns > copy_begin]
             if after and copy_begin is not None:
                 out.append(Deviation("retarget_into", copy_begin + copy_ns // 2, importer, after[0].job,
@@ -335,6 +344,8 @@ def apply(base: RealGuide, devs: Sequence[Deviation]) -> RealGuide:
             if j is None:
                 continue
             j.buffer, j.access = d.buffer, d.access
+            if d.pin is not None:
+                j.pin = d.pin
             if d.kind == "retarget":
                 j.duration_ns = max(j.duration_ns, d.t_ns - j.begin_ns)
             else:
@@ -366,7 +377,7 @@ def _event_times(history: Sequence[bytes], cand: dict[str, Any]) -> tuple[int | 
 
 
 def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, force: bool = False,
-           version: str | None = None, stop_at_first: bool = False,
+           version: str | None = None, stop_at_first: bool = False, base_counts: bool = True,
            say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     from checker.findings import CATCHES
     from checker.predict import PredictRefused, predict_history
@@ -444,8 +455,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             if not sub:
                 return None                     # the base schedule, which does not have it
             t, _ = run(sub)
-            return t if t.has(r.kind, r.buffer) and not any(
-                x.kind == r.kind and x.buffer == r.buffer for x in baseline) else None
+            return t if any(x.kind == r.kind and x.buffer == r.buffer and x not in baseline for x in t.races) else None
         if devs:
             small = ddmin(list(devs), test)
             trial = test(small) if small != list(devs) else None
@@ -456,8 +466,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
         else:
             small, one_minimal = [], True
             trial = base_trial
-        k = len(kept_keys)
-        where = out / "races" / str(k)
+        where = out / "races" / str(len(confirmed) + len(also_found) + 1)
         _write(config, trial, where, r.kind, r.buffer)
         return {"dir": str(where), "schedule": schedule, "deviations": [d.as_dict() for d in small],
                 "deviations_before_shrink": len(devs), "one_minimal": one_minimal,
@@ -487,8 +496,10 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             first_schedule = schedule
         return got
 
-    # what the replay shows with no deviation
-    judge_schedule(base_trial, (), 0, base_trial.races)
+    # what the replay shows with no deviation (base_counts=False: nothing; a deviation must find a
+    # race or finding the base schedule has not: another kind, buffer, importer or job)
+    if base_counts:
+        judge_schedule(base_trial, (), 0, base_trial.races)
 
     # the deviation sets, in order (module docstring)
     per_cand = [reversals(n, c, base, s0, copy_ns) if c["kind"] != "use_after_unmap" else []

@@ -14,7 +14,9 @@ importer's real times are aimed through its Warp (the identity but around moves,
 - workload draws (stream `workload:<index>:0`): each importer's jobs in the order of their
   dma_begin: its buffer (the `choice`: the real buffer if the simulated importer has it idle),
   its access (the `chance` of a write), its duration (the `random` of the uniform: the D whose
-  last chunk comes when the real last access came, dma_duration_ms), and the think time before
+  last chunk comes when the real last access came, dma_duration_ms), with --pin-ratio whether
+  it pins (the `random` after the duration: pinned when the exporter's `pin` of that importer and
+  buffer came since its previous job on it), and the think time before
   it (the `random`): the wait that makes its dma_begin come where the real one came, less the
   simulated map round trip;
 - what the workload's ranges cannot give (sim/driver.py steer_importer): a wait longer than the
@@ -77,6 +79,7 @@ class RealJob:
     duration_ns: int
     think_ns: int | None            # gap since this importer's previous dma_end (None: the first jobs)
     busy: frozenset[int]            # this importer's buffers in flight at begin_ns
+    pin: bool = False               # it pinned its buffer first (the exporter's pin of it came before)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class RealTick:
 class _Cursor:
     jobs: list[RealJob]
     next: int = 0                   # the next job a choice draws
-    pending: str = ""               # "chance" / "duration" of job next-1 still to draw
+    pending: str = ""               # "chance" / "duration" / "pin" of job next-1 still to draw
     late_ns: int = 0                # what the last think time could not wait: the refill's lateness
     stretch_ns: int = 0             # what the last duration could not last: the DMA's lateness
 
@@ -193,6 +196,7 @@ class RealGuide:
     net_ns: dict[str, int]                          # sender -> that delay
     warps: dict[int, Warp]                          # importer index -> where its real times are aimed
     chunk_ms: float = ImporterArgs.chunk_ms          # the DMA engine's chunk (importer_svc/dma.py)
+    pin_ratio: float = 0.0                          # > 0: each job draws whether it pins (after its duration)
     moves: list[RealMove] = field(default_factory=list)   # the real run's moves (explore --around aims at them)
     lines: int = 0                                  # the history's non-blank lines
     unreadable: int = 0                             # of them, not a JSON event with an integer t_ns: skipped
@@ -224,11 +228,14 @@ class RealGuide:
         begins: dict[tuple[str, int], dict] = {}
         per_svc: dict[str, list[tuple[dict, int]]] = {}
         sent: dict[tuple, int] = {}
+        pins: dict[tuple[str, int], list[int]] = {}     # (importer, buffer) -> the exporter's pin times
         delays: dict[str, list[int]] = {}
         for e in events:
             ev, svc = e.get("event"), e.get("svc", "")
             if ev == "dma_begin":
                 begins[(svc, e["job"])] = e
+            elif ev == "pin" and svc == "exporter":
+                pins.setdefault((str(e.get("importer")), e.get("buffer")), []).append(e["t_ns"])
             elif ev == "dma_end" and (svc, e["job"]) in begins:
                 b = begins[(svc, e["job"])]
                 per_svc.setdefault(svc, []).append((b, e["t_ns"]))
@@ -259,7 +266,13 @@ class RealGuide:
                 earlier_ends = [e2 for b2, e2 in items[:n] if e2 <= b["t_ns"]]
                 busy = frozenset(b2["buffer"] for b2, e2 in items[:n] if e2 > b["t_ns"])
                 think = b["t_ns"] - max(earlier_ends) if earlier_ends else None
-                out.append(RealJob(b["job"], b["buffer"], b["access"], b["t_ns"] - s0, end - b["t_ns"], think, busy))
+                # a pin of this importer and buffer since its previous job on it: this job pinned
+                mine = pins.get((svc, b["buffer"]), [])
+                pinned = bool(mine) and mine[0] <= b["t_ns"]
+                while mine and mine[0] <= b["t_ns"]:
+                    mine.pop(0)
+                out.append(RealJob(b["job"], b["buffer"], b["access"], b["t_ns"] - s0, end - b["t_ns"], think, busy,
+                                   pinned))
             jobs[index] = out
         net_u, net_ns = {}, {}
         for sender, ds in delays.items():
@@ -270,7 +283,7 @@ class RealGuide:
         copy_ns = LANE_COST_NS["copy"] * math.ceil(params.buffer_size / COPY_CHUNK)
         warps = _warps(events, moves, s0, net_ns.get("exporter", MIN_NS), copy_ns)
         return cls(params.buffers, params.dma_ms, params.think_ms, period, jobs, _ticks(moves), net_u, net_ns, warps,
-                   moves=moves, lines=lines, unreadable=lines - len(events))
+                   moves=moves, lines=lines, unreadable=lines - len(events), pin_ratio=params.pin_ratio)
 
     # ------------------------------------------------------------------ Guide
 
@@ -398,11 +411,14 @@ class RealGuide:
             cur.pending = "duration"
             return cur.jobs[cur.next - 1].access == "write"
         if request.kind == RANDOM and cur.pending == "duration":
-            cur.pending = "map"
+            cur.pending = "pin" if self.pin_ratio > 0 else "map"
             want = dma_duration_ms(cur.jobs[cur.next - 1].duration_ns / 1e6, self.chunk_ms)
             x = min(ALMOST_ONE, max(0.0, want / self.dma_ms - 0.5))
             cur.stretch_ns = max(0, int((want - self.dma_ms * (0.5 + x)) * 1e6))
             return x
+        if request.kind == RANDOM and cur.pending == "pin":   # importer_svc/workload.py: pin when < pin_ratio
+            cur.pending = "map"
+            return 0.0 if cur.jobs[cur.next - 1].pin else ALMOST_ONE
         if request.kind == RANDOM:                      # a think time, before job `next`
             if cur.next >= len(cur.jobs) or self.think_ms <= 0:
                 return None

@@ -11,7 +11,8 @@ that many runs miss the race; the pin mutants with --pin-ratio 0.25) are
 made until RUNS of them have a report with no race and no catch finding (checker/findings.py
 CATCHES: a potential_deadlock, which is no catch, does not disqualify a run); each kept run is
 explored around (sim/around.py, --schedules 200, bound 2, stopping at the first schedule that
-confirms a race or a catch). Prints, per mutant, the runs tried and kept, how many were
+confirms a race or a catch; --deviated: what the undeviated guided replay already shows does not
+count, a deviation must find it). Prints, per mutant, the runs tried and kept, how many were
 confirmed and the median schedules to the confirmation; writes OUT/<mode>.json.
 correct: pin, resv-fence, revoke and unmap-hint (--hint-policy conservative) under the plans none
 and net, a few 0.3 s runs each: explore --around --schedules 500 must confirm nothing.
@@ -68,10 +69,10 @@ def quiet(report: dict[str, Any]) -> bool:
     return not report["races"]["total"] and not any((f.get(k) or {}).get("count") for k in CATCHES)
 
 
-def explore_around(run: Path, out: Path, schedules: int, stop_at_first: bool) -> dict[str, Any]:
+def explore_around(run: Path, out: Path, schedules: int, stop_at_first: bool, base_counts: bool = True) -> dict[str, Any]:
     from sim.around import around
     t = time.process_time()
-    doc = around(run, out, schedules=schedules, stop_at_first=stop_at_first)
+    doc = around(run, out, schedules=schedules, stop_at_first=stop_at_first, base_counts=base_counts)
     doc["cpu_s"] = round(time.process_time() - t, 2)
     return doc
 
@@ -81,7 +82,8 @@ def what(doc: dict[str, Any]) -> str:
     return ", ".join(f"{r['kind']} b{r['buffer']}" for r in got[:3]) or "-"
 
 
-def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: list[str]) -> dict[str, Any]:
+def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: list[str],
+                  base_counts: bool = True, reuse: bool = False) -> dict[str, Any]:
     rows = {}
     for m in only or MUTANTS:
         extra = ["--move-rate", "5"] + (["--pin-ratio", "0.25"] if m in PINNED else [])
@@ -91,10 +93,13 @@ def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: li
                 break
             d = out / "runs" / f"{m}-{seed}"
             tried += 1
-            if not quiet(real_run(m, seed, d, extra)):
+            rep = (json.loads((d / "report.json").read_text()) if reuse and (d / "report.json").exists()
+                   else real_run(m, seed, d, extra))
+            if not quiet(rep):
                 continue
             kept += 1
-            doc = explore_around(d, out / "around" / f"{m}-{seed}", schedules, True)
+            doc = explore_around(d, out / ("around" if base_counts else "around-deviated") / f"{m}-{seed}",
+                                 schedules, True, base_counts)
             items.append({"seed": seed, "confirms": doc["confirms"], "schedule": doc["first_confirmed_schedule"],
                           "schedules": doc["schedules"], "candidates": doc["candidates"], "found": what(doc),
                           "seconds": doc["seconds"], "cpu_s": doc["cpu_s"]})
@@ -161,11 +166,15 @@ def main() -> int:
     ap.add_argument("--max-seeds", type=int, default=40)
     ap.add_argument("--schedules", type=int, default=None, help="200 for mutants and crossing, 500 for correct")
     ap.add_argument("--mutant", action="append", default=[], help="only this mutant (repeatable)")
+    ap.add_argument("--deviated", action="store_true",
+                    help="mutants: what the undeviated guided replay shows does not count (a deviation must find it)")
+    ap.add_argument("--reuse", action="store_true", help="mutants: reuse the runs already in OUT/runs")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     began = time.time()
     if a.mode == "mutants":
-        result = sweep_mutants(a.out, a.runs or 10, a.max_seeds, a.schedules or 200, a.mutant)
+        result = sweep_mutants(a.out, a.runs or 10, a.max_seeds, a.schedules or 200, a.mutant,
+                               base_counts=not a.deviated, reuse=a.reuse)
     elif a.mode == "correct":
         result = sweep_correct(a.out, a.runs or 3, a.schedules or 500)
     elif a.mode == "crossing":
@@ -175,8 +184,9 @@ def main() -> int:
     load = os.getloadavg()
     doc = {"mode": a.mode, "result": result, "wall_s": round(time.time() - began, 1),
            "load": [round(x, 2) for x in load]}
-    (a.out / f"{a.mode}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {a.out / (a.mode + '.json')} (load {load[0]:.1f})")
+    name = a.mode + ("-deviated" if a.deviated else "")
+    (a.out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {a.out / (name + '.json')} (load {load[0]:.1f})")
     return 0
 
 
