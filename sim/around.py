@@ -25,7 +25,7 @@ Rules:
   2. crossings the run did not have (`crossings`): around each real move of buffer B, each
      importer's last job begun before the move taken on B, read or write, running until HOLD_NS
      after the move's free (`retarget`: the workload's buffer and access draws and its duration;
-     with --pin-ratio, also pinned),
+     with --pin-ratio, also pinned), the same around each revocation and un-revocation,
      and its first job begun after the copy began taken on B while the copy runs
      (`retarget_into`); then the exporter's notifications of each move delivered late (`late_frames`: each frame the
      exporter sends in the move's first LATE_WINDOW_NS takes the network's longest delay), and
@@ -78,6 +78,7 @@ from sim.scheduler import RANDOM, STEP, Request
 
 HOLD_NS = 2_000_000          # a held side ends this long after the other side came
 LEAD_NS = 1_000_000          # a delayed start comes this long before the other side
+UNREVOKE_LAG_NS = 300_000    # a job begun this long after an un-revocation (its map just behind it)
 LATE_WINDOW_NS = 2_000_000   # a move's notifications: the exporter's frames this long after its start
 STEP_REVERSALS = 64          # dependent step reorderings kept (nearest the candidates first)
 NEAR_STEPS = 3               # step reorderings paired with each reversal at bound 2
@@ -280,31 +281,55 @@ def reversals(n: int, cand: dict[str, Any], guide: RealGuide, s0: int, copy_ns: 
     return out
 
 
-def move_times(history: Path, s0: int) -> dict[Any, dict[str, int]]:
-    """Each real move's exporter events (move_begin, copy_begin, free, ...) by move id, ns after s0."""
+def move_times(history: Path, s0: int) -> tuple[dict[Any, dict[str, int]], list[tuple[str, Any, int]]]:
+    """Each real move's exporter events (move_begin, copy_begin, free, ...) by move id, and the
+    revocations and un-revocations (event, buffer, time), in ns after s0."""
     import orjson
     out: dict[Any, dict[str, int]] = {}
-    keys = (b'"copy_begin"', b'"copy_end"', b'"free"', b'"resv_unlock"', b'"move_end"')
+    revocations: list[tuple[str, Any, int]] = []
+    keys = (b'"copy_begin"', b'"copy_end"', b'"free"', b'"resv_unlock"', b'"move_end"', b'"revoke"', b'"unrevoke"')
     with open(history, "rb") as fh:
         for line in fh:
-            if b'"move"' not in line or not any(k in line for k in keys):
+            if not any(k in line for k in keys):
                 continue
             try:
                 e = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            if e.get("svc") == "exporter" and e.get("move") is not None and isinstance(e.get("t_ns"), int):
+            if e.get("svc") != "exporter" or not isinstance(e.get("t_ns"), int):
+                continue
+            if e.get("event") in ("revoke", "unrevoke"):
+                revocations.append((e["event"], e.get("buffer"), e["t_ns"] - s0))
+            elif e.get("move") is not None:
                 out.setdefault(e["move"], {}).setdefault(e["event"], e["t_ns"] - s0)
-    return out
+    return out, revocations
 
 
-def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int) -> list[Deviation]:
+def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
+              revocations: Sequence[tuple[str, Any, int]] = ()) -> list[Deviation]:
     """Pairs the run did not have: around each real move of buffer B, each importer's last job
     begun before the move taken on B instead, read or write, running until HOLD_NS after the
     move's free (`retarget`; with --pin-ratio also pinning B); and its job begun first after the
     copy began, taken on B and
-    begun while the copy runs (`retarget_into`)."""
+    begun while the copy runs (`retarget_into`). First, around each revocation of B (Linux 7.1), each
+    importer's last job begun before it taken on B and running past it; around each un-revocation,
+    its first job begun after it taken on B and begun as it comes, and UNREVOKE_LAG_NS later (its
+    map served as the buffer becomes mappable again)."""
     out: list[Deviation] = []
+    for event, buffer, t in revocations:        # first: a run has few, and a strategy that revokes is about them
+        for importer, jobs in sorted(guide.jobs.items()):
+            if event == "revoke":
+                before = [j for j in jobs if j.begin_ns < t]
+                if before:
+                    for access in ("read", "write"):
+                        out.append(Deviation("retarget", t + HOLD_NS, importer, before[-1].job, buffer=buffer,
+                                             access=access))
+            else:
+                after = [j for j in jobs if j.begin_ns > t]
+                for lag in (0, UNREVOKE_LAG_NS):
+                    if after:
+                        out.append(Deviation("retarget_into", t + lag, importer, after[0].job, buffer=buffer,
+                                             access=after[0].access))
     for m in guide.moves:
         t = times.get(m.move, {})
         free, copy_begin = t.get("free"), t.get("copy_begin")
@@ -508,7 +533,8 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     for depth in range(max((len(v) for v in per_cand), default=0)):
         level1 += [(v[depth],) for v in per_cand if depth < len(v)]
     late = [Deviation("late_frames", m.t_ns, move=m.move) for m in base.moves]
-    crossed = crossings(base, move_times(history, s0), copy_ns)
+    times, revocations = move_times(history, s0)
+    crossed = crossings(base, times, copy_ns, revocations)
     cand_times = sorted(c["other"]["t_ns"] - s0 for c in items if c["other"].get("t_ns") is not None)
 
     def distance(t: int) -> int:

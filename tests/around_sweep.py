@@ -7,7 +7,8 @@
 
 mutants: for each resv-fence mutant and revoke+kref-reinit, real runs (`dmabuf-emu run --strategy M
 --duration 0.3 --importers 2 --move-rate 5 --seed S`, S = 1, 2, ...: one or two pressure ticks, so
-that many runs miss the race; the pin mutants with --pin-ratio 0.25) are
+that many runs miss the race; the pin mutants with --pin-ratio 0.25; revoke+kref-reinit with two
+revocations of buffers 0 and 1, the first un-revoked: REVOKES) are
 made until RUNS of them have a report with no race and no catch finding (checker/findings.py
 CATCHES: a potential_deadlock, which is no catch, does not disqualify a run); each kept run is
 explored around (sim/around.py, --schedules 200, bound 2, stopping at the first schedule that
@@ -39,6 +40,9 @@ MUTANTS = ["resv-fence+wait-kernel-only", "resv-fence+wait-write-only", "resv-fe
            "resv-fence+move-pinned", "resv-fence+unpin-stays-deaf", "resv-fence+no-kernel-fence-wait",
            "resv-fence+map-unlocked", "resv-fence+signal-after-next-map", "revoke+kref-reinit"]
 PINNED = ("resv-fence+move-pinned", "resv-fence+unpin-stays-deaf")    # their bug needs pinned attachments
+# revoke+kref-reinit's bug needs an un-revocation and a revocation after it: buffers 0 and 1 revoked at
+# 0.1 s, un-revoked at 0.15 s, revoked again at 0.22 s
+REVOKES = ["--fault", "revoke:at=0.1,for=0.05,target=0-1", "--fault", "revoke:at=0.22,target=0-1"]
 CORRECT = [("pin", []), ("resv-fence", []), ("revoke", []), ("unmap-hint", ["--hint-policy", "conservative"])]
 PLANS = ("none", "net")
 
@@ -86,7 +90,8 @@ def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: li
                   base_counts: bool = True, reuse: bool = False) -> dict[str, Any]:
     rows = {}
     for m in only or MUTANTS:
-        extra = ["--move-rate", "5"] + (["--pin-ratio", "0.25"] if m in PINNED else [])
+        extra = ["--move-rate", "5"] + (["--pin-ratio", "0.25"] if m in PINNED else []) + (
+            REVOKES if m.startswith("revoke+") else [])
         kept, tried, items = 0, 0, []
         for seed in range(1, max_seeds + 1):
             if kept >= runs:
