@@ -111,8 +111,9 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--around", type=Path, metavar="RUN_DIR", default=None,
                    help="instead of a search: replay RUN_DIR (a real or simulated run) guided by its history and "
                         "search the deviations within --bound that reverse its predicted races (`check --predict`), "
-                        "then its dependent steps' reorderings; each race found is shrunk and kept (sim/around.py); "
-                        "DIR/around.json. --schedules defaults to 200")
+                        "cross its moves and revocations with a job, delay its notifications and reorder its "
+                        "dependent steps; each race or catch found is shrunk and kept as DIR/races/K "
+                        "(sim/around.py); DIR/around.json. --schedules defaults to 200")
     e.add_argument("--force", action="store_true", help="--around: explore a run of another dmabuf-emu version")
     oplog.add_log_options(e)
     options.add_arguments(e, defaults=options.resolve(None, SMALL))   # the small configuration's, not run's
