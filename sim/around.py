@@ -25,7 +25,8 @@ Rules:
   2. crossings the run did not have (`crossings`): around each real move of buffer B, each
      importer's last job begun before the move taken on B, read or write, running until HOLD_NS
      after the move's free (`retarget`: the workload's buffer and access draws and its duration;
-     with --pin-ratio, also pinned), the same around each revocation and un-revocation,
+     with --pin-ratio, also pinned; and, two deviations, the importer's job before it taken on B
+     pinned and the last one unpinned), the same around each revocation and un-revocation,
      and its first job begun after the copy began taken on B while the copy runs
      (`retarget_into`); then the exporter's notifications of each move delivered late (`late_frames`: each frame the
      exporter sends in the move's first LATE_WINDOW_NS takes the network's longest delay), and
@@ -78,7 +79,7 @@ from sim.scheduler import RANDOM, STEP, Request
 
 HOLD_NS = 2_000_000          # a held side ends this long after the other side came
 LEAD_NS = 1_000_000          # a delayed start comes this long before the other side
-UNREVOKE_LAG_NS = 300_000    # a job begun this long after an un-revocation (its map just behind it)
+UNREVOKE_LAGS_NS = (0, 100_000, 300_000, 1_000_000, 2_000_000)   # jobs begun these long after an un-revocation
 LATE_WINDOW_NS = 2_000_000   # a move's notifications: the exporter's frames this long after its start
 STEP_REVERSALS = 64          # dependent step reorderings kept (nearest the candidates first)
 NEAR_STEPS = 3               # step reorderings paired with each reversal at bound 2
@@ -313,8 +314,8 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
     copy began, taken on B and
     begun while the copy runs (`retarget_into`). First, around each revocation of B (Linux 7.1), each
     importer's last job begun before it taken on B and running past it; around each un-revocation,
-    its first job begun after it taken on B and begun as it comes, and UNREVOKE_LAG_NS later (its
-    map served as the buffer becomes mappable again)."""
+    its first job begun after it taken on B and begun UNREVOKE_LAGS_NS after it (its map served as
+    the buffer becomes mappable again)."""
     out: list[Deviation] = []
     for event, buffer, t in revocations:        # first: a run has few, and a strategy that revokes is about them
         for importer, jobs in sorted(guide.jobs.items()):
@@ -326,7 +327,7 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
                                              access=access))
             else:
                 after = [j for j in jobs if j.begin_ns > t]
-                for lag in (0, UNREVOKE_LAG_NS):
+                for lag in UNREVOKE_LAGS_NS:
                     if after:
                         out.append(Deviation("retarget_into", t + lag, importer, after[0].job, buffer=buffer,
                                              access=after[0].access))
@@ -345,6 +346,28 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
             if after and copy_begin is not None:
                 out.append(Deviation("retarget_into", copy_begin + copy_ns // 2, importer, after[0].job,
                                      move=m.move, buffer=m.buffer, access=after[0].access))
+    return out
+
+
+def pinned_before(guide: RealGuide, times: dict[Any, dict[str, int]]) -> list[tuple[Deviation, Deviation]]:
+    """With --pin-ratio: around each real move of buffer B, each importer's job before its last
+    one before the move taken on B pinned (pin, unpin: an attachment that pinned B), and its last
+    one taken on B unpinned, read or write, running past the free: two deviations."""
+    out: list[tuple[Deviation, Deviation]] = []
+    if guide.pin_ratio <= 0:
+        return out
+    for m in guide.moves:
+        free = times.get(m.move, {}).get("free")
+        for importer, jobs in sorted(guide.jobs.items()):
+            before = [j for j in jobs if j.begin_ns < m.t_ns]
+            if len(before) < 2 or free is None:
+                continue
+            prev, last = before[-2], before[-1]
+            first = Deviation("retarget", prev.begin_ns + prev.duration_ns, importer, prev.job, move=m.move,
+                              buffer=m.buffer, access=prev.access, pin=True)
+            for access in ("read", "write"):
+                out.append((first, Deviation("retarget", free + HOLD_NS, importer, last.job, move=m.move,
+                                             buffer=m.buffer, access=access, pin=False)))
     return out
 
 
@@ -535,12 +558,13 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     late = [Deviation("late_frames", m.t_ns, move=m.move) for m in base.moves]
     times, revocations = move_times(history, s0)
     crossed = crossings(base, times, copy_ns, revocations)
+    unpinned = pinned_before(base, times) if bound >= 2 else []
     cand_times = sorted(c["other"]["t_ns"] - s0 for c in items if c["other"].get("t_ns") is not None)
 
     def distance(t: int) -> int:
         return min((abs(t - x) for x in cand_times), default=0)
     steps = sorted(recorder.reversals(sim_s0), key=lambda d: distance(d.t_ns))[:STEP_REVERSALS]
-    level1 += [(d,) for d in crossed] + [(d,) for d in late] + [(d,) for d in steps]
+    level1 += [(d,) for d in crossed] + unpinned + [(d,) for d in late] + [(d,) for d in steps]
     level2: list[tuple[Deviation, ...]] = []
     if bound >= 2:
         for n, v in enumerate(per_cand):

@@ -8,9 +8,11 @@
 mutants: for each resv-fence mutant and revoke+kref-reinit, real runs (`dmabuf-emu run --strategy M
 --duration 0.3 --importers 2 --move-rate 5 --seed S`, S = 1, 2, ...: one or two pressure ticks, so
 that many runs miss the race; the pin mutants with --pin-ratio 0.25; revoke+kref-reinit with two
-revocations of buffers 0 and 1, the first un-revoked: REVOKES) are
+revocations of buffers 0 and 1, the first un-revoked: REVOKES; no-kernel-fence-wait with 4 MiB
+buffers: LONG_COPY) are
 made until RUNS of them have a report with no race and no catch finding (checker/findings.py
-CATCHES: a potential_deadlock, which is no catch, does not disqualify a run); each kept run is
+CATCHES: a potential_deadlock, which is no catch, does not disqualify a run) and at least one move
+or revocation begun; each kept run is
 explored around (sim/around.py, --schedules 200, bound 2, stopping at the first schedule that
 confirms a race or a catch; --deviated: what the undeviated guided replay already shows does not
 count, a deviation must find it). Prints, per mutant, the runs tried and kept, how many were
@@ -40,9 +42,14 @@ MUTANTS = ["resv-fence+wait-kernel-only", "resv-fence+wait-write-only", "resv-fe
            "resv-fence+move-pinned", "resv-fence+unpin-stays-deaf", "resv-fence+no-kernel-fence-wait",
            "resv-fence+map-unlocked", "resv-fence+signal-after-next-map", "revoke+kref-reinit"]
 PINNED = ("resv-fence+move-pinned", "resv-fence+unpin-stays-deaf")    # their bug needs pinned attachments
-# revoke+kref-reinit's bug needs an un-revocation and a revocation after it: buffers 0 and 1 revoked at
-# 0.1 s, un-revoked at 0.15 s, revoked again at 0.22 s
-REVOKES = ["--fault", "revoke:at=0.1,for=0.05,target=0-1", "--fault", "revoke:at=0.22,target=0-1"]
+# revoke+kref-reinit's bug needs an un-revocation whose lock maps queue behind: buffers 0 and 1 revoked
+# at 0.1 s, un-revoked at 0.15 s, revoked again at 0.22 s; invalidate_mappings delayed 3 ms (as the
+# mutant's own workload does, protocol/strategies/mutants.py KREF_REINIT_FAULTS)
+REVOKES = ["--fault", "revoke:at=0.1,for=0.05,target=0-1", "--fault", "revoke:at=0.22,target=0-1",
+           "--fault", "delay:ms=3,op=invalidate_mappings,target=exporter"]
+# no-kernel-fence-wait's bug needs a copy longer than a map's round trip: 4 MiB buffers (16 chunks,
+# 400 us in the simulator; a 256 KiB copy is one 25 us chunk, over before any map reply: mutants.py)
+LONG_COPY = ["--buffer-size", "4MiB"]
 CORRECT = [("pin", []), ("resv-fence", []), ("revoke", []), ("unmap-hint", ["--hint-policy", "conservative"])]
 PLANS = ("none", "net")
 
@@ -67,10 +74,12 @@ def real_run(strategy: str, seed: int, out: Path, extra: list[str], duration: st
 
 
 def quiet(report: dict[str, Any]) -> bool:
-    """No race and no catch finding (the runs `explore --around` is for)."""
+    """No race and no catch finding (the runs `explore --around` is for), and a move or a
+    revocation begun (a run without one has nothing a resv-fence or revoke mutant breaks)."""
     from checker.findings import CATCHES
     f = report.get("findings", {})
-    return not report["races"]["total"] and not any((f.get(k) or {}).get("count") for k in CATCHES)
+    acted = (report.get("moves") or {}).get("begun", 0) + (report.get("revoke") or {}).get("revocations", 0)
+    return not report["races"]["total"] and not any((f.get(k) or {}).get("count") for k in CATCHES) and acted > 0
 
 
 def explore_around(run: Path, out: Path, schedules: int, stop_at_first: bool, base_counts: bool = True) -> dict[str, Any]:
@@ -91,7 +100,7 @@ def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: li
     rows = {}
     for m in only or MUTANTS:
         extra = ["--move-rate", "5"] + (["--pin-ratio", "0.25"] if m in PINNED else []) + (
-            REVOKES if m.startswith("revoke+") else [])
+            REVOKES if m.startswith("revoke+") else []) + (LONG_COPY if m.endswith("no-kernel-fence-wait") else [])
         kept, tried, items = 0, 0, []
         for seed in range(1, max_seeds + 1):
             if kept >= runs:
