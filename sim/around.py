@@ -578,8 +578,9 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
                 level2 += [(d, x) for d in v for x in near]
         level2 += [(d, x) for d in crossed for x in late if x.move == d.move]
     plan = level1 + level2
-    say(f"  {len(level1)} single deviations ({sum(map(len, per_cand))} reversals of candidates, {len(crossed)} crossings of "
-        f"moves, {len(late)} late notifications, {len(steps)} dependent step reorderings), {len(level2)} pairs")
+    say(f"  {len(level1) - len(unpinned)} single deviations ({sum(map(len, per_cand))} reversals of candidates, "
+        f"{len(crossed)} crossings of moves and revocations, {len(late)} late notifications, {len(steps)} dependent "
+        f"step reorderings), {len(level2) + len(unpinned)} pairs")
 
     schedule = 0
     first_deviation_s: float | None = None
@@ -620,6 +621,8 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             why = ("not tried: a race in the run's own order (use_after_unmap), which its replay did not repeat"
                    if c["kind"] == "use_after_unmap" else
                    "not tried: nothing to reverse (the job never ended, or the other side has no time)")
+        elif st["tried"] < len(left) and stop_at_first and first_schedule is not None:
+            why = f"not tried: {len(left) - st['tried']} of its {len(left)} deviation sets, stopped at the first confirmation"
         elif st["tried"] < len(left):
             why = f"not tried: {len(left) - st['tried']} of its {len(left)} deviation sets past --schedules {schedules}"
         elif st["ordered"]:
@@ -633,7 +636,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
            "confirmed": [confirmed[n] for n in sorted(confirmed)], "not_confirmed": not_confirmed,
            "also_found": also_found, "confirms": bool(confirmed or also_found),
            "first_confirmed_schedule": first_schedule, "first_deviation_s": first_deviation_s, "schedules": schedule, "bound": bound,
-           "deviation_sets": {"single": len(level1), "pairs": len(level2)},
+           "deviation_sets": {"single": len(level1) - len(unpinned), "pairs": len(level2) + len(unpinned)},
            "base": {"races": [r.as_dict() for r in base_trial.races], "guided": dict(base_guide.inner.taken),
                     "left": dict(base_guide.inner.left)},
            "unreadable_lines": base.unreadable, "history_lines": base.lines,
