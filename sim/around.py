@@ -349,15 +349,17 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
     return out
 
 
-def pinned_before(guide: RealGuide, times: dict[Any, dict[str, int]]) -> list[tuple[Deviation, Deviation]]:
+def pinned_before(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int) -> list[tuple[Deviation, Deviation]]:
     """With --pin-ratio: around each real move of buffer B, each importer's job before its last
-    one before the move taken on B pinned (pin, unpin: an attachment that pinned B), and its last
-    one taken on B unpinned, read or write, running past the free: two deviations."""
+    one before the move taken on B pinned (pin, unpin: an attachment that pinned B, its mapping
+    kept), and either its last one taken on B unpinned, read or write, running past the free, or
+    its first one after the copy began taken on B while the copy runs: two deviations."""
     out: list[tuple[Deviation, Deviation]] = []
     if guide.pin_ratio <= 0:
         return out
     for m in guide.moves:
         free = times.get(m.move, {}).get("free")
+        copy_begin = times.get(m.move, {}).get("copy_begin")
         for importer, jobs in sorted(guide.jobs.items()):
             before = [j for j in jobs if j.begin_ns < m.t_ns]
             if len(before) < 2 or free is None:
@@ -368,6 +370,10 @@ def pinned_before(guide: RealGuide, times: dict[Any, dict[str, int]]) -> list[tu
             for access in ("read", "write"):
                 out.append((first, Deviation("retarget", free + HOLD_NS, importer, last.job, move=m.move,
                                              buffer=m.buffer, access=access, pin=False)))
+            after = [j for j in jobs if copy_begin is not None and j.begin_ns > copy_begin]
+            if after and copy_begin is not None:
+                out.append((first, Deviation("retarget_into", copy_begin + copy_ns // 2, importer, after[0].job,
+                                             move=m.move, buffer=m.buffer, access=after[0].access, pin=False)))
     return out
 
 
@@ -558,7 +564,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     late = [Deviation("late_frames", m.t_ns, move=m.move) for m in base.moves]
     times, revocations = move_times(history, s0)
     crossed = crossings(base, times, copy_ns, revocations)
-    unpinned = pinned_before(base, times) if bound >= 2 else []
+    unpinned = pinned_before(base, times, copy_ns) if bound >= 2 else []
     cand_times = sorted(c["other"]["t_ns"] - s0 for c in items if c["other"].get("t_ns") is not None)
 
     def distance(t: int) -> int:
