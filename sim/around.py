@@ -80,6 +80,7 @@ from sim.scheduler import RANDOM, STEP, Request
 HOLD_NS = 2_000_000          # a held side ends this long after the other side came
 LEAD_NS = 1_000_000          # a delayed start comes this long before the other side
 UNREVOKE_LAGS_NS = (0, 100_000, 300_000, 1_000_000, 2_000_000)   # jobs begun these long after an un-revocation
+FAST_WINDOW_NS = 3_000_000   # before a job aimed into the simulated copy: the exporter's frames take the least delay
 LATE_WINDOW_NS = 2_000_000   # a move's notifications: the exporter's frames this long after its start
 STEP_REVERSALS = 64          # dependent step reorderings kept (nearest the candidates first)
 NEAR_STEPS = 3               # step reorderings paired with each reversal at bound 2
@@ -110,6 +111,7 @@ class Deviation:
     buffer: Any = None                 # retarget: the buffer the job takes instead
     access: str = ""                   # retarget: and its access
     pin: bool | None = None            # retarget: and whether it pins (with --pin-ratio)
+    sim_axis: bool = False             # t_ns is on the base schedule's simulated axis (its own event's time)
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "t_ms": round(self.t_ns / 1e6, 3)}
@@ -120,6 +122,8 @@ class Deviation:
             d["access"] = self.access
         if self.pin is not None:
             d["pin"] = self.pin
+        if self.sim_axis:
+            d["axis"] = "simulated"
         if self.kind == "step":
             d["options"], d["value"] = list(self.options), self.value
         return d
@@ -133,6 +137,9 @@ class AroundGuide:
         self.inner = inner
         self.steps = {d.index: d for d in devs if d.kind == "step"}
         self.late = [d for d in devs if d.kind == "late_frames"]
+        # a job aimed into the simulated copy or lock: the exporter's replies meanwhile go as fast
+        # as the network does (the real run's median reply delay would land it after the copy)
+        self.fast = [(d.t_ns - FAST_WINDOW_NS, d.t_ns) for d in devs if d.kind == "retarget_into" and d.sim_axis]
         self.recorder = recorder
         self.applied: set[Deviation] = set()
 
@@ -147,8 +154,10 @@ class AroundGuide:
                 return list(request.options).index(d.value)
             if self.recorder is not None:
                 self.recorder.node(request)
-        elif request.kind == RANDOM and self.late and request.stream == "net:exporter":
+        elif request.kind == RANDOM and (self.late or self.fast) and request.stream == "net:exporter":
             rel = self.inner._rel(request)
+            if rel is not None and any(a <= rel <= b for a, b in self.fast):
+                return 0.0
             for d in self.late:
                 if rel is not None and d.t_ns <= rel <= d.t_ns + LATE_WINDOW_NS:
                     self.applied.add(d)
@@ -306,18 +315,44 @@ def move_times(history: Path, s0: int) -> tuple[dict[Any, dict[str, int]], list[
     return out, revocations
 
 
+def sim_times(history: Sequence[bytes], sim_s0: int) -> tuple[dict[tuple[Any, int], int], dict[tuple[Any, int], int]]:
+    """The base schedule's own copy_begin of each buffer's k-th move and its k-th un-revocation,
+    ns after its exporter's start: where a job begun into them is aimed (the simulated copy and
+    lock come where the simulation put them, not where the real run had them)."""
+    import orjson
+    copies: dict[tuple[Any, int], int] = {}
+    unrevokes: dict[tuple[Any, int], int] = {}
+    seen: dict[tuple[str, Any], int] = {}
+    for line in history:
+        if b'"copy_begin"' not in line and b'"unrevoke"' not in line:
+            continue
+        e = orjson.loads(line)
+        if e.get("svc") != "exporter" or e.get("event") not in ("copy_begin", "unrevoke"):
+            continue
+        k = seen[(e["event"], e.get("buffer"))] = seen.get((e["event"], e.get("buffer")), -1) + 1
+        (copies if e["event"] == "copy_begin" else unrevokes)[(e.get("buffer"), k)] = e["t_ns"] - sim_s0
+    return copies, unrevokes
+
+
 def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
-              revocations: Sequence[tuple[str, Any, int]] = ()) -> list[Deviation]:
+              revocations: Sequence[tuple[str, Any, int]] = (),
+              simulated: tuple[dict, dict] = ({}, {})) -> list[Deviation]:
     """Pairs the run did not have: around each real move of buffer B, each importer's last job
     begun before the move taken on B instead, read or write, running until HOLD_NS after the
     move's free (`retarget`; with --pin-ratio also pinning B); and its job begun first after the
     copy began, taken on B and
-    begun while the copy runs (`retarget_into`). First, around each revocation of B (Linux 7.1), each
+    begun while the copy runs (`retarget_into`: aimed at the base schedule's own copy, a quarter and
+    half way through it, where the simulation has one, for the simulated copy comes where the
+    simulation put it; the exporter's frames in the FAST_WINDOW_NS before it take the network's
+    least delay, so that its map reply can land inside). First, around each revocation of B (Linux 7.1), each
     importer's last job begun before it taken on B and running past it; around each un-revocation,
     its first job begun after it taken on B and begun UNREVOKE_LAGS_NS after it (its map served as
-    the buffer becomes mappable again)."""
+    the buffer becomes mappable again; after the base schedule's own un-revocation where it has one)."""
     out: list[Deviation] = []
+    nth: dict[tuple[str, Any], int] = {}
     for event, buffer, t in revocations:        # first: a run has few, and a strategy that revokes is about them
+        k = nth[(event, buffer)] = nth.get((event, buffer), -1) + 1
+        at = simulated[1].get((buffer, k)) if event == "unrevoke" else None
         for importer, jobs in sorted(guide.jobs.items()):
             if event == "revoke":
                 before = [j for j in jobs if j.begin_ns < t]
@@ -329,11 +364,13 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
                 after = [j for j in jobs if j.begin_ns > t]
                 for lag in UNREVOKE_LAGS_NS:
                     if after:
-                        out.append(Deviation("retarget_into", t + lag, importer, after[0].job, buffer=buffer,
-                                             access=after[0].access))
+                        out.append(Deviation("retarget_into", (t if at is None else at) + lag, importer, after[0].job,
+                                             buffer=buffer, access=after[0].access, sim_axis=at is not None))
     for m in guide.moves:
         t = times.get(m.move, {})
         free, copy_begin = t.get("free"), t.get("copy_begin")
+        k = nth[("move", m.buffer)] = nth.get(("move", m.buffer), -1) + 1
+        at = simulated[0].get((m.buffer, k))
         for importer, jobs in sorted(guide.jobs.items()):
             before = [j for j in jobs if j.begin_ns < m.t_ns]
             if before and free is not None:
@@ -344,8 +381,10 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
                                              buffer=m.buffer, access=access, pin=pin))
             after = [j for j in jobs if copy_begin is not None and j.begin_ns > copy_begin]
             if after and copy_begin is not None:
-                out.append(Deviation("retarget_into", copy_begin + copy_ns // 2, importer, after[0].job,
-                                     move=m.move, buffer=m.buffer, access=after[0].access))
+                for frac in ((2,) if at is None else (4, 2)):
+                    out.append(Deviation("retarget_into", (copy_begin if at is None else at) + copy_ns // frac, importer,
+                                         after[0].job, move=m.move, buffer=m.buffer, access=after[0].access,
+                                         sim_axis=at is not None))
     return out
 
 
@@ -402,6 +441,8 @@ def apply(base: RealGuide, devs: Sequence[Deviation]) -> RealGuide:
                 j.pin = d.pin
             if d.kind == "retarget":
                 j.duration_ns = max(j.duration_ns, d.t_ns - j.begin_ns)
+            elif d.sim_axis:
+                j.aim_ns = d.t_ns
             else:
                 j.begin_ns = d.t_ns
         elif d.kind == "move_at" and d.move is not None and d.move < len(g.ticks):
@@ -563,7 +604,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
         level1 += [(v[depth],) for v in per_cand if depth < len(v)]
     late = [Deviation("late_frames", m.t_ns, move=m.move) for m in base.moves]
     times, revocations = move_times(history, s0)
-    crossed = crossings(base, times, copy_ns, revocations)
+    crossed = crossings(base, times, copy_ns, revocations, sim_times(base_trial.history or [], sim_s0))
     unpinned = pinned_before(base, times, copy_ns) if bound >= 2 else []
     cand_times = sorted(c["other"]["t_ns"] - s0 for c in items if c["other"].get("t_ns") is not None)
 

@@ -80,6 +80,7 @@ class RealJob:
     think_ns: int | None            # gap since this importer's previous dma_end (None: the first jobs)
     busy: frozenset[int]            # this importer's buffers in flight at begin_ns
     pin: bool = False               # it pinned its buffer first (the exporter's pin of it came before)
+    aim_ns: int | None = None       # set (explore --around): its dma_begin aimed here on the simulated axis, unwarped
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,8 @@ class RealGuide:
 
     def _aim(self, importer: str, job: RealJob) -> int:
         """When the job's dma_begin should come in the simulation (relative to its exporter's start)."""
+        if job.aim_ns is not None:
+            return job.aim_ns
         warp = self.warps.get(int(importer.split("-")[-1]))
         return warp(job.begin_ns) if warp is not None else job.begin_ns
 
