@@ -6,10 +6,12 @@ Rules:
   whose seed fixes the workload, and the simulator's options: chosen delivery and the job and
   move budgets), a search kind (random, pct, exhaustive: sim/search/), its seed, PCT's depth and
   the exhaustive bound. Schedule i of a random or PCT search is a function of (spec, i) alone; an
-  exhaustive search's schedules come in depth-first order. So a search is resumable and
-  splits into work units: ranges of schedule numbers (random, pct) or subtrees (exhaustive),
-  run in this process (--jobs 1), in worker processes (--jobs J) or as Dask tasks (--scheduler),
-  all through sim/executor.py.
+  exhaustive search's schedules come level by level (bound 0, 1, ...), in depth-first order
+  within a level. So a search is resumable and splits into work units: ranges of schedule
+  numbers (random, pct) or a level's subtrees (exhaustive: `subtrees` cuts the tree only at
+  choice points the reduction explores whole, so the workers together make the one-process
+  search: the same schedules, numbers and verdict), run in this process (--jobs 1), in worker
+  processes (--jobs J) or as Dask tasks (--scheduler), all through sim/executor.py.
 - It stops at the first race (unless --all), at --schedules or --time, when an exhaustive search
   has nothing left, or on Ctrl-C. With several workers the first race is the one with the lowest
   schedule number: work below it is finished before the search stops, so the answer is the one a
@@ -62,9 +64,8 @@ DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --
 CHUNK = 20                      # schedules per work unit (random, pct)
 MAX_SAVED = 20                  # race directories kept
 CHECKPOINT_S = 2.0
-SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below this many choice points
+SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below about this many choice points (split_at)
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
-UNBOUNDED = 1 << 30             # --bound none across workers: a bound no schedule reaches
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
           "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
@@ -106,11 +107,6 @@ class Spec:
         c = d["config"]
         return cls(Config(from_mapping(c["params"], "explore spec"), SimOptions(**c["sim"])), d["search"], d["seed"],
                    d["depth"], d["bound"], d["bound_kind"], d.get("reduction", DPOR))
-
-    @property
-    def split_bound(self) -> int:
-        """The bound of a search split across workers (no deepening there)."""
-        return UNBOUNDED if self.bound is None else self.bound
 
     def key(self) -> str:
         """What makes two searches the same search (the limits do not)."""
@@ -163,24 +159,33 @@ def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_a
     return out
 
 
-def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], stop_at_race: bool) -> dict[str, Any]:
-    """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes), at
-    the search's bound (no deepening: the subtrees are cut at that bound), with its reduction
-    below the prefix (the prefix's choice points are explored in full: sim/explore.py subtrees)."""
+def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int, stop_at_race: bool) -> dict[str, Any]:
+    """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes, none
+    of which DPOR could have reduced: sim/explore.py subtrees) at level `level` of the deepening
+    (sim/search/dpor.py explore at that bound alone), with the search's reduction below the
+    prefix. Returns the schedules that cost the level (numbered from 1 in depth-first order;
+    cheaper ones were reported at their own level and are only counted) and what the level's
+    bound and DPOR cut below the prefix."""
     from sim.search import dpor
     spec = Spec.from_dict(spec_d)
     stack = [node_from_dict(d) for d in prefix]
     done: list[dict[str, Any]] = []
-    blocked = 0
-    for trial, _, _, _ in dpor.explore(spec.config, spec.split_bound, reduction=spec.reduction, kind=spec.bound_kind,
-                                       stack=stack, floor=len(prefix), deepen=False):
+    blocked = cheaper = 0
+    level_seen = None
+    for trial, _, lvl, cost in dpor.explore(spec.config, level, reduction=spec.reduction, kind=spec.bound_kind,
+                                            stack=stack, floor=len(prefix), deepen=False):
+        level_seen = lvl
         if trial.blocked:
             blocked += 1
-            continue
-        done.append(summary(len(done) + 1, trial))
-        if trial.races and stop_at_race:
-            break
-    return {"schedules": done, "blocked": blocked}
+        elif cost < level:
+            cheaper += 1
+        else:
+            done.append(summary(len(done) + 1, trial))
+            if trial.races and stop_at_race:
+                break
+    return {"schedules": done, "blocked": blocked, "cheaper": cheaper,
+            "over_bound": level_seen.over_bound if level_seen else 0,
+            "unraced": level_seen.unraced if level_seen else 0}
 
 
 # ---------------------------------------------------------------------------------- the explorer
@@ -456,53 +461,95 @@ class Explorer:
         st.stack = None
 
     def _exhaustive_split(self, be: Pool) -> None:
-        """Subtrees below SPLIT_DEPTH choice points, each a task; numbered in depth-first order, so
-        schedule numbers and the first race are the ones a single process finds."""
+        """Level by level, as one process does (sim/search/dpor.py explore): each level's tree is
+        cut into subtrees (`subtrees`), each a task at that level's bound; a level's schedules are
+        numbered after the levels before it, in depth-first order, so the schedules, their
+        numbers, the first race and the verdict are those of a single process."""
         st, spec = self.state, self.spec
-        tasks = list(subtrees(spec, SPLIT_DEPTH))
-        pending: dict[Any, int] = {}
-        done: dict[int, dict[str, Any]] = {}
+        while self._split_level(be, st.level):
+            if spec.bound is not None and st.level >= spec.bound or spec.bound is None and st.over_bound == 0:
+                st.exhausted = True
+                return
+            st.level += 1
+            st.tasks_done, st.task_counts = [], {}
+            st.over_bound = st.unraced = 0
+
+    def _split_level(self, be: Pool, d: int) -> bool:
+        """One level across workers; True when its whole tree was searched (no stop on the way).
+        A task's schedules are recorded once every task before it is (depth-first order); a
+        task is `done` in the state only then, so a resumed search reruns what it had not recorded."""
+        st, spec = self.state, self.spec
         spec_d = spec.as_dict()
         stop_at_race = not self.limits.all
-        todo = [i for i in range(len(tasks)) if i not in st.tasks_done]
+        tasks: list[list[dict[str, Any]]] = []
+        gen = subtrees(spec, SPLIT_DEPTH, d)
+        more, enumerated_over = True, 0           # the prefixes' own options over the bound
+        pending: dict[Any, int] = {}
+        finished: dict[int, dict[str, Any]] = {}
+        recorded = len(st.tasks_done)            # tasks 0 .. recorded - 1 are in the state
+        nxt = recorded
         race_task: int | None = None
-        for i in st.tasks_done:
-            if st.task_counts.get(f"race:{i}"):
-                race_task = i if race_task is None else min(race_task, i)
-        while todo or pending:
-            while todo and len(pending) < 2 * be.workers and not (race_task is not None and todo[0] > race_task):
-                i = todo.pop(0)
-                pending[be.submit(run_subtree, spec_d, tasks[i], stop_at_race)] = i
-            if not pending:
-                break
-            for fut in be.done(pending):
-                i = pending.pop(fut)
-                done[i] = out = fut.result()
-                st.tasks_done.append(i)
-                st.blocked += out["blocked"]
-                st.task_counts[str(i)] = len(out["schedules"])
-                if any(s["races"] for s in out["schedules"]):
-                    st.task_counts[f"race:{i}"] = 1
-                    race_task = i if race_task is None else min(race_task, i)
-            # number the schedules of the finished prefix of tasks, in depth-first order
-            for i in sorted(done):
-                if any(j < i and j not in st.tasks_done for j in range(len(tasks))):
+
+        def level_over() -> int:
+            return enumerated_over + sum(v for k, v in st.task_counts.items() if k.startswith("over:"))
+
+        try:
+            while True:
+                while more and len(tasks) <= recorded:   # the prefixes of the tasks recorded before
+                    more = self._next_subtree(gen, tasks)
+                    if more:
+                        enumerated_over += tasks[-1][1]
+                while (len(pending) < 2 * be.workers and not (self._stop() and st.first_race is None)
+                       and (race_task is None or not stop_at_race or nxt < race_task)):
+                    if nxt == len(tasks):
+                        if not more or not self._next_subtree(gen, tasks):
+                            more = False
+                            break
+                        enumerated_over += tasks[-1][1]
+                    pending[be.submit(run_subtree, spec_d, tasks[nxt][0], d, stop_at_race)] = nxt
+                    nxt += 1
+                if not pending:
                     break
-                base = sum(st.task_counts.get(str(j), 0) for j in range(i))
-                for s in done.pop(i)["schedules"]:
-                    self._record(base + s["n"], s)
-            self._progress(f"{len(st.tasks_done)}/{len(tasks)} subtrees")
-            self.checkpoint()
-            if race_task is not None and stop_at_race:
-                late = [f for f, i in pending.items() if i > race_task]
-                be.cancel(late)
-                for f in late:
-                    pending.pop(f)
-                todo = [i for i in todo if i < race_task]
-            if self._stop() and (race_task is None or all(i > race_task for i in pending.values())):
-                be.cancel(list(pending))
-                return
-        st.exhausted = len(st.tasks_done) == len(tasks) and (race_task is None or self.limits.all)
+                for fut in be.done(pending):
+                    i = pending.pop(fut)
+                    finished[i] = out = fut.result()
+                    if any(s["races"] for s in out["schedules"]) and (race_task is None or i < race_task):
+                        race_task = i
+                while recorded in finished and (race_task is None or not stop_at_race or recorded <= race_task):
+                    # the finished prefix of tasks, in order (none after the first race's)
+                    out = finished.pop(recorded)
+                    base = st.schedules
+                    for s in out["schedules"]:
+                        self._record(base + s["n"], s)
+                    st.blocked += out["blocked"]
+                    st.cheaper += out["cheaper"]
+                    st.unraced += out["unraced"]
+                    st.task_counts[f"over:{recorded}"] = out["over_bound"]
+                    st.tasks_done.append(recorded)
+                    recorded += 1
+                st.over_bound = level_over()
+                self._progress(f"bound {d}, {recorded}/{len(tasks)}{'' if not more else '+'} subtrees, "
+                               f"{st.blocked} cut by sleep sets")
+                self.checkpoint()
+                if race_task is not None and stop_at_race:
+                    late = [f for f, i in pending.items() if i > race_task]
+                    be.cancel(late)
+                    for f in late:
+                        pending.pop(f)
+                if self._stop() and (race_task is None or all(i > race_task for i in pending.values())):
+                    be.cancel(list(pending))
+                    return False
+        finally:
+            gen.close()
+        st.over_bound = level_over()
+        return not more and recorded == len(tasks) and (race_task is None or not stop_at_race)
+
+    def _next_subtree(self, gen: Iterator[tuple[list[dict[str, Any]], int]], tasks: list) -> bool:
+        try:
+            tasks.append(next(gen))
+        except StopIteration:
+            return False
+        return True
 
     # ---------------------------------------------------------------- shrinking and the report
 
@@ -557,29 +604,43 @@ def _read_decisions(run_dir: Path) -> tuple[list, list]:
     return d["decisions"], d["streams"]
 
 
-def subtrees(spec: Spec, depth: int) -> Iterator[list[dict[str, Any]]]:
-    """The exhaustive search's tree cut below `depth` choice points: each prefix (serialized
-    nodes, with what a depth-first search knows there: what is asleep, the options tried before)
-    in depth-first order. Finding them runs one schedule per prefix (not counted: its subtree's
-    own first schedule repeats it). With faults, the options tried before sleep with an
-    everything footprint (what a step touches under its other fault outcomes is not seen here):
-    sound, if less reduced."""
-    from sim.search.exhaustive import EVERYTHING, DfsChooser, fence_tracing
+def subtrees(spec: Spec, depth: int, level: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """Level `level` of the exhaustive search's tree (its bound) cut into subtrees, in depth-first
+    order: each prefix (serialized nodes, with what one process knows there: what is asleep, the
+    options tried before and their footprints) and how many of its new choice points' options
+    the bound cut. Finding them runs one schedule per prefix (not counted: its subtree's first
+    schedule repeats it). Where the tree is cut (`split_at`) makes the subtrees, together, the
+    search one process makes: a prefix holds only choice points explored whole (DPOR never
+    adds to them: a race found below cannot ask for more there), and it ends before a step, so
+    each step's fault draws are in it and its footprint is the union over their outcomes, as
+    one process has it when it moves on to the next option."""
+    from sim.search.dpor import DporChooser
+    from sim.search.exhaustive import fence_tracing
     stack: list[Node] = []
-    with fence_tracing():
-        while True:
-            chooser = DfsChooser(spec.seed, stack, spec.split_bound, spec.bound_kind, reduce=spec.reduction != NONE)
+    while True:
+        known = len(stack)
+        chooser = DporChooser(0, stack, level, spec.bound_kind, spec.reduction)
+        with fence_tracing():
             run_trial(spec.config, chooser, setup=chooser.setup)
-            if chooser.depth < len(stack):
-                raise Diverged("a prefix did not replay")
-            prefix = [node_to_dict(n) for n in stack[:depth]]
-            if spec.config.params.faults:
-                for d in prefix:
-                    d["footprints"] = {k: EVERYTHING.as_dict() for k in d["footprints"]}
-            yield prefix
-            del stack[depth:]
-            if not backtrack(stack, spec.split_bound):
-                return
+        if chooser.depth < len(stack):
+            raise Diverged("a prefix did not replay")
+        cut = split_at(stack, depth)
+        over = sum(n.cost_before + c > level for n in stack[known:cut] for c in n.costs)
+        yield [node_to_dict(n) for n in stack[:cut]], over
+        del stack[cut:]
+        if not backtrack(stack, level):
+            return
+
+
+def split_at(stack: list[Node], depth: int) -> int:
+    """How many of a schedule's choice points a subtree's prefix holds: up to the first one DPOR
+    may leave unexplored options of (a backtrack set: races found below it add to it), else up
+    to the first step choice point at `depth` or below (a fault draw stays with its step)."""
+    from sim.search.exhaustive import STEP
+    for i, n in enumerate(stack):
+        if n.backtrack is not None or i >= depth and n.kind == STEP:
+            return i
+    return len(stack)
 
 
 def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffer: Any, out: Path) -> dict[str, Any]:

@@ -153,6 +153,51 @@ def test_the_race_needing_one_dropped_message_is_found_first(tmp_path: Path) -> 
     assert r["level"] == 1 and r["reduction"] == "dpor"
 
 
+# ---------------------------------------------------------------------------------- across workers
+
+def search(case: tuple, bound: int | None, out: Path, workers: int, monkeypatch: pytest.MonkeyPatch,
+           reduction: str = dpor.DPOR, all_races: bool = True) -> dict:
+    """An exhaustive search through sim/explore.py: one process, or `workers` in-process workers
+    (the executor's units run here, one at a time: the split's bookkeeping, without spawning)."""
+    from sim import explore as ex
+    from sim.executor import Pool, _Here
+    if workers > 1:
+        monkeypatch.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), workers))
+    spec = ex.Spec(cfg_of(*case), "exhaustive", 1, bound=bound, reduction=reduction)
+    r = ex.Explorer(spec, ex.Limits(all=all_races), out, do_shrink=False, quiet=True).run()
+    monkeypatch.undo()
+    return r
+
+
+def verdict(r: dict) -> tuple:
+    return (r["schedules"], r["distinct_histories"], r["races"], r["first_race_schedule"], r["exhausted"],
+            r["blocked"], r["cut_by"], r["level"], sorted((x["kind"], x["buffer"]) for s in r["saved"] for x in s["races"]))
+
+
+@pytest.mark.parametrize("case,bound,all_races", [
+    (MUTANT, 2, True), (MUTANT, 2, False), (RF_DUP, 2, True), (REVOKE, 2, True), (RF_TWO, 1, True),
+    (("move-notify-ack", TINY, 1, 0, ()), None, True)],
+    ids=["mutant-all", "mutant-first", "resv-fence-dup", "revoke", "resv-fence-2-importers", "mna-bound-none"])
+def test_workers_give_the_one_process_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: tuple,
+                                             bound: int | None, all_races: bool) -> None:
+    """Split across workers, the search is the one-process one: the same schedules, histories,
+    races and their first schedule (the shallowest), the same cuts, the same verdict."""
+    one = search(case, bound, tmp_path / "one", 1, monkeypatch, all_races=all_races)
+    two = search(case, bound, tmp_path / "two", 2, monkeypatch, all_races=all_races)
+    assert verdict(two) == verdict(one)
+    assert one["schedules"] > 1 and (one["exhausted"] or not all_races)
+
+
+def test_jobs_2_spawned_gives_the_counts_of_jobs_1(tmp_path: Path) -> None:
+    """`--jobs 2` (two spawned worker processes) against `--jobs 1` from the command line."""
+    argv = ("--strategy", "move-notify", "--search", "exhaustive", "--bound", "2", "--importers", "1",
+            "--buffers", "1", "--dma-jobs", "1", "--moves", "1", "--duration", "0.01", "--all", "--no-shrink")
+    rc1, one = explore(tmp_path / "one", *argv)
+    rc2, two = explore(tmp_path / "two", *argv, "--jobs", "2")
+    assert rc1 == rc2 == 0 and verdict(two) == verdict(one)
+    assert one["races"] == {"stale_read": 1} and one["exhausted"]
+
+
 # ---------------------------------------------------------------------------------- the command
 
 def test_explore_json_says_what_the_search_cut(tmp_path: Path) -> None:

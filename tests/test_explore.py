@@ -90,13 +90,19 @@ def test_sleep_sets_lose_no_history() -> None:
 
 
 def test_subtrees_cover_the_tree_once() -> None:
-    """Exhaustive across workers: the subtrees hold the schedules of the one-process search."""
+    """Exhaustive across workers: at each level the subtrees hold the schedules of the one-process
+    search, in its order, and each prefix holds only choice points explored whole."""
+    from sim.search import dpor
     spec = Spec(config("pin", jobs=1, moves=1), "exhaustive", 1, bound=1)
-    whole = [t.history_sha256 for t, _ in exhaustive.explore(spec.config, 1) if not t.blocked]
-    parts = []
-    for prefix in subtrees(spec, 3):
-        parts += [s["sha"] for s in run_subtree(spec.as_dict(), prefix, False)["schedules"]]
-    assert parts == [s[:16] for s in whole]
+    for level in (0, 1):
+        whole = [t.history_sha256[:16] for t, _, _, cost in dpor.explore(spec.config, level, deepen=False)
+                 if not t.blocked and cost == level]
+        parts, prefixes = [], 0
+        for prefix, _ in subtrees(spec, 3, level):
+            assert all(d["backtrack"] is None for d in prefix)
+            parts += [s["sha"] for s in run_subtree(spec.as_dict(), prefix, level, False)["schedules"]]
+            prefixes += 1
+        assert parts == whole and prefixes >= 1 + level    # bound 0: one schedule, one subtree
 
 
 # ---------------------------------------------------------------------------------- the command
