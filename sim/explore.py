@@ -66,6 +66,7 @@ MAX_SAVED = 20                  # race directories kept
 CHECKPOINT_S = 2.0
 SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below about this many choice points (split_at)
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
+PROBE_S = 3.0                   # --bound none: CPU seconds of levels 0, 1, ... run to estimate the whole space
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
           "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
@@ -130,6 +131,75 @@ class Limits:
 def default_trial(config: Config) -> tuple[Trial, SearchChooser]:
     chooser = SearchChooser(0)
     return run_trial(config, chooser), chooser
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What running the first levels of an unbounded exhaustive search for a few seconds says
+    about the whole space (`probe`)."""
+
+    finished: bool                          # the probe explored the whole space
+    counts: tuple[int, ...]                 # schedules of each level it completed (0, 1, ...)
+    partial: int                            # schedules of the level it was in when time ran out
+    per_level: tuple[float, ...]            # schedules of each level 0 .. the deepest, measured then estimated
+    runs_per_s: float                       # schedules run (cheaper and blocked ones too) per CPU second
+
+    @property
+    def schedules(self) -> float:
+        return sum(self.per_level)
+
+    def runs(self, bound: int) -> float:
+        """Schedules run to finish levels 0 .. bound (level d runs the cheaper ones again)."""
+        return sum(sum(self.per_level[:d + 1]) for d in range(min(bound, len(self.per_level) - 1) + 1))
+
+    def fits(self, limit: float) -> int | None:
+        """The deepest bound whose schedules are within `limit`."""
+        ok = [b for b in range(len(self.per_level)) if sum(self.per_level[:b + 1]) <= limit]
+        return max(ok) if ok else None
+
+
+def probe(spec: Spec, points: int, seconds: float | None = None) -> Estimate:
+    """Run an unbounded exhaustive search (sim/search/dpor.py explore, level by level) for
+    `seconds` of CPU (PROBE_S) and extrapolate. `points`: the choice points that cost on the default
+    schedule (where time may pass, faults), taken as the deepest level. Level j is modelled as
+    the bounded check models a bound (deploy/explore_cmd.py estimate): C(points, j) ways to
+    place j costs, each a·(that) schedules, `a` fitted to the last two levels measured (one
+    measured level: a = 1; none: the partial count, a lower bound)."""
+    from math import comb
+    from sim.search import dpor
+    seconds = PROBE_S if seconds is None else seconds
+    counts: list[int] = []
+    n = runs = 0
+    began = time.process_time()
+    gen = dpor.explore(spec.config, None, reduction=spec.reduction, kind=spec.bound_kind)
+    finished = True
+    try:
+        for trial, _, level, cost in gen:
+            runs += 1
+            if level.bound > len(counts):
+                counts.append(n)
+                n = 0
+            n += not trial.blocked and cost == level.bound
+            if time.process_time() - began >= seconds:
+                finished = False
+                break
+    finally:
+        gen.close()
+    rate = runs / max(time.process_time() - began, 1e-6)
+    if finished:
+        counts.append(n)
+        return Estimate(True, tuple(counts), 0, tuple(map(float, counts)), rate)
+    k = len(counts) - 1
+    top = max(points, k + 1)
+    if k < 0:
+        per = tuple(float(max(n, 1) * comb(top, j)) for j in range(top + 1))
+    else:
+        a = 1.0
+        if k >= 1 and counts[k - 1] > 0 and counts[k] > 0:
+            a = counts[k] / counts[k - 1] * comb(top, k - 1) / comb(top, k)
+        per = tuple(float(counts[j]) if j <= k else counts[k] * comb(top, j) / comb(top, k) * a ** (j - k)
+                    for j in range(top + 1))
+    return Estimate(False, tuple(counts), n, per, rate)
 
 
 def chooser_for(spec: Spec, n: int, k: int) -> SearchChooser:

@@ -224,10 +224,30 @@ def test_bound_none_explores_the_whole_space_and_says_so(tmp_path: Path) -> None
     (["--search", "random", "--reduction", "dpor"], "--reduction is for --search exhaustive, not random"),
     (["--search", "pct", "--reduction", "none"], "--reduction is for --search exhaustive, not pct"),
     (["--search", "exhaustive", "--bound", "some"], "--bound must be a whole number"),
+    (["--search", "exhaustive", "--bound", "none", "--strategy", "resv-fence"], "exhaustive --bound none: 1 CPU seconds"),
 ])
 def test_bad_reduction_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
-                                             message: str) -> None:
+                                             message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sim import explore as ex
+    monkeypatch.setattr(ex, "PROBE_S", 1.0)
     assert cli.main(["explore", "--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_bound_none_that_cannot_finish_says_its_estimate_and_a_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small configuration's whole space is far past the limit: refused after the probe, with
+    the estimate and a bound; --force starts it anyway; a space the probe finishes is not refused."""
+    from sim import explore as ex
+    monkeypatch.setattr(ex, "PROBE_S", 1.0)
+    small = ("--strategy", "resv-fence", "--search", "exhaustive", "--bound", "none", "--no-shrink")
+    assert cli.main(["explore", "--out", str(tmp_path / "x"), "--quiet", *small]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "schedules over" in err[0] and "use --bound " in err[0] and "--force" in err[0], err
+    assert not (tmp_path / "x").exists()
+    rc, r = explore(tmp_path / "f", *small, "--force", "--schedules", "3")
+    assert rc == 0 and r["schedules"] == 3 and not r["exhausted"]
+    e = ex.probe(ex.Spec(cfg_of("move-notify-ack", TINY, 1, 0, ()), "exhaustive", bound=None), 1)
+    assert e.finished and e.counts == (1, 1)
