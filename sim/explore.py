@@ -253,9 +253,20 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int
             done.append(summary(len(done) + 1, trial))
             if trial.races and stop_at_race:
                 break
-    return {"schedules": done, "blocked": blocked, "cheaper": cheaper,
+    # what races below added to the prefix's DPOR choice points: the coordinator merges it (its
+    # walk waits for every task below such a point before it moves on there); counted there
+    above, added = [], 0
+    for k, d in enumerate(prefix):
+        if d.get("backtrack") is None:
+            continue
+        node = stack[k]
+        final = None if node.backtrack is None else sorted(node.backtrack)
+        if final != d["backtrack"]:
+            above.append([k, final])
+            added += (len(node.options) if final is None else len(final)) - len(d["backtrack"])
+    return {"schedules": done, "blocked": blocked, "cheaper": cheaper, "above": above,
             "over_bound": level_seen.over_bound if level_seen else 0,
-            "unraced": level_seen.unraced if level_seen else 0}
+            "unraced": (level_seen.unraced if level_seen else 0) + added}
 
 
 # ---------------------------------------------------------------------------------- the explorer
@@ -275,6 +286,7 @@ class State:
     next: int = 1                           # random, pct: every schedule below it is done
     stack: list[dict[str, Any]] | None = None   # exhaustive, one process: the last schedule's
     tasks_done: list[int] = field(default_factory=list)     # exhaustive, several: subtrees done
+    task_above: dict[str, list] = field(default_factory=dict)   # what each one's races added above it
     task_counts: dict[str, int] = field(default_factory=dict)
     exhausted: bool = False
     complete: bool = False
@@ -541,48 +553,53 @@ class Explorer:
                 st.exhausted = True
                 return
             st.level += 1
-            st.tasks_done, st.task_counts = [], {}
+            st.tasks_done, st.task_counts, st.task_above = [], {}, {}
             st.over_bound = st.unraced = 0
 
     def _split_level(self, be: Pool, d: int) -> bool:
         """One level across workers; True when its whole tree was searched (no stop on the way).
         A task's schedules are recorded once every task before it is (depth-first order); a
-        task is `done` in the state only then, so a resumed search reruns what it had not recorded."""
+        task is `done` in the state only then (with what its races added above it), so a
+        resumed search reruns what it had not recorded and re-walks the prefixes as they were."""
         st, spec = self.state, self.spec
         spec_d = spec.as_dict()
         stop_at_race = not self.limits.all
+        walk = Subtrees(spec, SPLIT_DEPTH, d)
         tasks: list[list[dict[str, Any]]] = []
-        gen = subtrees(spec, SPLIT_DEPTH, d)
-        more, enumerated_over = True, 0           # the prefixes' own options over the bound
         pending: dict[Any, int] = {}
         finished: dict[int, dict[str, Any]] = {}
         recorded = len(st.tasks_done)            # tasks 0 .. recorded - 1 are in the state
         nxt = recorded
         race_task: int | None = None
 
+        def busy(k: int) -> bool:                # a task below choice point k still runs
+            return any(len(tasks[i]) > k for i in pending.values())
+
         def level_over() -> int:
-            return enumerated_over + sum(v for k, v in st.task_counts.items() if k.startswith("over:"))
+            return walk.over + sum(v for k, v in st.task_counts.items() if k.startswith("over:"))
 
         try:
+            while len(tasks) < recorded:         # the prefixes of the tasks recorded before
+                prefix = walk.next(busy)
+                if prefix is None:
+                    raise Diverged("a resumed level's subtrees are not those it recorded")
+                tasks.append(prefix)
+                walk.merge(st.task_above.get(str(len(tasks) - 1), []))
             while True:
-                while more and len(tasks) <= recorded:   # the prefixes of the tasks recorded before
-                    more = self._next_subtree(gen, tasks)
-                    if more:
-                        enumerated_over += tasks[-1][1]
                 while (len(pending) < 2 * be.workers and not (self._stop() and st.first_race is None)
                        and (race_task is None or not stop_at_race or nxt < race_task)):
-                    if nxt == len(tasks):
-                        if not more or not self._next_subtree(gen, tasks):
-                            more = False
-                            break
-                        enumerated_over += tasks[-1][1]
-                    pending[be.submit(run_subtree, spec_d, tasks[nxt][0], d, stop_at_race)] = nxt
+                    prefix = walk.next(busy)
+                    if prefix is None:
+                        break
+                    tasks.append(prefix)
+                    pending[be.submit(run_subtree, spec_d, prefix, d, stop_at_race)] = nxt
                     nxt += 1
                 if not pending:
                     break
                 for fut in be.done(pending):
                     i = pending.pop(fut)
                     finished[i] = out = fut.result()
+                    walk.merge(out["above"])
                     if any(s["races"] for s in out["schedules"]) and (race_task is None or i < race_task):
                         race_task = i
                 while recorded in finished and (race_task is None or not stop_at_race or recorded <= race_task):
@@ -595,10 +612,11 @@ class Explorer:
                     st.cheaper += out["cheaper"]
                     st.unraced += out["unraced"]
                     st.task_counts[f"over:{recorded}"] = out["over_bound"]
+                    st.task_above[str(recorded)] = out["above"]
                     st.tasks_done.append(recorded)
                     recorded += 1
                 st.over_bound = level_over()
-                self._progress(f"bound {d}, {recorded}/{len(tasks)}{'' if not more else '+'} subtrees, "
+                self._progress(f"bound {d}, {recorded}/{len(tasks)}{'+' if not walk.finished else ''} subtrees, "
                                f"{st.blocked} cut by sleep sets")
                 self.checkpoint()
                 if race_task is not None and stop_at_race:
@@ -610,16 +628,12 @@ class Explorer:
                     be.cancel(list(pending))
                     return False
         finally:
-            gen.close()
+            walk.close()
         st.over_bound = level_over()
-        return not more and recorded == len(tasks) and (race_task is None or not stop_at_race)
-
-    def _next_subtree(self, gen: Iterator[tuple[list[dict[str, Any]], int]], tasks: list) -> bool:
-        try:
-            tasks.append(next(gen))
-        except StopIteration:
-            return False
-        return True
+        whole = walk.finished and recorded == len(tasks) and (race_task is None or not stop_at_race)
+        if whole:
+            st.unraced += walk.unraced
+        return whole
 
     # ---------------------------------------------------------------- shrinking and the report
 
@@ -674,41 +688,108 @@ def _read_decisions(run_dir: Path) -> tuple[list, list]:
     return d["decisions"], d["streams"]
 
 
-def subtrees(spec: Spec, depth: int, level: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
+class Subtrees:
     """Level `level` of the exhaustive search's tree (its bound) cut into subtrees, in depth-first
-    order: each prefix (serialized nodes, with what one process knows there: what is asleep, the
-    options tried before and their footprints) and how many of its new choice points' options
-    the bound cut. Finding them runs one schedule per prefix (not counted: its subtree's first
-    schedule repeats it). Where the tree is cut (`split_at`) makes the subtrees, together, the
-    search one process makes: a prefix holds only choice points explored whole (DPOR never
-    adds to them: a race found below cannot ask for more there), and it ends before a step, so
-    each step's fault draws are in it and its footprint is the union over their outcomes, as
-    one process has it when it moves on to the next option."""
-    from sim.search.dpor import DporChooser
-    from sim.search.exhaustive import fence_tracing
-    stack: list[Node] = []
-    while True:
-        known = len(stack)
-        chooser = DporChooser(0, stack, level, spec.bound_kind, spec.reduction)
-        with fence_tracing():
-            run_trial(spec.config, chooser, setup=chooser.setup)
-        if chooser.depth < len(stack):
-            raise Diverged("a prefix did not replay")
-        cut = split_at(stack, depth)
-        over = sum(n.cost_before + c > level for n in stack[known:cut] for c in n.costs)
-        yield [node_to_dict(n) for n in stack[:cut]], over
-        del stack[cut:]
-        if not backtrack(stack, level):
-            return
+    order, as one process walks it: each prefix (serialized nodes, with what one process knows
+    there: what is asleep, the options tried before and their footprints, DPOR's backtrack
+    sets). Finding them runs one schedule per prefix (not counted: its subtree's first schedule
+    repeats it).
+    Rules, so that the subtrees together are the search one process makes:
+    - a prefix ends before a step (`split_at`): each step's fault draws are in it, so its
+      footprint is the union over their outcomes, as one process has it when it moves on;
+    - a choice point DPOR may reduce (a backtrack set) grows with the races found below it:
+      the walk moves on there only once every task below it has finished (`next` returns None
+      while `busy`) and the coordinator has merged what their races added (`merge`); the
+      choice points explored whole need no wait, so their subtrees run side by side.
+    `over`: options of the prefixes' own choice points over the bound; `unraced`: options of
+    the prefixes' DPOR choice points no race asked for (both counted by one process too)."""
+
+    def __init__(self, spec: Spec, depth: int, level: int) -> None:
+        self.spec, self.depth, self.level = spec, depth, level
+        self.stack: list[Node] = []
+        self.over = self.unraced = 0
+        self.finished = False
+        self._waiting: int | None = None
+        self._walk = self._prefixes()
+
+    def next(self, busy: Any) -> list[dict[str, Any]] | None:
+        """The next prefix, or None: the level is walked (`finished`), or it waits for the tasks
+        below a DPOR choice point (`busy(k)`: a task whose prefix is longer than k runs)."""
+        while not self.finished:
+            if self._waiting is not None:
+                if busy(self._waiting):
+                    return None
+                self._waiting = None
+            try:
+                item = next(self._walk)
+            except StopIteration:
+                self.finished = True
+                return None
+            if isinstance(item, int):
+                self._waiting = item
+            else:
+                return item
+        return None
+
+    def merge(self, above: list) -> None:
+        """A task's additions to its prefix's backtrack sets ([position, options or None: all])."""
+        for k, final in above:
+            node = self.stack[k]
+            if node.backtrack is not None:
+                node.backtrack = None if final is None else node.backtrack | set(final)
+
+    def close(self) -> None:
+        self._walk.close()
+
+    def _prefixes(self) -> Iterator[Any]:
+        from sim.search.dpor import DporChooser
+        from sim.search.exhaustive import fence_tracing
+        stack, level = self.stack, self.level
+        while True:
+            known = len(stack)
+            chooser = DporChooser(0, stack, level, self.spec.bound_kind, self.spec.reduction)
+            with fence_tracing():
+                run_trial(self.spec.config, chooser, setup=chooser.setup)
+            if chooser.depth < len(stack):
+                raise Diverged("a prefix did not replay")
+            cut = split_at(stack, self.depth)
+            self.over += sum(n.cost_before + c > level for n in stack[known:cut] for c in n.costs)
+            yield [node_to_dict(n) for n in stack[:cut]]
+            del stack[cut:]
+            while stack:                      # exhaustive.py backtrack, waiting at DPOR's choice points
+                node = stack[-1]
+                if node.backtrack is not None:
+                    yield len(stack) - 1
+                nxt = next((o for o in node.candidates() if node.available(o, level)), None)
+                if nxt is not None:
+                    node.tried.append(nxt)
+                    break
+                if node.backtrack is not None:
+                    self.unraced += len(node.options) - len(node.backtrack)
+                stack.pop()
+            else:
+                return
+
+
+def subtrees(spec: Spec, depth: int, level: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """Every subtree of a level run here, in turn (tests, tools): (prefix, what run_subtree
+    returned for it), each task's additions merged before the walk goes on."""
+    walk = Subtrees(spec, depth, level)
+    try:
+        while (prefix := walk.next(lambda k: False)) is not None:
+            out = run_subtree(spec.as_dict(), prefix, level, False)
+            walk.merge(out["above"])
+            yield prefix, out
+    finally:
+        walk.close()
 
 
 def split_at(stack: list[Node], depth: int) -> int:
-    """How many of a schedule's choice points a subtree's prefix holds: up to the first one DPOR
-    may leave unexplored options of (a backtrack set: races found below it add to it), else up
-    to the first step choice point at `depth` or below (a fault draw stays with its step)."""
+    """How many of a schedule's choice points a subtree's prefix holds: up to the first step
+    choice point at `depth` or below (a fault draw stays with its step)."""
     from sim.search.exhaustive import STEP
-    for i, n in enumerate(stack):
-        if n.backtrack is not None or i >= depth and n.kind == STEP:
+    for i, n in enumerate(stack[depth:], depth):
+        if n.kind == STEP:
             return i
     return len(stack)
 
