@@ -52,8 +52,8 @@ searches (--search):
               after a check: its first levels run for a few CPU seconds, and a space that
               grows past 1,000,000 schedules is refused with the estimate and a bound that
               fits in about 10 CPU minutes (--force starts it anyway). Across --jobs or
-              --scheduler workers each level is cut into subtrees below choice points
-              the reduction explores whole: the same schedules, histories and verdict.
+              --scheduler workers each level is cut into subtrees, walked as one process
+              walks it: the same schedules, histories and verdict.
               --reduction dpor (the default) runs a reordering of two steps only when they
               race; sleep-sets runs every order of dependent steps once; none every order
               (brute force; sim/search/dpor.py says why the reductions are sound). The result

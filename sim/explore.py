@@ -8,9 +8,10 @@ Rules:
   the exhaustive bound. Schedule i of a random or PCT search is a function of (spec, i) alone; an
   exhaustive search's schedules come level by level (bound 0, 1, ...), in depth-first order
   within a level. So a search is resumable and splits into work units: ranges of schedule
-  numbers (random, pct) or a level's subtrees (exhaustive: `subtrees` cuts the tree only at
-  choice points the reduction explores whole, so the workers together make the one-process
-  search: the same schedules, numbers and verdict), run in this process (--jobs 1), in worker
+  numbers (random, pct) or a level's subtrees (exhaustive: `Subtrees` walks the tree's top as
+  one process does, waiting at DPOR's choice points for what the races below ask for, so the
+  workers together make the one-process search: the same schedules, numbers and verdict), run
+  in this process (--jobs 1), in worker
   processes (--jobs J) or as Dask tasks (--scheduler), all through sim/executor.py.
 - It stops at the first race (unless --all), at --schedules or --time, when an exhaustive search
   has nothing left, or on Ctrl-C. With several workers the first race is the one with the lowest

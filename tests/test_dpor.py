@@ -223,6 +223,21 @@ def test_workers_give_the_one_process_search(tmp_path: Path, monkeypatch: pytest
     assert one["schedules"] > 1 and (one["exhausted"] or not all_races)
 
 
+def test_a_split_search_stopped_and_resumed_is_the_one_process_search(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped again and again mid-level (--schedules) and resumed: the subtrees recorded are not rerun, and
+    what their races added above them is merged again as the prefixes are walked."""
+    from sim import explore as ex
+    from sim.executor import Pool, _Here
+    one = search(MUTANT, 2, tmp_path / "one", 1, monkeypatch)
+    spec = ex.Spec(cfg_of(*MUTANT), "exhaustive", 1, bound=2)
+    monkeypatch.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), 2))
+    for limit in (3, 5, 9, 14, 20, 26, 33, 38, None):
+        r = ex.Explorer(spec, ex.Limits(schedules=limit, all=True), tmp_path / "two", do_shrink=False, quiet=True).run()
+        assert r["exhausted"] == (limit is None)
+    assert verdict(r) == verdict(one)
+
+
 def test_jobs_2_spawned_gives_the_counts_of_jobs_1(tmp_path: Path) -> None:
     """`--jobs 2` (two spawned worker processes) against `--jobs 1` from the command line."""
     argv = ("--strategy", "move-notify", "--search", "exhaustive", "--bound", "2", "--importers", "1",
