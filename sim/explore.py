@@ -153,9 +153,9 @@ class Estimate:
         """Schedules run to finish levels 0 .. bound (level d runs the cheaper ones again)."""
         return sum(sum(self.per_level[:d + 1]) for d in range(min(bound, len(self.per_level) - 1) + 1))
 
-    def fits(self, limit: float) -> int | None:
-        """The deepest bound whose schedules are within `limit`."""
-        ok = [b for b in range(len(self.per_level)) if sum(self.per_level[:b + 1]) <= limit]
+    def fits(self, runs: float) -> int | None:
+        """The deepest bound a search finishes within `runs` schedules run."""
+        ok = [b for b in range(len(self.per_level)) if self.runs(b) <= runs]
         return max(ok) if ok else None
 
 
