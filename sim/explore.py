@@ -65,7 +65,8 @@ DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --
 CHUNK = 20                      # schedules per work unit (random, pct)
 MAX_SAVED = 20                  # race directories kept
 CHECKPOINT_S = 2.0
-SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below about this many choice points (split_at)
+SPLIT_WAIT = 2                  # exhaustive across workers: DPOR's choice points a prefix may hold are in its top 2
+SPLIT_DEPTH = 10                # exhaustive across workers: subtrees below about this many choice points (split_at)
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
 PROBE_S = 3.0                   # --bound none: CPU seconds of levels 0, 1, ... run to estimate the whole space
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -790,10 +791,12 @@ def subtrees(spec: Spec, depth: int, level: int) -> Iterator[tuple[list[dict[str
 
 def split_at(stack: list[Node], depth: int) -> int:
     """How many of a schedule's choice points a subtree's prefix holds: up to the first step
-    choice point at `depth` or below (a fault draw stays with its step)."""
+    choice point at `depth` or below (a fault draw stays with its step), or before that to the
+    first of DPOR's own choice points below the top SPLIT_WAIT (the walk waits at each one in a
+    prefix for every task below it: deep in a prefix that would leave one task at a time)."""
     from sim.search.exhaustive import STEP
-    for i, n in enumerate(stack[depth:], depth):
-        if n.kind == STEP:
+    for i, n in enumerate(stack):
+        if n.kind == STEP and (i >= depth or i >= SPLIT_WAIT and n.backtrack is not None):
             return i
     return len(stack)
 

@@ -209,6 +209,8 @@ def search(case: tuple, bound: int | None, out: Path, workers: int, monkeypatch:
     from sim.executor import Pool, _Here
     if workers > 1:
         monkeypatch.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), workers))
+        monkeypatch.setattr(ex, "SPLIT_WAIT", 0)    # DPOR's choice points anywhere in a prefix: waits, merges
+        monkeypatch.setattr(ex, "SPLIT_DEPTH", 6)
     spec = ex.Spec(cfg_of(*case), "exhaustive", 1, bound=bound, reduction=reduction)
     r = ex.Explorer(spec, ex.Limits(all=all_races), out, do_shrink=False, quiet=True).run()
     monkeypatch.undo()
@@ -246,10 +248,13 @@ def test_a_split_search_stopped_and_resumed_is_the_one_process_search(tmp_path: 
     one = search(MUTANT, 2, tmp_path / "one", 1, monkeypatch)
     spec = ex.Spec(cfg_of(*MUTANT), "exhaustive", 1, bound=2)
     monkeypatch.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), 2))
+    monkeypatch.setattr(ex, "SPLIT_WAIT", 0)
+    monkeypatch.setattr(ex, "SPLIT_DEPTH", 6)
+    stops = []
     for limit in (3, 5, 9, 14, 20, 26, 33, 38, None):
         r = ex.Explorer(spec, ex.Limits(schedules=limit, all=True), tmp_path / "two", do_shrink=False, quiet=True).run()
-        assert r["exhausted"] == (limit is None)
-    assert verdict(r) == verdict(one)
+        stops.append(r["exhausted"])                  # a subtree is recorded whole: a stop may overshoot
+    assert stops[0] is False and verdict(r) == verdict(one)
 
 
 def test_jobs_2_spawned_gives_the_counts_of_jobs_1(tmp_path: Path) -> None:
