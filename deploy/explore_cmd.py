@@ -30,6 +30,7 @@ SMALL = {"importers": "2", "buffers": "2", "buffer_size": "4KiB", "vram_size": "
          "dma_ms": "2", "think_ms": "0.5", "move_rate": "500", "duration": "0.05"}
 DMA_JOBS, MOVES = 2, 2
 LATE_POSITIONS = 4    # exhaustive --bound-kind late-frames: events a late frame may be held past, about
+SUGGEST_CPU_S = 600   # --bound none refused: the bound suggested fits in this many CPU seconds
 
 SEARCH_HELP = """\
 searches (--search):
@@ -47,7 +48,12 @@ searches (--search):
               (each fault --fault allows is a choice: duplicated or not, dropped or not, overtaken
               or not; p is ignored). --bound-kind late-frames counts each late frame once
               instead, however late. Bound 0 first, then 1, ..., then B, so the first race found
-              needs the fewest; --bound none goes on until nothing is cut (the whole space).
+              needs the fewest; --bound none goes on until nothing is cut (the whole space),
+              after a check: its first levels run for a few CPU seconds, and a space that
+              grows past 1,000,000 schedules is refused with the estimate and a bound that
+              fits in about 10 CPU minutes (--force starts it anyway). Across --jobs or
+              --scheduler workers each level is cut into subtrees, walked as one process
+              walks it: the same schedules, histories and verdict.
               --reduction dpor (the default) runs a reordering of two steps only when they
               race; sleep-sets runs every order of dependent steps once; none every order
               (brute force; sim/search/dpor.py says why the reductions are sound). The result
@@ -89,6 +95,10 @@ def add_parsers(sub: Any) -> None:
                    help=with_default("exhaustive: preemptions (or late frames) allowed; none: no bound", 2))
     e.add_argument("--reduction", default=None, metavar="dpor|sleep-sets|none",
                    help=with_default("exhaustive: the partial-order reduction", "dpor"))
+    e.add_argument("--force", action="store_true",
+                   help="exhaustive: start even when the size check says the search cannot finish (a bound's "
+                        "estimated schedules, or --bound none's: a few CPU seconds of its first levels, "
+                        "extrapolated, over 1,000,000 schedules)")
     e.add_argument("--bound-kind", default="preemptions", metavar="preemptions|late-frames",
                    help=with_default("exhaustive: what the bound counts", "preemptions"))
     lim = e.add_mutually_exclusive_group()
@@ -206,14 +216,27 @@ def estimate(points: int, bound: int, kind: str) -> float:
 
 
 def check_size(spec: Any) -> None:
-    """Refuse an exhaustive search too large to finish: one line, how large, a bound that fits."""
-    from sim.explore import MAX_EXHAUSTIVE, default_trial
+    """Refuse an exhaustive search too large to finish: one line, how large, a bound that fits.
+    With a bound, the size is estimated from the default schedule's choice points; with none,
+    from a few CPU seconds of its first levels (sim/explore.py probe), which may finish it."""
+    from sim import explore as sim_explore
+    from sim.explore import MAX_EXHAUSTIVE, default_trial, probe
     trial, chooser = default_trial(spec.config)
     if trial.error is not None:
         raise OptionError(f"the configuration's default schedule does not run: {trial.error}")
-    if spec.bound is None:
-        return                   # no estimate without a bound: it deepens until nothing is cut
     points = chooser.wait_points + chooser.fault_points
+    if spec.bound is None:
+        e = probe(spec, points)
+        if e.finished or e.schedules <= MAX_EXHAUSTIVE:
+            return
+        measured = ", ".join(f"{n:,} at bound {d}" for d, n in enumerate(e.counts)) or f"{e.partial:,} at bound 0 (unfinished)"
+        fits = e.fits(e.runs_per_s * SUGGEST_CPU_S)
+        hint = (f"use --bound {fits} (about {sum(e.per_level[:fits + 1]):,.0f} schedules, "
+                f"{_duration(e.runs(fits) / e.runs_per_s)} of CPU)" if fits is not None else "use a smaller configuration")
+        raise OptionError(f"exhaustive --bound none: {sim_explore.PROBE_S:g} CPU seconds of the first levels gave {measured}; "
+                          f"the whole space is about {e.schedules:,.0f} schedules over {len(e.per_level) - 1} levels "
+                          f"(about {_duration(e.runs(len(e.per_level)) / e.runs_per_s)} of CPU at "
+                          f"{e.runs_per_s:,.0f}/s), more than {MAX_EXHAUSTIVE:,}; {hint}, or --force to go on")
     n = estimate(points, spec.bound, spec.bound_kind)
     if n > MAX_EXHAUSTIVE:
         fits = max([b for b in range(spec.bound) if estimate(points, b, spec.bound_kind) <= MAX_EXHAUSTIVE], default=None)
@@ -222,7 +245,15 @@ def check_size(spec: Any) -> None:
         raise OptionError(f"exhaustive: this configuration has {points} choice points per schedule "
                           f"({chooser.wait_points} where time may pass, {chooser.fault_points} faults): about "
                           f"{n:,.0f} schedules within bound {spec.bound}, more than {MAX_EXHAUSTIVE:,}; {hint}, "
-                          f"or fewer --importers, --dma-jobs or --moves")
+                          f"or fewer --importers, --dma-jobs or --moves (or --force)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.0f} minutes"
+    return f"{seconds / 3600:,.0f} hours"
 
 
 def result_lines(r: dict[str, Any], out: Path) -> list[str]:
@@ -307,7 +338,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from sim.explore import ExploreError, Explorer
     try:
         spec, (limits, jobs) = spec_from_args(args)
-        if spec.search == "exhaustive" and not (args.out / "explore.state.json").exists():
+        if spec.search == "exhaustive" and not args.force and not (args.out / "explore.state.json").exists():
             check_size(spec)
         explorer = Explorer(spec, limits, args.out, jobs=jobs, scheduler=args.scheduler,
                             do_shrink=not args.no_shrink, reporter=Progress(sys.stderr, args.quiet))

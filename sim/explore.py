@@ -6,10 +6,13 @@ Rules:
   whose seed fixes the workload, and the simulator's options: chosen delivery and the job and
   move budgets), a search kind (random, pct, exhaustive: sim/search/), its seed, PCT's depth and
   the exhaustive bound. Schedule i of a random or PCT search is a function of (spec, i) alone; an
-  exhaustive search's schedules come in depth-first order. So a search is resumable and
-  splits into work units: ranges of schedule numbers (random, pct) or subtrees (exhaustive),
-  run in this process (--jobs 1), in worker processes (--jobs J) or as Dask tasks (--scheduler),
-  all through sim/executor.py.
+  exhaustive search's schedules come level by level (bound 0, 1, ...), in depth-first order
+  within a level. So a search is resumable and splits into work units: ranges of schedule
+  numbers (random, pct) or a level's subtrees (exhaustive: `Subtrees` walks the tree's top as
+  one process does, waiting at DPOR's choice points for what the races below ask for, so the
+  workers together make the one-process search: the same schedules, numbers and verdict), run
+  in this process (--jobs 1), in worker
+  processes (--jobs J) or as Dask tasks (--scheduler), all through sim/executor.py.
 - It stops at the first race (unless --all), at --schedules or --time, when an exhaustive search
   has nothing left, or on Ctrl-C. With several workers the first race is the one with the lowest
   schedule number: work below it is finished before the search stops, so the answer is the one a
@@ -41,7 +44,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from checker.explain import listed_witnesses, write_witness_md
 from checker.findings import CATCHES
@@ -62,9 +65,10 @@ DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --
 CHUNK = 20                      # schedules per work unit (random, pct)
 MAX_SAVED = 20                  # race directories kept
 CHECKPOINT_S = 2.0
-SPLIT_DEPTH = 6                 # exhaustive across workers: subtrees below this many choice points
+SPLIT_WAIT = 2                  # exhaustive across workers: DPOR's choice points a prefix may hold are in its top 2
+SPLIT_DEPTH = 10                # exhaustive across workers: subtrees below about this many choice points (split_at)
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
-UNBOUNDED = 1 << 30             # --bound none across workers: a bound no schedule reaches
+PROBE_S = 3.0                   # --bound none: CPU seconds of levels 0, 1, ... run to estimate the whole space
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "distinct_states",
           "distinct_histories", "races", "first_race_schedule", "exhausted", "bound", "bound_kind",
@@ -108,11 +112,6 @@ class Spec:
         return cls(Config(from_mapping(c["params"], "explore spec"), SimOptions(**c["sim"])), d["search"], d["seed"],
                    d["depth"], d["bound"], d["bound_kind"], d.get("reduction", DPOR))
 
-    @property
-    def split_bound(self) -> int:
-        """The bound of a search split across workers (no deepening there)."""
-        return UNBOUNDED if self.bound is None else self.bound
-
     def key(self) -> str:
         """What makes two searches the same search (the limits do not)."""
         d = self.as_dict()
@@ -135,6 +134,78 @@ class Limits:
 def default_trial(config: Config) -> tuple[Trial, SearchChooser]:
     chooser = SearchChooser(0)
     return run_trial(config, chooser), chooser
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What running the first levels of an unbounded exhaustive search for a few seconds says
+    about the whole space (`probe`)."""
+
+    finished: bool                          # the probe explored the whole space
+    counts: tuple[int, ...]                 # schedules of each level it completed (0, 1, ...)
+    partial: int                            # schedules of the level it was in when time ran out
+    per_level: tuple[float, ...]            # schedules of each level 0 .. the deepest, measured then estimated
+    runs_per_s: float                       # schedules run (cheaper and blocked ones too) per CPU second
+
+    @property
+    def schedules(self) -> float:
+        return sum(self.per_level)
+
+    def runs(self, bound: int) -> float:
+        """Schedules run to finish levels 0 .. bound (level d runs the cheaper ones again)."""
+        return sum(sum(self.per_level[:d + 1]) for d in range(min(bound, len(self.per_level) - 1) + 1))
+
+    def fits(self, runs: float) -> int | None:
+        """The deepest bound a search finishes within `runs` schedules run."""
+        ok = [b for b in range(len(self.per_level)) if self.runs(b) <= runs]
+        return max(ok) if ok else None
+
+
+def probe(spec: Spec, points: int, seconds: float | None = None) -> Estimate:
+    """Run an unbounded exhaustive search (sim/search/dpor.py explore, level by level) for
+    `seconds` of CPU (PROBE_S) and extrapolate. `points` (P): the choice points that cost on the
+    default schedule (where time may pass, faults), taken as the deepest level. Past the last
+    level measured, k with n_k schedules, level j is n_k * C(P, j) / C(P, k) * a^(j - k): the
+    ways to place j costs among P points, as the bounded check counts them
+    (deploy/explore_cmd.py estimate), times a per-cost factor `a` fitted to the last two
+    levels measured (one level measured: a = 1; none: the unfinished level 0's count, a lower
+    bound). Move-notify with 1 importer and 1 move: 16,638 estimated by brute force's first 10
+    seconds, 14,546 in fact."""
+    from math import comb
+    from sim.search import dpor
+    seconds = PROBE_S if seconds is None else seconds
+    counts: list[int] = []
+    n = runs = 0
+    began = time.process_time()
+    gen = dpor.explore(spec.config, None, reduction=spec.reduction, kind=spec.bound_kind)
+    finished = True
+    try:
+        for trial, _, level, cost in gen:
+            runs += 1
+            if level.bound > len(counts):
+                counts.append(n)
+                n = 0
+            n += not trial.blocked and cost == level.bound
+            if time.process_time() - began >= seconds:
+                finished = False
+                break
+    finally:
+        gen.close()
+    rate = runs / max(time.process_time() - began, 1e-6)
+    if finished:
+        counts.append(n)
+        return Estimate(True, tuple(counts), 0, tuple(map(float, counts)), rate)
+    k = len(counts) - 1
+    top = max(points, k + 1)
+    if k < 0:
+        per = tuple(float(max(n, 1) * comb(top, j)) for j in range(top + 1))
+    else:
+        a = 1.0
+        if k >= 1 and counts[k - 1] > 0 and counts[k] > 0:
+            a = counts[k] / counts[k - 1] * comb(top, k - 1) / comb(top, k)
+        per = tuple(float(counts[j]) if j <= k else counts[k] * comb(top, j) / comb(top, k) * a ** (j - k)
+                    for j in range(top + 1))
+    return Estimate(False, tuple(counts), n, per, rate)
 
 
 def chooser_for(spec: Spec, n: int, k: int) -> SearchChooser:
@@ -164,24 +235,44 @@ def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_a
     return out
 
 
-def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], stop_at_race: bool) -> dict[str, Any]:
-    """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes), at
-    the search's bound (no deepening: the subtrees are cut at that bound), with its reduction
-    below the prefix (the prefix's choice points are explored in full: sim/explore.py subtrees)."""
+def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int, stop_at_race: bool) -> dict[str, Any]:
+    """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes, none
+    of which DPOR could have reduced: sim/explore.py subtrees) at level `level` of the deepening
+    (sim/search/dpor.py explore at that bound alone), with the search's reduction below the
+    prefix. Returns the schedules that cost the level (numbered from 1 in depth-first order;
+    cheaper ones were reported at their own level and are only counted) and what the level's
+    bound and DPOR cut below the prefix."""
     from sim.search import dpor
     spec = Spec.from_dict(spec_d)
     stack = [node_from_dict(d) for d in prefix]
     done: list[dict[str, Any]] = []
-    blocked = 0
-    for trial, _, _, _ in dpor.explore(spec.config, spec.split_bound, reduction=spec.reduction, kind=spec.bound_kind,
-                                       stack=stack, floor=len(prefix), deepen=False):
+    blocked = cheaper = 0
+    level_seen = None
+    for trial, _, lvl, cost in dpor.explore(spec.config, level, reduction=spec.reduction, kind=spec.bound_kind,
+                                            stack=stack, floor=len(prefix), deepen=False):
+        level_seen = lvl
         if trial.blocked:
             blocked += 1
+        elif cost < level:
+            cheaper += 1
+        else:
+            done.append(summary(len(done) + 1, trial))
+            if trial.races and stop_at_race:
+                break
+    # what races below added to the prefix's DPOR choice points: the coordinator merges it (its
+    # walk waits for every task below such a point before it moves on there); counted there
+    above, added = [], 0
+    for k, d in enumerate(prefix):
+        if d.get("backtrack") is None:
             continue
-        done.append(summary(len(done) + 1, trial))
-        if trial.races and stop_at_race:
-            break
-    return {"schedules": done, "blocked": blocked}
+        node = stack[k]
+        final = None if node.backtrack is None else sorted(node.backtrack)
+        if final != d["backtrack"]:
+            above.append([k, final])
+            added += (len(node.options) if final is None else len(final)) - len(d["backtrack"])
+    return {"schedules": done, "blocked": blocked, "cheaper": cheaper, "above": above,
+            "over_bound": level_seen.over_bound if level_seen else 0,
+            "unraced": (level_seen.unraced if level_seen else 0) + added}
 
 
 # ---------------------------------------------------------------------------------- the explorer
@@ -201,6 +292,7 @@ class State:
     next: int = 1                           # random, pct: every schedule below it is done
     stack: list[dict[str, Any]] | None = None   # exhaustive, one process: the last schedule's
     tasks_done: list[int] = field(default_factory=list)     # exhaustive, several: subtrees done
+    task_above: dict[str, list] = field(default_factory=dict)   # what each one's races added above it
     task_counts: dict[str, int] = field(default_factory=dict)
     exhausted: bool = False
     complete: bool = False
@@ -457,53 +549,97 @@ class Explorer:
         st.stack = None
 
     def _exhaustive_split(self, be: Pool) -> None:
-        """Subtrees below SPLIT_DEPTH choice points, each a task; numbered in depth-first order, so
-        schedule numbers and the first race are the ones a single process finds."""
+        """Level by level, as one process does (sim/search/dpor.py explore): each level's tree is
+        cut into subtrees (`subtrees`), each a task at that level's bound; a level's schedules are
+        numbered after the levels before it, in depth-first order, so the schedules, their
+        numbers, the first race and the verdict are those of a single process."""
         st, spec = self.state, self.spec
-        tasks = list(subtrees(spec, SPLIT_DEPTH))
-        pending: dict[Any, int] = {}
-        done: dict[int, dict[str, Any]] = {}
+        while self._split_level(be, st.level):
+            if spec.bound is not None and st.level >= spec.bound or spec.bound is None and st.over_bound == 0:
+                st.exhausted = True
+                return
+            st.level += 1
+            st.tasks_done, st.task_counts, st.task_above = [], {}, {}
+            st.over_bound = st.unraced = 0
+
+    def _split_level(self, be: Pool, d: int) -> bool:
+        """One level across workers; True when its whole tree was searched (no stop on the way).
+        A task's schedules are recorded once every task before it is (depth-first order); a
+        task is `done` in the state only then (with what its races added above it), so a
+        resumed search reruns what it had not recorded and re-walks the prefixes as they were."""
+        st, spec = self.state, self.spec
         spec_d = spec.as_dict()
         stop_at_race = not self.limits.all
-        todo = [i for i in range(len(tasks)) if i not in st.tasks_done]
+        walk = Subtrees(spec, SPLIT_DEPTH, d)
+        tasks: list[list[dict[str, Any]]] = []
+        pending: dict[Any, int] = {}
+        finished: dict[int, dict[str, Any]] = {}
+        recorded = len(st.tasks_done)            # tasks 0 .. recorded - 1 are in the state
+        nxt = recorded
         race_task: int | None = None
-        for i in st.tasks_done:
-            if st.task_counts.get(f"race:{i}"):
-                race_task = i if race_task is None else min(race_task, i)
-        while todo or pending:
-            while todo and len(pending) < 2 * be.workers and not (race_task is not None and todo[0] > race_task):
-                i = todo.pop(0)
-                pending[be.submit(run_subtree, spec_d, tasks[i], stop_at_race)] = i
-            if not pending:
-                break
-            for fut in be.done(pending):
-                i = pending.pop(fut)
-                done[i] = out = fut.result()
-                st.tasks_done.append(i)
-                st.blocked += out["blocked"]
-                st.task_counts[str(i)] = len(out["schedules"])
-                if any(s["races"] for s in out["schedules"]):
-                    st.task_counts[f"race:{i}"] = 1
-                    race_task = i if race_task is None else min(race_task, i)
-            # number the schedules of the finished prefix of tasks, in depth-first order
-            for i in sorted(done):
-                if any(j < i and j not in st.tasks_done for j in range(len(tasks))):
+
+        def busy(k: int) -> bool:                # a task below choice point k still runs
+            return any(len(tasks[i]) > k for i in pending.values())
+
+        def level_over() -> int:
+            return walk.over + sum(v for k, v in st.task_counts.items() if k.startswith("over:"))
+
+        try:
+            while len(tasks) < recorded:         # the prefixes of the tasks recorded before
+                prefix = walk.next(busy)
+                if prefix is None:
+                    raise Diverged("a resumed level's subtrees are not those it recorded")
+                tasks.append(prefix)
+                walk.merge(st.task_above.get(str(len(tasks) - 1), []))
+            while True:
+                while (len(pending) < 2 * be.workers and not (self._stop() and st.first_race is None)
+                       and (race_task is None or not stop_at_race or nxt < race_task)):
+                    prefix = walk.next(busy)
+                    if prefix is None:
+                        break
+                    tasks.append(prefix)
+                    pending[be.submit(run_subtree, spec_d, prefix, d, stop_at_race)] = nxt
+                    nxt += 1
+                if not pending:
                     break
-                base = sum(st.task_counts.get(str(j), 0) for j in range(i))
-                for s in done.pop(i)["schedules"]:
-                    self._record(base + s["n"], s)
-            self._progress(f"{len(st.tasks_done)}/{len(tasks)} subtrees")
-            self.checkpoint()
-            if race_task is not None and stop_at_race:
-                late = [f for f, i in pending.items() if i > race_task]
-                be.cancel(late)
-                for f in late:
-                    pending.pop(f)
-                todo = [i for i in todo if i < race_task]
-            if self._stop() and (race_task is None or all(i > race_task for i in pending.values())):
-                be.cancel(list(pending))
-                return
-        st.exhausted = len(st.tasks_done) == len(tasks) and (race_task is None or self.limits.all)
+                for fut in be.done(pending):
+                    i = pending.pop(fut)
+                    finished[i] = out = fut.result()
+                    walk.merge(out["above"])
+                    if any(s["races"] for s in out["schedules"]) and (race_task is None or i < race_task):
+                        race_task = i
+                while recorded in finished and (race_task is None or not stop_at_race or recorded <= race_task):
+                    # the finished prefix of tasks, in order (none after the first race's)
+                    out = finished.pop(recorded)
+                    base = st.schedules
+                    for s in out["schedules"]:
+                        self._record(base + s["n"], s)
+                    st.blocked += out["blocked"]
+                    st.cheaper += out["cheaper"]
+                    st.unraced += out["unraced"]
+                    st.task_counts[f"over:{recorded}"] = out["over_bound"]
+                    st.task_above[str(recorded)] = out["above"]
+                    st.tasks_done.append(recorded)
+                    recorded += 1
+                st.over_bound = level_over()
+                self._progress(f"bound {d}, {recorded}/{len(tasks)}{'+' if not walk.finished else ''} subtrees, "
+                               f"{st.blocked} cut by sleep sets")
+                self.checkpoint()
+                if race_task is not None and stop_at_race:
+                    late = [f for f, i in pending.items() if i > race_task]
+                    be.cancel(late)
+                    for f in late:
+                        pending.pop(f)
+                if self._stop() and (race_task is None or all(i > race_task for i in pending.values())):
+                    be.cancel(list(pending))
+                    return False
+        finally:
+            walk.close()
+        st.over_bound = level_over()
+        whole = walk.finished and recorded == len(tasks) and (race_task is None or not stop_at_race)
+        if whole:
+            st.unraced += walk.unraced
+        return whole
 
     # ---------------------------------------------------------------- shrinking and the report
 
@@ -558,29 +694,112 @@ def _read_decisions(run_dir: Path) -> tuple[list, list]:
     return d["decisions"], d["streams"]
 
 
-def subtrees(spec: Spec, depth: int) -> Iterator[list[dict[str, Any]]]:
-    """The exhaustive search's tree cut below `depth` choice points: each prefix (serialized
-    nodes, with what a depth-first search knows there: what is asleep, the options tried before)
-    in depth-first order. Finding them runs one schedule per prefix (not counted: its subtree's
-    own first schedule repeats it). With faults, the options tried before sleep with an
-    everything footprint (what a step touches under its other fault outcomes is not seen here):
-    sound, if less reduced."""
-    from sim.search.exhaustive import EVERYTHING, DfsChooser, fence_tracing
-    stack: list[Node] = []
-    with fence_tracing():
+class Subtrees:
+    """Level `level` of the exhaustive search's tree (its bound) cut into subtrees, in depth-first
+    order, as one process walks it: each prefix (serialized nodes, with what one process knows
+    there: what is asleep, the options tried before and their footprints, DPOR's backtrack
+    sets). Finding them runs one schedule per prefix (not counted: its subtree's first schedule
+    repeats it).
+    Rules, so that the subtrees together are the search one process makes:
+    - a prefix ends before a step (`split_at`): each step's fault draws are in it, so its
+      footprint is the union over their outcomes, as one process has it when it moves on;
+    - a choice point DPOR may reduce (a backtrack set) grows with the races found below it:
+      the walk moves on there only once every task below it has finished (`next` returns None
+      while `busy`) and the coordinator has merged what their races added (`merge`); the
+      choice points explored whole need no wait, so their subtrees run side by side.
+    `over`: options of the prefixes' own choice points over the bound; `unraced`: options of
+    the prefixes' DPOR choice points no race asked for (both counted by one process too)."""
+
+    def __init__(self, spec: Spec, depth: int, level: int) -> None:
+        self.spec, self.depth, self.level = spec, depth, level
+        self.stack: list[Node] = []
+        self.over = self.unraced = 0
+        self.finished = False
+        self._waiting: int | None = None
+        self._walk = self._prefixes()
+
+    def next(self, busy: Callable[[int], bool]) -> list[dict[str, Any]] | None:
+        """The next prefix, or None: the level is walked (`finished`), or it waits for the tasks
+        below a DPOR choice point (`busy(k)`: a task whose prefix is longer than k runs)."""
+        while not self.finished:
+            if self._waiting is not None:
+                if busy(self._waiting):
+                    return None
+                self._waiting = None
+            try:
+                item = next(self._walk)
+            except StopIteration:
+                self.finished = True
+                return None
+            if isinstance(item, int):
+                self._waiting = item
+            else:
+                return item
+        return None
+
+    def merge(self, above: list) -> None:
+        """A task's additions to its prefix's backtrack sets ([position, options or None: all])."""
+        for k, final in above:
+            node = self.stack[k]
+            if node.backtrack is not None:
+                node.backtrack = None if final is None else node.backtrack | set(final)
+
+    def close(self) -> None:
+        self._walk.close()
+
+    def _prefixes(self) -> Iterator[Any]:
+        from sim.search.dpor import DporChooser
+        from sim.search.exhaustive import fence_tracing
+        stack, level = self.stack, self.level
         while True:
-            chooser = DfsChooser(spec.seed, stack, spec.split_bound, spec.bound_kind, reduce=spec.reduction != NONE)
-            run_trial(spec.config, chooser, setup=chooser.setup)
+            known = len(stack)
+            chooser = DporChooser(0, stack, level, self.spec.bound_kind, self.spec.reduction)
+            with fence_tracing():
+                run_trial(self.spec.config, chooser, setup=chooser.setup)
             if chooser.depth < len(stack):
                 raise Diverged("a prefix did not replay")
-            prefix = [node_to_dict(n) for n in stack[:depth]]
-            if spec.config.params.faults:
-                for d in prefix:
-                    d["footprints"] = {k: EVERYTHING.as_dict() for k in d["footprints"]}
-            yield prefix
-            del stack[depth:]
-            if not backtrack(stack, spec.split_bound):
+            cut = split_at(stack, self.depth)
+            self.over += sum(n.cost_before + c > level for n in stack[known:cut] for c in n.costs)
+            yield [node_to_dict(n) for n in stack[:cut]]
+            del stack[cut:]
+            while stack:                      # exhaustive.py backtrack, waiting at DPOR's choice points
+                node = stack[-1]
+                if node.backtrack is not None:
+                    yield len(stack) - 1
+                nxt = next((o for o in node.candidates() if node.available(o, level)), None)
+                if nxt is not None:
+                    node.tried.append(nxt)
+                    break
+                if node.backtrack is not None:
+                    self.unraced += len(node.options) - len(node.backtrack)
+                stack.pop()
+            else:
                 return
+
+
+def subtrees(spec: Spec, depth: int, level: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """Every subtree of a level run here, in turn (tests, tools): (prefix, what run_subtree
+    returned for it), each task's additions merged before the walk goes on."""
+    walk = Subtrees(spec, depth, level)
+    try:
+        while (prefix := walk.next(lambda k: False)) is not None:
+            out = run_subtree(spec.as_dict(), prefix, level, False)
+            walk.merge(out["above"])
+            yield prefix, out
+    finally:
+        walk.close()
+
+
+def split_at(stack: list[Node], depth: int) -> int:
+    """How many of a schedule's choice points a subtree's prefix holds: up to the first step
+    choice point at `depth` or below (a fault draw stays with its step), or before that to the
+    first of DPOR's own choice points below the top SPLIT_WAIT (the walk waits at each one in a
+    prefix for every task below it: deep in a prefix that would leave one task at a time)."""
+    from sim.search.exhaustive import STEP
+    for i, n in enumerate(stack):
+        if n.kind == STEP and (i >= depth or i >= SPLIT_WAIT and n.backtrack is not None):
+            return i
+    return len(stack)
 
 
 def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffer: Any, out: Path) -> dict[str, Any]:

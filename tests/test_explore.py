@@ -19,7 +19,7 @@ import pytest
 
 from deploy import cli
 from deploy.options import RunParams
-from sim.explore import Explorer, Limits, Spec, run_subtree, subtrees
+from sim.explore import Explorer, Limits, Spec, subtrees
 from sim.options import SimOptions
 from sim.search import exhaustive
 from sim.search.trial import Config, SearchChooser, judge, offered, run_trial
@@ -90,13 +90,21 @@ def test_sleep_sets_lose_no_history() -> None:
 
 
 def test_subtrees_cover_the_tree_once() -> None:
-    """Exhaustive across workers: the subtrees hold the schedules of the one-process search."""
-    spec = Spec(config("pin", jobs=1, moves=1), "exhaustive", 1, bound=1)
-    whole = [t.history_sha256 for t, _ in exhaustive.explore(spec.config, 1) if not t.blocked]
-    parts = []
-    for prefix in subtrees(spec, 3):
-        parts += [s["sha"] for s in run_subtree(spec.as_dict(), prefix, False)["schedules"]]
-    assert parts == [s[:16] for s in whole]
+    """Exhaustive across workers: at each level the subtrees hold the schedules of the one-process
+    search, in its order, with DPOR's choice points in the prefixes too (what races below them
+    ask for is merged before the walk moves on there)."""
+    from sim.search import dpor
+    spec = Spec(config("resv-fence", jobs=1, moves=1), "exhaustive", 1, bound=1)
+    for level in (0, 1):
+        whole = [t.history_sha256[:16] for t, _, _, cost in dpor.explore(spec.config, level, deepen=False)
+                 if not t.blocked and cost == level]
+        parts, prefixes, reducible = [], 0, 0
+        for prefix, out in subtrees(spec, 3, level):
+            parts += [s["sha"] for s in out["schedules"]]
+            prefixes += 1
+            reducible += any(d["backtrack"] is not None for d in prefix)
+        assert parts == whole and prefixes >= 1 + level    # bound 0: one schedule, one subtree
+    assert reducible > 0
 
 
 # ---------------------------------------------------------------------------------- the command
