@@ -98,7 +98,8 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--force", action="store_true",
                    help="exhaustive: start even when the size check says the search cannot finish (a bound's "
                         "estimated schedules, or --bound none's: a few CPU seconds of its first levels, "
-                        "extrapolated, over 1,000,000 schedules)")
+                        "extrapolated, over 1,000,000 schedules); --around: explore a run of another "
+                        "dmabuf-emu version")
     e.add_argument("--bound-kind", default="preemptions", metavar="preemptions|late-frames",
                    help=with_default("exhaustive: what the bound counts", "preemptions"))
     lim = e.add_mutually_exclusive_group()
@@ -124,7 +125,6 @@ def add_parsers(sub: Any) -> None:
                         "cross its moves and revocations with a job, delay its notifications and reorder its "
                         "dependent steps; each race or catch found is shrunk and kept as DIR/races/K "
                         "(sim/around.py); DIR/around.json. --schedules defaults to 200")
-    e.add_argument("--force", action="store_true", help="--around: explore a run of another dmabuf-emu version")
     oplog.add_log_options(e)
     options.add_arguments(e, defaults=options.resolve(None, SMALL))   # the small configuration's, not run's
 
