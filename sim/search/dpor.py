@@ -216,16 +216,18 @@ def explore(config: Config, bound: int | None, *, reduction: str = DPOR, kind: s
     The caller reads `level.over_bound` after the last yield of a level: 0 means the space is
     finite and was explored whole.
     `snapshots`: run each schedule from a snapshot of its prefix (sim/search/snapshot.py; None:
-    unless DMABUF_EMU_SNAPSHOTS=off); the schedules and everything yielded are the same."""
+    as DMABUF_EMU_SNAPSHOTS says, by default where it measures cheaper); the schedules and
+    everything yielded are the same either way."""
     if bound is None and not deepen:
         raise ValueError("an unbounded search deepens")
     levels = range(start, (bound if bound is not None else 1 << 30) + 1) if deepen else [bound]
-    snapshot.reset()
+    snapshot.reset(None if snapshots is None else (snapshot.ON if snapshots else snapshot.OFF))
+    probe = snapshot.Probe()                 # auto: decided once for the search, by measuring
     with fence_tracing():
         for d in levels:
             level = Level(d, over_bound if d == start else 0)
             stack = [] if stack is None else stack
-            snaps = snapshot.Snapshots(on=snapshots)   # one chain per pass: the bound is the chooser's
+            snaps = snapshot.Snapshots(on=snapshots, probe=probe)   # a chain per pass: the bound is the chooser's
             try:
                 while True:
                     chooser = DporChooser(seed, stack, d, kind, reduction)  # type: ignore[arg-type]

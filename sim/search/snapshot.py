@@ -64,6 +64,7 @@ import ctypes
 import gc
 import os
 import pickle
+import resource
 import select
 import signal
 import struct
@@ -74,22 +75,29 @@ from typing import Any, Callable
 
 from sim.search.trial import Config, Trial, run_trial
 
-ENV = "DMABUF_EMU_SNAPSHOTS"    # "off": no snapshots (explore --no-snapshots)
+ENV = "DMABUF_EMU_SNAPSHOTS"    # auto (the default), on or off (explore --no-snapshots)
+AUTO, ON, OFF = "auto", "on", "off"
 EVERY = 4                       # choice points between two snapshots of one schedule
+PROBE = 24                      # auto: schedules run each way before choosing
+GAIN = 0.9                      # auto: snapshots are kept if a schedule costs less than this of one from start-up
 MAX_FAILURES = 3                # chains lost before the search goes on without snapshots
 CLOSE_WAIT_S = 10.0             # close(): how long the chain may take to exit before SIGKILL
 _PR_SET_PDEATHSIG = 1
 _HEAD = struct.Struct("<I")
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV, "on") != "off"
+def mode() -> str:
+    m = os.environ.get(ENV, AUTO)
+    return m if m in (AUTO, ON, OFF) else AUTO
 
 
 @dataclass
 class Stats:
     """What snapshots did in this process (explore.json `snapshots`; reset by each search)."""
 
+    mode: str = AUTO
+    chose: str | None = None    # auto: "snapshots" or "start-up", after the probe
+    probe_ms: dict[str, float] | None = None   # auto: CPU ms a schedule cost each way in the probe
     schedules: int = 0          # schedules run through Snapshots.run (blocked and re-run ones too)
     resumed: int = 0            # of them, resumed from a snapshot (not run from start-up)
     replayed: int = 0           # choice points replayed by resumed runners (snapshots not taken there)
@@ -109,9 +117,9 @@ def report() -> dict[str, Any]:
     return STATS.as_dict()
 
 
-def reset() -> None:
+def reset(m: str | None = None) -> None:
     """A new search: its own counts."""
-    STATS.__init__()  # type: ignore[misc]
+    STATS.__init__(mode=m or mode())  # type: ignore[misc]
 
 
 def fork_refusal() -> str | None:
@@ -298,19 +306,52 @@ class _Chain:
     parks: list[_Park] = field(default_factory=list)
 
 
+class Probe:
+    """auto: which way a schedule costs less CPU, measured on this search's first schedules:
+    PROBE from start-up in this process, then PROBE from snapshots, run by one chain from its
+    start (the chain's processes' CPU, reaped, with the searcher's own for them; a pass that ends
+    first is measured again in the next). Shared by the passes of one search."""
+
+    def __init__(self) -> None:
+        self.local: list[float] = []
+        self.forked_s = 0.0
+        self.forked_n = 0
+        self.verdict: bool | None = None
+
+    def decide(self) -> None:
+        local = sum(self.local) / len(self.local)
+        forked = self.forked_s / self.forked_n
+        self.verdict = forked < GAIN * local
+        STATS.chose = "snapshots" if self.verdict else "start-up"
+        STATS.probe_ms = {"start_up": round(1e3 * local, 2), "snapshot": round(1e3 * forked, 2)}
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 class Snapshots:
     """Runs the schedules of one pass of an exhaustive search (one bound, one chooser class) from
     snapshots. `run(config, chooser)` leaves the chooser as a run in this process would (see the
-    module docstring for what crosses); `close()` ends the chain (always call it)."""
+    module docstring for what crosses); `close()` ends the chain (always call it). `on`: None
+    follows DMABUF_EMU_SNAPSHOTS (auto: a Probe shared by the passes decides), True always,
+    False never."""
 
-    def __init__(self, *, every: int | None = None, on: bool | None = None,
+    def __init__(self, *, every: int | None = None, on: bool | None = None, probe: Probe | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
         self.every = max(1, EVERY if every is None else every)
-        self.off: str | None = None if (enabled() if on is None else on) else "switched off"
+        m = mode() if on is None else (ON if on else OFF)
+        self.off: str | None = "switched off" if m == OFF else None
+        self.probe = probe if m == AUTO else None
+        if m == AUTO and probe is None:
+            self.probe = Probe()
         self.chain: _Chain | None = None
         self.failures = 0
         self.events: list[Any] = []          # the last schedule's steps (dpor), on the searcher's stack
         self.warn = warn or _warn
+        self._probing = 0                    # schedules of the probe run by the current chain
+        self._probe_cpu = 0.0                # the searcher's CPU for them, and the chain's at its start
 
     def _fallback(self, why: str) -> None:
         STATS.fallbacks += 1
@@ -318,16 +359,38 @@ class Snapshots:
             STATS.fallback = why
             self.warn(f"explore: no snapshot ({why}): running the schedule from start-up, and going on")
 
+    def _local(self, config: Config, chooser: Any) -> Trial:
+        return run_trial(config, chooser, setup=chooser.setup)
+
     def run(self, config: Config, chooser: Any) -> Trial:
         STATS.schedules += 1
-        if self.off is None and self.failures < MAX_FAILURES:
-            try:
-                return self._run(config, chooser)
-            except Lost as exc:             # the chooser is untouched: its run was elsewhere
-                self.failures += 1
-                self.close()
-                self._fallback(str(exc))
-        return run_trial(config, chooser, setup=chooser.setup)
+        if self.off is not None or self.failures >= MAX_FAILURES:
+            return self._local(config, chooser)
+        pr = self.probe
+        if pr is not None and pr.verdict is None and len(pr.local) < PROBE:
+            began = time.process_time()
+            trial = self._local(config, chooser)
+            pr.local.append(time.process_time() - began)
+            return trial
+        if pr is not None and pr.verdict is False:
+            return self._local(config, chooser)
+        probing = pr is not None and pr.verdict is None
+        try:
+            if probing and self.chain is None:
+                self._probe_cpu = -_children_cpu()
+            began = time.process_time()
+            trial = self._run(config, chooser)
+            if probing:
+                self._probe_cpu += time.process_time() - began
+                self._probing += 1
+                if self._probing >= PROBE:
+                    self.close()             # reaped: its CPU is counted, and the probe decides
+            return trial
+        except Lost as exc:                  # the chooser is untouched: its run was elsewhere
+            self.failures += 1
+            self.close()
+            self._fallback(str(exc))
+        return self._local(config, chooser)
 
     def _run(self, config: Config, chooser: Any) -> Trial:
         ch = self.chain
@@ -344,12 +407,12 @@ class Snapshots:
             if why is not None:
                 self.off = why
                 self._fallback(why)
-                return run_trial(config, chooser, setup=chooser.setup)
+                return self._local(config, chooser)
             try:
                 ch = self.chain = self._start(config, chooser)
             except OSError as exc:
                 self._fallback(f"fork refused: {exc}")
-                return run_trial(config, chooser, setup=chooser.setup)
+                return self._local(config, chooser)
             base = _Park(-1, ch.first, 0)
         else:
             base = ch.parks[-1]
@@ -445,6 +508,16 @@ class Snapshots:
         ch, self.chain = self.chain, None
         if ch is None:
             return
+        try:
+            self._end(ch)
+        finally:
+            pr = self.probe
+            if pr is not None and pr.verdict is None and self._probing >= PROBE:
+                pr.forked_s, pr.forked_n = self._probe_cpu + _children_cpu(), self._probing
+                pr.decide()
+            self._probing = 0                # a pass that ended first: measured again in the next
+
+    def _end(self, ch: _Chain) -> None:
         try:
             while select.select([ch.up], [], [], 0)[0]:     # a runner announced but not yet read
                 msg = _recv(ch.up)
