@@ -109,8 +109,9 @@ def add_parsers(sub: Any) -> None:
                    help="devices are punctual: no DMA chunk stalls past an exporter's timer (by default a "
                         "stall is a choice of every search, counted against --bound like a fault)")
     e.add_argument("--no-snapshots", action="store_true",
-                   help="exhaustive: run every schedule from start-up, not from a forked snapshot of its "
-                        "prefix (sim/search/snapshot.py; the same schedules and results either way)")
+                   help="exhaustive: run every schedule from start-up, never from a forked snapshot of its "
+                        "prefix (by default snapshots are used where they measure cheaper: sim/search/snapshot.py; "
+                        "the same schedules and results either way)")
     e.add_argument("--quiet", action="store_true", help="print only the result")
     oplog.add_log_options(e)
     options.add_arguments(e, defaults=options.resolve(None, SMALL))   # the small configuration's, not run's

@@ -167,3 +167,18 @@ def test_killing_the_searcher_leaves_nothing_running(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_auto_measures_both_ways_and_keeps_the_cheaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot, "PROBE_OF_PROCESS", snapshot.Probe())   # this process's, fresh
+    monkeypatch.setenv(snapshot.ENV, snapshot.AUTO)
+    got = search(MUTANT, 2, dpor.SLEEP_SETS, None)
+    stats = snapshot.report()
+    assert stats["mode"] == "auto" and stats["chose"] in ("snapshots", "start-up"), stats
+    assert stats["probe_ms"]["start_up"] > 0 and stats["probe_ms"]["snapshot"] > 0
+    assert stats["resumed"] >= snapshot.PROBE - 1
+    assert got == search(MUTANT, 2, dpor.SLEEP_SETS, False)
+    search(MUTANT, 1, dpor.DPOR, None)      # the next search in this process: decided already
+    again = snapshot.report()
+    assert again["chose"] == stats["chose"] and again["probe_ms"] == stats["probe_ms"]
+    assert (again["resumed"] > 0) == (stats["chose"] == "snapshots"), again

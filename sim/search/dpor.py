@@ -222,12 +222,11 @@ def explore(config: Config, bound: int | None, *, reduction: str = DPOR, kind: s
         raise ValueError("an unbounded search deepens")
     levels = range(start, (bound if bound is not None else 1 << 30) + 1) if deepen else [bound]
     snapshot.reset(None if snapshots is None else (snapshot.ON if snapshots else snapshot.OFF))
-    probe = snapshot.Probe()                 # auto: decided once for the search, by measuring
     with fence_tracing():
         for d in levels:
             level = Level(d, over_bound if d == start else 0)
             stack = [] if stack is None else stack
-            snaps = snapshot.Snapshots(on=snapshots, probe=probe)   # a chain per pass: the bound is the chooser's
+            snaps = snapshot.Snapshots(on=snapshots)   # a chain per pass: the bound is the chooser's
             try:
                 while True:
                     chooser = DporChooser(seed, stack, d, kind, reduction)  # type: ignore[arg-type]

@@ -9,8 +9,8 @@ process. The search (the *searcher*, the process that calls `explore`) forks a *
 starts the schedule from start-up. At the entry of a choice point (before its option is looked up
 or chosen: DfsChooser `at_choice`) the runner may *park*: it forks, the child goes on as the
 runner, and the parent keeps that instant, waiting for its child to end. It parks at depth 0
-(after start-up, the 28% every schedule shares) and then every `every` choice points (EVERY;
-forking costs about as much as a few choice points' work: docs/results.md has the measurements).
+(after start-up, a third of a schedule's CPU) and then every `every` choice points (EVERY: a
+fork costs more than a few choice points' work, see below).
 When the schedule ends, the runner sends the searcher what a run in the searcher would have
 left (the Trial, the chooser's counters, its new choice points and the footprints it added to
 replayed ones, and for dpor the steps it observed since the snapshot) and exits. The searcher
@@ -36,14 +36,25 @@ the searcher as before; trial.seconds is the runner's time for its suffix. tests
 compares every schedule (its history digest, races, verdict, cost) and the counts with snapshots
 and without, for dpor, sleep-sets and none.
 
+What it costs, and auto. A snapshot is paid in the kernel: the fork copies the page tables
+(about 2 ms of CPU for this 60 MB process on the 2-core VM this was measured on), the exit frees
+them (about 3 ms), and every page a runner writes after the fork is copied on its first write
+(about 3.3 us a page there, and a runner writes 1,000 to 1,600 pages: the interpreter's objects'
+reference counts, the services' state, the checker's judging of the whole history), so a resumed
+schedule cost 15 to 25 ms of CPU there against 9 to 15 ms for the whole schedule from start-up.
+Where page faults are cheaper (bare metal: under 1 us) the balance can turn. So the default,
+auto (DMABUF_EMU_SNAPSHOTS unset or "auto"), measures, once per process: the first PROBE
+schedules from start-up, the next PROBE from snapshots, and keeps snapshots only when a schedule
+costs less than GAIN of one from start-up (explore.json `snapshots`: chose, probe_ms). "on"
+forces them (tests, comparisons); "off" (explore --no-snapshots) never forks.
+
 When there is no snapshot (each falls back to running the schedule in the searcher, from
 start-up, as without snapshots, and is said once: a warning on the CLI's log and `fallback` in
 Stats, explore.json's `snapshots`): threads alive in the searcher (a fork would copy a lock
 another thread holds; a Dask worker runs tasks in threads), a fork refused (OSError: processes,
 memory), a runner or snapshot that died without a result. A runner that cannot park goes on
 without the snapshot; a snapshot that cannot fork a runner runs the schedule itself. After
-MAX_FAILURES lost chains the search goes on without snapshots. DMABUF_EMU_SNAPSHOTS=off (set by
-`explore --no-snapshots`) turns them off, for comparisons.
+MAX_FAILURES lost chains the search goes on without snapshots.
 
 Lifetime and what is left behind. The processes are a chain, each the parent of the next,
 the runner last; only one runs at a time (the others wait in waitpid), so one pipe up (to the
@@ -118,8 +129,10 @@ def report() -> dict[str, Any]:
 
 
 def reset(m: str | None = None) -> None:
-    """A new search: its own counts."""
+    """A new search: its own counts (and the process's probe verdict, if made)."""
     STATS.__init__(mode=m or mode())  # type: ignore[misc]
+    if STATS.mode == AUTO and PROBE_OF_PROCESS.verdict is not None:
+        PROBE_OF_PROCESS.tell()
 
 
 def fork_refusal() -> str | None:
@@ -307,10 +320,11 @@ class _Chain:
 
 
 class Probe:
-    """auto: which way a schedule costs less CPU, measured on this search's first schedules:
-    PROBE from start-up in this process, then PROBE from snapshots, run by one chain from its
-    start (the chain's processes' CPU, reaped, with the searcher's own for them; a pass that ends
-    first is measured again in the next). Shared by the passes of one search."""
+    """auto: which way a schedule costs less CPU, measured once in a process (PROBE_OF_PROCESS),
+    on its first exhaustive schedules: PROBE from start-up in this process, then PROBE from
+    snapshots, run by one chain from its start (the chain's processes' CPU, reaped, with the
+    searcher's own for them; a pass that ends first is measured again in the next). Once per
+    process, not per search: an explore with --jobs runs a search per subtree in each worker."""
 
     def __init__(self) -> None:
         self.local: list[float] = []
@@ -322,8 +336,15 @@ class Probe:
         local = sum(self.local) / len(self.local)
         forked = self.forked_s / self.forked_n
         self.verdict = forked < GAIN * local
+        self.tell()
+
+    def tell(self) -> None:
+        local = sum(self.local) / len(self.local)
         STATS.chose = "snapshots" if self.verdict else "start-up"
-        STATS.probe_ms = {"start_up": round(1e3 * local, 2), "snapshot": round(1e3 * forked, 2)}
+        STATS.probe_ms = {"start_up": round(1e3 * local, 2), "snapshot": round(1e3 * self.forked_s / self.forked_n, 2)}
+
+
+PROBE_OF_PROCESS = Probe()
 
 
 def _children_cpu() -> float:
@@ -343,9 +364,7 @@ class Snapshots:
         self.every = max(1, EVERY if every is None else every)
         m = mode() if on is None else (ON if on else OFF)
         self.off: str | None = "switched off" if m == OFF else None
-        self.probe = probe if m == AUTO else None
-        if m == AUTO and probe is None:
-            self.probe = Probe()
+        self.probe = (probe or PROBE_OF_PROCESS) if m == AUTO else None
         self.chain: _Chain | None = None
         self.failures = 0
         self.events: list[Any] = []          # the last schedule's steps (dpor), on the searcher's stack
