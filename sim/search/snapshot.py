@@ -124,12 +124,20 @@ class Stats:
 STATS = Stats()
 
 
+_searched: list[bool] = []      # a search ran in this process (reset was called)
+
+
 def report() -> dict[str, Any]:
+    """explore.json `snapshots`: this process's search's counts; only the mode when no search ran
+    here (--jobs and --scheduler run the subtrees' searches in workers, whose counts stay there)."""
+    if not _searched:
+        return {"mode": mode(), "schedules": None, "note": "no schedule ran in this process (workers of --jobs or an earlier run: not counted)"}
     return STATS.as_dict()
 
 
 def reset(m: str | None = None) -> None:
     """A new search: its own counts (and the process's probe verdict, if made)."""
+    _searched[:] = [True]
     STATS.__init__(mode=m or mode())  # type: ignore[misc]
     if STATS.mode == AUTO and PROBE_OF_PROCESS.verdict is not None:
         PROBE_OF_PROCESS.tell()
