@@ -40,13 +40,15 @@ What it costs, and auto. A snapshot is paid in the kernel: the fork copies the p
 (about 2 ms of CPU for this 60 MB process on the 2-core VM this was measured on), the exit frees
 them (about 3 ms), and every page a runner writes after the fork is copied on its first write
 (about 3.3 us a page there, and a runner writes 1,000 to 1,600 pages: the interpreter's objects'
-reference counts, the services' state, the checker's judging of the whole history), so a resumed
-schedule cost 15 to 25 ms of CPU there against 9 to 15 ms for the whole schedule from start-up.
-Where page faults are cheaper (bare metal: under 1 us) the balance can turn. So the default,
-auto (DMABUF_EMU_SNAPSHOTS unset or "auto"), measures, once per process: the first PROBE
-schedules from start-up, the next PROBE from snapshots, and keeps snapshots only when a schedule
-costs less than GAIN of one from start-up (explore.json `snapshots`: chose, probe_ms). "on"
-forces them (tests, comparisons); "off" (explore --no-snapshots) never forks.
+reference counts, the services' state, the checker's judging of the whole history). So on the
+small configuration without stalls a resumed schedule cost 15 to 25 ms of CPU there against 9
+to 15 ms for the whole schedule from start-up, while with stalls (the default), whose schedules
+are longer, about 44 ms against 69. Cheaper page faults (bare metal: under 1 us) move the
+balance further. So the default, auto (DMABUF_EMU_SNAPSHOTS unset or "auto"), measures all along
+(Duel: blocks of BLOCK schedules, each way in turn at first, then the cheaper, the other again
+every DUEL blocks) and takes snapshots where a schedule costs less than GAIN of one from start-up
+(explore.json `snapshots`: chose, block_ms). "on" forces them (tests, comparisons); "off"
+(explore --no-snapshots) never forks.
 
 When there is no snapshot (each falls back to running the schedule in the searcher, from
 start-up, as without snapshots, and is said once: a warning on the CLI's log and `fallback` in
@@ -64,8 +66,9 @@ file (the searcher closed the pipe or died) or when its parent dies (PR_SET_PDEA
 so every process but the first is reaped by a live parent and the first by the searcher
 (`close`: at the end of each pass of the search, on any exception, Ctrl-C among them, and when
 the explore generator is closed). Children ignore SIGINT, SIGTERM and SIGHUP: a Ctrl-C reaches
-the whole process group, and it is the searcher's to stop them; close() kills the running runner
-and its ancestors exit in turn. No shared memory, file or socket is made: the simulator's heaps
+the whole process group, and it is the searcher's to stop them; close() closes both pipes and
+kills the running runner (or lets it end on EPIPE at its next message), and its ancestors exit in
+turn. No shared memory, file or socket is made: the simulator's heaps
 are process memory.
 """
 
@@ -88,9 +91,10 @@ from sim.search.trial import Config, Trial, run_trial
 
 ENV = "DMABUF_EMU_SNAPSHOTS"    # auto (the default), on or off (explore --no-snapshots)
 AUTO, ON, OFF = "auto", "on", "off"
-EVERY = 4                       # choice points between two snapshots of one schedule
-PROBE = 24                      # auto: schedules run each way before choosing
-GAIN = 0.9                      # auto: snapshots are kept if a schedule costs less than this of one from start-up
+EVERY = 16                      # choice points between two snapshots of one schedule
+BLOCK = 24                      # auto: schedules measured together, one way
+DUEL = 8                        # auto: blocks between two measurements of the way not taken
+GAIN = 0.9                      # auto: snapshots are taken if a schedule costs less than this of one from start-up
 MAX_FAILURES = 3                # chains lost before the search goes on without snapshots
 CLOSE_WAIT_S = 10.0             # close(): how long the chain may take to exit before SIGKILL
 _PR_SET_PDEATHSIG = 1
@@ -107,8 +111,8 @@ class Stats:
     """What snapshots did in this process (explore.json `snapshots`; reset by each search)."""
 
     mode: str = AUTO
-    chose: str | None = None    # auto: "snapshots" or "start-up", after the probe
-    probe_ms: dict[str, float] | None = None   # auto: CPU ms a schedule cost each way in the probe
+    chose: str | None = None    # auto: "snapshots" or "start-up", the cheaper at the last comparison
+    block_ms: dict[str, float] | None = None   # auto: CPU ms a schedule cost in each way's last block
     schedules: int = 0          # schedules run through Snapshots.run (blocked and re-run ones too)
     resumed: int = 0            # of them, resumed from a snapshot (not run from start-up)
     replayed: int = 0           # choice points replayed by resumed runners (snapshots not taken there)
@@ -136,11 +140,11 @@ def report() -> dict[str, Any]:
 
 
 def reset(m: str | None = None) -> None:
-    """A new search: its own counts (and the process's probe verdict, if made)."""
+    """A new search: its own counts (and the process's last comparison, if made)."""
     _searched[:] = [True]
     STATS.__init__(mode=m or mode())  # type: ignore[misc]
-    if STATS.mode == AUTO and PROBE_OF_PROCESS.verdict is not None:
-        PROBE_OF_PROCESS.tell()
+    if STATS.mode == AUTO:
+        DUEL_OF_PROCESS.tell()
 
 
 def fork_refusal() -> str | None:
@@ -324,35 +328,58 @@ class _Chain:
     down: int
     runner: int
     running: bool = True
+    runner_known: bool = True               # no snapshot taken since `runner` was announced
     parks: list[_Park] = field(default_factory=list)
 
 
-class Probe:
-    """auto: which way a schedule costs less CPU, measured once in a process (PROBE_OF_PROCESS),
-    on its first exhaustive schedules: PROBE from start-up in this process, then PROBE from
-    snapshots, run by one chain from its start (the chain's processes' CPU, reaped, with the
-    searcher's own for them; a pass that ends first is measured again in the next). Once per
-    process, not per search: an explore with --jobs runs a search per subtree in each worker."""
+LOCAL, SNAP = "start-up", "snapshots"
+
+
+class Duel:
+    """auto: which way runs the next schedules, measured all along (one per process,
+    DUEL_OF_PROCESS: an explore with --jobs runs a search per subtree in each worker). Schedules
+    run in blocks of BLOCK; the first block from start-up, the second from snapshots, then the
+    cheaper way (CPU per schedule) runs, and every DUEL blocks the other runs one block and is
+    compared with the block before it (neighbouring schedules of a depth-first search are alike;
+    the first schedules of a search are not like its later ones, so one early probe would not
+    do). A block's CPU from snapshots is the searcher's own in `run` and the chain's: reaped
+    processes (RUSAGE_CHILDREN) and live ones (/proc/PID/stat, with their reaped children)."""
 
     def __init__(self) -> None:
-        self.local: list[float] = []
-        self.forked_s = 0.0
-        self.forked_n = 0
-        self.verdict: bool | None = None
+        self.way = LOCAL
+        self.n = 0                            # schedules of the current block
+        self.mark = 0.0                       # the way's CPU counter at the block's start
+        self.last: dict[str, float] = {}      # CPU per schedule of each way's last block
+        self.blocks = 0
+        self.winner: str | None = None
 
-    def decide(self) -> None:
-        local = sum(self.local) / len(self.local)
-        forked = self.forked_s / self.forked_n
-        self.verdict = forked < GAIN * local
+    def done(self, cpu_now: float) -> bool:
+        """One more schedule of the block (cpu_now: the way's counter); True at the block's end,
+        when the way may change."""
+        self.n += 1
+        if self.n < BLOCK:
+            return False
+        self.last[self.way] = (cpu_now - self.mark) / self.n
+        self.n, self.blocks = 0, self.blocks + 1
+        if len(self.last) == 2 and (self.winner is None or self.way != self.winner):
+            local, snap = self.last[LOCAL], self.last[SNAP]
+            self.winner = SNAP if snap < GAIN * local else LOCAL
+        if self.winner is None:
+            self.way = SNAP
+        elif self.way == self.winner and self.blocks % DUEL == 0:
+            self.way = LOCAL if self.winner == SNAP else SNAP
+        else:
+            self.way = self.winner
         self.tell()
+        return True
 
     def tell(self) -> None:
-        local = sum(self.local) / len(self.local)
-        STATS.chose = "snapshots" if self.verdict else "start-up"
-        STATS.probe_ms = {"start_up": round(1e3 * local, 2), "snapshot": round(1e3 * self.forked_s / self.forked_n, 2)}
+        if self.winner is not None:
+            STATS.chose = self.winner
+            STATS.block_ms = {k: round(1e3 * v, 2) for k, v in sorted(self.last.items())}
 
 
-PROBE_OF_PROCESS = Probe()
+DUEL_OF_PROCESS = Duel()
 
 
 def _children_cpu() -> float:
@@ -360,25 +387,43 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _live_cpu(pids: set[int]) -> float:
+    """CPU of live processes and of the children they reaped (/proc/PID/stat utime stime cutime cstime)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue                          # gone: counted by whoever reaped it
+        fields = data[data.rindex(b")") + 2:].split()
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / _TICK
+
+
+_cpu_in_searcher = {LOCAL: 0.0, SNAP: 0.0}    # this process's CPU in runs of each way
+
+
 class Snapshots:
     """Runs the schedules of one pass of an exhaustive search (one bound, one chooser class) from
     snapshots. `run(config, chooser)` leaves the chooser as a run in this process would (see the
     module docstring for what crosses); `close()` ends the chain (always call it). `on`: None
-    follows DMABUF_EMU_SNAPSHOTS (auto: a Probe shared by the passes decides), True always,
+    follows DMABUF_EMU_SNAPSHOTS (auto: the process's Duel decides), True always,
     False never."""
 
-    def __init__(self, *, every: int | None = None, on: bool | None = None, probe: Probe | None = None,
+    def __init__(self, *, every: int | None = None, on: bool | None = None, duel: Duel | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
         self.every = max(1, EVERY if every is None else every)
         m = mode() if on is None else (ON if on else OFF)
         self.off: str | None = "switched off" if m == OFF else None
-        self.probe = (probe or PROBE_OF_PROCESS) if m == AUTO else None
+        self.duel = (duel or DUEL_OF_PROCESS) if m == AUTO else None
         self.chain: _Chain | None = None
         self.failures = 0
         self.events: list[Any] = []          # the last schedule's steps (dpor), on the searcher's stack
         self.warn = warn or _warn
-        self._probing = 0                    # schedules of the probe run by the current chain
-        self._probe_cpu = 0.0                # the searcher's CPU for them, and the chain's at its start
 
     def _fallback(self, why: str) -> None:
         STATS.fallbacks += 1
@@ -387,36 +432,45 @@ class Snapshots:
             self.warn(f"explore: no snapshot ({why}): running the schedule from start-up, and going on")
 
     def _local(self, config: Config, chooser: Any) -> Trial:
-        return run_trial(config, chooser, setup=chooser.setup)
+        began = time.process_time()
+        try:
+            return run_trial(config, chooser, setup=chooser.setup)
+        finally:
+            _cpu_in_searcher[LOCAL] += time.process_time() - began
 
     def run(self, config: Config, chooser: Any) -> Trial:
         STATS.schedules += 1
         if self.off is not None or self.failures >= MAX_FAILURES:
             return self._local(config, chooser)
-        pr = self.probe
-        if pr is not None and pr.verdict is None and len(pr.local) < PROBE:
-            began = time.process_time()
-            trial = self._local(config, chooser)
-            pr.local.append(time.process_time() - began)
-            return trial
-        if pr is not None and pr.verdict is False:
-            return self._local(config, chooser)
-        probing = pr is not None and pr.verdict is None
+        duel = self.duel
+        if duel is None:
+            return self._snap(config, chooser)
+        if duel.n == 0:
+            duel.mark = self._cpu(duel.way)
+        trial = self._snap(config, chooser) if duel.way == SNAP else self._local(config, chooser)
+        way = duel.way
+        if duel.done(self._cpu(way)) and duel.way == LOCAL and way == SNAP:
+            self.close()                     # not needed for a while: its memory back
+        return trial
+
+    def _cpu(self, way: str) -> float:
+        """The way's CPU counter: this process's (LOCAL), or its share and its chains' (SNAP)."""
+        if way == LOCAL:
+            return _cpu_in_searcher[LOCAL]
+        ch = self.chain
+        live = set() if ch is None else {ch.first, ch.runner, *(k.pid for k in ch.parks)}
+        return _cpu_in_searcher[SNAP] + _children_cpu() + _live_cpu(live)
+
+    def _snap(self, config: Config, chooser: Any) -> Trial:
+        began = time.process_time()
         try:
-            if probing and self.chain is None:
-                self._probe_cpu = -_children_cpu()
-            began = time.process_time()
-            trial = self._run(config, chooser)
-            if probing:
-                self._probe_cpu += time.process_time() - began
-                self._probing += 1
-                if self._probing >= PROBE:
-                    self.close()             # reaped: its CPU is counted, and the probe decides
-            return trial
+            return self._run(config, chooser)
         except Lost as exc:                  # the chooser is untouched: its run was elsewhere
             self.failures += 1
             self.close()
             self._fallback(str(exc))
+        finally:
+            _cpu_in_searcher[SNAP] += time.process_time() - began
         return self._local(config, chooser)
 
     def _run(self, config: Config, chooser: Any) -> Trial:
@@ -444,7 +498,7 @@ class Snapshots:
         else:
             base = ch.parks[-1]
             _write_all(ch.down, _frame(("resume", base.depth, chooser.stack[base.depth:])))
-            ch.running = True
+            ch.running, ch.runner_known = True, False      # its runner is not announced yet
             STATS.resumed += 1
             STATS.replayed += d - base.depth
         return self._collect(ch, chooser, base)
@@ -490,16 +544,17 @@ class Snapshots:
                 raise Lost("the snapshot chain ended without a result")
             kind = msg[0]
             if kind == "runner":
-                ch.runner = msg[1]
+                ch.runner, ch.runner_known = msg[1], True
                 STATS.forks += 1
             elif kind == "park":
+                ch.runner_known = False
                 ch.parks.append(_Park(msg[1], msg[2], msg[3]))
                 STATS.snapshots += 1
             elif kind == "unparked":        # that process runs on, as the runner
                 gone = [k for k in ch.parks if k.depth == msg[1]]
                 ch.parks = [k for k in ch.parks if k.depth != msg[1]]
                 if gone:
-                    ch.runner = gone[0].pid
+                    ch.runner, ch.runner_known = gone[0].pid, True
                 self._fallback(msg[2])
             elif kind == "lost":
                 raise Lost(f"a snapshot's process at choice point {msg[1]} ended without a result ({msg[2]})")
@@ -535,34 +590,19 @@ class Snapshots:
         ch, self.chain = self.chain, None
         if ch is None:
             return
-        try:
-            self._end(ch)
-        finally:
-            pr = self.probe
-            if pr is not None and pr.verdict is None and self._probing >= PROBE:
-                pr.forked_s, pr.forked_n = self._probe_cpu + _children_cpu(), self._probing
-                pr.decide()
-            self._probing = 0                # a pass that ended first: measured again in the next
+        self._end(ch)
 
     def _end(self, ch: _Chain) -> None:
-        try:
-            while select.select([ch.up], [], [], 0)[0]:     # a runner announced but not yet read
-                msg = _recv(ch.up)
-                if msg is None:
-                    break
-                if msg[0] == "runner":
-                    ch.runner = msg[1]
-                elif msg[0] in ("result", "error"):
-                    ch.running = False
-        except (OSError, pickle.PickleError, EOFError):
-            pass
+        # Nothing more is read: after an interruption a message may be half read. The runner is
+        # killed only if it is the one last announced; a newer one (forked by a snapshot taken
+        # since) exits at its next message, on EPIPE.
         os.close(ch.down)                    # end of file: each snapshot exits once its child has
-        if ch.running:
+        os.close(ch.up)
+        if ch.running and ch.runner_known:
             try:
                 os.kill(ch.runner, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        os.close(ch.up)                      # a runner still writing gets EPIPE and exits
         _reap(ch.first)
 
 
