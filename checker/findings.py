@@ -13,6 +13,9 @@ Rules (docs/events.md, "Findings"):
 - `refcount_warning` (Linux 7.1): each exporter `refcount_warning` event, the kernel's WARN from
   lib/refcount.c ("addition on 0" or "underflow"): the exporter's unmap-wait count went wrong,
   whatever the importers did. A catch: no other event shows an underflow.
+- `potential_deadlock` (checker/lockdep.py): lockdep's report with the dma-fence signalling
+  annotations: a fence whose signalling path takes (or waits for) a reservation lock, in a run
+  that waits for fences under that lock; one item per importer and buffer, formed or not.
 - `stuck` (checker/liveness.py): something begun (a move, a queued move, a deferred map, an
   awaited fence, an unmap wait) still open when the run's drain ended (deploy's workload_stop).
 - Counts count everything; item lists keep the first MAX_ITEMS. Sentences are written at report
@@ -43,8 +46,10 @@ FINDING_KINDS: tuple[str, ...] = (DEADLOCK, FENCE_FORCED, TIMEOUT, REVOKE_INCOMP
                                   POTENTIAL_DEADLOCK)
 # The findings that say a rule was broken, caught as races are (explore's searches, the mutation
 # score); fence timeouts and forced fences are a bounded wait doing its job, under faults as under bugs.
-# A stuck item is a liveness rule broken: the protocol stopped making progress.
-CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING)
+# A stuck item is a liveness rule broken: the protocol stopped making progress. A potential deadlock
+# is the kernel's rule broken ("any code required for fence completion cannot acquire a dma_resv
+# lock", drivers/dma-buf/dma-fence.c), whether or not the cycle formed.
+CATCHES: tuple[str, ...] = (DEADLOCK, REVOKE_INCOMPLETE, STUCK, REFCOUNT_WARNING, POTENTIAL_DEADLOCK)
 TIMEOUT_KINDS = ("notify", "fence", "lease", "unmap")
 
 

@@ -18,6 +18,9 @@ Rules (events: docs/events.md):
   side A and side B need not be of the same buffer or the same time. Their pair closes the cycle
   lock -> fence wait -> signalling -> lock: one `potential_deadlock` finding per importer and
   buffer whose section took the lock, with both sides' events as its witness.
+- A search's catch (checker/findings.py CATCHES): `LockDep(on_finding)` calls the oracle's
+  finding hook once per finding, when its pair closes, with `finding: potential_deadlock`, the
+  importer, the buffer and the fence (sim/search/trial.py keys a catch by them).
 - Memory: the recent sections waiting for a map and map answers (MAX_PENDING each, the answers
   slimmed), the held locks, one witness per finding: flat in the history's length.
 """
@@ -25,7 +28,7 @@ Rules (events: docs/events.md):
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 HANDLED = ("fence_blocked", "map_served", "map_deferred", "resv_lock", "resv_unlock", "fence_wait_begin")
 MAX_PENDING = 256            # recent map answers and blocked fences kept (the map a fence waits for is its
@@ -38,7 +41,8 @@ def _slim(e: dict[str, Any]) -> dict[str, Any]:
 
 
 class LockDep:
-    def __init__(self) -> None:
+    def __init__(self, on_finding: Callable[[str, str, int, dict[str, Any]], None] | None = None) -> None:
+        self.on_finding = on_finding          # the oracle's FindingHook (what, svc, t_ns, fields)
         self.waiting: OrderedDict[tuple[str, Any], dict[str, Any]] = OrderedDict()  # (importer, map id) -> fence_blocked
         self.answered: OrderedDict[tuple[str, Any], dict[str, Any]] = OrderedDict()  # (importer, map id) -> exporter's map event
         self.held: dict[Any, dict[str, Any]] = {}        # buffer -> its resv_lock
@@ -104,12 +108,17 @@ class LockDep:
             return
         self.keys.add(key)
         self.count += 1
+        b = self.side_b or {}
+        item = {"t_ns": max(fence["t_ns"], taking["t_ns"], b["wait"]["t_ns"]),
+                "importer": fence.get("svc"), "buffer": fence.get("buffer"),
+                "fence": {"seq": fence.get("seq"), "job": fence.get("job")},
+                "events": [_slim(fence), _slim(taking), _slim(b["lock"]), _slim(b["wait"])]}
         if len(self.items) < MAX_ITEMS:
-            b = self.side_b or {}
-            self.items.append({"t_ns": max(fence["t_ns"], taking["t_ns"], b["wait"]["t_ns"]),
-                               "importer": fence.get("svc"), "buffer": fence.get("buffer"),
-                               "fence": {"seq": fence.get("seq"), "job": fence.get("job")},
-                               "events": [_slim(fence), _slim(taking), _slim(b["lock"]), _slim(b["wait"])]})
+            self.items.append(item)
+        if self.on_finding is not None:
+            from checker.findings import POTENTIAL_DEADLOCK     # findings imports this module
+            self.on_finding("potential deadlock", str(item["importer"]), item["t_ns"],
+                            {"finding": POTENTIAL_DEADLOCK, **item})
 
     def report(self, t0: int, secs: Any) -> dict[str, Any]:
         out = []

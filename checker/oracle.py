@@ -318,7 +318,7 @@ class Oracle:
         self.witness_races: dict[str, list[Race]] = {k: [] for k in RACE_KINDS}
         self.waitfor = WaitFor(on_cycle=self._on_cycle if on_finding is not None else None,
                                on_broken=self._on_cycle_broken if on_finding is not None else None)
-        self.findings = Findings(self.waitfor, LockDep())
+        self.findings = Findings(self.waitfor, LockDep(on_finding))
         # the graph's tables, held here too: a hot handler asks "any waits at all?" in one lookup
         # (the WaitFor mutates them in place, never rebinds them)
         self._wf_deferred = self.waitfor.deferred

@@ -17,6 +17,8 @@ Rules (each edge A -> B: everything A's thread had done by A happens before B):
   invalidate_mappings_sent -> *_received (same id). Importer -> exporter: ack_sent -> ack (same
   id); the importer's move_notify_received (the callback returns on receipt) or
   invalidate_mappings_returned -> the exporter's *_returned (importer, attachment, move/revoke).
+  A receipt stamped before its send (a real run's exporter descheduled between the send and
+  its event) waits for it: the jobs its loop begins meanwhile learn the send when it comes.
   A request whose send is not an event (map, unmap, attach, detach, pin, unpin, hello, bye) is
   taken as sent by the importer's loop as it was when the exporter received it: this orders more
   than the protocol does, never against time.
@@ -33,7 +35,11 @@ Rules (each edge A -> B: everything A's thread had done by A happens before B):
   whose usage takes the signalled fence's usage (KERNEL < WRITE < READ < BOOKKEEP) when it
   signalled before the wait's snapshot (the wait saw it signalled and did not list it).
 - R6 kernel fence: the exporter's KERNEL fence_signal (after its copy_end) -> an importer's
-  kernel_fence_wait on that buffer with a seqno <= it.
+  kernel_fence_wait on that buffer with a seqno <= it. A wait that returned before any such
+  signal is in the history saw the shared fence cell signalled: the exporter's event was stamped
+  late (a real run: descheduled between its signal and its event; seen in resv-fence runs under
+  load). The wait's loop, and the jobs it begins from then on, learn the signal when its event
+  comes, as a receipt whose send is stamped late does (R2).
 - R7 reset confirmation: the device's own fence_signal on a buffer after the exporter forced
   its fence -> the exporter's reset_confirmed for that importer and buffer.
 - R8 lease (time-based): an importer the exporter declares lost (importer_lost, any reason but
@@ -64,6 +70,7 @@ free clocks and, per lane, the last MAX_ENDED jobs that ended on it (older ones 
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict, deque
 from itertools import islice
 from typing import Any, Iterable
@@ -123,15 +130,15 @@ class _Bounded(OrderedDict):
 
 class _Job:
     __slots__ = ("svc", "job", "buffer", "gen", "att", "write", "lane", "begin_t", "end_t",
-                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "importer", "unf", "uau")
+                 "access_end", "end_epoch", "fence", "serial", "rogue", "used", "begin_exp", "unf", "uau")
 
-    def __init__(self, e: dict[str, Any], lane: str, serial: int, begin_exp: int) -> None:
-        self.svc = e["svc"]
-        self.importer = e["svc"]
+    def __init__(self, e: dict[str, Any], svc: str, att: Any, rogue: bool, lane: str, serial: int,
+                 begin_exp: int) -> None:
+        self.svc = svc                  # the importer
         self.job = e.get("job")
         self.buffer = e.get("buffer")
         self.gen = e.get("gen")
-        self.att = e.get("attachment")
+        self.att = att
         self.write = e.get("access") == "write"
         self.lane = lane
         self.begin_t = e["t_ns"]
@@ -140,7 +147,7 @@ class _Job:
         self.end_epoch = 0
         self.fence = e.get("fence")
         self.serial = serial
-        self.rogue = bool(e.get("rogue"))
+        self.rogue = rogue
         self.used = False
         self.begin_exp = begin_exp
         self.unf: _Gen | None = None    # the generation it began on, when a copy created it (unfenced_access)
@@ -185,17 +192,25 @@ class Predictor:
         self.acks = _Bounded(MAX_PENDING)               # (importer, id) -> importer clock
         self.lock_release: dict[Any, Clock] = {}
         self.signals: dict[tuple[str, Any], deque[tuple[int, int, Clock]]] = {}
+        self._signals_of: dict[Any, list[deque[tuple[int, int, Clock]]]] = {}  # buffer -> its importers' signals
         self.kernel: dict[Any, deque[tuple[int, Clock]]] = {}
         self.waits: dict[tuple[Any, Any], dict[str, Any]] = {}
         self.gens: dict[Any, dict[Any, _Gen]] = {}
         self.jobs: dict[tuple[str, Any], _Job] = {}
-        self.job_lane = _Bounded(MAX_PENDING)           # (svc, job) -> lane, for a fence signalled later
+        # (svc, job) -> (lane, its epoch at the job's end), for a fence signalled later (oldest
+        # dropped past MAX_PENDING: a fence never signalled)
+        self.job_lane: OrderedDict[tuple[str, Any], tuple[str, int]] = OrderedDict()
         self.att_lane: dict[tuple[str, Any], str] = {}  # (importer name, attachment) -> its lane
         self.att_usable: dict[tuple[str, Any], tuple[bool, str | None, int]] = {}
         self.serial: dict[tuple[str, Any], int] = {}
         self.lost: dict[str, list[tuple[int, int]]] = {}  # importer -> [(t, exporter epoch)] (R8)
-        self.windows: dict[tuple[str, Any, Any], dict[str, Any]] = {}
-        self.bindings: dict[tuple[str, Any, int], list[tuple[str, Any, Any]]] = {}
+        # oldest dropped first (OrderedDict: a plain dict's first key is found by a scan past
+        # every key deleted before it, quadratic once they are full)
+        self.windows: OrderedDict[tuple[str, Any, Any], dict[str, Any]] = OrderedDict()
+        self.bindings: OrderedDict[tuple[str, Any, int], list[tuple[str, Any, Any]]] = OrderedDict()
+        self.windows_made = 0
+        self._returned: dict[tuple[Any, Any], list[tuple[str, Any, Any]]] = {}  # (buffer, op) -> windows
+        #   whose callback returned before the op's fence wait ended (opened by _window_fence_end)
         self.map_ended: dict[tuple[str, Any], deque[_Job]] = {}
         self.cands: list[dict[str, Any]] = []
         self.count = 0
@@ -207,19 +222,21 @@ class Predictor:
         self.lock_events = 0
         self.jobs_seen = 0
         self.jobs_without_fence_field = 0
-        self.last_t = 0
         self.seen_pairs: set[tuple[Any, ...]] = set()
         self.early = _Bounded(MAX_PENDING)              # (kind, importer, id) -> jobs begun since its receipt
         self.unresolved: dict[str, deque[tuple[str, str, Any]]] = {}  # importer -> receipts whose send is unseen
         self.dropped: dict[Any, int] = {}               # buffer -> its newest generation forgotten
         self.xc = self.vc[EXPORTER]                      # the exporter's clock (never rebound)
-        self._main_pid: dict[str, tuple[Any, str]] = {}  # importer -> (pid, its loop thread): no string per event
+        self._main_pid: dict[str, tuple[Any, str, Clock]] = {}  # importer -> (pid, its loop thread, its clock)
         self.unreadable = 0
         self.anomalies = 0
         self.fenced_jobs = 0
         self._lane_done: dict[str, Clock] = {}          # lane -> its clock at its last dma_end (R3)
-        self._op_gen: dict[tuple[Any, Any], Any] = {}   # (buffer, move) -> the generation it moves off
+        self._op_gen: OrderedDict[tuple[Any, Any], Any] = OrderedDict()  # (buffer, move) -> the generation it moves off
         self._waits_ended: OrderedDict[tuple[Any, Any], bool] = OrderedDict()
+        self._kernel_early: dict[Any, deque[tuple[int, tuple[Any, ...]]]] = {}  # buffer -> waits before their signal
+        self._kernel_unsorted: set[Any] = set()          # buffers whose KERNEL seqnos came out of order
+        self._lanes: dict[tuple[str, Any, bool], str] = {}  # (loop thread, attachment, rogue) -> lane name
 
     # --- clocks ------------------------------------------------------------------------------
 
@@ -243,31 +260,52 @@ class Predictor:
         return dict(self._tick(thread))
 
     def _main(self, e: dict[str, Any]) -> str:
+        known = self._main_pid.get(e["svc"])
+        if known is not None and known[0] == e.get("pid"):
+            return known[1]
+        return self._loop(e)[1]
+
+    def _loop(self, e: dict[str, Any]) -> tuple[Any, str, Clock]:
+        """The importer's loop thread for this event's process: (pid, name, its clock). Hot
+        handlers look `_main_pid` up themselves and call this only for a process not seen last."""
         svc, pid = e["svc"], e.get("pid")
         known = self._main_pid.get(svc)
         if known is not None and known[0] == pid:
-            return known[1]
+            return known
         key = f"{svc}#{pid}"
-        self._main_pid[svc] = (pid, key)
+        c = self.vc.get(key)
+        if c is None:
+            c = self.vc[key] = {key: 0}
+        known = self._main_pid[svc] = (pid, key, c)
         self.main_of[svc] = key
-        return key
+        return known
 
-    def _peer_clock(self, importer: Any, att: Any = None) -> Clock:
+    def _join_peer(self, into: Clock, importer: Any, att: Any = None) -> None:
         """R2 for a request whose send is no event: the importer's loop as of now, with (R3) the
-        ended jobs of the attachment the request is about."""
-        out: Clock = {}
-        key = self.main_of.get(str(importer))
+        ended jobs of the attachment the request is about, joined into `into`."""
+        imp = importer if type(importer) is str else str(importer)
+        key = self.main_of.get(imp)
         if key is not None:
-            _join(out, self.vc.get(key))
+            _join(into, self.vc.get(key))
         if att is not None:
-            lane = self.att_lane.get((str(importer), att))
+            lane = self.att_lane.get((imp, att))
             if lane is not None:
-                _join(out, self._lane_done.get(lane))
-        return out
+                _join(into, self._lane_done.get(lane))
 
     # --- the pass ----------------------------------------------------------------------------
 
     def run(self, lines: Iterable[bytes | str | dict[str, Any]]) -> "Predictor":
+        # The pass makes no reference cycles (a job lets go of its generation when it ends), so
+        # the cyclic collector only costs time here (a tenth of the pass): off while it runs.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(lines)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, lines: Iterable[bytes | str | dict[str, Any]]) -> "Predictor":
         it = iter(lines)
         while True:
             chunk = list(islice(it, PARSE_BATCH))
@@ -289,7 +327,9 @@ class Predictor:
                         events.append(loads(line))
                     except (ValueError, TypeError):
                         self.unreadable += 1
+            # the dispatch of _dispatch, inline: this loop is most of the pass's time
             handlers = _HANDLERS
+            seen = 0
             for e in events:
                 try:
                     t, name = e["t_ns"], e["event"]
@@ -298,15 +338,21 @@ class Predictor:
                 except (KeyError, TypeError, IndexError):
                     self.unreadable += 1
                     continue
-                self.seen += 1
-                self.last_t = t
+                seen += 1
                 h = handlers.get(name)
-                if h is not None:
-                    self._dispatch(h, e)
+                if h is None:
+                    continue
+                svc = e.get("svc")
+                f = h[0] if svc == EXPORTER else h[2] if svc == DEPLOY else h[1]
+                if f is not None:
+                    try:
+                        f(self, e)
+                    except (KeyError, TypeError, AttributeError):
+                        self.anomalies += 1
+            self.seen += seen
 
     def feed(self, e: dict[str, Any]) -> None:
         self.seen += 1
-        self.last_t = e["t_ns"]
         h = _HANDLERS.get(e["event"])
         if h is not None:
             self._dispatch(h, e)
@@ -327,25 +373,44 @@ class Predictor:
 
     # --- exporter ----------------------------------------------------------------------------
 
-    def _x_join_peer(self, e: dict[str, Any]) -> Clock:
-        c = self._xtick()
-        _join(c, self._peer_clock(e.get("importer", e.get("peer")), e.get("attachment")))
-        return c
-
     def x_receive(self, e: dict[str, Any]) -> None:
-        self._x_join_peer(e)
+        c = self._xtick()
+        self._join_peer(c, e.get("importer", e.get("peer")), e.get("attachment"))
 
     def x_receive_unlane(self, e: dict[str, Any]) -> None:
         c = self._xtick()
-        _join(c, self._peer_clock(e.get("importer", e.get("peer"))))
+        self._join_peer(c, e.get("importer", e.get("peer")))
 
     def x_served(self, e: dict[str, Any]) -> None:
         """map_served / unmap_served: the request's receipt and the reply's send at once."""
-        if e["event"] == "unmap_served":
-            self._x_join_peer(e)              # R3: the unmap carries the attachment's ended jobs
-        else:
-            self.x_receive_unlane(e)
-        self._send("reply", str(e["importer"]), e["id"], self._xtick()[EXPORTER])
+        c = self.xc
+        c[EXPORTER] += 1
+        imp = e["importer"]
+        imp = imp if type(imp) is str else str(imp)
+        key = self.main_of.get(imp)                       # _join_peer, inline
+        if key is not None:
+            for k, v in self.vc[key].items():
+                if c.get(k, 0) < v:
+                    c[k] = v
+        if e["event"] == "unmap_served":      # R3: the unmap carries the attachment's ended jobs
+            lane = self.att_lane.get((imp, e.get("attachment")))
+            if lane is not None:
+                done = self._lane_done.get(lane)
+                if done:
+                    for k, v in done.items():
+                        if c.get(k, 0) < v:
+                            c[k] = v
+        c[EXPORTER] += 1
+        if self.early:
+            self._send("reply", imp, e["id"], c[EXPORTER])
+        else:                                 # _send with no receipt waiting: the common case
+            r = self.replies
+            rk = (imp, e["id"])
+            if rk not in r:
+                r[rk] = c[EXPORTER]
+                if len(r) > r.cap:
+                    r.popitem(last=False)
+                    r.dropped += 1
 
     def x_answered(self, e: dict[str, Any]) -> None:
         self._send("reply", str(e["peer"]), e["id"], self._xtick()[EXPORTER])
@@ -357,10 +422,18 @@ class Predictor:
         """An exporter -> importer send (R2). In a real run the exporter's event may be stamped
         after the importer's receipt (the exporter was descheduled between its send and its
         event): the receipt came first, so what it started learns the send now."""
-        jobs = self.early.pop((kind, importer, msg_id), None)
+        jobs = self.early.pop((kind, importer, msg_id), None) if self.early else None
         if jobs is None:
             (self.replies if kind == "reply" else self.notifies).put((importer, msg_id), epoch)
             return
+        self._resolve((kind, importer, msg_id), importer, epoch, jobs)
+
+    def _resolve(self, early_key: tuple[Any, ...], importer: str, epoch: int, jobs: list[_Job]) -> None:
+        """The exporter's event a receipt or a fence wait already saw has come: the importer's loop
+        and the jobs it began since learn it (R2, R6)."""
+        q = self.unresolved.get(importer)
+        if q is not None and early_key in q:
+            q.remove(early_key)
         key = self.main_of.get(importer)
         if key is not None:
             _learn(self._clock(key), epoch)
@@ -372,14 +445,20 @@ class Predictor:
         c = self._xtick()
         op = e.get("move") if e.get("move") is not None else ("revoke", e.get("revoke"))
         sent = self.returns.pop((str(e["importer"]), e["attachment"], op), None)
-        _join(c, sent if sent is not None else self._peer_clock(e["importer"]))
+        if sent is not None:
+            _join(c, sent)
+        else:
+            self._join_peer(c, e["importer"])
         if e["event"] == "invalidate_mappings_returned":
             self._window_part(str(e["importer"]), e["attachment"], e["buffer"], op, "returned", e)
 
     def x_ack(self, e: dict[str, Any]) -> None:
         c = self._xtick()
         sent = self.acks.pop((str(e["importer"]), e["id"]), None)
-        _join(c, sent if sent is not None else self._peer_clock(e["importer"], e.get("attachment")))
+        if sent is not None:
+            _join(c, sent)
+        else:
+            self._join_peer(c, e["importer"], e.get("attachment"))
 
     def x_lock(self, e: dict[str, Any]) -> None:
         self.lock_events += 1
@@ -395,12 +474,11 @@ class Predictor:
         b = e["buffer"]
         rank = USAGE_RANK.get(e.get("usage"), 3)
         # R5: fences signalled before the snapshot, of a usage the wait takes
-        for (imp, buf), sigs in self.signals.items():
-            if buf == b:
-                for _seq, urank, clock in reversed(sigs):
-                    if urank <= rank:
-                        _join(c, clock)
-                        break
+        for sigs in self._signals_of.get(b, ()):
+            for _seq, urank, clock in reversed(sigs):
+                if urank <= rank:
+                    _join(c, clock)
+                    break
         op = e.get("move") if e.get("move") is not None else ("revoke", e.get("revoke"))
         wait = {"usage": e.get("usage"), "fences": e.get("fences") or [], "t": e["t_ns"], "op": op}
         self.waits[(b, op)] = wait
@@ -435,8 +513,23 @@ class Predictor:
     def x_fence_signal(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
         if e.get("usage") == "KERNEL" and not e.get("forced"):
-            self.kernel.setdefault(e["buffer"], deque(maxlen=MAX_SIGNALS)).append(
-                (e.get("seq") or 0, self._xtick()[EXPORTER]))
+            b = e["buffer"]
+            dq = self.kernel.get(b)
+            if dq is None:
+                dq = self.kernel[b] = deque(maxlen=MAX_SIGNALS)
+            seq = e.get("seq") or 0
+            if dq and seq < dq[-1][0]:
+                self._kernel_unsorted.add(b)
+            epoch = self._xtick()[EXPORTER]
+            dq.append((seq, epoch))
+            waiting = self._kernel_early.get(b)
+            if waiting:                                     # R6, a wait that saw it first
+                for want, key in list(waiting):
+                    if want <= seq:
+                        waiting.remove((want, key))
+                        jobs = self.early.pop(key, None)
+                        if jobs is not None:
+                            self._resolve(key, key[1], epoch, jobs)
         else:
             self._xtick()
 
@@ -455,7 +548,7 @@ class Predictor:
         self._gen(e["buffer"], e["from_gen"])
         self._op_gen[(e["buffer"], e["move"])] = e["from_gen"]
         if len(self._op_gen) > MAX_RECENT_MOVES:
-            self._op_gen.pop(next(iter(self._op_gen)))
+            self._op_gen.popitem(last=False)
 
     def _gen_of_op(self, b: Any, op: Any) -> _Gen | None:
         gen = self._op_gen.get((b, op))
@@ -512,15 +605,26 @@ class Predictor:
     # --- importer loop -----------------------------------------------------------------------
 
     def i_reply(self, e: dict[str, Any]) -> None:
-        c = self._tick(self._main(e))
-        self._receive(c, "reply", e)
-        if e["event"] == "map":
-            k = (e["svc"], e.get("attachment"))
+        svc = e["svc"]
+        r = self._main_pid.get(svc)
+        if r is None or r[0] != e.get("pid"):
+            r = self._loop(e)
+        c = r[2]
+        c[r[1]] += 1
+        epoch = self.replies.pop((svc, e.get("id")), None)
+        if epoch is None:
+            self._receive(c, "reply", e)
+        elif c.get(EXPORTER, 0) < epoch:                       # R2 (_learn)
+            c[EXPORTER] = epoch
+        name = e["event"]
+        if name == "map":
+            k = (svc, e.get("attachment"))
             self.serial[k] = self.serial.get(k, 0) + 1
             self.att_usable[k] = (True, None, e["t_ns"])
-            self.map_ended.pop(k, None)
-        elif e["event"] == "unmap":
-            self.att_usable[(e["svc"], e.get("attachment"))] = (False, "unmap", e["t_ns"])
+            if k in self.map_ended:
+                del self.map_ended[k]
+        elif name == "unmap":
+            self.att_usable[(svc, e.get("attachment"))] = (False, "unmap", e["t_ns"])
 
     def _receive(self, c: Clock, kind: str, e: dict[str, Any]) -> None:
         """R2 at an importer; a receipt whose send is not seen yet waits for it (`_send`)."""
@@ -528,6 +632,9 @@ class Predictor:
         if epoch is not None:
             _learn(c, epoch)
             return
+        q0 = self.unresolved.get(e["svc"])
+        if q0 is not None and (kind, e["svc"], e.get("id")) in q0:
+            return                          # a duplicate receipt of a send still unseen
         key = (kind, e["svc"], e.get("id"))
         self.early.put(key, [])
         q = self.unresolved.get(e["svc"])
@@ -547,7 +654,7 @@ class Predictor:
             key = (k[0], k[1], self.serial.get(k, 0))
             self.bindings.setdefault(key, []).append((e["svc"], e["attachment"], op))
             if len(self.bindings) > MAX_PENDING:
-                self.bindings.pop(next(iter(self.bindings)))
+                self.bindings.popitem(last=False)
 
     def i_returned(self, e: dict[str, Any]) -> None:
         c = self._tick(self._main(e))
@@ -558,8 +665,7 @@ class Predictor:
             _join(out, self._lane_done.get(lane))      # R3: the callback looked at its DMA (`stopped`)
         self.returns.put((e["svc"], e["attachment"], op), out)
         if e.get("stopped"):
-            w = self.windows.setdefault((e["svc"], e["attachment"], op), {})
-            w["stopped"] = True
+            self._window((e["svc"], e["attachment"], op))["stopped"] = True
 
     def i_invalidate(self, e: dict[str, Any]) -> None:
         self._tick(self._main(e))
@@ -575,42 +681,97 @@ class Predictor:
 
     def i_kernel_wait(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
-        c = self._tick(self._main(e))
-        for seq, clock in self.kernel.get(e["buffer"], ()):
-            if seq >= (e.get("seq") or 0):
-                _learn(c, clock)                                                   # R6
-                break
+        r = self._main_pid.get(e["svc"])
+        if r is None or r[0] != e.get("pid"):
+            r = self._loop(e)
+        c = r[2]
+        c[r[1]] += 1
+        b = e["buffer"]
+        dq = self.kernel.get(b)
+        want = e.get("seq") or 0
+        if not dq or dq[-1][0] < want and b not in self._kernel_unsorted:
+            self._kernel_wait_early(e["svc"], b, want)
+            return
+        found = None                        # the first signal with a seqno >= the wait's
+        if b in self._kernel_unsorted:
+            for seq, epoch in dq:
+                if seq >= want:
+                    found = epoch
+                    break
+        else:                               # seqnos ascending: the first of the suffix >= want
+            for seq, epoch in reversed(dq):
+                if seq < want:
+                    break
+                found = epoch
+        if found is None:
+            self._kernel_wait_early(e["svc"], b, want)
+        elif c.get(EXPORTER, 0) < found:
+            c[EXPORTER] = found                                                    # R6 (_learn)
+
+    def _kernel_wait_early(self, importer: str, b: Any, want: int) -> None:
+        """R6 in a real run: the wait returned, so the KERNEL fence was signalled (the shared
+        fence cell), but the exporter's fence_signal event is stamped later (descheduled between
+        its signal and its event). The loop and the jobs it begins from now on learn it when it
+        comes, as a receipt whose send is stamped late (_receive, _send)."""
+        key = ("kernel", importer, (b, want))
+        self.early.put(key, [])
+        q = self.unresolved.get(importer)
+        if q is None:
+            q = self.unresolved[importer] = deque(maxlen=16)
+        if key not in q:
+            q.append(key)
+        waiting = self._kernel_early.setdefault(b, deque(maxlen=16))
+        if (want, key) not in waiting:
+            waiting.append((want, key))
 
     def i_dma_begin(self, e: dict[str, Any]) -> None:
-        main = self._main(e)
-        mc = self._tick(main)
+        svc = e["svc"]
+        r = self._main_pid.get(svc)
+        if r is None or r[0] != e.get("pid"):
+            r = self._loop(e)
+        main, mc = r[1], r[2]
+        mc[main] += 1
         att = e.get("attachment")
-        lane = f"{main}/{att}" + ("/rogue" if e.get("rogue") else "")
-        if not e.get("rogue"):
-            self.att_lane[(e["svc"], att)] = lane
-        lc = self._clock(lane)
-        _join(lc, mc)
+        rogue = bool(e.get("rogue"))
+        lane = self._lanes.get((main, att, rogue))
+        if lane is None:
+            lane = self._lanes[(main, att, rogue)] = f"{main}/{att}" + ("/rogue" if rogue else "")
+        sa = (svc, att)
+        if not rogue:
+            self.att_lane[sa] = lane
+        lc = self.vc.get(lane)
+        if lc is None:
+            lc = self.vc[lane] = {lane: 0}
+        for k, v in mc.items():                 # _join(lc, mc), inline
+            if lc.get(k, 0) < v:
+                lc[k] = v
         lc[lane] += 1
         self.jobs_seen += 1
         if "fence" not in e:
             self.jobs_without_fence_field += 1
         elif e["fence"] is not None:
             self.fenced_jobs += 1
-        j = _Job(e, lane, self.serial.get((e["svc"], att), 0), mc.get(EXPORTER, 0))
-        self.jobs[(e["svc"], j.job)] = j
-        b, gen = j.buffer, j.gen
-        g = self.gens.get(b, {}).get(gen)
+        j = _Job(e, svc, att, rogue, lane, self.serial.get(sa, 0), mc.get(EXPORTER, 0))
+        self.jobs[(svc, j.job)] = j
+        gen = j.gen
+        per = self.gens.get(j.buffer)
+        g = per.get(gen) if per is not None else None
         # unfenced_access: the copy_end creating this generation must come before (R1-R6)
-        if g is not None and isinstance(gen, int) and gen > 1 and not j.rogue:
+        if g is not None and isinstance(gen, int) and gen > 1 and not rogue:
             if g.copy_end_epoch is None:
                 self._emit_unfenced(j, g)     # the copy creating it has not even ended
             else:
                 j.unf = g                     # judged at its end, when late sends are in (_send)
-        for key in self.unresolved.get(e["svc"], ()):
-            waiting = self.early.get(key)
-            if waiting is not None:
-                waiting.append(j)
-        usable = self.att_usable.get((e["svc"], att))
+        q = self.unresolved.get(svc)
+        if q:
+            early = self.early
+            for key in list(q):
+                waiting = early.get(key)
+                if waiting is None:
+                    q.remove(key)             # resolved or forgotten
+                else:
+                    waiting.append(j)
+        usable = self.att_usable.get(sa)
         if usable is not None and not usable[0]:
             j.uau = usable                # judged at its end: a job that touched nothing is no race
 
@@ -637,38 +798,54 @@ class Predictor:
     # --- the DMA lane ------------------------------------------------------------------------
 
     def i_dma_end(self, e: dict[str, Any]) -> None:
-        j = self.jobs.pop((e["svc"], e.get("job")), None)
+        key = (e["svc"], e.get("job"))
+        j = self.jobs.pop(key, None)
         if j is None:
             return
-        lc = self._tick(j.lane)
-        j.end_t = e["t_ns"]
-        la = e.get("last_access_ns", e["t_ns"])         # absent: the dma_end; null: no access at all
+        lane = j.lane
+        lc = self.vc[lane]
+        lc[lane] += 1
+        t = e["t_ns"]
+        j.end_t = t
+        la = e.get("last_access_ns", t)                 # absent: the dma_end; null: no access at all
         j.access_end = la if isinstance(la, int) else None
-        j.end_epoch = lc[j.lane]
-        self._lane_done[j.lane] = dict(lc)
-        self.job_lane.put((e["svc"], j.job), j.lane)
-        reason = str(e.get("reason") or "")
-        if e.get("status") == "aborted" and not reason.startswith("fence forced"):
+        j.end_epoch = lc[lane]
+        self._lane_done[lane] = dict(lc)
+        jl = self.job_lane
+        jl[key] = (lane, j.end_epoch)
+        if len(jl) > MAX_PENDING:       # unfenced jobs' ends are never signalled
+            jl.popitem(last=False)
+        status = e.get("status")
+        if status == "aborted" and not str(e.get("reason") or "").startswith("fence forced"):
             _join(self._clock(self._main(e)), lc)          # R3: the driver stopped it itself
-        no_access = j.access_end is None or (e.get("status") == "fault" and not e.get("bytes"))
-        if no_access:                     # no access to pair; its begin is still judged
-            self._judge_unfenced(j)
+        if j.access_end is None or (status == "fault" and not e.get("bytes")):
+            self._judge_unfenced(j)       # no access to pair; its begin is still judged
             return
-        j.used = (not j.write and e.get("status") == "ok" and bool(e.get("bytes")) and not e.get("discarded"))
+        if not j.write:
+            j.used = status == "ok" and bool(e.get("bytes")) and not e.get("discarded")
         self._ended(j)
 
     def i_fence_signal(self, e: dict[str, Any]) -> None:
         self.fence_events += 1
-        lane = self.job_lane.pop((e["svc"], e.get("job")), None)
-        j = self.jobs.get((e["svc"], e.get("job")))
-        if j is not None:
-            lane = j.lane
-        if lane is None:
-            lane = self._main(e)
-        c = self._snap(lane)
-        rank = USAGE_RANK.get(e.get("usage"), 3)
-        sigs = self.signals.setdefault((e["svc"], e["buffer"]), deque(maxlen=MAX_SIGNALS))
-        sigs.append((e.get("seq") or 0, rank, c))
+        key = (e["svc"], e.get("job"))
+        ended = self.job_lane.pop(key, None)
+        j = self.jobs.get(key)
+        sk = (e["svc"], e["buffer"])
+        sigs = self.signals.get(sk)
+        if sigs is None:
+            sigs = self.signals[sk] = deque(maxlen=MAX_SIGNALS)
+            self._signals_of.setdefault(sk[1], []).append(sigs)
+        if j is None and ended is not None and self.vc[ended[0]][ended[0]] == ended[1]:
+            # the lane did nothing since the job's end: the signal knows what that end knew (the
+            # dma_end's snapshot, never mutated), and an epoch of its own would order nothing more
+            sigs.append((e.get("seq") or 0, USAGE_RANK.get(e.get("usage"), 3), self._lane_done[ended[0]]))
+            return
+        lane = j.lane if j is not None else ended[0] if ended is not None else self._main(e)
+        c = self.vc.get(lane)
+        if c is None:
+            c = self.vc[lane] = {lane: 0}
+        c[lane] += 1
+        sigs.append((e.get("seq") or 0, USAGE_RANK.get(e.get("usage"), 3), dict(c)))
 
     def _judge_unfenced(self, j: _Job) -> None:
         g = j.unf
@@ -677,9 +854,15 @@ class Predictor:
             self._emit_unfenced(j, g)
 
     def _ended(self, j: _Job) -> None:
-        self._judge_unfenced(j)
-        self._emit_uau(j)
-        g = self.gens.get(j.buffer, {}).get(j.gen)
+        g = j.unf
+        if g is not None:                                   # _judge_unfenced, inline
+            j.unf = None
+            if j.begin_exp < g.copy_end_epoch or j.begin_t < g.copy_end_t:  # type: ignore[operator]
+                self._emit_unfenced(j, g)
+        if j.uau is not None:
+            self._emit_uau(j)
+        per = self.gens.get(j.buffer)
+        g = per.get(j.gen) if per is not None else None
         if g is None and isinstance(j.gen, int) and j.gen <= self.dropped.get(j.buffer, 0):
             # as the oracle: a generation older than the last KEEP_GENERATIONS was copied away and
             # freed several moves ago (a job on a stale cached mapping)
@@ -692,14 +875,15 @@ class Predictor:
             return
         if g is None:
             g = self._gen(j.buffer, j.gen)
-        if g.free is not None or (j.write and g.copy_begin is not None):
-            if j.write and g.copy_begin is not None:
+        write, free = j.write, g.free
+        if free is not None or (write and g.copy_begin is not None):
+            if write and g.copy_begin is not None:
                 self._pair(j, g, g.copy_begin, "lost_write")
-            elif j.write:
-                self._pair(j, g, g.free, "lost_write")
+            elif write:
+                self._pair(j, g, free, "lost_write")
             else:
-                self._pair(j, g, g.free, "stale_read")
-        if g.free is None:
+                self._pair(j, g, free, "stale_read")
+        if free is None:
             q = g.ended.get(j.lane)
             if q is None:
                 q = g.ended[j.lane] = deque()
@@ -708,10 +892,11 @@ class Predictor:
                 q.popleft()
                 self.not_examined += 1
         # Linux 7.1 windows of the mapping the job ran under
-        if j.write or j.used:
+        if write or j.used:
             k = (j.svc, j.att)
-            for key in self.bindings.get((j.svc, j.att, j.serial), ()):
-                self._window_pair(j, key)
+            if self.bindings:               # (none until an invalidate_mappings: Linux 7.1)
+                for key in self.bindings.get((j.svc, j.att, j.serial), ()):
+                    self._window_pair(j, key)
             q2 = self.map_ended.get(k)
             if q2 is None:
                 q2 = self.map_ended[k] = deque(maxlen=MAX_ENDED)
@@ -737,20 +922,34 @@ class Predictor:
     # --- Linux 7.1 windows -------------------------------------------------------------------
 
     def _window_part(self, imp: str, att: Any, b: Any, op: Any, part: str, e: dict[str, Any]) -> None:
-        w = self.windows.setdefault((imp, att, op), {})
+        w = self._window((imp, att, op))
         w[part] = True
         w["buffer"] = b
         if part == "returned" and not (w.get("stopped") or (b, op) in self._waits_ended):
+            self._returned.setdefault((b, op), []).append((imp, att, op))
+            if len(self._returned) > MAX_PENDING:
+                self._returned.pop(next(iter(self._returned)))
             return
         self._window_open(imp, att, op, e)
+
+    def _window(self, key: tuple[str, Any, Any]) -> dict[str, Any]:
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = {"n": self.windows_made}     # its place in the making order
+            self.windows_made += 1
+        return w
 
     def _window_fence_end(self, b: Any, op: Any, e: dict[str, Any]) -> None:
         self._waits_ended[(b, op)] = True
         if len(self._waits_ended) > MAX_RECENT_MOVES:
             self._waits_ended.popitem(last=False)
-        for (imp, att, wop), w in list(self.windows.items()):
-            if wop == op and w.get("buffer") == b and w.get("returned") and "open" not in w:
-                self._window_open(imp, att, op, e)
+        keys = self._returned.pop((b, op), ())
+        if len(keys) > 1:                   # in the order the windows were made
+            keys = sorted(set(keys), key=lambda k: self.windows.get(k, {}).get("n", -1))
+        for key in keys:
+            w = self.windows.get(key)
+            if w is not None and w.get("buffer") == b and w.get("returned") and "open" not in w:
+                self._window_open(key[0], key[1], op, e)
 
     def _window_open(self, imp: str, att: Any, op: Any, e: dict[str, Any]) -> None:
         w = self.windows[(imp, att, op)]
@@ -761,7 +960,7 @@ class Predictor:
             if (imp, att, op) in self.bindings.get((imp, att, j.serial), ()):
                 self._window_pair(j, (imp, att, op))
         if len(self.windows) > MAX_PENDING:
-            self.windows.pop(next(iter(self.windows)))
+            self.windows.popitem(last=False)
 
     def _window_pair(self, j: _Job, key: tuple[str, Any, Any]) -> None:
         w = self.windows.get(key)
@@ -779,20 +978,20 @@ class Predictor:
             return "R1-R7"
         end = j.access_end if j.access_end is not None else j.end_t
         if end is not None:
-            for t, epoch in self.lost.get(j.importer, ()):
+            for t, epoch in self.lost.get(j.svc, ()):
                 if j.begin_t <= t and end <= t and epoch <= p.clock.get(EXPORTER, 0):
                     return "R8"
         return None
 
     def _pair(self, j: _Job, g: _Gen | None, p: _Point, kind: str, window: bool = False) -> None:
-        key = (kind, j.svc, j.job, p.event, p.t)
-        if key in self.seen_pairs:
-            return
         end = j.access_end if j.access_end is not None else j.end_t
         overlapped = end is None or end > p.t
         # an overlap in time is a candidate even when the rules order it (a real run's clocks
         # stamp some events late): every race the oracle reports, judged on times, is one
-        if not overlapped and self._ordered(j, p):
+        if not overlapped and (p.clock.get(j.lane, 0) >= j.end_epoch or self._ordered(j, p)):
+            return                      # (the first test is _ordered's R1-R7, inline: most pairs)
+        key = (kind, j.svc, j.job, p.event, p.t)
+        if key in self.seen_pairs:
             return
         self._add({"kind": kind, "buffer": j.buffer, "gen": j.gen, "job": j.brief(),
                    "other": {"event": p.event, "t_ns": p.t, "svc": EXPORTER, "move": _jsonable(p.move)},

@@ -188,10 +188,6 @@ def _parser() -> argparse.ArgumentParser:
     add_sim_parsers(sub)
     from deploy.explore_cmd import add_parsers as add_explore_parsers
     add_explore_parsers(sub)
-    sub.choices["explore"].add_argument(
-        "--around", type=Path, metavar="RUN_DIR", default=None,
-        help="instead of a search: replay RUN_DIR guided by its history and reverse each candidate of "
-             "`check --predict` (first version: sim/around.py); OUT/around.json")
     from deploy.explore_table import add_parser as add_explore_table_parser
     add_explore_table_parser(sub)
     b = sub.add_parser("bench", help="measure the emulator against its floors (zmq round trip, memcpy)",
@@ -518,17 +514,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
-    if args.around is not None:
-        from sim.around import AroundError, around
-        try:
-            r = around(args.around, args.out, bound=int(args.bound), schedules=int(args.schedules or 200),
-                       say=(lambda s: None) if args.quiet else _say_line)
-        except (AroundError, ValueError) as exc:
-            return _fail(EXIT_USAGE, f"explore --around: {exc}")
-        print(f"around {args.around}: {r['candidates']} candidate(s), {len(r['confirmed'])} confirmed, "
-              f"{len(r['not_confirmed'])} not, in {r['schedules']} schedule(s), {r['seconds']:g} s "
-              f"({args.out / 'around.json'})")
-        return EXIT_OK
     from deploy.explore_cmd import cmd_explore
     return cmd_explore(args)
 

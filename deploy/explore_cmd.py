@@ -113,6 +113,13 @@ def add_parsers(sub: Any) -> None:
                         "prefix (by default snapshots are used where they measure cheaper: sim/search/snapshot.py; "
                         "the same schedules and results either way)")
     e.add_argument("--quiet", action="store_true", help="print only the result")
+    e.add_argument("--around", type=Path, metavar="RUN_DIR", default=None,
+                   help="instead of a search: replay RUN_DIR (a real or simulated run) guided by its history and "
+                        "search the deviations within --bound that reverse its predicted races (`check --predict`), "
+                        "cross its moves and revocations with a job, delay its notifications and reorder its "
+                        "dependent steps; each race or catch found is shrunk and kept as DIR/races/K "
+                        "(sim/around.py); DIR/around.json. --schedules defaults to 200")
+    e.add_argument("--force", action="store_true", help="--around: explore a run of another dmabuf-emu version")
     oplog.add_log_options(e)
     options.add_arguments(e, defaults=options.resolve(None, SMALL))   # the small configuration's, not run's
 
@@ -276,7 +283,31 @@ def result_lines(r: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
+def cmd_around(args: argparse.Namespace) -> int:
+    """explore --around RUN_DIR: sim/around.py; one line of result, exit 2 for a refusal."""
+    from sim.around import AroundError, around
+    try:
+        if str(args.bound) == "none":
+            raise OptionError("--bound none: --around searches within a bound (1 or more)")
+        bound = _int("--bound", args.bound, 1)
+        schedules = _int("--schedules", args.schedules, 1) if args.schedules is not None else 200
+        if args.time is not None or args.search != "random":
+            raise OptionError("--around takes --bound and --schedules, not --time or --search")
+        r = around(args.around, args.out, bound=bound, schedules=schedules, force=args.force,
+                   say=(lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True)))
+    except (OptionError, AroundError) as exc:
+        return _usage(f"explore --around: {exc}")
+    found = len(r["also_found"])
+    print(f"around {args.around}: {r['candidates']} candidate(s), {len(r['confirmed'])} confirmed, "
+          f"{len(r['not_confirmed'])} not" + (f", {found} more race(s) or finding(s) found" if found else "")
+          + f", in {r['schedules']} schedule(s) within bound {r['bound']}, {r['seconds']:g} s "
+          f"({args.out / 'around.json'})")
+    return EXIT_OK
+
+
 def cmd_explore(args: argparse.Namespace) -> int:
+    if args.around is not None:
+        return cmd_around(args)
     from deploy.progress import Progress
     from sim.explore import ExploreError, Explorer
     if args.no_snapshots:       # the environment: --jobs' worker processes see it too

@@ -45,6 +45,9 @@ def add_parser(sub: Any) -> None:
                    help="exhaustive: stop a cell after N schedules, shown as 'not exhausted (N)' "
                         "(default: run every cell to exhaustion)")
     t.add_argument("--jobs", type=int, default=1, metavar="J", help=with_default("cells at a time", 1))
+    t.add_argument("--no-stalls", dest="stalls", action="store_false",
+                   help="devices are punctual: no DMA chunk stalls past an exporter's timer (by default a stall "
+                        "is a choice of every search, as in explore; the table names the assumption)")
     t.add_argument("--strategies", default="all", metavar="LIST",
                    help=with_default("all, mutants (every mutant and its controls), or some of: "
                                      + ", ".join(label for label, _ in VARIANTS), "all"))
@@ -87,10 +90,11 @@ def chosen(spec: str) -> list[tuple[str, dict[str, Any]]]:
     return [(n, known[n]) for n in names]
 
 
-def small_config(strategy: str, seed: int, overrides: dict[str, Any]) -> Any:
+def small_config(strategy: str, seed: int, overrides: dict[str, Any], stalls: bool = False) -> Any:
     """The small configuration (deploy/bench/exploreperf.py small) with `overrides`: run
     parameters, and dma_jobs / moves, the simulated driver's budgets (a mutant's `small`); its
-    `faults`, as --fault text, are added to the configuration's."""
+    `faults`, as --fault text, are added to the configuration's. `stalls`: devices may stall past
+    an exporter's timer (sim/options.py), as explore assumes unless --no-stalls."""
     import dataclasses
 
     from runtime import faults
@@ -102,19 +106,29 @@ def small_config(strategy: str, seed: int, overrides: dict[str, Any]) -> Any:
                                                    if k not in ("strategy", "faults") and k not in budgets})
     params = dataclasses.replace(params, faults=(*params.faults,
                                                  *(faults.parse_cli(t) for t in overrides.get("faults", ()))))
-    options = dataclasses.replace(config.options, **{budgets[k]: v for k, v in overrides.items() if k in budgets})
+    options = dataclasses.replace(config.options, stalls=stalls,
+                                  **{budgets[k]: v for k, v in overrides.items() if k in budgets})
     return dataclasses.replace(config, params=params, options=options)
 
 
 def cell(label: str, overrides: dict[str, Any], search: str, seed: int, cap: int, bound: int, out: str,
-         shrink: bool, exhaustive_cap: int | None = None) -> dict[str, Any]:
-    """One explore run (in a worker): its explore.json."""
+         shrink: bool, exhaustive_cap: int | None = None, stalls: bool = True) -> dict[str, Any]:
+    """One explore run (in a worker): its explore.json. A finished cell is kept when it assumed
+    the same device timing; one that assumed the other is run again from scratch."""
+    import shutil
+
     from sim.explore import Explorer, Limits, Spec
-    spec = Spec(small_config(overrides.get("strategy", label), seed, overrides), search, seed, 2, bound)
+    from sim.options import DEVICES
+    spec = Spec(small_config(overrides.get("strategy", label), seed, overrides, stalls), search, seed, 2, bound)
     limits = Limits(schedules=exhaustive_cap if search == "exhaustive" else cap)
     d = Path(out)
-    if (d / "explore.json").exists() and json.loads((d / "explore.json").read_text()).get("complete"):
-        return json.loads((d / "explore.json").read_text())
+    if (d / "explore.json").exists():
+        done = json.loads((d / "explore.json").read_text())
+        if done.get("devices") == DEVICES[stalls]:
+            if done.get("complete"):
+                return done
+        else:
+            shutil.rmtree(d)                    # another timing assumption: not resumable
     return Explorer(spec, limits, d, do_shrink=shrink, quiet=True).run()
 
 
@@ -128,6 +142,7 @@ def _witness(r: dict[str, Any] | None) -> str:
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
     from sim.executor import executor
+    from sim.options import DEVICES
 
     tasks = []
     for label, over in chosen(args.strategies):
@@ -138,7 +153,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                 # the first race of seed 1 is shrunk; a mutant's first catch of every seed (seed 1's
                 # workload may not reach its bug: the witness is the first seed's that does)
                 shrink = seed == 1 or "+" in over.get("strategy", label)
-                tasks.append((label, over, search, seed, args.cap, args.bound, str(out), shrink, args.exhaustive_cap))
+                tasks.append((label, over, search, seed, args.cap, args.bound, str(out), shrink, args.exhaustive_cap,
+                              args.stalls))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     pool = executor(max(1, args.jobs))      # sim/executor.py: worker processes, or here for --jobs 1
     try:
@@ -169,9 +185,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     table = {"command": f"dmabuf-emu explore-table --strategies {args.strategies} --seeds {args.seeds} --cap {args.cap} "
                         f"--bound {args.bound} --jobs {args.jobs}"
                         + (f" --exhaustive-cap {args.exhaustive_cap}" if args.exhaustive_cap else "")
+                        + ("" if args.stalls else " --no-stalls")
                         + f" --out {args.out}", "rows": rows, "cap": args.cap,
              "seeds": args.seeds,
-             "bound": args.bound}
+             "bound": args.bound, "devices": DEVICES[args.stalls]}
     (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
     (args.out / "table.md").write_text(render(table))
     return table
@@ -192,7 +209,7 @@ def render(t: dict[str, Any]) -> str:
             return f"caught at schedule {c['first_race_schedule']}"
         return f"exhausted, {c['schedules']} schedules" if c["exhausted"] else f"not exhausted ({c['schedules']})"
 
-    lines = [f"    {t['command']}", "",
+    lines = [f"    {t['command']}", "", f"Timing assumed: {t.get('devices', 'devices punctual')}.", "",
              f"| strategy | random: schedules to 1st race (median, {seeds} seeds) | pct (depth 2) | "
              f"exhaustive (bound {bound}) | shrunk witness (random, seed 1 / exhaustive) |", "|---|---|---|---|---|"]
     for r in t["rows"]:

@@ -19,10 +19,11 @@ from sim.reporting import finish_report
 def rejudged(run_dir: Path, report: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
     """`dmabuf-emu check`: the mode of the directory, and a simulated run's figures kept."""
     run_dir = Path(run_dir)
+    made_by = {"version": previous["version"]} if previous and "version" in previous else {}   # who ran it
     if (run_dir / "schedule.json").exists():
         kept = {k: previous[k] for k in ("sim_speedup", "sim") if previous and k in previous}
-        return finish_report(run_dir, report, "sim", **kept)
-    return finish_report(run_dir, report, "real")
+        return finish_report(run_dir, report, "sim", **kept, **made_by)
+    return finish_report(run_dir, report, "real", **made_by)
 
 
 def read_report(run_dir: Path) -> dict[str, Any] | None:

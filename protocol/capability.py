@@ -21,6 +21,7 @@ Deterministic and pure: no clock, no randomness (the secret comes in from outsid
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 
@@ -28,6 +29,7 @@ TOKEN_HEX = 32          # 128 bits
 MIN_SECRET = 16         # bytes
 
 
+@functools.lru_cache(maxsize=4096)   # pure: the simulator derives the same tokens at every schedule's start-up
 def _mac(secret: bytes, label: str) -> str:
     return hmac.new(secret, label.encode(), hashlib.sha256).hexdigest()[:TOKEN_HEX]
 

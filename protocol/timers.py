@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import re
 from typing import Mapping
 
@@ -65,11 +66,17 @@ def length_ms(name: str, length: object, values: Mapping[str, float]) -> float:
     if not isinstance(length, str):
         raise TimerError(f"timer {name}: the length must be a string such as \"2 * dma_ms\", got {length!r}")
     try:
-        tree = ast.parse(length.strip(), mode="eval")
+        body = _parsed(length.strip())
     except SyntaxError:
         raise TimerError(f"timer {name} = {length!r}: not arithmetic over run parameters "
                          f"(numbers, + - * /, parentheses)") from None
-    return _eval(name, length, tree.body, values)
+    return _eval(name, length, body, values)
+
+
+@functools.lru_cache(maxsize=1024)   # the simulator's exporter evaluates the same lengths at every schedule
+def _parsed(text: str) -> ast.AST:
+    """The expression's tree (only read: _eval never changes it)."""
+    return ast.parse(text, mode="eval").body
 
 
 def length_s(name: str, length: str, values: Mapping[str, float]) -> float:

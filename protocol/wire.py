@@ -471,6 +471,10 @@ def _to_wire(value: Any) -> Any:
     return {name: _to_wire(getattr(value, name)) for name in names}
 
 
+_PLAIN = frozenset((int, str, bool, bytes, float, type(None)))   # what _to_wire leaves as it is
+_NAMES: dict[type, tuple[str, ...]] = {}                           # a message class's field names but id
+
+
 def encode(msg: Message) -> bytes:
     """Serialise a message; the inverse of decode()."""
     if isinstance(msg, ErrorReply):
@@ -479,11 +483,16 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, OkReply):
         body = {"v": PROTOCOL_VERSION, "op": msg.op, "id": msg.id, "ok": True}
     else:
+        cls = type(msg)
         body = {"v": PROTOCOL_VERSION, "op": msg.OP, "id": msg.id}
         if msg.REPLY:
             body["ok"] = True
-        for name, _ in _compile(type(msg)):
-            body[name] = _to_wire(getattr(msg, name))
+        names = _NAMES.get(cls)
+        if names is None:
+            names = _NAMES[cls] = tuple(name for name, _ in _compile(cls))
+        for name in names:
+            value = getattr(msg, name)
+            body[name] = value if type(value) in _PLAIN else _to_wire(value)
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -504,6 +513,9 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"message must be a map, got {_type_name(raw)}")
     op = raw.get("op")
     op_name = op if type(op) is str and len(op) <= 64 else "invalid"
+    msg = _decode_valid(raw, op)
+    if msg is not None:
+        return msg
     msg_id = raw.get("id")
     msg_id = msg_id if type(msg_id) is int and 0 <= msg_id <= MAX_ID else 0
     try:
@@ -550,6 +562,96 @@ def _decode_map(raw: dict, op_name: str) -> Message:
         _check_fields(raw, (), f"{op} reply", _REPLY_ENVELOPE)
         return OkReply(id=msg_id, op=op)
     return cls(id=msg_id, **_check_fields(raw, _compile(cls), f"{op} reply", _REPLY_ENVELOPE))
+
+
+# The fast path of decode(): a request or a successful reply whose every field is present, of
+# its exact type and in range, with nothing else in the map, is built here at once; anything
+# else (a failed reply, a list field, a `validate` rule that objects, any fault at all) returns
+# None and goes through _decode_map, which makes the same message or names the fault. Each
+# test below is one of _decode_map's, so both paths accept exactly the same maps.
+_INT, _STR, _BOOL = "i", "s", "b"
+_Plan = tuple[tuple[str, Any], ...]      # (field, _INT | _STR | _BOOL | (record class, its plan))
+_PLANS: dict[type, _Plan | None] = {}
+_MISSING = object()
+
+
+def _plan(cls: type, skip: str | None = "id") -> _Plan | None:
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(cls):
+        if f.name == skip:
+            continue
+        t = hints[f.name]
+        if t is int or t is str or t is bool:
+            out.append((f.name, _INT if t is int else _STR if t is str else _BOOL))
+        elif dataclasses.is_dataclass(t):
+            sub = _plan(t, None)
+            if sub is None:
+                return None
+            out.append((f.name, (t, sub)))
+        else:
+            return None                  # lists: the slow path
+    return tuple(out)
+
+
+def _plan_of(cls: type) -> _Plan | None:
+    if cls not in _PLANS:
+        _PLANS[cls] = None if getattr(cls, "validate", None) is not None else _plan(cls)
+    return _PLANS[cls]
+
+
+def _values(raw: dict, plan: _Plan) -> list[Any] | None:
+    out = []
+    for name, kind in plan:
+        v = raw.get(name, _MISSING)
+        t = type(v)
+        if kind is _INT:
+            if t is not int or not 0 <= v <= MAX_ID:
+                return None
+        elif kind is _STR:
+            if t is not str or len(v) > MAX_STR:
+                return None
+        elif kind is _BOOL:
+            if t is not bool:
+                return None
+        else:
+            rec, sub = kind
+            if t is not dict or len(v) != len(sub):
+                return None
+            inner = _values(v, sub)
+            if inner is None:
+                return None
+            v = rec(*inner)
+        out.append(v)
+    return out
+
+
+def _decode_valid(raw: dict, op: Any) -> Message | None:
+    if type(op) is not str or raw.get("v") != PROTOCOL_VERSION or type(raw.get("v")) is not int:
+        return None
+    msg_id = raw.get("id")
+    if type(msg_id) is not int or not 0 <= msg_id <= MAX_ID:
+        return None
+    ok = raw.get("ok", _MISSING)
+    if ok is _MISSING:                   # a request
+        cls = REQUESTS.get(op)
+        envelope = 3
+    elif ok is True:                     # a successful reply
+        if op not in ALL_OPS:
+            return None
+        cls = REPLIES.get(op)
+        envelope = 4
+        if cls is None:
+            return OkReply(id=msg_id, op=op) if len(raw) == 4 else None
+    else:
+        return None
+    if cls is None:
+        return None
+    plan = _plan_of(cls)
+    if plan is None or len(raw) != len(plan) + envelope:
+        return None
+    values = _values(raw, plan)
+    return None if values is None else cls(msg_id, *values)
 
 
 def error_reply(err: ProtocolError) -> ErrorReply:

@@ -134,6 +134,8 @@ def census(rows: np.ndarray, first_line: int = 0) -> tuple[list[list[int]], int]
     """What a range holds: the distinct (buffer, writer, seq) stamps with their line counts, and
     how many lines carry a line index other than their position (misplaced)."""
     head = np.array(rows[:, :4], copy=True)
+    if head.shape[0] <= SMALL_CENSUS:
+        return _census_small(head.tolist(), first_line)
     misplaced = int(np.count_nonzero(head[:, 1] != _line_indices(head.shape[0]) + np.uint32(first_line)))
     if head.shape[0] == 0:
         return [], misplaced
@@ -146,4 +148,20 @@ def census(rows: np.ndarray, first_line: int = 0) -> tuple[list[list[int]], int]
     for k, c in zip(keys[starts].tolist(), lengths.tolist()):
         key = (k[0], k[1], k[2])
         tally[key] = tally.get(key, 0) + c
+    return [[*k, c] for k, c in sorted(tally.items())], misplaced
+
+
+# A buffer of a few KiB (the schedule search's) is a few dozen lines: read as Python ints, the same
+# census costs a tenth of the numpy calls' fixed overhead. The same result, line for line.
+SMALL_CENSUS = 256
+
+
+def _census_small(head: list[list[int]], first_line: int) -> tuple[list[list[int]], int]:
+    misplaced = 0
+    tally: dict[tuple[int, int, int], int] = {}
+    for i, (b, line, w, q) in enumerate(head):
+        if line != (i + first_line) & _U32:
+            misplaced += 1
+        key = (b, w, q)
+        tally[key] = tally.get(key, 0) + 1
     return [[*k, c] for k, c in sorted(tally.items())], misplaced

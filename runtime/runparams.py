@@ -36,11 +36,16 @@ class _RunParamsMethods:
     the scenario's faults and grants)."""
 
     def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)  # type: ignore[call-overload]
-        d["faults"] = [dict(f) for f in self.faults]  # type: ignore[attr-defined]
-        if d["dma_stall"] is None:
-            del d["dma_stall"]   # not given: a run's params (run_start, schedule.json) read as before it existed
-        return d
+        # Made once per RunParams (it is frozen) and handed out as a copy: the simulator asks for
+        # it at every schedule's start-up, and dataclasses.asdict was 2% of a schedule.
+        d = self.__dict__.get("_as_dict")
+        if d is None:
+            d = dataclasses.asdict(self)  # type: ignore[call-overload]
+            d["faults"] = [dict(f) for f in self.faults]  # type: ignore[attr-defined]
+            if d["dma_stall"] is None:
+                del d["dma_stall"]   # not given: a run's params (run_start, schedule.json) read as before it existed
+            object.__setattr__(self, "_as_dict", d)
+        return _copied(d)
 
     @property
     def bind_address(self) -> str:
@@ -66,6 +71,16 @@ class _RunParamsMethods:
             if importer in table:
                 d[p.name] = table[importer]
         return d
+
+
+def _copied(value: Any) -> Any:
+    """A deep copy of as_dict()'s values (dicts, lists, tuples of plain values)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copied(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return kind(_copied(v) for v in value)
+    return value
 
 
 _TYPES = {"int": int, "float": float, "size": int, "choice": str, "bool": bool, "address": str, "strategy": str,

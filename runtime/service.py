@@ -52,8 +52,8 @@ class ServiceShell:
         self.env = env = env or ServiceEnv()
         self.loop = env.loop
         self.transport = env.transport
-        self.log = EventLog(out / "events" / f"{svc}.jsonl", svc, pid=env.pid, clock=self.loop.now_ns,
-                            sink=env.sink(svc) if env.sink is not None else None)
+        self.log = (EventLog(out / "events" / f"{svc}.jsonl", svc, pid=env.pid, clock=self.loop.now_ns)
+                    if env.sink is None else EventLog(None, svc, pid=env.pid, clock=self.loop.now_ns, sink=env.sink(svc)))
         # the subclass binds run_id (and incarnation) once it has them
         self.oplog = oplog.service_logger(svc, pid=env.pid, say=None if env.process else env.say)
         self.control, self.control_endpoint = self.transport.router(control_endpoint)

@@ -1,152 +1,713 @@
-"""`dmabuf-emu explore --around RUN_DIR`, first version: confirm a run's predicted races by
-re-running it in the simulator, guided by its history (sim/realguide.py, as `replay --race` is),
-with one deviation per candidate that reverses the candidate's order.
+"""`dmabuf-emu explore --around RUN_DIR`: confirm the races a run could have had by re-running it
+in the simulator, guided by its history, with a few deviations from that schedule.
 
 Rules:
-- The candidates are checker/predict.py's over RUN_DIR/history.jsonl (a real or simulated run).
-- A reversal holds one side back until the other arrives (RaceFuzzer): for a DMA access paired
-  with a copy, free or invalidation window (lost_write, stale_read, write_after_invalidate), the
-  guide's duration of that job is stretched so that its last chunk comes HOLD_NS after the other
-  side's time in the run. Each reversal is one schedule; --bound is the most deviations a
-  schedule may have, and this version makes one (bound >= 1).
-- A candidate is confirmed when the guided run's checker reports a race of its kind on its
-  buffer by its job (the guide keeps the real job ids) that the same guided replay without the
-  deviation does not have (one schedule more, run once), or that the undeviated replay already
-  has (`deviations` 0: the run's own schedule, replayed, shows it): that schedule is written to OUT/confirmed-N (a simulated run directory, replayable
-  with `replay`) with witness.md (checker/explain.py). Not shrunk in this version.
-- Not confirmed, with the reason: `not reproduced` (the reversal ran and no race of its kind on
-  its buffer came: an ordering rule the prediction does not model, or the guide did not follow
-  the run to that point), `not tried` (unfenced_access and use_after_unmap: a begin would have
-  to come earlier, which this version does not do; use_after_unmap is already a race).
-- OUT/around.json: candidates, confirmed, not_confirmed, schedules, seconds.
-What remains (issue 25 item 2): reorderings of dependent steps the run left open (issue 24's
-dependency relation), searching within --bound > 1, and shrinking the confirmed schedule.
+- The run: RUN_DIR holds report.json with the run's `params` and history.jsonl (a real or a
+  simulated run). Its `version` (sim/reporting.py) must be this dmabuf-emu's, or `force`; a run
+  that records none is of an older version. Unreadable lines of the history (truncated, garbled)
+  are skipped and counted (`unreadable_lines`); the rest is used.
+- The base schedule: the run replayed in the simulator guided by its history (sim/realguide.py,
+  as `replay --race` is), steps the guide leaves open taken in the world's order, judged from the
+  exporter's start to the workload's stop (sim/search/trial.py run_trial). What the base
+  schedule already shows is confirmed with 0 deviations: the run's own schedule, replayed.
+- The candidates are checker/predict.py's over the history. A deviation changes one thing the
+  guided replay does at a choice point it passes; a schedule is the base plus at most `bound`
+  deviations. They are tried in this order, each deviation set once:
+  1. reversals of each candidate, one deviation each, candidates taken in turn (RaceFuzzer, Sen
+     PLDI 2008: hold one side back until the other arrives). For a job paired with a copy, free
+     or invalidation window at time T (lost_write, stale_read, write_after_invalidate):
+     `hold_end` (the job's duration draw stretched: its last chunk comes HOLD_NS after T),
+     `run_across` (its start delayed to LEAD_NS before T, running until HOLD_NS after it), and
+     `move_at` (the pressure tick that made the move comes so that the copy begins while the job
+     runs: the copy begins early). For a job that began on a placement after the copy creating it
+     ended (unfenced_access): `begin_at` (its start drawn earlier, into the copy).
+     use_after_unmap is a race of the run itself (program order), never a reversal.
+  2. crossings the run did not have (`crossings`): around each real move of buffer B, each
+     importer's last job begun before the move taken on B, read or write, running until HOLD_NS
+     after the move's free (`retarget`: the workload's buffer and access draws and its duration;
+     with --pin-ratio, also pinned; and, two deviations, the importer's job before it taken on B
+     pinned and the last one unpinned), the same around each revocation and un-revocation,
+     and its first job begun after the copy began taken on B while the copy runs
+     (`retarget_into`); then the exporter's notifications of each move delivered late (`late_frames`: each frame the
+     exporter sends in the move's first LATE_WINDOW_NS takes the network's longest delay), and
+     the reorderings of dependent steps the run left open: two steps of different actors at one
+     instant whose footprints meet (sim/search/dpor.py's dependency relation, footprints by
+     sim/search/exhaustive.py), the later one's actor offered when the earlier one was chosen:
+     `step` takes it there instead (nearest a candidate's time first).
+  3. with bound 2: each candidate's reversals two at a time, each with its move's late frames,
+     and each with the step reorderings nearest to it; each crossing with its move's late frames.
+  A bound above 2 searches what bound 2 does (no schedule here has more than two deviations).
+  A deviation that no longer fits (its job or step is not there: an earlier one moved it) is
+  not applied; the schedule is judged as it ran.
+- A schedule is judged by the checker (sim/search/trial.py judge: races, and the findings a
+  search counts as catches: checker/findings.py CATCHES). What it has that the base schedule has
+  not is found. A race of a candidate's kind on its buffer confirms it (the importer and job too
+  when they match; else the first such candidate). A catch finding, or a race no candidate
+  predicted, is kept in `also_found`: a catch is how a mutant whose bug is a finding is confirmed.
+- Each race or finding found is kept once (by kind and buffer): its deviations shrunk by delta
+  debugging (sim/shrink.py ddmin; then each single deviation removed must lose it: 1-minimal),
+  the shrunk schedule written to OUT/races/K (a simulated run directory: schedule.json holds every
+  decision, `dmabuf-emu replay OUT/races/K` re-executes it) with witness.md.
+- Not confirmed, each with its reason: `ordered by a rule the prediction does not model` (a
+  reversal ran and the exporter's side came after the held job's end anyway: something the
+  prediction did not see made it wait), `unreachable within the bound` (every deviation set for
+  it within the bound ran and none raced), `not tried` (past `schedules`, or nothing to reverse:
+  the job never ended, the candidate overlapped in the run and its replay did not race).
+- OUT/around.json: candidates, confirmed, not_confirmed, also_found, schedules, seconds,
+  first_confirmed_schedule, deviations tried, unreadable lines.
+`base_counts=False` (the sweep's second measure, tests/around_sweep.py): what the base schedule
+shows confirms nothing, and a deviation must find a race or finding it has not (another kind,
+buffer, importer or job).
+Stopping: after `schedules` schedules, when every candidate is confirmed, when the list of
+deviation sets is done, or (stop_at_first) at the first schedule that confirms anything.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
+from dataclasses import dataclass, replace
+from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-HOLD_NS = 2_000_000          # the held side ends this long after the other side came
+from sim.network import MAX_NS
+from sim.realguide import RealGuide, delay_u
+from sim.scheduler import RANDOM, STEP, Request
+
+HOLD_NS = 2_000_000          # a held side ends this long after the other side came
+LEAD_NS = 1_000_000          # a delayed start comes this long before the other side
+UNREVOKE_LAGS_NS = (0, 100_000, 300_000, 1_000_000, 2_000_000)   # jobs begun these long after an un-revocation
+FAST_WINDOW_NS = 3_000_000   # before a job aimed into the simulated copy: the exporter's frames take the least delay
+LATE_WINDOW_NS = 2_000_000   # a move's notifications: the exporter's frames this long after its start
+STEP_REVERSALS = 64          # dependent step reorderings kept (nearest the candidates first)
+NEAR_STEPS = 3               # step reorderings paired with each reversal at bound 2
 REVERSIBLE = ("lost_write", "stale_read", "write_after_invalidate")
+ORDERED = "ordered by a rule the prediction does not model"
+UNREACHABLE = "unreachable within the bound"
 
 
 class AroundError(ValueError):
     """RUN_DIR cannot be explored around (one line says why)."""
 
 
+@dataclass(frozen=True)
+class Deviation:
+    """One change to the guided replay. Times are on the real run's axis: ns after its
+    exporter's start. `importer`/`job` name a real job, `move` a real move; a step is the
+    decision `index` offered `options` where `value` is taken."""
+
+    kind: str                          # hold_end | run_across | move_at | begin_at | late_frames | step
+    t_ns: int
+    importer: int | None = None
+    job: Any = None
+    move: Any = None
+    index: int | None = None
+    options: tuple[str, ...] = ()
+    value: str = ""
+    cand: int | None = None            # the candidate it reverses (its position in the list)
+    buffer: Any = None                 # retarget: the buffer the job takes instead
+    access: str = ""                   # retarget: and its access
+    pin: bool | None = None            # retarget: and whether it pins (with --pin-ratio)
+    sim_axis: bool = False             # t_ns is on the base schedule's simulated axis (its own event's time)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "t_ms": round(self.t_ns / 1e6, 3)}
+        for k in ("importer", "job", "move", "index", "cand", "buffer"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.access:
+            d["access"] = self.access
+        if self.pin is not None:
+            d["pin"] = self.pin
+        if self.sim_axis:
+            d["axis"] = "simulated"
+        if self.kind == "step":
+            d["options"], d["value"] = list(self.options), self.value
+        return d
+
+
+class AroundGuide:
+    """The real run's guide (a copy, its jobs and ticks moved by the timing deviations) with the
+    frame and step deviations on top; notes each step decision for the footprint recorder."""
+
+    def __init__(self, inner: RealGuide, devs: Sequence[Deviation], recorder: "Recorder | None" = None) -> None:
+        self.inner = inner
+        self.steps = {d.index: d for d in devs if d.kind == "step"}
+        self.late = [d for d in devs if d.kind == "late_frames"]
+        # a job aimed into the simulated copy or lock: the exporter's replies meanwhile go as fast
+        # as the network does (the real run's median reply delay would land it after the copy)
+        self.fast = [(d.t_ns - FAST_WINDOW_NS, d.t_ns) for d in devs if d.kind == "retarget_into" and d.sim_axis]
+        self.recorder = recorder
+        self.applied: set[Deviation] = set()
+
+    def suggest(self, request: Request) -> Any | None:
+        if request.kind == STEP:
+            d = self.steps.get(request.index)
+            if d is not None and request.options is not None and d.value in request.options \
+                    and _offered_names(request.options) == d.options:
+                self.applied.add(d)
+                if self.recorder is not None:
+                    self.recorder.node(request)
+                return list(request.options).index(d.value)
+            if self.recorder is not None:
+                self.recorder.node(request)
+        elif request.kind == RANDOM and (self.late or self.fast) and request.stream == "net:exporter":
+            rel = self.inner._rel(request)
+            if rel is not None and any(a <= rel <= b for a, b in self.fast):
+                return 0.0
+            for d in self.late:
+                if rel is not None and d.t_ns <= rel <= d.t_ns + LATE_WINDOW_NS:
+                    self.applied.add(d)
+                    return delay_u(MAX_NS)
+        return self.inner.suggest(request)
+
+
+def _offered_names(options: Sequence[str]) -> tuple[str, ...]:
+    from sim.search.trial import offered
+    return tuple(options[i] for i in offered(options))
+
+
+class Recorder:
+    """The base schedule's steps with their footprints, for the dependent-step reorderings."""
+
+    def __init__(self) -> None:
+        self.world: Any = None
+        self.pending: tuple[int, tuple[str, ...]] | None = None
+        self.events: list[tuple[str, Any, tuple[int, tuple[str, ...]] | None, int] | None] = []
+
+    def setup(self, world: Any) -> None:
+        from sim.search import exhaustive
+        self.world = world
+        world.observer = self.observe
+        exhaustive._traced[:] = [world]          # the fence table's reads and writes go to the step's footprint
+
+    def node(self, request: Request) -> None:
+        self.pending = (request.index, _offered_names(request.options or ()))
+
+    def observe(self, actor: Any, touched: set | None) -> None:
+        from sim.search.exhaustive import footprint_of
+        if actor is None:
+            self.events.append(None)             # time passed: a barrier
+            self.pending = None
+            return
+        node, self.pending = self.pending, None
+        self.events.append((actor.name, footprint_of(touched or set()), node, self.world.now))
+
+    def reversals(self, s0: int) -> list[Deviation]:
+        """Dependent steps of different actors at one instant, the later one's actor offered
+        where the earlier one was chosen: that actor taken there instead."""
+        out: dict[tuple[int, str], Deviation] = {}
+        ev = self.events
+        for i, e in enumerate(ev):
+            if e is None or e[2] is None:
+                continue
+            actor, fp, (index, names), now = e
+            for f in ev[i + 1:]:
+                if f is None:
+                    break
+                if f[0] != actor and f[0] in names and fp.conflicts(f[1]) and (index, f[0]) not in out:
+                    out[(index, f[0])] = Deviation("step", now - s0, index=index, options=names, value=f[0])
+        return list(out.values())
+
+
+def read_run(run_dir: Path, version: str, force: bool) -> tuple[dict[str, Any], Path]:
+    """report.json and history.jsonl of a run, or AroundError naming what is wrong."""
+    run_dir = Path(run_dir)
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        raise AroundError(f"{run_dir} is not a run: no readable report.json") from None
+    if not isinstance(report, dict) or not isinstance(report.get("params"), dict):
+        raise AroundError(f"{run_dir} is not a run: its report.json has no run parameters (params)")
+    history = run_dir / "history.jsonl"
+    if not history.is_file():
+        raise AroundError(f"{run_dir} is not a run: no history.jsonl (the run was never judged)")
+    theirs = report.get("version")
+    if theirs != version and not force:
+        made = f"version {theirs}" if theirs else "an older version (its report.json records none)"
+        raise AroundError(f"{run_dir} is a run of {made}, this is dmabuf-emu {version}: its events may mean "
+                          f"other things here; --force to explore it anyway")
+    return report, history
+
+
 def _start_ns(history: Path) -> int:
+    import orjson
     with open(history, "rb") as fh:
         for line in fh:
             if b'"control"' in line and b'"exporter"' in line:
-                e = json.loads(line)
+                try:
+                    e = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
                 if e.get("event") == "control" and e.get("svc") == "exporter" and e.get("op") == "start":
                     return int(e["t_ns"])
     raise AroundError(f"{history} has no start of the exporter: the run never started its workload")
 
 
-def _races(history: list[bytes]) -> set[tuple[str, Any, str, Any]]:
-    """(kind, buffer, importer, job) of every race the checker finds in a history. The guide
-    draws each importer's jobs in the real run's order, so a job keeps its real id."""
-    from checker.oracle import Oracle
+def _tick_of(guide: RealGuide, move: Any) -> int | None:
+    """The index in guide.ticks of the tick that made real move `move` (a promote into an
+    evicted range: its eviction's tick)."""
+    by_id = {m.move: m for m in guide.moves}
+    m = by_id.get(move)
+    while m is not None and m.follows is not None:
+        m = by_id.get(m.follows)
+    if m is None:
+        return None
+    for k, t in enumerate(guide.ticks):
+        if t.t_ns == m.t_ns and t.buffer == m.buffer:
+            return k
+    return None
 
-    out: set[tuple[str, Any, str, Any]] = set()
 
-    def count(r: Any) -> None:
-        out.add((r.kind, r.job.buffer, r.job.svc, r.job.job))
-    oracle = Oracle(on_race=count)
-    oracle.run(history)
-    oracle.report()
+def reversals(n: int, cand: dict[str, Any], guide: RealGuide, s0: int, copy_ns: int) -> list[Deviation]:
+    """Candidate n's one-deviation reversals (the module docstring, 1.), or [] with nothing to reverse."""
+    kind, job, other = cand["kind"], cand["job"], cand["other"]
+    try:
+        importer = int(str(job["svc"]).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return []
+    real = next((j for j in guide.jobs.get(importer, []) if j.job == job["job"]), None)
+    if real is None or other.get("t_ns") is None:
+        return []
+    t = other["t_ns"] - s0
+    out: list[Deviation] = []
+    if kind in REVERSIBLE:
+        out.append(Deviation("hold_end", t + HOLD_NS, importer, job["job"], cand=n))
+        if real.begin_ns < t - LEAD_NS:
+            out.append(Deviation("run_across", t, importer, job["job"], cand=n))
+        tick = _tick_of(guide, (other.get("move") or [None])[0] if isinstance(other.get("move"), list)
+                        else other.get("move"))
+        if tick is not None:
+            mid = real.begin_ns + real.duration_ns // 2
+            out.append(Deviation("move_at", guide.ticks[tick].t_ns + mid - t, move=tick, cand=n))
+    elif kind == "unfenced_access":
+        began = max((m.t_ns for m in guide.moves if m.buffer == cand["buffer"] and m.t_ns <= t), default=None)
+        if began is not None:
+            for frac in (2, 4):
+                out.append(Deviation("begin_at", began + copy_ns // frac, importer, job["job"], cand=n))
     return out
 
 
+def move_times(history: Path, s0: int) -> tuple[dict[Any, dict[str, int]], list[tuple[str, Any, int]]]:
+    """Each real move's exporter events (move_begin, copy_begin, free, ...) by move id, and the
+    revocations and un-revocations (event, buffer, time), in ns after s0."""
+    import orjson
+    out: dict[Any, dict[str, int]] = {}
+    revocations: list[tuple[str, Any, int]] = []
+    keys = (b'"copy_begin"', b'"copy_end"', b'"free"', b'"resv_unlock"', b'"move_end"', b'"revoke"', b'"unrevoke"')
+    with open(history, "rb") as fh:
+        for line in fh:
+            if not any(k in line for k in keys):
+                continue
+            try:
+                e = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if e.get("svc") != "exporter" or not isinstance(e.get("t_ns"), int):
+                continue
+            if e.get("event") in ("revoke", "unrevoke"):
+                revocations.append((e["event"], e.get("buffer"), e["t_ns"] - s0))
+            elif e.get("move") is not None:
+                out.setdefault(e["move"], {}).setdefault(e["event"], e["t_ns"] - s0)
+    return out, revocations
+
+
+def sim_times(history: Sequence[bytes], sim_s0: int) -> tuple[dict[tuple[Any, int], int], dict[tuple[Any, int], int]]:
+    """The base schedule's own copy_begin of each buffer's k-th move and its k-th un-revocation,
+    ns after its exporter's start: where a job begun into them is aimed (the simulated copy and
+    lock come where the simulation put them, not where the real run had them)."""
+    import orjson
+    copies: dict[tuple[Any, int], int] = {}
+    unrevokes: dict[tuple[Any, int], int] = {}
+    seen: dict[tuple[str, Any], int] = {}
+    for line in history:
+        if b'"copy_begin"' not in line and b'"unrevoke"' not in line:
+            continue
+        e = orjson.loads(line)
+        if e.get("svc") != "exporter" or e.get("event") not in ("copy_begin", "unrevoke"):
+            continue
+        k = seen[(e["event"], e.get("buffer"))] = seen.get((e["event"], e.get("buffer")), -1) + 1
+        (copies if e["event"] == "copy_begin" else unrevokes)[(e.get("buffer"), k)] = e["t_ns"] - sim_s0
+    return copies, unrevokes
+
+
+def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
+              revocations: Sequence[tuple[str, Any, int]] = (),
+              simulated: tuple[dict, dict] = ({}, {})) -> list[Deviation]:
+    """Pairs the run did not have: around each real move of buffer B, each importer's last job
+    begun before the move taken on B instead, read or write, running until HOLD_NS after the
+    move's free (`retarget`; with --pin-ratio also pinning B); and its job begun first after the
+    copy began, taken on B and
+    begun while the copy runs (`retarget_into`: aimed at the base schedule's own copy, a quarter and
+    half way through it, where the simulation has one, for the simulated copy comes where the
+    simulation put it; the exporter's frames in the FAST_WINDOW_NS before it take the network's
+    least delay, so that its map reply can land inside). First, around each revocation of B (Linux 7.1), each
+    importer's last job begun before it taken on B and running past it; around each un-revocation,
+    its first job begun after it taken on B and begun UNREVOKE_LAGS_NS after it (its map served as
+    the buffer becomes mappable again; after the base schedule's own un-revocation where it has one)."""
+    out: list[Deviation] = []
+    nth: dict[tuple[str, Any], int] = {}
+    for event, buffer, t in revocations:        # first: a run has few, and a strategy that revokes is about them
+        k = nth[(event, buffer)] = nth.get((event, buffer), -1) + 1
+        at = simulated[1].get((buffer, k)) if event == "unrevoke" else None
+        for importer, jobs in sorted(guide.jobs.items()):
+            if event == "revoke":
+                before = [j for j in jobs if j.begin_ns < t]
+                if before:
+                    for access in ("read", "write"):
+                        out.append(Deviation("retarget", t + HOLD_NS, importer, before[-1].job, buffer=buffer,
+                                             access=access))
+            else:
+                after = [j for j in jobs if j.begin_ns > t]
+                for lag in UNREVOKE_LAGS_NS:
+                    if after:
+                        out.append(Deviation("retarget_into", (t if at is None else at) + lag, importer, after[0].job,
+                                             buffer=buffer, access=after[0].access, sim_axis=at is not None))
+    for m in guide.moves:
+        t = times.get(m.move, {})
+        free, copy_begin = t.get("free"), t.get("copy_begin")
+        k = nth[("move", m.buffer)] = nth.get(("move", m.buffer), -1) + 1
+        at = simulated[0].get((m.buffer, k))
+        for importer, jobs in sorted(guide.jobs.items()):
+            before = [j for j in jobs if j.begin_ns < m.t_ns]
+            if before and free is not None:
+                j = before[-1]
+                for pin in ((None, True) if guide.pin_ratio > 0 else (None,)):
+                    for access in ("read", "write"):
+                        out.append(Deviation("retarget", free + HOLD_NS, importer, j.job, move=m.move,
+                                             buffer=m.buffer, access=access, pin=pin))
+            after = [j for j in jobs if copy_begin is not None and j.begin_ns > copy_begin]
+            if after and copy_begin is not None:
+                for frac in ((2,) if at is None else (4, 2)):
+                    out.append(Deviation("retarget_into", (copy_begin if at is None else at) + copy_ns // frac, importer,
+                                         after[0].job, move=m.move, buffer=m.buffer, access=after[0].access,
+                                         sim_axis=at is not None))
+    return out
+
+
+def pinned_before(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int) -> list[tuple[Deviation, Deviation]]:
+    """With --pin-ratio: around each real move of buffer B, each importer's job before its last
+    one before the move taken on B pinned (pin, unpin: an attachment that pinned B, its mapping
+    kept), and either its last one taken on B unpinned, read or write, running past the free, or
+    its first one after the copy began taken on B while the copy runs: two deviations."""
+    out: list[tuple[Deviation, Deviation]] = []
+    if guide.pin_ratio <= 0:
+        return out
+    for m in guide.moves:
+        free = times.get(m.move, {}).get("free")
+        copy_begin = times.get(m.move, {}).get("copy_begin")
+        for importer, jobs in sorted(guide.jobs.items()):
+            before = [j for j in jobs if j.begin_ns < m.t_ns]
+            if len(before) < 2 or free is None:
+                continue
+            prev, last = before[-2], before[-1]
+            first = Deviation("retarget", prev.begin_ns + prev.duration_ns, importer, prev.job, move=m.move,
+                              buffer=m.buffer, access=prev.access, pin=True)
+            for access in ("read", "write"):
+                out.append((first, Deviation("retarget", free + HOLD_NS, importer, last.job, move=m.move,
+                                             buffer=m.buffer, access=access, pin=False)))
+            after = [j for j in jobs if copy_begin is not None and j.begin_ns > copy_begin]
+            if after and copy_begin is not None:
+                out.append((first, Deviation("retarget_into", copy_begin + copy_ns // 2, importer, after[0].job,
+                                             move=m.move, buffer=m.buffer, access=after[0].access, pin=False)))
+    return out
+
+
+def apply(base: RealGuide, devs: Sequence[Deviation]) -> RealGuide:
+    """A copy of the guide with the timing deviations made (jobs and ticks moved)."""
+    g = copy.deepcopy(base)
+    for d in devs:
+        if d.kind in ("hold_end", "run_across", "begin_at"):
+            j = next((j for j in g.jobs.get(d.importer, []) if j.job == d.job), None)  # type: ignore[arg-type]
+            if j is None:
+                continue
+            if d.kind == "hold_end":
+                j.duration_ns = max(j.duration_ns, d.t_ns - j.begin_ns)
+            elif d.kind == "run_across":
+                end = d.t_ns + HOLD_NS
+                j.begin_ns = d.t_ns - LEAD_NS
+                j.duration_ns = max(j.duration_ns, end - j.begin_ns)
+            else:
+                j.begin_ns = min(j.begin_ns, d.t_ns)
+        elif d.kind in ("retarget", "retarget_into"):
+            j = next((j for j in g.jobs.get(d.importer, []) if j.job == d.job), None)  # type: ignore[arg-type]
+            if j is None:
+                continue
+            j.buffer, j.access = d.buffer, d.access
+            if d.pin is not None:
+                j.pin = d.pin
+            if d.kind == "retarget":
+                j.duration_ns = max(j.duration_ns, d.t_ns - j.begin_ns)
+            elif d.sim_axis:
+                j.aim_ns = d.t_ns
+            else:
+                j.begin_ns = d.t_ns
+        elif d.kind == "move_at" and d.move is not None and d.move < len(g.ticks):
+            g.ticks[d.move] = replace(g.ticks[d.move], t_ns=max(0, d.t_ns))
+    g.ticks = sorted(g.ticks, key=lambda t: t.t_ns)
+    return g
+
+
+def _event_times(history: Sequence[bytes], cand: dict[str, Any]) -> tuple[int | None, int | None]:
+    """In a schedule's history: the candidate's job's end and the exporter's side (its event on
+    the buffer and generation), first of each."""
+    import orjson
+    job, other = cand["job"], cand["other"]
+    end = side = None
+    want = other.get("event")
+    for line in history:
+        if end is None and b'"dma_end"' in line:
+            e = orjson.loads(line)
+            if e.get("svc") == job["svc"] and e.get("job") == job["job"]:
+                end = e["t_ns"]
+        elif side is None and want and f'"{want}"'.encode() in line:
+            e = orjson.loads(line)
+            if e.get("event") == want and e.get("svc") == "exporter" and e.get("buffer") == cand["buffer"] \
+                    and e.get("from_gen", e.get("gen", cand["gen"])) == cand["gen"]:
+                side = e["t_ns"]
+    return end, side
+
+
 def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, force: bool = False,
-           version: str = "", say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    from checker.explain import write_witness_md
+           version: str | None = None, stop_at_first: bool = False, base_counts: bool = True,
+           say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    from checker.findings import CATCHES
     from checker.predict import PredictRefused, predict_history
-    from runtime.runparams import from_mapping
-    from sim.realguide import RealGuide
-    from sim.run import simulate, simulate_in_memory
+    from exporter_svc.service import COPY_CHUNK
+    from runtime.runparams import OptionError, from_mapping
+    from sim.options import SimOptions
+    from sim.reporting import tool_version
+    from sim.search.exhaustive import fence_tracing
+    from sim.search.trial import Config, SearchChooser, run_trial
+    from sim.world import LANE_COST_NS
 
     began = time.perf_counter()
-    run_dir = Path(run_dir)
-    history = run_dir / "history.jsonl"
-    try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except (OSError, ValueError):
-        raise AroundError(f"{run_dir} is not a run: no readable report.json") from None
-    if not history.exists():
-        raise AroundError(f"{history} is missing: the run was not judged")
-    theirs = report.get("version")
-    if theirs and version and theirs != version and not force:
-        raise AroundError(f"{run_dir} is a run of version {theirs}, this is {version}: --force to explore it anyway")
+    run_dir, out = Path(run_dir), Path(out)
     if bound < 1:
         raise AroundError(f"--bound {bound}: a reversal is one deviation, so the bound must be 1 or more")
-    params = from_mapping(report.get("params") or {}, f"{run_dir / 'report.json'} params")
+    report, history = read_run(run_dir, version or tool_version(), force)
+    try:
+        params = from_mapping(report["params"], f"{run_dir / 'report.json'} params")
+    except (OptionError, ValueError, TypeError) as exc:
+        raise AroundError(f"{run_dir} is not a run of this version: {exc}") from None
     try:
         pred = predict_history(history)
     except PredictRefused as exc:
         raise AroundError(str(exc)) from None
     s0 = _start_ns(history)
     base = RealGuide.from_history(history, params)
+    config = Config(params, SimOptions())
+    copy_ns = LANE_COST_NS["copy"] * -(-params.buffer_size // COPY_CHUNK)
     out.mkdir(parents=True, exist_ok=True)
-    confirmed: list[dict[str, Any]] = []
-    not_confirmed: list[dict[str, Any]] = []
-    tried = 0
-    baseline: set[tuple[str, Any, str, Any]] | None = None   # the undeviated guided replay's races
-    say(f"explore --around {run_dir}: {pred['candidates']} candidate(s), "
-        f"{len(pred['items'])} listed; one reversal each, at most {schedules} schedules")
-    for n, cand in enumerate(pred["items"]):
-        kind, job, other = cand["kind"], cand["job"], cand["other"]
-        label = {"kind": kind, "buffer": cand["buffer"], "gen": cand["gen"], "job": job, "other": other}
-        if kind not in REVERSIBLE or other.get("t_ns") is None:
-            not_confirmed.append({**label, "reason": "not tried: this version holds a job's end back only "
-                                                       "(an earlier begin is not made)"})
+    shutil.rmtree(out / "races", ignore_errors=True)
+    if base.unreadable:
+        say(f"  {base.unreadable} of {base.lines} history lines unreadable (truncated or garbled): skipped, "
+            f"the rest used")
+
+    ran = 0
+
+    def run(devs: Sequence[Deviation], recorder: Recorder | None = None) -> tuple[Any, AroundGuide]:
+        nonlocal ran
+        ran += 1
+        guide = AroundGuide(apply(base, devs), devs, recorder)
+        trial = run_trial(config, SearchChooser(0), guide=guide, keep_history=True,
+                          setup=recorder.setup if recorder is not None else None)
+        return trial, guide
+
+    # the base schedule, with its steps' footprints
+    recorder = Recorder()
+    with fence_tracing():                       # observing changes nothing of the schedule
+        base_trial, base_guide = run((), recorder)
+    baseline = set(base_trial.races)
+    sim_s0 = base_guide.inner._s0 or 0
+    say(f"explore --around {run_dir}: {pred['candidates']} candidate(s), {len(pred['items'])} listed; "
+        f"base schedule: {len(baseline)} race(s) or finding(s) of its own; bound {bound}, at most {schedules} schedules")
+
+    items = pred["items"]
+    state: list[dict[str, Any]] = [{"tried": 0, "ordered": 0, "why": None} for _ in items]
+    confirmed: dict[int, dict[str, Any]] = {}
+    also_found: list[dict[str, Any]] = []
+    kept_keys: set[tuple[str, Any]] = set()
+    first_schedule: int | None = None
+
+    def label(c: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": c["kind"], "buffer": c["buffer"], "gen": c["gen"], "job": c["job"], "other": c["other"]}
+
+    def matches(r: Any) -> int | None:
+        same = [n for n, c in enumerate(items) if c["kind"] == r.kind and c["buffer"] == r.buffer]
+        exact = [n for n in same if items[n]["job"]["svc"] == r.svc and items[n]["job"]["job"] == r.job]
+        pick = exact or [n for n in same if n not in confirmed] or same
+        return pick[0] if pick else None
+
+    def keep(r: Any, devs: Sequence[Deviation], schedule: int) -> dict[str, Any]:
+        """Shrink the deviations that found r, write the shrunk schedule with its witness."""
+        from sim.shrink import ddmin
+
+        def test(sub: Sequence[Deviation]) -> Any:
+            if not sub:
+                return None                     # the base schedule, which does not have it
+            t, _ = run(sub)
+            return t if any(x.kind == r.kind and x.buffer == r.buffer and x not in baseline for x in t.races) else None
+        if devs:
+            small = ddmin(list(devs), test)
+            trial = test(small) if small != list(devs) else None
+            if trial is None:
+                small = list(devs)
+                trial, _ = run(small)
+            one_minimal = all(test([d for d in small if d != x]) is None for x in small) if len(small) > 1 else True
+        else:
+            small, one_minimal = [], True
+            trial = base_trial
+        where = out / "races" / str(len(confirmed) + len(also_found) + 1)
+        _write(config, trial, where, r.kind, r.buffer)
+        return {"dir": str(where), "schedule": schedule, "deviations": [d.as_dict() for d in small],
+                "deviations_before_shrink": len(devs), "one_minimal": one_minimal,
+                "race": {"kind": r.kind, "buffer": r.buffer, "importer": r.svc, "job": r.job}}
+
+    def judge_schedule(trial: Any, devs: Sequence[Deviation], schedule: int, races: Any) -> bool:
+        nonlocal first_schedule
+        got = False
+        for r in races:
+            n = matches(r)
+            key = (r.kind, r.buffer)
+            if n is not None and n not in confirmed:
+                kept_keys.add(key)
+                info = keep(r, devs, schedule)
+                confirmed[n] = {**label(items[n]), **info}
+                say(f"  confirmed {r.kind} on buffer {r.buffer} ({r.svc} job {r.job}) in schedule {schedule}, "
+                    f"{len(info['deviations'])} deviation(s) -> {info['dir']}")
+                got = True
+            elif n is None and key not in kept_keys:
+                kept_keys.add(key)
+                info = keep(r, devs, schedule)
+                info["catch"] = "finding" if r.kind in CATCHES else "race no candidate predicted"
+                also_found.append(info)
+                say(f"  found {r.kind} on buffer {r.buffer} ({info['catch']}) in schedule {schedule} -> {info['dir']}")
+                got = True
+        if got and first_schedule is None:
+            first_schedule = schedule
+        return got
+
+    # what the replay shows with no deviation (base_counts=False: nothing; a deviation must find a
+    # race or finding the base schedule has not: another kind, buffer, importer or job)
+    if base_counts:
+        judge_schedule(base_trial, (), 0, base_trial.races)
+
+    # the deviation sets, in order (module docstring)
+    per_cand = [reversals(n, c, base, s0, copy_ns) if c["kind"] != "use_after_unmap" else []
+                for n, c in enumerate(items)]
+    level1: list[tuple[Deviation, ...]] = []
+    for depth in range(max((len(v) for v in per_cand), default=0)):
+        level1 += [(v[depth],) for v in per_cand if depth < len(v)]
+    late = [Deviation("late_frames", m.t_ns, move=m.move) for m in base.moves]
+    times, revocations = move_times(history, s0)
+    crossed = crossings(base, times, copy_ns, revocations, sim_times(base_trial.history or [], sim_s0))
+    unpinned = pinned_before(base, times, copy_ns) if bound >= 2 else []
+    cand_times = sorted(c["other"]["t_ns"] - s0 for c in items if c["other"].get("t_ns") is not None)
+
+    def distance(t: int) -> int:
+        return min((abs(t - x) for x in cand_times), default=0)
+    steps = sorted(recorder.reversals(sim_s0), key=lambda d: distance(d.t_ns))[:STEP_REVERSALS]
+    level1 += [(d,) for d in crossed] + unpinned + [(d,) for d in late] + [(d,) for d in steps]
+    level2: list[tuple[Deviation, ...]] = []
+    if bound >= 2:
+        for n, v in enumerate(per_cand):
+            level2 += [tuple(p) for p in combinations(v, 2)]
+            mv = items[n]["other"].get("move")
+            mv = mv[0] if isinstance(mv, list) else mv
+            level2 += [(d, x) for d in v for x in late if x.move == mv]
+            t = items[n]["other"].get("t_ns")
+            if t is not None and v:
+                near = sorted(steps, key=lambda x: abs(x.t_ns - (t - s0)))[:NEAR_STEPS]
+                level2 += [(d, x) for d in v for x in near]
+        level2 += [(d, x) for d in crossed for x in late if x.move == d.move]
+    plan = level1 + level2
+    say(f"  {len(level1) - len(unpinned)} single deviations ({sum(map(len, per_cand))} reversals of candidates, "
+        f"{len(crossed)} crossings of moves and revocations, {len(late)} late notifications, {len(steps)} dependent "
+        f"step reorderings), {len(level2) + len(unpinned)} pairs")
+
+    schedule = 0
+    first_deviation_s: float | None = None
+    for devs in plan:
+        if schedule >= schedules or len(confirmed) == len(items) and items:
+            break
+        if stop_at_first and first_schedule is not None:
+            break
+        targets = {d.cand for d in devs if d.cand is not None}
+        if targets and targets <= set(confirmed) and len(items):
+            continue                           # its candidates are confirmed: spend the schedules elsewhere
+        schedule += 1
+        if first_deviation_s is None:
+            first_deviation_s = round(time.perf_counter() - began, 2)
+        trial, guide = run(devs)
+        new = [r for r in trial.races if r not in baseline]
+        judge_schedule(trial, devs, schedule, new)
+        for n in targets - set(confirmed):
+            st = state[n]
+            st["tried"] += 1
+            if trial.history is not None and len(devs) == 1 and devs[0].kind in ("hold_end", "run_across"):
+                end, side = _event_times(trial.history, items[n])
+                if end is not None and side is not None and side >= end:
+                    st["ordered"] += 1
+                    st["why"] = (f"held until {devs[0].as_dict()['t_ms']} ms, the job ended before the exporter's "
+                                 f"{items[n]['other']['event']} all the same (schedule {schedule}): the exporter waited "
+                                 f"for it")
+        if schedule % 25 == 0:
+            say(f"  {schedule} schedules, {len(confirmed)} confirmed, {time.perf_counter() - began:.1f} s")
+
+    not_confirmed = []
+    for n, c in enumerate(items):
+        if n in confirmed:
             continue
-        if cand.get("overlapped"):
-            not_confirmed.append({**label, "reason": "not tried: it overlapped in the run itself (a race there)"})
-            continue
-        if tried >= schedules:
-            not_confirmed.append({**label, "reason": f"not tried: past --schedules {schedules}"})
-            continue
-        guide = copy.deepcopy(base)
-        index = int(str(job["svc"]).rsplit("-", 1)[1])
-        real = next((j for j in guide.jobs.get(index, []) if j.job == job["job"]), None)
-        if real is None:
-            not_confirmed.append({**label, "reason": "not tried: the guide has no such job (it never ended)"})
-            continue
-        real.duration_ns = max(real.duration_ns, other["t_ns"] - s0 - real.begin_ns + HOLD_NS)
-        tried += 1
-        key = (kind, cand["buffer"], job["svc"], job["job"])
-        if baseline is None:
-            baseline = _races(simulate_in_memory(params, guide=copy.deepcopy(base), judge=False).history)
-            tried += 1
-        got = _races(simulate_in_memory(params, guide=copy.deepcopy(guide), judge=False).history)
-        deviations = 0 if key in baseline else 1
-        if deviations == 0:
-            guide = copy.deepcopy(base)     # the replay itself already has it: no deviation needed
-        elif key not in got:
-            not_confirmed.append({**label, "reason": "not reproduced: the held-back job did not race (an ordering "
-                                                       "rule the prediction does not model, or the guided replay "
-                                                       "did not follow the run there)"})
-            continue
-        where = out / f"confirmed-{len(confirmed) + 1}"
-        written = simulate(params, where, guide=guide)
-        listed = [(k, w) for k in written.report.get("witnesses", {}) for w in written.report["witnesses"][k]]
-        index_w = next((i for i, (k, w) in enumerate(listed, 1)
-                        if k == kind and (w.get("job") or {}).get("buffer") == cand["buffer"]), 1)
-        try:
-            write_witness_md(where / "history.jsonl", index_w, where / "witness.md", report=written.report)
-        except IndexError:
-            pass
-        confirmed.append({**label, "dir": str(where), "deviations": deviations})
-        say(f"  confirmed {kind} on buffer {cand['buffer']} ({job['svc']} job {job['job']}) -> {where}")
-    result_doc = {"run": str(run_dir), "candidates": pred["candidates"], "by_kind": pred["by_kind"],
-                  "confirmed": confirmed, "not_confirmed": not_confirmed, "schedules": tried,
-                  "bound": bound, "seconds": round(time.perf_counter() - began, 2)}
-    (out / "around.json").write_text(json.dumps(result_doc, indent=2, default=str) + "\n")
-    return result_doc
+        st = state[n]
+        left = [devs for devs in plan if any(d.cand == n for d in devs)]
+        if c["kind"] == "use_after_unmap" or not per_cand[n]:
+            why = ("not tried: a race in the run's own order (use_after_unmap), which its replay did not repeat"
+                   if c["kind"] == "use_after_unmap" else
+                   "not tried: nothing to reverse (the job never ended, or the other side has no time)")
+        elif st["tried"] < len(left) and stop_at_first and first_schedule is not None:
+            why = f"not tried: {len(left) - st['tried']} of its {len(left)} deviation sets, stopped at the first confirmation"
+        elif st["tried"] < len(left):
+            why = f"not tried: {len(left) - st['tried']} of its {len(left)} deviation sets past --schedules {schedules}"
+        elif st["ordered"]:
+            why = f"{ORDERED}: {st['why']}"
+        else:
+            why = (f"{UNREACHABLE} {bound}: {st['tried']} schedules reversed it (up to {bound} deviations) "
+                   f"and none raced")
+        not_confirmed.append({**label(c), "reason": why})
+    doc = {"run": str(run_dir), "version": report.get("version"), "candidates": pred["candidates"],
+           "by_kind": pred["by_kind"], "listed": len(items),
+           "confirmed": [confirmed[n] for n in sorted(confirmed)], "not_confirmed": not_confirmed,
+           "also_found": also_found, "confirms": bool(confirmed or also_found),
+           "first_confirmed_schedule": first_schedule, "first_deviation_s": first_deviation_s, "schedules": schedule, "bound": bound,
+           "deviation_sets": {"single": len(level1) - len(unpinned), "pairs": len(level2) + len(unpinned)},
+           "base": {"races": [r.as_dict() for r in base_trial.races], "guided": dict(base_guide.inner.taken),
+                    "left": dict(base_guide.inner.left)},
+           "unreadable_lines": base.unreadable, "history_lines": base.lines,
+           "seconds": round(time.perf_counter() - began, 2), "simulations": ran}
+    (out / "around.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return doc
+
+
+def _write(config: Any, trial: Any, where: Path, kind: str, buffer: Any) -> None:
+    """The schedule as a replayable run directory with witness.md (a finding's lines for a catch)."""
+    from checker.explain import write_witness_md
+    from checker.findings import CATCHES
+    from checker.report_md import finding_lines
+    from sim.explore import _witness_of
+    from sim.search.trial import write_run
+    result = write_run(config, trial.entries, trial.streams, where)
+    try:
+        _, index = _witness_of(result.report, kind, buffer)
+    except (ValueError, KeyError):
+        (where / "witness.md").write_text(f"# {kind} on buffer {buffer}\n\nThe written run's report does not "
+                                          f"list it (see report.md).\n")
+        return
+    if kind in CATCHES:
+        item = result.report["findings"][kind]["items"][index - 1]
+        (where / "witness.md").write_text("\n".join([f"# {kind} on buffer {buffer}", ""] + finding_lines(item)) + "\n")
+    else:
+        write_witness_md(where / "history.jsonl", index, where / "witness.md", report=result.report)

@@ -24,10 +24,14 @@ Rules:
   the client go.
 - `workers` says how many units run at once (the cluster's threads for Dask), for callers that
   keep that many queued.
+- Local worker processes die with the process that started them (a parent-death signal, set as
+  each starts): a search killed by SIGTERM or SIGKILL leaves no worker going on with its subtree.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from typing import Any, Callable, Iterable
 
@@ -111,6 +115,15 @@ class Pool:
             self.ex.shutdown(wait=True, cancel_futures=True)
 
 
+def _die_with(parent: int) -> None:
+    """A local worker's first call: SIGKILL when the parent dies (it holds nothing to clean up: a
+    simulated run has no segment, a campaign's unit is a thread); gone at once if it already has."""
+    from runtime.watchdog import _set_parent_death_signal   # the same prctl the services use
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def executor(jobs: int = 1, scheduler: str | None = None, *, threads: bool = False, retries: int = 0) -> Pool:
     """A Dask cluster's workers (`scheduler`), else `jobs` local workers (processes, or threads),
     else this process. `retries`: how often Dask runs a unit again whose worker died."""
@@ -126,5 +139,6 @@ def executor(jobs: int = 1, scheduler: str | None = None, *, threads: bool = Fal
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        return Pool(ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")), jobs)
+        return Pool(ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_die_with, initargs=(os.getpid(),)), jobs)
     return Pool(_Here(), 1)

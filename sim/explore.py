@@ -74,6 +74,7 @@ FIELDS = ("strategy", "search", "schedules", "seconds", "schedules_per_s", "dist
 # witness.md's title for a catch that is a checker finding, not a race (one for each of CATCHES)
 CATCH_TITLES = {"deadlock": "Deadlock", "revoke_incomplete": "Revocation incomplete (revoke_incomplete)",
                 "refcount_warning": "Refcount warning (refcount_warning)",
+                "potential_deadlock": "Potential deadlock, as lockdep reports it (potential_deadlock)",
                 "stuck": "Stuck: no progress by the end of the drain (stuck)"}
 assert set(CATCH_TITLES) == set(CATCHES), f"CATCH_TITLES must name every one of checker/findings.py CATCHES {CATCHES}"
 

@@ -14,7 +14,9 @@ importer's real times are aimed through its Warp (the identity but around moves,
 - workload draws (stream `workload:<index>:0`): each importer's jobs in the order of their
   dma_begin: its buffer (the `choice`: the real buffer if the simulated importer has it idle),
   its access (the `chance` of a write), its duration (the `random` of the uniform: the D whose
-  last chunk comes when the real last access came, dma_duration_ms), and the think time before
+  last chunk comes when the real last access came, dma_duration_ms), with --pin-ratio whether
+  it pins (the `random` after the duration: pinned when the exporter's `pin` of that importer and
+  buffer came since its previous job on it), and the think time before
   it (the `random`): the wait that makes its dma_begin come where the real one came, less the
   simulated map round trip;
 - what the workload's ranges cannot give (sim/driver.py steer_importer): a wait longer than the
@@ -31,6 +33,8 @@ importer's real times are aimed through its Warp (the identity but around moves,
   actors with no expected event are left to the chooser.
 
 A decision the real history does not answer is left to the chooser and counted as `made`.
+A history line that is not a JSON event with an integer t_ns (truncated, garbled) is skipped and
+counted (`unreadable`, of `lines`): the guide is built from the rest.
 The real t_ns are CLOCK_MONOTONIC; the simulated ones virtual: only differences are compared.
 
 Measured (real `run --strategy move-notify --importers 4 --duration 1 --seed S`, S = 1..5 twice
@@ -75,6 +79,8 @@ class RealJob:
     duration_ns: int
     think_ns: int | None            # gap since this importer's previous dma_end (None: the first jobs)
     busy: frozenset[int]            # this importer's buffers in flight at begin_ns
+    pin: bool = False               # it pinned its buffer first (the exporter's pin of it came before)
+    aim_ns: int | None = None       # set (explore --around): its dma_begin aimed here on the simulated axis, unwarped
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class RealTick:
 class _Cursor:
     jobs: list[RealJob]
     next: int = 0                   # the next job a choice draws
-    pending: str = ""               # "chance" / "duration" of job next-1 still to draw
+    pending: str = ""               # "chance" / "duration" / "pin" of job next-1 still to draw
     late_ns: int = 0                # what the last think time could not wait: the refill's lateness
     stretch_ns: int = 0             # what the last duration could not last: the DMA's lateness
 
@@ -191,6 +197,10 @@ class RealGuide:
     net_ns: dict[str, int]                          # sender -> that delay
     warps: dict[int, Warp]                          # importer index -> where its real times are aimed
     chunk_ms: float = ImporterArgs.chunk_ms          # the DMA engine's chunk (importer_svc/dma.py)
+    pin_ratio: float = 0.0                          # > 0: each job draws whether it pins (after its duration)
+    moves: list[RealMove] = field(default_factory=list)   # the real run's moves (explore --around aims at them)
+    lines: int = 0                                  # the history's non-blank lines
+    unreadable: int = 0                             # of them, not a JSON event with an integer t_ns: skipped
     taken: dict[str, int] = field(default_factory=dict)   # decisions answered, by what they decide
     left: dict[str, int] = field(default_factory=dict)    # decisions left to the chooser, likewise
     _cursors: dict[str, _Cursor] = field(default_factory=dict)
@@ -199,7 +209,18 @@ class RealGuide:
 
     @classmethod
     def from_history(cls, path: Path, params: Any) -> "RealGuide":
-        events = [orjson.loads(line) for line in open(path, "rb") if line.strip()]
+        events, lines = [], 0
+        with open(path, "rb") as fh:
+            for line in fh:                            # a truncated or garbled line is skipped and counted
+                if not line.strip():
+                    continue
+                lines += 1
+                try:
+                    e = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(e, dict) and type(e.get("t_ns")) is int and isinstance(e.get("event"), str):
+                    events.append(e)
         starts = [e["t_ns"] for e in events if e.get("event") == "control" and e.get("svc") == "exporter"
                   and e.get("op") == "start"]
         if not starts:
@@ -208,11 +229,14 @@ class RealGuide:
         begins: dict[tuple[str, int], dict] = {}
         per_svc: dict[str, list[tuple[dict, int]]] = {}
         sent: dict[tuple, int] = {}
+        pins: dict[tuple[str, int], list[int]] = {}     # (importer, buffer) -> the exporter's pin times
         delays: dict[str, list[int]] = {}
         for e in events:
             ev, svc = e.get("event"), e.get("svc", "")
             if ev == "dma_begin":
                 begins[(svc, e["job"])] = e
+            elif ev == "pin" and svc == "exporter":
+                pins.setdefault((str(e.get("importer")), e.get("buffer")), []).append(e["t_ns"])
             elif ev == "dma_end" and (svc, e["job"]) in begins:
                 b = begins[(svc, e["job"])]
                 per_svc.setdefault(svc, []).append((b, e["t_ns"]))
@@ -243,7 +267,13 @@ class RealGuide:
                 earlier_ends = [e2 for b2, e2 in items[:n] if e2 <= b["t_ns"]]
                 busy = frozenset(b2["buffer"] for b2, e2 in items[:n] if e2 > b["t_ns"])
                 think = b["t_ns"] - max(earlier_ends) if earlier_ends else None
-                out.append(RealJob(b["job"], b["buffer"], b["access"], b["t_ns"] - s0, end - b["t_ns"], think, busy))
+                # a pin of this importer and buffer since its previous job on it: this job pinned
+                mine = pins.get((svc, b["buffer"]), [])
+                pinned = bool(mine) and mine[0] <= b["t_ns"]
+                while mine and mine[0] <= b["t_ns"]:
+                    mine.pop(0)
+                out.append(RealJob(b["job"], b["buffer"], b["access"], b["t_ns"] - s0, end - b["t_ns"], think, busy,
+                                   pinned))
             jobs[index] = out
         net_u, net_ns = {}, {}
         for sender, ds in delays.items():
@@ -253,7 +283,8 @@ class RealGuide:
         moves = _moves(events, s0)
         copy_ns = LANE_COST_NS["copy"] * math.ceil(params.buffer_size / COPY_CHUNK)
         warps = _warps(events, moves, s0, net_ns.get("exporter", MIN_NS), copy_ns)
-        return cls(params.buffers, params.dma_ms, params.think_ms, period, jobs, _ticks(moves), net_u, net_ns, warps)
+        return cls(params.buffers, params.dma_ms, params.think_ms, period, jobs, _ticks(moves), net_u, net_ns, warps,
+                   moves=moves, lines=lines, unreadable=lines - len(events), pin_ratio=params.pin_ratio)
 
     # ------------------------------------------------------------------ Guide
 
@@ -322,6 +353,8 @@ class RealGuide:
 
     def _aim(self, importer: str, job: RealJob) -> int:
         """When the job's dma_begin should come in the simulation (relative to its exporter's start)."""
+        if job.aim_ns is not None:
+            return job.aim_ns
         warp = self.warps.get(int(importer.split("-")[-1]))
         return warp(job.begin_ns) if warp is not None else job.begin_ns
 
@@ -381,11 +414,14 @@ class RealGuide:
             cur.pending = "duration"
             return cur.jobs[cur.next - 1].access == "write"
         if request.kind == RANDOM and cur.pending == "duration":
-            cur.pending = "map"
+            cur.pending = "pin" if self.pin_ratio > 0 else "map"
             want = dma_duration_ms(cur.jobs[cur.next - 1].duration_ns / 1e6, self.chunk_ms)
             x = min(ALMOST_ONE, max(0.0, want / self.dma_ms - 0.5))
             cur.stretch_ns = max(0, int((want - self.dma_ms * (0.5 + x)) * 1e6))
             return x
+        if request.kind == RANDOM and cur.pending == "pin":   # importer_svc/workload.py: pin when < pin_ratio
+            cur.pending = "map"
+            return 0.0 if cur.jobs[cur.next - 1].pin else ALMOST_ONE
         if request.kind == RANDOM:                      # a think time, before job `next`
             if cur.next >= len(cur.jobs) or self.think_ms <= 0:
                 return None

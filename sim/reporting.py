@@ -6,6 +6,8 @@ Rules:
   (virtual seconds simulated per wall-clock second spent simulating them) and a `sim` block
   (sim/run.py says what is in it).
 - report.md gets a closing section saying the same for people.
+- report.json gets `version`: the dmabuf-emu that made the run (a re-judged report keeps it), so
+  `explore --around` can refuse a run of another version.
 - The checker's part is untouched: these keys are added after it judged, and `dmabuf-emu check`
   keeps them when it judges a directory again (deploy/reporting.py rejudged).
 """
@@ -37,9 +39,19 @@ def _sim_md(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tool_version() -> str:
+    """This dmabuf-emu's version (the installed package's), "unknown" from a checkout never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("dmabuf-emu")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def finish_report(run_dir: Path, report: dict[str, Any], mode: str, **extra: Any) -> dict[str, Any]:
-    """Add `mode` (and `extra` keys), rewrite report.json and report.md; returns the report."""
+    """Add `mode`, `version` (and `extra` keys), rewrite report.json and report.md; returns the report."""
     report["mode"] = mode
+    report["version"] = tool_version()
     report.update(extra)
     run_dir = Path(run_dir)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")

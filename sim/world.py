@@ -103,10 +103,6 @@ class Actor:
         self.queued = False                   # in the world's enabled list
 
 
-def _order(a: Actor) -> int:
-    return a.order
-
-
 class World:
     def __init__(self, scheduler: Scheduler, *, t0: int = T0, stalls: bool = False) -> None:
         self.scheduler = scheduler
@@ -119,7 +115,8 @@ class World:
         self.crashes: list[tuple[str, str]] = []     # (process, traceback)
         self._heap: list[list] = []                  # [t, seq, actor or None, callback or None]
         self._seq = 0
-        self._ready: list[Actor] = []
+        self._ready: list[Actor] = []                # the enabled actors, in their order of creation
+        self._orders: list[int] = []                 # their `order`s, beside them (bisect without a key)
         self._actors = 0
         self._stopping: list[SimProcess] = []
         self.done = False
@@ -154,8 +151,7 @@ class World:
         p.paused = True
         for a in p.actors:
             if a.queued:
-                a.queued = False
-                self._ready.remove(a)
+                self._unready(a)
 
     def resume(self, p: SimProcess) -> None:
         if self.touched is not None:
@@ -176,8 +172,7 @@ class World:
             p.on_kill()
         for a in p.actors:
             if a.queued:
-                a.queued = False
-                self._ready.remove(a)
+                self._unready(a)
             a.soon.clear()
             a.due.clear()
 
@@ -213,7 +208,15 @@ class World:
         if a.queued or a.process.paused or a.process.dead:
             return
         a.queued = True
-        bisect.insort(self._ready, a, key=_order)
+        i = bisect.bisect(self._orders, a.order)
+        self._orders.insert(i, a.order)
+        self._ready.insert(i, a)
+
+    def _unready(self, a: Actor) -> None:
+        a.queued = False
+        i = self._ready.index(a)
+        del self._ready[i]
+        del self._orders[i]
 
     # ------------------------------------------------------------------ running
 
@@ -275,8 +278,7 @@ class World:
                     self.crashes.append((actor.process.name, traceback.format_exc()))
                     self.stop_process(actor.process)
             if actor.queued and not (actor.soon or actor.due):
-                actor.queued = False
-                ready.remove(actor)
+                self._unready(actor)
             if self._stopping:
                 stopping, self._stopping = self._stopping, []
                 for p in stopping:
@@ -293,7 +295,7 @@ class World:
         exporter's pending timers (latest first; see the rules above)? If so it is re-armed,
         unmarked, just after that timer."""
         pending = sorted({e[0] for e in self._heap
-                          if e[3] is not None and e[2] is not None and e[2].name == "exporter"}, reverse=True)
+                          if e[2] is not None and e[3] is not None and e[2].name == "exporter"}, reverse=True)
         stream = STALL_STREAM + entry[2].process.name
         for t in pending:
             if self.scheduler.decide(stream):
@@ -350,7 +352,14 @@ class ActorLoop:
         return entry
 
     def call_later(self, seconds: float, callback: Callback) -> list:
-        return self.world.push(self.world.now + int(seconds * 1e9), self.actor, callback)
+        # World.push, inline (the services arm a timer at about every other step)
+        w, a = self.world, self.actor
+        if w.touched is not None:
+            w.touched.add(a)
+        w._seq += 1
+        entry = [w.now + int(seconds * 1e9), w._seq, a, callback]
+        heapq.heappush(w._heap, entry)
+        return entry
 
     def cancel(self, handle: Any) -> None:
         handle[3] = None

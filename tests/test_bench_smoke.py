@@ -28,3 +28,18 @@ def test_bench_subset_writes_json_and_md_and_leaves_nothing(tmp_path: Path) -> N
     md = (tmp_path / "bench.md").read_text()
     assert "map / zmq" in md and "Targets" in md
     assert [n for n in shm.existing() if n.startswith("dmabuf-bench")] == []
+
+
+def test_explore_split_gives_each_part_a_share_of_the_same_schedules() -> None:
+    from deploy.bench.exploreperf import PARTS, split
+    from deploy.bench.report import render_md
+    sp = split(20)
+    assert tuple(sp["shares"]) == PARTS and tuple(sp["us_per_schedule"]) == PARTS
+    assert sp["samples"] > 0 and abs(sum(sp["shares"].values()) - 1) < 0.01, sp
+    assert all(v >= 0 for v in sp["shares"].values()), sp
+    # every schedule starts its services and runs them: both parts are seen on any machine
+    assert sp["shares"]["startup"] > 0 and sp["shares"]["services"] > 0, sp
+    assert sp["schedules_per_cpu_s"] > 0 and sp["sim_speedup"] > 0
+    md = render_md({"meta": {"date": "-", "cpus": 1, "python": "3", "seconds": 1, "loadavg_at_end": [0, 0, 0]},
+                    "figures": {"explore_split": sp}})
+    assert "| startup |" in md and "| checker |" in md

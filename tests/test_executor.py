@@ -67,3 +67,30 @@ def test_a_bad_scheduler_address_is_refused_in_one_line(address: str) -> None:
         check_scheduler(address)
     assert "\n" not in str(e.value)
     check_scheduler("tcp://127.0.0.1:8786")
+
+
+def test_local_workers_die_with_the_search_that_started_them(tmp_path) -> None:
+    """An exhaustive search on 2 workers, SIGKILLed while its workers run subtrees: within a
+    bounded wait no worker is left (before, they went on with their subtree for minutes)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "explore", "--strategy", "resv-fence",
+                             "--search", "exhaustive", "--bound", "3", "--jobs", "2", "--quiet",
+                             "--out", str(tmp_path / "x")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    workers: list = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers = [c for c in parent.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.05)        # polling for the workers to exist (bounded by the deadline)
+    assert len(workers) >= 2, "the search never started its workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for w in alive:             # nothing left behind, even when the test fails
+        w.kill()
+    assert not alive, [w.pid for w in alive]

@@ -3,9 +3,12 @@ run, including runs where no deadlock formed; correct strategies never are."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from checker.findings import CATCHES, FINDING_KINDS, POTENTIAL_DEADLOCK
+from checker.lockdep import LockDep
 from checker.oracle import Oracle
 from tests.checker_helpers import simulated_lines
 
@@ -16,9 +19,23 @@ def _findings(lines: list[bytes]) -> dict:
     return o.report()["findings"]
 
 
-def test_declared_as_a_finding() -> None:
-    # not yet among CATCHES: sim/explore.py's CATCH_TITLES must name it first (a search's catch)
-    assert POTENTIAL_DEADLOCK in FINDING_KINDS and POTENTIAL_DEADLOCK not in CATCHES
+def test_declared_as_a_finding_and_a_catch() -> None:
+    from sim.explore import CATCH_TITLES
+    assert POTENTIAL_DEADLOCK in FINDING_KINDS and POTENTIAL_DEADLOCK in CATCHES
+    assert "lockdep" in CATCH_TITLES[POTENTIAL_DEADLOCK]
+
+
+def test_the_finding_hook_hears_each_finding_once() -> None:
+    # what a search needs to count it as a catch (sim/search/trial.py judge keys it)
+    heard: list = []
+    dep = LockDep(on_finding=lambda what, svc, t, fields: heard.append((what, svc, t, fields)))
+    for line in simulated_lines(1, strategy="resv-fence+signal-after-next-map", duration=0.3):
+        dep.feed(json.loads(line))
+    assert dep.count >= 1 and len(heard) == dep.count
+    what, svc, t, fields = heard[0]
+    assert (what, fields["finding"]) == ("potential deadlock", POTENTIAL_DEADLOCK)
+    assert svc == fields["importer"] and fields["buffer"] is not None and t == fields["t_ns"]
+    assert len({(f["importer"], f["buffer"]) for *_, f in heard}) == len(heard)
 
 
 @pytest.mark.parametrize("seed", range(1, 11))

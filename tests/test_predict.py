@@ -41,6 +41,19 @@ def test_every_race_is_a_candidate(strategy: str, seed: int) -> None:
     assert pred["overlapped"] >= len(races)
 
 
+def test_every_race_of_a_rogue_revoke_run_is_a_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Linux 7.1: rogue devices write after their invalidate_mappings returned, so the
+    # invalidation windows (write_after_invalidate) are what pairs them
+    import checker.predict
+    monkeypatch.setattr(checker.predict, "MAX_ITEMS", 1 << 20)
+    lines = simulated_lines(1, ("rogue:target=importers,ms=20,access=write,p=0.3",), strategy="revoke",
+                            importers=4, buffers=8, duration=0.5)
+    races, pred = _races_and_candidates(lines)
+    assert any(r.kind == "write_after_invalidate" for r in races), {r.kind for r in races}
+    keys = {(c["kind"], c["job"]["svc"], c["job"]["job"]) for c in pred["items"]}
+    assert [(r.kind, r.job.svc, r.job.job) for r in races if (r.kind, r.job.svc, r.job.job) not in keys] == []
+
+
 @pytest.mark.parametrize("strategy", ["pin", "resv-fence", "revoke", "revalidate"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_correct_strategies_give_no_candidate(strategy: str, seed: int) -> None:
@@ -173,6 +186,21 @@ def test_cli_check_predict_refuses_an_old_history_in_one_line(tmp_path: Path) ->
     assert len(err) == 1 and "cannot predict" in err[0] and "fence" in err[0]
 
 
+def test_cli_check_predict_refuses_a_history_without_fence_events_in_one_line(tmp_path: Path) -> None:
+    # jobs that say their fence, but no fence_signal or fence wait of any kind: R5 and R6 have
+    # nothing to order with, so every fenced job would be a candidate
+    run = _sim_run(tmp_path, "resv-fence")
+    for f in (run / "events").glob("*.jsonl"):
+        kept = [line for line in f.read_text().splitlines()
+                if json.loads(line)["event"] not in ("fence_signal", "fence_wait_begin", "fence_wait_end",
+                                                     "kernel_fence_wait")]
+        f.write_text("\n".join(kept) + "\n")
+    r = cli("check", str(run), "--predict")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot predict" in err[0] and "no fence_signal or fence_wait event" in err[0], err
+
+
 def test_unreadable_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     lines = [json.dumps(e).encode() + b"\n" for e in _write_then_move(between_unmap=False)]
     lines.insert(3, b'{"t_ns": 12, "svc": "imp\n')
@@ -198,3 +226,50 @@ def test_explore_around_writes_around_json(tmp_path: Path) -> None:
     assert set(doc) >= {"candidates", "confirmed", "not_confirmed", "schedules", "seconds"}
     assert len(doc["confirmed"]) + len(doc["not_confirmed"]) == min(doc["candidates"], 256)
     assert all(x["reason"] for x in doc["not_confirmed"])
+
+
+def _remap_after_move(kernel_signal_t: int | None, kernel_wait: bool = True) -> list[dict]:
+    """importer-1 maps buffer 0's new placement, served while the move's copy still ran (the
+    KERNEL fence guards it), waits for the KERNEL fence and begins a job; the exporter's
+    fence_signal of that fence is stamped at `kernel_signal_t` (a real run: after the wait
+    it satisfied, when the exporter was descheduled between its signal and its event)."""
+    h = mapped()
+    h.move(0, 1, move=1, begin=20, copy_begin=22, copy_end=30, free=32, end=34)
+    h.ev(28, "exporter", "map_served", id=50, importer="importer-1", buffer=0, attachment=1, gen=2, moved=True,
+         deferred_ns=0)
+    h.ev(50, "importer-1", "map", id=50, buffer=0, attachment=1, heap="sys", offset=0x1000, size=0x10000, gen=2,
+         latency_ns=1000, reused=False, moved=True)
+    if kernel_wait:
+        h.ev(52, "importer-1", "kernel_fence_wait", buffer=0, seq=1, waited_ns=10)
+    h.ev(54, "importer-1", "dma_begin", job=7, buffer=0, attachment=1, access="read", heap="sys",
+         offset=0x1000, size=0x10000, gen=2, fence=1)
+    if kernel_signal_t is not None:
+        h.ev(kernel_signal_t, "exporter", "fence_signal", buffer=0, usage="KERNEL", seq=1, move=1)
+    h.ev(60, "importer-1", "dma_end", job=7, buffer=0, attachment=1, access="read", heap="sys", offset=0x1000,
+         size=0x10000, gen=2, status="ok", bytes=0x10000, faults=0, last_access_ns=60)
+    h.ev(61, "importer-1", "fence_signal", buffer=0, usage="READ", seq=1, job=7)
+    return _current(h.sorted_events())
+
+
+def test_a_kernel_fence_wait_orders_the_job_after_the_copy_even_when_the_signal_is_stamped_late() -> None:
+    # R6: stamped in order (the signal at 31) or after the wait it satisfied (at 56), the wait
+    # returned on the signalled fence, which the exporter signals after its copy ended
+    assert predict_lines(_remap_after_move(31))["candidates"] == 0
+    assert predict_lines(_remap_after_move(56))["candidates"] == 0
+    # no wait for the KERNEL fence: nothing orders the copy's end before the job's begin
+    assert predict_lines(_remap_after_move(31, kernel_wait=False))["by_kind"] == {"unfenced_access": 1}
+
+
+def test_every_race_of_a_real_move_notify_run_is_a_candidate(tmp_path: Path) -> None:
+    # a real run: processes, sockets and the machine's own timing (the exporter's events may be
+    # stamped after what they caused), not the simulator's ordered clock
+    run = tmp_path / "real"
+    r = cli("run", "--strategy", "move-notify", "--importers", "4", "--duration", "1", "--seed", "1",
+            "--out", str(run), "--quiet", timeout=180)
+    assert r.returncode == 0, r.stderr
+    lines = (run / "history.jsonl").read_bytes().splitlines(keepends=True)
+    races, pred = _races_and_candidates(lines)
+    assert races, "move-notify races in a 1 s run of 4 importers (docs/results.md: 25-35 of them)"
+    assert pred["candidates"] <= 256, "every candidate listed"
+    keys = {(c["kind"], c["job"]["svc"], c["job"]["job"]) for c in pred["items"]}
+    assert [(x.kind, x.job.svc, x.job.job) for x in races if (x.kind, x.job.svc, x.job.job) not in keys] == []

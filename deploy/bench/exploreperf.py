@@ -10,12 +10,27 @@
   at depths 1 and 3, are in `pct_vs_random_medians`.
 - `exhaustive_resv_fence_s`: the exhaustive search of resv-fence, bound 2, no faults, on one core
   (wall clock; `exhaustive_resv_fence_cpu_s` in CPU seconds), and how many schedules it made.
+- `explore_split`: where one schedule's CPU time goes, on what `dmabuf-emu explore` runs by
+  default (resv-fence, the small configuration, devices that may stall), random schedules in one
+  process: the share of CPU samples (ITIMER_PROF, every SAMPLE_S of this process's CPU time) in
+  each PARTS: `startup` every sample before the schedule's window opens (building the world and
+  the services, hello and attach: sim/search/trial.py), then by the innermost frame of this
+  repository's code on the stack: `services` (protocol/, runtime/, exporter_svc/, importer_svc/:
+  the code real runs run too), `simulator` (sim/: the world, network, scheduler, chooser, driver,
+  the in-memory history and its merge) and `checker` (checker/: judging each history). Shares of
+  one run, so they hold on a loaded machine; `us_per_schedule` turns them into CPU microseconds
+  with that run's CPU seconds per schedule (beside it, not a figure to compare across machines).
+  `schedules_per_cpu_s` and `sim_speedup` (virtual seconds simulated per CPU second, judging
+  included) come from the same schedules.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from deploy.bench.stats import summary
@@ -24,11 +39,12 @@ SMALL = dict(importers=2, buffers=2, buffer_size=4096, vram_size=4096, queue_dep
              move_rate=500.0, duration=0.05)
 
 
-def small(strategy: str, seed: int = 1) -> Any:
+def small(strategy: str, seed: int = 1, stalls: bool = False) -> Any:
     from deploy.options import RunParams
     from sim.options import SimOptions
     from sim.search.trial import Config
-    return Config(RunParams(strategy=strategy, seed=seed, **SMALL), SimOptions(network="chosen", jobs=2, moves=2))
+    return Config(RunParams(strategy=strategy, seed=seed, **SMALL),
+                  SimOptions(network="chosen", jobs=2, moves=2, stalls=stalls))
 
 
 def schedules_per_s(n: int) -> tuple[float, float]:
@@ -65,6 +81,67 @@ def exhaustive_seconds(strategy: str = "resv-fence", bound: int = 2) -> tuple[fl
     return time.perf_counter() - wall, time.process_time() - cpu, n
 
 
+PARTS = ("startup", "services", "simulator", "checker")
+SAMPLE_S = 0.001
+_ROOT = str(Path(__file__).resolve().parents[2]) + os.sep
+_PART_OF = {"protocol": "services", "runtime": "services", "exporter_svc": "services", "importer_svc": "services",
+            "sim": "simulator", "checker": "checker"}
+
+
+def _part(frame: Any) -> str | None:
+    """The part the innermost frame of this repository's code belongs to (None: none on the stack)."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_ROOT):
+            top = name[len(_ROOT):].split(os.sep, 1)[0]
+            part = _PART_OF.get(top)
+            if part is not None:
+                return part
+        frame = frame.f_back
+    return None
+
+
+def split(schedules: int, strategy: str = "resv-fence") -> dict[str, Any]:
+    """`explore_split` (see the top of the file): random schedules of explore's default
+    configuration, sampled. Main thread only (a signal handler does the sampling)."""
+    from sim.search.random import RandomChooser
+    from sim.search.trial import run_trial
+    cfg = small(strategy, stalls=True)
+    run_trial(cfg, RandomChooser(1, 0))            # imports and caches, not measured
+    counts = dict.fromkeys(PARTS, 0)
+    current: list[Any] = [None]
+
+    def sample(signum: int, frame: Any) -> None:
+        window = current[0].window
+        if not (window.open or window.closed):
+            counts["startup"] += 1
+            return
+        part = _part(frame)
+        if part is not None:
+            counts[part] += 1
+
+    virtual_ns = 0
+    old = signal.signal(signal.SIGPROF, sample)
+    signal.setitimer(signal.ITIMER_PROF, SAMPLE_S, SAMPLE_S)
+    cpu = time.process_time()
+    try:
+        for i in range(1, schedules + 1):
+            current[0] = chooser = RandomChooser(1, i)
+            trial = run_trial(cfg, chooser)
+            virtual_ns += trial.virtual_ns
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        signal.signal(signal.SIGPROF, old)
+    cpu = time.process_time() - cpu
+    total = sum(counts.values()) or 1
+    per = cpu / schedules
+    return {"strategy": strategy, "schedules": schedules, "samples": sum(counts.values()),
+            "shares": {k: round(v / total, 4) for k, v in counts.items()},
+            "us_per_schedule": {k: round(1e6 * per * v / total, 1) for k, v in counts.items()},
+            "schedules_per_cpu_s": round(schedules / cpu, 1),
+            "sim_speedup": round(virtual_ns / 1e9 / cpu, 2)}
+
+
 def measure(reps: int, schedules: int, seeds: int, cap: int,
             progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     walls, cpus = [], []
@@ -81,6 +158,8 @@ def measure(reps: int, schedules: int, seeds: int, cap: int,
             firsts[name].append(first_race("move-notify-ack", s, "pct", cap, depth))
     medians = {k: statistics.median(v) for k, v in firsts.items()}
     ratios = {k: round(medians["random"] / medians[k], 3) for k in firsts if k != "random"}
+    progress(f"bench: explore split, {schedules} schedules of resv-fence")
+    parts = split(schedules)
     progress("bench: exhaustive resv-fence, bound 2")
     wall, cpu, n = exhaustive_seconds()
     return {"explore_schedules_per_s": summary(walls, "schedules / wall s"),
@@ -88,4 +167,4 @@ def measure(reps: int, schedules: int, seeds: int, cap: int,
             "pct_vs_random": summary([medians["random"] / medians["pct"]], "median random / median pct"),
             "pct_vs_random_medians": {**medians, "ratios": ratios, "seeds": seeds, "cap": cap, "firsts": firsts},
             "exhaustive_resv_fence_s": summary([wall], "s"), "exhaustive_resv_fence_cpu_s": summary([cpu], "CPU s"),
-            "exhaustive_resv_fence_schedules": n}
+            "exhaustive_resv_fence_schedules": n, "explore_split": parts}

@@ -114,6 +114,13 @@ def render_md(result: dict[str, Any]) -> str:
                   "| importers | median | min | max |", "|---|---|---|---|"]
         for n, s in figs["scaling"].items():
             lines.append(f"| {n} | {fmt(s['median'])} | {fmt(s['min'])} | {fmt(s['max'])} |")
+    if "explore_split" in figs:
+        sp = figs["explore_split"]
+        lines += ["", f"Where a schedule's CPU goes: {sp['schedules']} random schedules of {sp['strategy']} (explore's "
+                      f"default configuration), {sp['samples']} CPU samples; {fmt(sp['schedules_per_cpu_s'])} "
+                      f"schedules / CPU s, {fmt(sp['sim_speedup'])} virtual s / CPU s:", "",
+                  "| part | share | CPU us / schedule |", "|---|---|---|"]
+        lines += [f"| {k} | {sp['shares'][k]:.0%} | {fmt(sp['us_per_schedule'][k])} |" for k in sp["shares"]]
     lines += ["", "Targets (issue 7):", "", "| figure | target | median | met |", "|---|---|---|---|"]
     for t in result.get("targets", []):
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]

@@ -27,6 +27,14 @@ from protocol.heap import HeapFull, RangeAllocator
 from protocol.wire import Placement
 
 
+def _hottest(b: Buffer) -> tuple[int, int]:
+    return (b.lru, -b.id)
+
+
+def _coldest(b: Buffer) -> tuple[int, int]:
+    return (b.resident_since, b.id)
+
+
 class MemoryManager:
     def __init__(self, state: ExporterState) -> None:
         self.state = state
@@ -67,12 +75,14 @@ class MemoryManager:
         scheduler may take another (sim/driver.py), so that a replay can move the buffer a real
         run moved when the importers' demand (lru) came out otherwise."""
         idle = [b for b in self.state.buffers.values() if b.state is MoveState.IDLE]
-        spill = sorted((b for b in idle if b.placement.heap == self.spill), key=lambda b: (b.lru, -b.id), reverse=True)
-        scarce = sorted((b for b in idle if b.placement.heap == self.scarce), key=lambda b: (b.resident_since, b.id))
-        if spill and self.heaps[self.scarce].can_fit(spill[0].size):
-            return [(b, self.scarce, "promote", None) for b in spill if self.heaps[self.scarce].can_fit(b.size)]
+        spill_heap, scarce_heap = self.spill, self.scarce
+        spill = sorted([b for b in idle if b.placement.heap == spill_heap], key=_hottest, reverse=True)
+        scarce = sorted([b for b in idle if b.placement.heap == scarce_heap], key=_coldest)
+        fits = self.heaps[scarce_heap].can_fit
+        if spill and fits(spill[0].size):
+            return [(b, scarce_heap, "promote", None) for b in spill if fits(b.size)]
         thens: list[int | None] = [b.id for b in spill] or [None]
-        return [(cold, self.spill, "evict", then) for cold in scarce for then in thens]
+        return [(cold, spill_heap, "evict", then) for cold in scarce for then in thens]
 
     def touched(self, buf: Buffer) -> None:
         """A map was served: the importers want this buffer."""

@@ -55,6 +55,7 @@ FAULT_STREAMS = ("msgfault:", "device:", "process:")   # device: includes device
 STALL_P = 0.1
 _CONTROL, _START = b'"event":"control"', b'"op":"start"'
 _DMA_BEGIN, _DMA_END = b'"event":"dma_begin"', b'"event":"dma_end"'
+_DMA = b'"event":"dma_'                    # what both contain
 _STOP = b'"event":"workload_stop"'
 
 
@@ -93,11 +94,14 @@ class _Watched(_Lines):
     def write(self, line: bytes) -> None:
         self.lines.append(line)
         w = self.window
-        if _DMA_BEGIN in line:
-            w.dma += 1
-        elif _DMA_END in line:
-            w.dma -= 1
-        elif not w.open:
+        if _DMA in line:                              # one search for most lines, not two
+            if _DMA_BEGIN in line:
+                w.dma += 1
+                return
+            if _DMA_END in line:
+                w.dma -= 1
+                return
+        if not w.open:
             if not w.closed and _CONTROL in line and _START in line:
                 w.open = True
         elif _STOP in line:
@@ -111,23 +115,29 @@ def offered(options: Sequence[str]) -> list[int]:
     own now. A frame due at the same instant as its receiver's work is read after that work, as
     a loop runs its due work before it polls its sockets; reading it before would be a delay
     shorter than the network's least (sim/network.py MIN_NS), which the model has not."""
+    return _offer(options)[0]
+
+
+def _offer(options: Sequence[str]) -> tuple[list[int], tuple[str, ...]]:
+    """offered(options), and the names of those options (both cached by the options)."""
     key = tuple(options)
     out = _offered.get(key)
     if out is None:
-        out = []
+        live = []
         for i, name in enumerate(key):
             if name.startswith("net."):
                 receiver = name[name.index(">") + 1:]
                 dot = receiver + "."
                 if any(o == receiver or o.startswith(dot) for o in key):
                     continue
-            out.append(i)
+            live.append(i)
+        out = (live, tuple(key[i] for i in live))
         if len(_offered) < 65536:
             _offered[key] = out
     return out
 
 
-_offered: dict[tuple[str, ...], list[int]] = {}
+_offered: dict[tuple[str, ...], tuple[list[int], tuple[str, ...]]] = {}
 
 
 STEP_DEVIATION, FAULT_DEVIATION = "step", "fault"
@@ -168,11 +178,10 @@ class SearchChooser(Chooser):
     def step(self, index: int, options: Sequence[str]) -> int:
         if not self.window.open:
             return 0
-        live = offered(options)
+        live, names = _offer(options)
         if len(live) == 1:
             return live[0]
         self.window_steps += 1
-        names = tuple(options[i] for i in live)
         self.actors.update(names)
         self.wait_points += names[-1] == WAIT
         k = self.choose_step(index, names)
@@ -239,6 +248,7 @@ class Trial:
     history: list[bytes] | None = None
     report: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    virtual_ns: int = 0               # virtual time simulated (to the cut)
 
     @property
     def decisions(self) -> int:
@@ -272,8 +282,8 @@ def write_run(config: Config, entries: Sequence[Sequence[Any]], streams: Sequenc
 
 def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId], dict[str, Any] | None]:
     """The checker's verdicts on a merged history: every race, deadlock, revoke_incomplete, stuck
-    item and refcount_warning, in the order it judged them."""
-    from checker.findings import DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK
+    item, refcount_warning and potential_deadlock, in the order it judged them."""
+    from checker.findings import DEADLOCK, POTENTIAL_DEADLOCK, REFCOUNT_WARNING, REVOKE_INCOMPLETE, STUCK
     from checker.oracle import Oracle
 
     races: list[RaceId] = []
@@ -290,6 +300,8 @@ def judge(history: Sequence[bytes], report: bool = False) -> tuple[list[RaceId],
                                 fields.get("what")))
         elif kind == REFCOUNT_WARNING:
             races.append(RaceId(REFCOUNT_WARNING, fields.get("buffer"), "exporter", fields.get("message")))
+        elif kind == POTENTIAL_DEADLOCK:   # the kernel's rule broken, whether or not the cycle formed
+            races.append(RaceId(POTENTIAL_DEADLOCK, fields.get("buffer"), str(fields.get("importer")), None))
 
     oracle = Oracle(on_race=lambda r: races.append(RaceId(r.kind, r.job.buffer, r.job.svc, r.job.job)),
                     on_finding=on_finding)
@@ -352,7 +364,8 @@ def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], 
     trial = Trial(races, entries, list(scheduler.streams), outcome.world.steps, outcome.deployment.net.messages,
                   chooser.window_steps, time.perf_counter() - began,
                   hashlib.sha256(b"".join(history)).hexdigest(), error,
-                  history=history if (keep_history or raced) else None)
+                  history=history if (keep_history or raced) else None,
+                  virtual_ns=outcome.world.now - outcome.world.t0)
     if chooser.record is not None:
         trial.extra["deviations"] = list(chooser.record)
     return trial

@@ -1,0 +1,537 @@
+"""statecache: a hash of a simulated world's state at a step choice point, and what a cache over it
+would cut (measured: it does not pay, so `explore --state-cache` is not built; see the end).
+
+A key is taken only at a *step* choice point (sim/world.py asks the scheduler which actor runs
+next): there every callback has returned and the whole run is in the object graph, none of it in
+a Python frame. A fault or stall draw is asked in the middle of a callback (a send, a chunk
+come due), with the rest of that step still on the stack: no key is taken there.
+
+What the key covers, `state_key(world, chooser)`:
+- Everything the run can reach from the world, walked as an object graph from its roots: the
+  world's pending timers and arrivals (`_heap`: each entry as its time *minus now*, its rank
+  among the pending entries (the heap's (t, seq) order: its tie order), its actor and its
+  callback), the ready list, every process (paused, dead, stopping, its on_exit / on_kill) and
+  actor (its order, queued callbacks, due entries), the crashes so far, the scheduler's
+  generators (the state of each random.Random behind a stream, and the set of stream names:
+  `rng` names a restart's generator by it). Callbacks are walked as functions: their code (file, line, name), their
+  closure cells, their defaults and, for a bound method, the object it is bound to. So both
+  protocol halves, the service shells, the engines, the channels and their inboxes (frames in
+  flight and unread), the links, the simulated memory (each segment's bytes) and the fence
+  table are in the key through the callbacks that will run them: a future step runs a
+  callback the world holds, and a callback can only read what it reaches. The driver
+  (sim/driver.py) is a suspended generator: its code, the instruction it stopped at and its
+  locals are walked, and what it delegates to (`yield from`). Python does not show a suspended
+  frame's value stack; the driver's one yield inside a for loop (call_all) has its position in
+  its locals (the current name and message; names are unique), so nothing is lost there, but a
+  new generator that yields inside `for x in xs` over repeated items would need this revisited.
+- Integers that are absolute virtual times are not told apart from other integers; an int
+  `x >= t0` (the world's start, 1 s of virtual time: no count, id, size or seq of a small
+  configuration reaches it) is hashed as `x - now`. A duration of 1 s or more is then hashed
+  as an offset too: two states then agree on it only at the same now (a miss, never a wrong
+  hit). Times inside bytes (frames, history lines) are hashed as they are (absolute).
+- The search's own state (`chooser`): whether the window is open or closed and how many DMA
+  jobs are running in it (sim/search/trial.py Window: when the schedule is cut), and, under
+  late-frames, the frames already held back (which a WAIT costs). The bound left and the sleep
+  set are not in the key: they are compared at a hit (a state explored with at least as much
+  bound left and no more asleep covers this visit: every option explored then is allowed now).
+- The checker. A race pairs an event of the past with one of the future (a DMA begun before
+  the state, a copy after it), so the verdict on the rest of the run depends on the history so
+  far. checker/oracle.py keeps its incremental state as live jobs, attachments, generations
+  *and* statistics (counts, histograms, lists for the report), which differ between any two
+  different pasts; rather than pick the part that matters (a judge that shares code with the
+  judged shares its bugs), the key covers the history itself: `history="full"` hashes every
+  service's lines so far, in order, and `now` itself (the past's times are absolute, so two
+  states agree only at the same instant with byte-identical pasts, and then the checker, a
+  function of the merged history, gives the same verdicts on every continuation that agrees).
+  `history="none"` leaves the checker out: a key of the world alone, for measuring how much
+  the history costs (not sound for caching).
+
+What is left out, and why it cannot change the future:
+- Statistics nothing reads back: world.steps (only against MAX_STEPS, 50 million), the
+  scheduler's decision log and counts (a guide reads a decision's index; a search has none), the network's frame/message/drop counters, each timer
+  entry's raw seq (only its rank orders anything), a SimRandom's stream id (it only labels log
+  entries), the world's observer and the chooser (the search's, covered above).
+- Module-level state: the caches of pure functions (protocol compile_spec, wire schemas,
+  runtime/memory.py's index cache, trial.py's `offered`), the same for every schedule.
+
+Measured (`measure`: the exhaustive sleep-set search run whole beside simulated caches; CPU
+seconds by process_time on the shared 2-core machine, load 10 to 15):
+- resv-fence small configuration, bound 2, no stalls: 3,702 runs (1,474 schedules, 2,228 cut
+  by sleep sets), 12,126 step choice points no earlier run went through. Distinct keys: 5,362 of
+  the world alone, 9,044 with the history. Hits (seen on another path with as much bound left
+  and no more asleep): 310 of the world's key, 49 of the whole key; none at another instant (the
+  driver holds the workload's start and end as absolute float seconds, and the stop comes at a
+  fixed instant, so two states at different instants always differ, as they should). Runs a
+  cache would not make: 750 of 3,702 with the whole key (300 of the 1,474 schedules: as many as
+  the schedules whose history repeats, 1,474 - 1,176 distinct), 2,123 with the world's alone.
+- A key costs 8 to 10 ms of CPU (about 1,360 objects walked) and a whole schedule 14 ms: the
+  cached search would hash 9,081 points (about 90 s) to save about 10 s of the 50 s search.
+- Smaller configurations (tests/test_dpor.py's MUTANT, EARLY_SIGNAL, RF_DUP, REVOKE, MNA at bound 2,
+  move-notify small at bound 1): the whole key cuts 12 to 38% of the runs; over the whole tree
+  no hit's subtree finds a race or an end state its first visit's did not; with the world's key
+  alone hits lose end states (tests/test_statecache.py).
+Why states do not repeat: sleep sets already cut the reorderings of independent steps, the
+usual source of repeated states; two paths that still meet differ in their past (a frame to an
+idle importer delivered one WAIT later, so its move_notify_received has another time; two lines
+of the exporter at one instant in the other order), and the checker may need that past. What
+would have to change: the checker would give its judging state in canonical form (the live
+jobs, attachment windows, the last generations' copy and free times, open wait-for edges and
+liveness items, times as offsets, no counters or report lists; an Oracle method, checker/'s to
+write), which lets the world's 310 hits count (at most 57% of the runs, 2.3x); and a key ten
+times cheaper (per-process digests kept and redone only for the processes a step touched, which
+the world records; the protocol tables hashed once, compile_spec shares them). Both together
+stay short of DPOR's 10x; with DPOR the cache would also have to carry backtrack points
+(Yang et al., SPIN 2008).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import types
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from sim.world import Actor, SimProcess, World
+
+FULL, NONE = "full", "none"
+HISTORY_MODES = (FULL, NONE)
+
+# (type name, attribute) walked past: statistics nothing reads back (module docstring).
+# The world itself is walked by Canon.world_children (its own list of what counts).
+_SKIP = {
+    ("SimNetwork", "frames"), ("SimNetwork", "messages"), ("SimNetwork", "dropped"),
+    ("SimRandom", "_sid"), ("SimRandom", "_sched"),
+}
+_ATOMS = (type(None), bool, int, float, str, bytes, complex)
+
+
+class Canon:
+    """Walks an object graph into a canonical token stream (shared objects and cycles by
+    back-reference to their first visit, in walk order)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.now = world.now
+        self.t0 = world.t0
+        self.memo: dict[int, int] = {}
+        self.keep: list[Any] = []             # keeps walked temporaries alive (ids stay unique)
+        self.out: list[Any] = []
+        self.ranks: dict[int, int] = {}       # id(heap entry) -> rank in (t, seq) order
+        self.histories: list[list[bytes]] = []   # each service's history lines so far, in walk order
+
+    # ------------------------------------------------------------------ the walk
+
+    def walk(self, root: Any) -> None:
+        stack = [root]
+        out, memo = self.out, self.memo
+        while stack:
+            x = stack.pop()
+            t = type(x)
+            if t is _Tok:
+                out.append(x.v)
+                continue
+            if t is int:
+                out.append(("T", x - self.now) if x >= self.t0 else x)
+                continue
+            if t in _ATOMS:
+                out.append(x)
+                continue
+            i = id(x)
+            seen = memo.get(i)
+            if seen is not None:
+                out.append(("@", seen))
+                continue
+            memo[i] = len(memo)
+            self.keep.append(x)
+            stack.extend(reversed(self.children(x)))
+
+    def children(self, x: Any) -> list[Any]:
+        t = type(x)
+        if t is list:
+            if i := self.ranks.get(id(x)):
+                return self.entry(x, i)
+            if len(x) in (4, 5) and (x[2] is None or type(x[2]) is Actor) and type(x[0]) is int:
+                return self.entry(x, 0)        # a timer entry off the heap (due, cancelled)
+            return [_Tok(("L", len(x))), *x]
+        if t is tuple:
+            return [_Tok(("U", len(x))), *x]
+        if t is dict:
+            out: list[Any] = [_Tok(("D", len(x)))]
+            for k, v in x.items():
+                out += (k, v)
+            return out
+        if t is deque:
+            return [_Tok(("Q", len(x))), *x]
+        if t in (set, frozenset):
+            return [_Tok(("S", len(x))), *x]
+        if t is bytearray or t is memoryview:
+            return [_Tok(("B", hashlib.blake2b(x, digest_size=16).digest()))]
+        if t is np.ndarray:
+            base = x.base if x.base is not None else None
+            off = 0
+            if base is not None:
+                try:
+                    off = x.__array_interface__["data"][0] - np.frombuffer(base, np.uint8).__array_interface__["data"][0]
+                except (TypeError, ValueError):
+                    off = -1
+            return [_Tok(("A", str(x.dtype), x.shape, x.strides, off)),
+                    base if base is not None else _Tok(hashlib.blake2b(x.tobytes(), digest_size=16).digest())]
+        if t is random.Random:
+            return [_Tok(("R", hash(x.getstate())))]
+        if t is types.FunctionType:
+            c = x.__code__
+            cells = [cl.cell_contents if _full(cl) else _Tok("<empty>") for cl in (x.__closure__ or ())]
+            return [_Tok(("F", c.co_filename, c.co_firstlineno, c.co_qualname)), *cells,
+                    x.__defaults__, x.__kwdefaults__]
+        if t is types.MethodType:
+            return [_Tok(("M", x.__func__.__qualname__)), x.__self__, x.__func__]
+        if t is types.BuiltinFunctionType or t is types.BuiltinMethodType:
+            return [_Tok(("BF", x.__qualname__)), getattr(x, "__self__", None) if not isinstance(
+                getattr(x, "__self__", None), types.ModuleType) else None]
+        if t is type or t is types.ModuleType or isinstance(x, type):
+            return [_Tok(("C", getattr(x, "__qualname__", None) or x.__name__))]
+        if t is types.GeneratorType or t is types.CoroutineType:
+            # a suspended coroutine (sim/driver.py's driver): its code, where it stopped, its locals
+            f = x.gi_frame if t is types.GeneratorType else x.cr_frame
+            if f is None:
+                return [_Tok(("G", "finished"))]
+            c = f.f_code
+            return [_Tok(("G", c.co_filename, c.co_firstlineno, c.co_qualname, f.f_lasti)), dict(f.f_locals),
+                    x.gi_yieldfrom if t is types.GeneratorType else x.cr_await]
+        if t is World:
+            return self.world_children(x)
+        name = t.__name__
+        if name == "Scheduler":
+            # its generators are walked where the shells hold them (SimRandom._base); of its
+            # own state only the names matter (rng() names a restart's generator by them)
+            return [_Tok("Scheduler"), _Tok(tuple(sorted(x.streams)))]
+        if name in ("_Lines", "_Watched"):
+            self.histories.append(x.lines)     # hashed apart (state_keys): the checker's part
+            return [_Tok((name, len(self.histories))), getattr(x, "window", None)]
+        if name == "partial":
+            return [_Tok("partial"), x.func, x.args, x.keywords]
+        out = [_Tok(("O", t.__module__, t.__qualname__))]
+        d = getattr(x, "__dict__", None)
+        if d is not None:
+            for k, v in d.items():
+                if (name, k) not in _SKIP:
+                    out += (_Tok(k), v)
+        for cls in t.__mro__:
+            for k in cls.__dict__.get("__slots__", ()):
+                if (name, k) in _SKIP or k in ("__dict__", "__weakref__"):
+                    continue
+                if hasattr(x, k):
+                    out += (_Tok(k), getattr(x, k))
+        if not out[1:] and not isinstance(x, (SimProcess,)):
+            # an object this walk does not know how to look into: refuse rather than guess
+            if t.__module__ == "builtins" and t is not object:   # object(): a sentinel, by identity
+                raise TypeError(f"state_key: cannot walk a {t.__qualname__}")
+        return out
+
+    def entry(self, e: list, rank: int) -> list[Any]:
+        """A timer entry [t, seq, actor, callback, (stall mark)]: its seq only by rank."""
+        return [_Tok(("E", rank, len(e))), e[0], e[2], e[3], *e[4:]]
+
+    def world_children(self, w: World) -> list[Any]:
+        live = sorted((e for e in w._heap if e[3] is not None), key=lambda e: (e[0], e[1]))
+        self.ranks = {id(e): r + 1 for r, e in enumerate(live)}
+        return [_Tok(("W", w._actors, w.done, w.stalls)), w._ready, w.processes, w._stopping, w.crashes,
+                w.scheduler, _Tok(("heap", len(live))), *live]
+
+
+class _Tok:
+    """A token emitted as it is (not walked)."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any) -> None:
+        self.v = v
+
+
+def _full(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def state_keys(world: World, chooser: Any = None) -> tuple[bytes, bytes, bytes]:
+    """(world, world at this instant, world and history at this instant): the key without the
+    checker (times as offsets from now), the same with now itself, and the whole key
+    (`state_key`'s, history FULL). The first two measure what the history costs."""
+    c = Canon(world)
+    c.walk(world)
+    if chooser is not None:
+        w = chooser.window
+        c.out.append(("window", w.open, w.closed, w.dma, w.cut, chooser.kind,
+                      tuple(sorted(chooser.held)) if chooser.kind != "preemptions" else ()))
+    h = hashlib.blake2b(repr(c.out).encode(), digest_size=20)
+    k_world = h.digest()
+    h.update(b"now %d" % world.now)
+    k_now = h.digest()
+    for lines in c.histories:
+        h.update(b"lines %d" % len(lines))
+        for line in lines:
+            h.update(line)
+    return k_world, k_now, h.digest()
+
+
+def state_key(world: World, chooser: Any = None, *, history: str = FULL) -> bytes:
+    """The key of the world's state at a step choice point (module docstring: what it covers)."""
+    if history not in HISTORY_MODES:
+        raise ValueError(f"history must be one of {', '.join(HISTORY_MODES)}, got {history!r}")
+    k_world, _, k_full = state_keys(world, chooser)
+    return k_full if history == FULL else k_world
+
+
+# ---------------------------------------------------------------------- measuring what a cache cuts
+
+class _Sim:
+    """One simulated cache over the DFS: which fresh choice points it would cut."""
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, list[tuple[int, frozenset, Any, int, Any]]] = {}  # key -> (budget, asleep, node, now, where)
+        self.hits = 0
+        self.shifted = 0                      # hits whose first visit was at another instant
+        self.more_asleep = 0                  # seen with enough bound, but more asleep then: no hit
+        self.less_bound = 0                   # seen, but with less bound left then: no hit
+        self.points = 0                       # fresh choice points the cached search would hash
+        self.cut: set[int] = set()            # id(node) of the choice points it cut (on the stack)
+        self.pairs: list[tuple[Any, Any]] = []   # (first visit, hit): their `where` (sampled)
+        self.hit_nodes: list[tuple[Any, Any]] = []   # (first visit's node, the node it cut)
+
+    def visit(self, key: bytes, budget: int, asleep: frozenset, node: Any, stack: list, now: int,
+              where: Any = None, keep: int = 0) -> None:
+        on_stack = {id(n) for n in stack}
+        if any(id(n) in self.cut for n in stack):
+            return                            # below a cut: the cached search never gets here
+        self.points += 1
+        for b, s, first, t, w in self.seen.get(key, ()):
+            if b >= budget and s <= asleep and id(first) not in on_stack:
+                self.hits += 1
+                self.shifted += t != now
+                self.cut.add(id(node))
+                self.hit_nodes.append((first, node))
+                if len(self.pairs) < keep:
+                    self.pairs.append((w, where))
+                return
+        others = [(b, s) for b, s, first, _, _ in self.seen.get(key, ()) if id(first) not in on_stack]
+        self.more_asleep += any(b >= budget for b, _ in others)
+        self.less_bound += bool(others) and not any(b >= budget for b, _ in others)
+        self.seen.setdefault(key, []).append((budget, asleep, node, now, where))
+
+    def covers(self, stack: list) -> bool:
+        return any(id(n) in self.cut for n in stack)
+
+
+def measure(config: Any, bound: int, *, reduction: str = "sleep-sets", kind: str = "preemptions",
+            seed: int = 0, limit: int | None = None, check_replay: int = 0,
+            keep_pairs: int = 0) -> dict[str, Any]:
+    """Run the exhaustive search at `bound` (no deepening; `reduction` sleep-sets or none: DPOR's
+    backtrack sets are filled by its own loop, not run here) and, beside it, three simulated
+    caches (keys: the world alone, the world at this instant, the world, the instant and the
+    history: `state_keys`): at each fresh step choice point (one no earlier schedule went
+    through), a hit is a state seen before on another path with at least as much bound left and
+    no more asleep; the schedules that pass through a hit are the ones a cache would not run,
+    and nothing below a hit is recorded (the cached search would not get there).
+    `limit`: stop after that many schedules; `check_replay`: in the first that many schedules,
+    hash every replayed choice point again and count keys that differ from its first visit's
+    (`replay_mismatches`: noise in the key); `keep_pairs`: keep that many hits per key as
+    ((decisions, streams) of the first visit, of the hit) for `continuation`."""
+    from sim.search.dpor import NONE, SLEEP_SETS
+    if reduction not in (SLEEP_SETS, NONE):
+        raise ValueError(f"measure runs the sleep-sets or none search, not {reduction!r}")
+    import time
+
+    from sim.search.dpor import DporChooser
+    from sim.search.exhaustive import Diverged, _backtrack_above, fence_tracing
+    from sim.search.trial import run_trial
+
+    sims = {"world": _Sim(), "world+now": _Sim(), "world+now+history": _Sim()}
+    counts = {"schedules": 0, "blocked": 0, "fresh_points": 0, "key_seconds": 0.0, "distinct": {}}
+    distinct: dict[str, set] = {k: set() for k in sims}
+    cut_schedules = {k: 0 for k in sims}
+    complete_cut = {k: 0 for k in sims}      # of them, schedules that were not blocked
+    first_keys: dict[int, tuple[Any, tuple[bytes, ...]]] = {}    # id(node) -> (node, keys at its first visit)
+    # id(node) -> (node, the races (kind, buffer) and end states (history digests) of every
+    # schedule through it): a hit's subtree must find nothing its first visit's did not
+    below: dict[int, tuple[Any, set, set]] = {}
+    counts["replay_mismatches"] = 0
+
+    class Measuring(DporChooser):
+        def choose_step(self, index: int, options: Any) -> int:
+            if self.depth >= len(self.stack):
+                began = time.perf_counter()
+                keys = state_keys(self.world, self)
+                counts["key_seconds"] += time.perf_counter() - began
+                counts["fresh_points"] += 1
+                asleep = frozenset(self.sleep)
+                budget = self.bound - self.cost
+                k = super().choose_step(index, options)
+                node = self.stack[-1]
+                if counts["schedules"] < check_replay:
+                    first_keys[id(node)] = (node, keys)
+                for (name, sim), key in zip(sims.items(), keys):
+                    distinct[name].add(key)
+                    where = (tuple(self.world.scheduler.log.entries), tuple(self.world.scheduler.streams)) if keep_pairs else None
+                    sim.visit(key, budget, asleep, node, self.stack[:-1], self.world.now, where, keep_pairs)
+                return k
+            if counts["schedules"] < check_replay:   # a prefix replayed: the same keys, or the key is noise
+                node = self.stack[self.depth]
+                if state_keys(self.world, self) != first_keys[id(node)][1]:
+                    counts["replay_mismatches"] += 1
+            return super().choose_step(index, options)
+
+    stack: list = []
+    with fence_tracing():
+        while True:
+            chooser = Measuring(seed, stack, bound, kind, reduction)
+            trial = run_trial(config, chooser, setup=chooser.setup)
+            if chooser.depth < len(stack):
+                raise Diverged("the schedule ended early")
+            counts["schedules"] += 1
+            counts["blocked"] += trial.blocked
+            for name, sim in sims.items():
+                cut_schedules[name] += sim.covers(stack)
+                complete_cut[name] += sim.covers(stack) and not trial.blocked
+            races = {(r.kind, str(r.buffer)) for r in trial.races}
+            for n in stack:
+                got = below.get(id(n))
+                if got is None:
+                    got = below[id(n)] = (n, set(), set())
+                got[1].update(races)
+                if not trial.blocked:
+                    got[2].add(trial.history_sha256)
+            if limit is not None and counts["schedules"] >= limit:
+                break
+            if not _backtrack_above(stack, bound, 0):
+                break
+    return {**counts, "distinct": {k: len(v) for k, v in distinct.items()},
+            "hits": {k: s.hits for k, s in sims.items()}, "shifted_hits": {k: s.shifted for k, s in sims.items()},
+            "more_asleep": {k: s.more_asleep for k, s in sims.items()},
+            "less_bound": {k: s.less_bound for k, s in sims.items()},
+            "points_hashed": {k: s.points for k, s in sims.items()},
+            "complete_cut": complete_cut,
+            "lost": {k: _lost(s.hit_nodes, below) for k, s in sims.items()},
+            "schedules_cut": cut_schedules,
+            "pairs": {k: s.pairs for k, s in sims.items()} if keep_pairs else None}
+
+
+def labelled(world: World, chooser: Any = None) -> list[tuple[str, Any]]:
+    """The key's token stream with where each token came from (a path of fields from the
+    world): for telling why two states differ (`differences`)."""
+    c = Canon(world)
+    out: list[tuple[str, Any]] = []
+    stack: list[tuple[Any, str]] = [(world, "world")]
+    while stack:
+        x, path = stack.pop()
+        t = type(x)
+        if t is _Tok:
+            out.append((path, x.v))
+            continue
+        if t is int:
+            out.append((path, ("T", x - c.now) if x >= c.t0 else x))
+            continue
+        if t in _ATOMS:
+            out.append((path, x))
+            continue
+        seen = c.memo.get(id(x))
+        if seen is not None:
+            out.append((path, ("@", seen)))
+            continue
+        c.memo[id(x)] = len(c.memo)
+        c.keep.append(x)
+        kids = c.children(x)
+        named: list[tuple[Any, str]] = []
+        label = ""
+        for k in kids:
+            if type(k) is _Tok and type(k.v) is str:
+                label = k.v
+                named.append((k, f"{path}.{label}"))
+            else:
+                named.append((k, f"{path}.{label}" if label else f"{path}[]"))
+        stack.extend(reversed(named))
+    for i, lines in enumerate(c.histories):
+        out.append((f"history[{i}]", hashlib.blake2b(b"".join(lines), digest_size=8).hexdigest()))
+    return out
+
+
+def differences(a: list[tuple[str, Any]], b: list[tuple[str, Any]], most: int = 5) -> list[str]:
+    """The first places two labelled token streams differ."""
+    import difflib
+    sm = difflib.SequenceMatcher(a=[repr(t) for t in a], b=[repr(t) for t in b], autojunk=False)
+    out = []
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op != "equal":
+            out.append(f"{op}: {a[i1:i2][:3]} | {b[j1:j2][:3]}")
+            if len(out) >= most:
+                break
+    return out
+
+
+# ---------------------------------------------------------------------- validating a hit
+
+def _lost(hits: list[tuple[Any, Any]], below: dict[int, tuple[Any, set, set]]) -> dict[str, Any]:
+    """Of the hits, how many cut a subtree that found a race or an end state its first visit's
+    subtree did not (the cache would lose it), and the races it would lose."""
+    out: dict[str, Any] = {"hits": len(hits), "races": 0, "ends": 0, "lost_races": set(), "found": set()}
+    for first, cut in hits:
+        _, r1, e1 = below.get(id(first), (None, set(), set()))
+        _, r2, e2 = below.get(id(cut), (None, set(), set()))
+        out["found"] |= r2
+        out["races"] += bool(r2 - r1)
+        out["lost_races"] |= r2 - r1
+        out["ends"] += bool(e2 - e1)
+    out["lost_races"] = sorted(out["lost_races"])
+    out["found"] = sorted(out["found"])
+    return out
+
+
+def continuation(config: Any, prefix: tuple[tuple, ...], streams: tuple[str, ...], walk: int) -> dict[str, Any]:
+    """Run `prefix` (a decision log up to a step choice point), then a random walk seeded `walk`
+    (sim/search/random.py) to the end: the verdicts on the whole history, and the history after
+    the choice point (each service's lines from there on), with the instant of the choice point."""
+    from pathlib import Path
+
+    from sim.run import _execute, merged
+    from sim.search.random import RandomChooser
+    from sim.search.trial import PrefixGuide, _Watched, judge
+    from sim.scheduler import DecisionLog, Scheduler
+
+    sinks: dict[str, _Watched] = {}
+    split: dict[str, Any] = {}
+    chooser = RandomChooser(0, walk)
+    window = chooser.window
+
+    def sink_for(svc: str) -> _Watched:
+        return sinks.setdefault(svc, _Watched(window))
+
+    class Guide(PrefixGuide):
+        def suggest(self, request: Any) -> Any | None:
+            if request.index == len(self.entries) and not split:
+                split["now"] = request.now
+                split["at"] = {svc: len(s.lines) for svc, s in sinks.items()}
+            return super().suggest(request)
+
+    log = DecisionLog()
+    scheduler = Scheduler(config.params.seed, chooser=chooser, guide=Guide(prefix, streams), log=log)
+
+    def prepare(world: Any) -> None:
+        window.world = world
+
+    _execute(config.params, Path("/nonexistent-sim-run"), scheduler, sink_for, config.options, prepare)
+    races, _ = judge(list(merged(sinks)))
+    at, now = split["at"], split["now"]
+    suffix = {svc: [shifted(line, -now) for line in s.lines[at.get(svc, 0):]] for svc, s in sinks.items()}
+    past = {svc: s.lines[:at.get(svc, 0)] for svc, s in sinks.items()}
+    return {"races": sorted({(r.kind, str(r.buffer)) for r in races}), "suffix": suffix, "now": now, "past": past}
+
+
+def shifted(line: bytes, by: int) -> bytes:
+    """An event line with its t_ns moved by `by` (the line ends with "t_ns":<int>})."""
+    i = line.rindex(b":") + 1
+    return line[:i] + str(int(line[i:-2]) + by).encode() + line[-2:]
