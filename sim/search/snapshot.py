@@ -41,10 +41,9 @@ What it costs, and auto. A snapshot is paid in the kernel: the fork copies the p
 them (about 3 ms), and every page a runner writes after the fork is copied on its first write
 (about 3.3 us a page there, and a runner writes 1,000 to 1,600 pages: the interpreter's objects'
 reference counts, the services' state, the checker's judging of the whole history). So on the
-small configuration without stalls a resumed schedule cost 15 to 25 ms of CPU there against 9
-to 15 ms for the whole schedule from start-up, while with stalls (the default), whose schedules
-are longer, about 44 ms against 69. Cheaper page faults (bare metal: under 1 us) move the
-balance further. So the default, auto (DMABUF_EMU_SNAPSHOTS unset or "auto"), measures all along
+small configuration at bound 2 without stalls a resumed schedule cost 15 ms of CPU there against
+7.4 ms for the whole schedule from start-up, while with stalls (the default), whose schedules
+are longer, 26 ms against 47. Cheaper page faults (bare metal: under 1 us) move the balance. So the default, auto (DMABUF_EMU_SNAPSHOTS unset or "auto"), measures all along
 (Duel: blocks of BLOCK schedules, each way in turn at first, then the cheaper, the other again
 every DUEL blocks) and takes snapshots where a schedule costs less than GAIN of one from start-up
 (explore.json `snapshots`: chose, block_ms). "on" forces them (tests, comparisons); "off"
@@ -93,7 +92,8 @@ ENV = "DMABUF_EMU_SNAPSHOTS"    # auto (the default), on or off (explore --no-sn
 AUTO, ON, OFF = "auto", "on", "off"
 EVERY = 16                      # choice points between two snapshots of one schedule
 BLOCK = 24                      # auto: schedules measured together, one way
-DUEL = 8                        # auto: blocks between two measurements of the way not taken
+DUEL = 8                        # auto: blocks between two measurements of the way not taken ...
+MAX_DUEL = 64                   # ... doubled, up to this, each time the same way wins again
 GAIN = 0.9                      # auto: snapshots are taken if a schedule costs less than this of one from start-up
 MAX_FAILURES = 3                # chains lost before the search goes on without snapshots
 CLOSE_WAIT_S = 10.0             # close(): how long the chain may take to exit before SIGKILL
@@ -339,8 +339,8 @@ class Duel:
     """auto: which way runs the next schedules, measured all along (one per process,
     DUEL_OF_PROCESS: an explore with --jobs runs a search per subtree in each worker). Schedules
     run in blocks of BLOCK; the first block from start-up, the second from snapshots, then the
-    cheaper way (CPU per schedule) runs, and every DUEL blocks the other runs one block and is
-    compared with the block before it (neighbouring schedules of a depth-first search are alike;
+    cheaper way (CPU per schedule) runs, and after DUEL blocks (doubled each time the same way wins
+    again, up to MAX_DUEL) the other runs one block and is compared with the block before it (neighbouring schedules of a depth-first search are alike;
     the first schedules of a search are not like its later ones, so one early probe would not
     do). A block's CPU from snapshots is the searcher's own in `run` and the chain's: reaped
     processes (RUSAGE_CHILDREN) and live ones (/proc/PID/stat, with their reaped children)."""
@@ -352,6 +352,8 @@ class Duel:
         self.last: dict[str, float] = {}      # CPU per schedule of each way's last block
         self.blocks = 0
         self.winner: str | None = None
+        self.every = DUEL                     # blocks between duels: doubled while the winner holds
+        self.since = 0                        # blocks since the last duel
 
     def done(self, cpu_now: float) -> bool:
         """One more schedule of the block (cpu_now: the way's counter); True at the block's end,
@@ -363,10 +365,13 @@ class Duel:
         self.n, self.blocks = 0, self.blocks + 1
         if len(self.last) == 2 and (self.winner is None or self.way != self.winner):
             local, snap = self.last[LOCAL], self.last[SNAP]
-            self.winner = SNAP if snap < GAIN * local else LOCAL
+            winner = SNAP if snap < GAIN * local else LOCAL
+            self.every = min(MAX_DUEL, 2 * self.every) if winner == self.winner else DUEL
+            self.winner, self.since = winner, 0
+        self.since += 1
         if self.winner is None:
             self.way = SNAP
-        elif self.way == self.winner and self.blocks % DUEL == 0:
+        elif self.way == self.winner and self.since > self.every:
             self.way = LOCAL if self.winner == SNAP else SNAP
         else:
             self.way = self.winner
