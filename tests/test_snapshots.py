@@ -33,11 +33,16 @@ def search(case: tuple, bound: int | None, reduction: str, snapshots: bool | Non
     return out
 
 
-@pytest.mark.parametrize("case,bound,reduction", [
-    (MUTANT, 2, dpor.DPOR), (MUTANT, 2, dpor.SLEEP_SETS), (MUTANT, 1, dpor.NONE),
-    (RF_DUP, 1, dpor.DPOR), (REVOKE, 1, dpor.DPOR), (RF_TWO, 0, dpor.NONE)],
-    ids=["mutant-dpor-2", "mutant-sleep-sets-2", "mutant-none-1", "rf-dup-dpor-1", "revoke-dpor-1", "rf-two-none-0"])
-def test_snapshots_give_the_same_search(case: tuple, bound: int, reduction: str) -> None:
+def in_fresh_process(fn: str, *args: object) -> None:
+    """Run this module's `fn(*args)` in a new interpreter: forking needs a process with no other
+    thread, and tests run before these in one pytest worker may have left threads behind."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", f"import tests.test_snapshots as t; t.{fn}(*{args!r})"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def same_search(case: tuple, bound: int, reduction: str) -> None:
     without = search(case, bound, reduction, False)
     with_ = search(case, bound, reduction, True)
     stats = snapshot.report()
@@ -48,33 +53,48 @@ def test_snapshots_give_the_same_search(case: tuple, bound: int, reduction: str)
     assert not psutil.Process().children(recursive=True)
 
 
+@pytest.mark.parametrize("case,bound,reduction", [
+    (MUTANT, 2, dpor.DPOR), (MUTANT, 2, dpor.SLEEP_SETS), (MUTANT, 1, dpor.NONE),
+    (RF_DUP, 1, dpor.DPOR), (REVOKE, 1, dpor.DPOR), (RF_TWO, 0, dpor.NONE)],
+    ids=["mutant-dpor-2", "mutant-sleep-sets-2", "mutant-none-1", "rf-dup-dpor-1", "revoke-dpor-1", "rf-two-none-0"])
+def test_snapshots_give_the_same_search(case: tuple, bound: int, reduction: str) -> None:
+    in_fresh_process("same_search", case, bound, reduction)
+
+
 def test_the_races_are_found_from_snapshots_too() -> None:
     races = {r for s in search(MUTANT, 2, dpor.DPOR, True) for r in s[2]}
     assert any("stale_read" in r for r in races)
 
 
-def test_a_fork_refused_falls_back_to_start_up_said_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def fork_refused() -> None:
     said: list[str] = []
-    monkeypatch.setattr(snapshot, "_warn", said.append)
-    real, searcher = os.fork, os.getpid()
+    real, searcher, warn = os.fork, os.getpid(), snapshot._warn
+    snapshot._warn = said.append  # type: ignore[assignment]
 
     def fork() -> int:                      # the searcher may fork the chain; the chain may not fork
         if os.getpid() != searcher:
             raise OSError(11, "Resource temporarily unavailable")
         return real()
-    monkeypatch.setattr(os, "fork", fork)
-    expected = search(MUTANT, 1, dpor.DPOR, False)
-    assert search(MUTANT, 1, dpor.DPOR, True) == expected
-    stats = snapshot.report()
-    assert stats["resumed"] == 0 and stats["fallbacks"] > 1 and "fork refused" in stats["fallback"], stats
-    assert len(said) == 1 and "no snapshot" in said[0]
 
     def refused() -> int:
         raise OSError(12, "Cannot allocate memory")
-    monkeypatch.setattr(os, "fork", refused)
-    said.clear()
-    assert search(MUTANT, 1, dpor.DPOR, True) == expected
-    assert snapshot.report()["fallbacks"] == len(expected) and len(said) == 1
+    try:
+        expected = search(MUTANT, 1, dpor.DPOR, False)
+        os.fork = fork
+        assert search(MUTANT, 1, dpor.DPOR, True) == expected
+        stats = snapshot.report()
+        assert stats["resumed"] == 0 and stats["fallbacks"] > 1 and "fork refused" in stats["fallback"], stats
+        assert len(said) == 1 and "no snapshot" in said[0]
+        os.fork = refused
+        said.clear()
+        assert search(MUTANT, 1, dpor.DPOR, True) == expected
+        assert snapshot.report()["fallbacks"] == len(expected) and len(said) == 1
+    finally:
+        os.fork, snapshot._warn = real, warn  # type: ignore[assignment]
+
+
+def test_a_fork_refused_falls_back_to_start_up_said_once() -> None:
+    in_fresh_process("fork_refused")
 
 
 def test_threads_alive_mean_no_fork() -> None:
@@ -91,8 +111,7 @@ def test_threads_alive_mean_no_fork() -> None:
     assert got == search(MUTANT, 1, dpor.DPOR, False)
 
 
-def test_closing_the_search_ends_the_chain() -> None:
-    """What Ctrl-C does inside Python: the generator is closed mid-pass."""
+def closing_ends_the_chain() -> None:
     gen = dpor.explore(cfg_of(*RF_TWO), 0, reduction=dpor.NONE, snapshots=True)
     for _ in range(5):
         next(gen)
@@ -101,6 +120,11 @@ def test_closing_the_search_ends_the_chain() -> None:
     gen.close()
     assert not psutil.Process().children(recursive=True)
     assert not [p for p in chain if p.is_running()]
+
+
+def test_closing_the_search_ends_the_chain() -> None:
+    """What Ctrl-C does inside Python: the generator is closed mid-pass."""
+    in_fresh_process("closing_ends_the_chain")
 
 
 # ------------------------------------------------------------------ the CLI, interrupted or killed
@@ -169,10 +193,9 @@ def test_killing_the_searcher_leaves_nothing_running(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_auto_measures_both_ways_and_keeps_the_cheaper(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snapshot, "DUEL_OF_PROCESS", snapshot.Duel())    # this process's, fresh
-    monkeypatch.setattr(snapshot, "BLOCK", 8)
-    monkeypatch.setenv(snapshot.ENV, snapshot.AUTO)
+def auto_measures() -> None:
+    snapshot.BLOCK = 8
+    os.environ[snapshot.ENV] = snapshot.AUTO
     got = search(MUTANT, 2, dpor.SLEEP_SETS, None)
     stats = snapshot.report()
     assert stats["mode"] == "auto" and stats["chose"] in ("snapshots", "start-up"), stats
@@ -180,3 +203,7 @@ def test_auto_measures_both_ways_and_keeps_the_cheaper(monkeypatch: pytest.Monke
     assert stats["resumed"] > 0 and stats["resumed"] < stats["schedules"]
     assert got == search(MUTANT, 2, dpor.SLEEP_SETS, False)
     assert not psutil.Process().children(recursive=True)
+
+
+def test_auto_measures_both_ways_and_keeps_the_cheaper() -> None:
+    in_fresh_process("auto_measures")

@@ -98,6 +98,7 @@ GAIN = 0.9                      # auto: snapshots are taken if a schedule costs 
 MAX_FAILURES = 3                # chains lost before the search goes on without snapshots
 CLOSE_WAIT_S = 10.0             # close(): how long the chain may take to exit before SIGKILL
 _PR_SET_PDEATHSIG = 1
+_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _HEAD = struct.Struct("<I")
 
 
@@ -215,7 +216,7 @@ def _child_setup(parent: int) -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:              # the parent died before prctl
         os._exit(0)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in _STOPS:
         signal.signal(sig, signal.SIG_IGN)
     gc.freeze()                             # the parent's objects: not traversed (not copied) by our GC
 
@@ -495,7 +496,7 @@ class Snapshots:
                 self._fallback(why)
                 return self._local(config, chooser)
             try:
-                ch = self.chain = self._start(config, chooser)
+                ch = self._start(config, chooser)
             except OSError as exc:
                 self._fallback(f"fork refused: {exc}")
                 return self._local(config, chooser)
@@ -513,9 +514,13 @@ class Snapshots:
         up_r, up_w = os.pipe()
         down_r, down_w = os.pipe()
         me = os.getpid()
+        # Ctrl-C must not land between the fork and the chain's record (the child would be
+        # nobody's to reap), nor in the child before it ignores it: held until both are done.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             for fd in (up_r, up_w, down_r, down_w):
                 os.close(fd)
             raise
@@ -524,6 +529,7 @@ class Snapshots:
                 os.close(up_r)
                 os.close(down_w)
                 _child_setup(me)
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 runner = _Runner(up_w, down_r, self.every, dpor)
                 runner.sent = len(chooser.stack)
                 chooser.at_choice = runner.at_choice
@@ -536,11 +542,15 @@ class Snapshots:
                     pass
             finally:
                 os._exit(0)
-        os.close(up_w)
-        os.close(down_r)
-        STATS.forks += 1
-        self.events = []
-        return _Chain(pid, up_r, down_w, pid)
+        try:
+            os.close(up_w)
+            os.close(down_r)
+            STATS.forks += 1
+            self.events = []
+            self.chain = _Chain(pid, up_r, down_w, pid)    # recorded before a signal can come
+            return self.chain
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _collect(self, ch: _Chain, chooser: Any, base: _Park) -> Trial:
         while True:
