@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from math import comb
 from pathlib import Path
@@ -118,6 +119,10 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--no-stalls", action="store_true",
                    help="devices are punctual: no DMA chunk stalls past an exporter's timer (by default a "
                         "stall is a choice of every search, counted against --bound like a fault)")
+    e.add_argument("--no-snapshots", action="store_true",
+                   help="exhaustive: run every schedule from start-up, never from a forked snapshot of its "
+                        "prefix (by default snapshots are used where they measure cheaper: sim/search/snapshot.py; "
+                        "the same schedules and results either way)")
     e.add_argument("--quiet", action="store_true", help="print only the result")
     e.add_argument("--around", type=Path, metavar="RUN_DIR", default=None,
                    help="instead of a search: replay RUN_DIR (a real or simulated run) guided by its history and "
@@ -336,6 +341,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
         return cmd_around(args)
     from deploy.progress import Progress
     from sim.explore import ExploreError, Explorer
+    if args.no_snapshots:       # the environment: --jobs' worker processes see it too
+        from sim.search import snapshot
+        os.environ[snapshot.ENV] = "off"
     try:
         spec, (limits, jobs) = spec_from_args(args)
         if spec.search == "exhaustive" and not args.force and not (args.out / "explore.state.json").exists():

@@ -53,6 +53,7 @@ from runtime.runparams import from_mapping
 from sim.executor import Pool, executor
 from sim.options import DEVICES, SimOptions
 from sim.progress import Reporter, SearchProgress, Silent
+from sim.search import snapshot
 from sim.search.dpor import DPOR, NONE
 from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
@@ -677,8 +678,8 @@ class Explorer:
     def _search_fields(self) -> dict[str, Any]:
         """The exhaustive search's own (FIELDS): its reduction, the classes it explored (each
         schedule of dpor and sleep-sets is a Mazurkiewicz class of its own: sim/search/dpor.py;
-        brute force does not know its classes), what cut the rest, and the pass it is at. No
-        snapshot is taken and no state is cached (every schedule runs from start-up)."""
+        brute force does not know its classes), what cut the rest, and the pass it is at; what
+        snapshots did in this process (sim/search/snapshot.py). No state is cached."""
         st, spec = self.state, self.spec
         if spec.search != "exhaustive":
             return {k: None for k in ("reduction", "traces", "cut_by", "snapshots", "states_cached", "level")}
@@ -686,7 +687,7 @@ class Explorer:
         if spec.reduction == DPOR:
             cut["no-race"] = st.unraced
         return {"reduction": spec.reduction, "traces": st.schedules if spec.reduction != NONE else None,
-                "cut_by": cut, "snapshots": 0, "states_cached": None, "level": st.level}
+                "cut_by": cut, "snapshots": snapshot.report(), "states_cached": None, "level": st.level}
 
 
 def _read_decisions(run_dir: Path) -> tuple[list, list]:

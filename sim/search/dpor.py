@@ -65,7 +65,8 @@ from typing import Any, Iterator, Sequence
 
 from sim.search.exhaustive import (EVERYTHING, PREEMPTIONS, STEP, DfsChooser, Diverged,
                                    Footprint, Node, _backtrack_above, fence_tracing)
-from sim.search.trial import Config, Trial, run_trial
+from sim.search import snapshot
+from sim.search.trial import Config, Trial
 from sim.world import TIME_PASSED, WAIT, Actor
 
 DPOR, SLEEP_SETS, NONE = "dpor", "sleep-sets", "none"
@@ -109,6 +110,7 @@ class DporChooser(DfsChooser):
         self.over_bound = 0                    # options of fresh choice points beyond the bound
         self.unraced = 0                       # options of fresh choice points not (yet) in a backtrack set
         self.world: Any = None
+        self.ended: list[Event] | None = None  # pending_steps() of a run made elsewhere (snapshot.py)
 
     def setup(self, world: Any) -> None:
         super().setup(world)
@@ -135,6 +137,8 @@ class DporChooser(DfsChooser):
     def pending_steps(self) -> list[Event]:
         """The next step of every actor still runnable when the schedule was cut: unknown, so
         touching everything."""
+        if self.ended is not None:
+            return self.ended
         w = self.world
         if w is None or w.done is False:
             return []
@@ -201,7 +205,8 @@ class Level:
 
 def explore(config: Config, bound: int | None, *, reduction: str = DPOR, kind: str = PREEMPTIONS,
             seed: int = 0, start: int = 0, stack: list[Node] | None = None, floor: int = 0,
-            deepen: bool = True, over_bound: int = 0) -> Iterator[tuple[Trial, list[Node], Level, int]]:
+            deepen: bool = True, over_bound: int = 0,
+            snapshots: bool | None = None) -> Iterator[tuple[Trial, list[Node], Level, int]]:
     """Every schedule within `bound` (None: no bound), level by level from `start` (deepen) or at
     the bound alone: yields (trial, stack, level, cost) per schedule run, blocked ones too; a
     schedule cheaper than its level is yielded with its cost (the caller counts only those that
@@ -209,26 +214,34 @@ def explore(config: Config, bound: int | None, *, reduction: str = DPOR, kind: s
     at level `start` (`over_bound`: what that level's bound had cut before); `floor`: choice
     points fixed above a subtree (sim/explore.py's workers).
     The caller reads `level.over_bound` after the last yield of a level: 0 means the space is
-    finite and was explored whole."""
+    finite and was explored whole.
+    `snapshots`: run each schedule from a snapshot of its prefix (sim/search/snapshot.py; None:
+    as DMABUF_EMU_SNAPSHOTS says, by default where it measures cheaper); the schedules and
+    everything yielded are the same either way."""
     if bound is None and not deepen:
         raise ValueError("an unbounded search deepens")
     levels = range(start, (bound if bound is not None else 1 << 30) + 1) if deepen else [bound]
+    snapshot.reset(None if snapshots is None else (snapshot.ON if snapshots else snapshot.OFF))
     with fence_tracing():
         for d in levels:
             level = Level(d, over_bound if d == start else 0)
             stack = [] if stack is None else stack
-            while True:
-                chooser = DporChooser(seed, stack, d, kind, reduction)  # type: ignore[arg-type]
-                trial = run_trial(config, chooser, setup=chooser.setup)
-                if chooser.depth < len(stack):
-                    raise Diverged(f"the schedule ended after {chooser.depth} of its {len(stack)} recorded choices")
-                level.over_bound += chooser.over_bound
-                if chooser.dpor:
-                    events = chooser.events if trial.blocked else chooser.events + chooser.pending_steps()
-                    level.unraced += chooser.unraced - analyse(events)
-                yield trial, stack, level, chooser.cost
-                if not _backtrack_above(stack, d, floor):
-                    break
+            snaps = snapshot.Snapshots(on=snapshots)   # a chain per pass: the bound is the chooser's
+            try:
+                while True:
+                    chooser = DporChooser(seed, stack, d, kind, reduction)  # type: ignore[arg-type]
+                    trial = snaps.run(config, chooser)
+                    if chooser.depth < len(stack):
+                        raise Diverged(f"the schedule ended after {chooser.depth} of its {len(stack)} recorded choices")
+                    level.over_bound += chooser.over_bound
+                    if chooser.dpor:
+                        events = chooser.events if trial.blocked else chooser.events + chooser.pending_steps()
+                        level.unraced += chooser.unraced - analyse(events)
+                    yield trial, stack, level, chooser.cost
+                    if not _backtrack_above(stack, d, floor):
+                        break
+            finally:
+                snaps.close()
             stack = None
             if bound is None and level.over_bound == 0:
                 return

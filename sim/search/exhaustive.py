@@ -234,6 +234,9 @@ class DfsChooser(SearchChooser):
         self.delivered: dict[str, int] = {}   # link -> frames it delivered: (link, n) names its head
         self.held: set[tuple[str, int]] = set()          # frames a WAIT has held back so far
         self.last: Footprint = EVERYTHING     # the footprint of the step observed last
+        # called at the entry of each choice point, before it is looked up: where a snapshot may
+        # be taken (sim/search/snapshot.py); None when the schedule runs in the searcher
+        self.at_choice: Callable[["DfsChooser"], None] | None = None
 
     def _heads(self, options: tuple[str, ...]) -> set[tuple[str, int]]:
         return {(o, self.delivered.get(o, 0)) for o in options if o != WAIT}
@@ -249,6 +252,8 @@ class DfsChooser(SearchChooser):
         return tuple(cost if o == WAIT else 0 for o in options)
 
     def _node(self, index: int, kind: str, options: tuple[str, ...]) -> Node:
+        if self.at_choice is not None:
+            self.at_choice(self)
         if self.depth < len(self.stack):
             node = self.stack[self.depth]
             if node.index != index or node.kind != kind or node.options != options:
