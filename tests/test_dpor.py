@@ -275,7 +275,7 @@ def test_explore_json_says_what_the_search_cut(tmp_path: Path) -> None:
     assert rc == 0 and r["exhausted"] and not r["races"]
     assert r["reduction"] == "dpor" and r["traces"] == r["schedules"] > 0
     assert set(r["cut_by"]) == {"sleep-sets", "bound", "no-race"} and r["cut_by"]["bound"] > 0
-    assert r["snapshots"] == 0 and r["states_cached"] is None and r["level"] == 1
+    assert r["snapshots"]["mode"] == "auto" and r["snapshots"]["schedules"] > 0 and r["states_cached"] is None and r["level"] == 1
     rc, b = explore(tmp_path / "b", "--strategy", "resv-fence", "--search", "exhaustive", "--bound", "1",
                     "--importers", "1", "--dma-jobs", "1", "--moves", "1", "--reduction", "none")
     assert rc == 0 and b["exhausted"] and b["traces"] is None and b["schedules"] > r["schedules"]
