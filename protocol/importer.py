@@ -952,31 +952,17 @@ def compile_spec(spec: ImporterSpec, kind: str | None = None) -> dict[tuple[Any,
     try:
         key = (spec.strategy, tuple(spec.table.items()), tuple((k, tuple(v.items())) for k, v in spec.kinds.items()),
                spec.breaks, kind)
-    except TypeError:                       # a table this cannot read as a key: checked below
+    except TypeError:                       # a table this cannot read as a key: checked when built
         key = None
-    last = _LAST.get((id(spec), kind)) if key is not None else None
-    if last is not None and last[0] == key:   # as protocol/exporter/moves.py's _LAST: no hashing
-        return last[1]
-    try:
-        table = _COMPILED.get(key) if key is not None else None
-    except TypeError:                       # something unhashable in a user's table: checked below
-        key, table = None, None
-    if table is None:
+
+    def build() -> dict[tuple[Any, AttEvent], Any]:
         tables = {k: _compile_kind(spec, k) for k in ((kind,) if kind is not None else IMPORTER_KINDS)}
-        table = tables[kind if kind is not None else "dynamic"]
-        if key is not None and len(_COMPILED) < 256:
-            _COMPILED[key] = table
-    if key is not None:
-        if len(_LAST) >= 256:
-            _LAST.clear()
-        _LAST[(id(spec), kind)] = (key, table)
-    return table
+        return tables[kind if kind is not None else "dynamic"]
+    return _COMPILED.get((id(spec), kind), key, build)
 
 
-# Compiled tables by the spec's whole content and the kind (as protocol/exporter/moves.py's
-# _COMPILED: the simulator starts the same strategy's importers once per schedule). Read-only.
-_COMPILED: dict[tuple, dict[tuple[Any, AttEvent], Any]] = {}
-_LAST: dict[tuple[int, str | None], tuple[tuple, dict[tuple[Any, AttEvent], Any]]] = {}
+# Checked tables by content and kind (protocol/machine.py CompiledCache says why).
+_COMPILED: machine.CompiledCache[dict[tuple[Any, AttEvent], Any]] = machine.CompiledCache()
 
 
 def running(spec: ImporterSpec, kind: str = "dynamic") -> list[machine.RunningRow]:

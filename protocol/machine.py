@@ -58,6 +58,7 @@ BASE, STRATEGY, LOAD, KIND = "base", "strategy", "load", "kind"
 S = TypeVar("S", bound=Hashable)
 G = TypeVar("G", bound=Hashable)
 P = TypeVar("P", bound=Hashable)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,42 @@ class Vocabulary:
             stray = [k for k in impl if not isinstance(k, members)]
             if stray:
                 raise TypeError(f"{self.half}: implementations of unknown {kind}s: {stray}")
+
+
+class CompiledCache(Generic[T]):
+    """Checked tables by the spec's whole content. A service starts once per run, but the
+    simulator starts the same strategy's services once per schedule, and checking a table costs
+    more than most schedules' steps. Keyed by content, not identity: a spec whose dicts were
+    changed is a new key. What it holds is read-only to everyone (the interpreters only read), so
+    sharing one is safe. `last`: the key each spec object (by `ident`) had when last asked, with
+    its table: hashing a key hashes every rule, a tenth of a simulated schedule's start-up, where
+    comparing it with the same unchanged spec's key compares the same objects; equal keys mean
+    equal content, so a hit there is the hit the content map would give."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._by_key: dict[Any, T] = {}
+        self._last: dict[Any, tuple[Any, T]] = {}
+
+    def get(self, ident: Any, key: Any, build: Callable[[], T]) -> T:
+        """The table for `key` (None: not a key, build it every time), built by `build` once."""
+        if key is None:
+            return build()
+        last = self._last.get(ident)
+        if last is not None and last[0] == key:
+            return last[1]
+        try:
+            value = self._by_key.get(key)
+        except TypeError:                   # something unhashable in a user's table: build checks it
+            return build()
+        if value is None:
+            value = build()
+            if len(self._by_key) < self.size:
+                self._by_key[key] = value
+        if len(self._last) >= self.size:
+            self._last.clear()
+        self._last[ident] = (key, value)
+        return value
 
 
 def check(strategy: str, vocab: Vocabulary, table: Any,

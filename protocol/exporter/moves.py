@@ -771,11 +771,8 @@ class CompiledSpec:
     # the declared timers, name -> length (protocol/timers.py), the notify timer's included
 
 
-# Compiled tables by the spec's whole content: a service starts once per run, but the simulator
-# starts the same strategy's services once per schedule, and checking a table costs more than
-# most schedules' steps. Keyed by content, not identity: a spec whose dicts were changed is a new
-# key. Read-only to everyone (the interpreter only reads), so sharing one is safe.
-_COMPILED: dict[tuple, CompiledSpec] = {}
+# Checked tables by content (protocol/machine.py CompiledCache says why).
+_COMPILED: machine.CompiledCache[CompiledSpec] = machine.CompiledCache()
 
 
 def compile_spec(spec: ExporterSpec) -> CompiledSpec:
@@ -787,31 +784,9 @@ def compile_spec(spec: ExporterSpec) -> CompiledSpec:
                          f"EXPORTER must be an ExporterSpec, got {type(spec).__name__}")
     try:
         key = (spec.strategy, tuple(spec.table.items()), spec.breaks, tuple(sorted(spec.timers.items())))
-    except TypeError:                       # sorted() of something incomparable: checked below
+    except TypeError:                       # sorted() of something incomparable: checked when built
         key = None
-    last = _LAST.get(id(spec)) if key is not None else None
-    if last is not None and last[0] == key:   # the same spec as last time, unchanged: no hashing
-        return last[1]
-    try:
-        compiled = _COMPILED.get(key) if key is not None else None
-    except TypeError:                       # something unhashable in a user's table: checked below
-        key, compiled = None, None
-    if compiled is None:
-        compiled = _compile(spec)
-        if key is not None and len(_COMPILED) < 256:
-            _COMPILED[key] = compiled
-    if key is not None:
-        if len(_LAST) >= 256:
-            _LAST.clear()
-        _LAST[id(spec)] = (key, compiled)
-    return compiled
-
-
-# The content key each spec object had when last compiled, with its table: hashing a key hashes
-# every rule of the table, a tenth of a simulated schedule's start-up; comparing it with the key
-# of the same, unchanged spec compares the same objects, which costs next to nothing. Equal keys
-# mean equal content, so a hit here is the hit _COMPILED would give.
-_LAST: dict[int, tuple[tuple, CompiledSpec]] = {}
+    return _COMPILED.get(id(spec), key, lambda: _compile(spec))
 
 
 def _compile(spec: ExporterSpec) -> CompiledSpec:
