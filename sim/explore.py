@@ -273,7 +273,8 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int
             added += (len(node.options) if final is None else len(final)) - len(d["backtrack"])
     return {"schedules": done, "blocked": blocked, "cheaper": cheaper, "above": above,
             "over_bound": level_seen.over_bound if level_seen else 0,
-            "unraced": (level_seen.unraced if level_seen else 0) + added}
+            "unraced": (level_seen.unraced if level_seen else 0) + added,
+            "snapshots": snapshot.report()}
 
 
 # ---------------------------------------------------------------------------------- the explorer
@@ -302,6 +303,7 @@ class State:
     over_bound: int = 0                     # exhaustive: options the current pass's bound cut
     cheaper: int = 0                        # exhaustive: schedules re-run by a deeper pass (counted at their level)
     unraced: int = 0                        # exhaustive, dpor: options no race asked for, so never run
+    snapshots: dict[str, Any] = field(default_factory=dict)   # exhaustive, several: the workers' counts summed
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -618,6 +620,7 @@ class Explorer:
                     st.blocked += out["blocked"]
                     st.cheaper += out["cheaper"]
                     st.unraced += out["unraced"]
+                    snapshot.add_counts(st.snapshots, out.get("snapshots"))
                     st.task_counts[f"over:{recorded}"] = out["over_bound"]
                     st.task_above[str(recorded)] = out["above"]
                     st.tasks_done.append(recorded)
@@ -679,7 +682,8 @@ class Explorer:
         """The exhaustive search's own (FIELDS): its reduction, the classes it explored (each
         schedule of dpor and sleep-sets is a Mazurkiewicz class of its own: sim/search/dpor.py;
         brute force does not know its classes), what cut the rest, and the pass it is at; what
-        snapshots did in this process (sim/search/snapshot.py). No state is cached."""
+        snapshots did (sim/search/snapshot.py: in this process, or summed over the subtrees the
+        workers of --jobs and --scheduler ran). No state is cached."""
         st, spec = self.state, self.spec
         if spec.search != "exhaustive":
             return {k: None for k in ("reduction", "traces", "cut_by", "snapshots", "states_cached", "level")}
@@ -687,7 +691,8 @@ class Explorer:
         if spec.reduction == DPOR:
             cut["no-race"] = st.unraced
         return {"reduction": spec.reduction, "traces": st.schedules if spec.reduction != NONE else None,
-                "cut_by": cut, "snapshots": snapshot.report(), "states_cached": None, "level": st.level}
+                "cut_by": cut, "snapshots": st.snapshots if st.snapshots else snapshot.report(),
+                "states_cached": None, "level": st.level}
 
 
 def _read_decisions(run_dir: Path) -> tuple[list, list]:

@@ -265,6 +265,9 @@ def test_jobs_2_spawned_gives_the_counts_of_jobs_1(tmp_path: Path) -> None:
     rc2, two = explore(tmp_path / "two", *argv, "--jobs", "2")
     assert rc1 == rc2 == 0 and verdict(two) == verdict(one)
     assert one["races"] == {"stale_read": 1} and one["exhausted"]
+    snaps = two["snapshots"]                          # the workers' counts, summed by the coordinator
+    assert snaps["workers"] >= 2 and snaps["schedules"] >= one["schedules"], snaps
+    assert sum(snaps["chose"].values()) <= snaps["workers"] and snaps["fallbacks"] == 0, snaps
 
 
 # ---------------------------------------------------------------------------------- the command

@@ -140,6 +140,28 @@ def report() -> dict[str, Any]:
     return STATS.as_dict()
 
 
+_SUMMED = ("schedules", "resumed", "replayed", "forks", "snapshots", "fallbacks")
+
+
+def add_counts(total: dict[str, Any], part: dict[str, Any] | None) -> None:
+    """Add one worker's search's `report()` into `total` (explore.json `snapshots` of a search
+    run in subtrees: the counts summed, `workers` the subtree searches, `chose` each way's
+    number of them, the first fallback's reason)."""
+    if not part or part.get("schedules") is None:
+        return
+    if not total:
+        total.update({"mode": part.get("mode"), "workers": 0, "chose": {}, "fallback": None,
+                      **{k: 0 for k in _SUMMED}})
+    total["workers"] += 1
+    for k in _SUMMED:
+        total[k] += part.get(k) or 0
+    chose = part.get("chose")
+    if chose:
+        total["chose"][chose] = total["chose"].get(chose, 0) + 1
+    if total["fallback"] is None and part.get("fallback"):
+        total["fallback"] = part["fallback"]
+
+
 def reset(m: str | None = None) -> None:
     """A new search: its own counts (and the process's last comparison, if made)."""
     _searched[:] = [True]
