@@ -104,7 +104,8 @@ def explore_around(run: Path, out: Path, schedules: int, stop_at_first: bool, ba
 
 def what(doc: dict[str, Any]) -> str:
     got = [c["race"] for c in doc["confirmed"]] + [c["race"] for c in doc["also_found"]]
-    return ", ".join(f"{r['kind']} b{r['buffer']}" for r in got[:3]) or "-"
+    names = dict.fromkeys(f"{r['kind']} b{r['buffer']}" for r in got)   # one deadlock confirms several
+    return ", ".join(list(names)[:3]) or "-"
 
 
 def confirms(doc: dict[str, Any], kinds: tuple[str, ...] | None) -> bool:
