@@ -56,8 +56,8 @@ Rules:
   or whose fence is its importer's: one such deadlock confirms every potential deadlock it
   involves. A potential_deadlock in a schedule's verdict confirms nothing and is never found (it
   is there whether or not the cycle formed). A catch finding (among them a deadlock of no
-  potential deadlock's buffer or importer), or a race no candidate predicted, is kept in `also_found`: a catch is how
-  a mutant whose bug is a finding is confirmed.
+  potential deadlock's buffer or importer), or a race no candidate predicted, is kept in
+  `also_found`: a catch is how a mutant whose bug is a finding is confirmed.
 - Each race or finding found is kept once (by kind and buffer): its deviations shrunk by delta
   debugging (sim/shrink.py ddmin; then each single deviation removed must lose it: 1-minimal),
   the shrunk schedule written to OUT/races/K (a simulated run directory: schedule.json holds every
@@ -558,8 +558,8 @@ def into_lock_waits(items: Sequence[dict[str, Any]], guide: RealGuide, real: Seq
         except (IndexError, ValueError):
             continue
         jobs = guide.jobs.get(index, [])
+        mine = [n for n, c in enumerate(items) if c["kind"] == POTENTIAL_DEADLOCK and str(c["importer"]) == imp]
         for buf, k, t, fenced in real:
-            mine = [n for n, c in enumerate(items) if c["kind"] == POTENTIAL_DEADLOCK and str(c["importer"]) == imp]
             n = next((m for m in mine if items[m]["buffer"] == buf), mine[0])
             after = [j for j in jobs if j.begin_ns > t]
             if not after:
