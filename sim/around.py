@@ -89,7 +89,7 @@ import time
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sim.network import MAX_NS
 from sim.realguide import RealGuide, delay_u
@@ -101,7 +101,7 @@ UNREVOKE_LAGS_NS = (0, 100_000, 300_000, 1_000_000, 2_000_000)   # jobs begun th
 FAST_WINDOW_NS = 3_000_000   # before a job aimed into the simulated copy: the exporter's frames take the least delay
 LATE_WINDOW_NS = 2_000_000   # a move's notifications: the exporter's frames this long after its start
 STEP_REVERSALS = 64          # dependent step reorderings kept (nearest the candidates first)
-UNDER_LOCK_LAGS_NS = (2_000_000, 500_000, 8_000_000)  # a job aimed into a wait for fences under a lock: this long after it began
+UNDER_LOCK_LAGS_NS = (2_000_000, 500_000, 8_000_000)   # a job aimed into a wait under a lock: this long into it
 NEAR_STEPS = 3               # step reorderings paired with each reversal at bound 2
 REVERSIBLE = ("lost_write", "stale_read", "write_after_invalidate")
 ORDERED = "ordered by a rule the prediction does not model"
@@ -470,26 +470,32 @@ def apply(base: RealGuide, devs: Sequence[Deviation]) -> RealGuide:
     return g
 
 
+def events_with(lines: Iterable[bytes], keys: Sequence[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among history lines that contain one of `keys` (a cheap test before
+    parsing); unreadable lines skipped."""
+    import orjson
+    for line in lines:
+        if any(k in line for k in keys):
+            try:
+                e = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(e, dict):
+                yield e
+
+
 def lockdep_candidates(history: Path) -> list[dict[str, Any]]:
     """The run's potential deadlocks, as the checker judges its history (checker/lockdep.py), as
     candidates: kind potential_deadlock, the importer and buffer whose fence's signalling took a
     reservation lock (`job`: that fence's job, `fence`: its seq), `other`: the wait for fences
     under a reservation lock that closes lockdep's cycle. A prediction, not a finding: only a
     formed deadlock confirms it."""
-    import orjson
     from checker.findings import POTENTIAL_DEADLOCK
     from checker.lockdep import HANDLED, LockDep
     dep = LockDep()
-    keys = tuple(f'"{name}"'.encode() for name in HANDLED)
     with open(history, "rb") as fh:
-        for line in fh:
-            if not any(k in line for k in keys):
-                continue
-            try:
-                e = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(e, dict) and e.get("event") in HANDLED and isinstance(e.get("t_ns"), int):
+        for e in events_with(fh, [f'"{name}"'.encode() for name in HANDLED]):
+            if e.get("event") in HANDLED and isinstance(e.get("t_ns"), int):
                 dep.feed(e)
     out = []
     for it in dep.items:
@@ -501,24 +507,17 @@ def lockdep_candidates(history: Path) -> list[dict[str, Any]]:
     return out
 
 
-def lock_waits(lines: Any, s0: int) -> list[tuple[Any, int, int, frozenset[str]]]:
+def lock_waits(lines: Iterable[bytes], s0: int) -> list[tuple[Any, int, int, frozenset[str]]]:
     """Each move's or revocation's first wait for fences while it holds its buffer's reservation
     lock (lockdep's side B), in order: (buffer, k: the k-th such wait on that buffer, its time in ns
     after s0, the importers whose fences it waited for)."""
-    import orjson
     from checker.model import importer_name
     held: set[Any] = set()
     seen: set[tuple[str, Any]] = set()
     nth: dict[Any, int] = {}
     out = []
-    for line in lines:
-        if b'"resv_' not in line and b'"fence_wait_begin"' not in line:
-            continue
-        try:
-            e = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(e, dict) or e.get("svc") != "exporter" or not isinstance(e.get("t_ns"), int):
+    for e in events_with(lines, (b'"resv_', b'"fence_wait_begin"')):
+        if e.get("svc") != "exporter" or not isinstance(e.get("t_ns"), int):
             continue
         name, buf = e.get("event"), e.get("buffer")
         if name == "resv_lock":
