@@ -540,9 +540,10 @@ def into_lock_waits(items: Sequence[dict[str, Any]], guide: RealGuide, real: Seq
                     ) -> tuple[list[Deviation], list[tuple[Deviation, Deviation]]]:
     """Deviations aimed at forming each potential deadlock's cycle (RaceFuzzer's hold-back, for a
     lock and a fence): for its importer I and each wait for fences under a reservation lock of the
-    run (`real`, from lock_waits; buffer B), I's first job begun after the wait began taken on B and
-    begun UNDER_LOCK_LAGS_NS into the wait (`retarget_into`; after the base schedule's own wait, from
-    `simulated`, where it has one): its map request comes while the lock is held. If that wait
+    run (`real`, from lock_waits; buffer B), I's first job begun after the wait began (and after
+    I's own job on B running then ended) taken on B and begun UNDER_LOCK_LAGS_NS after that (on the
+    base schedule's own wait, from `simulated`, where it has one; `retarget_into`): its map request
+    comes while the lock is held. If that wait
     waited for I's fence on B, one deviation; else a pair, with I's last job begun before the wait
     taken on B too (`retarget`), so that the wait has I's fence on B to wait for. Each deviation's
     candidate is I's on B if there is one, else I's first."""
@@ -560,17 +561,25 @@ def into_lock_waits(items: Sequence[dict[str, Any]], guide: RealGuide, real: Seq
         mine = [n for n, c in enumerate(items) if c["kind"] == POTENTIAL_DEADLOCK and str(c["importer"]) == imp]
         for buf, k, t, fenced in real:
             n = next((m for m in mine if items[m]["buffer"] == buf), mine[0])
-            after = [j for j in jobs if j.begin_ns > t]
+            before = [j for j in jobs if j.begin_ns < t]
+            held = [j for j in before if j.buffer == buf]
+            if imp not in fenced:
+                if not before:
+                    continue
+                held = [before[-1]]             # the pair's first: taken on B
+            # I's own job on B still running keeps B busy for I (a busy buffer is not drawn again):
+            # the job aimed into the wait begins after it ended
+            start = max([t] + [j.begin_ns + j.duration_ns for j in held])
+            after = [j for j in jobs if j.begin_ns > start]
             if not after:
                 continue
             at = sim_at.get((buf, k))
-            into = [Deviation("retarget_into", (t if at is None else at) + lag, index, after[0].job, buffer=buf,
-                              access=after[0].access, sim_axis=at is not None, cand=n) for lag in UNDER_LOCK_LAGS_NS]
+            into = [Deviation("retarget_into", (t if at is None else at) + start - t + lag, index, after[0].job,
+                              buffer=buf, access=after[0].access, sim_axis=at is not None, cand=n)
+                    for lag in UNDER_LOCK_LAGS_NS]
             if imp in fenced:
                 singles += into
-                continue
-            before = [j for j in jobs if j.begin_ns < t]
-            if before:
+            else:
                 j = before[-1]
                 first = Deviation("retarget", j.begin_ns + j.duration_ns, index, j.job, buffer=buf, access=j.access, cand=n)
                 pairs += [(first, d) for d in into]
