@@ -10,9 +10,12 @@ Rules:
   as `replay --race` is), steps the guide leaves open taken in the world's order, judged from the
   exporter's start to the workload's stop (sim/search/trial.py run_trial). What the base
   schedule already shows is confirmed with 0 deviations: the run's own schedule, replayed.
-- The candidates are checker/predict.py's over the history. A deviation changes one thing the
-  guided replay does at a choice point it passes; a schedule is the base plus at most `bound`
-  deviations. They are tried in this order, each deviation set once:
+- The candidates are checker/predict.py's over the history, then each potential deadlock of the
+  run (checker/lockdep.py over the history, as the checker judges it: kind potential_deadlock, the
+  importer and buffer whose fence's signalling took a reservation lock). lockdep flags one whether
+  or not the cycle formed: it is a prediction, as predict's candidates are, never a catch here.
+  A deviation changes one thing the guided replay does at a choice point it passes; a schedule
+  is the base plus at most `bound` deviations. They are tried in this order, each deviation set once:
   1. reversals of each candidate, one deviation each, candidates taken in turn (RaceFuzzer, Sen
      PLDI 2008: hold one side back until the other arrives). For a job paired with a copy, free
      or invalidation window at time T (lost_write, stale_read, write_after_invalidate):
@@ -22,6 +25,12 @@ Rules:
      runs: the copy begins early). For a job that began on a placement after the copy creating it
      ended (unfenced_access): `begin_at` (its start drawn earlier, into the copy).
      use_after_unmap is a race of the run itself (program order), never a reversal.
+     Then the potential deadlocks' (`into_lock_waits`): for its importer I and each wait for
+     fences under a reservation lock in the run (buffer B), I's first job begun after the wait
+     began taken on B and begun UNDER_LOCK_LAGS_NS into it (`retarget_into`, on the base
+     schedule's own wait where it has one): its map comes while the lock is held, and a fence of
+     I on B whose signalling waits for that map closes the cycle. If the wait had no fence of I
+     on B, a pair (bound 2, first of the pairs): I's last job begun before it taken on B too.
   2. crossings the run did not have (`crossings`): around each real move of buffer B, each
      importer's last job begun before the move taken on B, read or write, running until HOLD_NS
      after the move's free (`retarget`: the workload's buffer and access draws and its duration;
@@ -42,8 +51,13 @@ Rules:
 - A schedule is judged by the checker (sim/search/trial.py judge: races, and the findings a
   search counts as catches: checker/findings.py CATCHES). What it has that the base schedule has
   not is found. A race of a candidate's kind on its buffer confirms it (the importer and job too
-  when they match; else the first such candidate). A catch finding, or a race no candidate
-  predicted, is kept in `also_found`: a catch is how a mutant whose bug is a finding is confirmed.
+  when they match; else the first such candidate). A potential deadlock is confirmed only by a
+  formed `deadlock` (the wait-for graph's cycle, checker/waitfor.py) whose lock is on its buffer
+  or whose fence is its importer's: one such deadlock confirms every potential deadlock it
+  involves. A potential_deadlock in a schedule's verdict confirms nothing and is never found (it
+  is there whether or not the cycle formed). A catch finding (among them a deadlock of no
+  potential deadlock's buffer or importer), or a race no candidate predicted, is kept in
+  `also_found`: a catch is how a mutant whose bug is a finding is confirmed.
 - Each race or finding found is kept once (by kind and buffer): its deviations shrunk by delta
   debugging (sim/shrink.py ddmin; then each single deviation removed must lose it: 1-minimal),
   the shrunk schedule written to OUT/races/K (a simulated run directory: schedule.json holds every
@@ -52,9 +66,13 @@ Rules:
   reversal ran and the exporter's side came after the held job's end anyway: something the
   prediction did not see made it wait), `unreachable within the bound` (every deviation set for
   it within the bound ran and none raced), `not tried` (past `schedules`, or nothing to reverse:
-  the job never ended, the candidate overlapped in the run and its replay did not race).
-- OUT/around.json: candidates, confirmed, not_confirmed, also_found, schedules, seconds,
-  first_confirmed_schedule, deviations tried, unreadable lines.
+  the job never ended, the candidate overlapped in the run and its replay did not race). A
+  potential deadlock's reason counts the deviation sets aimed at its importer's fences: `not
+  tried` (none: no wait under a lock with a job of that importer after it; or some not run),
+  else `unreachable within the bound` (they ran and no deadlock formed).
+- OUT/around.json: candidates (with the potential deadlocks; by_kind counts them), confirmed,
+  not_confirmed, also_found, schedules, seconds, first_confirmed_schedule, deviations tried
+  (into_lock_waits: the potential deadlocks'), unreadable lines.
 `base_counts=False` (the sweep's second measure, tests/around_sweep.py): what the base schedule
 shows confirms nothing, and a deviation must find a race or finding it has not (another kind,
 buffer, importer or job).
@@ -71,7 +89,7 @@ import time
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sim.network import MAX_NS
 from sim.realguide import RealGuide, delay_u
@@ -83,6 +101,7 @@ UNREVOKE_LAGS_NS = (0, 100_000, 300_000, 1_000_000, 2_000_000)   # jobs begun th
 FAST_WINDOW_NS = 3_000_000   # before a job aimed into the simulated copy: the exporter's frames take the least delay
 LATE_WINDOW_NS = 2_000_000   # a move's notifications: the exporter's frames this long after its start
 STEP_REVERSALS = 64          # dependent step reorderings kept (nearest the candidates first)
+UNDER_LOCK_LAGS_NS = (2_000_000, 500_000, 8_000_000)   # a job aimed into a wait under a lock: this long into it
 NEAR_STEPS = 3               # step reorderings paired with each reversal at bound 2
 REVERSIBLE = ("lost_write", "stale_read", "write_after_invalidate")
 ORDERED = "ordered by a rule the prediction does not model"
@@ -451,6 +470,141 @@ def apply(base: RealGuide, devs: Sequence[Deviation]) -> RealGuide:
     return g
 
 
+def events_with(lines: Iterable[bytes], keys: Sequence[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among history lines that contain one of `keys` (a cheap test before
+    parsing); unreadable lines skipped."""
+    import orjson
+    for line in lines:
+        if any(k in line for k in keys):
+            try:
+                e = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(e, dict):
+                yield e
+
+
+def lockdep_candidates(history: Path) -> list[dict[str, Any]]:
+    """The run's potential deadlocks, as the checker judges its history (checker/lockdep.py), as
+    candidates: kind potential_deadlock, the importer and buffer whose fence's signalling took a
+    reservation lock (`job`: that fence's job, `fence`: its seq), `other`: the wait for fences
+    under a reservation lock that closes lockdep's cycle. A prediction, not a finding: only a
+    formed deadlock confirms it."""
+    from checker.findings import POTENTIAL_DEADLOCK
+    from checker.lockdep import HANDLED, LockDep
+    dep = LockDep()
+    with open(history, "rb") as fh:
+        for e in events_with(fh, [f'"{name}"'.encode() for name in HANDLED]):
+            if e.get("event") in HANDLED and isinstance(e.get("t_ns"), int):
+                dep.feed(e)
+    out = []
+    for it in dep.items:
+        fence, _taking, _lock, wait = it["events"]
+        out.append({"kind": POTENTIAL_DEADLOCK, "buffer": it["buffer"], "gen": None, "importer": it["importer"],
+                    "fence": it["fence"], "job": {"svc": it["importer"], "job": fence.get("job"), "t_ns": fence["t_ns"]},
+                    "other": {"event": wait.get("event"), "svc": wait.get("svc"), "buffer": wait.get("buffer"),
+                              "move": wait.get("move"), "revoke": wait.get("revoke"), "t_ns": wait["t_ns"]}})
+    return out
+
+
+def lock_waits(lines: Iterable[bytes], s0: int) -> list[tuple[Any, int, int, frozenset[str]]]:
+    """Each move's or revocation's first wait for fences while it holds its buffer's reservation
+    lock (lockdep's side B), in order: (buffer, k: the k-th such wait on that buffer, its time in ns
+    after s0, the importers whose fences it waited for)."""
+    from checker.model import importer_name
+    held: set[Any] = set()
+    seen: set[tuple[str, Any]] = set()
+    nth: dict[Any, int] = {}
+    out = []
+    for e in events_with(lines, (b'"resv_', b'"fence_wait_begin"')):
+        if e.get("svc") != "exporter" or not isinstance(e.get("t_ns"), int):
+            continue
+        name, buf = e.get("event"), e.get("buffer")
+        if name == "resv_lock":
+            held.add(buf)
+        elif name == "resv_unlock":
+            held.discard(buf)
+        elif name == "fence_wait_begin" and buf in held:
+            holder = ("move", e["move"]) if e.get("move") is not None else ("revoke", e.get("revoke"))
+            if holder in seen:
+                continue
+            seen.add(holder)
+            k = nth[buf] = nth.get(buf, -1) + 1
+            fenced = frozenset(importer_name(f.get("importer", f.get("slot"))) for f in e.get("fences") or []
+                               if isinstance(f, dict) and f.get("buffer", buf) == buf)
+            out.append((buf, k, e["t_ns"] - s0, fenced))
+    return out
+
+
+def into_lock_waits(items: Sequence[dict[str, Any]], guide: RealGuide, real: Sequence[tuple], simulated: Sequence[tuple],
+                    ) -> tuple[list[Deviation], list[tuple[Deviation, Deviation]]]:
+    """Deviations aimed at forming each potential deadlock's cycle (RaceFuzzer's hold-back, for a
+    lock and a fence): for its importer I and each wait for fences under a reservation lock of the
+    run (`real`, from lock_waits; buffer B), I's first job begun after the wait began (and after
+    I's own job on B running then ended) taken on B and begun UNDER_LOCK_LAGS_NS after that (on the
+    base schedule's own wait, from `simulated`, where it has one; `retarget_into`): its map request
+    comes while the lock is held. If that wait
+    waited for I's fence on B, one deviation; else a pair, with I's last job begun before the wait
+    taken on B too (`retarget`), so that the wait has I's fence on B to wait for. Each deviation's
+    candidate is I's on B if there is one, else I's first."""
+    from checker.findings import POTENTIAL_DEADLOCK
+    sim_at = {(b, k): t for b, k, t, _ in simulated}
+    singles: list[Deviation] = []
+    pairs: list[tuple[Deviation, Deviation]] = []
+    importers = list(dict.fromkeys(str(c["importer"]) for c in items if c["kind"] == POTENTIAL_DEADLOCK))
+    for imp in importers:
+        try:
+            index = int(imp.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        jobs = guide.jobs.get(index, [])
+        mine = [n for n, c in enumerate(items) if c["kind"] == POTENTIAL_DEADLOCK and str(c["importer"]) == imp]
+        for buf, k, t, fenced in real:
+            n = next((m for m in mine if items[m]["buffer"] == buf), mine[0])
+            before = [j for j in jobs if j.begin_ns < t]
+            held = [j for j in before if j.buffer == buf]
+            if imp not in fenced:
+                if not before:
+                    continue
+                held = [before[-1]]             # the pair's first: taken on B
+            # I's own job on B still running keeps B busy for I (a busy buffer is not drawn again):
+            # the job aimed into the wait begins after it ended
+            start = max([t] + [j.begin_ns + j.duration_ns for j in held])
+            after = [j for j in jobs if j.begin_ns > start]
+            if not after:
+                continue
+            at = sim_at.get((buf, k))
+            into = [Deviation("retarget_into", (t if at is None else at) + start - t + lag, index, after[0].job,
+                              buffer=buf, access=after[0].access, sim_axis=at is not None, cand=n)
+                    for lag in UNDER_LOCK_LAGS_NS]
+            if imp in fenced:
+                singles += into
+            else:
+                j = before[-1]
+                first = Deviation("retarget", j.begin_ns + j.duration_ns, index, j.job, buffer=buf, access=j.access, cand=n)
+                pairs += [(first, d) for d in into]
+    return singles, pairs
+
+
+def deadlock_reason(n: int, items: Sequence[dict[str, Any]], plan: Sequence[tuple[Deviation, ...]],
+                    state: Sequence[dict[str, Any]], bound: int, schedules: int, stopped: bool) -> str:
+    """Why potential deadlock n was not confirmed: the deviation sets aimed at its importer's
+    fences (into_lock_waits gives each one candidate of that importer) and how many of them ran."""
+    from checker.findings import POTENTIAL_DEADLOCK
+    imp = str(items[n]["importer"])
+    mine = {m for m, c in enumerate(items) if c["kind"] == POTENTIAL_DEADLOCK and str(c["importer"]) == imp}
+    left = sum(1 for devs in plan if any(d.cand in mine for d in devs))
+    tried = sum(state[m]["tried"] for m in mine)
+    if not left:
+        return (f"not tried: no wait for fences under a reservation lock in the run with a job of {imp} begun "
+                f"after it to aim into it")
+    if tried < left:
+        return (f"not tried: {left - tried} of the {left} deviation sets aimed at {imp}'s fences, "
+                + ("stopped at the first confirmation" if stopped else f"past --schedules {schedules}"))
+    return (f"{UNREACHABLE} {bound}: {tried} schedules began a job of {imp} inside a wait for its fence under a "
+            f"reservation lock (up to {bound} deviations) and no deadlock formed")
+
+
 def _event_times(history: Sequence[bytes], cand: dict[str, Any]) -> tuple[int | None, int | None]:
     """In a schedule's history: the candidate's job's end and the exporter's side (its event on
     the buffer and generation), first of each."""
@@ -474,7 +628,7 @@ def _event_times(history: Sequence[bytes], cand: dict[str, Any]) -> tuple[int | 
 def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, force: bool = False,
            version: str | None = None, stop_at_first: bool = False, base_counts: bool = True,
            say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    from checker.findings import CATCHES
+    from checker.findings import CATCHES, DEADLOCK, POTENTIAL_DEADLOCK
     from checker.predict import PredictRefused, predict_history
     from exporter_svc.service import COPY_CHUNK
     from runtime.runparams import OptionError, from_mapping
@@ -526,7 +680,11 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     say(f"explore --around {run_dir}: {pred['candidates']} candidate(s), {len(pred['items'])} listed; "
         f"base schedule: {len(baseline)} race(s) or finding(s) of its own; bound {bound}, at most {schedules} schedules")
 
-    items = pred["items"]
+    items = pred["items"] + lockdep_candidates(history)      # the happens-before candidates, then lockdep's
+    n_potential = sum(c["kind"] == POTENTIAL_DEADLOCK for c in items)
+    if n_potential:
+        say(f"  and {n_potential} potential deadlock(s) (checker/lockdep.py): each confirmed only by a schedule in "
+            f"which a deadlock forms")
     state: list[dict[str, Any]] = [{"tried": 0, "ordered": 0, "why": None} for _ in items]
     confirmed: dict[int, dict[str, Any]] = {}
     also_found: list[dict[str, Any]] = []
@@ -534,7 +692,16 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     first_schedule: int | None = None
 
     def label(c: dict[str, Any]) -> dict[str, Any]:
+        if c["kind"] == POTENTIAL_DEADLOCK:
+            return {"kind": c["kind"], "buffer": c["buffer"], "importer": c["importer"], "fence": c["fence"],
+                    "job": c["job"], "other": c["other"]}
         return {"kind": c["kind"], "buffer": c["buffer"], "gen": c["gen"], "job": c["job"], "other": c["other"]}
+
+    def involved(r: Any) -> list[int]:
+        """The potential deadlocks a formed deadlock confirms: those of its fence's importer or of
+        its lock's buffer."""
+        return [n for n, c in enumerate(items) if c["kind"] == POTENTIAL_DEADLOCK
+                and (str(c["importer"]) == r.svc or c["buffer"] == r.buffer)]
 
     def matches(r: Any) -> int | None:
         same = [n for n, c in enumerate(items) if c["kind"] == r.kind and c["buffer"] == r.buffer]
@@ -571,8 +738,23 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
         nonlocal first_schedule
         got = False
         for r in races:
-            n = matches(r)
+            if r.kind == POTENTIAL_DEADLOCK:
+                continue                        # a prediction, seen again: it confirms nothing, nor is it found
             key = (r.kind, r.buffer)
+            pending = [n for n in involved(r) if n not in confirmed] if r.kind == DEADLOCK else []
+            if pending:                         # the cycle formed: it confirms the potential deadlocks it involves
+                kept_keys.add(key)
+                info = keep(r, devs, schedule)
+                for n in pending:
+                    confirmed[n] = {**label(items[n]), **info}
+                say(f"  confirmed {len(pending)} potential deadlock(s): a deadlock formed on buffer {r.buffer}'s lock "
+                    f"({r.svc}'s fence {r.job}) in schedule {schedule}, {len(info['deviations'])} deviation(s) -> "
+                    f"{info['dir']}")
+                got = True
+                continue
+            if r.kind == DEADLOCK and involved(r):
+                continue                        # they are confirmed already
+            n = matches(r)
             if n is not None and n not in confirmed:
                 kept_keys.add(key)
                 info = keep(r, devs, schedule)
@@ -602,6 +784,11 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     level1: list[tuple[Deviation, ...]] = []
     for depth in range(max((len(v) for v in per_cand), default=0)):
         level1 += [(v[depth],) for v in per_cand if depth < len(v)]
+    with open(history, "rb") as fh:             # then the potential deadlocks' (into_lock_waits)
+        held, held_pairs = into_lock_waits(items, base, lock_waits(fh, s0), lock_waits(base_trial.history or [], sim_s0))
+    level1 += [(d,) for d in held]
+    if held or held_pairs:
+        say(f"  {len(held)} jobs aimed into waits for fences under a lock, {len(held_pairs)} pairs (potential deadlocks)")
     late = [Deviation("late_frames", m.t_ns, move=m.move) for m in base.moves]
     times, revocations = move_times(history, s0)
     crossed = crossings(base, times, copy_ns, revocations, sim_times(base_trial.history or [], sim_s0))
@@ -614,6 +801,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     level1 += [(d,) for d in crossed] + unpinned + [(d,) for d in late] + [(d,) for d in steps]
     level2: list[tuple[Deviation, ...]] = []
     if bound >= 2:
+        level2 += held_pairs
         for n, v in enumerate(per_cand):
             level2 += [tuple(p) for p in combinations(v, 2)]
             mv = items[n]["other"].get("move")
@@ -664,7 +852,9 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             continue
         st = state[n]
         left = [devs for devs in plan if any(d.cand == n for d in devs)]
-        if c["kind"] == "use_after_unmap" or not per_cand[n]:
+        if c["kind"] == POTENTIAL_DEADLOCK:
+            why = deadlock_reason(n, items, plan, state, bound, schedules, stop_at_first and first_schedule is not None)
+        elif c["kind"] == "use_after_unmap" or not per_cand[n]:
             why = ("not tried: a race in the run's own order (use_after_unmap), which its replay did not repeat"
                    if c["kind"] == "use_after_unmap" else
                    "not tried: nothing to reverse (the job never ended, or the other side has no time)")
@@ -678,8 +868,9 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             why = (f"{UNREACHABLE} {bound}: {st['tried']} schedules reversed it (up to {bound} deviations) "
                    f"and none raced")
         not_confirmed.append({**label(c), "reason": why})
-    doc = {"run": str(run_dir), "version": report.get("version"), "candidates": pred["candidates"],
-           "by_kind": pred["by_kind"], "listed": len(items),
+    by_kind = {**pred["by_kind"], **({POTENTIAL_DEADLOCK: n_potential} if n_potential else {})}
+    doc = {"run": str(run_dir), "version": report.get("version"), "candidates": pred["candidates"] + n_potential,
+           "by_kind": by_kind, "listed": len(items), "into_lock_waits": len(held) + len(held_pairs),
            "confirmed": [confirmed[n] for n in sorted(confirmed)], "not_confirmed": not_confirmed,
            "also_found": also_found, "confirms": bool(confirmed or also_found),
            "first_confirmed_schedule": first_schedule, "first_deviation_s": first_deviation_s, "schedules": schedule, "bound": bound,

@@ -9,11 +9,13 @@ mutants: for each resv-fence mutant and revoke+kref-reinit, real runs (`dmabuf-e
 --duration 0.3 --importers 2 --move-rate 5 --seed S`, S = 1, 2, ...: one or two pressure ticks, so
 that many runs miss the race; the pin mutants with --pin-ratio 0.25; revoke+kref-reinit with two
 revocations of buffers 0 and 1, the first un-revoked: REVOKES; no-kernel-fence-wait with 4 MiB
-buffers: LONG_COPY) are
+buffers: LONG_COPY; signal-after-next-map with 16 buffers and a 20 ms think time: FEW_RETURNS) are
 made until RUNS of them have a report with no race and no catch finding (checker/findings.py
-CATCHES: a potential_deadlock, which is no catch, does not disqualify a run) and at least one move
-or revocation begun; each kept run is
-explored around (sim/around.py, --schedules 200, bound 2, stopping at the first schedule that
+CATCHES) other than potential_deadlock, and at least one move or revocation begun. A
+potential_deadlock is lockdep's prediction, flagged in every run of signal-after-next-map whether
+or not the cycle formed: it does not disqualify a run, and it confirms nothing (sim/around.py);
+what confirms that mutant is a formed `deadlock` (CONFIRMED_BY), and its row says so. Each kept run
+is explored around (sim/around.py, --schedules 200, bound 2, stopping at the first schedule that
 confirms a race or a catch; --deviated: what the undeviated guided replay already shows does not
 count, a deviation must find it). Prints, per mutant, the runs tried and kept, how many were
 confirmed and the median schedules to the confirmation; writes OUT/<mode>.json.
@@ -50,6 +52,14 @@ REVOKES = ["--fault", "revoke:at=0.1,for=0.05,target=0-1", "--fault", "revoke:at
 # no-kernel-fence-wait's bug needs a copy longer than a map's round trip: 4 MiB buffers (16 chunks,
 # 400 us in the simulator; a 256 KiB copy is one 25 us chunk, over before any map reply: mutants.py)
 LONG_COPY = ["--buffer-size", "4MiB"]
+# signal-after-next-map deadlocks whenever an importer maps a buffer again while a move holds its
+# lock and waits for that importer's held fence: with the default 8 buffers and 1 ms think time it
+# formed in 6 of 6 runs (seeds 1-6). 16 buffers and a 20 ms mean think time make that return rarer
+# within 0.3 s (3 of seeds 1-6 had no deadlock), so that some runs show lockdep's prediction alone.
+FEW_RETURNS = ["--buffers", "16", "--think-ms", "20"]
+# What confirms a mutant whose run finding is a prediction: only these kinds count (any other
+# catch found, e.g. stuck, is reported but is not its confirmation).
+CONFIRMED_BY = {"resv-fence+signal-after-next-map": ("deadlock",)}
 CORRECT = [("pin", []), ("resv-fence", []), ("revoke", []), ("unmap-hint", ["--hint-policy", "conservative"])]
 PLANS = ("none", "net")
 
@@ -74,12 +84,14 @@ def real_run(strategy: str, seed: int, out: Path, extra: list[str], duration: st
 
 
 def quiet(report: dict[str, Any]) -> bool:
-    """No race and no catch finding (the runs `explore --around` is for), and a move or a
+    """No race and no catch finding but potential_deadlock (the runs `explore --around` is for:
+    lockdep's prediction is one of its candidates, not a catch of the run), and a move or a
     revocation begun (a run without one has nothing a resv-fence or revoke mutant breaks)."""
-    from checker.findings import CATCHES
+    from checker.findings import CATCHES, POTENTIAL_DEADLOCK
     f = report.get("findings", {})
     acted = (report.get("moves") or {}).get("begun", 0) + (report.get("revoke") or {}).get("revocations", 0)
-    return not report["races"]["total"] and not any((f.get(k) or {}).get("count") for k in CATCHES) and acted > 0
+    return not report["races"]["total"] and acted > 0 and not any(
+        (f.get(k) or {}).get("count") for k in CATCHES if k != POTENTIAL_DEADLOCK)
 
 
 def explore_around(run: Path, out: Path, schedules: int, stop_at_first: bool, base_counts: bool = True) -> dict[str, Any]:
@@ -92,7 +104,15 @@ def explore_around(run: Path, out: Path, schedules: int, stop_at_first: bool, ba
 
 def what(doc: dict[str, Any]) -> str:
     got = [c["race"] for c in doc["confirmed"]] + [c["race"] for c in doc["also_found"]]
-    return ", ".join(f"{r['kind']} b{r['buffer']}" for r in got[:3]) or "-"
+    names = dict.fromkeys(f"{r['kind']} b{r['buffer']}" for r in got)   # one deadlock confirms several
+    return ", ".join(list(names)[:3]) or "-"
+
+
+def confirms(doc: dict[str, Any], kinds: tuple[str, ...] | None) -> bool:
+    """Whether explore --around confirmed the mutant: anything it confirmed or found, or (kinds)
+    only a race or finding of those kinds."""
+    got = [c["race"]["kind"] for c in doc["confirmed"] + doc["also_found"]]
+    return bool(got) if kinds is None else any(k in kinds for k in got)
 
 
 def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: list[str],
@@ -100,7 +120,9 @@ def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: li
     rows = {}
     for m in only or MUTANTS:
         extra = ["--move-rate", "5"] + (["--pin-ratio", "0.25"] if m in PINNED else []) + (
-            REVOKES if m.startswith("revoke+") else []) + (LONG_COPY if m.endswith("no-kernel-fence-wait") else [])
+            REVOKES if m.startswith("revoke+") else []) + (LONG_COPY if m.endswith("no-kernel-fence-wait") else []) + (
+            FEW_RETURNS if m.endswith("signal-after-next-map") else [])
+        kinds = CONFIRMED_BY.get(m)
         kept, tried, items = 0, 0, []
         for seed in range(1, max_seeds + 1):
             if kept >= runs:
@@ -114,17 +136,19 @@ def sweep_mutants(out: Path, runs: int, max_seeds: int, schedules: int, only: li
             kept += 1
             doc = explore_around(d, out / ("around" if base_counts else "around-deviated") / f"{m}-{seed}",
                                  schedules, True, base_counts)
-            items.append({"seed": seed, "confirms": doc["confirms"], "schedule": doc["first_confirmed_schedule"],
+            items.append({"seed": seed, "confirms": confirms(doc, kinds), "schedule": doc["first_confirmed_schedule"],
                           "schedules": doc["schedules"], "candidates": doc["candidates"], "found": what(doc),
                           "seconds": doc["seconds"], "cpu_s": doc["cpu_s"]})
-            print(f"{m} seed {seed}: candidates {doc['candidates']}, confirms {doc['confirms']} at schedule "
+            print(f"{m} seed {seed}: candidates {doc['candidates']}, confirms {items[-1]['confirms']} at schedule "
                   f"{doc['first_confirmed_schedule']} ({what(doc)}), {doc['schedules']} schedules, {doc['cpu_s']} cpu s",
                   flush=True)
         got = [i for i in items if i["confirms"]]
-        rows[m] = {"tried": tried, "kept": kept, "confirmed": len(got),
+        rows[m] = {"tried": tried, "kept": kept, "confirmed": len(got), "flags": extra,
+                   "confirmed_by": list(kinds) if kinds else "any race or catch",
                    "median_schedules": statistics.median([i["schedule"] for i in got]) if got else None,
                    "runs": items}
-        print(f"== {m}: {len(got)}/{kept} confirmed (runs tried {tried}), median schedules "
+        by = f" by a formed {' or '.join(kinds)}" if kinds else ""
+        print(f"== {m}: {len(got)}/{kept} confirmed{by} (runs tried {tried}), median schedules "
               f"{rows[m]['median_schedules']}", flush=True)
     return rows
 
