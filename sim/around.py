@@ -486,7 +486,7 @@ def lock_maps(guide: RealGuide, moves: Sequence[SimMove], jobs: dict[int, list[t
     out: list[Deviation] = []
     for m in moves:
         aims = [m.copy_begin - MAP_EARLY_NS, m.copy_begin + copy_ns // 4]
-        if m.copy_begin - m.waits > 2 * MAP_EARLY_NS:
+        if m.copy_begin - m.waits > 2 * MAP_EARLY_NS:     # it waited for fences: a map into the wait
             aims.insert(0, (m.waits + m.copy_begin) // 2)
         for t in aims:
             for importer in sorted(guide.jobs):
@@ -498,15 +498,17 @@ def lock_maps(guide: RealGuide, moves: Sequence[SimMove], jobs: dict[int, list[t
 
 def held_maps(guide: RealGuide, crossed: Sequence[Deviation], moves: Sequence[SimMove],
               jobs: dict[int, list[tuple[int, int, int]]]) -> list[tuple[Deviation, Deviation]]:
-    """Two deviations: a job held on B across a move (a `retarget` of crossings), so that the
-    move waits for its fence, and another importer's map of B aimed into that wait
+    """Two deviations, for a move of B that waited for no fence in the base schedule (no job
+    on B when it began: lock_maps has no fence wait to aim into): a job held on B across it (a
+    write `retarget` of crossings, unpinned: a write's fence every fence wait waits for), so that
+    the move waits for its fence, and another importer's map of B aimed into that wait
     (HELD_MAP_LAGS_NS after the base schedule's fence wait began): a map served while the move
     holds the lock."""
     out: list[tuple[Deviation, Deviation]] = []
-    by_move = {(m.move, m.buffer): m for m in moves}
+    by_move = {(m.move, m.buffer): m for m in moves if m.copy_begin - m.waits <= 2 * MAP_EARLY_NS}
     for hold in crossed:
         m = by_move.get((hold.move, hold.buffer))
-        if hold.kind != "retarget" or m is None:
+        if hold.kind != "retarget" or hold.access != "write" or hold.pin or m is None:
             continue
         for lag in HELD_MAP_LAGS_NS:
             t = m.waits + lag
