@@ -37,14 +37,28 @@ Rules:
      with --pin-ratio, also pinned; and, two deviations, the importer's job before it taken on B
      pinned and the last one unpinned), the same around each revocation and un-revocation,
      and its first job begun after the copy began taken on B while the copy runs
-     (`retarget_into`); then the exporter's notifications of each move delivered late (`late_frames`: each frame the
-     exporter sends in the move's first LATE_WINDOW_NS takes the network's longest delay), and
+     (`retarget_into`); then maps aimed into each move of the base schedule (`map_into`, on its
+     simulated axis, where the simulation put the move's lock and copy, not where the real run
+     had them: a 4 MiB copy takes 400 us in the simulator, 13 ms in a loaded real run): each
+     importer's jobs on either side of the aim (its last one begun before, delayed, and its first
+     one after, brought forward; the jobs drawn by the same refill come with it, for one think
+     time precedes a refill) taken on B, their map request arriving at the exporter in the
+     middle of the move's fence wait, MAP_EARLY_NS before it lets go of the lock (deferred to
+     it) and a quarter into the copy, the exporter's replies from then until the copy's end
+     taking the least delay (its notifications, sent before, keep theirs, so the lock and copy
+     stay where they were); then the exporter's notifications of each move delivered late
+     (`late_frames`: each frame the exporter sends in the move's first LATE_WINDOW_NS takes the
+     network's longest delay), and
      the reorderings of dependent steps the run left open: two steps of different actors at one
      instant whose footprints meet (sim/search/dpor.py's dependency relation, footprints by
      sim/search/exhaustive.py), the later one's actor offered when the earlier one was chosen:
      `step` takes it there instead (nearest a candidate's time first).
   3. with bound 2: each candidate's reversals two at a time, each with its move's late frames,
-     and each with the step reorderings nearest to it; each crossing with its move's late frames.
+     and each with the step reorderings nearest to it; each job held across a move (a `retarget`
+     of 2.) with each other importer's map aimed into the fence wait that makes (`map_into`,
+     HELD_MAP_LAGS_NS after the base schedule's fence wait began: a map served while the move
+     holds the lock, when the run had no job on B at the move); each crossing with its move's
+     late frames.
   A bound above 2 searches what bound 2 does (no schedule here has more than two deviations).
   A deviation that no longer fits (its job or step is not there: an earlier one moved it) is
   not applied; the schedule is judged as it ran.
@@ -91,7 +105,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sim.network import MAX_NS
+from sim.network import MAX_NS, MIN_NS
 from sim.realguide import RealGuide, delay_u
 from sim.scheduler import RANDOM, STEP, Request
 
@@ -100,6 +114,8 @@ LEAD_NS = 1_000_000          # a delayed start comes this long before the other 
 UNREVOKE_LAGS_NS = (0, 100_000, 300_000, 1_000_000, 2_000_000)   # jobs begun these long after an un-revocation
 FAST_WINDOW_NS = 3_000_000   # before a job aimed into the simulated copy: the exporter's frames take the least delay
 LATE_WINDOW_NS = 2_000_000   # a move's notifications: the exporter's frames this long after its start
+MAP_EARLY_NS = 50_000        # a map aimed at a move's unlock arrives this long before it (deferred to it)
+HELD_MAP_LAGS_NS = (200_000, 1_000_000)   # with a job held across the move: maps this long after its fence wait began
 STEP_REVERSALS = 64          # dependent step reorderings kept (nearest the candidates first)
 UNDER_LOCK_LAGS_NS = (2_000_000, 500_000, 8_000_000)   # a job aimed into a wait under a lock: this long into it
 NEAR_STEPS = 3               # step reorderings paired with each reversal at bound 2
@@ -118,7 +134,8 @@ class Deviation:
     exporter's start. `importer`/`job` name a real job, `move` a real move; a step is the
     decision `index` offered `options` where `value` is taken."""
 
-    kind: str                          # hold_end | run_across | move_at | begin_at | late_frames | step
+    # hold_end | run_across | move_at | begin_at | late_frames | step | retarget | retarget_into | map_into
+    kind: str
     t_ns: int
     importer: int | None = None
     job: Any = None
@@ -131,6 +148,8 @@ class Deviation:
     access: str = ""                   # retarget: and its access
     pin: bool | None = None            # retarget: and whether it pins (with --pin-ratio)
     sim_axis: bool = False             # t_ns is on the base schedule's simulated axis (its own event's time)
+    until_ns: int | None = None        # map_into: the exporter's replies go fast from t_ns until then (simulated axis)
+    refill: tuple[int, ...] = ()       # map_into: the jobs drawn with it (one refill), aimed with it
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "t_ms": round(self.t_ns / 1e6, 3)}
@@ -143,6 +162,10 @@ class Deviation:
             d["pin"] = self.pin
         if self.sim_axis:
             d["axis"] = "simulated"
+        if self.until_ns is not None:
+            d["until_ms"] = round(self.until_ns / 1e6, 3)
+        if self.refill:
+            d["refill"] = list(self.refill)
         if self.kind == "step":
             d["options"], d["value"] = list(self.options), self.value
         return d
@@ -159,6 +182,10 @@ class AroundGuide:
         # a job aimed into the simulated copy or lock: the exporter's replies meanwhile go as fast
         # as the network does (the real run's median reply delay would land it after the copy)
         self.fast = [(d.t_ns - FAST_WINDOW_NS, d.t_ns) for d in devs if d.kind == "retarget_into" and d.sim_axis]
+        # a map aimed into a move's lock or copy: only the replies from its arrival on go fast
+        # (the move's notifications, sent before, keep their delay: the lock and copy stay where they were)
+        self.fast += [(d.t_ns - MAP_EARLY_NS, d.until_ns) for d in devs
+                      if d.kind == "map_into" and d.until_ns is not None]
         self.recorder = recorder
         self.applied: set[Deviation] = set()
 
@@ -407,6 +434,112 @@ def crossings(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int,
     return out
 
 
+@dataclass(frozen=True)
+class SimMove:
+    """A move of the base schedule, ns after its exporter's start (simulated axis): where maps
+    are aimed into its lock and copy."""
+
+    move: Any
+    buffer: Any
+    begin: int
+    waits: int                       # its fence wait began (every move_notify returned): the fence snapshot
+    copy_begin: int                  # the copy began and the lock was let go (resv-fence pipelines the copy)
+    copy_end: int
+
+
+def sim_moves(history: Sequence[bytes], sim_s0: int) -> tuple[list[SimMove], dict[int, list[tuple[int, int, int]]]]:
+    """The base schedule's moves (SimMove) and each importer's jobs as (dma_begin, job, when its
+    map was asked for), by time. Job n of an importer is its n-th draw (the guide's
+    jobs[importer][n - 1]); jobs asked for at one instant were drawn by one refill."""
+    import orjson
+    keys = (b'"move_begin"', b'"fence_wait_begin"', b'"copy_begin"', b'"copy_end"', b'"dma_begin"', b'"event":"map"')
+    seen: dict[Any, dict[str, Any]] = {}
+    asked: dict[tuple[str, Any], int] = {}
+    begins: dict[int, dict[int, tuple[int, int]]] = {}
+    for line in history:
+        if not any(k in line for k in keys):
+            continue
+        e = orjson.loads(line)
+        ev, svc, t = e.get("event"), str(e.get("svc", "")), e.get("t_ns", 0) - sim_s0
+        if ev == "map" and svc.startswith("importer-"):
+            asked[(svc, e.get("buffer"))] = t - int(e.get("latency_ns") or 0)
+        elif ev == "dma_begin" and svc.startswith("importer-") and isinstance(e.get("job"), int):
+            sent = asked.get((svc, e.get("buffer")), t)
+            begins.setdefault(int(svc.rsplit("-", 1)[1]), {}).setdefault(e["job"], (t, sent))
+        elif svc == "exporter" and e.get("move") is not None and ev != "dma_begin":
+            seen.setdefault(e["move"], {"buffer": e.get("buffer")}).setdefault(ev, t)
+    out = [SimMove(mv, m["buffer"], m["move_begin"], m.get("fence_wait_begin", m["copy_begin"]), m["copy_begin"],
+                   m["copy_end"])
+           for mv, m in seen.items() if {"move_begin", "copy_begin", "copy_end"} <= m.keys()]
+    jobs = {i: sorted((t, n, sent) for n, (t, sent) in b.items()) for i, b in begins.items()}
+    return sorted(out, key=lambda m: m.begin), jobs
+
+
+def _near_jobs(guide: RealGuide, jobs: dict[int, list[tuple[int, int, int]]], importer: int,
+               t: int) -> list[tuple[Any, tuple[int, ...]]]:
+    """The importer's jobs (the guide's) on either side of t in the base schedule, each with the
+    others of its refill: its last one begun before t (delayed to t with its refill, it is free
+    to come then) and its first one after (brought forward if a slot is free)."""
+    began = jobs.get(importer, [])
+    real = guide.jobs.get(importer, [])
+    k = next((n for n, (b, _, _) in enumerate(began) if b >= t), len(began))
+    out = []
+    for n in (k - 1, k):
+        if 0 <= n < len(began) and 1 <= began[n][1] <= len(real):
+            sent = began[n][2]
+            refill = tuple(real[m - 1].job for _, m, s in began
+                           if s == sent and m != began[n][1] and 1 <= m <= len(real))
+            out.append((real[began[n][1] - 1], refill))
+    return out
+
+
+def lock_maps(guide: RealGuide, moves: Sequence[SimMove], jobs: dict[int, list[tuple[int, int, int]]],
+              copy_ns: int) -> list[Deviation]:
+    """Maps aimed into each base-schedule move of buffer B (`map_into`, simulated axis): each
+    importer's job nearest the aim taken on B, its map request arriving at the exporter while the
+    move waits for fences (its fence wait's middle), just before the lock is let go (deferred to
+    it), and a quarter into the copy; the exporter's replies from then until the copy's end take
+    the least delay, so that the job begins inside the copy. A map served meanwhile either waits
+    for the lock and then for the copy's KERNEL fence, or (a strategy that serves maps unlocked,
+    or an importer that skips the KERNEL fence) races the copy."""
+    out: list[Deviation] = []
+    for m in moves:
+        aims = [m.copy_begin - MAP_EARLY_NS, m.copy_begin + copy_ns // 4]
+        if m.copy_begin - m.waits > 2 * MAP_EARLY_NS:     # it waited for fences: a map into the wait
+            aims.insert(0, (m.waits + m.copy_begin) // 2)
+        for t in aims:
+            for importer in sorted(guide.jobs):
+                for j, refill in _near_jobs(guide, jobs, importer, t):
+                    out.append(Deviation("map_into", t, importer, j.job, move=m.move, buffer=m.buffer,
+                                         access=j.access, sim_axis=True, until_ns=m.copy_end, refill=refill))
+    return out
+
+
+def held_maps(guide: RealGuide, crossed: Sequence[Deviation], moves: Sequence[SimMove],
+              jobs: dict[int, list[tuple[int, int, int]]]) -> list[tuple[Deviation, Deviation]]:
+    """Two deviations, for a move of B that waited for no fence in the base schedule (no job
+    on B when it began: lock_maps has no fence wait to aim into): a job held on B across it (a
+    write `retarget` of crossings, unpinned: a write's fence every fence wait waits for), so that
+    the move waits for its fence, and another importer's map of B aimed into that wait
+    (HELD_MAP_LAGS_NS after the base schedule's fence wait began): a map served while the move
+    holds the lock."""
+    out: list[tuple[Deviation, Deviation]] = []
+    by_move = {(m.move, m.buffer): m for m in moves if m.copy_begin - m.waits <= 2 * MAP_EARLY_NS}
+    for hold in crossed:
+        m = by_move.get((hold.move, hold.buffer))
+        if hold.kind != "retarget" or hold.access != "write" or hold.pin or m is None:
+            continue
+        for lag in HELD_MAP_LAGS_NS:
+            t = m.waits + lag
+            for importer in sorted(guide.jobs):
+                if importer == hold.importer:
+                    continue
+                for j, refill in _near_jobs(guide, jobs, importer, t):
+                    out.append((hold, Deviation("map_into", t, importer, j.job, move=m.move, buffer=m.buffer,
+                                                access=j.access, sim_axis=True, until_ns=t + MAX_NS, refill=refill)))
+    return out
+
+
 def pinned_before(guide: RealGuide, times: dict[Any, dict[str, int]], copy_ns: int) -> list[tuple[Deviation, Deviation]]:
     """With --pin-ratio: around each real move of buffer B, each importer's job before its last
     one before the move taken on B pinned (pin, unpin: an attachment that pinned B, its mapping
@@ -451,6 +584,14 @@ def apply(base: RealGuide, devs: Sequence[Deviation]) -> RealGuide:
                 j.duration_ns = max(j.duration_ns, end - j.begin_ns)
             else:
                 j.begin_ns = min(j.begin_ns, d.t_ns)
+        elif d.kind == "map_into":
+            # its map reaches the exporter at t_ns, one exporter delay before it begins; the jobs
+            # drawn with it come with it (one think time before a refill: none between its jobs)
+            for j in g.jobs.get(d.importer, []):  # type: ignore[arg-type]
+                if j.job == d.job or j.job in d.refill:
+                    j.aim_ns = d.t_ns + g.net_ns.get("exporter", MIN_NS)
+                if j.job == d.job:
+                    j.buffer, j.access = d.buffer, d.access
         elif d.kind in ("retarget", "retarget_into"):
             j = next((j for j in g.jobs.get(d.importer, []) if j.job == d.job), None)  # type: ignore[arg-type]
             if j is None:
@@ -793,12 +934,15 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     times, revocations = move_times(history, s0)
     crossed = crossings(base, times, copy_ns, revocations, sim_times(base_trial.history or [], sim_s0))
     unpinned = pinned_before(base, times, copy_ns) if bound >= 2 else []
+    moved, drawn = sim_moves(base_trial.history or [], sim_s0)
+    into = lock_maps(base, moved, drawn, copy_ns)
+    held = held_maps(base, crossed, moved, drawn) if bound >= 2 else []
     cand_times = sorted(c["other"]["t_ns"] - s0 for c in items if c["other"].get("t_ns") is not None)
 
     def distance(t: int) -> int:
         return min((abs(t - x) for x in cand_times), default=0)
     steps = sorted(recorder.reversals(sim_s0), key=lambda d: distance(d.t_ns))[:STEP_REVERSALS]
-    level1 += [(d,) for d in crossed] + unpinned + [(d,) for d in late] + [(d,) for d in steps]
+    level1 += [(d,) for d in crossed] + [(d,) for d in into] + unpinned + [(d,) for d in late] + [(d,) for d in steps]
     level2: list[tuple[Deviation, ...]] = []
     if bound >= 2:
         level2 += held_pairs
@@ -811,10 +955,11 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             if t is not None and v:
                 near = sorted(steps, key=lambda x: abs(x.t_ns - (t - s0)))[:NEAR_STEPS]
                 level2 += [(d, x) for d in v for x in near]
-        level2 += [(d, x) for d in crossed for x in late if x.move == d.move]
+        level2 += held + [(d, x) for d in crossed for x in late if x.move == d.move]
     plan = level1 + level2
     say(f"  {len(level1) - len(unpinned)} single deviations ({sum(map(len, per_cand))} reversals of candidates, "
-        f"{len(crossed)} crossings of moves and revocations, {len(late)} late notifications, {len(steps)} dependent "
+        f"{len(crossed)} crossings of moves and revocations, {len(into)} maps into moves, {len(late)} late "
+        f"notifications, {len(steps)} dependent "
         f"step reorderings), {len(level2) + len(unpinned)} pairs")
 
     schedule = 0

@@ -68,6 +68,44 @@ def test_a_correct_strategy_confirms_nothing(tmp_path: Path) -> None:
     assert all(c["reason"] for c in doc["not_confirmed"])
 
 
+def _first_found(tmp_path: Path, run: Path, schedules: int) -> dict:
+    """explore --around the run, a deviation needed (what the undeviated replay shows does not count)."""
+    from sim.around import around
+    doc = around(run, tmp_path / "around", schedules=schedules, stop_at_first=True, base_counts=False)
+    found = doc["confirmed"] + doc["also_found"]
+    assert doc["confirms"] and found, doc
+    return found[0]
+
+
+def test_a_map_aimed_into_the_copy_confirms_no_kernel_fence_wait(tmp_path: Path) -> None:
+    """map_into: a job's map served after the move let go of the lock, its reply fast, so that the
+    job begins inside the pipelined copy (the mutant skips the KERNEL fence): seed 1's run has no
+    such map, and no reversal or crossing before map_into makes one (the list ran out at 23)."""
+    run = tmp_path / "run"
+    r = cli("sim", "--strategy", "resv-fence+no-kernel-fence-wait", *SMALL, "--buffer-size", "4MiB", "--seed", "1",
+            "--out", str(run), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _report(run)["races"]["total"] == 0
+    first = _first_found(tmp_path, run, 30)
+    assert first["race"]["kind"] == "unfenced_access"
+    assert [d["kind"] for d in first["deviations"]] == ["map_into"], first
+
+
+def test_a_map_into_a_held_fence_wait_confirms_map_unlocked(tmp_path: Path) -> None:
+    """map_into after a hold: in seed 2's run no job is on a buffer when it moves, so the move
+    waits for no fence; one importer's job held on it across the move makes it wait, the other
+    importer's map aimed into that wait is served the old placement without the lock. Two
+    deviations, each needed (1-minimal)."""
+    run = _sim(tmp_path, "resv-fence+map-unlocked", 2)
+    assert _report(run)["races"]["total"] == 0
+    first = _first_found(tmp_path, run, 40)
+    assert first["race"]["kind"] in ("lost_write", "stale_read")
+    assert [d["kind"] for d in first["deviations"]] == ["retarget", "map_into"], first
+    assert first["one_minimal"]
+    hold, into = first["deviations"]
+    assert hold["importer"] != into["importer"] and hold["buffer"] == into["buffer"]
+
+
 def _refusal(*args: str) -> str:
     r = cli("explore", *args, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
