@@ -398,7 +398,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from checker.predict import summary_line
             pred = report["predicted"]
             print(f"  {pred['refused'] if 'refused' in pred else summary_line(pred)}")
+            if "refused" not in pred:
+                print(_around_line(report, args.out))
     return _exit_status(args, report)
+
+
+def _around_line(report: dict, run_dir: Path) -> str:
+    """After a prediction: the command that confirms its candidates (and lockdep's potential
+    deadlocks) by executed schedules, or tries the crossings the run did not have when it has none."""
+    potential = (report.get("findings", {}).get("potential_deadlock") or {}).get("count") or 0
+    candidates = report["predicted"]["candidates"]
+    cmd = f"dmabuf-emu explore --around {run_dir} --out {run_dir}-around"
+    if candidates or potential:
+        return f"  confirm them: {cmd}   (candidates {candidates}, potential deadlocks {potential})"
+    return f"  nothing predicted; to try crossings the run did not have: {cmd}"
 
 
 def _exit_status(args: argparse.Namespace, report: dict) -> int:
@@ -428,6 +441,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return _fail(EXIT_USAGE, f"check --predict: {refused}")
     if args.predict:
         print(f"  {summary_line(report['predicted'])}")
+        print(_around_line(report, args.dir))
     if args.witness is not None:
         from checker.explain import write_witness_md
         try:

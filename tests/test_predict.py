@@ -164,6 +164,8 @@ def test_cli_check_predict_writes_the_section(tmp_path: Path) -> None:
     r = cli("check", str(run), "--predict")
     assert r.returncode == 0, r.stderr
     assert "could have raced:" in r.stdout
+    # the command that confirms the candidates by executed schedules (issue 25: run/check --predict)
+    assert f"confirm them: dmabuf-emu explore --around {run} --out {run}-around" in r.stdout
     report = json.loads((run / "report.json").read_text())
     pred = report["predicted"]
     assert set(pred) >= {"candidates", "by_kind", "items"}
@@ -273,3 +275,13 @@ def test_every_race_of_a_real_move_notify_run_is_a_candidate(tmp_path: Path) -> 
     assert pred["candidates"] <= 256, "every candidate listed"
     keys = {(c["kind"], c["job"]["svc"], c["job"]["job"]) for c in pred["items"]}
     assert [(x.kind, x.job.svc, x.job.job) for x in races if (x.kind, x.job.svc, x.job.job) not in keys] == []
+
+
+def test_cli_run_predict_prints_the_candidates_and_the_command_that_confirms_them(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = cli("run", "--strategy", "move-notify", "--importers", "2", "--duration", "0.3", "--quiet",
+            "--predict", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert "could have raced:" in r.stdout and report["predicted"]["candidates"] >= report["races"]["total"]
+    assert f"dmabuf-emu explore --around {out} --out {out}-around" in r.stdout
