@@ -177,6 +177,7 @@ class ExporterService(ServiceShell):
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        self.install_signals()      # before begin() publishes our endpoints (runtime/service.py serve)
         self.begin()
         return self.serve()
 

@@ -159,6 +159,7 @@ class ImporterService(ServiceShell):
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        self.install_signals()      # before begin() publishes our endpoints (runtime/service.py serve)
         self.begin()
         return self.serve()
 

@@ -97,10 +97,15 @@ class ServiceShell:
         self.finish("launcher gone", exit_code=watchdog.EXIT_LAUNCHER_GONE)
 
     def serve(self) -> int:
+        """Run the loop until a stop (a real process only). The shells' run() installs the signal
+        handlers before begin() publishes our endpoints, so a SIGTERM sent as soon as dmabuf-emu
+        (or a test) sees them is a clean stop; one that came before the loop ran is honoured here
+        (loop.run() would forget the stop)."""
         self.install_signals()
         self.oplog.info("serving", state=self.state)
         try:
-            self.loop.run()  # type: ignore[attr-defined]  (a real process's loop)
+            if not self._stop_reason:
+                self.loop.run()  # type: ignore[attr-defined]  (a real process's loop)
         finally:
             self.end_serving()
         return self.exit_code

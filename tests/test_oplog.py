@@ -116,20 +116,38 @@ def test_a_log_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> N
     assert str(exc.value) == f"cannot write the log {path}: File exists"
 
 
-def _exporter(d: Path, level: str | None) -> subprocess.CompletedProcess:
+# A SIGTERM that lands right after the exporter published its endpoints, before its loop runs
+# (what a loaded machine did to the test below: the process died by the signal's default action)
+TERM_AFTER_BEGIN = """
+import os, signal, sys
+import exporter_svc.service as s
+begin = s.ExporterService.begin
+def begin_then_term(self):
+    begin(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+s.ExporterService.begin = begin_then_term
+from exporter_svc.__main__ import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _exporter(d: Path, level: str | None, early_term: bool = False) -> subprocess.CompletedProcess:
     run_id = "ol" + uuid.uuid4().hex[:8]
     creds = security.secrets_dir(d) / "exporter.json"
     security.write_private(creds, {"secret": os.urandom(32).hex()})
     env = {k: v for k, v in os.environ.items() if k != oplog.LEVEL_ENV}
     if level:
         env[oplog.LEVEL_ENV] = level
-    cmd = [sys.executable, "-m", "exporter_svc", "--run-id", run_id, "--out", str(d), "--endpoint", f"ipc://{d}/e.rpc",
+    cmd = [sys.executable, *(["-c", TERM_AFTER_BEGIN] if early_term else ["-m", "exporter_svc"]),
+           "--run-id", run_id, "--out", str(d), "--endpoint", f"ipc://{d}/e.rpc",
            "--control", f"ipc://{d}/e.ctl", "--buffers", "2", "--buffer-size", "64KiB", "--credentials", str(creds)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for_file(d / "run" / "exporter.json", proc)
-        proc.terminate()
+        if not early_term:
+            proc.terminate()
         out, err = proc.communicate(timeout=10)
+        left = shm.existing(run_id)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -137,7 +155,15 @@ def _exporter(d: Path, level: str | None) -> subprocess.CompletedProcess:
         for name in shm.existing(run_id):
             shm.unlink(name)
     (d / "run" / "exporter.json").unlink()
+    assert not left, f"segments left behind by the exporter: {left}"
     return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(), err.decode())
+
+
+def test_a_sigterm_as_soon_as_the_exporter_is_announced_is_a_clean_stop(short_dir: Path) -> None:
+    r = _exporter(short_dir, None, early_term=True)
+    assert r.returncode == 0 and r.stderr == "", (r.returncode, r.stderr)
+    lines = _lines(r.stdout)
+    assert lines[-1]["event"] == "service stopped" and lines[-1]["reason"] == "signal SIGTERM"
 
 
 def test_a_real_exporter_logs_start_and_stop_at_info_and_nothing_below_warning(short_dir: Path) -> None:
