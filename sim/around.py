@@ -280,16 +280,10 @@ def read_run(run_dir: Path, version: str, force: bool) -> tuple[dict[str, Any], 
 
 
 def _start_ns(history: Path) -> int:
-    import orjson
     with open(history, "rb") as fh:
-        for line in fh:
-            if b'"control"' in line and b'"exporter"' in line:
-                try:
-                    e = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if e.get("event") == "control" and e.get("svc") == "exporter" and e.get("op") == "start":
-                    return int(e["t_ns"])
+        for e in events_with(fh, (b'"control"',)):
+            if e.get("event") == "control" and e.get("svc") == "exporter" and e.get("op") == "start":
+                return int(e["t_ns"])
     raise AroundError(f"{history} has no start of the exporter: the run never started its workload")
 
 
@@ -340,18 +334,11 @@ def reversals(n: int, cand: dict[str, Any], guide: RealGuide, s0: int, copy_ns: 
 def move_times(history: Path, s0: int) -> tuple[dict[Any, dict[str, int]], list[tuple[str, Any, int]]]:
     """Each real move's exporter events (move_begin, copy_begin, free, ...) by move id, and the
     revocations and un-revocations (event, buffer, time), in ns after s0."""
-    import orjson
     out: dict[Any, dict[str, int]] = {}
     revocations: list[tuple[str, Any, int]] = []
     keys = (b'"copy_begin"', b'"copy_end"', b'"free"', b'"resv_unlock"', b'"move_end"', b'"revoke"', b'"unrevoke"')
     with open(history, "rb") as fh:
-        for line in fh:
-            if not any(k in line for k in keys):
-                continue
-            try:
-                e = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
+        for e in events_with(fh, keys):
             if e.get("svc") != "exporter" or not isinstance(e.get("t_ns"), int):
                 continue
             if e.get("event") in ("revoke", "unrevoke"):
@@ -365,14 +352,10 @@ def sim_times(history: Sequence[bytes], sim_s0: int) -> tuple[dict[tuple[Any, in
     """The base schedule's own copy_begin of each buffer's k-th move and its k-th un-revocation,
     ns after its exporter's start: where a job begun into them is aimed (the simulated copy and
     lock come where the simulation put them, not where the real run had them)."""
-    import orjson
     copies: dict[tuple[Any, int], int] = {}
     unrevokes: dict[tuple[Any, int], int] = {}
     seen: dict[tuple[str, Any], int] = {}
-    for line in history:
-        if b'"copy_begin"' not in line and b'"unrevoke"' not in line:
-            continue
-        e = orjson.loads(line)
+    for e in events_with(history, (b'"copy_begin"', b'"unrevoke"')):
         if e.get("svc") != "exporter" or e.get("event") not in ("copy_begin", "unrevoke"):
             continue
         k = seen[(e["event"], e.get("buffer"))] = seen.get((e["event"], e.get("buffer")), -1) + 1
@@ -451,15 +434,11 @@ def sim_moves(history: Sequence[bytes], sim_s0: int) -> tuple[list[SimMove], dic
     """The base schedule's moves (SimMove) and each importer's jobs as (dma_begin, job, when its
     map was asked for), by time. Job n of an importer is its n-th draw (the guide's
     jobs[importer][n - 1]); jobs asked for at one instant were drawn by one refill."""
-    import orjson
     keys = (b'"move_begin"', b'"fence_wait_begin"', b'"copy_begin"', b'"copy_end"', b'"dma_begin"', b'"event":"map"')
     seen: dict[Any, dict[str, Any]] = {}
     asked: dict[tuple[str, Any], int] = {}
     begins: dict[int, dict[int, tuple[int, int]]] = {}
-    for line in history:
-        if not any(k in line for k in keys):
-            continue
-        e = orjson.loads(line)
+    for e in events_with(history, keys):
         ev, svc, t = e.get("event"), str(e.get("svc", "")), e.get("t_ns", 0) - sim_s0
         if ev == "map" and svc.startswith("importer-"):
             asked[(svc, e.get("buffer"))] = t - int(e.get("latency_ns") or 0)
@@ -936,7 +915,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
     unpinned = pinned_before(base, times, copy_ns) if bound >= 2 else []
     moved, drawn = sim_moves(base_trial.history or [], sim_s0)
     into = lock_maps(base, moved, drawn, copy_ns)
-    held = held_maps(base, crossed, moved, drawn) if bound >= 2 else []
+    held_into = held_maps(base, crossed, moved, drawn) if bound >= 2 else []
     cand_times = sorted(c["other"]["t_ns"] - s0 for c in items if c["other"].get("t_ns") is not None)
 
     def distance(t: int) -> int:
@@ -955,7 +934,7 @@ def around(run_dir: Path, out: Path, *, bound: int = 2, schedules: int = 200, fo
             if t is not None and v:
                 near = sorted(steps, key=lambda x: abs(x.t_ns - (t - s0)))[:NEAR_STEPS]
                 level2 += [(d, x) for d in v for x in near]
-        level2 += held + [(d, x) for d in crossed for x in late if x.move == d.move]
+        level2 += held_into + [(d, x) for d in crossed for x in late if x.move == d.move]
     plan = level1 + level2
     say(f"  {len(level1) - len(unpinned)} single deviations ({sum(map(len, per_cand))} reversals of candidates, "
         f"{len(crossed)} crossings of moves and revocations, {len(into)} maps into moves, {len(late)} late "

@@ -75,3 +75,15 @@ def test_a_formed_deadlock_confirms_it(run: Path, tmp_path: Path) -> None:
     assert written["count"] >= 1
     # a schedule's potential_deadlock is never reported as found
     assert all(c["race"]["kind"] != POTENTIAL_DEADLOCK for c in doc["confirmed"])
+
+
+def test_a_run_without_potential_deadlocks_aims_nothing_into_lock_waits(tmp_path: Path) -> None:
+    # around.json's into_lock_waits counts only the potential deadlocks' deviation sets, not the
+    # maps aimed into moves (map_into's pairs), which a correct strategy's moves do get
+    from runtime.runparams import RunParams
+    from sim.around import around
+    from sim.run import simulate
+    run = tmp_path / "run"
+    simulate(RunParams(strategy="resv-fence", importers=2, buffers=4, duration=0.2, move_rate=20.0, seed=1), run)
+    doc = around(run, tmp_path / "around", schedules=0)
+    assert POTENTIAL_DEADLOCK not in doc["by_kind"] and doc["into_lock_waits"] == 0, doc["by_kind"]
