@@ -55,6 +55,18 @@ def test_exhausted_with_stalls_at_bound_2(tmp_path: Path) -> None:
     assert r["devices"] == "devices may stall past any timer"
 
 
+# The small configuration without the idle tail of heartbeats that a stall past the 1 s fence timeout
+# crosses (docs/results.md, "Devices that stall"): the fence timeout under the heartbeat period, or no
+# heartbeat within the timeout. Each exhausts bound 2 with stalls as choices in minutes; with neither,
+# bound 2 is estimated at 170,000 (resv-fence) and 1.9 million (revoke) schedules.
+@pytest.mark.parametrize("strategy", ["resv-fence", "revoke"])
+@pytest.mark.parametrize("timing", [["--fence-timeout-ms", "20"], ["--lease-ms", "5000"]])
+def test_fenced_strategies_exhausted_with_stalls_at_bound_2(tmp_path: Path, strategy: str, timing: list[str]) -> None:
+    rc, r = explore(tmp_path / "x", "--strategy", strategy, "--search", "exhaustive", "--bound", "2", *timing)
+    assert rc == 0 and r["exhausted"] and r["races"] == {} and r["schedules"] > 1000
+    assert r["devices"] == "devices may stall past any timer"
+
+
 def test_grace_found_at_bound_1_only_with_stalls(tmp_path: Path) -> None:
     """docs/examples/grace.py waits a fixed time for the devices: one stall past its timer breaks it."""
     grace = str(Path(__file__).resolve().parents[1] / "docs" / "examples" / "grace.py")

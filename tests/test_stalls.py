@@ -111,3 +111,19 @@ def test_grace_races_in_a_simulated_run_only_with_dma_stall() -> None:
 
     assert races(dma_stall="0.2,1000") > 0
     assert races() == 0
+
+
+def test_a_stall_past_a_short_fence_timeout_is_searched_whole_and_still_catches(tmp_path: Path) -> None:
+    """Bound 1 with stalls on resv-fence: the default small configuration's 1,204 schedules are
+    mostly the heartbeats (every lease/4 = 125 ms) that a stall past the 1 s fence timeout crosses;
+    with the fence timeout under the heartbeat period the same search is exhausted in a few hundred,
+    every stall past the timeout still one of them, and a broken rule is still caught at once."""
+    short = ("--search", "exhaustive", "--bound", "1", "--fence-timeout-ms", "20", "--no-shrink", "--quiet")
+    r = cli("explore", "--strategy", "resv-fence", *short, "--out", str(tmp_path / "rf"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    done = json.loads((tmp_path / "rf" / "explore.json").read_text())
+    assert done["exhausted"] and done["races"] == {} and 100 < done["schedules"] < 1204, done["schedules"]
+    assert done["devices"] == DEVICES[True] and done["config"]["params"]["fence_timeout_ms"] == 20.0
+    r = cli("explore", "--strategy", "resv-fence+early-signal", *short, "--out", str(tmp_path / "es"), timeout=300)
+    caught = json.loads((tmp_path / "es" / "explore.json").read_text())
+    assert caught["races"] and caught["first_race_schedule"] is not None, r.stderr
