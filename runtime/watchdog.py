@@ -94,7 +94,9 @@ def is_alive(spec: str) -> bool:
     return start_ticks(pid) == start
 
 
-def _set_parent_death_signal(sig: int) -> bool:
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG,
+    Linux only): the services' watchdog and the search's local workers. False where it is refused."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
@@ -111,7 +113,7 @@ def die_with_launcher(argv: list[str]) -> None:
     except ValueError:
         return
     if os.getppid() == pid:
-        _set_parent_death_signal(LAUNCHER_SIGNAL)
+        set_parent_death_signal(LAUNCHER_SIGNAL)
     if start_ticks(pid) != start:
         from runtime import oplog  # here, not at the top: a service's first call stays cheap
         oplog.service_logger("", stream=sys.stderr).error(
@@ -137,7 +139,7 @@ class LauncherWatch:
         if os.getppid() == self.pid:
             # handler first, then the prctl: a death in between still finds the handler
             signal.signal(LAUNCHER_SIGNAL, self._on_signal)
-            self.parent_signal = _set_parent_death_signal(LAUNCHER_SIGNAL)
+            self.parent_signal = set_parent_death_signal(LAUNCHER_SIGNAL)
         loop.call_soon(self._poll)
 
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -118,8 +118,8 @@ class Pool:
 def _die_with(parent: int) -> None:
     """A local worker's first call: SIGKILL when the parent dies (it holds nothing to clean up: a
     simulated run has no segment, a campaign's unit is a thread); gone at once if it already has."""
-    from runtime.watchdog import _set_parent_death_signal   # the same prctl the services use
-    _set_parent_death_signal(signal.SIGKILL)
+    from runtime.watchdog import set_parent_death_signal   # the same prctl the services use
+    set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
 
