@@ -67,6 +67,14 @@ def test_fenced_strategies_exhausted_with_stalls_at_bound_2(tmp_path: Path, stra
     assert r["devices"] == "devices may stall past any timer"
 
 
+@pytest.mark.parametrize("timing", [["--no-stalls"], []])
+def test_pin_three_importers_three_buffers_three_moves_exhausted_at_bound_2(tmp_path: Path, timing: list[str]) -> None:
+    """Issue 24's larger configuration for pin: 374 schedules punctual, 1,511 with stalls (6 and 43 s)."""
+    rc, r = explore(tmp_path / "x", "--strategy", "pin", "--search", "exhaustive", "--bound", "2",
+                    "--importers", "3", "--buffers", "3", "--moves", "3", *timing)
+    assert rc == 0 and r["exhausted"] and r["races"] == {} and r["schedules"] > 300
+
+
 def test_grace_found_at_bound_1_only_with_stalls(tmp_path: Path) -> None:
     """docs/examples/grace.py waits a fixed time for the devices: one stall past its timer breaks it."""
     grace = str(Path(__file__).resolve().parents[1] / "docs" / "examples" / "grace.py")
