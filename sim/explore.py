@@ -626,8 +626,8 @@ class Explorer:
                     st.tasks_done.append(recorded)
                     recorded += 1
                 st.over_bound = level_over()
-                self._progress(f"bound {d}, {recorded}/{len(tasks)}{'+' if not walk.finished else ''} subtrees, "
-                               f"{st.blocked} cut by sleep sets")
+                self._progress(split_note(d, recorded, len(tasks), walk.finished,
+                                          [len(o["schedules"]) for o in finished.values()], st.blocked))
                 self.checkpoint()
                 if race_task is not None and stop_at_race:
                     late = [f for f, i in pending.items() if i > race_task]
@@ -698,6 +698,17 @@ class Explorer:
 def _read_decisions(run_dir: Path) -> tuple[list, list]:
     d = json.loads((run_dir / "schedule.json").read_text())
     return d["decisions"], d["streams"]
+
+
+def split_note(level: int, recorded: int, tasks: int, walked: bool, ahead: list[int], blocked: int) -> str:
+    """The progress note of a level split across workers. Schedules are counted (and numbered) in
+    depth-first order, so a subtree that finished while one before it still runs is not counted
+    yet: `ahead` (the schedules of each such subtree) says how much work is done beyond the count,
+    which a long first subtree would otherwise hide behind a rate near 0."""
+    note = f"bound {level}, {recorded}/{tasks}{'' if walked else '+'} subtrees"
+    if ahead:
+        note += f" ({len(ahead)} more finished with {sum(ahead):,} schedules, counted once those before them are)"
+    return note + f", {blocked} cut by sleep sets"
 
 
 class Subtrees:

@@ -45,3 +45,13 @@ def test_a_stream_that_cannot_be_written_is_dropped() -> None:
     p.say("first")                # raises inside, not here
     assert p.quiet
     p.say("second")
+
+
+def test_a_split_level_says_what_finished_ahead_of_the_count() -> None:
+    """A long first subtree holds the count (schedules are numbered depth-first); the subtrees
+    that finished after it are said, with their schedules, instead of hiding behind a rate of 0."""
+    from sim.explore import split_note
+    assert split_note(2, 0, 24, False, [], 1679) == "bound 2, 0/24+ subtrees, 1679 cut by sleep sets"
+    assert split_note(2, 3, 9, True, [1200, 35], 7) == (
+        "bound 2, 3/9 subtrees (2 more finished with 1,235 schedules, counted once those before them are), "
+        "7 cut by sleep sets")
