@@ -20,8 +20,11 @@ Rules:
   a Dask scheduler, ignored elsewhere); `done(futures)` waits until at least one has finished
   and returns those that have (a unit's exception is raised by its future's result()); `cancel`
   cancels units not started (a Dask task already running finishes on its worker); `close()`
-  waits for the units running locally, and cancels what is left on a cluster before it lets
-  the client go.
+  cancels what is left on a cluster before it lets the client go; locally it waits for running
+  units only in threads and here. Local worker *processes* still running a unit when the caller
+  closes (it stopped early: --time, an interrupt, the first race) are terminated, not waited for:
+  one unit (a subtree of an exhaustive level) can run for hours, and what it would return is not
+  recorded anyway (a resumed search runs it again).
 - `workers` says how many units run at once (the cluster's threads for Dask), for callers that
   keep that many queued.
 - Local worker processes die with the process that started them (a parent-death signal, set as
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import os
 import signal
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable
 
 
@@ -87,21 +90,28 @@ class Pool:
 
     def __init__(self, ex: Executor, workers: int, client: Any = None) -> None:
         self.ex, self.workers, self.client = ex, workers, client
+        self._live: set[Future] = set()          # submitted and not finished (local processes: close)
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str | None = None) -> Future:
         if self.client is not None and key is not None:
             return self.ex.submit(fn, *args, key=key)
-        return self.ex.submit(fn, *args)
+        f = self.ex.submit(fn, *args)
+        if isinstance(self.ex, ProcessPoolExecutor):
+            self._live.add(f)
+            f.add_done_callback(self._live.discard)
+        return f
 
-    def done(self, futures: Iterable[Future]) -> list[Future]:
-        """Those of `futures` that have finished, waiting until one has (running one, here)."""
+    def done(self, futures: Iterable[Future], timeout: float | None = None) -> list[Future]:
+        """Those of `futures` that have finished, waiting until one has (running one, here), or
+        `timeout` seconds have passed (then possibly none: a caller that must see a stop while
+        long units run)."""
         futures = list(futures)
         if isinstance(self.ex, _Here):
             first = next((f for f in futures if not f.done()), None)
             if first is not None:
                 self.ex.run(first)
             return [f for f in futures if f.done()]
-        return list(wait(futures, return_when=FIRST_COMPLETED).done)
+        return list(wait(futures, timeout=timeout, return_when=FIRST_COMPLETED).done)
 
     def cancel(self, futures: Iterable[Future]) -> None:
         for f in futures:
@@ -111,6 +121,17 @@ class Pool:
         if self.client is not None:     # what still runs on the cluster is cancelled, as before
             self.ex.shutdown(wait=False)
             self.client.close()
+        elif isinstance(self.ex, ProcessPoolExecutor) and any(not f.done() for f in list(self._live)):
+            # abandoned units (see the rules): their workers are terminated; each worker's own
+            # forks (sim/search/snapshot.py) die with it (their parent-death signal)
+            procs = list((getattr(self.ex, "_processes", None) or {}).values())
+            self.ex.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=10)
+            self.ex.shutdown(wait=True)
         else:
             self.ex.shutdown(wait=True, cancel_futures=True)
 
@@ -138,7 +159,6 @@ def executor(jobs: int = 1, scheduler: str | None = None, *, threads: bool = Fal
         return Pool(ThreadPoolExecutor(max_workers=jobs), jobs)
     if jobs > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
         return Pool(ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_die_with, initargs=(os.getpid(),)), jobs)
     return Pool(_Here(), 1)

@@ -67,6 +67,7 @@ CHUNK = 20                      # schedules per work unit (random, pct)
 MAX_SAVED = 20                  # race directories kept
 CHECKPOINT_S = 2.0
 SPLIT_WAIT = 2                  # exhaustive across workers: DPOR's choice points a prefix may hold are in its top 2
+STOP_POLL_S = 1.0               # exhaustive across workers: how often a stop (--time, Ctrl-C) is looked for
 SPLIT_DEPTH = 10                # exhaustive across workers: subtrees below about this many choice points (split_at)
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
 PROBE_S = 3.0                   # --bound none: CPU seconds of levels 0, 1, ... run to estimate the whole space
@@ -605,7 +606,7 @@ class Explorer:
                     nxt += 1
                 if not pending:
                     break
-                for fut in be.done(pending):
+                for fut in be.done(pending, timeout=STOP_POLL_S):    # a subtree may run for hours
                     i = pending.pop(fut)
                     finished[i] = out = fut.result()
                     walk.merge(out["above"])

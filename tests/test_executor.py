@@ -94,3 +94,88 @@ def test_local_workers_die_with_the_search_that_started_them(tmp_path) -> None:
     for w in alive:             # nothing left behind, even when the test fails
         w.kill()
     assert not alive, [w.pid for w in alive]
+
+
+def forever(started: str) -> None:
+    """A unit that never ends by itself (it says it began by creating `started`)."""
+    import time
+    open(started, "w").close()
+    while True:
+        time.sleep(1)
+
+
+def test_closing_with_a_unit_still_running_terminates_its_worker(tmp_path) -> None:
+    """A caller that stops early (--time, Ctrl-C, a race) closes the pool while a worker still runs
+    a unit, which may be a subtree of hours: close() terminates that worker instead of waiting."""
+    import threading
+    import time
+
+    import psutil
+    pool = executor(2)
+    started = tmp_path / "started"
+    f = pool.submit(forever, str(started))
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)        # polling for the unit to begin (bounded by the deadline)
+    assert started.exists(), "the unit never began"
+    workers = [c for c in psutil.Process().children() if "spawn_main" in _cmd(c)]
+    assert workers
+    closing = threading.Thread(target=pool.close, daemon=True)
+    closing.start()
+    closing.join(timeout=30)
+    assert not closing.is_alive(), "close() waited for a unit that never ends"
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for w in alive:
+        w.kill()
+    assert not alive and not f.cancelled()
+
+
+def _cmd(p) -> str:
+    import psutil
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:        # gone, or a zombie about to be reaped
+        return ""
+
+
+def test_an_exhaustive_search_on_workers_stops_at_its_time_limit(tmp_path) -> None:
+    """--time with --jobs: the search stops at its limit, keeps what it recorded (resumable) and
+    leaves none of its workers (each seen while it ran)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "explore", "--strategy", "resv-fence", "--search",
+                             "exhaustive", "--bound", "2", "--jobs", "2", "--time", "3", "--quiet", "--out",
+                             str(tmp_path / "x")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent, workers = psutil.Process(proc.pid), {}
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            workers.update((c.pid, c) for c in parent.children() if "spawn_main" in _cmd(c))
+        except psutil.Error:
+            pass                # it just ended
+        time.sleep(0.05)        # polling for its workers and its end (bounded by the deadline)
+    if proc.poll() is None:
+        proc.kill()
+    assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    assert workers, "the search never started its workers"
+    gone, alive = psutil.wait_procs(list(workers.values()), timeout=10)
+    for w in alive:
+        w.kill()
+    assert not alive
+    done = json.loads((tmp_path / "x" / "explore.json").read_text())
+    assert not done["exhausted"] and (tmp_path / "x" / "explore.state.json").exists()
+
+
+def test_done_with_a_timeout_may_return_nothing(tmp_path) -> None:
+    """A caller that must look for a stop while long units run (the split exhaustive search) waits
+    at most `timeout` for one to finish."""
+    pool = executor(2)
+    try:
+        f = pool.submit(forever, str(tmp_path / "started"))
+        assert pool.done([f], timeout=0.2) == []
+    finally:
+        pool.close()
