@@ -124,6 +124,8 @@ class Pool:
         elif isinstance(self.ex, ProcessPoolExecutor) and any(not f.done() for f in list(self._live)):
             # abandoned units (see the rules): their workers are terminated; each worker's own
             # forks (sim/search/snapshot.py) die with it (their parent-death signal)
+            # (concurrent.futures gives no public way to reach the workers before Python 3.14's
+            # terminate_workers(); without `_processes` this falls back to waiting, as before)
             procs = list((getattr(self.ex, "_processes", None) or {}).values())
             self.ex.shutdown(wait=False, cancel_futures=True)
             for p in procs:

@@ -127,7 +127,7 @@ def test_closing_with_a_unit_still_running_terminates_its_worker(tmp_path) -> No
     gone, alive = psutil.wait_procs(workers, timeout=10)
     for w in alive:
         w.kill()
-    assert not alive and not f.cancelled()
+    assert not alive and f.done()      # its future ends too (the pool broke under it), not left pending
 
 
 def _cmd(p) -> str:
