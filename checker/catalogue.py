@@ -176,6 +176,13 @@ EVENTS: tuple[Event, ...] = (
     _e("exporter", "importer_lost", "importer slot reason", "",
        "an importer left with attachments, went silent past its lease, or died: everything it held is revoked",
        reason="`lease expired`, `restarted`, `rejoined`, `bye with attachments`, `reset unconfirmed`"),
+    _e("exporter", "lease_lapsed", "importer slot silent_ns", "",
+       "an importer was silent past its lease: it is lost (`importer_lost`, reason `lease expired`) once its "
+       "device is known to have stopped (`stop_confirmed`); a message from it meanwhile renews nothing"),
+    _e("exporter", "stop_confirmed", "importer slot how waited_ns", "",
+       "the device of an importer whose lease lapsed touches memory no more: it had no chunk access under way "
+       "(an access checked before its own lease ran out runs when a paused device resumes), or its process is gone",
+       how="`no access under way`, `process gone`", waited_ns="since `lease_lapsed`"),
     _e("exporter", "bye", "importer slot", "", "an importer left"),
     _e("exporter", "stray_reply", "peer id op", "", "a reply to no request of ours (late, duplicated or forged)"),
     _e("exporter", "access_denied", "op peer reason", "name buffer attachment",

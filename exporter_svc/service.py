@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import zmq
 
 from protocol import wire
-from protocol.actions import (CancelTimer, CopyBuffer, ForceCompleteFences, PublishKernelFence,
+from protocol.actions import (CancelTimer, ConfirmStopped, CopyBuffer, ForceCompleteFences, PublishKernelFence,
                               Send, SignalKernelFence, StampBuffer, StartTimer, WaitFences)
 from protocol.exporter import Exporter, ExporterConfig, HeapConfig, compile_spec
 from protocol.heap import LINE
@@ -164,7 +164,7 @@ class ExporterService(ServiceShell):
         self.handlers.update({
             Send: self._do_send, StampBuffer: self._do_stamp, CopyBuffer: self._do_copy,
             WaitFences: self._do_wait_fences, ForceCompleteFences: self._do_force,
-            PublishKernelFence: self._do_publish_kernel, SignalKernelFence: self._do_signal_kernel,
+            ConfirmStopped: self._do_confirm_stopped, PublishKernelFence: self._do_publish_kernel, SignalKernelFence: self._do_signal_kernel,
         })
         self.timers = HalfTimers(self.loop, self._timer_fired)
         self.handlers.update({StartTimer: self.timers.start, CancelTimer: self.timers.cancel})
@@ -434,6 +434,27 @@ class ExporterService(ServiceShell):
                 self.loop.call_later(FENCE_POLL_S, poll)
 
         self.loop.call_soon(poll)
+
+    def _do_confirm_stopped(self, action: ConfirmStopped) -> None:
+        """Poll, every FENCE_POLL_S, until the device of the slot has no access under way (its
+        count in the fence table) or its process is gone (env.process_gone: killed, even if not
+        yet reaped); then tell the half. No bound: a device paused in mid-access may touch memory
+        whenever it resumes, and a timeout would only guess that it will not."""
+
+        def poll() -> None:
+            if self._stopping:
+                return
+            if self.fences.in_access(action.slot) == 0:
+                how = "no access under way"
+            elif self.env.process_gone(action.pid):
+                how = "process gone"
+            else:
+                self.loop.call_later(FENCE_POLL_S, poll)
+                return
+            self._guarded("device_stopped",
+                          lambda: self.engine.device_stopped(action.slot, action.pid, how, self.loop.now_ns()))
+
+        poll()
 
     def _do_force(self, action: ForceCompleteFences) -> None:
         if 0 < action.slot < self.fences.slots:

@@ -19,6 +19,11 @@ its time; the simulator: LANE_COST_NS["dma"] later, sim/world.py). The device do
 fence again until the next chunk, so an exporter that forces a fence while a chunk is under way
 and copies at once overlaps that chunk's access: the forced-fence window, which the exporter
 closes by waiting for the device's confirmation that it stopped (reset_confirmed).
+The device says how many chunks are between their check and the end of their access (the slot's
+access count in the fence table, runtime/fences.py): the lease's promise (no access after the
+device's own lease ran out) holds for every access whose check comes after that, but an access
+already checked runs when a paused device resumes, so the exporter lets an importer whose lease
+expired go only once that count is 0 (or its process is gone).
 An aborted job ends with dma_end status "aborted"; every dma_end says when the job last touched
 memory (`last_access_ns`), which is what the race checker judges.
 
@@ -85,9 +90,18 @@ class DmaEngine:
         self.fences: FenceTable | None = None
         self.slot = 0
         self._jobs: dict[int, _Job] = {}
+        self._in_access = 0       # chunks between their check and the end of their access
 
-    def attach_memory(self, heaps: dict[str, memory.HeapView], fences: FenceTable, slot: int) -> None:
+    def attach_memory(self, heaps: dict[str, memory.HeapView], fences: FenceTable | None, slot: int) -> None:
+        """The exporter's memory and our fence slot (a rejoin keeps the slot). Publishes the access
+        count: a new incarnation's 0 stands in for a dead one's, which can touch nothing."""
         self.heaps, self.fences, self.slot = heaps, fences, slot
+        self._access_count(0)
+
+    def _access_count(self, delta: int) -> None:
+        self._in_access += delta
+        if self.fences is not None:
+            self.fences.set_in_access(self.slot, self._in_access)
 
     @property
     def running(self) -> int:
@@ -154,10 +168,16 @@ class DmaEngine:
         (the first chunk in start(), on the caller's)."""
         if self._jobs.get(job.start.job) is not job:
             return  # aborted meanwhile
+        # In access from before the check until the access ends (_access): counted first, so an
+        # exporter that finds the count 0 after the device's lease ran out knows that any later
+        # access must pass a check that the lease now fails.
+        self._access_count(+1)
         if not self.gate():
+            self._access_count(-1)
             return  # the shell aborted every job
         s = job.start
         if job.fence_seq and self.fences.forced_before_signaled(self.slot, s.buffer, job.fence_seq):  # type: ignore[union-attr]
+            self._access_count(-1)
             why = self.fences.error(self.slot, s.buffer)  # type: ignore[union-attr]
             self._finish(job, aborted=f"fence forced by the exporter ({why}): device reset")
             if not job.rogue:
@@ -169,7 +189,24 @@ class DmaEngine:
         """The access of the chunk _chunk checked, through the IOMMU. It does not look at the fence
         again: a force since the check is seen at the next chunk (the forced-fence window)."""
         if self._jobs.get(job.start.job) is not job:
+            self._access_count(-1)
             return  # the driver stopped it since the check (abort, abort_all): no access
+        try:
+            self._touch(job)
+        finally:
+            self._access_count(-1)
+        s = job.start
+        job.index += 1
+        if job.index < job.chunks:
+            stall = job.stall_ns if job.index == job.chunks - 1 else 0    # held before its last chunk
+            self.loop.call_at(job.t0 + job.index * job.duration_ns // job.chunks + stall, lambda: self._chunk(job))
+        else:
+            self._finish(job)
+            if not job.rogue:
+                self.on_done(s.job, job.fence_seq)
+
+    def _touch(self, job: _Job) -> None:
+        """The chunk's access itself: through the IOMMU, stamp or verify its lines."""
         s = job.start
         p = s.placement
         first = job.index * job.lines_per_chunk
@@ -197,14 +234,6 @@ class DmaEngine:
             # touches memory after it resumes, and the checker must see that.
             job.last_access_ns = self.loop.now_ns()
             job.bytes += nbytes
-        job.index += 1
-        if job.index < job.chunks:
-            stall = job.stall_ns if job.index == job.chunks - 1 else 0    # held before its last chunk
-            self.loop.call_at(job.t0 + job.index * job.duration_ns // job.chunks + stall, lambda: self._chunk(job))
-        else:
-            self._finish(job)
-            if not job.rogue:
-                self.on_done(s.job, job.fence_seq)
 
     def _finish(self, job: _Job, aborted: str = "") -> None:
         s = job.start

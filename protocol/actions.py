@@ -101,6 +101,17 @@ class ForceCompleteFences:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmStopped:
+    """The lease of importer `slot` (process `pid`) ran out: report (device_stopped) once its
+    device has no access under way (its access count in the fence table is 0) or its process is
+    gone. Until then it is not lost: an access it checked before its own lease ran out may still
+    run (a paused device resumes where it stopped), so nothing it may touch is revoked or freed."""
+
+    slot: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class PublishKernelFence:
     """Publish the move's KERNEL fence `seq` on `buffer`: unsignaled until SignalKernelFence."""
 
@@ -263,6 +274,6 @@ class ExporterLost:
 
 
 Action = (Send | Emit | StartTimer | CancelTimer | StampBuffer | CopyBuffer | WaitFences
-          | ForceCompleteFences | PublishKernelFence | SignalKernelFence | Joined | Ready
+          | ForceCompleteFences | ConfirmStopped | PublishKernelFence | SignalKernelFence | Joined | Ready
           | ProgramIommu | TeardownIommu | StartDma | WaitKernelFence | SignalFence | JobFinished | Left
           | AckOwed | Acked | LeaseExpired | ExporterLost | StopDma | Invalidated)

@@ -3,9 +3,11 @@ when it must give up on the exporter.
 
 Rules of this file:
 - The exporter renews an importer's lease on every message it receives from it and declares the
-  importer lost after `lease` of silence (protocol/exporter.py, check_leases), revoking all it
-  held and completing its fences: from then on the importer's mappings point at memory the
-  exporter may give to someone else.
+  importer lost after `lease` of silence (protocol/exporter/session.py, check_leases), once its
+  device has no access under way (device_stopped), revoking all it held and completing its
+  fences: from then on the importer's mappings point at memory the exporter may give to someone
+  else. The stop below is checked before each chunk; a chunk checked in time and paused before
+  its access is what that wait is for.
 - The importer cannot read the exporter's clock. What it knows is when it *first sent* each
   request the exporter has answered: the exporter heard it no earlier than that, so its lease
   runs at least until that send + lease. The importer stops all DMA at the latest such send +

@@ -15,6 +15,9 @@ A shell (runtime/service.py and the two services) takes one `ServiceEnv`:
 - `say`: how it tells the operator something: in a real process an info line in its
   operational log (runtime/oplog.py: stdout, which `dmabuf-emu` sends to DIR/logs/<svc>.log);
   in the simulator, the line the shell's operational logger renders for it;
+- `process_gone(pid)`: whether that process has exited (a zombie not yet reaped counts as gone):
+  the exporter's last word on an importer whose lease ran out while its device was in mid-access
+  (runtime/watchdog.py; in the simulator, the world's);
 - `process`: True in a real OS process: it installs signal handlers and publishes its
   endpoints in DIR/run/<svc>.json for dmabuf-emu to find.
 Everything else a shell does is the same code in both modes.
@@ -26,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from runtime import oplog, shm
+from runtime import oplog, shm, watchdog
 from runtime.eventlog import Sink
 from runtime.loop import Loop, LoopLike
 from runtime.rng import MakeRng, real_rng
@@ -69,4 +72,5 @@ class ServiceEnv:
     pid: int = field(default_factory=os.getpid)
     make_rng: MakeRng = real_rng
     say: Callable[[str], None] = _say
+    process_gone: Callable[[int], bool] = watchdog.process_gone
     process: bool = True

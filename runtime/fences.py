@@ -26,6 +26,13 @@ Usage (include/linux/dma-resv.h, enum dma_resv_usage (kernel-doc)):
   the new usage to the fence's seqno and lowers none: every wait that took the fence before
   still takes it.
 
+After the cells, one int64 per slot: how many of the device's chunk accesses are under way, from
+the check before a chunk (may the device still touch memory?) to the end of its access
+(importer_svc/dma.py; in_access). A device whose lease ran out stops at its next check; one that
+was paused between a check and its access touches memory when it resumes. So the exporter lets an
+importer whose lease expired go (revoking it, completing its fences) only once this count is 0
+or its process is gone (exporter_svc/service.py, ConfirmStopped). Written by the device only.
+
 `error` records why the exporter forced the fences (protocol.fence.FORCE_REASONS: a reason it
 does not list is refused, not recorded as something else), so that the device names it when it
 aborts the job.
@@ -54,7 +61,8 @@ KERNEL_SLOT = 0
 
 
 def table_bytes(slots: int, buffers: int) -> int:
-    return slots * buffers * FIELDS * 8
+    """The fence cells, then one access count per slot."""
+    return slots * buffers * FIELDS * 8 + slots * 8
 
 
 # The polls (is_signaled, signaled_by_device, pending) read two cells each, hundreds of times a
@@ -70,11 +78,23 @@ class FenceTable:
         self.buffers = buffers
         self.cells: np.ndarray | None = np.ndarray((slots, buffers, FIELDS), dtype="<i8", buffer=buf)
         self._flat: memoryview | None = (
-            memoryview(buf).cast("B")[:table_bytes(slots, buffers)].cast("q") if _FLAT else None)
+            memoryview(buf).cast("B")[:slots * buffers * FIELDS * 8].cast("q") if _FLAT else None)
+        self.access: np.ndarray | None = np.ndarray((slots,), dtype="<i8", buffer=buf,
+                                                    offset=slots * buffers * FIELDS * 8)
 
     def release(self) -> None:
         self.cells = None
         self._flat = None
+        self.access = None
+
+    # the device's accesses under way (see the rules at the top)
+    def set_in_access(self, slot: int, count: int) -> None:
+        """The device of `slot` has `count` chunk accesses between their check and their end.
+        Requires: the caller owns the slot."""
+        self.access[slot] = count  # type: ignore[index]
+
+    def in_access(self, slot: int) -> int:
+        return int(self.access[slot])  # type: ignore[index]
 
     def _at(self, slot: int, buffer: int) -> int:
         """The flat index of cell (slot, buffer)'s first field, or -1: ask numpy."""

@@ -72,6 +72,21 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])           # field 22 of the whole line
 
 
+def process_gone(pid: int) -> bool:
+    """Has process `pid` exited (a zombie not yet reaped counts)? Where /proc cannot say, whether
+    a signal can still reach it. The exporter asks it of an importer whose lease ran out while its
+    device was in mid-access (runtime/env.py)."""
+    if Path("/proc/self/stat").exists():
+        return start_ticks(pid) is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def identity(pid: int | None = None) -> str:
     """`PID:START` for process `pid` (default: this one), or "" where /proc cannot say."""
     pid = os.getpid() if pid is None else pid

@@ -212,7 +212,7 @@ class SimDeployment:
         proc = self.world.process(name, pid)
         env = ServiceEnv(loop=self.world.loop(proc), transport=self.net.transport(name), memory=self.memory,
                          sink=self.sink_for, pid=pid, make_rng=self.scheduler.rng,
-                         say=lambda text: self.say(name, text), process=False)
+                         say=lambda text: self.say(name, text), process=False, process_gone=self._process_gone)
         proc.on_kill = env.transport.close
         return proc, env
 
@@ -276,6 +276,11 @@ class SimDeployment:
     def alive(self, name: str) -> bool:
         proc = self.procs.get(name)
         return proc is not None and proc.alive
+
+    def _process_gone(self, pid: int) -> bool:
+        """ServiceEnv.process_gone in the simulated world: a pid never started, or dead."""
+        proc = self._by_pid.get(pid)
+        return proc is None or proc.dead
 
     def _signal(self, pid: int, sig: int) -> None:
         """ProcessFaults' kill(): a signal to a simulated process."""

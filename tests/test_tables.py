@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from protocol import machine, wire
-from protocol.actions import ExporterLost, ForceCompleteFences, LeaseExpired, Send, StartTimer, WaitFences
+from protocol.actions import ConfirmStopped, ExporterLost, ForceCompleteFences, LeaseExpired, Send, StartTimer, WaitFences
 from protocol.exporter import (Exporter, ExporterSpec, Guard, MoveEvent, MoveState, ReservationLockError, Step,
                                compile_spec)
 from protocol.exporter.moves import GUARDS, STEPS, VOCABULARY
@@ -185,8 +185,13 @@ def test_the_exporter_checks_leases_on_its_own_timer() -> None:
     w.join_all()
     w.tick(int(w.exporter.config.lease_s * 1e9) + 1)
     out = w.exporter.timer_fired(("leases",), w.now)
-    assert [a.fields["reason"] for a in out if getattr(a, "event", "") == "importer_lost"] == ["lease expired"]
+    lapsed = [a.fields["importer"] for a in out if getattr(a, "event", "") == "lease_lapsed"]
+    assert lapsed == list(w.peers), "every silent importer's lease lapsed"
+    assert [a.slot for a in out if isinstance(a, ConfirmStopped)] == [w.slots[n] for n in lapsed]
+    assert not [a for a in out if getattr(a, "event", "") == "importer_lost"], "not lost before its device stopped"
     assert isinstance(out[-1], StartTimer) and out[-1].key == ("leases",), "and checks again a lease/4 later"
+    w._apply("exporter", out)   # the shell: no device in access, each stop confirmed at once
+    assert [f["reason"] for s, e, f in w.events if e == "importer_lost"] == ["lease expired"] * len(lapsed)
 
 
 def test_the_fence_timeout_is_a_timer_of_the_exporter_and_the_shell_reports_only_signals() -> None:

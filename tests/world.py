@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import capability, wire
-from protocol.actions import (AckOwed, Acked, CancelTimer, CopyBuffer, Emit, ForceCompleteFences, Invalidated,
+from protocol.actions import (AckOwed, Acked, CancelTimer, ConfirmStopped, CopyBuffer, Emit, ForceCompleteFences, Invalidated,
                               JobFinished, Joined, Left, ProgramIommu, PublishKernelFence, Ready, Send,
                               SignalFence, SignalKernelFence, StampBuffer, StartDma, StartTimer, StopDma,
                               TeardownIommu, WaitFences, WaitKernelFence)
@@ -67,6 +67,10 @@ class World:
     ready: set[str] = field(default_factory=set)
     fences: FenceTable = field(init=False)
     slots: dict[str, int] = field(default_factory=dict)
+    # Devices with a chunk access under way (by slot): a ConfirmStopped for one waits in
+    # stop_waits until confirm_stops(); for any other it is answered at once, as the shell does.
+    in_access: set[int] = field(default_factory=set)
+    stop_waits: list[ConfirmStopped] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         spec = get_strategy(self.strategy)
@@ -198,6 +202,12 @@ class World:
     def check_leases(self) -> None:
         self._apply("exporter", self.exporter.check_leases(self.now))
 
+    def confirm_stops(self) -> None:
+        """The shell's poll for the ConfirmStopped still waiting: a device no longer in access."""
+        waiting, self.stop_waits = self.stop_waits, []
+        for a in waiting:
+            self._apply_each("exporter", [a], [])
+
     def fire_timer(self, key: Any) -> None:
         self.timers.pop(key)
         self.tick()
@@ -252,6 +262,11 @@ class World:
             elif isinstance(a, ForceCompleteFences):
                 if 0 < a.slot < self.fences.slots:
                     self.fences.force(a.slot, a.buffer, a.error)
+            elif isinstance(a, ConfirmStopped):
+                if a.slot in self.in_access:
+                    self.stop_waits.append(a)
+                else:
+                    self._apply("exporter", self.exporter.device_stopped(a.slot, a.pid, "no access under way", self.now))
             elif isinstance(a, PublishKernelFence):
                 self.fences.publish_kernel(a.buffer, a.seq)
             elif isinstance(a, SignalKernelFence):

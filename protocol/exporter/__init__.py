@@ -23,7 +23,7 @@ from protocol import capability
 from protocol.actions import Action
 from protocol.exporter.memory import MemoryManager
 from protocol.exporter.moves import CompiledSpec, MoveMachine, ReservationLockError, compile_spec
-from protocol.exporter.session import LEASE_TIMER, Session
+from protocol.exporter.session import LEASE_TIMER, STOPPED_HOW, Session
 from protocol.exporter.state import Ctx, ExporterConfig, ExporterState, HeapConfig
 from protocol.exporter.table import (BASE_TABLE, IGNORE, MUTANT_STEPS, ExporterSpec, ExporterTable, Guard,
                                      MoveEvent, MoveState, Step, cancel_timer, start_timer, timer_fired)
@@ -31,7 +31,7 @@ from protocol.machine import TransitionError
 from protocol.wire import ErrorCode, ErrorReply, Message, Placement, ProtocolError, error_reply
 
 __all__ = ["BASE_TABLE", "IGNORE", "MUTANT_STEPS", "CompiledSpec", "Exporter", "ExporterConfig", "ExporterSpec", "ExporterTable",
-           "Guard", "HeapConfig", "MoveEvent", "MoveState", "ReservationLockError", "Step", "cancel_timer",
+           "Guard", "HeapConfig", "MoveEvent", "MoveState", "ReservationLockError", "STOPPED_HOW", "Step", "cancel_timer",
            "compile_spec", "start_timer", "timer_fired"]
 
 
@@ -184,9 +184,16 @@ class Exporter:
         self.session.lose(slot, reason, now)
         return self._take()
 
+    def device_stopped(self, slot: int, pid: int, how: str, now: int) -> list[Action]:
+        """The shell's answer to ConfirmStopped(slot, pid): that importer's device has no access
+        under way, or its process is gone (`how`, one of STOPPED_HOW). If its lease is still the
+        one that ran out, it is lost now ("lease expired")."""
+        self.session.device_stopped(slot, pid, how, now)
+        return self._take()
+
     def check_leases(self, now: int) -> list[Action]:
-        """Declare lost every importer silent for longer than its lease (the lease timer does this
-        every lease/4)."""
+        """Every importer silent for longer than its lease: ConfirmStopped, then device_stopped
+        loses it (the lease timer does this every lease/4)."""
         self.session.check_leases(now)
         return self._take()
 

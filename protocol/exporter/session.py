@@ -14,8 +14,16 @@ Rules of this file:
   that stay unanswered). Past a limit a request is answered `busy` (a `busy` event) and changes
   nothing: backpressure instead of unbounded tables.
 - Leases: every message from an importer renews its lease; the lease check is a timer of this
-  half (every lease/4, started at boot); one silent for `lease_s` is lost: its attachments are
-  revoked, its pins dropped, its fences completed with an error. A hello under a known name
+  half (every lease/4, started at boot); one silent for `lease_s` is lost once its device is
+  known to have stopped (ConfirmStopped: no chunk access under way, or its process gone;
+  device_stopped): its attachments are revoked, its pins dropped, its fences completed with an
+  error. The device stops at its next check, before the lease runs out here, but an access it
+  checked earlier runs when a paused device resumes: losing it before would let that access
+  touch memory the exporter moved or freed (a stale_read seen in CI, and at will in the
+  simulator: tests/test_lease_stop.py). Its expiry stands once noticed (`expired`): a message
+  from it meanwhile renews nothing, and a request is answered no_such_importer, which grants
+  no lease (an ok would renew the importer's own lease: protocol/lease.py) and makes it start
+  over; a hello from it loses it at once (it stopped its DMA before saying hello). A hello under a known name
   replaces the previous incarnation the same way (a restart, or a rejoin after the importer's
   own lease ran out).
 - A notify or fence timeout revokes only importers that are responsive (heard from within half a
@@ -38,7 +46,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from protocol import capability
-from protocol.actions import Emit, ForceCompleteFences, StartTimer
+from protocol.actions import ConfirmStopped, Emit, ForceCompleteFences, StartTimer
 from protocol.exporter.moves import MoveMachine
 from protocol.exporter.state import Attachment, Buffer, Ctx, ExporterState, Member
 from protocol.exporter.table import MoveEvent
@@ -48,6 +56,8 @@ from protocol.wire import (Ack, Attach, AttachReply, BufferInfo, Bye, Detach, Er
                            PinReply, Ping, ProtocolError, Unmap, UnmapReply, Unpin, ok_reply)
 
 LEASE_TIMER = ("leases",)
+# How the shell confirms that a device whose lease ran out has stopped (ConfirmStopped).
+STOPPED_HOW = ("no access under way", "process gone")
 LEASE_CHECKS_PER_LEASE = 4
 
 
@@ -70,14 +80,29 @@ class Session:
         self.state.out.append(StartTimer(LEASE_TIMER, self.state.config.lease_s / LEASE_CHECKS_PER_LEASE))
 
     def check_leases(self, now: int) -> None:
-        """Declare lost every importer silent for longer than its lease."""
-        for imp in list(self.state.members.values()):
-            if imp.alive and now - imp.last_seen > self.state.config.lease_s * 1e9:
-                self.lose(imp.slot, "lease expired", now)
+        """Every importer silent for longer than its lease: ask the shell to confirm that its
+        device stopped (ConfirmStopped), once; device_stopped then declares it lost."""
+        st = self.state
+        for imp in list(st.members.values()):
+            if imp.alive and imp.expired is None and now - imp.last_seen > st.config.lease_s * 1e9:
+                imp.expired = now
+                st.emit("lease_lapsed", importer=imp.name, slot=imp.slot, silent_ns=now - imp.last_seen)
+                st.out.append(ConfirmStopped(imp.slot, imp.pid))
+
+    def device_stopped(self, slot: int, pid: int, how: str, now: int) -> None:
+        """The shell's answer to ConfirmStopped: the device of `slot` (process `pid`) touches
+        memory no more (`how`: STOPPED_HOW). Its incarnation, if still here and expired, is lost;
+        otherwise (it rejoined or restarted meanwhile, and was lost then) nothing happens."""
+        if how not in STOPPED_HOW:
+            raise ValueError(f"device_stopped: {how!r} is not how a stop is confirmed ({', '.join(STOPPED_HOW)})")
+        imp = self.state.members.get(slot)
+        if imp is not None and imp.alive and imp.pid == pid and imp.expired is not None:
+            self.state.emit("stop_confirmed", importer=imp.name, slot=slot, how=how, waited_ns=now - imp.expired)
+            self.lose(slot, "lease expired", now)
 
     def touch(self, peer: bytes, now: int) -> None:
         imp = self.state.by_peer.get(peer)
-        if imp is not None and imp.alive:
+        if imp is not None and imp.alive and imp.expired is None:
             imp.last_seen = max(imp.last_seen, now)
 
     def responsive(self, imp: Member, now: int) -> bool:
@@ -316,6 +341,10 @@ class Session:
         imp = self.state.by_peer.get(peer)
         if imp is None or not imp.alive:
             raise ProtocolError(ErrorCode.NO_SUCH_IMPORTER, "say hello first: this peer has not joined")
+        if imp.expired is not None:
+            # Its lease lapsed and it is about to be lost: an answer would grant it a new lease
+            # (protocol/lease.py), and its device would go on with handles about to be revoked.
+            raise ProtocolError(ErrorCode.NO_SUCH_IMPORTER, "your lease lapsed: say hello again")
         return imp
 
     def buffer(self, buffer: int, op: str) -> Buffer:

@@ -68,6 +68,7 @@ class Member:
     last_seen: int = 0
     mapped: set[int] = field(default_factory=set)     # its attachments that are mapped
     waiting: set[int] = field(default_factory=set)    # its attachments with a deferred map
+    expired: int | None = None    # when its lease ran out, while its device's stop is unconfirmed
 
 
 @dataclass
