@@ -61,27 +61,33 @@ def test_a_stale_confirmation_of_a_replaced_incarnation_changes_nothing() -> Non
     assert not [a for a in out if getattr(a, "event", "") in ("importer_lost", "stop_confirmed")]
 
 
-def _run(at: float, seed: int = 1) -> list[dict]:
-    spec = (faultspec.parse_cli(f"pause:target=importer-1,at={at:.9f},for=0.7"),)
+def _run(at: float, seed: int = 1, fault: str = "pause:target=importer-1,for=0.7") -> tuple[list[dict], dict]:
+    spec = (faultspec.parse_cli(f"{fault},at={at:.9f}"),)
     params = RunParams(strategy="resv-fence", importers=3, duration=1.5, lease_ms=500.0, seed=seed, faults=spec)
     result = simulate_in_memory(params)
     return [json.loads(line) for line in result.history], result.report
 
 
-def test_a_device_paused_between_a_chunks_check_and_its_access_holds_its_loss_until_it_resumes() -> None:
-    # Where importer-1's chunks fall: a run paused late (nothing before a pause depends on it).
+def _between_check_and_access() -> tuple[float, dict]:
+    """A time (s into the workload) between the check and the access of importer-1's last chunk of
+    a job near 0.3 s, and that job's dma_end, from a run paused late (nothing before a pause
+    depends on it)."""
     late = 1.4
     events, _ = _run(late)
     base = next(e["t_ns"] for e in events if e["event"] == "fault") - int(late * 1e9)
     ends = [e for e in events if e["event"] == "dma_end" and e["svc"] == "importer-1" and e["status"] == "ok"
             and base + 250_000_000 <= e["last_access_ns"] <= base + 350_000_000]
     assert ends, "importer-1 finished a job near 0.3 s"
-    # Its last chunk was checked LANE_COST_NS["dma"] before that access: pause in between.
-    at = (ends[0]["last_access_ns"] - LANE_COST_NS["dma"] // 2 - base) / 1e9
+    # Its last chunk was checked LANE_COST_NS["dma"] before that access.
+    return (ends[0]["last_access_ns"] - LANE_COST_NS["dma"] // 2 - base) / 1e9, ends[0]
+
+
+def test_a_device_paused_between_a_chunks_check_and_its_access_holds_its_loss_until_it_resumes() -> None:
+    at, end = _between_check_and_access()
     events, report = _run(at)
     paused = next(e["t_ns"] for e in events if e["event"] == "fault" and e["step"] == "stop")
     resumed = next(e["t_ns"] for e in events if e["event"] == "fault" and e["step"] == "cont")
-    job = next(e for e in events if e["event"] == "dma_end" and e.get("job") == ends[0]["job"] and e["svc"] == "importer-1")
+    job = next(e for e in events if e["event"] == "dma_end" and e.get("job") == end["job"] and e["svc"] == "importer-1")
     assert job["t_ns"] == resumed, "the job was under way all through the pause"
     # On resume either the checked access runs first (last_access_ns at `resumed`) or the lease
     # check aborts every job first (the access finds its job gone): a choice of the scheduler.
@@ -93,3 +99,37 @@ def test_a_device_paused_between_a_chunks_check_and_its_access_holds_its_loss_un
     assert not stopped or stopped[0]["t_ns"] >= resumed
     assert report["races"]["total"] == 0, report["races"]
     assert report["corruption"]["jobs"] == 0
+
+
+def test_a_device_killed_between_a_chunks_check_and_its_access_is_lost_when_its_process_is_gone() -> None:
+    at, _ = _between_check_and_access()
+    events, report = _run(at, fault="kill:target=importer-1")
+    killed = next(e["t_ns"] for e in events if e["event"] == "fault" and e["step"] == "kill")
+    (stopped,) = [e for e in events if e["event"] == "stop_confirmed" and e["importer"] == "importer-1"]
+    assert stopped["how"] == "process gone", "its access count stays 1: a dead device cannot lower it"
+    assert stopped["t_ns"] > killed
+    lost = [e for e in events if e["event"] == "importer_lost" and e["importer"] == "importer-1"]
+    assert [e["reason"] for e in lost] == ["lease expired"] and lost[0]["t_ns"] == stopped["t_ns"]
+    assert report["races"]["total"] == 0
+
+
+def test_process_gone_tells_a_live_a_stopped_and_a_dead_child_apart() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from runtime.watchdog import process_gone
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not process_gone(child.pid)
+        child.send_signal(signal.SIGSTOP)
+        assert not process_gone(child.pid), "a paused process may still touch memory when it resumes"
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)   # dead, and left unreaped
+        assert process_gone(child.pid), "a zombie is gone"
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert process_gone(child.pid)
