@@ -119,6 +119,10 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--no-stalls", action="store_true",
                    help="devices are punctual: no DMA chunk stalls past an exporter's timer (by default a "
                         "stall is a choice of every search, counted against --bound like a fault)")
+    e.add_argument("--pauses", action="store_true",
+                   help="an importer's process may freeze for two leases between a DMA chunk's check and its "
+                        "access (SIGSTOP at the worst moment for its lease), each a choice of the search counted "
+                        "against --bound like a stall (off by default)")
     e.add_argument("--no-snapshots", action="store_true",
                    help="exhaustive: run every schedule from start-up, never from a forked snapshot of its "
                         "prefix (by default snapshots are used where they measure cheaper: sim/search/snapshot.py; "
@@ -207,7 +211,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
             flags[key] = value
     params = options.resolve(args.scenario, flags)
     sim = SimOptions(network="chosen", jobs=_int("--dma-jobs", args.dma_jobs, 0), moves=_int("--moves", args.moves, 0),
-                     stalls=not args.no_stalls)
+                     stalls=not args.no_stalls, pauses=args.pauses)
     spec = Spec(Config(params, sim), args.search, params.seed, depth, bound, args.bound_kind, reduction)
     return spec, (Limits(schedules, seconds, args.all), jobs)
 
@@ -291,7 +295,7 @@ def result_lines(r: dict[str, Any], out: Path) -> list[str]:
                  f"({r['schedules_per_s'] or 0:,.0f}/s), {r['distinct_histories']} distinct histories"
                  + (f", races: {', '.join(f'{k} in {v}' for k, v in races.items())}" if races else ""))
     if r.get("devices"):
-        lines.append(f"  timing: {r['devices']}" + ("" if r["devices"] == DEVICES[True] else " (--no-stalls)"))
+        lines.append(f"  timing: {r['devices']}" + ("" if r["devices"].startswith(DEVICES[True]) else " (--no-stalls)"))
     if r.get("pct"):
         p = r["pct"]
         lines.append(f"  pct: depth {p['depth']}, n {p['n']} actors, k {p['k']} steps: at least "

@@ -51,7 +51,7 @@ from checker.findings import CATCHES
 from checker.report_md import finding_lines
 from runtime.runparams import from_mapping
 from sim.executor import Pool, executor
-from sim.options import DEVICES, SimOptions
+from sim.options import SimOptions
 from sim.progress import Reporter, SearchProgress, Silent
 from sim.search import snapshot
 from sim.search.dpor import DPOR, NONE
@@ -672,7 +672,7 @@ class Explorer:
             "blocked": st.blocked if spec.search == "exhaustive" else None,
             "pct": st.pct, "saved": st.saved, "shrunk": shrunk, "interrupted": self.interrupted,
             "complete": st.complete, "config": spec.config.as_dict(),
-            "devices": DEVICES[spec.config.options.stalls],     # the timing the verdict assumes
+            "devices": spec.config.options.devices,     # the timing the verdict assumes
             **self._search_fields(),
         }
         (self.out / "explore.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -14,6 +14,11 @@ Rules:
   stall a decision of the scheduler (sim/world.py): what the schedule search assumes unless told
   --no-stalls ("devices may stall past any timer"); off, devices are punctual (a plain `sim`).
   Written only when on, so a schedule without stalls reads as it always did.
+- `pauses`: an importer's process may freeze between a DMA chunk's check and its access, for
+  PAUSE_LEASES of its leases (as SIGSTOP at the worst moment, then SIGCONT), each such pause a
+  decision of the scheduler (sim/world.py), counted against --bound like a stall (explore
+  --pauses). The device's lease runs out meanwhile, so the exporter's handling of a lost importer
+  meets an access that was checked before the lease ran out. Off by default; written only when on.
 - None means no limit, as in a real run. The options are written into schedule.json (`sim`) so
   that `dmabuf-emu replay` runs the schedule with them.
 """
@@ -26,6 +31,8 @@ from typing import Any
 NETWORKS = ("drawn", "chosen")
 # What a verdict assumes of the devices' timing, by `stalls` (explore.json `devices`, its summary).
 DEVICES = {True: "devices may stall past any timer", False: "devices punctual"}
+PAUSES = "importers may pause mid-access for two leases"   # added to DEVICES' words when `pauses` is on
+PAUSE_LEASES = 2
 
 
 class SimOptionError(ValueError):
@@ -38,6 +45,7 @@ class SimOptions:
     jobs: int | None = None
     moves: int | None = None
     stalls: bool = False
+    pauses: bool = False
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -46,8 +54,9 @@ class SimOptions:
             v = getattr(self, key)
             if v is not None and (type(v) is not int or v < 0):
                 raise SimOptionError(f"{key} must be a whole number >= 0 or none, got {v!r}")
-        if type(self.stalls) is not bool:
-            raise SimOptionError(f"stalls must be true or false, got {self.stalls!r}")
+        for key in ("stalls", "pauses"):
+            if type(getattr(self, key)) is not bool:
+                raise SimOptionError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
     @property
     def is_default(self) -> bool:
@@ -55,17 +64,28 @@ class SimOptions:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if not self.stalls:
-            del d["stalls"]
+        for key in ("stalls", "pauses"):
+            if not d[key]:
+                del d[key]
         return d
+
+    @property
+    def devices(self) -> str:
+        """What a verdict under these options assumes of the devices' timing."""
+        return DEVICES[self.stalls] + (f"; {PAUSES}" if self.pauses else "")
+
+    def pause_ns(self, lease_ms: float) -> int | None:
+        """How long a search's pause holds an importer (None: no pauses)."""
+        return int(PAUSE_LEASES * lease_ms * 1e6) if self.pauses else None
 
     @classmethod
     def from_mapping(cls, data: Any, where: str) -> "SimOptions":
         if not isinstance(data, dict):
             raise SimOptionError(f"{where}: 'sim' must be a table of simulator options, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"network", "jobs", "moves", "stalls"})
+        unknown = sorted(set(data) - {"network", "jobs", "moves", "stalls", "pauses"})
         if unknown:
-            raise SimOptionError(f"{where}: unknown simulator option '{unknown[0]}' (known: jobs, moves, network, stalls)")
+            raise SimOptionError(f"{where}: unknown simulator option '{unknown[0]}' (known: jobs, moves, network, "
+                                 f"pauses, stalls)")
         try:
             return cls(**data)
         except SimOptionError as exc:

@@ -70,7 +70,7 @@ class Outcome:
 def _execute(params: RunParams, out: Path, scheduler: Scheduler, sink_for: Callable[[str], Any],
              options: SimOptions = SimOptions(), setup: Callable[[World], None] | None = None) -> Outcome:
     """`setup(world)`: called before the world runs (the schedule search sets its observer)."""
-    world = World(scheduler, stalls=options.stalls)
+    world = World(scheduler, stalls=options.stalls, pause_ns=options.pause_ns(params.lease_ms))
     if setup is not None:
         setup(world)
     logs: dict[str, list[str]] = defaultdict(list)

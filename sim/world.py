@@ -40,6 +40,12 @@ Rules:
   its memory manager's ticks, its polls and resends; between two of them nothing the exporter
   does depends on how long the device slept, so "past timer k" for each k is every stall that
   can make a difference, however long a device is slow. Without `stalls` nothing is asked.
+- An importer may pause (`World(..., pause_ns=N)`, sim/options.py `pauses`: explore --pauses). A
+  DMA engine's deferred call (a chunk's access, after its check: importer_svc/dma.py) comes due;
+  before it runs, a yes/no decision of the scheduler on `process:pause:<importer>` (default no)
+  may freeze the whole process there for N ns (world.pause, then world.resume: SIGSTOP and
+  SIGCONT at the worst moment for a lease, between the check and the access). Each access is
+  asked once. Without `pause_ns` nothing is asked.
 - A callback that raises is the process crashing: the world records the traceback, calls
   `on_exit` (a real shell's serve() runs end_serving in its `finally`) and the process is gone.
 """
@@ -57,6 +63,8 @@ from sim.scheduler import Scheduler
 
 T0 = 1_000_000_000
 STALL_STREAM = "device:stall:"    # + the importer: a device's stall decisions (see the rules above)
+PAUSE_STREAM = "process:pause:"   # + the importer: a search's pause decisions (see the rules above)
+PAUSE_MARK = "pause"              # a timer entry's 5th item: a DMA access its process may pause before
 WAIT = "(time)"    # the step option "let time pass" (only links can run: see World._may_wait)
 LANE_COST_NS = {"copy": 25_000, "dma": 10_000}
 TIME_PASSED: frozenset = frozenset()    # the observer's `touched` when time moved with nothing to run
@@ -104,9 +112,11 @@ class Actor:
 
 
 class World:
-    def __init__(self, scheduler: Scheduler, *, t0: int = T0, stalls: bool = False) -> None:
+    def __init__(self, scheduler: Scheduler, *, t0: int = T0, stalls: bool = False,
+                 pause_ns: int | None = None) -> None:
         self.scheduler = scheduler
         self.stalls = stalls                         # a DMA engine's timer may stall (see the rules)
+        self.pause_ns = pause_ns                     # an importer may pause before an access (the rules)
         self.now = t0
         scheduler.clock = lambda: self.now   # a guide sees when each decision is asked
         self.t0 = t0
@@ -293,7 +303,14 @@ class World:
     def _stall(self, entry: list) -> bool:
         """A DMA engine's timer `entry` is due: does the device stall it past one of the
         exporter's pending timers (latest first; see the rules above)? If so it is re-armed,
-        unmarked, just after that timer."""
+        unmarked, just after that timer. An access (marked PAUSE_MARK) may instead pause its
+        process: it stays due, and runs when the process resumes."""
+        if entry[4] is PAUSE_MARK:
+            p = entry[2].process
+            if not p.paused and self.scheduler.decide(PAUSE_STREAM + p.name):
+                self.pause(p)
+                self.push(self.now + self.pause_ns, None, lambda: self.resume(p))   # type: ignore[operator]
+            return False
         pending = sorted({e[0] for e in self._heap
                           if e[2] is not None and e[3] is not None and e[2].name == "exporter"}, reverse=True)
         stream = STALL_STREAM + entry[2].process.name
@@ -337,7 +354,9 @@ class ActorLoop:
         if a.process.dead:
             return
         if a.cost:
-            self.world.push(self.world.now + a.cost, a, callback)
+            entry = self.world.push(self.world.now + a.cost, a, callback)
+            if self.world.pause_ns is not None and a.lane == "dma":
+                entry.append(PAUSE_MARK)          # a chunk's access: its process may pause first
             return
         a.soon.append(callback)
         if self.world.touched is not None:

@@ -11,14 +11,19 @@ the read found another buffer's lines in the range the exporter had freed and re
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from protocol import wire
 from protocol.actions import ConfirmStopped
 from runtime import faults as faultspec
 from runtime.runparams import RunParams
+from sim.options import DEVICES, PAUSE_LEASES, PAUSES, SimOptionError, SimOptions
 from sim.run import simulate_in_memory
 from sim.world import LANE_COST_NS
 
+from tests.helpers import cli
 from tests.test_strategies import LEASE_NS, moving_under_a_write
 
 
@@ -133,3 +138,52 @@ def test_process_gone_tells_a_live_a_stopped_and_a_dead_child_apart() -> None:
         child.kill()
         child.wait(timeout=10)
     assert process_gone(child.pid)
+
+
+# ---------------------------------------------------------------- the search pauses importers too
+
+def _explore_json(out: Path) -> dict:
+    return json.loads((out / "explore.json").read_text())
+
+
+def test_sim_options_pauses_is_written_only_when_on_and_checked() -> None:
+    assert "pauses" not in SimOptions().as_dict()
+    assert SimOptions(pauses=True).as_dict()["pauses"] is True
+    assert SimOptions.from_mapping({"pauses": True}, "x").pause_ns(500.0) == PAUSE_LEASES * 500_000_000
+    assert SimOptions().pause_ns(500.0) is None
+    with pytest.raises(SimOptionError, match="pauses must be true or false"):
+        SimOptions(pauses="yes")  # type: ignore[arg-type]
+
+
+SEARCH = ("explore", "--strategy", "resv-fence", "--search", "exhaustive", "--bound", "1", "--no-stalls",
+          "--no-shrink", "--quiet")
+
+
+def test_an_importer_paused_mid_access_by_the_search_races_nowhere(tmp_path: Path) -> None:
+    r = cli(*SEARCH, "--pauses", "--out", str(tmp_path / "x"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    done = _explore_json(tmp_path / "x")
+    assert done["exhausted"] and done["races"] == {}, done
+    assert done["config"]["sim"]["pauses"] is True and done["devices"].endswith(PAUSES)
+    assert f"timing: {DEVICES[False]}; {PAUSES}" in r.stdout
+
+
+def test_the_search_with_pauses_catches_an_exporter_that_loses_an_importer_at_the_lapse(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """main 593a56a's exporter (it lost an importer when its lease lapsed, without waiting for its
+    device's accesses under way), made here by reading every access count as 0: the pause the search
+    chose is the witness's one fault; without pauses the same search finds nothing."""
+    from deploy import cli as deploy_cli
+    from runtime.fences import FenceTable
+
+    monkeypatch.setattr(FenceTable, "in_access", lambda self, slot: 0)
+    monkeypatch.setenv("DMABUF_EMU_SNAPSHOTS", "off")    # in this process, where the patch is
+    assert deploy_cli.main([*SEARCH[:-2], "--quiet", "--pauses", "--out", str(tmp_path / "p")]) == 0
+    caught = _explore_json(tmp_path / "p")
+    assert set(caught["races"]) == {"lost_write"} and caught["first_race_schedule"] <= 100, caught
+    witness = (tmp_path / "p" / "witness.md").read_text()
+    assert "`process:pause:importer-1`" in witness
+    assert deploy_cli.main([*SEARCH, "--out", str(tmp_path / "q")]) == 0
+    punctual = _explore_json(tmp_path / "q")
+    assert punctual["exhausted"] and punctual["races"] == {}
+    capsys.readouterr()

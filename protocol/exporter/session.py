@@ -23,9 +23,9 @@ Rules of this file:
   simulator: tests/test_lease_stop.py). Its expiry stands once noticed (`expired`): a message
   from it meanwhile renews nothing, and a request is answered no_such_importer, which grants
   no lease (an ok would renew the importer's own lease: protocol/lease.py) and makes it start
-  over; a hello from it loses it at once (it stopped its DMA before saying hello). A hello under a known name
-  replaces the previous incarnation the same way (a restart, or a rejoin after the importer's
-  own lease ran out).
+  over; a hello from it loses it at once (it stopped its DMA before saying hello). A hello
+  under a known name replaces the previous incarnation the same way (a restart, or a rejoin
+  after the importer's own lease ran out).
 - A notify or fence timeout revokes only importers that are responsive (heard from within half a
   lease) yet did not answer: they are alive and ignoring us. A notify timeout leaves their fences
   alone; a fence timeout completes them with an error, which the device takes as a reset: it

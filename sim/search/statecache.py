@@ -238,7 +238,7 @@ class Canon:
     def world_children(self, w: World) -> list[Any]:
         live = sorted((e for e in w._heap if e[3] is not None), key=lambda e: (e[0], e[1]))
         self.ranks = {id(e): r + 1 for r, e in enumerate(live)}
-        return [_Tok(("W", w._actors, w.done, w.stalls)), w._ready, w.processes, w._stopping, w.crashes,
+        return [_Tok(("W", w._actors, w.done, w.stalls, w.pause_ns)), w._ready, w.processes, w._stopping, w.crashes,
                 w.scheduler, _Tok(("heap", len(live))), *live]
 
 

@@ -44,7 +44,7 @@ from runtime.runparams import RunParams
 from sim.options import SimOptions
 from sim.run import _execute, _Lines, merged
 from sim.scheduler import Chooser, DecisionLog, Guide, ListGuide, Scheduler
-from sim.world import STALL_STREAM, WAIT
+from sim.world import PAUSE_STREAM, STALL_STREAM, WAIT
 
 FAULT_STREAMS = ("msgfault:", "device:", "process:")   # device: includes device:stall: (sim/world.py)
 # A random or PCT search's chance that a device stalls its chunk past one given exporter timer
@@ -190,10 +190,10 @@ class SearchChooser(Chooser):
         return live[k]
 
     def chance(self, index: int, stream: str, p: float, default: bool) -> bool:
-        if stream.startswith(STALL_STREAM):
+        if stream.startswith((STALL_STREAM, PAUSE_STREAM)):
             if not self.window.open:
-                return default                # a stall is the search's choice inside the window only
-            self.stall_points += 1
+                return default                # a stall or a pause is the search's choice inside the window only
+            self.stall_points += 1            # a pause is counted with the stalls: a device's timing
             p = STALL_P
         if stream.startswith(FAULT_STREAMS):
             self.fault_points += 1
