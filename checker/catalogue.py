@@ -131,7 +131,7 @@ EVENTS: tuple[Event, ...] = (
        waited_ns="since it was forced"),
     _e("exporter", "reset_unconfirmed", "buffer importer waited_ns grace_ms", _OP,
        "the device did not confirm within the grace; it is revoked (`importer_lost`, reason `reset unconfirmed`) "
-       "and the move goes on"),
+       "once it is known to have stopped (`stop_confirmed`), and the move goes on then"),
     _e("exporter", "fence_wait_end", "buffer usage waited_ns forced", _OP,
        "every awaited fence signaled or was forced: the wait is over", forced="list of importer names"),
     _e("exporter", "copy_begin", "buffer move from_gen to_gen", "",
@@ -180,9 +180,10 @@ EVENTS: tuple[Event, ...] = (
        "an importer was silent past its lease: it is lost (`importer_lost`, reason `lease expired`) once its "
        "device is known to have stopped (`stop_confirmed`); a message from it meanwhile renews nothing"),
     _e("exporter", "stop_confirmed", "importer slot how waited_ns", "",
-       "the device of an importer whose lease lapsed touches memory no more: it had no chunk access under way "
-       "(an access checked before its own lease ran out runs when a paused device resumes), or its process is gone",
-       how="`no access under way`, `process gone`", waited_ns="since `lease_lapsed`"),
+       "the device of an importer about to be lost (its lease lapsed, or its reset went unconfirmed) touches memory "
+       "no more: it had no chunk access under way (an access checked earlier runs when a paused device resumes), "
+       "or its process is gone; `importer_lost` follows",
+       how="`no access under way`, `process gone`", waited_ns="since `lease_lapsed` or `reset_unconfirmed`"),
     _e("exporter", "bye", "importer slot", "", "an importer left"),
     _e("exporter", "stray_reply", "peer id op", "", "a reply to no request of ours (late, duplicated or forged)"),
     _e("exporter", "access_denied", "op peer reason", "name buffer attachment",

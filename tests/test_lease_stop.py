@@ -54,6 +54,31 @@ def test_a_lapsed_lease_waits_for_the_device_to_stop_before_anything_is_revoked(
     assert w.copies, "lost now: its fences completed, the move goes on"
 
 
+def test_a_reset_left_unconfirmed_waits_for_the_device_to_stop_before_the_copy() -> None:
+    """The fence timeout forces a responsive importer's fences and waits --reset-grace-ms for its
+    device to confirm; past that it is lost, but only once its device has stopped: paused between
+    a chunk's check and its access, it would write into the range being copied when it resumes
+    (explore --pauses --fence-timeout-ms 20 found it: a lost_write in schedule 56)."""
+    w, buffer = moving_under_a_write("resv-fence")
+    move = next(iter(w.exporter.state.moves))
+    slot = w.slots["importer-1"]
+    w._apply("exporter", w.exporter.fences_pending(move, (slot,), w.now))
+    w._apply("exporter", w.exporter.timer_fired(("fence", move), w.now))
+    assert w.fence_waits[move][0].confirm == (slot,), "forced: waiting for the device to confirm"
+    w.in_access.add(slot)
+    w.tick(int(w.exporter.config.reset_grace_s * 1e9) + 1)
+    w._apply("exporter", w.exporter.timer_fired(("reset", move), w.now))
+    names = w.event_names("exporter")
+    assert "reset_unconfirmed" in names and "importer_lost" not in names
+    w.check_fences()
+    assert not w.copies, "no copy under a device that may still be writing"
+    w.in_access.discard(slot)
+    w.confirm_stops()
+    assert [f["reason"] for s, e, f in w.events if e == "importer_lost"] == ["reset unconfirmed"]
+    w.check_fences()
+    assert w.copies, "lost, its fences completed: the move goes on"
+
+
 def test_a_stale_confirmation_of_a_replaced_incarnation_changes_nothing() -> None:
     w, _ = moving_under_a_write("resv-fence")
     slot = w.slots["importer-1"]
@@ -155,7 +180,9 @@ def test_sim_options_pauses_is_written_only_when_on_and_checked() -> None:
         SimOptions(pauses="yes")  # type: ignore[arg-type]
 
 
-SEARCH = ("explore", "--strategy", "resv-fence", "--search", "exhaustive", "--bound", "1", "--no-stalls",
+# Stalls and pauses both: a stall past the fence timeout (20 ms, under the heartbeat period) and
+# a pause in the reset grace meet the reset path, a pause alone the lease path.
+SEARCH = ("explore", "--strategy", "resv-fence", "--search", "exhaustive", "--bound", "1", "--fence-timeout-ms", "20",
           "--no-shrink", "--quiet")
 
 
@@ -165,14 +192,15 @@ def test_an_importer_paused_mid_access_by_the_search_races_nowhere(tmp_path: Pat
     done = _explore_json(tmp_path / "x")
     assert done["exhausted"] and done["races"] == {}, done
     assert done["config"]["sim"]["pauses"] is True and done["devices"].endswith(PAUSES)
-    assert f"timing: {DEVICES[False]}; {PAUSES}" in r.stdout
+    assert f"timing: {DEVICES[True]}; {PAUSES}" in r.stdout
 
 
 def test_the_search_with_pauses_catches_an_exporter_that_loses_an_importer_at_the_lapse(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """main 593a56a's exporter (it lost an importer when its lease lapsed, without waiting for its
-    device's accesses under way), made here by reading every access count as 0: the pause the search
-    chose is the witness's one fault; without pauses the same search finds nothing."""
+    """main 593a56a's exporter (it lost an importer when its lease lapsed or its reset grace ran
+    out, without waiting for its device's accesses under way), made here by reading every access
+    count as 0: the pause the search chose is the witness's one fault; without pauses the same
+    search finds nothing."""
     from deploy import cli as deploy_cli
     from runtime.fences import FenceTable
 

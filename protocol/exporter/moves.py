@@ -62,6 +62,11 @@ class Membership(Protocol):
         """The importer is gone: every attachment revoked, its fences completed with `reason`."""
         ...
 
+    def lose_once_stopped(self, slot: int, reason: str, now: int) -> None:
+        """Lose the importer with `reason` once its device is known to have stopped (no access
+        under way, or its process gone: ConfirmStopped); until then it holds what it may touch."""
+        ...
+
 
 class ReservationLockError(AssertionError):
     """A placement was about to be handed out while a move holds the buffer's reservation lock."""
@@ -367,16 +372,32 @@ class MoveMachine:
         st.out.append(StartTimer(("reset", move.id), st.config.reset_grace_s))
 
     def _revoke_unconfirmed(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
-        """The grace is over: a device that did not confirm its engine stopped is revoked (lost:
-        every attachment, every fence), its silence on record; the wait goes on without it."""
+        """The grace is over: a device that did not confirm its engine stopped is to be revoked
+        (lost: every attachment, every fence), its silence on record, once it is known to have
+        stopped: a device paused between a chunk's check and its access touches memory when it
+        resumes, whatever the grace (explore --pauses found it). The wait goes on for it until
+        then (member_lost); a device already gone is dropped from it now."""
         st, move = self.state, self._op(buf)
         for slot, since in sorted(move.confirming.items()):
             imp = st.members.get(slot)
             if imp is not None and imp.alive:
                 st.emit("reset_unconfirmed", buffer=buf.id, **{move.KIND: move.id}, importer=imp.name,
                         waited_ns=now - since, grace_ms=st.config.reset_grace_s * 1000)
-                self.membership.lose(slot, "reset unconfirmed", now)
-        move.confirming.clear()
+                self.membership.lose_once_stopped(slot, "reset unconfirmed", now)
+            else:
+                del move.confirming[slot]
+
+    def member_lost(self, slot: int, now: int) -> None:
+        """Importer `slot` is lost, its device stopped and its fences completed: the operations
+        still waiting for it to confirm a reset wait for it no more (their wait is asked again
+        without it)."""
+        st = self.state
+        for op in [*st.moves.values(), *st.revocations.values()]:
+            if slot in op.confirming:
+                del op.confirming[slot]
+                if not op.confirming:
+                    st.out.append(CancelTimer(("reset", op.id)))
+                st.out.append(WaitFences(op.id, op.buffer, op.wait_usage, tuple(sorted(op.confirming))))
 
     def _publish_kernel_fence(self, rule: Rule, buf: Buffer, now: int, ctx: Ctx) -> None:
         move = self._move(buf)

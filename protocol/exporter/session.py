@@ -26,6 +26,9 @@ Rules of this file:
   over; a hello from it loses it at once (it stopped its DMA before saying hello). A hello
   under a known name replaces the previous incarnation the same way (a restart, or a rejoin
   after the importer's own lease ran out).
+- The same holds for a device whose reset went unconfirmed past --reset-grace-ms (moves.py,
+  _revoke_unconfirmed): it is lost, reason `reset unconfirmed`, once its device is known to have
+  stopped, and the wait for it goes on until then.
 - A notify or fence timeout revokes only importers that are responsive (heard from within half a
   lease) yet did not answer: they are alive and ignoring us. A notify timeout leaves their fences
   alone; a fence timeout completes them with an error, which the device takes as a reset: it
@@ -80,14 +83,21 @@ class Session:
         self.state.out.append(StartTimer(LEASE_TIMER, self.state.config.lease_s / LEASE_CHECKS_PER_LEASE))
 
     def check_leases(self, now: int) -> None:
-        """Every importer silent for longer than its lease: ask the shell to confirm that its
-        device stopped (ConfirmStopped), once; device_stopped then declares it lost."""
+        """Every importer silent for longer than its lease: lost once its device stopped."""
         st = self.state
         for imp in list(st.members.values()):
             if imp.alive and imp.expired is None and now - imp.last_seen > st.config.lease_s * 1e9:
-                imp.expired = now
                 st.emit("lease_lapsed", importer=imp.name, slot=imp.slot, silent_ns=now - imp.last_seen)
-                st.out.append(ConfirmStopped(imp.slot, imp.pid))
+                self.lose_once_stopped(imp.slot, "lease expired", now)
+
+    def lose_once_stopped(self, slot: int, reason: str, now: int) -> None:
+        """Ask the shell to confirm that the importer's device stopped (ConfirmStopped), once;
+        device_stopped then loses it with `reason` (the first asked for, if asked twice)."""
+        imp = self.state.members.get(slot)
+        if imp is None or not imp.alive or imp.expired is not None:
+            return
+        imp.expired, imp.expiry = now, reason
+        self.state.out.append(ConfirmStopped(slot, imp.pid))
 
     def device_stopped(self, slot: int, pid: int, how: str, now: int) -> None:
         """The shell's answer to ConfirmStopped: the device of `slot` (process `pid`) touches
@@ -98,7 +108,7 @@ class Session:
         imp = self.state.members.get(slot)
         if imp is not None and imp.alive and imp.pid == pid and imp.expired is not None:
             self.state.emit("stop_confirmed", importer=imp.name, slot=slot, how=how, waited_ns=now - imp.expired)
-            self.lose(slot, "lease expired", now)
+            self.lose(slot, imp.expiry, now)
 
     def touch(self, peer: bytes, now: int) -> None:
         imp = self.state.by_peer.get(peer)
@@ -123,6 +133,7 @@ class Session:
             self.revoke(st.attachments[att_id], reason, now)
         st.out.append(ForceCompleteFences(slot, None, reason))
         st.emit("importer_lost", importer=imp.name, slot=slot, reason=reason)
+        self.moves.member_lost(slot, now)
 
     def revoke(self, att: Attachment, reason: str, now: int) -> None:
         st = self.state

@@ -68,7 +68,8 @@ class Member:
     last_seen: int = 0
     mapped: set[int] = field(default_factory=set)     # its attachments that are mapped
     waiting: set[int] = field(default_factory=set)    # its attachments with a deferred map
-    expired: int | None = None    # when its lease ran out, while its device's stop is unconfirmed
+    expired: int | None = None    # since when it is to be lost (lose_once_stopped), its stop unconfirmed
+    expiry: str = ""              # the reason it will be lost with
 
 
 @dataclass
