@@ -1,9 +1,9 @@
 """A lease lapses; the importer is lost only once its device is known to have stopped.
 
 The device stops at its next check, before the exporter's lease on it runs out; but a chunk checked
-before that and paused before its access touches memory when the process resumes. CI saw it once
-(tests/test_faults_e2e.py's paused importer: a stale_read, 1 in some hundred real runs); the
-simulator shows it at will: pause the device between a chunk's check and its access. Before the
+before that and paused before its access touches memory when the process resumes. CI saw one such
+race once (tests/test_faults_e2e.py's paused importer; none in 68 runs on the development machine);
+the simulator shows it at will: pause the device between a chunk's check and its access. Before the
 exporter waited for the device's access count (ConfirmStopped), the run below raced (stale_read:
 the read found another buffer's lines in the range the exporter had freed and reused).
 """

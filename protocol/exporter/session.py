@@ -19,7 +19,7 @@ Rules of this file:
   device_stopped): its attachments are revoked, its pins dropped, its fences completed with an
   error. The device stops at its next check, before the lease runs out here, but an access it
   checked earlier runs when a paused device resumes: losing it before would let that access
-  touch memory the exporter moved or freed (a stale_read seen in CI, and at will in the
+  touch memory the exporter moved or freed (a race seen once in CI, and at will in the
   simulator: tests/test_lease_stop.py). Its expiry stands once noticed (`expired`): a message
   from it meanwhile renews nothing, and a request is answered no_such_importer, which grants
   no lease (an ok would renew the importer's own lease: protocol/lease.py) and makes it start
