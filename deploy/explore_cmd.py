@@ -57,8 +57,11 @@ searches (--search):
               walks it: the same schedules, histories and verdict.
               --reduction dpor (the default) runs a reordering of two steps only when they
               race; sleep-sets runs every order of dependent steps once; none every order
-              (brute force; sim/search/dpor.py says why the reductions are sound). The result
-              is "exhausted: N schedules within bound B, no race" or the first race.
+              (brute force; sim/search/dpor.py says why the reductions are sound).
+              --state-cache ends a schedule where it reaches a state (the world and the
+              checker's) explored before with as much bound left: with three importers,
+              whose answers meet at the exporter in every order, it cuts most of the tree.
+              The result is "exhausted: N schedules within bound B, no race" or the first race.
 
 what varies: the order of steps, when each message between services arrives (30 us to 2 ms
 after it was sent), and whether a device stalls a DMA chunk past one of the exporter's pending
@@ -71,6 +74,7 @@ EPILOG = SEARCH_HELP + "\n" + examples(
     "dmabuf-emu explore --strategy move-notify --search random --out runs/x-mn && dmabuf-emu replay runs/x-mn/shrunk --out runs/x-mn2",
     "dmabuf-emu explore --strategy move-notify-ack --search pct --depth 2 --schedules 500 --out runs/x-mna",
     "dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 1 --out runs/x-rf",
+    "dmabuf-emu explore --strategy resv-fence --search exhaustive --bound 0 --importers 3 --buffers 2 --moves 2 --no-stalls --state-cache --out runs/x-rf3",
     "dmabuf-emu explore --strategy pin --search exhaustive --bound 1 --fault dup:target=importers --fault reorder:target=exporter --out runs/x-pin",
     "dmabuf-emu explore --strategy resv-fence --search random --schedules 400 --jobs 2 --out runs/x-rf-random",
     "dmabuf-emu explore --strategy unmap-hint --search random --no-shrink --out runs/x-uh && dmabuf-emu shrink runs/x-uh",
@@ -123,6 +127,11 @@ def add_parsers(sub: Any) -> None:
                    help="an importer's process may freeze for two leases between a DMA chunk's check and its "
                         "access (SIGSTOP at the worst moment for its lease), each a choice of the search counted "
                         "against --bound like a stall (off by default)")
+    e.add_argument("--state-cache", action="store_true",
+                   help="exhaustive, one process: end a schedule at a state explored before with as much bound "
+                        "left (the world and the checker's state: sim/search/cache.py); pays where paths meet, "
+                        "as when three importers answer the exporter at one instant; costs a hash per instant "
+                        "elsewhere. Runs without snapshots; a resumed search starts its cache empty")
     e.add_argument("--no-snapshots", action="store_true",
                    help="exhaustive: run every schedule from start-up, never from a forked snapshot of its "
                         "prefix (by default snapshots are used where they measure cheaper: sim/search/snapshot.py; "
@@ -193,11 +202,16 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     reduction = DPOR if args.reduction is None else args.reduction
     if reduction not in REDUCTIONS:
         raise OptionError(f"--reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if args.state_cache and args.search != "exhaustive":
+        raise OptionError(f"--state-cache is for --search exhaustive, not {args.search}")
     if args.bound_kind not in BOUND_KINDS:
         raise OptionError(f"--bound-kind must be one of {', '.join(BOUND_KINDS)}, got {args.bound_kind!r}")
     schedules = _int("--schedules", args.schedules, 1) if args.schedules is not None else None
     seconds = _float("--time", args.time) if args.time is not None else None
     jobs = _int("--jobs", args.jobs, 1)
+    if args.state_cache and (jobs > 1 or args.scheduler is not None):
+        raise OptionError("--state-cache runs in one process (the cache is its memory): drop "
+                          + ("--scheduler" if args.scheduler is not None else f"--jobs {jobs}"))
     if args.scheduler is not None:
         from sim.executor import SchedulerError, check_scheduler
         try:
@@ -212,7 +226,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     params = options.resolve(args.scenario, flags)
     sim = SimOptions(network="chosen", jobs=_int("--dma-jobs", args.dma_jobs, 0), moves=_int("--moves", args.moves, 0),
                      stalls=not args.no_stalls, pauses=args.pauses)
-    spec = Spec(Config(params, sim), args.search, params.seed, depth, bound, args.bound_kind, reduction)
+    spec = Spec(Config(params, sim), args.search, params.seed, depth, bound, args.bound_kind, reduction,
+                args.state_cache)
     return spec, (Limits(schedules, seconds, args.all), jobs)
 
 

@@ -134,6 +134,9 @@ class Vocabulary:
                 raise TypeError(f"{self.half}: implementations of unknown {kind}s: {stray}")
 
 
+CACHES: list["CompiledCache[Any]"] = []     # every CompiledCache made (sim/search/statecache.py reads them)
+
+
 class CompiledCache(Generic[T]):
     """Checked tables by the spec's whole content. A service starts once per run, but the
     simulator starts the same strategy's services once per schedule, and checking a table costs
@@ -148,6 +151,11 @@ class CompiledCache(Generic[T]):
         self.size = size
         self._by_key: dict[Any, T] = {}
         self._last: dict[Any, tuple[Any, T]] = {}
+        CACHES.append(self)
+
+    def held(self) -> list[T]:
+        """Every table it holds (read-only: a search's state hash takes each as one token)."""
+        return [*self._by_key.values(), *(v for _, v in self._last.values())]
 
     def get(self, ident: Any, key: Any, build: Callable[[], T]) -> T:
         """The table for `key` (None: not a key, build it every time), built by `build` once."""

@@ -54,6 +54,7 @@ from sim.executor import Pool, executor
 from sim.options import SimOptions
 from sim.progress import Reporter, SearchProgress, Silent
 from sim.search import snapshot
+from sim.search.cache import StateCache
 from sim.search.dpor import DPOR, NONE
 from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
@@ -103,16 +104,18 @@ class Spec:
     bound: int | None = 2                    # None: no bound (exhaustive deepens until nothing is cut)
     bound_kind: str = PREEMPTIONS
     reduction: str = DPOR                    # exhaustive: sim/search/dpor.py REDUCTIONS
+    state_cache: bool = False                # exhaustive, one process: sim/search/cache.py
 
     def as_dict(self) -> dict[str, Any]:
         return {"config": self.config.as_dict(), "search": self.search, "seed": self.seed, "depth": self.depth,
-                "bound": self.bound, "bound_kind": self.bound_kind, "reduction": self.reduction}
+                "bound": self.bound, "bound_kind": self.bound_kind, "reduction": self.reduction,
+                "state_cache": self.state_cache}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Spec":
         c = d["config"]
         return cls(Config(from_mapping(c["params"], "explore spec"), SimOptions(**c["sim"])), d["search"], d["seed"],
-                   d["depth"], d["bound"], d["bound_kind"], d.get("reduction", DPOR))
+                   d["depth"], d["bound"], d["bound_kind"], d.get("reduction", DPOR), d.get("state_cache", False))
 
     def key(self) -> str:
         """What makes two searches the same search (the limits do not)."""
@@ -123,6 +126,8 @@ class Spec:
             d.pop("bound"), d.pop("bound_kind"), d.pop("reduction")
         else:
             d.pop("seed")
+        if not self.state_cache:
+            d.pop("state_cache")               # a search without it keeps the key it had before it existed
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -304,6 +309,8 @@ class State:
     over_bound: int = 0                     # exhaustive: options the current pass's bound cut
     cheaper: int = 0                        # exhaustive: schedules re-run by a deeper pass (counted at their level)
     unraced: int = 0                        # exhaustive, dpor: options no race asked for, so never run
+    cached: int = 0                         # exhaustive --state-cache: schedules cut at a state explored before
+    states_cached: int | None = None        # exhaustive --state-cache: states in this process's cache
     snapshots: dict[str, Any] = field(default_factory=dict)   # exhaustive, several: the workers' counts summed
 
     def as_dict(self) -> dict[str, Any]:
@@ -531,21 +538,27 @@ class Explorer:
                     st.exhausted = True
                     return
                 st.level, st.over_bound, stack = st.level + 1, 0, None
+        cache = StateCache() if spec.state_cache else None   # empty on a resume (sim/search/cache.py)
         for trial, stack, level, cost in dpor.explore(spec.config, spec.bound, reduction=spec.reduction,
                                                       kind=spec.bound_kind, start=st.level, stack=stack,
-                                                      over_bound=st.over_bound):
+                                                      over_bound=st.over_bound, cache=cache):
             if level.bound != st.level:
                 st.unraced = 0                  # each pass is a whole search: its own count
             st.level, st.over_bound, st.unraced = level.bound, level.over_bound, st.unraced + level.unraced
             level.unraced = 0
-            if trial.blocked:
+            if trial.extra.get("state_cached"):
+                st.cached += 1
+            elif trial.blocked:
                 st.blocked += 1
             elif cost < level.bound:
                 st.cheaper += 1
             else:
                 self._record(st.schedules + 1, summary(st.schedules + 1, trial))
             st.stack = [node_to_dict(n) for n in stack]
-            self._progress(f"bound {level.bound}, {st.blocked} cut by sleep sets")
+            if cache is not None:
+                st.states_cached = len(cache.seen)
+            self._progress(f"bound {level.bound}, {st.blocked} cut by sleep sets"
+                           + (f", {st.cached} by the state cache" if cache is not None else ""))
             self.checkpoint()
             if self._stop():
                 return
@@ -684,16 +697,19 @@ class Explorer:
         schedule of dpor and sleep-sets is a Mazurkiewicz class of its own: sim/search/dpor.py;
         brute force does not know its classes), what cut the rest, and the pass it is at; what
         snapshots did (sim/search/snapshot.py: in this process, or summed over the subtrees the
-        workers of --jobs and --scheduler ran). No state is cached."""
+        workers of --jobs and --scheduler ran); with --state-cache, the schedules it cut and the
+        states it holds (sim/search/cache.py)."""
         st, spec = self.state, self.spec
         if spec.search != "exhaustive":
             return {k: None for k in ("reduction", "traces", "cut_by", "snapshots", "states_cached", "level")}
         cut = {"sleep-sets": st.blocked, "bound": st.over_bound}
         if spec.reduction == DPOR:
             cut["no-race"] = st.unraced
+        if spec.state_cache:
+            cut["state-cache"] = st.cached
         return {"reduction": spec.reduction, "traces": st.schedules if spec.reduction != NONE else None,
                 "cut_by": cut, "snapshots": st.snapshots if st.snapshots else snapshot.report(),
-                "states_cached": None, "level": st.level}
+                "states_cached": st.states_cached if spec.state_cache else None, "level": st.level}
 
 
 def _read_decisions(run_dir: Path) -> tuple[list, list]:

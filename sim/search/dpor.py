@@ -66,7 +66,8 @@ from typing import Any, Iterator, Sequence
 from sim.search.exhaustive import (EVERYTHING, PREEMPTIONS, STEP, DfsChooser, Diverged,
                                    Footprint, Node, _backtrack_above, fence_tracing)
 from sim.search import snapshot
-from sim.search.trial import Config, Trial
+from sim.search.cache import Judge, StateCache
+from sim.search.trial import Blocked, Config, Trial
 from sim.world import TIME_PASSED, WAIT, Actor
 
 DPOR, SLEEP_SETS, NONE = "dpor", "sleep-sets", "none"
@@ -103,8 +104,12 @@ class DporChooser(DfsChooser):
     records every step for the race analysis and notes options the bound cut."""
 
     def __init__(self, seed: int, stack: list[Node], bound: int, kind: str = PREEMPTIONS,
-                 reduction: str = DPOR) -> None:
+                 reduction: str = DPOR, cache: StateCache | None = None) -> None:
         super().__init__(seed, stack, bound, kind, reduce=reduction != NONE)
+        self.cache = cache                     # sim/search/cache.py: states explored before are cut
+        self.judge: Judge | None = None
+        self.cache_hit = False                 # this schedule ended at a state explored before
+        self.keyed_at = -1                     # the instant of the last key taken (one an instant)
         self.dpor = reduction == DPOR
         self.events: list[Event] = []
         self.over_bound = 0                    # options of fresh choice points beyond the bound
@@ -115,6 +120,23 @@ class DporChooser(DfsChooser):
     def setup(self, world: Any) -> None:
         super().setup(world)
         self.world = world
+        if self.cache is not None:
+            self.judge = Judge(self.sinks)
+
+    def choose_step(self, index: int, options: Sequence[str]) -> int:
+        cache = self.cache
+        if cache is None or self.depth < len(self.stack) or self.world.now == self.keyed_at:
+            return super().choose_step(index, options)
+        self.keyed_at = self.world.now
+        budget, asleep = self.bound - self.cost, frozenset(self.sleep)
+        key = cache.visit(self.world, self, self.judge, budget, asleep, self.stack)   # type: ignore[arg-type]
+        if key is None:
+            self.cache_hit = True
+            raise Blocked()                   # explored from an equal state: sim/search/cache.py
+        k = super().choose_step(index, options)
+        cache.add(key, budget, asleep, self.stack[-1])
+        return k
+
 
     def fresh(self, node: Node) -> None:
         self.over_bound += sum(node.cost_before + c > self.bound for c in node.costs)
@@ -194,6 +216,21 @@ def _races(events: Sequence[Event], lo: int, hi: int) -> int:
     return added
 
 
+def whole_instant(events: Sequence[Event]) -> int:
+    """A state cache hit (sim/search/cache.py): the steps its cut subtree would have run at this
+    instant could race with any step of the instant so far, so each of their choice points is
+    explored in full; how many options that added. Earlier instants are behind a clock event."""
+    added = 0
+    for e in reversed(events):
+        if e.clock:
+            break
+        node = e.node
+        if node is not None and node.backtrack is not None:
+            added += len(node.options) - len(node.backtrack)
+            node.backtrack = None
+    return added
+
+
 @dataclass
 class Level:
     """Where a deepening search is: its level (the bound of this pass) and the counts so far."""
@@ -205,8 +242,8 @@ class Level:
 
 def explore(config: Config, bound: int | None, *, reduction: str = DPOR, kind: str = PREEMPTIONS,
             seed: int = 0, start: int = 0, stack: list[Node] | None = None, floor: int = 0,
-            deepen: bool = True, over_bound: int = 0,
-            snapshots: bool | None = None) -> Iterator[tuple[Trial, list[Node], Level, int]]:
+            deepen: bool = True, over_bound: int = 0, snapshots: bool | None = None,
+            cache: StateCache | None = None) -> Iterator[tuple[Trial, list[Node], Level, int]]:
     """Every schedule within `bound` (None: no bound), level by level from `start` (deepen) or at
     the bound alone: yields (trial, stack, level, cost) per schedule run, blocked ones too; a
     schedule cheaper than its level is yielded with its cost (the caller counts only those that
@@ -217,10 +254,15 @@ def explore(config: Config, bound: int | None, *, reduction: str = DPOR, kind: s
     finite and was explored whole.
     `snapshots`: run each schedule from a snapshot of its prefix (sim/search/snapshot.py; None:
     as DMABUF_EMU_SNAPSHOTS says, by default where it measures cheaper); the schedules and
-    everything yielded are the same either way."""
+    everything yielded are the same either way.
+    `cache`: cut the schedules that reach a state explored before (sim/search/cache.py; a trial
+    so cut is blocked, with extra["state_cached"]); every schedule then runs in this process,
+    from start-up (a forked runner's visits would be lost to the cache)."""
     if bound is None and not deepen:
         raise ValueError("an unbounded search deepens")
     levels = range(start, (bound if bound is not None else 1 << 30) + 1) if deepen else [bound]
+    if cache is not None:
+        snapshots = False
     snapshot.reset(None if snapshots is None else (snapshot.ON if snapshots else snapshot.OFF))
     with fence_tracing():
         for d in levels:
@@ -229,14 +271,17 @@ def explore(config: Config, bound: int | None, *, reduction: str = DPOR, kind: s
             snaps = snapshot.Snapshots(on=snapshots)   # a chain per pass: the bound is the chooser's
             try:
                 while True:
-                    chooser = DporChooser(seed, stack, d, kind, reduction)  # type: ignore[arg-type]
+                    chooser = DporChooser(seed, stack, d, kind, reduction, cache)  # type: ignore[arg-type]
                     trial = snaps.run(config, chooser)
+                    if chooser.cache_hit:
+                        trial.extra["state_cached"] = True
                     if chooser.depth < len(stack):
                         raise Diverged(f"the schedule ended after {chooser.depth} of its {len(stack)} recorded choices")
                     level.over_bound += chooser.over_bound
                     if chooser.dpor:
                         events = chooser.events if trial.blocked else chooser.events + chooser.pending_steps()
-                        level.unraced += chooser.unraced - analyse(events)
+                        added = analyse(events) + (whole_instant(events) if chooser.cache_hit else 0)
+                        level.unraced += chooser.unraced - added
                     yield trial, stack, level, chooser.cost
                     if not _backtrack_above(stack, d, floor):
                         break

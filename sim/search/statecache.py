@@ -1,5 +1,6 @@
 """statecache: a hash of a simulated world's state at a step choice point, and what a cache over it
-would cut (measured: it does not pay, so `explore --state-cache` is not built; see the end).
+would cut. `explore --state-cache` (sim/search/cache.py) keys on the world as walked here and on
+the checker's state in place of the history (see the end: the history made it not pay).
 
 A key is taken only at a *step* choice point (sim/world.py asks the scheduler which actor runs
 next): there every callback has returned and the whole run is in the object graph, none of it in
@@ -73,15 +74,16 @@ seconds by process_time on the shared 2-core machine, load 10 to 15):
 Why states do not repeat: sleep sets already cut the reorderings of independent steps, the
 usual source of repeated states; two paths that still meet differ in their past (a frame to an
 idle importer delivered one WAIT later, so its move_notify_received has another time; two lines
-of the exporter at one instant in the other order), and the checker may need that past. What
-would have to change: the checker would give its judging state in canonical form (the live
-jobs, attachment windows, the last generations' copy and free times, open wait-for edges and
-liveness items, times as offsets, no counters or report lists; an Oracle method, checker/'s to
-write), which lets the world's 310 hits count (at most 57% of the runs, 2.3x); and a key ten
-times cheaper (per-process digests kept and redone only for the processes a step touched, which
-the world records; the protocol tables hashed once, compile_spec shares them). Both together
-stay short of DPOR's 10x; with DPOR the cache would also have to carry backtrack points
-(Yang et al., SPIN 2008).
+of the exporter at one instant in the other order), and the checker may need that past.
+What changed that (sim/search/cache.py): the checker's part of the key is the checker's own state
+(checker/oracle.py's Oracle fed the lines before the instant, walked whole here, times as
+offsets), not the history's bytes; two lines of one instant in the other order leave it as it
+was. On the small configuration that still does not pay (resv-fence bound 2, punctual: 1,172
+schedules instead of 1,474, 75 CPU s against 22). With three importers it does: their answers
+reach the exporter at one instant in every order, 6 per instant, each a history of its own, and
+one world and checker state after (resv-fence, 3 importers x 3 buffers x 3 moves, bound 0: 1,296
+schedules by dpor, one end state; docs/results.md). The tables compile_spec shares are hashed as
+one token each (`_STATIC`). With DPOR a hit adds conservative backtrack points (cache.py).
 """
 
 from __future__ import annotations
@@ -106,6 +108,18 @@ _SKIP = {
     ("SimRandom", "_sid"), ("SimRandom", "_sched"),
 }
 _ATOMS = (type(None), bool, int, float, str, bytes, complex)
+# The strategies' checked tables (protocol/machine.py CompiledCache): shared by every schedule and
+# read-only to everyone, so each is hashed as one token, its place in this registry (the table is
+# kept here: its id is never reused). A table built outside the caches is walked as anything else.
+_STATIC: dict[int, tuple[Any, int]] = {}
+
+
+def _register_static() -> None:
+    from protocol.machine import CACHES
+    for cache in CACHES:
+        for table in cache.held():
+            if id(table) not in _STATIC:
+                _STATIC[id(table)] = (table, len(_STATIC))
 
 
 class Canon:
@@ -125,6 +139,7 @@ class Canon:
     # ------------------------------------------------------------------ the walk
 
     def walk(self, root: Any) -> None:
+        _register_static()
         stack = [root]
         out, memo = self.out, self.memo
         while stack:
@@ -143,6 +158,10 @@ class Canon:
             seen = memo.get(i)
             if seen is not None:
                 out.append(("@", seen))
+                continue
+            fixed = _STATIC.get(i)
+            if fixed is not None and fixed[0] is x:
+                out.append(("static", fixed[1]))    # a checked table: read-only, one token
                 continue
             memo[i] = len(memo)
             self.keep.append(x)
@@ -203,6 +222,15 @@ class Canon:
                     x.gi_yieldfrom if t is types.GeneratorType else x.cr_await]
         if t is World:
             return self.world_children(x)
+        if isinstance(x, (list, tuple, dict, set, frozenset, deque)):
+            # a subclass (Counter, defaultdict, a NamedTuple): its contents as its base's, its
+            # type and any attributes beside them (never the type alone: that would hide them)
+            base = next(b for b in (dict, list, tuple, set, frozenset, deque) if isinstance(x, b))
+            inner = self.children(base(x.items()) if base is dict else base(x))
+            self.keep.append(inner)
+            d = getattr(x, "__dict__", None) or {}
+            return [_Tok(("sub", t.__module__, t.__qualname__)), *inner,
+                    *(v for k, val in d.items() for v in (_Tok(k), val))]
         name = t.__name__
         if name == "Scheduler":
             # its generators are walked where the shells hold them (SimRandom._base); of its

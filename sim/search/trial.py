@@ -174,6 +174,7 @@ class SearchChooser(Chooser):
         self.wait_points = 0                  # window step decisions that offered WAIT
         self.fault_points = 0                 # fault draws
         self.stall_points = 0                 # stall decisions (sim/world.py; counted in fault_points too)
+        self.sinks: dict[str, Any] = {}       # service -> its in-memory history so far (run_trial's)
 
     def step(self, index: int, options: Sequence[str]) -> int:
         if not self.window.open:
@@ -329,6 +330,7 @@ def run_trial(config: Config, chooser: SearchChooser, *, setup: Callable[[Any], 
     exhaustive search sets the world's per-step observer there, for its sleep sets)."""
     began = time.perf_counter()
     sinks: dict[str, _Watched] = {}
+    chooser.sinks = sinks                     # the state cache's checker reads the lines so far
     window = chooser.window
 
     def sink_for(svc: str) -> _Watched:

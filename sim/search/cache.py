@@ -1,0 +1,132 @@
+"""cache: the exhaustive search's state cache (`explore --state-cache`): a choice point whose state
+was explored before, with as much bound left and no more asleep, is not explored again.
+
+What a state is. At a step choice point inside the window (sim/search/trial.py), `key` hashes:
+- the simulated world, as sim/search/statecache.py `Canon` walks it (both protocol halves, the
+  shells, the engines, the channels and frames in flight, the memory's bytes, the fence table,
+  pending timers as offsets from now with their tie order, the driver, the generators), and the
+  search's own window (open, closed, DMA jobs running) and, under late-frames, the frames held;
+- the checker's state: checker/oracle.py's Oracle, fed the merged history's lines written before
+  this instant (in checker/history.py's order: time, file name, line), walked whole by the same
+  `Canon` (every attribute: live jobs, attachments, generations, wait-for graph, liveness items,
+  counters, histograms; times as offsets), with the races and findings it reported so far;
+- each service's lines written at this instant, as bytes, in order.
+Why that is the whole future. The world's future steps run callbacks the world holds and read only
+what those reach (statecache.py: that walk is the world's state). The verdicts of a schedule are
+the Oracle's on the merged history, which is the lines before this instant, then the lines of this
+instant (sorted by file name, then in order: those written so far are in the key, the rest are the
+future's), then the future's. The Oracle is a deterministic function of its state and the lines it
+is given, so two choice points with equal keys have the same continuations, and each continuation
+gets the same verdicts (as times are offsets, a hit at another instant would see every future time
+shifted by the same amount; the driver holds the workload's end as an absolute time, so in practice
+hits are at one instant). Two paths meet here when they ran the same steps in another order and
+the checker cannot tell: three importers' answers reaching the exporter at one instant, in any of
+six orders, leave one world and one checker state (docs/results.md).
+What is cut, and why nothing is lost. A hit is a fresh choice point whose key was recorded at a
+choice point that is not on the current path (so its subtree is explored whole) with at least as
+much bound left and no more options asleep (Godefroid's sleep sets with state matching: every
+schedule this visit must explore from here was explored from there). The schedule ends there,
+counted as cut by the state cache. With dpor (sim/search/dpor.py), the cut subtree's steps at
+this instant could race with steps of the path above (Yang, Chen, Gopalakrishnan and Kirby, SPIN
+2008), and which they are is not known: every choice point of this instant on the path is then
+explored in full (dpor.py `whole_instant`); steps of later instants cannot race with the path
+(dpor reverses races only within an instant: a clock event is a barrier).
+What is not cached: states before the window opens (every schedule shares them), a resumed
+search's earlier states (the cache lives in the search's process; a resumed search starts it
+empty), and states of schedules run by other workers (--jobs: each worker has its own).
+tests/test_state_cache.py checks it against brute force: on configurations small enough, the
+cached search reports the same races and the same end states (the world and the checker's state
+at the end of each schedule) as `--reduction none` without a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from sim.run import _t_of
+from sim.search.statecache import Canon
+
+
+class Judge:
+    """The checker fed, within one schedule, the lines written before the current instant."""
+
+    def __init__(self, sinks: dict[str, Any]) -> None:
+        from checker.oracle import Oracle
+        self.sinks = sinks                    # service -> its in-memory sink (trial.py), filled as they start
+        self.fed: dict[str, int] = {}         # service -> lines given to the oracle
+        self.found: list[Any] = []            # what it reported, in order
+        self.oracle = Oracle(on_race=lambda r: self.found.append(("race", r.kind, r.job.buffer, r.job.svc, r.job.job)),
+                             on_finding=lambda what, svc, t, f: self.found.append((what, svc, t, sorted(f.items(), key=str))))
+
+    def catch_up(self, now: int) -> list[tuple[str, list[bytes]]]:
+        """Give the oracle every line before `now`, merged; the lines at `now`, by service."""
+        items: list[tuple[int, str, int, bytes]] = []
+        at_now: list[tuple[str, list[bytes]]] = []
+        for svc, sink in self.sinks.items():
+            lines = sink.lines
+            n = self.fed.get(svc, 0)
+            file = f"{svc}.jsonl"
+            while n < len(lines) and _t_of(lines[n]) < now:
+                items.append((_t_of(lines[n]), file, n, lines[n]))
+                n += 1
+            self.fed[svc] = n
+            if n < len(lines):
+                at_now.append((file, lines[n:]))
+        if items:
+            items.sort()
+            self.oracle.run([it[3] for it in items])
+        at_now.sort()
+        return at_now
+
+
+class StateCache:
+    """The states explored so far: key -> [(bound left, options asleep, the choice point)]."""
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, list[tuple[int, frozenset, Any]]] = {}
+        self.points = 0                       # fresh choice points hashed
+        self.hits = 0                         # of them, cut
+        self.seconds = 0.0                    # spent hashing
+
+    def visit(self, world: Any, chooser: Any, judge: Judge, budget: int, asleep: frozenset,
+              path: list[Any]) -> bytes | None:
+        """At a fresh step choice point: None when it is a hit (cut it), else its key, to `add`
+        once its choice point exists."""
+        began = time.perf_counter()
+        key = self.key(world, chooser, judge, judge.catch_up(world.now))
+        self.seconds += time.perf_counter() - began
+        return None if self.hit(key, budget, asleep, path) else key
+
+    def key(self, world: Any, chooser: Any, judge: Judge, at_now: list[tuple[str, list[bytes]]]) -> bytes:
+        c = Canon(world)
+        c.walk(world)
+        w = chooser.window
+        c.out.append(("window", w.open, w.closed, w.dma, w.cut, chooser.kind,
+                      tuple(sorted(chooser.held)) if chooser.kind != "preemptions" else ()))
+        c.out.append(("checker",))
+        c.walk(judge.oracle)
+        c.walk(judge.found)
+        h = hashlib.blake2b(repr(c.out).encode(), digest_size=20)
+        for file, lines in at_now:
+            h.update(b"%s %d\n" % (file.encode(), len(lines)))
+            for line in lines:
+                h.update(line)
+        self.points += 1
+        return h.digest()
+
+    def hit(self, key: bytes, budget: int, asleep: frozenset, path: list[Any]) -> bool:
+        on_path = {id(n) for n in path}
+        for b, s, first in self.seen.get(key, ()):
+            if b >= budget and s <= asleep and id(first) not in on_path:
+                self.hits += 1
+                return True
+        return False
+
+    def add(self, key: bytes, budget: int, asleep: frozenset, node: Any) -> None:
+        self.seen.setdefault(key, []).append((budget, asleep, node))
+
+    def report(self) -> dict[str, Any]:
+        return {"states": len(self.seen), "points": self.points, "hits": self.hits,
+                "key_seconds": round(self.seconds, 3)}

@@ -1,0 +1,136 @@
+"""The state cache (sim/search/cache.py) against brute force.
+
+A cache is trusted only where it agrees with brute force: on configurations small enough for
+`--reduction none` to enumerate without a cache, the cached search (dpor and sleep-sets) must report
+the same races (kind, buffer) and the same end states. An end state here is what a cache keeps
+apart: the world at the end of the schedule and the checker's state after its whole history
+(sim/search/cache.py), not the history's bytes (two schedules the cache merges differ in the order
+of lines the checker cannot tell apart). The agreement has teeth: a cache whose key leaves the
+checker out merges states whose verdicts differ, and loses end states brute force reaches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy import cli
+from sim.search import cache as C
+from sim.search import dpor
+from sim.search import trial as T
+from sim.search.statecache import Canon
+from tests.test_dpor import EARLY_SIGNAL, EARLY_SIGNAL_2, MNA, MUTANT, REVOKE, REVOKE_2, RF_DUP, cfg_of, explore
+
+THREE = ("resv-fence", dict(importers=3, buffers=1, duration=0.01), 1, 1, ())   # answers meet at the exporter
+
+
+def end_key(world: Any, history: list[bytes]) -> bytes:
+    """The world at the end and the checker's state after the whole history, times as offsets."""
+    from checker.oracle import Oracle
+    found: list[Any] = []
+    o = Oracle(on_race=lambda r: found.append((r.kind, r.job.buffer, r.job.svc, r.job.job)),
+               on_finding=lambda what, svc, t, f: found.append((what, svc, sorted(f.items(), key=str))))
+    o.run(history)
+    o.finish()
+    c = Canon(world)
+    c.walk(world)
+    c.walk(o)
+    c.walk(found)
+    return hashlib.blake2b(repr(c.out).encode(), digest_size=20).digest()
+
+
+def outcomes(case: tuple, bound: int, reduction: str, cached: bool) -> tuple[int, int, set, set]:
+    """(schedules run whole, schedules the cache cut, races as (kind, buffer), end states)."""
+    seen: dict[str, Any] = {}
+    setup, judge = dpor.DporChooser.setup, T.judge
+
+    def watch_setup(self: Any, world: Any) -> None:
+        setup(self, world)
+        seen["world"] = world
+
+    def watch_judge(history: Any, report: bool = False) -> Any:
+        seen["history"] = list(history)
+        return judge(history, report)
+
+    deepen = reduction != dpor.NONE
+    n, cut, races, ends = 0, 0, set(), set()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(dpor.DporChooser, "setup", watch_setup)
+        m.setattr(T, "judge", watch_judge)
+        for trial, _, level, cost in dpor.explore(cfg_of(*case), bound, reduction=reduction, deepen=deepen,
+                                                  snapshots=False, cache=C.StateCache() if cached else None):
+            cut += bool(trial.extra.get("state_cached"))
+            if trial.blocked or (deepen and cost < level.bound):
+                continue
+            n += 1
+            races |= {(r.kind, r.buffer) for r in trial.races}
+            ends.add(end_key(seen["world"], seen["history"]))
+    return n, cut, races, ends
+
+
+CASES = [(MUTANT, 2), (EARLY_SIGNAL, 1), (RF_DUP, 1), (REVOKE, 1), (MNA, 0), (EARLY_SIGNAL_2, 0), (REVOKE_2, 0),
+         (THREE, 0)]
+
+
+@pytest.mark.parametrize("case,bound", CASES, ids=lambda c: c[0] + (" " + c[4][0] if c[4] else "") if isinstance(c, tuple) else str(c))
+def test_the_cached_search_agrees_with_brute_force(case: tuple, bound: int) -> None:
+    n_none, _, races_none, ends_none = outcomes(case, bound, dpor.NONE, False)
+    for reduction in (dpor.DPOR, dpor.SLEEP_SETS):
+        n, cut, races, ends = outcomes(case, bound, reduction, True)
+        assert races == races_none, (reduction, races_none ^ races)
+        assert ends == ends_none, (reduction, f"{len(ends_none - ends)} end states missed, {len(ends - ends_none)} new")
+        assert n <= n_none
+
+
+def test_the_cache_cuts_where_answers_meet() -> None:
+    """Three importers' answers at one instant: six orders, one state; the cache runs fewer."""
+    n_plain, _, _, ends = outcomes(THREE, 0, dpor.DPOR, False)
+    n_cached, cut, _, ends_cached = outcomes(THREE, 0, dpor.DPOR, True)
+    assert cut > 0 and n_cached < n_plain, (n_plain, n_cached, cut)
+    assert ends_cached == ends
+
+
+def test_a_key_without_the_checker_loses_end_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teeth: the same cache keyed on the world alone merges pasts the checker tells apart."""
+    brute = outcomes(MUTANT, 2, dpor.NONE, False)
+    key = C.StateCache.key
+
+    def world_only(self: Any, world: Any, chooser: Any, judge: Any, at_now: Any) -> bytes:
+        class Blind:                          # a checker that has seen nothing
+            oracle, found = None, []
+        return key(self, world, chooser, Blind(), [])
+
+    with monkeypatch.context() as m:
+        m.setattr(C.StateCache, "key", world_only)
+        _, cut, _, ends = outcomes(MUTANT, 2, dpor.DPOR, True)
+    assert cut > 0
+    assert ends < brute[3], "a cache blind to the checker agreed with brute force: this comparison cannot fail"
+
+
+# ---------------------------------------------------------------------------------- the command
+
+def test_explore_state_cache_says_what_it_cut(tmp_path: Path) -> None:
+    """Three importers' answers meet: the cached search exhausts bound 0 in fewer schedules, says
+    how many the cache cut and how many states it holds, and finds what the plain one finds."""
+    args = ("--strategy", "resv-fence", "--search", "exhaustive", "--bound", "0", "--importers", "3", "--buffers", "2",
+            "--moves", "2", "--no-stalls")
+    rc, plain = explore(tmp_path / "p", *args)
+    rc2, r = explore(tmp_path / "c", *args, "--state-cache")
+    assert rc == rc2 == 0 and plain["exhausted"] and r["exhausted"] and not r["races"] and not plain["races"]
+    assert r["cut_by"]["state-cache"] > 0 and r["states_cached"] > 0 and r["schedules"] < plain["schedules"]
+    assert "state-cache" not in plain["cut_by"] and plain["states_cached"] is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--search", "random", "--state-cache"], "--state-cache is for --search exhaustive, not random"),
+    (["--search", "exhaustive", "--state-cache", "--jobs", "2"], "--state-cache runs in one process"),
+])
+def test_bad_state_cache_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                message: str) -> None:
+    assert cli.main(["explore", "--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x").exists()
