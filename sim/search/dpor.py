@@ -52,6 +52,10 @@ What is cut, and why nothing that can race is lost:
   choice points explored in full, where the bound cuts them exactly as it cuts the brute
   force. That is the conservative backtracking bounded POR needs (Coons, Musuvathi and
   McKinley, OOPSLA 2013): no backtrack point is ever dropped for its cost.
+- A state cache (`explore --state-cache`, sim/search/cache.py) ends a schedule at a state explored
+  before; its cut steps of that instant are unknown, so every choice point of the instant on the
+  path is then explored in full (`whole_instant`): the conservative answer to stateful DPOR's lost
+  backtrack points (Yang et al., SPIN 2008). tests/test_state_cache.py checks it against brute force.
 tests/test_dpor.py checks all of this the only way that catches a wrong relation: on
 configurations small enough, the dpor search reports the same races and the same end states (the
 digest of the whole merged history) as `--reduction none --bound none`, and as the bounded brute
