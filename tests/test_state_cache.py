@@ -7,6 +7,10 @@ apart: the world at the end of the schedule and the checker's state after its wh
 (sim/search/cache.py), not the history's bytes (two schedules the cache merges differ in the order
 of lines the checker cannot tell apart). The agreement has teeth: a cache whose key leaves the
 checker out merges states whose verdicts differ, and loses end states brute force reaches.
+What has no teeth here: dpor's conservative answer to a hit (every choice point of the hit's
+instant explored in full, sim/search/dpor.py `whole_instant`). Switched off, the cached dpor still
+agrees on all eight configurations: their hits come at an instant's first choice point, after
+steps that had no choice. It stays, because nothing shows that every hit will.
 """
 
 from __future__ import annotations
