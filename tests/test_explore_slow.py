@@ -106,3 +106,35 @@ def test_unmap_hint_optimistic_found_conservative_exhausted(tmp_path: Path) -> N
 def test_revalidate_exhausted_without_faults(tmp_path: Path) -> None:
     rc, r = explore(tmp_path / "x", "--strategy", "revalidate", "--search", "exhaustive", "--bound", "2", "--no-stalls")
     assert rc == 0 and r["exhausted"] and r["races"] == {}
+
+
+# The state cache (sim/search/cache.py): two revoke mutants no exhaustive search caught within
+# 3,000 schedules are caught at bound 1 (docs/results.md: schedules 165 and 331, under a minute each).
+@pytest.mark.parametrize("mutant,flags,catch", [
+    ("revoke+kref-reinit", ["--dma-jobs", "4", "--fault", "revoke:at=0.001,for=0.001",
+                            "--fault", "revoke:at=0.004,for=0.001"], "refcount_warning"),
+    ("revoke+v6-unmap-timeout", ["--ack-timeout-ms", "2", "--unmap-wait-ms", "5", "--fault", "revoke:at=0.002,for=0.01",
+                                 "--fault", "ignore-notify:target=importer-1,at=0.001"], "revoke_incomplete"),
+])
+def test_state_cache_catches_the_revoke_mutants_at_bound_1(tmp_path: Path, mutant: str, flags: list[str],
+                                                           catch: str) -> None:
+    rc, r = explore(tmp_path / "x", "--strategy", mutant, "--search", "exhaustive", "--bound", "2", "--no-stalls",
+                    "--state-cache", "--no-shrink", *flags)
+    assert rc == 1 and catch in r["races"] and r["level"] == 1 and r["first_race_schedule"] <= 400, r
+    assert r["cut_by"]["state-cache"] > 0
+
+
+# With three importers, whose answers meet at the exporter in every order (docs/results.md: 12 CPU
+# minutes; dpor alone did not finish bound 1 in 15).
+def test_resv_fence_three_importers_exhausted_at_bound_1_with_the_state_cache(tmp_path: Path) -> None:
+    rc, r = explore(tmp_path / "x", "--strategy", "resv-fence", "--search", "exhaustive", "--bound", "1",
+                    "--importers", "3", "--buffers", "3", "--moves", "3", "--no-stalls", "--state-cache")
+    assert rc == 0 and r["exhausted"] and not r["races"] and r["schedules"] == 9072, r
+
+
+# Revoke with a revocation on each buffer and 2 moves, bound 2 (docs/results.md: 4,304 schedules in
+# about 10 CPU minutes with the state cache; dpor alone did not finish in 15).
+def test_revoke_with_a_revocation_on_each_buffer_exhausted_at_bound_2_with_the_state_cache(tmp_path: Path) -> None:
+    rc, r = explore(tmp_path / "x", "--strategy", "revoke", "--search", "exhaustive", "--bound", "2",
+                    "--fault", "revoke:at=0.001,for=0.002", "--no-stalls", "--state-cache")
+    assert rc == 0 and r["exhausted"] and not r["races"] and r["schedules"] == 4304, r
