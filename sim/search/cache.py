@@ -1,7 +1,8 @@
 """cache: the exhaustive search's state cache (`explore --state-cache`): a choice point whose state
 was explored before, with as much bound left and no more asleep, is not explored again.
 
-What a state is. At a step choice point inside the window (sim/search/trial.py), `key` hashes:
+What a state is. At the first fresh step choice point of each instant inside the window
+(sim/search/trial.py; one walk an instant: a key costs about 11 ms), `key` hashes:
 - the simulated world, as sim/search/statecache.py `Canon` walks it (both protocol halves, the
   shells, the engines, the channels and frames in flight, the memory's bytes, the fence table,
   pending timers as offsets from now with their tie order, the driver, the generators), and the
@@ -31,9 +32,10 @@ this instant could race with steps of the path above (Yang, Chen, Gopalakrishnan
 2008), and which they are is not known: every choice point of this instant on the path is then
 explored in full (dpor.py `whole_instant`); steps of later instants cannot race with the path
 (dpor reverses races only within an instant: a clock event is a barrier).
-What is not cached: states before the window opens (every schedule shares them), a resumed
-search's earlier states (the cache lives in the search's process; a resumed search starts it
-empty), and states of schedules run by other workers (--jobs: each worker has its own).
+What is not cached: states before the window opens (every schedule shares them), states at an
+instant's later choice points, and a resumed search's earlier states (the cache lives in the
+search's process: a resumed search starts it empty, and explore refuses --jobs and --scheduler
+with it).
 tests/test_state_cache.py checks it against brute force: on configurations small enough, the
 cached search reports the same races and the same end states (the world and the checker's state
 at the end of each schedule) as `--reduction none` without a cache.
