@@ -108,6 +108,7 @@ _SKIP = {
     ("SimRandom", "_sid"), ("SimRandom", "_sched"),
 }
 _ATOMS = (type(None), bool, int, float, str, bytes, complex)
+_SORTABLE = frozenset(_ATOMS) - {complex}   # atoms a set of them is walked sorted by (type, value)
 # The strategies' checked tables (protocol/machine.py CompiledCache): shared by every schedule and
 # read-only to everyone, so each is hashed as one token, its place in this registry (the table is
 # kept here: its id is never reused). A table built outside the caches is walked as anything else.
@@ -185,6 +186,8 @@ class Canon:
         if t is deque:
             return [_Tok(("Q", len(x))), *x]
         if t in (set, frozenset):
+            if all(type(e) in _SORTABLE for e in x):   # in a canonical order: iteration order follows
+                x = sorted(x, key=lambda e: (type(e).__name__, e))   # insertions and str hashing
             return [_Tok(("S", len(x))), *x]
         if t is bytearray or t is memoryview:
             return [_Tok(("B", hashlib.blake2b(x, digest_size=16).digest()))]
