@@ -10,7 +10,8 @@ checker out merges states whose verdicts differ, and loses end states brute forc
 What has no teeth here: dpor's conservative answer to a hit (every choice point of the hit's
 instant explored in full, sim/search/dpor.py `whole_instant`). Switched off, the cached dpor still
 agrees on all eight configurations: their hits come at an instant's first choice point, after
-steps that had no choice. It stays, because nothing shows that every hit will.
+steps that had no choice. It stays, because nothing shows that every hit will; its rule is
+checked alone, by the last test here.
 """
 
 from __future__ import annotations
@@ -138,3 +139,20 @@ def test_bad_state_cache_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_hit_opens_every_choice_point_of_its_instant_and_no_earlier_one() -> None:
+    """dpor.whole_instant's rule, alone (the agreement above cannot show it: see the docstring)."""
+    from sim.search.exhaustive import EVERYTHING, STEP, Footprint, Node
+
+    def node(options: tuple[str, ...]) -> Node:
+        return Node(0, STEP, options, 0, (0,) * len(options), {}, [0], {}, {0})
+
+    fp = Footprint(frozenset({"exporter"}))
+    before, now1, now2 = node(("exporter", "importer-1")), node(("exporter", "importer-2", "importer-3")), node(("a",))
+    events = [dpor.Event("exporter", fp, before), dpor.Event(dpor.CLOCK, EVERYTHING, None, True),
+              dpor.Event("exporter", fp, now1), dpor.Event("importer-1", fp, None), dpor.Event("a", fp, now2)]
+    assert dpor.whole_instant(events) == 2          # now1's two other options; now2 had only one
+    assert now1.backtrack is None and now2.backtrack is None
+    assert before.backtrack == {0}                  # behind the clock event: untouched
+    assert dpor.whole_instant(events) == 0          # already whole
