@@ -48,6 +48,10 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--no-stalls", dest="stalls", action="store_false",
                    help="devices are punctual: no DMA chunk stalls past an exporter's timer (by default a stall "
                         "is a choice of every search, as in explore; the table names the assumption)")
+    t.add_argument("--state-cache", action="store_true",
+                   help="exhaustive cells end a schedule at a state explored before (explore --state-cache: "
+                        "sim/search/cache.py); pays where paths meet, as the revoke mutants' revocations do, "
+                        "and costs a hash per instant elsewhere (the table names it)")
     t.add_argument("--strategies", default="all", metavar="LIST",
                    help=with_default("all, mutants (every mutant and its controls), or some of: "
                                      + ", ".join(label for label, _ in VARIANTS), "all"))
@@ -112,23 +116,27 @@ def small_config(strategy: str, seed: int, overrides: dict[str, Any], stalls: bo
 
 
 def cell(label: str, overrides: dict[str, Any], search: str, seed: int, cap: int, bound: int, out: str,
-         shrink: bool, exhaustive_cap: int | None = None, stalls: bool = True) -> dict[str, Any]:
+         shrink: bool, exhaustive_cap: int | None = None, stalls: bool = True,
+         state_cache: bool = False) -> dict[str, Any]:
     """One explore run (in a worker): its explore.json. A finished cell is kept when it assumed
-    the same device timing; one that assumed the other is run again from scratch."""
+    the same device timing and, exhaustive, ran with the state cache as asked; one that differs
+    is run again from scratch."""
     import shutil
 
     from sim.explore import Explorer, Limits, Spec
     from sim.options import DEVICES
-    spec = Spec(small_config(overrides.get("strategy", label), seed, overrides, stalls), search, seed, 2, bound)
+    cached = state_cache and search == "exhaustive"
+    spec = Spec(small_config(overrides.get("strategy", label), seed, overrides, stalls), search, seed, 2, bound,
+                state_cache=cached)
     limits = Limits(schedules=exhaustive_cap if search == "exhaustive" else cap)
     d = Path(out)
     if (d / "explore.json").exists():
         done = json.loads((d / "explore.json").read_text())
-        if done.get("devices") == DEVICES[stalls]:
+        if done.get("devices") == DEVICES[stalls] and (done.get("states_cached") is not None) == cached:
             if done.get("complete"):
                 return done
         else:
-            shutil.rmtree(d)                    # another timing assumption: not resumable
+            shutil.rmtree(d)                    # another timing assumption or cache: not resumable
     return Explorer(spec, limits, d, do_shrink=shrink, quiet=True).run()
 
 
@@ -154,7 +162,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                 # workload may not reach its bug: the witness is the first seed's that does)
                 shrink = seed == 1 or "+" in over.get("strategy", label)
                 tasks.append((label, over, search, seed, args.cap, args.bound, str(out), shrink, args.exhaustive_cap,
-                              args.stalls))
+                              args.stalls, args.state_cache))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     pool = executor(max(1, args.jobs))      # sim/executor.py: worker processes, or here for --jobs 1
     try:
@@ -186,9 +194,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                         f"--bound {args.bound} --jobs {args.jobs}"
                         + (f" --exhaustive-cap {args.exhaustive_cap}" if args.exhaustive_cap else "")
                         + ("" if args.stalls else " --no-stalls")
+                        + (" --state-cache" if args.state_cache else "")
                         + f" --out {args.out}", "rows": rows, "cap": args.cap,
              "seeds": args.seeds,
-             "bound": args.bound, "devices": DEVICES[args.stalls]}
+             "bound": args.bound, "devices": DEVICES[args.stalls], "state_cache": args.state_cache}
     (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
     (args.out / "table.md").write_text(render(table))
     return table
@@ -211,7 +220,7 @@ def render(t: dict[str, Any]) -> str:
 
     lines = [f"    {t['command']}", "", f"Timing assumed: {t.get('devices', 'devices punctual')}.", "",
              f"| strategy | random: schedules to 1st race (median, {seeds} seeds) | pct (depth 2) | "
-             f"exhaustive (bound {bound}) | shrunk witness (random, seed 1 / exhaustive) |", "|---|---|---|---|---|"]
+             f"exhaustive (bound {bound}{', state cache' if t.get('state_cache') else ''}) | shrunk witness (random, seed 1 / exhaustive) |", "|---|---|---|---|---|"]
     for r in t["rows"]:
         w = " / ".join(x for x in (r["random"]["witness"], r["exhaustive"]["witness"]) if x) or "-"
         lines.append(f"| {r['strategy']} | {sampled(r['random'])} | {sampled(r['pct'])} | {ex(r['exhaustive'])} | {w} |")

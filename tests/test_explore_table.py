@@ -27,3 +27,23 @@ def test_explore_table_assumes_stalls_unless_told_and_says_so(tmp_path: Path, ca
     assert ex_stalls["exhausted"] and ex_punctual["exhausted"]
     assert ex_punctual["schedules"] < ex_stalls["schedules"], (ex_punctual, ex_stalls)
     capsys.readouterr()
+
+
+def test_explore_table_state_cache_names_itself_and_is_not_reused_without_it(tmp_path: Path, capsys) -> None:
+    """--state-cache runs the exhaustive cells with the cache (explore.json's states_cached says
+    so), the table's command and header name it, and a cell run with it is run again without."""
+    out = tmp_path / "xt"
+    args = ["explore-table", "--strategies", "pin", "--seeds", "1", "--cap", "2", "--bound", "1", "--no-stalls",
+            "--out", str(out)]
+    assert cli.main(args + ["--state-cache"]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert table["state_cache"] and table["command"].endswith(f"--no-stalls --state-cache --out {out}")
+    assert "| exhaustive (bound 1, state cache) |" in (out / "table.md").read_text()
+    ex_dir = out / "runs" / "pin" / "exhaustive" / "seed-1"
+    cached = json.loads((ex_dir / "explore.json").read_text())
+    assert cached["exhausted"] and cached["states_cached"] > 0
+    assert json.loads((out / "runs" / "pin" / "random" / "seed-1" / "explore.json").read_text())["states_cached"] is None
+    assert cli.main(args) == 0
+    plain = json.loads((ex_dir / "explore.json").read_text())
+    assert plain["exhausted"] and plain["states_cached"] is None and "state cache" not in (out / "table.md").read_text()
+    capsys.readouterr()
