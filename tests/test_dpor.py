@@ -120,7 +120,7 @@ def test_dpor_agrees_with_brute_force_slow(case: tuple) -> None:
 # move is the protocol's exchange alone (attach, move_notify, its ack or a dup of the importer's
 # frames, the copy). With one job, move-notify-ack's whole space is 114,697 schedules (an hour of
 # CPU through explore's deepening; a quarter of that in one pass), with its stale_read;
-# resv-fence's with a dup choice is past 64,000 schedules for dpor alone (docs/results.md). The
+# resv-fence's with a dup choice is past 79,000 schedules for dpor alone (docs/results.md). The
 # mutant is revoke+cleanup-redrain (its refcount_t underflow in every schedule) on revoke's tiny
 # configuration with its revocation and close.
 MNA_JOB = ("move-notify-ack", TINY, 1, 1, ())
