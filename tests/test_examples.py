@@ -51,7 +51,7 @@ NOT_COLLECTED = {
 }
 PAGES = [README, *sorted(p for p in DOCS.glob("*.md") if p.name not in NOT_COLLECTED)]
 SHORT_S = 0.5
-EXPLORE_SCHEDULES = 200   # an explore example without --schedules or --time stops here
+EXPLORE_SCHEDULES = 100   # an explore example without --schedules or --time stops here (the suite has 10 minutes)
 PROGRAMS = ("dmabuf-emu", ".venv/bin/dmabuf-emu")
 PLACEHOLDER = re.compile(r"\.\.\.|[\[\]|]|^[A-Z]$|[A-Z]{2,}")
 WORKLOADS = {"run", "up", "demo", "compare", "sim"}
