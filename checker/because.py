@@ -46,6 +46,12 @@ def _names(items: list[str]) -> str:
     return ", ".join(items) if items else "nobody named"
 
 
+def _last_from(importers: tuple[str, ...]) -> str:
+    if len(importers) == 1:
+        return f"the last from {importers[0]}"
+    return f"the last from {', '.join(importers[:-1])} and {importers[-1]}, at one instant"
+
+
 def _note(job: Job) -> tuple[MoveNotes | None, NotifyNote | None]:
     rec = job.rec
     notes = rec.notes if rec is not None and not job.dropped else None
@@ -148,11 +154,11 @@ def _waited(notes: MoveNotes, at: Any, edge_t: int, rec: GenRecord) -> str:
     acked = [n for n in sent if n.ack_t is not None and n.ack_t <= edge_t]
     returned = [n for n in sent if n.returned_t is not None and n.returned_t <= edge_t]
     if notes.last_ack is not None and len(acked) == len(sent):
-        t, imp = notes.last_ack
-        return f"the exporter had every ack by {at(t)} (the last from {imp})"
+        t, imps = notes.last_ack
+        return f"the exporter had every ack by {at(t)} ({_last_from(imps)})"
     if notes.last_return is not None and len(returned) == len(sent):
-        t, imp = notes.last_return
-        return f"every {op} callback had returned by {at(t)} (the last from {imp})"
+        t, imps = notes.last_return
+        return f"every {op} callback had returned by {at(t)} ({_last_from(imps)})"
     first = min(n.sent_t for n in sent)  # type: ignore[type-var]
     waited = f" ({len(acked)} of {len(sent)} acks had come)" if acked else ""
     return f"the exporter waited for no answer: it sent {op} at {at(first)} and went on{waited}"
@@ -356,9 +362,11 @@ def context_events(race: Race) -> list[dict[str, Any]]:
                     if name.endswith("_received"):
                         e["id"], e["state"] = n.sent_id, n.state
                     out.append(e)
-        if notes.last_ack is not None and (n is None or notes.last_ack[1] != job.svc):
-            out.append({"t_ns": notes.last_ack[0], "svc": EXPORTER, "event": "ack", "buffer": b, "move": move,
-                        "importer": notes.last_ack[1], "note": "the last ack"})
+        if notes.last_ack is not None:
+            for imp in notes.last_ack[1]:
+                if n is None or imp != job.svc:
+                    out.append({"t_ns": notes.last_ack[0], "svc": EXPORTER, "event": "ack", "buffer": b, "move": move,
+                                "importer": imp, "note": "the last ack"})
         if notes.ack_timeout is not None:
             out.append({"t_ns": notes.ack_timeout[0], "svc": EXPORTER, "event": "ack_timeout", "buffer": b,
                         "move": move, "importers": notes.ack_timeout[1]})

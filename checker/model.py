@@ -104,6 +104,13 @@ class NotifyNote:
         self.returned_t: int | None = None
 
 
+def _latest(last: tuple[int, tuple[str, ...]] | None, t: int, importer: str) -> tuple[int, tuple[str, ...]]:
+    """The latest instant an answer came at, with every importer whose answer came then, sorted."""
+    if last is not None and last[0] == t:
+        return (t, tuple(sorted({*last[1], importer})))
+    return (t, (importer,))
+
+
 class MoveNotes:
     """What the exporter waited for before copying a generation away, and when each wait ended."""
 
@@ -112,8 +119,11 @@ class MoveNotes:
 
     def __init__(self) -> None:
         self.atts: dict[tuple[str, Any], NotifyNote] = {}
-        self.last_ack: tuple[int, str] | None = None
-        self.last_return: tuple[int, str] | None = None
+        # (t, the importers whose answer came at t): at one instant (simulated runs), which line
+        # came first is only the order the exporter read its socket in, which no verdict reads;
+        # keeping it would tell apart schedules that differ in nothing else (the state cache).
+        self.last_ack: tuple[int, tuple[str, ...]] | None = None
+        self.last_return: tuple[int, tuple[str, ...]] | None = None
         self.ack_timeout: tuple[int, list[str]] | None = None
         self.fence_wait_begin_t: int | None = None
         self.fence_wait_end_t: int | None = None
@@ -125,11 +135,11 @@ class MoveNotes:
         if ack:
             if n.ack_t is None:
                 n.ack_t = t
-            self.last_ack = (t, importer)
+            self.last_ack = _latest(self.last_ack, t, importer)
         else:
             if n.returned_t is None:
                 n.returned_t = t
-            self.last_return = (t, importer)
+            self.last_return = _latest(self.last_return, t, importer)
 
     def att(self, importer: str, attachment: Any) -> NotifyNote:
         key = (importer, attachment)

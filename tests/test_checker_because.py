@@ -48,6 +48,24 @@ def chain(r: dict[str, Any], kind: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- why the job was running
 
+def test_answers_at_one_instant_are_named_together_in_either_order(tmp_path: Path) -> None:
+    """Two acks at one instant: which line came first is only the order the exporter read them in.
+    The explanation names both, and reads the same either way (so does the checker's state, which
+    the search's state cache hashes: sim/search/cache.py)."""
+    chains = []
+    for order in ((IMP, "importer-2"), ("importer-2", IMP)):
+        h = notify_move(map_sent=1100, notify_recv=1500, served=2000, map_recv=3000, acked=False)
+        h.attach(6 * U, svc="importer-2", att=2)
+        h.ev(1200 * U, "exporter", "move_notify_sent", id=51, buffer=0, move=1, importer="importer-2", attachment=2, gen=1)
+        for imp in order:
+            h.ev(4000 * U, "exporter", "ack", id=8, buffer=0, move=1, importer=imp, attachment=1 if imp == IMP else 2,
+                 latency_ns=2800 * U)
+        chains.append(chain(h.judge(tmp_path, f"history-{order[0]}.jsonl"), "stale_read"))
+    assert chains[0] == chains[1]
+    assert chains[0][0] == ("the copy of buffer 0 off gen 1 began at t+5.000 ms, because the exporter had every ack by "
+                            "t+4.000 ms (the last from importer-1 and importer-2, at one instant)")
+
+
 
 def test_a_map_reply_sent_after_move_notify_crossed_it(tmp_path: Path) -> None:
     r = notify_move(map_sent=1100, notify_recv=1500, served=2000, map_recv=3000).judge(tmp_path)
