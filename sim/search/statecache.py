@@ -96,7 +96,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.world import Actor, SimProcess, World
+from sim.world import Actor, World
 
 FULL, NONE = "full", "none"
 HISTORY_MODES = (FULL, NONE)
@@ -170,6 +170,9 @@ class Canon:
 
     def children(self, x: Any) -> list[Any]:
         t = type(x)
+        lay = _LAYOUT.get(t)
+        if lay is not None:                    # a plain object of a type walked before
+            return self.fields(x, lay)
         if t is list:
             if i := self.ranks.get(id(x)):
                 return self.entry(x, i)
@@ -244,22 +247,34 @@ class Canon:
             return [_Tok((name, len(self.histories))), getattr(x, "window", None)]
         if name == "partial":
             return [_Tok("partial"), x.func, x.args, x.keywords]
-        out = [_Tok(("O", t.__module__, t.__qualname__))]
+        if t.__module__ != "builtins":
+            return self.fields(x, _layout(t))
+        out = self.fields(x, _Layout(t))
+        if not out[1:] and t is not object:   # object(): a sentinel, by identity
+            # a builtin this walk does not know how to look into: refuse rather than guess
+            raise TypeError(f"state_key: cannot walk a {t.__qualname__}")
+        return out
+
+    @staticmethod
+    def fields(x: Any, lay: "_Layout") -> list[Any]:
+        """A plain object: its type, then each attribute's name and value (its __dict__'s, then
+        its slots', as the type's layout lists them)."""
+        out: list[Any] = [lay.head]
         d = getattr(x, "__dict__", None)
         if d is not None:
+            skip, toks = lay.skip, lay.toks
             for k, v in d.items():
-                if (name, k) not in _SKIP:
-                    out += (_Tok(k), v)
-        for cls in t.__mro__:
-            for k in cls.__dict__.get("__slots__", ()):
-                if (name, k) in _SKIP or k in ("__dict__", "__weakref__"):
-                    continue
-                if hasattr(x, k):
-                    out += (_Tok(k), getattr(x, k))
-        if not out[1:] and not isinstance(x, (SimProcess,)):
-            # an object this walk does not know how to look into: refuse rather than guess
-            if t.__module__ == "builtins" and t is not object:   # object(): a sentinel, by identity
-                raise TypeError(f"state_key: cannot walk a {t.__qualname__}")
+                if k not in skip:
+                    tok = toks.get(k)
+                    if tok is None:
+                        tok = toks[k] = _Tok(k)
+                    out += (tok, v)
+        for k, tok in lay.slots:
+            try:
+                v = getattr(x, k)
+            except AttributeError:             # a slot never set
+                continue
+            out += (tok, v)
         return out
 
     def entry(self, e: list, rank: int) -> list[Any]:
@@ -271,6 +286,34 @@ class Canon:
         self.ranks = {id(e): r + 1 for r, e in enumerate(live)}
         return [_Tok(("W", w._actors, w.done, w.stalls, w.pause_ns)), w._ready, w.processes, w._stopping, w.crashes,
                 w.scheduler, _Tok(("heap", len(live))), *live]
+
+
+class _Layout:
+    """What the walk emits for a plain object of one type: its head token, the attributes left
+    out (_SKIP), a token per attribute name, and its slots in the order the walk reads them."""
+
+    __slots__ = ("head", "skip", "toks", "slots")
+
+    def __init__(self, t: type) -> None:
+        name = t.__name__
+        self.head = _Tok(("O", t.__module__, t.__qualname__))
+        self.skip = frozenset(k for n, k in _SKIP if n == name)
+        self.toks: dict[str, _Tok] = {}
+        self.slots = tuple((k, _Tok(k)) for cls in t.__mro__ for k in cls.__dict__.get("__slots__", ())
+                           if k not in self.skip and k not in ("__dict__", "__weakref__"))
+
+
+# type -> its layout, for the types walked as plain objects (a type's branch in Canon.children
+# depends on the type alone, so once one is walked as a plain object every later one is too;
+# builtins' types are not kept: an empty one is refused, per object)
+_LAYOUT: dict[type, _Layout] = {}
+
+
+def _layout(t: type) -> _Layout:
+    lay = _LAYOUT.get(t)
+    if lay is None:
+        lay = _LAYOUT[t] = _Layout(t)
+    return lay
 
 
 class _Tok:
