@@ -128,10 +128,11 @@ def add_parsers(sub: Any) -> None:
                         "access (SIGSTOP at the worst moment for its lease), each a choice of the search counted "
                         "against --bound like a stall (off by default)")
     e.add_argument("--state-cache", action="store_true",
-                   help="exhaustive, one process: end a schedule at a state explored before with as much bound "
-                        "left (the world and the checker's state: sim/search/cache.py); pays where paths meet, "
-                        "as when three importers answer the exporter at one instant; costs a hash per instant "
-                        "elsewhere. Runs without snapshots; a resumed search starts its cache empty")
+                   help="exhaustive: end a schedule at a state explored before with as much bound left (the "
+                        "world and the checker's state: sim/search/cache.py); pays where paths meet, as when "
+                        "three importers answer the exporter at one instant; costs a hash per instant elsewhere. "
+                        "Runs without snapshots; with --jobs each worker keeps the states it explored (the "
+                        "counts then depend on the deal, the verdict does not); a resumed search starts empty")
     e.add_argument("--no-snapshots", action="store_true",
                    help="exhaustive: run every schedule from start-up, never from a forked snapshot of its "
                         "prefix (by default snapshots are used where they measure cheaper: sim/search/snapshot.py; "
@@ -209,9 +210,6 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     schedules = _int("--schedules", args.schedules, 1) if args.schedules is not None else None
     seconds = _float("--time", args.time) if args.time is not None else None
     jobs = _int("--jobs", args.jobs, 1)
-    if args.state_cache and (jobs > 1 or args.scheduler is not None):
-        raise OptionError("--state-cache runs in one process (the cache is its memory): drop "
-                          + ("--scheduler" if args.scheduler is not None else f"--jobs {jobs}"))
     if args.scheduler is not None:
         from sim.executor import SchedulerError, check_scheduler
         try:

@@ -242,30 +242,55 @@ def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_a
     return out
 
 
-def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int, stop_at_race: bool) -> dict[str, Any]:
+# --state-cache across workers: one search's states, in each worker process (sim/search/cache.py)
+_WORKER_CACHE: dict[str, StateCache] = {}
+
+
+def _worker_cache(scope: str | None) -> StateCache | None:
+    """This process's states of the search `scope` (None: no cache); another search's are dropped."""
+    if scope is None:
+        return None
+    if scope not in _WORKER_CACHE:
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[scope] = StateCache()
+    return _WORKER_CACHE[scope]
+
+
+def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int, stop_at_race: bool,
+                cache_scope: str | None = None) -> dict[str, Any]:
     """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes, none
     of which DPOR could have reduced: sim/explore.py subtrees) at level `level` of the deepening
     (sim/search/dpor.py explore at that bound alone), with the search's reduction below the
     prefix. Returns the schedules that cost the level (numbered from 1 in depth-first order;
     cheaper ones were reported at their own level and are only counted) and what the level's
-    bound and DPOR cut below the prefix."""
+    bound and DPOR cut below the prefix. `cache_scope`: the search's --state-cache, in this
+    process (`_worker_cache`: the states of the subtrees it finished before, and this one's once
+    it is explored whole)."""
     from sim.search import dpor
     spec = Spec.from_dict(spec_d)
     stack = [node_from_dict(d) for d in prefix]
     done: list[dict[str, Any]] = []
-    blocked = cheaper = 0
+    blocked = cheaper = cached = 0
     level_seen = None
+    under = _worker_cache(cache_scope if spec.state_cache else None)
+    cache = StateCache(under) if under is not None else None
+    whole = True
     for trial, _, lvl, cost in dpor.explore(spec.config, level, reduction=spec.reduction, kind=spec.bound_kind,
-                                            stack=stack, floor=len(prefix), deepen=False):
+                                            stack=stack, floor=len(prefix), deepen=False, cache=cache):
         level_seen = lvl
-        if trial.blocked:
+        if trial.extra.get("state_cached"):
+            cached += 1
+        elif trial.blocked:
             blocked += 1
         elif cost < level:
             cheaper += 1
         else:
             done.append(summary(len(done) + 1, trial))
             if trial.races and stop_at_race:
+                whole = False
                 break
+    if cache is not None and whole:
+        cache.commit()
     # what races below added to the prefix's DPOR choice points: the coordinator merges it (its
     # walk waits for every task below such a point before it moves on there); counted there
     above, added = [], 0
@@ -277,7 +302,9 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int
         if final != d["backtrack"]:
             above.append([k, final])
             added += (len(node.options) if final is None else len(final)) - len(d["backtrack"])
-    return {"schedules": done, "blocked": blocked, "cheaper": cheaper, "above": above,
+    return {"schedules": done, "blocked": blocked, "cheaper": cheaper, "above": above, "cached": cached,
+            "worker": os.getpid(),
+            "states_cached": len(under.seen) if under is not None else None,
             "over_bound": level_seen.over_bound if level_seen else 0,
             "unraced": (level_seen.unraced if level_seen else 0) + added,
             "snapshots": snapshot.report()}
@@ -339,6 +366,10 @@ class Explorer:
         self._last_checkpoint = 0.0
         self._began = 0.0
         self.interrupted = False
+        # --state-cache across workers: this search's name for the states each worker keeps
+        # (run_subtree), and how many each holds (pid -> states)
+        self.cache_scope = os.urandom(8).hex()
+        self.worker_states: dict[int, int] = {}
 
     # ---------------------------------------------------------------- files
 
@@ -588,6 +619,7 @@ class Explorer:
         spec_d = spec.as_dict()
         stop_at_race = not self.limits.all
         walk = Subtrees(spec, SPLIT_DEPTH, d)
+        scope = self.cache_scope if spec.state_cache else None
         tasks: list[list[dict[str, Any]]] = []
         pending: dict[Any, int] = {}
         finished: dict[int, dict[str, Any]] = {}
@@ -615,7 +647,7 @@ class Explorer:
                     if prefix is None:
                         break
                     tasks.append(prefix)
-                    pending[be.submit(run_subtree, spec_d, prefix, d, stop_at_race)] = nxt
+                    pending[be.submit(run_subtree, spec_d, prefix, d, stop_at_race, scope)] = nxt
                     nxt += 1
                 if not pending:
                     break
@@ -633,6 +665,10 @@ class Explorer:
                         self._record(base + s["n"], s)
                     st.blocked += out["blocked"]
                     st.cheaper += out["cheaper"]
+                    st.cached += out.get("cached", 0)
+                    if out.get("states_cached") is not None:
+                        self.worker_states[out["worker"]] = out["states_cached"]
+                        st.states_cached = sum(self.worker_states.values())
                     st.unraced += out["unraced"]
                     snapshot.add_counts(st.snapshots, out.get("snapshots"))
                     st.task_counts[f"over:{recorded}"] = out["over_bound"]
@@ -641,7 +677,8 @@ class Explorer:
                     recorded += 1
                 st.over_bound = level_over()
                 self._progress(split_note(d, recorded, len(tasks), walk.finished,
-                                          [len(o["schedules"]) for o in finished.values()], st.blocked))
+                                          [len(o["schedules"]) for o in finished.values()], st.blocked)
+                               + (f", {st.cached} by the state cache" if scope is not None else ""))
                 self.checkpoint()
                 if race_task is not None and stop_at_race:
                     late = [f for f, i in pending.items() if i > race_task]

@@ -106,6 +106,48 @@ def test_the_cached_search_agrees_with_brute_force_with_no_bound(case: tuple) ->
         assert races_none == {("refcount_warning", 0), ("stuck", 0)}
 
 
+@pytest.mark.parametrize("case,bound", [(THREE, 0), (MUTANT, 2), (EARLY_SIGNAL_2, 0)],
+                         ids=["three-importers", "mutant", "early-signal-2-importers"])
+def test_the_cached_search_split_across_workers_agrees_with_brute_force(tmp_path: Path, case: tuple,
+                                                                       bound: int) -> None:
+    """--jobs with --state-cache (sim/explore.py run_subtree: each worker keeps the states of the
+    subtrees it finished; a hit's backtrack points above a subtree go to the coordinator): the same
+    races and end states as brute force. The workers run here, one at a time, and share this
+    process's cache, so states meet across subtrees as they do in a worker."""
+    from sim import explore as ex
+    from sim.executor import Pool, _Here
+    _, _, races_none, ends_none = outcomes(case, bound, dpor.NONE, False)
+    seen: dict[str, Any] = {}
+    races: set = set()
+    ends: set = set()
+    setup, judge = dpor.DporChooser.setup, T.judge
+
+    def watch_setup(self: Any, world: Any) -> None:
+        setup(self, world)
+        seen["world"] = world
+
+    def watch_judge(history: Any, report: bool = False) -> Any:
+        lines = list(history)
+        verdict = judge(lines, report)
+        races.update((r.kind, r.buffer) for r in verdict[0])
+        ends.add(end_key(seen["world"], lines))
+        return verdict
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(dpor.DporChooser, "setup", watch_setup)
+        m.setattr(T, "judge", watch_judge)
+        m.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), 2))
+        m.setattr(ex, "SPLIT_WAIT", 0)          # DPOR's choice points anywhere in a prefix: waits, merges
+        m.setattr(ex, "SPLIT_DEPTH", 6)
+        spec = ex.Spec(cfg_of(*case), "exhaustive", 1, bound=bound, state_cache=True)
+        r = ex.Explorer(spec, ex.Limits(all=True), tmp_path / "x", do_shrink=False, quiet=True).run()
+    assert r["exhausted"] and r["states_cached"] > 0, r
+    if case is THREE:
+        assert r["cut_by"]["state-cache"] > 0, r["cut_by"]
+    assert races == races_none, races_none ^ races
+    assert ends == ends_none, f"{len(ends_none - ends)} end states missed, {len(ends - ends_none)} new"
+
+
 def test_the_cache_cuts_where_answers_meet() -> None:
     """Three importers' answers at one instant: six orders, one state; the cache runs fewer."""
     n_plain, _, _, ends = outcomes(THREE, 0, dpor.DPOR, False)
@@ -147,7 +189,7 @@ def test_explore_state_cache_says_what_it_cut(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv,message", [
     (["--search", "random", "--state-cache"], "--state-cache is for --search exhaustive, not random"),
-    (["--search", "exhaustive", "--state-cache", "--jobs", "2"], "--state-cache runs in one process"),
+    (["--search", "pct", "--state-cache", "--jobs", "2"], "--state-cache is for --search exhaustive, not pct"),
 ])
 def test_bad_state_cache_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                                 message: str) -> None:

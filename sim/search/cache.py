@@ -34,8 +34,13 @@ explored in full (dpor.py `whole_instant`); steps of later instants cannot race 
 (dpor reverses races only within an instant: a clock event is a barrier).
 What is not cached: states before the window opens (every schedule shares them), states at an
 instant's later choice points, and a resumed search's earlier states (the cache lives in the
-search's process: a resumed search starts it empty, and explore refuses --jobs and --scheduler
-with it).
+search's process: a resumed search starts it empty).
+Across workers (--jobs, --scheduler: sim/explore.py run_subtree): each worker process keeps the
+states of the subtrees it finished for the rest of the search (one search's, by its scope), and a
+subtree's own are consulted as it runs; a subtree stopped at a race commits nothing (its states'
+subtrees were not explored whole). A hit's conservative backtrack points on the subtree's prefix
+go to the coordinator as its races' do. No worker sees another's states, so the counts (schedules,
+cut) depend on how the tree was dealt out; the verdict does not.
 tests/test_state_cache.py checks it against brute force: on configurations small enough, the
 cached search reports the same races and the same end states (the world and the checker's state
 at the end of each schedule) as `--reduction none` without a cache.
@@ -84,9 +89,12 @@ class Judge:
 
 
 class StateCache:
-    """The states explored so far: key -> [(bound left, options asleep, the choice point)]."""
+    """The states explored so far: key -> [(bound left, options asleep, the choice point)].
+    `under`: the states of subtrees this process explored whole before (a worker of --jobs:
+    sim/explore.py run_subtree), consulted as this cache's own; `commit` adds this one's to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, under: "StateCache | None" = None) -> None:
+        self.under = under
         self.seen: dict[bytes, list[tuple[int, frozenset, Any]]] = {}
         self.points = 0                       # fresh choice points hashed
         self.hits = 0                         # of them, cut
@@ -120,11 +128,19 @@ class StateCache:
 
     def hit(self, key: bytes, budget: int, asleep: frozenset, path: list[Any]) -> bool:
         on_path = {id(n) for n in path}
-        for b, s, first in self.seen.get(key, ()):
-            if b >= budget and s <= asleep and id(first) not in on_path:
-                self.hits += 1
-                return True
+        for seen in (self.seen, self.under.seen if self.under is not None else {}):
+            for b, s, first in seen.get(key, ()):
+                if b >= budget and s <= asleep and id(first) not in on_path:
+                    self.hits += 1
+                    return True
         return False
+
+    def commit(self) -> None:
+        """This cache's states into `under`'s: their subtrees were explored whole."""
+        if self.under is not None:
+            for key, entries in self.seen.items():
+                self.under.seen.setdefault(key, []).extend(entries)
+            self.seen.clear()
 
     def add(self, key: bytes, budget: int, asleep: frozenset, node: Any) -> None:
         self.seen.setdefault(key, []).append((budget, asleep, node))
