@@ -92,6 +92,7 @@ import hashlib
 import random
 import types
 from collections import deque
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -247,6 +248,8 @@ class Canon:
             return [_Tok((name, len(self.histories))), getattr(x, "window", None)]
         if name == "partial":
             return [_Tok("partial"), x.func, x.args, x.keywords]
+        if isinstance(x, Enum):
+            return [_Tok(("N", t.__module__, t.__qualname__, x.name))]   # a member: its name says it all
         if t.__module__ != "builtins":
             return self.fields(x, _layout(t))
         out = self.fields(x, _Layout(t))
