@@ -27,7 +27,15 @@ What is cut, and why nothing that can race is lost:
   schedule where j's actor runs before i is a different class. If i was chosen at a choice point
   N (the state just before i), j's actor is added to N's backtrack set when N offered it;
   otherwise every option of N is (FG05's conservative rule: j's actor was not enabled there, so
-  any option may be the one that leads to it). A step that had no choice point (one option) has
+  any option may be the one that leads to it). Narrower for one pair: i a link's delivery into a
+  process P and j a step of P, whose actors could not run at N (`received`: the receive of i's
+  send). What can run j before i from N is another frame into P delivered first (every frame of
+  an instant is ready when it begins, so it is offered at N) or a step that is no delivery (a
+  service's, which may give P work at this instant); a delivery into another process touches
+  neither i nor P, and whatever its receiver then does to P races with i on its own. So those
+  options are added, not the deliveries elsewhere: three importers' move_notify, delivered at one
+  instant, are one order, not six that sleep sets would start and block. tests/test_dpor.py
+  checks this against brute force with two and three importers. A step that had no choice point (one option) has
   no alternative: nothing is added there, as in FG05 (only the step that enabled j can be
   reversed, and that is its own race).
 - The clock. Time moves only when nothing can run (then every runnable step of the instant has
@@ -36,7 +44,13 @@ What is cut, and why nothing that can race is lost:
   bound): a frame's delivery against anything else decides at which instant later work happens,
   and so the later times, and a link run early can leave WAIT unoffered later. So races are
   reversed by the backtrack sets only between steps of services at one instant; every
-  reordering that moves time is explored as the sleep-set search explores it.
+  reordering that moves time is explored as the sleep-set search explores it. Except where the
+  bound is spent (`--bound-kind preemptions`, the default: every WAIT costs 1, so once a
+  schedule's cost is the bound no WAIT can run at or below that choice point): time then moves
+  only when nothing can run, every link ready at an instant delivers before it moves, and a
+  link's step is a step like a service's (its footprint: its queue and its receiver), ordered by
+  the races alone. Three importers' move_notify, delivered at one instant, are then one order,
+  not six that sleep sets start and block.
 - Faults. Both outcomes of every fault draw are explored (a fault point is a choice point with
   full backtracking); a fault belongs to the step that drew it, whose footprint is the union
   of what it touched under each outcome.
@@ -94,12 +108,17 @@ def is_link(option: str) -> bool:
     return option == WAIT or option.startswith(_LINK)
 
 
-def full(node: Node) -> bool:
+def full(node: Node, spent: bool = False) -> bool:
     """A choice point DPOR explores in full: a fault (or a kind it does not know), one where only
     links can run (WAIT may be offered: which frames are held past the next event is decided
-    there), or one whose first option is a link (the clock: see the module docstring)."""
+    there), or one whose first option is a link (the clock: see the module docstring); but not a
+    step choice point where the bound is `spent` (preemptions: every WAIT costs 1, so none can
+    run here or below, and time moves only when nothing can run: the links of an instant are
+    then steps like the services', each to run before time moves, ordered by the races alone)."""
     if node.kind != STEP:
         return True
+    if spent:
+        return False
     return is_link(node.options[node.chosen]) or all(is_link(o) for o in node.options)
 
 
@@ -144,7 +163,7 @@ class DporChooser(DfsChooser):
 
     def fresh(self, node: Node) -> None:
         self.over_bound += sum(node.cost_before + c > self.bound for c in node.costs)
-        if self.dpor and not full(node):
+        if self.dpor and not full(node, self.kind == PREEMPTIONS and node.cost_before >= self.bound):
             node.backtrack = {node.chosen}
             self.unraced += len(node.options) - 1
 
@@ -212,12 +231,34 @@ def _races(events: Sequence[Event], lo: int, hi: int) -> int:
                         if k not in node.backtrack:
                             node.backtrack.add(k)
                             added += 1
+                    elif received(ei, ej):
+                        # j is the receive of i's send: reversed only by another frame into the
+                        # same process first, or by a step that is no delivery (module docstring)
+                        receiver = ei.fp.keys - {ei.actor}
+                        for k, o in enumerate(node.options):
+                            if k not in node.backtrack and (not is_link(o) or _into(o, receiver)):
+                                node.backtrack.add(k)
+                                added += 1
                     else:
                         added += len(node.options) - len(node.backtrack)
                         node.backtrack = None
             direct >>= 1
             i += 1
     return added
+
+
+def received(ei: Event, ej: Event) -> bool:
+    """ej is a step of the process whose inbox ei, a link's delivery, filled, and ej's actor
+    could not run when ei was chosen: a receive after its send, no race (module docstring)."""
+    if not ei.actor.startswith(_LINK) or ei.fp.everything or ei.fp.fw or ei.fp.fr:
+        return False
+    others = ei.fp.keys - {ei.actor}
+    return len(others) == 1 and ej.actor.split(".", 1)[0] in others
+
+
+def _into(link: str, processes: frozenset) -> bool:
+    """`link` (net.SENDER>RECEIVER, sim/network.py) delivers into one of `processes`."""
+    return link != WAIT and link.rsplit(">", 1)[-1] in processes
 
 
 def whole_instant(events: Sequence[Event]) -> int:
