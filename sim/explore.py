@@ -38,6 +38,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -244,6 +245,7 @@ def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_a
 
 # --state-cache across workers: one search's states, in each worker process (sim/search/cache.py)
 _WORKER_CACHE: dict[str, StateCache] = {}
+_SEARCHES = itertools.count()            # the searches this process coordinated (a cache scope each)
 
 
 def _worker_cache(scope: str | None) -> StateCache | None:
@@ -367,8 +369,8 @@ class Explorer:
         self._began = 0.0
         self.interrupted = False
         # --state-cache across workers: this search's name for the states each worker keeps
-        # (run_subtree), and how many each holds (pid -> states)
-        self.cache_scope = os.urandom(8).hex()
+        # (run_subtree: one search's at a time), and how many each holds (pid -> states)
+        self.cache_scope = f"{self.out.resolve()}#{next(_SEARCHES)}"
         self.worker_states: dict[int, int] = {}
 
     # ---------------------------------------------------------------- files

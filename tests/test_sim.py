@@ -71,6 +71,7 @@ ALLOWED = {
 # simulated run sees:
 SIM_ALLOWED = {
     ("sim/executor.py", "os.getpid"): "the search's pid, for its local workers' parent-death signal",
+    ("sim/explore.py", "os.getpid"): "a worker's pid, to sum the states each worker's --state-cache holds",
 }
 
 
