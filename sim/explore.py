@@ -105,7 +105,7 @@ class Spec:
     bound: int | None = 2                    # None: no bound (exhaustive deepens until nothing is cut)
     bound_kind: str = PREEMPTIONS
     reduction: str = DPOR                    # exhaustive: sim/search/dpor.py REDUCTIONS
-    state_cache: bool = False                # exhaustive, one process: sim/search/cache.py
+    state_cache: bool = False                # exhaustive: sim/search/cache.py (each worker its own)
 
     def as_dict(self) -> dict[str, Any]:
         return {"config": self.config.as_dict(), "search": self.search, "seed": self.seed, "depth": self.depth,

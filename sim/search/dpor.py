@@ -35,9 +35,9 @@ What is cut, and why nothing that can race is lost:
   neither i nor P, and whatever its receiver then does to P races with i on its own. So those
   options are added, not the deliveries elsewhere: three importers' move_notify, delivered at one
   instant, are one order, not six that sleep sets would start and block. tests/test_dpor.py
-  checks this against brute force with two and three importers. A step that had no choice point (one option) has
-  no alternative: nothing is added there, as in FG05 (only the step that enabled j can be
-  reversed, and that is its own race).
+  checks this against brute force with two and three importers. A step that had no choice
+  point (one option) has no alternative: nothing is added there, as in FG05 (only the step that
+  enabled j can be reversed, and that is its own race).
 - The clock. Time moves only when nothing can run (then every runnable step of the instant has
   run, in any order: a clock event is a barrier) or by a WAIT, which only links can precede.
   Every choice point that offers WAIT or a link is explored in full (every option within the
@@ -249,7 +249,8 @@ def _races(events: Sequence[Event], lo: int, hi: int) -> int:
 
 def received(ei: Event, ej: Event) -> bool:
     """ej is a step of the process whose inbox ei, a link's delivery, filled, and ej's actor
-    could not run when ei was chosen: a receive after its send, no race (module docstring)."""
+    could not run when ei was chosen: a receive after its send, which only another delivery
+    into that process or a step that is no delivery can reverse (module docstring)."""
     if not ei.actor.startswith(_LINK) or ei.fp.everything or ei.fp.fw or ei.fp.fr:
         return False
     others = ei.fp.keys - {ei.actor}
