@@ -237,7 +237,8 @@ class World:
         while not self.done:
             while heap and heap[0][0] <= self.now:
                 entry = pop(heap)
-                callback = entry[3]
+                entry[1] = 0                      # its seq ordered the heap, and nothing now: a handle a
+                callback = entry[3]               # service keeps says no more (the state cache's key)
                 if callback is None:
                     continue                      # cancelled
                 actor = entry[2]
@@ -325,7 +326,7 @@ class World:
         before the first of their frames is due at the latest: time may pass first."""
         heap = self._heap
         while heap and heap[0][3] is None:
-            heapq.heappop(heap)                   # cancelled
+            heapq.heappop(heap)[1] = 0            # cancelled (its seq: as World.run's)
         if not heap:
             return False
         latest = None

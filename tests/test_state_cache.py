@@ -173,6 +173,53 @@ def test_a_key_without_the_checker_loses_end_states(monkeypatch: pytest.MonkeyPa
     assert ends < brute[3], "a cache blind to the checker agreed with brute force: this comparison cannot fail"
 
 
+def canon_key(world: Any, chooser: Any, judge: Any, at_now: list) -> bytes:
+    """The key as sim/search/statecache.py's Canon walks it (in Python, times as offsets, sets
+    sorted): the reference the pickled key (Keyer) is checked against."""
+    c = Canon(world)
+    c.walk(world)
+    w = chooser.window
+    c.out.append(("window", w.open, w.closed, w.dma, w.cut, chooser.kind,
+                  tuple(sorted(chooser.held)) if chooser.kind != "preemptions" else ()))
+    c.out.append(("checker",))
+    c.walk(judge.oracle)
+    c.walk(judge.found)
+    h = hashlib.blake2b(repr(c.out).encode(), digest_size=20)
+    for file, lines in at_now:
+        h.update(b"%s %d\n" % (file.encode(), len(lines)))
+        for line in lines:
+            h.update(line)
+    return h.digest()
+
+
+@pytest.mark.parametrize("case,bound", [(THREE, 0), (MUTANT, 2), (REVOKE_2, 0), (RF_DUP, 1), (EARLY_SIGNAL_2, 0)],
+                         ids=["three-importers", "mutant", "revoke-2", "resv-fence-dup", "early-signal-2"])
+def test_the_pickled_key_splits_states_as_the_walk_does(case: tuple, bound: int) -> None:
+    """At every state a cached search keys (hits among them), two states have equal pickled keys
+    exactly when Canon's walk gives them equal keys: the C pickler's key is the walk's, at a
+    quarter of the cost. And the pair is not vacuous: states meet (some keys repeat)."""
+    key = C.StateCache.key
+    pairs: list[tuple[bytes, bytes, int]] = []
+
+    def both(self: Any, world: Any, chooser: Any, judge: Any, at_now: Any) -> bytes:
+        new = key(self, world, chooser, judge, at_now)
+        pairs.append((new, canon_key(world, chooser, judge, at_now), world.now))
+        return new
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(C.StateCache, "key", both)
+        outcomes(case, bound, dpor.DPOR, True)
+        outcomes(case, bound, dpor.SLEEP_SETS, True)
+    new_to_old: dict[bytes, set] = {}
+    old_to_new: dict[bytes, set] = {}
+    for new, old, now in pairs:
+        new_to_old.setdefault(new, set()).add(old)
+        old_to_new.setdefault(old, set()).add((new, now))
+    assert len(new_to_old) < len(pairs), "no state met another: this comparison shows nothing"
+    assert all(len(v) == 1 for v in new_to_old.values()), "the pickled key merged states the walk tells apart"
+    assert all(len(v) == 1 for v in old_to_new.values()), "the pickled key split states the walk merged"
+
+
 # ---------------------------------------------------------------------------------- the command
 
 def test_explore_state_cache_says_what_it_cut(tmp_path: Path) -> None:

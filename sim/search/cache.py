@@ -53,7 +53,7 @@ import time
 from typing import Any
 
 from sim.run import _t_of
-from sim.search.statecache import Canon
+from sim.search.statecache import Keyer, window_of
 
 
 class Judge:
@@ -110,15 +110,7 @@ class StateCache:
         return None if self.hit(key, budget, asleep, path) else key
 
     def key(self, world: Any, chooser: Any, judge: Judge, at_now: list[tuple[str, list[bytes]]]) -> bytes:
-        c = Canon(world)
-        c.walk(world)
-        w = chooser.window
-        c.out.append(("window", w.open, w.closed, w.dma, w.cut, chooser.kind,
-                      tuple(sorted(chooser.held)) if chooser.kind != "preemptions" else ()))
-        c.out.append(("checker",))
-        c.walk(judge.oracle)
-        c.walk(judge.found)
-        h = hashlib.blake2b(repr(c.out).encode(), digest_size=20)
+        h = Keyer(world).digest(world, window_of(chooser), "checker", judge.oracle, judge.found)
         for file, lines in at_now:
             h.update(b"%s %d\n" % (file.encode(), len(lines)))
             for line in lines:

@@ -89,6 +89,8 @@ one token each (`_STATIC`). With DPOR a hit adds conservative backtrack points (
 from __future__ import annotations
 
 import hashlib
+import io
+import pickle
 import random
 import types
 from collections import deque
@@ -336,17 +338,214 @@ def _full(cell: Any) -> bool:
     return True
 
 
+# ------------------------------------------------------------------ the key, written by the C pickler
+
+def _tok(*_: Any) -> None:
+    """What every reduction of Keyer names as its callable: never called (a key is never read
+    back); the arguments written after it are the object's tokens."""
+
+
+class Keyer(pickle.Pickler):
+    """Canon's walk, written by the C pickler: the same state in the key (the module docstring:
+    what is covered, what is left out) at a quarter of the cost, as the pickler visits each object
+    in C and calls back into Python only for the objects it cannot write as they are. A pickle is
+    a faithful encoding of an object graph (shared objects and cycles by its memo, every
+    container's contents in order, every plain object's class and attributes in order), so two
+    states with equal keys are equal as Canon sees them. Where it differs from a plain pickle:
+    - Times. The key holds `now`, and times are written as they are (absolute): two states have
+      equal keys only at one instant, where an absolute time and its offset from now say the
+      same. (Canon wrote offsets; no state ever met another at another instant: the driver holds
+      the workload's start and end as absolute float seconds.)
+    - Timer entries ([t, seq, actor, callback, (mark)]): a seq only orders the heap, and counts
+      the timers armed before; while the key is written, each live entry's seq is its rank in
+      (t, seq) order and each cancelled one's 0, as the world sets a popped entry's
+      (sim/world.py): an entry a service still holds is written by its place, not its count.
+    - `reducer_override` (called for every object that is not a builtin container or atom): what
+      it returns names the object by atoms alone and puts what the object reaches in the
+      reduction's state, which the pickler writes after the object is in its memo (so a cycle
+      back to it is a back-reference): functions as their code's place, closure cells, defaults;
+      bound methods; suspended generators (code, where stopped, locals, what they delegate to);
+      the world (its live heap in order); the scheduler (its streams' names); the sinks (kept
+      apart: `histories`); the attributes _SKIP leaves out; enum members by name; arrays by their
+      view of their base; random generators by a hash of their state; a checked table as its
+      place in _STATIC; modules and classes by name (nothing is imported: a key is never read
+      back).
+    - Sets are written in their iteration order, which follows their history (Canon sorted
+      them): two equal sets may then differ, a miss, never a wrong hit.
+    tests/test_statecache.py checks on every fresh choice point of whole searches that this key
+    and Canon's split the states the same way."""
+
+    def __init__(self, world: World) -> None:
+        self.buf = io.BytesIO()
+        super().__init__(self.buf, protocol=5)
+        _register_static()
+        self.world = world
+        self.histories: list[list[bytes]] = []
+
+    def digest(self, *roots: Any) -> "hashlib._Hash":
+        w = self.world
+        heap = w._heap
+        seqs = [e[1] for e in heap]
+        live = sorted((e for e in heap if e[3] is not None), key=lambda e: (e[0], e[1]))
+        try:
+            for e in heap:
+                e[1] = 0
+            for r, e in enumerate(live, 1):
+                e[1] = r
+            self.dump((w.now, roots))
+        finally:
+            for e, seq in zip(heap, seqs):
+                e[1] = seq
+        return hashlib.blake2b(self.buf.getbuffer(), digest_size=20)
+
+    def reducer_override(self, x: Any) -> Any:
+        if x is _tok:
+            return NotImplemented              # by reference, as the pickler writes a module's function
+        t = type(x)
+        how = _REDUCE.get(t)
+        if how is None:
+            how = _REDUCE[t] = _reduction(t)
+        return how(self, x)
+
+
+def _plain(k: Keyer, x: Any) -> Any:
+    fixed = _STATIC.get(id(x))
+    if fixed is not None and fixed[0] is x:
+        return _tok, ("static", fixed[1])     # a checked table: read-only, one token
+    return NotImplemented                     # the pickler's own: class, then attributes in order
+
+
+def _class(k: Keyer, x: Any) -> Any:
+    return _tok, ("C", getattr(x, "__module__", None), getattr(x, "__qualname__", None) or x.__name__)
+
+
+def _module(k: Keyer, x: Any) -> Any:
+    return _tok, ("C", x.__name__)
+
+
+def _function(k: Keyer, x: Any) -> Any:
+    c = x.__code__
+    cells = tuple((1, cl.cell_contents) if _full(cl) else (0,) for cl in (x.__closure__ or ()))
+    return _tok, (("F", c.co_filename, c.co_firstlineno, c.co_qualname),), (cells, x.__defaults__, x.__kwdefaults__)
+
+
+def _method(k: Keyer, x: Any) -> Any:
+    return _tok, (("M", x.__func__.__qualname__),), (x.__self__, x.__func__)
+
+
+def _builtin(k: Keyer, x: Any) -> Any:
+    own = getattr(x, "__self__", None)
+    return _tok, (("BF", x.__qualname__),), (None if isinstance(own, types.ModuleType) else own,)
+
+
+def _generator(k: Keyer, x: Any) -> Any:
+    f = x.gi_frame if type(x) is types.GeneratorType else x.cr_frame
+    if f is None:
+        return _tok, (("G", "finished"),)
+    c = f.f_code
+    return _tok, (("G", c.co_filename, c.co_firstlineno, c.co_qualname, f.f_lasti),), (
+        dict(f.f_locals), x.gi_yieldfrom if type(x) is types.GeneratorType else x.cr_await)
+
+
+def _world(k: Keyer, w: World) -> Any:
+    live = sorted((e for e in w._heap if e[3] is not None), key=lambda e: e[1])   # ranks, in Keyer.digest
+    return _tok, (("W", w._actors, w.done, w.stalls, w.pause_ns),), (
+        w._ready, w.processes, w._stopping, w.crashes, w.scheduler, ("heap", len(live)), tuple(live))
+
+
+def _scheduler(k: Keyer, x: Any) -> Any:
+    return _tok, ("Scheduler", tuple(sorted(x.streams)))
+
+
+def _sink(k: Keyer, x: Any) -> Any:
+    k.histories.append(x.lines)               # hashed apart (state_keys): the checker's part
+    return _tok, ((type(x).__name__, len(k.histories)),), (getattr(x, "window", None),)
+
+
+def _enum(k: Keyer, x: Any) -> Any:
+    t = type(x)
+    return _tok, ("N", t.__module__, t.__qualname__, x.name)
+
+
+def _random(k: Keyer, x: Any) -> Any:
+    return _tok, ("R", hash(x.getstate()))
+
+
+def _view(k: Keyer, x: Any) -> Any:
+    return _tok, ("B", hashlib.blake2b(x, digest_size=16).digest())
+
+
+def _array(k: Keyer, x: Any) -> Any:
+    base, off = x.base, 0
+    if base is not None:
+        try:
+            off = x.__array_interface__["data"][0] - np.frombuffer(base, np.uint8).__array_interface__["data"][0]
+        except (TypeError, ValueError):
+            off = -1
+    return _tok, (("A", str(x.dtype), x.shape, x.strides, off),), (
+        base if base is not None else hashlib.blake2b(x.tobytes(), digest_size=16).digest(),)
+
+
+def _skipping(skip: frozenset) -> Any:
+    def reduce(k: Keyer, x: Any) -> Any:
+        t = type(x)
+        d = getattr(x, "__dict__", None) or {}
+        slots = [(s, getattr(x, s)) for cls in t.__mro__ for s in cls.__dict__.get("__slots__", ())
+                 if s not in skip and s not in ("__dict__", "__weakref__") and hasattr(x, s)]
+        return _tok, (("O", t.__module__, t.__qualname__),), ([(a, v) for a, v in d.items() if a not in skip], slots)
+    return reduce
+
+
+def _reduction(t: type) -> Any:
+    """How Keyer writes an object of type `t` (decided once per type)."""
+    if issubclass(t, type):
+        return _class
+    if t is types.ModuleType:
+        return _module
+    if t is types.FunctionType:
+        return _function
+    if t is types.MethodType:
+        return _method
+    if t is types.BuiltinFunctionType or t is types.BuiltinMethodType:
+        return _builtin
+    if t is types.GeneratorType or t is types.CoroutineType:
+        return _generator
+    if t is World:
+        return _world
+    if issubclass(t, Enum):
+        return _enum
+    if issubclass(t, random.Random):
+        return _random
+    if t is memoryview:
+        return _view
+    if t is np.ndarray:
+        return _array
+    if t.__name__ == "Scheduler":
+        return _scheduler
+    if t.__name__ in ("_Lines", "_Watched"):
+        return _sink
+    skip = frozenset(k for n, k in _SKIP if n == t.__name__)
+    if skip:
+        return _skipping(skip)
+    return _plain
+
+
+_REDUCE: dict[type, Any] = {}
+
+
+def window_of(chooser: Any) -> tuple:
+    """The search's own state in the key (module docstring)."""
+    w = chooser.window
+    return ("window", w.open, w.closed, w.dma, w.cut, chooser.kind,
+            tuple(sorted(chooser.held)) if chooser.kind != "preemptions" else ())
+
+
 def state_keys(world: World, chooser: Any = None) -> tuple[bytes, bytes, bytes]:
     """(world, world at this instant, world and history at this instant): the key without the
     checker (times as offsets from now), the same with now itself, and the whole key
     (`state_key`'s, history FULL). The first two measure what the history costs."""
-    c = Canon(world)
-    c.walk(world)
-    if chooser is not None:
-        w = chooser.window
-        c.out.append(("window", w.open, w.closed, w.dma, w.cut, chooser.kind,
-                      tuple(sorted(chooser.held)) if chooser.kind != "preemptions" else ()))
-    h = hashlib.blake2b(repr(c.out).encode(), digest_size=20)
+    c = Keyer(world)
+    h = c.digest(world, window_of(chooser) if chooser is not None else None)
     k_world = h.digest()
     h.update(b"now %d" % world.now)
     k_now = h.digest()
