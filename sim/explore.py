@@ -8,9 +8,10 @@ Rules:
   the exhaustive bound. Schedule i of a random or PCT search is a function of (spec, i) alone; an
   exhaustive search's schedules come level by level (bound 0, 1, ...), in depth-first order
   within a level. So a search is resumable and splits into work units: ranges of schedule
-  numbers (random, pct) or a level's subtrees (exhaustive: `Subtrees` walks the tree's top as
-  one process does, waiting at DPOR's choice points for what the races below ask for, so the
-  workers together make the one-process search: the same schedules, numbers and verdict), run
+  numbers (random, pct) or a level's subtrees (exhaustive: sim/search/subtrees.py walks the tree's
+  top as one process does; a DPOR choice point waits for what the races below it ask for while
+  the walk goes on elsewhere, so the workers together make the one-process search: the same
+  schedules, numbers and verdict), run
   in this process (--jobs 1), in worker
   processes (--jobs J) or as Dask tasks (--scheduler), all through sim/executor.py.
 - It stops at the first race (unless --all), at --schedules or --time, when an exhaustive search
@@ -37,6 +38,7 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -55,11 +57,12 @@ from sim.executor import Pool, executor
 from sim.options import SimOptions
 from sim.progress import Reporter, SearchProgress, Silent
 from sim.search import snapshot
-from sim.search.cache import StateCache
+from sim.search.cache import SharedStates, StateCache
 from sim.search.dpor import DPOR, NONE
 from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
                                    node_to_dict)
 from sim.search.pct import PctChooser, guarantee
+from sim.search.subtrees import Subtrees, Task
 from sim.search.random import RandomChooser
 from sim.search.trial import FAULT_DEVIATION, Config, SearchChooser, Trial, judge, run_trial, write_run
 
@@ -68,9 +71,9 @@ DEFAULT_SCHEDULES = 10_000     # random and pct, when neither --schedules nor --
 CHUNK = 20                      # schedules per work unit (random, pct)
 MAX_SAVED = 20                  # race directories kept
 CHECKPOINT_S = 2.0
-SPLIT_WAIT = 2                  # exhaustive across workers: DPOR's choice points a prefix may hold are in its top 2
 STOP_POLL_S = 1.0               # exhaustive across workers: how often a stop (--time, Ctrl-C) is looked for
-SPLIT_DEPTH = 10                # exhaustive across workers: subtrees below about this many choice points (split_at)
+SPLIT_DEPTH = 10                # exhaustive across workers: subtrees below about this many choice points (split_at),
+SPLIT_REACH = 6                 # and this many more for each unit of the level's bound a prefix has not spent
 MAX_EXHAUSTIVE = 1_000_000      # estimated schedules past which exhaustive refuses to start
 PROBE_S = 3.0                   # --bound none: CPU seconds of levels 0, 1, ... run to estimate the whole space
 EXIT_OK, EXIT_RACE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -244,22 +247,28 @@ def run_schedules(spec_d: dict[str, Any], first: int, count: int, k: int, stop_a
 
 
 # --state-cache across workers: one search's states, in each worker process (sim/search/cache.py)
-_WORKER_CACHE: dict[str, StateCache] = {}
+_WORKER_CACHE: dict[str, tuple[StateCache, SharedStates | None]] = {}
 _SEARCHES = itertools.count()            # the searches this process coordinated (a cache scope each)
+SHARED_STATES = ".state-cache.bin"      # in the search's directory, while a --jobs search with --state-cache runs
 
 
-def _worker_cache(scope: str | None) -> StateCache | None:
-    """This process's states of the search `scope` (None: no cache); another search's are dropped."""
+def _worker_cache(scope: str | None, shared: str | None = None) -> tuple[StateCache | None, SharedStates | None]:
+    """This process's states of the search `scope` (None: no cache), with what the other workers
+    wrote to `shared` since it last looked (sim/search/cache.py SharedStates); another search's
+    are dropped."""
     if scope is None:
-        return None
+        return None, None
     if scope not in _WORKER_CACHE:
         _WORKER_CACHE.clear()
-        _WORKER_CACHE[scope] = StateCache()
-    return _WORKER_CACHE[scope]
+        _WORKER_CACHE[scope] = (StateCache(), SharedStates(shared) if shared is not None else None)
+    under, states = _WORKER_CACHE[scope]
+    if states is not None:
+        states.fetch(under)
+    return under, states
 
 
 def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int, stop_at_race: bool,
-                cache_scope: str | None = None) -> dict[str, Any]:
+                cache_scope: str | None = None, shared: str | None = None) -> dict[str, Any]:
     """A work unit of an exhaustive search: every schedule below `prefix` (serialized nodes, none
     of which DPOR could have reduced: sim/explore.py subtrees) at level `level` of the deepening
     (sim/search/dpor.py explore at that bound alone), with the search's reduction below the
@@ -267,14 +276,15 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int
     cheaper ones were reported at their own level and are only counted) and what the level's
     bound and DPOR cut below the prefix. `cache_scope`: the search's --state-cache, in this
     process (`_worker_cache`: the states of the subtrees it finished before, and this one's once
-    it is explored whole)."""
+    it is explored whole); `shared`: the file through which the workers on this machine pass
+    each other theirs."""
     from sim.search import dpor
     spec = Spec.from_dict(spec_d)
     stack = [node_from_dict(d) for d in prefix]
     done: list[dict[str, Any]] = []
     blocked = cheaper = cached = 0
     level_seen = None
-    under = _worker_cache(cache_scope if spec.state_cache else None)
+    under, states = _worker_cache(cache_scope if spec.state_cache else None, shared)
     cache = StateCache(under) if under is not None else None
     whole = True
     for trial, _, lvl, cost in dpor.explore(spec.config, level, reduction=spec.reduction, kind=spec.bound_kind,
@@ -292,9 +302,9 @@ def run_subtree(spec_d: dict[str, Any], prefix: list[dict[str, Any]], level: int
                 whole = False
                 break
     if cache is not None and whole:
-        cache.commit()
-    # what races below added to the prefix's DPOR choice points: the coordinator merges it (its
-    # walk waits for every task below such a point before it moves on there); counted there
+        cache.commit(states)
+    # what races below added to the prefix's DPOR choice points: the coordinator merges it (such
+    # a point decides its next option once every task below it has: sim/search/subtrees.py); counted there
     above, added = [], 0
     for k, d in enumerate(prefix):
         if d.get("backtrack") is None:
@@ -328,7 +338,7 @@ class State:
     shas: set[str] = field(default_factory=set)
     next: int = 1                           # random, pct: every schedule below it is done
     stack: list[dict[str, Any]] | None = None   # exhaustive, one process: the last schedule's
-    tasks_done: list[int] = field(default_factory=list)     # exhaustive, several: subtrees done
+    tasks_done: list[str] = field(default_factory=list)     # exhaustive, several: subtrees done (Task.id)
     task_above: dict[str, list] = field(default_factory=dict)   # what each one's races added above it
     task_counts: dict[str, int] = field(default_factory=dict)
     exhausted: bool = False
@@ -472,6 +482,8 @@ class Explorer:
         self.reporter.begin(title + (" (resumed)" if resumed else ""), self.limits.schedules)
         self._began = time.perf_counter()
         be = executor(self.jobs, self.scheduler, retries=1)
+        shared = self.out / SHARED_STATES
+        shared.unlink(missing_ok=True)          # a killed run's: this search's cache starts empty
         try:
             if self.spec.search == "exhaustive":
                 if be.workers > 1:
@@ -486,6 +498,7 @@ class Explorer:
             self.reporter.say("interrupted: keeping what was found (rerun the same command to go on)")
         finally:
             be.close()
+            shared.unlink(missing_ok=True)
             self.reporter.close()
             self.checkpoint(force=True)
         if not self.interrupted:
@@ -614,86 +627,94 @@ class Explorer:
 
     def _split_level(self, be: Pool, d: int) -> bool:
         """One level across workers; True when its whole tree was searched (no stop on the way).
-        A task's schedules are recorded once every task before it is (depth-first order); a
-        task is `done` in the state only then (with what its races added above it), so a
-        resumed search reruns what it had not recorded and re-walks the prefixes as they were."""
+        A task's schedules are recorded once every task before it in depth-first order is
+        (sim/search/subtrees.py `can_record`); a task is `done` in the state only then (with what
+        its races added above it), so a resumed search reruns what it had not recorded, and the
+        walk merges the recorded tasks' additions as it meets their prefixes again."""
         st, spec = self.state, self.spec
         spec_d = spec.as_dict()
         stop_at_race = not self.limits.all
-        walk = Subtrees(spec, SPLIT_DEPTH, d)
+        walk = Subtrees(spec.config, spec.bound_kind, spec.reduction, SPLIT_DEPTH, d, SPLIT_REACH)
         scope = self.cache_scope if spec.state_cache else None
-        tasks: list[list[dict[str, Any]]] = []
-        pending: dict[Any, int] = {}
-        finished: dict[int, dict[str, Any]] = {}
-        recorded = len(st.tasks_done)            # tasks 0 .. recorded - 1 are in the state
-        nxt = recorded
-        race_task: int | None = None
-
-        def busy(k: int) -> bool:                # a task below choice point k still runs
-            return any(len(tasks[i]) > k for i in pending.values())
+        shared = str(self.out / SHARED_STATES) if scope is not None and self.scheduler is None else None
+        if any(not isinstance(k, str) for k in st.tasks_done):
+            raise ExploreError(f"{self.state_path}: written by an older dmabuf-emu (its subtrees are numbered, not "
+                               f"keyed): remove it to start over")
+        done_before = set(st.tasks_done)         # recorded by an earlier run of this search
+        given = 0                                # tasks given out (counted for the progress line)
+        pending: dict[Any, Task] = {}
+        finished: dict[tuple[int, ...], tuple[Task, dict[str, Any]]] = {}
+        waiting: list[tuple[int, ...]] = []      # given out and not recorded, in depth-first order
+        race_key: tuple[int, ...] | None = None
 
         def level_over() -> int:
             return walk.over + sum(v for k, v in st.task_counts.items() if k.startswith("over:"))
 
-        try:
-            while len(tasks) < recorded:         # the prefixes of the tasks recorded before
-                prefix = walk.next(busy)
-                if prefix is None:
-                    raise Diverged("a resumed level's subtrees are not those it recorded")
-                tasks.append(prefix)
-                walk.merge(st.task_above.get(str(len(tasks) - 1), []))
-            while True:
-                while (len(pending) < 2 * be.workers and not (self._stop() and st.first_race is None)
-                       and (race_task is None or not stop_at_race or nxt < race_task)):
-                    prefix = walk.next(busy)
-                    if prefix is None:
-                        break
-                    tasks.append(prefix)
-                    pending[be.submit(run_subtree, spec_d, prefix, d, stop_at_race, scope)] = nxt
-                    nxt += 1
-                if not pending:
+        def record() -> None:               # the finished tasks in order, none after the first race's
+            while waiting and waiting[0] in finished and walk.can_record(waiting[0]):
+                task, out = finished.pop(waiting.pop(0))
+                base = st.schedules
+                for s in out["schedules"]:
+                    self._record(base + s["n"], s)
+                st.blocked += out["blocked"]
+                st.cheaper += out["cheaper"]
+                st.cached += out.get("cached", 0)
+                if out.get("states_cached") is not None:
+                    self.worker_states[out["worker"]] = out["states_cached"]
+                    # each worker's cache holds the others' states too where they share them
+                    st.states_cached = (max if shared is not None else sum)(self.worker_states.values())
+                st.unraced += out["unraced"]
+                snapshot.add_counts(st.snapshots, out.get("snapshots"))
+                st.task_counts[f"over:{task.id}"] = out["over_bound"]
+                st.task_above[task.id] = out["above"]
+                st.tasks_done.append(task.id)
+
+        def drop(task: Task) -> None:            # after the first race: no schedule of it counts
+            walk.merge(task, [])
+
+        while True:
+            while (len(pending) < 2 * be.workers and not (self._stop() and st.first_race is None)):
+                task = walk.next()
+                if task is None:
                     break
-                for fut in be.done(pending, timeout=STOP_POLL_S):    # a subtree may run for hours
-                    i = pending.pop(fut)
-                    finished[i] = out = fut.result()
-                    walk.merge(out["above"])
-                    if any(s["races"] for s in out["schedules"]) and (race_task is None or i < race_task):
-                        race_task = i
-                while recorded in finished and (race_task is None or not stop_at_race or recorded <= race_task):
-                    # the finished prefix of tasks, in order (none after the first race's)
-                    out = finished.pop(recorded)
-                    base = st.schedules
-                    for s in out["schedules"]:
-                        self._record(base + s["n"], s)
-                    st.blocked += out["blocked"]
-                    st.cheaper += out["cheaper"]
-                    st.cached += out.get("cached", 0)
-                    if out.get("states_cached") is not None:
-                        self.worker_states[out["worker"]] = out["states_cached"]
-                        st.states_cached = sum(self.worker_states.values())
-                    st.unraced += out["unraced"]
-                    snapshot.add_counts(st.snapshots, out.get("snapshots"))
-                    st.task_counts[f"over:{recorded}"] = out["over_bound"]
-                    st.task_above[str(recorded)] = out["above"]
-                    st.tasks_done.append(recorded)
-                    recorded += 1
-                st.over_bound = level_over()
-                self._progress(split_note(d, recorded, len(tasks), walk.finished,
-                                          [len(o["schedules"]) for o in finished.values()], st.blocked)
-                               + (f", {st.cached} by the state cache" if scope is not None else ""))
-                self.checkpoint()
-                if race_task is not None and stop_at_race:
-                    late = [f for f, i in pending.items() if i > race_task]
-                    be.cancel(late)
-                    for f in late:
-                        pending.pop(f)
-                if self._stop() and (race_task is None or all(i > race_task for i in pending.values())):
-                    be.cancel(list(pending))
-                    return False
-        finally:
-            walk.close()
+                if task.id in done_before:        # recorded before this run: its additions, again
+                    walk.merge(task, st.task_above.get(task.id, []))
+                    continue
+                if race_key is not None and stop_at_race and task.key > race_key:
+                    drop(task)
+                    continue
+                pending[be.submit(run_subtree, spec_d, task.prefix, d, stop_at_race, scope, shared)] = task
+                bisect.insort(waiting, task.key)
+                given += 1
+            if not pending:
+                record()                          # what the walk's end let through
+                break
+            for fut in be.done(pending, timeout=STOP_POLL_S):    # a subtree may run for hours
+                task = pending.pop(fut)
+                out = fut.result()
+                walk.merge(task, out["above"])
+                finished[task.key] = (task, out)
+                if any(s["races"] for s in out["schedules"]) and (race_key is None or task.key < race_key):
+                    race_key = task.key
+            if race_key is not None and stop_at_race:
+                for fut in [f for f, t in pending.items() if t.key > race_key]:
+                    be.cancel([fut])
+                    drop(pending.pop(fut))
+                for key in [k for k in waiting if k > race_key]:
+                    waiting.remove(key)
+                    finished.pop(key, None)
+            record()
+            st.over_bound = level_over()
+            recorded = len(st.tasks_done)
+            self._progress(split_note(d, recorded, len(done_before) + given,
+                                      walk.finished, [len(o["schedules"]) for _, o in finished.values()], st.blocked)
+                           + (f", {st.cached} by the state cache" if scope is not None else ""))
+            self.checkpoint()
+            if self._stop() and (race_key is None or all(t.key > race_key for t in pending.values())):
+                be.cancel(list(pending))
+                return False
         st.over_bound = level_over()
-        whole = walk.finished and recorded == len(tasks) and (race_task is None or not stop_at_race)
+        whole = walk.finished and not waiting and (race_key is None or not stop_at_race)
         if whole:
             st.unraced += walk.unraced
         return whole
@@ -767,112 +788,14 @@ def split_note(level: int, recorded: int, tasks: int, walked: bool, ahead: list[
     return note + f", {blocked} cut by sleep sets"
 
 
-class Subtrees:
-    """Level `level` of the exhaustive search's tree (its bound) cut into subtrees, in depth-first
-    order, as one process walks it: each prefix (serialized nodes, with what one process knows
-    there: what is asleep, the options tried before and their footprints, DPOR's backtrack
-    sets). Finding them runs one schedule per prefix (not counted: its subtree's first schedule
-    repeats it).
-    Rules, so that the subtrees together are the search one process makes:
-    - a prefix ends before a step (`split_at`): each step's fault draws are in it, so its
-      footprint is the union over their outcomes, as one process has it when it moves on;
-    - a choice point DPOR may reduce (a backtrack set) grows with the races found below it:
-      the walk moves on there only once every task below it has finished (`next` returns None
-      while `busy`) and the coordinator has merged what their races added (`merge`); the
-      choice points explored whole need no wait, so their subtrees run side by side.
-    `over`: options of the prefixes' own choice points over the bound; `unraced`: options of
-    the prefixes' DPOR choice points no race asked for (both counted by one process too)."""
-
-    def __init__(self, spec: Spec, depth: int, level: int) -> None:
-        self.spec, self.depth, self.level = spec, depth, level
-        self.stack: list[Node] = []
-        self.over = self.unraced = 0
-        self.finished = False
-        self._waiting: int | None = None
-        self._walk = self._prefixes()
-
-    def next(self, busy: Callable[[int], bool]) -> list[dict[str, Any]] | None:
-        """The next prefix, or None: the level is walked (`finished`), or it waits for the tasks
-        below a DPOR choice point (`busy(k)`: a task whose prefix is longer than k runs)."""
-        while not self.finished:
-            if self._waiting is not None:
-                if busy(self._waiting):
-                    return None
-                self._waiting = None
-            try:
-                item = next(self._walk)
-            except StopIteration:
-                self.finished = True
-                return None
-            if isinstance(item, int):
-                self._waiting = item
-            else:
-                return item
-        return None
-
-    def merge(self, above: list) -> None:
-        """A task's additions to its prefix's backtrack sets ([position, options or None: all])."""
-        for k, final in above:
-            node = self.stack[k]
-            if node.backtrack is not None:
-                node.backtrack = None if final is None else node.backtrack | set(final)
-
-    def close(self) -> None:
-        self._walk.close()
-
-    def _prefixes(self) -> Iterator[Any]:
-        from sim.search.dpor import DporChooser
-        from sim.search.exhaustive import fence_tracing
-        stack, level = self.stack, self.level
-        while True:
-            known = len(stack)
-            chooser = DporChooser(0, stack, level, self.spec.bound_kind, self.spec.reduction)
-            with fence_tracing():
-                run_trial(self.spec.config, chooser, setup=chooser.setup)
-            if chooser.depth < len(stack):
-                raise Diverged("a prefix did not replay")
-            cut = split_at(stack, self.depth)
-            self.over += sum(n.cost_before + c > level for n in stack[known:cut] for c in n.costs)
-            yield [node_to_dict(n) for n in stack[:cut]]
-            del stack[cut:]
-            while stack:                      # exhaustive.py backtrack, waiting at DPOR's choice points
-                node = stack[-1]
-                if node.backtrack is not None:
-                    yield len(stack) - 1
-                nxt = next((o for o in node.candidates() if node.available(o, level)), None)
-                if nxt is not None:
-                    node.tried.append(nxt)
-                    break
-                if node.backtrack is not None:
-                    self.unraced += len(node.options) - len(node.backtrack)
-                stack.pop()
-            else:
-                return
-
-
 def subtrees(spec: Spec, depth: int, level: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
     """Every subtree of a level run here, in turn (tests, tools): (prefix, what run_subtree
     returned for it), each task's additions merged before the walk goes on."""
-    walk = Subtrees(spec, depth, level)
-    try:
-        while (prefix := walk.next(lambda k: False)) is not None:
-            out = run_subtree(spec.as_dict(), prefix, level, False)
-            walk.merge(out["above"])
-            yield prefix, out
-    finally:
-        walk.close()
-
-
-def split_at(stack: list[Node], depth: int) -> int:
-    """How many of a schedule's choice points a subtree's prefix holds: up to the first step
-    choice point at `depth` or below (a fault draw stays with its step), or before that to the
-    first of DPOR's own choice points below the top SPLIT_WAIT (the walk waits at each one in a
-    prefix for every task below it: deep in a prefix that would leave one task at a time)."""
-    from sim.search.exhaustive import STEP
-    for i, n in enumerate(stack):
-        if n.kind == STEP and (i >= depth or i >= SPLIT_WAIT and n.backtrack is not None):
-            return i
-    return len(stack)
+    walk = Subtrees(spec.config, spec.bound_kind, spec.reduction, depth, level, SPLIT_REACH)
+    while (task := walk.next()) is not None:
+        out = run_subtree(spec.as_dict(), task.prefix, level, False)
+        walk.merge(task, out["above"])
+        yield task.prefix, out
 
 
 def shrink_into(config: Config, decisions: list, streams: list, kind: str, buffer: Any, out: Path) -> dict[str, Any]:

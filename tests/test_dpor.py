@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,15 +266,30 @@ def test_the_race_needing_one_dropped_message_is_found_first(tmp_path: Path) -> 
 
 # ---------------------------------------------------------------------------------- across workers
 
+def backwards_pool(workers: int) -> Any:
+    """In-process workers that finish the units in the reverse of the order they were given
+    (the newest first): a split search must not depend on which subtree a worker ends first."""
+    from sim.executor import Pool, _Here
+
+    class Backwards(Pool):
+        def done(self, futures: Any, timeout: float | None = None) -> list:
+            futures = list(futures)
+            last = next((f for f in reversed(futures) if not f.done()), None)
+            if last is not None:
+                self.ex.run(last)
+            return [f for f in futures if f.done()]
+    return Backwards(_Here(), workers)
+
+
 def search(case: tuple, bound: int | None, out: Path, workers: int, monkeypatch: pytest.MonkeyPatch,
-           reduction: str = dpor.DPOR, all_races: bool = True) -> dict:
+           reduction: str = dpor.DPOR, all_races: bool = True, backwards: bool = False) -> dict:
     """An exhaustive search through sim/explore.py: one process, or `workers` in-process workers
-    (the executor's units run here, one at a time: the split's bookkeeping, without spawning)."""
+    (the executor's units run here, one at a time: the split's bookkeeping, without spawning;
+    `backwards`: the newest unit first)."""
     from sim import explore as ex
     from sim.executor import Pool, _Here
     if workers > 1:
-        monkeypatch.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), workers))
-        monkeypatch.setattr(ex, "SPLIT_WAIT", 0)    # DPOR's choice points anywhere in a prefix: waits, merges
+        monkeypatch.setattr(ex, "executor", lambda *a, **k: backwards_pool(workers) if backwards else Pool(_Here(), workers))
         monkeypatch.setattr(ex, "SPLIT_DEPTH", 6)
     spec = ex.Spec(cfg_of(*case), "exhaustive", 1, bound=bound, reduction=reduction)
     r = ex.Explorer(spec, ex.Limits(all=all_races), out, do_shrink=False, quiet=True).run()
@@ -301,18 +317,20 @@ def test_workers_give_the_one_process_search(tmp_path: Path, monkeypatch: pytest
     two = search(case, bound, tmp_path / "two", 2, monkeypatch, all_races=all_races)
     assert verdict(two) == verdict(one)
     assert one["schedules"] > 1 and (one["exhausted"] or not all_races)
+    back = search(case, bound, tmp_path / "back", 3, monkeypatch, all_races=all_races, backwards=True)
+    assert verdict(back) == verdict(one)
 
 
-def test_a_split_search_stopped_and_resumed_is_the_one_process_search(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backwards", [False, True], ids=["in-order", "backwards"])
+def test_a_split_search_stopped_and_resumed_is_the_one_process_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     backwards: bool) -> None:
     """Stopped again and again mid-level (--schedules) and resumed: the subtrees recorded are not rerun, and
     what their races added above them is merged again as the prefixes are walked."""
     from sim import explore as ex
     from sim.executor import Pool, _Here
     one = search(MUTANT, 2, tmp_path / "one", 1, monkeypatch)
     spec = ex.Spec(cfg_of(*MUTANT), "exhaustive", 1, bound=2)
-    monkeypatch.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), 2))
-    monkeypatch.setattr(ex, "SPLIT_WAIT", 0)
+    monkeypatch.setattr(ex, "executor", lambda *a, **k: backwards_pool(2) if backwards else Pool(_Here(), 2))
     monkeypatch.setattr(ex, "SPLIT_DEPTH", 6)
     stops = []
     for limit in (3, 5, 9, 14, 20, 26, 33, 38, None):

@@ -137,7 +137,6 @@ def test_the_cached_search_split_across_workers_agrees_with_brute_force(tmp_path
         m.setattr(dpor.DporChooser, "setup", watch_setup)
         m.setattr(T, "judge", watch_judge)
         m.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), 2))
-        m.setattr(ex, "SPLIT_WAIT", 0)          # DPOR's choice points anywhere in a prefix: waits, merges
         m.setattr(ex, "SPLIT_DEPTH", 6)
         spec = ex.Spec(cfg_of(*case), "exhaustive", 1, bound=bound, state_cache=True)
         r = ex.Explorer(spec, ex.Limits(all=True), tmp_path / "x", do_shrink=False, quiet=True).run()
@@ -146,6 +145,25 @@ def test_the_cached_search_split_across_workers_agrees_with_brute_force(tmp_path
         assert r["cut_by"]["state-cache"] > 0, r["cut_by"]
     assert races == races_none, races_none ^ races
     assert ends == ends_none, f"{len(ends_none - ends)} end states missed, {len(ends - ends_none)} new"
+
+
+def test_workers_pass_each_other_whole_records_of_their_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SharedStates (--jobs): a worker reads the states the others finished, not its own, and a
+    record still being written only once it is whole; a state read so is a hit for another path."""
+    path = str(tmp_path / "states.bin")
+    key = b"k" * 20
+    monkeypatch.setattr(C.os, "getpid", lambda: 1)
+    one = C.SharedStates(path)
+    one.publish({key: [(2, frozenset({"importer-1"}), object())]})
+    assert one.fetch(C.StateCache()) == 0                      # its own
+    monkeypatch.setattr(C.os, "getpid", lambda: 2)
+    two, cache = C.SharedStates(path), C.StateCache()
+    with open(path, "ab") as f:
+        f.write((100).to_bytes(4, "big") + b"half")            # another worker's record, being written
+    assert two.fetch(cache) == 1 and cache.seen == {key: [(2, frozenset({"importer-1"}), None)]}
+    assert two.fetch(cache) == 0                                # the half record waits
+    assert cache.hit(key, 1, frozenset({"importer-1", "importer-2"}), [])
+    assert not cache.hit(key, 3, frozenset({"importer-1"}), [])  # less bound left then: not covered
 
 
 def test_the_cache_cuts_where_answers_meet() -> None:

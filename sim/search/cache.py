@@ -48,9 +48,11 @@ at the end of each schedule) as `--reduction none` without a cache.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import time
 from typing import Any
+
+import msgpack
 
 from sim.run import _t_of
 from sim.search.statecache import Keyer, window_of
@@ -127,8 +129,11 @@ class StateCache:
                     return True
         return False
 
-    def commit(self) -> None:
-        """This cache's states into `under`'s: their subtrees were explored whole."""
+    def commit(self, shared: "SharedStates | None" = None) -> None:
+        """This cache's states into `under`'s, and to the other workers through `shared`: their
+        subtrees were explored whole."""
+        if shared is not None:
+            shared.publish(self.seen)
         if self.under is not None:
             for key, entries in self.seen.items():
                 self.under.seen.setdefault(key, []).extend(entries)
@@ -140,3 +145,51 @@ class StateCache:
     def report(self) -> dict[str, Any]:
         return {"states": len(self.seen), "points": self.points, "hits": self.hits,
                 "key_seconds": round(self.seconds, 3)}
+
+
+class SharedStates:
+    """The states every worker of one search on this machine explored whole (`--jobs`), in a file
+    of the search's directory that each appends to and reads on: a worker's own cache then holds
+    the other workers' states too, as one process's holds all of them, and a subtree dealt to
+    one worker is cut where another explored the state. A record is one write of the committed
+    states (a length, then msgpack of [writer's pid, [[key, bound left, options asleep]]]), so
+    a reader takes whole records only; a state read from another worker has no choice point in
+    this process (a hit needs it off the current path: a state another worker finished is).
+    Made empty by the search at its start and removed at its end (sim/explore.py)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+
+    def publish(self, seen: dict[bytes, list[tuple[int, frozenset, Any]]]) -> None:
+        if not seen:
+            return
+        blob = msgpack.packb([os.getpid(), [[k, b, sorted(a)] for k, entries in seen.items() for b, a, _ in entries]])
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, len(blob).to_bytes(4, "big") + blob)
+        finally:
+            os.close(fd)
+
+    def fetch(self, into: StateCache) -> int:
+        """The records written since the last fetch, by other workers, into `into`; how many states."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        n = at = 0
+        while at + 4 <= len(data):
+            size = int.from_bytes(data[at:at + 4], "big")
+            if at + 4 + size > len(data):
+                break                             # being written: the next fetch takes it
+            pid, states = msgpack.unpackb(data[at + 4:at + 4 + size])
+            at += 4 + size
+            if pid == os.getpid():
+                continue
+            for key, budget, asleep in states:
+                into.seen.setdefault(key, []).append((budget, frozenset(asleep), None))
+                n += 1
+        self.offset += at
+        return n
