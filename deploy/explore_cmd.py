@@ -131,8 +131,9 @@ def add_parsers(sub: Any) -> None:
                    help="exhaustive: end a schedule at a state explored before with as much bound left (the "
                         "world and the checker's state: sim/search/cache.py); pays where paths meet, as when "
                         "three importers answer the exporter at one instant; costs a hash per instant elsewhere. "
-                        "Runs without snapshots; with --jobs each worker keeps the states it explored (the "
-                        "counts then depend on the deal, the verdict does not); a resumed search starts empty")
+                        "Runs without snapshots; with --jobs the workers pass each other the states they "
+                        "finished (with --scheduler each keeps its own; the counts then depend on the deal "
+                        "and on timing, the verdict does not); a resumed search starts empty")
     e.add_argument("--no-snapshots", action="store_true",
                    help="exhaustive: run every schedule from start-up, never from a forked snapshot of its "
                         "prefix (by default snapshots are used where they measure cheaper: sim/search/snapshot.py; "

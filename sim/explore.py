@@ -484,6 +484,8 @@ class Explorer:
         be = executor(self.jobs, self.scheduler, retries=1)
         shared = self.out / SHARED_STATES
         shared.unlink(missing_ok=True)          # a killed run's: this search's cache starts empty
+        if self.spec.state_cache and self.scheduler is None and be.workers > 1:
+            shared.write_bytes(b"")             # the workers append to it while it exists
         try:
             if self.spec.search == "exhaustive":
                 if be.workers > 1:

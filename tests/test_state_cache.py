@@ -152,6 +152,9 @@ def test_workers_pass_each_other_whole_records_of_their_states(tmp_path: Path, m
     record still being written only once it is whole; a state read so is a hit for another path."""
     path = str(tmp_path / "states.bin")
     key = b"k" * 20
+    C.SharedStates(path).publish({key: [(2, frozenset(), None)]})    # no file: the search is over
+    assert not Path(path).exists()
+    Path(path).write_bytes(b"")
     monkeypatch.setattr(C.os, "getpid", lambda: 1)
     one = C.SharedStates(path)
     one.publish({key: [(2, frozenset({"importer-1"}), object())]})

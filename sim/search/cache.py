@@ -2,10 +2,12 @@
 was explored before, with as much bound left and no more asleep, is not explored again.
 
 What a state is. At the first fresh step choice point of each instant inside the window
-(sim/search/trial.py; one walk an instant: a key costs about 11 ms), `key` hashes:
-- the simulated world, as sim/search/statecache.py `Canon` walks it (both protocol halves, the
-  shells, the engines, the channels and frames in flight, the memory's bytes, the fence table,
-  pending timers as offsets from now with their tie order, the driver, the generators), and the
+(sim/search/trial.py; one key an instant: about 2.3 ms, written by statecache.py's Keyer), `key`
+hashes:
+- the simulated world, as sim/search/statecache.py `Canon` walks it and `Keyer` pickles it (both
+  protocol halves, the shells, the engines, the channels and frames in flight, the memory's
+  bytes, the fence table, pending timers with their tie order, and now, the driver, the
+  generators), and the
   search's own window (open, closed, DMA jobs running) and, under late-frames, the frames held;
 - the checker's state: checker/oracle.py's Oracle, fed the merged history's lines written before
   this instant (in checker/history.py's order: time, file name, line), walked whole by the same
@@ -39,8 +41,11 @@ Across workers (--jobs, --scheduler: sim/explore.py run_subtree): each worker pr
 states of the subtrees it finished for the rest of the search (one search's, by its scope), and a
 subtree's own are consulted as it runs; a subtree stopped at a race commits nothing (its states'
 subtrees were not explored whole). A hit's conservative backtrack points on the subtree's prefix
-go to the coordinator as its races' do. No worker sees another's states, so the counts (schedules,
-cut) depend on how the tree was dealt out; the verdict does not.
+go to the coordinator as its races' do. With --jobs the workers on this machine also pass each
+other the states they finished (`SharedStates`, a file of the search's directory); with
+--scheduler each keeps its own. A state is a hit only once its subtree was finished, and
+subtrees run side by side, so the counts (schedules, cut) depend on how the tree was dealt out
+and on timing; the verdict does not.
 tests/test_state_cache.py checks it against brute force: on configurations small enough, the
 cached search reports the same races and the same end states (the world and the checker's state
 at the end of each schedule) as `--reduction none` without a cache.
@@ -155,7 +160,8 @@ class SharedStates:
     states (a length, then msgpack of [writer's pid, [[key, bound left, options asleep]]]), so
     a reader takes whole records only; a state read from another worker has no choice point in
     this process (a hit needs it off the current path: a state another worker finished is).
-    Made empty by the search at its start and removed at its end (sim/explore.py)."""
+    Made (empty) by the search at its start and removed at its end (sim/explore.py); a worker
+    still running after that writes nothing."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -165,7 +171,10 @@ class SharedStates:
         if not seen:
             return
         blob = msgpack.packb([os.getpid(), [[k, b, sorted(a)] for k, entries in seen.items() for b, a, _ in entries]])
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            return                                # the search is over (it removes the file)
         try:
             os.write(fd, len(blob).to_bytes(4, "big") + blob)
         finally:

@@ -7,6 +7,11 @@ next): there every callback has returned and the whole run is in the object grap
 a Python frame. A fault or stall draw is asked in the middle of a callback (a send, a chunk
 come due), with the rest of that step still on the stack: no key is taken there.
 
+How a key is made: `Keyer`, a pickle of the object graph written by the C pickler (2.3 ms a key on
+resv-fence with three importers, against 8.5 ms for `Canon`'s walk in Python, which stays as its
+reference: tests/test_state_cache.py checks that the two split the states of whole searches the
+same way). Below, "walked" says what either covers.
+
 What the key covers, `state_key(world, chooser)`:
 - Everything the run can reach from the world, walked as an object graph from its roots: the
   world's pending timers and arrivals (`_heap`: each entry as its time *minus now*, its rank
