@@ -47,7 +47,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from checker.explain import listed_witnesses, write_witness_md
 from checker.findings import CATCHES
@@ -59,11 +59,10 @@ from sim.progress import Reporter, SearchProgress, Silent
 from sim.search import snapshot
 from sim.search.cache import SharedStates, StateCache
 from sim.search.dpor import DPOR, NONE
-from sim.search.exhaustive import (PREEMPTIONS, Diverged, Node, backtrack, node_from_dict,
-                                   node_to_dict)
+from sim.search.exhaustive import PREEMPTIONS, Diverged, backtrack, node_from_dict, node_to_dict
 from sim.search.pct import PctChooser, guarantee
-from sim.search.subtrees import Subtrees, Task
 from sim.search.random import RandomChooser
+from sim.search.subtrees import Subtrees, Task
 from sim.search.trial import FAULT_DEVIATION, Config, SearchChooser, Trial, judge, run_trial, write_run
 
 SEARCHES = ("random", "pct", "exhaustive")
@@ -643,6 +642,7 @@ class Explorer:
             raise ExploreError(f"{self.state_path}: written by an older dmabuf-emu (its subtrees are numbered, not "
                                f"keyed): remove it to start over")
         done_before = set(st.tasks_done)         # recorded by an earlier run of this search
+        met: set[str] = set()                    # of them, those the walk has given again
         given = 0                                # tasks given out (counted for the progress line)
         pending: dict[Any, Task] = {}
         finished: dict[tuple[int, ...], tuple[Task, dict[str, Any]]] = {}
@@ -681,6 +681,7 @@ class Explorer:
                     break
                 if task.id in done_before:        # recorded before this run: its additions, again
                     walk.merge(task, st.task_above.get(task.id, []))
+                    met.add(task.id)
                     continue
                 if race_key is not None and stop_at_race and task.key > race_key:
                     drop(task)
@@ -716,6 +717,9 @@ class Explorer:
                 be.cancel(list(pending))
                 return False
         st.over_bound = level_over()
+        if walk.finished and met != done_before:
+            raise Diverged(f"a resumed level's subtrees are not those it recorded "
+                           f"({len(done_before - met)} recorded ones never came again)")
         whole = walk.finished and not waiting and (race_key is None or not stop_at_race)
         if whole:
             st.unraced += walk.unraced

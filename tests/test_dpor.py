@@ -339,6 +339,26 @@ def test_a_split_search_stopped_and_resumed_is_the_one_process_search(tmp_path: 
     assert stops[0] is False and verdict(r) == verdict(one)
 
 
+def test_a_resumed_split_search_whose_recorded_subtrees_never_come_again_says_so(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state file naming a subtree the walk never gives (another version's, or edited): the
+    level would be counted wrong, so the search stops and says it diverged."""
+    from sim import explore as ex
+    from sim.executor import Pool, _Here
+    from sim.search.exhaustive import Diverged
+    spec = ex.Spec(cfg_of(*MUTANT), "exhaustive", 1, bound=2)
+    monkeypatch.setattr(ex, "executor", lambda *a, **k: Pool(_Here(), 2))
+    monkeypatch.setattr(ex, "SPLIT_DEPTH", 6)
+    out = tmp_path / "x"
+    r = ex.Explorer(spec, ex.Limits(schedules=5, all=True), out, do_shrink=False, quiet=True).run()
+    assert not r["exhausted"]
+    state = json.loads((out / "explore.state.json").read_text())
+    state["tasks_done"].append("9.9.9")
+    (out / "explore.state.json").write_text(json.dumps(state))
+    with pytest.raises(Diverged, match="recorded ones never came again"):
+        ex.Explorer(spec, ex.Limits(all=True), out, do_shrink=False, quiet=True).run()
+
+
 def test_jobs_2_spawned_gives_the_counts_of_jobs_1(tmp_path: Path) -> None:
     """`--jobs 2` (two spawned worker processes) against `--jobs 1` from the command line."""
     argv = ("--strategy", "move-notify", "--search", "exhaustive", "--bound", "2", "--importers", "1",

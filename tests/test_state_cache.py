@@ -167,6 +167,9 @@ def test_workers_pass_each_other_whole_records_of_their_states(tmp_path: Path, m
     assert two.fetch(cache) == 0                                # the half record waits
     assert cache.hit(key, 1, frozenset({"importer-1", "importer-2"}), [])
     assert not cache.hit(key, 3, frozenset({"importer-1"}), [])  # less bound left then: not covered
+    Path(path).write_bytes((3).to_bytes(4, "big") + b"\xc1\xc1\xc1")   # not msgpack
+    with pytest.raises(ValueError, match="byte 0 is not a record of states"):
+        C.SharedStates(path).fetch(C.StateCache())
 
 
 def test_the_cache_cuts_where_answers_meet() -> None:

@@ -193,7 +193,10 @@ class SharedStates:
             size = int.from_bytes(data[at:at + 4], "big")
             if at + 4 + size > len(data):
                 break                             # being written: the next fetch takes it
-            pid, states = msgpack.unpackb(data[at + 4:at + 4 + size])
+            try:
+                pid, states = msgpack.unpackb(data[at + 4:at + 4 + size])
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise ValueError(f"{self.path}: byte {self.offset + at} is not a record of states ({exc})") from None
             at += 4 + size
             if pid == os.getpid():
                 continue
