@@ -244,6 +244,58 @@ def test_the_pickled_key_splits_states_as_the_walk_does(case: tuple, bound: int)
     assert all(len(v) == 1 for v in old_to_new.values()), "the pickled key split states the walk merged"
 
 
+def test_constants_are_only_what_never_changes() -> None:
+    """A constant is written as its identity, so only what cannot change and reaches nothing that
+    can may be one: a closure, a mutable default, a list, a plain dataclass are not."""
+    import dataclasses
+    import enum
+    from protocol.machine import Rule
+    from sim.search import statecache as S
+
+    class E(enum.Enum):
+        A = "a"
+
+    @dataclasses.dataclass(frozen=True)
+    class Frozen:
+        x: Any
+
+    @dataclasses.dataclass
+    class Plain:
+        x: int = 0
+
+    def plain(a: int = 1, b: tuple = ("x", E.A)) -> None: ...
+    def mutable_default(a: list = []) -> None: ...  # noqa: B006 (the point of the case)
+    cell = [0]
+    def closure() -> int:
+        return cell[0]
+    seen: dict[int, bool] = {}
+    yes = [Rule(when=E.A, then=E.A, do=(E.A,)), E.A, E, plain, (1, "a", E.A), frozenset({E.A}),
+           {"k": (E.A,)}]
+    no = [mutable_default, closure, [1], (1, [2]), Plain(), {"k": [1]}, frozenset({(1, (2, closure))})]
+    assert [S._constant(x, seen) for x in yes] == [True] * len(yes)
+    assert [S._constant(x, seen) for x in no] == [False] * len(no)
+    # Frozen is a test's class: only our packages' frozen dataclasses are taken as constants
+    assert not S._constant(Frozen(1), {})
+
+
+def test_a_key_writes_a_constant_as_one_index() -> None:
+    """A strategy's spec, met in the world, costs its key a back-reference, not its rules; a spec
+    that is not one of our modules' constants (a mutant's copy) is written whole."""
+    import dataclasses
+    from types import SimpleNamespace
+    from protocol.strategies import resv_fence
+    from sim.search import statecache as S
+
+    def body(root: Any) -> int:
+        k = S.Keyer(SimpleNamespace(_heap=[], now=0))  # type: ignore[arg-type]
+        k.digest(root)
+        b = k.buf.getvalue()
+        return len(b) - b.index(b";") - 1
+
+    copy = dataclasses.replace(resv_fence.IMPORTER, table=dict(resv_fence.IMPORTER.table))
+    assert body((resv_fence.IMPORTER,)) < 32 < body((copy,))
+
+
 # ---------------------------------------------------------------------------------- the command
 
 def test_explore_state_cache_says_what_it_cut(tmp_path: Path) -> None:

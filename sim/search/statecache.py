@@ -8,7 +8,7 @@ a Python frame. A fault or stall draw is asked in the middle of a callback (a se
 come due), with the rest of that step still on the stack: no key is taken there.
 
 How a key is made: `Keyer`, a pickle of the object graph written by the C pickler (2.3 ms a key on
-resv-fence with three importers, against 8.5 ms for `Canon`'s walk in Python, which stays as its
+resv-fence with three importers, before constants were written as one index each, against 8.5 ms for `Canon`'s walk in Python, which stays as its
 reference: tests/test_state_cache.py checks that the two split the states of whole searches the
 same way). Below, "walked" says what either covers.
 
@@ -377,6 +377,11 @@ class Keyer(pickle.Pickler):
       back).
     - Sets are written in their iteration order, which follows their history (Canon sorted
       them): two equal sets may then differ, a miss, never a wrong hit.
+    - Constants (`_constants`: what our modules define that never changes, the strategies'
+      specs with their rules, the classes, the functions with no closure, enum members) are in
+      the memo before the first object is written, so each is written as a back-reference to its
+      index: what it is, not what it holds, which is the same for the whole search. The
+      constants' signature opens the key.
     tests/test_statecache.py checks on every fresh choice point of whole searches that this key
     and Canon's split the states the same way."""
 
@@ -384,6 +389,9 @@ class Keyer(pickle.Pickler):
         self.buf = io.BytesIO()
         super().__init__(self.buf, protocol=5)
         _register_static()
+        sig, memo = _constants()
+        self.buf.write(sig)                   # which constants the memo holds (_constants)
+        self.memo = memo                      # each constant: a back-reference, never its contents
         self.world = world
         self.histories: list[list[bytes]] = []
 
@@ -536,6 +544,148 @@ def _reduction(t: type) -> Any:
 
 
 _REDUCE: dict[type, Any] = {}
+
+
+# ------------------------------------------------------------------ constants, written as one index
+
+# The packages whose module-level constants are the same objects, unchanged, for the whole search.
+_OURS = ("checker", "exporter_svc", "importer_svc", "protocol", "runtime", "sim")
+_ATOM_TYPES = frozenset((type(None), bool, int, float, str, bytes))
+_HELD: "pickle.Pickler | None" = None     # its memo: the constants (built once a process)
+_SIG = b""
+
+
+def _constant(x: Any, seen: dict[int, bool]) -> bool:
+    """Whether `x` never changes and reaches nothing that does, so that writing it as its identity
+    says what writing its contents said: an atom; an enum member; a class; a function with no
+    closure whose defaults are constants (its code's place is all Keyer writes of it); a tuple or
+    frozenset of constants; a frozen dataclass whose fields are constants, a dict among them
+    counting as one when its items are (a strategy's spec holds its table as a dict: read-only,
+    as protocol/machine.py's CompiledCache already takes it); a checked table (_STATIC)."""
+    t = type(x)
+    if t in _ATOM_TYPES:
+        return True
+    known = seen.get(id(x))
+    if known is not None:
+        return known
+    seen[id(x)] = False                       # a cycle through x: not a constant
+    if isinstance(x, Enum) or isinstance(x, type):
+        ok = True
+    elif t is types.FunctionType:
+        ok = x.__closure__ is None and all(_constant(v, seen) for v in (x.__defaults__ or ())) and \
+            all(_constant(v, seen) for v in (x.__kwdefaults__ or {}).values())
+    elif t is tuple or t is frozenset:
+        ok = all(_constant(v, seen) for v in x)
+    elif t is dict:
+        ok = all(_constant(k, seen) and _constant(v, seen) for k, v in x.items())
+    elif id(x) in _STATIC:
+        ok = True
+    else:
+        params = getattr(t, "__dataclass_params__", None)
+        ok = params is not None and params.frozen and t.__module__.split(".")[0] in _OURS and all(
+            _constant(getattr(x, f), seen) for f in t.__dataclass_fields__)
+    seen[id(x)] = ok
+    return ok
+
+
+def _constant_objects() -> list[Any]:
+    """Every constant our loaded modules define, in an order that is the same in every process
+    that loaded the same modules: modules by name, then each one's names in definition order,
+    into classes (their functions, nested classes, enum members), tuples, frozen dataclasses'
+    fields and their dicts' items (never into a set: its order follows hashes)."""
+    import sys
+    out: list[Any] = []
+    taken: set[int] = set()
+    seen: dict[int, bool] = {}
+
+    def take(x: Any, home: str) -> None:
+        t = type(x)
+        if t in _ATOM_TYPES or id(x) in taken:
+            return
+        if t is staticmethod or t is classmethod:
+            x = x.__func__
+            t = type(x)
+        if (isinstance(x, type) or t is types.FunctionType) and getattr(x, "__module__", None) != home:
+            return                            # taken in its own module, if that is loaded
+        if not _constant(x, seen):
+            return
+        taken.add(id(x))
+        out.append(x)
+        if isinstance(x, type):
+            for v in list(vars(x).values()):
+                take(v, home)
+            if issubclass(x, Enum):
+                for m in x.__members__.values():
+                    take(m, home)
+        elif t is tuple:
+            for v in x:
+                take(v, home)
+        elif t is dict:
+            for k, v in x.items():
+                take(k, home)
+                take(v, home)
+        elif hasattr(t, "__dataclass_fields__"):
+            for f in t.__dataclass_fields__:
+                take(getattr(x, f), home)
+
+    for name in sorted(n for n in list(sys.modules) if n.split(".")[0] in _OURS):
+        mod = sys.modules[name]
+        if mod is None:
+            continue
+        for v in list(vars(mod).values()):
+            if type(v) is not dict:           # a module-level dict may be a registry: only as a field
+                take(v, name)
+    out.append(_tok)
+    return out
+
+
+def _describe(x: Any, said: dict[int, str]) -> str:
+    """A constant's contents as text that does not depend on the process (no ids, no hash order)."""
+    t = type(x)
+    if t in _ATOM_TYPES:
+        return repr(x)
+    known = said.get(id(x))
+    if known is not None:
+        return known
+    if isinstance(x, Enum):
+        d = f"N:{t.__module__}.{t.__qualname__}.{x.name}"
+    elif isinstance(x, type) or t is types.FunctionType:
+        d = f"C:{x.__module__}.{x.__qualname__}"
+    elif t is tuple:
+        d = "(" + ",".join(_describe(v, said) for v in x) + ")"
+    elif t is frozenset:
+        d = "{" + ",".join(sorted(_describe(v, said) for v in x)) + "}"
+    elif t is dict:
+        d = "{" + ",".join(f"{_describe(k, said)}:{_describe(v, said)}" for k, v in x.items()) + "}"
+    elif id(x) in _STATIC:
+        d = f"T:{_STATIC[id(x)][1]}"
+    else:
+        d = f"D:{t.__module__}.{t.__qualname__}(" + ",".join(
+            _describe(getattr(x, f), said) for f in t.__dataclass_fields__) + ")"
+    said[id(x)] = d
+    return d
+
+
+def _constants() -> tuple[bytes, Any]:
+    """(signature, memo): Keyer's memo starts as one entry per constant (_constant_objects, built
+    the first time a key is taken), so the pickler writes a constant met in the world as a
+    back-reference to its index, in C, with no call back into Python and none of its contents
+    (a checked table's spec, its rules, the services' classes and functions: about 40% of the
+    callbacks of a key, measured on revoke with three importers). The signature names the
+    constants in order; it opens every key, so two processes that loaded other modules (other
+    indices) never share a key (a miss, never a wrong hit: sim/search/cache.py SharedStates)."""
+    global _HELD, _SIG
+    if _HELD is None:
+        objs = _constant_objects()
+        names = hashlib.blake2b(digest_size=16)
+        said: dict[int, str] = {}
+        for x in objs:
+            names.update(_describe(x, said).encode())
+            names.update(b";")
+        held = pickle.Pickler(io.BytesIO(), protocol=5)
+        held.memo = {id(x): (i, x) for i, x in enumerate(objs)}
+        _HELD, _SIG = held, b"constants %d %s;" % (len(objs), names.hexdigest().encode())
+    return _SIG, _HELD.memo
 
 
 def window_of(chooser: Any) -> tuple:
