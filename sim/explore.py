@@ -487,7 +487,7 @@ class Explorer:
             shared.write_bytes(b"")             # the workers append to it while it exists
         try:
             if self.spec.search == "exhaustive":
-                if be.workers > 1:
+                if self._split_made(be):
                     self._exhaustive_split(be)
                 else:
                     self._exhaustive_here()
@@ -571,6 +571,20 @@ class Explorer:
             if self._stop() and st.first_race is None:
                 be.cancel(list(pending))
                 return
+
+    def _split_made(self, be: Pool) -> bool:
+        """Whether the exhaustive search goes on split into subtrees (else in this process). A
+        resumed search goes on the way it was begun, whatever --jobs says now: its place is a stack
+        of choice points in one process, or the subtrees recorded split, and neither knows the
+        other's (taken the other way, the level would start over and count its schedules again)."""
+        st = self.state
+        if st.tasks_done or st.task_counts:
+            return True                          # a level begun split: split, with one worker too
+        if st.stack is not None and be.workers > 1:
+            self.reporter.say(f"{self.out}: this search was begun in one process, so it goes on in one "
+                              f"(--jobs {be.workers} is for a new directory)")
+            return False
+        return be.workers > 1
 
     def _exhaustive_here(self) -> None:
         """Level by level (sim/search/dpor.py explore): a schedule is recorded at the level of
