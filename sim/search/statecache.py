@@ -8,9 +8,9 @@ a Python frame. A fault or stall draw is asked in the middle of a callback (a se
 come due), with the rest of that step still on the stack: no key is taken there.
 
 How a key is made: `Keyer`, a pickle of the object graph written by the C pickler (2.3 ms a key on
-resv-fence with three importers, before constants were written as one index each, against 8.5 ms for `Canon`'s walk in Python, which stays as its
-reference: tests/test_state_cache.py checks that the two split the states of whole searches the
-same way). Below, "walked" says what either covers.
+resv-fence with three importers before constants were written as one index each, against 8.5 ms
+for `Canon`'s walk in Python, which stays as its reference: tests/test_state_cache.py checks that
+the two split the states of whole searches the same way). Below, "walked" says what either covers.
 
 What the key covers, `state_key(world, chooser)`:
 - Everything the run can reach from the world, walked as an object graph from its roots: the
