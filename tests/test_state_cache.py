@@ -276,6 +276,10 @@ def test_constants_are_only_what_never_changes() -> None:
     assert [S._constant(x, seen) for x in no] == [False] * len(no)
     # Frozen is a test's class: only our packages' frozen dataclasses are taken as constants
     assert not S._constant(Frozen(1), {})
+    # the memo numbers the constants 0 to n-1, each once: the pickler numbers what it meets from n
+    # on, so a number left unused would be given to the first object met and to a constant alike
+    _, memo = S._constants()
+    assert sorted(i for i, _ in memo.copy().values()) == list(range(len(memo.copy())))
 
 
 def test_a_key_writes_a_constant_as_one_index() -> None:

@@ -605,6 +605,8 @@ def _constant_objects() -> list[Any]:
         if t is staticmethod or t is classmethod:
             x = x.__func__
             t = type(x)
+            if id(x) in taken:
+                return
         if (isinstance(x, type) or t is types.FunctionType) and getattr(x, "__module__", None) != home:
             return                            # taken in its own module, if that is loaded
         if not _constant(x, seen):
@@ -635,7 +637,8 @@ def _constant_objects() -> list[Any]:
         for v in list(vars(mod).values()):
             if type(v) is not dict:           # a module-level dict may be a registry: only as a field
                 take(v, name)
-    out.append(_tok)
+    if id(_tok) not in taken:                 # the callable of every reduction Keyer writes
+        out.append(_tok)
     return out
 
 
@@ -684,6 +687,9 @@ def _constants() -> tuple[bytes, Any]:
             names.update(b";")
         held = pickle.Pickler(io.BytesIO(), protocol=5)
         held.memo = {id(x): (i, x) for i, x in enumerate(objs)}
+        # one entry an index, 0 to n-1: the pickler numbers the objects it meets from n on, so an
+        # index shared by two constants (or left unused) would give two objects one number
+        assert len(held.memo.copy()) == len(objs) == len({id(x) for x in objs}), "a constant taken twice"
         _HELD, _SIG = held, b"constants %d %s;" % (len(objs), names.hexdigest().encode())
     return _SIG, _HELD.memo
 
