@@ -282,6 +282,19 @@ def test_constants_are_only_what_never_changes() -> None:
     assert sorted(i for i, _ in memo.copy().values()) == list(range(len(memo.copy())))
 
 
+def test_two_processes_number_the_constants_alike() -> None:
+    """Workers share keys (SharedStates) only if they number the constants alike: two processes
+    with other string hashes (so other set orders) give the same signature."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sim.explore, checker.oracle, protocol.strategies\n"
+            "from sim.search import statecache as S\nprint(S._constants()[0].decode())")
+    sigs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(sigs) == 1 and next(iter(sigs)).startswith("constants "), sigs
+
+
 def test_a_key_writes_a_constant_as_one_index() -> None:
     """A strategy's spec, met in the world, costs its key a back-reference, not its rules; a spec
     that is not one of our modules' constants (a mutant's copy) is written whole."""
