@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,13 +152,13 @@ def test_unreadable_history_lines_are_skipped_and_counted(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_sweep_confirms_a_mutant_in_real_runs(tmp_path: Path) -> None:
-    """The must-show's sweep for one mutant, on two real runs (the full sweep: tests/around_sweep.py)."""
+def test_sweep_confirms_a_mutant_in_real_runs(short_dir: Path) -> None:
+    """The must-show's sweep for one mutant, on two real runs (the full sweep: tests/around_sweep.py).
+    A short directory: the runs' ipc sockets sit under it (a tmp_path made one 108 bytes long)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "around_sweep.py"), "mutants", "--out", str(tmp_path),
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "around_sweep.py"), "mutants", "--out", str(short_dir),
                         "--runs", "2", "--mutant", "resv-fence+wait-write-only"], capture_output=True, text=True,
                        env=env, timeout=1800)
     assert r.returncode == 0, r.stderr
-    row = json.loads((tmp_path / "mutants.json").read_text())["result"]["resv-fence+wait-write-only"]
+    row = json.loads((short_dir / "mutants.json").read_text())["result"]["resv-fence+wait-write-only"]
     assert row["kept"] == 2 and row["confirmed"] >= 1, row
-    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
